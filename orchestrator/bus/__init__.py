@@ -1,0 +1,6 @@
+"""The bus: NATS connection, JetStream intake, typed events with trace propagation."""
+
+from orchestrator.bus.bus import Bus
+from orchestrator.bus.subjects import Subjects
+
+__all__ = ["Bus", "Subjects"]

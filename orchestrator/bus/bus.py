@@ -1,0 +1,197 @@
+"""The bus: one NATS connection, typed publish / request / subscribe, and the intake stream.
+
+Only this package knows nats-py. Every message carries W3C trace context in its headers, and
+every handler runs inside a consumer span continuing the sender's trace. A message that does not
+parse is answered (when it is a request) with an error naming the field, and never reaches the
+handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from pydantic import BaseModel, ValidationError
+
+from orchestrator import telemetry
+from orchestrator.bus.subjects import Subjects
+from orchestrator.errors import BusUnavailable, RequestFailed
+from schemas.events import ErrorDetail, Reply, error_from_validation
+
+M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
+Handler = Callable[[M, Msg], Awaitable[BaseModel | None]]
+
+_tracer = telemetry.tracer("orchestrator.bus")
+_log = telemetry.get_logger("bus")
+
+# JetStream deduplicates on Nats-Msg-Id inside this window; the job key in Postgres beyond it.
+DEDUP_WINDOW_S = 120.0
+
+
+def _span_attrs(subject: str, operation: str) -> dict[str, str]:
+    return {
+        "messaging.system": "nats",
+        "messaging.destination.name": subject,
+        "messaging.operation.type": operation,
+    }
+
+
+class Bus:
+    def __init__(self, url: str, subjects: Subjects, *, name: str = "orchestrator") -> None:
+        self.url = url
+        self.subjects = subjects
+        self.name = name
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+
+    async def connect(self) -> None:
+        try:
+            self._nc = await nats.connect(
+                self.url,
+                name=self.name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=5,
+                allow_reconnect=True,
+            )
+        except Exception as exc:  # nats raises several unrelated types for "cannot connect"
+            raise BusUnavailable(f"cannot connect to NATS at {self.url}: {exc}") from exc
+        self._js = self._nc.jetstream()
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except Exception:  # closing anyway
+                await self._nc.close()
+        self._nc = None
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise BusUnavailable("the bus is not connected")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise BusUnavailable("the bus is not connected")
+        return self._js
+
+    # --- core NATS -------------------------------------------------------------------------
+
+    async def publish(self, subject: str, event: BaseModel) -> None:
+        with _tracer.start_as_current_span(
+            f"send {subject}", kind=SpanKind.PRODUCER, attributes=_span_attrs(subject, "send")
+        ):
+            await self.nc.publish(subject, event.model_dump_json().encode(), headers=telemetry.inject())
+
+    async def request(self, subject: str, event: BaseModel, reply_model: type[R], timeout: float) -> R:
+        with _tracer.start_as_current_span(
+            f"send {subject}", kind=SpanKind.CLIENT, attributes=_span_attrs(subject, "send")
+        ):
+            try:
+                msg = await self.nc.request(
+                    subject, event.model_dump_json().encode(), timeout=timeout, headers=telemetry.inject()
+                )
+            except NoRespondersError as exc:
+                raise RequestFailed(f"nobody serves {subject}") from exc
+            except NatsTimeout as exc:
+                raise RequestFailed(f"no answer on {subject} within {timeout}s") from exc
+        try:
+            return reply_model.model_validate_json(msg.data)
+        except ValidationError:
+            # A handler that failed to parse our request answers with a Reply naming the problem.
+            reply = Reply.model_validate_json(msg.data)
+            detail = reply.error.message if reply.error else "unknown error"
+            raise RequestFailed(f"{subject} refused the request: {detail}") from None
+
+    async def subscribe(
+        self,
+        subject: str,
+        model: type[M],
+        handler: Handler,
+        *,
+        queue: str = "",
+        invalid_reply: Callable[[ErrorDetail], BaseModel] = lambda error: Reply(ok=False, error=error),
+    ) -> Subscription:
+        """Deliver parsed `model`s to `handler`; a returned model is sent as the reply.
+
+        A request that does not parse is answered with `invalid_reply(error)`."""
+
+        async def on_message(msg: Msg) -> None:
+            ctx = telemetry.extract(msg.headers)
+            with _tracer.start_as_current_span(
+                f"process {subject}",
+                context=ctx,
+                kind=SpanKind.CONSUMER,
+                attributes=_span_attrs(msg.subject, "process"),
+            ) as span:
+                try:
+                    event = model.model_validate_json(msg.data)
+                except ValidationError as exc:
+                    error = error_from_validation(exc)
+                    span.set_status(trace.StatusCode.ERROR, error.message)
+                    _log.warning("rejected message on %s: %s", msg.subject, error.message)
+                    if msg.reply:
+                        await msg.respond(invalid_reply(error).model_dump_json().encode())
+                    return
+                try:
+                    result = await handler(event, msg)
+                except Exception as exc:
+                    span.record_exception(exc)
+                    span.set_status(trace.StatusCode.ERROR, str(exc))
+                    _log.exception("handler for %s failed", msg.subject)
+                    return  # no reply: the requester times out and retries
+                if result is not None and msg.reply:
+                    await self.nc.publish(msg.reply, result.model_dump_json().encode(), headers=telemetry.inject())
+
+        return await self.nc.subscribe(subject, queue=queue, cb=on_message)
+
+    # --- JetStream intake --------------------------------------------------------------------
+
+    async def ensure_intake_stream(self) -> None:
+        config = StreamConfig(
+            name=self.subjects.intake_stream,
+            subjects=[self.subjects.submit],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            duplicate_window=DEDUP_WINDOW_S,
+        )
+        try:
+            await self.js.stream_info(config.name)
+            await self.js.update_stream(config)
+        except NotFoundError:
+            await self.js.add_stream(config)
+
+    async def intake_subscription(self, durable: str, *, ack_wait_s: float = 30.0) -> JetStreamContext.PullSubscription:
+        """A durable pull consumer shared by every admission instance (WorkQueue: one consumer)."""
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_s,
+            max_deliver=-1,  # transient failures redeliver until the store answers; bad input is term()ed
+            max_ack_pending=10_000,
+        )
+        return await self.js.pull_subscribe(
+            self.subjects.submit, durable=durable, stream=self.subjects.intake_stream, config=config
+        )
+
+    async def submit(self, body: bytes, key: str | None) -> None:
+        """Publish a job spec to the intake stream, as any producer would."""
+        headers = telemetry.inject()
+        if key:
+            headers["Nats-Msg-Id"] = key
+        await self.js.publish(self.subjects.submit, body, headers=headers)

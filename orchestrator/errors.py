@@ -1,0 +1,33 @@
+"""One error hierarchy. Driver exceptions are translated at the store and bus boundaries."""
+
+from __future__ import annotations
+
+
+class OrchestratorError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    code = "internal"
+
+
+class ConfigurationError(OrchestratorError):
+    code = "configuration"
+
+
+class StoreUnavailable(OrchestratorError):
+    code = "store_unavailable"
+
+
+class BusUnavailable(OrchestratorError):
+    code = "bus_unavailable"
+
+
+class RequestFailed(OrchestratorError):
+    """A request on the bus got no answer in time, or an answer saying it failed."""
+
+    code = "request_failed"
+
+
+class NotFound(OrchestratorError):
+    """A named thing (pool, job, runner) does not exist."""
+
+    code = "not_found"

@@ -1,0 +1,90 @@
+"""The service lifecycle every service shares.
+
+`start()` returns once the service is serving; `stop()` waits until it has stopped, is safe
+before `start()` and safe to call twice. Background loops are spawned through the service, so
+stopping cancels exactly what the service started, in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from orchestrator import telemetry
+
+
+class Service:
+    name = "service"
+
+    def __init__(self) -> None:
+        self._started = False
+        self._stopped = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._cleanups: list[Callable[[], Awaitable[Any]]] = []
+        self.log = telemetry.get_logger(self.name)
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopped
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        try:
+            await self.on_start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if not self._started or self._stopped:
+            self._stopped = True
+            return
+        self._stopped = True
+        try:
+            await self.on_stop()
+        finally:
+            for task in reversed(self._tasks):
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for cleanup in reversed(self._cleanups):
+                with contextlib.suppress(Exception):
+                    await cleanup()
+
+    async def on_start(self) -> None:
+        """Subclasses acquire what they need and subscribe here."""
+
+    async def on_stop(self) -> None:
+        """Subclasses drain here; spawned tasks and registered cleanups are handled after."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(self._guard(coro, name), name=f"{self.name}.{name}")
+        self._tasks.append(task)
+        return task
+
+    def on_cleanup(self, cleanup: Callable[[], Awaitable[Any]]) -> None:
+        self._cleanups.append(cleanup)
+
+    async def _guard(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("background task %s crashed", name)
+            raise
+
+
+async def every(interval_s: float, tick: Callable[[], Awaitable[Any]], log: Any, what: str) -> None:
+    """Run `tick` every `interval_s` seconds forever; a failing tick is logged, not fatal."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await tick()
+        except Exception as exc:  # the next tick retries; Postgres or NATS may be back by then
+            log.warning("%s failed: %s", what, exc)

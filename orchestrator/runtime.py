@@ -1,0 +1,158 @@
+"""The composition root: builds the connections and any subset of services, starts them in
+dependency order, and stops them all gracefully in reverse. The only module (with the CLI) that
+imports services; nothing in the core imports it.
+
+With no `ORCH_NATS_URL` / `ORCH_DATABASE_URL` it first starts the embedded stack under the data
+dir (`orchestrator up`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import re
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+
+from orchestrator import telemetry
+from orchestrator.bus import Bus, Subjects
+from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
+from orchestrator.errors import ConfigurationError
+from orchestrator.lifecycle import Service
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+from services.admission import Admission
+from services.api import Api
+from services.capacity import Capacity
+from services.dispatch import Dispatch
+from services.runner import Runner
+
+# Start order: those that answer requests before those that make them.
+SERVICES = ("capacity", "admission", "dispatch", "api", "runner")
+
+_log = telemetry.get_logger("runtime")
+
+
+def runner_id_for(data_dir: Path) -> str:
+    """A stable id for the local runner of a data dir, so a restart re-registers as itself and
+    what the store held against it is released at once."""
+    path = data_dir / "runner_id"
+    if path.exists():
+        return path.read_text().strip()
+    host = re.sub(r"[^A-Za-z0-9_\-]", "-", platform.node() or "local")[:40] or "local"
+    rid = f"{host}-{secrets.token_hex(3)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(rid)
+    return rid
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        services: Sequence[str] = SERVICES,
+        *,
+        migrate: bool = False,
+        runner: Runner | None = None,
+    ) -> None:
+        unknown = sorted(set(services) - set(SERVICES))
+        if unknown:
+            raise ConfigurationError(f"unknown services {unknown}: choose from {list(SERVICES)} or 'all'")
+        self.settings = settings
+        self.names = [name for name in SERVICES if name in services]
+        self.migrate = migrate
+        self._runner = runner
+        self.embedded = settings.nats_url is None and settings.database_url is None
+        if not self.embedded and (settings.nats_url is None or settings.database_url is None):
+            raise ConfigurationError("set both ORCH_NATS_URL and ORCH_DATABASE_URL, or neither for the embedded stack")
+        self._nats_server: EmbeddedNats | None = None
+        self._postgres: EmbeddedPostgres | None = None
+        self.nats_url = settings.nats_url
+        self.database_url = settings.database_url
+        self.store: Store | None = None
+        self.bus: Bus | None = None
+        self.services: dict[str, Service] = {}
+
+    async def start(self) -> None:
+        telemetry.setup()
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        s = self.settings
+        if self.embedded:
+            s.data_dir.mkdir(parents=True, exist_ok=True)
+            self._nats_server = EmbeddedNats(s.data_dir / "nats")
+            self._postgres = EmbeddedPostgres(s.data_dir / "postgres")
+            self.nats_url, self.database_url = await asyncio.gather(self._nats_server.start(), self._postgres.start())
+        assert self.nats_url and self.database_url
+        self.store = Store(self.database_url, max_size=s.db_pool_size)
+        self.bus = Bus(self.nats_url, Subjects(s.namespace), name=f"orchestrator-{'-'.join(self.names)}")
+        await asyncio.gather(self.store.connect(), self.bus.connect())
+        if self.migrate:
+            applied = await self.store.migrate()
+            if applied:
+                _log.info("applied migrations %s", applied)
+        if self.migrate and "runner" in self.names:  # `up`: the local runner's pool must exist
+            await self.store.pool_create_if_absent(s.runner_pool, s.runner_label_list())
+        for name in self.names:
+            service = self._build(name)
+            self.services[name] = service
+            await service.start()
+
+    def _build(self, name: str) -> Service:
+        s, store, bus = self.settings, self.store, self.bus
+        assert store is not None and bus is not None
+        if name == "capacity":
+            return Capacity(s, store, bus)
+        if name == "admission":
+            return Admission(s, store, bus)
+        if name == "dispatch":
+            return Dispatch(s, store, bus)
+        if name == "api":
+            return Api(s, store, bus)
+        return self._runner or Runner(
+            s,
+            bus,
+            runner_id=runner_id_for(s.data_dir),
+            pool=s.runner_pool,
+            labels=s.runner_label_list(),
+            slots=s.runner_slots,
+        )
+
+    async def stop(self) -> None:
+        """Stop services in reverse order, each within the stop timeout, then the connections."""
+        for name in reversed(list(self.services)):
+            try:
+                async with asyncio.timeout(self.settings.stop_timeout_s + 5):
+                    await self.services[name].stop()
+            except Exception as exc:  # keep stopping the rest
+                _log.warning("stopping %s failed: %s", name, exc)
+        self.services.clear()
+        if self.bus is not None:
+            await self.bus.close()
+        if self.store is not None:
+            await self.store.close()
+        if self._nats_server is not None:
+            await self._nats_server.stop()
+        if self._postgres is not None:
+            await self._postgres.stop()
+
+    @property
+    def http_url(self) -> str | None:
+        api = self.services.get("api")
+        return api.url if isinstance(api, Api) else None
+
+    def endpoints(self) -> dict[str, str | None]:
+        return {"http": self.http_url, "nats": self.nats_url, "database": self.database_url}
+
+    def write_endpoints(self) -> Path:
+        path = self.settings.data_dir / "endpoints.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.endpoints(), indent=2) + "\n")
+        return path

@@ -1,0 +1,70 @@
+-- Pools, runners and the job queue.
+-- Capacity counts are derived from job rows (assigned/running) inside the claim transaction
+-- rather than kept in counter columns: a count that is never stored can never leak.
+
+CREATE TABLE pools (
+    name            text PRIMARY KEY,
+    max_concurrent  integer NOT NULL DEFAULT 20,      -- negative = unlimited
+    max_active      integer NOT NULL DEFAULT 1024,    -- negative = unlimited
+    labels          text[] NOT NULL DEFAULT '{}',
+    allowed_plans   text[] NOT NULL DEFAULT '{}',     -- empty = any plan
+    mode            text NOT NULL DEFAULT 'shared' CHECK (mode IN ('shared', 'leader')),
+    paused          boolean NOT NULL DEFAULT false,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE runners (
+    id              text PRIMARY KEY,
+    pool            text NOT NULL REFERENCES pools (name),
+    labels          text[] NOT NULL DEFAULT '{}',
+    slots           integer NOT NULL CHECK (slots >= 0),
+    taints          text[] NOT NULL DEFAULT '{}',
+    state           text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'draining', 'lost')),
+    metadata        jsonb NOT NULL DEFAULT '{}',
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    last_seen_at    timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE jobs (
+    id              uuid PRIMARY KEY,                 -- UUIDv7: time-ordered, FIFO is id order
+    key             text NOT NULL UNIQUE,             -- idempotency key (the id when none given)
+    spec            jsonb NOT NULL,                   -- canonical spec, compared on a repeated key
+    pool            text NOT NULL REFERENCES pools (name),
+    labels          text[] NOT NULL DEFAULT '{}',
+    plan            text,
+    tenant          text,
+    priority        integer NOT NULL DEFAULT 0,
+    payload         jsonb NOT NULL DEFAULT '{}',
+    timeout_s       double precision,
+    max_attempts    integer NOT NULL DEFAULT 3,
+    abandon_after_s double precision,
+    state           text NOT NULL DEFAULT 'queued' CHECK (state IN (
+                        'queued', 'assigned', 'running',
+                        'succeeded', 'failed', 'timed_out', 'cancelled', 'expired')),
+    attempt         integer NOT NULL DEFAULT 0,       -- attempts started
+    runner_id       text,
+    exit_code       integer,
+    reason          text,
+    token_hash      bytea,
+    trace_context   jsonb NOT NULL DEFAULT '{}',      -- the producer's W3C context
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    assigned_at     timestamptz,
+    started_at      timestamptz,
+    finished_at     timestamptz
+);
+
+-- The claim order: best priority, then oldest, among the queued jobs of a pool.
+CREATE INDEX jobs_queued_idx ON jobs (pool, priority DESC, id) WHERE state = 'queued';
+-- In-flight counts per pool and per runner, read by every claim.
+CREATE INDEX jobs_in_flight_idx ON jobs (pool, runner_id) WHERE state IN ('assigned', 'running');
+CREATE INDEX jobs_runner_idx ON jobs (runner_id) WHERE state IN ('assigned', 'running');
+
+-- A churning queue fills its partial indexes with dead entries; vacuum it early and often.
+ALTER TABLE jobs SET (
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 2000,
+    autovacuum_analyze_scale_factor = 0,
+    autovacuum_analyze_threshold = 2000,
+    autovacuum_vacuum_cost_delay = 0
+);

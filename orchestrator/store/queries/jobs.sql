@@ -1,0 +1,75 @@
+-- name: job_insert
+INSERT INTO jobs (id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s,
+                  max_attempts, abandon_after_s, token_hash, trace_context)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT (key) DO NOTHING
+RETURNING *;
+
+-- name: job_get
+SELECT * FROM jobs WHERE id = $1;
+
+-- name: job_get_by_key
+SELECT * FROM jobs WHERE key = $1;
+
+-- name: job_list
+SELECT * FROM jobs
+WHERE ($1::text IS NULL OR pool = $1)
+  AND ($2::text IS NULL OR state = $2)
+  AND ($3::text IS NULL OR key = $3)
+ORDER BY id DESC
+LIMIT $4;
+
+-- Claim up to $3 of the best queued jobs of pool $1 that runners with labels $2 can take.
+-- SKIP LOCKED: concurrent claimers never wait on, or take, the same row.
+-- name: job_claim
+WITH picked AS (
+    SELECT id FROM jobs
+    WHERE pool = $1 AND state = 'queued' AND labels <@ $2::text[]
+    ORDER BY priority DESC, id
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs j SET state = 'assigned', assigned_at = now()
+FROM picked WHERE j.id = picked.id
+RETURNING j.id, j.pool, j.attempt, j.payload, j.timeout_s, j.trace_context, j.priority;
+
+-- name: job_set_runner
+UPDATE jobs SET runner_id = r.runner_id
+FROM unnest($1::uuid[], $2::text[]) AS r(job_id, runner_id)
+WHERE jobs.id = r.job_id;
+
+-- The hand-off failed (no ack): back to the queue, not counted as an attempt.
+-- name: job_unassign
+UPDATE jobs SET state = 'queued', runner_id = NULL, assigned_at = NULL
+WHERE id = $1 AND runner_id = $2 AND state = 'assigned'
+RETURNING pool;
+
+-- Permission to start: only the runner the job is assigned to, for that very attempt.
+-- name: job_start
+UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = now()
+WHERE id = $1 AND runner_id = $2 AND state = 'assigned' AND attempt + 1 = $3
+RETURNING pool, attempt;
+
+-- name: job_finish
+UPDATE jobs SET state = $4, exit_code = $5, reason = $6, finished_at = now()
+WHERE id = $1 AND runner_id = $2 AND attempt = $3 AND state IN ('assigned', 'running')
+RETURNING pool, state;
+
+-- name: job_cancel_queued
+UPDATE jobs SET state = 'cancelled', reason = 'cancelled', finished_at = now()
+WHERE id = $1 AND state = 'queued'
+RETURNING *;
+
+-- Jobs held against runners that no longer hold them (lost, or restarted and not running
+-- them): an assigned job goes back to the queue as if never handed off; a running one is an
+-- attempt spent, requeued while attempts remain, failed otherwise.
+-- name: job_release_from_runners
+UPDATE jobs SET
+    state = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN 'queued' ELSE 'failed' END,
+    reason = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN reason ELSE 'runner_lost' END,
+    finished_at = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE now() END,
+    runner_id = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE runner_id END,
+    assigned_at = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE assigned_at END
+WHERE runner_id = ANY($1::text[]) AND state IN ('assigned', 'running')
+  AND NOT (id = ANY($2::uuid[]))
+RETURNING id, pool, state;

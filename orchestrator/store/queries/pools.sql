@@ -1,0 +1,55 @@
+-- name: pool_get
+SELECT * FROM pools WHERE name = $1;
+
+-- name: pool_list
+SELECT * FROM pools ORDER BY name;
+
+-- name: pool_upsert
+INSERT INTO pools (name, max_concurrent, max_active, labels, allowed_plans, mode, paused)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (name) DO UPDATE SET
+    max_concurrent = EXCLUDED.max_concurrent,
+    max_active = EXCLUDED.max_active,
+    labels = EXCLUDED.labels,
+    allowed_plans = EXCLUDED.allowed_plans,
+    mode = EXCLUDED.mode,
+    paused = EXCLUDED.paused,
+    updated_at = now()
+RETURNING *;
+
+-- name: pool_create_if_absent
+INSERT INTO pools (name, labels) VALUES ($1, $2)
+ON CONFLICT (name) DO NOTHING;
+
+-- Serializes admissions into one pool, so the max_active check and the insert are exact.
+-- name: pool_admission_lock
+SELECT pg_advisory_xact_lock(hashtext('orch.admit'), hashtext($1));
+
+-- The claim step takes the pool row first, so concurrent dispatchers of one pool serialize
+-- and the in-flight count they read cannot be raced past max_concurrent.
+-- name: pool_lock_for_claim
+SELECT max_concurrent, paused FROM pools WHERE name = $1 FOR NO KEY UPDATE;
+
+-- name: pool_in_flight
+SELECT count(*) FROM jobs WHERE pool = $1 AND state IN ('assigned', 'running');
+
+-- name: pool_active
+SELECT count(*) FROM jobs WHERE pool = $1 AND state IN ('queued', 'assigned', 'running');
+
+-- Free capacity of a pool: the lesser of its cap's headroom and its runners' free slots.
+-- name: pool_free
+WITH p AS (SELECT max_concurrent FROM pools WHERE name = $1),
+     busy AS (SELECT runner_id, count(*) AS n FROM jobs
+              WHERE pool = $1 AND state IN ('assigned', 'running') GROUP BY runner_id),
+     slots AS (SELECT coalesce(sum(greatest(r.slots - coalesce(b.n, 0), 0)), 0) AS free
+               FROM runners r LEFT JOIN busy b ON b.runner_id = r.id
+               WHERE r.pool = $1 AND r.state = 'active')
+SELECT CASE WHEN p.max_concurrent < 0 THEN slots.free
+            ELSE least(slots.free, greatest(p.max_concurrent - (SELECT coalesce(sum(n), 0) FROM busy), 0))
+       END AS free
+FROM p, slots;
+
+-- Pools with queued jobs: what the dispatcher's safety sweep visits.
+-- name: pool_list_with_queued
+SELECT p.name FROM pools p
+WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.pool = p.name AND j.state = 'queued');

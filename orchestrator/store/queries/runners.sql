@@ -1,0 +1,36 @@
+-- name: runner_upsert
+INSERT INTO runners (id, pool, labels, slots, taints, metadata, state, last_seen_at)
+VALUES ($1, $2, $3, $4, $5, $6, 'active', now())
+ON CONFLICT (id) DO UPDATE SET
+    pool = EXCLUDED.pool,
+    labels = EXCLUDED.labels,
+    slots = EXCLUDED.slots,
+    taints = EXCLUDED.taints,
+    metadata = EXCLUDED.metadata,
+    state = 'active',
+    last_seen_at = now()
+RETURNING *;
+
+-- name: runner_touch
+UPDATE runners SET last_seen_at = now() WHERE id = $1 AND state <> 'lost' RETURNING id;
+
+-- name: runner_list
+SELECT r.*, (SELECT count(*) FROM jobs j
+             WHERE j.runner_id = r.id AND j.state IN ('assigned', 'running')) AS busy
+FROM runners r ORDER BY r.pool, r.created_at;
+
+-- Runners of a pool with free slots, grouped by what they can take (labels), fullest-free first.
+-- name: runner_free_slots
+WITH busy AS (SELECT runner_id, count(*) AS n FROM jobs
+              WHERE pool = $1 AND state IN ('assigned', 'running') GROUP BY runner_id)
+SELECT r.id, r.labels, r.slots - coalesce(b.n, 0) AS free
+FROM runners r LEFT JOIN busy b ON b.runner_id = r.id
+WHERE r.pool = $1 AND r.state = 'active' AND cardinality(r.taints) = 0
+  AND r.slots > coalesce(b.n, 0)
+ORDER BY free DESC, r.created_at;
+
+-- Runners silent for longer than the TTL are lost.
+-- name: runner_mark_lost
+UPDATE runners SET state = 'lost'
+WHERE state <> 'lost' AND last_seen_at < coalesce($2::timestamptz, now()) - make_interval(secs => $1)
+RETURNING id, pool;

@@ -1,0 +1,305 @@
+"""The store: an asyncpg pool and the queue's transactions. Only this package knows asyncpg.
+
+Every state transition is one transaction; callers publish the matching event after it commits.
+Rows come back as plain dicts. Connection failures surface as `StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from orchestrator.errors import NotFound, StoreUnavailable
+from orchestrator.store import migrate
+from orchestrator.store.queries import Q
+
+_UNAVAILABLE = (
+    OSError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: UUID
+    key: str
+    spec: dict[str, Any]
+    pool: str
+    labels: list[str]
+    plan: str | None
+    tenant: str | None
+    priority: int
+    payload: dict[str, Any]
+    timeout_s: float | None
+    max_attempts: int
+    abandon_after_s: float | None
+    token_hash: bytes | None
+    trace_context: dict[str, str]
+
+
+@dataclass(frozen=True)
+class AdmitOutcome:
+    outcome: str  # admitted | existing | conflict | overloaded
+    job: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ClaimStep:
+    """Why a dispatch step stopped, and what it claimed. `status` is one of
+    dispatched | no_job | no_runner | at_capacity | paused | unknown_pool."""
+
+    status: str
+    assignments: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+class Store:
+    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+        self.dsn = dsn
+        self._min_size, self._max_size = min_size, max_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def connect(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn, min_size=self._min_size, max_size=self._max_size, init=_init_connection
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"cannot connect to Postgres at {self.dsn}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise StoreUnavailable("the store is not connected")
+        try:
+            async with self._pool.acquire() as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"Postgres is unreachable: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self._conn() as conn, conn.transaction():
+            yield conn
+
+    async def migrate(self) -> list[int]:
+        async with self._conn() as conn:
+            return await migrate.apply(conn)
+
+    # --- pools -------------------------------------------------------------------------------
+
+    async def pool_get(self, name: str) -> dict[str, Any] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["pool_get"], name)
+        return dict(row) if row else None
+
+    async def pool_list(self) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["pool_list"])]
+
+    async def pool_put(
+        self,
+        name: str,
+        *,
+        max_concurrent: int,
+        max_active: int,
+        labels: Sequence[str],
+        allowed_plans: Sequence[str],
+        mode: str,
+        paused: bool,
+    ) -> dict[str, Any]:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(
+                Q["pool_upsert"],
+                name,
+                max_concurrent,
+                max_active,
+                list(labels),
+                list(allowed_plans),
+                mode,
+                paused,
+            )
+        return dict(row)
+
+    async def pool_create_if_absent(self, name: str, labels: Sequence[str]) -> None:
+        async with self._conn() as conn:
+            await conn.execute(Q["pool_create_if_absent"], name, list(labels))
+
+    async def pool_free(self, name: str) -> int:
+        async with self._conn() as conn:
+            return int(await conn.fetchval(Q["pool_free"], name) or 0)
+
+    async def pools_with_queued(self) -> list[str]:
+        async with self._conn() as conn:
+            return [r["name"] for r in await conn.fetch(Q["pool_list_with_queued"])]
+
+    # --- admission ---------------------------------------------------------------------------
+
+    async def job_admit(self, job: NewJob, max_active: int) -> AdmitOutcome:
+        """Insert `job` unless its key exists or the pool is at `max_active` (negative: no cap)."""
+        async with self._tx() as conn:
+            existing = await conn.fetchrow(Q["job_get_by_key"], job.key)
+            if existing is not None:
+                return self._same_key(existing, job)
+            await conn.execute(Q["pool_admission_lock"], job.pool)
+            if max_active >= 0 and await conn.fetchval(Q["pool_active"], job.pool) >= max_active:
+                return AdmitOutcome("overloaded")
+            row = await conn.fetchrow(
+                Q["job_insert"],
+                job.id,
+                job.key,
+                job.spec,
+                job.pool,
+                job.labels,
+                job.plan,
+                job.tenant,
+                job.priority,
+                job.payload,
+                job.timeout_s,
+                job.max_attempts,
+                job.abandon_after_s,
+                job.token_hash,
+                job.trace_context,
+            )
+            if row is None:  # the same key committed by a concurrent admission
+                existing = await conn.fetchrow(Q["job_get_by_key"], job.key)
+                return self._same_key(existing, job)
+            return AdmitOutcome("admitted", dict(row))
+
+    @staticmethod
+    def _same_key(existing: Any, job: NewJob) -> AdmitOutcome:
+        if existing["spec"] == job.spec:
+            return AdmitOutcome("existing", dict(existing))
+        return AdmitOutcome("conflict", dict(existing))
+
+    # --- dispatch ----------------------------------------------------------------------------
+
+    async def job_claim_step(self, pool: str, limit: int) -> ClaimStep:
+        """One dispatch step for `pool`: claim up to `limit` jobs for runners with free slots,
+        never past the pool's `max_concurrent`, in one transaction."""
+        async with self._tx() as conn:
+            cfg = await conn.fetchrow(Q["pool_lock_for_claim"], pool)
+            if cfg is None:
+                return ClaimStep("unknown_pool")
+            if cfg["paused"]:
+                return ClaimStep("paused")
+            budget = limit
+            if cfg["max_concurrent"] >= 0:
+                in_flight = await conn.fetchval(Q["pool_in_flight"], pool)
+                budget = min(budget, cfg["max_concurrent"] - in_flight)
+                if budget <= 0:
+                    return ClaimStep("at_capacity")
+            runners = await conn.fetch(Q["runner_free_slots"], pool)
+            if not runners:
+                return ClaimStep("no_runner")
+            # Runners with the same labels can take the same jobs: claim once per label set.
+            groups: dict[tuple[str, ...], list[list[Any]]] = {}
+            for r in runners:
+                groups.setdefault(tuple(sorted(r["labels"])), []).append([r["id"], r["free"]])
+            assignments: list[dict[str, Any]] = []
+            for labels, members in groups.items():
+                if budget <= 0:
+                    break
+                want = min(budget, sum(free for _, free in members))
+                claimed = await conn.fetch(Q["job_claim"], pool, list(labels), want)
+                for row in claimed:
+                    member = max(members, key=lambda m: m[1])  # spread over the freest runners
+                    member[1] -= 1
+                    assignments.append({**dict(row), "runner_id": member[0]})
+                budget -= len(claimed)
+            if not assignments:
+                return ClaimStep("no_job")
+            await conn.execute(
+                Q["job_set_runner"], [a["id"] for a in assignments], [a["runner_id"] for a in assignments]
+            )
+            return ClaimStep("dispatched", assignments)
+
+    async def job_unassign(self, job_id: UUID, runner_id: str) -> str | None:
+        async with self._conn() as conn:
+            return await conn.fetchval(Q["job_unassign"], job_id, runner_id)
+
+    # --- runner reports ----------------------------------------------------------------------
+
+    async def job_start(self, job_id: UUID, runner_id: str, attempt: int) -> dict[str, Any] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["job_start"], job_id, runner_id, attempt)
+        return dict(row) if row else None
+
+    async def job_finish(
+        self, job_id: UUID, runner_id: str, attempt: int, state: str, exit_code: int | None, reason: str | None
+    ) -> dict[str, Any] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["job_finish"], job_id, runner_id, attempt, state, exit_code, reason)
+        return dict(row) if row else None
+
+    async def runner_register(
+        self,
+        runner_id: str,
+        pool: str,
+        labels: Sequence[str],
+        slots: int,
+        taints: Sequence[str],
+        metadata: dict[str, Any],
+        running: Sequence[UUID],
+    ) -> list[dict[str, Any]]:
+        """Upsert the runner; release what the store holds against it that it no longer runs."""
+        async with self._tx() as conn:
+            try:
+                await conn.fetchrow(Q["runner_upsert"], runner_id, pool, list(labels), slots, list(taints), metadata)
+            except asyncpg.ForeignKeyViolationError:
+                raise NotFound(f"pool {pool!r} does not exist") from None
+            released = await conn.fetch(Q["job_release_from_runners"], [runner_id], list(running))
+        return [dict(r) for r in released]
+
+    async def runner_touch(self, runner_id: str) -> bool:
+        async with self._conn() as conn:
+            return await conn.fetchval(Q["runner_touch"], runner_id) is not None
+
+    async def runner_mark_lost(self, ttl_s: float, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Mark silent runners lost and release their jobs; returns the released jobs."""
+        async with self._tx() as conn:
+            lost = await conn.fetch(Q["runner_mark_lost"], ttl_s, now)
+            if not lost:
+                return []
+            released = await conn.fetch(Q["job_release_from_runners"], [r["id"] for r in lost], [])
+        return [dict(r) for r in released]
+
+    # --- reads and operator actions ----------------------------------------------------------
+
+    async def job_get(self, job_id: UUID) -> dict[str, Any] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["job_get"], job_id)
+        return dict(row) if row else None
+
+    async def job_list(
+        self, *, pool: str | None, state: str | None, key: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["job_list"], pool, state, key, limit)]
+
+    async def job_cancel_queued(self, job_id: UUID) -> dict[str, Any] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["job_cancel_queued"], job_id)
+        return dict(row) if row else None
+
+    async def runner_list(self) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["runner_list"])]

@@ -1,0 +1,1 @@
+"""The typed contract: pydantic models of every event and API body. Imports only pydantic."""

@@ -1,0 +1,149 @@
+"""Every event on the bus, as a frozen pydantic model with its `type` and version.
+
+Events announce what already happened in Postgres (the truth); a consumer that misses one is
+corrected by the next sweep. Requests a runner makes (register, start, finish) are events too,
+answered with a `Reply` once the change is committed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import Field
+
+from schemas.base import Envelope, Model
+from schemas.jobs import JobSpec, JobState, JobView, Label, Name
+
+
+class JobSubmitted(JobSpec):
+    """The job spec itself; the envelope fields may be given and are filled in when absent."""
+
+    type: Literal["JobSubmitted"] = "JobSubmitted"
+    v: Literal[1] = 1
+    id: UUID | None = None
+    at: datetime | None = None
+
+    def spec(self) -> JobSpec:
+        return JobSpec.model_validate(self.model_dump(exclude={"type", "v", "id", "at"}))
+
+
+class JobAdmitted(Envelope):
+    type: Literal["JobAdmitted"] = "JobAdmitted"
+    job_id: UUID
+    key: str
+    pool: str
+    priority: int
+
+
+class JobRejected(Envelope):
+    type: Literal["JobRejected"] = "JobRejected"
+    key: str | None
+    pool: str | None
+    reason: str
+    message: str
+    field: str | None = None
+
+
+class JobAssigned(Envelope):
+    """Sent to the runner as a request; the runner's ack completes the hand-off."""
+
+    type: Literal["JobAssigned"] = "JobAssigned"
+    job_id: UUID
+    pool: str
+    runner_id: str
+    attempt: int
+    payload: dict[str, Any]
+    timeout_s: float | None
+
+
+class JobStarted(Envelope):
+    """From the runner: a request for permission to start; refused for a stale assignment."""
+
+    type: Literal["JobStarted"] = "JobStarted"
+    job_id: UUID
+    pool: str
+    runner_id: str
+    attempt: int
+
+
+class JobFinished(Envelope):
+    type: Literal["JobFinished"] = "JobFinished"
+    job_id: UUID
+    pool: str
+    runner_id: str
+    attempt: int
+    state: JobState
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+class JobCancelRequested(Envelope):
+    type: Literal["JobCancelRequested"] = "JobCancelRequested"
+    job_id: UUID
+    pool: str
+    runner_id: str | None
+
+
+class SlotAvailable(Envelope):
+    type: Literal["SlotAvailable"] = "SlotAvailable"
+    pool: str
+    free: int
+
+
+class RunnerRegistered(Envelope):
+    """From the runner at start. `running` lists the jobs it still runs (none after a restart),
+    so jobs the store still holds against this runner id are released at once."""
+
+    type: Literal["RunnerRegistered"] = "RunnerRegistered"
+    runner_id: Name
+    pool: Name
+    labels: list[Label] = Field(default_factory=list)
+    slots: int = Field(ge=0, le=10_000)
+    taints: list[Label] = Field(default_factory=list)
+    running: list[UUID] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunnerHeartbeat(Envelope):
+    type: Literal["RunnerHeartbeat"] = "RunnerHeartbeat"
+    runner_id: str
+    pool: str
+    running: list[UUID] = Field(default_factory=list)
+
+
+class ErrorDetail(Model):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class Reply(Model):
+    """The answer to a request on the bus: ok, or an error that says what was wrong."""
+
+    ok: bool
+    error: ErrorDetail | None = None
+
+
+class AdmissionResult(Model):
+    """The answer of the admission service, the same for every door."""
+
+    outcome: Literal["admitted", "existing", "rejected"]
+    job: JobView | None = None
+    token: str | None = None
+    error: ErrorDetail | None = None
+    retry_after_s: float | None = None
+
+
+def error_from_validation(exc: Any) -> ErrorDetail:
+    """The first problem of a pydantic ValidationError, naming the field (dotted path).
+
+    Unparseable JSON is `malformed`; JSON of the wrong shape is `invalid`.
+    """
+    first = exc.errors(include_url=False)[0]
+    if first["type"] == "json_invalid":
+        return ErrorDetail(code="malformed", message=f"body is not valid JSON: {first['msg']}")
+    field = ".".join(str(part) for part in first["loc"]) or None
+    message = f"{field}: {first['msg']}" if field else first["msg"]
+    return ErrorDetail(code="invalid", message=message, field=field)

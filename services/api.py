@@ -1,0 +1,202 @@
+"""The HTTP API (aiohttp): the admission door for HTTP producers, job views, operator views.
+
+`POST /v1/jobs` validates the body with the same model as every other door, then asks the
+admission service over the bus, so HTTP and NATS producers get the same decisions. Reads come
+straight from Postgres, the truth. Every error is `{"error": {"code", "message", "field"}}`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+from aiohttp import web
+from opentelemetry import trace
+from pydantic import BaseModel, ValidationError
+
+from orchestrator import telemetry
+from orchestrator.bus import Bus
+from orchestrator.errors import OrchestratorError
+from orchestrator.lifecycle import Service
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+from schemas.events import AdmissionResult, JobCancelRequested, JobSubmitted, error_from_validation
+from schemas.jobs import JobSpec, JobState, JobView
+
+_tracer = telemetry.tracer("orchestrator.api")
+ADMISSION_TIMEOUT_S = 10.0
+
+# Admission outcomes and error codes -> HTTP status.
+STATUS = {
+    "admitted": 201,
+    "existing": 200,
+    "malformed": 400,
+    "invalid": 422,
+    "unsatisfiable": 422,
+    "conflict": 409,
+    "overloaded": 429,
+    "unavailable": 503,
+}
+
+
+def error_response(status: int, code: str, message: str, field: str | None = None, **headers: str) -> web.Response:
+    body = {"error": {"code": code, "message": message, "field": field}}
+    return web.json_response(body, status=status, headers=headers or None)
+
+
+def json_response(model: BaseModel | dict[str, Any], status: int = 200) -> web.Response:
+    text = model.model_dump_json() if isinstance(model, BaseModel) else json.dumps(model, default=str)
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own errors (404 route, 405, 413 body too large) in the API's error shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return error_response(exc.status, code, exc.reason)
+    except OrchestratorError as exc:
+        return error_response(503, exc.code, str(exc))
+
+
+class Api(Service):
+    name = "api"
+
+    def __init__(self, settings: Settings, store: Store, bus: Bus) -> None:
+        super().__init__()
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.url: str | None = None
+        self.app = self._build_app()
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[errors_as_json])
+        app.router.add_post("/v1/jobs", self.submit)
+        app.router.add_get("/v1/jobs", self.list_jobs)
+        app.router.add_get("/v1/jobs/{id}", self.get_job)
+        app.router.add_delete("/v1/jobs/{id}", self.cancel_job)
+        app.router.add_get("/v1/pools", self.list_pools)
+        app.router.add_get("/v1/runners", self.list_runners)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        return app
+
+    async def on_start(self) -> None:
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
+        await site.start()
+        self.on_cleanup(runner.cleanup)
+        port = runner.addresses[0][1]
+        self.url = f"http://{self.settings.http_host}:{port}"
+
+    # --- producers -----------------------------------------------------------------------------
+
+    async def submit(self, request: web.Request) -> web.Response:
+        ctx = telemetry.extract(request.headers)
+        with _tracer.start_as_current_span("POST /v1/jobs", context=ctx, kind=trace.SpanKind.SERVER):
+            raw = await request.read()
+            try:
+                spec = JobSpec.model_validate_json(raw)
+            except ValidationError as exc:
+                error = error_from_validation(exc)
+                return error_response(STATUS[error.code], error.code, error.message, error.field)
+            result = await self.bus.request(
+                self.bus.subjects.submit_request,
+                JobSubmitted(**spec.model_dump()),
+                AdmissionResult,
+                ADMISSION_TIMEOUT_S,
+            )
+            return self._admission_response(result)
+
+    @staticmethod
+    def _admission_response(result: AdmissionResult) -> web.Response:
+        if result.error is not None:
+            headers = {}
+            if result.retry_after_s is not None:
+                headers["Retry-After"] = str(max(1, round(result.retry_after_s)))
+            return error_response(
+                STATUS.get(result.error.code, 422),
+                result.error.code,
+                result.error.message,
+                result.error.field,
+                **headers,
+            )
+        assert result.job is not None
+        body = {**result.job.model_dump(mode="json"), "token": result.token}
+        return json_response(body, STATUS[result.outcome])
+
+    async def _job_or_404(self, request: web.Request) -> dict[str, Any] | web.Response:
+        try:
+            job_id = UUID(request.match_info["id"])
+        except ValueError:
+            return error_response(404, "not_found", f"no job {request.match_info['id']!r}: not a job id", "id")
+        row = await self.store.job_get(job_id)
+        if row is None:
+            return error_response(404, "not_found", f"no job {job_id}", "id")
+        return row
+
+    async def get_job(self, request: web.Request) -> web.Response:
+        row = await self._job_or_404(request)
+        if isinstance(row, web.Response):
+            return row
+        return json_response(JobView.from_row(row))
+
+    async def list_jobs(self, request: web.Request) -> web.Response:
+        q = request.query
+        state = q.get("state")
+        if state is not None and state not in JobState.__members__:
+            return error_response(
+                422, "invalid", f"state {state!r} is not one of {list(JobState.__members__)}", "state"
+            )
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            return error_response(422, "invalid", "limit must be an integer", "limit")
+        if not 1 <= limit <= 1000:
+            return error_response(422, "invalid", "limit must be between 1 and 1000", "limit")
+        rows = await self.store.job_list(pool=q.get("pool"), state=state, key=q.get("key"), limit=limit)
+        return json_response({"jobs": [JobView.from_row(r).model_dump(mode="json") for r in rows]})
+
+    async def cancel_job(self, request: web.Request) -> web.Response:
+        row = await self._job_or_404(request)
+        if isinstance(row, web.Response):
+            return row
+        cancelled = await self.store.job_cancel_queued(row["id"])
+        if cancelled is not None:
+            return json_response(JobView.from_row(cancelled))
+        if JobState(row["state"]).final:
+            return error_response(409, "final", f"job {row['id']} already ended: {row['state']}", "id")
+        # Assigned or running: the runner is told; the job ends when it reports.
+        event = JobCancelRequested(job_id=row["id"], pool=row["pool"], runner_id=row["runner_id"])
+        await self.bus.publish(self.bus.subjects.cancel(row["runner_id"]), event)
+        return json_response(JobView.from_row(row), 202)
+
+    # --- operators -----------------------------------------------------------------------------
+
+    async def list_pools(self, request: web.Request) -> web.Response:
+        return json_response({"pools": await self.store.pool_list()})
+
+    async def list_runners(self, request: web.Request) -> web.Response:
+        return json_response({"runners": await self.store.runner_list()})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return json_response({"ok": True})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        problems = []
+        try:
+            await self.store.pool_list()
+        except OrchestratorError as exc:
+            problems.append(f"store: {exc}")
+        if not self.bus.nc.is_connected:
+            problems.append("bus: not connected to NATS")
+        if problems:
+            return error_response(503, "not_ready", "; ".join(problems))
+        return json_response({"ok": True})

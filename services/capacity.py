@@ -1,0 +1,112 @@
+"""Capacity: the runner registry, the runners' reports, and the news that a slot is free.
+
+Runners register, heartbeat, ask permission to start a job and report its end, all through
+requests answered after the change is committed. Permission to start is granted only to the
+runner a job is assigned to, for that very attempt, so a stale assignment never runs twice.
+Whenever capacity in a pool appears or grows (a job ended, a runner joined, jobs were released
+from a lost runner) it publishes `SlotAvailable{pool, free}`, which wakes the dispatcher at once.
+
+Counts are never stored: the free capacity of a pool is derived from job rows, so no slot can
+leak. A sweep marks runners lost after `runner_ttl_s` of silence and releases their jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from nats.aio.msg import Msg
+
+from orchestrator.bus import Bus
+from orchestrator.errors import NotFound
+from orchestrator.lifecycle import Service, every
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+from schemas.events import (
+    ErrorDetail,
+    JobFinished,
+    JobStarted,
+    Reply,
+    RunnerHeartbeat,
+    RunnerRegistered,
+    SlotAvailable,
+)
+
+OK = Reply(ok=True)
+
+
+def refused(code: str, message: str) -> Reply:
+    return Reply(ok=False, error=ErrorDetail(code=code, message=message))
+
+
+class Capacity(Service):
+    name = "capacity"
+
+    def __init__(self, settings: Settings, store: Store, bus: Bus) -> None:
+        super().__init__()
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+
+    async def on_start(self) -> None:
+        s = self.bus.subjects
+        for subject, model, handler in (
+            (s.runner_register, RunnerRegistered, self._on_register),
+            (s.runner_heartbeat, RunnerHeartbeat, self._on_heartbeat),
+            (s.runner_start, JobStarted, self._on_start),
+            (s.runner_finish, JobFinished, self._on_finish),
+        ):
+            sub = await self.bus.subscribe(subject, model, handler, queue=self.name)
+            self.on_cleanup(sub.unsubscribe)
+        self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "runner sweep"), "sweep")
+
+    async def _on_register(self, event: RunnerRegistered, msg: Msg) -> Reply:
+        try:
+            released = await self.store.runner_register(
+                event.runner_id,
+                event.pool,
+                event.labels,
+                event.slots,
+                event.taints,
+                event.metadata,
+                event.running,
+            )
+        except NotFound as exc:
+            return refused("unknown_pool", str(exc))
+        self.log.info("runner %s registered in %s with %d slots", event.runner_id, event.pool, event.slots)
+        await self._announce_free({event.pool, *(job["pool"] for job in released)})
+        return OK
+
+    async def _on_heartbeat(self, event: RunnerHeartbeat, msg: Msg) -> Reply:
+        if await self.store.runner_touch(event.runner_id):
+            return OK
+        return refused("unknown_runner", f"runner {event.runner_id!r} is not registered (or was lost)")
+
+    async def _on_start(self, event: JobStarted, msg: Msg) -> Reply:
+        row = await self.store.job_start(event.job_id, event.runner_id, event.attempt)
+        if row is None:
+            return refused("stale", f"job {event.job_id} attempt {event.attempt} is not assigned to {event.runner_id}")
+        await self.bus.publish(self.bus.subjects.job_event("started", row["pool"]), event)
+        return OK
+
+    async def _on_finish(self, event: JobFinished, msg: Msg) -> Reply:
+        row = await self.store.job_finish(
+            event.job_id, event.runner_id, event.attempt, event.state.value, event.exit_code, event.reason
+        )
+        if row is None:
+            # Already recorded (a retried report) or no longer this runner's: nothing to do.
+            return refused("stale", f"job {event.job_id} attempt {event.attempt} is not held by {event.runner_id}")
+        await self.bus.publish(self.bus.subjects.job_event("finished", row["pool"]), event)
+        await self._announce_free({row["pool"]})
+        return OK
+
+    async def sweep(self) -> None:
+        released = await self.store.runner_mark_lost(self.settings.runner_ttl_s)
+        if released:
+            self.log.warning("released %d jobs from lost runners", len(released))
+            await self._announce_free({job["pool"] for job in released})
+
+    async def _announce_free(self, pools: Iterable[str]) -> None:
+        for pool in pools:
+            free = await self.store.pool_free(pool)
+            if free > 0:
+                await self.bus.publish(self.bus.subjects.slot_available(pool), SlotAvailable(pool=pool, free=free))

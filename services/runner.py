@@ -1,0 +1,236 @@
+"""The runner agent: takes assignments for its slots and runs each job's command.
+
+It registers (telling the orchestrator which jobs it still runs, so after a restart whatever was
+held against it is released), heartbeats, acks an assignment only while it has a free slot, asks
+permission before starting (a stale assignment is refused, so a job never runs on two runners),
+runs `payload.command` as a subprocess with `payload.env` / `payload.cwd` and the job's timeout,
+and reports the end until the report is acknowledged. A job without a command is a reservation:
+the slot is held until the job is cancelled or its timeout runs out.
+
+On stop it drains: no new assignments, running jobs get `stop_timeout_s` to finish, then are
+killed and left for the next registration (or the lost-runner sweep) to release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import platform
+import signal
+from typing import Any
+from uuid import UUID
+
+from nats.aio.msg import Msg
+
+from orchestrator import telemetry
+from orchestrator.bus import Bus
+from orchestrator.errors import OrchestratorError, RequestFailed
+from orchestrator.lifecycle import Service
+from orchestrator.settings import Settings
+from schemas.events import (
+    ErrorDetail,
+    JobAssigned,
+    JobCancelRequested,
+    JobFinished,
+    JobStarted,
+    Reply,
+    RunnerHeartbeat,
+    RunnerRegistered,
+)
+from schemas.jobs import JobState
+
+_tracer = telemetry.tracer("orchestrator.runner")
+REQUEST_TIMEOUT_S = 5.0
+
+
+class _Running:
+    def __init__(self, event: JobAssigned) -> None:
+        self.event = event
+        self.task: asyncio.Task[None] | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.cancelled = asyncio.Event()
+
+
+class Runner(Service):
+    name = "runner"
+
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        *,
+        runner_id: str,
+        pool: str,
+        labels: list[str],
+        slots: int,
+        taints: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.bus = bus
+        self.runner_id = runner_id
+        self.pool = pool
+        self.labels = labels
+        self.slots = slots
+        self.taints = taints or []
+        self._jobs: dict[UUID, _Running] = {}
+        self._accepting = False
+
+    @property
+    def busy(self) -> int:
+        return len(self._jobs)
+
+    async def on_start(self) -> None:
+        s = self.bus.subjects
+        assign = await self.bus.subscribe(s.assign(self.runner_id), JobAssigned, self._on_assign)
+        self.on_cleanup(assign.unsubscribe)
+        cancel = await self.bus.subscribe(s.cancel(self.runner_id), JobCancelRequested, self._on_cancel)
+        self.on_cleanup(cancel.unsubscribe)
+        self._accepting = True
+        await self._register()
+        self.spawn(self._heartbeat(), "heartbeat")
+
+    async def on_stop(self) -> None:
+        self._accepting = False
+        tasks = [job.task for job in self._jobs.values() if job.task]
+        if tasks:
+            self.log.info("draining %d running jobs", len(tasks))
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.stop_timeout_s)
+            for job in list(self._jobs.values()):
+                if job.proc and job.proc.returncode is None:
+                    self._kill_group(job.proc)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _register(self) -> None:
+        event = RunnerRegistered(
+            runner_id=self.runner_id,
+            pool=self.pool,
+            labels=self.labels,
+            slots=self.slots,
+            taints=self.taints,
+            running=list(self._jobs),
+            metadata={"hostname": platform.node(), "pid": os.getpid(), "labels": self.labels},
+        )
+        reply = await self.bus.request(self.bus.subjects.runner_register, event, Reply, REQUEST_TIMEOUT_S)
+        if not reply.ok:
+            raise OrchestratorError(f"registration refused: {reply.error.message if reply.error else reply}")
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            event = RunnerHeartbeat(runner_id=self.runner_id, pool=self.pool, running=list(self._jobs))
+            try:
+                reply = await self.bus.request(self.bus.subjects.runner_heartbeat, event, Reply, REQUEST_TIMEOUT_S)
+                if not reply.ok:  # forgotten (declared lost): join again
+                    await self._register()
+            except OrchestratorError as exc:
+                self.log.warning("heartbeat failed: %s", exc)
+
+    # --- assignments ---------------------------------------------------------------------------
+
+    async def _on_assign(self, event: JobAssigned, msg: Msg) -> Reply:
+        if not self._accepting or len(self._jobs) >= self.slots or event.job_id in self._jobs:
+            return Reply(ok=False, error=ErrorDetail(code="no_slot", message=f"{self.runner_id} has no free slot"))
+        job = _Running(event)
+        self._jobs[event.job_id] = job
+        job.task = asyncio.create_task(self._run(job), name=f"runner.job.{event.job_id}")
+        return Reply(ok=True)
+
+    async def _on_cancel(self, event: JobCancelRequested, msg: Msg) -> None:
+        job = self._jobs.get(event.job_id)
+        if job is not None:
+            job.cancelled.set()
+            if job.proc and job.proc.returncode is None:
+                self._kill_group(job.proc)
+
+    async def _run(self, job: _Running) -> None:
+        e = job.event
+        try:
+            with _tracer.start_as_current_span("run", attributes={"orchestrator.job_id": str(e.job_id)}):
+                started = JobStarted(job_id=e.job_id, pool=e.pool, runner_id=self.runner_id, attempt=e.attempt)
+                try:
+                    permitted = await self.bus.request(
+                        self.bus.subjects.runner_start, started, Reply, REQUEST_TIMEOUT_S
+                    )
+                except RequestFailed as exc:
+                    self.log.warning("no permission to start %s: %s", e.job_id, exc)
+                    return  # still assigned: the orchestrator releases it (sweep or re-registration)
+                if not permitted.ok:
+                    return  # stale: another runner has it, or it was cancelled
+                if job.cancelled.is_set():
+                    state, exit_code, reason = JobState.cancelled, None, "cancelled"
+                else:
+                    state, exit_code, reason = await self._execute(job)
+                await self._report(
+                    JobFinished(
+                        job_id=e.job_id,
+                        pool=e.pool,
+                        runner_id=self.runner_id,
+                        attempt=e.attempt,
+                        state=state,
+                        exit_code=exit_code,
+                        reason=reason,
+                    )
+                )
+        finally:
+            self._jobs.pop(e.job_id, None)
+
+    async def _execute(self, job: _Running) -> tuple[JobState, int | None, str | None]:
+        payload: dict[str, Any] = job.event.payload
+        command = payload.get("command")
+        timeout = job.event.timeout_s
+        if command is None:  # a reservation: hold the slot until cancelled or timed out
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await job.cancelled.wait()
+            return (
+                (JobState.cancelled, None, "cancelled")
+                if job.cancelled.is_set()
+                else (JobState.timed_out, None, f"reservation held past timeout_s={timeout}")
+            )
+        if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
+            return JobState.failed, None, "payload.command must be a non-empty list of strings"
+        env = {**os.environ, **{str(k): str(v) for k, v in (payload.get("env") or {}).items()}}
+        try:
+            job.proc = await asyncio.create_subprocess_exec(
+                *command,
+                env=env,
+                cwd=payload.get("cwd"),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return JobState.failed, None, f"cannot start {command[0]!r}: {exc.strerror or exc}"
+        try:
+            async with asyncio.timeout(timeout):
+                code = await job.proc.wait()
+        except TimeoutError:
+            self._kill_group(job.proc)
+            await job.proc.wait()
+            return JobState.timed_out, None, f"killed after timeout_s={timeout}"
+        if job.cancelled.is_set():
+            return JobState.cancelled, code, "cancelled"
+        return (JobState.succeeded if code == 0 else JobState.failed), code, None
+
+    @staticmethod
+    def _kill_group(proc: asyncio.subprocess.Process) -> None:
+        # The command may have children (a shell script): kill its whole session.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    async def _report(self, event: JobFinished) -> None:
+        """Report the end until the orchestrator answers (ok, or stale: already recorded)."""
+        delay = 0.1
+        while True:
+            try:
+                await self.bus.request(self.bus.subjects.runner_finish, event, Reply, REQUEST_TIMEOUT_S)
+                return
+            except RequestFailed as exc:
+                self.log.warning("report of %s failed, retrying: %s", event.job_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

@@ -1,0 +1,110 @@
+"""Real servers for the whole session: one nats-server (JetStream) and one PostgreSQL.
+
+Each test gets its own database, copied from a migrated template (fast, isolated), and its own
+bus namespace (subjects and streams), so tests never hear one another.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from orchestrator.bus import Bus, Subjects
+from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
+from orchestrator.runtime import Runtime
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+
+_counter = itertools.count(1)
+
+
+def with_database(dsn: str, database: str) -> str:
+    base, _, query = dsn.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{database}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+async def nats_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    yield await server.start()
+    await server.stop()
+
+
+@pytest.fixture(scope="session")
+async def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    dsn = await server.start()
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DROP DATABASE IF EXISTS orch_template")
+        await conn.execute("CREATE DATABASE orch_template")
+    finally:
+        await conn.close()
+    template = Store(with_database(dsn, "orch_template"), max_size=1)
+    await template.connect()
+    await template.migrate()
+    await template.close()
+    yield dsn
+    await server.stop()
+
+
+@pytest.fixture
+async def database_url(pg_dsn: str) -> AsyncIterator[str]:
+    name = f"test_{next(_counter)}"
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE orch_template")
+    finally:
+        await conn.close()
+    yield with_database(pg_dsn, name)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def settings(nats_url: str, database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        nats_url=nats_url,
+        database_url=database_url,
+        namespace=f"t{next(_counter)}",
+        data_dir=tmp_path / "data",
+        http_port=0,
+        heartbeat_interval_s=0.5,
+        runner_ttl_s=3.0,
+        sweep_interval_s=0.5,
+        stop_timeout_s=2.0,
+        runner_slots=4,
+        runner_labels="linux,x86_64",
+    )
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    s = Store(settings.database_url or "", max_size=4)
+    await s.connect()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def bus(settings: Settings) -> AsyncIterator[Bus]:
+    b = Bus(settings.nats_url or "", Subjects(settings.namespace), name="test-client")
+    await b.connect()
+    yield b
+    await b.close()
+
+
+@pytest.fixture
+async def system(settings: Settings) -> AsyncIterator[Runtime]:
+    """Every service, the API and one local runner in this process, like `orchestrator up`."""
+    runtime = Runtime(settings, migrate=True)
+    await runtime.start()
+    yield runtime
+    await runtime.stop()

@@ -1,0 +1,56 @@
+"""Helpers the tests share: deadlines instead of sleeps, and a way to hear bus events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from orchestrator.bus import Bus
+
+T = TypeVar("T")
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, what: str = "condition") -> T:
+    """Poll `probe` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Listener:
+    """Collects every event of one type published on a subject; `wait` blocks until a match."""
+
+    def __init__(self, bus: Bus, subject: str, model: type[BaseModel]) -> None:
+        self.bus, self.subject, self.model = bus, subject, model
+        self.events: list[Any] = []
+        self._changed = asyncio.Condition()
+
+    async def __aenter__(self) -> Listener:
+        self._sub = await self.bus.subscribe(self.subject, self.model, self._on)
+        await self.bus.nc.flush()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._sub.unsubscribe()
+
+    async def _on(self, event: Any, msg: Any) -> None:
+        async with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    async def wait(self, match: Callable[[Any], bool] = lambda e: True, timeout: float = 10.0) -> Any:
+        async with asyncio.timeout(timeout), self._changed:
+            while True:
+                for event in self.events:
+                    if match(event):
+                        return event
+                await self._changed.wait()
