@@ -63,21 +63,17 @@ class Service:
         """Subclasses drain here; spawned tasks and registered cleanups are handled after."""
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(self._guard(coro, name), name=f"{self.name}.{name}")
+        task = asyncio.create_task(coro, name=f"{self.name}.{name}")
+        task.add_done_callback(self._report_crash)
         self._tasks.append(task)
         return task
 
     def on_cleanup(self, cleanup: Callable[[], Awaitable[Any]]) -> None:
         self._cleanups.append(cleanup)
 
-    async def _guard(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        try:
-            await coro
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self.log.exception("background task %s crashed", name)
-            raise
+    def _report_crash(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("background task %s crashed", task.get_name(), exc_info=task.exception())
 
 
 async def every(interval_s: float, tick: Callable[[], Awaitable[Any]], log: Any, what: str) -> None:
