@@ -31,3 +31,7 @@ class NotFound(OrchestratorError):
     """A named thing (pool, job, runner) does not exist."""
 
     code = "not_found"
+
+
+class NoResponders(RequestFailed):
+    """Nobody serves the subject at all (as opposed to a server that did not answer in time)."""

@@ -92,6 +92,14 @@ class SlotAvailable(Envelope):
     free: int
 
 
+class CapacityUnknown(Envelope):
+    """A pool's capacity could not be counted; it is not dispatched until it can be (seed 000)."""
+
+    type: Literal["CapacityUnknown"] = "CapacityUnknown"
+    pool: str
+    reason: str
+
+
 class RunnerRegistered(Envelope):
     """From the runner at start. `running` lists the jobs it still runs (none after a restart),
     so jobs the store still holds against this runner id are released at once."""

@@ -7,11 +7,14 @@ Whenever capacity in a pool appears or grows (a job ended, a runner joined, jobs
 from a lost runner) it publishes `SlotAvailable{pool, free}`, which wakes the dispatcher at once.
 
 Counts are never stored: the free capacity of a pool is derived from job rows, so no slot can
-leak. A sweep marks runners lost after `runner_ttl_s` of silence and releases their jobs.
+leak. A sweep marks runners lost after `runner_ttl_s` of silence and releases their jobs; a
+runner that cannot reach capacity for most of that TTL kills its jobs first (see the runner), so a
+released job never runs twice.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from nats.aio.msg import Msg
@@ -48,6 +51,7 @@ class Capacity(Service):
         self.bus = bus
 
     async def on_start(self) -> None:
+        self._started_at = time.monotonic()
         s = self.bus.subjects
         for subject, model, handler in (
             (s.runner_register, RunnerRegistered, self._on_register),
@@ -77,9 +81,12 @@ class Capacity(Service):
         return OK
 
     async def _on_heartbeat(self, event: RunnerHeartbeat, msg: Msg) -> Reply:
-        if await self.store.runner_touch(event.runner_id):
-            return OK
-        return refused("unknown_runner", f"runner {event.runner_id!r} is not registered (or was lost)")
+        before = await self.store.runner_touch(event.runner_id)
+        if before is None:
+            return refused("unknown_runner", f"runner {event.runner_id!r} is not registered (or was lost)")
+        if before["state"] == "suspect":  # it answers again: its slots count again
+            await self._announce_free({before["pool"]})
+        return OK
 
     async def _on_start(self, event: JobStarted, msg: Msg) -> Reply:
         row = await self.store.job_start(event.job_id, event.runner_id, event.attempt)
@@ -100,6 +107,10 @@ class Capacity(Service):
         return OK
 
     async def sweep(self) -> None:
+        # Just started (or restarted after an outage): runners have not had a chance to reach
+        # us yet, and their silence says nothing. Judge no one before a full TTL has passed.
+        if time.monotonic() - self._started_at < self.settings.runner_ttl_s:
+            return
         released = await self.store.runner_mark_lost(self.settings.runner_ttl_s)
         if released:
             self.log.warning("released %d jobs from lost runners", len(released))

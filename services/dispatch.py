@@ -4,12 +4,15 @@ Wakes on `JobAdmitted`, `SlotAvailable`, at start, and on a slow safety sweep (e
 lost; Postgres is the truth). Wakes for one pool coalesce: a pool has at most one drain running,
 and a wake that arrives during it makes the drain go round once more. A drain runs steps back to
 back (seed 000) until a step says stop: `dispatched` goes on; `no_job`, `no_runner`,
-`at_capacity`, `paused`, `unknown_pool` and `failed` stop until the next wake.
+`at_capacity`, `capacity_unknown` (Postgres unreachable: never dispatch blind), `paused`,
+`unknown_pool` and `failed` stop until the next wake.
 
 A step is one transaction in the store (lock the pool row, derive in-flight from job rows,
 claim up to the budget with SKIP LOCKED), so `max_concurrent` holds with any number of
-dispatchers. Then the hand-off: `JobAssigned` to the runner as a request; no ack in time and the
-assignment is undone (back to `queued`, not an attempt).
+dispatchers. Matching visits only the job shapes (pool, labels, tenant) the free runners can take,
+so its cost does not grow with non-matching jobs queued ahead (seed 004). Then the hand-off:
+`JobAssigned` to the runner as a request; no ack in time and the assignment is undone (back to
+`queued`, not an attempt) and the runner is suspect until its next heartbeat.
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ from pydantic import BaseModel
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus
-from orchestrator.errors import OrchestratorError, RequestFailed
+from orchestrator.errors import OrchestratorError, RequestFailed, StoreUnavailable
 from orchestrator.lifecycle import Service, every
 from orchestrator.settings import Settings
 from orchestrator.store import Store
-from schemas.events import JobAdmitted, JobAssigned, Reply, SlotAvailable
+from schemas.events import CapacityUnknown, JobAdmitted, JobAssigned, Reply, SlotAvailable
 
 _tracer = telemetry.tracer("orchestrator.dispatch")
 
@@ -49,7 +52,8 @@ class Dispatch(Service):
         self.config = config or DispatchConfig()
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
-        # Counted per step status; read by tests and, later, metrics.
+        # Steps counted by status: `at_capacity` and `capacity_unknown` are the skip counters of
+        # seed 000 (`jobs_at_capacity_skips_total`); read by tests, the benchmark and metrics.
         self.step_counts: dict[str, int] = {}
 
     async def on_start(self) -> None:
@@ -97,6 +101,13 @@ class Dispatch(Service):
         """Claim and hand off one batch; return the step's status."""
         try:
             claim = await self.store.job_claim_step(pool, self.config.step_limit)
+        except StoreUnavailable as exc:
+            # In-flight counts live in Postgres: without them, never dispatch blind.
+            claim_status = "capacity_unknown"
+            self.log.warning("capacity of %s unknown, skipping: %s", pool, exc)
+            await self.bus.publish(
+                self.bus.subjects.capacity_unknown(pool), CapacityUnknown(pool=pool, reason=str(exc))
+            )
         except OrchestratorError as exc:
             self.log.warning("dispatch step for %s failed: %s", pool, exc)
             claim_status = "failed"
@@ -132,6 +143,9 @@ class Dispatch(Service):
                 self.log.warning("hand-off of %s to %s failed: %s", a["id"], a["runner_id"], exc)
                 accepted = False
             if not accepted:
+                # Not an attempt: back to the queue. The runner takes nothing more until it
+                # heartbeats again, so the retry goes elsewhere instead of timing out again.
+                await self.store.runner_mark_suspect(a["runner_id"])
                 await self.store.job_unassign(a["id"], a["runner_id"])
                 return
             await self.bus.publish(self.bus.subjects.job_event("assigned", a["pool"]), event)

@@ -18,6 +18,7 @@ import contextlib
 import os
 import platform
 import signal
+import time
 from typing import Any
 from uuid import UUID
 
@@ -25,7 +26,7 @@ from nats.aio.msg import Msg
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus
-from orchestrator.errors import OrchestratorError, RequestFailed
+from orchestrator.errors import NoResponders, OrchestratorError, RequestFailed
 from orchestrator.lifecycle import Service
 from orchestrator.settings import Settings
 from schemas.events import (
@@ -119,15 +120,40 @@ class Runner(Service):
             raise OrchestratorError(f"registration refused: {reply.error.message if reply.error else reply}")
 
     async def _heartbeat(self) -> None:
+        """Heartbeat; and fence itself: a runner that capacity may have declared lost kills its
+        jobs, because capacity hands them to other runners (no job runs on two at once)."""
+        fence_after = self.settings.runner_ttl_s * 0.7
+        last_ack = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             event = RunnerHeartbeat(runner_id=self.runner_id, pool=self.pool, running=list(self._jobs))
             try:
-                reply = await self.bus.request(self.bus.subjects.runner_heartbeat, event, Reply, REQUEST_TIMEOUT_S)
-                if not reply.ok:  # forgotten (declared lost): join again
+                reply = await self.bus.request(
+                    self.bus.subjects.runner_heartbeat, event, Reply, min(REQUEST_TIMEOUT_S, fence_after / 2)
+                )
+                if reply.ok:
+                    last_ack = time.monotonic()
+                else:  # declared lost: its jobs are already someone else's
+                    self._fence("capacity declared this runner lost")
                     await self._register()
+                    last_ack = time.monotonic()
+            except NoResponders:
+                # No capacity instance is running, so none can declare us lost (a restarted one
+                # waits a full TTL before judging): keep the jobs running.
+                last_ack = time.monotonic()
             except OrchestratorError as exc:
                 self.log.warning("heartbeat failed: %s", exc)
+            if time.monotonic() - last_ack > fence_after:
+                self._fence(f"no heartbeat acknowledged for {fence_after:.1f}s")
+
+    def _fence(self, why: str) -> None:
+        if self._jobs:
+            self.log.warning("killing %d jobs: %s", len(self._jobs), why)
+        for job in list(self._jobs.values()):
+            if job.proc and job.proc.returncode is None:
+                self._kill_group(job.proc)
+            if job.task:
+                job.task.cancel()  # report nothing: the job may be someone else's now
 
     # --- assignments ---------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus.subjects import Subjects
-from orchestrator.errors import BusUnavailable, RequestFailed
+from orchestrator.errors import BusUnavailable, NoResponders, RequestFailed
 from schemas.events import ErrorDetail, Reply, error_from_validation
 
 M = TypeVar("M", bound=BaseModel)
@@ -107,7 +107,7 @@ class Bus:
                     subject, event.model_dump_json().encode(), timeout=timeout, headers=telemetry.inject()
                 )
             except NoRespondersError as exc:
-                raise RequestFailed(f"nobody serves {subject}") from exc
+                raise NoResponders(f"nobody serves {subject}") from exc
             except NatsTimeout as exc:
                 raise RequestFailed(f"no answer on {subject} within {timeout}s") from exc
         try:

@@ -20,12 +20,13 @@ from orchestrator.errors import NotFound, StoreUnavailable
 from orchestrator.store import migrate
 from orchestrator.store.queries import Q
 
+# What "Postgres cannot be reached right now" looks like: the network, a closed connection,
+# SQLSTATE class 08 (connection exception) and 57 (operator intervention: shutdown, terminate).
 _UNAVAILABLE = (
     OSError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.InterfaceError,
-    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
 )
 
 
@@ -71,6 +72,8 @@ class Store:
         self.dsn = dsn
         self._min_size, self._max_size = min_size, max_size
         self._pool: asyncpg.Pool | None = None
+        # Shapes are never deleted or changed, so their ids can be remembered for good.
+        self._shapes: dict[tuple[str, tuple[str, ...], str], int] = {}
 
     async def connect(self) -> None:
         try:
@@ -90,10 +93,15 @@ class Store:
         if self._pool is None:
             raise StoreUnavailable("the store is not connected")
         try:
-            async with self._pool.acquire() as conn:
-                yield conn
+            conn = await self._pool.acquire()
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:  # any failure to connect at all
+            raise StoreUnavailable(f"Postgres is unreachable: {exc}") from exc
+        try:
+            yield conn
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"Postgres is unreachable: {exc}") from exc
+        finally:
+            await self._pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
@@ -155,6 +163,7 @@ class Store:
 
     async def job_admit(self, job: NewJob, max_active: int) -> AdmitOutcome:
         """Insert `job` unless its key exists or the pool is at `max_active` (negative: no cap)."""
+        shape_id = await self._shape_id(job.pool, job.labels, job.tenant)
         async with self._tx() as conn:
             existing = await conn.fetchrow(Q["job_get_by_key"], job.key)
             if existing is not None:
@@ -178,11 +187,25 @@ class Store:
                 job.abandon_after_s,
                 job.token_hash,
                 job.trace_context,
+                shape_id,
             )
             if row is None:  # the same key committed by a concurrent admission
                 existing = await conn.fetchrow(Q["job_get_by_key"], job.key)
                 return self._same_key(existing, job)
             return AdmitOutcome("admitted", dict(row))
+
+    async def _shape_id(self, pool: str, labels: Sequence[str], tenant: str | None) -> int:
+        """The id of a shape, created (committed on its own) the first time it is needed."""
+        key = (pool, tuple(sorted(set(labels))), tenant or "")
+        shape_id = self._shapes.get(key)
+        if shape_id is None:
+            args = (pool, list(key[1]), key[2])
+            async with self._conn() as conn:
+                shape_id = await conn.fetchval(Q["job_shape_insert"], *args)
+                if shape_id is None:  # created before, or concurrently by another admission
+                    shape_id = await conn.fetchval(Q["job_shape_get"], *args)
+            self._shapes[key] = shape_id
+        return shape_id
 
     @staticmethod
     def _same_key(existing: Any, job: NewJob) -> AdmitOutcome:
@@ -227,6 +250,7 @@ class Store:
                 budget -= len(claimed)
             if not assignments:
                 return ClaimStep("no_job")
+            await conn.execute(Q["job_shape_served"], list({a["shape_id"] for a in assignments}))
             await conn.execute(
                 Q["job_set_runner"], [a["id"] for a in assignments], [a["runner_id"] for a in assignments]
             )
@@ -269,9 +293,15 @@ class Store:
             released = await conn.fetch(Q["job_release_from_runners"], [runner_id], list(running))
         return [dict(r) for r in released]
 
-    async def runner_touch(self, runner_id: str) -> bool:
+    async def runner_touch(self, runner_id: str) -> dict[str, Any] | None:
+        """Record a heartbeat; the runner's state before it and its pool, or None if unknown/lost."""
         async with self._conn() as conn:
-            return await conn.fetchval(Q["runner_touch"], runner_id) is not None
+            row = await conn.fetchrow(Q["runner_touch"], runner_id)
+        return dict(row) if row else None
+
+    async def runner_mark_suspect(self, runner_id: str) -> None:
+        async with self._conn() as conn:
+            await conn.execute(Q["runner_mark_suspect"], runner_id)
 
     async def runner_mark_lost(self, ttl_s: float, now: datetime | None = None) -> list[dict[str, Any]]:
         """Mark silent runners lost and release their jobs; returns the released jobs."""

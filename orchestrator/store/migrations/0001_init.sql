@@ -20,10 +20,23 @@ CREATE TABLE runners (
     labels          text[] NOT NULL DEFAULT '{}',
     slots           integer NOT NULL CHECK (slots >= 0),
     taints          text[] NOT NULL DEFAULT '{}',
-    state           text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'draining', 'lost')),
+    -- suspect: missed an assignment ack; takes no jobs until its next heartbeat.
+    state           text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'draining', 'suspect', 'lost')),
     metadata        jsonb NOT NULL DEFAULT '{}',
     created_at      timestamptz NOT NULL DEFAULT now(),
     last_seen_at    timestamptz NOT NULL DEFAULT now()
+);
+
+-- A shape is what a queued job needs: its pool, labels and tenant. Runners match shapes, not
+-- jobs, so finding a runnable job never scans jobs no free runner can take (seed 004), and
+-- `served_at` gives round-robin across shapes (so across tenants) within a priority.
+CREATE TABLE job_shapes (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    pool            text NOT NULL REFERENCES pools (name),
+    labels          text[] NOT NULL,                  -- sorted, distinct
+    tenant          text NOT NULL DEFAULT '',
+    served_at       timestamptz,
+    UNIQUE (pool, labels, tenant)
 );
 
 CREATE TABLE jobs (
@@ -31,6 +44,7 @@ CREATE TABLE jobs (
     key             text NOT NULL UNIQUE,             -- idempotency key (the id when none given)
     spec            jsonb NOT NULL,                   -- canonical spec, compared on a repeated key
     pool            text NOT NULL REFERENCES pools (name),
+    shape_id        bigint NOT NULL REFERENCES job_shapes (id),
     labels          text[] NOT NULL DEFAULT '{}',
     plan            text,
     tenant          text,
@@ -43,6 +57,7 @@ CREATE TABLE jobs (
                         'queued', 'assigned', 'running',
                         'succeeded', 'failed', 'timed_out', 'cancelled', 'expired')),
     attempt         integer NOT NULL DEFAULT 0,       -- attempts started
+    not_before      timestamptz,                      -- retry backoff: not claimed before this
     runner_id       text,
     exit_code       integer,
     reason          text,
@@ -54,10 +69,10 @@ CREATE TABLE jobs (
     finished_at     timestamptz
 );
 
--- The claim order: best priority, then oldest, among the queued jobs of a pool.
-CREATE INDEX jobs_queued_idx ON jobs (pool, priority DESC, id) WHERE state = 'queued';
--- In-flight counts per pool and per runner, read by every claim.
-CREATE INDEX jobs_in_flight_idx ON jobs (pool, runner_id) WHERE state IN ('assigned', 'running');
+-- The claim order within a shape: best priority, then oldest.
+CREATE INDEX jobs_queued_idx ON jobs (shape_id, priority DESC, id) WHERE state = 'queued';
+-- Active (max_active) and in-flight (max_concurrent) counts per pool, read by admission and claims.
+CREATE INDEX jobs_active_idx ON jobs (pool, state) WHERE state IN ('queued', 'assigned', 'running');
 CREATE INDEX jobs_runner_idx ON jobs (runner_id) WHERE state IN ('assigned', 'running');
 
 -- A churning queue fills its partial indexes with dead entries; vacuum it early and often.

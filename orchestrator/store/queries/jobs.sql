@@ -1,7 +1,10 @@
+-- Transition timestamps use clock_timestamp(), not the transaction start: they order events as
+-- they committed (a slot freed, then taken), so the history can be checked and measured.
+
 -- name: job_insert
 INSERT INTO jobs (id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s,
-                  max_attempts, abandon_after_s, token_hash, trace_context)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                  max_attempts, abandon_after_s, token_hash, trace_context, shape_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 ON CONFLICT (key) DO NOTHING
 RETURNING *;
 
@@ -20,18 +23,42 @@ ORDER BY id DESC
 LIMIT $4;
 
 -- Claim up to $3 of the best queued jobs of pool $1 that runners with labels $2 can take.
--- SKIP LOCKED: concurrent claimers never wait on, or take, the same row.
+-- Only the shapes those runners match are visited, each through its own index range, so the
+-- cost does not grow with jobs queued for other shapes (seed 004). Order: priority, then
+-- round-robin across shapes (the n-th job of each shape before the n+1-th of any; the shape
+-- served longest ago first), then age. The caller holds the pool row lock, so no other claimer
+-- of this pool runs concurrently; `state = 'queued'` re-checks rows cancelled meanwhile.
 -- name: job_claim
-WITH picked AS (
-    SELECT id FROM jobs
-    WHERE pool = $1 AND state = 'queued' AND labels <@ $2::text[]
-    ORDER BY priority DESC, id
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
+WITH shapes AS (
+    SELECT id, served_at FROM job_shapes WHERE pool = $1 AND labels <@ $2::text[]
+), heads AS (
+    SELECT q.id, q.priority, s.served_at,
+           row_number() OVER (PARTITION BY s.id, q.priority ORDER BY q.id) AS turn
+    FROM shapes s
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority FROM jobs j
+        WHERE j.shape_id = s.id AND j.state = 'queued'
+          AND (j.not_before IS NULL OR j.not_before <= now())
+        ORDER BY j.priority DESC, j.id
+        LIMIT $3
+    ) q
+), picked AS (
+    SELECT id FROM heads ORDER BY priority DESC, turn, served_at NULLS FIRST, id LIMIT $3
 )
-UPDATE jobs j SET state = 'assigned', assigned_at = now()
-FROM picked WHERE j.id = picked.id
-RETURNING j.id, j.pool, j.attempt, j.payload, j.timeout_s, j.trace_context, j.priority;
+UPDATE jobs j SET state = 'assigned', assigned_at = clock_timestamp(), not_before = NULL
+FROM picked WHERE j.id = picked.id AND j.state = 'queued'
+RETURNING j.id, j.pool, j.shape_id, j.attempt, j.payload, j.timeout_s, j.trace_context, j.priority;
+
+-- name: job_shape_served
+UPDATE job_shapes SET served_at = clock_timestamp() WHERE id = ANY($1::bigint[]);
+
+-- name: job_shape_insert
+INSERT INTO job_shapes (pool, labels, tenant) VALUES ($1, $2, $3)
+ON CONFLICT (pool, labels, tenant) DO NOTHING
+RETURNING id;
+
+-- name: job_shape_get
+SELECT id FROM job_shapes WHERE pool = $1 AND labels = $2 AND tenant = $3;
 
 -- name: job_set_runner
 UPDATE jobs SET runner_id = r.runner_id
@@ -46,28 +73,32 @@ RETURNING pool;
 
 -- Permission to start: only the runner the job is assigned to, for that very attempt.
 -- name: job_start
-UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = now()
+UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = clock_timestamp()
 WHERE id = $1 AND runner_id = $2 AND state = 'assigned' AND attempt + 1 = $3
 RETURNING pool, attempt;
 
 -- name: job_finish
-UPDATE jobs SET state = $4, exit_code = $5, reason = $6, finished_at = now()
+UPDATE jobs SET state = $4, exit_code = $5, reason = $6, finished_at = clock_timestamp()
 WHERE id = $1 AND runner_id = $2 AND attempt = $3 AND state IN ('assigned', 'running')
 RETURNING pool, state;
 
 -- name: job_cancel_queued
-UPDATE jobs SET state = 'cancelled', reason = 'cancelled', finished_at = now()
+UPDATE jobs SET state = 'cancelled', reason = 'cancelled', finished_at = clock_timestamp()
 WHERE id = $1 AND state = 'queued'
 RETURNING *;
 
 -- Jobs held against runners that no longer hold them (lost, or restarted and not running
 -- them): an assigned job goes back to the queue as if never handed off; a running one is an
--- attempt spent, requeued while attempts remain, failed otherwise.
+-- attempt spent, requeued after a backoff (1 s, 2 s, 4 s ... 60 s) while attempts remain,
+-- failed with `runner_lost` otherwise.
 -- name: job_release_from_runners
 UPDATE jobs SET
     state = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN 'queued' ELSE 'failed' END,
+    not_before = CASE WHEN state = 'running' AND attempt < max_attempts
+                      THEN now() + make_interval(secs => least(60, power(2, attempt - 1)))
+                      END,
     reason = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN reason ELSE 'runner_lost' END,
-    finished_at = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE now() END,
+    finished_at = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE clock_timestamp() END,
     runner_id = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE runner_id END,
     assigned_at = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE assigned_at END
 WHERE runner_id = ANY($1::text[]) AND state IN ('assigned', 'running')

@@ -11,8 +11,16 @@ ON CONFLICT (id) DO UPDATE SET
     last_seen_at = now()
 RETURNING *;
 
+-- A heartbeat: a suspect runner answers again, so it is active again. Returns the old state.
 -- name: runner_touch
-UPDATE runners SET last_seen_at = now() WHERE id = $1 AND state <> 'lost' RETURNING id;
+UPDATE runners r SET last_seen_at = now(), state = CASE WHEN o.state = 'suspect' THEN 'active' ELSE o.state END
+FROM (SELECT id, state FROM runners WHERE id = $1 FOR UPDATE) o
+WHERE r.id = o.id AND o.state <> 'lost'
+RETURNING o.state, r.pool;
+
+-- A runner that did not ack an assignment takes no more until it heartbeats again.
+-- name: runner_mark_suspect
+UPDATE runners SET state = 'suspect' WHERE id = $1 AND state = 'active';
 
 -- name: runner_list
 SELECT r.*, (SELECT count(*) FROM jobs j
