@@ -7,7 +7,9 @@ bus namespace (subjects and streams), so tests never hear one another.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -28,15 +30,24 @@ def with_database(dsn: str, database: str) -> str:
 
 
 @pytest.fixture(scope="session")
-async def nats_url(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+def servers_dir() -> Iterator[Path]:
+    """The session servers' data, outside pytest's numbered temp dirs: pytest prunes old ones,
+    and a concurrent session (another checkout's tests) would delete a running server's files."""
+    path = Path(tempfile.mkdtemp(prefix="orch-test-servers-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def nats_url(servers_dir: Path) -> AsyncIterator[str]:
+    server = EmbeddedNats(servers_dir / "nats")
     yield await server.start()
     await server.stop()
 
 
 @pytest.fixture(scope="session")
-async def pg_dsn(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+async def pg_dsn(servers_dir: Path) -> AsyncIterator[str]:
+    server = EmbeddedPostgres(servers_dir / "pg")
     dsn = await server.start()
     conn = await asyncpg.connect(dsn)
     try:
