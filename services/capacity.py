@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 from nats.aio.msg import Msg
 
+from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.errors import NotFound
 from orchestrator.lifecycle import Service, every
@@ -49,6 +50,9 @@ class Capacity(Service):
         self.settings = settings
         self.store = store
         self.bus = bus
+        # Reports arriving together are committed together.
+        self._starts: Batcher[JobStarted, str | None] = Batcher(self._start_batch)
+        self._finishes: Batcher[JobFinished, str | None] = Batcher(self._finish_batch)
 
     async def on_start(self) -> None:
         self._started_at = time.monotonic()
@@ -59,7 +63,7 @@ class Capacity(Service):
             (s.runner_start, JobStarted, self._on_start),
             (s.runner_finish, JobFinished, self._on_finish),
         ):
-            sub = await self.bus.subscribe(subject, model, handler, queue=self.name)
+            sub = await self.bus.subscribe(subject, model, handler, queue=self.name, concurrent=True)
             self.on_cleanup(sub.unsubscribe)
         self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "runner sweep"), "sweep")
 
@@ -89,22 +93,30 @@ class Capacity(Service):
         return OK
 
     async def _on_start(self, event: JobStarted, msg: Msg) -> Reply:
-        row = await self.store.job_start(event.job_id, event.runner_id, event.attempt)
-        if row is None:
+        pool = await self._starts.submit(event)
+        if pool is None:
             return refused("stale", f"job {event.job_id} attempt {event.attempt} is not assigned to {event.runner_id}")
-        await self.bus.publish(self.bus.subjects.job_event("started", row["pool"]), event)
+        await self.bus.publish(self.bus.subjects.job_event("started", pool), event)
         return OK
 
+    async def _start_batch(self, events: list[JobStarted]) -> list[str | None]:
+        granted = await self.store.job_start_many([(e.job_id, e.runner_id, e.attempt) for e in events])
+        return [granted.get(e.job_id) for e in events]
+
     async def _on_finish(self, event: JobFinished, msg: Msg) -> Reply:
-        row = await self.store.job_finish(
-            event.job_id, event.runner_id, event.attempt, event.state.value, event.exit_code, event.reason
-        )
-        if row is None:
+        pool = await self._finishes.submit(event)
+        if pool is None:
             # Already recorded (a retried report) or no longer this runner's: nothing to do.
             return refused("stale", f"job {event.job_id} attempt {event.attempt} is not held by {event.runner_id}")
-        await self.bus.publish(self.bus.subjects.job_event("finished", row["pool"]), event)
-        await self._announce_free({row["pool"]})
+        await self.bus.publish(self.bus.subjects.job_event("finished", pool), event)
         return OK
+
+    async def _finish_batch(self, events: list[JobFinished]) -> list[str | None]:
+        recorded = await self.store.job_finish_many(
+            [(e.job_id, e.runner_id, e.attempt, e.state.value, e.exit_code, e.reason) for e in events]
+        )
+        await self._announce_free(set(recorded.values()))  # once per pool per batch
+        return [recorded.get(e.job_id) for e in events]
 
     async def sweep(self) -> None:
         # Just started (or restarted after an outage): runners have not had a chance to reach

@@ -19,6 +19,7 @@ import os
 import platform
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
@@ -42,6 +43,8 @@ from schemas.events import (
 from schemas.jobs import JobState
 
 _tracer = telemetry.tracer("orchestrator.runner")
+Outcome = tuple[JobState, int | None, str | None]
+Execute = Callable[[JobAssigned], Awaitable[Outcome]]
 REQUEST_TIMEOUT_S = 5.0
 
 
@@ -66,8 +69,11 @@ class Runner(Service):
         labels: list[str],
         slots: int,
         taints: list[str] | None = None,
+        execute: Execute | None = None,
     ) -> None:
         super().__init__()
+        # How a job runs: a subprocess by default; the benchmark's simulated runners pass a no-op.
+        self._custom_execute = execute
         self.settings = settings
         self.bus = bus
         self.runner_id = runner_id
@@ -189,7 +195,9 @@ class Runner(Service):
                 if job.cancelled.is_set():
                     state, exit_code, reason = JobState.cancelled, None, "cancelled"
                 else:
-                    state, exit_code, reason = await self._execute(job)
+                    state, exit_code, reason = await (
+                        self._custom_execute(e) if self._custom_execute else self._execute(job)
+                    )
                 await self._report(
                     JobFinished(
                         job_id=e.job_id,
@@ -204,7 +212,7 @@ class Runner(Service):
         finally:
             self._jobs.pop(e.job_id, None)
 
-    async def _execute(self, job: _Running) -> tuple[JobState, int | None, str | None]:
+    async def _execute(self, job: _Running) -> Outcome:
         payload: dict[str, Any] = job.event.payload
         command = payload.get("command")
         timeout = job.event.timeout_s

@@ -11,9 +11,9 @@ from tests import factories
 
 
 async def finish(store: Store, assignments: list[dict]) -> None:
-    for a in assignments:
-        assert await store.job_start(a["id"], a["runner_id"], a["attempt"] + 1)
-        assert await store.job_finish(a["id"], a["runner_id"], a["attempt"] + 1, "succeeded", 0, None)
+    runs = [(a["id"], a["runner_id"], a["attempt"] + 1) for a in assignments]
+    assert len(await store.job_start_many(runs)) == len(runs)
+    assert len(await store.job_finish_many([(*run, "succeeded", 0, None) for run in runs])) == len(runs)
 
 
 async def test_budget_is_the_lesser_of_cap_and_free_slots(store: Store) -> None:

@@ -8,6 +8,7 @@ handler.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -126,10 +127,13 @@ class Bus:
         *,
         queue: str = "",
         invalid_reply: Callable[[ErrorDetail], BaseModel] = lambda error: Reply(ok=False, error=error),
+        concurrent: bool = False,
     ) -> Subscription:
         """Deliver parsed `model`s to `handler`; a returned model is sent as the reply.
 
-        A request that does not parse is answered with `invalid_reply(error)`."""
+        A request that does not parse is answered with `invalid_reply(error)`. nats-py runs one
+        subscription's callbacks one after another; `concurrent` handles each message in its own
+        task instead, so independent requests can be batched together downstream."""
 
         async def on_message(msg: Msg) -> None:
             ctx = telemetry.extract(msg.headers)
@@ -158,7 +162,16 @@ class Bus:
                 if result is not None and msg.reply:
                     await self.nc.publish(msg.reply, result.model_dump_json().encode(), headers=telemetry.inject())
 
-        return await self.nc.subscribe(subject, queue=queue, cb=on_message)
+        if not concurrent:
+            return await self.nc.subscribe(subject, queue=queue, cb=on_message)
+        in_flight: set[asyncio.Task[None]] = set()
+
+        async def spawn(msg: Msg) -> None:
+            task = asyncio.create_task(on_message(msg))
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+
+        return await self.nc.subscribe(subject, queue=queue, cb=spawn)
 
     # --- JetStream intake --------------------------------------------------------------------
 

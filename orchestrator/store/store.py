@@ -262,17 +262,21 @@ class Store:
 
     # --- runner reports ----------------------------------------------------------------------
 
-    async def job_start(self, job_id: UUID, runner_id: str, attempt: int) -> dict[str, Any] | None:
+    async def job_start_many(self, starts: Sequence[tuple[UUID, str, int]]) -> dict[UUID, str]:
+        """Grant (job id, runner id, attempt) permissions to start; the granted ids and their pools."""
+        ids, runners, attempts = zip(*starts, strict=True) if starts else ((), (), ())
         async with self._conn() as conn:
-            row = await conn.fetchrow(Q["job_start"], job_id, runner_id, attempt)
-        return dict(row) if row else None
+            rows = await conn.fetch(Q["job_start_many"], list(ids), list(runners), list(attempts))
+        return {r["id"]: r["pool"] for r in rows}
 
-    async def job_finish(
-        self, job_id: UUID, runner_id: str, attempt: int, state: str, exit_code: int | None, reason: str | None
-    ) -> dict[str, Any] | None:
+    async def job_finish_many(
+        self, ends: Sequence[tuple[UUID, str, int, str, int | None, str | None]]
+    ) -> dict[UUID, str]:
+        """Record (job id, runner id, attempt, state, exit code, reason) ends; the recorded ids and pools."""
+        columns = [list(c) for c in zip(*ends, strict=True)] if ends else [[] for _ in range(6)]
         async with self._conn() as conn:
-            row = await conn.fetchrow(Q["job_finish"], job_id, runner_id, attempt, state, exit_code, reason)
-        return dict(row) if row else None
+            rows = await conn.fetch(Q["job_finish_many"], *columns)
+        return {r["id"]: r["pool"] for r in rows}
 
     async def runner_register(
         self,

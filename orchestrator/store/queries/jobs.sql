@@ -71,16 +71,21 @@ UPDATE jobs SET state = 'queued', runner_id = NULL, assigned_at = NULL
 WHERE id = $1 AND runner_id = $2 AND state = 'assigned'
 RETURNING pool;
 
--- Permission to start: only the runner the job is assigned to, for that very attempt.
--- name: job_start
-UPDATE jobs SET state = 'running', attempt = attempt + 1, started_at = clock_timestamp()
-WHERE id = $1 AND runner_id = $2 AND state = 'assigned' AND attempt + 1 = $3
-RETURNING pool, attempt;
+-- Permission to start: only the runner a job is assigned to, for that very attempt.
+-- Batched: one row per request, as arrays.
+-- name: job_start_many
+UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, started_at = clock_timestamp()
+FROM unnest($1::uuid[], $2::text[], $3::int[]) AS r(id, runner_id, attempt)
+WHERE j.id = r.id AND j.runner_id = r.runner_id AND j.state = 'assigned' AND j.attempt + 1 = r.attempt
+RETURNING j.id, j.pool;
 
--- name: job_finish
-UPDATE jobs SET state = $4, exit_code = $5, reason = $6, finished_at = clock_timestamp()
-WHERE id = $1 AND runner_id = $2 AND attempt = $3 AND state IN ('assigned', 'running')
-RETURNING pool, state;
+-- The end of an attempt, as its runner reports it. Batched like job_start_many.
+-- name: job_finish_many
+UPDATE jobs j SET state = r.state, exit_code = r.exit_code, reason = r.reason, finished_at = clock_timestamp()
+FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[])
+     AS r(id, runner_id, attempt, state, exit_code, reason)
+WHERE j.id = r.id AND j.runner_id = r.runner_id AND j.attempt = r.attempt AND j.state IN ('assigned', 'running')
+RETURNING j.id, j.pool;
 
 -- name: job_cancel_queued
 UPDATE jobs SET state = 'cancelled', reason = 'cancelled', finished_at = clock_timestamp()

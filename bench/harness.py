@@ -1,0 +1,108 @@
+"""What every benchmark needs: an embedded NATS + Postgres in a temp dir (or given URLs), the
+orchestrator's services, simulated runners whose jobs are no-ops, and percentile arithmetic."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
+from orchestrator.runtime import Runtime
+from orchestrator.settings import Settings
+from schemas.events import JobAssigned
+from schemas.jobs import JobState
+from services.runner import Runner
+
+
+async def noop(job: JobAssigned) -> tuple[JobState, int | None, str | None]:
+    return JobState.succeeded, 0, None
+
+
+@contextlib.asynccontextmanager
+async def stack(services: tuple[str, ...] = ("capacity", "admission", "dispatch", "api")) -> AsyncIterator[Runtime]:
+    """The services on their own servers: ORCH_NATS_URL / ORCH_DATABASE_URL if set, else embedded."""
+    with tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp:
+        servers: list[Any] = []
+        nats_url, db_url = os.environ.get("ORCH_NATS_URL"), os.environ.get("ORCH_DATABASE_URL")
+        if not (nats_url and db_url):
+            servers = [EmbeddedNats(Path(tmp) / "nats"), EmbeddedPostgres(Path(tmp) / "pg")]
+            nats_url, db_url = await servers[0].start(), await servers[1].start()
+        settings = Settings(
+            nats_url=nats_url, database_url=db_url, data_dir=Path(tmp) / "data", http_port=0, db_pool_size=20
+        )
+        runtime = Runtime(settings, services, migrate=True)
+        try:
+            await runtime.start()
+            yield runtime
+        finally:
+            await runtime.stop()
+            for server in reversed(servers):
+                await server.stop()
+
+
+@contextlib.asynccontextmanager
+async def simulated_runners(
+    runtime: Runtime, pool: str, count: int, slots: int, labels: list[str]
+) -> AsyncIterator[list[Runner]]:
+    assert runtime.bus is not None
+    runners = [
+        Runner(
+            runtime.settings,
+            runtime.bus,
+            runner_id=f"{pool}-sim-{i}",
+            pool=pool,
+            labels=labels,
+            slots=slots,
+            execute=noop,
+        )
+        for i in range(count)
+    ]
+    try:
+        for r in runners:
+            await r.start()
+        yield runners
+    finally:
+        for r in runners:
+            await r.stop()
+
+
+async def until(probe: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
+    """Poll `probe` until true; return the seconds it took."""
+    start = time.perf_counter()
+    while not await probe():
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"{what} did not happen within {timeout}s")
+        await asyncio.sleep(0.01)
+    return time.perf_counter() - start
+
+
+def percentiles(values_ms: list[float]) -> dict[str, float]:
+    values = sorted(values_ms)
+    if not values:
+        return {"n": 0}
+    q = statistics.quantiles(values, n=100, method="inclusive") if len(values) > 1 else values * 99
+    return {
+        "n": len(values),
+        "p50": round(q[49], 3),
+        "p95": round(q[94], 3),
+        "p99": round(q[98], 3),
+        "max": round(values[-1], 3),
+    }
+
+
+def report(name: str, results: dict[str, Any], out_dir: Path = Path("bench-results")) -> None:
+    out_dir.mkdir(exist_ok=True)
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    width = max(len(k) for k in results)
+    for key, value in results.items():
+        print(f"  {key:<{width}}  {value}")
+    print(f"(written to {path})")
