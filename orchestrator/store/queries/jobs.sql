@@ -19,8 +19,9 @@ WHERE ($1::text IS NULL OR pool = $1)
 ORDER BY id DESC
 LIMIT $4;
 
--- Claim up to $3 of the best queued jobs of pool $1 that runners with labels $2 can take.
--- SKIP LOCKED: concurrent claimers never wait on, or take, the same row.
+-- Claim up to $3 of the best queued jobs of pool $1 that runners with labels $2 can take, under
+-- leader term $4 (NULL without a lease). SKIP LOCKED: concurrent claimers never wait on, or take,
+-- the same row.
 -- name: job_claim
 WITH picked AS (
     SELECT id FROM jobs
@@ -29,7 +30,7 @@ WITH picked AS (
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
-UPDATE jobs j SET state = 'assigned', assigned_at = now()
+UPDATE jobs j SET state = 'assigned', assigned_at = now(), claim_epoch = $4
 FROM picked WHERE j.id = picked.id
 RETURNING j.id, j.pool, j.attempt, j.payload, j.timeout_s, j.trace_context, j.priority;
 
@@ -43,6 +44,13 @@ WHERE jobs.id = r.job_id;
 UPDATE jobs SET state = 'queued', runner_id = NULL, assigned_at = NULL
 WHERE id = $1 AND runner_id = $2 AND state = 'assigned'
 RETURNING pool;
+
+-- Assignments not started within $1 seconds: the dispatcher died mid hand-off, or the runner's
+-- start request failed. Back to the queue, not an attempt; a late start request is refused.
+-- name: job_requeue_unstarted
+UPDATE jobs SET state = 'queued', runner_id = NULL, assigned_at = NULL
+WHERE state = 'assigned' AND assigned_at < coalesce($2::timestamptz, now()) - make_interval(secs => $1)
+RETURNING id, pool;
 
 -- Permission to start: only the runner the job is assigned to, for that very attempt.
 -- name: job_start
