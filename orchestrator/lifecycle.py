@@ -64,6 +64,8 @@ class Service:
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(self._guard(coro, name), name=f"{self.name}.{name}")
+        # A task cancelled before it ever ran leaves `coro` unawaited (a RuntimeWarning): close it.
+        task.add_done_callback(lambda _: coro.close())
         self._tasks.append(task)
         return task
 
