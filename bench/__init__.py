@@ -1,0 +1,1 @@
+"""Measurements and the process harness they share with the tests."""
