@@ -20,6 +20,7 @@ from orchestrator import telemetry
 from orchestrator.bus import Bus, Subjects
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.errors import ConfigurationError
+from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service
 from orchestrator.settings import Settings
 from orchestrator.store import Store
@@ -27,10 +28,14 @@ from services.admission import Admission
 from services.api import Api
 from services.capacity import Capacity
 from services.dispatch import Dispatch
+from services.leader import Leader
 from services.runner import Runner
 
 # Start order: those that answer requests before those that make them.
 SERVICES = ("capacity", "admission", "dispatch", "api", "runner")
+# Dispatch always runs under the lease: its leader service starts just before it (and stops just
+# after it, releasing the lease for a standby).
+_ORDER = ("capacity", "admission", "leader", "dispatch", "api", "runner")
 
 _log = telemetry.get_logger("runtime")
 
@@ -61,7 +66,7 @@ class Runtime:
         if unknown:
             raise ConfigurationError(f"unknown services {unknown}: choose from {list(SERVICES)} or 'all'")
         self.settings = settings
-        self.names = [name for name in SERVICES if name in services]
+        self.names = [name for name in _ORDER if name in services or (name == "leader" and "dispatch" in services)]
         self.migrate = migrate
         self._runner = runner
         self.embedded = settings.nats_url is None and settings.database_url is None
@@ -74,6 +79,7 @@ class Runtime:
         self.store: Store | None = None
         self.bus: Bus | None = None
         self.services: dict[str, Service] = {}
+        self.leadership = Leadership(settings.dispatch_shard, settings.instance_id)
 
     async def start(self) -> None:
         telemetry.setup()
@@ -91,7 +97,7 @@ class Runtime:
             self._postgres = EmbeddedPostgres(s.data_dir / "postgres")
             self.nats_url, self.database_url = await asyncio.gather(self._nats_server.start(), self._postgres.start())
         assert self.nats_url and self.database_url
-        self.store = Store(self.database_url, max_size=s.db_pool_size)
+        self.store = Store(self.database_url, max_size=s.db_pool_size, idle_in_transaction_s=s.db_idle_in_transaction_s)
         self.bus = Bus(self.nats_url, Subjects(s.namespace), name=f"orchestrator-{'-'.join(self.names)}")
         await asyncio.gather(self.store.connect(), self.bus.connect())
         if self.migrate:
@@ -104,6 +110,7 @@ class Runtime:
             service = self._build(name)
             self.services[name] = service
             await service.start()
+        _log.info("serving %s as %s", ", ".join(self.names), s.instance_id)
 
     def _build(self, name: str) -> Service:
         s, store, bus = self.settings, self.store, self.bus
@@ -112,8 +119,10 @@ class Runtime:
             return Capacity(s, store, bus)
         if name == "admission":
             return Admission(s, store, bus)
+        if name == "leader":
+            return Leader(s, store, bus, self.leadership)
         if name == "dispatch":
-            return Dispatch(s, store, bus)
+            return Dispatch(s, store, bus, leadership=self.leadership)
         if name == "api":
             return Api(s, store, bus)
         return self._runner or Runner(

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_runner_labels() -> str:
     return f"{platform.system().lower()},{platform.machine().lower()}"
+
+
+def default_instance_id() -> str:
+    host = "".join(c if c.isalnum() or c in "-_" else "-" for c in platform.node() or "local")[:40]
+    return f"{host or 'local'}-{os.getpid()}"
 
 
 class Settings(BaseSettings):
@@ -43,6 +49,27 @@ class Settings(BaseSettings):
     # The safety sweep: events can be lost, Postgres is the truth.
     sweep_interval_s: float = 5.0
     stop_timeout_s: float = 10.0
+    # An assignment its runner has not started after this long (the dispatcher died mid hand-off,
+    # or the runner's start request failed) goes back to the queue. Longer than the ack timeout.
+    assigned_stale_s: float = 15.0
+    # Postgres ends a session idle inside a transaction for this long: a paused (SIGSTOP) or
+    # partitioned ex-leader must not hold the epoch and pool row locks its successor needs.
+    db_idle_in_transaction_s: float = 10.0
+
+    # Leader election (services/leader.py): every dispatch instance contends for the lease of its
+    # shard, a NATS KV key with a per-message TTL (whole seconds, at least 1), renewed well inside
+    # it. The holder stops dispatching on its own clock if no renewal succeeds within the TTL.
+    dispatch_shard: str = Field(default="all", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    lease_ttl_s: int = Field(default=2, ge=1)
+    lease_renew_s: float = Field(default=0.5, gt=0)
+    # Who this process is in `GET /v1/leader`, events and the lease value.
+    instance_id: str = Field(default_factory=default_instance_id, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+
+    @model_validator(mode="after")
+    def _renew_inside_ttl(self) -> Settings:
+        if self.lease_renew_s >= self.lease_ttl_s:
+            raise ValueError(f"lease_renew_s ({self.lease_renew_s}) must be under lease_ttl_s ({self.lease_ttl_s})")
+        return self
 
     def runner_label_list(self) -> list[str]:
         return [label for label in (s.strip() for s in self.runner_labels.split(",")) if label]

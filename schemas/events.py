@@ -121,6 +121,26 @@ class RunnerHeartbeat(Envelope):
     running: list[UUID] = Field(default_factory=list)
 
 
+class LeaderElected(Envelope):
+    """A dispatch instance took the lease of `shard`; `epoch` (the lease revision) fences its claims."""
+
+    type: Literal["LeaderElected"] = "LeaderElected"
+    shard: str
+    holder: str
+    epoch: int
+
+
+class LeaderLost(Envelope):
+    """The holder stopped dispatching: `released` (graceful stop), `taken` (a renewal was refused:
+    someone else holds the lease), `expired` (no renewal succeeded within the TTL)."""
+
+    type: Literal["LeaderLost"] = "LeaderLost"
+    shard: str
+    holder: str
+    epoch: int
+    reason: Literal["released", "taken", "expired"]
+
+
 class ErrorDetail(Model):
     code: str
     message: str

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus
+from orchestrator.bus.lease import read_lease
 from orchestrator.errors import OrchestratorError
 from orchestrator.lifecycle import Service
 from orchestrator.settings import Settings
@@ -83,6 +84,7 @@ class Api(Service):
         app.router.add_delete("/v1/jobs/{id}", self.cancel_job)
         app.router.add_get("/v1/pools", self.list_pools)
         app.router.add_get("/v1/runners", self.list_runners)
+        app.router.add_get("/v1/leader", self.get_leader)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         return app
@@ -185,6 +187,22 @@ class Api(Service):
 
     async def list_runners(self, request: web.Request) -> web.Response:
         return json_response({"runners": await self.store.runner_list()})
+
+    async def get_leader(self, request: web.Request) -> web.Response:
+        """The dispatch shard's newest term as recorded in Postgres (holder, epoch, since), and
+        who holds its lease right now (`lease`: null while nobody does, e.g. during a failover)."""
+        shard = self.settings.dispatch_shard
+        term = await self.store.dispatch_epoch_get(shard) or {}
+        lease = await read_lease(self.bus, shard)
+        return json_response(
+            {
+                "shard": shard,
+                "holder": term.get("holder"),
+                "epoch": term.get("epoch"),
+                "since": term["since"].isoformat() if term else None,
+                "lease": {"holder": lease.holder, "revision": lease.revision} if lease else None,
+            }
+        )
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response({"ok": True})

@@ -13,6 +13,14 @@ dispatchers. Matching visits only the job shapes (pool, labels, tenant) the free
 so its cost does not grow with non-matching jobs queued ahead (seed 004). Then the hand-off:
 `JobAssigned` to the runner as a request; no ack in time and the assignment is undone (back to
 `queued`, not an attempt) and the runner is suspect until its next heartbeat.
+
+Under leader election (`leadership` given: `orchestrator up`, `serve dispatch`) it dispatches
+only while this process holds its shard's lease: every step first asks `Leadership` for the
+current term (which also ends on its own deadline) and claims under that epoch, so a claim by a
+deposed leader is refused in Postgres (`fenced`). On gaining leadership it sweeps every pool at
+once, and requeues assignments a dead predecessor left unstarted. Hand-offs already claimed
+finish when leadership is lost (their claims were valid); no new step starts. Without
+`leadership` (one instance, tests) it always dispatches, unfenced.
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ from pydantic import BaseModel
 from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.errors import OrchestratorError, RequestFailed, StoreUnavailable
+from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service, every
 from orchestrator.settings import Settings
-from orchestrator.store import Store
+from orchestrator.store import Fence, Store
 from schemas.events import CapacityUnknown, JobAdmitted, JobAssigned, Reply, SlotAvailable
 
 _tracer = telemetry.tracer("orchestrator.dispatch")
@@ -44,12 +53,21 @@ class DispatchConfig(BaseModel):
 class Dispatch(Service):
     name = "dispatch"
 
-    def __init__(self, settings: Settings, store: Store, bus: Bus, config: DispatchConfig | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        bus: Bus,
+        config: DispatchConfig | None = None,
+        *,
+        leadership: Leadership | None = None,
+    ):
         super().__init__()
         self.settings = settings
         self.store = store
         self.bus = bus
         self.config = config or DispatchConfig()
+        self.leadership = leadership
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         # Steps counted by status: `at_capacity` and `capacity_unknown` are the skip counters of
@@ -62,25 +80,44 @@ class Dispatch(Service):
             sub = await self.bus.subscribe(subject, model, self._on_wake)
             self.on_cleanup(sub.unsubscribe)
         self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "dispatch sweep"), "sweep")
+        if self.leadership is not None:
+            self.leadership.on_change(self._on_leadership)
         await self.sweep()
 
     async def on_stop(self) -> None:
+        # Steps stop (not running); claimed hand-offs get the stop timeout to finish, so no
+        # assignment is left half-made.
         drains = list(self._drains.values())
-        for task in drains:
-            task.cancel()
-        for task in drains:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if drains:
+            _, pending = await asyncio.wait(drains, timeout=self.settings.stop_timeout_s)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _leading(self) -> bool:
+        return self.leadership is None or self.leadership.leading
+
+    def _on_leadership(self, fence: Fence | None) -> None:
+        if fence is not None and self.running:
+            self.spawn(self.sweep(), "sweep.gained")
 
     async def _on_wake(self, event: JobAdmitted | SlotAvailable, msg: Msg) -> None:
         self.wake(event.pool)
 
     async def sweep(self) -> None:
+        """Every pool with queued jobs, and the assignments nobody started (Postgres is the truth)."""
+        if not self._leading():
+            return
+        requeued = await self.store.job_requeue_unstarted(self.settings.assigned_stale_s)
+        if requeued:
+            self.log.warning("requeued %d assignments never started", len(requeued))
         for pool in await self.store.pools_with_queued():
             self.wake(pool)
 
     def wake(self, pool: str) -> None:
-        if not self.running:
+        if not self.running or not self._leading():
             return
         if pool in self._drains:
             self._again.add(pool)
@@ -90,17 +127,24 @@ class Dispatch(Service):
         task.add_done_callback(lambda _: self._drains.pop(pool, None))
 
     async def _drain(self, pool: str) -> None:
-        while True:
+        while self.running:
             self._again.discard(pool)
             status = await self.step(pool)
-            if status == "dispatched" or pool in self._again:
+            if status == "dispatched" or (pool in self._again and status not in ("not_leader", "fenced")):
                 continue
             return
 
     async def step(self, pool: str) -> str:
-        """Claim and hand off one batch; return the step's status."""
+        """Claim and hand off one batch; return the step's status (`not_leader` when this process
+        does not hold the lease, `fenced` when Postgres knows a newer leader)."""
+        fence: Fence | None = None
+        if self.leadership is not None:
+            fence = self.leadership.fence()  # read once: the term may end while this step runs
+            if fence is None:
+                self.step_counts["not_leader"] = self.step_counts.get("not_leader", 0) + 1
+                return "not_leader"
         try:
-            claim = await self.store.job_claim_step(pool, self.config.step_limit)
+            claim = await self.store.job_claim_step(pool, self.config.step_limit, fence)
         except StoreUnavailable as exc:
             # In-flight counts live in Postgres: without them, never dispatch blind.
             claim_status = "capacity_unknown"

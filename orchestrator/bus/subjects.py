@@ -64,3 +64,15 @@ class Subjects:
 
     def capacity_unknown(self, pool: str = "*") -> str:
         return f"{self.root}.capacity.unknown.{pool}"
+
+    # Leader election: the lease bucket (one key per dispatch shard) and its news.
+    @property
+    def lease_bucket(self) -> str:
+        return f"{self.namespace}_leases"
+
+    def leader_event(self, verb: str, shard: str) -> str:
+        """elected | lost"""
+        return f"{self.root}.leader.{verb}.{shard}"
+
+    def leader_events(self, verb: str = "*") -> str:
+        return f"{self.root}.leader.{verb}.*"

@@ -65,7 +65,15 @@ CREATE TABLE jobs (
     created_at      timestamptz NOT NULL DEFAULT now(),
     assigned_at     timestamptz,
     started_at      timestamptz,
-    finished_at     timestamptz
+    finished_at     timestamptz,
+    claim_epoch     bigint                            -- the leader term that claimed it (NULL: no lease)
+);
+
+CREATE TABLE dispatch_epochs (
+    shard           text PRIMARY KEY,                 -- a dispatch shard ('all': every pool)
+    epoch           bigint NOT NULL,                  -- the newest leader's lease revision
+    holder          text,                             -- that leader's instance id
+    since           timestamptz NOT NULL DEFAULT now()
 );
 
 -- The claim order within a shape: best priority, then oldest.

@@ -11,7 +11,7 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -54,10 +54,19 @@ class AdmitOutcome:
     job: dict[str, Any] | None = None
 
 
+class Fence(NamedTuple):
+    """A dispatch leader's term: its shard, its epoch (the lease revision), and who it is."""
+
+    shard: str
+    epoch: int
+    holder: str
+
+
 @dataclass(frozen=True)
 class ClaimStep:
     """Why a dispatch step stopped, and what it claimed. `status` is one of
-    dispatched | no_job | no_runner | at_capacity | paused | unknown_pool."""
+    dispatched | no_job | no_runner | at_capacity | paused | unknown_pool | fenced
+    (a newer leader's epoch is stored: nothing was claimed)."""
 
     status: str
     assignments: list[dict[str, Any]] = field(default_factory=list)
@@ -68,9 +77,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 class Store:
-    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(
+        self, dsn: str, *, min_size: int = 1, max_size: int = 10, idle_in_transaction_s: float | None = None
+    ) -> None:
         self.dsn = dsn
         self._min_size, self._max_size = min_size, max_size
+        # Postgres ends our session if it idles inside a transaction this long (a paused process
+        # must not keep the locks a successor needs).
+        self._server_settings = (
+            {"idle_in_transaction_session_timeout": str(max(1, round(idle_in_transaction_s * 1000)))}
+            if idle_in_transaction_s
+            else None
+        )
         self._pool: asyncpg.Pool | None = None
         # Shapes are never deleted or changed, so their ids can be remembered for good.
         self._shapes: dict[tuple[str, tuple[str, ...], str], int] = {}
@@ -78,7 +96,11 @@ class Store:
     async def connect(self) -> None:
         try:
             self._pool = await asyncpg.create_pool(
-                self.dsn, min_size=self._min_size, max_size=self._max_size, init=_init_connection
+                self.dsn,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                init=_init_connection,
+                server_settings=self._server_settings,
             )
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot connect to Postgres at {self.dsn}: {exc}") from exc
@@ -215,46 +237,80 @@ class Store:
 
     # --- dispatch ----------------------------------------------------------------------------
 
-    async def job_claim_step(self, pool: str, limit: int) -> ClaimStep:
+    async def job_claim_step(self, pool: str, limit: int, fence: Fence | None = None) -> ClaimStep:
         """One dispatch step for `pool`: claim up to `limit` jobs for runners with free slots,
-        never past the pool's `max_concurrent`, in one transaction."""
-        async with self._tx() as conn:
-            cfg = await conn.fetchrow(Q["pool_lock_for_claim"], pool)
-            if cfg is None:
-                return ClaimStep("unknown_pool")
-            if cfg["paused"]:
-                return ClaimStep("paused")
-            budget = limit
-            if cfg["max_concurrent"] >= 0:
-                in_flight = await conn.fetchval(Q["pool_in_flight"], pool)
-                budget = min(budget, cfg["max_concurrent"] - in_flight)
-                if budget <= 0:
-                    return ClaimStep("at_capacity")
-            runners = await conn.fetch(Q["runner_free_slots"], pool)
-            if not runners:
-                return ClaimStep("no_runner")
-            # Runners with the same labels can take the same jobs: claim once per label set.
-            groups: dict[tuple[str, ...], list[list[Any]]] = {}
-            for r in runners:
-                groups.setdefault(tuple(sorted(r["labels"])), []).append([r["id"], r["free"]])
-            assignments: list[dict[str, Any]] = []
-            for labels, members in groups.items():
-                if budget <= 0:
-                    break
-                want = min(budget, sum(free for _, free in members))
-                claimed = await conn.fetch(Q["job_claim"], pool, list(labels), want)
-                for row in claimed:
-                    member = max(members, key=lambda m: m[1])  # spread over the freest runners
-                    member[1] -= 1
-                    assignments.append({**dict(row), "runner_id": member[0]})
-                budget -= len(claimed)
-            if not assignments:
-                return ClaimStep("no_job")
-            await conn.execute(Q["job_shape_served"], list({a["shape_id"] for a in assignments}))
-            await conn.execute(
-                Q["job_set_runner"], [a["id"] for a in assignments], [a["runner_id"] for a in assignments]
-            )
-            return ClaimStep("dispatched", assignments)
+        never past the pool's `max_concurrent`, in one transaction.
+
+        With a `fence`, the same transaction first checks the shard's stored epoch: a newer one
+        means this leader was deposed, and the step claims nothing (`fenced`)."""
+        if fence is None:
+            async with self._tx() as conn:
+                return await self._claim(conn, pool, limit, None)
+        for _ in range(2):
+            async with self._tx() as conn:
+                stored = await conn.fetchval(Q["dispatch_epoch_hold"], fence.shard)
+                if stored == fence.epoch:
+                    return await self._claim(conn, pool, limit, fence.epoch)
+            if stored is not None and stored > fence.epoch:
+                return ClaimStep("fenced")
+            # Our term is not recorded yet (the leader records it on election; that write failed).
+            # Record it in its own transaction: upgrading the shared lock here could deadlock with
+            # this leader's steps for other pools. Then check again.
+            if not await self.dispatch_epoch_advance(fence):
+                return ClaimStep("fenced")
+        return ClaimStep("fenced")
+
+    async def dispatch_epoch_advance(self, fence: Fence) -> bool:
+        """Record a leader's term (only ever forward); False when a newer epoch is stored."""
+        async with self._conn() as conn:
+            return await conn.fetchrow(Q["dispatch_epoch_advance"], *fence) is not None
+
+    async def dispatch_epoch_get(self, shard: str) -> dict[str, Any] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["dispatch_epoch_get"], shard)
+        return dict(row) if row else None
+
+    async def _claim(self, conn: asyncpg.Connection, pool: str, limit: int, epoch: int | None) -> ClaimStep:
+        """The claim itself, inside the caller's transaction (and, with a fence, its epoch lock)."""
+        cfg = await conn.fetchrow(Q["pool_lock_for_claim"], pool)
+        if cfg is None:
+            return ClaimStep("unknown_pool")
+        if cfg["paused"]:
+            return ClaimStep("paused")
+        budget = limit
+        if cfg["max_concurrent"] >= 0:
+            in_flight = await conn.fetchval(Q["pool_in_flight"], pool)
+            budget = min(budget, cfg["max_concurrent"] - in_flight)
+            if budget <= 0:
+                return ClaimStep("at_capacity")
+        runners = await conn.fetch(Q["runner_free_slots"], pool)
+        if not runners:
+            return ClaimStep("no_runner")
+        # Runners with the same labels can take the same jobs: claim once per label set.
+        groups: dict[tuple[str, ...], list[list[Any]]] = {}
+        for r in runners:
+            groups.setdefault(tuple(sorted(r["labels"])), []).append([r["id"], r["free"]])
+        assignments: list[dict[str, Any]] = []
+        for labels, members in groups.items():
+            if budget <= 0:
+                break
+            want = min(budget, sum(free for _, free in members))
+            claimed = await conn.fetch(Q["job_claim"], pool, list(labels), want, epoch)
+            for row in claimed:
+                member = max(members, key=lambda m: m[1])  # spread over the freest runners
+                member[1] -= 1
+                assignments.append({**dict(row), "runner_id": member[0]})
+            budget -= len(claimed)
+        if not assignments:
+            return ClaimStep("no_job")
+        await conn.execute(Q["job_shape_served"], list({a["shape_id"] for a in assignments}))
+        await conn.execute(Q["job_set_runner"], [a["id"] for a in assignments], [a["runner_id"] for a in assignments])
+        return ClaimStep("dispatched", assignments)
+
+    async def job_requeue_unstarted(self, after_s: float, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Requeue assignments not started within `after_s`; returns them (id, pool)."""
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["job_requeue_unstarted"], after_s, now)]
 
     async def job_unassign(self, job_id: UUID, runner_id: str) -> str | None:
         async with self._conn() as conn:

@@ -28,6 +28,7 @@ LIMIT $4;
 -- round-robin across shapes (the n-th job of each shape before the n+1-th of any; the shape
 -- served longest ago first), then age. The caller holds the pool row lock, so no other claimer
 -- of this pool runs concurrently; `state = 'queued'` re-checks rows cancelled meanwhile.
+-- $4 is the claiming leader's term (NULL without a lease), recorded with the claim.
 -- name: job_claim
 WITH shapes AS (
     SELECT id, served_at FROM job_shapes WHERE pool = $1 AND labels <@ $2::text[]
@@ -45,7 +46,7 @@ WITH shapes AS (
 ), picked AS (
     SELECT id FROM heads ORDER BY priority DESC, turn, served_at NULLS FIRST, id LIMIT $3
 )
-UPDATE jobs j SET state = 'assigned', assigned_at = clock_timestamp(), not_before = NULL
+UPDATE jobs j SET state = 'assigned', assigned_at = clock_timestamp(), not_before = NULL, claim_epoch = $4
 FROM picked WHERE j.id = picked.id AND j.state = 'queued'
 RETURNING j.id, j.pool, j.shape_id, j.attempt, j.payload, j.timeout_s, j.trace_context, j.priority;
 
@@ -70,6 +71,13 @@ WHERE jobs.id = r.job_id;
 UPDATE jobs SET state = 'queued', runner_id = NULL, assigned_at = NULL
 WHERE id = $1 AND runner_id = $2 AND state = 'assigned'
 RETURNING pool;
+
+-- Assignments not started within $1 seconds: the dispatcher died mid hand-off, or the runner's
+-- start request failed. Back to the queue, not an attempt; a late start request is refused.
+-- name: job_requeue_unstarted
+UPDATE jobs SET state = 'queued', runner_id = NULL, assigned_at = NULL
+WHERE state = 'assigned' AND assigned_at < coalesce($2::timestamptz, now()) - make_interval(secs => $1)
+RETURNING id, pool;
 
 -- Permission to start: only the runner a job is assigned to, for that very attempt.
 -- Batched: one row per request, as arrays.

@@ -1,0 +1,77 @@
+"""Services as real OS processes of the `orchestrator` CLI, for failover tests and benchmarks.
+
+Each process logs to its own file; readiness is the runtime's "serving ..." line, polled with a
+deadline (a pipe nobody reads would block the child).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class ServiceProcess:
+    def __init__(self, instance_id: str, services: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.instance_id = instance_id
+        self.services = services
+        self.env = {**os.environ, **env, "ORCH_INSTANCE_ID": instance_id}
+        self.log_path = log_dir / f"{instance_id}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.cli", "serve", *self.services],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    async def ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while f"as {self.instance_id}" not in self.log():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.instance_id} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.instance_id} not serving after {timeout}s:\n{self.log()[-3000:]}")
+            await asyncio.sleep(0.05)
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    async def wait_exit(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.instance_id} still running after {timeout}s")
+            await asyncio.sleep(0.02)
+        return self.proc.returncode
+
+    async def close(self) -> None:
+        """Stop it whatever state it is in (a SIGSTOPped process needs SIGCONT to die gracefully)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            await self.wait_exit(10)
+        except TimeoutError:
+            self.signal(signal.SIGKILL)
+            await self.wait_exit(5)

@@ -1,0 +1,229 @@
+"""A lease on a NATS KV key: the primitive behind leader election (PITFALLS.md has the recipe).
+
+The bucket keeps one message per key (history 1) and was created with a limit-marker TTL, so an
+expired lease leaves a marker that watchers see. Acquire = create-if-absent with a per-message
+TTL; renew = a raw publish with the same TTL that expects our last revision (nats-py's
+`kv.update` takes no TTL, so a renewed lease would never expire); a wrong-sequence answer means
+someone else holds it. Release deletes the key (expecting our revision), so a standby watching
+it takes over at once. The acquire revision only grows: it is the fencing epoch.
+
+Only this module knows the KV details; callers see `acquire() -> epoch | None`, `renew() -> bool`,
+`release()`, `wait_vacated()` and `current()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from nats.errors import Error as NatsError
+from nats.js.errors import APIError, BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from orchestrator import telemetry
+from orchestrator.bus.bus import Bus
+from orchestrator.errors import BusUnavailable
+
+WRONG_LAST_SEQUENCE = 10071
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+# How long the server keeps the marker of an expired lease. Fixed, not derived from the lease
+# TTL: the bucket's config is set once at creation and every instance must agree on it.
+MARKER_TTL_S = 60
+
+_log = telemetry.get_logger("lease")
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    holder: str
+    revision: int
+
+
+def _vacant(headers: dict[str, str] | None) -> bool:
+    """A DEL / PURGE tombstone or the server's expiry marker: nobody holds the key."""
+    if not headers:
+        return False
+    return headers.get("KV-Operation") in (KV_DEL, KV_PURGE) or "Nats-Marker-Reason" in headers
+
+
+def _bus_error(exc: Exception) -> BusUnavailable:
+    return BusUnavailable(f"lease operation failed: {type(exc).__name__}: {exc}")
+
+
+async def open_bucket(bus: Bus) -> KeyValue:
+    """The namespace's lease bucket, created on first use with the config expiry needs."""
+    name = bus.subjects.lease_bucket
+    try:
+        try:
+            return await bus.js.key_value(name)
+        except BucketNotFoundError:
+            # Concurrent creators with the same config all succeed (stream create is idempotent).
+            return await bus.js.create_key_value(bucket=name, history=1, limit_marker_ttl=MARKER_TTL_S)
+    except (NatsError, TimeoutError) as exc:
+        raise _bus_error(exc) from exc
+
+
+async def read_lease(bus: Bus, shard: str) -> LeaseInfo | None:
+    """Who holds the lease of `shard` now, or None when nobody does."""
+    return await Lease(bus, shard, holder="reader", ttl_s=1).current()
+
+
+class Lease:
+    def __init__(self, bus: Bus, shard: str, holder: str, *, ttl_s: int) -> None:
+        if ttl_s < 1:
+            raise ValueError("the lease TTL is whole seconds, at least 1")
+        self.bus = bus
+        self.shard = shard
+        self.holder = holder
+        self.ttl_s = ttl_s
+        self.key = f"dispatch.{shard}"
+        # The nonce tells our own value from a namesake's (a restarted process with the same id).
+        self._value = json.dumps({"holder": holder, "nonce": secrets.token_hex(8)}).encode()
+        self.revision: int | None = None  # our last write while we hold the lease
+        self._kv: KeyValue | None = None
+        self._watcher: Any = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._vacated = asyncio.Event()
+
+    @property
+    def subject(self) -> str:
+        return f"$KV.{self.bus.subjects.lease_bucket}.{self.key}"
+
+    @property
+    def stream(self) -> str:
+        return f"KV_{self.bus.subjects.lease_bucket}"
+
+    async def open(self) -> None:
+        """Open the bucket and start watching the key, before the first acquire, so no vacancy
+        between the two is missed."""
+        self._kv = await open_bucket(self.bus)
+        try:
+            self._watcher = await self._kv.watch(self.key)
+        except (NatsError, TimeoutError) as exc:
+            raise _bus_error(exc) from exc
+        self._watch_task = asyncio.create_task(self._watch(), name=f"lease.watch.{self.shard}")
+
+    async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch_task
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+        self._watch_task = self._watcher = None
+
+    async def _watch(self) -> None:
+        async for entry in self._watcher:
+            # None marks the end of the initial values; an expiry arrives as PURGE.
+            if entry is not None and entry.operation in (KV_DEL, KV_PURGE):
+                self._vacated.set()
+
+    async def wait_vacated(self, timeout: float) -> bool:
+        """Wait until a watcher sees the key deleted, purged or expired (True), or `timeout`."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._vacated.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._vacated.clear()
+
+    @property
+    def kv(self) -> KeyValue:
+        if self._kv is None:
+            raise BusUnavailable("the lease is not open")
+        return self._kv
+
+    async def acquire(self) -> int | None:
+        """Take the lease if nobody holds it; return its revision (the epoch), else None."""
+        self.revision = None
+        try:
+            try:
+                revision = await self.kv.create(self.key, self._value, msg_ttl=self.ttl_s)
+            except KeyWrongLastSequenceError:
+                # Held, or an expiry marker that kv.create does not see through (PITFALLS.md).
+                last = await self._last()
+                if last is None or not _vacant(last.headers):
+                    return None
+                try:
+                    revision = await self._publish(expect=last.seq)
+                except KeyWrongLastSequenceError:
+                    return None  # another standby was faster
+        except (NatsError, TimeoutError) as exc:
+            raise _bus_error(exc) from exc
+        self.revision = revision
+        return revision
+
+    async def renew(self) -> bool:
+        """Extend the lease by a TTL from now; False when it is no longer ours."""
+        if self.revision is None:
+            return False
+        try:
+            try:
+                self.revision = await self._publish(expect=self.revision)
+            except KeyWrongLastSequenceError:
+                # A renewal that timed out may still have landed: if the last write is ours, adopt it.
+                last = await self._last()
+                if last is None or _vacant(last.headers) or last.data != self._value:
+                    self.revision = None
+                    return False
+                self.revision = last.seq
+                self.revision = await self._publish(expect=self.revision)
+        except KeyWrongLastSequenceError:
+            self.revision = None
+            return False
+        except (NatsError, TimeoutError) as exc:
+            raise _bus_error(exc) from exc
+        return True
+
+    async def release(self) -> None:
+        """Delete the key if we still hold it, so a standby takes over now, not at expiry."""
+        revision, self.revision = self.revision, None
+        if revision is None:
+            return
+        try:
+            await self.kv.delete(self.key, last=revision)
+        except (NatsError, TimeoutError) as exc:  # it expires on its own anyway
+            _log.warning("releasing lease %s failed: %s", self.key, exc)
+
+    async def current(self) -> LeaseInfo | None:
+        """Who holds the lease now (a raw read: it needs no open bucket), or None."""
+        try:
+            last = await self._last()
+        except (NatsError, TimeoutError) as exc:
+            raise _bus_error(exc) from exc
+        if last is None or _vacant(last.headers) or not last.data:
+            return None
+        try:
+            holder = str(json.loads(last.data)["holder"])
+        except (ValueError, KeyError, TypeError):
+            holder = last.data.decode(errors="replace")
+        return LeaseInfo(holder=holder, revision=last.seq)
+
+    async def _last(self) -> Any:
+        """The key's last message, marker or tombstone included; None when there is none (or no
+        bucket yet)."""
+        try:
+            return await self.bus.js.get_msg(self.stream, subject=self.subject)
+        except NotFoundError:
+            return None
+
+    async def _publish(self, expect: int) -> int:
+        try:
+            ack = await self.bus.js.publish(
+                self.subject,
+                self._value,
+                msg_ttl=self.ttl_s,
+                headers={EXPECTED_LAST_SUBJECT_SEQUENCE: str(expect)},
+            )
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise KeyWrongLastSequenceError(description=exc.description) from exc
+            raise
+        return ack.seq

@@ -1,0 +1,79 @@
+"""Leadership: what one process knows about its own term as a dispatch shard's leader.
+
+The leader service (which holds the lease) writes it; the dispatcher reads it. It is the only
+thing the two share, so neither imports the other. A term is valid until its deadline on this
+process's monotonic clock: the holder stops dispatching on its own once no renewal has succeeded
+within the lease TTL, even if the renewing task is stuck, and the epoch it claims with is
+checked in Postgres for the case where it does not notice in time (paused, partitioned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+from orchestrator.store import Fence
+
+Listener = Callable[[Fence | None], None]
+
+
+class Leadership:
+    def __init__(self, shard: str, holder: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.shard = shard
+        self.holder = holder
+        self._clock = clock
+        self._epoch: int | None = None
+        self._deadline = 0.0
+        self._listeners: list[Listener] = []
+        self._changed = asyncio.Event()
+
+    def fence(self) -> Fence | None:
+        """The term to claim under, or None when this process must not dispatch."""
+        if self._epoch is None or self._clock() >= self._deadline:
+            return None
+        return Fence(self.shard, self._epoch, self.holder)
+
+    @property
+    def leading(self) -> bool:
+        return self.fence() is not None
+
+    @property
+    def epoch(self) -> int | None:
+        return self._epoch
+
+    def on_change(self, listener: Listener) -> None:
+        """`listener(fence)` on every gain (a fence) and loss (None)."""
+        self._listeners.append(listener)
+
+    def gain(self, epoch: int, deadline: float) -> None:
+        self._epoch, self._deadline = epoch, deadline
+        self._notify()
+
+    def extend(self, deadline: float) -> None:
+        self._deadline = max(self._deadline, deadline)
+
+    def lose(self) -> None:
+        if self._epoch is None:
+            return
+        self._epoch, self._deadline = None, 0.0
+        self._notify()
+
+    def _notify(self) -> None:
+        fence = self.fence()
+        for listener in list(self._listeners):
+            listener(fence)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait(self, leading: bool = True, timeout: float | None = None) -> None:
+        """Wait until this process leads (or, with `leading=False`, does not)."""
+        async with asyncio.timeout(timeout):
+            while self.leading != leading:
+                changed = self._changed
+                if leading or self._epoch is None:
+                    await changed.wait()
+                else:  # a term can also end by its deadline passing, with no event
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), max(self._deadline - self._clock(), 0.001))

@@ -1,0 +1,147 @@
+"""Leader: one dispatcher per shard at a time, elected on a NATS KV lease, fenced in Postgres.
+
+Every dispatch instance runs this service. It contends for its shard's lease: whoever creates
+the key leads, with the key's revision as its epoch. The leader records its term in Postgres
+(`dispatch_epochs`), announces `LeaderElected`, then tells the dispatcher (through the shared
+`Leadership`), and renews every `lease_renew_s`, well inside the TTL. Its term ends when:
+- a renewal is refused (someone else holds the key): `LeaderLost{taken}`;
+- no renewal succeeded within the TTL, by this process's monotonic clock (NATS unreachable):
+  `LeaderLost{expired}`; the dispatcher also checks that deadline itself before every claim;
+- it stops gracefully: it deletes the key (`LeaderLost{released}`) and a standby takes over in
+  milliseconds instead of a TTL.
+Standbys watch the key and contend the moment it is deleted or expires, and retry every TTL in
+case a watch event is lost. A deposed leader that has not noticed yet (paused, partitioned) is
+refused by the epoch check in every claim transaction; that is what makes a stale term harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Literal
+
+from pydantic import BaseModel
+
+from orchestrator.bus import Bus
+from orchestrator.bus.lease import Lease
+from orchestrator.errors import OrchestratorError
+from orchestrator.leadership import Leadership
+from orchestrator.lifecycle import Service
+from orchestrator.settings import Settings
+from orchestrator.store import Fence, Store
+from schemas.events import LeaderElected, LeaderLost
+
+
+class LeaderConfig(BaseModel):
+    # How long a standby waits for the watch before contending anyway (a lost watch event
+    # costs at most this).
+    retry_s: float | None = None  # default: the lease TTL
+
+
+class Leader(Service):
+    name = "leader"
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        bus: Bus,
+        leadership: Leadership,
+        config: LeaderConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.leadership = leadership
+        self.config = config or LeaderConfig()
+        self.lease = Lease(bus, leadership.shard, leadership.holder, ttl_s=settings.lease_ttl_s)
+        self._campaign_task: asyncio.Task[None] | None = None
+        self._epoch: int | None = None
+        self._deadline = 0.0  # monotonic: the term ends here unless a renewal moves it
+
+    async def on_start(self) -> None:
+        await self.lease.open()
+        self.on_cleanup(self.lease.close)
+        # A lone instance leads by the time start() returns.
+        await self._try_lead()
+        self._campaign_task = self.spawn(self._campaign(), "campaign")
+
+    async def on_stop(self) -> None:
+        if self._campaign_task is not None:
+            self._campaign_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._campaign_task
+        if self._epoch is not None:
+            await self._step_down("released")
+
+    async def _campaign(self) -> None:
+        retry_s = self.config.retry_s or float(self.settings.lease_ttl_s)
+        while True:
+            if self._epoch is None:
+                await self.lease.wait_vacated(retry_s)
+                await self._try_lead()
+            else:
+                await self._hold()
+
+    async def _try_lead(self) -> None:
+        started = time.monotonic()
+        try:
+            epoch = await self.lease.acquire()
+        except OrchestratorError as exc:
+            self.log.warning("contending for shard %s failed: %s", self.leadership.shard, exc)
+            return
+        if epoch is None:
+            return
+        self._epoch = epoch
+        fence = Fence(self.leadership.shard, epoch, self.leadership.holder)
+        try:
+            if not await self.store.dispatch_epoch_advance(fence):
+                self.log.error(
+                    "lease revision %d of shard %s is older than the epoch stored in Postgres: was the lease "
+                    "bucket recreated? Claims will be refused until dispatch_epochs is reset for this shard",
+                    epoch,
+                    fence.shard,
+                )
+        except OrchestratorError as exc:  # every claim records the term itself if this did not
+            self.log.warning("recording epoch %d failed: %s", epoch, exc)
+        self.log.info("leading shard %s as %s at epoch %d", fence.shard, fence.holder, epoch)
+        # Announced before the dispatcher is told, so the news precedes the new leader's first dispatch.
+        await self._announce(LeaderElected(shard=fence.shard, holder=fence.holder, epoch=epoch), "elected")
+        self._deadline = started + self.settings.lease_ttl_s
+        self.leadership.gain(epoch, self._deadline)
+
+    async def _hold(self) -> None:
+        """Renew until the lease is lost or the term runs out; then step down."""
+        ttl = self.settings.lease_ttl_s
+        while True:
+            await asyncio.sleep(self.settings.lease_renew_s)
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(max(self._deadline - started, 0.001)):
+                    renewed = await self.lease.renew()
+            except (OrchestratorError, TimeoutError) as exc:
+                self.log.warning("renewing the lease of shard %s failed: %s", self.leadership.shard, exc)
+                if time.monotonic() >= self._deadline:
+                    return await self._step_down("expired")
+                continue
+            if not renewed:
+                return await self._step_down("taken")
+            # The server counts the TTL from when it got the renewal, later than `started`: a term
+            # measured from `started` ends here no later than the lease ends there.
+            self._deadline = started + ttl
+            self.leadership.extend(self._deadline)
+
+    async def _step_down(self, reason: Literal["released", "taken", "expired"]) -> None:
+        epoch, self._epoch = self._epoch, None
+        self.leadership.lose()
+        if reason == "released":
+            await self.lease.release()
+        self.log.info("stopped leading shard %s at epoch %s: %s", self.leadership.shard, epoch, reason)
+        event = LeaderLost(shard=self.leadership.shard, holder=self.leadership.holder, epoch=epoch or 0, reason=reason)
+        await self._announce(event, "lost")
+
+    async def _announce(self, event: LeaderElected | LeaderLost, verb: str) -> None:
+        with contextlib.suppress(Exception):  # news only: Postgres and the lease are the truth
+            await self.bus.publish(self.bus.subjects.leader_event(verb, self.leadership.shard), event)

@@ -1,0 +1,148 @@
+"""The lease on real NATS, the leader service and the dispatcher's gating, in one process.
+Failover across OS processes is in test_failover.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from orchestrator.bus import Bus
+from orchestrator.bus.lease import Lease, read_lease
+from orchestrator.leadership import Leadership
+from orchestrator.runtime import Runtime
+from orchestrator.settings import Settings
+from orchestrator.store import Fence, Store
+from schemas.events import LeaderElected, LeaderLost
+from services.dispatch import Dispatch
+from services.leader import Leader
+from tests.support import Listener, eventually
+from tests.test_fence import queue_jobs
+
+
+async def contend(lease: Lease, timeout: float = 10.0) -> int:
+    """Acquire as a standby does: on every vacancy the watch reports, or after a TTL."""
+    deadline = time.monotonic() + timeout
+    while (epoch := await lease.acquire()) is None:
+        assert time.monotonic() < deadline, f"{lease.holder} never got the lease"
+        await lease.wait_vacated(lease.ttl_s)
+    return epoch
+
+
+@pytest.fixture
+async def leases(bus: Bus) -> AsyncIterator[tuple[Lease, Lease]]:
+    a, b = Lease(bus, "all", "a", ttl_s=1), Lease(bus, "all", "b", ttl_s=1)
+    await a.open()
+    await b.open()
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def test_one_holder_at_a_time_and_release_hands_over(leases: tuple[Lease, Lease], bus: Bus) -> None:
+    a, b = leases
+    first = await a.acquire()
+    assert first is not None
+    assert await b.acquire() is None
+    assert await a.renew()
+    assert await read_lease(bus, "all") == (await a.current())
+    assert (await a.current()).holder == "a"  # type: ignore[union-attr]
+    await a.release()
+    second = await contend(b)
+    assert second > first  # the epoch only grows
+    assert not await a.renew()  # released: nothing to renew
+
+
+async def test_an_unrenewed_lease_expires_and_a_standby_takes_over(leases: tuple[Lease, Lease]) -> None:
+    a, b = leases
+    first = await a.acquire()
+    assert first is not None
+    second = await contend(b)  # a never renews: its TTL runs out, the marker's seq is taken over
+    assert second > first
+    assert not await a.renew()  # a renewal after losing it is refused
+    assert await b.renew()
+
+
+def two_leaders(settings: Settings, store: Store, bus: Bus) -> list[tuple[Leader, Leadership]]:
+    out = []
+    for name in ("a", "b"):
+        leadership = Leadership(settings.dispatch_shard, name)
+        out.append((Leader(settings, store, bus, leadership), leadership))
+    return out
+
+
+async def test_graceful_stop_hands_leadership_over(settings: Settings, store: Store, bus: Bus) -> None:
+    (a, la), (b, lb) = two_leaders(settings, store, bus)
+    s = bus.subjects
+    async with (
+        Listener(bus, s.leader_events("elected"), LeaderElected) as elected,
+        Listener(bus, s.leader_events("lost"), LeaderLost) as lost,
+    ):
+        await a.start()
+        assert la.leading  # a lone instance leads by the time start returns
+        await b.start()
+        assert not lb.leading
+        await a.stop()
+        assert not la.leading
+        await lb.wait(leading=True, timeout=10)
+        await lost.wait(lambda e: e.holder == "a" and e.reason == "released")
+        taken = await elected.wait(lambda e: e.holder == "b")
+        await b.stop()
+    assert [e.holder for e in elected.events] == ["a", "b"]
+    assert taken.epoch > elected.events[0].epoch
+    row = await store.dispatch_epoch_get(settings.dispatch_shard)
+    assert row is not None and (row["epoch"], row["holder"]) == (taken.epoch, "b")
+
+
+async def test_leader_lifecycle(settings: Settings, store: Store, bus: Bus) -> None:
+    leadership = Leadership(settings.dispatch_shard, "x")
+    never_started = Leader(settings, store, bus, leadership)
+    await never_started.stop()
+    await never_started.stop()
+    for _ in range(20):
+        leader = Leader(settings, store, bus, leadership)
+        await leader.start()
+        assert leadership.leading
+        await leader.stop()
+        await leader.stop()
+        assert not leadership.leading
+
+
+async def test_dispatch_claims_only_while_leading(settings: Settings, store: Store, bus: Bus) -> None:
+    await store.pool_put(
+        "p", max_concurrent=10, max_active=-1, labels=[], allowed_plans=[], mode="shared", paused=False
+    )
+    await store.runner_register("r1", "p", [], 10, [], {}, [])
+    await queue_jobs(store, 3)
+    leadership = Leadership(settings.dispatch_shard, "me")
+    dispatch = Dispatch(settings, store, bus, leadership=leadership)
+    assert await dispatch.step("p") == "not_leader"
+    leadership.gain(4, time.monotonic() + 60)
+    assert await dispatch.step("p") == "dispatched"  # the hand-off fails (no such runner): requeued
+    assert (await store.dispatch_epoch_get(settings.dispatch_shard) or {})["epoch"] == 4
+    leadership.gain(4, time.monotonic() - 1)  # the term ran out on this process's clock
+    assert await dispatch.step("p") == "not_leader"
+    await store.dispatch_epoch_advance(Fence(settings.dispatch_shard, 9, "newer"))  # elected elsewhere
+    leadership.gain(5, time.monotonic() + 60)  # a stale term this process still believes in
+    assert await dispatch.step("p") == "fenced"
+
+
+@pytest.fixture
+async def http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=system.http_url) as session:
+        yield session
+
+
+async def test_get_leader_names_this_instance(http: aiohttp.ClientSession, settings: Settings) -> None:
+    async def leader() -> dict | None:
+        async with http.get("/v1/leader") as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        return body if body["lease"] else None
+
+    body = await eventually(leader, what="a leader")
+    assert body["shard"] == "all"
+    assert body["holder"] == settings.instance_id == body["lease"]["holder"]
+    assert isinstance(body["epoch"], int) and body["since"]
