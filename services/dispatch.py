@@ -122,17 +122,20 @@ class Dispatch(Service):
         if pool in self._drains:
             self._again.add(pool)
             return
-        task = asyncio.create_task(self._drain(pool), name=f"dispatch.drain.{pool}")
-        self._drains[pool] = task
-        task.add_done_callback(lambda _: self._drains.pop(pool, None))
+        self._drains[pool] = asyncio.create_task(self._drain(pool), name=f"dispatch.drain.{pool}")
 
     async def _drain(self, pool: str) -> None:
-        while self.running:
-            self._again.discard(pool)
-            status = await self.step(pool)
-            if status == "dispatched" or (pool in self._again and status not in ("not_leader", "fenced")):
-                continue
-            return
+        try:
+            while self.running:
+                self._again.discard(pool)
+                status = await self.step(pool)
+                if status == "dispatched" or (pool in self._again and status not in ("not_leader", "fenced")):
+                    continue
+                return
+        finally:
+            # In the same turn as the last check of `_again` (no await between): a wake that
+            # arrives after it starts a new drain instead of being lost to a finishing one.
+            self._drains.pop(pool, None)
 
     async def step(self, pool: str) -> str:
         """Claim and hand off one batch; return the step's status (`not_leader` when this process
