@@ -15,6 +15,7 @@ from pydantic import Field
 
 from schemas.base import Envelope, Model
 from schemas.jobs import JobSpec, JobState, JobView, Label, Name
+from schemas.pools import PoolConfig
 
 
 class JobSubmitted(JobSpec):
@@ -69,10 +70,13 @@ class JobStarted(Envelope):
 
 
 class JobFinished(Envelope):
+    """A job ended. `runner_id` is None for a job that ended in the queue (e.g. a pool change
+    made it unsatisfiable)."""
+
     type: Literal["JobFinished"] = "JobFinished"
     job_id: UUID
     pool: str
-    runner_id: str
+    runner_id: str | None
     attempt: int
     state: JobState
     exit_code: int | None = None
@@ -90,6 +94,17 @@ class SlotAvailable(Envelope):
     type: Literal["SlotAvailable"] = "SlotAvailable"
     pool: str
     free: int
+
+
+class PoolUpdated(Envelope):
+    """A pool's configuration changed (committed). `failed_jobs` queued jobs it made unsatisfiable
+    were failed in the same transaction. `previous` is None for a new pool."""
+
+    type: Literal["PoolUpdated"] = "PoolUpdated"
+    pool: Name
+    config: PoolConfig
+    previous: PoolConfig | None = None
+    failed_jobs: int = 0
 
 
 class RunnerRegistered(Envelope):
