@@ -1,5 +1,5 @@
 """The store: asyncpg pool, migrations, and the queue's SQL (named queries in `queries/`)."""
 
-from orchestrator.store.store import AdmitOutcome, ClaimStep, NewJob, Store
+from orchestrator.store.store import AdmissionTx, ClaimStep, NewJob, PoolChangeTx, Rejection, Store
 
-__all__ = ["AdmitOutcome", "ClaimStep", "NewJob", "Store"]
+__all__ = ["AdmissionTx", "ClaimStep", "NewJob", "PoolChangeTx", "Rejection", "Store"]

@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
-from orchestrator.errors import NotFound, StoreUnavailable
+from orchestrator.errors import NotFound, StoreError, StoreUnavailable
 from orchestrator.store import migrate
 from orchestrator.store.queries import Q
 
@@ -47,10 +47,90 @@ class NewJob:
     trace_context: dict[str, str]
 
 
+_NEW_JOB_FIELDS = [f.name for f in fields(NewJob)]
+
+
 @dataclass(frozen=True)
-class AdmitOutcome:
-    outcome: str  # admitted | existing | conflict | overloaded
-    job: dict[str, Any] | None = None
+class Rejection:
+    """A refusal of the JetStream door, kept where its producer can look (the `rejections` table)."""
+
+    reason: str
+    message: str
+    field: str | None = None
+    pool: str | None = None
+    key: str | None = None
+    stream_seq: int | None = None
+    body: str | None = None
+
+
+_REJECTION_FIELDS = [f.name for f in fields(Rejection)]
+
+
+def _storable(value: Any) -> Any:
+    """Postgres text cannot hold NUL; a rejected message may well contain one."""
+    return value.replace("\x00", "\\u0000") if isinstance(value, str) else value
+
+
+class AdmissionTx:
+    """What an admission decision reads and writes, inside the batch's transaction."""
+
+    def __init__(self, conn: asyncpg.Connection, pools: dict[str, dict[str, Any]], existing: dict[str, Any]) -> None:
+        self._conn = conn
+        self.pools = pools
+        self.existing = existing
+
+    async def active(self, pools: Sequence[str]) -> dict[str, int]:
+        """Queued + assigned + running per pool (exact: the pools are locked)."""
+        rows = await self._conn.fetch(Q["pool_active_many"], list(pools))
+        return {name: 0 for name in pools} | {r["pool"]: r["active"] for r in rows}
+
+    async def drained_last_minute(self, pool: str, now: datetime | None = None) -> int:
+        return int(await self._conn.fetchval(Q["pool_drained_last_minute"], pool, now))
+
+    async def insert(self, jobs: Sequence[NewJob]) -> list[dict[str, Any]]:
+        """Insert `jobs` in one statement; returns the rows inserted (a key taken meanwhile is skipped)."""
+        if not jobs:
+            return []
+        columns = [[getattr(job, name) for job in jobs] for name in _NEW_JOB_FIELDS]
+        columns[_NEW_JOB_FIELDS.index("labels")] = [json.dumps(job.labels) for job in jobs]  # see job_insert_many
+        return [dict(r) for r in await self._conn.fetch(Q["job_insert_many"], *columns)]
+
+    async def jobs_by_key(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {r["key"]: dict(r) for r in await self._conn.fetch(Q["job_list_by_keys"], list(keys))}
+
+    async def record(self, rejections: Sequence[Rejection]) -> None:
+        if rejections:
+            columns = [[_storable(getattr(r, name)) for r in rejections] for name in _REJECTION_FIELDS]
+            await self._conn.execute(Q["rejection_insert_many"], *columns)
+
+
+class PoolChangeTx:
+    """What a pool change reads and writes, inside its transaction."""
+
+    def __init__(self, conn: asyncpg.Connection, name: str, current: dict[str, Any] | None) -> None:
+        self._conn = conn
+        self.name = name
+        self.current = current
+
+    async def upsert(self, config: dict[str, Any]) -> dict[str, Any]:
+        row = await self._conn.fetchrow(
+            Q["pool_upsert"],
+            self.name,
+            config["max_concurrent"],
+            config["max_active"],
+            list(config["labels"]),
+            list(config["allowed_plans"]),
+            config["mode"],
+            config["paused"],
+        )
+        return dict(row)
+
+    async def queued_shapes(self) -> list[tuple[list[str], str | None]]:
+        return [(list(r["labels"]), r["plan"]) for r in await self._conn.fetch(Q["job_queued_shapes"], self.name)]
+
+    async def fail_queued(self, labels: Sequence[str], plan: str | None, reason: str) -> list[dict[str, Any]]:
+        rows = await self._conn.fetch(Q["job_fail_queued_shape"], self.name, list(labels), plan, reason)
+        return [dict(r) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -94,6 +174,8 @@ class Store:
                 yield conn
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"Postgres is unreachable: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"Postgres refused a query: {exc.__class__.__name__}: {exc}") from exc
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
@@ -115,30 +197,6 @@ class Store:
         async with self._conn() as conn:
             return [dict(r) for r in await conn.fetch(Q["pool_list"])]
 
-    async def pool_put(
-        self,
-        name: str,
-        *,
-        max_concurrent: int,
-        max_active: int,
-        labels: Sequence[str],
-        allowed_plans: Sequence[str],
-        mode: str,
-        paused: bool,
-    ) -> dict[str, Any]:
-        async with self._conn() as conn:
-            row = await conn.fetchrow(
-                Q["pool_upsert"],
-                name,
-                max_concurrent,
-                max_active,
-                list(labels),
-                list(allowed_plans),
-                mode,
-                paused,
-            )
-        return dict(row)
-
     async def pool_create_if_absent(self, name: str, labels: Sequence[str]) -> None:
         async with self._conn() as conn:
             await conn.execute(Q["pool_create_if_absent"], name, list(labels))
@@ -151,44 +209,33 @@ class Store:
         async with self._conn() as conn:
             return [r["name"] for r in await conn.fetch(Q["pool_list_with_queued"])]
 
-    # --- admission ---------------------------------------------------------------------------
+    # --- admission and pool changes -----------------------------------------------------------
 
-    async def job_admit(self, job: NewJob, max_active: int) -> AdmitOutcome:
-        """Insert `job` unless its key exists or the pool is at `max_active` (negative: no cap)."""
+    @contextlib.asynccontextmanager
+    async def admission(self, pools: Iterable[str], keys: Iterable[str]) -> AsyncIterator[AdmissionTx]:
+        """One admission transaction for a batch: the named pools locked against other admissions
+        and pool changes (in name order, so two batches never deadlock), their configuration and
+        the jobs already holding any of `keys` read under those locks."""
         async with self._tx() as conn:
-            existing = await conn.fetchrow(Q["job_get_by_key"], job.key)
-            if existing is not None:
-                return self._same_key(existing, job)
-            await conn.execute(Q["pool_admission_lock"], job.pool)
-            if max_active >= 0 and await conn.fetchval(Q["pool_active"], job.pool) >= max_active:
-                return AdmitOutcome("overloaded")
-            row = await conn.fetchrow(
-                Q["job_insert"],
-                job.id,
-                job.key,
-                job.spec,
-                job.pool,
-                job.labels,
-                job.plan,
-                job.tenant,
-                job.priority,
-                job.payload,
-                job.timeout_s,
-                job.max_attempts,
-                job.abandon_after_s,
-                job.token_hash,
-                job.trace_context,
-            )
-            if row is None:  # the same key committed by a concurrent admission
-                existing = await conn.fetchrow(Q["job_get_by_key"], job.key)
-                return self._same_key(existing, job)
-            return AdmitOutcome("admitted", dict(row))
+            names = sorted(set(pools))
+            for name in names:
+                await conn.execute(Q["pool_admission_lock"], name)
+            configs = {r["name"]: dict(r) for r in await conn.fetch(Q["pool_get_many"], names)}
+            existing = {r["key"]: dict(r) for r in await conn.fetch(Q["job_list_by_keys"], sorted(set(keys)))}
+            yield AdmissionTx(conn, configs, existing)
 
-    @staticmethod
-    def _same_key(existing: Any, job: NewJob) -> AdmitOutcome:
-        if existing["spec"] == job.spec:
-            return AdmitOutcome("existing", dict(existing))
-        return AdmitOutcome("conflict", dict(existing))
+    @contextlib.asynccontextmanager
+    async def pool_change(self, name: str) -> AsyncIterator[PoolChangeTx]:
+        """One pool-change transaction: the pool locked against admissions (its admission lock)
+        and against dispatch (its row), and its current row (None for a new pool)."""
+        async with self._tx() as conn:
+            await conn.execute(Q["pool_admission_lock"], name)
+            current = await conn.fetchrow(Q["pool_lock_for_change"], name)
+            yield PoolChangeTx(conn, name, dict(current) if current else None)
+
+    async def rejection_list(self, *, reason: str | None, limit: int) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["rejection_list"], reason, limit)]
 
     # --- dispatch ----------------------------------------------------------------------------
 
