@@ -47,9 +47,10 @@ class _CaseInsensitiveGetter(Getter[Mapping[str, str]]):
 _getter = _CaseInsensitiveGetter()
 
 
-def inject(carrier: dict[str, str] | None = None) -> dict[str, str]:
+def inject(carrier: dict[str, str] | None = None, context: Context | None = None) -> dict[str, str]:
+    """The W3C headers of `context` (default: the current one) added to `carrier`."""
     carrier = {} if carrier is None else carrier
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return carrier
 
 

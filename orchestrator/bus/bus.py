@@ -189,6 +189,22 @@ class Bus:
             self.subjects.submit, durable=durable, stream=self.subjects.intake_stream, config=config
         )
 
+    async def fetch(self, intake: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
+        """Up to `batch` intake messages; [] when none came within `timeout`."""
+        try:
+            return await intake.fetch(batch, timeout=timeout)
+        except (TimeoutError, NatsTimeout):
+            return []
+        except Exception as exc:  # reconnecting, or the consumer is being recreated
+            raise BusUnavailable(f"cannot fetch from the intake: {exc}") from exc
+
+    async def flush(self) -> None:
+        """Wait until everything published so far (acks included) has reached the server."""
+        try:
+            await self.nc.flush()
+        except Exception as exc:
+            raise BusUnavailable(f"cannot flush to NATS: {exc}") from exc
+
     async def submit(self, body: bytes, key: str | None) -> None:
         """Publish a job spec to the intake stream, as any producer would."""
         headers = telemetry.inject()

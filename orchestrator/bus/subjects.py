@@ -61,3 +61,6 @@ class Subjects:
 
     def slot_available(self, pool: str = "*") -> str:
         return f"{self.root}.slots.available.{pool}"
+
+    def pool_updated(self, pool: str = "*") -> str:
+        return f"{self.root}.pools.updated.{pool}"
