@@ -27,7 +27,8 @@ class JobSubmitted(JobSpec):
     at: datetime | None = None
 
     def spec(self) -> JobSpec:
-        return JobSpec.model_validate(self.model_dump(exclude={"type", "v", "id", "at"}))
+        # Already validated as the same fields: construct without validating again (the hot path).
+        return JobSpec.model_construct(**{name: getattr(self, name) for name in JobSpec.model_fields})
 
 
 class JobAdmitted(Envelope):

@@ -274,21 +274,22 @@ class Admission(Service):
     async def _announce(self, subs: Sequence[Submission], decisions: Sequence[Decision]) -> None:
         """After the commit: the news of every admission and refusal, and the counters."""
         s = self.bus.subjects
+        events: list[tuple[str, BaseModel]] = []
         for sub, d in zip(subs, decisions, strict=True):
             if d.outcome == "admitted":
                 assert d.row is not None
                 self.admitted += 1
-                event: BaseModel = JobAdmitted(
-                    job_id=d.row["id"], key=d.row["key"], pool=d.row["pool"], priority=d.row["priority"]
-                )
-                await self.bus.publish(s.job_event("admitted", d.row["pool"]), event)
+                row = d.row
+                admitted = JobAdmitted(job_id=row["id"], key=row["key"], pool=row["pool"], priority=row["priority"])
+                events.append((s.job_event("admitted", row["pool"]), admitted))
             elif d.error is not None:
                 self.rejected[d.error.code] = self.rejected.get(d.error.code, 0) + 1
                 pool = sub.spec.pool if sub.spec else None
                 rejected = JobRejected(
                     key=sub.key, pool=pool, reason=d.error.code, message=d.error.message, field=d.error.field
                 )
-                await self.bus.publish(s.job_event("rejected", pool or "_invalid"), rejected)
+                events.append((s.job_event("rejected", pool or "_invalid"), rejected))
+        await self.bus.publish_many(events)
 
     # --- door: core request/reply (and HTTP through it) ------------------------------------------
 
@@ -362,8 +363,8 @@ class Admission(Service):
             spec = JobSubmitted.model_validate_json(msg.data).spec()
         except ValidationError as exc:
             return Submission(None, door_key, {}, error_from_validation(exc), stream_seq=seq, body=msg.data)
-        context = telemetry.inject(context=telemetry.extract(headers))  # the job continues the producer's trace
-        return Submission(spec, spec.key or door_key, context, stream_seq=seq)
+        # The job continues the producer's trace: keep its context to store with the job.
+        return Submission(spec, spec.key or door_key, telemetry.carrier(headers), stream_seq=seq)
 
     async def _give_up(self, msg: Msg, sub: Submission, exc: Exception) -> None:
         """A lone message the store refuses (not an outage): terminate it, and say why where it

@@ -93,7 +93,12 @@ class AdmissionTx:
             return []
         columns = [[getattr(job, name) for job in jobs] for name in _NEW_JOB_FIELDS]
         columns[_NEW_JOB_FIELDS.index("labels")] = [json.dumps(job.labels) for job in jobs]  # see job_insert_many
-        return [dict(r) for r in await self._conn.fetch(Q["job_insert_many"], *columns)]
+        by_key = {job.key: job for job in jobs}
+        rows = [dict(r) for r in await self._conn.fetch(Q["job_insert_many"], *columns)]
+        for row in rows:  # the job rows in full, without decoding back what was just encoded
+            job = by_key[row["key"]]
+            row.update(spec=job.spec, payload=job.payload, trace_context=job.trace_context)
+        return rows
 
     async def jobs_by_key(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {r["key"]: dict(r) for r in await self._conn.fetch(Q["job_list_by_keys"], list(keys))}
@@ -341,6 +346,10 @@ class Store:
     ) -> list[dict[str, Any]]:
         async with self._conn() as conn:
             return [dict(r) for r in await conn.fetch(Q["job_list"], pool, state, key, limit)]
+
+    async def job_count(self, pool: str) -> int:
+        async with self._conn() as conn:
+            return int(await conn.fetchval(Q["job_count_by_pool"], pool))
 
     async def job_cancel_queued(self, job_id: UUID) -> dict[str, Any] | None:
         async with self._conn() as conn:
