@@ -1,0 +1,1 @@
+"""Benchmarks that start their own servers: `python -m bench.<name>`."""
