@@ -322,8 +322,13 @@ class Admission(Service):
                 self.log.warning("intake fetch failed: %s", exc)
                 await asyncio.sleep(self.config.retry_delay_s)
                 continue
-            if msgs:
+            if not msgs:
+                continue
+            try:
                 await self._admit_messages(msgs)
+            except Exception as exc:  # e.g. NATS gone mid-ack: unacked messages come back after ack_wait
+                self.log.warning("intake batch failed, it will be redelivered: %s", exc)
+                await asyncio.sleep(self.config.retry_delay_s)
 
     async def _admit_messages(self, msgs: list[Msg]) -> None:
         subs = [self._parse(msg) for msg in msgs]
@@ -336,8 +341,8 @@ class Admission(Service):
         ):
             try:
                 await self.admit_many(subs, record=True)
-            except StoreUnavailable as exc:
-                self.log.warning("store unavailable, %d messages will be redelivered: %s", len(msgs), exc)
+            except (StoreUnavailable, BusUnavailable) as exc:  # an outage: redelivery will succeed later
+                self.log.warning("%d messages will be redelivered: %s", len(msgs), exc)
                 for msg in msgs:
                     await msg.nak(delay=self.config.retry_delay_s)
                 return
