@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -22,6 +23,7 @@ class Service:
         self._started = False
         self._stopped = False
         self._tasks: list[asyncio.Task[Any]] = []
+        self._coros: list[Coroutine[Any, Any, Any]] = []
         self._cleanups: list[Callable[[], Awaitable[Any]]] = []
         self.log = telemetry.get_logger(self.name)
 
@@ -52,6 +54,9 @@ class Service:
             for task in self._tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            for coro in self._coros:  # cancelled before it first ran (stop right after start)
+                if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
+                    coro.close()
             for cleanup in reversed(self._cleanups):
                 with contextlib.suppress(Exception):
                     await cleanup()
@@ -63,6 +68,7 @@ class Service:
         """Subclasses drain here; spawned tasks and registered cleanups are handled after."""
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        self._coros.append(coro)
         task = asyncio.create_task(self._guard(coro, name), name=f"{self.name}.{name}")
         self._tasks.append(task)
         return task
