@@ -31,6 +31,7 @@ from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from schemas.events import AdmissionResult, JobAssigned, JobSubmitted, LeaderElected
 from services.runner import Runner
+from tests import factories
 
 POOL = "bench"
 GOALS = {"kill -9": 3.0, "graceful stop": 0.25}
@@ -106,9 +107,7 @@ async def measure(rounds: int) -> dict[str, list[float]]:
         runner: Runner | None = None
         feeder: asyncio.Task[None] | None = None
         try:
-            await runtime.store.pool_put(
-                POOL, max_concurrent=8, max_active=-1, labels=[], allowed_plans=[], mode="shared", paused=False
-            )
+            await factories.pool(runtime.store, POOL, max_concurrent=8, max_active=-1)
             runner = Runner(settings, runtime.bus, runner_id="bench-runner", pool=POOL, labels=[], slots=8)
             await runner.start()
             s = runtime.bus.subjects

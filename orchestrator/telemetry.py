@@ -47,10 +47,20 @@ class _CaseInsensitiveGetter(Getter[Mapping[str, str]]):
 _getter = _CaseInsensitiveGetter()
 
 
-def inject(carrier: dict[str, str] | None = None) -> dict[str, str]:
+def inject(carrier: dict[str, str] | None = None, context: Context | None = None) -> dict[str, str]:
+    """The W3C headers of `context` (default: the current one) added to `carrier`."""
     carrier = {} if carrier is None else carrier
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return carrier
+
+
+_W3C_HEADERS = frozenset({"traceparent", "tracestate", "baggage"})
+
+
+def carrier(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Just the trace-context headers of `headers`, keys lower-cased: what extract + inject
+    would give back, at a fraction of the cost (the admission hot path)."""
+    return {k.lower(): v for k, v in (headers or {}).items() if k.lower() in _W3C_HEADERS}
 
 
 def extract(carrier: Mapping[str, str] | None) -> Context:
