@@ -336,7 +336,9 @@ class Admission(Service):
 
     async def _admit_messages(self, msgs: list[Msg]) -> None:
         subs = [self._parse(msg) for msg in msgs]
-        links = [trace.Link(trace.get_current_span(telemetry.extract(m.headers)).get_span_context()) for m in msgs]
+        links = None
+        if telemetry.recording():  # one batch span linked to every producer's span
+            links = [trace.Link(trace.get_current_span(telemetry.extract(m.headers)).get_span_context()) for m in msgs]
         with _tracer.start_as_current_span(
             "admit batch",
             kind=trace.SpanKind.CONSUMER,

@@ -179,9 +179,9 @@ async def test_retry_after_follows_the_pools_recent_drain(
             "UPDATE jobs SET state = 'succeeded', finished_at = now() - interval '10 seconds' WHERE key = 'd0'"
         )
         await conn.execute(
-            "INSERT INTO jobs (id, key, spec, pool, shape_id, state, finished_at) SELECT gen_random_uuid(), 'old' || i, "
-            "'{}', 'cpu', (SELECT shape_id FROM jobs WHERE key = 'd0'), 'succeeded', now() - interval '30 seconds' "
-            "FROM generate_series(1, 2) AS i"
+            "INSERT INTO jobs (id, key, spec, pool, shape_id, state, finished_at) "
+            "SELECT gen_random_uuid(), 'old' || i, '{}', 'cpu', (SELECT shape_id FROM jobs WHERE key = 'd0'), "
+            "'succeeded', now() - interval '30 seconds' FROM generate_series(1, 2) AS i"
         )
     finally:
         await conn.close()
