@@ -12,6 +12,7 @@ from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.errors import RequestFailed
 from schemas.events import ErrorDetail, Reply, RunnerHeartbeat, SlotAvailable
+from tests.support import eventually
 
 
 async def test_consumer_continues_the_producers_trace(bus: Bus) -> None:
@@ -92,3 +93,25 @@ async def test_a_batch_that_does_not_parse_fails_naming_the_item_and_field(bus: 
     with pytest.raises(RequestFailed, match=r"1\.type"):  # item 1, field type
         await bus.request_many(subject, [good, SlotAvailable(pool="p", free=1)], Reply, 5)
     assert not called
+
+
+async def test_intake_fetch_returns_a_lone_job_at_once_and_a_backlog_in_one_batch(bus: Bus) -> None:
+    await bus.ensure_intake_stream()
+    intake = await bus.intake_subscription("fetch-test")
+    # A fetch of up to 100 with a 60 s timeout, waiting on an empty stream when the job comes,
+    # must return it then, not wait for 99 more that never come.
+    fetching = asyncio.create_task(bus.fetch(intake, 100, timeout=60))
+    stream = bus.subjects.intake_stream
+    await eventually(lambda: _pull_waiting(bus, stream), what="the fetch to wait on the server")
+    await bus.submit(b'{"pool": "p"}', "lone")
+    lone = await asyncio.wait_for(fetching, 20)
+    assert [m.headers["Nats-Msg-Id"] for m in lone] == ["lone"]  # type: ignore[index]
+    for i in range(50):
+        await bus.submit(b'{"pool": "p"}', f"k{i}")
+    backlog = await asyncio.wait_for(bus.fetch(intake, 100, timeout=60), 20)
+    assert [m.headers["Nats-Msg-Id"] for m in backlog] == [f"k{i}" for i in range(50)]  # type: ignore[index]
+    assert await bus.fetch(intake, 100, timeout=0.2) == []
+
+
+async def _pull_waiting(bus: Bus, stream: str) -> bool:
+    return (await bus.js.consumer_info(stream, "fetch-test")).num_waiting > 0
