@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -110,6 +111,21 @@ async def bus(settings: Settings) -> AsyncIterator[Bus]:
     await b.connect()
     yield b
     await b.close()
+
+
+@pytest.fixture
+async def front(settings: Settings) -> AsyncIterator[Runtime]:
+    """Admission and the API only: admitted jobs stay queued, so counts are exact."""
+    runtime = Runtime(settings, ["admission", "api"], migrate=True)
+    await runtime.start()
+    yield runtime
+    await runtime.stop()
+
+
+@pytest.fixture
+async def http(front: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=front.http_url) as session:
+        yield session
 
 
 @pytest.fixture

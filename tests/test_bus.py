@@ -15,6 +15,17 @@ from schemas.events import ErrorDetail, Reply, RunnerHeartbeat, SlotAvailable
 from tests.support import eventually
 
 
+class Recorder:
+    """A handler that accepts every request and remembers it."""
+
+    def __init__(self) -> None:
+        self.calls: list[RunnerHeartbeat] = []
+
+    async def __call__(self, event: RunnerHeartbeat, msg: object) -> Reply:
+        self.calls.append(event)
+        return Reply(ok=True)
+
+
 async def test_consumer_continues_the_producers_trace(bus: Bus) -> None:
     telemetry.setup(record=True)
     seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -37,13 +48,7 @@ async def test_go_style_header_case_is_understood() -> None:
 
 
 async def test_invalid_request_is_answered_with_the_field(bus: Bus) -> None:
-    called = False
-
-    async def handler(event: RunnerHeartbeat, msg: object) -> Reply:
-        nonlocal called
-        called = True
-        return Reply(ok=True)
-
+    handler = Recorder()
     subject = bus.subjects.runner_heartbeat
     await bus.subscribe(subject, RunnerHeartbeat, handler)
     msg = await bus.nc.request(subject, b'{"runner_id": 5, "pool": "p"}', timeout=5)
@@ -52,7 +57,7 @@ async def test_invalid_request_is_answered_with_the_field(bus: Bus) -> None:
     assert (reply.error.code, reply.error.field) == ("invalid", "runner_id")
     msg = await bus.nc.request(subject, b"{oops", timeout=5)
     assert Reply.model_validate_json(msg.data).error.code == "malformed"  # type: ignore[union-attr]
-    assert not called
+    assert handler.calls == []
 
 
 async def test_a_batch_of_requests_is_answered_in_order_and_handled_together(bus: Bus) -> None:
@@ -80,19 +85,13 @@ async def test_a_batch_of_requests_is_answered_in_order_and_handled_together(bus
 
 
 async def test_a_batch_that_does_not_parse_fails_naming_the_item_and_field(bus: Bus) -> None:
-    called = False
-
-    async def handler(event: RunnerHeartbeat, msg: object) -> Reply:
-        nonlocal called
-        called = True
-        return Reply(ok=True)
-
+    handler = Recorder()
     subject = bus.subjects.runner_heartbeat
     await bus.subscribe(subject, RunnerHeartbeat, handler)
     good = RunnerHeartbeat(runner_id="a", pool="p")
     with pytest.raises(RequestFailed, match=r"1\.type"):  # item 1, field type
         await bus.request_many(subject, [good, SlotAvailable(pool="p", free=1)], Reply, 5)
-    assert not called
+    assert handler.calls == []
 
 
 async def test_intake_fetch_returns_a_lone_job_at_once_and_a_backlog_in_one_batch(bus: Bus) -> None:
