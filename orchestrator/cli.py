@@ -21,7 +21,7 @@ from orchestrator import telemetry
 from orchestrator.bus import Bus, Subjects
 from orchestrator.errors import OrchestratorError
 from orchestrator.runtime import SERVICES, Runtime
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, default_instance_id
 from orchestrator.store import Store
 from services.runner import Runner
 
@@ -198,7 +198,7 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--labels", default=None, help="comma-separated (default: OS and architecture)")
     runner.add_argument("--slots", type=int, default=4)
     runner.add_argument("--taint", action="append", default=[])
-    runner.add_argument("--id", default=f"runner-{os.getpid()}-{int(time.time())}")
+    runner.add_argument("--id", default=f"runner-{default_instance_id()}-{int(time.time())}")
     runner.set_defaults(fn=cmd_runner)
 
     submit = sub.add_parser("submit", help="submit a job: orchestrator submit [options] -- CMD [ARGS]")
