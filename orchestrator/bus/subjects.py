@@ -76,3 +76,6 @@ class Subjects:
 
     def leader_events(self, verb: str = "*") -> str:
         return f"{self.root}.leader.{verb}.*"
+
+    def pool_updated(self, pool: str = "*") -> str:
+        return f"{self.root}.pools.updated.{pool}"
