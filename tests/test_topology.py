@@ -1,8 +1,10 @@
 """compose.yaml's topology as OS processes, since containers cannot run here: `orchestrator
-migrate`, then `serve admission` x2, `serve capacity`, `serve dispatch` x2, `serve api` and
-`orchestrator runner` x3, each its own process of the real CLI, on the session NATS and this
-test's Postgres database. Thousands of jobs go in through the JetStream intake; every one must
-run exactly once and succeed on its first attempt, under one dispatch leader."""
+migrate` on an empty database, then `serve admission` x2, `serve capacity`, `serve dispatch` x2
+and `serve api` all at once (each applying compose's own pools file, `deploy/pools.toml`), then
+`orchestrator runner` x3 once capacity serves; each its own process of the real CLI, on the
+session NATS and a Postgres database of this test's own. Thousands of jobs go in through the
+JetStream intake; every one must run exactly once and succeed on its first attempt, under one
+dispatch leader."""
 
 from __future__ import annotations
 
@@ -22,25 +24,29 @@ import pytest
 
 from bench.procs import ServiceProcess
 from orchestrator.bus import Bus
+from orchestrator.pools import load_pools_file
 from orchestrator.settings import Settings
-from orchestrator.store import Store
-from tests import factories
+from orchestrator.store.migrate import migrations
+from schemas.pools import PoolConfig
 from tests.support import eventually
 
 pytestmark = pytest.mark.slow
 
 JOBS = 2000
-LABELS = "linux,x86_64"
+POOLS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "pools.toml"  # what compose mounts
+LABELS = "linux,x86_64"  # compose's runners
 RUNNERS = 3
 SLOTS = 8
 
 
 class Topology:
-    def __init__(self, settings: Settings, log_dir: Path) -> None:
+    def __init__(self, settings: Settings, database_url: str, log_dir: Path) -> None:
+        self.database_url = database_url
         self.env = {
             "ORCH_NATS_URL": settings.nats_url or "",
-            "ORCH_DATABASE_URL": settings.database_url or "",
+            "ORCH_DATABASE_URL": database_url,
             "ORCH_NAMESPACE": settings.namespace,
+            "ORCH_POOLS_FILE": str(POOLS_FILE),
             "ORCH_HTTP_PORT": "0",
             "ORCH_STOP_TIMEOUT_S": "2",
         }
@@ -48,8 +54,8 @@ class Topology:
         def serve(instance_id: str, service: str) -> ServiceProcess:
             return ServiceProcess(instance_id, [service], self.env, log_dir)
 
-        self.capacity = serve("capacity", "capacity")
         self.services = [
+            serve("capacity", "capacity"),
             serve("admission-0", "admission"),
             serve("admission-1", "admission"),
             serve("dispatch-0", "dispatch"),
@@ -71,7 +77,7 @@ class Topology:
 
     @property
     def procs(self) -> list[ServiceProcess]:
-        return [self.capacity, *self.services, *self.runners]
+        return [*self.services, *self.runners]
 
     def migrate(self) -> None:
         result = subprocess.run(
@@ -83,28 +89,32 @@ class Topology:
             check=False,
         )
         assert result.returncode == 0, result.stderr
-        assert result.stdout.startswith("applied migrations"), result.stdout
+        everything = [version for version, _, _ in migrations()]
+        assert result.stdout.strip() == f"applied migrations: {everything}", result.stdout
 
     async def start(self) -> None:
-        # Capacity first: a runner's start is its registration, which capacity answers.
-        self.capacity.start()
-        await self.capacity.ready()
-        for proc in [*self.services, *self.runners]:
-            proc.start()
-        await asyncio.gather(*(proc.ready(timeout=60) for proc in [*self.services, *self.runners]))
+        # As compose starts them: every service at once once migrated, the runners once capacity
+        # serves (a runner's start is its registration, which capacity answers).
+        await self._start(self.services)
+        await self._start(self.runners)
         # `serve api` announces its address like `up` does (the port was 0: any free one).
         ready = re.search(r"^orchestrator ready http=(\S+) ", self.services[-1].log(), re.M)
         assert ready, self.services[-1].log()
         self.api_url = ready.group(1)
+
+    @staticmethod
+    async def _start(procs: list[ServiceProcess]) -> None:
+        for proc in procs:
+            proc.start()
+        await asyncio.gather(*(proc.ready(timeout=60) for proc in procs))
 
     async def close(self) -> None:
         await asyncio.gather(*(proc.close() for proc in self.procs))
 
 
 @pytest.fixture
-async def topology(settings: Settings, store: Store, tmp_path: Path) -> AsyncIterator[Topology]:
-    await factories.pool(store, "default", labels=LABELS.split(","), max_concurrent=-1, max_active=-1)
-    topology = Topology(settings, tmp_path / "logs")
+async def topology(settings: Settings, empty_database_url: str, tmp_path: Path) -> AsyncIterator[Topology]:
+    topology = Topology(settings, empty_database_url, tmp_path / "logs")
     topology.migrate()
     try:
         await topology.start()
@@ -127,8 +137,11 @@ async def test_every_job_runs_exactly_once_across_the_scaled_out_services(
         await bus.submit(json.dumps(body).encode(), key=key)
     submitted = time.monotonic()
 
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await asyncpg.connect(topology.database_url)
     try:
+        # Six processes applied the pools file at once: it holds, exactly as written.
+        pools = {r["name"]: PoolConfig.from_row(r) for r in await conn.fetch("SELECT * FROM pools")}
+        assert pools == load_pools_file(POOLS_FILE).pools
 
         async def all_final() -> bool:
             n = await conn.fetchval("SELECT count(*) FROM jobs WHERE state NOT IN ('queued', 'assigned', 'running')")
