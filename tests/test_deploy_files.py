@@ -18,6 +18,7 @@ import pytest
 
 from orchestrator.cli import parser
 from orchestrator.health import roles_from_argv
+from orchestrator.pools import load_pools_file
 from orchestrator.runtime import SERVICES
 from orchestrator.settings import Settings
 
@@ -109,6 +110,42 @@ def test_the_topology(config: dict[str, Any]) -> None:
     prometheus = (ROOT / "deploy" / "prometheus.yml").read_text()
     assert f"api:{api['environment']['ORCH_HTTP_PORT']}" in prometheus
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" in services["api"]["environment"]
+
+
+# Read by the CLI itself (logging is set up before the settings are).
+CLI_VARIABLES = {"ORCH_LOG_LEVEL", "ORCH_URL"}
+SETTINGS_VARIABLES = {f"ORCH_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_every_variable_compose_sets_is_read_and_valid(config: dict[str, Any]) -> None:
+    for name, svc in orchestrator_services(config).items():
+        env = svc["environment"]
+        unknown = {k for k in env if k.startswith("ORCH_")} - SETTINGS_VARIABLES - CLI_VARIABLES
+        assert not unknown, f"{name} sets variables nothing reads: {sorted(unknown)}"
+        # The values pass the same validation a container's Settings() would apply.
+        Settings.model_validate({k.removeprefix("ORCH_").lower(): v for k, v in env.items() if k in SETTINGS_VARIABLES})
+
+
+def test_the_pools_file_is_mounted_where_the_services_read_it_and_loads(config: dict[str, Any]) -> None:
+    commands = {name: parser().parse_args(svc["command"]) for name, svc in orchestrator_services(config).items()}
+    runner_pools = {args.pool for args in commands.values() if args.cmd == "runner"}
+    assert runner_pools
+    for name, args in commands.items():
+        if args.cmd != "serve":
+            continue  # only `serve` applies ORCH_POOLS_FILE
+        svc = config["services"][name]
+        target = svc["environment"]["ORCH_POOLS_FILE"]
+        sources = [v["source"] for v in svc.get("volumes") or [] if v["target"] == target]
+        assert len(sources) == 1, f"{name}: nothing mounted at ORCH_POOLS_FILE={target}"
+        declared = load_pools_file(Path(sources[0]))
+        # Every runner's pool is declared, or registering would have no pool to join.
+        assert runner_pools <= set(declared.pools), name
+
+
+def test_the_readme_documents_every_variable() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(v for v in SETTINGS_VARIABLES | CLI_VARIABLES if f"`{v}`" not in readme)
+    assert not missing, f"README.md does not document {missing}"
 
 
 @pytest.mark.parametrize(
