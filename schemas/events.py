@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.base import Envelope, Model
 from schemas.jobs import JobSpec, JobState, JobView, Label, Name
@@ -39,6 +39,14 @@ class JobAdmitted(Envelope):
     priority: int
 
 
+class PoolMention(BaseModel):
+    """Just the pool of any pool-scoped event (admitted, slot available, pool updated): all a
+    wake needs, read without building the whole event."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    pool: str
+
+
 class JobRejected(Envelope):
     type: Literal["JobRejected"] = "JobRejected"
     key: str | None
@@ -49,7 +57,8 @@ class JobRejected(Envelope):
 
 
 class JobAssigned(Envelope):
-    """Sent to the runner as a request; the runner's ack completes the hand-off."""
+    """Sent to the runner as a request; the runner's ack completes the hand-off. Hand-offs to one
+    runner travel in batches, so each carries its own job's W3C trace context."""
 
     type: Literal["JobAssigned"] = "JobAssigned"
     job_id: UUID
@@ -58,6 +67,7 @@ class JobAssigned(Envelope):
     attempt: int
     payload: dict[str, Any]
     timeout_s: float | None
+    trace_context: dict[str, str] = Field(default_factory=dict)
 
 
 class JobStarted(Envelope):

@@ -41,7 +41,7 @@ from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service, every
 from orchestrator.settings import Settings
 from orchestrator.store import Fence, Store
-from schemas.events import CapacityUnknown, JobAdmitted, JobAssigned, PoolUpdated, Reply, SlotAvailable
+from schemas.events import CapacityUnknown, JobAssigned, PoolMention, Reply
 
 _tracer = telemetry.tracer("orchestrator.dispatch")
 
@@ -77,12 +77,8 @@ class Dispatch(Service):
 
     async def on_start(self) -> None:
         s = self.bus.subjects
-        for subject, model in (
-            (s.job_events("admitted"), JobAdmitted),
-            (s.slot_available(), SlotAvailable),
-            (s.pool_updated(), PoolUpdated),
-        ):
-            sub = await self.bus.subscribe(subject, model, self._on_wake)
+        for subject in (s.job_events("admitted"), s.slot_available(), s.pool_updated()):
+            sub = await self.bus.subscribe(subject, PoolMention, self._on_wake)
             self.on_cleanup(sub.unsubscribe)
         self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "dispatch sweep"), "sweep")
         if self.leadership is not None:
@@ -108,7 +104,7 @@ class Dispatch(Service):
         if fence is not None and self.running:
             self.spawn(self.sweep(), "sweep.gained")
 
-    async def _on_wake(self, event: JobAdmitted | SlotAvailable | PoolUpdated, msg: Msg) -> None:
+    async def _on_wake(self, event: PoolMention, msg: Msg) -> None:
         self.wake(event.pool)
 
     async def sweep(self) -> None:
@@ -165,39 +161,52 @@ class Dispatch(Service):
             claim_status = "failed"
         else:
             claim_status = claim.status
-            if claim.assignments:
-                await asyncio.gather(*(self._hand_off(a) for a in claim.assignments))
+            by_runner: dict[str, list[dict[str, Any]]] = {}
+            for a in claim.assignments:
+                by_runner.setdefault(a["runner_id"], []).append(a)
+            await asyncio.gather(*(self._hand_off(runner_id, rows) for runner_id, rows in by_runner.items()))
         self.step_counts[claim_status] = self.step_counts.get(claim_status, 0) + 1
         return claim_status
 
-    async def _hand_off(self, a: dict[str, Any]) -> None:
-        ctx = telemetry.extract(a["trace_context"])  # continue the producer's trace after the wait
-        with _tracer.start_as_current_span(
-            "dispatch",
-            context=ctx,
-            kind=trace.SpanKind.PRODUCER,
-            attributes={"orchestrator.job_id": str(a["id"]), "orchestrator.runner_id": a["runner_id"]},
-        ):
-            event = JobAssigned(
-                job_id=a["id"],
-                pool=a["pool"],
-                runner_id=a["runner_id"],
-                attempt=a["attempt"] + 1,
-                payload=a["payload"],
-                timeout_s=a["timeout_s"],
+    async def _hand_off(self, runner_id: str, rows: list[dict[str, Any]]) -> None:
+        """One request carries every job claimed for this runner; it acks each (or not)."""
+        events = [self._assignment(a) for a in rows]
+        try:
+            replies = await self.bus.request_many(
+                self.bus.subjects.assign(runner_id), events, Reply, self.settings.assign_ack_timeout_s
             )
-            try:
-                reply = await self.bus.request(
-                    self.bus.subjects.assign(a["runner_id"]), event, Reply, self.settings.assign_ack_timeout_s
-                )
-                accepted = reply.ok
-            except RequestFailed as exc:
-                self.log.warning("hand-off of %s to %s failed: %s", a["id"], a["runner_id"], exc)
-                accepted = False
-            if not accepted:
-                # Not an attempt: back to the queue. The runner takes nothing more until it
-                # heartbeats again, so the retry goes elsewhere instead of timing out again.
-                await self.store.runner_mark_suspect(a["runner_id"])
-                await self.store.job_unassign(a["id"], a["runner_id"])
-                return
-            await self.bus.publish(self.bus.subjects.job_event("assigned", a["pool"]), event)
+        except RequestFailed as exc:
+            self.log.warning("hand-off of %d jobs to %s failed: %s", len(events), runner_id, exc)
+            replies = [Reply(ok=False)] * len(events)
+        accepted = [e for e, reply in zip(events, replies, strict=True) if reply.ok]
+        refused = [e for e, reply in zip(events, replies, strict=True) if not reply.ok]
+        if refused:
+            # Not an attempt: back to the queue. The runner takes nothing more until it
+            # heartbeats again, so the retry goes elsewhere instead of timing out again.
+            await self.store.runner_mark_suspect(runner_id)
+            for e in refused:
+                await self.store.job_unassign(e.job_id, runner_id)
+        await self.bus.publish_many([(self.bus.subjects.job_event("assigned", e.pool), e) for e in accepted])
+
+    @staticmethod
+    def _assignment(a: dict[str, Any]) -> JobAssigned:
+        # The dispatch span continues the producer's trace, stored with the job, after the wait;
+        # the runner continues it from the context the assignment carries.
+        carrier = dict(a["trace_context"] or {})
+        if telemetry.recording():
+            with _tracer.start_as_current_span(
+                "dispatch",
+                context=telemetry.extract(carrier),
+                kind=trace.SpanKind.PRODUCER,
+                attributes={"orchestrator.job_id": str(a["id"]), "orchestrator.runner_id": a["runner_id"]},
+            ):
+                carrier = telemetry.inject()
+        return JobAssigned(
+            job_id=a["id"],
+            pool=a["pool"],
+            runner_id=a["runner_id"],
+            attempt=a["attempt"] + 1,
+            payload=a["payload"],
+            timeout_s=a["timeout_s"],
+            trace_context=carrier,
+        )

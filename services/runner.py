@@ -26,6 +26,7 @@ from uuid import UUID
 from nats.aio.msg import Msg
 
 from orchestrator import telemetry
+from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.errors import NoResponders, OrchestratorError, RequestFailed
 from orchestrator.lifecycle import Service
@@ -85,6 +86,15 @@ class Runner(Service):
         self.taints = taints or []
         self._jobs: dict[UUID, _Running] = {}
         self._accepting = False
+        # Requests for jobs that start or end together travel together (one message, one reply).
+        self._starts: Batcher[JobStarted, Reply] = Batcher(self._send(bus.subjects.runner_start))
+        self._finishes: Batcher[JobFinished, Reply] = Batcher(self._send(bus.subjects.runner_finish))
+
+    def _send(self, subject: str) -> Callable[[list[Any]], Awaitable[list[Reply]]]:
+        async def send(events: list[Any]) -> list[Reply]:
+            return await self.bus.request_many(subject, events, Reply, REQUEST_TIMEOUT_S)
+
+        return send
 
     @property
     def busy(self) -> int:
@@ -186,12 +196,13 @@ class Runner(Service):
     async def _run(self, job: _Running) -> None:
         e = job.event
         try:
-            with _tracer.start_as_current_span("run", attributes={"orchestrator.job_id": str(e.job_id)}):
+            context = telemetry.extract(e.trace_context) if e.trace_context else None
+            with _tracer.start_as_current_span(
+                "run", context=context, attributes={"orchestrator.job_id": str(e.job_id)}
+            ):
                 started = JobStarted(job_id=e.job_id, pool=e.pool, runner_id=self.runner_id, attempt=e.attempt)
                 try:
-                    permitted = await self.bus.request(
-                        self.bus.subjects.runner_start, started, Reply, REQUEST_TIMEOUT_S
-                    )
+                    permitted = await self._starts.submit(started)
                 except RequestFailed as exc:
                     self.log.warning("no permission to start %s: %s", e.job_id, exc)
                     return  # still assigned: the orchestrator releases it (sweep or re-registration)
@@ -268,7 +279,7 @@ class Runner(Service):
         delay = 0.1
         while True:
             try:
-                await self.bus.request(self.bus.subjects.runner_finish, event, Reply, REQUEST_TIMEOUT_S)
+                await self._finishes.submit(event)
                 return
             except RequestFailed as exc:
                 self.log.warning("report of %s failed, retrying: %s", event.job_id, exc)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from opentelemetry import trace
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus
-from schemas.events import Reply, RunnerHeartbeat, SlotAvailable
+from orchestrator.errors import RequestFailed
+from schemas.events import ErrorDetail, Reply, RunnerHeartbeat, SlotAvailable
 
 
 async def test_consumer_continues_the_producers_trace(bus: Bus) -> None:
@@ -49,4 +51,44 @@ async def test_invalid_request_is_answered_with_the_field(bus: Bus) -> None:
     assert (reply.error.code, reply.error.field) == ("invalid", "runner_id")
     msg = await bus.nc.request(subject, b"{oops", timeout=5)
     assert Reply.model_validate_json(msg.data).error.code == "malformed"  # type: ignore[union-attr]
+    assert not called
+
+
+async def test_a_batch_of_requests_is_answered_in_order_and_handled_together(bus: Bus) -> None:
+    in_flight, most_in_flight = 0, 0
+    release = asyncio.Event()
+
+    async def handler(event: RunnerHeartbeat, msg: object) -> Reply:
+        nonlocal in_flight, most_in_flight
+        in_flight += 1
+        most_in_flight = max(most_in_flight, in_flight)
+        if most_in_flight == 3:
+            release.set()
+        await release.wait()  # every item of the batch is handled at once, not one by one
+        in_flight -= 1
+        known = event.runner_id != "ghost"
+        return Reply(ok=known, error=None if known else ErrorDetail(code="unknown_runner", message=event.runner_id))
+
+    subject = bus.subjects.runner_heartbeat
+    await bus.subscribe(subject, RunnerHeartbeat, handler)
+    events = [RunnerHeartbeat(runner_id=r, pool="p") for r in ("a", "ghost", "b")]
+    replies = await bus.request_many(subject, events, Reply, 5)
+    assert [r.ok for r in replies] == [True, False, True]
+    assert replies[1].error is not None and replies[1].error.message == "ghost"
+    assert most_in_flight == 3
+
+
+async def test_a_batch_that_does_not_parse_fails_naming_the_item_and_field(bus: Bus) -> None:
+    called = False
+
+    async def handler(event: RunnerHeartbeat, msg: object) -> Reply:
+        nonlocal called
+        called = True
+        return Reply(ok=True)
+
+    subject = bus.subjects.runner_heartbeat
+    await bus.subscribe(subject, RunnerHeartbeat, handler)
+    good = RunnerHeartbeat(runner_id="a", pool="p")
+    with pytest.raises(RequestFailed, match=r"1\.type"):  # item 1, field type
+        await bus.request_many(subject, [good, SlotAvailable(pool="p", free=1)], Reply, 5)
     assert not called

@@ -4,13 +4,18 @@ Only this package knows nats-py. Every message carries W3C trace context in its 
 every handler runs inside a consumer span continuing the sender's trace. A message that does not
 parse is answered (when it is a request) with an error naming the field, and never reaches the
 handler.
+
+Requests can travel in batches: `request_many` sends N events as one JSON array (header
+`Orch-Batch`), the same subscription hands each to the handler concurrently and answers with
+the array of replies, in order. Under load this turns N round trips into one, and lets the
+handler's own batching (one transaction for many reports) see them together.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -23,7 +28,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus.subjects import Subjects
@@ -36,6 +41,20 @@ Handler = Callable[[M, Msg], Awaitable[BaseModel | None]]
 
 _tracer = telemetry.tracer("orchestrator.bus")
 _log = telemetry.get_logger("bus")
+
+BATCH_HEADER = "Orch-Batch"
+_list_adapters: dict[type[BaseModel], TypeAdapter[Any]] = {}
+
+
+def _list_of(model: type[M]) -> TypeAdapter[list[M]]:
+    if model not in _list_adapters:
+        _list_adapters[model] = TypeAdapter(list[model])  # type: ignore[valid-type]
+    return _list_adapters[model]
+
+
+def _json_array(models: Sequence[BaseModel]) -> bytes:
+    return b"[" + b",".join(m.model_dump_json().encode() for m in models) + b"]"
+
 
 # JetStream deduplicates on Nats-Msg-Id inside this window; the job key in Postgres beyond it.
 DEDUP_WINDOW_S = 120.0
@@ -113,22 +132,40 @@ class Bus:
                 await self.nc.publish(subject, event.model_dump_json().encode(), headers=headers)
 
     async def request(self, subject: str, event: BaseModel, reply_model: type[R], timeout: float) -> R:
+        data = await self._request(subject, event.model_dump_json().encode(), {}, timeout)
+        return self._reply(subject, data, reply_model)
+
+    async def request_many(
+        self, subject: str, events: Sequence[BaseModel], reply_model: type[R], timeout: float
+    ) -> list[R]:
+        """Many requests in one message; their replies in the same order."""
+        data = await self._request(subject, _json_array(events), {BATCH_HEADER: str(len(events))}, timeout)
+        replies = self._reply(subject, data, _list_of(reply_model))
+        if len(replies) != len(events):
+            raise RequestFailed(f"{subject} answered {len(replies)} of {len(events)} requests")
+        return replies
+
+    async def _request(self, subject: str, body: bytes, headers: dict[str, str], timeout: float) -> bytes:
         with _tracer.start_as_current_span(
             f"send {subject}", kind=SpanKind.CLIENT, attributes=_span_attrs(subject, "send")
         ):
             try:
-                msg = await self.nc.request(
-                    subject, event.model_dump_json().encode(), timeout=timeout, headers=telemetry.inject()
-                )
+                msg = await self.nc.request(subject, body, timeout=timeout, headers=telemetry.inject(headers))
             except NoRespondersError as exc:
                 raise NoResponders(f"nobody serves {subject}") from exc
             except NatsTimeout as exc:
                 raise RequestFailed(f"no answer on {subject} within {timeout}s") from exc
+        return msg.data
+
+    @staticmethod
+    def _reply(subject: str, data: bytes, parser: type[R] | TypeAdapter[R]) -> R:
         try:
-            return reply_model.model_validate_json(msg.data)
+            if isinstance(parser, TypeAdapter):
+                return parser.validate_json(data)
+            return parser.model_validate_json(data)
         except ValidationError:
             # A handler that failed to parse our request answers with a Reply naming the problem.
-            reply = Reply.model_validate_json(msg.data)
+            reply = Reply.model_validate_json(data)
             detail = reply.error.message if reply.error else "unknown error"
             raise RequestFailed(f"{subject} refused the request: {detail}") from None
 
@@ -156,8 +193,9 @@ class Bus:
                 kind=SpanKind.CONSUMER,
                 attributes=_span_attrs(msg.subject, "process"),
             ) as span:
+                batch = msg.headers is not None and BATCH_HEADER in msg.headers
                 try:
-                    event = model.model_validate_json(msg.data)
+                    events = _list_of(model).validate_json(msg.data) if batch else [model.model_validate_json(msg.data)]
                 except ValidationError as exc:
                     error = error_from_validation(exc)
                     span.set_status(trace.StatusCode.ERROR, error.message)
@@ -166,14 +204,18 @@ class Bus:
                         await msg.respond(invalid_reply(error).model_dump_json().encode())
                     return
                 try:
-                    result = await handler(event, msg)
+                    if batch:
+                        results = await asyncio.gather(*(handler(event, msg) for event in events))
+                    else:
+                        results = [await handler(events[0], msg)]
                 except Exception as exc:
                     span.record_exception(exc)
                     span.set_status(trace.StatusCode.ERROR, str(exc))
                     _log.exception("handler for %s failed", msg.subject)
                     return  # no reply: the requester times out and retries
-                if result is not None and msg.reply:
-                    await self.nc.publish(msg.reply, result.model_dump_json().encode(), headers=telemetry.inject())
+                if msg.reply and all(result is not None for result in results):
+                    body = _json_array(results) if batch else results[0].model_dump_json().encode()  # type: ignore[union-attr]
+                    await self.nc.publish(msg.reply, body, headers=telemetry.inject())
 
         if not concurrent:
             return await self.nc.subscribe(subject, queue=queue, cb=on_message)
