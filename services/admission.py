@@ -128,6 +128,7 @@ class Admission(Service):
                     abandon_after_s=spec.abandon_after_s,
                     token_hash=token_hash(token),
                     trace_context=telemetry.inject(),
+                    tolerations=sorted(set(spec.tolerations)),
                 ),
                 max_active=pool["max_active"],  # type: ignore[index]
             )

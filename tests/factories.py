@@ -27,6 +27,7 @@ def new_job(pool: str = "default", **fields: Any) -> NewJob:
         abandon_after_s=spec.abandon_after_s,
         token_hash=None,
         trace_context={},
+        tolerations=sorted(set(spec.tolerations)),
     )
 
 

@@ -16,7 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
-from orchestrator.errors import NotFound, StoreUnavailable
+from orchestrator.errors import ConfigurationError, NotFound, StoreUnavailable
 from orchestrator.store import migrate
 from orchestrator.store.queries import Q
 
@@ -46,6 +46,7 @@ class NewJob:
     abandon_after_s: float | None
     token_hash: bytes | None
     trace_context: dict[str, str]
+    tolerations: list[str] = field(default_factory=list)  # sorted, distinct
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class Store:
         )
         self._pool: asyncpg.Pool | None = None
         # Shapes are never deleted or changed, so their ids can be remembered for good.
-        self._shapes: dict[tuple[str, tuple[str, ...], str], int] = {}
+        self._shapes: dict[tuple[str, tuple[str, ...], str, tuple[str, ...]], int] = {}
 
     async def connect(self) -> None:
         try:
@@ -181,11 +182,37 @@ class Store:
         async with self._conn() as conn:
             return [r["name"] for r in await conn.fetch(Q["pool_list_with_queued"])]
 
+    async def pool_elect_leader(self, pool: str | None = None) -> list[dict[str, Any]]:
+        """Elect leader-mode pools' leaders (`pool`, or all); the changes as {pool, previous, leader}."""
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["pool_elect_leader"], pool)]
+
+    async def pool_fleet_set(self, name: str, *, provisioner: str | None, max_workers: int) -> dict[str, Any]:
+        """Name the pool's provisioner (None: none) and cap its fleet (0: no cap; negative: refused)."""
+        if max_workers < 0:
+            raise ConfigurationError(
+                f"pool {name!r}: max_workers must be 0 (no cap) or a positive number of workers, got {max_workers}"
+            )
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["pool_fleet_set"], name, provisioner, max_workers)
+        if row is None:
+            raise NotFound(f"pool {name!r} does not exist")
+        return dict(row)
+
+    async def pools_provisioned(self) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["pool_list_provisioned"])]
+
+    async def pool_fleet_demand(self, pool: str, max_queued: int) -> dict[str, Any] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["pool_fleet_demand"], pool, max_queued)
+        return dict(row) if row else None
+
     # --- admission ---------------------------------------------------------------------------
 
     async def job_admit(self, job: NewJob, max_active: int) -> AdmitOutcome:
         """Insert `job` unless its key exists or the pool is at `max_active` (negative: no cap)."""
-        shape_id = await self._shape_id(job.pool, job.labels, job.tenant)
+        shape_id = await self._shape_id(job.pool, job.labels, job.tenant, job.tolerations)
         async with self._tx() as conn:
             existing = await conn.fetchrow(Q["job_get_by_key"], job.key)
             if existing is not None:
@@ -210,18 +237,21 @@ class Store:
                 job.token_hash,
                 job.trace_context,
                 shape_id,
+                job.tolerations,
             )
             if row is None:  # the same key committed by a concurrent admission
                 existing = await conn.fetchrow(Q["job_get_by_key"], job.key)
                 return self._same_key(existing, job)
             return AdmitOutcome("admitted", dict(row))
 
-    async def _shape_id(self, pool: str, labels: Sequence[str], tenant: str | None) -> int:
+    async def _shape_id(
+        self, pool: str, labels: Sequence[str], tenant: str | None, tolerations: Sequence[str] = ()
+    ) -> int:
         """The id of a shape, created (committed on its own) the first time it is needed."""
-        key = (pool, tuple(sorted(set(labels))), tenant or "")
+        key = (pool, tuple(sorted(set(labels))), tenant or "", tuple(sorted(set(tolerations))))
         shape_id = self._shapes.get(key)
         if shape_id is None:
-            args = (pool, list(key[1]), key[2])
+            args = (pool, list(key[1]), key[2], list(key[3]))
             async with self._conn() as conn:
                 shape_id = await conn.fetchval(Q["job_shape_insert"], *args)
                 if shape_id is None:  # created before, or concurrently by another admission
@@ -286,16 +316,16 @@ class Store:
         runners = await conn.fetch(Q["runner_free_slots"], pool)
         if not runners:
             return ClaimStep("no_runner")
-        # Runners with the same labels can take the same jobs: claim once per label set.
-        groups: dict[tuple[str, ...], list[list[Any]]] = {}
+        # Runners with the same labels and taints can take the same jobs: claim once per such set.
+        groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[list[Any]]] = {}
         for r in runners:
-            groups.setdefault(tuple(sorted(r["labels"])), []).append([r["id"], r["free"]])
+            groups.setdefault((tuple(sorted(r["labels"])), tuple(sorted(r["taints"]))), []).append([r["id"], r["free"]])
         assignments: list[dict[str, Any]] = []
-        for labels, members in groups.items():
+        for (labels, taints), members in groups.items():
             if budget <= 0:
                 break
             want = min(budget, sum(free for _, free in members))
-            claimed = await conn.fetch(Q["job_claim"], pool, list(labels), want, epoch)
+            claimed = await conn.fetch(Q["job_claim"], pool, list(labels), want, epoch, list(taints))
             for row in claimed:
                 member = max(members, key=lambda m: m[1])  # spread over the freest runners
                 member[1] -= 1
@@ -363,14 +393,33 @@ class Store:
         async with self._conn() as conn:
             await conn.execute(Q["runner_mark_suspect"], runner_id)
 
-    async def runner_mark_lost(self, ttl_s: float, now: datetime | None = None) -> list[dict[str, Any]]:
-        """Mark silent runners lost and release their jobs; returns the released jobs."""
+    async def runner_mark_lost(
+        self, ttl_s: float, now: datetime | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Mark silent runners lost and release their jobs; returns the lost runners (id, pool)
+        and the released jobs."""
         async with self._tx() as conn:
             lost = await conn.fetch(Q["runner_mark_lost"], ttl_s, now)
             if not lost:
-                return []
+                return [], []
             released = await conn.fetch(Q["job_release_from_runners"], [r["id"] for r in lost], [])
-        return [dict(r) for r in released]
+        return [dict(r) for r in lost], [dict(r) for r in released]
+
+    async def runner_drain(self, runner_id: str) -> str | None:
+        """The runner takes nothing more; its pool, or None if it is unknown or lost."""
+        async with self._conn() as conn:
+            return await conn.fetchval(Q["runner_drain"], runner_id)
+
+    async def runner_set_taints(self, runner_id: str, taints: Sequence[str]) -> dict[str, Any] | None:
+        """Set the runner's taints (the exact set); {id, pool, taints}, or None if it is unknown."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["runner_set_taints"], runner_id, list(taints))
+        return dict(row) if row else None
+
+    async def runners_known(self, runner_ids: Sequence[str]) -> set[str]:
+        """Which of `runner_ids` have registered."""
+        async with self._conn() as conn:
+            return {r["id"] for r in await conn.fetch(Q["runner_list_known"], list(runner_ids))}
 
     # --- reads and operator actions ----------------------------------------------------------
 

@@ -3,8 +3,8 @@
 
 -- name: job_insert
 INSERT INTO jobs (id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s,
-                  max_attempts, abandon_after_s, token_hash, trace_context, shape_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                  max_attempts, abandon_after_s, token_hash, trace_context, shape_id, tolerations)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
 ON CONFLICT (key) DO NOTHING
 RETURNING *;
 
@@ -22,7 +22,8 @@ WHERE ($1::text IS NULL OR pool = $1)
 ORDER BY id DESC
 LIMIT $4;
 
--- Claim up to $3 of the best queued jobs of pool $1 that runners with labels $2 can take.
+-- Claim up to $3 of the best queued jobs of pool $1 that runners with labels $2 and taints $5
+-- can take (a job tolerating every one of the taints; any job when there are none).
 -- Only the shapes those runners match are visited, each through its own index range, so the
 -- cost does not grow with jobs queued for other shapes (seed 004). Order: priority, then
 -- round-robin across shapes (the n-th job of each shape before the n+1-th of any; the shape
@@ -31,7 +32,8 @@ LIMIT $4;
 -- $4 is the claiming leader's term (NULL without a lease), recorded with the claim.
 -- name: job_claim
 WITH shapes AS (
-    SELECT id, served_at FROM job_shapes WHERE pool = $1 AND labels <@ $2::text[]
+    SELECT id, served_at FROM job_shapes
+    WHERE pool = $1 AND labels <@ $2::text[] AND tolerations @> $5::text[]
 ), heads AS (
     SELECT q.id, q.priority, s.served_at,
            row_number() OVER (PARTITION BY s.id, q.priority ORDER BY q.id) AS turn
@@ -54,12 +56,12 @@ RETURNING j.id, j.pool, j.shape_id, j.attempt, j.payload, j.timeout_s, j.trace_c
 UPDATE job_shapes SET served_at = clock_timestamp() WHERE id = ANY($1::bigint[]);
 
 -- name: job_shape_insert
-INSERT INTO job_shapes (pool, labels, tenant) VALUES ($1, $2, $3)
-ON CONFLICT (pool, labels, tenant) DO NOTHING
+INSERT INTO job_shapes (pool, labels, tenant, tolerations) VALUES ($1, $2, $3, $4)
+ON CONFLICT (pool, labels, tenant, tolerations) DO NOTHING
 RETURNING id;
 
 -- name: job_shape_get
-SELECT id FROM job_shapes WHERE pool = $1 AND labels = $2 AND tenant = $3;
+SELECT id FROM job_shapes WHERE pool = $1 AND labels = $2 AND tenant = $3 AND tolerations = $4;
 
 -- name: job_set_runner
 UPDATE jobs SET runner_id = r.runner_id
