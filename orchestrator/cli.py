@@ -92,12 +92,24 @@ def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
         await bus.connect()
         labels = [x for x in args.labels.split(",") if x] if args.labels is not None else settings.runner_label_list()
         runner = Runner(
-            settings, bus, runner_id=args.id, pool=args.pool, labels=labels, slots=args.slots, taints=args.taint
+            settings,
+            bus,
+            runner_id=args.id,
+            pool=args.pool,
+            labels=labels,
+            slots=args.slots,
+            taints=args.taint,
+            once=args.once,
+            idle_timeout_s=args.idle_timeout if args.once else None,
         )
         try:
             await runner.start()
             print(f"runner {args.id} serving pool {args.pool} with {args.slots} slots", flush=True)
-            await _until_signal()
+            # A one-shot worker also ends when its job has.
+            waits = [asyncio.ensure_future(_until_signal()), asyncio.ensure_future(runner.finished.wait())]
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
         finally:
             await runner.stop()
             await bus.close()
@@ -199,6 +211,10 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--slots", type=int, default=4)
     runner.add_argument("--taint", action="append", default=[])
     runner.add_argument("--id", default=f"runner-{os.getpid()}-{int(time.time())}")
+    runner.add_argument("--once", action="store_true", help="take exactly one job, report it and exit")
+    runner.add_argument(
+        "--idle-timeout", type=float, default=60.0, help="with --once: exit if no job came within this (seconds)"
+    )
     runner.set_defaults(fn=cmd_runner)
 
     submit = sub.add_parser("submit", help="submit a job: orchestrator submit [options] -- CMD [ARGS]")

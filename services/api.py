@@ -22,8 +22,15 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.lifecycle import Service
 from orchestrator.settings import Settings
 from orchestrator.store import Store
-from schemas.events import AdmissionResult, JobCancelRequested, JobSubmitted, error_from_validation
+from schemas.events import (
+    AdmissionResult,
+    JobCancelRequested,
+    JobSubmitted,
+    RunnerTaintsChanged,
+    error_from_validation,
+)
 from schemas.jobs import JobSpec, JobState, JobView
+from schemas.runners import RunnerTaints
 
 _tracer = telemetry.tracer("orchestrator.api")
 ADMISSION_TIMEOUT_S = 10.0
@@ -84,6 +91,7 @@ class Api(Service):
         app.router.add_delete("/v1/jobs/{id}", self.cancel_job)
         app.router.add_get("/v1/pools", self.list_pools)
         app.router.add_get("/v1/runners", self.list_runners)
+        app.router.add_put("/v1/runners/{id}/taints", self.set_runner_taints)
         app.router.add_get("/v1/leader", self.get_leader)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -187,6 +195,23 @@ class Api(Service):
 
     async def list_runners(self, request: web.Request) -> web.Response:
         return json_response({"runners": await self.store.runner_list()})
+
+    async def set_runner_taints(self, request: web.Request) -> web.Response:
+        """Set a runner's taints; capacity re-elects its pool's leader when it hears of it."""
+        try:
+            body = RunnerTaints.model_validate_json(await request.read())
+        except ValidationError as exc:
+            error = error_from_validation(exc)
+            return error_response(STATUS[error.code], error.code, error.message, error.field)
+        runner_id = request.match_info["id"]
+        row = await self.store.runner_set_taints(runner_id, body.taints)
+        if row is None:
+            return error_response(404, "not_found", f"no runner {runner_id!r}", "id")
+        await self.bus.publish(
+            self.bus.subjects.runner_taints_changed,
+            RunnerTaintsChanged(runner_id=row["id"], pool=row["pool"], taints=row["taints"]),
+        )
+        return json_response(row)
 
     async def get_leader(self, request: web.Request) -> web.Response:
         """The dispatch shard's newest term as recorded in Postgres (holder, epoch, since), and
