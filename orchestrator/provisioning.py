@@ -1,0 +1,175 @@
+"""Provisioners: how a pool gets an ephemeral worker per job (seed 001), and the bundled `local` one.
+
+A provisioned worker is a one-shot runner: it registers into the pool under the runner id it was
+given, the dispatcher hands it one job like any runner, it reports the job and exits. So its job
+counts against the pool's `max_concurrent` exactly like a pull runner's; what a provisioner adds
+is the fleet cap (`max_workers`), counted from the provisioner itself before every spawn.
+
+A provisioner is any object with the three methods of `Provisioner`, made by a factory
+`factory(ctx: ProvisionerContext) -> Provisioner`, one instance per pool. A pool names its
+provisioner (`pools.provisioner`), resolved in this order:
+1. a name given to the runtime (`Runtime(provisioners={...})`; bundled: `local`);
+2. an installed entry point in the group `orchestrator.provisioners` (a package ships
+   `[project.entry-points."orchestrator.provisioners"] k8s = "acme_k8s:make"`);
+3. an import path `package.module:factory`.
+A Kubernetes Jobs provisioner, say, creates a Job per `spawn` whose pod runs
+`orchestrator runner --once --pool <pool> --id <request.runner_id> --labels ...` with
+`ORCH_NATS_URL` / `ORCH_NAMESPACE` from the context, labels it with the pool, and counts live
+workers with a label-selected list of Jobs that are not finished (raising when the API call
+fails); `stop` deletes the Job. ECS is the same with RunTask / ListTasks / StopTask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from orchestrator import telemetry
+from orchestrator.errors import ConfigurationError
+
+ENTRY_POINT_GROUP = "orchestrator.provisioners"
+_log = telemetry.get_logger("provisioning")
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    """One worker for one queued job of `pool`: it must register as `runner_id` with `labels`."""
+
+    pool: str
+    runner_id: str
+    labels: list[str]
+
+
+@runtime_checkable
+class Provisioner(Protocol):
+    async def spawn(self, request: WorkerRequest) -> str:
+        """Start a worker; return the provisioner's handle for it (given to `stop`)."""
+
+    async def count_live(self) -> int:
+        """Workers of this pool starting or running now. Raise when they cannot be counted: the
+        caller then spawns nothing (never blind past the cap) and retries later."""
+
+    async def stop(self, worker: str) -> None:
+        """Stop a worker (one that never registered, or at shutdown)."""
+
+    async def close(self) -> None:
+        """At shutdown: release what this process holds. Workers of a remote fleet keep running
+        their jobs; a local provisioner stops its child processes."""
+
+
+@dataclass(frozen=True)
+class ProvisionerContext:
+    """What a factory gets: the pool, how its workers reach the orchestrator, and a callback to
+    call when a worker exits (optional to use: the caller also re-counts on a timer)."""
+
+    pool: str
+    nats_url: str
+    namespace: str
+    data_dir: Path
+    worker_exited: Callable[[str], None] = lambda worker: None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+ProvisionerFactory = Callable[[ProvisionerContext], Provisioner]
+
+
+def resolve(name: str, registry: Mapping[str, ProvisionerFactory]) -> ProvisionerFactory:
+    """The factory `name` refers to (see the module docstring), or a ConfigurationError saying why not."""
+    if name in registry:
+        return registry[name]
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    try:
+        if found:
+            return next(iter(found)).load()
+        if ":" in name:
+            module, _, attr = name.partition(":")
+            return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"provisioner {name!r} cannot be loaded: {exc}") from exc
+    raise ConfigurationError(
+        f"provisioner {name!r} is not known: use one of {sorted(registry)}, an entry point in the group "
+        f"{ENTRY_POINT_GROUP!r}, or an import path 'package.module:factory'"
+    )
+
+
+def spawn_budget(
+    *,
+    queued: int,
+    free_slots: int,
+    starting: int,
+    live: int,
+    max_workers: int,
+    max_concurrent: int,
+    in_flight: int,
+) -> int:
+    """How many workers to start now: one per queued job no free or starting runner will take,
+    within the fleet cap (`max_workers`, 0 = none) and the pool's `max_concurrent` headroom (a
+    worker past it would only wait)."""
+    budget = queued - free_slots - starting
+    if max_workers > 0:
+        budget = min(budget, max_workers - live)
+    if max_concurrent >= 0:
+        budget = min(budget, max_concurrent - in_flight - free_slots - starting)
+    return max(budget, 0)
+
+
+class LocalProvisioner:
+    """`local`: a one-shot `orchestrator runner --once` process per job, on this machine."""
+
+    def __init__(self, ctx: ProvisionerContext, *, idle_timeout_s: float = 60.0) -> None:
+        self.ctx = ctx
+        self.idle_timeout_s = idle_timeout_s
+        self._procs: dict[str, asyncio.subprocess.Process] = {}
+        self._reapers: set[asyncio.Task[None]] = set()
+
+    async def spawn(self, request: WorkerRequest) -> str:
+        logs = self.ctx.data_dir / "workers"
+        await asyncio.to_thread(logs.mkdir, parents=True, exist_ok=True)
+        command = [
+            *(sys.executable, "-m", "orchestrator.cli", "runner", "--once"),
+            *("--pool", request.pool, "--id", request.runner_id, "--slots", "1"),
+            *("--labels", ",".join(request.labels), "--idle-timeout", str(self.idle_timeout_s)),
+        ]
+        env = {**os.environ, **self.ctx.env, "ORCH_NATS_URL": self.ctx.nats_url, "ORCH_NAMESPACE": self.ctx.namespace}
+        # The worker's own output, for whoever debugs it: <data dir>/workers/<runner id>.log.
+        log = await asyncio.to_thread(open, logs / f"{request.runner_id}.log", "ab")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        finally:
+            log.close()
+        self._procs[request.runner_id] = proc
+        reaper = asyncio.create_task(self._reap(request.runner_id, proc), name=f"provisioner.reap.{request.runner_id}")
+        self._reapers.add(reaper)
+        reaper.add_done_callback(self._reapers.discard)
+        return request.runner_id
+
+    async def _reap(self, worker: str, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        self._procs.pop(worker, None)
+        if code:
+            _log.warning("worker %s exited with %s", worker, code)
+        self.ctx.worker_exited(worker)
+
+    async def count_live(self) -> int:
+        return len(self._procs)
+
+    async def stop(self, worker: str) -> None:
+        proc = self._procs.get(worker)
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()  # the runner drains: its job gets the stop timeout
+            await proc.wait()
+
+    async def close(self) -> None:
+        """Stop every worker this process started (they are its children)."""
+        await asyncio.gather(*(self.stop(worker) for worker in list(self._procs)))
