@@ -175,6 +175,9 @@ class Provisioning(Service):
     async def reconcile(self, pool: str) -> None:
         if not self._leading():
             return
+        # Forget registered workers before reading the demand, which then counts them as runners:
+        # in the other order a worker registering in between would be counted by neither.
+        starting = await self._still_starting(pool)
         demand = await self.store.pool_fleet_demand(pool, self.config.max_spawn * 16)
         if demand is None or demand["provisioner"] is None:
             return
@@ -183,7 +186,6 @@ class Provisioning(Service):
         except ConfigurationError as exc:
             await self._unknown(pool, str(exc))
             return
-        starting = await self._still_starting(pool, fleet)
         try:
             live = await fleet.count_live()
         except Exception as exc:
@@ -219,12 +221,14 @@ class Provisioning(Service):
         self._count("spawned")
         self.log.info("spawned worker %s for %s", runner_id, pool)
 
-    async def _still_starting(self, pool: str, fleet: Provisioner) -> dict[str, tuple[str, float]]:
+    async def _still_starting(self, pool: str) -> dict[str, tuple[str, float]]:
         """The pool's spawned workers that have not registered yet (those that have are runners now)."""
         starting = self._starting.setdefault(pool, {})
-        if starting:
-            for runner_id in await self.store.runners_known(list(starting)):
-                del starting[runner_id]
+        if not starting:
+            return starting
+        for runner_id in await self.store.runners_known(list(starting)):
+            del starting[runner_id]
+        fleet = self._fleets[pool][1]  # it spawned them
         deadline = time.monotonic() - self.config.start_timeout_s
         for runner_id, (handle, spawned_at) in list(starting.items()):
             if spawned_at < deadline:

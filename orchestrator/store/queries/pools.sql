@@ -92,8 +92,8 @@ SELECT p.name, p.provisioner, p.max_workers, p.max_concurrent, p.labels, p.pause
                               WHERE j.pool = $1 AND j.state = 'queued'
                                 AND (j.not_before IS NULL OR j.not_before <= now())
                               LIMIT $2) q) AS queued,
-       (SELECT coalesce(sum(n), 0) FROM busy) AS in_flight,
-       (SELECT coalesce(sum(greatest(r.slots - coalesce(b.n, 0), 0)), 0)
+       (SELECT coalesce(sum(n), 0)::bigint FROM busy) AS in_flight,
+       (SELECT coalesce(sum(greatest(r.slots - coalesce(b.n, 0), 0)), 0)::bigint
         FROM runners r LEFT JOIN busy b ON b.runner_id = r.id
         WHERE r.pool = $1 AND r.state = 'active') AS free_slots
 FROM pools p WHERE p.name = $1;
