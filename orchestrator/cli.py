@@ -1,5 +1,5 @@
 """The `orchestrator` command: run the system (`up`, `serve`, `runner`, `migrate`) and talk to a
-running one over HTTP (`submit`, `jobs`, `pools`, `runners`, `status`)."""
+running one over HTTP (`submit`, `jobs`, `pools`, `pool set`, `runners`, `status`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Coroutine
 from typing import Any
@@ -134,7 +135,9 @@ def api_url(settings: Settings) -> str:
 
 
 class ApiError(Exception):
-    pass
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def http(settings: Settings, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -148,7 +151,7 @@ def http(settings: Settings, method: str, path: str, body: Any = None) -> tuple[
     except urllib.error.HTTPError as exc:
         payload = json.loads(exc.read() or b"null")
         message = (payload or {}).get("error", {}).get("message", exc.reason)
-        raise ApiError(f"{exc.code}: {message}") from None
+        raise ApiError(f"{exc.code}: {message}", exc.code) from None
     except urllib.error.URLError as exc:
         raise ApiError(f"cannot reach the orchestrator at {api_url(settings)}: {exc.reason}") from None
 
@@ -196,6 +199,32 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _csv(value: str) -> list[str]:
+    return [item for item in (part.strip() for part in value.split(",")) if item]
+
+
+def cmd_pool_set(args: argparse.Namespace, settings: Settings) -> int:
+    """Change only the given fields; a pool that does not exist yet is created with them."""
+    fields = {
+        "max_concurrent": args.max_concurrent,
+        "max_active": args.max_active,
+        "labels": None if args.labels is None else _csv(args.labels),
+        "allowed_plans": None if args.allowed_plans is None else _csv(args.allowed_plans),
+        "mode": args.mode,
+        "paused": args.paused,
+    }
+    given = {k: v for k, v in fields.items() if v is not None}
+    path = f"/v1/pools/{urllib.parse.quote(args.name, safe='')}"
+    try:
+        _, pool = http(settings, "PATCH", path, given)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        _, pool = http(settings, "PUT", path, given)
+    print(json.dumps(pool, indent=2))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -233,6 +262,16 @@ def parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=20)
     jobs.set_defaults(fn=cmd_jobs)
     sub.add_parser("pools", help="list pools").set_defaults(fn=lambda a, s: _show(s, "/v1/pools"))
+    pool = sub.add_parser("pool", help="change a pool").add_subparsers(dest="pool_cmd", required=True)
+    pool_set = pool.add_parser("set", help="set the given fields of a pool (creating it if needed)")
+    pool_set.add_argument("name")
+    pool_set.add_argument("--max-concurrent", type=int, help="assigned + running at once; negative = unlimited")
+    pool_set.add_argument("--max-active", type=int, help="queued + assigned + running; negative = unlimited")
+    pool_set.add_argument("--labels", help="comma-separated labels the pool offers ('' for none)")
+    pool_set.add_argument("--allowed-plans", help="comma-separated plans that may use it ('' for any)")
+    pool_set.add_argument("--mode", choices=["shared", "leader"])
+    pool_set.add_argument("--paused", action=argparse.BooleanOptionalAction, default=None)
+    pool_set.set_defaults(fn=cmd_pool_set)
     sub.add_parser("runners", help="list runners").set_defaults(fn=lambda a, s: _show(s, "/v1/runners"))
     sub.add_parser("status", help="pools and runners at a glance").set_defaults(fn=cmd_status)
     return p

@@ -17,6 +17,12 @@ class StoreUnavailable(OrchestratorError):
     code = "store_unavailable"
 
 
+class StoreError(OrchestratorError):
+    """Postgres answered, but refused the query (bad data, a constraint): retrying will not help."""
+
+    code = "store_error"
+
+
 class BusUnavailable(OrchestratorError):
     code = "bus_unavailable"
 

@@ -22,6 +22,7 @@ from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.errors import ConfigurationError
 from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service
+from orchestrator.pools import apply_pools_file
 from orchestrator.provisioning import LocalProvisioner, ProvisionerFactory
 from orchestrator.settings import Settings
 from orchestrator.store import Store
@@ -111,6 +112,9 @@ class Runtime:
             applied = await self.store.migrate()
             if applied:
                 _log.info("applied migrations %s", applied)
+        if s.pools_file is not None:
+            changes = await apply_pools_file(self.store, self.bus, s.pools_file)
+            _log.info("applied %s: %d pools, %d changed", s.pools_file, len(changes), sum(c.changed for c in changes))
         if self.migrate and "runner" in self.names:  # `up`: the local runner's pool must exist
             await self.store.pool_create_if_absent(s.runner_pool, s.runner_label_list())
         for name in self.names:

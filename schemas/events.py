@@ -15,6 +15,7 @@ from pydantic import Field
 
 from schemas.base import Envelope, Model
 from schemas.jobs import JobSpec, JobState, JobView, Label, Name
+from schemas.pools import PoolConfig
 
 
 class JobSubmitted(JobSpec):
@@ -26,7 +27,8 @@ class JobSubmitted(JobSpec):
     at: datetime | None = None
 
     def spec(self) -> JobSpec:
-        return JobSpec.model_validate(self.model_dump(exclude={"type", "v", "id", "at"}))
+        # Already validated as the same fields: construct without validating again (the hot path).
+        return JobSpec.model_construct(**{name: getattr(self, name) for name in JobSpec.model_fields})
 
 
 class JobAdmitted(Envelope):
@@ -69,10 +71,13 @@ class JobStarted(Envelope):
 
 
 class JobFinished(Envelope):
+    """A job ended. `runner_id` is None for a job that ended in the queue (e.g. a pool change
+    made it unsatisfiable)."""
+
     type: Literal["JobFinished"] = "JobFinished"
     job_id: UUID
     pool: str
-    runner_id: str
+    runner_id: str | None
     attempt: int
     state: JobState
     exit_code: int | None = None
@@ -98,6 +103,17 @@ class CapacityUnknown(Envelope):
     type: Literal["CapacityUnknown"] = "CapacityUnknown"
     pool: str
     reason: str
+
+
+class PoolUpdated(Envelope):
+    """A pool's configuration changed (committed). `failed_jobs` queued jobs it made unsatisfiable
+    were failed in the same transaction. `previous` is None for a new pool."""
+
+    type: Literal["PoolUpdated"] = "PoolUpdated"
+    pool: Name
+    config: PoolConfig
+    previous: PoolConfig | None = None
+    failed_jobs: int = 0
 
 
 class RunnerRegistered(Envelope):

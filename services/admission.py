@@ -1,14 +1,25 @@
 """Admission: the one place a job is accepted into the durable queue or refused with a reason.
 
-One function, `admit`, behind three doors: the JetStream intake (`<ns>.v1.jobs.submit`, a durable
-pull consumer shared by every admission instance, acked only after the Postgres commit), core
-request/reply (`<ns>.v1.jobs.submit.req`, which the HTTP API uses too), so every door gives the
-same decision for the same spec.
+One function, `admit_many`, behind three doors: the JetStream intake (`<ns>.v1.jobs.submit`, a
+durable pull consumer shared by every admission instance), core request/reply
+(`<ns>.v1.jobs.submit.req`, which the HTTP API uses too), so every door gives the same decision
+for the same spec. A request is a batch of one.
 
 Decisions, in order: malformed or invalid (names the field); never runnable (unknown pool, a
 label the pool cannot offer, a plan it does not allow, `max_concurrent = 0`: rejected now, never
-queued, seed 004); over `max_active` (shed, seed 001); then an idempotent insert keyed by the
-job's key (same key and spec: the existing job; another spec: conflict).
+queued, seed 004); a key already used (same spec: the existing job, even when the pool is full,
+so a retry after a timeout is answered; another spec: conflict); over `max_active` (shed, seed
+001, with a Retry-After from the pool's drain over the last minute); else inserted.
+
+Batching: the JetStream door fetches up to `fetch_batch` messages and decides them all in one
+transaction: each pool's admission lock taken once (in name order), its configuration and active
+count read once under it, one multi-row insert, the door's refusals recorded in the same commit,
+then the acks. The lock is what keeps `max_active` exact across any number of instances, and
+pool changes take it too, so a batch never admits against a configuration being replaced.
+
+A JetStream producer has nobody to answer, so the door's refusals are written to the
+`rejections` table (`GET /v1/rejections`) besides the `JobRejected` event; input that does not
+parse is terminated, never redelivered. Refusals are also counted by reason (`rejected`).
 """
 
 from __future__ import annotations
@@ -16,19 +27,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus
-from orchestrator.errors import StoreUnavailable
+from orchestrator.errors import BusUnavailable, StoreError, StoreUnavailable
 from orchestrator.lifecycle import Service
 from orchestrator.settings import Settings
-from orchestrator.store import NewJob, Store
+from orchestrator.store import AdmissionTx, NewJob, Rejection, Store
 from schemas.events import (
     AdmissionResult,
     ErrorDetail,
@@ -39,42 +51,117 @@ from schemas.events import (
 )
 from schemas.ids import uuid7
 from schemas.jobs import JobSpec, JobView
+from schemas.pools import PoolConfig
 
 _tracer = telemetry.tracer("orchestrator.admission")
+
+# Retry-After bounds: a pool that drained nothing lately gets the longest.
+MIN_RETRY_AFTER_S = 1.0
+MAX_RETRY_AFTER_S = 60.0
+# How much of a malformed message the rejections table keeps.
+BODY_EXCERPT_BYTES = 1024
 
 
 class AdmissionConfig(BaseModel):
     durable: str = "admission"
-    fetch_batch: int = 100
+    # Messages decided per transaction: one lock, one count and one insert per pool per batch.
+    fetch_batch: int = 256
     # A store outage redelivers the message after this delay instead of at once.
     retry_delay_s: float = 1.0
 
 
-def judge(spec: JobSpec, pool: dict[str, Any] | None) -> ErrorDetail | None:
+def judge(spec: JobSpec, pool: PoolConfig | None) -> ErrorDetail | None:
     """Why `spec` can never run in `pool`, or None when it can."""
-
-    def unsatisfiable(message: str, field: str) -> ErrorDetail:
-        return ErrorDetail(code="unsatisfiable", message=message, field=field)
-
     if pool is None:
-        return unsatisfiable(f"pool {spec.pool!r} does not exist", "pool")
-    missing = sorted(set(spec.labels) - set(pool["labels"]))
-    if missing:
-        return unsatisfiable(
-            f"pool {spec.pool!r} cannot offer labels {missing} (it offers {sorted(pool['labels'])})", "labels"
-        )
-    if pool["allowed_plans"] and spec.plan not in pool["allowed_plans"]:
-        return unsatisfiable(
-            f"plan {spec.plan!r} may not use pool {spec.pool!r} (allowed: {sorted(pool['allowed_plans'])})",
-            "plan",
-        )
-    if pool["max_concurrent"] == 0:
-        return unsatisfiable(f"pool {spec.pool!r} has max_concurrent = 0: nothing in it can ever run", "pool")
-    return None
+        return ErrorDetail(code="unsatisfiable", message=f"pool {spec.pool!r} does not exist", field="pool")
+    why = pool.unrunnable(spec.pool, spec.labels, spec.plan)
+    if why is None:
+        return None
+    field, message = why
+    return ErrorDetail(code="unsatisfiable", message=message, field=field)
+
+
+def retry_after_s(excess: int, drained_last_minute: int) -> float:
+    """When a shed producer should retry: the time the pool took lately to finish `excess` jobs."""
+    if drained_last_minute <= 0:
+        return MAX_RETRY_AFTER_S
+    return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, excess * 60.0 / drained_last_minute))
 
 
 def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass
+class Submission:
+    """One job offered at a door: its spec, or why it has none (malformed / invalid)."""
+
+    spec: JobSpec | None
+    key: str | None  # the spec's own key, else the door's (Nats-Msg-Id, stream position)
+    trace_context: dict[str, str]
+    error: ErrorDetail | None = None
+    stream_seq: int | None = None
+    body: bytes | None = None
+
+
+@dataclass
+class Decision:
+    outcome: str  # admitted | existing | rejected
+    row: dict[str, Any] | None = None
+    error: ErrorDetail | None = None
+    retry_after_s: float | None = None
+    token: str | None = None
+
+    def result(self) -> AdmissionResult:
+        job = JobView.from_row(self.row) if self.row is not None else None
+        return AdmissionResult(
+            outcome=self.outcome,  # type: ignore[arg-type]
+            job=job,
+            token=self.token,
+            error=self.error,
+            retry_after_s=self.retry_after_s,
+        )
+
+
+@dataclass(frozen=True)
+class _Planned:
+    index: int
+    spec: JobSpec
+    token: str
+    job: NewJob
+
+
+def new_job(key: str | None, spec: JobSpec, token: str, trace_context: dict[str, str]) -> NewJob:
+    """The row a spec becomes (the key: its own, else the door's, else the new job's id)."""
+    job_id = uuid7()
+    return NewJob(
+        id=job_id,
+        key=key or str(job_id),
+        spec=spec.canonical(),
+        pool=spec.pool,
+        labels=sorted(set(spec.labels)),
+        plan=spec.plan,
+        tenant=spec.tenant,
+        priority=spec.priority,
+        payload=spec.payload,
+        timeout_s=spec.timeout_s,
+        max_attempts=spec.max_attempts,
+        abandon_after_s=spec.abandon_after_s,
+        token_hash=token_hash(token),
+        trace_context=trace_context,
+        tolerations=sorted(set(spec.tolerations)),
+    )
+
+
+def _same_key(existing: dict[str, Any], spec: JobSpec) -> Decision:
+    if existing["spec"] == spec.canonical():
+        return Decision("existing", existing)
+    error = ErrorDetail(
+        code="conflict",
+        message=f"key {existing['key']!r} is already used by job {existing['id']} with a different spec",
+        field="key",
+    )
+    return Decision("rejected", existing, error)
 
 
 class Admission(Service):
@@ -86,6 +173,9 @@ class Admission(Service):
         self.store = store
         self.bus = bus
         self.config = config or AdmissionConfig()
+        # In-process counters; Prometheus comes later.
+        self.admitted = 0
+        self.rejected: dict[str, int] = {}
 
     async def on_start(self) -> None:
         await self.bus.ensure_intake_stream()
@@ -96,134 +186,206 @@ class Admission(Service):
             JobSubmitted,
             self._on_request,
             queue=self.config.durable,
-            invalid_reply=lambda error: AdmissionResult(outcome="rejected", error=error),
+            invalid_reply=self._invalid_reply,
         )
         self.on_cleanup(sub.unsubscribe)
         self.spawn(self._pull(intake), "intake")
 
     # --- the function behind every door --------------------------------------------------------
 
-    async def admit(self, spec: JobSpec, *, key: str | None = None) -> AdmissionResult:
-        """Admit `spec` (its own key first, then `key`, then a fresh id) or say why not."""
-        with _tracer.start_as_current_span("admit", attributes={"orchestrator.pool": spec.pool}) as span:
-            pool = await self.store.pool_get(spec.pool)
+    async def admit_many(self, subs: Sequence[Submission], *, record: bool) -> list[Decision]:
+        """Decide every submission in one transaction, then publish the news; `record` writes the
+        refusals to the rejections table in that transaction (the JetStream door)."""
+        decisions: list[Decision | None] = [
+            Decision("rejected", error=s.error) if s.spec is None else None for s in subs
+        ]
+        valid = [(i, s, s.spec) for i, s in enumerate(subs) if s.spec is not None]
+        pools = {spec.pool for _, _, spec in valid}
+        async with self.store.admission(pools, {s.key for _, s, _ in valid if s.key is not None}) as tx:
+            await self._decide(tx, valid, decisions)
+            if record:
+                await tx.record([self._rejection(s, d) for s, d in zip(subs, decisions, strict=True) if d.error])  # type: ignore[union-attr]
+        done: list[Decision] = decisions  # type: ignore[assignment]
+        await self._announce(subs, done)
+        return done
+
+    async def _decide(
+        self, tx: AdmissionTx, valid: list[tuple[int, Submission, JobSpec]], decisions: list[Decision | None]
+    ) -> None:
+        pools = {name: PoolConfig.from_row(row) for name, row in tx.pools.items()}
+        active = await tx.active([name for name, pool in pools.items() if pool.max_active >= 0])
+        retry_after: dict[str, float] = {}
+        planned: dict[str, _Planned] = {}  # by key: what this batch inserts
+        later: list[tuple[int, str, JobSpec]] = []  # the same key again, after a planned job
+        for i, sub, spec in valid:
+            key = sub.key  # None: a keyless request, keyed by its new job id
+            pool = pools.get(spec.pool)
             error = judge(spec, pool)
             if error is not None:
-                return await self._reject(spec, error)
-            job_id = uuid7()
-            token = secrets.token_urlsafe(24)
-            outcome = await self.store.job_admit(
-                NewJob(
-                    id=job_id,
-                    key=spec.key or key or str(job_id),
-                    spec=spec.canonical(),
-                    pool=spec.pool,
-                    labels=sorted(set(spec.labels)),
-                    plan=spec.plan,
-                    tenant=spec.tenant,
-                    priority=spec.priority,
-                    payload=spec.payload,
-                    timeout_s=spec.timeout_s,
-                    max_attempts=spec.max_attempts,
-                    abandon_after_s=spec.abandon_after_s,
-                    token_hash=token_hash(token),
-                    trace_context=telemetry.inject(),
-                    tolerations=sorted(set(spec.tolerations)),
-                ),
-                max_active=pool["max_active"],  # type: ignore[index]
-            )
-            span.set_attribute("orchestrator.admission.outcome", outcome.outcome)
-            if outcome.outcome == "overloaded":
-                return await self._reject(
-                    spec,
-                    ErrorDetail(
-                        code="overloaded",
-                        message=f"pool {spec.pool!r} is at max_active = {pool['max_active']}: try again later",  # type: ignore[index]
-                        field="pool",
-                    ),
-                    retry_after_s=1.0,
+                decisions[i] = Decision("rejected", error=error)
+            elif key is not None and key in tx.existing:
+                decisions[i] = _same_key(tx.existing[key], spec)
+            elif key is not None and key in planned:
+                later.append((i, key, spec))
+            elif pool is not None and pool.max_active >= 0 and active[spec.pool] >= pool.max_active:
+                if spec.pool not in retry_after:
+                    excess = active[spec.pool] - pool.max_active + 1
+                    retry_after[spec.pool] = retry_after_s(excess, await tx.drained_last_minute(spec.pool))
+                message = f"pool {spec.pool!r} is at max_active = {pool.max_active}: try again later"
+                decisions[i] = Decision(
+                    "rejected",
+                    error=ErrorDetail(code="overloaded", message=message, field="pool"),
+                    retry_after_s=retry_after[spec.pool],
                 )
-            job = JobView.from_row(outcome.job)
-            if outcome.outcome == "conflict":
-                return AdmissionResult(
-                    outcome="rejected",
-                    job=job,
-                    error=ErrorDetail(
-                        code="conflict",
-                        message=f"key {job.key!r} is already used by job {job.id} with a different spec",
-                        field="key",
-                    ),
-                )
-            if outcome.outcome == "existing":
-                return AdmissionResult(outcome="existing", job=job)
-            span.set_attribute("orchestrator.job_id", str(job.id))
-            await self.bus.publish(
-                self.bus.subjects.job_event("admitted", job.pool),
-                JobAdmitted(job_id=job.id, key=job.key, pool=job.pool, priority=job.priority),
-            )
-            return AdmissionResult(outcome="admitted", job=job, token=token)
+            else:
+                if spec.pool in active:
+                    active[spec.pool] += 1
+                token = secrets.token_urlsafe(24)
+                job = new_job(key, spec, token, sub.trace_context)
+                planned[job.key] = _Planned(i, spec, token, job)
+        rows = {row["key"]: row for row in await tx.insert([p.job for p in planned.values()])}
+        # A key missing from the insert was taken meanwhile by an admission into another pool.
+        missing = [key for key in planned if key not in rows]
+        taken = await tx.jobs_by_key(missing) if missing else {}
+        for key, p in planned.items():
+            if key in rows:
+                decisions[p.index] = Decision("admitted", rows[key], token=p.token)
+            else:
+                decisions[p.index] = _same_key(taken[key], p.spec)
+        for i, key, spec in later:
+            first = decisions[planned[key].index]
+            assert first is not None and first.row is not None
+            decisions[i] = _same_key(first.row, spec)
 
-    async def _reject(self, spec: JobSpec, error: ErrorDetail, retry_after_s: float | None = None) -> AdmissionResult:
-        await self.bus.publish(
-            self.bus.subjects.job_event("rejected", spec.pool),
-            JobRejected(key=spec.key, pool=spec.pool, reason=error.code, message=error.message, field=error.field),
+    @staticmethod
+    def _rejection(sub: Submission, decision: Decision) -> Rejection:
+        assert decision.error is not None
+        body = None
+        if sub.spec is None and sub.body is not None:
+            body = sub.body[:BODY_EXCERPT_BYTES].decode("utf-8", errors="replace")
+        return Rejection(
+            reason=decision.error.code,
+            message=decision.error.message,
+            field=decision.error.field,
+            pool=sub.spec.pool if sub.spec else None,
+            key=sub.key,
+            stream_seq=sub.stream_seq,
+            body=body,
         )
-        return AdmissionResult(outcome="rejected", error=error, retry_after_s=retry_after_s)
 
-    # --- door: core request/reply ------------------------------------------------------------
+    async def _announce(self, subs: Sequence[Submission], decisions: Sequence[Decision]) -> None:
+        """After the commit: the news of every admission and refusal, and the counters."""
+        s = self.bus.subjects
+        events: list[tuple[str, BaseModel]] = []
+        for sub, d in zip(subs, decisions, strict=True):
+            if d.outcome == "admitted":
+                assert d.row is not None
+                self.admitted += 1
+                row = d.row
+                admitted = JobAdmitted(job_id=row["id"], key=row["key"], pool=row["pool"], priority=row["priority"])
+                events.append((s.job_event("admitted", row["pool"]), admitted))
+            elif d.error is not None:
+                self.rejected[d.error.code] = self.rejected.get(d.error.code, 0) + 1
+                pool = sub.spec.pool if sub.spec else None
+                rejected = JobRejected(
+                    key=sub.key, pool=pool, reason=d.error.code, message=d.error.message, field=d.error.field
+                )
+                events.append((s.job_event("rejected", pool or "_invalid"), rejected))
+        await self.bus.publish_many(events)
+
+    # --- door: core request/reply (and HTTP through it) ------------------------------------------
+
+    async def admit(self, spec: JobSpec) -> AdmissionResult:
+        """One job: a batch of one, as the request door (and in-process callers) submit it."""
+        sub = Submission(spec=spec, key=spec.key, trace_context=telemetry.inject())
+        [decision] = await self.admit_many([sub], record=False)
+        return decision.result()
 
     async def _on_request(self, event: JobSubmitted, msg: Msg) -> AdmissionResult:
         try:
             return await self.admit(event.spec())
-        except StoreUnavailable as exc:
+        except (StoreUnavailable, BusUnavailable) as exc:
             return AdmissionResult(
                 outcome="rejected",
                 error=ErrorDetail(code="unavailable", message=f"the queue is unavailable: {exc}"),
                 retry_after_s=self.config.retry_delay_s,
             )
+        except StoreError as exc:
+            return AdmissionResult(outcome="rejected", error=ErrorDetail(code="internal", message=str(exc)))
 
-    # --- door: JetStream intake --------------------------------------------------------------
+    def _invalid_reply(self, error: ErrorDetail) -> AdmissionResult:
+        self.rejected[error.code] = self.rejected.get(error.code, 0) + 1
+        return AdmissionResult(outcome="rejected", error=error)
+
+    # --- door: JetStream intake ------------------------------------------------------------------
 
     async def _pull(self, intake: Any) -> None:
         while True:
             try:
-                msgs = await intake.fetch(self.config.fetch_batch, timeout=1.0)
-            except (TimeoutError, NatsTimeout):
-                continue
-            except Exception as exc:  # NATS reconnecting: the consumer is durable, nothing is lost
+                msgs = await self.bus.fetch(intake, self.config.fetch_batch, timeout=1.0)
+            except BusUnavailable as exc:  # NATS reconnecting: the consumer is durable, nothing is lost
                 self.log.warning("intake fetch failed: %s", exc)
                 await asyncio.sleep(self.config.retry_delay_s)
                 continue
-            for msg in msgs:
-                await self._admit_message(msg)
+            if not msgs:
+                continue
+            try:
+                await self._admit_messages(msgs)
+            except Exception as exc:  # e.g. NATS gone mid-ack: unacked messages come back after ack_wait
+                self.log.warning("intake batch failed, it will be redelivered: %s", exc)
+                await asyncio.sleep(self.config.retry_delay_s)
 
-    async def _admit_message(self, msg: Msg) -> None:
-        ctx = telemetry.extract(msg.headers)
+    async def _admit_messages(self, msgs: list[Msg]) -> None:
+        subs = [self._parse(msg) for msg in msgs]
+        links = None
+        if telemetry.recording():  # one batch span linked to every producer's span
+            links = [trace.Link(trace.get_current_span(telemetry.extract(m.headers)).get_span_context()) for m in msgs]
         with _tracer.start_as_current_span(
-            f"process {msg.subject}",
-            context=ctx,
+            "admit batch",
             kind=trace.SpanKind.CONSUMER,
-            attributes={"messaging.system": "nats", "messaging.destination.name": msg.subject},
+            links=links,
+            attributes={"messaging.system": "nats", "messaging.batch.message_count": len(msgs)},
         ):
             try:
-                spec = JobSubmitted.model_validate_json(msg.data).spec()
-            except ValidationError as exc:
-                # Poison: terminate so it is never redelivered, and say why on the rejected subject.
-                error = error_from_validation(exc)
-                self.log.warning("terminated invalid intake message: %s", error.message)
-                await self.bus.publish(
-                    self.bus.subjects.job_event("rejected", "_invalid"),
-                    JobRejected(key=None, pool=None, reason=error.code, message=error.message, field=error.field),
-                )
-                await msg.term()
+                await self.admit_many(subs, record=True)
+            except (StoreUnavailable, BusUnavailable) as exc:  # an outage: redelivery will succeed later
+                self.log.warning("%d messages will be redelivered: %s", len(msgs), exc)
+                for msg in msgs:
+                    await msg.nak(delay=self.config.retry_delay_s)
                 return
-            # Without a key of its own, a redelivered message must still map to one job.
-            headers = msg.headers or {}
-            key = headers.get("Nats-Msg-Id") or f"js:{msg.metadata.stream}:{msg.metadata.sequence.stream}"
-            try:
-                await self.admit(spec, key=key)
-            except StoreUnavailable as exc:
-                self.log.warning("store unavailable, will redeliver: %s", exc)
-                await msg.nak(delay=self.config.retry_delay_s)
+            except Exception as exc:
+                if len(msgs) > 1:  # find the one message the store refuses; admit the rest
+                    self.log.warning("batch of %d failed (%s); admitting one by one", len(msgs), exc)
+                    for msg in msgs:
+                        await self._admit_messages([msg])
+                    return
+                await self._give_up(msgs[0], subs[0], exc)
                 return
-            await msg.ack()
+        for sub, msg in zip(subs, msgs, strict=True):
+            # Input that does not parse is terminated: no redelivery can fix it.
+            await (msg.term() if sub.spec is None else msg.ack())
+        await self.bus.flush()
+
+    def _parse(self, msg: Msg) -> Submission:
+        headers = msg.headers or {}
+        seq = msg.metadata.sequence.stream
+        # Without a key of its own, a redelivered message must still map to one job.
+        door_key = headers.get("Nats-Msg-Id") or f"js:{msg.metadata.stream}:{seq}"
+        try:
+            spec = JobSubmitted.model_validate_json(msg.data).spec()
+        except ValidationError as exc:
+            return Submission(None, door_key, {}, error_from_validation(exc), stream_seq=seq, body=msg.data)
+        # The job continues the producer's trace: keep its context to store with the job.
+        return Submission(spec, spec.key or door_key, telemetry.carrier(headers), stream_seq=seq)
+
+    async def _give_up(self, msg: Msg, sub: Submission, exc: Exception) -> None:
+        """A lone message the store refuses (not an outage): terminate it, and say why where it
+        can be seen, so it never loops."""
+        self.log.error("terminated intake message %s: %s", sub.stream_seq, exc)
+        error = ErrorDetail(code="internal", message=f"the store refused this job: {exc}")
+        bad = Submission(None, sub.key, {}, error, stream_seq=sub.stream_seq, body=msg.data)
+        try:
+            await self.admit_many([bad], record=True)
+        except Exception as record_exc:
+            self.log.error("could not record the refusal of message %s: %s", sub.stream_seq, record_exc)
+        await msg.term()

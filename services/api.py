@@ -2,7 +2,9 @@
 
 `POST /v1/jobs` validates the body with the same model as every other door, then asks the
 admission service over the bus, so HTTP and NATS producers get the same decisions. Reads come
-straight from Postgres, the truth. Every error is `{"error": {"code", "message", "field"}}`.
+straight from Postgres, the truth. Pool changes (`PUT`/`PATCH /v1/pools/{name}`) go through
+`orchestrator.pools.change_pool`, the one way a pool changes (the runtime applies the pools file
+with it too). Every error is `{"error": {"code", "message", "field"}}`.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from uuid import UUID
 
 from aiohttp import web
 from opentelemetry import trace
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.bus.lease import read_lease
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import NotFound, OrchestratorError
 from orchestrator.lifecycle import Service
+from orchestrator.pools import PoolChange, change_pool
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import (
@@ -29,11 +32,13 @@ from schemas.events import (
     RunnerTaintsChanged,
     error_from_validation,
 )
-from schemas.jobs import JobSpec, JobState, JobView
+from schemas.jobs import JobSpec, JobState, JobView, Name
+from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
 
 _tracer = telemetry.tracer("orchestrator.api")
 ADMISSION_TIMEOUT_S = 10.0
+_pool_name = TypeAdapter(Name)
 
 # Admission outcomes and error codes -> HTTP status.
 STATUS = {
@@ -45,6 +50,7 @@ STATUS = {
     "conflict": 409,
     "overloaded": 429,
     "unavailable": 503,
+    "internal": 500,
 }
 
 
@@ -56,6 +62,17 @@ def error_response(status: int, code: str, message: str, field: str | None = Non
 def json_response(model: BaseModel | dict[str, Any], status: int = 200) -> web.Response:
     text = model.model_dump_json() if isinstance(model, BaseModel) else json.dumps(model, default=str)
     return web.Response(text=text, status=status, content_type="application/json")
+
+
+def query_limit(request: web.Request) -> int | web.Response:
+    """`?limit=` (default 100, 1..1000), or the 422 that says what is wrong with it."""
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        return error_response(422, "invalid", "limit must be an integer", "limit")
+    if not 1 <= limit <= 1000:
+        return error_response(422, "invalid", "limit must be between 1 and 1000", "limit")
+    return limit
 
 
 @web.middleware
@@ -90,6 +107,10 @@ class Api(Service):
         app.router.add_get("/v1/jobs/{id}", self.get_job)
         app.router.add_delete("/v1/jobs/{id}", self.cancel_job)
         app.router.add_get("/v1/pools", self.list_pools)
+        app.router.add_get("/v1/pools/{name}", self.get_pool)
+        app.router.add_put("/v1/pools/{name}", self.put_pool)
+        app.router.add_patch("/v1/pools/{name}", self.patch_pool)
+        app.router.add_get("/v1/rejections", self.list_rejections)
         app.router.add_get("/v1/runners", self.list_runners)
         app.router.add_put("/v1/runners/{id}/taints", self.set_runner_taints)
         app.router.add_get("/v1/leader", self.get_leader)
@@ -165,12 +186,9 @@ class Api(Service):
             return error_response(
                 422, "invalid", f"state {state!r} is not one of {list(JobState.__members__)}", "state"
             )
-        try:
-            limit = int(q.get("limit", "100"))
-        except ValueError:
-            return error_response(422, "invalid", "limit must be an integer", "limit")
-        if not 1 <= limit <= 1000:
-            return error_response(422, "invalid", "limit must be between 1 and 1000", "limit")
+        limit = query_limit(request)
+        if isinstance(limit, web.Response):
+            return limit
         rows = await self.store.job_list(pool=q.get("pool"), state=state, key=q.get("key"), limit=limit)
         return json_response({"jobs": [JobView.from_row(r).model_dump(mode="json") for r in rows]})
 
@@ -191,7 +209,73 @@ class Api(Service):
     # --- operators -----------------------------------------------------------------------------
 
     async def list_pools(self, request: web.Request) -> web.Response:
-        return json_response({"pools": await self.store.pool_list()})
+        pools = [PoolView.from_row(row).model_dump(mode="json") for row in await self.store.pool_list()]
+        return json_response({"pools": pools})
+
+    async def get_pool(self, request: web.Request) -> web.Response:
+        row = await self.store.pool_get(request.match_info["name"])
+        if row is None:
+            return error_response(404, "not_found", f"no pool {request.match_info['name']!r}", "name")
+        return json_response(PoolView.from_row(row))
+
+    async def put_pool(self, request: web.Request) -> web.Response:
+        """Create or replace: what the body omits takes its default."""
+        name, body = await self._pool_request(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            config = PoolConfig.model_validate(body)
+        except ValidationError as exc:
+            return self._invalid(exc)
+        change = await change_pool(self.store, self.bus, name, config=config)
+        return self._pool_changed(change, 201 if change.created else 200)
+
+    async def patch_pool(self, request: web.Request) -> web.Response:
+        """Change only the fields the body gives."""
+        name, body = await self._pool_request(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            change = await change_pool(self.store, self.bus, name, patch=body)
+        except ValidationError as exc:
+            return self._invalid(exc)
+        except NotFound as exc:
+            return error_response(404, "not_found", str(exc), "name")
+        return self._pool_changed(change, 200)
+
+    async def _pool_request(self, request: web.Request) -> tuple[str, dict[str, Any] | web.Response]:
+        name = request.match_info["name"]
+        try:
+            _pool_name.validate_python(name)
+        except ValidationError:
+            message = f"pool name {name!r} must be letters, digits, '_' or '-' (at most 64), starting alphanumeric"
+            return name, error_response(422, "invalid", message, "name")
+        raw = await request.read()
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError as exc:
+            return name, error_response(400, "malformed", f"body is not valid JSON: {exc}")
+        if not isinstance(body, dict):
+            return name, error_response(422, "invalid", "the body must be a JSON object of pool fields")
+        return name, body
+
+    @staticmethod
+    def _invalid(exc: ValidationError) -> web.Response:
+        error = error_from_validation(exc)
+        return error_response(422, error.code, error.message, error.field)
+
+    @staticmethod
+    def _pool_changed(change: PoolChange, status: int) -> web.Response:
+        body = {**PoolView.from_row(change.pool).model_dump(mode="json"), "failed_jobs": change.failed_jobs}
+        return json_response(body, status)
+
+    async def list_rejections(self, request: web.Request) -> web.Response:
+        """What the JetStream door refused, newest first (its producers had nobody to answer them)."""
+        limit = query_limit(request)
+        if isinstance(limit, web.Response):
+            return limit
+        rows = await self.store.rejection_list(reason=request.query.get("reason"), limit=limit)
+        return json_response({"rejections": rows})
 
     async def list_runners(self, request: web.Request) -> web.Response:
         return json_response({"runners": await self.store.runner_list()})

@@ -1,6 +1,7 @@
 """Dispatch: hands each queued job to a free runner slot the moment one exists.
 
-Wakes on `JobAdmitted`, `SlotAvailable`, at start, and on a slow safety sweep (events can be
+Wakes on `JobAdmitted`, `SlotAvailable`, `PoolUpdated` (a raised cap or an unpause frees
+capacity), at start, and on a slow safety sweep (events can be
 lost; Postgres is the truth). Wakes for one pool coalesce: a pool has at most one drain running,
 and a wake that arrives during it makes the drain go round once more. A drain runs steps back to
 back (seed 000) until a step says stop: `dispatched` goes on; `no_job`, `no_runner`,
@@ -40,7 +41,7 @@ from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service, every
 from orchestrator.settings import Settings
 from orchestrator.store import Fence, Store
-from schemas.events import CapacityUnknown, JobAdmitted, JobAssigned, Reply, SlotAvailable
+from schemas.events import CapacityUnknown, JobAdmitted, JobAssigned, PoolUpdated, Reply, SlotAvailable
 
 _tracer = telemetry.tracer("orchestrator.dispatch")
 
@@ -76,7 +77,11 @@ class Dispatch(Service):
 
     async def on_start(self) -> None:
         s = self.bus.subjects
-        for subject, model in ((s.job_events("admitted"), JobAdmitted), (s.slot_available(), SlotAvailable)):
+        for subject, model in (
+            (s.job_events("admitted"), JobAdmitted),
+            (s.slot_available(), SlotAvailable),
+            (s.pool_updated(), PoolUpdated),
+        ):
             sub = await self.bus.subscribe(subject, model, self._on_wake)
             self.on_cleanup(sub.unsubscribe)
         self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "dispatch sweep"), "sweep")
@@ -103,7 +108,7 @@ class Dispatch(Service):
         if fence is not None and self.running:
             self.spawn(self.sweep(), "sweep.gained")
 
-    async def _on_wake(self, event: JobAdmitted | SlotAvailable, msg: Msg) -> None:
+    async def _on_wake(self, event: JobAdmitted | SlotAvailable | PoolUpdated, msg: Msg) -> None:
         self.wake(event.pool)
 
     async def sweep(self) -> None:
@@ -122,17 +127,20 @@ class Dispatch(Service):
         if pool in self._drains:
             self._again.add(pool)
             return
-        task = asyncio.create_task(self._drain(pool), name=f"dispatch.drain.{pool}")
-        self._drains[pool] = task
-        task.add_done_callback(lambda _: self._drains.pop(pool, None))
+        self._drains[pool] = asyncio.create_task(self._drain(pool), name=f"dispatch.drain.{pool}")
 
     async def _drain(self, pool: str) -> None:
-        while self.running:
-            self._again.discard(pool)
-            status = await self.step(pool)
-            if status == "dispatched" or (pool in self._again and status not in ("not_leader", "fenced")):
-                continue
-            return
+        try:
+            while self.running:
+                self._again.discard(pool)
+                status = await self.step(pool)
+                if status == "dispatched" or (pool in self._again and status not in ("not_leader", "fenced")):
+                    continue
+                return
+        finally:
+            # In the same turn as the last check of `_again` (no await between): a wake that
+            # arrives after it starts a new drain instead of being lost to a finishing one.
+            self._drains.pop(pool, None)
 
     async def step(self, pool: str) -> str:
         """Claim and hand off one batch; return the step's status (`not_leader` when this process

@@ -5,39 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.store import NewJob, Store
-from schemas.ids import uuid7
 from schemas.jobs import JobSpec
+from services.admission import new_job
 
 
-def new_job(pool: str = "default", **fields: Any) -> NewJob:
+def job(pool: str = "default", **fields: Any) -> NewJob:
     spec = JobSpec(pool=pool, **fields)
-    job_id = uuid7()
-    return NewJob(
-        id=job_id,
-        key=spec.key or str(job_id),
-        spec=spec.canonical(),
-        pool=spec.pool,
-        labels=sorted(set(spec.labels)),
-        plan=spec.plan,
-        tenant=spec.tenant,
-        priority=spec.priority,
-        payload=spec.payload,
-        timeout_s=spec.timeout_s,
-        max_attempts=spec.max_attempts,
-        abandon_after_s=spec.abandon_after_s,
-        token_hash=None,
-        trace_context={},
-        tolerations=sorted(set(spec.tolerations)),
-    )
+    return new_job(spec.key, spec, "token", {})
 
 
 async def queue(store: Store, n: int = 1, pool: str = "default", **fields: Any) -> list[Any]:
-    ids = []
-    for _ in range(n):
-        outcome = await store.job_admit(new_job(pool, **fields), max_active=-1)
-        assert outcome.outcome == "admitted", outcome
-        ids.append(outcome.job["id"])  # type: ignore[index]
-    return ids
+    """`n` queued jobs with the given spec fields; their ids, in order."""
+    jobs = [job(pool, **fields) for _ in range(n)]
+    async with store.admission([pool], []) as tx:
+        rows = await tx.insert(jobs)
+    assert len(rows) == n
+    return [j.id for j in jobs]
 
 
 async def pool(store: Store, name: str = "default", **config: Any) -> dict[str, Any]:
@@ -49,7 +32,8 @@ async def pool(store: Store, name: str = "default", **config: Any) -> dict[str, 
         "mode": "shared",
         "paused": False,
     }
-    return await store.pool_put(name, **{**defaults, **config})
+    async with store.pool_change(name) as tx:
+        return await tx.upsert({**defaults, **config})
 
 
 async def runner(store: Store, runner_id: str, pool: str = "default", slots: int = 1, labels: Any = ()) -> None:
@@ -57,18 +41,11 @@ async def runner(store: Store, runner_id: str, pool: str = "default", slots: int
 
 
 async def bulk_queue(store: Store, n: int, pool: str = "default", labels: Any = (), priority: int = 0) -> None:
-    """`n` queued jobs in one statement: for backlogs too large to admit one by one in a test."""
-    labels = sorted(set(labels))
-    shape_id = await store._shape_id(pool, labels, None)
-    async with store._conn() as conn:
-        await conn.execute(
-            """INSERT INTO jobs (id, key, spec, pool, shape_id, labels, priority, payload)
-               SELECT gen_random_uuid(), 'bulk-' || gen_random_uuid(), '{}', $1, $2, $3, $4,
-                      '{"command": ["true"]}'
-               FROM generate_series(1, $5)""",
-            pool,
-            shape_id,
-            labels,
-            priority,
-            n,
-        )
+    """`n` queued no-op jobs, inserted in large batches: for backlogs too large to admit one by one."""
+    for start in range(0, n, 10_000):
+        jobs = [
+            job(pool, labels=list(labels), priority=priority, payload={"command": ["true"]})
+            for _ in range(min(10_000, n - start))
+        ]
+        async with store.admission([pool], []) as tx:
+            await tx.insert(jobs)

@@ -13,7 +13,7 @@ from schemas.events import Reply, RunnerHeartbeat, SlotAvailable
 
 
 async def test_consumer_continues_the_producers_trace(bus: Bus) -> None:
-    telemetry.setup()
+    telemetry.setup(record=True)
     seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
     async def handler(event: SlotAvailable, msg: object) -> None:

@@ -32,14 +32,16 @@ class Up:
         }
         for var in ("ORCH_NATS_URL", "ORCH_DATABASE_URL", "ORCH_URL"):
             self.env.pop(var, None)
-        self.proc = subprocess.Popen(
-            [str(BIN), "up"], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
+        self.log = data_dir.parent / "up.log"
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen([str(BIN), "up"], env=self.env, stdout=subprocess.PIPE, stderr=log, text=True)
         deadline = time.monotonic() + READY_TIMEOUT_S
         assert self.proc.stdout is not None
         self.line = self.proc.stdout.readline()  # blocks until the ready line, or EOF if it died
         assert time.monotonic() < deadline
-        assert self.line.startswith("orchestrator ready http="), f"not ready: {self.line!r}"
+        assert self.line.startswith("orchestrator ready http="), (
+            f"not ready: {self.line!r}; its log ends:\n{self.log.read_text()[-3000:]}"
+        )
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -19,6 +19,7 @@ from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from schemas.events import AdmissionResult, JobSubmitted, LeaderElected, LeaderLost
 from services.runner import Runner
+from tests import factories
 from tests.support import Listener, eventually
 
 pytestmark = pytest.mark.slow
@@ -94,9 +95,7 @@ async def cluster(settings: Settings, tmp_path: Path) -> AsyncIterator[Cluster]:
     runtime = Runtime(settings, ["capacity", "admission"])
     await runtime.start()
     assert runtime.store is not None and runtime.bus is not None
-    await runtime.store.pool_put(
-        "p", max_concurrent=CAP, max_active=-1, labels=[], allowed_plans=[], mode="shared", paused=False
-    )
+    await factories.pool(runtime.store, "p", max_concurrent=CAP, max_active=-1)
     runners = [Runner(settings, runtime.bus, runner_id=f"r{i}", pool="p", labels=[], slots=2) for i in range(2)]
     env = {
         "ORCH_NATS_URL": settings.nats_url or "",

@@ -8,41 +8,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orchestrator.store import Fence, NewJob, Store
-from schemas.ids import uuid7
+from orchestrator.store import Fence, Store
+from tests import factories
 
 SHARD = "all"
 
 
-async def queue_jobs(store: Store, n: int, pool: str = "p") -> None:
-    for i in range(n):
-        job_id = uuid7()
-        job = NewJob(
-            id=job_id,
-            key=f"{pool}-{i}",
-            spec={"pool": pool, "i": i},
-            pool=pool,
-            labels=[],
-            plan=None,
-            tenant=None,
-            priority=0,
-            payload={},
-            timeout_s=None,
-            max_attempts=3,
-            abandon_after_s=None,
-            token_hash=None,
-            trace_context={},
-        )
-        assert (await store.job_admit(job, max_active=-1)).outcome == "admitted"
-
-
 @pytest.fixture
 async def queue(store: Store) -> Store:
-    await store.pool_put(
-        "p", max_concurrent=10, max_active=-1, labels=[], allowed_plans=[], mode="shared", paused=False
-    )
+    await factories.pool(store, "p", max_concurrent=10, max_active=-1)
     await store.runner_register("r1", "p", [], 10, [], {}, [])
-    await queue_jobs(store, 6)
+    await factories.queue(store, 6, "p")
     return store
 
 
@@ -85,11 +61,9 @@ async def test_unfenced_claims_still_work_without_election(queue: Store) -> None
 async def test_concurrent_steps_of_one_leader_do_not_block_each_other(queue: Store, store: Store) -> None:
     """Steps of one term share the epoch lock: pools drain in parallel, and the first claims of a
     term not yet recorded (the election's write failed) record it without deadlocking."""
-    await store.pool_put(
-        "q", max_concurrent=10, max_active=-1, labels=[], allowed_plans=[], mode="shared", paused=False
-    )
+    await factories.pool(store, "q", max_concurrent=10, max_active=-1)
     await store.runner_register("r2", "q", [], 10, [], {}, [])
-    await queue_jobs(store, 6, pool="q")
+    await factories.queue(store, 6, "q")
     fence = Fence(SHARD, 3, "a")
     steps = await asyncio.gather(*(store.job_claim_step(pool, 1, fence) for pool in ("p", "q") * 3))
     assert [s.status for s in steps] == ["dispatched"] * 6

@@ -18,8 +18,8 @@ from orchestrator.store import Fence, Store
 from schemas.events import LeaderElected, LeaderLost
 from services.dispatch import Dispatch
 from services.leader import Leader
+from tests import factories
 from tests.support import Listener, eventually
-from tests.test_fence import queue_jobs
 
 
 async def contend(lease: Lease, timeout: float = 10.0) -> int:
@@ -111,11 +111,9 @@ async def test_leader_lifecycle(settings: Settings, store: Store, bus: Bus) -> N
 
 
 async def test_dispatch_claims_only_while_leading(settings: Settings, store: Store, bus: Bus) -> None:
-    await store.pool_put(
-        "p", max_concurrent=10, max_active=-1, labels=[], allowed_plans=[], mode="shared", paused=False
-    )
+    await factories.pool(store, "p", max_concurrent=10, max_active=-1)
     await store.runner_register("r1", "p", [], 10, [], {}, [])
-    await queue_jobs(store, 3)
+    await factories.queue(store, 3, "p")
     leadership = Leadership(settings.dispatch_shard, "me")
     dispatch = Dispatch(settings, store, bus, leadership=leadership)
     assert await dispatch.step("p") == "not_leader"

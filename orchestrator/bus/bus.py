@@ -9,7 +9,7 @@ handler.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import nats
@@ -98,6 +98,19 @@ class Bus:
             f"send {subject}", kind=SpanKind.PRODUCER, attributes=_span_attrs(subject, "send")
         ):
             await self.nc.publish(subject, event.model_dump_json().encode(), headers=telemetry.inject())
+
+    async def publish_many(self, events: Sequence[tuple[str, BaseModel]]) -> None:
+        """Publish a batch under one span: per-message spans cost more than the publish itself."""
+        if not events:
+            return
+        with _tracer.start_as_current_span(
+            "send batch",
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "nats", "messaging.batch.message_count": len(events)},
+        ):
+            headers = telemetry.inject()
+            for subject, event in events:
+                await self.nc.publish(subject, event.model_dump_json().encode(), headers=headers)
 
     async def request(self, subject: str, event: BaseModel, reply_model: type[R], timeout: float) -> R:
         with _tracer.start_as_current_span(
@@ -201,6 +214,22 @@ class Bus:
         return await self.js.pull_subscribe(
             self.subjects.submit, durable=durable, stream=self.subjects.intake_stream, config=config
         )
+
+    async def fetch(self, intake: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
+        """Up to `batch` intake messages; [] when none came within `timeout`."""
+        try:
+            return await intake.fetch(batch, timeout=timeout)
+        except (TimeoutError, NatsTimeout):
+            return []
+        except Exception as exc:  # reconnecting, or the consumer is being recreated
+            raise BusUnavailable(f"cannot fetch from the intake: {exc}") from exc
+
+    async def flush(self) -> None:
+        """Wait until everything published so far (acks included) has reached the server."""
+        try:
+            await self.nc.flush()
+        except Exception as exc:
+            raise BusUnavailable(f"cannot flush to NATS: {exc}") from exc
 
     async def submit(self, body: bytes, key: str | None) -> None:
         """Publish a job spec to the intake stream, as any producer would."""

@@ -85,6 +85,9 @@ class Subjects:
     def leader_events(self, verb: str = "*") -> str:
         return f"{self.root}.leader.{verb}.*"
 
+    def pool_updated(self, pool: str = "*") -> str:
+        return f"{self.root}.pools.updated.{pool}"
+
     def pool_leader_changed(self, pool: str = "*") -> str:
         """A leader-mode pool's elected runner changed (seed 002)."""
         return f"{self.root}.pools.leader.{pool}"

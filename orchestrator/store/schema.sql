@@ -32,8 +32,8 @@ CREATE TABLE runners (
 
 ALTER TABLE pools ADD FOREIGN KEY (leader_runner_id) REFERENCES runners (id);
 
--- A shape is what a queued job needs: its pool, labels, tenant and tolerations. Runners match shapes, not
--- jobs, so finding a runnable job never scans jobs no free runner can take (seed 004), and
+-- A shape is what a queued job needs: its pool, labels, tenant and tolerations. Runners match
+-- shapes, not jobs, so finding a runnable job never scans jobs no free runner can take (seed 004), and
 -- `served_at` gives round-robin across shapes (so across tenants) within a priority.
 CREATE TABLE job_shapes (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -98,3 +98,22 @@ ALTER TABLE jobs SET (
     autovacuum_analyze_threshold = 2000,
     autovacuum_vacuum_cost_delay = 0
 );
+
+-- A JetStream message is acked (or terminated) even when refused, and its producer had no one to
+-- answer it: this table is what it can look at afterwards (`GET /v1/rejections`). HTTP and
+-- request/reply callers get the answer itself, so their refusals are not written (a 429 storm
+-- must not turn into a write storm).
+CREATE TABLE rejections (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at              timestamptz NOT NULL DEFAULT now(),
+    reason          text NOT NULL,                    -- malformed | invalid | unsatisfiable | overloaded | conflict
+    message         text NOT NULL,
+    field           text,
+    pool            text,
+    key             text,
+    stream_seq      bigint,                           -- the message's sequence in the intake stream
+    body            text                              -- the start of what was sent, for malformed input
+);
+
+-- Jobs finished in a pool lately: how fast it drains, so a shed producer is told when to retry.
+CREATE INDEX jobs_finished_idx ON jobs (pool, finished_at) WHERE finished_at IS NOT NULL;

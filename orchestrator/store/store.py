@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
 
-from orchestrator.errors import ConfigurationError, NotFound, StoreUnavailable
+from orchestrator.errors import ConfigurationError, NotFound, StoreError, StoreUnavailable
 from orchestrator.store import migrate
 from orchestrator.store.queries import Q
 
@@ -49,10 +49,126 @@ class NewJob:
     tolerations: list[str] = field(default_factory=list)  # sorted, distinct
 
 
+_NEW_JOB_FIELDS = [f.name for f in fields(NewJob)]
+
+
 @dataclass(frozen=True)
-class AdmitOutcome:
-    outcome: str  # admitted | existing | conflict | overloaded
-    job: dict[str, Any] | None = None
+class Rejection:
+    """A refusal of the JetStream door, kept where its producer can look (the `rejections` table)."""
+
+    reason: str
+    message: str
+    field: str | None = None
+    pool: str | None = None
+    key: str | None = None
+    stream_seq: int | None = None
+    body: str | None = None
+
+
+_REJECTION_FIELDS = [f.name for f in fields(Rejection)]
+
+
+def _storable(value: Any) -> Any:
+    """Postgres text cannot hold NUL; a rejected message may well contain one."""
+    return value.replace("\x00", "\\u0000") if isinstance(value, str) else value
+
+
+ShapeKey = tuple[str, tuple[str, ...], str, tuple[str, ...]]
+
+
+def shape_key(pool: str, labels: Sequence[str], tenant: str | None, tolerations: Sequence[str] = ()) -> ShapeKey:
+    """What a job needs, as its shape: pool, sorted distinct labels, tenant ('' for none), and
+    the sorted distinct taints it tolerates."""
+    return (pool, tuple(sorted(set(labels))), tenant or "", tuple(sorted(set(tolerations))))
+
+
+class AdmissionTx:
+    """What an admission decision reads and writes, inside the batch's transaction."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        pools: dict[str, dict[str, Any]],
+        existing: dict[str, Any],
+        shapes: dict[ShapeKey, int],
+    ) -> None:
+        self._conn = conn
+        self.pools = pools
+        self.existing = existing
+        self._shapes = shapes
+        self.new_shapes: dict[ShapeKey, int] = {}  # created in this transaction: cached once it commits
+
+    async def active(self, pools: Sequence[str]) -> dict[str, int]:
+        """Queued + assigned + running per pool (exact: the pools are locked)."""
+        rows = await self._conn.fetch(Q["pool_active_many"], list(pools))
+        return {name: 0 for name in pools} | {r["pool"]: r["active"] for r in rows}
+
+    async def drained_last_minute(self, pool: str, now: datetime | None = None) -> int:
+        return int(await self._conn.fetchval(Q["pool_drained_last_minute"], pool, now))
+
+    async def insert(self, jobs: Sequence[NewJob]) -> list[dict[str, Any]]:
+        """Insert `jobs` in one statement; returns the rows inserted (a key taken meanwhile is skipped)."""
+        if not jobs:
+            return []
+        columns = [[getattr(job, name) for job in jobs] for name in _NEW_JOB_FIELDS]
+        for ragged in ("labels", "tolerations"):  # see job_insert_many
+            columns[_NEW_JOB_FIELDS.index(ragged)] = [json.dumps(getattr(job, ragged)) for job in jobs]
+        columns.append([await self.shape_id(job) for job in jobs])
+        by_key = {job.key: job for job in jobs}
+        rows = [dict(r) for r in await self._conn.fetch(Q["job_insert_many"], *columns)]
+        for row in rows:  # the job rows in full, without decoding back what was just encoded
+            job = by_key[row["key"]]
+            row.update(spec=job.spec, payload=job.payload, trace_context=job.trace_context)
+        return rows
+
+    async def shape_id(self, job: NewJob) -> int:
+        key = shape_key(job.pool, job.labels, job.tenant, job.tolerations)
+        shape_id = self._shapes.get(key) or self.new_shapes.get(key)
+        if shape_id is None:
+            # In this transaction: the pool's admission lock already serializes its shape creation.
+            args = (key[0], list(key[1]), key[2], list(key[3]))
+            shape_id = await self._conn.fetchval(Q["job_shape_insert"], *args) or await self._conn.fetchval(
+                Q["job_shape_get"], *args
+            )
+            self.new_shapes[key] = shape_id
+        return shape_id
+
+    async def jobs_by_key(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {r["key"]: dict(r) for r in await self._conn.fetch(Q["job_list_by_keys"], list(keys))}
+
+    async def record(self, rejections: Sequence[Rejection]) -> None:
+        if rejections:
+            columns = [[_storable(getattr(r, name)) for r in rejections] for name in _REJECTION_FIELDS]
+            await self._conn.execute(Q["rejection_insert_many"], *columns)
+
+
+class PoolChangeTx:
+    """What a pool change reads and writes, inside its transaction."""
+
+    def __init__(self, conn: asyncpg.Connection, name: str, current: dict[str, Any] | None) -> None:
+        self._conn = conn
+        self.name = name
+        self.current = current
+
+    async def upsert(self, config: dict[str, Any]) -> dict[str, Any]:
+        row = await self._conn.fetchrow(
+            Q["pool_upsert"],
+            self.name,
+            config["max_concurrent"],
+            config["max_active"],
+            list(config["labels"]),
+            list(config["allowed_plans"]),
+            config["mode"],
+            config["paused"],
+        )
+        return dict(row)
+
+    async def queued_shapes(self) -> list[tuple[list[str], str | None]]:
+        return [(list(r["labels"]), r["plan"]) for r in await self._conn.fetch(Q["job_queued_shapes"], self.name)]
+
+    async def fail_queued(self, labels: Sequence[str], plan: str | None, reason: str) -> list[dict[str, Any]]:
+        rows = await self._conn.fetch(Q["job_fail_queued_shape"], self.name, list(labels), plan, reason)
+        return [dict(r) for r in rows]
 
 
 class Fence(NamedTuple):
@@ -92,7 +208,7 @@ class Store:
         )
         self._pool: asyncpg.Pool | None = None
         # Shapes are never deleted or changed, so their ids can be remembered for good.
-        self._shapes: dict[tuple[str, tuple[str, ...], str, tuple[str, ...]], int] = {}
+        self._shapes: dict[ShapeKey, int] = {}
 
     async def connect(self) -> None:
         try:
@@ -123,6 +239,8 @@ class Store:
             yield conn
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"Postgres is unreachable: {exc}") from exc
+        except asyncpg.PostgresError as exc:
+            raise StoreError(f"Postgres refused a query: {exc.__class__.__name__}: {exc}") from exc
         finally:
             await self._pool.release(conn)
 
@@ -145,30 +263,6 @@ class Store:
     async def pool_list(self) -> list[dict[str, Any]]:
         async with self._conn() as conn:
             return [dict(r) for r in await conn.fetch(Q["pool_list"])]
-
-    async def pool_put(
-        self,
-        name: str,
-        *,
-        max_concurrent: int,
-        max_active: int,
-        labels: Sequence[str],
-        allowed_plans: Sequence[str],
-        mode: str,
-        paused: bool,
-    ) -> dict[str, Any]:
-        async with self._conn() as conn:
-            row = await conn.fetchrow(
-                Q["pool_upsert"],
-                name,
-                max_concurrent,
-                max_active,
-                list(labels),
-                list(allowed_plans),
-                mode,
-                paused,
-            )
-        return dict(row)
 
     async def pool_create_if_absent(self, name: str, labels: Sequence[str]) -> None:
         async with self._conn() as conn:
@@ -208,62 +302,35 @@ class Store:
             row = await conn.fetchrow(Q["pool_fleet_demand"], pool, max_queued)
         return dict(row) if row else None
 
-    # --- admission ---------------------------------------------------------------------------
+    # --- admission and pool changes -----------------------------------------------------------
 
-    async def job_admit(self, job: NewJob, max_active: int) -> AdmitOutcome:
-        """Insert `job` unless its key exists or the pool is at `max_active` (negative: no cap)."""
-        shape_id = await self._shape_id(job.pool, job.labels, job.tenant, job.tolerations)
+    @contextlib.asynccontextmanager
+    async def admission(self, pools: Iterable[str], keys: Iterable[str]) -> AsyncIterator[AdmissionTx]:
+        """One admission transaction for a batch: the named pools locked against other admissions
+        and pool changes (in name order, so two batches never deadlock), their configuration and
+        the jobs already holding any of `keys` read under those locks."""
         async with self._tx() as conn:
-            existing = await conn.fetchrow(Q["job_get_by_key"], job.key)
-            if existing is not None:
-                return self._same_key(existing, job)
-            await conn.execute(Q["pool_admission_lock"], job.pool)
-            if max_active >= 0 and await conn.fetchval(Q["pool_active"], job.pool) >= max_active:
-                return AdmitOutcome("overloaded")
-            row = await conn.fetchrow(
-                Q["job_insert"],
-                job.id,
-                job.key,
-                job.spec,
-                job.pool,
-                job.labels,
-                job.plan,
-                job.tenant,
-                job.priority,
-                job.payload,
-                job.timeout_s,
-                job.max_attempts,
-                job.abandon_after_s,
-                job.token_hash,
-                job.trace_context,
-                shape_id,
-                job.tolerations,
-            )
-            if row is None:  # the same key committed by a concurrent admission
-                existing = await conn.fetchrow(Q["job_get_by_key"], job.key)
-                return self._same_key(existing, job)
-            return AdmitOutcome("admitted", dict(row))
+            names = sorted(set(pools))
+            for name in names:
+                await conn.execute(Q["pool_admission_lock"], name)
+            configs = {r["name"]: dict(r) for r in await conn.fetch(Q["pool_get_many"], names)}
+            existing = {r["key"]: dict(r) for r in await conn.fetch(Q["job_list_by_keys"], sorted(set(keys)))}
+            tx = AdmissionTx(conn, configs, existing, self._shapes)
+            yield tx
+        self._shapes.update(tx.new_shapes)  # committed: safe to remember
 
-    async def _shape_id(
-        self, pool: str, labels: Sequence[str], tenant: str | None, tolerations: Sequence[str] = ()
-    ) -> int:
-        """The id of a shape, created (committed on its own) the first time it is needed."""
-        key = (pool, tuple(sorted(set(labels))), tenant or "", tuple(sorted(set(tolerations))))
-        shape_id = self._shapes.get(key)
-        if shape_id is None:
-            args = (pool, list(key[1]), key[2], list(key[3]))
-            async with self._conn() as conn:
-                shape_id = await conn.fetchval(Q["job_shape_insert"], *args)
-                if shape_id is None:  # created before, or concurrently by another admission
-                    shape_id = await conn.fetchval(Q["job_shape_get"], *args)
-            self._shapes[key] = shape_id
-        return shape_id
+    @contextlib.asynccontextmanager
+    async def pool_change(self, name: str) -> AsyncIterator[PoolChangeTx]:
+        """One pool-change transaction: the pool locked against admissions (its admission lock)
+        and against dispatch (its row), and its current row (None for a new pool)."""
+        async with self._tx() as conn:
+            await conn.execute(Q["pool_admission_lock"], name)
+            current = await conn.fetchrow(Q["pool_lock_for_change"], name)
+            yield PoolChangeTx(conn, name, dict(current) if current else None)
 
-    @staticmethod
-    def _same_key(existing: Any, job: NewJob) -> AdmitOutcome:
-        if existing["spec"] == job.spec:
-            return AdmitOutcome("existing", dict(existing))
-        return AdmitOutcome("conflict", dict(existing))
+    async def rejection_list(self, *, reason: str | None, limit: int) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["rejection_list"], reason, limit)]
 
     # --- dispatch ----------------------------------------------------------------------------
 
@@ -433,6 +500,10 @@ class Store:
     ) -> list[dict[str, Any]]:
         async with self._conn() as conn:
             return [dict(r) for r in await conn.fetch(Q["job_list"], pool, state, key, limit)]
+
+    async def job_count(self, pool: str) -> int:
+        async with self._conn() as conn:
+            return int(await conn.fetchval(Q["job_count_by_pool"], pool))
 
     async def job_cancel_queued(self, job_id: UUID) -> dict[str, Any] | None:
         async with self._conn() as conn:

@@ -1,18 +1,30 @@
 -- Transition timestamps use clock_timestamp(), not the transaction start: they order events as
 -- they committed (a slot freed, then taken), so the history can be checked and measured.
 
--- name: job_insert
+-- Admit a batch in one statement. Labels and tolerations travel as JSON text (one array per
+-- job): Postgres arrays cannot be ragged, so a text[][] parameter could not carry them. The
+-- jsonb columns are not returned: the caller has them, and decoding them back cost a third of
+-- the batch.
+-- name: job_insert_many
 INSERT INTO jobs (id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s,
-                  max_attempts, abandon_after_s, token_hash, trace_context, shape_id, tolerations)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                  max_attempts, abandon_after_s, token_hash, trace_context, tolerations, shape_id)
+SELECT r.id, r.key, r.spec, r.pool, ARRAY(SELECT jsonb_array_elements_text(r.labels::jsonb)), r.plan, r.tenant,
+       r.priority, r.payload, r.timeout_s, r.max_attempts, r.abandon_after_s, r.token_hash, r.trace_context,
+       ARRAY(SELECT jsonb_array_elements_text(r.tolerations::jsonb)), r.shape_id
+FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[], $8::integer[],
+            $9::jsonb[], $10::float8[], $11::integer[], $12::float8[], $13::bytea[], $14::jsonb[], $15::text[],
+            $16::bigint[])
+     AS r(id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s, max_attempts,
+          abandon_after_s, token_hash, trace_context, tolerations, shape_id)
 ON CONFLICT (key) DO NOTHING
-RETURNING *;
+RETURNING id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, abandon_after_s, tolerations, state,
+          attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at;
 
 -- name: job_get
 SELECT * FROM jobs WHERE id = $1;
 
--- name: job_get_by_key
-SELECT * FROM jobs WHERE key = $1;
+-- name: job_list_by_keys
+SELECT * FROM jobs WHERE key = ANY($1::text[]);
 
 -- name: job_list
 SELECT * FROM jobs
@@ -119,3 +131,16 @@ UPDATE jobs SET
 WHERE runner_id = ANY($1::text[]) AND state IN ('assigned', 'running')
   AND NOT (id = ANY($2::uuid[]))
 RETURNING id, pool, state;
+
+-- The different (labels, plan) a pool's queued jobs need: what a pool change must re-check.
+-- name: job_queued_shapes
+SELECT DISTINCT labels, plan FROM jobs WHERE pool = $1 AND state = 'queued';
+
+-- A pool change made these queued jobs unrunnable: they end now, in the change's transaction.
+-- name: job_fail_queued_shape
+UPDATE jobs SET state = 'failed', reason = $4, finished_at = now()
+WHERE pool = $1 AND state = 'queued' AND labels = $2::text[] AND plan IS NOT DISTINCT FROM $3::text
+RETURNING id, pool, attempt, reason;
+
+-- name: job_count_by_pool
+SELECT count(*) FROM jobs WHERE pool = $1;

@@ -1,6 +1,12 @@
 -- name: pool_get
 SELECT * FROM pools WHERE name = $1;
 
+-- name: pool_get_many
+SELECT * FROM pools WHERE name = ANY($1::text[]);
+
+-- name: pool_lock_for_change
+SELECT * FROM pools WHERE name = $1 FOR NO KEY UPDATE;
+
 -- name: pool_list
 SELECT * FROM pools ORDER BY name;
 
@@ -21,7 +27,8 @@ RETURNING *;
 INSERT INTO pools (name, labels) VALUES ($1, $2)
 ON CONFLICT (name) DO NOTHING;
 
--- Serializes admissions into one pool, so the max_active check and the insert are exact.
+-- Serializes admissions into one pool, and pool changes with them, so the max_active check,
+-- the runnability check and the insert see one configuration and one count.
 -- name: pool_admission_lock
 SELECT pg_advisory_xact_lock(hashtext('orch.admit'), hashtext($1));
 
@@ -33,8 +40,15 @@ SELECT max_concurrent, paused FROM pools WHERE name = $1 FOR NO KEY UPDATE;
 -- name: pool_in_flight
 SELECT count(*) FROM jobs WHERE pool = $1 AND state IN ('assigned', 'running');
 
--- name: pool_active
-SELECT count(*) FROM jobs WHERE pool = $1 AND state IN ('queued', 'assigned', 'running');
+-- name: pool_active_many
+SELECT pool, count(*) AS active FROM jobs
+WHERE pool = ANY($1::text[]) AND state IN ('queued', 'assigned', 'running')
+GROUP BY pool;
+
+-- How many jobs of a pool ended in the last minute: its drain rate, behind Retry-After.
+-- name: pool_drained_last_minute
+SELECT count(*) FROM jobs
+WHERE pool = $1 AND finished_at > coalesce($2::timestamptz, now()) - interval '60 seconds';
 
 -- Free capacity of a pool: the lesser of its cap's headroom and its runners' free slots (in
 -- leader mode, its leader's).

@@ -1,0 +1,65 @@
+"""Pools: the configuration operators declare (file, HTTP, CLI), and the one rule for whether a
+job could ever run in a pool.
+
+The rule lives here, beside the model it reads, so admission (judging a new job) and a pool
+change (re-checking the jobs already queued) apply the very same test and give the same reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from schemas.base import Model
+from schemas.jobs import Label, Name
+
+# Stored as Postgres `integer`: keep values inside it so a typo is a 422, not a database error.
+_INT32 = {"ge": -(2**31), "le": 2**31 - 1}
+
+
+class PoolConfig(Model):
+    """A pool's configuration; the body of `PUT /v1/pools/{name}`. Omitted fields take these defaults."""
+
+    max_concurrent: int = Field(
+        default=20, description="jobs assigned or running at once; negative = unlimited", **_INT32
+    )
+    max_active: int = Field(default=1024, description="queued + assigned + running; negative = unlimited", **_INT32)
+    labels: list[Label] = Field(default_factory=list, max_length=256, description="what the pool can offer")
+    allowed_plans: list[Name] = Field(default_factory=list, max_length=256, description="none = any plan")
+    mode: Literal["shared", "leader"] = "shared"
+    paused: bool = Field(default=False, description="jobs are admitted and wait; nothing is dispatched")
+
+    def unrunnable(self, pool: str, labels: Iterable[str], plan: str | None) -> tuple[str, str] | None:
+        """Why a job needing `labels` under `plan` can never run here, as (field, message); None if it can."""
+        missing = sorted(set(labels) - set(self.labels))
+        if missing:
+            return "labels", f"pool {pool!r} cannot offer labels {missing} (it offers {sorted(self.labels)})"
+        if self.allowed_plans and plan not in self.allowed_plans:
+            return "plan", f"plan {plan!r} may not use pool {pool!r} (allowed: {sorted(self.allowed_plans)})"
+        if self.max_concurrent == 0:
+            return "pool", f"pool {pool!r} has max_concurrent = 0: nothing in it can ever run"
+        return None
+
+    @classmethod
+    def from_row(cls, row: Any) -> PoolConfig:
+        return cls.model_validate({name: row[name] for name in cls.model_fields})
+
+
+class PoolView(PoolConfig):
+    name: Name
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: Any) -> PoolView:
+        return cls.model_validate({name: row[name] for name in cls.model_fields})
+
+
+class PoolsFile(Model):
+    """The file named by `ORCH_POOLS_FILE` (JSON or TOML): `{"pools": {"<name>": {<PoolConfig>}}}`.
+    Each pool is applied like a `PUT`: what the file omits takes its default."""
+
+    pools: dict[Name, PoolConfig]

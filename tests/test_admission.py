@@ -1,0 +1,270 @@
+"""Admission: every decision through each of the three doors (HTTP, JetStream, request/reply),
+the JetStream door's duplicates and poison, and a burst past max_active across two instances."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from orchestrator.bus import Bus
+from orchestrator.pools import change_pool
+from orchestrator.runtime import Runtime
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+from schemas.events import AdmissionResult, JobAdmitted, JobRejected
+from schemas.pools import PoolConfig
+from services.admission import Admission, retry_after_s
+from tests.support import Listener, eventually
+
+# What each door reports, normalized: (outcome or error code, error field, job id, retry-after seconds).
+Outcome = tuple[str, str | None, str | None, float | None]
+Door = Callable[[bytes], Awaitable[Outcome]]
+
+
+@pytest.fixture
+async def system(settings: Settings) -> AsyncIterator[Runtime]:
+    """Admission and the API only: admitted jobs stay queued, so counts are exact."""
+    runtime = Runtime(settings, ["admission", "api"], migrate=True)
+    await runtime.start()
+    yield runtime
+    await runtime.stop()
+
+
+@pytest.fixture
+async def http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=system.http_url) as session:
+        yield session
+
+
+async def put_pool(store: Store, bus: Bus, name: str, **config: Any) -> None:
+    await change_pool(store, bus, name, config=PoolConfig(**config))
+
+
+async def intake_drained(bus: Bus) -> bool:
+    info = await bus.js.consumer_info(bus.subjects.intake_stream, "admission")
+    return info.num_pending == 0 and info.num_ack_pending == 0
+
+
+async def rejections(store: Store) -> list[dict[str, Any]]:
+    return await store.rejection_list(reason=None, limit=1000)
+
+
+def http_door(http: aiohttp.ClientSession) -> Door:
+    async def send(body: bytes) -> Outcome:
+        async with http.post("/v1/jobs", data=body) as resp:
+            got = await resp.json()
+            retry = resp.headers.get("Retry-After")
+        if "error" in got:
+            return got["error"]["code"], got["error"]["field"], None, float(retry) if retry else None
+        return {201: "admitted", 200: "existing"}[resp.status], None, got["id"], None
+
+    return send
+
+
+def request_door(bus: Bus) -> Door:
+    async def send(body: bytes) -> Outcome:
+        msg = await bus.nc.request(bus.subjects.submit_request, body, timeout=5)
+        result = AdmissionResult.model_validate_json(msg.data)
+        if result.error is not None:
+            return result.error.code, result.error.field, None, result.retry_after_s
+        assert result.job is not None
+        return result.outcome, None, str(result.job.id), None
+
+    return send
+
+
+def jetstream_door(bus: Bus, store: Store, admitted: Listener, rejected: Listener) -> Door:
+    """Publish with a unique Nats-Msg-Id (so JetStream's own dedup stays out of the way), wait
+    until the consumer has acked it, then read the news: an admission, a refusal, or neither
+    (an existing job is not news)."""
+
+    async def send(body: bytes) -> Outcome:
+        msg_id = secrets.token_hex(8)
+        try:
+            key = json.loads(body).get("key") or msg_id
+        except (ValueError, AttributeError):
+            key = msg_id
+        await bus.submit(body, key=msg_id)
+        await eventually(lambda: intake_drained(bus), what="the intake to be drained")
+        await bus.nc.flush()  # events were published before the ack: they are here by now
+        for event in admitted.events:
+            if event.key == key:
+                admitted.events.remove(event)
+                return "admitted", None, str(event.job_id), None
+        for event in rejected.events:
+            if event.key == key:
+                rejected.events.remove(event)
+                [row] = [r for r in await rejections(store) if r["key"] == key]
+                assert (row["reason"], row["field"]) == (event.reason, event.field)
+                return event.reason, event.field, None, None
+        jobs = await store.job_list(pool=None, state=None, key=key, limit=1)
+        return "existing", None, str(jobs[0]["id"]), None
+
+    return send
+
+
+@pytest.fixture(params=["http", "jetstream", "request"])
+async def door(request: pytest.FixtureRequest, system: Runtime, bus: Bus, http: aiohttp.ClientSession) -> Any:
+    if request.param == "http":
+        yield http_door(http)
+    elif request.param == "request":
+        yield request_door(bus)
+    else:
+        assert system.store is not None
+        s = bus.subjects
+        async with (
+            Listener(bus, s.job_events("admitted"), JobAdmitted) as admitted,
+            Listener(bus, s.job_events("rejected"), JobRejected) as rejected,
+        ):
+            yield jetstream_door(bus, system.store, admitted, rejected)
+
+
+def body(**spec: Any) -> bytes:
+    return json.dumps(spec).encode()
+
+
+async def test_every_decision_is_the_same_through_every_door(door: Door, store: Store, bus: Bus) -> None:
+    await put_pool(store, bus, "cpu", labels=["linux", "x86_64"], allowed_plans=["ci"], max_active=2)
+    await put_pool(store, bus, "off", max_concurrent=0)
+    refused = [
+        (b"{not json", ("malformed", None)),
+        (body(pool="cpu", priority="high"), ("invalid", "priority")),
+        (body(pool="cpu", colour="red"), ("invalid", "colour")),
+        (body(pool="cpu", plan="ci", payload={"x": "a\u0000b"}), ("invalid", "payload")),
+        (body(pool="nowhere"), ("unsatisfiable", "pool")),
+        (body(pool="cpu", plan="ci", labels=["gpu"]), ("unsatisfiable", "labels")),
+        (body(pool="cpu", plan="nightly"), ("unsatisfiable", "plan")),
+        (body(pool="cpu"), ("unsatisfiable", "plan")),  # a pool with allowed plans needs one of them
+        (body(pool="off"), ("unsatisfiable", "pool")),
+    ]
+    for sent, expected in refused:
+        code, field, job_id, _ = await door(sent)
+        assert (code, field) == expected, sent
+        assert job_id is None
+    assert await store.job_list(pool=None, state=None, key=None, limit=10) == []
+
+    job = body(pool="cpu", plan="ci", labels=["linux"], key="k1", payload={"command": ["true"]})
+    first = await door(job)
+    assert first[0] == "admitted"
+    assert await door(job) == ("existing", None, first[2], None)
+    assert (await door(body(pool="cpu", plan="ci", key="k1", priority=3)))[:2] == ("conflict", "key")
+    assert (await door(body(pool="cpu", plan="ci", key="k2")))[0] == "admitted"
+    code, field, _, retry = await door(body(pool="cpu", plan="ci", key="k3"))
+    assert (code, field) == ("overloaded", "pool")
+    if retry is not None:  # JetStream producers read the rejections table instead
+        assert retry == 60  # nothing drained from the pool lately: the longest wait
+    # A repeated key is answered even when the pool is full: a retry after a timeout is not shed.
+    assert (await door(job))[:3] == ("existing", None, first[2])
+    assert len(await store.job_list(pool="cpu", state="queued", key=None, limit=10)) == 2
+
+
+async def test_retry_after_follows_the_pools_recent_drain(
+    http: aiohttp.ClientSession, store: Store, bus: Bus, settings: Settings
+) -> None:
+    await put_pool(store, bus, "cpu", max_active=2)
+    for i in range(5):
+        async with http.post("/v1/jobs", json={"pool": "cpu", "key": f"d{i}"}) as resp:
+            assert resp.status == (201 if i < 2 else 429)
+    # Three jobs of the pool finished within the last minute: the pool drains one every 20 s.
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(
+            "UPDATE jobs SET state = 'succeeded', finished_at = now() - interval '10 seconds' WHERE key = 'd0'"
+        )
+        await conn.execute(
+            "INSERT INTO jobs (id, key, spec, pool, shape_id, state, finished_at) "
+            "SELECT gen_random_uuid(), 'old' || i, '{}', 'cpu', (SELECT shape_id FROM jobs WHERE key = 'd0'), "
+            "'succeeded', now() - interval '30 seconds' FROM generate_series(1, 2) AS i"
+        )
+    finally:
+        await conn.close()
+    async with http.post("/v1/jobs", json={"pool": "cpu", "key": "d5"}) as resp:
+        assert resp.status == 201  # d0 left: room for one
+    async with http.post("/v1/jobs", json={"pool": "cpu", "key": "d6"}) as resp:
+        assert resp.status == 429
+        assert resp.headers["Retry-After"] == "20"
+        assert (await resp.json())["error"]["code"] == "overloaded"
+
+
+def test_retry_after_is_bounded() -> None:
+    assert retry_after_s(1, 0) == 60
+    assert retry_after_s(1, 6000) == 1
+    assert retry_after_s(2, 60) == 2
+    assert retry_after_s(100, 10) == 60
+
+
+async def test_the_same_job_twice_through_jetstream_is_one_row(system: Runtime, bus: Bus, store: Store) -> None:
+    spec = body(pool="default", key="twice", payload={"command": ["true"]})
+    await put_pool(store, bus, "default")
+    await bus.submit(spec, key="twice")
+    await bus.submit(spec, key="twice")  # dropped by JetStream's dedup window
+    await bus.js.publish(bus.subjects.submit, spec)  # no Nats-Msg-Id: the job key dedups it
+    await eventually(lambda: intake_drained(bus), what="the intake to be drained")
+    assert len(await store.job_list(pool=None, state=None, key="twice", limit=10)) == 1
+    assert await rejections(store) == []
+
+
+async def test_poison_is_terminated_recorded_and_never_redelivered(system: Runtime, bus: Bus, store: Store) -> None:
+    await put_pool(store, bus, "default")
+    await bus.submit(b"\x00\xff not json", key="poison-1")
+    await bus.submit(body(pool="default", priority=[1]), key="poison-2")
+    await bus.submit(body(pool="default", key="good"), key="good")
+    await eventually(lambda: intake_drained(bus), what="the intake to be drained")
+    info = await bus.js.consumer_info(bus.subjects.intake_stream, "admission")
+    assert (info.num_redelivered, info.num_pending, info.num_ack_pending) == (0, 0, 0)
+    stream = await bus.js.stream_info(bus.subjects.intake_stream)
+    assert stream.state.messages == 0  # terminated and acked alike leave the work queue
+    got = {r["key"]: r for r in await rejections(store)}
+    assert got["poison-1"]["reason"] == "malformed"
+    assert "\\u0000" in got["poison-1"]["body"]  # what was sent, as far as text can show it
+    assert (got["poison-2"]["reason"], got["poison-2"]["field"]) == ("invalid", "priority")
+    assert got["poison-2"]["stream_seq"] == 2
+    assert len(await store.job_list(pool=None, state=None, key="good", limit=1)) == 1
+    admission = system.services["admission"]
+    assert isinstance(admission, Admission)
+    assert admission.rejected == {"malformed": 1, "invalid": 1}
+    assert admission.admitted == 1
+
+
+async def test_a_burst_past_max_active_sheds_exactly_the_excess(
+    system: Runtime, settings: Settings, bus: Bus, store: Store, http: aiohttp.ClientSession
+) -> None:
+    """Two admission instances share the intake while HTTP producers submit too: exactly
+    max_active jobs are admitted, every one of them is kept, and the rest are shed."""
+    max_active, via_js, via_http = 15, 60, 20
+    await put_pool(store, bus, "burst", max_active=max_active)
+    assert system.store is not None
+    second = Admission(settings, system.store, system.bus)  # type: ignore[arg-type]
+    await second.start()
+    try:
+        async with Listener(bus, bus.subjects.job_events("admitted"), JobAdmitted) as admitted:
+            publish = [bus.submit(body(pool="burst", key=f"js{i}"), key=f"js{i}") for i in range(via_js)]
+
+            async def post(i: int) -> tuple[int, dict[str, Any]]:
+                async with http.post("/v1/jobs", json={"pool": "burst", "key": f"http{i}"}) as resp:
+                    return resp.status, await resp.json()
+
+            results = await asyncio.gather(*publish, *(post(i) for i in range(via_http)))
+            await eventually(lambda: intake_drained(bus), what="the intake to be drained")
+            responses = [r for r in results if r is not None]
+            jobs = await store.job_list(pool="burst", state=None, key=None, limit=1000)
+            await admitted.wait(lambda _: len(admitted.events) == len(jobs))
+    finally:
+        await second.stop()
+    assert len(jobs) == max_active
+    assert {j["state"] for j in jobs} == {"queued"}
+    assert {e.job_id for e in admitted.events} == {j["id"] for j in jobs}
+    created = {r["id"] for status, r in responses if status == 201}
+    assert created <= {str(j["id"]) for j in jobs}
+    shed_http = [r for status, r in responses if status == 429]
+    assert all(r["error"]["code"] == "overloaded" for r in shed_http)
+    assert len(created) + len(shed_http) == via_http
+    shed_js = [r for r in await rejections(store) if r["reason"] == "overloaded"]
+    assert len(shed_js) + len(shed_http) == via_js + via_http - max_active

@@ -1,0 +1,242 @@
+"""Pools as configuration: the HTTP API, the pools file at start-up, `orchestrator pool set`,
+the re-check of queued jobs on a change, and services acting on PoolUpdated without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from orchestrator.bus import Bus
+from orchestrator.cli import main
+from orchestrator.errors import ConfigurationError
+from orchestrator.runtime import Runtime
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+from schemas.events import JobFinished, PoolUpdated
+from tests.support import Listener, eventually
+
+DEFAULTS = {
+    "max_concurrent": 20,
+    "max_active": 1024,
+    "labels": [],
+    "allowed_plans": [],
+    "mode": "shared",
+    "paused": False,
+}
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[Runtime]:
+    runtime = Runtime(settings, ["admission", "api"], migrate=True)
+    await runtime.start()
+    yield runtime
+    await runtime.stop()
+
+
+@pytest.fixture
+async def http(api: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=api.http_url) as session:
+        yield session
+
+
+async def call(http: aiohttp.ClientSession, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with http.request(method, path, **kwargs) as resp:
+        return resp.status, await resp.json()
+
+
+def config_of(pool: dict[str, Any]) -> dict[str, Any]:
+    return {k: pool[k] for k in DEFAULTS}
+
+
+async def test_put_patch_and_get_pools(http: aiohttp.ClientSession, bus: Bus) -> None:
+    async with Listener(bus, bus.subjects.pool_updated(), PoolUpdated) as updates:
+        status, pool = await call(http, "PUT", "/v1/pools/gpu", json={"labels": ["gpu"], "max_concurrent": 2})
+        assert status == 201
+        assert config_of(pool) == {**DEFAULTS, "labels": ["gpu"], "max_concurrent": 2}
+        created = await updates.wait(lambda e: e.pool == "gpu")
+        assert created.previous is None and created.config.max_concurrent == 2
+
+        status, pool = await call(http, "PATCH", "/v1/pools/gpu", json={"paused": True, "max_active": -1})
+        assert status == 200
+        assert config_of(pool) == {**DEFAULTS, "labels": ["gpu"], "max_concurrent": 2, "paused": True, "max_active": -1}
+        patched = await updates.wait(lambda e: e.config.paused)
+        assert patched.previous is not None and patched.previous.paused is False
+
+        # PUT replaces: what it omits goes back to its default.
+        status, pool = await call(http, "PUT", "/v1/pools/gpu", json={"mode": "leader"})
+        assert (status, config_of(pool)) == (200, {**DEFAULTS, "mode": "leader"})
+
+    status, got = await call(http, "GET", "/v1/pools/gpu")
+    assert (status, config_of(got)) == (200, {**DEFAULTS, "mode": "leader"})
+    status, listed = await call(http, "GET", "/v1/pools")
+    assert "gpu" in [p["name"] for p in listed["pools"]]
+    for method in ("GET", "PATCH"):
+        status, body = await call(http, method, "/v1/pools/nowhere", json={})
+        assert (status, body["error"]["code"], body["error"]["field"]) == (404, "not_found", "name")
+
+
+@pytest.mark.parametrize(
+    ("method", "kwargs", "status", "code", "field"),
+    [
+        ("PUT", {"data": b"{not json"}, 400, "malformed", None),
+        ("PUT", {"json": ["gpu"]}, 422, "invalid", None),
+        ("PUT", {"json": {"max_concurrent": "lots"}}, 422, "invalid", "max_concurrent"),
+        ("PUT", {"json": {"max_active": 2**40}}, 422, "invalid", "max_active"),
+        ("PUT", {"json": {"colour": "red"}}, 422, "invalid", "colour"),
+        ("PUT", {"json": {"mode": "solo"}}, 422, "invalid", "mode"),
+        ("PUT", {"json": {"labels": ["ok", "not ok!"]}}, 422, "invalid", "labels.1"),
+        ("PATCH", {"json": {"paused": "maybe"}}, 422, "invalid", "paused"),
+        ("PATCH", {"json": {"max_concurrent": None}}, 422, "invalid", "max_concurrent"),
+        ("PATCH", {"json": {"name": "other"}}, 422, "invalid", "name"),
+    ],
+)
+async def test_bad_pool_bodies_name_the_field_and_change_nothing(
+    http: aiohttp.ClientSession, method: str, kwargs: dict[str, Any], status: int, code: str, field: str | None
+) -> None:
+    assert (await call(http, "PUT", "/v1/pools/p", json={"max_concurrent": 3}))[0] == 201
+    got_status, body = await call(http, method, "/v1/pools/p", **kwargs)
+    assert got_status == status, body
+    assert (body["error"]["code"], body["error"]["field"]) == (code, field)
+    assert body["error"]["message"]
+    _, pool = await call(http, "GET", "/v1/pools/p")
+    assert config_of(pool) == {**DEFAULTS, "max_concurrent": 3}
+
+
+async def test_a_bad_pool_name_is_refused(http: aiohttp.ClientSession) -> None:
+    status, body = await call(http, "PUT", "/v1/pools/-bad.name", json={})
+    assert (status, body["error"]["field"]) == (422, "name")
+
+
+async def test_a_change_fails_the_queued_jobs_it_makes_unrunnable(http: aiohttp.ClientSession, bus: Bus) -> None:
+    """In the change's own transaction: the response already counts them, the jobs are failed
+    with reason `unsatisfiable`, and each one's JobFinished follows."""
+    await call(http, "PUT", "/v1/pools/p", json={"labels": ["gpu", "linux"]})
+    ids = {}
+    for name, spec in {
+        "gpu": {"labels": ["gpu"]},
+        "linux": {"labels": ["linux"], "plan": "ci"},
+        "plain": {"plan": "nightly"},
+    }.items():
+        status, job = await call(http, "POST", "/v1/jobs", json={"pool": "p", "key": name, **spec})
+        assert status == 201, job
+        ids[name] = job["id"]
+
+    async def states() -> dict[str, tuple[str, str | None]]:
+        out = {}
+        for name, job_id in ids.items():
+            _, job = await call(http, "GET", f"/v1/jobs/{job_id}")
+            out[name] = (job["state"], job["reason"])
+        return out
+
+    failed = ("failed", "unsatisfiable")
+    async with Listener(bus, bus.subjects.job_events("finished"), JobFinished) as finished:
+        status, pool = await call(http, "PATCH", "/v1/pools/p", json={"labels": ["linux"]})
+        assert (status, pool["failed_jobs"]) == (200, 1)
+        assert await states() == {"gpu": failed, "linux": ("queued", None), "plain": ("queued", None)}
+        event = await finished.wait(lambda e: str(e.job_id) == ids["gpu"])
+        assert (event.state, event.reason, event.runner_id) == ("failed", "unsatisfiable", None)
+
+        _, pool = await call(http, "PATCH", "/v1/pools/p", json={"allowed_plans": ["ci"]})
+        assert pool["failed_jobs"] == 1
+        assert await states() == {"gpu": failed, "linux": ("queued", None), "plain": failed}
+
+        _, pool = await call(http, "PATCH", "/v1/pools/p", json={"max_concurrent": 0})
+        assert pool["failed_jobs"] == 1
+        assert await states() == {"gpu": failed, "linux": failed, "plain": failed}
+        await finished.wait(lambda e: str(e.job_id) == ids["linux"])
+
+        # A change that makes nothing unrunnable fails nothing.
+        _, pool = await call(http, "PATCH", "/v1/pools/p", json={"max_concurrent": 5, "paused": True})
+        assert pool["failed_jobs"] == 0
+
+
+@pytest.fixture
+def slow_sweep(settings: Settings) -> Settings:
+    """No safety sweep during the test: only an event can wake the dispatcher."""
+    settings.sweep_interval_s = 600
+    return settings
+
+
+async def test_unpausing_a_pool_wakes_the_dispatcher_at_once(slow_sweep: Settings, system: Runtime) -> None:
+    async with aiohttp.ClientSession(base_url=system.http_url) as http:
+        await call(http, "PATCH", "/v1/pools/default", json={"paused": True})
+        status, job = await call(http, "POST", "/v1/jobs", json={"pool": "default", "payload": {"command": ["true"]}})
+        assert status == 201
+
+        async def state() -> str:
+            return (await call(http, "GET", f"/v1/jobs/{job['id']}"))[1]["state"]
+
+        assert await state() == "queued"
+        await call(http, "PATCH", "/v1/pools/default", json={"paused": False})
+        await eventually(lambda: _equals(state(), "succeeded"), timeout=5, what="the unpaused job to run")
+
+
+async def _equals(value: Any, expected: Any) -> bool:
+    return await value == expected
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text"),
+    [
+        (".toml", '[pools.gpu]\nlabels = ["gpu"]\nmax_concurrent = 4\n\n[pools.batch]\npaused = true\n'),
+        (".json", json.dumps({"pools": {"gpu": {"labels": ["gpu"], "max_concurrent": 4}, "batch": {"paused": True}}})),
+    ],
+)
+async def test_the_pools_file_is_applied_at_start(
+    settings: Settings, store: Store, tmp_path: Path, suffix: str, text: str
+) -> None:
+    path = tmp_path / f"pools{suffix}"
+    path.write_text(text)
+    settings.pools_file = path
+    runtime = Runtime(settings, ["admission"], migrate=True)
+    await runtime.start()
+    await runtime.stop()
+    pools = {p["name"]: config_of(p) for p in await store.pool_list()}
+    assert pools["gpu"] == {**DEFAULTS, "labels": ["gpu"], "max_concurrent": 4}
+    assert pools["batch"] == {**DEFAULTS, "paused": True}
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "problem"),
+    [
+        ("pools.toml", "[pools.gpu]\nmax_concurrent = 'four'\n", "pools.gpu.max_concurrent"),
+        ("pools.json", "{", "does not parse"),
+        ("pools.yaml", "pools: {}", "*.json or *.toml"),
+    ],
+)
+async def test_a_bad_pools_file_stops_the_start(
+    settings: Settings, tmp_path: Path, name: str, text: str, problem: str
+) -> None:
+    settings.pools_file = tmp_path / name
+    settings.pools_file.write_text(text)
+    with pytest.raises(ConfigurationError, match=problem.replace("*", r"\*")):
+        await Runtime(settings, ["admission"], migrate=True).start()
+
+
+async def test_cli_pool_set(
+    api: Runtime, store: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ORCH_URL", api.http_url or "")
+
+    async def cli(*args: str) -> int:
+        return await asyncio.to_thread(main, list(args))  # the CLI blocks; the API runs on this loop
+
+    assert await cli("pool", "set", "gpu", "--max-concurrent", "3", "--labels", "gpu,linux", "--paused") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert config_of(printed) == {**DEFAULTS, "max_concurrent": 3, "labels": ["gpu", "linux"], "paused": True}
+    assert await cli("pool", "set", "gpu", "--no-paused", "--max-active", "-1", "--allowed-plans", "ci") == 0
+    pool = await store.pool_get("gpu")
+    assert pool is not None
+    assert (pool["paused"], pool["max_active"], pool["allowed_plans"], pool["max_concurrent"]) == (False, -1, ["ci"], 3)
+    assert await cli("pool", "set", "gpu", "--mode", "leader", "--labels", "") == 0
+    pool = await store.pool_get("gpu")
+    assert pool is not None and (pool["mode"], pool["labels"]) == ("leader", [])
+    capsys.readouterr()
+    assert await cli("pool", "set", "gpu", "--max-concurrent", "99999999999") == 2
+    assert "max_concurrent" in capsys.readouterr().err
