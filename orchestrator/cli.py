@@ -212,6 +212,8 @@ def cmd_pool_set(args: argparse.Namespace, settings: Settings) -> int:
         "allowed_plans": None if args.allowed_plans is None else _csv(args.allowed_plans),
         "mode": args.mode,
         "paused": args.paused,
+        "provisioner": args.provisioner,
+        "max_workers": args.max_workers,
     }
     given = {k: v for k, v in fields.items() if v is not None}
     path = f"/v1/pools/{urllib.parse.quote(args.name, safe='')}"
@@ -271,6 +273,8 @@ def parser() -> argparse.ArgumentParser:
     pool_set.add_argument("--allowed-plans", help="comma-separated plans that may use it ('' for any)")
     pool_set.add_argument("--mode", choices=["shared", "leader"])
     pool_set.add_argument("--paused", action=argparse.BooleanOptionalAction, default=None)
+    pool_set.add_argument("--provisioner", help="start a one-shot worker per job with it (e.g. local)")
+    pool_set.add_argument("--max-workers", type=int, help="live provisioned workers at most; 0 = no cap")
     pool_set.set_defaults(fn=cmd_pool_set)
     sub.add_parser("runners", help="list runners").set_defaults(fn=lambda a, s: _show(s, "/v1/runners"))
     sub.add_parser("status", help="pools and runners at a glance").set_defaults(fn=cmd_status)

@@ -9,7 +9,8 @@ from a lost runner) it publishes `SlotAvailable{pool, free}`, which wakes the di
 It also elects each leader-mode pool's leader runner (seed 002): the oldest active runner without
 a taint, stored on the pool row so the claim step offers that pool's work to it alone. Election
 is one statement in Postgres, re-run for a pool on every change of its runners (registration,
-a suspect runner answering again, loss, drain, taints changed by an operator) and for every pool
+a suspect runner answering again, loss, drain, taints changed by an operator, the pool's
+mode changed) and for every pool
 every `leader_check_interval_s`, so a lost event is corrected there; a change is announced with
 `PoolLeaderChanged`, and a new leader with `SlotAvailable` so the dispatcher wakes.
 
@@ -37,6 +38,7 @@ from schemas.events import (
     JobFinished,
     JobStarted,
     PoolLeaderChanged,
+    PoolUpdated,
     Reply,
     RunnerDraining,
     RunnerHeartbeat,
@@ -74,6 +76,7 @@ class Capacity(Service):
             (s.runner_finish, JobFinished, self._on_finish),
             (s.runner_drain, RunnerDraining, self._on_drain),
             (s.runner_taints_changed, RunnerTaintsChanged, self._on_taints_changed),
+            (s.pool_updated(), PoolUpdated, self._on_pool_updated),
         ):
             sub = await self.bus.subscribe(subject, model, handler, queue=self.name, concurrent=True)
             self.on_cleanup(sub.unsubscribe)
@@ -117,6 +120,9 @@ class Capacity(Service):
     async def _on_taints_changed(self, event: RunnerTaintsChanged, msg: Msg) -> None:
         await self.elect(event.pool)
         await self._announce_free({event.pool})  # an untainted runner may take jobs now
+
+    async def _on_pool_updated(self, event: PoolUpdated, msg: Msg) -> None:
+        await self.elect(event.pool)  # put into leader mode (or out of it): elect (or forget) now
 
     async def _on_start(self, event: JobStarted, msg: Msg) -> Reply:
         pool = await self._starts.submit(event)

@@ -1,12 +1,13 @@
 """Provisioner: starts a one-shot worker per queued job in pools that name a provisioner (seed 001).
 
 It is the fleet half of capacity, in its own service so capacity stays small and fleets can be
-run where the provisioner's credentials live. It wakes on `JobAdmitted`, `SlotAvailable`, a
-worker's exit and the sweep; wakes coalesce into one loop that reconciles each woken pool:
-1. read the pool's demand from Postgres: runnable queued jobs, jobs in flight, free slots of its
-   registered runners (pull runners and idle workers alike);
-2. forget workers that have registered since they were spawned (they are runners now), and stop
+run where the provisioner's credentials live. It wakes on `JobAdmitted`, `SlotAvailable`,
+`PoolUpdated`, a worker's exit and the sweep; wakes coalesce into one loop that reconciles each
+woken pool:
+1. forget workers that have registered since they were spawned (they are runners now), and stop
    those that never did within `start_timeout_s`;
+2. read the pool's demand from Postgres: runnable queued jobs, jobs in flight, free slots of its
+   registered runners (pull runners and idle workers alike);
 3. count live workers from the provisioner itself: a failed count spawns nothing (never blind
    past the cap) and says so (`CapacityUnknown`, counted); the next wake retries;
 4. spawn `spawn_budget(...)` workers: one per queued job that no free or starting runner will
@@ -45,7 +46,7 @@ from orchestrator.provisioning import (
 )
 from orchestrator.settings import Settings
 from orchestrator.store import Fence, Store
-from schemas.events import CapacityUnknown, JobAdmitted, SlotAvailable
+from schemas.events import CapacityUnknown, JobAdmitted, PoolUpdated, SlotAvailable
 
 
 class ProvisionerConfig(BaseModel):
@@ -89,7 +90,11 @@ class Provisioning(Service):
         for row in await self.store.pools_provisioned():
             self._fleet(row["name"], row["provisioner"])
         s = self.bus.subjects
-        for subject, model in ((s.job_events("admitted"), JobAdmitted), (s.slot_available(), SlotAvailable)):
+        for subject, model in (
+            (s.job_events("admitted"), JobAdmitted),
+            (s.slot_available(), SlotAvailable),
+            (s.pool_updated(), PoolUpdated),  # a provisioner named, a cap raised, an unpause
+        ):
             sub = await self.bus.subscribe(subject, model, self._on_wake)
             self.on_cleanup(sub.unsubscribe)
         if self.leadership is not None:
@@ -112,7 +117,7 @@ class Provisioning(Service):
         if fence is not None and self.running:
             self.spawn(self.sweep(), "sweep.gained")
 
-    async def _on_wake(self, event: JobAdmitted | SlotAvailable, msg: Msg) -> None:
+    async def _on_wake(self, event: JobAdmitted | SlotAvailable | PoolUpdated, msg: Msg) -> None:
         self.wake(event.pool)
 
     async def sweep(self) -> None:

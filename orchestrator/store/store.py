@@ -16,7 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
-from orchestrator.errors import ConfigurationError, NotFound, StoreError, StoreUnavailable
+from orchestrator.errors import NotFound, StoreError, StoreUnavailable
 from orchestrator.store import migrate
 from orchestrator.store.queries import Q
 
@@ -160,6 +160,8 @@ class PoolChangeTx:
             list(config["allowed_plans"]),
             config["mode"],
             config["paused"],
+            config["provisioner"],
+            config["max_workers"],
         )
         return dict(row)
 
@@ -280,18 +282,6 @@ class Store:
         """Elect leader-mode pools' leaders (`pool`, or all); the changes as {pool, previous, leader}."""
         async with self._conn() as conn:
             return [dict(r) for r in await conn.fetch(Q["pool_elect_leader"], pool)]
-
-    async def pool_fleet_set(self, name: str, *, provisioner: str | None, max_workers: int) -> dict[str, Any]:
-        """Name the pool's provisioner (None: none) and cap its fleet (0: no cap; negative: refused)."""
-        if max_workers < 0:
-            raise ConfigurationError(
-                f"pool {name!r}: max_workers must be 0 (no cap) or a positive number of workers, got {max_workers}"
-            )
-        async with self._conn() as conn:
-            row = await conn.fetchrow(Q["pool_fleet_set"], name, provisioner, max_workers)
-        if row is None:
-            raise NotFound(f"pool {name!r} does not exist")
-        return dict(row)
 
     async def pools_provisioned(self) -> list[dict[str, Any]]:
         async with self._conn() as conn:

@@ -11,8 +11,8 @@ SELECT * FROM pools WHERE name = $1 FOR NO KEY UPDATE;
 SELECT * FROM pools ORDER BY name;
 
 -- name: pool_upsert
-INSERT INTO pools (name, max_concurrent, max_active, labels, allowed_plans, mode, paused)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO pools (name, max_concurrent, max_active, labels, allowed_plans, mode, paused, provisioner, max_workers)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (name) DO UPDATE SET
     max_concurrent = EXCLUDED.max_concurrent,
     max_active = EXCLUDED.max_active,
@@ -20,6 +20,8 @@ ON CONFLICT (name) DO UPDATE SET
     allowed_plans = EXCLUDED.allowed_plans,
     mode = EXCLUDED.mode,
     paused = EXCLUDED.paused,
+    provisioner = EXCLUDED.provisioner,
+    max_workers = EXCLUDED.max_workers,
     updated_at = now()
 RETURNING *;
 
@@ -88,10 +90,6 @@ UPDATE pools p SET leader_runner_id = e.leader
 FROM elected e
 WHERE p.name = e.name AND p.leader_runner_id IS DISTINCT FROM e.leader
 RETURNING p.name AS pool, e.previous, e.leader;
-
--- name: pool_fleet_set
-UPDATE pools SET provisioner = $2, max_workers = $3, updated_at = now() WHERE name = $1
-RETURNING *;
 
 -- name: pool_list_provisioned
 SELECT name, provisioner, max_workers FROM pools WHERE provisioner IS NOT NULL ORDER BY name;
