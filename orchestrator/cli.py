@@ -16,15 +16,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator import telemetry
-from orchestrator.bus import Bus, Subjects
 from orchestrator.errors import OrchestratorError
-from orchestrator.runtime import SERVICES, Runtime
 from orchestrator.settings import Settings
-from orchestrator.store import Store
-from services.runner import Runner
+
+if TYPE_CHECKING:
+    from orchestrator.runtime import Runtime
+
+# The runtime, the store, the bus and the runner are imported by the commands that use them: a
+# provisioned worker (`runner --once`) starts per job, and importing every service would cost
+# each one most of a second; the HTTP client commands need none of them.
 
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
 
@@ -60,15 +62,21 @@ async def _serve(runtime: Runtime, announce: bool) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.runtime import SERVICES, Runtime
+
     return _run(_serve(Runtime(settings, SERVICES, migrate=True), announce=True))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    names = list(SERVICES) if "all" in args.services else args.services
+    from orchestrator.runtime import SERVICES, Runtime
+
+    names = list(SERVICES) if "all" in args.services else args.services  # Runtime refuses unknown names
     return _run(_serve(Runtime(settings, names, migrate=False), announce="api" in names))
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.store import Store
+
     async def go() -> int:
         if not settings.database_url:
             raise OrchestratorError("set ORCH_DATABASE_URL to the Postgres to migrate")
@@ -85,6 +93,10 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator import telemetry
+    from orchestrator.bus import Bus, Subjects
+    from services.runner import Runner
+
     async def go() -> int:
         if not settings.nats_url:
             raise OrchestratorError("set ORCH_NATS_URL to the NATS the orchestrator uses")
@@ -232,7 +244,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="run everything in one process on an embedded NATS and Postgres").set_defaults(fn=cmd_up)
     serve = sub.add_parser("serve", help="run services against ORCH_NATS_URL and ORCH_DATABASE_URL")
-    serve.add_argument("services", nargs="+", choices=[*SERVICES, "all"])
+    serve.add_argument(
+        "services", nargs="+", metavar="SERVICE", help="capacity, admission, dispatch, provisioner, api, runner, or all"
+    )
     serve.set_defaults(fn=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations to ORCH_DATABASE_URL").set_defaults(fn=cmd_migrate)
 
