@@ -34,7 +34,7 @@ from pydantic import BaseModel
 
 from orchestrator.bus import Bus
 from orchestrator.errors import ConfigurationError
-from orchestrator.leadership import Leadership
+from orchestrator.leadership import Leadership, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
 from orchestrator.provisioning import (
     Provisioner,
@@ -45,7 +45,7 @@ from orchestrator.provisioning import (
     spawn_budget,
 )
 from orchestrator.settings import Settings
-from orchestrator.store import Fence, Store
+from orchestrator.store import Store
 from schemas.events import CapacityUnknown, JobAdmitted, PoolUpdated, SlotAvailable
 
 
@@ -97,8 +97,7 @@ class Provisioning(Service):
         ):
             sub = await self.bus.subscribe(subject, model, self._on_wake)
             self.on_cleanup(sub.unsubscribe)
-        if self.leadership is not None:
-            self.leadership.on_change(self._on_leadership)
+        sweep_on_gain(self.leadership, self, self.sweep)
         self.spawn(self._loop(), "loop")
         self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "fleet sweep"), "sweep")
         await self.sweep()
@@ -109,13 +108,6 @@ class Provisioning(Service):
                 await fleet.close()
             except Exception as exc:  # keep closing the rest
                 self.log.warning("closing a provisioner failed: %s", exc)
-
-    def _leading(self) -> bool:
-        return self.leadership is None or self.leadership.leading
-
-    def _on_leadership(self, fence: Fence | None) -> None:
-        if fence is not None and self.running:
-            self.spawn(self.sweep(), "sweep.gained")
 
     async def _on_wake(self, event: JobAdmitted | SlotAvailable | PoolUpdated, msg: Msg) -> None:
         self.wake(event.pool)
@@ -178,7 +170,7 @@ class Provisioning(Service):
         await self.bus.publish(self.bus.subjects.capacity_unknown(pool), CapacityUnknown(pool=pool, reason=reason))
 
     async def reconcile(self, pool: str) -> None:
-        if not self._leading():
+        if not leads(self.leadership):
             return
         # Forget registered workers before reading the demand, which then counts them as runners:
         # in the other order a worker registering in between would be counted by neither.
