@@ -5,7 +5,7 @@ given, the dispatcher hands it one job like any runner, it reports the job and e
 counts against the pool's `max_concurrent` exactly like a pull runner's; what a provisioner adds
 is the fleet cap (`max_workers`), counted from the provisioner itself before every spawn.
 
-A provisioner is any object with the three methods of `Provisioner`, made by a factory
+A provisioner is any object with the four methods of `Provisioner`, made by a factory
 `factory(ctx: ProvisionerContext) -> Provisioner`, one instance per pool. A pool names its
 provisioner (`pools.provisioner`), resolved in this order:
 1. a name given to the runtime (`Runtime(provisioners={...})`; bundled: `local`);
@@ -50,6 +50,21 @@ class WorkerRequest:
 
 @runtime_checkable
 class Provisioner(Protocol):
+    """A pool's source of one-shot workers: the whole interface a plugin implements.
+
+    - Every method runs on the orchestrator's event loop: never block it (an async client, or
+      `asyncio.to_thread` around a blocking one).
+    - One process calls it at a time (the dispatch lease holder), one reconcile at a time per
+      pool: count, then spawn. No locking is needed against a second caller.
+    - `spawn` returns once the start is requested, not when the worker has registered; a worker
+      that has not registered within the start timeout is given to `stop`. A raised error fails
+      that spawn only; the next wake tries again.
+    - `count_live` is the fleet cap's truth (seed 001): count from what the provisioner itself
+      sees (its child processes, the cluster's API), including workers still starting.
+    - Calling `ProvisionerContext.worker_exited` when a worker ends is optional (it re-counts at
+      once rather than at the next sweep).
+    """
+
     async def spawn(self, request: WorkerRequest) -> str:
         """Start a worker; return the provisioner's handle for it (given to `stop`)."""
 
@@ -58,7 +73,8 @@ class Provisioner(Protocol):
         caller then spawns nothing (never blind past the cap) and retries later."""
 
     async def stop(self, worker: str) -> None:
-        """Stop a worker (one that never registered, or at shutdown)."""
+        """Stop a worker, given the handle `spawn` returned (one that never registered, or at
+        shutdown). Stopping one that has already ended is not an error."""
 
     async def close(self) -> None:
         """At shutdown: release what this process holds. Workers of a remote fleet keep running
