@@ -16,15 +16,17 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator import health, telemetry
-from orchestrator.bus import Bus, Subjects
 from orchestrator.errors import OrchestratorError
-from orchestrator.runtime import SERVICES, Runtime
 from orchestrator.settings import Settings, default_instance_id
-from orchestrator.store import Store
-from services.runner import Runner
+
+if TYPE_CHECKING:
+    from orchestrator.runtime import Runtime
+
+# The runtime, the store, the bus and the runner are imported by the commands that use them: a
+# provisioned worker (`runner --once`) starts per job, and importing every service would cost
+# each one most of a second; the HTTP client commands need none of them.
 
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
 
@@ -60,15 +62,21 @@ async def _serve(runtime: Runtime, announce: bool) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.runtime import SERVICES, Runtime
+
     return _run(_serve(Runtime(settings, SERVICES, migrate=True), announce=True))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    names = list(SERVICES) if "all" in args.services else args.services
+    from orchestrator.runtime import SERVICES, Runtime
+
+    names = list(SERVICES) if "all" in args.services else args.services  # Runtime refuses unknown names
     return _run(_serve(Runtime(settings, names, migrate=False), announce="api" in names))
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator.store import Store
+
     async def go() -> int:
         if not settings.database_url:
             raise OrchestratorError("set ORCH_DATABASE_URL to the Postgres to migrate")
@@ -85,6 +93,10 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator import telemetry
+    from orchestrator.bus import Bus, Subjects
+    from services.runner import Runner
+
     async def go() -> int:
         if not settings.nats_url:
             raise OrchestratorError("set ORCH_NATS_URL to the NATS the orchestrator uses")
@@ -93,12 +105,24 @@ def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
         await bus.connect()
         labels = [x for x in args.labels.split(",") if x] if args.labels is not None else settings.runner_label_list()
         runner = Runner(
-            settings, bus, runner_id=args.id, pool=args.pool, labels=labels, slots=args.slots, taints=args.taint
+            settings,
+            bus,
+            runner_id=args.id,
+            pool=args.pool,
+            labels=labels,
+            slots=args.slots,
+            taints=args.taint,
+            once=args.once,
+            idle_timeout_s=args.idle_timeout if args.once else None,
         )
         try:
             await runner.start()
             print(f"runner {args.id} serving pool {args.pool} with {args.slots} slots", flush=True)
-            await _until_signal()
+            # A one-shot worker also ends when its job has.
+            waits = [asyncio.ensure_future(_until_signal()), asyncio.ensure_future(runner.finished.wait())]
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
         finally:
             await runner.stop()
             await bus.close()
@@ -108,6 +132,9 @@ def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    from orchestrator import health
+    from orchestrator.runtime import SERVICES
+
     roles = args.roles or health.roles_from_argv(health.pid1_argv(), SERVICES)
     needs = health.needs_of(roles, settings)
     # nats-py logs a traceback per failed connect attempt; the probe's one-line verdict says it.
@@ -217,6 +244,8 @@ def cmd_pool_set(args: argparse.Namespace, settings: Settings) -> int:
         "allowed_plans": None if args.allowed_plans is None else _csv(args.allowed_plans),
         "mode": args.mode,
         "paused": args.paused,
+        "provisioner": args.provisioner,
+        "max_workers": args.max_workers,
     }
     given = {k: v for k, v in fields.items() if v is not None}
     path = f"/v1/pools/{urllib.parse.quote(args.name, safe='')}"
@@ -235,7 +264,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="run everything in one process on an embedded NATS and Postgres").set_defaults(fn=cmd_up)
     serve = sub.add_parser("serve", help="run services against ORCH_NATS_URL and ORCH_DATABASE_URL")
-    serve.add_argument("services", nargs="+", choices=[*SERVICES, "all"])
+    serve.add_argument(
+        "services", nargs="+", metavar="SERVICE", help="capacity, admission, dispatch, provisioner, api, runner, or all"
+    )
     serve.set_defaults(fn=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations to ORCH_DATABASE_URL").set_defaults(fn=cmd_migrate)
     check = sub.add_parser("health", help="the container healthcheck: exit 0 when what the role needs answers")
@@ -248,6 +279,10 @@ def parser() -> argparse.ArgumentParser:
     runner.add_argument("--slots", type=int, default=4)
     runner.add_argument("--taint", action="append", default=[])
     runner.add_argument("--id", default=f"runner-{default_instance_id()}-{int(time.time())}")
+    runner.add_argument("--once", action="store_true", help="take exactly one job, report it and exit")
+    runner.add_argument(
+        "--idle-timeout", type=float, default=60.0, help="with --once: exit if no job came within this (seconds)"
+    )
     runner.set_defaults(fn=cmd_runner)
 
     submit = sub.add_parser("submit", help="submit a job: orchestrator submit [options] -- CMD [ARGS]")
@@ -275,6 +310,8 @@ def parser() -> argparse.ArgumentParser:
     pool_set.add_argument("--allowed-plans", help="comma-separated plans that may use it ('' for any)")
     pool_set.add_argument("--mode", choices=["shared", "leader"])
     pool_set.add_argument("--paused", action=argparse.BooleanOptionalAction, default=None)
+    pool_set.add_argument("--provisioner", help="start a one-shot worker per job with it (e.g. local)")
+    pool_set.add_argument("--max-workers", type=int, help="live provisioned workers at most; 0 = no cap")
     pool_set.set_defaults(fn=cmd_pool_set)
     sub.add_parser("runners", help="list runners").set_defaults(fn=lambda a, s: _show(s, "/v1/runners"))
     sub.add_parser("status", help="pools and runners at a glance").set_defaults(fn=cmd_status)

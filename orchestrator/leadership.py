@@ -1,10 +1,11 @@
 """Leadership: what one process knows about its own term as a dispatch shard's leader.
 
-The leader service (which holds the lease) writes it; the dispatcher reads it. It is the only
-thing the two share, so neither imports the other. A term is valid until its deadline on this
-process's monotonic clock: the holder stops dispatching on its own once no renewal has succeeded
-within the lease TTL, even if the renewing task is stuck, and the epoch it claims with is
-checked in Postgres for the case where it does not notice in time (paused, partitioned).
+The leader service (which holds the lease) writes it; the leader-only services (the dispatcher,
+the provisioner) read it. It is the only thing they share, so none imports another. A term is
+valid until its deadline on this process's monotonic clock: the holder stops dispatching on its
+own once no renewal has succeeded within the lease TTL, even if the renewing task is stuck, and
+the epoch it claims with is checked in Postgres for the case where it does not notice in time
+(paused, partitioned).
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.store import Fence
+
+if TYPE_CHECKING:
+    from orchestrator.lifecycle import Service
 
 Listener = Callable[[Fence | None], None]
 
@@ -77,3 +82,24 @@ class Leadership:
                 else:  # a term can also end by its deadline passing, with no event
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(changed.wait(), max(self._deadline - self._clock(), 0.001))
+
+
+def leads(leadership: Leadership | None) -> bool:
+    """Whether a leader-only service may act now: this process holds the lease, or the service
+    runs without election (None)."""
+    return leadership is None or leadership.leading
+
+
+def sweep_on_gain(
+    leadership: Leadership | None, service: Service, sweep: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    """Have `service` run `sweep` each time this process gains the lease: what the previous
+    leader left undone is its own now."""
+    if leadership is None:
+        return
+
+    def changed(fence: Fence | None) -> None:
+        if fence is not None and service.running:
+            service.spawn(sweep(), "sweep.gained")
+
+    leadership.on_change(changed)

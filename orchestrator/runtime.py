@@ -13,7 +13,7 @@ import json
 import platform
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from orchestrator import telemetry
@@ -23,6 +23,7 @@ from orchestrator.errors import ConfigurationError
 from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service
 from orchestrator.pools import apply_pools_file
+from orchestrator.provisioning import LocalProvisioner, ProvisionerFactory
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from services.admission import Admission
@@ -30,13 +31,16 @@ from services.api import Api
 from services.capacity import Capacity
 from services.dispatch import Dispatch
 from services.leader import Leader
+from services.provisioner import Provisioning
 from services.runner import Runner
 
 # Start order: those that answer requests before those that make them.
-SERVICES = ("capacity", "admission", "dispatch", "api", "runner")
-# Dispatch always runs under the lease: its leader service starts just before it (and stops just
-# after it, releasing the lease for a standby).
-_ORDER = ("capacity", "admission", "leader", "dispatch", "api", "runner")
+SERVICES = ("capacity", "admission", "dispatch", "provisioner", "api", "runner")
+# Dispatch and the provisioner always run under the lease: its leader service starts just before
+# them (and stops just after them, releasing the lease for a standby).
+_ORDER = ("capacity", "admission", "leader", "dispatch", "provisioner", "api", "runner")
+# Provisioners a pool can name without an entry point or import path (orchestrator/provisioning.py).
+PROVISIONERS: Mapping[str, ProvisionerFactory] = {"local": LocalProvisioner}
 
 _log = telemetry.get_logger("runtime")
 
@@ -62,12 +66,15 @@ class Runtime:
         *,
         migrate: bool = False,
         runner: Runner | None = None,
+        provisioners: Mapping[str, ProvisionerFactory] | None = None,
     ) -> None:
         unknown = sorted(set(services) - set(SERVICES))
         if unknown:
             raise ConfigurationError(f"unknown services {unknown}: choose from {list(SERVICES)} or 'all'")
         self.settings = settings
-        self.names = [name for name in _ORDER if name in services or (name == "leader" and "dispatch" in services)]
+        leased = {"dispatch", "provisioner"} & set(services)
+        self.names = [name for name in _ORDER if name in services or (name == "leader" and leased)]
+        self.provisioners = {**PROVISIONERS, **(provisioners or {})}
         self.migrate = migrate
         self._runner = runner
         self.embedded = settings.nats_url is None and settings.database_url is None
@@ -127,6 +134,8 @@ class Runtime:
             return Leader(s, store, bus, self.leadership)
         if name == "dispatch":
             return Dispatch(s, store, bus, leadership=self.leadership)
+        if name == "provisioner":
+            return Provisioning(s, store, bus, self.provisioners, leadership=self.leadership)
         if name == "api":
             return Api(s, store, bus)
         return self._runner or Runner(

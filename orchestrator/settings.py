@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # Postgres ends a session idle inside a transaction for this long: a paused (SIGSTOP) or
     # partitioned ex-leader must not hold the epoch and pool row locks its successor needs.
     db_idle_in_transaction_s: float = 10.0
+    # Leader-mode pools (seed 002): capacity re-elects on every runner change, and every pool on this
+    # timer in case an event was lost.
+    leader_check_interval_s: float = Field(default=60.0, gt=0)
 
     # Leader election (services/leader.py): every dispatch instance contends for the lease of its
     # shard, a NATS KV key with a per-message TTL (whole seconds, at least 1), renewed well inside

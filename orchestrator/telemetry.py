@@ -42,6 +42,14 @@ def setup(service_name: str = "orchestrator", *, record: bool | None = None) -> 
     trace.set_tracer_provider(provider)
 
 
+def shutdown() -> None:
+    """Export what is still batched: for a process that ends without running its exit handlers
+    (a forked worker), where the provider's own shutdown at exit never comes."""
+    provider = trace.get_tracer_provider()
+    if _configured and isinstance(provider, TracerProvider):
+        provider.shutdown()
+
+
 def recording() -> bool:
     """Whether spans are recorded: callers skip building span links and attributes when not."""
     return _configured

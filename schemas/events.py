@@ -147,6 +147,34 @@ class RunnerHeartbeat(Envelope):
     running: list[UUID] = Field(default_factory=list)
 
 
+class RunnerDraining(Envelope):
+    """From a runner that is leaving (stopping, or a one-shot worker that took its one job): it
+    takes nothing more. Answered with a `Reply` once recorded."""
+
+    type: Literal["RunnerDraining"] = "RunnerDraining"
+    runner_id: str
+    pool: str
+
+
+class RunnerTaintsChanged(Envelope):
+    """An operator changed a runner's taints (committed): its pool's leader is re-elected."""
+
+    type: Literal["RunnerTaintsChanged"] = "RunnerTaintsChanged"
+    runner_id: str
+    pool: str
+    taints: list[str]
+
+
+class PoolLeaderChanged(Envelope):
+    """A leader-mode pool's elected runner changed: `leader` takes its jobs from now on (None: no
+    healthy runner, its jobs wait). Not the dispatch leader (`LeaderElected`)."""
+
+    type: Literal["PoolLeaderChanged"] = "PoolLeaderChanged"
+    pool: str
+    leader: str | None
+    previous: str | None
+
+
 class LeaderElected(Envelope):
     """A dispatch instance took the lease of `shard`; `epoch` (the lease revision) fences its claims."""
 

@@ -67,6 +67,8 @@ class JobSpec(Model):
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     max_attempts: int = Field(default=3, ge=1, le=100)
     abandon_after_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    # Taints this job tolerates: a tainted runner takes only jobs tolerating all its taints (seed 002).
+    tolerations: list[Label] = Field(default_factory=list, max_length=64)
 
     @field_validator("payload")
     @classmethod
@@ -78,6 +80,7 @@ class JobSpec(Model):
         """The spec as compared for idempotency: same key + same canonical spec = same job."""
         data = self.model_dump(mode="json", exclude={"key"})
         data["labels"] = sorted(set(data["labels"]))
+        data["tolerations"] = sorted(set(data["tolerations"]))
         return data
 
 
@@ -94,6 +97,7 @@ class JobView(Model):
     timeout_s: float | None
     max_attempts: int
     abandon_after_s: float | None
+    tolerations: list[str]
     attempt: int
     runner_id: str | None
     exit_code: int | None

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints, field_validator
+from pydantic_core import PydanticCustomError
 
 from schemas.base import Model
 from schemas.jobs import Label, Name
 
 # Stored as Postgres `integer`: keep values inside it so a typo is a 422, not a database error.
 _INT32 = {"ge": -(2**31), "le": 2**31 - 1}
+# A provisioner's name: a registered one (`local`), an entry point, or `package.module:factory`.
+ProvisionerName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,255}$")]
 
 
 class PoolConfig(Model):
@@ -31,6 +34,22 @@ class PoolConfig(Model):
     allowed_plans: list[Name] = Field(default_factory=list, max_length=256, description="none = any plan")
     mode: Literal["shared", "leader"] = "shared"
     paused: bool = Field(default=False, description="jobs are admitted and wait; nothing is dispatched")
+    provisioner: ProvisionerName | None = Field(
+        default=None, description="starts a one-shot worker per queued job (orchestrator/provisioning.py); none = off"
+    )
+    max_workers: int = Field(
+        default=0, description="live provisioned workers at most, counted from the provisioner; 0 = no cap", **_INT32
+    )
+
+    @field_validator("max_workers")
+    @classmethod
+    def _fleet_cap(cls, value: int) -> int:
+        # Unlike the other caps, negative does not mean unlimited (0 does): refuse it, by name.
+        if value < 0:
+            raise PydanticCustomError(
+                "max_workers", "must be 0 (no cap) or a positive number of workers, got {value}", {"value": value}
+            )
+        return value
 
     def unrunnable(self, pool: str, labels: Iterable[str], plan: str | None) -> tuple[str, str] | None:
         """Why a job needing `labels` under `plan` can never run here, as (field, message); None if it can."""
@@ -50,6 +69,8 @@ class PoolConfig(Model):
 
 class PoolView(PoolConfig):
     name: Name
+    # Leader mode: the runner elected to take the pool's jobs (None: no healthy untainted runner).
+    leader_runner_id: str | None = None
     created_at: datetime
     updated_at: datetime
 

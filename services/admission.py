@@ -149,6 +149,7 @@ def new_job(key: str | None, spec: JobSpec, token: str, trace_context: dict[str,
         abandon_after_s=spec.abandon_after_s,
         token_hash=token_hash(token),
         trace_context=trace_context,
+        tolerations=sorted(set(spec.tolerations)),
     )
 
 

@@ -25,9 +25,16 @@ from orchestrator.lifecycle import Service
 from orchestrator.pools import PoolChange, change_pool
 from orchestrator.settings import Settings
 from orchestrator.store import Store
-from schemas.events import AdmissionResult, JobCancelRequested, JobSubmitted, error_from_validation
+from schemas.events import (
+    AdmissionResult,
+    JobCancelRequested,
+    JobSubmitted,
+    RunnerTaintsChanged,
+    error_from_validation,
+)
 from schemas.jobs import JobSpec, JobState, JobView, Name
 from schemas.pools import PoolConfig, PoolView
+from schemas.runners import RunnerTaints
 
 _tracer = telemetry.tracer("orchestrator.api")
 ADMISSION_TIMEOUT_S = 10.0
@@ -105,6 +112,7 @@ class Api(Service):
         app.router.add_patch("/v1/pools/{name}", self.patch_pool)
         app.router.add_get("/v1/rejections", self.list_rejections)
         app.router.add_get("/v1/runners", self.list_runners)
+        app.router.add_put("/v1/runners/{id}/taints", self.set_runner_taints)
         app.router.add_get("/v1/leader", self.get_leader)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
@@ -271,6 +279,23 @@ class Api(Service):
 
     async def list_runners(self, request: web.Request) -> web.Response:
         return json_response({"runners": await self.store.runner_list()})
+
+    async def set_runner_taints(self, request: web.Request) -> web.Response:
+        """Set a runner's taints; capacity re-elects its pool's leader when it hears of it."""
+        try:
+            body = RunnerTaints.model_validate_json(await request.read())
+        except ValidationError as exc:
+            error = error_from_validation(exc)
+            return error_response(STATUS[error.code], error.code, error.message, error.field)
+        runner_id = request.match_info["id"]
+        row = await self.store.runner_set_taints(runner_id, body.taints)
+        if row is None:
+            return error_response(404, "not_found", f"no runner {runner_id!r}", "id")
+        await self.bus.publish(
+            self.bus.subjects.runner_taints_changed,
+            RunnerTaintsChanged(runner_id=row["id"], pool=row["pool"], taints=row["taints"]),
+        )
+        return json_response(row)
 
     async def get_leader(self, request: web.Request) -> web.Response:
         """The dispatch shard's newest term as recorded in Postgres (holder, epoch, since), and

@@ -6,6 +6,14 @@ runner a job is assigned to, for that very attempt, so a stale assignment never 
 Whenever capacity in a pool appears or grows (a job ended, a runner joined, jobs were released
 from a lost runner) it publishes `SlotAvailable{pool, free}`, which wakes the dispatcher at once.
 
+It also elects each leader-mode pool's leader runner (seed 002): the oldest active runner without
+a taint, stored on the pool row so the claim step offers that pool's work to it alone. Election
+is one statement in Postgres, re-run for a pool on every change of its runners (registration,
+a suspect runner answering again, loss, drain, taints changed by an operator, the pool's
+mode changed) and for every pool
+every `leader_check_interval_s`, so a lost event is corrected there; a change is announced with
+`PoolLeaderChanged`, and a new leader with `SlotAvailable` so the dispatcher wakes.
+
 Counts are never stored: the free capacity of a pool is derived from job rows, so no slot can
 leak. A sweep marks runners lost after `runner_ttl_s` of silence and releases their jobs; a
 runner that cannot reach capacity for most of that TTL kills its jobs first (see the runner), so a
@@ -30,9 +38,13 @@ from schemas.events import (
     ErrorDetail,
     JobFinished,
     JobStarted,
+    PoolLeaderChanged,
+    PoolUpdated,
     Reply,
+    RunnerDraining,
     RunnerHeartbeat,
     RunnerRegistered,
+    RunnerTaintsChanged,
     SlotAvailable,
 )
 
@@ -63,10 +75,15 @@ class Capacity(Service):
             (s.runner_heartbeat, RunnerHeartbeat, self._on_heartbeat),
             (s.runner_start, JobStarted, self._on_start),
             (s.runner_finish, JobFinished, self._on_finish),
+            (s.runner_drain, RunnerDraining, self._on_drain),
+            (s.runner_taints_changed, RunnerTaintsChanged, self._on_taints_changed),
+            (s.pool_updated(), PoolUpdated, self._on_pool_updated),
         ):
             sub = await self.bus.subscribe(subject, model, handler, queue=self.name, concurrent=True)
             self.on_cleanup(sub.unsubscribe)
         self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "runner sweep"), "sweep")
+        self.spawn(every(self.settings.leader_check_interval_s, self.elect, self.log, "leader check"), "elect")
+        await self.elect()
 
     async def _on_register(self, event: RunnerRegistered, msg: Msg) -> Reply:
         try:
@@ -82,6 +99,7 @@ class Capacity(Service):
         except NotFound as exc:
             return refused("unknown_pool", str(exc))
         self.log.info("runner %s registered in %s with %d slots", event.runner_id, event.pool, event.slots)
+        await self.elect(event.pool)
         await self._announce_free({event.pool, *(job["pool"] for job in released)})
         return OK
 
@@ -90,8 +108,22 @@ class Capacity(Service):
         if before is None:
             return refused("unknown_runner", f"runner {event.runner_id!r} is not registered (or was lost)")
         if before["state"] == "suspect":  # it answers again: its slots count again
+            await self.elect(before["pool"])
             await self._announce_free({before["pool"]})
         return OK
+
+    async def _on_drain(self, event: RunnerDraining, msg: Msg) -> Reply:
+        pool = await self.store.runner_drain(event.runner_id)
+        if pool is not None:
+            await self.elect(pool)
+        return OK
+
+    async def _on_taints_changed(self, event: RunnerTaintsChanged, msg: Msg) -> None:
+        await self.elect(event.pool)
+        await self._announce_free({event.pool})  # an untainted runner may take jobs now
+
+    async def _on_pool_updated(self, event: PoolUpdated, msg: Msg) -> None:
+        await self.elect(event.pool)  # put into leader mode (or out of it): elect (or forget) now
 
     async def _on_start(self, event: JobStarted, msg: Msg) -> Reply:
         pool = await self._starts.submit(event)
@@ -129,10 +161,20 @@ class Capacity(Service):
         # us yet, and their silence says nothing. Judge no one before a full TTL has passed.
         if time.monotonic() - self._started_at < self.settings.runner_ttl_s:
             return
-        released = await self.store.runner_mark_lost(self.settings.runner_ttl_s)
+        lost, released = await self.store.runner_mark_lost(self.settings.runner_ttl_s)
+        for pool in {r["pool"] for r in lost}:
+            await self.elect(pool)
         if released:
             self.log.warning("released %d jobs from lost runners", len(released))
             await self._announce_free({job["pool"] for job in released})
+
+    async def elect(self, pool: str | None = None) -> None:
+        """Re-elect the leader of `pool` (or of every leader-mode pool) and announce changes."""
+        for change in await self.store.pool_elect_leader(pool):
+            self.log.info("pool %s leader: %s -> %s", change["pool"], change["previous"], change["leader"])
+            await self.bus.publish(self.bus.subjects.pool_leader_changed(change["pool"]), PoolLeaderChanged(**change))
+            if change["leader"] is not None:
+                await self._announce_free({change["pool"]})
 
     async def _announce_free(self, pools: Iterable[str]) -> None:
         for pool in pools:

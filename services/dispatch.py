@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.errors import OrchestratorError, RequestFailed, StoreUnavailable
-from orchestrator.leadership import Leadership
+from orchestrator.leadership import Leadership, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
 from orchestrator.settings import Settings
 from orchestrator.store import Fence, Store
@@ -81,8 +81,7 @@ class Dispatch(Service):
             sub = await self.bus.subscribe(subject, PoolMention, self._on_wake)
             self.on_cleanup(sub.unsubscribe)
         self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "dispatch sweep"), "sweep")
-        if self.leadership is not None:
-            self.leadership.on_change(self._on_leadership)
+        sweep_on_gain(self.leadership, self, self.sweep)
         await self.sweep()
 
     async def on_stop(self) -> None:
@@ -97,19 +96,12 @@ class Dispatch(Service):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    def _leading(self) -> bool:
-        return self.leadership is None or self.leadership.leading
-
-    def _on_leadership(self, fence: Fence | None) -> None:
-        if fence is not None and self.running:
-            self.spawn(self.sweep(), "sweep.gained")
-
     async def _on_wake(self, event: PoolMention, msg: Msg) -> None:
         self.wake(event.pool)
 
     async def sweep(self) -> None:
         """Every pool with queued jobs, and the assignments nobody started (Postgres is the truth)."""
-        if not self._leading():
+        if not leads(self.leadership):
             return
         requeued = await self.store.job_requeue_unstarted(self.settings.assigned_stale_s)
         if requeued:
@@ -118,7 +110,7 @@ class Dispatch(Service):
             self.wake(pool)
 
     def wake(self, pool: str) -> None:
-        if not self.running or not self._leading():
+        if not self.running or not leads(self.leadership):
             return
         if pool in self._drains:
             self._again.add(pool)

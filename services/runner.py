@@ -7,8 +7,13 @@ runs `payload.command` as a subprocess with `payload.env` / `payload.cwd` and th
 and reports the end until the report is acknowledged. A job without a command is a reservation:
 the slot is held until the job is cancelled or its timeout runs out.
 
-On stop it drains: no new assignments, running jobs get `stop_timeout_s` to finish, then are
-killed and left for the next registration (or the lost-runner sweep) to release.
+On stop it drains: it tells capacity it takes nothing more (so a leader-mode pool elects another
+leader at once), running jobs get `stop_timeout_s` to finish, then are killed and left for the
+next registration (or the lost-runner sweep) to release.
+
+With `once` it is a provisioned worker (seed 001): it takes exactly one job, drains as soon as
+it has it (so its slot is never offered again), and sets `finished` when that job has ended, or
+when no job came within `idle_timeout_s`; its owner (`orchestrator runner --once`) then exits.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from schemas.events import (
     JobFinished,
     JobStarted,
     Reply,
+    RunnerDraining,
     RunnerHeartbeat,
     RunnerRegistered,
 )
@@ -47,6 +53,8 @@ _tracer = telemetry.tracer("orchestrator.runner")
 Outcome = tuple[JobState, int | None, str | None]
 Execute = Callable[[JobAssigned], Awaitable[Outcome]]
 REQUEST_TIMEOUT_S = 5.0
+# The drain notice is a courtesy (silence is detected anyway): never hold a stop up for long.
+DRAIN_TIMEOUT_S = 1.0
 
 
 class _Running:
@@ -73,6 +81,8 @@ class Runner(Service):
         slots: int,
         taints: list[str] | None = None,
         execute: Execute | None = None,
+        once: bool = False,
+        idle_timeout_s: float | None = None,
     ) -> None:
         super().__init__()
         # How a job runs: a subprocess by default; the benchmark's simulated runners pass a no-op.
@@ -86,6 +96,11 @@ class Runner(Service):
         self.taints = taints or []
         self._jobs: dict[UUID, _Running] = {}
         self._accepting = False
+        self.once = once
+        self.idle_timeout_s = idle_timeout_s
+        self._took_one = asyncio.Event()
+        # `once`: its one job has ended (or none came in time); the worker may exit.
+        self.finished = asyncio.Event()
         # Requests for jobs that start or end together travel together (one message, one reply).
         self._starts: Batcher[JobStarted, Reply] = Batcher(self._send(bus.subjects.runner_start))
         self._finishes: Batcher[JobFinished, Reply] = Batcher(self._send(bus.subjects.runner_finish))
@@ -112,9 +127,12 @@ class Runner(Service):
         self._accepting = True
         await self._register()
         self.spawn(self._heartbeat(), "heartbeat")
+        if self.once and self.idle_timeout_s is not None:
+            self.spawn(self._idle_exit(self.idle_timeout_s), "idle")
 
     async def on_stop(self) -> None:
         self._accepting = False
+        await self._drain()
         tasks = [job.task for job in self._jobs.values() if job.task]
         if tasks:
             self.log.info("draining %d running jobs", len(tasks))
@@ -139,6 +157,24 @@ class Runner(Service):
         reply = await self.bus.request(self.bus.subjects.runner_register, event, Reply, REQUEST_TIMEOUT_S)
         if not reply.ok:
             raise OrchestratorError(f"registration refused: {reply.error.message if reply.error else reply}")
+
+    async def _drain(self) -> None:
+        """Tell capacity this runner takes nothing more (best effort: the lost sweep covers silence)."""
+        event = RunnerDraining(runner_id=self.runner_id, pool=self.pool)
+        try:
+            await self.bus.request(self.bus.subjects.runner_drain, event, Reply, DRAIN_TIMEOUT_S)
+        except Exception as exc:  # leaving anyway (NATS may be gone too)
+            self.log.info("drain notice not delivered: %s", exc)
+
+    async def _idle_exit(self, timeout_s: float) -> None:
+        """A worker nobody gave a job (another runner took it) must not hold a fleet slot forever."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._took_one.wait(), timeout_s)
+            return
+        self._accepting = False
+        if not self._took_one.is_set():  # an assignment may have won the race
+            await self._drain()
+            self.finished.set()
 
     async def _heartbeat(self) -> None:
         """Heartbeat; and fence itself: a runner that capacity may have declared lost kills its
@@ -183,6 +219,9 @@ class Runner(Service):
             return Reply(ok=False, error=ErrorDetail(code="no_slot", message=f"{self.runner_id} has no free slot"))
         job = _Running(event)
         self._jobs[event.job_id] = job
+        if self.once:
+            self._accepting = False
+            self._took_one.set()
         job.task = asyncio.create_task(self._run(job), name=f"runner.job.{event.job_id}")
         return Reply(ok=True)
 
@@ -196,6 +235,8 @@ class Runner(Service):
     async def _run(self, job: _Running) -> None:
         e = job.event
         try:
+            if self.once:  # before it runs, so its slot is not offered again when the job ends
+                await self._drain()
             context = telemetry.extract(e.trace_context) if e.trace_context else None
             with _tracer.start_as_current_span(
                 "run", context=context, attributes={"orchestrator.job_id": str(e.job_id)}
@@ -228,6 +269,8 @@ class Runner(Service):
                 )
         finally:
             self._jobs.pop(e.job_id, None)
+            if self.once:
+                self.finished.set()
 
     async def _execute(self, job: _Running) -> Outcome:
         payload: dict[str, Any] = job.event.payload

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from orchestrator.bus import Bus
+from orchestrator.store import Store
 
 T = TypeVar("T")
 
@@ -24,6 +25,20 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def in_flight_peak(store: Store, pool: str | None = None) -> int:
+    """The most jobs (of `pool`, or of all) that ever held a slot at one instant, from the history
+    in Postgres: +1 at each assignment, -1 at each end."""
+    async with store._conn() as conn:
+        peak = await conn.fetchval(
+            """SELECT max(n) FROM (SELECT sum(d) OVER (ORDER BY t, d) AS n FROM (
+                   SELECT assigned_at AS t, 1 AS d FROM jobs WHERE $1::text IS NULL OR pool = $1
+                   UNION ALL
+                   SELECT finished_at, -1 FROM jobs WHERE $1::text IS NULL OR pool = $1) e) s""",
+            pool,
+        )
+    return int(peak or 0)
 
 
 class Listener:

@@ -56,7 +56,9 @@ async def test_runnable_job_is_found_without_scanning_unrunnable_ones(store: Sto
     async with store._conn() as conn:
         tx = conn.transaction()
         await tx.start()
-        plan = await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + Q["job_claim"], "default", ["linux"], 10, None)
+        plan = await conn.fetchval(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + Q["job_claim"], "default", ["linux"], 10, None, []
+        )
         await tx.rollback()
     scanned = _rows_read_from(json.loads(plan) if isinstance(plan, str) else plan, "jobs_queued_idx")
     assert 1 <= scanned <= 10, f"the claim read {scanned} index rows"

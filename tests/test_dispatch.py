@@ -22,7 +22,7 @@ from schemas.events import CapacityUnknown, Reply, RunnerRegistered
 from services.dispatch import Dispatch
 from services.runner import Runner
 from tests import factories
-from tests.support import Listener, eventually
+from tests.support import Listener, eventually, in_flight_peak
 
 
 async def count(store: Store, sql: str, *args: object) -> int:
@@ -65,12 +65,7 @@ async def test_backlog_drains_under_the_cap_and_all_succeed(system: Runtime, bus
             await r.stop()
     assert 1 < peak <= 5
     # The history agrees: at no instant did more than 5 jobs hold a slot.
-    history_peak = await count(
-        store,
-        """SELECT max(n) FROM (SELECT sum(d) OVER (ORDER BY t, d) AS n FROM (
-               SELECT assigned_at AS t, 1 AS d FROM jobs UNION ALL SELECT finished_at, -1 FROM jobs) e) s""",
-    )
-    assert history_peak <= 5
+    assert await in_flight_peak(store) <= 5
     assert await count(store, "SELECT count(*) FROM jobs WHERE attempt <> 1") == 0
 
 

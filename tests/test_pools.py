@@ -73,6 +73,8 @@ async def test_put_patch_and_get_pools(http: aiohttp.ClientSession, bus: Bus) ->
         ("PATCH", {"json": {"paused": "maybe"}}, 422, "invalid", "paused"),
         ("PATCH", {"json": {"max_concurrent": None}}, 422, "invalid", "max_concurrent"),
         ("PATCH", {"json": {"name": "other"}}, 422, "invalid", "name"),
+        ("PATCH", {"json": {"max_workers": -1}}, 422, "invalid", "max_workers"),
+        ("PUT", {"json": {"provisioner": "no spaces"}}, 422, "invalid", "provisioner"),
     ],
 )
 async def test_bad_pool_bodies_name_the_field_and_change_nothing(
@@ -219,3 +221,9 @@ async def test_cli_pool_set(
     capsys.readouterr()
     assert await cli("pool", "set", "gpu", "--max-concurrent", "99999999999") == 2
     assert "max_concurrent" in capsys.readouterr().err
+    assert await cli("pool", "set", "gpu", "--provisioner", "local", "--max-workers", "2") == 0
+    pool = await store.pool_get("gpu")
+    assert pool is not None and (pool["provisioner"], pool["max_workers"]) == ("local", 2)
+    capsys.readouterr()
+    assert await cli("pool", "set", "gpu", "--max-workers", "-1") == 2
+    assert "max_workers: must be 0 (no cap)" in capsys.readouterr().err

@@ -59,6 +59,14 @@ class Subjects:
     def runner_finish(self) -> str:
         return f"{self.root}.runners.finish"
 
+    @property
+    def runner_drain(self) -> str:
+        return f"{self.root}.runners.drain"
+
+    @property
+    def runner_taints_changed(self) -> str:
+        return f"{self.root}.runners.taints"
+
     def slot_available(self, pool: str = "*") -> str:
         return f"{self.root}.slots.available.{pool}"
 
@@ -79,3 +87,7 @@ class Subjects:
 
     def pool_updated(self, pool: str = "*") -> str:
         return f"{self.root}.pools.updated.{pool}"
+
+    def pool_leader_changed(self, pool: str = "*") -> str:
+        """A leader-mode pool's elected runner changed (seed 002)."""
+        return f"{self.root}.pools.leader.{pool}"

@@ -10,7 +10,11 @@ CREATE TABLE pools (
     mode            text NOT NULL DEFAULT 'shared' CHECK (mode IN ('shared', 'leader')),
     paused          boolean NOT NULL DEFAULT false,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    updated_at      timestamptz NOT NULL DEFAULT now()
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    leader_runner_id text,                            -- leader mode: the elected runner (NULL: none)
+    provisioner     text,                             -- starts a one-shot worker per job (NULL: none)
+    max_workers     integer NOT NULL DEFAULT 0        -- live provisioned workers at most; 0 = no cap
+                    CONSTRAINT pools_max_workers_check CHECK (max_workers >= 0)
 );
 
 CREATE TABLE runners (
@@ -26,8 +30,10 @@ CREATE TABLE runners (
     last_seen_at    timestamptz NOT NULL DEFAULT now()
 );
 
--- A shape is what a queued job needs: its pool, labels and tenant. Runners match shapes, not
--- jobs, so finding a runnable job never scans jobs no free runner can take (seed 004), and
+ALTER TABLE pools ADD FOREIGN KEY (leader_runner_id) REFERENCES runners (id);
+
+-- A shape is what a queued job needs: its pool, labels, tenant and tolerations. Runners match
+-- shapes, not jobs, so finding a runnable job never scans jobs no free runner can take (seed 004), and
 -- `served_at` gives round-robin across shapes (so across tenants) within a priority.
 CREATE TABLE job_shapes (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -35,7 +41,8 @@ CREATE TABLE job_shapes (
     labels          text[] NOT NULL,                  -- sorted, distinct
     tenant          text NOT NULL DEFAULT '',
     served_at       timestamptz,
-    UNIQUE (pool, labels, tenant)
+    tolerations     text[] NOT NULL DEFAULT '{}',     -- sorted, distinct
+    UNIQUE (pool, labels, tenant, tolerations)
 );
 
 CREATE TABLE jobs (
@@ -66,7 +73,8 @@ CREATE TABLE jobs (
     assigned_at     timestamptz,
     started_at      timestamptz,
     finished_at     timestamptz,
-    claim_epoch     bigint                            -- the leader term that claimed it (NULL: no lease)
+    claim_epoch     bigint,                           -- the leader term that claimed it (NULL: no lease)
+    tolerations     text[] NOT NULL DEFAULT '{}'      -- taints it tolerates (a tainted runner takes it)
 );
 
 CREATE TABLE dispatch_epochs (

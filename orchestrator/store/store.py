@@ -46,6 +46,7 @@ class NewJob:
     abandon_after_s: float | None
     token_hash: bytes | None
     trace_context: dict[str, str]
+    tolerations: list[str] = field(default_factory=list)  # sorted, distinct
 
 
 _NEW_JOB_FIELDS = [f.name for f in fields(NewJob)]
@@ -72,12 +73,13 @@ def _storable(value: Any) -> Any:
     return value.replace("\x00", "\\u0000") if isinstance(value, str) else value
 
 
-ShapeKey = tuple[str, tuple[str, ...], str]
+ShapeKey = tuple[str, tuple[str, ...], str, tuple[str, ...]]
 
 
-def shape_key(pool: str, labels: Sequence[str], tenant: str | None) -> ShapeKey:
-    """What a job needs, as its shape: pool, sorted distinct labels, tenant ('' for none)."""
-    return (pool, tuple(sorted(set(labels))), tenant or "")
+def shape_key(pool: str, labels: Sequence[str], tenant: str | None, tolerations: Sequence[str] = ()) -> ShapeKey:
+    """What a job needs, as its shape: pool, sorted distinct labels, tenant ('' for none), and
+    the sorted distinct taints it tolerates."""
+    return (pool, tuple(sorted(set(labels))), tenant or "", tuple(sorted(set(tolerations))))
 
 
 class AdmissionTx:
@@ -109,7 +111,8 @@ class AdmissionTx:
         if not jobs:
             return []
         columns = [[getattr(job, name) for job in jobs] for name in _NEW_JOB_FIELDS]
-        columns[_NEW_JOB_FIELDS.index("labels")] = [json.dumps(job.labels) for job in jobs]  # see job_insert_many
+        for ragged in ("labels", "tolerations"):  # see job_insert_many
+            columns[_NEW_JOB_FIELDS.index(ragged)] = [json.dumps(getattr(job, ragged)) for job in jobs]
         columns.append([await self.shape_id(job) for job in jobs])
         by_key = {job.key: job for job in jobs}
         rows = [dict(r) for r in await self._conn.fetch(Q["job_insert_many"], *columns)]
@@ -119,11 +122,11 @@ class AdmissionTx:
         return rows
 
     async def shape_id(self, job: NewJob) -> int:
-        key = shape_key(job.pool, job.labels, job.tenant)
+        key = shape_key(job.pool, job.labels, job.tenant, job.tolerations)
         shape_id = self._shapes.get(key) or self.new_shapes.get(key)
         if shape_id is None:
             # In this transaction: the pool's admission lock already serializes its shape creation.
-            args = (key[0], list(key[1]), key[2])
+            args = (key[0], list(key[1]), key[2], list(key[3]))
             shape_id = await self._conn.fetchval(Q["job_shape_insert"], *args) or await self._conn.fetchval(
                 Q["job_shape_get"], *args
             )
@@ -157,6 +160,8 @@ class PoolChangeTx:
             list(config["allowed_plans"]),
             config["mode"],
             config["paused"],
+            config["provisioner"],
+            config["max_workers"],
         )
         return dict(row)
 
@@ -273,6 +278,20 @@ class Store:
         async with self._conn() as conn:
             return [r["name"] for r in await conn.fetch(Q["pool_list_with_queued"])]
 
+    async def pool_elect_leader(self, pool: str | None = None) -> list[dict[str, Any]]:
+        """Elect leader-mode pools' leaders (`pool`, or all); the changes as {pool, previous, leader}."""
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["pool_elect_leader"], pool)]
+
+    async def pools_provisioned(self) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["pool_list_provisioned"])]
+
+    async def pool_fleet_demand(self, pool: str, max_queued: int) -> dict[str, Any] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["pool_fleet_demand"], pool, max_queued)
+        return dict(row) if row else None
+
     # --- admission and pool changes -----------------------------------------------------------
 
     @contextlib.asynccontextmanager
@@ -354,16 +373,16 @@ class Store:
         runners = await conn.fetch(Q["runner_free_slots"], pool)
         if not runners:
             return ClaimStep("no_runner")
-        # Runners with the same labels can take the same jobs: claim once per label set.
-        groups: dict[tuple[str, ...], list[list[Any]]] = {}
+        # Runners with the same labels and taints can take the same jobs: claim once per such set.
+        groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[list[Any]]] = {}
         for r in runners:
-            groups.setdefault(tuple(sorted(r["labels"])), []).append([r["id"], r["free"]])
+            groups.setdefault((tuple(sorted(r["labels"])), tuple(sorted(r["taints"]))), []).append([r["id"], r["free"]])
         assignments: list[dict[str, Any]] = []
-        for labels, members in groups.items():
+        for (labels, taints), members in groups.items():
             if budget <= 0:
                 break
             want = min(budget, sum(free for _, free in members))
-            claimed = await conn.fetch(Q["job_claim"], pool, list(labels), want, epoch)
+            claimed = await conn.fetch(Q["job_claim"], pool, list(labels), want, epoch, list(taints))
             for row in claimed:
                 member = max(members, key=lambda m: m[1])  # spread over the freest runners
                 member[1] -= 1
@@ -431,14 +450,33 @@ class Store:
         async with self._conn() as conn:
             await conn.execute(Q["runner_mark_suspect"], runner_id)
 
-    async def runner_mark_lost(self, ttl_s: float, now: datetime | None = None) -> list[dict[str, Any]]:
-        """Mark silent runners lost and release their jobs; returns the released jobs."""
+    async def runner_mark_lost(
+        self, ttl_s: float, now: datetime | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Mark silent runners lost and release their jobs; returns the lost runners (id, pool)
+        and the released jobs."""
         async with self._tx() as conn:
             lost = await conn.fetch(Q["runner_mark_lost"], ttl_s, now)
             if not lost:
-                return []
+                return [], []
             released = await conn.fetch(Q["job_release_from_runners"], [r["id"] for r in lost], [])
-        return [dict(r) for r in released]
+        return [dict(r) for r in lost], [dict(r) for r in released]
+
+    async def runner_drain(self, runner_id: str) -> str | None:
+        """The runner takes nothing more; its pool, or None if it is unknown or lost."""
+        async with self._conn() as conn:
+            return await conn.fetchval(Q["runner_drain"], runner_id)
+
+    async def runner_set_taints(self, runner_id: str, taints: Sequence[str]) -> dict[str, Any] | None:
+        """Set the runner's taints (the exact set); {id, pool, taints}, or None if it is unknown."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["runner_set_taints"], runner_id, list(taints))
+        return dict(row) if row else None
+
+    async def runners_known(self, runner_ids: Sequence[str]) -> set[str]:
+        """Which of `runner_ids` have registered."""
+        async with self._conn() as conn:
+            return {r["id"] for r in await conn.fetch(Q["runner_list_known"], list(runner_ids))}
 
     # --- reads and operator actions ----------------------------------------------------------
 

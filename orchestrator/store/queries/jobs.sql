@@ -1,22 +1,24 @@
 -- Transition timestamps use clock_timestamp(), not the transaction start: they order events as
 -- they committed (a slot freed, then taken), so the history can be checked and measured.
 
--- Admit a batch in one statement. Labels travel as JSON text (one array per job): Postgres arrays
--- cannot be ragged, so a text[][] parameter could not carry them. The jsonb columns are not
--- returned: the caller has them, and decoding them back cost a third of the batch.
+-- Admit a batch in one statement. Labels and tolerations travel as JSON text (one array per
+-- job): Postgres arrays cannot be ragged, so a text[][] parameter could not carry them. The
+-- jsonb columns are not returned: the caller has them, and decoding them back cost a third of
+-- the batch.
 -- name: job_insert_many
 INSERT INTO jobs (id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s,
-                  max_attempts, abandon_after_s, token_hash, trace_context, shape_id)
+                  max_attempts, abandon_after_s, token_hash, trace_context, tolerations, shape_id)
 SELECT r.id, r.key, r.spec, r.pool, ARRAY(SELECT jsonb_array_elements_text(r.labels::jsonb)), r.plan, r.tenant,
        r.priority, r.payload, r.timeout_s, r.max_attempts, r.abandon_after_s, r.token_hash, r.trace_context,
-       r.shape_id
+       ARRAY(SELECT jsonb_array_elements_text(r.tolerations::jsonb)), r.shape_id
 FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[], $8::integer[],
-            $9::jsonb[], $10::float8[], $11::integer[], $12::float8[], $13::bytea[], $14::jsonb[], $15::bigint[])
+            $9::jsonb[], $10::float8[], $11::integer[], $12::float8[], $13::bytea[], $14::jsonb[], $15::text[],
+            $16::bigint[])
      AS r(id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s, max_attempts,
-          abandon_after_s, token_hash, trace_context, shape_id)
+          abandon_after_s, token_hash, trace_context, tolerations, shape_id)
 ON CONFLICT (key) DO NOTHING
-RETURNING id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, abandon_after_s, state, attempt,
-          runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at;
+RETURNING id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, abandon_after_s, tolerations, state,
+          attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at;
 
 -- name: job_get
 SELECT * FROM jobs WHERE id = $1;
@@ -32,7 +34,8 @@ WHERE ($1::text IS NULL OR pool = $1)
 ORDER BY id DESC
 LIMIT $4;
 
--- Claim up to $3 of the best queued jobs of pool $1 that runners with labels $2 can take.
+-- Claim up to $3 of the best queued jobs of pool $1 that runners with labels $2 and taints $5
+-- can take (a job tolerating every one of the taints; any job when there are none).
 -- Only the shapes those runners match are visited, each through its own index range, so the
 -- cost does not grow with jobs queued for other shapes (seed 004). Order: priority, then
 -- round-robin across shapes (the n-th job of each shape before the n+1-th of any; the shape
@@ -41,7 +44,8 @@ LIMIT $4;
 -- $4 is the claiming leader's term (NULL without a lease), recorded with the claim.
 -- name: job_claim
 WITH shapes AS (
-    SELECT id, served_at FROM job_shapes WHERE pool = $1 AND labels <@ $2::text[]
+    SELECT id, served_at FROM job_shapes
+    WHERE pool = $1 AND labels <@ $2::text[] AND tolerations @> $5::text[]
 ), heads AS (
     SELECT q.id, q.priority, s.served_at,
            row_number() OVER (PARTITION BY s.id, q.priority ORDER BY q.id) AS turn
@@ -64,12 +68,12 @@ RETURNING j.id, j.pool, j.shape_id, j.attempt, j.payload, j.timeout_s, j.trace_c
 UPDATE job_shapes SET served_at = clock_timestamp() WHERE id = ANY($1::bigint[]);
 
 -- name: job_shape_insert
-INSERT INTO job_shapes (pool, labels, tenant) VALUES ($1, $2, $3)
-ON CONFLICT (pool, labels, tenant) DO NOTHING
+INSERT INTO job_shapes (pool, labels, tenant, tolerations) VALUES ($1, $2, $3, $4)
+ON CONFLICT (pool, labels, tenant, tolerations) DO NOTHING
 RETURNING id;
 
 -- name: job_shape_get
-SELECT id FROM job_shapes WHERE pool = $1 AND labels = $2 AND tenant = $3;
+SELECT id FROM job_shapes WHERE pool = $1 AND labels = $2 AND tenant = $3 AND tolerations = $4;
 
 -- name: job_set_runner
 UPDATE jobs SET runner_id = r.runner_id

@@ -11,8 +11,8 @@ SELECT * FROM pools WHERE name = $1 FOR NO KEY UPDATE;
 SELECT * FROM pools ORDER BY name;
 
 -- name: pool_upsert
-INSERT INTO pools (name, max_concurrent, max_active, labels, allowed_plans, mode, paused)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
+INSERT INTO pools (name, max_concurrent, max_active, labels, allowed_plans, mode, paused, provisioner, max_workers)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 ON CONFLICT (name) DO UPDATE SET
     max_concurrent = EXCLUDED.max_concurrent,
     max_active = EXCLUDED.max_active,
@@ -20,6 +20,8 @@ ON CONFLICT (name) DO UPDATE SET
     allowed_plans = EXCLUDED.allowed_plans,
     mode = EXCLUDED.mode,
     paused = EXCLUDED.paused,
+    provisioner = EXCLUDED.provisioner,
+    max_workers = EXCLUDED.max_workers,
     updated_at = now()
 RETURNING *;
 
@@ -50,14 +52,15 @@ GROUP BY pool;
 SELECT count(*) FROM jobs
 WHERE pool = $1 AND finished_at > coalesce($2::timestamptz, now()) - interval '60 seconds';
 
--- Free capacity of a pool: the lesser of its cap's headroom and its runners' free slots.
+-- Free capacity of a pool: the lesser of its cap's headroom and its runners' free slots (in
+-- leader mode, its leader's).
 -- name: pool_free
-WITH p AS (SELECT max_concurrent FROM pools WHERE name = $1),
+WITH p AS (SELECT max_concurrent, mode, leader_runner_id FROM pools WHERE name = $1),
      busy AS (SELECT runner_id, count(*) AS n FROM jobs
               WHERE pool = $1 AND state IN ('assigned', 'running') GROUP BY runner_id),
      slots AS (SELECT coalesce(sum(greatest(r.slots - coalesce(b.n, 0), 0)), 0) AS free
-               FROM runners r LEFT JOIN busy b ON b.runner_id = r.id
-               WHERE r.pool = $1 AND r.state = 'active')
+               FROM p, runners r LEFT JOIN busy b ON b.runner_id = r.id
+               WHERE r.pool = $1 AND r.state = 'active' AND (p.mode <> 'leader' OR r.id = p.leader_runner_id))
 SELECT CASE WHEN p.max_concurrent < 0 THEN slots.free
             ELSE least(slots.free, greatest(p.max_concurrent - (SELECT coalesce(sum(n), 0) FROM busy), 0))
        END AS free
@@ -67,3 +70,42 @@ FROM p, slots;
 -- name: pool_list_with_queued
 SELECT p.name FROM pools p
 WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.pool = p.name AND j.state = 'queued');
+
+-- Elect the leader of each leader-mode pool ($1, or every pool when NULL): its oldest active
+-- runner without a taint (the oldest, so a newcomer never takes over: no churn). A pool no
+-- longer in leader mode forgets its leader. Returns only the pools whose leader changed; the
+-- row locks serialize concurrent elections, and the re-checked WHERE drops a repeated change.
+-- name: pool_elect_leader
+WITH elected AS (
+    SELECT p.name, p.leader_runner_id AS previous,
+           CASE WHEN p.mode = 'leader' THEN (
+               SELECT r.id FROM runners r
+               WHERE r.pool = p.name AND r.state = 'active' AND cardinality(r.taints) = 0
+               ORDER BY r.created_at, r.id LIMIT 1)
+           END AS leader
+    FROM pools p
+    WHERE ($1::text IS NULL OR p.name = $1) AND (p.mode = 'leader' OR p.leader_runner_id IS NOT NULL)
+)
+UPDATE pools p SET leader_runner_id = e.leader
+FROM elected e
+WHERE p.name = e.name AND p.leader_runner_id IS DISTINCT FROM e.leader
+RETURNING p.name AS pool, e.previous, e.leader;
+
+-- name: pool_list_provisioned
+SELECT name, provisioner, max_workers FROM pools WHERE provisioner IS NOT NULL ORDER BY name;
+
+-- What a provisioned pool needs: runnable queued jobs (counted up to $2: no more workers than
+-- that are ever spawned at once), jobs in flight, and the free slots of its registered runners.
+-- name: pool_fleet_demand
+WITH busy AS (SELECT runner_id, count(*) AS n FROM jobs
+              WHERE pool = $1 AND state IN ('assigned', 'running') GROUP BY runner_id)
+SELECT p.name, p.provisioner, p.max_workers, p.max_concurrent, p.labels, p.paused,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs j
+                              WHERE j.pool = $1 AND j.state = 'queued'
+                                AND (j.not_before IS NULL OR j.not_before <= now())
+                              LIMIT $2) q) AS queued,
+       (SELECT coalesce(sum(n), 0)::bigint FROM busy) AS in_flight,
+       (SELECT coalesce(sum(greatest(r.slots - coalesce(b.n, 0), 0)), 0)::bigint
+        FROM runners r LEFT JOIN busy b ON b.runner_id = r.id
+        WHERE r.pool = $1 AND r.state = 'active') AS free_slots
+FROM pools p WHERE p.name = $1;

@@ -1,3 +1,4 @@
+-- Registration: the runner is active again, with what it says it offers.
 -- name: runner_upsert
 INSERT INTO runners (id, pool, labels, slots, taints, metadata, state, last_seen_at)
 VALUES ($1, $2, $3, $4, $5, $6, 'active', now())
@@ -5,7 +6,9 @@ ON CONFLICT (id) DO UPDATE SET
     pool = EXCLUDED.pool,
     labels = EXCLUDED.labels,
     slots = EXCLUDED.slots,
-    taints = EXCLUDED.taints,
+    -- An operator's taints (PUT /v1/runners/{id}/taints) outlive the runner's restarts: a cloud
+    -- runner that re-registers must not take back the work moved off it (seed 002).
+    taints = ARRAY(SELECT DISTINCT t FROM unnest(runners.taints || EXCLUDED.taints) AS t ORDER BY t),
     metadata = EXCLUDED.metadata,
     state = 'active',
     last_seen_at = now()
@@ -27,15 +30,32 @@ SELECT r.*, (SELECT count(*) FROM jobs j
              WHERE j.runner_id = r.id AND j.state IN ('assigned', 'running')) AS busy
 FROM runners r ORDER BY r.pool, r.created_at;
 
--- Runners of a pool with free slots, grouped by what they can take (labels), fullest-free first.
+-- Runners of a pool with free slots, fullest-free first, with what they can take (labels and
+-- taints). In a leader-mode pool only its elected leader (none elected: no runner at all).
 -- name: runner_free_slots
 WITH busy AS (SELECT runner_id, count(*) AS n FROM jobs
               WHERE pool = $1 AND state IN ('assigned', 'running') GROUP BY runner_id)
-SELECT r.id, r.labels, r.slots - coalesce(b.n, 0) AS free
-FROM runners r LEFT JOIN busy b ON b.runner_id = r.id
-WHERE r.pool = $1 AND r.state = 'active' AND cardinality(r.taints) = 0
+SELECT r.id, r.labels, r.taints, r.slots - coalesce(b.n, 0) AS free
+FROM runners r JOIN pools p ON p.name = r.pool LEFT JOIN busy b ON b.runner_id = r.id
+WHERE r.pool = $1 AND r.state = 'active'
+  AND (p.mode <> 'leader' OR r.id = p.leader_runner_id)
   AND r.slots > coalesce(b.n, 0)
 ORDER BY free DESC, r.created_at;
+
+-- An operator sets a runner's taints (the exact set). Returns its pool, NULL if unknown.
+-- name: runner_set_taints
+UPDATE runners SET taints = ARRAY(SELECT DISTINCT t FROM unnest($2::text[]) AS t ORDER BY t)
+WHERE id = $1
+RETURNING id, pool, taints;
+
+-- A runner leaving (stopping, or a one-shot worker that took its job) takes nothing more.
+-- name: runner_drain
+UPDATE runners SET state = 'draining' WHERE id = $1 AND state <> 'lost'
+RETURNING pool;
+
+-- Which of these runner ids have registered (a provisioned worker is starting until it has).
+-- name: runner_list_known
+SELECT id FROM runners WHERE id = ANY($1::text[]);
 
 -- Runners silent for longer than the TTL are lost.
 -- name: runner_mark_lost

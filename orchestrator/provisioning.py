@@ -1,0 +1,229 @@
+"""Provisioners: how a pool gets an ephemeral worker per job (seed 001), and the bundled `local` one.
+
+A provisioned worker is a one-shot runner: it registers into the pool under the runner id it was
+given, the dispatcher hands it one job like any runner, it reports the job and exits. So its job
+counts against the pool's `max_concurrent` exactly like a pull runner's; what a provisioner adds
+is the fleet cap (`max_workers`), counted from the provisioner itself before every spawn.
+
+A provisioner is any object with the four methods of `Provisioner`, made by a factory
+`factory(ctx: ProvisionerContext) -> Provisioner`, one instance per pool. A pool names its
+provisioner (`pools.provisioner`), resolved in this order:
+1. a name given to the runtime (`Runtime(provisioners={...})`; bundled: `local`);
+2. an installed entry point in the group `orchestrator.provisioners` (a package ships
+   `[project.entry-points."orchestrator.provisioners"] k8s = "acme_k8s:make"`);
+3. an import path `package.module:factory`.
+A Kubernetes Jobs provisioner, say, creates a Job per `spawn` whose pod runs
+`orchestrator runner --once --pool <pool> --id <request.runner_id> --labels ...` with
+`ORCH_NATS_URL` / `ORCH_NAMESPACE` from the context, labels it with the pool, and counts live
+workers with a label-selected list of Jobs that are not finished (raising when the API call
+fails); `stop` deletes the Job. ECS is the same with RunTask / ListTasks / StopTask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from multiprocessing import forkserver
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from orchestrator import telemetry
+from orchestrator.errors import ConfigurationError
+
+ENTRY_POINT_GROUP = "orchestrator.provisioners"
+_log = telemetry.get_logger("provisioning")
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    """One worker for one queued job of `pool`: it must register as `runner_id` with `labels`."""
+
+    pool: str
+    runner_id: str
+    labels: list[str]
+
+
+@runtime_checkable
+class Provisioner(Protocol):
+    """A pool's source of one-shot workers: the whole interface a plugin implements.
+
+    - Every method runs on the orchestrator's event loop: never block it (an async client, or
+      `asyncio.to_thread` around a blocking one).
+    - One process calls it at a time (the dispatch lease holder), one reconcile at a time per
+      pool: count, then spawn. No locking is needed against a second caller.
+    - `spawn` returns once the start is requested, not when the worker has registered; a worker
+      that has not registered within the start timeout is given to `stop`. A raised error fails
+      that spawn only; the next wake tries again.
+    - `count_live` is the fleet cap's truth (seed 001): count from what the provisioner itself
+      sees (its child processes, the cluster's API), including workers still starting.
+    - Calling `ProvisionerContext.worker_exited` when a worker ends is optional (it re-counts at
+      once rather than at the next sweep).
+    """
+
+    async def spawn(self, request: WorkerRequest) -> str:
+        """Start a worker; return the provisioner's handle for it (given to `stop`)."""
+
+    async def count_live(self) -> int:
+        """Workers of this pool starting or running now. Raise when they cannot be counted: the
+        caller then spawns nothing (never blind past the cap) and retries later."""
+
+    async def stop(self, worker: str) -> None:
+        """Stop a worker, given the handle `spawn` returned (one that never registered, or at
+        shutdown). Stopping one that has already ended is not an error."""
+
+    async def close(self) -> None:
+        """At shutdown: release what this process holds. Workers of a remote fleet keep running
+        their jobs; a local provisioner stops its child processes."""
+
+
+@dataclass(frozen=True)
+class ProvisionerContext:
+    """What a factory gets: the pool, how its workers reach the orchestrator, and a callback to
+    call when a worker exits (optional to use: the caller also re-counts on a timer)."""
+
+    pool: str
+    nats_url: str
+    namespace: str
+    data_dir: Path
+    worker_exited: Callable[[str], None] = lambda worker: None
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+ProvisionerFactory = Callable[[ProvisionerContext], Provisioner]
+
+
+def resolve(name: str, registry: Mapping[str, ProvisionerFactory]) -> ProvisionerFactory:
+    """The factory `name` refers to (see the module docstring), or a ConfigurationError saying why not."""
+    if name in registry:
+        return registry[name]
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    try:
+        if found:
+            return next(iter(found)).load()
+        if ":" in name:
+            module, _, attr = name.partition(":")
+            return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"provisioner {name!r} cannot be loaded: {exc}") from exc
+    raise ConfigurationError(
+        f"provisioner {name!r} is not known: use one of {sorted(registry)}, an entry point in the group "
+        f"{ENTRY_POINT_GROUP!r}, or an import path 'package.module:factory'"
+    )
+
+
+def spawn_budget(
+    *,
+    queued: int,
+    free_slots: int,
+    starting: int,
+    live: int,
+    max_workers: int,
+    max_concurrent: int,
+    in_flight: int,
+) -> int:
+    """How many workers to start now: one per queued job no free or starting runner will take,
+    within the fleet cap (`max_workers`, 0 = none) and the pool's `max_concurrent` headroom (a
+    worker past it would only wait)."""
+    budget = queued - free_slots - starting
+    if max_workers > 0:
+        budget = min(budget, max_workers - live)
+    if max_concurrent >= 0:
+        budget = min(budget, max_concurrent - in_flight - free_slots - starting)
+    return max(budget, 0)
+
+
+# What a local worker imports, loaded once into the fork server: a worker forked from it starts in
+# milliseconds instead of spending ~1 s of CPU importing them itself.
+WORKER_MODULES = ["orchestrator.provisioning", "orchestrator.cli", "orchestrator.bus", "services.runner"]
+# A local worker's name in the process table (`ps`, `top`, /proc/<pid>/comm).
+WORKER_NAME = "orch-worker"
+_FORK_SERVER = multiprocessing.get_context("forkserver")
+
+
+def _worker_main(argv: list[str], env: dict[str, str], log_path: str) -> None:
+    """A local worker, in the process the fork server made for it: its environment, its log and
+    its name, then `orchestrator runner --once ...`."""
+    os.environ.update(env)
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    with contextlib.suppress(OSError):  # Linux only; elsewhere it keeps the server's name
+        Path("/proc/self/comm").write_text(WORKER_NAME)
+    from orchestrator.cli import main
+
+    try:
+        code = main(argv)
+    finally:
+        telemetry.shutdown()  # a forked process ends without running exit handlers
+    sys.exit(code)
+
+
+class LocalProvisioner:
+    """`local`: a one-shot `orchestrator runner --once` process per job, on this machine.
+
+    Workers are forked from a fork server (`multiprocessing`'s, started on the first spawn) that
+    has already imported what a worker runs, so the fleet turns over at the pace of its jobs,
+    not of Python's start-up. They are this process's to count: the live ones are those whose
+    exit the fork server has not reported yet. Output goes to `<data dir>/workers/<id>.log`."""
+
+    def __init__(self, ctx: ProvisionerContext, *, idle_timeout_s: float = 60.0) -> None:
+        self.ctx = ctx
+        self.idle_timeout_s = idle_timeout_s
+        self._procs: dict[str, tuple[BaseProcess, asyncio.Future[None]]] = {}
+
+    async def spawn(self, request: WorkerRequest) -> str:
+        logs = self.ctx.data_dir / "workers"
+        await asyncio.to_thread(logs.mkdir, parents=True, exist_ok=True)
+        # Once per process, off the loop: starting the server imports WORKER_MODULES (~1 s).
+        await asyncio.to_thread(_start_fork_server)
+        argv = [
+            *("runner", "--once", "--pool", request.pool, "--id", request.runner_id, "--slots", "1"),
+            *("--labels", ",".join(request.labels), "--idle-timeout", str(self.idle_timeout_s)),
+        ]
+        env = {**self.ctx.env, "ORCH_NATS_URL": self.ctx.nats_url, "ORCH_NAMESPACE": self.ctx.namespace}
+        log = str(logs / f"{request.runner_id}.log")
+        proc = _FORK_SERVER.Process(target=_worker_main, args=(argv, env, log), name=request.runner_id, daemon=True)
+        proc.start()  # a round trip to the running server (it forks and answers the pid)
+        loop = asyncio.get_running_loop()
+        exited = loop.create_future()
+        self._procs[request.runner_id] = (proc, exited)
+        loop.add_reader(proc.sentinel, self._exited, request.runner_id)
+        return request.runner_id
+
+    def _exited(self, worker: str) -> None:
+        """The fork server reported the worker's exit on its sentinel: it is no longer live."""
+        proc, exited = self._procs.pop(worker)
+        asyncio.get_running_loop().remove_reader(proc.sentinel)
+        proc.join(0)  # reads the exit code the server sent
+        if proc.exitcode:
+            _log.warning("worker %s exited with %s", worker, proc.exitcode)
+        proc.close()
+        exited.set_result(None)
+        self.ctx.worker_exited(worker)
+
+    async def count_live(self) -> int:
+        return len(self._procs)
+
+    async def stop(self, worker: str) -> None:
+        held = self._procs.get(worker)
+        if held is not None:
+            held[0].terminate()  # SIGTERM: the runner drains, its job gets the stop timeout
+            await asyncio.shield(held[1])
+
+    async def close(self) -> None:
+        """Stop every worker this process started."""
+        await asyncio.gather(*(self.stop(worker) for worker in list(self._procs)))
+
+
+def _start_fork_server() -> None:
+    _FORK_SERVER.set_forkserver_preload(WORKER_MODULES)  # only read when the server starts
+    forkserver.ensure_running()

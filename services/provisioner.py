@@ -1,0 +1,235 @@
+"""Provisioner: starts a one-shot worker per queued job in pools that name a provisioner (seed 001).
+
+It is the fleet half of capacity, in its own service so capacity stays small and fleets can be
+run where the provisioner's credentials live. It wakes on `JobAdmitted`, `SlotAvailable`,
+`PoolUpdated`, a worker's exit and the sweep; wakes coalesce into one loop that reconciles each
+woken pool:
+1. forget workers that have registered since they were spawned (they are runners now), and stop
+   those that never did within `start_timeout_s`;
+2. read the pool's demand from Postgres: runnable queued jobs, jobs in flight, free slots of its
+   registered runners (pull runners and idle workers alike);
+3. count live workers from the provisioner itself: a failed count spawns nothing (never blind
+   past the cap) and says so (`CapacityUnknown`, counted); the next wake retries;
+4. spawn `spawn_budget(...)` workers: one per queued job that no free or starting runner will
+   take, within `max_workers - live` and the pool's `max_concurrent` headroom.
+At the cap a job simply stays queued (never shed); when a worker exits the fleet has room again:
+the reconcile announces it with `SlotAvailable` and spawns for what still waits. Workers
+register like any runner and the dispatcher hands each one job, so pull runners and workers share
+one `max_concurrent` budget, enforced by the claim step; `max_active` (admission) is unrelated.
+
+One instance spawns at a time: under leader election it acts only while this process holds the
+dispatch lease, like the dispatcher (two would each count the same fleet and both spawn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from nats.aio.msg import Msg
+from pydantic import BaseModel
+
+from orchestrator.bus import Bus
+from orchestrator.errors import ConfigurationError
+from orchestrator.leadership import Leadership, leads, sweep_on_gain
+from orchestrator.lifecycle import Service, every
+from orchestrator.provisioning import (
+    Provisioner,
+    ProvisionerContext,
+    ProvisionerFactory,
+    WorkerRequest,
+    resolve,
+    spawn_budget,
+)
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+from schemas.events import CapacityUnknown, JobAdmitted, PoolUpdated, SlotAvailable
+
+
+class ProvisionerConfig(BaseModel):
+    # Workers started per pool per reconcile, and queued jobs counted for it.
+    max_spawn: int = 64
+    # A spawned worker that has not registered within this is stopped and no longer counted.
+    start_timeout_s: float = 60.0
+
+
+class Provisioning(Service):
+    name = "provisioner"
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        bus: Bus,
+        factories: Mapping[str, ProvisionerFactory],
+        config: ProvisionerConfig | None = None,
+        *,
+        leadership: Leadership | None = None,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.factories = factories
+        self.config = config or ProvisionerConfig()
+        self.leadership = leadership
+        self._fleets: dict[str, tuple[str, Provisioner]] = {}  # pool -> (provisioner name, instance)
+        # Spawned, not registered yet: pool -> runner id -> (the provisioner's handle, spawned at).
+        self._starting: dict[str, dict[str, tuple[str, float]]] = {}
+        self._dirty: set[str] = set()
+        self._exited: set[str] = set()
+        self._kick = asyncio.Event()
+        # Reconcile outcomes: spawned (workers), capacity_unknown (failed counts), at_cap.
+        self.counts: dict[str, int] = {}
+
+    async def on_start(self) -> None:
+        # A pool naming a provisioner nobody can load is a configuration error: refuse to start.
+        for row in await self.store.pools_provisioned():
+            self._fleet(row["name"], row["provisioner"])
+        s = self.bus.subjects
+        for subject, model in (
+            (s.job_events("admitted"), JobAdmitted),
+            (s.slot_available(), SlotAvailable),
+            (s.pool_updated(), PoolUpdated),  # a provisioner named, a cap raised, an unpause
+        ):
+            sub = await self.bus.subscribe(subject, model, self._on_wake)
+            self.on_cleanup(sub.unsubscribe)
+        sweep_on_gain(self.leadership, self, self.sweep)
+        self.spawn(self._loop(), "loop")
+        self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "fleet sweep"), "sweep")
+        await self.sweep()
+
+    async def on_stop(self) -> None:
+        for _, fleet in self._fleets.values():
+            try:
+                await fleet.close()
+            except Exception as exc:  # keep closing the rest
+                self.log.warning("closing a provisioner failed: %s", exc)
+
+    async def _on_wake(self, event: JobAdmitted | SlotAvailable | PoolUpdated, msg: Msg) -> None:
+        self.wake(event.pool)
+
+    async def sweep(self) -> None:
+        """Every provisioned pool: a lost event, or a worker exit nobody reported, costs one sweep."""
+        for row in await self.store.pools_provisioned():
+            self.wake(row["name"])
+
+    def wake(self, pool: str) -> None:
+        self._dirty.add(pool)
+        self._kick.set()
+
+    def _worker_exited(self, pool: str) -> None:
+        self._exited.add(pool)
+        self.wake(pool)
+
+    async def _loop(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            pools, self._dirty = self._dirty, set()
+            for pool in sorted(pools):
+                try:
+                    await self.reconcile(pool)
+                except Exception as exc:  # the next wake or sweep retries
+                    self.log.warning("reconciling the fleet of %s failed: %s", pool, exc)
+
+    def _fleet(self, pool: str, name: str) -> Provisioner:
+        """The pool's provisioner instance, made on first use (and again if the pool names another)."""
+        held = self._fleets.get(pool)
+        if held is not None and held[0] == name:
+            return held[1]
+        s = self.settings
+        ctx = ProvisionerContext(
+            pool=pool,
+            nats_url=self.bus.url,
+            namespace=s.namespace,
+            data_dir=s.data_dir,
+            worker_exited=lambda worker: self._worker_exited(pool),
+            # Workers heartbeat and drain on the orchestrator's timings.
+            env={
+                "ORCH_HEARTBEAT_INTERVAL_S": str(s.heartbeat_interval_s),
+                "ORCH_RUNNER_TTL_S": str(s.runner_ttl_s),
+                "ORCH_STOP_TIMEOUT_S": str(s.stop_timeout_s),
+            },
+        )
+        fleet = resolve(name, self.factories)(ctx)
+        if not isinstance(fleet, Provisioner):
+            raise ConfigurationError(f"provisioner {name!r} of pool {pool!r} lacks spawn, count_live, stop or close")
+        self._fleets[pool] = (name, fleet)
+        return fleet
+
+    def _count(self, what: str, n: int = 1) -> None:
+        self.counts[what] = self.counts.get(what, 0) + n
+
+    async def _unknown(self, pool: str, reason: str) -> None:
+        self._count("capacity_unknown")
+        self.log.warning("fleet of %s not counted, spawning nothing: %s", pool, reason)
+        await self.bus.publish(self.bus.subjects.capacity_unknown(pool), CapacityUnknown(pool=pool, reason=reason))
+
+    async def reconcile(self, pool: str) -> None:
+        if not leads(self.leadership):
+            return
+        # Forget registered workers before reading the demand, which then counts them as runners:
+        # in the other order a worker registering in between would be counted by neither.
+        starting = await self._still_starting(pool)
+        demand = await self.store.pool_fleet_demand(pool, self.config.max_spawn * 16)
+        if demand is None or demand["provisioner"] is None:
+            return
+        try:
+            fleet = self._fleet(pool, demand["provisioner"])
+        except ConfigurationError as exc:
+            await self._unknown(pool, str(exc))
+            return
+        try:
+            live = await fleet.count_live()
+        except Exception as exc:
+            await self._unknown(pool, f"{demand['provisioner']}: {exc}")
+            return
+        if pool in self._exited:  # the fleet has room again: say so (dispatch and we wake on it)
+            self._exited.discard(pool)
+            room = demand["max_workers"] - live if demand["max_workers"] > 0 else 1
+            if room > 0:
+                await self.bus.publish(self.bus.subjects.slot_available(pool), SlotAvailable(pool=pool, free=room))
+        if demand["paused"]:
+            return
+        budget = spawn_budget(
+            queued=demand["queued"],
+            free_slots=demand["free_slots"],
+            starting=len(starting),
+            live=live,
+            max_workers=demand["max_workers"],
+            max_concurrent=demand["max_concurrent"],
+            in_flight=demand["in_flight"],
+        )
+        if budget == 0 and demand["queued"] > demand["free_slots"] + len(starting):
+            self._count("at_cap")
+        for _ in range(min(budget, self.config.max_spawn)):
+            await self._spawn(pool, fleet, demand, starting)
+
+    async def _spawn(
+        self, pool: str, fleet: Provisioner, demand: dict[str, Any], starting: dict[str, tuple[str, float]]
+    ) -> None:
+        runner_id = f"{pool[:48]}-w-{secrets.token_hex(5)}"
+        handle = await fleet.spawn(WorkerRequest(pool=pool, runner_id=runner_id, labels=list(demand["labels"])))
+        starting[runner_id] = (handle, time.monotonic())
+        self._count("spawned")
+        self.log.info("spawned worker %s for %s", runner_id, pool)
+
+    async def _still_starting(self, pool: str) -> dict[str, tuple[str, float]]:
+        """The pool's spawned workers that have not registered yet (those that have are runners now)."""
+        starting = self._starting.setdefault(pool, {})
+        if not starting:
+            return starting
+        for runner_id in await self.store.runners_known(list(starting)):
+            del starting[runner_id]
+        fleet = self._fleets[pool][1]  # it spawned them
+        deadline = time.monotonic() - self.config.start_timeout_s
+        for runner_id, (handle, spawned_at) in list(starting.items()):
+            if spawned_at < deadline:
+                self.log.warning("worker %s never registered; stopping it", runner_id)
+                del starting[runner_id]
+                await fleet.stop(handle)
+        return starting
