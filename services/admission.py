@@ -39,6 +39,7 @@ from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.errors import BusUnavailable, StoreError, StoreUnavailable
 from orchestrator.lifecycle import Service
+from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import AdmissionTx, NewJob, Rejection, Store
 from schemas.events import (
@@ -166,13 +167,22 @@ def _same_key(existing: dict[str, Any], spec: JobSpec) -> Decision:
 class Admission(Service):
     name = "admission"
 
-    def __init__(self, settings: Settings, store: Store, bus: Bus, config: AdmissionConfig | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        bus: Bus,
+        config: AdmissionConfig | None = None,
+        *,
+        metrics: Metrics | None = None,
+    ):
         super().__init__()
         self.settings = settings
         self.store = store
         self.bus = bus
         self.config = config or AdmissionConfig()
-        # In-process counters; Prometheus comes later.
+        self.metrics = metrics or Metrics()
+        # Totals of this instance (tests read them); Prometheus has them by pool and reason.
         self.admitted = 0
         self.rejected: dict[str, int] = {}
 
@@ -276,21 +286,29 @@ class Admission(Service):
         """After the commit: the news of every admission and refusal, and the counters."""
         s = self.bus.subjects
         events: list[tuple[str, BaseModel]] = []
+        admitted_by_pool: dict[str, int] = {}
         for sub, d in zip(subs, decisions, strict=True):
             if d.outcome == "admitted":
                 assert d.row is not None
-                self.admitted += 1
                 row = d.row
+                admitted_by_pool[row["pool"]] = admitted_by_pool.get(row["pool"], 0) + 1
                 admitted = JobAdmitted(job_id=row["id"], key=row["key"], pool=row["pool"], priority=row["priority"])
                 events.append((s.job_event("admitted", row["pool"]), admitted))
             elif d.error is not None:
-                self.rejected[d.error.code] = self.rejected.get(d.error.code, 0) + 1
+                self._count_rejected(d.error.code)
                 pool = sub.spec.pool if sub.spec else None
                 rejected = JobRejected(
                     key=sub.key, pool=pool, reason=d.error.code, message=d.error.message, field=d.error.field
                 )
                 events.append((s.job_event("rejected", pool or "_invalid"), rejected))
+        for pool, n in admitted_by_pool.items():  # once per pool per batch: the hot path
+            self.admitted += n
+            self.metrics.admitted.labels(pool).inc(n)
         await self.bus.publish_many(events)
+
+    def _count_rejected(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.metrics.rejected.labels(reason).inc()
 
     # --- door: core request/reply (and HTTP through it) ------------------------------------------
 
@@ -313,7 +331,7 @@ class Admission(Service):
             return AdmissionResult(outcome="rejected", error=ErrorDetail(code="internal", message=str(exc)))
 
     def _invalid_reply(self, error: ErrorDetail) -> AdmissionResult:
-        self.rejected[error.code] = self.rejected.get(error.code, 0) + 1
+        self._count_rejected(error.code)
         return AdmissionResult(outcome="rejected", error=error)
 
     # --- door: JetStream intake ------------------------------------------------------------------

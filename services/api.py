@@ -22,6 +22,7 @@ from orchestrator.bus import Bus
 from orchestrator.bus.lease import read_lease
 from orchestrator.errors import NotFound, OrchestratorError
 from orchestrator.lifecycle import Service
+from orchestrator.metrics import CONTENT_TYPE, Metrics, QueueCollector, exposition
 from orchestrator.pools import PoolChange, change_pool
 from orchestrator.settings import Settings
 from orchestrator.store import Store
@@ -85,11 +86,14 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
 class Api(Service):
     name = "api"
 
-    def __init__(self, settings: Settings, store: Store, bus: Bus) -> None:
+    def __init__(self, settings: Settings, store: Store, bus: Bus, *, metrics: Metrics | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.store = store
         self.bus = bus
+        # This process's counters, and the queue's gauges read from Postgres when scraped.
+        self.metrics = metrics or Metrics()
+        self.queue = QueueCollector(store)
         self.url: str | None = None
         self.app = self._build_app()
 
@@ -108,6 +112,7 @@ class Api(Service):
         app.router.add_get("/v1/leader", self.get_leader)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.get_metrics)
         return app
 
     async def on_start(self) -> None:
@@ -287,6 +292,10 @@ class Api(Service):
                 "lease": {"holder": lease.holder, "revision": lease.revision} if lease else None,
             }
         )
+
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        await self.queue.refresh()
+        return web.Response(body=exposition(self.metrics, self.queue), headers={"Content-Type": CONTENT_TYPE})
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response({"ok": True})

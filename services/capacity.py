@@ -23,6 +23,7 @@ from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.errors import NotFound
 from orchestrator.lifecycle import Service, every
+from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import (
@@ -45,11 +46,12 @@ def refused(code: str, message: str) -> Reply:
 class Capacity(Service):
     name = "capacity"
 
-    def __init__(self, settings: Settings, store: Store, bus: Bus) -> None:
+    def __init__(self, settings: Settings, store: Store, bus: Bus, *, metrics: Metrics | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.store = store
         self.bus = bus
+        self.metrics = metrics or Metrics()
         # Reports arriving together are committed together.
         self._starts: Batcher[JobStarted, str | None] = Batcher(self._start_batch)
         self._finishes: Batcher[JobFinished, str | None] = Batcher(self._finish_batch)
@@ -116,6 +118,13 @@ class Capacity(Service):
             [(e.job_id, e.runner_id, e.attempt, e.state.value, e.exit_code, e.reason) for e in events]
         )
         await self._announce_free(set(recorded.values()))  # once per pool per batch
+        ended: dict[tuple[str, str], int] = {}
+        for e in events:
+            if e.job_id in recorded:
+                outcome = (recorded[e.job_id], e.state.value)
+                ended[outcome] = ended.get(outcome, 0) + 1
+        for (pool, state), n in ended.items():
+            self.metrics.finished.labels(pool, state).inc(n)
         return [recorded.get(e.job_id) for e in events]
 
     async def sweep(self) -> None:

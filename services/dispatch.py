@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -39,9 +40,10 @@ from orchestrator.bus import Bus
 from orchestrator.errors import OrchestratorError, RequestFailed, StoreUnavailable
 from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service, every
+from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Fence, Store
-from schemas.events import CapacityUnknown, JobAssigned, PoolMention, Reply
+from schemas.events import CapacityUnknown, JobAssigned, PoolMention, Reply, SlotMention
 
 _tracer = telemetry.tracer("orchestrator.dispatch")
 
@@ -62,6 +64,7 @@ class Dispatch(Service):
         config: DispatchConfig | None = None,
         *,
         leadership: Leadership | None = None,
+        metrics: Metrics | None = None,
     ):
         super().__init__()
         self.settings = settings
@@ -69,17 +72,24 @@ class Dispatch(Service):
         self.bus = bus
         self.config = config or DispatchConfig()
         self.leadership = leadership
+        self.metrics = metrics or Metrics()
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         # Steps counted by status: `at_capacity` and `capacity_unknown` are the skip counters of
-        # seed 000 (`jobs_at_capacity_skips_total`); read by tests, the benchmark and metrics.
+        # seed 000 (`jobs_at_capacity_skips_total`); read by tests and the benchmark. Prometheus
+        # has the same per pool.
         self.step_counts: dict[str, int] = {}
+        # When a slot was announced free, per pool, until the next step there (wall clock: the
+        # announcement is stamped by capacity, maybe in another process).
+        self._slot_freed_at: dict[str, float] = {}
 
     async def on_start(self) -> None:
         s = self.bus.subjects
-        for subject in (s.job_events("admitted"), s.slot_available(), s.pool_updated()):
+        for subject in (s.job_events("admitted"), s.pool_updated()):
             sub = await self.bus.subscribe(subject, PoolMention, self._on_wake)
             self.on_cleanup(sub.unsubscribe)
+        sub = await self.bus.subscribe(s.slot_available(), SlotMention, self._on_slot)
+        self.on_cleanup(sub.unsubscribe)
         self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "dispatch sweep"), "sweep")
         if self.leadership is not None:
             self.leadership.on_change(self._on_leadership)
@@ -105,6 +115,11 @@ class Dispatch(Service):
             self.spawn(self.sweep(), "sweep.gained")
 
     async def _on_wake(self, event: PoolMention, msg: Msg) -> None:
+        self.wake(event.pool)
+
+    async def _on_slot(self, event: SlotMention, msg: Msg) -> None:
+        if event.at is not None:
+            self._slot_freed_at.setdefault(event.pool, event.at.timestamp())
         self.wake(event.pool)
 
     async def sweep(self) -> None:
@@ -161,12 +176,28 @@ class Dispatch(Service):
             claim_status = "failed"
         else:
             claim_status = claim.status
+            if claim.in_flight is not None:
+                self.metrics.peak(pool, claim.in_flight)
             by_runner: dict[str, list[dict[str, Any]]] = {}
             for a in claim.assignments:
                 by_runner.setdefault(a["runner_id"], []).append(a)
             await asyncio.gather(*(self._hand_off(runner_id, rows) for runner_id, rows in by_runner.items()))
-        self.step_counts[claim_status] = self.step_counts.get(claim_status, 0) + 1
+        self._count(pool, claim_status)
         return claim_status
+
+    def _count(self, pool: str, status: str) -> None:
+        self.step_counts[status] = self.step_counts.get(status, 0) + 1
+        m = self.metrics
+        m.steps.labels(pool, status).inc()
+        if status == "at_capacity":
+            m.at_capacity.labels(pool).inc()
+        elif status == "capacity_unknown":
+            m.capacity_unknown.labels(pool).inc()
+        # Slot-to-assign counts only a slot that work was waiting for: the first step after the
+        # announcement dispatched. Any other outcome forgets it (no job, or another cap binds).
+        freed_at = self._slot_freed_at.pop(pool, None)
+        if freed_at is not None and status == "dispatched":
+            m.slot_to_assign.labels(pool).observe(max(0.0, time.time() - freed_at))
 
     async def _hand_off(self, runner_id: str, rows: list[dict[str, Any]]) -> None:
         """One request carries every job claimed for this runner; it acks each (or not)."""
@@ -187,6 +218,13 @@ class Dispatch(Service):
             for e in refused:
                 await self.store.job_unassign(e.job_id, runner_id)
         await self.bus.publish_many([(self.bus.subjects.job_event("assigned", e.pool), e) for e in accepted])
+        if accepted:
+            pool = accepted[0].pool  # a step claims for one pool
+            self.metrics.dispatched.labels(pool).inc(len(accepted))
+            wait = self.metrics.queue_wait.labels(pool)
+            for a, reply in zip(rows, replies, strict=True):
+                if reply.ok:
+                    wait.observe((a["assigned_at"] - a["created_at"]).total_seconds())
 
     @staticmethod
     def _assignment(a: dict[str, Any]) -> JobAssigned:
