@@ -10,6 +10,7 @@ with it too). Every error is `{"error": {"code", "message", "field"}}`.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from typing import Any
 from uuid import UUID
 
@@ -31,6 +32,8 @@ from schemas.jobs import JobSpec, JobState, JobView, Name
 from schemas.pools import PoolConfig, PoolView
 
 _tracer = telemetry.tracer("orchestrator.api")
+# Plain HTML and JS polling the JSON API: nothing to build.
+_DASHBOARD = (resources.files("services") / "static" / "dashboard.html").read_text()
 ADMISSION_TIMEOUT_S = 10.0
 _pool_name = TypeAdapter(Name)
 
@@ -113,6 +116,8 @@ class Api(Service):
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.get_metrics)
+        app.router.add_get("/v1/stats", self.get_stats)
+        app.router.add_get("/", self.dashboard)
         return app
 
     async def on_start(self) -> None:
@@ -293,9 +298,18 @@ class Api(Service):
             }
         )
 
+    async def get_stats(self, request: web.Request) -> web.Response:
+        """Each pool's queue right now (queued, in flight, free slots, oldest wait) and runners by
+        state: what the dashboard shows beside the pools' configuration."""
+        pools, runners = await self.store.metrics_snapshot()
+        return json_response({"pools": pools, "runners": runners})
+
     async def get_metrics(self, request: web.Request) -> web.Response:
         await self.queue.refresh()
         return web.Response(body=exposition(self.metrics, self.queue), headers={"Content-Type": CONTENT_TYPE})
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        return web.Response(text=_DASHBOARD, content_type="text/html")
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response({"ok": True})
