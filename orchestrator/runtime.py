@@ -90,7 +90,7 @@ class Runtime:
             self.metrics.watch(self.leadership)
 
     async def start(self) -> None:
-        telemetry.setup()
+        telemetry.setup(f"orchestrator-{'-'.join(self.names)}" if len(self.names) < len(_ORDER) else "orchestrator")
         try:
             await self._start()
         except BaseException:

@@ -354,6 +354,14 @@ class Admission(Service):
 
     async def _admit_messages(self, msgs: list[Msg]) -> None:
         subs = [self._parse(msg) for msg in msgs]
+        spans = _message_spans(msgs, subs) if telemetry.recording() else []
+        try:
+            await self._admit_batch(msgs, subs)
+        finally:
+            for span in spans:
+                span.end()
+
+    async def _admit_batch(self, msgs: list[Msg], subs: list[Submission]) -> None:
         links = None
         if telemetry.recording():  # one batch span linked to every producer's span
             links = [trace.Link(trace.get_current_span(telemetry.extract(m.headers)).get_span_context()) for m in msgs]
@@ -373,8 +381,8 @@ class Admission(Service):
             except Exception as exc:
                 if len(msgs) > 1:  # find the one message the store refuses; admit the rest
                     self.log.warning("batch of %d failed (%s); admitting one by one", len(msgs), exc)
-                    for msg in msgs:
-                        await self._admit_messages([msg])
+                    for msg, sub in zip(msgs, subs, strict=True):
+                        await self._admit_batch([msg], [sub])
                     return
                 await self._give_up(msgs[0], subs[0], exc)
                 return
@@ -406,3 +414,26 @@ class Admission(Service):
         except Exception as record_exc:
             self.log.error("could not record the refusal of message %s: %s", sub.stream_seq, record_exc)
         await msg.term()
+
+
+def _message_spans(msgs: Sequence[Msg], subs: Sequence[Submission]) -> list[trace.Span]:
+    """While spans are recorded: one consumer span per intake message, a child of its producer's
+    span, whose context is what the job stores (so dispatch and the runner continue from the
+    admission, in the producer's trace). Ended by the caller once the batch is decided."""
+    tracer = trace.get_tracer("orchestrator.admission")
+    spans = []
+    for msg, sub in zip(msgs, subs, strict=True):
+        span = tracer.start_span(
+            f"process {msg.subject}",
+            context=telemetry.extract(msg.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": msg.subject,
+                "messaging.operation.type": "process",
+                "messaging.message.id": sub.key or "",
+            },
+        )
+        sub.trace_context = telemetry.inject(context=trace.set_span_in_context(span))
+        spans.append(span)
+    return spans

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import datetime
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -44,8 +45,6 @@ from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Fence, Store
 from schemas.events import CapacityUnknown, JobAssigned, PoolMention, Reply, SlotMention
-
-_tracer = telemetry.tracer("orchestrator.dispatch")
 
 
 class DispatchConfig(BaseModel):
@@ -226,19 +225,10 @@ class Dispatch(Service):
                 if reply.ok:
                     wait.observe((a["assigned_at"] - a["created_at"]).total_seconds())
 
-    @staticmethod
-    def _assignment(a: dict[str, Any]) -> JobAssigned:
-        # The dispatch span continues the producer's trace, stored with the job, after the wait;
-        # the runner continues it from the context the assignment carries.
+    def _assignment(self, a: dict[str, Any]) -> JobAssigned:
         carrier = dict(a["trace_context"] or {})
         if telemetry.recording():
-            with _tracer.start_as_current_span(
-                "dispatch",
-                context=telemetry.extract(carrier),
-                kind=trace.SpanKind.PRODUCER,
-                attributes={"orchestrator.job_id": str(a["id"]), "orchestrator.runner_id": a["runner_id"]},
-            ):
-                carrier = telemetry.inject()
+            carrier = _traced_hand_off(a, carrier, self.bus.subjects.assign(a["runner_id"]))
         return JobAssigned(
             job_id=a["id"],
             pool=a["pool"],
@@ -248,3 +238,34 @@ class Dispatch(Service):
             timeout_s=a["timeout_s"],
             trace_context=carrier,
         )
+
+
+def _ns(at: datetime) -> int:
+    return int(at.timestamp() * 1e9)
+
+
+def _traced_hand_off(a: dict[str, Any], carrier: dict[str, str], subject: str) -> dict[str, str]:
+    """Continue the job's trace from the context stored with it (the admission span), after any
+    wait or restart: the wait itself as a `queued` span (admission to claim, from the row's own
+    timestamps), then the producer span of the assignment. Returns the context the assignment
+    carries, so the runner's span is its child."""
+    parent = telemetry.extract(carrier)
+    job = {"orchestrator.job_id": str(a["id"]), "orchestrator.pool": a["pool"]}
+    tracer = trace.get_tracer("orchestrator.dispatch")
+    waited = tracer.start_span("queued", context=parent, attributes=job, start_time=_ns(a["created_at"]))
+    waited.end(end_time=_ns(a["assigned_at"]))
+    with tracer.start_as_current_span(
+        f"send {subject}",
+        context=parent,
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.destination.name": subject,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "assign",
+            "orchestrator.runner_id": a["runner_id"],
+            "orchestrator.attempt": a["attempt"] + 1,
+            **job,
+        },
+    ):
+        return telemetry.inject()

@@ -24,6 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind
 
 from orchestrator import telemetry
 from orchestrator.batching import Batcher
@@ -44,6 +45,20 @@ from schemas.events import (
 from schemas.jobs import JobState
 
 _tracer = telemetry.tracer("orchestrator.runner")
+
+
+def _run_attributes(e: JobAssigned) -> dict[str, Any]:
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "run",
+        "orchestrator.job_id": str(e.job_id),
+        "orchestrator.pool": e.pool,
+        "orchestrator.runner_id": e.runner_id,
+        "orchestrator.attempt": e.attempt,
+    }
+
+
 Outcome = tuple[JobState, int | None, str | None]
 Execute = Callable[[JobAssigned], Awaitable[Outcome]]
 REQUEST_TIMEOUT_S = 5.0
@@ -192,8 +207,13 @@ class Runner(Service):
         e = job.event
         try:
             context = telemetry.extract(e.trace_context) if e.trace_context else None
+            # The job's trace, continued from the assignment (dispatch's span): a consumer span
+            # for the attempt, around permission, execution and the report.
             with _tracer.start_as_current_span(
-                "run", context=context, attributes={"orchestrator.job_id": str(e.job_id)}
+                "run",
+                context=context,
+                kind=SpanKind.CONSUMER,
+                attributes=_run_attributes(e) if telemetry.recording() else None,
             ):
                 started = JobStarted(job_id=e.job_id, pool=e.pool, runner_id=self.runner_id, attempt=e.attempt)
                 try:
