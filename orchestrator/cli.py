@@ -7,7 +7,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -18,7 +17,7 @@ import urllib.request
 from collections.abc import Coroutine
 from typing import Any
 
-from orchestrator import telemetry
+from orchestrator import logs, telemetry
 from orchestrator.bus import Bus, Subjects
 from orchestrator.errors import OrchestratorError
 from orchestrator.runtime import SERVICES, Runtime
@@ -263,11 +262,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("ORCH_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(os.environ.get("ORCH_LOG_LEVEL", "INFO"))
     settings = Settings()
     try:
         return args.fn(args, settings)

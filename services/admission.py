@@ -406,7 +406,7 @@ class Admission(Service):
     async def _give_up(self, msg: Msg, sub: Submission, exc: Exception) -> None:
         """A lone message the store refuses (not an outage): terminate it, and say why where it
         can be seen, so it never loops."""
-        self.log.error("terminated intake message %s: %s", sub.stream_seq, exc)
+        self.log.error("terminated intake message %s: %s", sub.stream_seq, exc, extra={"action": "terminate"})
         error = ErrorDetail(code="internal", message=f"the store refused this job: {exc}")
         bad = Submission(None, sub.key, {}, error, stream_seq=sub.stream_seq, body=msg.data)
         try:

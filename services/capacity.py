@@ -82,7 +82,13 @@ class Capacity(Service):
             )
         except NotFound as exc:
             return refused("unknown_pool", str(exc))
-        self.log.info("runner %s registered in %s with %d slots", event.runner_id, event.pool, event.slots)
+        self.log.info(
+            "runner %s registered in %s with %d slots",
+            event.runner_id,
+            event.pool,
+            event.slots,
+            extra={"runner_id": event.runner_id, "pool": event.pool, "action": "register"},
+        )
         await self._announce_free({event.pool, *(job["pool"] for job in released)})
         return OK
 

@@ -206,7 +206,13 @@ class Dispatch(Service):
                 self.bus.subjects.assign(runner_id), events, Reply, self.settings.assign_ack_timeout_s
             )
         except RequestFailed as exc:
-            self.log.warning("hand-off of %d jobs to %s failed: %s", len(events), runner_id, exc)
+            self.log.warning(
+                "hand-off of %d jobs to %s failed: %s",
+                len(events),
+                runner_id,
+                exc,
+                extra={"runner_id": runner_id, "job_ids": ",".join(str(e.job_id) for e in events)},
+            )
             replies = [Reply(ok=False)] * len(events)
         accepted = [e for e, reply in zip(events, replies, strict=True) if reply.ok]
         refused = [e for e, reply in zip(events, replies, strict=True) if not reply.ok]

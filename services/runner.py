@@ -219,7 +219,7 @@ class Runner(Service):
                 try:
                     permitted = await self._starts.submit(started)
                 except RequestFailed as exc:
-                    self.log.warning("no permission to start %s: %s", e.job_id, exc)
+                    self.log.warning("no permission to start %s: %s", e.job_id, exc, extra={"job_id": e.job_id})
                     return  # still assigned: the orchestrator releases it (sweep or re-registration)
                 if not permitted.ok:
                     return  # stale: another runner has it, or it was cancelled
@@ -296,6 +296,6 @@ class Runner(Service):
                 await self._finishes.submit(event)
                 return
             except RequestFailed as exc:
-                self.log.warning("report of %s failed, retrying: %s", event.job_id, exc)
+                self.log.warning("report of %s failed, retrying: %s", event.job_id, exc, extra={"job_id": event.job_id})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
