@@ -4,18 +4,10 @@ polls answers with what the page draws."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 
 import aiohttp
-import pytest
 
 from orchestrator.runtime import Runtime
-
-
-@pytest.fixture
-async def http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=system.http_url) as session:
-        yield session
 
 
 async def test_dashboard_page_and_the_endpoints_it_polls(http: aiohttp.ClientSession, system: Runtime) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -24,12 +23,6 @@ from orchestrator.store import Store
 from tests.support import eventually
 
 PROMTOOL = os.environ.get("ORCH_PROMTOOL") or shutil.which("promtool")
-
-
-@pytest.fixture
-async def http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=system.http_url) as session:
-        yield session
 
 
 async def scrape(http: aiohttp.ClientSession) -> str:
