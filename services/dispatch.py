@@ -117,7 +117,8 @@ class Dispatch(Service):
         self.wake(event.pool)
 
     async def _on_slot(self, event: SlotMention, msg: Msg) -> None:
-        if event.at is not None:
+        # Only where a step will follow (and take it back out): a standby must not hoard stale times.
+        if event.at is not None and self.running and self._leading():
             self._slot_freed_at.setdefault(event.pool, event.at.timestamp())
         self.wake(event.pool)
 
@@ -159,7 +160,7 @@ class Dispatch(Service):
         if self.leadership is not None:
             fence = self.leadership.fence()  # read once: the term may end while this step runs
             if fence is None:
-                self.step_counts["not_leader"] = self.step_counts.get("not_leader", 0) + 1
+                self._count(pool, "not_leader")
                 return "not_leader"
         try:
             claim = await self.store.job_claim_step(pool, self.config.step_limit, fence)
