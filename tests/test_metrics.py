@@ -93,6 +93,24 @@ async def test_metrics_count_jobs_and_read_the_queue_from_postgres(
         assert f"# HELP {name} " in await scrape(http)
 
 
+async def test_slot_to_assign_is_measured_when_a_freed_slot_takes_waiting_work(http: aiohttp.ClientSession) -> None:
+    # One slot at a time: every job after the first waits for the slot its predecessor frees.
+    async with http.patch("/v1/pools/default", json={"max_concurrent": 1}) as resp:
+        assert resp.status == 200
+    for _ in range(3):  # each long enough for the next to be admitted while it runs
+        assert (await submit(http, {"pool": "default", "payload": {"command": ["sleep", "0.2"]}}))["status"] == 201
+
+    async def measured() -> dict[str, Any] | None:
+        samples = check_exposition(await scrape(http))
+        done = value(samples, "orchestrator_jobs_finished_total", pool="default", outcome="succeeded")
+        return samples if done == 3 else None
+
+    samples = await eventually(measured, timeout=20, what="three jobs to finish one after another")
+    assert value(samples, "orchestrator_slot_to_assign_seconds_count", pool="default")  # at least one of two
+    assert value(samples, "orchestrator_jobs_at_capacity_skips_total", pool="default")
+    assert value(samples, "orchestrator_pool_in_flight_peak", pool="default") == 1
+
+
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package prometheus)")
 async def test_promtool_accepts_the_live_metrics(http: aiohttp.ClientSession) -> None:
     assert (await submit(http, {"pool": "default", "payload": {"command": ["true"]}}))["status"] == 201
