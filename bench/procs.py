@@ -16,9 +16,22 @@ from pathlib import Path
 
 
 class ServiceProcess:
-    def __init__(self, instance_id: str, services: list[str], env: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self,
+        instance_id: str,
+        services: list[str],
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        args: list[str] | None = None,
+        ready_text: str | None = None,
+    ) -> None:
+        """`args` replace `serve <services>` (e.g. `runner --id ...`); `ready_text` is then the
+        log line that means ready."""
         self.instance_id = instance_id
         self.services = services
+        self.args = args or ["serve", *services]
+        self.ready_text = ready_text or f"as {instance_id}"
         self.env = {**os.environ, **env, "ORCH_INSTANCE_ID": instance_id}
         self.log_path = log_dir / f"{instance_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -27,7 +40,7 @@ class ServiceProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.cli", "serve", *self.services],
+                [sys.executable, "-m", "orchestrator.cli", *self.args],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -44,7 +57,7 @@ class ServiceProcess:
 
     async def ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while f"as {self.instance_id}" not in self.log():
+        while self.ready_text not in self.log():
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.instance_id} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             if time.monotonic() > deadline:

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -17,11 +18,11 @@ import urllib.request
 from collections.abc import Coroutine
 from typing import Any
 
-from orchestrator import logs, telemetry
+from orchestrator import health, logs, telemetry
 from orchestrator.bus import Bus, Subjects
 from orchestrator.errors import OrchestratorError
 from orchestrator.runtime import SERVICES, Runtime
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, default_instance_id
 from orchestrator.store import Store
 from services.runner import Runner
 
@@ -102,6 +103,23 @@ def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
             await runner.stop()
             await bus.close()
         return 0
+
+    return _run(go())
+
+
+def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    roles = args.roles or health.roles_from_argv(health.pid1_argv(), SERVICES)
+    needs = health.needs_of(roles, settings)
+    # nats-py logs a traceback per failed connect attempt; the probe's one-line verdict says it.
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
+
+    async def go() -> int:
+        problems = await health.check(settings, needs)
+        for problem in problems:
+            print(f"unhealthy: {problem}", file=sys.stderr)
+        if not problems:
+            print(f"healthy: {', '.join(sorted(needs)) or 'nothing to check'}")
+        return 1 if problems else 0
 
     return _run(go())
 
@@ -220,13 +238,16 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("services", nargs="+", choices=[*SERVICES, "all"])
     serve.set_defaults(fn=cmd_serve)
     sub.add_parser("migrate", help="apply database migrations to ORCH_DATABASE_URL").set_defaults(fn=cmd_migrate)
+    check = sub.add_parser("health", help="the container healthcheck: exit 0 when what the role needs answers")
+    check.add_argument("roles", nargs="*", help="default: the roles of PID 1's command line (the container's)")
+    check.set_defaults(fn=cmd_health)
 
     runner = sub.add_parser("runner", help="run a runner agent against ORCH_NATS_URL")
     runner.add_argument("--pool", default="default")
     runner.add_argument("--labels", default=None, help="comma-separated (default: OS and architecture)")
     runner.add_argument("--slots", type=int, default=4)
     runner.add_argument("--taint", action="append", default=[])
-    runner.add_argument("--id", default=f"runner-{os.getpid()}-{int(time.time())}")
+    runner.add_argument("--id", default=f"runner-{default_instance_id()}-{int(time.time())}")
     runner.set_defaults(fn=cmd_runner)
 
     submit = sub.add_parser("submit", help="submit a job: orchestrator submit [options] -- CMD [ARGS]")

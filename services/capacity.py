@@ -15,7 +15,8 @@ released job never runs twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from uuid import UUID
 
 from nats.aio.msg import Msg
 
@@ -104,11 +105,11 @@ class Capacity(Service):
         pool = await self._starts.submit(event)
         if pool is None:
             return refused("stale", f"job {event.job_id} attempt {event.attempt} is not assigned to {event.runner_id}")
-        await self.bus.publish(self.bus.subjects.job_event("started", pool), event)
         return OK
 
     async def _start_batch(self, events: list[JobStarted]) -> list[str | None]:
         granted = await self.store.job_start_many([(e.job_id, e.runner_id, e.attempt) for e in events])
+        await self._publish("started", events, granted)
         return [granted.get(e.job_id) for e in events]
 
     async def _on_finish(self, event: JobFinished, msg: Msg) -> Reply:
@@ -116,13 +117,13 @@ class Capacity(Service):
         if pool is None:
             # Already recorded (a retried report) or no longer this runner's: nothing to do.
             return refused("stale", f"job {event.job_id} attempt {event.attempt} is not held by {event.runner_id}")
-        await self.bus.publish(self.bus.subjects.job_event("finished", pool), event)
         return OK
 
     async def _finish_batch(self, events: list[JobFinished]) -> list[str | None]:
         recorded = await self.store.job_finish_many(
             [(e.job_id, e.runner_id, e.attempt, e.state.value, e.exit_code, e.reason) for e in events]
         )
+        await self._publish("finished", events, recorded)
         await self._announce_free(set(recorded.values()))  # once per pool per batch
         ended: dict[tuple[str, str], int] = {}
         for e in events:
@@ -132,6 +133,11 @@ class Capacity(Service):
         for (pool, state), n in ended.items():
             self.metrics.finished.labels(pool, state).inc(n)
         return [recorded.get(e.job_id) for e in events]
+
+    async def _publish(self, verb: str, events: Sequence[JobStarted | JobFinished], pools: dict[UUID, str]) -> None:
+        """The news of the reports just committed, for the jobs they changed (not the stale ones)."""
+        subject = self.bus.subjects.job_event
+        await self.bus.publish_many([(subject(verb, pools[e.job_id]), e) for e in events if e.job_id in pools])
 
     async def sweep(self) -> None:
         # Just started (or restarted after an outage): runners have not had a chance to reach

@@ -70,6 +70,8 @@ class _Running:
         self.task: asyncio.Task[None] | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.cancelled = asyncio.Event()
+        # The command has ended and its slot is free; the report may still be on its way.
+        self.ended = False
 
 
 class Runner(Service):
@@ -111,7 +113,10 @@ class Runner(Service):
 
     @property
     def busy(self) -> int:
-        return len(self._jobs)
+        """Slots taken. A job whose command ended holds none while its report is in flight:
+        capacity frees the slot once it records the report, and the next assignment for it can
+        arrive before the reply does."""
+        return sum(1 for job in self._jobs.values() if not job.ended)
 
     async def on_start(self) -> None:
         s = self.bus.subjects
@@ -189,7 +194,7 @@ class Runner(Service):
     # --- assignments ---------------------------------------------------------------------------
 
     async def _on_assign(self, event: JobAssigned, msg: Msg) -> Reply:
-        if not self._accepting or len(self._jobs) >= self.slots or event.job_id in self._jobs:
+        if not self._accepting or self.busy >= self.slots or event.job_id in self._jobs:
             return Reply(ok=False, error=ErrorDetail(code="no_slot", message=f"{self.runner_id} has no free slot"))
         job = _Running(event)
         self._jobs[event.job_id] = job
@@ -229,6 +234,7 @@ class Runner(Service):
                     state, exit_code, reason = await (
                         self._custom_execute(e) if self._custom_execute else self._execute(job)
                     )
+                job.ended = True
                 await self._report(
                     JobFinished(
                         job_id=e.job_id,

@@ -6,6 +6,7 @@ bus namespace (subjects and streams), so tests never hear one another.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 import tempfile
@@ -64,20 +65,36 @@ async def pg_dsn(servers_dir: Path) -> AsyncIterator[str]:
     await server.stop()
 
 
-@pytest.fixture
-async def database_url(pg_dsn: str) -> AsyncIterator[str]:
+@contextlib.asynccontextmanager
+async def new_database(pg_dsn: str, *, migrated: bool = True) -> AsyncIterator[str]:
+    """A database of its own, dropped afterwards: a copy of the migrated template, or empty."""
     name = f"test_{next(_counter)}"
     conn = await asyncpg.connect(pg_dsn)
     try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE orch_template")
+        await conn.execute(f"CREATE DATABASE {name}" + (" TEMPLATE orch_template" if migrated else ""))
     finally:
         await conn.close()
-    yield with_database(pg_dsn, name)
-    conn = await asyncpg.connect(pg_dsn)
     try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        yield with_database(pg_dsn, name)
     finally:
-        await conn.close()
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def database_url(pg_dsn: str) -> AsyncIterator[str]:
+    async with new_database(pg_dsn) as url:
+        yield url
+
+
+@pytest.fixture
+async def empty_database_url(pg_dsn: str) -> AsyncIterator[str]:
+    """A database with no schema at all, for what must migrate it first (`orchestrator migrate`)."""
+    async with new_database(pg_dsn, migrated=False) as url:
+        yield url
 
 
 @pytest.fixture
@@ -114,6 +131,21 @@ async def bus(settings: Settings) -> AsyncIterator[Bus]:
 
 
 @pytest.fixture
+async def front(settings: Settings) -> AsyncIterator[Runtime]:
+    """Admission and the API only: admitted jobs stay queued, so counts are exact."""
+    runtime = Runtime(settings, ["admission", "api"], migrate=True)
+    await runtime.start()
+    yield runtime
+    await runtime.stop()
+
+
+@pytest.fixture
+async def http(front: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=front.http_url) as session:
+        yield session
+
+
+@pytest.fixture
 async def system(settings: Settings) -> AsyncIterator[Runtime]:
     """Every service, the API and one local runner in this process, like `orchestrator up`."""
     runtime = Runtime(settings, migrate=True)
@@ -123,7 +155,7 @@ async def system(settings: Settings) -> AsyncIterator[Runtime]:
 
 
 @pytest.fixture
-async def http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
-    """A client of the system's HTTP API."""
+async def system_http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client of the whole system's HTTP API (`http` is the admission-only front's)."""
     async with aiohttp.ClientSession(base_url=system.http_url) as session:
         yield session

@@ -6,6 +6,7 @@ from typing import Any
 
 from orchestrator.store import NewJob, Store
 from schemas.jobs import JobSpec
+from schemas.pools import PoolConfig
 from services.admission import new_job
 
 
@@ -24,16 +25,8 @@ async def queue(store: Store, n: int = 1, pool: str = "default", **fields: Any) 
 
 
 async def pool(store: Store, name: str = "default", **config: Any) -> dict[str, Any]:
-    defaults: dict[str, Any] = {
-        "max_concurrent": 20,
-        "max_active": 1024,
-        "labels": [],
-        "allowed_plans": [],
-        "mode": "shared",
-        "paused": False,
-    }
     async with store.pool_change(name) as tx:
-        return await tx.upsert({**defaults, **config})
+        return await tx.upsert({**PoolConfig().model_dump(mode="json"), **config})
 
 
 async def runner(store: Store, runner_id: str, pool: str = "default", slots: int = 1, labels: Any = ()) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -26,21 +26,6 @@ from tests.support import Listener, eventually
 # What each door reports, normalized: (outcome or error code, error field, job id, retry-after seconds).
 Outcome = tuple[str, str | None, str | None, float | None]
 Door = Callable[[bytes], Awaitable[Outcome]]
-
-
-@pytest.fixture
-async def system(settings: Settings) -> AsyncIterator[Runtime]:
-    """Admission and the API only: admitted jobs stay queued, so counts are exact."""
-    runtime = Runtime(settings, ["admission", "api"], migrate=True)
-    await runtime.start()
-    yield runtime
-    await runtime.stop()
-
-
-@pytest.fixture
-async def http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=system.http_url) as session:
-        yield session
 
 
 async def put_pool(store: Store, bus: Bus, name: str, **config: Any) -> None:
@@ -111,19 +96,19 @@ def jetstream_door(bus: Bus, store: Store, admitted: Listener, rejected: Listene
 
 
 @pytest.fixture(params=["http", "jetstream", "request"])
-async def door(request: pytest.FixtureRequest, system: Runtime, bus: Bus, http: aiohttp.ClientSession) -> Any:
+async def door(request: pytest.FixtureRequest, front: Runtime, bus: Bus, http: aiohttp.ClientSession) -> Any:
     if request.param == "http":
         yield http_door(http)
     elif request.param == "request":
         yield request_door(bus)
     else:
-        assert system.store is not None
+        assert front.store is not None
         s = bus.subjects
         async with (
             Listener(bus, s.job_events("admitted"), JobAdmitted) as admitted,
             Listener(bus, s.job_events("rejected"), JobRejected) as rejected,
         ):
-            yield jetstream_door(bus, system.store, admitted, rejected)
+            yield jetstream_door(bus, front.store, admitted, rejected)
 
 
 def body(**spec: Any) -> bytes:
@@ -200,7 +185,7 @@ def test_retry_after_is_bounded() -> None:
     assert retry_after_s(100, 10) == 60
 
 
-async def test_the_same_job_twice_through_jetstream_is_one_row(system: Runtime, bus: Bus, store: Store) -> None:
+async def test_the_same_job_twice_through_jetstream_is_one_row(front: Runtime, bus: Bus, store: Store) -> None:
     spec = body(pool="default", key="twice", payload={"command": ["true"]})
     await put_pool(store, bus, "default")
     await bus.submit(spec, key="twice")
@@ -211,7 +196,7 @@ async def test_the_same_job_twice_through_jetstream_is_one_row(system: Runtime, 
     assert await rejections(store) == []
 
 
-async def test_poison_is_terminated_recorded_and_never_redelivered(system: Runtime, bus: Bus, store: Store) -> None:
+async def test_poison_is_terminated_recorded_and_never_redelivered(front: Runtime, bus: Bus, store: Store) -> None:
     await put_pool(store, bus, "default")
     await bus.submit(b"\x00\xff not json", key="poison-1")
     await bus.submit(body(pool="default", priority=[1]), key="poison-2")
@@ -227,21 +212,21 @@ async def test_poison_is_terminated_recorded_and_never_redelivered(system: Runti
     assert (got["poison-2"]["reason"], got["poison-2"]["field"]) == ("invalid", "priority")
     assert got["poison-2"]["stream_seq"] == 2
     assert len(await store.job_list(pool=None, state=None, key="good", limit=1)) == 1
-    admission = system.services["admission"]
+    admission = front.services["admission"]
     assert isinstance(admission, Admission)
     assert admission.rejected == {"malformed": 1, "invalid": 1}
     assert admission.admitted == 1
 
 
 async def test_a_burst_past_max_active_sheds_exactly_the_excess(
-    system: Runtime, settings: Settings, bus: Bus, store: Store, http: aiohttp.ClientSession
+    front: Runtime, settings: Settings, bus: Bus, store: Store, http: aiohttp.ClientSession
 ) -> None:
     """Two admission instances share the intake while HTTP producers submit too: exactly
     max_active jobs are admitted, every one of them is kept, and the rest are shed."""
     max_active, via_js, via_http = 15, 60, 20
     await put_pool(store, bus, "burst", max_active=max_active)
-    assert system.store is not None
-    second = Admission(settings, system.store, system.bus)  # type: ignore[arg-type]
+    assert front.store is not None
+    second = Admission(settings, front.store, front.bus)  # type: ignore[arg-type]
     await second.start()
     try:
         async with Listener(bus, bus.subjects.job_events("admitted"), JobAdmitted) as admitted:

@@ -12,6 +12,18 @@ from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.errors import RequestFailed
 from schemas.events import ErrorDetail, Reply, RunnerHeartbeat, SlotAvailable
+from tests.support import eventually
+
+
+class Recorder:
+    """A handler that accepts every request and remembers it."""
+
+    def __init__(self) -> None:
+        self.calls: list[RunnerHeartbeat] = []
+
+    async def __call__(self, event: RunnerHeartbeat, msg: object) -> Reply:
+        self.calls.append(event)
+        return Reply(ok=True)
 
 
 async def test_consumer_continues_the_producers_trace(bus: Bus) -> None:
@@ -36,13 +48,7 @@ async def test_go_style_header_case_is_understood() -> None:
 
 
 async def test_invalid_request_is_answered_with_the_field(bus: Bus) -> None:
-    called = False
-
-    async def handler(event: RunnerHeartbeat, msg: object) -> Reply:
-        nonlocal called
-        called = True
-        return Reply(ok=True)
-
+    handler = Recorder()
     subject = bus.subjects.runner_heartbeat
     await bus.subscribe(subject, RunnerHeartbeat, handler)
     msg = await bus.nc.request(subject, b'{"runner_id": 5, "pool": "p"}', timeout=5)
@@ -51,7 +57,7 @@ async def test_invalid_request_is_answered_with_the_field(bus: Bus) -> None:
     assert (reply.error.code, reply.error.field) == ("invalid", "runner_id")
     msg = await bus.nc.request(subject, b"{oops", timeout=5)
     assert Reply.model_validate_json(msg.data).error.code == "malformed"  # type: ignore[union-attr]
-    assert not called
+    assert handler.calls == []
 
 
 async def test_a_batch_of_requests_is_answered_in_order_and_handled_together(bus: Bus) -> None:
@@ -79,16 +85,32 @@ async def test_a_batch_of_requests_is_answered_in_order_and_handled_together(bus
 
 
 async def test_a_batch_that_does_not_parse_fails_naming_the_item_and_field(bus: Bus) -> None:
-    called = False
-
-    async def handler(event: RunnerHeartbeat, msg: object) -> Reply:
-        nonlocal called
-        called = True
-        return Reply(ok=True)
-
+    handler = Recorder()
     subject = bus.subjects.runner_heartbeat
     await bus.subscribe(subject, RunnerHeartbeat, handler)
     good = RunnerHeartbeat(runner_id="a", pool="p")
     with pytest.raises(RequestFailed, match=r"1\.type"):  # item 1, field type
         await bus.request_many(subject, [good, SlotAvailable(pool="p", free=1)], Reply, 5)
-    assert not called
+    assert handler.calls == []
+
+
+async def test_intake_fetch_returns_a_lone_job_at_once_and_a_backlog_in_one_batch(bus: Bus) -> None:
+    await bus.ensure_intake_stream()
+    intake = await bus.intake_subscription("fetch-test")
+    # A fetch of up to 100 with a 60 s timeout, waiting on an empty stream when the job comes,
+    # must return it then, not wait for 99 more that never come.
+    fetching = asyncio.create_task(bus.fetch(intake, 100, timeout=60))
+    stream = bus.subjects.intake_stream
+    await eventually(lambda: _pull_waiting(bus, stream), what="the fetch to wait on the server")
+    await bus.submit(b'{"pool": "p"}', "lone")
+    lone = await asyncio.wait_for(fetching, 20)
+    assert [m.headers["Nats-Msg-Id"] for m in lone] == ["lone"]  # type: ignore[index]
+    for i in range(50):
+        await bus.submit(b'{"pool": "p"}', f"k{i}")
+    backlog = await asyncio.wait_for(bus.fetch(intake, 100, timeout=60), 20)
+    assert [m.headers["Nats-Msg-Id"] for m in backlog] == [f"k{i}" for i in range(50)]  # type: ignore[index]
+    assert await bus.fetch(intake, 100, timeout=0.2) == []
+
+
+async def _pull_waiting(bus: Bus, stream: str) -> bool:
+    return (await bus.js.consumer_info(stream, "fetch-test")).num_waiting > 0

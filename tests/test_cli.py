@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,8 +56,12 @@ class Up:
 
 
 @pytest.fixture
-def data_dir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "orch"
+def data_dir() -> Iterator[Path]:
+    # Not under pytest's temp root: embedded Postgres runs as another user and must traverse the
+    # parents, and a concurrent pytest session resets that root to mode 0700.
+    parent = Path(tempfile.mkdtemp(prefix="orch-cli-"))
+    yield parent / "orch"
+    shutil.rmtree(parent, ignore_errors=True)
 
 
 def test_up_submit_stop_restart(data_dir: Path) -> None:

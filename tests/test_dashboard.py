@@ -19,8 +19,8 @@ from tests.support import eventually
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-async def test_dashboard_page_and_the_endpoints_it_polls(http: aiohttp.ClientSession, system: Runtime) -> None:
-    async with http.get("/") as resp:
+async def test_dashboard_page_and_the_endpoints_it_polls(system_http: aiohttp.ClientSession, system: Runtime) -> None:
+    async with system_http.get("/") as resp:
         assert resp.status == 200
         assert resp.content_type == "text/html"
         page = await resp.text()
@@ -31,11 +31,11 @@ async def test_dashboard_page_and_the_endpoints_it_polls(http: aiohttp.ClientSes
     polled = re.findall(r'"(/v1/[a-z]+(?:\?[^"]*)?)"', page)
     assert set(polled) == {"/v1/pools", "/v1/stats", "/v1/runners", "/v1/leader", "/v1/jobs?limit=25"}
 
-    async with http.post("/v1/jobs", json={"pool": "default", "payload": {"command": ["true"]}}) as resp:
+    async with system_http.post("/v1/jobs", json={"pool": "default", "payload": {"command": ["true"]}}) as resp:
         job = await resp.json()
     bodies = {}
     for path in polled:
-        async with http.get(path) as resp:
+        async with system_http.get(path) as resp:
             assert resp.status == 200, path
             bodies[path] = await resp.json()
     assert [p["name"] for p in bodies["/v1/pools"]["pools"]] == ["default"]
@@ -71,21 +71,23 @@ def job_state(dom: str, job_id: str) -> str | None:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian package chromium)")
-async def test_a_browser_sees_the_pool_and_a_job_change_state(http: aiohttp.ClientSession, system: Runtime) -> None:
+async def test_a_browser_sees_the_pool_and_a_job_change_state(
+    system_http: aiohttp.ClientSession, system: Runtime
+) -> None:
     url = f"{system.http_url}/"
-    async with http.patch("/v1/pools/default", json={"paused": True}) as resp:
+    async with system_http.patch("/v1/pools/default", json={"paused": True}) as resp:
         assert resp.status == 200
-    async with http.post("/v1/jobs", json={"pool": "default", "payload": {"command": ["true"]}}) as resp:
+    async with system_http.post("/v1/jobs", json={"pool": "default", "payload": {"command": ["true"]}}) as resp:
         job = await resp.json()
     dom = await rendered(url)
     assert '<tr data-pool="default">' in dom and "paused" in dom
     assert job_state(dom, job["id"]) == "queued"
 
-    async with http.patch("/v1/pools/default", json={"paused": False}) as resp:
+    async with system_http.patch("/v1/pools/default", json={"paused": False}) as resp:
         assert resp.status == 200
 
     async def succeeded() -> dict[str, Any] | None:
-        async with http.get(f"/v1/jobs/{job['id']}") as resp:
+        async with system_http.get(f"/v1/jobs/{job['id']}") as resp:
             body = await resp.json()
         return body if body["state"] == "succeeded" else None
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import pytest
 
 from orchestrator.bus import Bus
 from orchestrator.runtime import Runtime
@@ -15,6 +17,12 @@ from schemas.events import AdmissionResult, JobAdmitted, JobFinished, JobSubmitt
 from tests.support import Listener, eventually
 
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
+
+
+@pytest.fixture
+async def http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(base_url=system.http_url) as session:
+        yield session
 
 
 async def finished(http: aiohttp.ClientSession, job_id: str, timeout: float = 15.0) -> dict[str, Any]:

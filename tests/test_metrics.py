@@ -25,8 +25,8 @@ from tests.support import eventually
 PROMTOOL = os.environ.get("ORCH_PROMTOOL") or shutil.which("promtool")
 
 
-async def scrape(http: aiohttp.ClientSession) -> str:
-    async with http.get("/metrics") as resp:
+async def scrape(system_http: aiohttp.ClientSession) -> str:
+    async with system_http.get("/metrics") as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
         return await resp.text()
@@ -52,24 +52,24 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float | None:
     return samples.get((name, tuple(sorted(labels.items()))))
 
 
-async def submit(http: aiohttp.ClientSession, spec: dict[str, Any]) -> dict[str, Any]:
-    async with http.post("/v1/jobs", json=spec) as resp:
+async def submit(system_http: aiohttp.ClientSession, spec: dict[str, Any]) -> dict[str, Any]:
+    async with system_http.post("/v1/jobs", json=spec) as resp:
         return {"status": resp.status, **await resp.json()}
 
 
 async def test_metrics_count_jobs_and_read_the_queue_from_postgres(
-    http: aiohttp.ClientSession, system: Runtime, store: Store
+    system_http: aiohttp.ClientSession, system: Runtime, store: Store
 ) -> None:
-    job = await submit(http, {"pool": "default", "payload": {"command": ["true"]}})
+    job = await submit(system_http, {"pool": "default", "payload": {"command": ["true"]}})
     assert job["status"] == 201
-    assert (await submit(http, {"pool": "nowhere"}))["status"] == 422  # rejected: unsatisfiable
+    assert (await submit(system_http, {"pool": "nowhere"}))["status"] == 422  # rejected: unsatisfiable
     # A pool with no runner: its jobs wait, and the gauges say so.
     await store.pool_create_if_absent("idle", [])
     for _ in range(2):
-        assert (await submit(http, {"pool": "idle", "payload": {"command": ["true"]}}))["status"] == 201
+        assert (await submit(system_http, {"pool": "idle", "payload": {"command": ["true"]}}))["status"] == 201
 
     async def done() -> dict[str, Any] | None:
-        samples = check_exposition(await scrape(http))
+        samples = check_exposition(await scrape(system_http))
         finished = value(samples, "orchestrator_jobs_finished_total", pool="default", outcome="succeeded")
         return samples if finished else None
 
@@ -90,18 +90,22 @@ async def test_metrics_count_jobs_and_read_the_queue_from_postgres(
     assert value(samples, "orchestrator_pool_free_slots", pool="default") == system.settings.runner_slots
     assert value(samples, "orchestrator_runners", pool="default", state="active") == 1
     for name in ("orchestrator_jobs_at_capacity_skips_total", "orchestrator_capacity_unknown_skips_total"):
-        assert f"# HELP {name} " in await scrape(http)
+        assert f"# HELP {name} " in await scrape(system_http)
 
 
-async def test_slot_to_assign_is_measured_when_a_freed_slot_takes_waiting_work(http: aiohttp.ClientSession) -> None:
+async def test_slot_to_assign_is_measured_when_a_freed_slot_takes_waiting_work(
+    system_http: aiohttp.ClientSession,
+) -> None:
     # One slot at a time: every job after the first waits for the slot its predecessor frees.
-    async with http.patch("/v1/pools/default", json={"max_concurrent": 1}) as resp:
+    async with system_http.patch("/v1/pools/default", json={"max_concurrent": 1}) as resp:
         assert resp.status == 200
     for _ in range(3):  # each long enough for the next to be admitted while it runs
-        assert (await submit(http, {"pool": "default", "payload": {"command": ["sleep", "0.2"]}}))["status"] == 201
+        assert (await submit(system_http, {"pool": "default", "payload": {"command": ["sleep", "0.2"]}}))[
+            "status"
+        ] == 201
 
     async def measured() -> dict[str, Any] | None:
-        samples = check_exposition(await scrape(http))
+        samples = check_exposition(await scrape(system_http))
         done = value(samples, "orchestrator_jobs_finished_total", pool="default", outcome="succeeded")
         return samples if done == 3 else None
 
@@ -112,9 +116,9 @@ async def test_slot_to_assign_is_measured_when_a_freed_slot_takes_waiting_work(h
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package prometheus)")
-async def test_promtool_accepts_the_live_metrics(http: aiohttp.ClientSession) -> None:
-    assert (await submit(http, {"pool": "default", "payload": {"command": ["true"]}}))["status"] == 201
-    text = await scrape(http)
+async def test_promtool_accepts_the_live_metrics(system_http: aiohttp.ClientSession) -> None:
+    assert (await submit(system_http, {"pool": "default", "payload": {"command": ["true"]}}))["status"] == 201
+    text = await scrape(system_http)
     proc = await asyncio.create_subprocess_exec(
         str(PROMTOOL), "check", "metrics", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,30 +18,10 @@ from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import JobFinished, PoolUpdated
+from schemas.pools import PoolConfig
 from tests.support import Listener, eventually
 
-DEFAULTS = {
-    "max_concurrent": 20,
-    "max_active": 1024,
-    "labels": [],
-    "allowed_plans": [],
-    "mode": "shared",
-    "paused": False,
-}
-
-
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[Runtime]:
-    runtime = Runtime(settings, ["admission", "api"], migrate=True)
-    await runtime.start()
-    yield runtime
-    await runtime.stop()
-
-
-@pytest.fixture
-async def http(api: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=api.http_url) as session:
-        yield session
+DEFAULTS = PoolConfig().model_dump(mode="json")
 
 
 async def call(http: aiohttp.ClientSession, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
@@ -220,9 +199,9 @@ async def test_a_bad_pools_file_stops_the_start(
 
 
 async def test_cli_pool_set(
-    api: Runtime, store: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    front: Runtime, store: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("ORCH_URL", api.http_url or "")
+    monkeypatch.setenv("ORCH_URL", front.http_url or "")
 
     async def cli(*args: str) -> int:
         return await asyncio.to_thread(main, list(args))  # the CLI blocks; the API runs on this loop

