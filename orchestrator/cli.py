@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from orchestrator import logs
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings, default_instance_id
 
@@ -320,11 +321,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=os.environ.get("ORCH_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(os.environ.get("ORCH_LOG_LEVEL", "INFO"))
     settings = Settings()
     try:
         return args.fn(args, settings)

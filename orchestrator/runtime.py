@@ -22,6 +22,8 @@ from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.errors import ConfigurationError
 from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service
+from orchestrator.metrics import Metrics
+from orchestrator.metrics_server import MetricsServer
 from orchestrator.pools import apply_pools_file
 from orchestrator.provisioning import LocalProvisioner, ProvisionerFactory
 from orchestrator.settings import Settings
@@ -88,9 +90,14 @@ class Runtime:
         self.bus: Bus | None = None
         self.services: dict[str, Service] = {}
         self.leadership = Leadership(settings.dispatch_shard, settings.instance_id)
+        # One set of counters for the process: every service adds to it; the api serves it (or,
+        # without the api, the metrics port).
+        self.metrics = Metrics()
+        if "dispatch" in services:
+            self.metrics.watch(self.leadership)
 
     async def start(self) -> None:
-        telemetry.setup()
+        telemetry.setup(f"orchestrator-{'-'.join(self.names)}" if len(self.names) < len(_ORDER) else "orchestrator")
         try:
             await self._start()
         except BaseException:
@@ -121,23 +128,27 @@ class Runtime:
             service = self._build(name)
             self.services[name] = service
             await service.start()
+        if s.metrics_port is not None and "api" not in self.names:
+            self.services["metrics"] = MetricsServer(self.metrics, s.http_host, s.metrics_port)
+            await self.services["metrics"].start()
         _log.info("serving %s as %s", ", ".join(self.names), s.instance_id)
 
     def _build(self, name: str) -> Service:
         s, store, bus = self.settings, self.store, self.bus
         assert store is not None and bus is not None
+        m = self.metrics
         if name == "capacity":
-            return Capacity(s, store, bus)
+            return Capacity(s, store, bus, metrics=m)
         if name == "admission":
-            return Admission(s, store, bus)
+            return Admission(s, store, bus, metrics=m)
         if name == "leader":
             return Leader(s, store, bus, self.leadership)
         if name == "dispatch":
-            return Dispatch(s, store, bus, leadership=self.leadership)
+            return Dispatch(s, store, bus, leadership=self.leadership, metrics=m)
         if name == "provisioner":
             return Provisioning(s, store, bus, self.provisioners, leadership=self.leadership)
         if name == "api":
-            return Api(s, store, bus)
+            return Api(s, store, bus, metrics=m)
         return self._runner or Runner(
             s,
             bus,

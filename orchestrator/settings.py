@@ -32,6 +32,9 @@ class Settings(BaseSettings):
 
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    # A process without the api (`serve dispatch`, `serve admission`) serves its own counters at
+    # GET /metrics on this port when set; with the api they are on the api's /metrics.
+    metrics_port: int | None = None
     # Bodies past this answer 413 before they are parsed.
     max_body_bytes: int = 1_048_576
 

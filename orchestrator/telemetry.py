@@ -124,5 +124,14 @@ def extract(carrier: Mapping[str, str] | None) -> Context:
     return propagate.extract(carrier or {}, getter=_getter)
 
 
+class _ServiceLogger(logging.LoggerAdapter):
+    """Adds `service` to every record and keeps the call's own `extra` (job ids and the like):
+    the standard adapter replaces it."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
 def get_logger(service: str) -> logging.LoggerAdapter:
-    return logging.LoggerAdapter(logging.getLogger(f"orchestrator.{service}"), {"service": service})
+    return _ServiceLogger(logging.getLogger(f"orchestrator.{service}"), {"service": service})

@@ -47,6 +47,13 @@ class PoolMention(BaseModel):
     pool: str
 
 
+class SlotMention(PoolMention):
+    """A `SlotAvailable` as the dispatcher reads it: the pool, and when the slot was announced
+    (for the slot-to-assign latency)."""
+
+    at: datetime | None = None
+
+
 class JobRejected(Envelope):
     type: Literal["JobRejected"] = "JobRejected"
     key: str | None

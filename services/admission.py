@@ -39,6 +39,7 @@ from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.errors import BusUnavailable, StoreError, StoreUnavailable
 from orchestrator.lifecycle import Service
+from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import AdmissionTx, NewJob, Rejection, Store
 from schemas.events import (
@@ -167,13 +168,22 @@ def _same_key(existing: dict[str, Any], spec: JobSpec) -> Decision:
 class Admission(Service):
     name = "admission"
 
-    def __init__(self, settings: Settings, store: Store, bus: Bus, config: AdmissionConfig | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        bus: Bus,
+        config: AdmissionConfig | None = None,
+        *,
+        metrics: Metrics | None = None,
+    ):
         super().__init__()
         self.settings = settings
         self.store = store
         self.bus = bus
         self.config = config or AdmissionConfig()
-        # In-process counters; Prometheus comes later.
+        self.metrics = metrics or Metrics()
+        # Totals of this instance (tests read them); Prometheus has them by pool and reason.
         self.admitted = 0
         self.rejected: dict[str, int] = {}
 
@@ -277,21 +287,29 @@ class Admission(Service):
         """After the commit: the news of every admission and refusal, and the counters."""
         s = self.bus.subjects
         events: list[tuple[str, BaseModel]] = []
+        admitted_by_pool: dict[str, int] = {}
         for sub, d in zip(subs, decisions, strict=True):
             if d.outcome == "admitted":
                 assert d.row is not None
-                self.admitted += 1
                 row = d.row
+                admitted_by_pool[row["pool"]] = admitted_by_pool.get(row["pool"], 0) + 1
                 admitted = JobAdmitted(job_id=row["id"], key=row["key"], pool=row["pool"], priority=row["priority"])
                 events.append((s.job_event("admitted", row["pool"]), admitted))
             elif d.error is not None:
-                self.rejected[d.error.code] = self.rejected.get(d.error.code, 0) + 1
+                self._count_rejected(d.error.code)
                 pool = sub.spec.pool if sub.spec else None
                 rejected = JobRejected(
                     key=sub.key, pool=pool, reason=d.error.code, message=d.error.message, field=d.error.field
                 )
                 events.append((s.job_event("rejected", pool or "_invalid"), rejected))
+        for pool, n in admitted_by_pool.items():  # once per pool per batch: the hot path
+            self.admitted += n
+            self.metrics.admitted.labels(pool).inc(n)
         await self.bus.publish_many(events)
+
+    def _count_rejected(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.metrics.rejected.labels(reason).inc()
 
     # --- door: core request/reply (and HTTP through it) ------------------------------------------
 
@@ -314,7 +332,7 @@ class Admission(Service):
             return AdmissionResult(outcome="rejected", error=ErrorDetail(code="internal", message=str(exc)))
 
     def _invalid_reply(self, error: ErrorDetail) -> AdmissionResult:
-        self.rejected[error.code] = self.rejected.get(error.code, 0) + 1
+        self._count_rejected(error.code)
         return AdmissionResult(outcome="rejected", error=error)
 
     # --- door: JetStream intake ------------------------------------------------------------------
@@ -337,6 +355,14 @@ class Admission(Service):
 
     async def _admit_messages(self, msgs: list[Msg]) -> None:
         subs = [self._parse(msg) for msg in msgs]
+        spans = _message_spans(msgs, subs) if telemetry.recording() else []
+        try:
+            await self._admit_batch(msgs, subs)
+        finally:
+            for span in spans:
+                span.end()
+
+    async def _admit_batch(self, msgs: list[Msg], subs: list[Submission]) -> None:
         links = None
         if telemetry.recording():  # one batch span linked to every producer's span
             links = [trace.Link(trace.get_current_span(telemetry.extract(m.headers)).get_span_context()) for m in msgs]
@@ -356,8 +382,8 @@ class Admission(Service):
             except Exception as exc:
                 if len(msgs) > 1:  # find the one message the store refuses; admit the rest
                     self.log.warning("batch of %d failed (%s); admitting one by one", len(msgs), exc)
-                    for msg in msgs:
-                        await self._admit_messages([msg])
+                    for msg, sub in zip(msgs, subs, strict=True):
+                        await self._admit_batch([msg], [sub])
                     return
                 await self._give_up(msgs[0], subs[0], exc)
                 return
@@ -381,7 +407,7 @@ class Admission(Service):
     async def _give_up(self, msg: Msg, sub: Submission, exc: Exception) -> None:
         """A lone message the store refuses (not an outage): terminate it, and say why where it
         can be seen, so it never loops."""
-        self.log.error("terminated intake message %s: %s", sub.stream_seq, exc)
+        self.log.error("terminated intake message %s: %s", sub.stream_seq, exc, extra={"action": "terminate"})
         error = ErrorDetail(code="internal", message=f"the store refused this job: {exc}")
         bad = Submission(None, sub.key, {}, error, stream_seq=sub.stream_seq, body=msg.data)
         try:
@@ -389,3 +415,26 @@ class Admission(Service):
         except Exception as record_exc:
             self.log.error("could not record the refusal of message %s: %s", sub.stream_seq, record_exc)
         await msg.term()
+
+
+def _message_spans(msgs: Sequence[Msg], subs: Sequence[Submission]) -> list[trace.Span]:
+    """While spans are recorded: one consumer span per intake message, a child of its producer's
+    span, whose context is what the job stores (so dispatch and the runner continue from the
+    admission, in the producer's trace). Ended by the caller once the batch is decided."""
+    tracer = trace.get_tracer("orchestrator.admission")
+    spans = []
+    for msg, sub in zip(msgs, subs, strict=True):
+        span = tracer.start_span(
+            f"process {msg.subject}",
+            context=telemetry.extract(msg.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": msg.subject,
+                "messaging.operation.type": "process",
+                "messaging.message.id": sub.key or "",
+            },
+        )
+        sub.trace_context = telemetry.inject(context=trace.set_span_in_context(span))
+        spans.append(span)
+    return spans

@@ -10,6 +10,7 @@ with it too). Every error is `{"error": {"code", "message", "field"}}`.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +23,7 @@ from orchestrator.bus import Bus
 from orchestrator.bus.lease import read_lease
 from orchestrator.errors import NotFound, OrchestratorError
 from orchestrator.lifecycle import Service
+from orchestrator.metrics import CONTENT_TYPE, Metrics, QueueCollector, exposition
 from orchestrator.pools import PoolChange, change_pool
 from orchestrator.settings import Settings
 from orchestrator.store import Store
@@ -37,6 +39,8 @@ from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
 
 _tracer = telemetry.tracer("orchestrator.api")
+# Plain HTML and JS polling the JSON API: nothing to build.
+_DASHBOARD = (resources.files("services") / "static" / "dashboard.html").read_text()
 ADMISSION_TIMEOUT_S = 10.0
 _pool_name = TypeAdapter(Name)
 
@@ -92,11 +96,14 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
 class Api(Service):
     name = "api"
 
-    def __init__(self, settings: Settings, store: Store, bus: Bus) -> None:
+    def __init__(self, settings: Settings, store: Store, bus: Bus, *, metrics: Metrics | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.store = store
         self.bus = bus
+        # This process's counters, and the queue's gauges read from Postgres when scraped.
+        self.metrics = metrics or Metrics()
+        self.queue = QueueCollector(store)
         self.url: str | None = None
         self.app = self._build_app()
 
@@ -116,6 +123,9 @@ class Api(Service):
         app.router.add_get("/v1/leader", self.get_leader)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.get_metrics)
+        app.router.add_get("/v1/stats", self.get_stats)
+        app.router.add_get("/", self.dashboard)
         return app
 
     async def on_start(self) -> None:
@@ -312,6 +322,19 @@ class Api(Service):
                 "lease": {"holder": lease.holder, "revision": lease.revision} if lease else None,
             }
         )
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        """Each pool's queue right now (queued, in flight, free slots, oldest wait) and runners by
+        state: what the dashboard shows beside the pools' configuration."""
+        pools, runners = await self.store.metrics_snapshot()
+        return json_response({"pools": pools, "runners": runners})
+
+    async def get_metrics(self, request: web.Request) -> web.Response:
+        await self.queue.refresh()
+        return web.Response(body=exposition(self.metrics, self.queue), headers={"Content-Type": CONTENT_TYPE})
+
+    async def dashboard(self, request: web.Request) -> web.Response:
+        return web.Response(text=_DASHBOARD, content_type="text/html")
 
     async def healthz(self, request: web.Request) -> web.Response:
         return json_response({"ok": True})

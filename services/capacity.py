@@ -32,6 +32,7 @@ from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.errors import NotFound
 from orchestrator.lifecycle import Service, every
+from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import (
@@ -58,11 +59,12 @@ def refused(code: str, message: str) -> Reply:
 class Capacity(Service):
     name = "capacity"
 
-    def __init__(self, settings: Settings, store: Store, bus: Bus) -> None:
+    def __init__(self, settings: Settings, store: Store, bus: Bus, *, metrics: Metrics | None = None) -> None:
         super().__init__()
         self.settings = settings
         self.store = store
         self.bus = bus
+        self.metrics = metrics or Metrics()
         # Reports arriving together are committed together.
         self._starts: Batcher[JobStarted, str | None] = Batcher(self._start_batch)
         self._finishes: Batcher[JobFinished, str | None] = Batcher(self._finish_batch)
@@ -98,7 +100,13 @@ class Capacity(Service):
             )
         except NotFound as exc:
             return refused("unknown_pool", str(exc))
-        self.log.info("runner %s registered in %s with %d slots", event.runner_id, event.pool, event.slots)
+        self.log.info(
+            "runner %s registered in %s with %d slots",
+            event.runner_id,
+            event.pool,
+            event.slots,
+            extra={"runner_id": event.runner_id, "pool": event.pool, "action": "register"},
+        )
         await self.elect(event.pool)
         await self._announce_free({event.pool, *(job["pool"] for job in released)})
         return OK
@@ -149,6 +157,13 @@ class Capacity(Service):
         )
         await self._publish("finished", events, recorded)
         await self._announce_free(set(recorded.values()))  # once per pool per batch
+        ended: dict[tuple[str, str], int] = {}
+        for e in events:
+            if e.job_id in recorded:
+                outcome = (recorded[e.job_id], e.state.value)
+                ended[outcome] = ended.get(outcome, 0) + 1
+        for (pool, state), n in ended.items():
+            self.metrics.finished.labels(pool, state).inc(n)
         return [recorded.get(e.job_id) for e in events]
 
     async def _publish(self, verb: str, events: Sequence[JobStarted | JobFinished], pools: dict[UUID, str]) -> None:

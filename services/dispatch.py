@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from datetime import datetime
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -39,11 +41,10 @@ from orchestrator.bus import Bus
 from orchestrator.errors import OrchestratorError, RequestFailed, StoreUnavailable
 from orchestrator.leadership import Leadership, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
+from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import Fence, Store
-from schemas.events import CapacityUnknown, JobAssigned, PoolMention, Reply
-
-_tracer = telemetry.tracer("orchestrator.dispatch")
+from schemas.events import CapacityUnknown, JobAssigned, PoolMention, Reply, SlotMention
 
 
 class DispatchConfig(BaseModel):
@@ -62,6 +63,7 @@ class Dispatch(Service):
         config: DispatchConfig | None = None,
         *,
         leadership: Leadership | None = None,
+        metrics: Metrics | None = None,
     ):
         super().__init__()
         self.settings = settings
@@ -69,17 +71,24 @@ class Dispatch(Service):
         self.bus = bus
         self.config = config or DispatchConfig()
         self.leadership = leadership
+        self.metrics = metrics or Metrics()
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         # Steps counted by status: `at_capacity` and `capacity_unknown` are the skip counters of
-        # seed 000 (`jobs_at_capacity_skips_total`); read by tests, the benchmark and metrics.
+        # seed 000 (`jobs_at_capacity_skips_total`); read by tests and the benchmark. Prometheus
+        # has the same per pool.
         self.step_counts: dict[str, int] = {}
+        # When a slot was announced free, per pool, until the next step there (wall clock: the
+        # announcement is stamped by capacity, maybe in another process).
+        self._slot_freed_at: dict[str, float] = {}
 
     async def on_start(self) -> None:
         s = self.bus.subjects
-        for subject in (s.job_events("admitted"), s.slot_available(), s.pool_updated()):
+        for subject in (s.job_events("admitted"), s.pool_updated()):
             sub = await self.bus.subscribe(subject, PoolMention, self._on_wake)
             self.on_cleanup(sub.unsubscribe)
+        sub = await self.bus.subscribe(s.slot_available(), SlotMention, self._on_slot)
+        self.on_cleanup(sub.unsubscribe)
         self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "dispatch sweep"), "sweep")
         sweep_on_gain(self.leadership, self, self.sweep)
         await self.sweep()
@@ -97,6 +106,12 @@ class Dispatch(Service):
                     await task
 
     async def _on_wake(self, event: PoolMention, msg: Msg) -> None:
+        self.wake(event.pool)
+
+    async def _on_slot(self, event: SlotMention, msg: Msg) -> None:
+        # Only where a step will follow (and take it back out): a standby must not hoard stale times.
+        if event.at is not None and self.running and self._leading():
+            self._slot_freed_at.setdefault(event.pool, event.at.timestamp())
         self.wake(event.pool)
 
     async def sweep(self) -> None:
@@ -137,7 +152,7 @@ class Dispatch(Service):
         if self.leadership is not None:
             fence = self.leadership.fence()  # read once: the term may end while this step runs
             if fence is None:
-                self.step_counts["not_leader"] = self.step_counts.get("not_leader", 0) + 1
+                self._count(pool, "not_leader")
                 return "not_leader"
         try:
             claim = await self.store.job_claim_step(pool, self.config.step_limit, fence)
@@ -153,12 +168,28 @@ class Dispatch(Service):
             claim_status = "failed"
         else:
             claim_status = claim.status
+            if claim.in_flight is not None:
+                self.metrics.peak(pool, claim.in_flight)
             by_runner: dict[str, list[dict[str, Any]]] = {}
             for a in claim.assignments:
                 by_runner.setdefault(a["runner_id"], []).append(a)
             await asyncio.gather(*(self._hand_off(runner_id, rows) for runner_id, rows in by_runner.items()))
-        self.step_counts[claim_status] = self.step_counts.get(claim_status, 0) + 1
+        self._count(pool, claim_status)
         return claim_status
+
+    def _count(self, pool: str, status: str) -> None:
+        self.step_counts[status] = self.step_counts.get(status, 0) + 1
+        m = self.metrics
+        m.steps.labels(pool, status).inc()
+        if status == "at_capacity":
+            m.at_capacity.labels(pool).inc()
+        elif status == "capacity_unknown":
+            m.capacity_unknown.labels(pool).inc()
+        # Slot-to-assign counts only a slot that work was waiting for: the first step after the
+        # announcement dispatched. Any other outcome forgets it (no job, or another cap binds).
+        freed_at = self._slot_freed_at.pop(pool, None)
+        if freed_at is not None and status == "dispatched":
+            m.slot_to_assign.labels(pool).observe(max(0.0, time.time() - freed_at))
 
     async def _hand_off(self, runner_id: str, rows: list[dict[str, Any]]) -> None:
         """One request carries every job claimed for this runner; it acks each (or not)."""
@@ -168,7 +199,13 @@ class Dispatch(Service):
                 self.bus.subjects.assign(runner_id), events, Reply, self.settings.assign_ack_timeout_s
             )
         except RequestFailed as exc:
-            self.log.warning("hand-off of %d jobs to %s failed: %s", len(events), runner_id, exc)
+            self.log.warning(
+                "hand-off of %d jobs to %s failed: %s",
+                len(events),
+                runner_id,
+                exc,
+                extra={"runner_id": runner_id, "job_ids": ",".join(str(e.job_id) for e in events)},
+            )
             replies = [Reply(ok=False)] * len(events)
         accepted = [e for e, reply in zip(events, replies, strict=True) if reply.ok]
         refused = [e for e, reply in zip(events, replies, strict=True) if not reply.ok]
@@ -179,20 +216,18 @@ class Dispatch(Service):
             for e in refused:
                 await self.store.job_unassign(e.job_id, runner_id)
         await self.bus.publish_many([(self.bus.subjects.job_event("assigned", e.pool), e) for e in accepted])
+        if accepted:
+            pool = accepted[0].pool  # a step claims for one pool
+            self.metrics.dispatched.labels(pool).inc(len(accepted))
+            wait = self.metrics.queue_wait.labels(pool)
+            for a, reply in zip(rows, replies, strict=True):
+                if reply.ok:
+                    wait.observe((a["assigned_at"] - a["created_at"]).total_seconds())
 
-    @staticmethod
-    def _assignment(a: dict[str, Any]) -> JobAssigned:
-        # The dispatch span continues the producer's trace, stored with the job, after the wait;
-        # the runner continues it from the context the assignment carries.
+    def _assignment(self, a: dict[str, Any]) -> JobAssigned:
         carrier = dict(a["trace_context"] or {})
         if telemetry.recording():
-            with _tracer.start_as_current_span(
-                "dispatch",
-                context=telemetry.extract(carrier),
-                kind=trace.SpanKind.PRODUCER,
-                attributes={"orchestrator.job_id": str(a["id"]), "orchestrator.runner_id": a["runner_id"]},
-            ):
-                carrier = telemetry.inject()
+            carrier = _traced_hand_off(a, carrier, self.bus.subjects.assign(a["runner_id"]))
         return JobAssigned(
             job_id=a["id"],
             pool=a["pool"],
@@ -202,3 +237,34 @@ class Dispatch(Service):
             timeout_s=a["timeout_s"],
             trace_context=carrier,
         )
+
+
+def _ns(at: datetime) -> int:
+    return int(at.timestamp() * 1e9)
+
+
+def _traced_hand_off(a: dict[str, Any], carrier: dict[str, str], subject: str) -> dict[str, str]:
+    """Continue the job's trace from the context stored with it (the admission span), after any
+    wait or restart: the wait itself as a `queued` span (admission to claim, from the row's own
+    timestamps), then the producer span of the assignment. Returns the context the assignment
+    carries, so the runner's span is its child."""
+    parent = telemetry.extract(carrier)
+    job = {"orchestrator.job_id": str(a["id"]), "orchestrator.pool": a["pool"]}
+    tracer = trace.get_tracer("orchestrator.dispatch")
+    waited = tracer.start_span("queued", context=parent, attributes=job, start_time=_ns(a["created_at"]))
+    waited.end(end_time=_ns(a["assigned_at"]))
+    with tracer.start_as_current_span(
+        f"send {subject}",
+        context=parent,
+        kind=trace.SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.destination.name": subject,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "assign",
+            "orchestrator.runner_id": a["runner_id"],
+            "orchestrator.attempt": a["attempt"] + 1,
+            **job,
+        },
+    ):
+        return telemetry.inject()

@@ -29,6 +29,7 @@ from typing import Any
 from uuid import UUID
 
 from nats.aio.msg import Msg
+from opentelemetry.trace import SpanKind
 
 from orchestrator import telemetry
 from orchestrator.batching import Batcher
@@ -50,6 +51,20 @@ from schemas.events import (
 from schemas.jobs import JobState
 
 _tracer = telemetry.tracer("orchestrator.runner")
+
+
+def _run_attributes(e: JobAssigned) -> dict[str, Any]:
+    return {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "run",
+        "orchestrator.job_id": str(e.job_id),
+        "orchestrator.pool": e.pool,
+        "orchestrator.runner_id": e.runner_id,
+        "orchestrator.attempt": e.attempt,
+    }
+
+
 Outcome = tuple[JobState, int | None, str | None]
 Execute = Callable[[JobAssigned], Awaitable[Outcome]]
 REQUEST_TIMEOUT_S = 5.0
@@ -238,14 +253,19 @@ class Runner(Service):
             if self.once:  # before it runs, so its slot is not offered again when the job ends
                 await self._drain()
             context = telemetry.extract(e.trace_context) if e.trace_context else None
+            # The job's trace, continued from the assignment (dispatch's span): a consumer span
+            # for the attempt, around permission, execution and the report.
             with _tracer.start_as_current_span(
-                "run", context=context, attributes={"orchestrator.job_id": str(e.job_id)}
+                "run",
+                context=context,
+                kind=SpanKind.CONSUMER,
+                attributes=_run_attributes(e) if telemetry.recording() else None,
             ):
                 started = JobStarted(job_id=e.job_id, pool=e.pool, runner_id=self.runner_id, attempt=e.attempt)
                 try:
                     permitted = await self._starts.submit(started)
                 except RequestFailed as exc:
-                    self.log.warning("no permission to start %s: %s", e.job_id, exc)
+                    self.log.warning("no permission to start %s: %s", e.job_id, exc, extra={"job_id": e.job_id})
                     return  # still assigned: the orchestrator releases it (sweep or re-registration)
                 if not permitted.ok:
                     return  # stale: another runner has it, or it was cancelled
@@ -325,6 +345,6 @@ class Runner(Service):
                 await self._finishes.submit(event)
                 return
             except RequestFailed as exc:
-                self.log.warning("report of %s failed, retrying: %s", event.job_id, exc)
+                self.log.warning("report of %s failed, retrying: %s", event.job_id, exc, extra={"job_id": event.job_id})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -152,3 +152,10 @@ async def system(settings: Settings) -> AsyncIterator[Runtime]:
     await runtime.start()
     yield runtime
     await runtime.stop()
+
+
+@pytest.fixture
+async def system_http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client of the whole system's HTTP API (`http` is the admission-only front's)."""
+    async with aiohttp.ClientSession(base_url=system.http_url) as session:
+        yield session

@@ -109,6 +109,10 @@ def test_the_topology(config: dict[str, Any]) -> None:
     assert "--jetstream" in config["services"]["nats"]["command"]
     prometheus = (ROOT / "deploy" / "prometheus.yml").read_text()
     assert f"api:{api['environment']['ORCH_HTTP_PORT']}" in prometheus
+    # Processes without the api serve their own counters on the metrics port, and are scraped there.
+    for name in ("admission", "capacity", "dispatch"):
+        port = services[name]["environment"]["ORCH_METRICS_PORT"]
+        assert f"port: {port}" in prometheus and name in prometheus, name
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" in services["api"]["environment"]
 
 

@@ -189,6 +189,8 @@ class ClaimStep:
 
     status: str
     assignments: list[dict[str, Any]] = field(default_factory=list)
+    # In-flight jobs of the pool once the step committed (None when not counted: unlimited pools).
+    in_flight: int | None = None
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -392,7 +394,8 @@ class Store:
             return ClaimStep("no_job")
         await conn.execute(Q["job_shape_served"], list({a["shape_id"] for a in assignments}))
         await conn.execute(Q["job_set_runner"], [a["id"] for a in assignments], [a["runner_id"] for a in assignments])
-        return ClaimStep("dispatched", assignments)
+        in_flight_after = None if cfg["max_concurrent"] < 0 else in_flight + len(assignments)
+        return ClaimStep("dispatched", assignments, in_flight_after)
 
     async def job_requeue_unstarted(self, after_s: float, now: datetime | None = None) -> list[dict[str, Any]]:
         """Requeue assignments not started within `after_s`; returns them (id, pool)."""
@@ -503,3 +506,10 @@ class Store:
     async def runner_list(self) -> list[dict[str, Any]]:
         async with self._conn() as conn:
             return [dict(r) for r in await conn.fetch(Q["runner_list"])]
+
+    async def metrics_snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Every pool's queue state, and runners counted by pool and state (metrics, dashboard)."""
+        async with self._conn() as conn:
+            pools = await conn.fetch(Q["metrics_pools"])
+            runners = await conn.fetch(Q["metrics_runners"])
+        return [dict(r) for r in pools], [dict(r) for r in runners]

@@ -62,7 +62,8 @@ WITH shapes AS (
 )
 UPDATE jobs j SET state = 'assigned', assigned_at = clock_timestamp(), not_before = NULL, claim_epoch = $4
 FROM picked WHERE j.id = picked.id AND j.state = 'queued'
-RETURNING j.id, j.pool, j.shape_id, j.attempt, j.payload, j.timeout_s, j.trace_context, j.priority;
+RETURNING j.id, j.pool, j.shape_id, j.attempt, j.payload, j.timeout_s, j.trace_context, j.priority,
+          j.created_at, j.assigned_at;
 
 -- name: job_shape_served
 UPDATE job_shapes SET served_at = clock_timestamp() WHERE id = ANY($1::bigint[]);

@@ -1,0 +1,68 @@
+"""Log output: one JSON object a line when stderr is not a terminal (containers, CI, files), the
+usual readable line when it is.
+
+Every record carries its `service`, the current trace and span ids when a trace is under way
+(also when spans are not recorded: the producer's context still travels, so a log line can be
+found from a trace id and back), and whatever ids the call site gave in `extra` (`job_id`,
+`runner_id`, `pool`, `action`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from opentelemetry import trace
+
+# Fields a call site may add with `extra=`; anything else stays off the line.
+_EXTRA = ("service", "action", "job_id", "job_ids", "runner_id", "pool")
+
+
+def _trace_ids() -> dict[str, str]:
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return {}
+    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in _EXTRA:
+            value = record.__dict__.get(name)
+            if value is not None:
+                line[name] = value if isinstance(value, str | int | float | bool) else str(value)
+        line.update(_trace_ids())
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """The readable line, with the trace id appended when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        ids = _trace_ids()
+        return f"{text} trace_id={ids['trace_id']}" if ids else text
+
+
+def configure(level: str = "INFO", stream: Any = None) -> None:
+    """Route the root logger to `stream` (stderr), as JSON unless it is a terminal."""
+    stream = stream or sys.stderr
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter() if stream.isatty() else JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)

@@ -1,0 +1,31 @@
+-- Read when /metrics is scraped (and by the dashboard): the state of every pool, from the job
+-- rows themselves (Postgres is the truth; nothing is counted in memory). One pass over the
+-- active jobs through jobs_active_idx; pools and runners are small.
+-- name: metrics_pools
+WITH j AS (
+    SELECT pool,
+           count(*) FILTER (WHERE state = 'queued') AS queued,
+           count(*) FILTER (WHERE state <> 'queued') AS in_flight,
+           min(created_at) FILTER (WHERE state = 'queued') AS oldest
+    FROM jobs WHERE state IN ('queued', 'assigned', 'running')
+    GROUP BY pool
+), busy AS (
+    SELECT runner_id, count(*) AS n FROM jobs WHERE state IN ('assigned', 'running') GROUP BY runner_id
+), slots AS (
+    SELECT r.pool, sum(greatest(r.slots - coalesce(b.n, 0), 0))::bigint AS free
+    FROM runners r LEFT JOIN busy b ON b.runner_id = r.id
+    WHERE r.state = 'active'
+    GROUP BY r.pool
+)
+SELECT p.name AS pool, p.max_concurrent, p.max_active, p.paused::int AS paused,
+       coalesce(j.queued, 0) AS queued, coalesce(j.in_flight, 0) AS in_flight,
+       CASE WHEN p.max_concurrent < 0 THEN coalesce(s.free, 0)
+            ELSE least(coalesce(s.free, 0), greatest(p.max_concurrent - coalesce(j.in_flight, 0), 0))
+       END AS free,
+       coalesce(extract(epoch FROM clock_timestamp() - j.oldest), 0)::float8 AS oldest_queued_s
+FROM pools p LEFT JOIN j ON j.pool = p.name LEFT JOIN slots s ON s.pool = p.name
+ORDER BY p.name;
+
+-- name: metrics_runners
+SELECT pool, state, count(*) AS runners, sum(slots)::bigint AS slots
+FROM runners GROUP BY pool, state ORDER BY pool, state;

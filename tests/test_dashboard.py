@@ -1,0 +1,95 @@
+"""The dashboard at GET /: a plain page served by the api, and every JSON endpoint its script
+polls answers with what the page draws. Where Debian's `chromium` is installed, a headless
+browser also loads the page and sees a job change state (not installable by `make`: skipped
+elsewhere)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from typing import Any
+
+import aiohttp
+import pytest
+
+from orchestrator.runtime import Runtime
+from tests.support import eventually
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+async def test_dashboard_page_and_the_endpoints_it_polls(system_http: aiohttp.ClientSession, system: Runtime) -> None:
+    async with system_http.get("/") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/html"
+        page = await resp.text()
+    assert "<title>orchestrator</title>" in page
+    for table in ("pools", "runners", "jobs"):
+        assert f'<table id="{table}">' in page
+    # The paths the script fetches, read from the page itself so the two cannot drift apart.
+    polled = re.findall(r'"(/v1/[a-z]+(?:\?[^"]*)?)"', page)
+    assert set(polled) == {"/v1/pools", "/v1/stats", "/v1/runners", "/v1/leader", "/v1/jobs?limit=25"}
+
+    async with system_http.post("/v1/jobs", json={"pool": "default", "payload": {"command": ["true"]}}) as resp:
+        job = await resp.json()
+    bodies = {}
+    for path in polled:
+        async with system_http.get(path) as resp:
+            assert resp.status == 200, path
+            bodies[path] = await resp.json()
+    assert [p["name"] for p in bodies["/v1/pools"]["pools"]] == ["default"]
+    [stats] = bodies["/v1/stats"]["pools"]
+    assert stats["pool"] == "default" and stats["max_concurrent"] == 20
+    assert {"queued", "in_flight", "free", "oldest_queued_s"} <= set(stats)
+    [runner] = bodies["/v1/runners"]["runners"]
+    assert runner["slots"] == system.settings.runner_slots and "busy" in runner
+    assert bodies["/v1/leader"]["holder"] == system.settings.instance_id
+    assert job["id"] in [j["id"] for j in bodies["/v1/jobs?limit=25"]["jobs"]]
+
+
+async def rendered(url: str) -> str:
+    """The page's DOM after its script has polled a few times, as headless Chromium sees it."""
+    proc = await asyncio.create_subprocess_exec(
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",  # tests may run as root
+        "--disable-gpu",
+        "--virtual-time-budget=3000",
+        "--dump-dom",
+        url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    return out.decode()
+
+
+def job_state(dom: str, job_id: str) -> str | None:
+    match = re.search(rf'<tr data-job="{job_id}">.*?<span class="state [a-z_]+">([a-z_]+)</span>', dom, re.S)
+    return match.group(1) if match else None
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian package chromium)")
+async def test_a_browser_sees_the_pool_and_a_job_change_state(
+    system_http: aiohttp.ClientSession, system: Runtime
+) -> None:
+    url = f"{system.http_url}/"
+    async with system_http.patch("/v1/pools/default", json={"paused": True}) as resp:
+        assert resp.status == 200
+    async with system_http.post("/v1/jobs", json={"pool": "default", "payload": {"command": ["true"]}}) as resp:
+        job = await resp.json()
+    dom = await rendered(url)
+    assert '<tr data-pool="default">' in dom and "paused" in dom
+    assert job_state(dom, job["id"]) == "queued"
+
+    async with system_http.patch("/v1/pools/default", json={"paused": False}) as resp:
+        assert resp.status == 200
+
+    async def succeeded() -> dict[str, Any] | None:
+        async with system_http.get(f"/v1/jobs/{job['id']}") as resp:
+            body = await resp.json()
+        return body if body["state"] == "succeeded" else None
+
+    await eventually(succeeded, timeout=20, what="the job to succeed")
+    assert job_state(await rendered(url), job["id"]) == "succeeded"
