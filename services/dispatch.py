@@ -110,7 +110,7 @@ class Dispatch(Service):
 
     async def _on_slot(self, event: SlotMention, msg: Msg) -> None:
         # Only where a step will follow (and take it back out): a standby must not hoard stale times.
-        if event.at is not None and self.running and self._leading():
+        if event.at is not None and self.running and leads(self.leadership):
             self._slot_freed_at.setdefault(event.pool, event.at.timestamp())
         self.wake(event.pool)
 
