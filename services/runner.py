@@ -174,7 +174,10 @@ class Runner(Service):
     # --- assignments ---------------------------------------------------------------------------
 
     async def _on_assign(self, event: JobAssigned, msg: Msg) -> Reply:
-        if not self._accepting or len(self._jobs) >= self.slots or event.job_id in self._jobs:
+        # A cancelled job holds no slot: it is being let go (an expired reservation's slot is
+        # offered again as soon as the orchestrator has ended it).
+        busy = sum(1 for job in self._jobs.values() if not job.cancelled.is_set())
+        if not self._accepting or busy >= self.slots or event.job_id in self._jobs:
             return Reply(ok=False, error=ErrorDetail(code="no_slot", message=f"{self.runner_id} has no free slot"))
         job = _Running(event)
         self._jobs[event.job_id] = job

@@ -465,3 +465,23 @@ class Store:
     async def runner_list(self) -> list[dict[str, Any]]:
         async with self._conn() as conn:
             return [dict(r) for r in await conn.fetch(Q["runner_list"])]
+
+    async def runner_get(self, runner_id: str) -> dict[str, Any] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["runner_get"], runner_id)
+        return dict(row) if row else None
+
+    # --- the take protocol and what holds a job back ---------------------------------------
+
+    async def job_poll(self, job_id: UUID, wait_s: float = 0.0, taking: str | None = None) -> dict[str, Any] | None:
+        """A take client polls: heard from now (and until the end of a `wait_s` long poll); with
+        `taking` (a runner id) it takes that runner. The job, or None if it is no longer live (or
+        no longer held by `taking`)."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["job_poll"], job_id, wait_s, taking)
+        return dict(row) if row else None
+
+    async def job_expire_abandoned(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Expire take-style jobs whose client stopped polling; returns them (id, pool, runner_id, attempt)."""
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["job_expire_abandoned"], now)]

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from aiohttp import web
 from opentelemetry import trace
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus
@@ -25,61 +25,17 @@ from orchestrator.lifecycle import Service
 from orchestrator.pools import PoolChange, change_pool
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from orchestrator.tokens import token_matches
+from schemas.api import RunnerView, Taken
 from schemas.events import AdmissionResult, JobCancelRequested, JobSubmitted, error_from_validation
 from schemas.jobs import JobSpec, JobState, JobView, Name
 from schemas.pools import PoolConfig, PoolView
+from services.api.responses import STATUS, error_response, errors_as_json, json_response, query_limit, query_wait
+from services.api.take import MAX_WAIT_S, RETRY_AFTER_S, Takes
 
 _tracer = telemetry.tracer("orchestrator.api")
 ADMISSION_TIMEOUT_S = 10.0
 _pool_name = TypeAdapter(Name)
-
-# Admission outcomes and error codes -> HTTP status.
-STATUS = {
-    "admitted": 201,
-    "existing": 200,
-    "malformed": 400,
-    "invalid": 422,
-    "unsatisfiable": 422,
-    "conflict": 409,
-    "overloaded": 429,
-    "unavailable": 503,
-    "internal": 500,
-}
-
-
-def error_response(status: int, code: str, message: str, field: str | None = None, **headers: str) -> web.Response:
-    body = {"error": {"code": code, "message": message, "field": field}}
-    return web.json_response(body, status=status, headers=headers or None)
-
-
-def json_response(model: BaseModel | dict[str, Any], status: int = 200) -> web.Response:
-    text = model.model_dump_json() if isinstance(model, BaseModel) else json.dumps(model, default=str)
-    return web.Response(text=text, status=status, content_type="application/json")
-
-
-def query_limit(request: web.Request) -> int | web.Response:
-    """`?limit=` (default 100, 1..1000), or the 422 that says what is wrong with it."""
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        return error_response(422, "invalid", "limit must be an integer", "limit")
-    if not 1 <= limit <= 1000:
-        return error_response(422, "invalid", "limit must be between 1 and 1000", "limit")
-    return limit
-
-
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
-    """aiohttp's own errors (404 route, 405, 413 body too large) in the API's error shape."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason)
-    except OrchestratorError as exc:
-        return error_response(503, exc.code, str(exc))
 
 
 class Api(Service):
@@ -91,6 +47,7 @@ class Api(Service):
         self.store = store
         self.bus = bus
         self.url: str | None = None
+        self.takes = Takes(store, bus)
         self.app = self._build_app()
 
     def _build_app(self) -> web.Application:
@@ -99,6 +56,7 @@ class Api(Service):
         app.router.add_get("/v1/jobs", self.list_jobs)
         app.router.add_get("/v1/jobs/{id}", self.get_job)
         app.router.add_delete("/v1/jobs/{id}", self.cancel_job)
+        app.router.add_post("/v1/jobs/{id}/take", self.take_job)
         app.router.add_get("/v1/pools", self.list_pools)
         app.router.add_get("/v1/pools/{name}", self.get_pool)
         app.router.add_put("/v1/pools/{name}", self.put_pool)
@@ -111,6 +69,7 @@ class Api(Service):
         return app
 
     async def on_start(self) -> None:
+        await self.takes.start(self)
         runner = web.AppRunner(self.app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
@@ -118,6 +77,9 @@ class Api(Service):
         self.on_cleanup(runner.cleanup)
         port = runner.addresses[0][1]
         self.url = f"http://{self.settings.http_host}:{port}"
+
+    async def on_stop(self) -> None:
+        self.takes.stop()  # long polls answer now, so the server stops without waiting for them
 
     # --- producers -----------------------------------------------------------------------------
 
@@ -130,13 +92,13 @@ class Api(Service):
             except ValidationError as exc:
                 error = error_from_validation(exc)
                 return error_response(STATUS[error.code], error.code, error.message, error.field)
-            result = await self.bus.request(
-                self.bus.subjects.submit_request,
-                JobSubmitted(**spec.model_dump()),
-                AdmissionResult,
-                ADMISSION_TIMEOUT_S,
-            )
-            return self._admission_response(result)
+            return self._admission_response(await self.admit(spec))
+
+    async def admit(self, spec: JobSpec) -> AdmissionResult:
+        """Ask the admission service, as every door does."""
+        return await self.bus.request(
+            self.bus.subjects.submit_request, JobSubmitted(**spec.model_dump()), AdmissionResult, ADMISSION_TIMEOUT_S
+        )
 
     @staticmethod
     def _admission_response(result: AdmissionResult) -> web.Response:
@@ -197,6 +159,24 @@ class Api(Service):
         event = JobCancelRequested(job_id=row["id"], pool=row["pool"], runner_id=row["runner_id"])
         await self.bus.publish(self.bus.subjects.cancel(row["runner_id"]), event)
         return json_response(JobView.from_row(row), 202)
+
+    async def take_job(self, request: web.Request) -> web.Response:
+        """`POST /v1/jobs/{id}/take?token=T[&wait=S]`: the runner holding the job, once one does."""
+        wait_s = query_wait(request, MAX_WAIT_S)
+        if isinstance(wait_s, web.Response):
+            return wait_s
+        row = await self._job_or_404(request)
+        if isinstance(row, web.Response):
+            return row
+        if not token_matches(request.query.get("token"), row["token_hash"]):
+            return error_response(403, "forbidden", f"wrong or missing token for job {row['id']}", "token")
+        result = await self.takes.take(row["id"], wait_s)
+        if result.status == 200:
+            assert result.job is not None and result.runner is not None
+            return json_response(Taken(job=JobView.from_row(result.job), runner=RunnerView.from_row(result.runner)))
+        if result.status == 503:
+            return error_response(503, "not_ready", result.message, None, **{"Retry-After": str(RETRY_AFTER_S)})
+        return error_response(result.status, "not_found", result.message, "id")
 
     # --- operators -----------------------------------------------------------------------------
 
