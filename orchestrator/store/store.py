@@ -485,3 +485,7 @@ class Store:
         """Expire take-style jobs whose client stopped polling; returns them (id, pool, runner_id, attempt)."""
         async with self._conn() as conn:
             return [dict(r) for r in await conn.fetch(Q["job_expire_abandoned"], now)]
+
+    async def job_list_servo_live(self, unique_id: str) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["job_list_servo_live"], unique_id)]

@@ -31,6 +31,7 @@ from schemas.events import AdmissionResult, JobCancelRequested, JobSubmitted, er
 from schemas.jobs import JobSpec, JobState, JobView, Name
 from schemas.pools import PoolConfig, PoolView
 from services.api.responses import STATUS, error_response, errors_as_json, json_response, query_limit, query_wait
+from services.api.servo import ServoDoor
 from services.api.take import MAX_WAIT_S, RETRY_AFTER_S, Takes
 
 _tracer = telemetry.tracer("orchestrator.api")
@@ -48,6 +49,7 @@ class Api(Service):
         self.bus = bus
         self.url: str | None = None
         self.takes = Takes(store, bus)
+        self.servo = ServoDoor(store, self.takes, self.admit)
         self.app = self._build_app()
 
     def _build_app(self) -> web.Application:
@@ -57,6 +59,7 @@ class Api(Service):
         app.router.add_get("/v1/jobs/{id}", self.get_job)
         app.router.add_delete("/v1/jobs/{id}", self.cancel_job)
         app.router.add_post("/v1/jobs/{id}/take", self.take_job)
+        self.servo.routes(app)
         app.router.add_get("/v1/pools", self.list_pools)
         app.router.add_get("/v1/pools/{name}", self.get_pool)
         app.router.add_put("/v1/pools/{name}", self.put_pool)

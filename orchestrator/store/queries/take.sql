@@ -21,5 +21,12 @@ WHERE abandon_after_s IS NOT NULL AND taken_at IS NULL AND state IN ('queued', '
   AND coalesce(last_polled_at, created_at) < coalesce($1::timestamptz, now()) - make_interval(secs => abandon_after_s)
 RETURNING id, pool, runner_id, attempt;
 
+-- Live jobs enqueued through Servo's wire format under unique_id $1, newest first.
+-- name: job_list_servo_live
+SELECT * FROM jobs
+WHERE payload ? 'servo' AND payload #>> '{servo,unique_id}' = $1 AND state IN ('queued', 'assigned', 'running')
+ORDER BY id DESC
+LIMIT 16;
+
 -- name: runner_get
 SELECT * FROM runners WHERE id = $1;
