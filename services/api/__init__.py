@@ -26,10 +26,11 @@ from orchestrator.pools import PoolChange, change_pool
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.tokens import token_matches
-from schemas.api import RunnerView, Taken
+from schemas.api import JobDetail, RunnerView, Taken
 from schemas.events import AdmissionResult, JobCancelRequested, JobSubmitted, error_from_validation
 from schemas.jobs import JobSpec, JobState, JobView, Name
 from schemas.pools import PoolConfig, PoolView
+from services.api.blocked import Why
 from services.api.responses import STATUS, error_response, errors_as_json, json_response, query_limit, query_wait
 from services.api.servo import ServoDoor
 from services.api.take import MAX_WAIT_S, RETRY_AFTER_S, Takes
@@ -50,6 +51,7 @@ class Api(Service):
         self.url: str | None = None
         self.takes = Takes(store, bus)
         self.servo = ServoDoor(store, self.takes, self.admit)
+        self.why = Why(store, bus, settings.dispatch_shard)
         self.app = self._build_app()
 
     def _build_app(self) -> web.Application:
@@ -73,6 +75,7 @@ class Api(Service):
 
     async def on_start(self) -> None:
         await self.takes.start(self)
+        await self.why.start(self)
         runner = web.AppRunner(self.app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
@@ -134,7 +137,8 @@ class Api(Service):
         row = await self._job_or_404(request)
         if isinstance(row, web.Response):
             return row
-        return json_response(JobView.from_row(row))
+        blocked = await self.why.blocked_by(row) if row["state"] == JobState.queued else None
+        return json_response(JobDetail(**JobView.from_row(row).model_dump(), blocked_by=blocked))
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         q = request.query
