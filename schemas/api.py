@@ -8,10 +8,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from schemas.base import Model
-from schemas.jobs import JobView
+from schemas.events import ErrorDetail
+from schemas.jobs import JobState, JobView
+from schemas.pools import PoolView
 
 
 class RunnerView(Model):
@@ -26,10 +28,11 @@ class RunnerView(Model):
     metadata: dict[str, Any]
     created_at: datetime
     last_seen_at: datetime
+    busy: int | None = Field(default=None, description="jobs assigned or running (in listings)")
 
     @classmethod
-    def from_row(cls, row: Any) -> RunnerView:
-        return cls.model_validate({name: row[name] for name in cls.model_fields})
+    def from_row(cls, row: dict[str, Any]) -> RunnerView:
+        return cls.model_validate({name: row[name] for name in cls.model_fields if name in row})
 
 
 class Taken(Model):
@@ -67,3 +70,77 @@ class JobDetail(JobView):
     """`GET /v1/jobs/{id}`: the job, and while it waits why (`blocked_by`)."""
 
     blocked_by: BlockedBy | None = None
+
+
+class JobCreated(JobView):
+    """`POST /v1/jobs`: the job, and its take token (only when this request admitted it)."""
+
+    token: str | None = Field(description="for `POST /v1/jobs/{id}/take`; only its hash is stored")
+
+
+class JobList(Model):
+    jobs: list[JobView]
+
+
+class ErrorBody(Model):
+    """Every error the API answers: what was wrong, and which field when one was."""
+
+    error: ErrorDetail
+
+
+class FinishBody(Model):
+    """`POST /v1/jobs/{id}/finish`: how a reservation ended, as an exit code or an outcome."""
+
+    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1, description="0 = succeeded, else failed")
+    outcome: Literal["succeeded", "failed", "cancelled"] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FinishBody:
+        if (self.exit_code is None) == (self.outcome is None):
+            raise ValueError("give exactly one of exit_code and outcome")
+        return self
+
+    def state(self) -> JobState:
+        if self.outcome is not None:
+            return JobState(self.outcome)
+        return JobState.succeeded if self.exit_code == 0 else JobState.failed
+
+
+class PoolList(Model):
+    pools: list[PoolView]
+
+
+class RunnerList(Model):
+    runners: list[RunnerView]
+
+
+class LeaseView(Model):
+    holder: str
+    revision: int
+
+
+class LeaderView(Model):
+    """The dispatch shard's newest term as recorded in Postgres, and who holds its lease now."""
+
+    shard: str
+    holder: str | None
+    epoch: int | None
+    since: datetime | None
+    lease: LeaseView | None = Field(description="null while nobody holds it (e.g. during a failover)")
+
+
+class PoolDepth(Model):
+    pool: str
+    queued: int
+    assigned: int
+    running: int
+
+
+class QueueDepth(Model):
+    """`GET /v1/queue`: jobs waiting and in flight, per pool."""
+
+    pools: list[PoolDepth]
+
+
+class Ok(Model):
+    ok: bool

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -119,3 +120,10 @@ async def system(settings: Settings) -> AsyncIterator[Runtime]:
     await runtime.start()
     yield runtime
     await runtime.stop()
+
+
+@pytest.fixture
+async def http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
+    """A client of the system's HTTP API."""
+    async with aiohttp.ClientSession(base_url=system.http_url) as session:
+        yield session

@@ -3,7 +3,6 @@ position among the jobs competing for the same slots, and the wait estimated fro
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -16,20 +15,7 @@ from orchestrator.store import Store
 from schemas.events import CapacityUnknown
 from services.api.blocked import blocked_by
 from tests import factories
-from tests.support import eventually
-
-
-@pytest.fixture
-async def http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=system.http_url) as session:
-        yield session
-
-
-async def submit(http: aiohttp.ClientSession, **spec: Any) -> dict[str, Any]:
-    async with http.post("/v1/jobs", json={"pool": "default", **spec}) as resp:
-        body = await resp.json()
-        assert resp.status == 201, body
-    return body
+from tests.support import eventually, submit
 
 
 async def blocked(http: aiohttp.ClientSession, job_id: str) -> dict[str, Any] | None:

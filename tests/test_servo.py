@@ -32,12 +32,6 @@ SEED_COMMAND = (
 
 
 @pytest.fixture
-async def http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=system.http_url) as session:
-        yield session
-
-
-@pytest.fixture
 async def windows(system: Runtime, store: Store, bus: Bus) -> AsyncIterator[Runner]:
     """Servo's profile as a pool with one slot, and a runner serving it."""
     await factories.pool(store, PROFILE, max_concurrent=1)

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 
 from orchestrator.bus import Bus
 from orchestrator.runtime import Runtime
@@ -18,20 +16,7 @@ from orchestrator.store import Store
 from schemas.events import JobExpired
 from services.runner import Runner
 from tests import factories
-from tests.support import Listener, eventually
-
-
-@pytest.fixture
-async def http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(base_url=system.http_url) as session:
-        yield session
-
-
-async def submit(http: aiohttp.ClientSession, **spec: Any) -> dict[str, Any]:
-    async with http.post("/v1/jobs", json={"pool": "default", **spec}) as resp:
-        body = await resp.json()
-        assert resp.status == 201, body
-    return body
+from tests.support import Listener, eventually, submit
 
 
 async def take(

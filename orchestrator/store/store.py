@@ -509,3 +509,22 @@ class Store:
             "backoff_s": position["backoff_s"] or 0.0,
             "drained_last_minute": int(drained),
         }
+
+    # --- operator and client actions ---------------------------------------------------------
+
+    async def runner_drain(self, runner_id: str) -> dict[str, Any] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["runner_drain"], runner_id)
+        return dict(row) if row else None
+
+    async def job_finish_held(
+        self, job_id: UUID, state: str, exit_code: int | None, reason: str | None
+    ) -> dict[str, Any] | None:
+        """End a job a runner holds (assigned or running) as its client says; None if it is not held."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["job_finish_held"], job_id, state, exit_code, reason)
+        return dict(row) if row else None
+
+    async def pool_depth_list(self) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["pool_depth_list"])]

@@ -5,6 +5,11 @@ admission service over the bus, so HTTP and NATS producers get the same decision
 straight from Postgres, the truth. Pool changes (`PUT`/`PATCH /v1/pools/{name}`) go through
 `orchestrator.pools.change_pool`, the one way a pool changes (the runtime applies the pools file
 with it too). Every error is `{"error": {"code", "message", "field"}}`.
+
+The endpoints are one table (`routes.py`) that registers them, says who may call them (`auth.py`,
+bearer tokens with roles, off until tokens are configured) and generates `/openapi.json` from the
+models that validate the bodies. The take protocol is `take.py` (with Servo's wire format in
+`servo.py`), and why a queued job waits is `blocked.py`.
 """
 
 from __future__ import annotations
@@ -26,12 +31,34 @@ from orchestrator.pools import PoolChange, change_pool
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.tokens import token_matches
-from schemas.api import JobDetail, RunnerView, Taken
-from schemas.events import AdmissionResult, JobCancelRequested, JobSubmitted, error_from_validation
+from schemas.api import (
+    FinishBody,
+    JobCreated,
+    JobDetail,
+    JobList,
+    LeaderView,
+    Ok,
+    PoolDepth,
+    PoolList,
+    QueueDepth,
+    RunnerList,
+    RunnerView,
+    Taken,
+)
+from schemas.events import (
+    AdmissionResult,
+    JobCancelRequested,
+    JobFinished,
+    JobSubmitted,
+    SlotAvailable,
+    error_from_validation,
+)
 from schemas.jobs import JobSpec, JobState, JobView, Name
 from schemas.pools import PoolConfig, PoolView
+from services.api.auth import Auth
 from services.api.blocked import Why
 from services.api.responses import STATUS, error_response, errors_as_json, json_response, query_limit, query_wait
+from services.api.routes import ANY_ROLE, OPERATOR, PRODUCER, PUBLIC, RUNNER, Query, Route, openapi, register
 from services.api.servo import ServoDoor
 from services.api.take import MAX_WAIT_S, RETRY_AFTER_S, Takes
 
@@ -54,23 +81,56 @@ class Api(Service):
         self.why = Why(store, bus, settings.dispatch_shard)
         self.app = self._build_app()
 
+    def _routes(self) -> list[Route]:
+        token = Query("token", "the job's take token, from its submission", required=True)
+        wait = Query("wait", f"seconds to long-poll for a runner (0 to {MAX_WAIT_S:g})", type="number")
+        jobs, pools, runners = PRODUCER | RUNNER, OPERATOR, OPERATOR
+        return [
+            Route("POST", "/v1/jobs", self.submit, PRODUCER, "Submit a job", JobSpec,
+                  {201: JobCreated, 200: JobCreated}, (400, 409, 413, 422, 429, 503)),
+            Route("GET", "/v1/jobs", self.list_jobs, jobs, "List jobs, newest first", None, {200: JobList}, (422,),
+                  (Query("pool", "only this pool"), Query("state", "only this state"), Query("key", "only this key"),
+                   Query("limit", "at most this many (1 to 1000, default 100)", type="integer"))),
+            Route("GET", "/v1/jobs/{id}", self.get_job, jobs, "A job, and while it waits why", None,
+                  {200: JobDetail}, (404,)),
+            Route("DELETE", "/v1/jobs/{id}", self.cancel_job, PRODUCER, "Cancel a job", None,
+                  {200: JobView, 202: JobView}, (404, 409)),
+            Route("POST", "/v1/jobs/{id}/take", self.take_job, PUBLIC, "Take the runner holding a job (seed 003)",
+                  None, {200: Taken}, (403, 404, 422, 503), (token, wait)),
+            Route("POST", "/v1/jobs/{id}/finish", self.finish_job, jobs, "End a reservation a runner holds",
+                  FinishBody, {200: JobView}, (400, 404, 409, 422)),
+            Route("POST", "/profile/{pool}/enqueue", self.servo.enqueue, PRODUCER,
+                  "Servo: enqueue a reservation; the body is its token", None, {200: None}, (409, 422, 429),
+                  (Query("unique_id", "the client's id for the job", required=True),
+                   Query("qualified_repo", "owner/repo", required=True), Query("run_id", "CI run", required=True)),
+                  text="the take token"),
+            Route("POST", "/take/{unique_id}", self.servo.take, PUBLIC, "Servo: take the runner (JSON)", None,
+                  {200: RunnerView}, (403, 404, 422, 503), (token, wait)),
+            Route("GET", "/v1/pools", self.list_pools, ANY_ROLE, "List pools", None, {200: PoolList}),
+            Route("GET", "/v1/pools/{name}", self.get_pool, ANY_ROLE, "A pool", None, {200: PoolView}, (404,)),
+            Route("PUT", "/v1/pools/{name}", self.put_pool, pools, "Create or replace a pool", PoolConfig,
+                  {200: PoolView, 201: PoolView}, (400, 422)),
+            Route("PATCH", "/v1/pools/{name}", self.patch_pool, pools, "Change the given fields of a pool",
+                  PoolConfig, {200: PoolView}, (400, 404, 422)),
+            Route("GET", "/v1/queue", self.queue_depth, ANY_ROLE, "Jobs waiting and in flight, per pool", None,
+                  {200: QueueDepth}),
+            Route("GET", "/v1/rejections", self.list_rejections, OPERATOR, "What the JetStream door refused", None,
+                  {200: None}, (422,), (Query("reason", "only this reason"), Query("limit", "at most this many"))),
+            Route("GET", "/v1/runners", self.list_runners, ANY_ROLE, "List runners", None, {200: RunnerList}),
+            Route("POST", "/v1/runners/{id}/drain", self.drain_runner, runners | RUNNER,
+                  "Drain a runner: it runs what it has and is given nothing more", None, {200: RunnerView}, (404, 409)),
+            Route("GET", "/v1/leader", self.get_leader, ANY_ROLE, "The dispatcher leader", None, {200: LeaderView}),
+            Route("GET", "/openapi.json", self.get_openapi, PUBLIC, "This document", None, {200: None}),
+            Route("GET", "/healthz", self.healthz, PUBLIC, "Alive", None, {200: Ok}),
+            Route("GET", "/readyz", self.readyz, PUBLIC, "Ready to serve", None, {200: Ok}, (503,)),
+        ]  # fmt: skip
+
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[errors_as_json])
-        app.router.add_post("/v1/jobs", self.submit)
-        app.router.add_get("/v1/jobs", self.list_jobs)
-        app.router.add_get("/v1/jobs/{id}", self.get_job)
-        app.router.add_delete("/v1/jobs/{id}", self.cancel_job)
-        app.router.add_post("/v1/jobs/{id}/take", self.take_job)
-        self.servo.routes(app)
-        app.router.add_get("/v1/pools", self.list_pools)
-        app.router.add_get("/v1/pools/{name}", self.get_pool)
-        app.router.add_put("/v1/pools/{name}", self.put_pool)
-        app.router.add_patch("/v1/pools/{name}", self.patch_pool)
-        app.router.add_get("/v1/rejections", self.list_rejections)
-        app.router.add_get("/v1/runners", self.list_runners)
-        app.router.add_get("/v1/leader", self.get_leader)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
+        self.routes = self._routes()
+        auth = Auth(self.settings).middleware({r.key: r.roles for r in self.routes})
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[errors_as_json, auth])
+        register(app, self.routes)
+        self.openapi = openapi(self.routes, title="orchestrator", version="v1")
         return app
 
     async def on_start(self) -> None:
@@ -185,6 +245,40 @@ class Api(Service):
             return error_response(503, "not_ready", result.message, None, **{"Retry-After": str(RETRY_AFTER_S)})
         return error_response(result.status, "not_found", result.message, "id")
 
+    async def finish_job(self, request: web.Request) -> web.Response:
+        """End a reservation its runner holds, as its client says (exit code or outcome)."""
+        try:
+            body = FinishBody.model_validate_json(await request.read())
+        except ValidationError as exc:
+            error = error_from_validation(exc)
+            return error_response(STATUS[error.code], error.code, error.message, error.field)
+        row = await self._job_or_404(request)
+        if isinstance(row, web.Response):
+            return row
+        state = body.state()
+        ended = await self.store.job_finish_held(row["id"], state.value, body.exit_code, "finished by its client")
+        if ended is None:
+            message = f"job {row['id']} is {row['state']}: only a job a runner holds can be finished (DELETE cancels)"
+            return error_response(409, "not_held", message, "id")
+        s = self.bus.subjects
+        finished = JobFinished(
+            job_id=ended["id"],
+            pool=ended["pool"],
+            runner_id=ended["runner_id"],
+            attempt=ended["attempt"],
+            state=state,
+            exit_code=body.exit_code,
+            reason=ended["reason"],
+        )
+        cancel = JobCancelRequested(job_id=ended["id"], pool=ended["pool"], runner_id=ended["runner_id"])
+        await self.bus.publish_many(
+            [(s.job_event("finished", ended["pool"]), finished), (s.cancel(ended["runner_id"]), cancel)]
+        )
+        free = await self.store.pool_free(ended["pool"])
+        if free > 0:  # the slot is free now, not when the runner's late report comes back
+            await self.bus.publish(s.slot_available(ended["pool"]), SlotAvailable(pool=ended["pool"], free=free))
+        return json_response(JobView.from_row(ended))
+
     # --- operators -----------------------------------------------------------------------------
 
     async def list_pools(self, request: web.Request) -> web.Response:
@@ -257,7 +351,22 @@ class Api(Service):
         return json_response({"rejections": rows})
 
     async def list_runners(self, request: web.Request) -> web.Response:
-        return json_response({"runners": await self.store.runner_list()})
+        return json_response(RunnerList(runners=[RunnerView.from_row(r) for r in await self.store.runner_list()]))
+
+    async def drain_runner(self, request: web.Request) -> web.Response:
+        runner_id = request.match_info["id"]
+        row = await self.store.runner_drain(runner_id)
+        if row is not None:
+            return json_response(RunnerView.from_row(row))
+        if await self.store.runner_get(runner_id) is None:
+            return error_response(404, "not_found", f"no runner {runner_id!r}", "id")
+        return error_response(409, "lost", f"runner {runner_id!r} is lost: there is nothing to drain", "id")
+
+    async def queue_depth(self, request: web.Request) -> web.Response:
+        return json_response(QueueDepth(pools=[PoolDepth(**row) for row in await self.store.pool_depth_list()]))
+
+    async def get_openapi(self, request: web.Request) -> web.Response:
+        return json_response(self.openapi)
 
     async def get_leader(self, request: web.Request) -> web.Response:
         """The dispatch shard's newest term as recorded in Postgres (holder, epoch, since), and

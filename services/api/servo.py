@@ -43,10 +43,6 @@ class ServoDoor:
         self.takes = takes
         self.admit = admit
 
-    def routes(self, app: web.Application) -> None:
-        app.router.add_post("/profile/{pool}/enqueue", self.enqueue)
-        app.router.add_post("/take/{unique_id}", self.take)
-
     async def enqueue(self, request: web.Request) -> web.Response:
         params: dict[str, str] = {}
         for name in PARAMS:
