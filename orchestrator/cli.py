@@ -175,9 +175,10 @@ class ApiError(Exception):
 
 def http(settings: Settings, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        api_url(settings) + path, data=data, method=method, headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json"}
+    if token := os.environ.get("ORCH_TOKEN"):  # when the API's auth is on
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(api_url(settings) + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read() or b"null")

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     # Who this process is in `GET /v1/leader`, events and the lease value.
     instance_id: str = Field(default_factory=default_instance_id, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
 
+    # HTTP API bearer tokens by role (comma-separated). None set: auth is off (the embedded
+    # default); any set: every route but the public ones needs a token of a role it allows.
+    producer_tokens: str = ""
+    runner_tokens: str = ""
+    operator_tokens: str = ""
+
     @model_validator(mode="after")
     def _renew_inside_ttl(self) -> Settings:
         if self.lease_renew_s >= self.lease_ttl_s:
@@ -79,3 +85,8 @@ class Settings(BaseSettings):
 
     def runner_label_list(self) -> list[str]:
         return [label for label in (s.strip() for s in self.runner_labels.split(",")) if label]
+
+    def api_tokens(self) -> list[tuple[str, str]]:
+        """(role, token) for every configured API token."""
+        by_role = {"producer": self.producer_tokens, "runner": self.runner_tokens, "operator": self.operator_tokens}
+        return [(role, t.strip()) for role, tokens in by_role.items() for t in tokens.split(",") if t.strip()]

@@ -101,6 +101,28 @@ class JobFinished(Envelope):
     reason: str | None = None
 
 
+class JobExpired(Envelope):
+    """A take-style job's client stopped polling for `abandon_after_s` before taking its runner
+    (seed 003): the job ended as `expired`, and a runner holding a slot for it (`runner_id`) was
+    told to let go."""
+
+    type: Literal["JobExpired"] = "JobExpired"
+    job_id: UUID
+    pool: str
+    runner_id: str | None
+    reason: str = "abandoned"
+
+
+class JobMention(BaseModel):
+    """Just the job (and runner) of any job event (assigned, started, expired, finished): all a
+    waiting take needs, read without building the whole event."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    type: str
+    job_id: UUID
+    runner_id: str | None = None
+
+
 class JobCancelRequested(Envelope):
     type: Literal["JobCancelRequested"] = "JobCancelRequested"
     job_id: UUID

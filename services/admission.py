@@ -25,8 +25,6 @@ parse is terminated, never redelivered. Refusals are also counted by reason (`re
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +40,7 @@ from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import AdmissionTx, NewJob, Rejection, Store
+from orchestrator.tokens import new_token, token_hash
 from schemas.events import (
     AdmissionResult,
     ErrorDetail,
@@ -61,6 +60,8 @@ MIN_RETRY_AFTER_S = 1.0
 MAX_RETRY_AFTER_S = 60.0
 # How much of a malformed message the rejections table keeps.
 BODY_EXCERPT_BYTES = 1024
+# A take-style job (a reservation) expires after this long without a poll from its client.
+TAKE_ABANDON_AFTER_S = 30.0
 
 
 class AdmissionConfig(BaseModel):
@@ -89,8 +90,12 @@ def retry_after_s(excess: int, drained_last_minute: int) -> float:
     return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, excess * 60.0 / drained_last_minute))
 
 
-def token_hash(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+def abandon_after_s(spec: JobSpec) -> float | None:
+    """A reservation (no `payload.command`) is take-style: its client must keep polling, so it
+    expires after `TAKE_ABANDON_AFTER_S` without a poll unless the spec says otherwise (seed 003)."""
+    if spec.abandon_after_s is not None:
+        return spec.abandon_after_s
+    return None if "command" in spec.payload else TAKE_ABANDON_AFTER_S
 
 
 @dataclass
@@ -147,7 +152,7 @@ def new_job(key: str | None, spec: JobSpec, token: str, trace_context: dict[str,
         payload=spec.payload,
         timeout_s=spec.timeout_s,
         max_attempts=spec.max_attempts,
-        abandon_after_s=spec.abandon_after_s,
+        abandon_after_s=abandon_after_s(spec),
         token_hash=token_hash(token),
         trace_context=trace_context,
         tolerations=sorted(set(spec.tolerations)),
@@ -250,7 +255,7 @@ class Admission(Service):
             else:
                 if spec.pool in active:
                     active[spec.pool] += 1
-                token = secrets.token_urlsafe(24)
+                token = new_token()
                 job = new_job(key, spec, token, sub.trace_context)
                 planned[job.key] = _Planned(i, spec, token, job)
         rows = {row["key"]: row for row in await tx.insert([p.job for p in planned.values()])}

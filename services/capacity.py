@@ -14,6 +14,10 @@ mode changed) and for every pool
 every `leader_check_interval_s`, so a lost event is corrected there; a change is announced with
 `PoolLeaderChanged`, and a new leader with `SlotAvailable` so the dispatcher wakes.
 
+Take-style jobs (seed 003) whose client stopped polling for `abandon_after_s` before taking its
+runner expire on the same sweep: `JobExpired`, the runner holding a slot for one is told to let go
+(`JobCancelRequested`), and the freed capacity is announced at once.
+
 Counts are never stored: the free capacity of a pool is derived from job rows, so no slot can
 leak. A sweep marks runners lost after `runner_ttl_s` of silence and releases their jobs; a
 runner that cannot reach capacity for most of that TTL kills its jobs first (see the runner), so a
@@ -27,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from uuid import UUID
 
 from nats.aio.msg import Msg
+from pydantic import BaseModel
 
 from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
@@ -37,6 +42,8 @@ from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import (
     ErrorDetail,
+    JobCancelRequested,
+    JobExpired,
     JobFinished,
     JobStarted,
     PoolLeaderChanged,
@@ -121,9 +128,9 @@ class Capacity(Service):
         return OK
 
     async def _on_drain(self, event: RunnerDraining, msg: Msg) -> Reply:
-        pool = await self.store.runner_drain(event.runner_id)
-        if pool is not None:
-            await self.elect(pool)
+        row = await self.store.runner_drain(event.runner_id)
+        if row is not None:
+            await self.elect(row["pool"])
         return OK
 
     async def _on_taints_changed(self, event: RunnerTaintsChanged, msg: Msg) -> None:
@@ -172,6 +179,26 @@ class Capacity(Service):
         await self.bus.publish_many([(subject(verb, pools[e.job_id]), e) for e in events if e.job_id in pools])
 
     async def sweep(self) -> None:
+        await self.expire_abandoned()
+        await self.release_lost()
+
+    async def expire_abandoned(self) -> None:
+        expired = await self.store.job_expire_abandoned()
+        if not expired:
+            return
+        self.log.info("expired %d take-style jobs their clients abandoned", len(expired))
+        s = self.bus.subjects
+        events: list[tuple[str, BaseModel]] = []
+        for job in expired:
+            news = JobExpired(job_id=job["id"], pool=job["pool"], runner_id=job["runner_id"])
+            events.append((s.job_event("expired", job["pool"]), news))
+            if job["runner_id"] is not None:
+                cancel = JobCancelRequested(job_id=job["id"], pool=job["pool"], runner_id=job["runner_id"])
+                events.append((s.cancel(job["runner_id"]), cancel))
+        await self.bus.publish_many(events)
+        await self._announce_free({job["pool"] for job in expired if job["runner_id"] is not None})
+
+    async def release_lost(self) -> None:
         # Just started (or restarted after an outage): runners have not had a chance to reach
         # us yet, and their silence says nothing. Judge no one before a full TTL has passed.
         if time.monotonic() - self._started_at < self.settings.runner_ttl_s:

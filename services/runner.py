@@ -128,10 +128,11 @@ class Runner(Service):
 
     @property
     def busy(self) -> int:
-        """Slots taken. A job whose command ended holds none while its report is in flight:
+        """Slots taken. A job whose command ended holds none while its report is in flight, nor
+        does a cancelled one being let go (an expired reservation's slot is offered again):
         capacity frees the slot once it records the report, and the next assignment for it can
         arrive before the reply does."""
-        return sum(1 for job in self._jobs.values() if not job.ended)
+        return sum(1 for job in self._jobs.values() if not (job.ended or job.cancelled.is_set()))
 
     async def on_start(self) -> None:
         s = self.bus.subjects

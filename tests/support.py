@@ -1,4 +1,4 @@
-"""Helpers the tests share: deadlines instead of sleeps, and a way to hear bus events."""
+"""Helpers the tests share: deadlines instead of sleeps, a way to hear bus events, HTTP calls."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import aiohttp
 from pydantic import BaseModel
 
 from orchestrator.bus import Bus
@@ -69,3 +70,16 @@ class Listener:
                     if match(event):
                         return event
                 await self._changed.wait()
+
+
+async def submit(http: aiohttp.ClientSession, **spec: Any) -> dict[str, Any]:
+    """`POST /v1/jobs` (pool `default` unless given), which must admit it: the job and its token."""
+    async with http.post("/v1/jobs", json={"pool": "default", **spec}) as resp:
+        body = await resp.json()
+        assert resp.status == 201, body
+    return body
+
+
+async def call(http: aiohttp.ClientSession, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with http.request(method, path, **kwargs) as resp:
+        return resp.status, await resp.json()

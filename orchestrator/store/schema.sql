@@ -74,7 +74,9 @@ CREATE TABLE jobs (
     started_at      timestamptz,
     finished_at     timestamptz,
     claim_epoch     bigint,                           -- the leader term that claimed it (NULL: no lease)
-    tolerations     text[] NOT NULL DEFAULT '{}'      -- taints it tolerates (a tainted runner takes it)
+    tolerations     text[] NOT NULL DEFAULT '{}',     -- taints it tolerates (a tainted runner takes it)
+    last_polled_at  timestamptz,                      -- take clients: last heard from (a long poll counts until it ends)
+    taken_at        timestamptz                       -- the take client took the runner: no abandonment from then on
 );
 
 CREATE TABLE dispatch_epochs (
@@ -117,3 +119,9 @@ CREATE TABLE rejections (
 
 -- Jobs finished in a pool lately: how fast it drains, so a shed producer is told when to retry.
 CREATE INDEX jobs_finished_idx ON jobs (pool, finished_at) WHERE finished_at IS NOT NULL;
+
+-- Take-style jobs the abandonment sweep visits: live, not taken yet (seed 003).
+CREATE INDEX jobs_abandonable_idx ON jobs (pool)
+    WHERE abandon_after_s IS NOT NULL AND taken_at IS NULL AND state IN ('queued', 'assigned', 'running');
+-- Servo's wire format names a job by its client's unique_id, kept in the payload (payload.servo).
+CREATE INDEX jobs_servo_unique_id_idx ON jobs ((payload #>> '{servo,unique_id}')) WHERE payload ? 'servo';

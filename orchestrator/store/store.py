@@ -27,6 +27,8 @@ _UNAVAILABLE = (
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
+    # A connection killed mid-query can surface as "another operation is in progress".
+    asyncpg.exceptions.InternalClientError,
 )
 
 
@@ -465,11 +467,6 @@ class Store:
             released = await conn.fetch(Q["job_release_from_runners"], [r["id"] for r in lost], [])
         return [dict(r) for r in lost], [dict(r) for r in released]
 
-    async def runner_drain(self, runner_id: str) -> str | None:
-        """The runner takes nothing more; its pool, or None if it is unknown or lost."""
-        async with self._conn() as conn:
-            return await conn.fetchval(Q["runner_drain"], runner_id)
-
     async def runner_set_taints(self, runner_id: str, taints: Sequence[str]) -> dict[str, Any] | None:
         """Set the runner's taints (the exact set); {id, pool, taints}, or None if it is unknown."""
         async with self._conn() as conn:
@@ -513,3 +510,68 @@ class Store:
             pools = await conn.fetch(Q["metrics_pools"])
             runners = await conn.fetch(Q["metrics_runners"])
         return [dict(r) for r in pools], [dict(r) for r in runners]
+
+    async def runner_get(self, runner_id: str) -> dict[str, Any] | None:
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["runner_get"], runner_id)
+        return dict(row) if row else None
+
+    # --- the take protocol and what holds a job back ---------------------------------------
+
+    async def job_poll(self, job_id: UUID, wait_s: float = 0.0, taking: str | None = None) -> dict[str, Any] | None:
+        """A take client polls: heard from now (and until the end of a `wait_s` long poll); with
+        `taking` (a runner id) it takes that runner. The job, or None if it is no longer live (or
+        no longer held by `taking`)."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["job_poll"], job_id, wait_s, taking)
+        return dict(row) if row else None
+
+    async def job_expire_abandoned(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Expire take-style jobs whose client stopped polling; returns them (id, pool, runner_id, attempt)."""
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["job_expire_abandoned"], now)]
+
+    async def job_list_servo_live(self, unique_id: str) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["job_list_servo_live"], unique_id)]
+
+    async def job_waiting(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The numbers behind a queued job's wait, read together: its pool's configuration, jobs in
+        flight, the runners it could use, its position among the jobs competing for the same slots,
+        its retry backoff left, and how many jobs the pool finished in the last minute."""
+        async with self._tx() as conn:
+            pool = await conn.fetchrow(Q["pool_get"], job["pool"])
+            in_flight = await conn.fetchval(Q["pool_in_flight"], job["pool"])
+            runners = await conn.fetchrow(Q["runner_capacity_for_labels"], job["pool"], list(job["labels"]))
+            position = await conn.fetchrow(Q["job_queue_position"], job["id"])
+            drained = await conn.fetchval(Q["pool_drained_last_minute"], job["pool"], None)
+        return {
+            "pool": dict(pool) if pool else None,
+            "in_flight": int(in_flight),
+            **{k: int(v) for k, v in runners.items()},
+            "competing": int(position["competing"]),
+            "ahead": int(position["ahead"]),
+            "backoff_s": position["backoff_s"] or 0.0,
+            "drained_last_minute": int(drained),
+        }
+
+    # --- operator and client actions ---------------------------------------------------------
+
+    async def runner_drain(self, runner_id: str) -> dict[str, Any] | None:
+        """The runner takes nothing more (an operator's drain, a runner stopping, a one-shot worker
+        that took its job); its row, or None if it is unknown or lost."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["runner_drain"], runner_id)
+        return dict(row) if row else None
+
+    async def job_finish_held(
+        self, job_id: UUID, state: str, exit_code: int | None, reason: str | None
+    ) -> dict[str, Any] | None:
+        """End a job a runner holds (assigned or running) as its client says; None if it is not held."""
+        async with self._conn() as conn:
+            row = await conn.fetchrow(Q["job_finish_held"], job_id, state, exit_code, reason)
+        return dict(row) if row else None
+
+    async def pool_depth_list(self) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            return [dict(r) for r in await conn.fetch(Q["pool_depth_list"])]

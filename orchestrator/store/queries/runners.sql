@@ -48,11 +48,6 @@ UPDATE runners SET taints = ARRAY(SELECT DISTINCT t FROM unnest($2::text[]) AS t
 WHERE id = $1
 RETURNING id, pool, taints;
 
--- A runner leaving (stopping, or a one-shot worker that took its job) takes nothing more.
--- name: runner_drain
-UPDATE runners SET state = 'draining' WHERE id = $1 AND state <> 'lost'
-RETURNING pool;
-
 -- Which of these runner ids have registered (a provisioned worker is starting until it has).
 -- name: runner_list_known
 SELECT id FROM runners WHERE id = ANY($1::text[]);

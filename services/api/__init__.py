@@ -5,6 +5,11 @@ admission service over the bus, so HTTP and NATS producers get the same decision
 straight from Postgres, the truth. Pool changes (`PUT`/`PATCH /v1/pools/{name}`) go through
 `orchestrator.pools.change_pool`, the one way a pool changes (the runtime applies the pools file
 with it too). Every error is `{"error": {"code", "message", "field"}}`.
+
+The endpoints are one table (`routes.py`) that registers them, says who may call them (`auth.py`,
+bearer tokens with roles, off until tokens are configured) and generates `/openapi.json` from the
+models that validate the bodies. The take protocol is `take.py` (with Servo's wire format in
+`servo.py`), and why a queued job waits is `blocked.py`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from uuid import UUID
 
 from aiohttp import web
 from opentelemetry import trace
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus
@@ -27,70 +32,45 @@ from orchestrator.metrics import CONTENT_TYPE, Metrics, QueueCollector, expositi
 from orchestrator.pools import PoolChange, change_pool
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from orchestrator.tokens import token_matches
+from schemas.api import (
+    FinishBody,
+    JobCreated,
+    JobDetail,
+    JobList,
+    LeaderView,
+    Ok,
+    PoolDepth,
+    PoolList,
+    QueueDepth,
+    RunnerList,
+    RunnerView,
+    Taken,
+)
 from schemas.events import (
     AdmissionResult,
     JobCancelRequested,
+    JobFinished,
     JobSubmitted,
     RunnerTaintsChanged,
+    SlotAvailable,
     error_from_validation,
 )
 from schemas.jobs import JobSpec, JobState, JobView, Name
 from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
+from services.api.auth import Auth
+from services.api.blocked import Why
+from services.api.responses import STATUS, error_response, errors_as_json, json_response, query_limit, query_wait
+from services.api.routes import ANY_ROLE, OPERATOR, PRODUCER, PUBLIC, RUNNER, Query, Route, openapi, register
+from services.api.servo import ServoDoor
+from services.api.take import MAX_WAIT_S, RETRY_AFTER_S, Takes
 
 _tracer = telemetry.tracer("orchestrator.api")
 # Plain HTML and JS polling the JSON API: nothing to build.
 _DASHBOARD = (resources.files("services") / "static" / "dashboard.html").read_text()
 ADMISSION_TIMEOUT_S = 10.0
 _pool_name = TypeAdapter(Name)
-
-# Admission outcomes and error codes -> HTTP status.
-STATUS = {
-    "admitted": 201,
-    "existing": 200,
-    "malformed": 400,
-    "invalid": 422,
-    "unsatisfiable": 422,
-    "conflict": 409,
-    "overloaded": 429,
-    "unavailable": 503,
-    "internal": 500,
-}
-
-
-def error_response(status: int, code: str, message: str, field: str | None = None, **headers: str) -> web.Response:
-    body = {"error": {"code": code, "message": message, "field": field}}
-    return web.json_response(body, status=status, headers=headers or None)
-
-
-def json_response(model: BaseModel | dict[str, Any], status: int = 200) -> web.Response:
-    text = model.model_dump_json() if isinstance(model, BaseModel) else json.dumps(model, default=str)
-    return web.Response(text=text, status=status, content_type="application/json")
-
-
-def query_limit(request: web.Request) -> int | web.Response:
-    """`?limit=` (default 100, 1..1000), or the 422 that says what is wrong with it."""
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        return error_response(422, "invalid", "limit must be an integer", "limit")
-    if not 1 <= limit <= 1000:
-        return error_response(422, "invalid", "limit must be between 1 and 1000", "limit")
-    return limit
-
-
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
-    """aiohttp's own errors (404 route, 405, 413 body too large) in the API's error shape."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason)
-    except OrchestratorError as exc:
-        return error_response(503, exc.code, str(exc))
 
 
 class Api(Service):
@@ -105,30 +85,72 @@ class Api(Service):
         self.metrics = metrics or Metrics()
         self.queue = QueueCollector(store)
         self.url: str | None = None
+        self.takes = Takes(store, bus)
+        self.servo = ServoDoor(store, self.takes, self.admit)
+        self.why = Why(store, bus, settings.dispatch_shard)
         self.app = self._build_app()
 
+    def _routes(self) -> list[Route]:
+        token = Query("token", "the job's take token, from its submission", required=True)
+        wait = Query("wait", f"seconds to long-poll for a runner (0 to {MAX_WAIT_S:g})", type="number")
+        jobs, pools, runners = PRODUCER | RUNNER, OPERATOR, OPERATOR
+        return [
+            Route("POST", "/v1/jobs", self.submit, PRODUCER, "Submit a job", JobSpec,
+                  {201: JobCreated, 200: JobCreated}, (400, 409, 413, 422, 429, 503)),
+            Route("GET", "/v1/jobs", self.list_jobs, jobs, "List jobs, newest first", None, {200: JobList}, (422,),
+                  (Query("pool", "only this pool"), Query("state", "only this state"), Query("key", "only this key"),
+                   Query("limit", "at most this many (1 to 1000, default 100)", type="integer"))),
+            Route("GET", "/v1/jobs/{id}", self.get_job, jobs, "A job, and while it waits why", None,
+                  {200: JobDetail}, (404,)),
+            Route("DELETE", "/v1/jobs/{id}", self.cancel_job, PRODUCER, "Cancel a job", None,
+                  {200: JobView, 202: JobView}, (404, 409)),
+            Route("POST", "/v1/jobs/{id}/take", self.take_job, PUBLIC, "Take the runner holding a job (seed 003)",
+                  None, {200: Taken}, (403, 404, 422, 503), (token, wait)),
+            Route("POST", "/v1/jobs/{id}/finish", self.finish_job, jobs, "End a reservation a runner holds",
+                  FinishBody, {200: JobView}, (400, 404, 409, 422)),
+            Route("POST", "/profile/{pool}/enqueue", self.servo.enqueue, PRODUCER,
+                  "Servo: enqueue a reservation; the body is its token", None, {200: None}, (409, 422, 429),
+                  (Query("unique_id", "the client's id for the job", required=True),
+                   Query("qualified_repo", "owner/repo", required=True), Query("run_id", "CI run", required=True)),
+                  text="the take token"),
+            Route("POST", "/take/{unique_id}", self.servo.take, PUBLIC, "Servo: take the runner (JSON)", None,
+                  {200: RunnerView}, (403, 404, 422, 503), (token, wait)),
+            Route("GET", "/v1/pools", self.list_pools, ANY_ROLE, "List pools", None, {200: PoolList}),
+            Route("GET", "/v1/pools/{name}", self.get_pool, ANY_ROLE, "A pool", None, {200: PoolView}, (404,)),
+            Route("PUT", "/v1/pools/{name}", self.put_pool, pools, "Create or replace a pool", PoolConfig,
+                  {200: PoolView, 201: PoolView}, (400, 422)),
+            Route("PATCH", "/v1/pools/{name}", self.patch_pool, pools, "Change the given fields of a pool",
+                  PoolConfig, {200: PoolView}, (400, 404, 422)),
+            Route("GET", "/v1/queue", self.queue_depth, ANY_ROLE, "Jobs waiting and in flight, per pool", None,
+                  {200: QueueDepth}),
+            Route("GET", "/v1/rejections", self.list_rejections, OPERATOR, "What the JetStream door refused", None,
+                  {200: None}, (422,), (Query("reason", "only this reason"), Query("limit", "at most this many"))),
+            Route("GET", "/v1/runners", self.list_runners, ANY_ROLE, "List runners", None, {200: RunnerList}),
+            Route("POST", "/v1/runners/{id}/drain", self.drain_runner, runners | RUNNER,
+                  "Drain a runner: it runs what it has and is given nothing more", None, {200: RunnerView}, (404, 409)),
+            Route("PUT", "/v1/runners/{id}/taints", self.set_runner_taints, runners, "Replace a runner's taints",
+                  RunnerTaints, {200: RunnerView}, (400, 404, 422)),
+            Route("GET", "/v1/leader", self.get_leader, ANY_ROLE, "The dispatcher leader", None, {200: LeaderView}),
+            Route("GET", "/v1/stats", self.get_stats, ANY_ROLE, "Queue state per pool and runners by state", None,
+                  {200: None}),
+            Route("GET", "/metrics", self.get_metrics, PUBLIC, "Prometheus metrics", None, {200: None}),
+            Route("GET", "/", self.dashboard, PUBLIC, "The live dashboard (HTML)", None, {200: None}),
+            Route("GET", "/openapi.json", self.get_openapi, PUBLIC, "This document", None, {200: None}),
+            Route("GET", "/healthz", self.healthz, PUBLIC, "Alive", None, {200: Ok}),
+            Route("GET", "/readyz", self.readyz, PUBLIC, "Ready to serve", None, {200: Ok}, (503,)),
+        ]  # fmt: skip
+
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[errors_as_json])
-        app.router.add_post("/v1/jobs", self.submit)
-        app.router.add_get("/v1/jobs", self.list_jobs)
-        app.router.add_get("/v1/jobs/{id}", self.get_job)
-        app.router.add_delete("/v1/jobs/{id}", self.cancel_job)
-        app.router.add_get("/v1/pools", self.list_pools)
-        app.router.add_get("/v1/pools/{name}", self.get_pool)
-        app.router.add_put("/v1/pools/{name}", self.put_pool)
-        app.router.add_patch("/v1/pools/{name}", self.patch_pool)
-        app.router.add_get("/v1/rejections", self.list_rejections)
-        app.router.add_get("/v1/runners", self.list_runners)
-        app.router.add_put("/v1/runners/{id}/taints", self.set_runner_taints)
-        app.router.add_get("/v1/leader", self.get_leader)
-        app.router.add_get("/healthz", self.healthz)
-        app.router.add_get("/readyz", self.readyz)
-        app.router.add_get("/metrics", self.get_metrics)
-        app.router.add_get("/v1/stats", self.get_stats)
-        app.router.add_get("/", self.dashboard)
+        self.routes = self._routes()
+        auth = Auth(self.settings).middleware({r.key: r.roles for r in self.routes})
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[errors_as_json, auth])
+        register(app, self.routes)
+        self.openapi = openapi(self.routes, title="orchestrator", version="v1")
         return app
 
     async def on_start(self) -> None:
+        await self.takes.start(self)
+        await self.why.start(self)
         runner = web.AppRunner(self.app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
@@ -136,6 +158,9 @@ class Api(Service):
         self.on_cleanup(runner.cleanup)
         port = runner.addresses[0][1]
         self.url = f"http://{self.settings.http_host}:{port}"
+
+    async def on_stop(self) -> None:
+        self.takes.stop()  # long polls answer now, so the server stops without waiting for them
 
     # --- producers -----------------------------------------------------------------------------
 
@@ -148,13 +173,13 @@ class Api(Service):
             except ValidationError as exc:
                 error = error_from_validation(exc)
                 return error_response(STATUS[error.code], error.code, error.message, error.field)
-            result = await self.bus.request(
-                self.bus.subjects.submit_request,
-                JobSubmitted(**spec.model_dump()),
-                AdmissionResult,
-                ADMISSION_TIMEOUT_S,
-            )
-            return self._admission_response(result)
+            return self._admission_response(await self.admit(spec))
+
+    async def admit(self, spec: JobSpec) -> AdmissionResult:
+        """Ask the admission service, as every door does."""
+        return await self.bus.request(
+            self.bus.subjects.submit_request, JobSubmitted(**spec.model_dump()), AdmissionResult, ADMISSION_TIMEOUT_S
+        )
 
     @staticmethod
     def _admission_response(result: AdmissionResult) -> web.Response:
@@ -187,7 +212,8 @@ class Api(Service):
         row = await self._job_or_404(request)
         if isinstance(row, web.Response):
             return row
-        return json_response(JobView.from_row(row))
+        blocked = await self.why.blocked_by(row) if row["state"] == JobState.queued else None
+        return json_response(JobDetail(**JobView.from_row(row).model_dump(), blocked_by=blocked))
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         q = request.query
@@ -215,6 +241,58 @@ class Api(Service):
         event = JobCancelRequested(job_id=row["id"], pool=row["pool"], runner_id=row["runner_id"])
         await self.bus.publish(self.bus.subjects.cancel(row["runner_id"]), event)
         return json_response(JobView.from_row(row), 202)
+
+    async def take_job(self, request: web.Request) -> web.Response:
+        """`POST /v1/jobs/{id}/take?token=T[&wait=S]`: the runner holding the job, once one does."""
+        wait_s = query_wait(request, MAX_WAIT_S)
+        if isinstance(wait_s, web.Response):
+            return wait_s
+        row = await self._job_or_404(request)
+        if isinstance(row, web.Response):
+            return row
+        if not token_matches(request.query.get("token"), row["token_hash"]):
+            return error_response(403, "forbidden", f"wrong or missing token for job {row['id']}", "token")
+        result = await self.takes.take(row["id"], wait_s)
+        if result.status == 200:
+            assert result.job is not None and result.runner is not None
+            return json_response(Taken(job=JobView.from_row(result.job), runner=RunnerView.from_row(result.runner)))
+        if result.status == 503:
+            return error_response(503, "not_ready", result.message, None, **{"Retry-After": str(RETRY_AFTER_S)})
+        return error_response(result.status, "not_found", result.message, "id")
+
+    async def finish_job(self, request: web.Request) -> web.Response:
+        """End a reservation its runner holds, as its client says (exit code or outcome)."""
+        try:
+            body = FinishBody.model_validate_json(await request.read())
+        except ValidationError as exc:
+            error = error_from_validation(exc)
+            return error_response(STATUS[error.code], error.code, error.message, error.field)
+        row = await self._job_or_404(request)
+        if isinstance(row, web.Response):
+            return row
+        state = body.state()
+        ended = await self.store.job_finish_held(row["id"], state.value, body.exit_code, "finished by its client")
+        if ended is None:
+            message = f"job {row['id']} is {row['state']}: only a job a runner holds can be finished (DELETE cancels)"
+            return error_response(409, "not_held", message, "id")
+        s = self.bus.subjects
+        finished = JobFinished(
+            job_id=ended["id"],
+            pool=ended["pool"],
+            runner_id=ended["runner_id"],
+            attempt=ended["attempt"],
+            state=state,
+            exit_code=body.exit_code,
+            reason=ended["reason"],
+        )
+        cancel = JobCancelRequested(job_id=ended["id"], pool=ended["pool"], runner_id=ended["runner_id"])
+        await self.bus.publish_many(
+            [(s.job_event("finished", ended["pool"]), finished), (s.cancel(ended["runner_id"]), cancel)]
+        )
+        free = await self.store.pool_free(ended["pool"])
+        if free > 0:  # the slot is free now, not when the runner's late report comes back
+            await self.bus.publish(s.slot_available(ended["pool"]), SlotAvailable(pool=ended["pool"], free=free))
+        return json_response(JobView.from_row(ended))
 
     # --- operators -----------------------------------------------------------------------------
 
@@ -288,7 +366,22 @@ class Api(Service):
         return json_response({"rejections": rows})
 
     async def list_runners(self, request: web.Request) -> web.Response:
-        return json_response({"runners": await self.store.runner_list()})
+        return json_response(RunnerList(runners=[RunnerView.from_row(r) for r in await self.store.runner_list()]))
+
+    async def drain_runner(self, request: web.Request) -> web.Response:
+        runner_id = request.match_info["id"]
+        row = await self.store.runner_drain(runner_id)
+        if row is not None:
+            return json_response(RunnerView.from_row(row))
+        if await self.store.runner_get(runner_id) is None:
+            return error_response(404, "not_found", f"no runner {runner_id!r}", "id")
+        return error_response(409, "lost", f"runner {runner_id!r} is lost: there is nothing to drain", "id")
+
+    async def queue_depth(self, request: web.Request) -> web.Response:
+        return json_response(QueueDepth(pools=[PoolDepth(**row) for row in await self.store.pool_depth_list()]))
+
+    async def get_openapi(self, request: web.Request) -> web.Response:
+        return json_response(self.openapi)
 
     async def set_runner_taints(self, request: web.Request) -> web.Response:
         """Set a runner's taints; capacity re-elects its pool's leader when it hears of it."""

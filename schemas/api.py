@@ -1,0 +1,146 @@
+"""Bodies of the HTTP API that are not events: what a take answers, runners as the API shows them.
+
+The same models validate requests and render responses, and `/openapi.json` is generated from them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from schemas.base import Model
+from schemas.events import ErrorDetail
+from schemas.jobs import JobState, JobView
+from schemas.pools import PoolView
+
+
+class RunnerView(Model):
+    """A registered runner: what it offers and its registration metadata (hostname, ...)."""
+
+    id: str
+    pool: str
+    labels: list[str]
+    slots: int
+    taints: list[str]
+    state: str = Field(description="active | draining | suspect | lost")
+    metadata: dict[str, Any]
+    created_at: datetime
+    last_seen_at: datetime
+    busy: int | None = Field(default=None, description="jobs assigned or running (in listings)")
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> RunnerView:
+        return cls.model_validate({name: row[name] for name in cls.model_fields if name in row})
+
+
+class Taken(Model):
+    """`POST /v1/jobs/{id}/take` once the job holds a runner: the job and the runner it holds."""
+
+    job: JobView
+    runner: RunnerView
+
+
+class Constraint(Model):
+    """One thing holding a queued job back, and the numbers behind it."""
+
+    reason: Literal["no_leader", "paused", "capacity_unknown", "no_free_runner", "at_capacity", "backoff"]
+    message: str
+    numbers: dict[str, int | float | str | None] = Field(default_factory=dict)
+
+
+class BlockedBy(Model):
+    """Why a queued job is not running yet (`GET /v1/jobs/{id}` while it waits)."""
+
+    reason: str = Field(
+        description="the first constraint's reason; with none, `queued_behind` (jobs go first) or `dispatching`"
+    )
+    message: str
+    constraints: list[Constraint] = Field(description="everything holding it back, most fundamental first")
+    position: int = Field(description="queued jobs competing for the same slots that go before it (0: next)")
+    competing: int = Field(description="queued jobs competing for the same slots, this one included")
+    drained_last_minute: int = Field(description="jobs of its pool that ended in the last minute")
+    estimated_wait_s: float | None = Field(
+        description="from the recent drain rate; null when it depends on an operator or an outage, or nothing drained"
+    )
+
+
+class JobDetail(JobView):
+    """`GET /v1/jobs/{id}`: the job, and while it waits why (`blocked_by`)."""
+
+    blocked_by: BlockedBy | None = None
+
+
+class JobCreated(JobView):
+    """`POST /v1/jobs`: the job, and its take token (only when this request admitted it)."""
+
+    token: str | None = Field(description="for `POST /v1/jobs/{id}/take`; only its hash is stored")
+
+
+class JobList(Model):
+    jobs: list[JobView]
+
+
+class ErrorBody(Model):
+    """Every error the API answers: what was wrong, and which field when one was."""
+
+    error: ErrorDetail
+
+
+class FinishBody(Model):
+    """`POST /v1/jobs/{id}/finish`: how a reservation ended, as an exit code or an outcome."""
+
+    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1, description="0 = succeeded, else failed")
+    outcome: Literal["succeeded", "failed", "cancelled"] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FinishBody:
+        if (self.exit_code is None) == (self.outcome is None):
+            raise ValueError("give exactly one of exit_code and outcome")
+        return self
+
+    def state(self) -> JobState:
+        if self.outcome is not None:
+            return JobState(self.outcome)
+        return JobState.succeeded if self.exit_code == 0 else JobState.failed
+
+
+class PoolList(Model):
+    pools: list[PoolView]
+
+
+class RunnerList(Model):
+    runners: list[RunnerView]
+
+
+class LeaseView(Model):
+    holder: str
+    revision: int
+
+
+class LeaderView(Model):
+    """The dispatch shard's newest term as recorded in Postgres, and who holds its lease now."""
+
+    shard: str
+    holder: str | None
+    epoch: int | None
+    since: datetime | None
+    lease: LeaseView | None = Field(description="null while nobody holds it (e.g. during a failover)")
+
+
+class PoolDepth(Model):
+    pool: str
+    queued: int
+    assigned: int
+    running: int
+
+
+class QueueDepth(Model):
+    """`GET /v1/queue`: jobs waiting and in flight, per pool."""
+
+    pools: list[PoolDepth]
+
+
+class Ok(Model):
+    ok: bool

@@ -1,0 +1,140 @@
+"""Why is my job waiting? `blocked_by` on `GET /v1/jobs/{id}` while a job is queued.
+
+Every constraint that holds it back, most fundamental first, each with the numbers behind it:
+no dispatcher holds the lease (nothing is dispatched at all), its pool is paused, its pool's
+capacity could not be counted lately (`CapacityUnknown`: the dispatcher does not dispatch blind),
+no runner that could take it has a free slot (none offers its labels, or all those are busy),
+its pool is at `max_concurrent`, its retry backoff has not run out. Then its position among the
+queued jobs that compete for the same slots, and an estimated wait from how many jobs the pool
+finished in the last minute. The numbers are read together from Postgres; the lease from NATS;
+`CapacityUnknown` is the news this process heard (one subscription per API process).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from orchestrator.bus import Bus
+from orchestrator.bus.lease import read_lease
+from orchestrator.lifecycle import Service
+from orchestrator.store import Store
+from schemas.api import BlockedBy, Constraint
+from schemas.events import CapacityUnknown
+
+# A `CapacityUnknown` heard this recently still holds: the dispatcher retries on its next wake.
+CAPACITY_UNKNOWN_FRESH_S = 30.0
+# Constraints that lift on an operator's action or the end of an outage, not with the drain.
+UNPREDICTABLE = {"no_leader", "paused", "capacity_unknown"}
+
+
+def constraints(
+    job: dict[str, Any], n: dict[str, Any], *, leader: bool, shard: str, unknown: str | None
+) -> list[Constraint]:
+    """Everything holding `job` back, given the numbers `Store.job_waiting` read for it."""
+    pool = n["pool"]
+    name = job["pool"]
+    found: list[Constraint] = []
+    if not leader:
+        found.append(
+            Constraint(
+                reason="no_leader",
+                message=f"no dispatcher holds the lease of shard {shard!r}: nothing is dispatched until one does",
+                numbers={"shard": shard},
+            )
+        )
+    if pool["paused"]:
+        found.append(Constraint(reason="paused", message=f"pool {name!r} is paused"))
+    if unknown is not None:
+        found.append(
+            Constraint(
+                reason="capacity_unknown",
+                message=f"the capacity of pool {name!r} could not be counted ({unknown}): nothing is dispatched blind",
+                numbers={"why": unknown},
+            )
+        )
+    runners = {k: n[k] for k in ("runners", "matching", "matching_slots", "matching_busy")}
+    if n["matching"] == 0:
+        message = f"no runner of pool {name!r} that could take it is active (it needs labels {sorted(job['labels'])})"
+        found.append(Constraint(reason="no_free_runner", message=message, numbers=runners))
+    elif n["matching_busy"] >= n["matching_slots"]:
+        message = f"every slot of the {n['matching']} runners that could take it is busy"
+        found.append(Constraint(reason="no_free_runner", message=message, numbers=runners))
+    cap = pool["max_concurrent"]
+    if cap >= 0 and n["in_flight"] >= cap:
+        found.append(
+            Constraint(
+                reason="at_capacity",
+                message=f"pool {name!r} is at max_concurrent = {cap}",
+                numbers={"in_flight": n["in_flight"], "max_concurrent": cap},
+            )
+        )
+    if n["backoff_s"] > 0:
+        found.append(
+            Constraint(
+                reason="backoff",
+                message=f"retry backoff: not before another {n['backoff_s']:.1f}s",
+                numbers={"seconds_left": round(n["backoff_s"], 3)},
+            )
+        )
+    return found
+
+
+def estimate(found: list[Constraint], n: dict[str, Any]) -> float | None:
+    """Seconds until it runs, from the recent drain rate; None when that cannot say."""
+    if any(c.reason in UNPREDICTABLE for c in found) or n["matching"] == 0:
+        return None
+    if not found and n["ahead"] == 0:
+        return 0.0
+    if n["drained_last_minute"] == 0:
+        return None
+    return round(max((n["ahead"] + 1) * 60.0 / n["drained_last_minute"], n["backoff_s"]), 1)
+
+
+def blocked_by(job: dict[str, Any], n: dict[str, Any], *, leader: bool, shard: str, unknown: str | None) -> BlockedBy:
+    found = constraints(job, n, leader=leader, shard=shard, unknown=unknown)
+    if found:
+        reason, message = found[0].reason, found[0].message
+    elif n["ahead"]:
+        reason, message = "queued_behind", f"{n['ahead']} jobs competing for the same slots go first"
+    else:
+        reason, message = "dispatching", "nothing holds it back: it is next"
+    return BlockedBy(
+        reason=reason,
+        message=message,
+        constraints=found,
+        position=n["ahead"],
+        competing=n["competing"],
+        drained_last_minute=n["drained_last_minute"],
+        estimated_wait_s=estimate(found, n),
+    )
+
+
+class Why:
+    """Answers `blocked_by` for this API process."""
+
+    def __init__(self, store: Store, bus: Bus, shard: str) -> None:
+        self.store = store
+        self.bus = bus
+        self.shard = shard
+        self._unknown: dict[str, tuple[str, float]] = {}  # pool -> (why, when heard)
+
+    async def start(self, service: Service) -> None:
+        sub = await self.bus.subscribe(self.bus.subjects.capacity_unknown(), CapacityUnknown, self._on_unknown)
+        service.on_cleanup(sub.unsubscribe)
+
+    async def _on_unknown(self, event: CapacityUnknown, msg: Msg) -> None:
+        self._unknown[event.pool] = (event.reason, time.monotonic())
+
+    def capacity_unknown(self, pool: str) -> str | None:
+        heard = self._unknown.get(pool)
+        if heard is None or time.monotonic() - heard[1] > CAPACITY_UNKNOWN_FRESH_S:
+            return None
+        return heard[0]
+
+    async def blocked_by(self, job: dict[str, Any]) -> BlockedBy:
+        numbers = await self.store.job_waiting(job)
+        leader = await read_lease(self.bus, self.shard) is not None
+        return blocked_by(job, numbers, leader=leader, shard=self.shard, unknown=self.capacity_unknown(job["pool"]))

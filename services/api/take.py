@@ -1,0 +1,144 @@
+"""The take protocol (seed 003): a client without an agent enqueues a job, then polls for the runner
+that holds a slot for it.
+
+A take answers 404 (unknown, expired or ended), 503 with `Retry-After` (not held by a runner yet)
+or 200 with the runner's details; the caller answers 403 itself when the token is wrong. Every
+poll with the right token records that the client is still there (`last_polled_at`; a long poll
+counts until it ends), so the capacity sweep can expire a job whose client went away.
+
+A long poll (`wait`) is woken by the news on the bus, never by polling Postgres: one subscription
+per API process to the job events (assigned, started, expired, finished) fans each out to the
+takes waiting on that job, which then read the job once. The subscription is made before any
+take reads, and every take registers before its first read, so no news can fall between.
+
+When is a job held? When its runner started it (`running`), or when it is `assigned` and this
+take heard the `JobAssigned` that the dispatcher publishes only after the runner acknowledged
+the hand-off. An `assigned` row alone may be a hand-off still in flight, which can be undone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from nats.aio.msg import Msg
+
+from orchestrator.bus import Bus
+from orchestrator.lifecycle import Service
+from orchestrator.store import Store
+from schemas.events import JobMention
+from schemas.jobs import JobState
+
+# The longest long poll; a client wanting longer polls again.
+MAX_WAIT_S = 120.0
+# What a 503 tells the client to wait before polling again (well inside any abandon_after_s).
+RETRY_AFTER_S = 1
+LIVE = (JobState.queued, JobState.assigned, JobState.running)
+
+
+class Waiters:
+    """Takes waiting on jobs, each with a queue of the news of its job; `close` ends every wait."""
+
+    def __init__(self) -> None:
+        self._queues: dict[UUID, set[asyncio.Queue[JobMention | None]]] = {}
+        self.closed = False
+
+    @contextlib.contextmanager
+    def watch(self, job_id: UUID) -> Iterator[asyncio.Queue[JobMention | None]]:
+        queue: asyncio.Queue[JobMention | None] = asyncio.Queue()
+        if self.closed:
+            queue.put_nowait(None)
+        self._queues.setdefault(job_id, set()).add(queue)
+        try:
+            yield queue
+        finally:
+            queues = self._queues[job_id]
+            queues.discard(queue)
+            if not queues:
+                del self._queues[job_id]
+
+    async def on_news(self, event: JobMention, msg: Msg) -> None:
+        for queue in self._queues.get(event.job_id, ()):
+            queue.put_nowait(event)
+
+    def close(self) -> None:
+        self.closed = True
+        for queues in self._queues.values():
+            for queue in queues:
+                queue.put_nowait(None)
+
+
+@dataclass(frozen=True)
+class TakeResult:
+    status: int  # 200 | 404 | 503
+    job: dict[str, Any] | None = None
+    runner: dict[str, Any] | None = None
+    message: str = ""
+
+
+def held_by(job: dict[str, Any], acked_runner: str | None) -> str | None:
+    """The runner holding `job` for its client, or None while it is not held yet."""
+    if job["state"] == JobState.running or (job["state"] == JobState.assigned and job["runner_id"] == acked_runner):
+        return job["runner_id"]
+    return None
+
+
+def gone(job_id: UUID, job: dict[str, Any] | None) -> TakeResult:
+    if job is None:
+        return TakeResult(404, message=f"no job {job_id}")
+    if job["state"] == JobState.expired:
+        why = f"its client did not poll for {job['abandon_after_s']:g}s" if job["reason"] == "abandoned" else "expired"
+        return TakeResult(404, job, message=f"job {job_id} expired: {why}")
+    return TakeResult(404, job, message=f"job {job_id} has ended ({job['state']}): there is nothing to take")
+
+
+class Takes:
+    def __init__(self, store: Store, bus: Bus) -> None:
+        self.store = store
+        self.bus = bus
+        self.waiters = Waiters()
+
+    async def start(self, service: Service) -> None:
+        """Subscribe to the job news (before any take reads), for `service` to clean up."""
+        for verb in ("assigned", "started", "expired", "finished"):
+            sub = await self.bus.subscribe(self.bus.subjects.job_events(verb), JobMention, self.waiters.on_news)
+            service.on_cleanup(sub.unsubscribe)
+        await self.bus.flush()
+
+    def stop(self) -> None:
+        """Answer every waiting take now (503): the server is stopping."""
+        self.waiters.close()
+
+    async def take(self, job_id: UUID, wait_s: float = 0.0) -> TakeResult:
+        """Take the runner holding `job_id` (whose token the caller checked), waiting up to
+        `wait_s` for one; records the poll."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        acked: str | None = None
+        with self.waiters.watch(job_id) as news:
+            job = await self.store.job_poll(job_id, wait_s)
+            while True:
+                if job is None or job["state"] not in LIVE:
+                    return gone(job_id, job if job is not None else await self.store.job_get(job_id))
+                runner_id = held_by(job, acked)
+                if runner_id is not None:
+                    taken = await self.store.job_poll(job_id, 0.0, taking=runner_id)
+                    if taken is not None:
+                        return TakeResult(200, taken, await self.store.runner_get(runner_id))
+                    job = await self.store.job_get(job_id)  # let go meanwhile: look again
+                    continue
+                remaining = deadline - loop.time()
+                if remaining <= 0 or self.waiters.closed:
+                    return TakeResult(503, job, message=f"job {job_id} is {job['state']}: no runner holds it yet")
+                try:
+                    async with asyncio.timeout(remaining):
+                        event = await news.get()
+                except TimeoutError:
+                    event = None
+                if event is not None and event.type == "JobAssigned":
+                    acked = event.runner_id
+                job = await self.store.job_get(job_id)
