@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator import logs
 from orchestrator.errors import OrchestratorError
+from orchestrator.redact import redact_url
 from orchestrator.settings import Settings, default_instance_id
 
 if TYPE_CHECKING:
@@ -55,7 +56,8 @@ async def _serve(runtime: Runtime, announce: bool) -> int:
         if announce:
             runtime.write_endpoints()
             e = runtime.endpoints()
-            print(f"orchestrator ready http={e['http']} nats={e['nats']} database={e['database']}", flush=True)
+            shown = " ".join(f"{name}={redact_url(url) if url else url}" for name, url in e.items())
+            print(f"orchestrator ready {shown}", flush=True)  # the endpoints file has them whole
         await _until_signal()
     finally:
         await runtime.stop()
@@ -95,14 +97,14 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
     from orchestrator import telemetry
-    from orchestrator.bus import Bus, Subjects
+    from orchestrator.bus import Bus
     from services.runner import Runner
 
     async def go() -> int:
         if not settings.nats_url:
             raise OrchestratorError("set ORCH_NATS_URL to the NATS the orchestrator uses")
         telemetry.setup("orchestrator-runner")
-        bus = Bus(settings.nats_url, Subjects(settings.namespace), name=f"runner-{args.id}")
+        bus = Bus.from_settings(settings, name=f"runner-{args.id}")
         await bus.connect()
         labels = [x for x in args.labels.split(",") if x] if args.labels is not None else settings.runner_label_list()
         runner = Runner(
@@ -322,8 +324,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logs.configure(os.environ.get("ORCH_LOG_LEVEL", "INFO"))
     settings = Settings()
+    logs.configure(os.environ.get("ORCH_LOG_LEVEL", "INFO"), secrets=settings.secret_values())
     try:
         return args.fn(args, settings)
     except (OrchestratorError, ApiError) as exc:

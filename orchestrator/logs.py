@@ -4,7 +4,8 @@ usual readable line when it is.
 Every record carries its `service`, the current trace and span ids when a trace is under way
 (also when spans are not recorded: the producer's context still travels, so a log line can be
 found from a trace id and back), and whatever ids the call site gave in `extra` (`job_id`,
-`runner_id`, `pool`, `action`).
+`runner_id`, `pool`, `action`). Secrets the settings name (tokens, passwords) are masked in
+every line, as a net under the code's own care (URLs are shown redacted where they are logged).
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import trace
+
+from orchestrator.redact import Redactor
 
 # Fields a call site may add with `extra=`; anything else stays off the line.
 _EXTRA = ("service", "action", "job_id", "job_ids", "runner_id", "pool")
@@ -29,12 +33,16 @@ def _trace_ids() -> dict[str, str]:
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, redact: Redactor | None = None) -> None:
+        super().__init__()
+        self.redact = redact or Redactor()
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": self.redact(record.getMessage()),
         }
         for name in _EXTRA:
             value = record.__dict__.get(name)
@@ -42,27 +50,30 @@ class JsonFormatter(logging.Formatter):
                 line[name] = value if isinstance(value, str | int | float | bool) else str(value)
         line.update(_trace_ids())
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = self.redact(self.formatException(record.exc_info))
         return json.dumps(line, default=str)
 
 
 class TextFormatter(logging.Formatter):
     """The readable line, with the trace id appended when there is one."""
 
-    def __init__(self) -> None:
+    def __init__(self, redact: Redactor | None = None) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self.redact = redact or Redactor()
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
+        text = self.redact(super().format(record))
         ids = _trace_ids()
         return f"{text} trace_id={ids['trace_id']}" if ids else text
 
 
-def configure(level: str = "INFO", stream: Any = None) -> None:
-    """Route the root logger to `stream` (stderr), as JSON unless it is a terminal."""
+def configure(level: str = "INFO", stream: Any = None, secrets: Iterable[str] = ()) -> None:
+    """Route the root logger to `stream` (stderr), as JSON unless it is a terminal, with every
+    one of `secrets` masked wherever it appears."""
     stream = stream or sys.stderr
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(TextFormatter() if stream.isatty() else JsonFormatter())
+    redact = Redactor(secrets)
+    handler.setFormatter(TextFormatter(redact) if stream.isatty() else JsonFormatter(redact))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

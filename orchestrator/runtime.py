@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from orchestrator import telemetry
-from orchestrator.bus import Bus, Subjects
+from orchestrator.bus import Bus
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.errors import ConfigurationError
 from orchestrator.leadership import Leadership
@@ -113,7 +113,7 @@ class Runtime:
             self.nats_url, self.database_url = await asyncio.gather(self._nats_server.start(), self._postgres.start())
         assert self.nats_url and self.database_url
         self.store = Store(self.database_url, max_size=s.db_pool_size, idle_in_transaction_s=s.db_idle_in_transaction_s)
-        self.bus = Bus(self.nats_url, Subjects(s.namespace), name=f"orchestrator-{'-'.join(self.names)}")
+        self.bus = Bus.from_settings(s, name=f"orchestrator-{'-'.join(self.names)}", url=self.nats_url)
         await asyncio.gather(self.store.connect(), self.bus.connect())
         if self.migrate:
             applied = await self.store.migrate()
@@ -187,5 +187,8 @@ class Runtime:
     def write_endpoints(self) -> Path:
         path = self.settings.data_dir / "endpoints.json"
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Readable by its owner only: with external servers the URLs may hold passwords.
+        path.touch(mode=0o600)
+        path.chmod(0o600)
         path.write_text(json.dumps(self.endpoints(), indent=2) + "\n")
         return path

@@ -17,6 +17,7 @@ from uuid import UUID
 import asyncpg
 
 from orchestrator.errors import NotFound, StoreError, StoreUnavailable
+from orchestrator.redact import redact_url
 from orchestrator.store import migrate
 from orchestrator.store.queries import Q
 
@@ -226,7 +227,7 @@ class Store:
                 server_settings=self._server_settings,
             )
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"cannot connect to Postgres at {self.dsn}: {exc}") from exc
+            raise StoreUnavailable(f"cannot connect to Postgres at {redact_url(self.dsn)}: {exc}") from exc
 
     async def close(self) -> None:
         if self._pool is not None:
