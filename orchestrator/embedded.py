@@ -11,6 +11,7 @@ import contextlib
 import shutil
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +38,14 @@ def nats_server_binary() -> str:
 
 
 class EmbeddedNats:
-    def __init__(self, store_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, store_dir: Path, host: str = "127.0.0.1", port: int | None = None, args: Sequence[str] = ()
+    ) -> None:
+        """`args` go to nats-server as they are (auth, TLS)."""
         self.store_dir = store_dir
         self.host = host
         self.port = port
+        self.args = list(args)
         self._proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
 
@@ -60,6 +65,7 @@ class EmbeddedNats:
             "-js",
             "-sd",
             str(self.store_dir),
+            *self.args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,

@@ -22,7 +22,7 @@ import urllib.request
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
-from orchestrator.bus import Bus, Subjects
+from orchestrator.bus import Bus
 from orchestrator.errors import ConfigurationError
 from orchestrator.settings import Settings
 from orchestrator.store import Store
@@ -66,7 +66,7 @@ def local_url(settings: Settings) -> str:
 async def _nats(settings: Settings, jetstream: bool) -> None:
     if not settings.nats_url:
         raise RuntimeError("ORCH_NATS_URL is not set")
-    bus = Bus(settings.nats_url, Subjects(settings.namespace), name="health")
+    bus = Bus.from_settings(settings, name="health")
     await bus.connect()
     try:
         await bus.nc.flush(timeout=CHECK_TIMEOUT_S)

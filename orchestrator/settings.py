@@ -6,8 +6,10 @@ import os
 import platform
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator.redact import url_secrets
 
 
 def default_runner_labels() -> str:
@@ -25,6 +27,16 @@ class Settings(BaseSettings):
     # Where the servers are. Unset in `up`: the embedded stack starts its own.
     nats_url: str | None = None
     database_url: str | None = None
+    # NATS credentials, when the server asks for them: a user and password, a token, or a
+    # credentials file (JWT + NKey seed, as `nsc` writes it). TLS: a `tls://` URL, or any of the
+    # files below (the CA to trust a private server; a client certificate and key for mutual TLS).
+    nats_user: str | None = None
+    nats_password: SecretStr | None = None
+    nats_token: SecretStr | None = None
+    nats_creds_file: Path | None = None
+    nats_tls_ca_file: Path | None = None
+    nats_tls_cert_file: Path | None = None
+    nats_tls_key_file: Path | None = None
     data_dir: Path = Path(".orchestrator")
 
     # The first token of every subject and stream name. Tests give each test its own.
@@ -73,9 +85,15 @@ class Settings(BaseSettings):
 
     # HTTP API bearer tokens by role (comma-separated). None set: auth is off (the embedded
     # default); any set: every route but the public ones needs a token of a role it allows.
-    producer_tokens: str = ""
-    runner_tokens: str = ""
-    operator_tokens: str = ""
+    producer_tokens: SecretStr = SecretStr("")
+    runner_tokens: SecretStr = SecretStr("")
+    operator_tokens: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _client_cert_with_key(self) -> Settings:
+        if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
+            raise ValueError("set both nats_tls_cert_file and nats_tls_key_file (mutual TLS), or neither")
+        return self
 
     @model_validator(mode="after")
     def _renew_inside_ttl(self) -> Settings:
@@ -89,4 +107,14 @@ class Settings(BaseSettings):
     def api_tokens(self) -> list[tuple[str, str]]:
         """(role, token) for every configured API token."""
         by_role = {"producer": self.producer_tokens, "runner": self.runner_tokens, "operator": self.operator_tokens}
-        return [(role, t.strip()) for role, tokens in by_role.items() for t in tokens.split(",") if t.strip()]
+        listed = [(role, tokens.get_secret_value().split(",")) for role, tokens in by_role.items()]
+        return [(role, t.strip()) for role, tokens in listed for t in tokens if t.strip()]
+
+    def secret_values(self) -> list[str]:
+        """Every secret this process knows, for the log redactor: tokens, passwords (also those
+        inside the URLs)."""
+        values = [token for _, token in self.api_tokens()]
+        values += [s.get_secret_value() for s in (self.nats_password, self.nats_token) if s is not None]
+        for url in (self.nats_url, self.database_url):
+            values += url_secrets(url or "")
+        return values

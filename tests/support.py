@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
+import asyncpg
 from pydantic import BaseModel
 
 from orchestrator.bus import Bus
@@ -83,3 +84,19 @@ async def submit(http: aiohttp.ClientSession, **spec: Any) -> dict[str, Any]:
 async def call(http: aiohttp.ClientSession, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
     async with http.request(method, path, **kwargs) as resp:
         return resp.status, await resp.json()
+
+
+async def database_rows(dsn: str) -> dict[str, list[str]]:
+    """Every row of every table, as text, by table: to see that a database did not change, or to
+    search all of it."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
+        return {
+            t["tablename"]: await conn.fetchval(
+                f"""SELECT coalesce(array_agg(r::text ORDER BY r::text), '{{}}') FROM "{t["tablename"]}" r"""
+            )
+            for t in tables
+        }
+    finally:
+        await conn.close()

@@ -92,7 +92,7 @@ async def test_drain_finish_and_queue_depth(system_http: aiohttp.ClientSession, 
 async def test_auth_roles(settings: Settings, store: Store) -> None:
     await factories.pool(store)
     tokens = {"producer_tokens": "p1,p2", "runner_tokens": "r1", "operator_tokens": "o1"}
-    runtime = Runtime(settings.model_copy(update=tokens), ["admission", "api"], migrate=True)
+    runtime = Runtime(settings.model_validate({**settings.model_dump(), **tokens}), ["admission", "api"], migrate=True)
     await runtime.start()
 
     def bearer(token: str) -> dict[str, str]:

@@ -19,14 +19,9 @@ from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import JobFinished, PoolUpdated
 from schemas.pools import PoolConfig
-from tests.support import Listener, eventually
+from tests.support import Listener, call, eventually
 
 DEFAULTS = PoolConfig().model_dump(mode="json")
-
-
-async def call(http: aiohttp.ClientSession, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
-    async with http.request(method, path, **kwargs) as resp:
-        return resp.status, await resp.json()
 
 
 def config_of(pool: dict[str, Any]) -> dict[str, Any]:

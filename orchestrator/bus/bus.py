@@ -14,8 +14,10 @@ handler's own batching (one transaction for many reports) see them together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -31,9 +33,14 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from orchestrator import telemetry
+from orchestrator.bus.credentials import NatsCredentials
 from orchestrator.bus.subjects import Subjects
 from orchestrator.errors import BusUnavailable, NoResponders, RequestFailed
+from orchestrator.redact import redact_url
 from schemas.events import ErrorDetail, Reply, error_from_validation
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
@@ -58,6 +65,15 @@ def _json_array(models: Sequence[BaseModel]) -> bytes:
 
 # JetStream deduplicates on Nats-Msg-Id inside this window; the job key in Postgres beyond it.
 DEDUP_WINDOW_S = 120.0
+# How long the first connect waits for a NATS server that is not up yet.
+CONNECT_WAIT_S = 30.0
+
+
+def _retry_cannot_fix(exc: Exception) -> bool:
+    """Errors of the first connect that the next attempt would repeat: a certificate that does
+    not verify, credentials the server refuses."""
+    text = str(exc).lower()
+    return isinstance(exc, ssl.SSLError) or "authorization violation" in text or "authentication" in text
 
 
 def _span_attrs(subject: str, operation: str) -> dict[str, str]:
@@ -69,25 +85,74 @@ def _span_attrs(subject: str, operation: str) -> dict[str, str]:
 
 
 class Bus:
-    def __init__(self, url: str, subjects: Subjects, *, name: str = "orchestrator") -> None:
+    def __init__(
+        self,
+        url: str,
+        subjects: Subjects,
+        *,
+        name: str = "orchestrator",
+        credentials: NatsCredentials | None = None,
+    ) -> None:
         self.url = url
         self.subjects = subjects
         self.name = name
+        self.credentials = credentials or NatsCredentials()
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
 
-    async def connect(self) -> None:
-        try:
-            self._nc = await nats.connect(
+    @classmethod
+    def from_settings(cls, settings: Settings, *, name: str, url: str | None = None) -> Bus:
+        """The bus of a process of the orchestrator: the NATS at `url` (default: the settings'),
+        in the settings' namespace, with their credentials."""
+        url = url or settings.nats_url
+        if not url:
+            raise BusUnavailable("no NATS URL: set ORCH_NATS_URL")
+        return cls(url, Subjects(settings.namespace), name=name, credentials=NatsCredentials.from_settings(settings))
+
+    async def connect(self, wait_s: float = CONNECT_WAIT_S) -> None:
+        """Connect, waiting up to `wait_s` for a server that is not up yet (containers start in
+        any order), but failing at once on what retrying cannot fix (wrong credentials, a
+        certificate that does not verify). Once connected, the client reconnects forever."""
+        url = redact_url(self.url)
+        last_error: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            # nats-py retries every failure of the first connect as well; it calls this each time.
+            if self._nc is None:
+                last_error[:] = [exc]
+                if _retry_cannot_fix(exc):
+                    connecting.cancel()
+            else:
+                _log.warning("NATS at %s: %s", url, exc)
+
+        connecting = asyncio.ensure_future(
+            nats.connect(
                 self.url,
                 name=self.name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,
                 connect_timeout=5,
                 allow_reconnect=True,
+                error_cb=on_error,
+                **self.credentials.connect_options(),
             )
-        except Exception as exc:  # nats raises several unrelated types for "cannot connect"
-            raise BusUnavailable(f"cannot connect to NATS at {self.url}: {exc}") from exc
+        )
+        try:
+            await asyncio.wait({connecting}, timeout=wait_s)
+        finally:
+            timed_out = not connecting.done()
+            if timed_out:
+                connecting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await connecting
+        why = f": {last_error[0]}" if last_error else ""
+        if timed_out:
+            raise BusUnavailable(f"cannot connect to NATS at {url} within {wait_s:g} s{why}")
+        if connecting.cancelled():
+            raise BusUnavailable(f"NATS at {url} refused the connection{why}")
+        if connecting.exception() is not None:
+            raise BusUnavailable(f"cannot connect to NATS at {url}: {connecting.exception()}")
+        self._nc = connecting.result()
         self._js = self._nc.jetstream()
 
     async def close(self) -> None:
