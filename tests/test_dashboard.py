@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from orchestrator.runtime import Runtime
+from orchestrator.settings import Settings
 from tests.support import eventually
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -93,3 +94,23 @@ async def test_a_browser_sees_the_pool_and_a_job_change_state(
 
     await eventually(succeeded, timeout=20, what="the job to succeed")
     assert job_state(await rendered(url), job["id"]) == "succeeded"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian package chromium)")
+async def test_with_auth_on_the_page_sends_the_token_from_its_fragment(settings: Settings) -> None:
+    runtime = Runtime(settings.model_validate({**settings.model_dump(), "operator_tokens": "op-dashboard-1"}), ["api"])
+    await runtime.start()
+    try:
+        refused = status_line(await rendered(f"{runtime.http_url}/"))
+        assert re.fullmatch(r"cannot reach the orchestrator: /v1/[a-z]+(\?\S*)?: 401", refused), refused
+        allowed = status_line(await rendered(f"{runtime.http_url}/#token=op-dashboard-1"))
+        assert allowed.startswith("updated "), allowed
+
+    finally:
+        await runtime.stop()
+
+
+def status_line(dom: str) -> str:
+    match = re.search(r'<div id="status"[^>]*>(.*?)</div>', dom, re.S)
+    assert match, "no status line"
+    return match.group(1)
