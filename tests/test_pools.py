@@ -153,6 +153,27 @@ async def test_unpausing_a_pool_wakes_the_dispatcher_at_once(slow_sweep: Setting
         await eventually(lambda: _equals(state(), "succeeded"), timeout=5, what="the unpaused job to run")
 
 
+async def test_a_freed_slot_goes_to_the_waiting_job_at_once(
+    slow_sweep: Settings, system: Runtime, tmp_path: Path
+) -> None:
+    """Guarantee 6: the finish of a job in a full pool wakes dispatch; no polling interval (the
+    sweep is 10 minutes here) stands between a free slot and the job waiting for it."""
+    release = tmp_path / "release"
+    hold = ["sh", "-c", f'while [ ! -e "{release}" ]; do sleep 0.02; done']
+    async with aiohttp.ClientSession(base_url=system.http_url) as http:
+        await call(http, "PATCH", "/v1/pools/default", json={"max_concurrent": 1})
+        _, first = await call(http, "POST", "/v1/jobs", json={"pool": "default", "payload": {"command": hold}})
+        _, second = await call(http, "POST", "/v1/jobs", json={"pool": "default", "payload": {"command": ["true"]}})
+
+        async def state(job: dict[str, Any]) -> str:
+            return (await call(http, "GET", f"/v1/jobs/{job['id']}"))[1]["state"]
+
+        await eventually(lambda: _equals(state(first), "running"), timeout=10, what="the first job to run")
+        assert await state(second) == "queued"  # the pool is full
+        release.touch()
+        await eventually(lambda: _equals(state(second), "succeeded"), timeout=5, what="the waiting job to run")
+
+
 async def _equals(value: Any, expected: Any) -> bool:
     return await value == expected
 
