@@ -14,7 +14,6 @@ models that validate the bodies. The take protocol is `take.py` (with Servo's wi
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from typing import Any
 from uuid import UUID
@@ -61,7 +60,15 @@ from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
 from services.api.auth import Auth
 from services.api.blocked import Why
-from services.api.responses import STATUS, error_response, errors_as_json, json_response, query_limit, query_wait
+from services.api.responses import (
+    STATUS,
+    error_response,
+    errors_as_json,
+    invalid_response,
+    json_response,
+    query_limit,
+    query_wait,
+)
 from services.api.routes import ANY_ROLE, OPERATOR, PRODUCER, PUBLIC, RUNNER, Query, Route, openapi, register
 from services.api.servo import ServoDoor
 from services.api.take import MAX_WAIT_S, RETRY_AFTER_S, Takes
@@ -71,6 +78,7 @@ _tracer = telemetry.tracer("orchestrator.api")
 _DASHBOARD = (resources.files("services") / "static" / "dashboard.html").read_text()
 ADMISSION_TIMEOUT_S = 10.0
 _pool_name = TypeAdapter(Name)
+_pool_fields = TypeAdapter(dict[str, Any])
 
 
 class Api(Service):
@@ -171,8 +179,7 @@ class Api(Service):
             try:
                 spec = JobSpec.model_validate_json(raw)
             except ValidationError as exc:
-                error = error_from_validation(exc)
-                return error_response(STATUS[error.code], error.code, error.message, error.field)
+                return invalid_response(exc)
             return self._admission_response(await self.admit(spec))
 
     async def admit(self, spec: JobSpec) -> AdmissionResult:
@@ -265,8 +272,7 @@ class Api(Service):
         try:
             body = FinishBody.model_validate_json(await request.read())
         except ValidationError as exc:
-            error = error_from_validation(exc)
-            return error_response(STATUS[error.code], error.code, error.message, error.field)
+            return invalid_response(exc)
         row = await self._job_or_404(request)
         if isinstance(row, web.Response):
             return row
@@ -314,7 +320,7 @@ class Api(Service):
         try:
             config = PoolConfig.model_validate(body)
         except ValidationError as exc:
-            return self._invalid(exc)
+            return invalid_response(exc)
         change = await change_pool(self.store, self.bus, name, config=config)
         return self._pool_changed(change, 201 if change.created else 200)
 
@@ -326,7 +332,7 @@ class Api(Service):
         try:
             change = await change_pool(self.store, self.bus, name, patch=body)
         except ValidationError as exc:
-            return self._invalid(exc)
+            return invalid_response(exc)
         except NotFound as exc:
             return error_response(404, "not_found", str(exc), "name")
         return self._pool_changed(change, 200)
@@ -338,19 +344,14 @@ class Api(Service):
         except ValidationError:
             message = f"pool name {name!r} must be letters, digits, '_' or '-' (at most 64), starting alphanumeric"
             return name, error_response(422, "invalid", message, "name")
-        raw = await request.read()
         try:
-            body = json.loads(raw or b"{}")
-        except ValueError as exc:
-            return name, error_response(400, "malformed", f"body is not valid JSON: {exc}")
-        if not isinstance(body, dict):
+            # pydantic's parser, as for every other body: json.loads recurses, and a deeply nested
+            # body would end in a RecursionError (a 500) instead of a 400.
+            return name, _pool_fields.validate_json((await request.read()) or b"{}")
+        except ValidationError as exc:
+            if error_from_validation(exc).code == "malformed":
+                return name, invalid_response(exc)
             return name, error_response(422, "invalid", "the body must be a JSON object of pool fields")
-        return name, body
-
-    @staticmethod
-    def _invalid(exc: ValidationError) -> web.Response:
-        error = error_from_validation(exc)
-        return error_response(422, error.code, error.message, error.field)
 
     @staticmethod
     def _pool_changed(change: PoolChange, status: int) -> web.Response:
@@ -388,8 +389,7 @@ class Api(Service):
         try:
             body = RunnerTaints.model_validate_json(await request.read())
         except ValidationError as exc:
-            error = error_from_validation(exc)
-            return error_response(STATUS[error.code], error.code, error.message, error.field)
+            return invalid_response(exc)
         runner_id = request.match_info["id"]
         row = await self.store.runner_set_taints(runner_id, body.taints)
         if row is None:

@@ -7,9 +7,10 @@ import json
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import InvalidInput, OrchestratorError
+from schemas.events import error_from_validation
 
 # Admission outcomes and error codes -> HTTP status.
 STATUS = {
@@ -28,6 +29,12 @@ STATUS = {
 def error_response(status: int, code: str, message: str, field: str | None = None, **headers: str) -> web.Response:
     body = {"error": {"code": code, "message": message, "field": field}}
     return web.json_response(body, status=status, headers=headers or None)
+
+
+def invalid_response(exc: ValidationError) -> web.Response:
+    """A body the model refused: 400 when it is not JSON at all, else 422; both name the field."""
+    error = error_from_validation(exc)
+    return error_response(STATUS[error.code], error.code, error.message, error.field)
 
 
 def json_response(model: BaseModel | dict[str, Any], status: int = 200) -> web.Response:
@@ -67,6 +74,11 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
         if exc.status < 400:
             raise
         code = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        return error_response(exc.status, code, exc.reason)
+        # The 413's text names the limit ("Maximum request body size N exceeded."); the others'
+        # text is just "<status>: <reason>".
+        message = exc.text if exc.status == 413 and exc.text else exc.reason
+        return error_response(exc.status, code, message)
+    except InvalidInput as exc:  # a value the schemas let through and Postgres refused
+        return error_response(422, exc.code, str(exc))
     except OrchestratorError as exc:
         return error_response(503, exc.code, str(exc))
