@@ -70,10 +70,10 @@ def spoiled(base: dict[str, Any], fields: list[str]) -> st.SearchStrategy[bytes]
 
 
 DEEP = b"[" * 100_000 + b"]" * 100_000
-# Raw bodies that are not JSON, or not UTF-8, or JSON nested far deeper than any parser recurses.
-RAW = st.binary(max_size=64) | st.sampled_from(
-    [b"", b"{", b"null", b"[]", b"\xff\xfe", b'{"pool": "default"', DEEP, b'{"a":' * 50_000 + b"1" + b"}" * 50_000]
-)
+# Raw bodies that are not JSON, or not UTF-8, or JSON nested far deeper than any parser recurses:
+# tried at every door (RAW_NASTY), and among the random ones.
+RAW_NASTY = [b"", b"{", b"null", b"\x00", b'{"x": "\x00"}', b"\xff\xfe", DEEP, b'{"a":' * 50_000 + b"1" + b"}" * 50_000]
+RAW = st.binary(max_size=64) | st.sampled_from(RAW_NASTY)
 
 
 # The values that broke something once, tried in every field of every door (not left to chance).
@@ -81,7 +81,8 @@ NASTY: list[Any] = ["a\x00b", 2**64, -(2**63) - 1, 2**31, float("nan"), float("i
 
 
 def every_field_spoiled(base: dict[str, Any], fields: list[str]) -> list[bytes]:
-    return [dumps({**base, field: value}) for field in fields for value in NASTY]
+    """The explicit cases of a door: each raw nasty body, and each field given each NASTY value."""
+    return [*RAW_NASTY, *(dumps({**base, field: value}) for field in fields for value in NASTY)]
 
 
 def bodies(base: dict[str, Any], fields: list[str]) -> st.SearchStrategy[bytes]:

@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
+from uuid import uuid4
 
 import aiohttp
 import pytest
@@ -194,3 +195,37 @@ async def test_bad_news_is_ignored_and_the_system_still_runs(
         count(f"bus news {door.name}")
         await bus.nc.publish(door.subject(system), body)
     await bus.nc.flush()
+
+
+INTAKE_SPEC = {"pool": NOWHERE, "payload": {"command": ["true"]}}
+
+
+async def _rejection(store: Store, seq: int) -> dict[str, Any] | None:
+    async with store._conn() as conn:
+        row = await conn.fetchrow("SELECT * FROM rejections WHERE stream_seq = $1", seq)
+    return dict(row) if row else None
+
+
+@FUZZ
+@given(data=st.data())
+@example(data=None)
+async def test_bad_intake_messages_are_recorded_as_rejections_and_nothing_else(
+    front: Runtime, bus: Bus, store: Store, data: st.DataObject | None
+) -> None:
+    fields = list(JobSubmitted.model_fields)
+    if data is None:
+        cases = every_field_spoiled(INTAKE_SPEC, fields)
+    else:
+        cases = [data.draw(bodies(INTAKE_SPEC, fields), label="body")]
+    for body in cases:
+        count("bus intake (JetStream)")
+        before = await snapshot(store)
+        ack = await bus.js.publish(bus.subjects.submit, body, headers={"Nats-Msg-Id": str(uuid4())})
+        row = await eventually(lambda seq=ack.seq: _rejection(store, seq), what=f"the rejection of message {ack.seq}")
+        assert row["reason"] in ("malformed", "invalid", "unsatisfiable"), row
+        assert row["message"], row
+        after = await snapshot(store)
+        assert len(after["rejections"]) == len(before["rejections"]) + 1
+        assert {t: r for t, r in after.items() if t != "rejections"} == {
+            t: r for t, r in before.items() if t != "rejections"
+        }
