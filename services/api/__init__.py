@@ -39,6 +39,7 @@ from schemas.api import (
     JobList,
     LeaderView,
     Ok,
+    PoolChanged,
     PoolDepth,
     PoolList,
     QueueDepth,
@@ -120,15 +121,15 @@ class Api(Service):
                   "Servo: enqueue a reservation; the body is its token", None, {200: None}, (409, 422, 429),
                   (Query("unique_id", "the client's id for the job", required=True),
                    Query("qualified_repo", "owner/repo", required=True), Query("run_id", "CI run", required=True)),
-                  text="the take token"),
+                  text="the take token", text_errors=True),
             Route("POST", "/take/{unique_id}", self.servo.take, PUBLIC, "Servo: take the runner (JSON)", None,
-                  {200: RunnerView}, (403, 404, 422, 503), (token, wait)),
+                  {200: RunnerView}, (403, 404, 422, 503), (token, wait), text_errors=True),
             Route("GET", "/v1/pools", self.list_pools, ANY_ROLE, "List pools", None, {200: PoolList}),
             Route("GET", "/v1/pools/{name}", self.get_pool, ANY_ROLE, "A pool", None, {200: PoolView}, (404,)),
             Route("PUT", "/v1/pools/{name}", self.put_pool, pools, "Create or replace a pool", PoolConfig,
-                  {200: PoolView, 201: PoolView}, (400, 422)),
+                  {200: PoolChanged, 201: PoolChanged}, (400, 422)),
             Route("PATCH", "/v1/pools/{name}", self.patch_pool, pools, "Change the given fields of a pool",
-                  PoolConfig, {200: PoolView}, (400, 404, 422)),
+                  PoolConfig, {200: PoolChanged}, (400, 404, 422)),
             Route("GET", "/v1/queue", self.queue_depth, ANY_ROLE, "Jobs waiting and in flight, per pool", None,
                   {200: QueueDepth}),
             Route("GET", "/v1/rejections", self.list_rejections, OPERATOR, "What the JetStream door refused", None,
@@ -355,8 +356,8 @@ class Api(Service):
 
     @staticmethod
     def _pool_changed(change: PoolChange, status: int) -> web.Response:
-        body = {**PoolView.from_row(change.pool).model_dump(mode="json"), "failed_jobs": change.failed_jobs}
-        return json_response(body, status)
+        view = PoolView.from_row(change.pool).model_dump()
+        return json_response(PoolChanged(**view, failed_jobs=change.failed_jobs), status)
 
     async def list_rejections(self, request: web.Request) -> web.Response:
         """What the JetStream door refused, newest first (its producers had nobody to answer them)."""

@@ -53,16 +53,22 @@ def query_limit(request: web.Request) -> int | web.Response:
     return limit
 
 
-def query_wait(request: web.Request, most: float) -> float | web.Response:
-    """`?wait=` seconds of long poll (default 0, at most `most`), or the 422 that says what is wrong."""
+def wait_or_why(request: web.Request, most: float) -> float | str:
+    """`?wait=` seconds of long poll (default 0, at most `most`), or what is wrong with it."""
     raw = request.query.get("wait", "0")
     try:
         wait = float(raw)
     except ValueError:
-        return error_response(422, "invalid", f"wait must be a number of seconds, not {raw!r}", "wait")
+        return f"wait must be a number of seconds, not {raw!r}"
     if not 0 <= wait <= most:  # also refuses nan
-        return error_response(422, "invalid", f"wait must be between 0 and {most:g} seconds", "wait")
+        return f"wait must be between 0 and {most:g} seconds"
     return wait
+
+
+def query_wait(request: web.Request, most: float) -> float | web.Response:
+    """`?wait=`, or the 422 that says what is wrong with it."""
+    wait = wait_or_why(request, most)
+    return error_response(422, "invalid", wait, "wait") if isinstance(wait, str) else wait
 
 
 @web.middleware
