@@ -95,3 +95,26 @@ async def test_the_front_still_admits_after_the_fuzz(http: aiohttp.ClientSession
     """The same fixtures, no fuzz: the baseline the fuzz tests rely on (a valid job is admitted)."""
     job = await submit(http, payload={"command": ["true"]})
     assert job["state"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/pools/a%00b"),
+        ("POST", "/v1/runners/a%00b/drain"),
+        ("PUT", "/v1/runners/a%00b/taints"),
+        ("POST", "/take/a%00b?token=t"),
+        ("GET", "/v1/jobs?pool=a%00b"),
+        ("GET", "/v1/jobs?key=a%00b"),
+        ("GET", "/v1/rejections?reason=a%00b"),
+        ("POST", "/profile/default/enqueue?unique_id=u&qualified_repo=a%00b&run_id=1"),
+    ],
+)
+async def test_nul_in_a_path_or_query_is_refused_not_a_500(
+    http: aiohttp.ClientSession, store: Store, default_pool: None, method: str, path: str
+) -> None:
+    count("http NUL in path or query")
+    before = await snapshot(store)
+    async with http.request(method, path, json={"taints": []}) as resp:
+        assert 400 <= resp.status < 500 or resp.status == 200, (resp.status, await resp.text())
+    assert await snapshot(store) == before
