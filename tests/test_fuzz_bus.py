@@ -23,23 +23,7 @@ from orchestrator.bus import Bus
 from orchestrator.bus.bus import BATCH_HEADER
 from orchestrator.runtime import Runtime
 from orchestrator.store import Store
-from schemas.events import (
-    AdmissionResult,
-    CapacityUnknown,
-    JobAdmitted,
-    JobAssigned,
-    JobCancelRequested,
-    JobFinished,
-    JobStarted,
-    JobSubmitted,
-    PoolUpdated,
-    Reply,
-    RunnerDraining,
-    RunnerHeartbeat,
-    RunnerRegistered,
-    RunnerTaintsChanged,
-    SlotAvailable,
-)
+from schemas import events as ev
 from services.runner import Runner
 from tests.fuzz import FUZZ, bodies, count, every_field_spoiled, refuses, snapshot
 from tests.support import eventually, submit
@@ -71,31 +55,33 @@ def _subjects(system: Runtime) -> Any:
 
 job = {"job_id": GHOST_JOB, "pool": NOWHERE, "runner_id": "ghost", "attempt": 1}
 REQUESTS = [
-    Door("admission request", lambda r: _subjects(r).submit_request, JobSubmitted, {"pool": NOWHERE}, AdmissionResult),
-    Door("runner register", lambda r: _subjects(r).runner_register, RunnerRegistered,
-         {"runner_id": "ghost", "pool": NOWHERE, "slots": 1, "metadata": {"host": "h"}}, Reply),
-    Door("runner heartbeat", lambda r: _subjects(r).runner_heartbeat, RunnerHeartbeat,
-         {"runner_id": "ghost", "pool": NOWHERE, "running": [GHOST_JOB]}, Reply),
-    Door("runner start", lambda r: _subjects(r).runner_start, JobStarted, job, Reply),
-    Door("runner finish", lambda r: _subjects(r).runner_finish, JobFinished,
-         {**job, "state": "failed", "exit_code": 1, "reason": "r"}, Reply),
-    Door("runner drain", lambda r: _subjects(r).runner_drain, RunnerDraining, {"runner_id": "ghost", "pool": NOWHERE},
-         Reply),
-    Door("runner assign", lambda r: _subjects(r).assign(_runner(r).runner_id), JobAssigned,
-         {**job, "payload": {"command": ["true"]}, "timeout_s": 1}, Reply, only_refused=True),
+    Door("admission request", lambda r: _subjects(r).submit_request, ev.JobSubmitted, {"pool": NOWHERE},
+         ev.AdmissionResult),
+    Door("runner register", lambda r: _subjects(r).runner_register, ev.RunnerRegistered,
+         {"runner_id": "ghost", "pool": NOWHERE, "slots": 1, "metadata": {"host": "h"}}, ev.Reply),
+    Door("runner heartbeat", lambda r: _subjects(r).runner_heartbeat, ev.RunnerHeartbeat,
+         {"runner_id": "ghost", "pool": NOWHERE, "running": [GHOST_JOB]}, ev.Reply),
+    Door("runner start", lambda r: _subjects(r).runner_start, ev.JobStarted, job, ev.Reply),
+    Door("runner finish", lambda r: _subjects(r).runner_finish, ev.JobFinished,
+         {**job, "state": "failed", "exit_code": 1, "reason": "r"}, ev.Reply),
+    Door("runner drain", lambda r: _subjects(r).runner_drain, ev.RunnerDraining,
+         {"runner_id": "ghost", "pool": NOWHERE}, ev.Reply),
+    Door("runner assign", lambda r: _subjects(r).assign(_runner(r).runner_id), ev.JobAssigned,
+         {**job, "payload": {"command": ["true"]}, "timeout_s": 1}, ev.Reply, only_refused=True),
 ]  # fmt: skip
 NEWS = [
-    Door("runner taints", lambda r: _subjects(r).runner_taints_changed, RunnerTaintsChanged,
+    Door("runner taints", lambda r: _subjects(r).runner_taints_changed, ev.RunnerTaintsChanged,
          {"runner_id": "ghost", "pool": NOWHERE, "taints": []}),
-    Door("pool updated", lambda r: _subjects(r).pool_updated(NOWHERE), PoolUpdated, {"pool": NOWHERE, "config": {}}),
-    Door("job admitted", lambda r: _subjects(r).job_event("admitted", NOWHERE), JobAdmitted,
+    Door("pool updated", lambda r: _subjects(r).pool_updated(NOWHERE), ev.PoolUpdated, {"pool": NOWHERE, "config": {}}),
+    Door("job admitted", lambda r: _subjects(r).job_event("admitted", NOWHERE), ev.JobAdmitted,
          {"job_id": GHOST_JOB, "key": "k", "pool": NOWHERE, "priority": 0}),
-    Door("slot available", lambda r: _subjects(r).slot_available(NOWHERE), SlotAvailable, {"pool": NOWHERE, "free": 1}),
-    Door("capacity unknown", lambda r: _subjects(r).capacity_unknown(NOWHERE), CapacityUnknown,
+    Door("slot available", lambda r: _subjects(r).slot_available(NOWHERE), ev.SlotAvailable,
+         {"pool": NOWHERE, "free": 1}),
+    Door("capacity unknown", lambda r: _subjects(r).capacity_unknown(NOWHERE), ev.CapacityUnknown,
          {"pool": NOWHERE, "reason": "r"}),
-    Door("job finished news", lambda r: _subjects(r).job_event("finished", NOWHERE), JobFinished,
+    Door("job finished news", lambda r: _subjects(r).job_event("finished", NOWHERE), ev.JobFinished,
          {**job, "state": "failed"}),
-    Door("runner cancel", lambda r: _subjects(r).cancel(_runner(r).runner_id), JobCancelRequested,
+    Door("runner cancel", lambda r: _subjects(r).cancel(_runner(r).runner_id), ev.JobCancelRequested,
          {"job_id": GHOST_JOB, "pool": NOWHERE, "runner_id": None}),
 ]  # fmt: skip
 
@@ -212,7 +198,7 @@ async def _rejection(store: Store, seq: int) -> dict[str, Any] | None:
 async def test_bad_intake_messages_are_recorded_as_rejections_and_nothing_else(
     front: Runtime, bus: Bus, store: Store, data: st.DataObject | None
 ) -> None:
-    fields = list(JobSubmitted.model_fields)
+    fields = list(ev.JobSubmitted.model_fields)
     if data is None:
         cases = every_field_spoiled(INTAKE_SPEC, fields)
     else:
