@@ -23,6 +23,14 @@ class StoreError(OrchestratorError):
     code = "store_error"
 
 
+class InvalidInput(StoreError):
+    """Postgres (or the driver encoding for it) refused a value as data: out of its type's range,
+    a character it cannot store. The input was bad, so a request gets an error answer, never a
+    retry. The schemas refuse such values first, naming the field; this is the safety net."""
+
+    code = "invalid"
+
+
 class BusUnavailable(OrchestratorError):
     code = "bus_unavailable"
 

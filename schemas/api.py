@@ -110,6 +110,13 @@ class PoolList(Model):
     pools: list[PoolView]
 
 
+class PoolChanged(PoolView):
+    """`PUT`/`PATCH /v1/pools/{name}`: the pool as changed, and the queued jobs the change made
+    unsatisfiable (failed in the same transaction)."""
+
+    failed_jobs: int
+
+
 class RunnerList(Model):
     runners: list[RunnerView]
 

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.base import Envelope, Model
 from schemas.jobs import JobSpec, JobState, JobView, Label, Name
 from schemas.pools import PoolConfig
+from schemas.storable import Int32, JsonObject
 
 
 class JobSubmitted(JobSpec):
@@ -84,7 +85,7 @@ class JobStarted(Envelope):
     job_id: UUID
     pool: str
     runner_id: str
-    attempt: int
+    attempt: Int32
 
 
 class JobFinished(Envelope):
@@ -95,9 +96,9 @@ class JobFinished(Envelope):
     job_id: UUID
     pool: str
     runner_id: str | None
-    attempt: int
+    attempt: Int32
     state: JobState
-    exit_code: int | None = None
+    exit_code: Int32 | None = None
     reason: str | None = None
 
 
@@ -166,7 +167,7 @@ class RunnerRegistered(Envelope):
     slots: int = Field(ge=0, le=10_000)
     taints: list[Label] = Field(default_factory=list)
     running: list[UUID] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: JsonObject = Field(default_factory=dict)
 
 
 class RunnerHeartbeat(Envelope):

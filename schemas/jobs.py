@@ -11,29 +11,16 @@ from enum import StrEnum
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import Field, StringConstraints
 
 from schemas.base import Model
+from schemas.storable import JsonObject
 
 # Pool names and labels become NATS subject tokens and CLI arguments: keep them to a safe alphabet.
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")]
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/=\-]{0,127}$")]
-# Postgres text and jsonb cannot hold NUL (\u0000): refuse it here, naming the field, rather than
-# let the database fail the whole admission batch.
+# Postgres text cannot hold NUL (\u0000): refused here, naming the field (schemas/storable.py).
 Key = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\x00]*$")]
-
-
-def _without_nul(value: Any, path: str) -> None:
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise ValueError(f"{path} contains a NUL character (\\u0000), which cannot be stored")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _without_nul(k, path)
-            _without_nul(v, f"{path}.{k}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _without_nul(v, f"{path}[{i}]")
 
 
 class JobState(StrEnum):
@@ -63,18 +50,12 @@ class JobSpec(Model):
     tenant: Name | None = None
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
     key: Key | None = None
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: JsonObject = Field(default_factory=dict)
     timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     max_attempts: int = Field(default=3, ge=1, le=100)
     abandon_after_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     # Taints this job tolerates: a tainted runner takes only jobs tolerating all its taints (seed 002).
     tolerations: list[Label] = Field(default_factory=list, max_length=64)
-
-    @field_validator("payload")
-    @classmethod
-    def _payload_storable(cls, payload: dict[str, Any]) -> dict[str, Any]:
-        _without_nul(payload, "payload")
-        return payload
 
     def canonical(self) -> dict[str, Any]:
         """The spec as compared for idempotency: same key + same canonical spec = same job."""

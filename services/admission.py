@@ -35,7 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus
-from orchestrator.errors import BusUnavailable, StoreError, StoreUnavailable
+from orchestrator.errors import BusUnavailable, InvalidInput, StoreError, StoreUnavailable
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
@@ -333,6 +333,8 @@ class Admission(Service):
                 error=ErrorDetail(code="unavailable", message=f"the queue is unavailable: {exc}"),
                 retry_after_s=self.config.retry_delay_s,
             )
+        except InvalidInput:
+            raise  # bad input, not a failure: the bus answers it with _invalid_reply
         except StoreError as exc:
             return AdmissionResult(outcome="rejected", error=ErrorDetail(code="internal", message=str(exc)))
 
@@ -413,7 +415,8 @@ class Admission(Service):
         """A lone message the store refuses (not an outage): terminate it, and say why where it
         can be seen, so it never loops."""
         self.log.error("terminated intake message %s: %s", sub.stream_seq, exc, extra={"action": "terminate"})
-        error = ErrorDetail(code="internal", message=f"the store refused this job: {exc}")
+        code = "invalid" if isinstance(exc, InvalidInput) else "internal"
+        error = ErrorDetail(code=code, message=f"the store refused this job: {exc}")
         bad = Submission(None, sub.key, {}, error, stream_seq=sub.stream_seq, body=msg.data)
         try:
             await self.admit_many([bad], record=True)

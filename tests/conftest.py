@@ -159,3 +159,15 @@ async def system_http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
     """A client of the whole system's HTTP API (`http` is the admission-only front's)."""
     async with aiohttp.ClientSession(base_url=system.http_url) as session:
         yield session
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many fuzz cases ran (tests/fuzz.py counts them), per door and in all."""
+    from tests.fuzz import CASES
+
+    if not CASES:
+        return
+    terminalreporter.section("fuzz cases")
+    for name, n in sorted(CASES.items()):
+        terminalreporter.write_line(f"{n:6d}  {name}")
+    terminalreporter.write_line(f"{sum(CASES.values()):6d}  in all")

@@ -2,8 +2,9 @@
 
 Only this package knows nats-py. Every message carries W3C trace context in its headers, and
 every handler runs inside a consumer span continuing the sender's trace. A message that does not
-parse is answered (when it is a request) with an error naming the field, and never reaches the
-handler.
+parse, or holds what Postgres cannot store (NUL, in any field of any model), is answered (when it
+is a request) with an error naming the field, and never reaches the handler; nor does a store
+refusing a value as data (`InvalidInput`) leave a request unanswered.
 
 Requests can travel in batches: `request_many` sends N events as one JSON array (header
 `Orch-Batch`), the same subscription hands each to the handler concurrently and answers with
@@ -35,9 +36,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from orchestrator import telemetry
 from orchestrator.bus.credentials import NatsCredentials
 from orchestrator.bus.subjects import Subjects
-from orchestrator.errors import BusUnavailable, NoResponders, RequestFailed
+from orchestrator.errors import BusUnavailable, InvalidInput, NoResponders, RequestFailed
 from orchestrator.redact import redact_url
 from schemas.events import ErrorDetail, Reply, error_from_validation
+from schemas.storable import nul_in
 
 if TYPE_CHECKING:
     from orchestrator.settings import Settings
@@ -259,20 +261,27 @@ class Bus:
                 attributes=_span_attrs(msg.subject, "process"),
             ) as span:
                 batch = msg.headers is not None and BATCH_HEADER in msg.headers
-                try:
-                    events = _list_of(model).validate_json(msg.data) if batch else [model.model_validate_json(msg.data)]
-                except ValidationError as exc:
-                    error = error_from_validation(exc)
+
+                async def refuse(error: ErrorDetail) -> None:
                     span.set_status(trace.StatusCode.ERROR, error.message)
                     _log.warning("rejected message on %s: %s", msg.subject, error.message)
                     if msg.reply:
                         await msg.respond(invalid_reply(error).model_dump_json().encode())
-                    return
+
+                try:
+                    events = _list_of(model).validate_json(msg.data) if batch else [model.model_validate_json(msg.data)]
+                except ValidationError as exc:
+                    return await refuse(error_from_validation(exc))
+                nul = nul_in(msg.data, events)
+                if nul is not None:  # what Postgres cannot store is refused here, for every model
+                    return await refuse(ErrorDetail(code="invalid", message=nul[1], field=nul[0]))
                 try:
                     if batch:
                         results = await asyncio.gather(*(handler(event, msg) for event in events))
                     else:
                         results = [await handler(events[0], msg)]
+                except InvalidInput as exc:  # the store refused a value the schema let through
+                    return await refuse(ErrorDetail(code="invalid", message=str(exc)))
                 except Exception as exc:
                     span.record_exception(exc)
                     span.set_status(trace.StatusCode.ERROR, str(exc))

@@ -16,7 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
-from orchestrator.errors import NotFound, StoreError, StoreUnavailable
+from orchestrator.errors import InvalidInput, NotFound, StoreError, StoreUnavailable
 from orchestrator.redact import redact_url
 from orchestrator.store import migrate
 from orchestrator.store.queries import Q
@@ -244,6 +244,10 @@ class Store:
             raise StoreUnavailable(f"Postgres is unreachable: {exc}") from exc
         try:
             yield conn
+        except (asyncpg.exceptions.DataError, asyncpg.exceptions._base.DataError) as exc:
+            # Server-side SQLSTATE class 22, and the client-side encoding error (an InterfaceError,
+            # which must not read as "unreachable": a redelivered poison message would loop).
+            raise InvalidInput(f"Postgres cannot store a value: {exc}") from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"Postgres is unreachable: {exc}") from exc
         except asyncpg.PostgresError as exc:

@@ -14,7 +14,6 @@ models that validate the bodies. The take protocol is `take.py` (with Servo's wi
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from typing import Any
 from uuid import UUID
@@ -40,6 +39,7 @@ from schemas.api import (
     JobList,
     LeaderView,
     Ok,
+    PoolChanged,
     PoolDepth,
     PoolList,
     QueueDepth,
@@ -61,7 +61,15 @@ from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
 from services.api.auth import Auth
 from services.api.blocked import Why
-from services.api.responses import STATUS, error_response, errors_as_json, json_response, query_limit, query_wait
+from services.api.responses import (
+    STATUS,
+    error_response,
+    errors_as_json,
+    invalid_response,
+    json_response,
+    query_limit,
+    query_wait,
+)
 from services.api.routes import ANY_ROLE, OPERATOR, PRODUCER, PUBLIC, RUNNER, Query, Route, openapi, register
 from services.api.servo import ServoDoor
 from services.api.take import MAX_WAIT_S, RETRY_AFTER_S, Takes
@@ -71,6 +79,7 @@ _tracer = telemetry.tracer("orchestrator.api")
 _DASHBOARD = (resources.files("services") / "static" / "dashboard.html").read_text()
 ADMISSION_TIMEOUT_S = 10.0
 _pool_name = TypeAdapter(Name)
+_pool_fields = TypeAdapter(dict[str, Any])
 
 
 class Api(Service):
@@ -112,15 +121,15 @@ class Api(Service):
                   "Servo: enqueue a reservation; the body is its token", None, {200: None}, (409, 422, 429),
                   (Query("unique_id", "the client's id for the job", required=True),
                    Query("qualified_repo", "owner/repo", required=True), Query("run_id", "CI run", required=True)),
-                  text="the take token"),
+                  text="the take token", text_errors=True),
             Route("POST", "/take/{unique_id}", self.servo.take, PUBLIC, "Servo: take the runner (JSON)", None,
-                  {200: RunnerView}, (403, 404, 422, 503), (token, wait)),
+                  {200: RunnerView}, (403, 404, 422, 503), (token, wait), text_errors=True),
             Route("GET", "/v1/pools", self.list_pools, ANY_ROLE, "List pools", None, {200: PoolList}),
             Route("GET", "/v1/pools/{name}", self.get_pool, ANY_ROLE, "A pool", None, {200: PoolView}, (404,)),
             Route("PUT", "/v1/pools/{name}", self.put_pool, pools, "Create or replace a pool", PoolConfig,
-                  {200: PoolView, 201: PoolView}, (400, 422)),
+                  {200: PoolChanged, 201: PoolChanged}, (400, 422)),
             Route("PATCH", "/v1/pools/{name}", self.patch_pool, pools, "Change the given fields of a pool",
-                  PoolConfig, {200: PoolView}, (400, 404, 422)),
+                  PoolConfig, {200: PoolChanged}, (400, 404, 422)),
             Route("GET", "/v1/queue", self.queue_depth, ANY_ROLE, "Jobs waiting and in flight, per pool", None,
                   {200: QueueDepth}),
             Route("GET", "/v1/rejections", self.list_rejections, OPERATOR, "What the JetStream door refused", None,
@@ -171,8 +180,7 @@ class Api(Service):
             try:
                 spec = JobSpec.model_validate_json(raw)
             except ValidationError as exc:
-                error = error_from_validation(exc)
-                return error_response(STATUS[error.code], error.code, error.message, error.field)
+                return invalid_response(exc)
             return self._admission_response(await self.admit(spec))
 
     async def admit(self, spec: JobSpec) -> AdmissionResult:
@@ -265,8 +273,7 @@ class Api(Service):
         try:
             body = FinishBody.model_validate_json(await request.read())
         except ValidationError as exc:
-            error = error_from_validation(exc)
-            return error_response(STATUS[error.code], error.code, error.message, error.field)
+            return invalid_response(exc)
         row = await self._job_or_404(request)
         if isinstance(row, web.Response):
             return row
@@ -314,7 +321,7 @@ class Api(Service):
         try:
             config = PoolConfig.model_validate(body)
         except ValidationError as exc:
-            return self._invalid(exc)
+            return invalid_response(exc)
         change = await change_pool(self.store, self.bus, name, config=config)
         return self._pool_changed(change, 201 if change.created else 200)
 
@@ -326,7 +333,7 @@ class Api(Service):
         try:
             change = await change_pool(self.store, self.bus, name, patch=body)
         except ValidationError as exc:
-            return self._invalid(exc)
+            return invalid_response(exc)
         except NotFound as exc:
             return error_response(404, "not_found", str(exc), "name")
         return self._pool_changed(change, 200)
@@ -338,24 +345,19 @@ class Api(Service):
         except ValidationError:
             message = f"pool name {name!r} must be letters, digits, '_' or '-' (at most 64), starting alphanumeric"
             return name, error_response(422, "invalid", message, "name")
-        raw = await request.read()
         try:
-            body = json.loads(raw or b"{}")
-        except ValueError as exc:
-            return name, error_response(400, "malformed", f"body is not valid JSON: {exc}")
-        if not isinstance(body, dict):
+            # pydantic's parser, as for every other body: json.loads recurses, and a deeply nested
+            # body would end in a RecursionError (a 500) instead of a 400.
+            return name, _pool_fields.validate_json((await request.read()) or b"{}")
+        except ValidationError as exc:
+            if error_from_validation(exc).code == "malformed":
+                return name, invalid_response(exc)
             return name, error_response(422, "invalid", "the body must be a JSON object of pool fields")
-        return name, body
-
-    @staticmethod
-    def _invalid(exc: ValidationError) -> web.Response:
-        error = error_from_validation(exc)
-        return error_response(422, error.code, error.message, error.field)
 
     @staticmethod
     def _pool_changed(change: PoolChange, status: int) -> web.Response:
-        body = {**PoolView.from_row(change.pool).model_dump(mode="json"), "failed_jobs": change.failed_jobs}
-        return json_response(body, status)
+        view = PoolView.from_row(change.pool).model_dump()
+        return json_response(PoolChanged(**view, failed_jobs=change.failed_jobs), status)
 
     async def list_rejections(self, request: web.Request) -> web.Response:
         """What the JetStream door refused, newest first (its producers had nobody to answer them)."""
@@ -388,8 +390,7 @@ class Api(Service):
         try:
             body = RunnerTaints.model_validate_json(await request.read())
         except ValidationError as exc:
-            error = error_from_validation(exc)
-            return error_response(STATUS[error.code], error.code, error.message, error.field)
+            return invalid_response(exc)
         runner_id = request.match_info["id"]
         row = await self.store.runner_set_taints(runner_id, body.taints)
         if row is None:

@@ -61,6 +61,7 @@ class Route:
     errors: tuple[int, ...] = ()
     query: tuple[Query, ...] = ()
     text: str | None = None  # a text/plain 200 body (Servo's enqueue)
+    text_errors: bool = False  # errors as text/plain, not ErrorBody (Servo's wire format)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -116,6 +117,8 @@ def openapi(routes: Sequence[Route], *, title: str, version: str) -> dict[str, A
                 }
         for status in route.errors:
             responses[str(status)] = {"description": _ERRORS[status], "content": ref(ErrorBody)}
+            if route.text_errors:
+                responses[str(status)]["content"] = {"text/plain": {"schema": {"type": "string"}}}
         op["responses"] = responses
         op["security"] = [] if not route.roles else [{"bearer": []}]
         if route.roles:

@@ -25,7 +25,7 @@ from orchestrator.tokens import token_matches
 from schemas.api import RunnerView
 from schemas.events import AdmissionResult, error_from_validation
 from schemas.jobs import JobSpec
-from services.api.responses import STATUS, json_response, query_wait
+from services.api.responses import STATUS, json_response, wait_or_why
 from services.api.take import MAX_WAIT_S, RETRY_AFTER_S, Takes
 
 Admit = Callable[[JobSpec], Awaitable[AdmissionResult]]
@@ -66,9 +66,9 @@ class ServoDoor:
         return web.Response(text=result.token)
 
     async def take(self, request: web.Request) -> web.Response:
-        wait_s = query_wait(request, MAX_WAIT_S)
-        if isinstance(wait_s, web.Response):
-            return wait_s
+        wait_s = wait_or_why(request, MAX_WAIT_S)
+        if isinstance(wait_s, str):  # as text, like every Servo error
+            return text_error(422, wait_s)
         unique_id = request.match_info["unique_id"]
         live = await self.store.job_list_servo_live(unique_id)
         if not live:
