@@ -18,8 +18,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.store import Store
-
 # Reproducible in CI (derandomize), no deadline on a shared 2-core machine, and fixtures that live
 # for the whole test (a database per test, not per example: snapshots tell what each case did).
 FUZZ = settings(
@@ -96,23 +94,3 @@ def refuses(model: type[BaseModel], body: bytes, *, empty: bytes | None = None) 
     except ValidationError:
         return True
     return False
-
-
-# --- what "changes nothing" compares --------------------------------------------------------------
-
-# Columns that move on their own while nothing is submitted (heartbeats).
-_VOLATILE = {"runners": ["last_seen_at"]}
-TABLES = ("pools", "runners", "job_shapes", "jobs", "dispatch_epochs", "rejections")
-
-
-async def snapshot(store: Store) -> dict[str, list[str]]:
-    """Every row of every table, as text, in a stable order."""
-    rows: dict[str, list[str]] = {}
-    async with store._conn() as conn:
-        for table in TABLES:
-            drop = "".join(f" - '{c}'" for c in _VOLATILE.get(table, []))
-            rows[table] = await conn.fetchval(
-                f"SELECT coalesce(array_agg(r ORDER BY r), '{{}}') "
-                f"FROM (SELECT (to_jsonb(t){drop})::text AS r FROM {table} t) s"
-            )
-    return rows

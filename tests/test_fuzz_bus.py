@@ -25,8 +25,8 @@ from orchestrator.runtime import Runtime
 from orchestrator.store import Store
 from schemas import events as ev
 from services.runner import Runner
-from tests.fuzz import FUZZ, bodies, count, every_field_spoiled, refuses, snapshot
-from tests.support import eventually, submit
+from tests.fuzz import FUZZ, bodies, count, every_field_spoiled, refuses
+from tests.support import database_rows, eventually, submit
 
 GHOST_JOB = "01a20789-382f-70f4-875f-e0c05fdb8cac"
 NOWHERE = "nowhere"  # no such pool: even a valid message changes nothing
@@ -142,7 +142,7 @@ async def test_bad_requests_get_an_error_reply_and_change_nothing(
 async def _request(system: Runtime, bus: Bus, store: Store, door: Door, body: bytes, *, batch: bool) -> None:
     refused = refuses(door.model, body)
     count(f"bus request {door.name}")
-    before = await snapshot(store)
+    before = await database_rows(store)
     headers = {BATCH_HEADER: "1"} if batch else None
     msg = await bus.nc.request(door.subject(system), b"[" + body + b"]" if batch else body, timeout=5, headers=headers)
     answer = _answer(door, msg.data, batch)
@@ -151,16 +151,16 @@ async def _request(system: Runtime, bus: Bus, store: Store, door: Door, body: by
     if refused:
         error = _error(answers[0])
         assert error is not None and error.code in ("malformed", "invalid") and error.message, msg.data
-    assert await snapshot(store) == before, body[:200]
+    assert await database_rows(store) == before, body[:200]
 
 
 @pytest.fixture
 async def settles(system: Runtime, store: Store) -> AsyncIterator[None]:
     """After the news fuzz: nothing it heard changed a table, and a job still runs end to end."""
-    before = await snapshot(store)
+    before = await database_rows(store)
     yield
     await _still_runs_a_job(system, store)
-    after = await snapshot(store)
+    after = await database_rows(store)
     assert len(after.pop("jobs")) == 1, "only the job submitted after the fuzz"
     after.pop("job_shapes")
     assert after == {table: rows for table, rows in before.items() if table not in ("jobs", "job_shapes")}
@@ -205,12 +205,12 @@ async def test_bad_intake_messages_are_recorded_as_rejections_and_nothing_else(
         cases = [data.draw(bodies(INTAKE_SPEC, fields), label="body")]
     for body in cases:
         count("bus intake (JetStream)")
-        before = await snapshot(store)
+        before = await database_rows(store)
         ack = await bus.js.publish(bus.subjects.submit, body, headers={"Nats-Msg-Id": str(uuid4())})
         row = await eventually(lambda seq=ack.seq: _rejection(store, seq), what=f"the rejection of message {ack.seq}")
         assert row["reason"] in ("malformed", "invalid", "unsatisfiable"), row
         assert row["message"], row
-        after = await snapshot(store)
+        after = await database_rows(store)
         assert len(after["rejections"]) == len(before["rejections"]) + 1
         assert {t: r for t, r in after.items() if t != "rejections"} == {
             t: r for t, r in before.items() if t != "rejections"

@@ -21,8 +21,8 @@ from schemas.api import FinishBody
 from schemas.jobs import JobSpec
 from schemas.pools import PoolConfig
 from schemas.runners import RunnerTaints
-from tests.fuzz import FUZZ, bodies, count, dumps, every_field_spoiled, refuses, snapshot
-from tests.support import submit
+from tests.fuzz import FUZZ, bodies, count, dumps, every_field_spoiled, refuses
+from tests.support import database_rows, submit
 
 GHOST_JOB = "01a20789-382f-70f4-875f-e0c05fdb8cac"
 # (method, path, the model that validates the body, a valid body to spoil)
@@ -80,7 +80,7 @@ async def test_bad_bodies_are_refused_and_change_nothing(
         cases = [data.draw(bodies(base, list(model.model_fields)), label="body")]
     for body in cases:
         count(f"http {method} {path}")
-        before = await snapshot(store)
+        before = await database_rows(store)
         status, answer = await send(http, method, path, body)
         assert status < 500, (status, answer, body[:200])
         if len(body) > settings.max_body_bytes:
@@ -88,7 +88,7 @@ async def test_bad_bodies_are_refused_and_change_nothing(
             assert str(settings.max_body_bytes) in answer["error"]["message"], answer
         if refuses(model, body, empty=b"{}" if "/pools/" in path else None):  # a pool's omitted fields default
             assert_names_the_problem(status, answer)
-            assert await snapshot(store) == before, body[:200]
+            assert await database_rows(store) == before, body[:200]
 
 
 async def test_the_front_still_admits_after_the_fuzz(http: aiohttp.ClientSession, default_pool: None) -> None:
@@ -114,7 +114,7 @@ async def test_nul_in_a_path_or_query_is_refused_not_a_500(
     http: aiohttp.ClientSession, store: Store, default_pool: None, method: str, path: str
 ) -> None:
     count("http NUL in path or query")
-    before = await snapshot(store)
+    before = await database_rows(store)
     async with http.request(method, path, json={"taints": []}) as resp:
         assert 400 <= resp.status < 500 or resp.status == 200, (resp.status, await resp.text())
-    assert await snapshot(store) == before
+    assert await database_rows(store) == before

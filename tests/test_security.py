@@ -161,7 +161,7 @@ def test_log_lines_mask_every_configured_secret() -> None:
     assert Redactor(["p1"])("p1 ready") == "p1 ready"
 
 
-async def test_every_route_but_the_public_ones_needs_a_token(settings: Settings) -> None:
+async def test_every_route_but_the_public_ones_needs_a_token(settings: Settings, store: Store) -> None:
     """With auth on, each route of the table that is not public answers 401 without a token and 403
     with a wrong one, whatever its method, and changes nothing. The public routes that change
     state are exactly the two takes, which check the job's own token."""
@@ -174,7 +174,7 @@ async def test_every_route_but_the_public_ones_needs_a_token(settings: Settings)
             assert (await call(http, "PUT", "/v1/pools/default", json=pool, headers=operator))[0] == 201
             status, job = await call(http, "POST", "/v1/jobs", json={"pool": "default"}, headers=operator)
             assert status == 201
-            before = await database_rows(settings.database_url or "")
+            before = await database_rows(store)
             values = {"id": job["id"], "name": "default", "pool": "default", "unique_id": "u-1"}
             routes = runtime.services["api"].routes  # type: ignore[attr-defined]
             public_writes = set()
@@ -190,7 +190,7 @@ async def test_every_route_but_the_public_ones_needs_a_token(settings: Settings)
                     async with http.request(route.method, path, json={}, headers=headers) as resp:
                         assert resp.status == status, (route.key, headers, resp.status)
             assert public_writes == {"/v1/jobs/{id}/take", "/take/{unique_id}"}
-            assert await database_rows(settings.database_url or "") == before
+            assert await database_rows(store) == before
     finally:
         await runtime.stop()
 
@@ -201,7 +201,7 @@ async def test_take_tokens_are_stored_only_as_hashes(
     await factories.pool(store)
     status, job = await call(http, "POST", "/v1/jobs", json={"pool": "default"})
     assert status == 201 and len(job["token"]) >= 32
-    rows = await database_rows(settings.database_url or "")
+    rows = await database_rows(store)
     assert any(job["id"] in row for table in rows.values() for row in table)
     assert [table for table, found in rows.items() if any(job["token"] in row for row in found)] == []
 
