@@ -64,7 +64,7 @@ async def test_a_job_dies_with_its_killed_runner(
         await runner.ready()
         pid_file = tmp_path / "job.pid"
         # The job writes its pid and then outlives any test: only its runner's death can end it.
-        command = ["sh", "-c", f'echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file} && exec sleep 600']
+        command = ["sh", "-c", f"echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file} && exec sleep 600"]
         await bus.submit(json.dumps({"pool": "default", "payload": {"command": command}}).encode(), key="long")
 
         async def started() -> int | None:
