@@ -85,10 +85,24 @@ class Bus:
                 reconnect_time_wait=0.25,
                 connect_timeout=5,
                 allow_reconnect=True,
+                error_cb=self._on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
             )
         except Exception as exc:  # nats raises several unrelated types for "cannot connect"
             raise BusUnavailable(f"cannot connect to NATS at {self.url}: {exc}") from exc
         self._js = self._nc.jetstream()
+
+    # nats-py's default error callback logs a full traceback for every failed reconnect attempt
+    # (four a second while the server is down): one line each says as much.
+    async def _on_error(self, exc: Exception) -> None:
+        _log.warning("NATS: %s: %s", type(exc).__name__, exc)
+
+    async def _on_disconnected(self) -> None:
+        _log.warning("NATS: disconnected from %s, reconnecting", self.url)
+
+    async def _on_reconnected(self) -> None:
+        _log.info("NATS: reconnected to %s", self.url)
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
