@@ -54,7 +54,8 @@ KINDS = ("admission", "capacity", "dispatch_leader", "runner", "nats", "postgres
 
 @dataclass(frozen=True)
 class Config:
-    seconds: float = 45.0  # of load and kills
+    seconds: float = 45.0  # of load and kills, at least
+    rounds: int = 0  # and at least this many rounds of kills (a round kills every kind once)
     seed: int = 11
     rate: float = 3.0  # jobs submitted per second
     cap: int = 4  # the pool's max_concurrent
@@ -88,6 +89,9 @@ class Chaos:
         self.dsn = ""
         self._next_job = 0
         self.violated = False
+        self.rounds_done = asyncio.Event()
+        if config.rounds <= 0:
+            self.rounds_done.set()
 
     # --- the system --------------------------------------------------------------------------
 
@@ -205,6 +209,8 @@ class Chaos:
             await self._kill(kind)
             self.figures.kills[kind] += 1
             await self._restart_crashed()
+            if min(self.figures.kills[k] for k in KINDS) >= self.config.rounds:
+                self.rounds_done.set()
 
     async def _kill(self, kind: str) -> None:
         if kind in ("nats", "postgres"):
@@ -311,9 +317,15 @@ class Chaos:
         stop, sampling = asyncio.Event(), asyncio.Event()
         sampler = asyncio.create_task(self.sample(sampling))
         tasks = [asyncio.create_task(self.load(stop)), asyncio.create_task(self.chaos(stop))]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(asyncio.gather(*tasks)), self.config.seconds)
+
+        async def long_enough() -> None:
+            await asyncio.sleep(self.config.seconds)  # the run's length: load shaping, not a wait for an event
+            await self.rounds_done.wait()
+
+        ender = asyncio.create_task(long_enough())
+        await asyncio.wait([ender, *tasks], return_when=asyncio.FIRST_COMPLETED)  # or a task failed
         stop.set()
+        ender.cancel()
         await asyncio.gather(*tasks)
         loaded = time.monotonic()
         stuck = await self.settle(set(self.figures.submitted))
@@ -399,7 +411,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=Config.seconds, help="of load and kills")
     parser.add_argument("--seed", type=int, default=Config.seed)
+    parser.add_argument("--rounds", type=int, default=Config.rounds, help="at least this many kills of each kind")
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs, data)")
     args = parser.parse_args()
-    results = asyncio.run(main(Config(seconds=args.seconds, seed=args.seed, keep=args.keep)))
+    results = asyncio.run(main(Config(seconds=args.seconds, seed=args.seed, rounds=args.rounds, keep=args.keep)))
     sys.exit(1 if any(results["violations"].values()) else 0)
