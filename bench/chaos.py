@@ -79,7 +79,8 @@ class Figures:
 class Chaos:
     def __init__(self, root: Path, config: Config) -> None:
         self.root, self.config = root, config
-        self.rng = random.Random(config.seed)
+        # One stream for the load, one for the kills: each a function of the seed alone.
+        self.load_rng, self.kill_rng = random.Random(config.seed), random.Random(config.seed + 1)
         self.nats = EmbeddedNats(root / "nats")
         self.pg = EmbeddedPostgres(root / "pg")
         self.exec_log = root / "executions.log"
@@ -167,7 +168,8 @@ class Chaos:
 
     def _duration(self) -> float:
         # Mostly short; some long enough to outlive a runner's restart and a requeue's backoff.
-        return self.rng.uniform(3.0, 6.0) if self.rng.random() < 0.1 else self.rng.uniform(0.2, 1.5)
+        rng = self.load_rng
+        return rng.uniform(3.0, 6.0) if rng.random() < 0.1 else rng.uniform(0.2, 1.5)
 
     async def _submit(self, key: str, body: bytes) -> None:
         """Until JetStream acknowledges it: the same key again is deduplicated (NATS and Postgres)."""
@@ -199,12 +201,12 @@ class Chaos:
         while not stop.is_set():
             lo, hi = self.config.pause_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.rng.uniform(lo, hi))
+                await asyncio.wait_for(stop.wait(), self.kill_rng.uniform(lo, hi))
             if stop.is_set():
                 return
             if not kinds:  # every kind once per round, in a seeded order
                 kinds = list(KINDS)
-                self.rng.shuffle(kinds)
+                self.kill_rng.shuffle(kinds)
             kind = kinds.pop()
             await self._kill(kind)
             self.figures.kills[kind] += 1
@@ -215,13 +217,13 @@ class Chaos:
     async def _kill(self, kind: str) -> None:
         if kind in ("nats", "postgres"):
             await (self.nats.kill() if kind == "nats" else self.pg.crash())
-            await asyncio.sleep(self.rng.uniform(*self.config.outage_s))  # the outage itself
+            await asyncio.sleep(self.kill_rng.uniform(*self.config.outage_s))  # the outage itself
             await (self.nats.start() if kind == "nats" else self.pg.restart())
             return
         if kind == "dispatch_leader":
             name = await self._leader()
         elif kind == "runner":
-            name = self.rng.choice([n for n in self.procs if n.startswith("runner")])
+            name = self.kill_rng.choice([n for n in self.procs if n.startswith("runner")])
         else:
             name = kind
         proc = self.procs[name]

@@ -32,7 +32,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus.subjects import Subjects
-from orchestrator.errors import BusUnavailable, NoResponders, RequestFailed
+from orchestrator.errors import BusUnavailable, NoResponders, RequestFailed, StoreUnavailable
 from schemas.events import ErrorDetail, Reply, error_from_validation
 
 M = TypeVar("M", bound=BaseModel)
@@ -225,7 +225,10 @@ class Bus:
                 except Exception as exc:
                     span.record_exception(exc)
                     span.set_status(trace.StatusCode.ERROR, str(exc))
-                    _log.exception("handler for %s failed", msg.subject)
+                    if isinstance(exc, StoreUnavailable | BusUnavailable):  # an outage, not a bug: no traceback
+                        _log.warning("handler for %s failed: %s", msg.subject, exc)
+                    else:
+                        _log.exception("handler for %s failed", msg.subject)
                     return  # no reply: the requester times out and retries
                 if msg.reply and all(result is not None for result in results):
                     body = _json_array(results) if batch else results[0].model_dump_json().encode()  # type: ignore[union-attr]
