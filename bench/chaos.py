@@ -39,7 +39,7 @@ import asyncpg
 
 from bench import chaos_check
 from bench.harness import report
-from bench.procs import ServiceProcess
+from bench.procs import ServiceProcess, start_all
 from orchestrator.bus import Bus, Subjects
 from orchestrator.bus.lease import read_lease
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
@@ -139,16 +139,10 @@ class Chaos:
             args = ["runner", "--pool", POOL, "--labels", "chaos", "--slots", str(self.config.slots), "--id", rid]
             self.procs[rid] = ServiceProcess(rid, [], env, logs, args=args, ready_text=f"runner {rid} serving")
         services = [p for name, p in self.procs.items() if not name.startswith("runner")]
-        await self._start_all(services)
-        await self._start_all([p for p in self.procs.values() if p not in services])  # capacity answers them
+        await start_all(services)
+        await start_all([p for p in self.procs.values() if p not in services])  # capacity answers them
         self.bus = Bus(nats_url, Subjects(NAMESPACE), name="chaos-producer")
         await self.bus.connect()
-
-    @staticmethod
-    async def _start_all(procs: list[ServiceProcess]) -> None:
-        for proc in procs:
-            proc.start()
-        await asyncio.gather(*(proc.ready(timeout=60) for proc in procs))
 
     async def close(self) -> None:
         if self.bus is not None:

@@ -95,3 +95,10 @@ class ServiceProcess:
         except TimeoutError:
             self.signal(signal.SIGKILL)
             await self.wait_exit(5)
+
+
+async def start_all(procs: list[ServiceProcess], timeout: float = 60.0) -> None:
+    """Start them all at once, then wait until every one is ready."""
+    for proc in procs:
+        proc.start()
+    await asyncio.gather(*(proc.ready(timeout=timeout) for proc in procs))
