@@ -99,7 +99,8 @@ class Bus:
         _log.warning("NATS: %s: %s", type(exc).__name__, exc)
 
     async def _on_disconnected(self) -> None:
-        _log.warning("NATS: disconnected from %s, reconnecting", self.url)
+        if self._nc is not None and not (self._nc.is_closed or self._nc.is_draining):  # not our own close
+            _log.warning("NATS: disconnected from %s, reconnecting", self.url)
 
     async def _on_reconnected(self) -> None:
         _log.info("NATS: reconnected to %s", self.url)
