@@ -258,7 +258,7 @@ class Chaos:
                     peak[r["name"]] = max(peak.get(r["name"], 0), r["in_flight"])
                     if 0 <= r["max_concurrent"] < r["in_flight"]:
                         self.figures.over_cap_samples.append(f"{r['name']}: {r['in_flight']} in flight")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError):
                 conn = None  # Postgres is restarting
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.05)
