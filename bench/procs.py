@@ -35,9 +35,11 @@ class ServiceProcess:
         self.env = {**os.environ, **env, "ORCH_INSTANCE_ID": instance_id}
         self.log_path = log_dir / f"{instance_id}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_from = 0  # where the current run's output starts: a restart appends to the log
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "orchestrator.cli", *self.args],
@@ -55,9 +57,14 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def _this_run(self) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_from)
+            return log.read().decode(errors="replace")
+
     async def ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while self.ready_text not in self.log():
+        while self.ready_text not in self._this_run():
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.instance_id} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
             if time.monotonic() > deadline:
@@ -88,3 +95,10 @@ class ServiceProcess:
         except TimeoutError:
             self.signal(signal.SIGKILL)
             await self.wait_exit(5)
+
+
+async def start_all(procs: list[ServiceProcess], timeout: float = 60.0) -> None:
+    """Start them all at once, then wait until every one is ready."""
+    for proc in procs:
+        proc.start()
+    await asyncio.gather(*(proc.ready(timeout=timeout) for proc in procs))

