@@ -98,6 +98,24 @@ def _dies_with(parent: int) -> Callable[[], None] | None:
     return arm
 
 
+# The runner's own credentials are not its jobs' business: a job's command is any code at all.
+# Everything else in the runner's environment (PATH, HOME, ORCH_URL ...) is passed on.
+SECRET_ENV = frozenset(
+    {
+        "ORCH_DATABASE_URL",
+        "ORCH_NATS_URL",
+        "ORCH_NATS_PASSWORD",
+        "ORCH_NATS_TOKEN",
+        "ORCH_NATS_CREDS_FILE",
+        "ORCH_NATS_TLS_KEY_FILE",
+        "ORCH_PRODUCER_TOKENS",
+        "ORCH_RUNNER_TOKENS",
+        "ORCH_OPERATOR_TOKENS",
+        "ORCH_TOKEN",
+    }
+)
+
+
 class _Running:
     def __init__(self, event: JobAssigned) -> None:
         self.event = event
@@ -335,7 +353,7 @@ class Runner(Service):
         if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
             return JobState.failed, None, "payload.command must be a non-empty list of strings"
         env = {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k not in SECRET_ENV},
             **{str(k): str(v) for k, v in (payload.get("env") or {}).items()},
             # Which execution this is, for the command's own logs (and the chaos suite's checker).
             "ORCH_JOB_ID": str(job.event.job_id),

@@ -48,8 +48,16 @@ async def test_http_job_runs_on_the_local_runner_and_succeeds(http: aiohttp.Clie
     assert job["started_at"] >= job["assigned_at"] >= job["created_at"]
 
 
-async def test_exit_code_and_environment_reach_the_job(http: aiohttp.ClientSession, tmp_path: Any) -> None:
-    script = "import os, sys; open('out.txt', 'w').write(os.environ['GREETING']); sys.exit(7)"
+async def test_exit_code_and_environment_reach_the_job(
+    http: aiohttp.ClientSession, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The runner's secrets stay with it; the rest of its environment reaches the job.
+    monkeypatch.setenv("ORCH_OPERATOR_TOKENS", "op-Secret-e2e")
+    monkeypatch.setenv("ORCH_URL", "http://orchestrator.example")
+    script = (
+        "import os, sys; open('out.txt', 'w').write(' '.join("
+        "[os.environ['GREETING'], os.environ['ORCH_URL'], os.environ.get('ORCH_OPERATOR_TOKENS', '-')])); sys.exit(7)"
+    )
     spec = {
         "pool": "default",
         "payload": {"command": [sys.executable, "-c", script], "env": {"GREETING": "hello"}, "cwd": str(tmp_path)},
@@ -58,7 +66,7 @@ async def test_exit_code_and_environment_reach_the_job(http: aiohttp.ClientSessi
         created = await resp.json()
     job = await finished(http, created["id"])
     assert (job["state"], job["exit_code"]) == ("failed", 7)
-    assert (tmp_path / "out.txt").read_text() == "hello"
+    assert (tmp_path / "out.txt").read_text() == "hello http://orchestrator.example -"
 
 
 async def test_timeout_kills_the_command(http: aiohttp.ClientSession) -> None:
