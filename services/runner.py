@@ -72,9 +72,11 @@ Execute = Callable[[JobAssigned], Awaitable[Outcome]]
 REQUEST_TIMEOUT_S = 5.0
 # The drain notice is a courtesy (silence is detected anyway): never hold a stop up for long.
 DRAIN_TIMEOUT_S = 1.0
-# prctl(2): "signal me when my parent dies". Loaded here, not in the forked child.
+# prctl(2): "signal me when my parent dies". Looked up here, in the parent: the forked child of a
+# threaded process must not take the loader's lock (dlsym), which another thread may have held.
 _PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+_SIGKILL = int(signal.SIGKILL)
 
 
 def _dies_with(parent: int) -> Callable[[], None] | None:
@@ -87,11 +89,11 @@ def _dies_with(parent: int) -> Callable[[], None] | None:
     dead one. The kernel signals on the death of the thread that forked, here the event loop's.
     Only the direct child is covered: a shell wrapper should `exec` its last command.
     """
-    if _libc is None:
+    if _prctl is None:
         return None
 
     def arm() -> None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        _prctl(_PR_SET_PDEATHSIG, _SIGKILL)
         if os.getppid() != parent:  # the runner died before the prctl: nobody will signal us
             os._exit(137)
 

@@ -43,7 +43,11 @@ def worker_processes() -> int:
     alive, parents = 0, [("self", "")]
     while parents:
         parent, parent_name = parents.pop()
-        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").glob("*/children"))
+        except OSError:  # the process is gone by the time it is read
+            continue
+        for children in tasks:
             with contextlib.suppress(OSError):
                 for pid in children.read_text().split():
                     with contextlib.suppress(OSError):
