@@ -188,7 +188,7 @@ class Runtime:
         path = self.settings.data_dir / "endpoints.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         # Readable by its owner only: with external servers the URLs may hold passwords.
-        path.touch(mode=0o600)
+        path.touch()
         path.chmod(0o600)
         path.write_text(json.dumps(self.endpoints(), indent=2) + "\n")
         return path

@@ -11,9 +11,16 @@ import aiohttp
 from pydantic import BaseModel
 
 from orchestrator.bus import Bus
+from orchestrator.settings import Settings
 from orchestrator.store import Store
 
 T = TypeVar("T")
+
+
+def with_tokens(settings: Settings, **tokens: str) -> Settings:
+    """`settings` with API tokens set (`operator_tokens="o1"` ...), validated: `model_copy` does
+    not validate, and a token must become a SecretStr."""
+    return Settings.model_validate({**settings.model_dump(), **tokens})
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, what: str = "condition") -> T:

@@ -15,7 +15,7 @@ import pytest
 
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
-from tests.support import eventually
+from tests.support import eventually, with_tokens
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -98,7 +98,7 @@ async def test_a_browser_sees_the_pool_and_a_job_change_state(
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian package chromium)")
 async def test_with_auth_on_the_page_sends_the_token_from_its_fragment(settings: Settings) -> None:
-    runtime = Runtime(settings.model_validate({**settings.model_dump(), "operator_tokens": "op-dashboard-1"}), ["api"])
+    runtime = Runtime(with_tokens(settings, operator_tokens="op-dashboard-1"), ["api"])
     await runtime.start()
     try:
         refused = status_line(await rendered(f"{runtime.http_url}/"))

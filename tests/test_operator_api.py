@@ -15,7 +15,7 @@ from schemas.jobs import JobSpec
 from schemas.pools import PoolConfig
 from services.api import Api
 from tests import factories
-from tests.support import call, eventually
+from tests.support import call, eventually, with_tokens
 
 
 async def test_openapi_describes_every_route_with_the_validating_models(
@@ -92,7 +92,7 @@ async def test_drain_finish_and_queue_depth(system_http: aiohttp.ClientSession, 
 async def test_auth_roles(settings: Settings, store: Store) -> None:
     await factories.pool(store)
     tokens = {"producer_tokens": "p1,p2", "runner_tokens": "r1", "operator_tokens": "o1"}
-    runtime = Runtime(settings.model_validate({**settings.model_dump(), **tokens}), ["admission", "api"], migrate=True)
+    runtime = Runtime(with_tokens(settings, **tokens), ["admission", "api"], migrate=True)
     await runtime.start()
 
     def bearer(token: str) -> dict[str, str]:

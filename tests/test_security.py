@@ -27,7 +27,7 @@ from orchestrator.settings import Settings
 from orchestrator.store import Store
 from services.api.routes import PUBLIC
 from tests import factories
-from tests.support import call, database_rows
+from tests.support import call, database_rows, with_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "pw-Secret-7f3a"
@@ -37,6 +37,7 @@ TOKENS = {
     "runner_tokens": "run-Secret-3c",
     "operator_tokens": "op-Secret-4d",
 }
+SECRETS = [PASSWORD, TOKEN, *(t for v in TOKENS.values() for t in v.split(","))]
 
 
 @pytest.fixture
@@ -139,7 +140,7 @@ def test_log_lines_mask_every_configured_secret() -> None:
         database_url=f"postgresql://orch:{PASSWORD}@db/orch",
         nats_password="nats-Secret-5e",
     )
-    secrets = [TOKEN, PASSWORD, "nats-Secret-5e", *(t for v in TOKENS.values() for t in v.split(","))]
+    secrets = [*SECRETS, "nats-Secret-5e"]
     out = io.StringIO()
     root = logging.getLogger()
     saved = root.handlers[:], root.level
@@ -165,7 +166,7 @@ async def test_every_route_but_the_public_ones_needs_a_token(settings: Settings,
     """With auth on, each route of the table that is not public answers 401 without a token and 403
     with a wrong one, whatever its method, and changes nothing. The public routes that change
     state are exactly the two takes, which check the job's own token."""
-    runtime = Runtime(settings.model_validate({**settings.model_dump(), **TOKENS}), ["admission", "api"], migrate=True)
+    runtime = Runtime(with_tokens(settings, **TOKENS), ["admission", "api"], migrate=True)
     await runtime.start()
     try:
         async with aiohttp.ClientSession(base_url=runtime.http_url) as http:
@@ -239,9 +240,8 @@ async def test_a_served_process_logs_no_secret(settings: Settings, tmp_path: Pat
     assert await failing.wait_exit(30) != 0
     assert f"postgres:{MASK}@" in failing.log()
 
-    secrets = [PASSWORD, TOKEN, *(t for v in TOKENS.values() for t in v.split(","))]
     for proc in (served, failing):
-        assert [s for s in secrets if s in proc.log()] == [], proc.instance_id
+        assert [s for s in SECRETS if s in proc.log()] == [], proc.instance_id
 
 
 # asyncpg calls that take SQL text first.
