@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,17 @@ from orchestrator.settings import Settings
 from orchestrator.store import Store
 
 _counter = itertools.count(1)
+
+
+@pytest.fixture(autouse=True)
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger as it was before the test: a test that configures logging (the CLI run
+    in-process does) must not leave later tests writing to its captured, since closed, stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield root
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def with_database(dsn: str, database: str) -> str:

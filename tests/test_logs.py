@@ -35,18 +35,12 @@ def test_json_lines_carry_service_job_and_trace_ids() -> None:
     assert second["service"] == "test_logs" and "trace_id" not in second
 
 
-def test_a_terminal_gets_readable_lines() -> None:
+def test_a_terminal_gets_readable_lines(root_logger: logging.Logger) -> None:
     class Tty(io.StringIO):
         def isatty(self) -> bool:
             return True
 
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        logs.configure("INFO", Tty())
-        assert isinstance(root.handlers[0].formatter, logs.TextFormatter)
-        logs.configure("INFO", io.StringIO())
-        assert isinstance(root.handlers[0].formatter, logs.JsonFormatter)
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
+    logs.configure("INFO", Tty())
+    assert isinstance(root_logger.handlers[0].formatter, logs.TextFormatter)
+    logs.configure("INFO", io.StringIO())
+    assert isinstance(root_logger.handlers[0].formatter, logs.JsonFormatter)

@@ -142,19 +142,13 @@ def test_log_lines_mask_every_configured_secret() -> None:
     )
     secrets = [*SECRETS, "nats-Secret-5e"]
     out = io.StringIO()
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    logs.configure("INFO", out, secrets=settings.secret_values())  # the root_logger fixture restores it
+    log = logging.getLogger("security-test")
+    log.warning("tried %s", " ".join(secrets))
     try:
-        logs.configure("INFO", out, secrets=settings.secret_values())
-        log = logging.getLogger("security-test")
-        log.warning("tried %s", " ".join(secrets))
-        try:
-            raise RuntimeError(f"connect failed: {settings.database_url}")
-        except RuntimeError:
-            log.exception("the store is down")
-    finally:
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
+        raise RuntimeError(f"connect failed: {settings.database_url}")
+    except RuntimeError:
+        log.exception("the store is down")
     text = out.getvalue()
     assert "the store is down" in text and text.count(MASK) >= len(secrets) + 1
     assert [s for s in secrets if s in text] == []

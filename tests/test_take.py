@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -14,6 +15,7 @@ from orchestrator.bus import Bus
 from orchestrator.runtime import Runtime
 from orchestrator.store import Store
 from schemas.events import JobExpired
+from services.api.take import held_by
 from services.runner import Runner
 from tests import factories
 from tests.support import Listener, eventually, submit
@@ -84,6 +86,20 @@ async def test_take_answers_every_status(
         assert status == 404 and "cancelled" in body["error"]["message"]
     finally:
         await gpu.stop()
+
+
+def test_an_assignment_is_held_once_acknowledged_or_taken() -> None:
+    """An `assigned` row alone may be a hand-off still in flight; the take that heard the ack, or
+    any take after one that took this very assignment (a retry that lost the answer), has it."""
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    assigned = {"state": "assigned", "runner_id": "r-1", "assigned_at": t0, "taken_at": None}
+    assert held_by(assigned, acked_runner=None) is None
+    assert held_by(assigned, acked_runner="r-2") is None
+    assert held_by(assigned, acked_runner="r-1") == "r-1"
+    assert held_by({**assigned, "taken_at": t0 + timedelta(seconds=1)}, acked_runner=None) == "r-1"
+    # Taken in an earlier assignment, then requeued (its runner died) and handed off again.
+    assert held_by({**assigned, "taken_at": t0 - timedelta(seconds=1)}, acked_runner=None) is None
+    assert held_by({**assigned, "state": "running"}, acked_runner=None) == "r-1"
 
 
 async def test_long_poll_answers_the_moment_a_slot_frees(

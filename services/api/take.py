@@ -13,7 +13,8 @@ take reads, and every take registers before its first read, so no news can fall 
 
 When is a job held? When its runner started it (`running`), or when it is `assigned` and this
 take heard the `JobAssigned` that the dispatcher publishes only after the runner acknowledged
-the hand-off. An `assigned` row alone may be a hand-off still in flight, which can be undone.
+the hand-off, or an earlier take already took this assignment. An `assigned` row alone may be a
+hand-off still in flight, which can be undone.
 """
 
 from __future__ import annotations
@@ -82,9 +83,18 @@ class TakeResult:
 
 def held_by(job: dict[str, Any], acked_runner: str | None) -> str | None:
     """The runner holding `job` for its client, or None while it is not held yet."""
-    if job["state"] == JobState.running or (job["state"] == JobState.assigned and job["runner_id"] == acked_runner):
+    if job["state"] == JobState.running:
+        return job["runner_id"]
+    if job["state"] == JobState.assigned and (job["runner_id"] == acked_runner or taken_this_assignment(job)):
         return job["runner_id"]
     return None
+
+
+def taken_this_assignment(job: dict[str, Any]) -> bool:
+    """A take already got this very assignment (so it was acknowledged): a retry that lost the
+    answer, or one on another API process, gets the same runner without hearing the news again.
+    A take of an earlier assignment predates this one's `assigned_at`."""
+    return job["taken_at"] is not None and job["assigned_at"] is not None and job["taken_at"] >= job["assigned_at"]
 
 
 def gone(job_id: UUID, job: dict[str, Any] | None) -> TakeResult:
