@@ -101,6 +101,7 @@ class Bus:
         self.credentials = credentials or NatsCredentials()
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
+        self._pulls: list[JetStreamContext.PullSubscription] = []
 
     @classmethod
     def from_settings(cls, settings: Settings, *, name: str, url: str | None = None) -> Bus:
@@ -167,6 +168,13 @@ class Bus:
         _log.info("NATS: reconnected to %s", redact_url(self.url))
 
     async def close(self) -> None:
+        # A pull subscription has nothing to drain (what was not fetched is redelivered), and
+        # nats-py's fetch takes from its queue without task_done(), so drain() would sit out its
+        # 30 s timeout waiting on the queue: unsubscribe those first.
+        for pull in self._pulls:
+            with contextlib.suppress(Exception):  # already unsubscribed, or the connection is gone
+                await pull.unsubscribe()
+        self._pulls.clear()
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await self._nc.drain()
@@ -339,9 +347,11 @@ class Bus:
             max_deliver=-1,  # transient failures redeliver until the store answers; bad input is term()ed
             max_ack_pending=10_000,
         )
-        return await self.js.pull_subscribe(
+        pull = await self.js.pull_subscribe(
             self.subjects.submit, durable=durable, stream=self.subjects.intake_stream, config=config
         )
+        self._pulls.append(pull)
+        return pull
 
     async def fetch(self, intake: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
         """Up to `batch` intake messages; [] when none came within `timeout`."""
