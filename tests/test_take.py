@@ -184,10 +184,11 @@ async def test_held_reservation_nobody_takes_expires_and_frees_the_slot(
         async with Listener(bus, bus.subjects.job_events("expired"), JobExpired) as expired:
             held = await submit(system_http, labels=["solo"], abandon_after_s=1.0)
 
-            async def running() -> bool:
-                return await state_of(store, held["id"]) == "running"
+            async def on_solo() -> bool:  # assigned there, at least: the start report may come after the expiry
+                row = await store.job_get(held["id"])
+                return row is not None and row["runner_id"] == "solo"
 
-            await eventually(running, what="the solo runner to hold the reservation")
+            await eventually(on_solo, what="the solo runner to hold the reservation")
             event = await expired.wait(lambda e: str(e.job_id) == held["id"], timeout=10)
             assert event.runner_id == "solo"
         # The slot it held is free again: the next job runs there.
