@@ -215,5 +215,9 @@ async def test_taken_reservation_does_not_expire(system_http: aiohttp.ClientSess
         second = await submit(system_http, abandon_after_s=1.0, timeout_s=60)
         await expired.wait(lambda e: str(e.job_id) == second["id"])
     assert [e.job_id for e in expired.events if str(e.job_id) == first["id"]] == []
-    assert await state_of(store, first["id"]) == "running"
+
+    async def running() -> bool:  # taken once its runner acked: the start report may come later
+        return await state_of(store, first["id"]) == "running"
+
+    await eventually(running, what="the taken reservation to be running")
     await release(system_http, store, first["id"])
