@@ -19,7 +19,7 @@ from orchestrator.bus import Bus
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
-from schemas.events import CapacityUnknown, Reply, RunnerRegistered
+from schemas.events import CapacityUnknown, JobAssigned, Reply, RunnerRegistered
 from services.dispatch import Dispatch
 from services.runner import Runner
 from tests import factories
@@ -148,7 +148,7 @@ async def test_unacked_assignment_is_undone_and_goes_elsewhere(
     slow_loss: Settings, system: Runtime, store: Store, bus: Bus
 ) -> None:
     # A runner that registers but never answers assignments (it hangs, or its link is gone).
-    silent = await bus.subscribe(bus.subjects.assign("silent"), RunnerRegistered, lambda e, m: asyncio.sleep(30))
+    silent = await bus.subscribe(bus.subjects.assign("silent"), JobAssigned, lambda e, m: asyncio.sleep(30))
     reply = await bus.request(
         bus.subjects.runner_register,
         RunnerRegistered(runner_id="silent", pool="default", labels=["linux", "x86_64"], slots=50),
