@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from orchestrator.bus import Bus
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
-from schemas.events import CapacityUnknown, Reply, RunnerRegistered
+from schemas.events import CapacityUnknown, JobAssigned, Reply, RunnerRegistered
 from services.dispatch import Dispatch
 from services.runner import Runner
 from tests import factories
@@ -135,9 +136,19 @@ async def test_killed_runner_job_is_requeued_and_finishes_elsewhere(
             os.killpg(orphan, signal.SIGKILL)
 
 
-async def test_unacked_assignment_is_undone_and_goes_elsewhere(system: Runtime, store: Store, bus: Bus) -> None:
+@pytest.fixture
+def slow_loss(settings: Settings) -> Settings:
+    """Runners are lost after a minute of silence, not 3 s: a runner that never heartbeats stays
+    suspect for the whole test, instead of turning lost while its job is still on its way."""
+    settings.runner_ttl_s = 60.0
+    return settings
+
+
+async def test_unacked_assignment_is_undone_and_goes_elsewhere(
+    slow_loss: Settings, system: Runtime, store: Store, bus: Bus
+) -> None:
     # A runner that registers but never answers assignments (it hangs, or its link is gone).
-    silent = await bus.subscribe(bus.subjects.assign("silent"), RunnerRegistered, lambda e, m: asyncio.sleep(30))
+    silent = await bus.subscribe(bus.subjects.assign("silent"), JobAssigned, lambda e, m: asyncio.sleep(30))
     reply = await bus.request(
         bus.subjects.runner_register,
         RunnerRegistered(runner_id="silent", pool="default", labels=["linux", "x86_64"], slots=50),

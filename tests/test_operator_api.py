@@ -51,6 +51,12 @@ async def test_drain_finish_and_queue_depth(system_http: aiohttp.ClientSession, 
     assert status == 201
     take = {"token": held["token"], "wait": "10"}
     assert (await call(system_http, "POST", f"/v1/jobs/{held['id']}/take", params=take))[0] == 200
+
+    async def running() -> bool:  # a take answers once the runner acked; it reports the start after
+        row = await store.job_get(held["id"])
+        return row is not None and row["state"] == "running"
+
+    await eventually(running, what="the runner to report the reservation started")
     status, waiting = await call(
         system_http, "POST", "/v1/jobs", json={"pool": "default", "payload": {"command": ["true"]}}
     )

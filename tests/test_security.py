@@ -7,6 +7,7 @@ import ast
 import contextlib
 import io
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +20,7 @@ import trustme
 from bench.procs import ServiceProcess
 from orchestrator import logs
 from orchestrator.bus import Bus
-from orchestrator.embedded import EmbeddedNats, free_port
+from orchestrator.embedded import EmbeddedNats
 from orchestrator.errors import BusUnavailable
 from orchestrator.redact import MASK, Redactor, redact_url
 from orchestrator.runtime import Runtime
@@ -207,20 +208,21 @@ async def test_a_served_process_logs_no_secret(settings: Settings, tmp_path: Pat
     process that cannot reach its database says where, with the password masked."""
     nats_url = (settings.nats_url or "").replace("nats://", f"nats://{TOKEN}@")  # this server takes any
     database_url = (settings.database_url or "").replace("postgres:@", f"postgres:{PASSWORD}@")  # trust auth
-    port = free_port()
     env = {
         "ORCH_NATS_URL": nats_url,
         "ORCH_DATABASE_URL": database_url,
         "ORCH_NAMESPACE": settings.namespace,
-        "ORCH_HTTP_PORT": str(port),
+        "ORCH_HTTP_PORT": "0",  # any free port, announced: one picked beforehand may be taken meanwhile
         "ORCH_LOG_LEVEL": "DEBUG",
         **{f"ORCH_{name.upper()}": value for name, value in TOKENS.items()},
     }
-    served = ServiceProcess("secure-api", ["admission", "api"], env, tmp_path)
+    served = ServiceProcess("secure-api", ["admission", "api"], env, tmp_path, ready_text="orchestrator ready http=")
     served.start()
     try:
         await served.ready()
-        async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:
+        announced = re.search(r"^orchestrator ready http=(\S+) ", served.log(), re.M)
+        assert announced, served.log()
+        async with aiohttp.ClientSession(base_url=announced.group(1)) as http:
             producer = {"Authorization": "Bearer prod-Secret-2b"}
             assert (await call(http, "POST", "/v1/jobs", json={"pool": "nowhere"}, headers=producer))[0] == 422
             for token in ("prod-Secret-1a", "run-Secret-3c", "not-a-token"):

@@ -184,10 +184,11 @@ async def test_held_reservation_nobody_takes_expires_and_frees_the_slot(
         async with Listener(bus, bus.subjects.job_events("expired"), JobExpired) as expired:
             held = await submit(system_http, labels=["solo"], abandon_after_s=1.0)
 
-            async def running() -> bool:
-                return await state_of(store, held["id"]) == "running"
+            async def on_solo() -> bool:  # assigned there, at least: the start report may come after the expiry
+                row = await store.job_get(held["id"])
+                return row is not None and row["runner_id"] == "solo"
 
-            await eventually(running, what="the solo runner to hold the reservation")
+            await eventually(on_solo, what="the solo runner to hold the reservation")
             event = await expired.wait(lambda e: str(e.job_id) == held["id"], timeout=10)
             assert event.runner_id == "solo"
         # The slot it held is free again: the next job runs there.
@@ -214,5 +215,9 @@ async def test_taken_reservation_does_not_expire(system_http: aiohttp.ClientSess
         second = await submit(system_http, abandon_after_s=1.0, timeout_s=60)
         await expired.wait(lambda e: str(e.job_id) == second["id"])
     assert [e.job_id for e in expired.events if str(e.job_id) == first["id"]] == []
-    assert await state_of(store, first["id"]) == "running"
+
+    async def running() -> bool:  # taken once its runner acked: the start report may come later
+        return await state_of(store, first["id"]) == "running"
+
+    await eventually(running, what="the taken reservation to be running")
     await release(system_http, store, first["id"])
