@@ -76,7 +76,7 @@ CREATE TABLE jobs (
     claim_epoch     bigint,                           -- the leader term that claimed it (NULL: no lease)
     tolerations     text[] NOT NULL DEFAULT '{}',     -- taints it tolerates (a tainted runner takes it)
     last_polled_at  timestamptz,                      -- take clients: last heard from (a long poll counts until it ends)
-    taken_at        timestamptz                       -- the take client took the runner: no abandonment from then on
+    taken_at        timestamptz                       -- the take client took the runner (latest take): no abandonment since
 );
 
 CREATE TABLE dispatch_epochs (

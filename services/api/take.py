@@ -93,7 +93,7 @@ def held_by(job: dict[str, Any], acked_runner: str | None) -> str | None:
 def taken_this_assignment(job: dict[str, Any]) -> bool:
     """A take already got this very assignment (so it was acknowledged): a retry that lost the
     answer, or one on another API process, gets the same runner without hearing the news again.
-    A take of an earlier assignment predates this one's `assigned_at`."""
+    `taken_at` is the latest take; one of an earlier assignment predates this one's `assigned_at`."""
     return job["taken_at"] is not None and job["assigned_at"] is not None and job["taken_at"] >= job["assigned_at"]
 
 

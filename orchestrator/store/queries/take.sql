@@ -3,12 +3,13 @@
 -- A take client polls job $1: it is heard from now, and, with $2 > 0 seconds of long poll, until
 -- then (a later deadline already recorded stands). With $3 (the runner it is about to be handed)
 -- the client takes it: from then on the job is the client's and abandonment no longer applies.
+-- `taken_at` is the latest take, so a retried take can tell it already took this assignment.
 -- Only a live job is touched: nothing comes back for one that expired or ended meanwhile, nor,
 -- when taking, for one no longer held by runner $3.
 -- name: job_poll
 UPDATE jobs SET
     last_polled_at = greatest(last_polled_at, clock_timestamp() + make_interval(secs => $2)),
-    taken_at = CASE WHEN $3::text IS NULL THEN taken_at ELSE coalesce(taken_at, clock_timestamp()) END
+    taken_at = CASE WHEN $3::text IS NULL THEN taken_at ELSE clock_timestamp() END
 WHERE id = $1 AND state IN ('queued', 'assigned', 'running')
   AND ($3::text IS NULL OR (state IN ('assigned', 'running') AND runner_id = $3::text))
 RETURNING *;
