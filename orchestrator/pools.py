@@ -2,9 +2,10 @@
 
 A change is one transaction: lock the pool against admissions and dispatch, write the new
 configuration, re-check the jobs it holds queued with the same rule admission uses
-(`PoolConfig.unrunnable`) and fail those that can now never run (`unsatisfiable`). After the
-commit: `PoolUpdated`, which services act on without a restart (the dispatcher wakes the pool:
-a raised cap or an unpause frees capacity), and a `JobFinished` for each job failed.
+(`PoolConfig.unrunnable`) and fail those that can now never run (`unsatisfiable`: a job
+transition, whose `finished` news the outbox carries). After the commit: `PoolUpdated`, which
+services act on without a restart (the dispatcher wakes the pool: a raised cap or an unpause
+frees capacity).
 
 It lives in the core, not in a service, because two callers need it and neither may import a
 service: the runtime applies `ORCH_POOLS_FILE` at start-up, the API applies `PUT`/`PATCH` at
@@ -24,8 +25,7 @@ from pydantic import ValidationError
 from orchestrator.bus import Bus
 from orchestrator.errors import ConfigurationError, NotFound
 from orchestrator.store import Store
-from schemas.events import JobFinished, PoolUpdated, error_from_validation
-from schemas.jobs import JobState
+from schemas.events import PoolUpdated, error_from_validation
 from schemas.pools import PoolConfig, PoolsFile
 
 UNSATISFIABLE = "unsatisfiable"
@@ -47,7 +47,7 @@ async def change_pool(
     pydantic's ValidationError and changes nothing; patching a missing pool raises NotFound."""
     if (config is None) == (patch is None):
         raise ValueError("give exactly one of config and patch")
-    async with store.pool_change(name) as tx:
+    async with store.transitions.pool_change(name) as tx:
         previous = PoolConfig.from_row(tx.current) if tx.current else None
         if patch is not None:
             if previous is None:
@@ -57,27 +57,15 @@ async def change_pool(
         if config == previous:
             return PoolChange(tx.current, created=False, changed=False, failed_jobs=0)  # type: ignore[arg-type]
         row = await tx.upsert(config.model_dump())
-        failed: list[dict[str, Any]] = []
+        failed = 0
         for labels, plan in await tx.queued_shapes():
             if config.unrunnable(name, labels, plan) is not None:
-                failed += await tx.fail_queued(labels, plan, UNSATISFIABLE)
+                failed += len(await tx.fail_unsatisfiable(labels, plan, UNSATISFIABLE))
     await bus.publish(
         bus.subjects.pool_updated(name),
-        PoolUpdated(pool=name, config=config, previous=previous, failed_jobs=len(failed)),
+        PoolUpdated(pool=name, config=config, previous=previous, failed_jobs=failed),
     )
-    for job in failed:
-        await bus.publish(
-            bus.subjects.job_event("finished", name),
-            JobFinished(
-                job_id=job["id"],
-                pool=name,
-                runner_id=None,
-                attempt=job["attempt"],
-                state=JobState.failed,
-                reason=UNSATISFIABLE,
-            ),
-        )
-    return PoolChange(row, created=previous is None, changed=True, failed_jobs=len(failed))
+    return PoolChange(row, created=previous is None, changed=True, failed_jobs=failed)
 
 
 def load_pools_file(path: Path) -> PoolsFile:

@@ -24,6 +24,7 @@ from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
 from orchestrator.metrics_server import MetricsServer
+from orchestrator.outbox import OutboxRelay
 from orchestrator.pools import apply_pools_file
 from orchestrator.provisioning import LocalProvisioner, ProvisionerFactory
 from orchestrator.settings import Settings
@@ -39,8 +40,11 @@ from services.runner import Runner
 # Start order: those that answer requests before those that make them.
 SERVICES = ("capacity", "admission", "dispatch", "provisioner", "api", "runner")
 # Dispatch and the provisioner always run under the lease: its leader service starts just before
-# them (and stops just after them, releasing the lease for a standby).
-_ORDER = ("capacity", "admission", "leader", "dispatch", "provisioner", "api", "runner")
+# them (and stops just after them, releasing the lease for a standby). Every process whose
+# services make job transitions runs an outbox relay (one publishes at a time); it starts first
+# and stops last, so what the others committed leaves before the process does.
+_ORDER = ("relay", "capacity", "admission", "leader", "dispatch", "provisioner", "api", "runner")
+_TRANSITIONS = {"capacity", "admission", "dispatch", "api"}
 # Provisioners a pool can name without an entry point or import path (orchestrator/provisioning.py).
 PROVISIONERS: Mapping[str, ProvisionerFactory] = {"local": LocalProvisioner}
 
@@ -75,7 +79,12 @@ class Runtime:
             raise ConfigurationError(f"unknown services {unknown}: choose from {list(SERVICES)} or 'all'")
         self.settings = settings
         leased = {"dispatch", "provisioner"} & set(services)
-        self.names = [name for name in _ORDER if name in services or (name == "leader" and leased)]
+        relayed = _TRANSITIONS & set(services)
+        self.names = [
+            name
+            for name in _ORDER
+            if name in services or (name == "leader" and leased) or (name == "relay" and relayed)
+        ]
         self.provisioners = {**PROVISIONERS, **(provisioners or {})}
         self.migrate = migrate
         self._runner = runner
@@ -137,6 +146,8 @@ class Runtime:
         s, store, bus = self.settings, self.store, self.bus
         assert store is not None and bus is not None
         m = self.metrics
+        if name == "relay":
+            return OutboxRelay(store, bus)
         if name == "capacity":
             return Capacity(s, store, bus, metrics=m)
         if name == "admission":

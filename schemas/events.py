@@ -89,8 +89,10 @@ class JobStarted(Envelope):
 
 
 class JobFinished(Envelope):
-    """A job ended. `runner_id` is None for a job that ended in the queue (e.g. a pool change
-    made it unsatisfiable)."""
+    """A job ended: every final state (succeeded, failed, timed_out, cancelled, expired) is
+    announced as `finished`, so a producer following `jobs.finished.>` hears every end.
+    `runner_id` is None for a job that ended in the queue (cancelled, expired, or made
+    unsatisfiable by a pool change). From a runner, the same model reports the end."""
 
     type: Literal["JobFinished"] = "JobFinished"
     job_id: UUID
@@ -100,6 +102,19 @@ class JobFinished(Envelope):
     state: JobState
     exit_code: Int32 | None = None
     reason: str | None = None
+
+
+class JobRequeued(Envelope):
+    """A job went back to the queue without ending: a hand-off not acknowledged or never started
+    (`handoff_failed`, `not_started`: not an attempt), or its runner was lost while attempts
+    remain (`runner_lost`). `runner_id` is the runner it left."""
+
+    type: Literal["JobRequeued"] = "JobRequeued"
+    job_id: UUID
+    pool: str
+    runner_id: str | None
+    attempt: Int32
+    reason: str
 
 
 class JobExpired(Envelope):
@@ -132,6 +147,8 @@ class JobCancelRequested(Envelope):
 
 
 class SlotAvailable(Envelope):
+    """Free capacity appeared or grew in `pool` (best effort, core NATS: a wake for dispatch)."""
+
     type: Literal["SlotAvailable"] = "SlotAvailable"
     pool: str
     free: int

@@ -40,12 +40,11 @@ from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import AdmissionTx, NewJob, Rejection, Store
+from orchestrator.store.transitions import rejected
 from orchestrator.tokens import new_token, token_hash
 from schemas.events import (
     AdmissionResult,
     ErrorDetail,
-    JobAdmitted,
-    JobRejected,
     JobSubmitted,
     error_from_validation,
 )
@@ -216,12 +215,13 @@ class Admission(Service):
         ]
         valid = [(i, s, s.spec) for i, s in enumerate(subs) if s.spec is not None]
         pools = {spec.pool for _, _, spec in valid}
-        async with self.store.admission(pools, {s.key for _, s, _ in valid if s.key is not None}) as tx:
+        keys = {s.key for _, s, _ in valid if s.key is not None}
+        async with self.store.transitions.admission(pools, keys) as tx:
             await self._decide(tx, valid, decisions)
             if record:
                 await tx.record([self._rejection(s, d) for s, d in zip(subs, decisions, strict=True) if d.error])  # type: ignore[union-attr]
         done: list[Decision] = decisions  # type: ignore[assignment]
-        await self._announce(subs, done)
+        await self._announce(subs, done, recorded=record)
         return done
 
     async def _decide(
@@ -288,29 +288,25 @@ class Admission(Service):
             body=body,
         )
 
-    async def _announce(self, subs: Sequence[Submission], decisions: Sequence[Decision]) -> None:
-        """After the commit: the news of every admission and refusal, and the counters."""
-        s = self.bus.subjects
-        events: list[tuple[str, BaseModel]] = []
+    async def _announce(self, subs: Sequence[Submission], decisions: Sequence[Decision], *, recorded: bool) -> None:
+        """After the commit: the counters, and the news of refusals a requester was answered
+        (`JobAdmitted`, and the refusals `recorded` with the batch, left through the outbox)."""
+        news: list[tuple[str, BaseModel]] = []
         admitted_by_pool: dict[str, int] = {}
         for sub, d in zip(subs, decisions, strict=True):
             if d.outcome == "admitted":
                 assert d.row is not None
-                row = d.row
-                admitted_by_pool[row["pool"]] = admitted_by_pool.get(row["pool"], 0) + 1
-                admitted = JobAdmitted(job_id=row["id"], key=row["key"], pool=row["pool"], priority=row["priority"])
-                events.append((s.job_event("admitted", row["pool"]), admitted))
+                admitted_by_pool[d.row["pool"]] = admitted_by_pool.get(d.row["pool"], 0) + 1
             elif d.error is not None:
                 self._count_rejected(d.error.code)
-                pool = sub.spec.pool if sub.spec else None
-                rejected = JobRejected(
-                    key=sub.key, pool=pool, reason=d.error.code, message=d.error.message, field=d.error.field
-                )
-                events.append((s.job_event("rejected", pool or "_invalid"), rejected))
+                if not recorded:
+                    pool = sub.spec.pool if sub.spec else None
+                    out = rejected(sub.key, pool, d.error.code, d.error.message, d.error.field)
+                    news.append((self.bus.subjects.absolute(out.subject), out.event))
         for pool, n in admitted_by_pool.items():  # once per pool per batch: the hot path
             self.admitted += n
             self.metrics.admitted.labels(pool).inc(n)
-        await self.bus.publish_many(events)
+        await self.bus.publish_many(news)
 
     def _count_rejected(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

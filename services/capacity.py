@@ -15,8 +15,11 @@ every `leader_check_interval_s`, so a lost event is corrected there; a change is
 `PoolLeaderChanged`, and a new leader with `SlotAvailable` so the dispatcher wakes.
 
 Take-style jobs (seed 003) whose client stopped polling for `abandon_after_s` before taking its
-runner expire on the same sweep: `JobExpired`, the runner holding a slot for one is told to let go
-(`JobCancelRequested`), and the freed capacity is announced at once.
+runner expire on the same sweep (the transition's news tells the runner holding a slot for one to
+let go), and the freed capacity is announced at once.
+
+Every change of a job's state goes through `store.transitions`, whose news the outbox relay
+publishes after the commit; what capacity publishes itself is only the wake `SlotAvailable`.
 
 Counts are never stored: the free capacity of a pool is derived from job rows, so no slot can
 leak. A sweep marks runners lost after `runner_ttl_s` of silence and releases their jobs; a
@@ -27,11 +30,9 @@ released job never runs twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
-from uuid import UUID
+from collections.abc import Iterable
 
 from nats.aio.msg import Msg
-from pydantic import BaseModel
 
 from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
@@ -39,11 +40,10 @@ from orchestrator.errors import NotFound
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
-from orchestrator.store import Store
+from orchestrator.store import End, Start, Store
+from orchestrator.wakes import announce_free
 from schemas.events import (
     ErrorDetail,
-    JobCancelRequested,
-    JobExpired,
     JobFinished,
     JobStarted,
     PoolLeaderChanged,
@@ -53,7 +53,6 @@ from schemas.events import (
     RunnerHeartbeat,
     RunnerRegistered,
     RunnerTaintsChanged,
-    SlotAvailable,
 )
 
 OK = Reply(ok=True)
@@ -96,7 +95,7 @@ class Capacity(Service):
 
     async def _on_register(self, event: RunnerRegistered, msg: Msg) -> Reply:
         try:
-            released = await self.store.runner_register(
+            released = await self.store.transitions.register_runner(
                 event.runner_id,
                 event.pool,
                 event.labels,
@@ -115,7 +114,7 @@ class Capacity(Service):
             extra={"runner_id": event.runner_id, "pool": event.pool, "action": "register"},
         )
         await self.elect(event.pool)
-        await self._announce_free({event.pool, *(job["pool"] for job in released)})
+        await self._announce_free({event.pool, *(job.pool for job in released)})
         return OK
 
     async def _on_heartbeat(self, event: RunnerHeartbeat, msg: Msg) -> Reply:
@@ -147,9 +146,9 @@ class Capacity(Service):
         return OK
 
     async def _start_batch(self, events: list[JobStarted]) -> list[str | None]:
-        granted = await self.store.job_start_many([(e.job_id, e.runner_id, e.attempt) for e in events])
-        await self._publish("started", events, granted)
-        return [granted.get(e.job_id) for e in events]
+        granted = await self.store.transitions.start_many([Start(e.job_id, e.runner_id, e.attempt) for e in events])
+        pools = {job.id: job.pool for job in granted}
+        return [pools.get(e.job_id) for e in events]
 
     async def _on_finish(self, event: JobFinished, msg: Msg) -> Reply:
         pool = await self._finishes.submit(event)
@@ -159,56 +158,41 @@ class Capacity(Service):
         return OK
 
     async def _finish_batch(self, events: list[JobFinished]) -> list[str | None]:
-        recorded = await self.store.job_finish_many(
-            [(e.job_id, e.runner_id, e.attempt, e.state.value, e.exit_code, e.reason) for e in events]
+        assert all(e.runner_id is not None for e in events)  # the bus model of a runner's report
+        recorded = await self.store.transitions.finish_many(
+            [End(e.job_id, e.runner_id, e.attempt, e.state, e.exit_code, e.reason) for e in events]  # type: ignore[arg-type]
         )
-        await self._publish("finished", events, recorded)
-        await self._announce_free(set(recorded.values()))  # once per pool per batch
+        await self._announce_free({job.pool for job in recorded})  # once per pool per batch
         ended: dict[tuple[str, str], int] = {}
-        for e in events:
-            if e.job_id in recorded:
-                outcome = (recorded[e.job_id], e.state.value)
-                ended[outcome] = ended.get(outcome, 0) + 1
+        for job in recorded:
+            ended[(job.pool, job.state)] = ended.get((job.pool, job.state), 0) + 1
         for (pool, state), n in ended.items():
             self.metrics.finished.labels(pool, state).inc(n)
-        return [recorded.get(e.job_id) for e in events]
-
-    async def _publish(self, verb: str, events: Sequence[JobStarted | JobFinished], pools: dict[UUID, str]) -> None:
-        """The news of the reports just committed, for the jobs they changed (not the stale ones)."""
-        subject = self.bus.subjects.job_event
-        await self.bus.publish_many([(subject(verb, pools[e.job_id]), e) for e in events if e.job_id in pools])
+        pools = {job.id: job.pool for job in recorded}
+        return [pools.get(e.job_id) for e in events]
 
     async def sweep(self) -> None:
         await self.expire_abandoned()
         await self.release_lost()
 
     async def expire_abandoned(self) -> None:
-        expired = await self.store.job_expire_abandoned()
+        expired = await self.store.transitions.expire_abandoned()
         if not expired:
             return
         self.log.info("expired %d take-style jobs their clients abandoned", len(expired))
-        s = self.bus.subjects
-        events: list[tuple[str, BaseModel]] = []
-        for job in expired:
-            news = JobExpired(job_id=job["id"], pool=job["pool"], runner_id=job["runner_id"])
-            events.append((s.job_event("expired", job["pool"]), news))
-            if job["runner_id"] is not None:
-                cancel = JobCancelRequested(job_id=job["id"], pool=job["pool"], runner_id=job["runner_id"])
-                events.append((s.cancel(job["runner_id"]), cancel))
-        await self.bus.publish_many(events)
-        await self._announce_free({job["pool"] for job in expired if job["runner_id"] is not None})
+        await self._announce_free({job.pool for job in expired if job.runner_id is not None})
 
     async def release_lost(self) -> None:
         # Just started (or restarted after an outage): runners have not had a chance to reach
         # us yet, and their silence says nothing. Judge no one before a full TTL has passed.
         if time.monotonic() - self._started_at < self.settings.runner_ttl_s:
             return
-        lost, released = await self.store.runner_mark_lost(self.settings.runner_ttl_s)
+        lost, released = await self.store.transitions.mark_runners_lost(self.settings.runner_ttl_s)
         for pool in {r["pool"] for r in lost}:
             await self.elect(pool)
         if released:
             self.log.warning("released %d jobs from lost runners", len(released))
-            await self._announce_free({job["pool"] for job in released})
+            await self._announce_free({job.pool for job in released})
 
     async def elect(self, pool: str | None = None) -> None:
         """Re-elect the leader of `pool` (or of every leader-mode pool) and announce changes."""
@@ -219,7 +203,4 @@ class Capacity(Service):
                 await self._announce_free({change["pool"]})
 
     async def _announce_free(self, pools: Iterable[str]) -> None:
-        for pool in pools:
-            free = await self.store.pool_free(pool)
-            if free > 0:
-                await self.bus.publish(self.bus.subjects.slot_available(pool), SlotAvailable(pool=pool, free=free))
+        await announce_free(self.store, self.bus, pools)

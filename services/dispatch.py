@@ -12,8 +12,9 @@ A step is one transaction in the store (lock the pool row, derive in-flight from
 claim up to the budget with SKIP LOCKED), so `max_concurrent` holds with any number of
 dispatchers. Matching visits only the job shapes (pool, labels, tenant) the free runners can take,
 so its cost does not grow with non-matching jobs queued ahead (seed 004). Then the hand-off:
-`JobAssigned` to the runner as a request; no ack in time and the assignment is undone (back to
-`queued`, not an attempt) and the runner is suspect until its next heartbeat.
+`JobAssigned` to the runner as a request; its ack is recorded (`acknowledge`, whose `assigned`
+news the outbox publishes); no ack in time and the assignment is undone (back to `queued`, not
+an attempt) and the runner is suspect until its next heartbeat.
 
 Under leader election (`leadership` given: `orchestrator up`, `serve dispatch`) it dispatches
 only while this process holds its shard's lease: every step first asks `Leadership` for the
@@ -43,7 +44,7 @@ from orchestrator.leadership import Leadership, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
-from orchestrator.store import Fence, Store
+from orchestrator.store import Fence, Handoff, Store
 from schemas.events import CapacityUnknown, JobAssigned, PoolMention, Reply, SlotMention
 
 
@@ -118,7 +119,7 @@ class Dispatch(Service):
         """Every pool with queued jobs, and the assignments nobody started (Postgres is the truth)."""
         if not leads(self.leadership):
             return
-        requeued = await self.store.job_requeue_unstarted(self.settings.assigned_stale_s)
+        requeued = await self.store.transitions.requeue_unstarted(self.settings.assigned_stale_s)
         if requeued:
             self.log.warning("requeued %d assignments never started", len(requeued))
         for pool in await self.store.pools_with_queued():
@@ -155,7 +156,7 @@ class Dispatch(Service):
                 self._count(pool, "not_leader")
                 return "not_leader"
         try:
-            claim = await self.store.job_claim_step(pool, self.config.step_limit, fence)
+            claim = await self.store.transitions.claim(pool, self.config.step_limit, fence)
         except StoreUnavailable as exc:
             # In-flight counts live in Postgres: without them, never dispatch blind.
             claim_status = "capacity_unknown"
@@ -207,17 +208,17 @@ class Dispatch(Service):
                 extra={"runner_id": runner_id, "job_ids": ",".join(str(e.job_id) for e in events)},
             )
             replies = [Reply(ok=False)] * len(events)
-        accepted = [e for e, reply in zip(events, replies, strict=True) if reply.ok]
-        refused = [e for e, reply in zip(events, replies, strict=True) if not reply.ok]
+        accepted = [a for a, reply in zip(rows, replies, strict=True) if reply.ok]
+        refused = [a["id"] for a, reply in zip(rows, replies, strict=True) if not reply.ok]
         if refused:
             # Not an attempt: back to the queue. The runner takes nothing more until it
             # heartbeats again, so the retry goes elsewhere instead of timing out again.
             await self.store.runner_mark_suspect(runner_id)
-            for e in refused:
-                await self.store.job_unassign(e.job_id, runner_id)
-        await self.bus.publish_many([(self.bus.subjects.job_event("assigned", e.pool), e) for e in accepted])
+            await self.store.transitions.unassign(runner_id, refused)
+        # The assignment is the runner's now: recorded, and announced (`assigned`) by the outbox.
+        await self.store.transitions.acknowledge([Handoff(a["id"], runner_id, a["assigned_at"]) for a in accepted])
         if accepted:
-            pool = accepted[0].pool  # a step claims for one pool
+            pool = accepted[0]["pool"]  # a step claims for one pool
             self.metrics.dispatched.labels(pool).inc(len(accepted))
             wait = self.metrics.queue_wait.labels(pool)
             for a, reply in zip(rows, replies, strict=True):

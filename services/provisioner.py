@@ -46,6 +46,7 @@ from orchestrator.provisioning import (
 )
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from orchestrator.wakes import announce_slots
 from schemas.events import CapacityUnknown, JobAdmitted, PoolUpdated, SlotAvailable
 
 
@@ -192,7 +193,7 @@ class Provisioning(Service):
             self._exited.discard(pool)
             room = demand["max_workers"] - live if demand["max_workers"] > 0 else 1
             if room > 0:
-                await self.bus.publish(self.bus.subjects.slot_available(pool), SlotAvailable(pool=pool, free=room))
+                await announce_slots(self.bus, pool, room)
         if demand["paused"]:
             return
         budget = spawn_budget(

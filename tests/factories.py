@@ -18,19 +18,19 @@ def job(pool: str = "default", **fields: Any) -> NewJob:
 async def queue(store: Store, n: int = 1, pool: str = "default", **fields: Any) -> list[Any]:
     """`n` queued jobs with the given spec fields; their ids, in order."""
     jobs = [job(pool, **fields) for _ in range(n)]
-    async with store.admission([pool], []) as tx:
+    async with store.transitions.admission([pool], []) as tx:
         rows = await tx.insert(jobs)
     assert len(rows) == n
     return [j.id for j in jobs]
 
 
 async def pool(store: Store, name: str = "default", **config: Any) -> dict[str, Any]:
-    async with store.pool_change(name) as tx:
+    async with store.transitions.pool_change(name) as tx:
         return await tx.upsert({**PoolConfig().model_dump(mode="json"), **config})
 
 
 async def runner(store: Store, runner_id: str, pool: str = "default", slots: int = 1, labels: Any = ()) -> None:
-    await store.runner_register(runner_id, pool, list(labels), slots, [], {}, [])
+    await store.transitions.register_runner(runner_id, pool, list(labels), slots, [], {}, [])
 
 
 async def bulk_queue(store: Store, n: int, pool: str = "default", labels: Any = (), priority: int = 0) -> None:
@@ -40,5 +40,5 @@ async def bulk_queue(store: Store, n: int, pool: str = "default", labels: Any = 
             job(pool, labels=list(labels), priority=priority, payload={"command": ["true"]})
             for _ in range(min(10_000, n - start))
         ]
-        async with store.admission([pool], []) as tx:
+        async with store.transitions.admission([pool], []) as tx:
             await tx.insert(jobs)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 
-from orchestrator.store import Store
+from orchestrator.store import End, Start, Store
 from orchestrator.store.queries import Q
+from schemas.jobs import JobState
 from tests import factories
 
 
 async def finish(store: Store, assignments: list[dict]) -> None:
-    runs = [(a["id"], a["runner_id"], a["attempt"] + 1) for a in assignments]
-    assert len(await store.job_start_many(runs)) == len(runs)
-    assert len(await store.job_finish_many([(*run, "succeeded", 0, None) for run in runs])) == len(runs)
+    runs = [Start(a["id"], a["runner_id"], a["attempt"] + 1) for a in assignments]
+    assert len(await store.transitions.start_many(runs)) == len(runs)
+    ends = [End(*run, JobState.succeeded, 0) for run in runs]
+    assert len(await store.transitions.finish_many(ends)) == len(runs)
 
 
 async def test_budget_is_the_lesser_of_cap_and_free_slots(store: Store) -> None:
@@ -21,11 +23,11 @@ async def test_budget_is_the_lesser_of_cap_and_free_slots(store: Store) -> None:
     await factories.runner(store, "r1", slots=2)
     await factories.runner(store, "r2", slots=2)
     await factories.queue(store, 10)
-    step = await store.job_claim_step("default", 100)
+    step = await store.transitions.claim("default", 100)
     assert step.status == "dispatched" and len(step.assignments) == 3
-    assert (await store.job_claim_step("default", 100)).status == "at_capacity"
+    assert (await store.transitions.claim("default", 100)).status == "at_capacity"
     await finish(store, step.assignments[:1])
-    again = await store.job_claim_step("default", 100)
+    again = await store.transitions.claim("default", 100)
     assert len(again.assignments) == 1
     per_runner: dict[str, int] = {}
     for a in step.assignments[1:] + again.assignments:  # what is held now
@@ -35,13 +37,13 @@ async def test_budget_is_the_lesser_of_cap_and_free_slots(store: Store) -> None:
 
 async def test_no_runner_no_job_paused_unknown(store: Store) -> None:
     await factories.pool(store)
-    assert (await store.job_claim_step("default", 10)).status == "no_runner"
+    assert (await store.transitions.claim("default", 10)).status == "no_runner"
     await factories.runner(store, "r1")
-    assert (await store.job_claim_step("default", 10)).status == "no_job"
+    assert (await store.transitions.claim("default", 10)).status == "no_job"
     await factories.queue(store, 1)
     await factories.pool(store, paused=True)
-    assert (await store.job_claim_step("default", 10)).status == "paused"
-    assert (await store.job_claim_step("nowhere", 10)).status == "unknown_pool"
+    assert (await store.transitions.claim("default", 10)).status == "paused"
+    assert (await store.transitions.claim("nowhere", 10)).status == "unknown_pool"
 
 
 async def test_runnable_job_is_found_without_scanning_unrunnable_ones(store: Store) -> None:
@@ -62,7 +64,7 @@ async def test_runnable_job_is_found_without_scanning_unrunnable_ones(store: Sto
         await tx.rollback()
     scanned = _rows_read_from(json.loads(plan) if isinstance(plan, str) else plan, "jobs_queued_idx")
     assert 1 <= scanned <= 10, f"the claim read {scanned} index rows"
-    step = await store.job_claim_step("default", 10)
+    step = await store.transitions.claim("default", 10)
     assert [a["id"] for a in step.assignments] == [wanted]
 
 
@@ -89,7 +91,7 @@ async def test_priority_first_then_round_robin_across_tenants(store: Store) -> N
     (urgent,) = await factories.queue(store, 1, tenant="a", priority=10)
     order = []
     for _ in range(4):
-        step = await store.job_claim_step("default", 10)
+        step = await store.transitions.claim("default", 10)
         order.append(step.assignments[0]["id"])
         await finish(store, step.assignments)
     # urgent first; then tenant b gets its turn before tenant a's flood continues.

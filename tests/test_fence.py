@@ -17,7 +17,7 @@ SHARD = "all"
 @pytest.fixture
 async def queue(store: Store) -> Store:
     await factories.pool(store, "p", max_concurrent=10, max_active=-1)
-    await store.runner_register("r1", "p", [], 10, [], {}, [])
+    await store.transitions.register_runner("r1", "p", [], 10, [], {}, [])
     await factories.queue(store, 6, "p")
     return store
 
@@ -28,17 +28,17 @@ async def states(store: Store) -> list[tuple[str, int]]:
 
 
 async def test_a_claim_under_an_older_epoch_is_fenced_and_changes_nothing(queue: Store) -> None:
-    first = await queue.job_claim_step("p", 2, Fence(SHARD, 5, "a"))
+    first = await queue.transitions.claim("p", 2, Fence(SHARD, 5, "a"))
     assert first.status == "dispatched" and len(first.assignments) == 2
     assert (await queue.dispatch_epoch_get(SHARD) or {})["epoch"] == 5  # recorded by the claim itself
 
     assert await queue.dispatch_epoch_advance(Fence(SHARD, 9, "b"))  # a new leader is elected
     before = await states(queue)
-    refused = await queue.job_claim_step("p", 2, Fence(SHARD, 5, "a"))
+    refused = await queue.transitions.claim("p", 2, Fence(SHARD, 5, "a"))
     assert refused.status == "fenced" and refused.assignments == []
     assert await states(queue) == before
 
-    second = await queue.job_claim_step("p", 2, Fence(SHARD, 9, "b"))
+    second = await queue.transitions.claim("p", 2, Fence(SHARD, 9, "b"))
     assert second.status == "dispatched"
     assert sorted(e for s, e in await states(queue) if s == "assigned") == [5, 5, 9, 9]
 
@@ -53,7 +53,7 @@ async def test_the_epoch_only_moves_forward(queue: Store) -> None:
 
 
 async def test_unfenced_claims_still_work_without_election(queue: Store) -> None:
-    step = await queue.job_claim_step("p", 3)
+    step = await queue.transitions.claim("p", 3)
     assert step.status == "dispatched" and len(step.assignments) == 3
     assert await queue.dispatch_epoch_get(SHARD) is None
 
@@ -62,17 +62,17 @@ async def test_concurrent_steps_of_one_leader_do_not_block_each_other(queue: Sto
     """Steps of one term share the epoch lock: pools drain in parallel, and the first claims of a
     term not yet recorded (the election's write failed) record it without deadlocking."""
     await factories.pool(store, "q", max_concurrent=10, max_active=-1)
-    await store.runner_register("r2", "q", [], 10, [], {}, [])
+    await store.transitions.register_runner("r2", "q", [], 10, [], {}, [])
     await factories.queue(store, 6, "q")
     fence = Fence(SHARD, 3, "a")
-    steps = await asyncio.gather(*(store.job_claim_step(pool, 1, fence) for pool in ("p", "q") * 3))
+    steps = await asyncio.gather(*(store.transitions.claim(pool, 1, fence) for pool in ("p", "q") * 3))
     assert [s.status for s in steps] == ["dispatched"] * 6
 
 
 async def test_unstarted_assignments_go_back_to_the_queue(queue: Store) -> None:
-    await queue.job_claim_step("p", 2, Fence(SHARD, 1, "a"))
-    assert await queue.job_requeue_unstarted(60) == []
+    await queue.transitions.claim("p", 2, Fence(SHARD, 1, "a"))
+    assert await queue.transitions.requeue_unstarted(60) == []
     later = datetime.now(UTC) + timedelta(seconds=120)
-    requeued = await queue.job_requeue_unstarted(60, now=later)
+    requeued = await queue.transitions.requeue_unstarted(60, now=later)
     assert len(requeued) == 2
     assert all(state == "queued" for state, _ in await states(queue))

@@ -88,18 +88,16 @@ async def test_take_answers_every_status(
         await gpu.stop()
 
 
-def test_an_assignment_is_held_once_acknowledged_or_taken() -> None:
-    """An `assigned` row alone may be a hand-off still in flight; the take that heard the ack, or
-    any take after one that took this very assignment (a retry that lost the answer), has it."""
+def test_an_assignment_is_held_once_acknowledged() -> None:
+    """An `assigned` row alone may be a hand-off still in flight; once its runner acknowledged it
+    (recorded in Postgres, so every take on every API process sees it, a retried one too), or
+    started it, the runner holds it. A requeue clears the acknowledgement with the assignment."""
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    assigned = {"state": "assigned", "runner_id": "r-1", "assigned_at": t0, "taken_at": None}
-    assert held_by(assigned, acked_runner=None) is None
-    assert held_by(assigned, acked_runner="r-2") is None
-    assert held_by(assigned, acked_runner="r-1") == "r-1"
-    assert held_by({**assigned, "taken_at": t0 + timedelta(seconds=1)}, acked_runner=None) == "r-1"
-    # Taken in an earlier assignment, then requeued (its runner died) and handed off again.
-    assert held_by({**assigned, "taken_at": t0 - timedelta(seconds=1)}, acked_runner=None) is None
-    assert held_by({**assigned, "state": "running"}, acked_runner=None) == "r-1"
+    assigned = {"state": "assigned", "runner_id": "r-1", "assigned_at": t0, "acked_at": None}
+    assert held_by(assigned) is None
+    assert held_by({**assigned, "acked_at": t0 + timedelta(seconds=1)}) == "r-1"
+    assert held_by({**assigned, "state": "running"}) == "r-1"
+    assert held_by({**assigned, "state": "queued", "runner_id": None}) is None
 
 
 async def test_long_poll_answers_the_moment_a_slot_frees(

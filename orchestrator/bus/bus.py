@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -35,7 +35,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus.credentials import NatsCredentials
-from orchestrator.bus.subjects import Subjects
+from orchestrator.bus.subjects import JOB_EVENT_VERBS, Subjects
 from orchestrator.errors import BusUnavailable, InvalidInput, NoResponders, RequestFailed, StoreUnavailable
 from orchestrator.redact import redact_url
 from schemas.events import ErrorDetail, Reply, error_from_validation
@@ -43,6 +43,16 @@ from schemas.storable import nul_in
 
 if TYPE_CHECKING:
     from orchestrator.settings import Settings
+
+
+class OutboxMessage(Protocol):
+    """What the relay hands the bus (the store's outbox rows)."""
+
+    id: Any
+    subject: str
+    body: bytes
+    durable: bool
+
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
@@ -67,6 +77,12 @@ def _json_array(models: Sequence[BaseModel]) -> bytes:
 
 # JetStream deduplicates on Nats-Msg-Id inside this window; the job key in Postgres beyond it.
 DEDUP_WINDOW_S = 120.0
+# The job-events stream's window: a relay that published but died before deleting the rows
+# publishes them again when the next relay takes over (at once, or once the system is back):
+# deduplicated inside this window; later than that a consumer sees the event id again.
+EVENTS_DEDUP_WINDOW_S = 600.0
+# How long the relay waits for JetStream to acknowledge a batch of events.
+PUBLISH_ACK_TIMEOUT_S = 5.0
 # How long the first connect waits for a NATS server that is not up yet.
 CONNECT_WAIT_S = 30.0
 
@@ -337,6 +353,46 @@ class Bus:
             await self.js.update_stream(config)
         except NotFoundError:
             await self.js.add_stream(config)
+
+    async def ensure_job_events_stream(self, max_age_s: float) -> None:
+        """The stream of every job event, kept `max_age_s` (producers follow it with durable
+        consumers). Its subjects name each verb: never `jobs.submit` nor `jobs.submit.req`."""
+        config = StreamConfig(
+            name=self.subjects.job_events_stream,
+            subjects=[self.subjects.job_events(verb) for verb in JOB_EVENT_VERBS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            max_age=max_age_s,
+            duplicate_window=EVENTS_DEDUP_WINDOW_S,
+        )
+        try:
+            await self.js.stream_info(config.name)
+            await self.js.update_stream(config)
+        except NotFoundError:
+            await self.js.add_stream(config)
+
+    async def publish_outbox(self, rows: Sequence[OutboxMessage]) -> None:
+        """Publish outbox rows in order: durable ones to the job-events stream with `Nats-Msg-Id` =
+        the event id, awaiting every PubAck (pipelined); the rest on core NATS, flushed. Raises
+        BusUnavailable unless every one reached NATS."""
+        headers = telemetry.inject()
+        acks: list[asyncio.Future[Any]] = []
+        try:
+            for row in rows:
+                subject = self.subjects.absolute(row.subject)
+                if row.durable:
+                    acks.append(
+                        await self.js.publish_async(subject, row.body, headers={**headers, "Nats-Msg-Id": str(row.id)})
+                    )
+                else:
+                    await self.nc.publish(subject, row.body, headers=headers)
+            async with asyncio.timeout(PUBLISH_ACK_TIMEOUT_S):
+                await asyncio.gather(*acks)
+                await self.nc.flush()
+        except Exception as exc:
+            for ack in acks:
+                ack.cancel()
+            raise BusUnavailable(f"cannot publish {len(rows)} events: {type(exc).__name__}: {exc}") from exc
 
     async def intake_subscription(self, durable: str, *, ack_wait_s: float = 30.0) -> JetStreamContext.PullSubscription:
         """A durable pull consumer shared by every admission instance (WorkQueue: one consumer)."""

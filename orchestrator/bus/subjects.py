@@ -8,6 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The verbs of the job events the outbox relay publishes to the job-events stream, one subject
+# each per pool: `<ns>.v1.jobs.<verb>.<pool>`. Listed, not `jobs.*.*`: the stream must not
+# capture `jobs.submit` (the intake's) nor `jobs.submit.req` (a request JetStream would answer).
+JOB_EVENT_VERBS = ("admitted", "rejected", "assigned", "started", "requeued", "finished", "expired")
+
+
+def job_news(verb: str, pool: str) -> str:
+    """A job event's subject, relative to `<ns>.v1` (as the outbox stores it)."""
+    return f"jobs.{verb}.{pool}"
+
+
+def runner_cancel(runner_id: str) -> str:
+    """A runner's cancel subject, relative to `<ns>.v1`."""
+    return f"runners.{runner_id}.cancel"
+
 
 @dataclass(frozen=True)
 class Subjects:
@@ -30,15 +45,24 @@ class Subjects:
     def intake_stream(self) -> str:
         return f"{self.namespace.upper()}_INTAKE"
 
+    def absolute(self, relative: str) -> str:
+        """`jobs.finished.default` -> `<ns>.v1.jobs.finished.default`."""
+        return f"{self.root}.{relative}"
+
     def job_event(self, verb: str, pool: str) -> str:
         """News for producers: admitted, rejected, assigned, started, finished, ..."""
-        return f"{self.root}.jobs.{verb}.{pool}"
+        return self.absolute(job_news(verb, pool))
 
     def job_events(self, verb: str = "*") -> str:
-        return f"{self.root}.jobs.{verb}.*"
+        return self.absolute(job_news(verb, "*"))
+
+    @property
+    def job_events_stream(self) -> str:
+        """The JetStream stream of every job event (the outbox relay writes it)."""
+        return f"{self.namespace.upper()}_JOB_EVENTS"
 
     def cancel(self, runner_id: str) -> str:
-        return f"{self.root}.runners.{runner_id}.cancel"
+        return self.absolute(runner_cancel(runner_id))
 
     def assign(self, runner_id: str) -> str:
         return f"{self.root}.runners.{runner_id}.assign"

@@ -1,5 +1,33 @@
-"""The store: asyncpg pool, migrations, and the queue's SQL (named queries in `queries/`)."""
+"""The store: asyncpg pool, migrations, the queue's SQL (named queries in `queries/`), and the job
+state machine's transitions with their outbox (`transitions.py`)."""
 
-from orchestrator.store.store import AdmissionTx, ClaimStep, Fence, NewJob, PoolChangeTx, Rejection, Store
+from orchestrator.store.rows import Job
+from orchestrator.store.store import OutboxRow, Store
+from orchestrator.store.transitions import (
+    AdmissionTx,
+    Cancel,
+    ClaimStep,
+    End,
+    Fence,
+    Handoff,
+    NewJob,
+    PoolChangeTx,
+    Rejection,
+    Start,
+)
 
-__all__ = ["AdmissionTx", "ClaimStep", "Fence", "NewJob", "PoolChangeTx", "Rejection", "Store"]
+__all__ = [
+    "AdmissionTx",
+    "Cancel",
+    "ClaimStep",
+    "End",
+    "Fence",
+    "Handoff",
+    "Job",
+    "NewJob",
+    "OutboxRow",
+    "PoolChangeTx",
+    "Rejection",
+    "Start",
+    "Store",
+]

@@ -76,7 +76,8 @@ CREATE TABLE jobs (
     claim_epoch     bigint,                           -- the leader term that claimed it (NULL: no lease)
     tolerations     text[] NOT NULL DEFAULT '{}',     -- taints it tolerates (a tainted runner takes it)
     last_polled_at  timestamptz,                      -- take clients: last heard from (a long poll counts until it ends)
-    taken_at        timestamptz                       -- the take client took the runner (latest take): no abandonment since
+    taken_at        timestamptz,                      -- the take client took the runner (latest take): no abandonment since
+    acked_at        timestamptz                       -- the runner acknowledged this assignment
 );
 
 CREATE TABLE dispatch_epochs (
@@ -125,3 +126,22 @@ CREATE INDEX jobs_abandonable_idx ON jobs (pool)
     WHERE abandon_after_s IS NOT NULL AND taken_at IS NULL AND state IN ('queued', 'assigned', 'running');
 -- Servo's wire format names a job by its client's unique_id, kept in the payload (payload.servo).
 CREATE INDEX jobs_servo_unique_id_idx ON jobs ((payload #>> '{servo,unique_id}')) WHERE payload ? 'servo';
+
+-- The transactional outbox: each job transition's news, written in the transition's own
+-- transaction, published by the relay in `seq` order and deleted once NATS acknowledged it.
+CREATE TABLE outbox (
+    seq             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              uuid NOT NULL,                    -- the event's own id: its Nats-Msg-Id
+    subject         text NOT NULL,                    -- relative to the namespace: jobs.finished.<pool>
+    body            bytea NOT NULL,                   -- the event, JSON
+    durable         boolean NOT NULL DEFAULT true,    -- true: the job-events stream; false: core NATS
+    created_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('outbox', '');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();

@@ -32,6 +32,7 @@ from orchestrator.pools import PoolChange, change_pool
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.tokens import token_matches
+from orchestrator.wakes import announce_free
 from schemas.api import (
     FinishBody,
     JobCreated,
@@ -49,11 +50,8 @@ from schemas.api import (
 )
 from schemas.events import (
     AdmissionResult,
-    JobCancelRequested,
-    JobFinished,
     JobSubmitted,
     RunnerTaintsChanged,
-    SlotAvailable,
     error_from_validation,
 )
 from schemas.jobs import JobSpec, JobState, JobView, Name
@@ -240,15 +238,11 @@ class Api(Service):
         row = await self._job_or_404(request)
         if isinstance(row, web.Response):
             return row
-        cancelled = await self.store.job_cancel_queued(row["id"])
-        if cancelled is not None:
-            return json_response(JobView.from_row(cancelled))
-        if JobState(row["state"]).final:
-            return error_response(409, "final", f"job {row['id']} already ended: {row['state']}", "id")
-        # Assigned or running: the runner is told; the job ends when it reports.
-        event = JobCancelRequested(job_id=row["id"], pool=row["pool"], runner_id=row["runner_id"])
-        await self.bus.publish(self.bus.subjects.cancel(row["runner_id"]), event)
-        return json_response(JobView.from_row(row), 202)
+        cancel = await self.store.transitions.cancel(row)
+        if cancel.outcome == "final":
+            return error_response(409, "final", f"job {row['id']} already ended: {cancel.job.state}", "id")
+        # Queued: ended now. Assigned or running: the runner is told; the job ends when it reports.
+        return json_response(JobView.from_row(cancel.job), 200 if cancel.outcome == "cancelled" else 202)
 
     async def take_job(self, request: web.Request) -> web.Response:
         """`POST /v1/jobs/{id}/take?token=T[&wait=S]`: the runner holding the job, once one does."""
@@ -277,28 +271,14 @@ class Api(Service):
         row = await self._job_or_404(request)
         if isinstance(row, web.Response):
             return row
-        state = body.state()
-        ended = await self.store.job_finish_held(row["id"], state.value, body.exit_code, "finished by its client")
+        ended = await self.store.transitions.finish_held(
+            row["id"], body.state(), body.exit_code, "finished by its client"
+        )
         if ended is None:
             message = f"job {row['id']} is {row['state']}: only a job a runner holds can be finished (DELETE cancels)"
             return error_response(409, "not_held", message, "id")
-        s = self.bus.subjects
-        finished = JobFinished(
-            job_id=ended["id"],
-            pool=ended["pool"],
-            runner_id=ended["runner_id"],
-            attempt=ended["attempt"],
-            state=state,
-            exit_code=body.exit_code,
-            reason=ended["reason"],
-        )
-        cancel = JobCancelRequested(job_id=ended["id"], pool=ended["pool"], runner_id=ended["runner_id"])
-        await self.bus.publish_many(
-            [(s.job_event("finished", ended["pool"]), finished), (s.cancel(ended["runner_id"]), cancel)]
-        )
-        free = await self.store.pool_free(ended["pool"])
-        if free > 0:  # the slot is free now, not when the runner's late report comes back
-            await self.bus.publish(s.slot_available(ended["pool"]), SlotAvailable(pool=ended["pool"], free=free))
+        # The slot is free now, not when the runner's late report comes back.
+        await announce_free(self.store, self.bus, {ended.pool})
         return json_response(JobView.from_row(ended))
 
     # --- operators -----------------------------------------------------------------------------

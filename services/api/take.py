@@ -11,10 +11,10 @@ per API process to the job events (assigned, started, expired, finished) fans ea
 takes waiting on that job, which then read the job once. The subscription is made before any
 take reads, and every take registers before its first read, so no news can fall between.
 
-When is a job held? When its runner started it (`running`), or when it is `assigned` and this
-take heard the `JobAssigned` that the dispatcher publishes only after the runner acknowledged
-the hand-off, or an earlier take already took this assignment. An `assigned` row alone may be a
-hand-off still in flight, which can be undone.
+When is a job held? When its runner started it (`running`), or when it is `assigned` and the
+runner acknowledged the hand-off (`acked_at`, recorded by the dispatcher's `acknowledge`
+transition, whose `assigned` news wakes the take). An `assigned` row not acknowledged yet may be
+a hand-off still in flight, which can be undone.
 """
 
 from __future__ import annotations
@@ -81,20 +81,13 @@ class TakeResult:
     message: str = ""
 
 
-def held_by(job: dict[str, Any], acked_runner: str | None) -> str | None:
+def held_by(job: dict[str, Any]) -> str | None:
     """The runner holding `job` for its client, or None while it is not held yet."""
     if job["state"] == JobState.running:
         return job["runner_id"]
-    if job["state"] == JobState.assigned and (job["runner_id"] == acked_runner or taken_this_assignment(job)):
+    if job["state"] == JobState.assigned and job["acked_at"] is not None:
         return job["runner_id"]
     return None
-
-
-def taken_this_assignment(job: dict[str, Any]) -> bool:
-    """A take already got this very assignment (so it was acknowledged): a retry that lost the
-    answer, or one on another API process, gets the same runner without hearing the news again.
-    `taken_at` is the latest take; one of an earlier assignment predates this one's `assigned_at`."""
-    return job["taken_at"] is not None and job["assigned_at"] is not None and job["taken_at"] >= job["assigned_at"]
 
 
 def gone(job_id: UUID, job: dict[str, Any] | None) -> TakeResult:
@@ -128,13 +121,12 @@ class Takes:
         `wait_s` for one; records the poll."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        acked: str | None = None
         with self.waiters.watch(job_id) as news:
             job = await self.store.job_poll(job_id, wait_s)
             while True:
                 if job is None or job["state"] not in LIVE:
                     return gone(job_id, job if job is not None else await self.store.job_get(job_id))
-                runner_id = held_by(job, acked)
+                runner_id = held_by(job)
                 if runner_id is not None:
                     taken = await self.store.job_poll(job_id, 0.0, taking=runner_id)
                     if taken is not None:
@@ -144,11 +136,7 @@ class Takes:
                 remaining = deadline - loop.time()
                 if remaining <= 0 or self.waiters.closed:
                     return TakeResult(503, job, message=f"job {job_id} is {job['state']}: no runner holds it yet")
-                try:
+                with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(remaining):
-                        event = await news.get()
-                except TimeoutError:
-                    event = None
-                if event is not None and event.type == "JobAssigned":
-                    acked = event.runner_id
+                        await news.get()
                 job = await self.store.job_get(job_id)

@@ -6,13 +6,6 @@
 UPDATE runners SET state = 'draining' WHERE id = $1 AND state <> 'lost'
 RETURNING *;
 
--- The client of a reservation ends it (POST /v1/jobs/{id}/finish): recorded now; its runner is
--- then told to let go, and its report of the end, arriving later, finds the job already ended.
--- name: job_finish_held
-UPDATE jobs SET state = $2, exit_code = $3, reason = $4, finished_at = clock_timestamp()
-WHERE id = $1 AND state IN ('assigned', 'running')
-RETURNING *;
-
 -- Jobs waiting and in flight, per pool.
 -- name: pool_depth_list
 SELECT p.name AS pool,

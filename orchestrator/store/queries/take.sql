@@ -14,14 +14,6 @@ WHERE id = $1 AND state IN ('queued', 'assigned', 'running')
   AND ($3::text IS NULL OR (state IN ('assigned', 'running') AND runner_id = $3::text))
 RETURNING *;
 
--- Take-style jobs whose client has not polled for abandon_after_s (counted from admission until
--- the first poll), and has not taken its runner: expired, releasing the slot a runner holds for it.
--- name: job_expire_abandoned
-UPDATE jobs SET state = 'expired', reason = 'abandoned', finished_at = clock_timestamp()
-WHERE abandon_after_s IS NOT NULL AND taken_at IS NULL AND state IN ('queued', 'assigned', 'running')
-  AND coalesce(last_polled_at, created_at) < coalesce($1::timestamptz, now()) - make_interval(secs => abandon_after_s)
-RETURNING id, pool, runner_id, attempt;
-
 -- Live jobs enqueued through Servo's wire format under unique_id $1, newest first.
 -- name: job_list_servo_live
 SELECT * FROM jobs

@@ -1,0 +1,21 @@
+-- The transactional outbox (see the migration that made it, and orchestrator/outbox.py).
+
+-- A transition's events, in the order given: one statement for the whole batch.
+-- name: outbox_insert_many
+INSERT INTO outbox (id, subject, body, durable)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::boolean[]);
+
+-- One relay at a time: the lock is the transaction's, so it goes with a relay that dies.
+-- name: outbox_relay_lock
+SELECT pg_try_advisory_xact_lock(hashtext('orchestrator outbox relay'));
+
+-- The oldest events first (insert order; a row committed late is simply picked up later:
+-- rows are deleted once published, never skipped by a watermark).
+-- name: outbox_head
+SELECT seq, id, subject, body, durable FROM outbox ORDER BY seq LIMIT $1;
+
+-- name: outbox_delete
+DELETE FROM outbox WHERE seq = ANY($1::bigint[]);
+
+-- name: outbox_depth
+SELECT count(*) FROM outbox;

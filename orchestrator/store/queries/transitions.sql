@@ -1,0 +1,150 @@
+-- Every change of a job's state: one query per edge of the state machine, used only by
+-- orchestrator/store/transitions.py, which runs each in a transaction that also writes the
+-- edge's events to the outbox. Each re-checks the edge is legal in its WHERE (state, runner,
+-- attempt), so a stale or repeated report changes nothing and comes back empty.
+--
+-- Transition timestamps use clock_timestamp(), not the transaction start: they order events as
+-- they committed (a slot freed, then taken), so the history can be checked and measured.
+-- RETURNING old.* (PostgreSQL 18) gives what the row was, for the events.
+
+-- Admit a batch in one statement. Labels and tolerations travel as JSON text (one array per
+-- job): Postgres arrays cannot be ragged, so a text[][] parameter could not carry them. The
+-- jsonb columns are not returned: the caller has them, and decoding them back cost a third of
+-- the batch.
+-- name: job_insert_many
+INSERT INTO jobs (id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s,
+                  max_attempts, abandon_after_s, token_hash, trace_context, tolerations, shape_id)
+SELECT r.id, r.key, r.spec, r.pool, ARRAY(SELECT jsonb_array_elements_text(r.labels::jsonb)), r.plan, r.tenant,
+       r.priority, r.payload, r.timeout_s, r.max_attempts, r.abandon_after_s, r.token_hash, r.trace_context,
+       ARRAY(SELECT jsonb_array_elements_text(r.tolerations::jsonb)), r.shape_id
+FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[], $8::integer[],
+            $9::jsonb[], $10::float8[], $11::integer[], $12::float8[], $13::bytea[], $14::jsonb[], $15::text[],
+            $16::bigint[])
+     AS r(id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s, max_attempts,
+          abandon_after_s, token_hash, trace_context, tolerations, shape_id)
+ON CONFLICT (key) DO NOTHING
+RETURNING id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, abandon_after_s, tolerations, state,
+          attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at;
+
+-- Claim up to $3 of the best queued jobs of pool $1 that runners with labels $2 and taints $5
+-- can take (a job tolerating every one of the taints; any job when there are none).
+-- Only the shapes those runners match are visited, each through its own index range, so the
+-- cost does not grow with jobs queued for other shapes (seed 004). Order: priority, then
+-- round-robin across shapes (the n-th job of each shape before the n+1-th of any; the shape
+-- served longest ago first), then age. The caller holds the pool row lock, so no other claimer
+-- of this pool runs concurrently; `state = 'queued'` re-checks rows cancelled meanwhile.
+-- $4 is the claiming leader's term (NULL without a lease), recorded with the claim.
+-- name: job_claim
+WITH shapes AS (
+    SELECT id, served_at FROM job_shapes
+    WHERE pool = $1 AND labels <@ $2::text[] AND tolerations @> $5::text[]
+), heads AS (
+    SELECT q.id, q.priority, s.served_at,
+           row_number() OVER (PARTITION BY s.id, q.priority ORDER BY q.id) AS turn
+    FROM shapes s
+    CROSS JOIN LATERAL (
+        SELECT j.id, j.priority FROM jobs j
+        WHERE j.shape_id = s.id AND j.state = 'queued'
+          AND (j.not_before IS NULL OR j.not_before <= now())
+        ORDER BY j.priority DESC, j.id
+        LIMIT $3
+    ) q
+), picked AS (
+    SELECT id FROM heads ORDER BY priority DESC, turn, served_at NULLS FIRST, id LIMIT $3
+)
+UPDATE jobs j SET state = 'assigned', assigned_at = clock_timestamp(), not_before = NULL, claim_epoch = $4,
+                  acked_at = NULL
+FROM picked WHERE j.id = picked.id AND j.state = 'queued'
+RETURNING j.id, j.pool, j.shape_id, j.attempt, j.payload, j.timeout_s, j.trace_context, j.priority,
+          j.created_at, j.assigned_at;
+
+-- The claimed jobs' runners, chosen once the claim knows how many jobs each runner group got.
+-- name: job_set_runner
+UPDATE jobs SET runner_id = r.runner_id
+FROM unnest($1::uuid[], $2::text[]) AS r(job_id, runner_id)
+WHERE jobs.id = r.job_id AND jobs.state = 'assigned';
+
+-- The runner acknowledged these hand-offs (job, runner, the assignment's assigned_at): the
+-- assignment is the runner's now. Already acknowledged (it asked to start first) or undone
+-- meanwhile: nothing.
+-- name: job_acknowledge_many
+UPDATE jobs j SET acked_at = clock_timestamp()
+FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS r(id, runner_id, assigned_at)
+WHERE j.id = r.id AND j.runner_id = r.runner_id AND j.assigned_at = r.assigned_at
+  AND j.state = 'assigned' AND j.acked_at IS NULL
+RETURNING j.*;
+
+-- Assignments back to the queue, not counted as an attempt: a hand-off the runner refused or
+-- did not ack ($1 jobs of runner $2), or one never started within $3 seconds (the dispatcher
+-- died mid hand-off, or the runner's start request failed; a late start request is refused).
+-- name: job_unassign
+UPDATE jobs SET state = 'queued', runner_id = NULL, assigned_at = NULL, acked_at = NULL
+WHERE state = 'assigned'
+  AND (($2::text IS NOT NULL AND runner_id = $2 AND id = ANY($1::uuid[]))
+       OR ($3::float8 IS NOT NULL
+           AND assigned_at < coalesce($4::timestamptz, now()) - make_interval(secs => $3::float8)))
+RETURNING new.*, old.runner_id AS previous_runner_id;
+
+-- Permission to start: only the runner a job is assigned to, for that very attempt. Asking
+-- to start acknowledges the hand-off too (`acked_now`: it had not been recorded yet).
+-- Batched: one row per request, as arrays.
+-- name: job_start_many
+UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, started_at = c.now,
+                  acked_at = coalesce(j.acked_at, c.now)
+FROM unnest($1::uuid[], $2::text[], $3::int[]) AS r(id, runner_id, attempt), (SELECT clock_timestamp() AS now) c
+WHERE j.id = r.id AND j.runner_id = r.runner_id AND j.state = 'assigned' AND j.attempt + 1 = r.attempt
+RETURNING new.*, old.acked_at IS NULL AS acked_now;
+
+-- The end of an attempt, as its runner reports it. Batched like job_start_many.
+-- name: job_finish_many
+UPDATE jobs j SET state = r.state, exit_code = r.exit_code, reason = r.reason, finished_at = clock_timestamp()
+FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[])
+     AS r(id, runner_id, attempt, state, exit_code, reason)
+WHERE j.id = r.id AND j.runner_id = r.runner_id AND j.attempt = r.attempt AND j.state IN ('assigned', 'running')
+RETURNING j.*;
+
+-- The client of a reservation ends it (POST /v1/jobs/{id}/finish): recorded now; its runner is
+-- then told to let go, and its report of the end, arriving later, finds the job already ended.
+-- name: job_finish_held
+UPDATE jobs SET state = $2, exit_code = $3, reason = $4, finished_at = clock_timestamp()
+WHERE id = $1 AND state IN ('assigned', 'running')
+RETURNING *;
+
+-- A queued job cancelled ends at once.
+-- name: job_cancel_queued
+UPDATE jobs SET state = 'cancelled', reason = 'cancelled', finished_at = clock_timestamp()
+WHERE id = $1 AND state = 'queued'
+RETURNING *;
+
+-- Jobs held against runners that no longer hold them (lost, or restarted and not running
+-- them): an assigned job goes back to the queue as if never handed off; a running one is an
+-- attempt spent, requeued after a backoff (1 s, 2 s, 4 s ... 60 s) while attempts remain,
+-- failed with `runner_lost` otherwise.
+-- name: job_release_from_runners
+UPDATE jobs SET
+    state = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN 'queued' ELSE 'failed' END,
+    not_before = CASE WHEN state = 'running' AND attempt < max_attempts
+                      THEN now() + make_interval(secs => least(60, power(2, attempt - 1)))
+                      END,
+    reason = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN reason ELSE 'runner_lost' END,
+    finished_at = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE clock_timestamp() END,
+    runner_id = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE runner_id END,
+    assigned_at = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE assigned_at END,
+    acked_at = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE acked_at END
+WHERE runner_id = ANY($1::text[]) AND state IN ('assigned', 'running')
+  AND NOT (id = ANY($2::uuid[]))
+RETURNING new.*, old.runner_id AS previous_runner_id;
+
+-- A pool change made these queued jobs unrunnable: they end now, in the change's transaction.
+-- name: job_fail_queued_shape
+UPDATE jobs SET state = 'failed', reason = $4, finished_at = clock_timestamp()
+WHERE pool = $1 AND state = 'queued' AND labels = $2::text[] AND plan IS NOT DISTINCT FROM $3::text
+RETURNING *;
+
+-- Take-style jobs whose client has not polled for abandon_after_s (counted from admission until
+-- the first poll), and has not taken its runner: expired, releasing the slot a runner holds for it.
+-- name: job_expire_abandoned
+UPDATE jobs SET state = 'expired', reason = 'abandoned', finished_at = clock_timestamp()
+WHERE abandon_after_s IS NOT NULL AND taken_at IS NULL AND state IN ('queued', 'assigned', 'running')
+  AND coalesce(last_polled_at, created_at) < coalesce($1::timestamptz, now()) - make_interval(secs => abandon_after_s)
+RETURNING *;

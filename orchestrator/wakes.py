@@ -1,0 +1,27 @@
+"""The one way to say a pool has free capacity: `SlotAvailable{pool, free}`, on core NATS.
+
+A wake for the dispatcher (and the provisioner), best effort: a lost one costs a sweep interval,
+never a job. Announced by whatever freed or added capacity: capacity (a job ended, a runner
+joined or answers again, a new pool leader), the api (a reservation finished by its client),
+the provisioner (a worker exited: its fleet has room).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from orchestrator.bus import Bus
+from orchestrator.store import Store
+from schemas.events import SlotAvailable
+
+
+async def announce_slots(bus: Bus, pool: str, free: int) -> None:
+    await bus.publish(bus.subjects.slot_available(pool), SlotAvailable(pool=pool, free=free))
+
+
+async def announce_free(store: Store, bus: Bus, pools: Iterable[str]) -> None:
+    """Count each pool's free slots in Postgres and announce those that have any."""
+    for pool in pools:
+        free = await store.pool_free(pool)
+        if free > 0:
+            await announce_slots(bus, pool, free)
