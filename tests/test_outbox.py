@@ -1,0 +1,279 @@
+"""The transactional outbox (issue 15): every job transition's news is written in the
+transition's own transaction and relayed to the job-events stream, once per event id, whatever
+dies between the commit and the publish.
+
+A producer's view throughout: a nats-py JetStream consumer on the job-events stream, as the
+README shows, never a peek at the relay's internals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from bench.procs import ServiceProcess, start_all
+from orchestrator import failpoints
+from orchestrator.bus import Bus, Subjects
+from orchestrator.bus.subjects import JOB_EVENT_VERBS
+from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
+from orchestrator.outbox import OutboxRelay
+from orchestrator.runtime import Runtime
+from orchestrator.settings import Settings
+from orchestrator.store import Store
+from tests import factories
+from tests.support import eventually
+
+
+async def stream_events(bus: Bus, verb: str | None = None) -> list[dict[str, Any]]:
+    """Every event the job-events stream holds (on `verb`, or all), in stream order, each with
+    its Nats-Msg-Id."""
+    stream = bus.subjects.job_events_stream
+    state = (await bus.js.stream_info(stream)).state
+    events = []
+    for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
+        msg = await bus.js.get_msg(stream, seq)
+        if verb is None or msg.subject.split(".")[3] == verb:
+            events.append({**json.loads(msg.data or b"{}"), "msg_id": (msg.headers or {}).get("Nats-Msg-Id")})
+    return events
+
+
+async def outbox_rows(store: Store) -> list[dict[str, Any]]:
+    async with store._conn() as conn:
+        return [dict(r) for r in await conn.fetch("SELECT * FROM outbox ORDER BY seq")]
+
+
+async def test_every_job_event_is_relayed_once_in_order(system: Runtime, store: Store, bus: Bus) -> None:
+    """Each job's news (admitted, assigned, started, finished) reaches the stream once, in the
+    order of its transitions, with Nats-Msg-Id = the event's own id; the outbox ends empty."""
+    await factories.pool(store, labels=["linux", "x86_64"])
+    body = json.dumps({"pool": "default", "payload": {"command": ["true"]}}).encode()
+    keys = [f"k{i}" for i in range(20)]
+    for key in keys:
+        await bus.submit(body, key)
+
+    async def all_finished() -> list[dict[str, Any]] | None:
+        events = await stream_events(bus, "finished")
+        return events if len(events) >= len(keys) else None
+
+    await eventually(all_finished, timeout=30, what="a finished event per job")
+    events = await stream_events(bus)
+    assert all(e["msg_id"] == e["id"] for e in events)
+    assert len({e["id"] for e in events}) == len(events), "an event id twice in the stream"
+    by_job: dict[str, list[str]] = defaultdict(list)
+    for e in events:
+        by_job[e["job_id"]].append(e["type"])
+    assert len(by_job) == len(keys)
+    assert all(types == ["JobAdmitted", "JobAssigned", "JobStarted", "JobFinished"] for types in by_job.values()), (
+        by_job
+    )
+    assert await eventually(lambda: _empty(store), what="the outbox to drain")
+
+
+async def _empty(store: Store) -> bool:
+    return await store.outbox_depth() == 0
+
+
+async def test_the_stream_captures_job_news_only(front: Runtime, bus: Bus) -> None:
+    """The stream must not capture the intake (`jobs.submit`) nor the request door
+    (`jobs.submit.req`, which JetStream would otherwise answer with a PubAck)."""
+    info = await bus.js.stream_info(bus.subjects.job_events_stream)
+    assert sorted(info.config.subjects or []) == sorted(bus.subjects.job_events(v) for v in JOB_EVENT_VERBS)
+    assert bus.subjects.submit not in (info.config.subjects or [])
+    body = json.dumps({"pool": "nowhere"}).encode()
+    reply = await bus.nc.request(bus.subjects.submit_request, body, timeout=5)
+    assert json.loads(reply.data)["outcome"] == "rejected"  # admission's answer, not a PubAck
+
+
+async def test_a_failed_publish_is_retried_and_deduplicated(settings: Settings, store: Store, bus: Bus) -> None:
+    """Published, then the relay fails before deleting the rows (the `outbox.published`
+    failpoint): the next round publishes them again, and the stream keeps each event once."""
+    await factories.pool(store)
+    await factories.queue(store, 3)
+    relay = OutboxRelay(store, Bus(settings.nats_url or "", Subjects(settings.namespace)), poll_interval_s=0.1)
+    await relay.bus.connect()
+    failpoints.enable("outbox.published", "raise", times=1)
+    try:
+        await relay.start()
+        await eventually(lambda: _empty(store), what="the outbox to drain")
+    finally:
+        failpoints.disable("outbox.published")
+        await relay.stop()
+        await relay.bus.close()
+    assert relay.relayed == 3  # counted once: the failed round deleted nothing
+    events = await stream_events(bus, "admitted")
+    assert len(events) == 3 and len({e["id"] for e in events}) == 3
+
+
+@pytest.mark.parametrize("gap", ["transition.committed", "outbox.published"])
+async def test_a_crash_between_commit_and_publish_loses_no_news(
+    gap: str, settings: Settings, store: Store, bus: Bus, tmp_path: Path
+) -> None:
+    """kill the admission process in the gap (a failpoint that exits at once, as kill -9
+    would): after its restart the job's `admitted` event is in the stream exactly once, with
+    the id the transition gave it."""
+    await factories.pool(store)
+    env = {
+        "ORCH_NATS_URL": settings.nats_url or "",
+        "ORCH_DATABASE_URL": settings.database_url or "",
+        "ORCH_NAMESPACE": settings.namespace,
+        "ORCH_FAILPOINTS": f"{gap}=exit",
+    }
+    proc = ServiceProcess("admission", ["admission"], env, tmp_path)
+    await start_all([proc])
+    await bus.submit(json.dumps({"pool": "default"}).encode(), "the-job")
+    assert await proc.wait_exit() == failpoints.EXIT_STATUS
+    (row,) = await store.job_list(pool="default", state=None, key="the-job", limit=1)
+    if gap == "transition.committed":
+        assert [r["subject"] for r in await outbox_rows(store)] == ["jobs.admitted.default"]
+        assert await stream_events(bus, "admitted") == []
+    pending = await outbox_rows(store)
+
+    env.pop("ORCH_FAILPOINTS")
+    again = ServiceProcess("admission-2", ["admission"], env, tmp_path)
+    await start_all([again])
+    try:
+        await eventually(lambda: _empty(store), what="the outbox to drain")
+        events = await stream_events(bus, "admitted")
+    finally:
+        await again.close()
+    assert [(e["job_id"], e["id"]) for e in events] == [(str(row["id"]), str(pending[0]["id"]))]
+    # The intake message was not acked before the crash: redelivered, it found the job, no new one.
+    assert len(await store.job_list(pool="default", state=None, key=None, limit=10)) == 1
+
+
+# --- the whole system killed -9, servers too --------------------------------------------------
+
+
+@pytest.fixture
+async def own_servers(tmp_path: Path) -> AsyncIterator[tuple[EmbeddedNats, EmbeddedPostgres]]:
+    nats, pg = EmbeddedNats(tmp_path / "nats"), EmbeddedPostgres(tmp_path / "pg")
+    await asyncio.gather(nats.start(), pg.start())
+    try:
+        yield nats, pg
+    finally:
+        await nats.stop()
+        await pg.stop()
+
+
+@pytest.mark.slow
+async def test_a_durable_consumer_hears_every_job_finish_through_a_kill_9_of_everything(
+    own_servers: tuple[EmbeddedNats, EmbeddedPostgres], tmp_path: Path
+) -> None:
+    """2,000 jobs; mid-run every process (services, runners, nats-server, Postgres) is killed
+    -9 and started again. A producer's durable pull consumer on `jobs.finished.>`, deduplicating
+    by event id, receives a `finished` for every job."""
+    nats, pg = own_servers
+    namespace, pool, n = "dur", "p", 2000
+    store = Store(pg.dsn, max_size=2)
+    await store.connect()
+    await store.migrate()
+    await factories.pool(store, pool, max_concurrent=-1, max_active=-1)
+    env = {
+        "ORCH_NATS_URL": nats.url,
+        "ORCH_DATABASE_URL": pg.dsn,
+        "ORCH_NAMESPACE": namespace,
+        "ORCH_DB_POOL_SIZE": "4",
+        "ORCH_HEARTBEAT_INTERVAL_S": "0.5",
+        "ORCH_RUNNER_TTL_S": "3",
+        "ORCH_SWEEP_INTERVAL_S": "0.5",
+        "ORCH_ASSIGNED_STALE_S": "5",
+        "ORCH_STOP_TIMEOUT_S": "2",
+    }
+    logs = tmp_path / "logs"
+    services = ServiceProcess("services", ["capacity", "admission", "dispatch"], env, logs)
+    runners = [
+        ServiceProcess(rid, [], env, logs, args=["runner", "--pool", pool, "--slots", "16", "--id", rid],
+                       ready_text=f"runner {rid} serving")
+        for rid in ("r0", "r1")
+    ]  # fmt: skip
+    bus = Bus(nats.url, Subjects(namespace), name="producer")
+    await start_all([services])
+    await start_all(runners)
+    await bus.connect()
+    js = bus.js
+    durable = "follower"
+    await js.add_consumer(
+        bus.subjects.job_events_stream,
+        ConsumerConfig(
+            durable_name=durable,
+            filter_subject=bus.subjects.job_events("finished"),
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+        ),
+    )
+    finished: dict[str, str] = {}  # job id -> final state, from events deduplicated by id
+    seen: Counter[str] = Counter()
+    stop = asyncio.Event()
+
+    async def follow() -> None:
+        sub = await js.pull_subscribe_bind(durable, bus.subjects.job_events_stream)
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(256, timeout=0.5)
+            except Exception:  # a timeout, or NATS down for a moment: fetch again
+                continue
+            for msg in msgs:
+                event = json.loads(msg.data)
+                seen[event["id"]] += 1
+                if seen[event["id"]] == 1:
+                    finished[event["job_id"]] = event["state"]
+                with contextlib.suppress(Exception):  # not acked: redelivered later, deduplicated by id
+                    await msg.ack()
+
+    follower = asyncio.create_task(follow())
+    try:
+        body = json.dumps({"pool": pool, "payload": {"command": ["true"]}}).encode()
+        for i in range(n):
+            await bus.submit(body, f"job-{i}")
+        await eventually(lambda: _at_least(finished, n // 4), timeout=60, what="a quarter of the jobs to finish")
+
+        for proc in (services, *runners):
+            proc.signal(signal.SIGKILL)
+        await nats.kill()
+        await pg.crash()
+        await asyncio.gather(*(proc.wait_exit() for proc in (services, *runners)))
+        await asyncio.gather(nats.start(), pg.restart())
+        await start_all([services])
+        await start_all(runners)
+
+        await eventually(lambda: _at_least(finished, n), timeout=120, what="a finished event for every job")
+    finally:
+        stop.set()
+        await follower
+        await bus.close()
+        await asyncio.gather(*(proc.close() for proc in (services, *runners)))
+        await store.close()
+    check = await asyncpg.connect(pg.dsn)
+    try:
+        final = {str(r["id"]): r["state"] for r in await check.fetch("SELECT id, state FROM jobs")}
+    finally:
+        await check.close()
+    assert len(final) == n
+    assert finished == final  # every job, and the state each event says is the one stored
+
+
+async def _at_least(found: dict[str, str], n: int) -> bool:
+    return len(found) >= n
+
+
+def test_failpoints_parse_and_refuse_what_they_cannot_do() -> None:
+    assert failpoints.parse("a=exit; b=2*raise") == {"a": ("exit", None), "b": ("raise", 2)}
+    with pytest.raises(ValueError, match="is not name=action"):
+        failpoints.parse("oops")
+    with pytest.raises(ValueError, match="'explode' is not one of"):
+        failpoints.parse("a=explode")
+    failpoints.enable("t", "raise", times=2)
+    for _ in range(2):
+        with pytest.raises(failpoints.FailpointHit):
+            failpoints.failpoint("t")
+    failpoints.failpoint("t")  # off again after two

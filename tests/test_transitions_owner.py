@@ -1,0 +1,48 @@
+"""One owner for the job state machine (issue 15): the SQL that changes a job's state lives in
+`queries/transitions.sql` and is run only by `orchestrator/store/transitions.py`, and no other
+product module publishes a job event itself (the outbox relay does)."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from pathlib import Path
+
+from orchestrator.store.queries import Q, parse
+
+ROOT = Path(__file__).resolve().parent.parent
+PRODUCT = [p for folder in ("orchestrator", "services", "schemas") for p in (ROOT / folder).rglob("*.py")]
+OWNER = ROOT / "orchestrator" / "store" / "transitions.py"
+# A write to the jobs table that sets or creates its state.
+_STATE_WRITE = re.compile(
+    r"INSERT\s+INTO\s+jobs\b|UPDATE\s+jobs\b[^;]*?\bSET\b[^;]*?\bstate\s*=", re.IGNORECASE | re.DOTALL
+)
+
+
+def _transition_queries() -> dict[str, str]:
+    return parse((resources.files("orchestrator.store") / "queries" / "transitions.sql").read_text())
+
+
+def test_every_state_changing_query_is_a_transition() -> None:
+    owned = _transition_queries()
+    elsewhere = sorted(name for name, sql in Q.items() if _STATE_WRITE.search(sql) and name not in owned)
+    assert elsewhere == [], f"queries that change a job's state outside transitions.sql: {elsewhere}"
+    assert all(
+        _STATE_WRITE.search(sql) or name in ("job_set_runner", "job_acknowledge_many") for name, sql in owned.items()
+    )
+
+
+def test_only_the_transitions_module_runs_them() -> None:
+    names = set(_transition_queries())
+    users = {
+        str(path.relative_to(ROOT)): sorted(n for n in names if f'"{n}"' in path.read_text())
+        for path in PRODUCT
+        if path != OWNER
+    }
+    assert {path: found for path, found in users.items() if found} == {}
+
+
+def test_no_module_publishes_a_job_event_itself() -> None:
+    """Job events leave through the outbox: `subjects.job_event(...)` is never published directly."""
+    publishers = [str(p.relative_to(ROOT)) for p in PRODUCT if ".job_event(" in p.read_text()]
+    assert publishers == []
