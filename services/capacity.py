@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from uuid import UUID
 
 from nats.aio.msg import Msg
 
@@ -72,8 +73,8 @@ class Capacity(Service):
         self.bus = bus
         self.metrics = metrics or Metrics()
         # Reports arriving together are committed together.
-        self._starts: Batcher[JobStarted, str | None] = Batcher(self._start_batch)
-        self._finishes: Batcher[JobFinished, str | None] = Batcher(self._finish_batch)
+        self._starts: Batcher[JobStarted, Reply] = Batcher(self._start_batch)
+        self._finishes: Batcher[JobFinished, Reply] = Batcher(self._finish_batch)
 
     async def on_start(self) -> None:
         self._started_at = time.monotonic()
@@ -140,36 +141,41 @@ class Capacity(Service):
         await self.elect(event.pool)  # put into leader mode (or out of it): elect (or forget) now
 
     async def _on_start(self, event: JobStarted, msg: Msg) -> Reply:
-        pool = await self._starts.submit(event)
-        if pool is None:
-            return refused("stale", f"job {event.job_id} attempt {event.attempt} is not assigned to {event.runner_id}")
-        return OK
+        return await self._starts.submit(event)
 
-    async def _start_batch(self, events: list[JobStarted]) -> list[str | None]:
-        granted = await self.store.transitions.start_many([Start(e.job_id, e.runner_id, e.attempt) for e in events])
-        pools = {job.id: job.pool for job in granted}
-        return [pools.get(e.job_id) for e in events]
+    async def _start_batch(self, events: list[JobStarted]) -> list[Reply]:
+        starts = [Start(e.job_id, e.runner_id, e.attempt) for e in events]
+        granted = {job.id for job in await self.store.transitions.start_many(starts)}
+        return await self._answers("start", starts, granted)
 
     async def _on_finish(self, event: JobFinished, msg: Msg) -> Reply:
-        pool = await self._finishes.submit(event)
-        if pool is None:
-            # Already recorded (a retried report) or no longer this runner's: nothing to do.
-            return refused("stale", f"job {event.job_id} attempt {event.attempt} is not held by {event.runner_id}")
-        return OK
+        return await self._finishes.submit(event)
 
-    async def _finish_batch(self, events: list[JobFinished]) -> list[str | None]:
+    async def _finish_batch(self, events: list[JobFinished]) -> list[Reply]:
         assert all(e.runner_id is not None for e in events)  # the bus model of a runner's report
-        recorded = await self.store.transitions.finish_many(
-            [End(e.job_id, e.runner_id, e.attempt, e.state, e.exit_code, e.reason) for e in events]  # type: ignore[arg-type]
-        )
+        ends = [End(e.job_id, e.runner_id, e.attempt, e.state, e.exit_code, e.reason) for e in events]  # type: ignore[arg-type]
+        recorded = await self.store.transitions.finish_many(ends)
         await self._announce_free({job.pool for job in recorded})  # once per pool per batch
         ended: dict[tuple[str, str], int] = {}
         for job in recorded:
             ended[(job.pool, job.state)] = ended.get((job.pool, job.state), 0) + 1
         for (pool, state), n in ended.items():
             self.metrics.finished.labels(pool, state).inc(n)
-        pools = {job.id: job.pool for job in recorded}
-        return [pools.get(e.job_id) for e in events]
+        return await self._answers("finish", ends, {job.id for job in recorded})
+
+    async def _answers(self, kind: str, reports: list[Start] | list[End], applied: set[UUID]) -> list[Reply]:
+        """OK for each report applied; for the others, why not: a `duplicate` of one already
+        recorded is answered OK too (the retry of a lost answer), a `stale` one is refused."""
+        refused = [r for r in reports if r.job_id not in applied]
+        why = await self.store.transitions.refusals(kind, refused) if refused else {}
+        answers = []
+        for r in reports:
+            if r.job_id in applied:
+                answers.append(OK)
+                continue
+            code, message = why[r.job_id]
+            answers.append(Reply(ok=code == "duplicate", error=ErrorDetail(code=code, message=message)))
+        return answers
 
     async def sweep(self) -> None:
         await self.expire_abandoned()

@@ -96,9 +96,18 @@ async def call(http: aiohttp.ClientSession, method: str, path: str, **kwargs: An
 _VOLATILE = {"runners": ("last_seen_at",)}
 
 
+def _outbox_empty(store: Store) -> Callable[[], Awaitable[bool]]:
+    async def probe() -> bool:
+        return await store.outbox_depth() == 0
+
+    return probe
+
+
 async def database_rows(store: Store) -> dict[str, list[str]]:
     """Every row of every table, as text, by table: to see that bad input changed nothing, or to
-    search the whole database for a value."""
+    search the whole database for a value. Taken once the outbox is empty: its rows are news in
+    transit (a refusal's `rejected` event), relayed and deleted within moments."""
+    await eventually(_outbox_empty(store), what="the outbox to be relayed")
     async with store._conn() as conn:
         tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
         rows: dict[str, list[str]] = {}

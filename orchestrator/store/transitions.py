@@ -153,6 +153,22 @@ class Cancel:
     job: Job
 
 
+def refusal(kind: str, report: Start | End, job: Job | None) -> tuple[str, str]:
+    """Why a runner's `start` or `finish` report changed nothing, as (code, message):
+    `duplicate` when it repeats one already recorded (a retry whose answer was lost), `stale`
+    when the job is no longer this runner's attempt (requeued, cancelled, ended otherwise)."""
+    runner_id, attempt = report.runner_id, report.attempt
+    if job is None:
+        return "stale", f"no job {report.job_id}"
+    mine = job.runner_id == runner_id and job.attempt == attempt
+    if kind == "start" and mine and job.state == JobState.running:
+        return "duplicate", f"job {job.id} attempt {attempt} already started on {runner_id}"
+    if kind == "finish" and mine and JobState(job.state).final:
+        return "duplicate", f"job {job.id} attempt {attempt} already ended: {job.state}"
+    held = f"{job.state}, attempt {job.attempt}" + (f" on {job.runner_id}" if job.runner_id else "")
+    return "stale", f"job {job.id} attempt {attempt} is not {runner_id}'s to {kind}: it is {held}"
+
+
 # --- the events of each edge -------------------------------------------------------------------
 
 
@@ -499,6 +515,13 @@ class Transitions:
         attempt already ended, or not this runner's, changes nothing)."""
         rows = [(e.job_id, e.runner_id, e.attempt, e.state.value, e.exit_code, e.reason) for e in ends]
         return await self._edge("job_finish_many", _columns(rows, 6), _ended_by_runner)
+
+    async def refusals(self, kind: str, reports: Sequence[Start | End]) -> dict[UUID, tuple[str, str]]:
+        """Why each of these `start` / `finish` reports changed nothing (see `refusal`)."""
+        async with self._store.transaction() as conn:
+            rows = await conn.fetch(Q["job_get_many"], [r.job_id for r in reports])
+        jobs = {r["id"]: Job.from_record(r) for r in rows}
+        return {r.job_id: refusal(kind, r, jobs.get(r.job_id)) for r in reports}
 
     async def register_runner(
         self,

@@ -3,6 +3,9 @@
 -- name: job_get
 SELECT * FROM jobs WHERE id = $1;
 
+-- name: job_get_many
+SELECT * FROM jobs WHERE id = ANY($1::uuid[]);
+
 -- name: job_list_by_keys
 SELECT * FROM jobs WHERE key = ANY($1::text[]);
 
