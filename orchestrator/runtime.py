@@ -105,8 +105,14 @@ class Runtime:
         if "dispatch" in services:
             self.metrics.watch(self.leadership)
 
+    @property
+    def _label(self) -> str:
+        """The services this process runs, as its telemetry and NATS client names say (the relay
+        goes with any of them, so it is left out)."""
+        return "-".join(name for name in self.names if name != "relay")
+
     async def start(self) -> None:
-        telemetry.setup(f"orchestrator-{'-'.join(self.names)}" if len(self.names) < len(_ORDER) else "orchestrator")
+        telemetry.setup(f"orchestrator-{self._label}" if len(self.names) < len(_ORDER) else "orchestrator")
         try:
             await self._start()
         except BaseException:
@@ -122,7 +128,7 @@ class Runtime:
             self.nats_url, self.database_url = await asyncio.gather(self._nats_server.start(), self._postgres.start())
         assert self.nats_url and self.database_url
         self.store = Store(self.database_url, max_size=s.db_pool_size, idle_in_transaction_s=s.db_idle_in_transaction_s)
-        self.bus = Bus.from_settings(s, name=f"orchestrator-{'-'.join(self.names)}", url=self.nats_url)
+        self.bus = Bus.from_settings(s, name=f"orchestrator-{self._label}", url=self.nats_url)
         await asyncio.gather(self.store.connect(), self.bus.connect())
         if self.migrate:
             applied = await self.store.migrate()
