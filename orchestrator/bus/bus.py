@@ -340,6 +340,14 @@ class Bus:
 
     # --- JetStream intake --------------------------------------------------------------------
 
+    async def _ensure_stream(self, config: StreamConfig) -> None:
+        """Create the stream, or bring an existing one to `config`."""
+        try:
+            await self.js.stream_info(config.name)
+            await self.js.update_stream(config)
+        except NotFoundError:
+            await self.js.add_stream(config)
+
     async def ensure_intake_stream(self) -> None:
         config = StreamConfig(
             name=self.subjects.intake_stream,
@@ -348,11 +356,7 @@ class Bus:
             storage=StorageType.FILE,
             duplicate_window=DEDUP_WINDOW_S,
         )
-        try:
-            await self.js.stream_info(config.name)
-            await self.js.update_stream(config)
-        except NotFoundError:
-            await self.js.add_stream(config)
+        await self._ensure_stream(config)
 
     async def ensure_job_events_stream(self, max_age_s: float) -> None:
         """The stream of every job event, kept `max_age_s` (producers follow it with durable
@@ -365,11 +369,7 @@ class Bus:
             max_age=max_age_s,
             duplicate_window=EVENTS_DEDUP_WINDOW_S,
         )
-        try:
-            await self.js.stream_info(config.name)
-            await self.js.update_stream(config)
-        except NotFoundError:
-            await self.js.add_stream(config)
+        await self._ensure_stream(config)
 
     async def publish_outbox(self, rows: Sequence[OutboxMessage]) -> None:
         """Publish outbox rows in order: durable ones to the job-events stream with `Nats-Msg-Id` =
