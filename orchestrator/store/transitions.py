@@ -37,7 +37,7 @@ import asyncpg
 from pydantic import BaseModel
 
 from orchestrator.bus.subjects import job_news, runner_cancel
-from orchestrator.errors import NotFound
+from orchestrator.errors import NotFound, StoreError
 from orchestrator.failpoints import failpoint
 from orchestrator.store.queries import Q
 from orchestrator.store.rows import Job
@@ -292,9 +292,14 @@ async def _apply(conn: asyncpg.Connection, query: str, args: Sequence[Any], news
     return jobs
 
 
+DEADLOCK_RETRIES = 3
+
+
 def _columns(items: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    """Typed argument tuples as one array per field, for an unnest() query."""
-    return [list(c) for c in zip(*items, strict=True)] if items else [[] for _ in range(width)]
+    """Typed argument tuples (a job id first) as one array per field for an unnest() query, in
+    job id order: every batched edge then locks its rows in the same order."""
+    ordered = sorted(items, key=lambda item: item[0])
+    return [list(c) for c in zip(*ordered, strict=True)] if items else [[] for _ in range(width)]
 
 
 def _committed() -> None:
@@ -427,8 +432,17 @@ class Transitions:
         self._shapes: dict[ShapeKey, int] = {}
 
     async def _edge(self, query: str, args: Sequence[Any], news: Any) -> list[Job]:
-        async with self._store.transaction() as conn:
-            jobs = await _apply(conn, query, args, news)
+        # Batched edges lock their rows in job id order (the callers sort), but a batch of one
+        # edge can still meet another's rows in a different order: Postgres then aborts one
+        # transaction, and an edge re-checks its legality when run again.
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                async with self._store.transaction() as conn:
+                    jobs = await _apply(conn, query, args, news)
+                break
+            except StoreError as exc:
+                if not isinstance(exc.__cause__, asyncpg.DeadlockDetectedError) or attempt == DEADLOCK_RETRIES - 1:
+                    raise
         if jobs:
             _committed()
         return jobs
