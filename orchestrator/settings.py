@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # The safety sweep: events can be lost, Postgres is the truth.
     sweep_interval_s: float = 5.0
     stop_timeout_s: float = 10.0
+    # A cancelled or timed-out job's process group gets SIGTERM, then SIGKILL this much later
+    # (its cleanup traps run). The server ends a job that ran past timeout_s by this plus a
+    # heartbeat interval when its runner has not reported.
+    kill_grace_s: float = Field(default=10.0, ge=0)
     # An assignment its runner has not started after this long (the dispatcher died mid hand-off,
     # or the runner's start request failed) goes back to the queue. Longer than the ack timeout.
     assigned_stale_s: float = 15.0

@@ -188,10 +188,20 @@ class RunnerRegistered(Envelope):
 
 
 class RunnerHeartbeat(Envelope):
+    """From the runner, every `heartbeat_interval_s`, answered with a `HeartbeatReply`.
+
+    `running` lists every job it holds (acknowledged, running, or ended with the report still on
+    its way). `seq` numbers its heartbeats, increasing for the life of the runner id (the bundled
+    runner starts from the clock); `acked_seq` is the newest one whose reply it received. With
+    them capacity reconciles: a job Postgres has this runner holding that a heartbeat composed
+    after an answered one still does not list is released (0: no reconciliation)."""
+
     type: Literal["RunnerHeartbeat"] = "RunnerHeartbeat"
     runner_id: str
     pool: str
     running: list[UUID] = Field(default_factory=list)
+    seq: int = Field(default=0, ge=0)
+    acked_seq: int = Field(default=0, ge=0)
 
 
 class RunnerDraining(Envelope):
@@ -253,6 +263,22 @@ class Reply(Model):
 
     ok: bool
     error: ErrorDetail | None = None
+
+
+class StopOrder(Model):
+    """A job a runner holds and must stop: `cancel_requested` (stop the process, SIGTERM then
+    SIGKILL after the kill grace, and report `cancelled`: the cancel is pending until then), or
+    `not_yours` (it ended, or was released or given to another runner: kill it, report nothing)."""
+
+    job_id: UUID
+    why: Literal["cancel_requested", "not_yours"]
+    detail: str
+
+
+class HeartbeatReply(Reply):
+    """The answer to a heartbeat or a registration: ok (or why not), and what to stop."""
+
+    stop: list[StopOrder] = Field(default_factory=list)
 
 
 class AdmissionResult(Model):

@@ -41,10 +41,11 @@ from orchestrator.errors import NotFound
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
-from orchestrator.store import End, Start, Store
+from orchestrator.store import End, Heartbeat, Reconciled, RunnerSpec, Start, Store
 from orchestrator.wakes import announce_free
 from schemas.events import (
     ErrorDetail,
+    HeartbeatReply,
     JobFinished,
     JobStarted,
     PoolLeaderChanged,
@@ -54,13 +55,14 @@ from schemas.events import (
     RunnerHeartbeat,
     RunnerRegistered,
     RunnerTaintsChanged,
+    StopOrder,
 )
 
 OK = Reply(ok=True)
 
 
-def refused(code: str, message: str) -> Reply:
-    return Reply(ok=False, error=ErrorDetail(code=code, message=message))
+def _orders(found: Reconciled) -> HeartbeatReply:
+    return HeartbeatReply(ok=True, stop=[StopOrder(job_id=s.job_id, why=s.why, detail=s.detail) for s in found.stop])  # type: ignore[arg-type]
 
 
 class Capacity(Service):
@@ -94,19 +96,12 @@ class Capacity(Service):
         self.spawn(every(self.settings.leader_check_interval_s, self.elect, self.log, "leader check"), "elect")
         await self.elect()
 
-    async def _on_register(self, event: RunnerRegistered, msg: Msg) -> Reply:
+    async def _on_register(self, event: RunnerRegistered, msg: Msg) -> HeartbeatReply:
+        runner = RunnerSpec(event.runner_id, event.pool, event.labels, event.slots, event.taints, event.metadata)
         try:
-            released = await self.store.transitions.register_runner(
-                event.runner_id,
-                event.pool,
-                event.labels,
-                event.slots,
-                event.taints,
-                event.metadata,
-                event.running,
-            )
+            found = await self.store.transitions.register_runner(runner, event.running)
         except NotFound as exc:
-            return refused("unknown_pool", str(exc))
+            return HeartbeatReply(ok=False, error=ErrorDetail(code="unknown_pool", message=str(exc)))
         self.log.info(
             "runner %s registered in %s with %d slots",
             event.runner_id,
@@ -115,17 +110,27 @@ class Capacity(Service):
             extra={"runner_id": event.runner_id, "pool": event.pool, "action": "register"},
         )
         await self.elect(event.pool)
-        await self._announce_free({event.pool, *(job.pool for job in released)})
-        return OK
+        await self._announce_free({event.pool, *(job.pool for job in found.released)})
+        return _orders(found)
 
-    async def _on_heartbeat(self, event: RunnerHeartbeat, msg: Msg) -> Reply:
-        before = await self.store.runner_touch(event.runner_id)
-        if before is None:
-            return refused("unknown_runner", f"runner {event.runner_id!r} is not registered (or was lost)")
-        if before["state"] == "suspect":  # it answers again: its slots count again
-            await self.elect(before["pool"])
-            await self._announce_free({before["pool"]})
-        return OK
+    async def _on_heartbeat(self, event: RunnerHeartbeat, msg: Msg) -> HeartbeatReply:
+        beat = Heartbeat(event.runner_id, event.running, event.seq, event.acked_seq)
+        found = await self.store.transitions.heartbeat(beat)
+        if found is None:
+            message = f"runner {event.runner_id!r} is not registered (or was lost)"
+            return HeartbeatReply(ok=False, error=ErrorDetail(code="unknown_runner", message=message))
+        if found.released:
+            self.log.warning(
+                "released %d jobs runner %s no longer holds",
+                len(found.released),
+                event.runner_id,
+                extra={"runner_id": event.runner_id, "action": "reconcile"},
+            )
+        if found.previous_state == "suspect":  # it answers again: its slots count again
+            await self.elect(found.pool)
+        if found.previous_state == "suspect" or found.released:
+            await self._announce_free({found.pool, *(job.pool for job in found.released)})
+        return _orders(found)
 
     async def _on_drain(self, event: RunnerDraining, msg: Msg) -> Reply:
         row = await self.store.runner_drain(event.runner_id)
@@ -179,7 +184,18 @@ class Capacity(Service):
 
     async def sweep(self) -> None:
         await self.expire_abandoned()
+        await self.time_out()
         await self.release_lost()
+
+    async def time_out(self) -> None:
+        """End jobs running past their timeout that their runner has not reported: it may be
+        paused, cut off, or broken. The margin covers its own kill (SIGTERM, the grace, SIGKILL)
+        and its report's way here."""
+        margin = self.settings.kill_grace_s + self.settings.heartbeat_interval_s
+        ended = await self.store.transitions.time_out(margin)
+        if ended:
+            self.log.warning("ended %d jobs running past their timeout", len(ended))
+            await self._announce_free({job.pool for job in ended})
 
     async def expire_abandoned(self) -> None:
         expired = await self.store.transitions.expire_abandoned()

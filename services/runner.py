@@ -36,11 +36,12 @@ from opentelemetry.trace import SpanKind
 from orchestrator import telemetry
 from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
-from orchestrator.errors import NoResponders, OrchestratorError, RequestFailed
+from orchestrator.errors import OrchestratorError, RequestFailed
 from orchestrator.lifecycle import Service
 from orchestrator.settings import Settings
 from schemas.events import (
     ErrorDetail,
+    HeartbeatReply,
     JobAssigned,
     JobCancelRequested,
     JobFinished,
@@ -49,6 +50,7 @@ from schemas.events import (
     RunnerDraining,
     RunnerHeartbeat,
     RunnerRegistered,
+    StopOrder,
 )
 from schemas.jobs import JobState
 
@@ -157,6 +159,12 @@ class Runner(Service):
         self.taints = taints or []
         self._jobs: dict[UUID, _Running] = {}
         self._accepting = False
+        # Heartbeats are numbered from the clock, so a restarted runner's outnumber its last
+        # life's (capacity ignores a heartbeat older than one it has seen). `_acked_seq`: the
+        # newest one answered; `_acked_at`: when (monotonic), for the fence.
+        self._seq = time.time_ns() // 1000
+        self._acked_seq = 0
+        self._acked_at = time.monotonic()
         self.once = once
         self.idle_timeout_s = idle_timeout_s
         self._took_one = asyncio.Event()
@@ -187,8 +195,9 @@ class Runner(Service):
         cancel = await self.bus.subscribe(s.cancel(self.runner_id), JobCancelRequested, self._on_cancel)
         self.on_cleanup(cancel.unsubscribe)
         self._accepting = True
-        await self._register()
+        await self._register(wait=True)
         self.spawn(self._heartbeat(), "heartbeat")
+        self.spawn(self._fence_watch(), "fence")
         if self.once and self.idle_timeout_s is not None:
             self.spawn(self._idle_exit(self.idle_timeout_s), "idle")
 
@@ -201,12 +210,14 @@ class Runner(Service):
             _, pending = await asyncio.wait(tasks, timeout=self.settings.stop_timeout_s)
             for job in list(self._jobs.values()):
                 if job.proc and job.proc.returncode is None:
-                    self._kill_group(job.proc)
+                    _signal_group(job.proc, signal.SIGKILL)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _register(self) -> None:
+    async def _register(self, *, wait: bool = False) -> None:
+        """Register, holding what it holds; stop what is not its own any more. With `wait`
+        (at start), keep asking while no capacity answers: services start in any order."""
         event = RunnerRegistered(
             runner_id=self.runner_id,
             pool=self.pool,
@@ -216,9 +227,21 @@ class Runner(Service):
             running=list(self._jobs),
             metadata={"hostname": platform.node(), "pid": os.getpid(), "labels": self.labels},
         )
-        reply = await self.bus.request(self.bus.subjects.runner_register, event, Reply, REQUEST_TIMEOUT_S)
+        subject, delay = self.bus.subjects.runner_register, 0.1
+        while True:
+            try:
+                reply = await self.bus.request(subject, event, HeartbeatReply, REQUEST_TIMEOUT_S)
+                break
+            except RequestFailed as exc:
+                if not wait:
+                    raise
+                self.log.warning("waiting for capacity to answer on %s: %s", subject, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         if not reply.ok:
             raise OrchestratorError(f"registration refused: {reply.error.message if reply.error else reply}")
+        self._acknowledged()
+        self._obey(reply.stop)
 
     async def _drain(self) -> None:
         """Tell capacity this runner takes nothing more (best effort: the lost sweep covers silence)."""
@@ -238,41 +261,76 @@ class Runner(Service):
             await self._drain()
             self.finished.set()
 
+    def _acknowledged(self, seq: int | None = None) -> None:
+        self._acked_at = time.monotonic()
+        if seq is not None:
+            self._acked_seq = seq
+
     async def _heartbeat(self) -> None:
-        """Heartbeat; and fence itself: a runner that capacity may have declared lost kills its
-        jobs, because capacity hands them to other runners (no job runs on two at once)."""
-        fence_after = self.settings.runner_ttl_s * 0.7
-        last_ack = time.monotonic()
+        """Heartbeat with what it holds, and do what the reply says: stop jobs cancelled or no
+        longer its own. Declared lost: everything it held is someone else's now (fence), and it
+        registers again."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
-            event = RunnerHeartbeat(runner_id=self.runner_id, pool=self.pool, running=list(self._jobs))
+            self._seq += 1
+            event = RunnerHeartbeat(
+                runner_id=self.runner_id,
+                pool=self.pool,
+                running=list(self._jobs),
+                seq=self._seq,
+                acked_seq=self._acked_seq,
+            )
+            timeout = min(REQUEST_TIMEOUT_S, self.settings.runner_ttl_s / 4)
             try:
-                reply = await self.bus.request(
-                    self.bus.subjects.runner_heartbeat, event, Reply, min(REQUEST_TIMEOUT_S, fence_after / 2)
-                )
-                if reply.ok:
-                    last_ack = time.monotonic()
-                else:  # declared lost: its jobs are already someone else's
-                    self._fence("capacity declared this runner lost")
-                    await self._register()
-                    last_ack = time.monotonic()
-            except NoResponders:
-                # No capacity instance is running, so none can declare us lost (a restarted one
-                # waits a full TTL before judging): keep the jobs running.
-                last_ack = time.monotonic()
-            except OrchestratorError as exc:
+                reply = await self.bus.request(self.bus.subjects.runner_heartbeat, event, HeartbeatReply, timeout)
+            except OrchestratorError as exc:  # NoResponders too: no capacity heard us
                 self.log.warning("heartbeat failed: %s", exc)
-            if time.monotonic() - last_ack > fence_after:
-                self._fence(f"no heartbeat acknowledged for {fence_after:.1f}s")
+                continue
+            if reply.ok:
+                self._acknowledged(event.seq)
+                self._obey(reply.stop)
+            else:  # declared lost: its jobs are already someone else's
+                self._fence("capacity declared this runner lost")
+                with contextlib.suppress(OrchestratorError):
+                    await self._register()
+
+    async def _fence_watch(self) -> None:
+        """The runner's own fence, on its own clock: at half the TTL after the last heartbeat
+        capacity answered, it kills its jobs, well before capacity (a full TTL after the last
+        heartbeat it received) can give them to another runner. No job runs on two at once."""
+        ttl_half = self.settings.runner_ttl_s / 2
+        while True:
+            due = self._acked_at + ttl_half
+            now = time.monotonic()
+            if now >= due:
+                self._fence(f"no heartbeat answered for {now - self._acked_at:.1f}s")
+                self._acked_at = now  # fence once per silence; the jobs are gone
+                continue
+            await asyncio.sleep(due - now)
 
     def _fence(self, why: str) -> None:
         if self._jobs:
             self.log.warning("killing %d jobs: %s", len(self._jobs), why)
         for job in list(self._jobs.values()):
-            if job.proc and job.proc.returncode is None:
-                self._kill_group(job.proc)
-            if job.task:
-                job.task.cancel()  # report nothing: the job may be someone else's now
+            self._drop(job)
+
+    def _drop(self, job: _Running) -> None:
+        """Kill `job` at once and report nothing: it is not this runner's any more."""
+        if job.proc and job.proc.returncode is None:
+            _signal_group(job.proc, signal.SIGKILL)
+        if job.task:
+            job.task.cancel()
+
+    def _obey(self, orders: list[StopOrder]) -> None:
+        for order in orders:
+            job = self._jobs.get(order.job_id)
+            if job is None or job.ended:  # gone already, or only its report is on its way
+                continue
+            self.log.info("stopping %s: %s", order.job_id, order.detail, extra={"job_id": order.job_id})
+            if order.why == "cancel_requested":
+                self._cancel(job)
+            else:
+                self._drop(job)
 
     # --- assignments ---------------------------------------------------------------------------
 
@@ -289,10 +347,13 @@ class Runner(Service):
 
     async def _on_cancel(self, event: JobCancelRequested, msg: Msg) -> None:
         job = self._jobs.get(event.job_id)
-        if job is not None:
-            job.cancelled.set()
-            if job.proc and job.proc.returncode is None:
-                self._kill_group(job.proc)
+        if job is not None and not job.ended:
+            self._cancel(job)
+
+    def _cancel(self, job: _Running) -> None:
+        """Stop a cancelled job (its process group: SIGTERM, SIGKILL after the grace) and report
+        it `cancelled` (the report confirms the cancel; the slot is freed then)."""
+        job.cancelled.set()  # _execute stops the process
 
     async def _run(self, job: _Running) -> None:
         e = job.event
@@ -309,11 +370,9 @@ class Runner(Service):
                 attributes=_run_attributes(e) if telemetry.recording() else None,
             ):
                 started = JobStarted(job_id=e.job_id, pool=e.pool, runner_id=self.runner_id, attempt=e.attempt)
-                try:
-                    permitted = await self._starts.submit(started)
-                except RequestFailed as exc:
-                    self.log.warning("no permission to start %s: %s", e.job_id, exc, extra={"job_id": e.job_id})
-                    return  # still assigned: the orchestrator releases it (sweep or re-registration)
+                # Asked until answered: a lost answer is not a refusal (a repeated request is
+                # answered as a duplicate), and giving up would leave the job to reconciliation.
+                permitted = await self._until_answered(self._starts, started, "start")
                 if not permitted.ok:
                     return  # stale: another runner has it, or it was cancelled
                 if job.cancelled.is_set():
@@ -323,7 +382,8 @@ class Runner(Service):
                         self._custom_execute(e) if self._custom_execute else self._execute(job)
                     )
                 job.ended = True
-                await self._report(
+                await self._until_answered(
+                    self._finishes,
                     JobFinished(
                         job_id=e.job_id,
                         pool=e.pool,
@@ -332,7 +392,8 @@ class Runner(Service):
                         state=state,
                         exit_code=exit_code,
                         reason=reason,
-                    )
+                    ),
+                    "report",
                 )
         finally:
             self._jobs.pop(e.job_id, None)
@@ -375,31 +436,48 @@ class Runner(Service):
             )
         except OSError as exc:
             return JobState.failed, None, f"cannot start {command[0]!r}: {exc.strerror or exc}"
+        exited = asyncio.ensure_future(job.proc.wait())
+        cancelled = asyncio.ensure_future(job.cancelled.wait())
         try:
-            async with asyncio.timeout(timeout):
-                code = await job.proc.wait()
-        except TimeoutError:
-            self._kill_group(job.proc)
-            await job.proc.wait()
-            return JobState.timed_out, None, f"killed after timeout_s={timeout}"
+            await asyncio.wait({exited, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+            if not exited.done():
+                exited.cancel()
+        if not exited.done() or exited.cancelled():
+            await self._terminate(job.proc)
+            if job.cancelled.is_set():
+                return JobState.cancelled, job.proc.returncode, "cancelled"
+            return JobState.timed_out, None, f"stopped after timeout_s={timeout}"
+        code = exited.result()
         if job.cancelled.is_set():
             return JobState.cancelled, code, "cancelled"
         return (JobState.succeeded if code == 0 else JobState.failed), code, None
 
-    @staticmethod
-    def _kill_group(proc: asyncio.subprocess.Process) -> None:
-        # The command may have children (a shell script): kill its whole session.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGTERM to the job's process group, so its cleanup traps run; SIGKILL to the group
+        when its leader has exited or the kill grace has passed, so no grandchild survives."""
+        _signal_group(proc, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), self.settings.kill_grace_s)
+        _signal_group(proc, signal.SIGKILL)
+        await proc.wait()
 
-    async def _report(self, event: JobFinished) -> None:
-        """Report the end until the orchestrator answers (ok, or stale: already recorded)."""
+    async def _until_answered(self, batcher: Batcher[Any, Reply], event: Any, what: str) -> Reply:
+        """Send a request until capacity answers (ok, duplicate, or refused as stale)."""
         delay = 0.1
         while True:
             try:
-                await self._finishes.submit(event)
-                return
+                return await batcher.submit(event)
             except RequestFailed as exc:
-                self.log.warning("report of %s failed, retrying: %s", event.job_id, exc, extra={"job_id": event.job_id})
+                self.log.warning(
+                    "%s of %s failed, retrying: %s", what, event.job_id, exc, extra={"job_id": event.job_id}
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _signal_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    # The command may have children (a shell script): signal its whole session.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.store import NewJob, Store
+from orchestrator.store import NewJob, RunnerSpec, Store
 from schemas.jobs import JobSpec
 from schemas.pools import PoolConfig
 from services.admission import new_job
@@ -30,7 +30,7 @@ async def pool(store: Store, name: str = "default", **config: Any) -> dict[str, 
 
 
 async def runner(store: Store, runner_id: str, pool: str = "default", slots: int = 1, labels: Any = ()) -> None:
-    await store.transitions.register_runner(runner_id, pool, list(labels), slots, [], {}, [])
+    await store.transitions.register_runner(RunnerSpec(runner_id, pool, list(labels), slots), [])
 
 
 async def bulk_queue(store: Store, n: int, pool: str = "default", labels: Any = (), priority: int = 0) -> None:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from orchestrator.store import Fence, Store
+from orchestrator.store import Fence, RunnerSpec, Store
 from tests import factories
 
 SHARD = "all"
@@ -17,7 +17,7 @@ SHARD = "all"
 @pytest.fixture
 async def queue(store: Store) -> Store:
     await factories.pool(store, "p", max_concurrent=10, max_active=-1)
-    await store.transitions.register_runner("r1", "p", [], 10, [], {}, [])
+    await store.transitions.register_runner(RunnerSpec("r1", "p", [], 10), [])
     await factories.queue(store, 6, "p")
     return store
 
@@ -62,7 +62,7 @@ async def test_concurrent_steps_of_one_leader_do_not_block_each_other(queue: Sto
     """Steps of one term share the epoch lock: pools drain in parallel, and the first claims of a
     term not yet recorded (the election's write failed) record it without deadlocking."""
     await factories.pool(store, "q", max_concurrent=10, max_active=-1)
-    await store.transitions.register_runner("r2", "q", [], 10, [], {}, [])
+    await store.transitions.register_runner(RunnerSpec("r2", "q", [], 10), [])
     await factories.queue(store, 6, "q")
     fence = Fence(SHARD, 3, "a")
     steps = await asyncio.gather(*(store.transitions.claim(pool, 1, fence) for pool in ("p", "q") * 3))

@@ -14,7 +14,7 @@ from orchestrator.bus.lease import Lease, read_lease
 from orchestrator.leadership import Leadership
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
-from orchestrator.store import Fence, Store
+from orchestrator.store import Fence, RunnerSpec, Store
 from schemas.events import LeaderElected, LeaderLost
 from services.dispatch import Dispatch
 from services.leader import Leader
@@ -112,7 +112,7 @@ async def test_leader_lifecycle(settings: Settings, store: Store, bus: Bus) -> N
 
 async def test_dispatch_claims_only_while_leading(settings: Settings, store: Store, bus: Bus) -> None:
     await factories.pool(store, "p", max_concurrent=10, max_active=-1)
-    await store.transitions.register_runner("r1", "p", [], 10, [], {}, [])
+    await store.transitions.register_runner(RunnerSpec("r1", "p", [], 10), [])
     await factories.queue(store, 3, "p")
     leadership = Leadership(settings.dispatch_shard, "me")
     dispatch = Dispatch(settings, store, bus, leadership=leadership)

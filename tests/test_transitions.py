@@ -43,20 +43,34 @@ async def test_each_edge_writes_its_news_with_the_row_and_a_repeat_writes_none(s
     assert (await store.transitions.refusals("start", [start]))[job_id][0] == "stale"  # it has ended
 
 
-async def test_cancel_ends_a_queued_job_tells_a_runner_and_refuses_an_ended_one(store: Store) -> None:
+async def test_cancel_ends_an_unstarted_job_records_a_running_ones_and_refuses_an_ended_one(store: Store) -> None:
     await factories.pool(store)
-    await factories.runner(store, "r1")
-    queued, held = await factories.queue(store, 2)
-    first = await store.transitions.cancel({"id": queued})
+    await factories.runner(store, "r1", slots=2)
+    queued, assigned, running = await factories.queue(store, 3)
+    first = await store.transitions.cancel(queued)
     assert (first.outcome, first.job.state) == ("cancelled", "cancelled")
-    (claimed,) = (await store.transitions.claim("default", 1)).assignments
-    assert claimed["id"] == held
-    assert (await store.transitions.cancel({"id": held})).outcome == "requested"
-    assert (await store.transitions.cancel({"id": queued})).outcome == "final"
-    news = [(n["subject"], n["type"], n["durable"]) for n in await outbox(store)][2:]  # after the admissions
+    claimed = {a["id"]: a for a in (await store.transitions.claim("default", 2)).assignments}
+    assert set(claimed) == {assigned, running}
+    await store.transitions.start_many([Start(running, "r1", claimed[running]["attempt"] + 1)])
+    # Assigned: nothing runs before a start is granted, so it ends now, and its start is refused.
+    second = await store.transitions.cancel(assigned)
+    assert (second.outcome, second.job.state) == ("cancelled", "cancelled")
+    assert await store.transitions.start_many([Start(assigned, "r1", claimed[assigned]["attempt"] + 1)]) == []
+    # Running: recorded, not ended; the slot stays taken until the runner confirms.
+    third = await store.transitions.cancel(running)
+    assert (third.outcome, third.job.state) == ("requested", "running")
+    assert third.job.cancel_requested_at is not None
+    assert (await store.transitions.cancel(running)).job.cancel_requested_at == third.job.cancel_requested_at
+    assert (await store.transitions.cancel(queued)).outcome == "final"
+    news = [(n["subject"], n["type"]) for n in await outbox(store)][3:]  # after the admissions
     assert news == [
-        ("jobs.finished.default", "JobFinished", True),
-        ("runners.r1.cancel", "JobCancelRequested", False),
+        ("jobs.finished.default", "JobFinished"),  # queued
+        ("jobs.assigned.default", "JobAssigned"),  # the start acknowledged the running one
+        ("jobs.started.default", "JobStarted"),
+        ("jobs.finished.default", "JobFinished"),  # assigned
+        ("runners.r1.cancel", "JobCancelRequested"),
+        ("runners.r1.cancel", "JobCancelRequested"),  # running: told at once
+        ("runners.r1.cancel", "JobCancelRequested"),  # and again when asked again
     ]
 
 

@@ -10,10 +10,14 @@ from orchestrator.store.transitions import (
     End,
     Fence,
     Handoff,
+    Heartbeat,
     NewJob,
     PoolChangeTx,
+    Reconciled,
     Rejection,
+    RunnerSpec,
     Start,
+    Stop,
 )
 
 __all__ = [
@@ -23,11 +27,15 @@ __all__ = [
     "End",
     "Fence",
     "Handoff",
+    "Heartbeat",
     "Job",
     "NewJob",
     "OutboxRow",
     "PoolChangeTx",
+    "Reconciled",
     "Rejection",
+    "RunnerSpec",
     "Start",
+    "Stop",
     "Store",
 ]

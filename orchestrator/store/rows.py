@@ -39,6 +39,7 @@ class Job:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     taken_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
     shape_id: int | None = None
     # Not columns: what the transition changed, from RETURNING old.* (PostgreSQL 18).
     previous_runner_id: str | None = None

@@ -14,7 +14,9 @@ CREATE TABLE pools (
     leader_runner_id text,                            -- leader mode: the elected runner (NULL: none)
     provisioner     text,                             -- starts a one-shot worker per job (NULL: none)
     max_workers     integer NOT NULL DEFAULT 0        -- live provisioned workers at most; 0 = no cap
-                    CONSTRAINT pools_max_workers_check CHECK (max_workers >= 0)
+                    CONSTRAINT pools_max_workers_check CHECK (max_workers >= 0),
+    reservation_timeout_s double precision NOT NULL DEFAULT 3600 -- timeout_s of a reservation given none
+                    CONSTRAINT pools_reservation_timeout_check CHECK (reservation_timeout_s > 0)
 );
 
 CREATE TABLE runners (
@@ -27,7 +29,8 @@ CREATE TABLE runners (
     state           text NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'draining', 'suspect', 'lost')),
     metadata        jsonb NOT NULL DEFAULT '{}',
     created_at      timestamptz NOT NULL DEFAULT now(),
-    last_seen_at    timestamptz NOT NULL DEFAULT now()
+    last_seen_at    timestamptz NOT NULL DEFAULT now(),
+    heartbeat_seq   bigint NOT NULL DEFAULT 0         -- the newest heartbeat reconciled
 );
 
 ALTER TABLE pools ADD FOREIGN KEY (leader_runner_id) REFERENCES runners (id);
@@ -77,7 +80,9 @@ CREATE TABLE jobs (
     tolerations     text[] NOT NULL DEFAULT '{}',     -- taints it tolerates (a tainted runner takes it)
     last_polled_at  timestamptz,                      -- take clients: last heard from (a long poll counts until it ends)
     taken_at        timestamptz,                      -- the take client took the runner (latest take): no abandonment since
-    acked_at        timestamptz                       -- the runner acknowledged this assignment
+    acked_at        timestamptz,                      -- the runner acknowledged this assignment
+    cancel_requested_at timestamptz,                  -- a cancel its runner has not confirmed yet
+    unheld_seq      bigint                            -- the runner's heartbeat that first lacked it
 );
 
 CREATE TABLE dispatch_epochs (
@@ -90,6 +95,8 @@ CREATE TABLE dispatch_epochs (
 -- The claim order within a shape: best priority, then oldest.
 CREATE INDEX jobs_queued_idx ON jobs (shape_id, priority DESC, id) WHERE state = 'queued';
 -- Active (max_active) and in-flight (max_concurrent) counts per pool, read by admission and claims.
+-- The server's timeout sweep.
+CREATE INDEX jobs_running_timeout_idx ON jobs (started_at) WHERE state = 'running' AND timeout_s IS NOT NULL;
 CREATE INDEX jobs_active_idx ON jobs (pool, state) WHERE state IN ('queued', 'assigned', 'running');
 CREATE INDEX jobs_runner_idx ON jobs (runner_id) WHERE state IN ('assigned', 'running');
 

@@ -86,6 +86,47 @@ class Handoff(NamedTuple):
     assigned_at: datetime
 
 
+class Heartbeat(NamedTuple):
+    """A runner's heartbeat: the jobs it holds, its sequence number and the newest one answered."""
+
+    runner_id: str
+    held: Sequence[UUID]
+    seq: int = 0
+    acked_seq: int = 0
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """What a runner says of itself when it registers."""
+
+    runner_id: str
+    pool: str
+    labels: Sequence[str]
+    slots: int
+    taints: Sequence[str] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Stop(NamedTuple):
+    """A job a runner holds and must stop (see `StopOrder`): its cancel is pending, or it is
+    not the runner's any more."""
+
+    job_id: UUID
+    why: str  # cancel_requested | not_yours
+    detail: str
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What a registration or heartbeat found: the runner's pool and previous state (None when
+    it registered), the jobs released from it, and what it must stop."""
+
+    pool: str
+    previous_state: str | None
+    released: list[Job]
+    stop: list[Stop]
+
+
 @dataclass(frozen=True)
 class NewJob:
     id: UUID
@@ -537,26 +578,50 @@ class Transitions:
         jobs = {r["id"]: Job.from_record(r) for r in rows}
         return {r.job_id: refusal(kind, r, jobs.get(r.job_id)) for r in reports}
 
-    async def register_runner(
-        self,
-        runner_id: str,
-        pool: str,
-        labels: Sequence[str],
-        slots: int,
-        taints: Sequence[str],
-        metadata: dict[str, Any],
-        running: Sequence[UUID],
-    ) -> list[Job]:
-        """Upsert the runner, and release what Postgres holds against it that it does not run
-        (edges assigned -> queued, running -> queued | failed): it restarted."""
+    async def register_runner(self, runner: RunnerSpec, held: Sequence[UUID]) -> Reconciled:
+        """Upsert the runner, and release what Postgres holds against it that it does not hold
+        (edges assigned -> queued, running -> queued | failed | cancelled): it restarted. What it
+        holds that is not its own any more is named, to be stopped."""
         async with self._store.transaction() as conn:
             try:
-                await conn.fetchrow(Q["runner_upsert"], runner_id, pool, list(labels), slots, list(taints), metadata)
+                await conn.fetchrow(
+                    Q["runner_upsert"],
+                    runner.runner_id,
+                    runner.pool,
+                    list(runner.labels),
+                    runner.slots,
+                    list(runner.taints),
+                    runner.metadata,
+                )
             except asyncpg.ForeignKeyViolationError:
-                raise NotFound(f"pool {pool!r} does not exist") from None
-            released = await _apply(conn, "job_release_from_runners", ([runner_id], list(running)), _released)
+                raise NotFound(f"pool {runner.pool!r} does not exist") from None
+            args = ([runner.runner_id], list(held), None)
+            released = await _apply(conn, "job_release_from_runners", args, _released)
+            stop = await _stop_orders(conn, runner.runner_id, held)
         _committed()
-        return released
+        return Reconciled(runner.pool, None, released, stop)
+
+    async def heartbeat(self, beat: Heartbeat) -> Reconciled | None:
+        """A runner's heartbeat, reconciled with Postgres in one transaction (None: the runner is
+        unknown or was declared lost). Jobs Postgres has it holding that it does not list are
+        marked; those a heartbeat composed after an answered one still does not list are released
+        (the runner let them go: requeued, failed or cancelled as on a loss). A late heartbeat
+        (not newer than one already seen) only counts as a sign of life."""
+        held = list(beat.held)
+        async with self._store.transaction() as conn:
+            before = await conn.fetchrow(Q["runner_touch"], beat.runner_id, beat.seq)
+            if before is None:
+                return None
+            released: list[Job] = []
+            if beat.seq > before["heartbeat_seq"]:
+                if beat.acked_seq:
+                    args = ([beat.runner_id], held, beat.acked_seq)
+                    released = await _apply(conn, "job_release_from_runners", args, _released)
+                await conn.execute(Q["job_mark_unheld"], beat.runner_id, held, beat.seq)
+            stop = await _stop_orders(conn, beat.runner_id, held)
+        if released:
+            _committed()
+        return Reconciled(before["pool"], before["state"], released, stop)
 
     async def mark_runners_lost(
         self, ttl_s: float, now: datetime | None = None
@@ -567,7 +632,8 @@ class Transitions:
             lost = [dict(r) for r in await conn.fetch(Q["runner_mark_lost"], ttl_s, now)]
             if not lost:
                 return [], []
-            released = await _apply(conn, "job_release_from_runners", ([r["id"] for r in lost], []), _released)
+            args = ([r["id"] for r in lost], [], None)
+            released = await _apply(conn, "job_release_from_runners", args, _released)
         _committed()
         return lost, released
 
@@ -579,27 +645,49 @@ class Transitions:
         jobs = await self._edge("job_finish_held", (job_id, state.value, exit_code, reason), _ended_held)
         return jobs[0] if jobs else None
 
-    async def cancel(self, job: Job | dict[str, Any]) -> Cancel:
-        """Cancel `job` (as just read): edge queued -> cancelled at once; a job a runner holds is
-        stopped by its runner (told now), and ends when it reports; an ended job is refused."""
-        job_id = job["id"]
-        cancelled = await self._edge("job_cancel_queued", (job_id,), lambda j: [_finished(j)])
-        if cancelled:
-            return Cancel("cancelled", cancelled[0])
+    async def cancel(self, job_id: UUID) -> Cancel:
+        """Cancel a job: queued or assigned, it ends at once (nothing runs before a start is
+        granted); running, the request is recorded and its runner told (now, and on every
+        heartbeat until it reports the end); ended, refused."""
+        ended = await self._edge("job_cancel_unstarted", (job_id,), _ended_held)
+        if ended:
+            return Cancel("cancelled", ended[0])
+        requested = await self._edge("job_cancel_request", (job_id,), lambda j: _cancel_runner(j, j.runner_id))
+        if requested:
+            return Cancel("requested", requested[0])
         async with self._store.transaction() as conn:
             current = await conn.fetchrow(Q["job_get"], job_id)
-            if current is None:
-                raise NotFound(f"no job {job_id}")
-            now = Job.from_record(current)
-            if JobState(now.state).final:
-                return Cancel("final", now)
-            await _write(conn, _cancel_runner(now, now.runner_id))
-        return Cancel("requested", now)
+        if current is None:
+            raise NotFound(f"no job {job_id}")
+        now = Job.from_record(current)
+        if JobState(now.state).final:
+            return Cancel("final", now)
+        return await self.cancel(job_id)  # it moved between the two edges: decide again
+
+    async def time_out(self, margin_s: float, now: datetime | None = None) -> list[Job]:
+        """Edge running -> timed_out, by the server: jobs running `margin_s` (the runner's kill
+        grace and its report's way) past their `timeout_s`; their runners are told to kill them."""
+        return await self._edge("job_time_out", (margin_s, now), _ended_held)
 
     async def expire_abandoned(self, now: datetime | None = None) -> list[Job]:
         """Edge queued | assigned | running -> expired: take-style jobs whose client stopped
         polling before taking its runner; a runner holding one is told to let go."""
         return await self._edge("job_expire_abandoned", (now,), _expired)
+
+
+async def _stop_orders(conn: asyncpg.Connection, runner_id: str, held: Sequence[UUID]) -> list[Stop]:
+    if not held:
+        return []
+    stops = []
+    for r in await conn.fetch(Q["job_stop_orders"], runner_id, list(held)):
+        if r["state"] is None:
+            stops.append(Stop(r["id"], "not_yours", f"no job {r['id']}"))
+        elif r["runner_id"] == runner_id and r["state"] in ("assigned", "running"):
+            stops.append(Stop(r["id"], "cancel_requested", f"job {r['id']} was cancelled"))
+        else:
+            held_by = f" on {r['runner_id']}" if r["runner_id"] and r["runner_id"] != runner_id else ""
+            stops.append(Stop(r["id"], "not_yours", f"job {r['id']} is {r['state']}{held_by}"))
+    return stops
 
 
 async def _claim(conn: asyncpg.Connection, pool: str, limit: int, epoch: int | None) -> ClaimStep:

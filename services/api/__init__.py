@@ -238,10 +238,13 @@ class Api(Service):
         row = await self._job_or_404(request)
         if isinstance(row, web.Response):
             return row
-        cancel = await self.store.transitions.cancel(row)
+        cancel = await self.store.transitions.cancel(row["id"])
         if cancel.outcome == "final":
             return error_response(409, "final", f"job {row['id']} already ended: {cancel.job.state}", "id")
-        # Queued: ended now. Assigned or running: the runner is told; the job ends when it reports.
+        # Queued or assigned: ended now (an assigned one's slot is free at once). Running:
+        # recorded, its runner told; it ends when the runner reports (or is lost).
+        if cancel.outcome == "cancelled" and cancel.job.runner_id is not None:
+            await announce_free(self.store, self.bus, {cancel.job.pool})
         return json_response(JobView.from_row(cancel.job), 200 if cancel.outcome == "cancelled" else 202)
 
     async def take_job(self, request: web.Request) -> web.Response:

@@ -14,12 +14,15 @@ ON CONFLICT (id) DO UPDATE SET
     last_seen_at = now()
 RETURNING *;
 
--- A heartbeat: a suspect runner answers again, so it is active again. Returns the old state.
+-- A heartbeat ($2: its sequence number, 0 when the runner sends none): a suspect runner answers
+-- again, so it is active again. Returns the old state, and the newest sequence number seen
+-- before (a heartbeat not newer than it arrived late: it reconciles nothing).
 -- name: runner_touch
-UPDATE runners r SET last_seen_at = now(), state = CASE WHEN o.state = 'suspect' THEN 'active' ELSE o.state END
-FROM (SELECT id, state FROM runners WHERE id = $1 FOR UPDATE) o
-WHERE r.id = o.id AND o.state <> 'lost'
-RETURNING o.state, r.pool;
+UPDATE runners SET last_seen_at = now(),
+                   state = CASE WHEN state = 'suspect' THEN 'active' ELSE state END,
+                   heartbeat_seq = greatest(heartbeat_seq, $2)
+WHERE id = $1 AND state <> 'lost'
+RETURNING old.state, pool, old.heartbeat_seq;
 
 -- A runner that did not ack an assignment takes no more until it heartbeats again.
 -- name: runner_mark_suspect

@@ -78,7 +78,7 @@ RETURNING j.*;
 -- did not ack ($1 jobs of runner $2), or one never started within $3 seconds (the dispatcher
 -- died mid hand-off, or the runner's start request failed; a late start request is refused).
 -- name: job_unassign
-UPDATE jobs SET state = 'queued', runner_id = NULL, assigned_at = NULL, acked_at = NULL
+UPDATE jobs SET state = 'queued', runner_id = NULL, assigned_at = NULL, acked_at = NULL, unheld_seq = NULL
 WHERE state = 'assigned'
   AND (($2::text IS NOT NULL AND runner_id = $2 AND id = ANY($1::uuid[]))
        OR ($3::float8 IS NOT NULL
@@ -110,30 +110,73 @@ UPDATE jobs SET state = $2, exit_code = $3, reason = $4, finished_at = clock_tim
 WHERE id = $1 AND state IN ('assigned', 'running')
 RETURNING *;
 
--- A queued job cancelled ends at once.
--- name: job_cancel_queued
+-- A cancel: a queued job ends at once, and so does an assigned one (nothing runs before its
+-- runner is granted the start, which this makes stale); its runner, if any, is told to let go.
+-- name: job_cancel_unstarted
 UPDATE jobs SET state = 'cancelled', reason = 'cancelled', finished_at = clock_timestamp()
-WHERE id = $1 AND state = 'queued'
+WHERE id = $1 AND state IN ('queued', 'assigned')
 RETURNING *;
 
--- Jobs held against runners that no longer hold them (lost, or restarted and not running
--- them): an assigned job goes back to the queue as if never handed off; a running one is an
--- attempt spent, requeued after a backoff (1 s, 2 s, 4 s ... 60 s) while attempts remain,
--- failed with `runner_lost` otherwise.
+-- A cancel of a running job is recorded: its runner is told now and on every heartbeat until it
+-- reports the end (or is lost); the slot is freed then, not before the process is gone.
+-- name: job_cancel_request
+UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp())
+WHERE id = $1 AND state = 'running'
+RETURNING *;
+
+-- Jobs held against runners that no longer hold them: runners lost ($1, nothing held), one that
+-- registered again holding $2, or one whose heartbeats show it let them go ($3: the newest of
+-- its heartbeats answered before this one was composed; only jobs a heartbeat marked at or
+-- before it go, see job_mark_unheld). A cancelled job ends `cancelled`; an assigned one goes
+-- back to the queue as if never handed off; a running one is an attempt spent, requeued after a
+-- backoff (1 s, 2 s, 4 s ... 60 s) while attempts remain, failed with `runner_lost` otherwise.
 -- name: job_release_from_runners
-UPDATE jobs SET
-    state = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN 'queued' ELSE 'failed' END,
-    not_before = CASE WHEN state = 'running' AND attempt < max_attempts
-                      THEN now() + make_interval(secs => least(60, power(2, attempt - 1)))
-                      END,
-    reason = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN reason ELSE 'runner_lost' END,
-    finished_at = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE clock_timestamp() END,
-    runner_id = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE runner_id END,
-    assigned_at = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE assigned_at END,
-    acked_at = CASE WHEN state = 'assigned' OR attempt < max_attempts THEN NULL ELSE acked_at END
-WHERE runner_id = ANY($1::text[]) AND state IN ('assigned', 'running')
-  AND NOT (id = ANY($2::uuid[]))
-RETURNING new.*, old.runner_id AS previous_runner_id;
+UPDATE jobs j SET
+    state = d.next,
+    not_before = CASE WHEN d.next = 'queued' AND j.state = 'running'
+                      THEN now() + make_interval(secs => least(60, power(2, j.attempt - 1))) END,
+    reason = CASE d.next WHEN 'queued' THEN j.reason WHEN 'cancelled' THEN 'cancelled' ELSE 'runner_lost' END,
+    finished_at = CASE WHEN d.next = 'queued' THEN NULL ELSE clock_timestamp() END,
+    runner_id = CASE WHEN d.next = 'queued' THEN NULL ELSE j.runner_id END,
+    assigned_at = CASE WHEN d.next = 'queued' THEN NULL ELSE j.assigned_at END,
+    acked_at = CASE WHEN d.next = 'queued' THEN NULL ELSE j.acked_at END,
+    unheld_seq = NULL
+FROM (SELECT id, CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                      WHEN state = 'assigned' OR attempt < max_attempts THEN 'queued'
+                      ELSE 'failed' END AS next
+      FROM jobs
+      WHERE runner_id = ANY($1::text[]) AND state IN ('assigned', 'running') AND NOT (id = ANY($2::uuid[]))
+        AND ($3::bigint IS NULL
+             OR (unheld_seq <= $3 AND (state = 'running' OR acked_at IS NOT NULL)))
+      ORDER BY id FOR UPDATE) d
+WHERE j.id = d.id
+RETURNING j.*, old.runner_id AS previous_runner_id;
+
+-- A heartbeat of runner $1 (its sequence number $3) holding $2: jobs Postgres has it holding
+-- (running, or assigned and acknowledged) that it does not list are marked with this heartbeat,
+-- unless marked already; those it lists lose their mark.
+-- name: job_mark_unheld
+UPDATE jobs SET unheld_seq = CASE WHEN id = ANY($2::uuid[]) THEN NULL ELSE $3::bigint END
+WHERE runner_id = $1 AND (state = 'running' OR (state = 'assigned' AND acked_at IS NOT NULL))
+  AND CASE WHEN id = ANY($2::uuid[]) THEN unheld_seq IS NOT NULL ELSE unheld_seq IS NULL END;
+
+-- What runner $1 must stop of the jobs it holds ($2): a cancel is pending (it stops the process
+-- and reports `cancelled`), or the job is no longer its own (ended, requeued, another runner's,
+-- unknown): it kills it and reports nothing.
+-- name: job_stop_orders
+SELECT h.id, j.state, j.runner_id, j.cancel_requested_at IS NOT NULL AS cancel_pending
+FROM unnest($2::uuid[]) AS h(id) LEFT JOIN jobs j ON j.id = h.id
+WHERE j.id IS NULL OR j.runner_id IS DISTINCT FROM $1 OR j.state NOT IN ('assigned', 'running')
+   OR j.cancel_requested_at IS NOT NULL;
+
+-- The server's own timeout: a job still running $1 seconds (the runner's kill grace and a
+-- margin for its report) past its timeout_s ends `timed_out` whatever its runner says.
+-- name: job_time_out
+UPDATE jobs SET state = 'timed_out', finished_at = clock_timestamp(),
+                reason = format('timed out: running past timeout_s=%s and no end reported', timeout_s)
+WHERE state = 'running' AND timeout_s IS NOT NULL
+  AND started_at < coalesce($2::timestamptz, now()) - make_interval(secs => timeout_s + $1::float8)
+RETURNING *;
 
 -- A pool change made these queued jobs unrunnable: they end now, in the change's transaction.
 -- name: job_fail_queued_shape
