@@ -259,8 +259,11 @@ class ErrorDetail(Model):
 
 
 class Reply(Model):
-    """The answer to a request on the bus: ok, or an error that says what was wrong."""
+    """The answer to a request on the bus: ok, or an error that says what was wrong. Read
+    tolerantly (unknown fields ignored), so a reply may grow fields (`HeartbeatReply`) without
+    breaking a runner that reads only `ok`."""
 
+    model_config = ConfigDict(frozen=True, extra="ignore")
     ok: bool
     error: ErrorDetail | None = None
 

@@ -154,6 +154,7 @@ class Provisioning(Service):
                 "ORCH_HEARTBEAT_INTERVAL_S": str(s.heartbeat_interval_s),
                 "ORCH_RUNNER_TTL_S": str(s.runner_ttl_s),
                 "ORCH_STOP_TIMEOUT_S": str(s.stop_timeout_s),
+                "ORCH_KILL_GRACE_S": str(s.kill_grace_s),
             },
         )
         fleet = resolve(name, self.factories)(ctx)
