@@ -40,6 +40,12 @@ class PoolConfig(Model):
     max_workers: int = Field(
         default=0, description="live provisioned workers at most, counted from the provisioner; 0 = no cap", **_INT32
     )
+    reservation_timeout_s: float = Field(
+        default=3600,
+        gt=0,
+        le=31_536_000,
+        description="timeout_s of a reservation (a job without payload.command) submitted without one",
+    )
 
     @field_validator("max_workers")
     @classmethod

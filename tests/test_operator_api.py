@@ -62,12 +62,25 @@ async def test_drain_finish_and_queue_depth(system_http: aiohttp.ClientSession, 
     )
     status, depth = await call(system_http, "GET", "/v1/queue")
     assert status == 200 and {"pool": "default", "queued": 1, "assigned": 0, "running": 1} in depth["pools"]
+    finish = f"/v1/jobs/{held['id']}/finish"
+    mine = {"token": held["token"]}
     for body, field in (({}, None), ({"exit_code": 0, "outcome": "failed"}, None), ({"exit_code": "x"}, "exit_code")):
-        status, error = await call(system_http, "POST", f"/v1/jobs/{held['id']}/finish", json=body)
+        status, error = await call(system_http, "POST", finish, json=body, params=mine)
         assert (status, error["error"]["code"], error["error"]["field"]) == (422, "invalid", field), error
-    status, ended = await call(system_http, "POST", f"/v1/jobs/{held['id']}/finish", json={"exit_code": 3})
+    # Only its client (the take token) or an operator may free the slot; a job with a command
+    # ends when its command does.
+    for params in ({}, {"token": "not-the-token"}):
+        status, error = await call(system_http, "POST", finish, json={"exit_code": 0}, params=params)
+        assert (status, error["error"]["code"], error["error"]["field"]) == (403, "forbidden", "token"), error
+    waiting_finish = f"/v1/jobs/{waiting['id']}/finish"
+    status, error = await call(
+        system_http, "POST", waiting_finish, json={"exit_code": 0}, params={"token": waiting["token"]}
+    )
+    assert (status, error["error"]["code"]) == (409, "not_reservation")
+    status, ended = await call(system_http, "POST", finish, json={"exit_code": 3}, params=mine)
     assert status == 200 and (ended["state"], ended["exit_code"]) == ("failed", 3)
-    status, error = await call(system_http, "POST", f"/v1/jobs/{held['id']}/finish", json={"outcome": "succeeded"})
+    assert ended["timeout_s"] == 3600  # a reservation without timeout_s takes its pool's reservation_timeout_s
+    status, error = await call(system_http, "POST", finish, json={"outcome": "succeeded"}, params=mine)
     assert (status, error["error"]["code"]) == (409, "not_held")
 
     async def succeeded() -> bool:  # the freed slot is used at once

@@ -449,6 +449,7 @@ class PoolChangeTx:
             config["paused"],
             config["provisioner"],
             config["max_workers"],
+            config["reservation_timeout_s"],
         )
         return dict(row)
 

@@ -57,7 +57,7 @@ from schemas.events import (
 from schemas.jobs import JobSpec, JobState, JobView, Name
 from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
-from services.api.auth import Auth
+from services.api.auth import ROLE, Auth
 from services.api.blocked import Why
 from services.api.responses import (
     STATUS,
@@ -99,6 +99,7 @@ class Api(Service):
 
     def _routes(self) -> list[Route]:
         token = Query("token", "the job's take token, from its submission", required=True)
+        optional_token = Query("token", "the job's take token (not needed with the operator role)")
         wait = Query("wait", f"seconds to long-poll for a runner (0 to {MAX_WAIT_S:g})", type="number")
         jobs, pools, runners = PRODUCER | RUNNER, OPERATOR, OPERATOR
         return [
@@ -113,8 +114,9 @@ class Api(Service):
                   {200: JobView, 202: JobView}, (404, 409)),
             Route("POST", "/v1/jobs/{id}/take", self.take_job, PUBLIC, "Take the runner holding a job (seed 003)",
                   None, {200: Taken}, (403, 404, 422, 503), (token, wait)),
-            Route("POST", "/v1/jobs/{id}/finish", self.finish_job, jobs, "End a reservation a runner holds",
-                  FinishBody, {200: JobView}, (400, 404, 409, 422)),
+            Route("POST", "/v1/jobs/{id}/finish", self.finish_job, jobs,
+                  "End a reservation a runner holds (its take token, or the operator role)",
+                  FinishBody, {200: JobView}, (400, 403, 404, 409, 422), (optional_token,)),
             Route("POST", "/profile/{pool}/enqueue", self.servo.enqueue, PRODUCER,
                   "Servo: enqueue a reservation; the body is its token", None, {200: None}, (409, 422, 429),
                   (Query("unique_id", "the client's id for the job", required=True),
@@ -266,7 +268,9 @@ class Api(Service):
         return error_response(result.status, "not_found", result.message, "id")
 
     async def finish_job(self, request: web.Request) -> web.Response:
-        """End a reservation its runner holds, as its client says (exit code or outcome)."""
+        """End a reservation its runner holds, as its client says (exit code or outcome). Only a
+        reservation (a job with a command ends when the command does), and only its client (the
+        take token) or an operator: anyone else could free a slot someone is using."""
         try:
             body = FinishBody.model_validate_json(await request.read())
         except ValidationError as exc:
@@ -274,6 +278,12 @@ class Api(Service):
         row = await self._job_or_404(request)
         if isinstance(row, web.Response):
             return row
+        if request.get(ROLE) != "operator" and not token_matches(request.query.get("token"), row["token_hash"]):
+            message = f"finishing job {row['id']} needs its take token (?token=) or the operator role"
+            return error_response(403, "forbidden", message, "token")
+        if "command" in row["payload"]:
+            message = f"job {row['id']} runs a command: it ends when the command does (DELETE cancels it)"
+            return error_response(409, "not_reservation", message, "id")
         ended = await self.store.transitions.finish_held(
             row["id"], body.state(), body.exit_code, "finished by its client"
         )

@@ -20,6 +20,9 @@ from orchestrator.settings import Settings
 from orchestrator.tokens import token_hash
 from services.api.responses import error_response
 
+# The request's key for the caller's role (set only when auth is on and a token was given).
+ROLE = web.RequestKey("role", str)
+
 
 class Auth:
     def __init__(self, settings: Settings) -> None:
@@ -61,6 +64,7 @@ class Auth:
                 who = sorted(allowed | {"operator"})
                 message = f"role {role!r} may not {request.method} {info.resource.canonical}: allowed {who}"
                 return error_response(403, "forbidden", message)
+            request[ROLE] = role  # for a handler whose rule depends on who asks
             return await handler(request)
 
         return authorize

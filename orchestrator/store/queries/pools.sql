@@ -11,8 +11,9 @@ SELECT * FROM pools WHERE name = $1 FOR NO KEY UPDATE;
 SELECT * FROM pools ORDER BY name;
 
 -- name: pool_upsert
-INSERT INTO pools (name, max_concurrent, max_active, labels, allowed_plans, mode, paused, provisioner, max_workers)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+INSERT INTO pools (name, max_concurrent, max_active, labels, allowed_plans, mode, paused, provisioner, max_workers,
+                   reservation_timeout_s)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 ON CONFLICT (name) DO UPDATE SET
     max_concurrent = EXCLUDED.max_concurrent,
     max_active = EXCLUDED.max_active,
@@ -22,6 +23,7 @@ ON CONFLICT (name) DO UPDATE SET
     paused = EXCLUDED.paused,
     provisioner = EXCLUDED.provisioner,
     max_workers = EXCLUDED.max_workers,
+    reservation_timeout_s = EXCLUDED.reservation_timeout_s,
     updated_at = now()
 RETURNING *;
 

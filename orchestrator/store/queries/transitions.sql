@@ -10,12 +10,16 @@
 -- Admit a batch in one statement. Labels and tolerations travel as JSON text (one array per
 -- job): Postgres arrays cannot be ragged, so a text[][] parameter could not carry them. The
 -- jsonb columns are not returned: the caller has them, and decoding them back cost a third of
--- the batch.
+-- the batch. A reservation (no payload.command) given no timeout_s takes its pool's
+-- reservation_timeout_s, so it cannot hold a runner's slot for ever.
 -- name: job_insert_many
 INSERT INTO jobs (id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s,
                   max_attempts, abandon_after_s, token_hash, trace_context, tolerations, shape_id)
 SELECT r.id, r.key, r.spec, r.pool, ARRAY(SELECT jsonb_array_elements_text(r.labels::jsonb)), r.plan, r.tenant,
-       r.priority, r.payload, r.timeout_s, r.max_attempts, r.abandon_after_s, r.token_hash, r.trace_context,
+       r.priority, r.payload,
+       coalesce(r.timeout_s, CASE WHEN NOT r.payload ? 'command'
+                                  THEN (SELECT reservation_timeout_s FROM pools WHERE name = r.pool) END),
+       r.max_attempts, r.abandon_after_s, r.token_hash, r.trace_context,
        ARRAY(SELECT jsonb_array_elements_text(r.tolerations::jsonb)), r.shape_id
 FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[], $8::integer[],
             $9::jsonb[], $10::float8[], $11::integer[], $12::float8[], $13::bytea[], $14::jsonb[], $15::text[],
