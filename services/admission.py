@@ -377,18 +377,20 @@ class Admission(Service):
         ):
             try:
                 await self.admit_many(subs, record=True)
-            except (StoreUnavailable, BusUnavailable) as exc:  # an outage: redelivery will succeed later
-                self.log.warning("%d messages will be redelivered: %s", len(msgs), exc)
-                for msg in msgs:
-                    await msg.nak(delay=self.config.retry_delay_s)
-                return
-            except Exception as exc:
+            except InvalidInput as exc:
                 if len(msgs) > 1:  # find the one message the store refuses; admit the rest
                     self.log.warning("batch of %d failed (%s); admitting one by one", len(msgs), exc)
                     for msg, sub in zip(msgs, subs, strict=True):
                         await self._admit_batch([msg], [sub])
                     return
                 await self._give_up(msgs[0], subs[0], exc)
+                return
+            except Exception as exc:
+                # Only bad input is terminal. Anything else (an outage, a read-only transaction
+                # after a failover, a full disk, a deadlock) may pass later: redeliver.
+                self.log.warning("%d messages will be redelivered: %s", len(msgs), exc)
+                for msg in msgs:
+                    await msg.nak(delay=self.config.retry_delay_s)
                 return
         for sub, msg in zip(subs, msgs, strict=True):
             # Input that does not parse is terminated: no redelivery can fix it.
@@ -398,8 +400,11 @@ class Admission(Service):
     def _parse(self, msg: Msg) -> Submission:
         headers = msg.headers or {}
         seq = msg.metadata.sequence.stream
-        # Without a key of its own, a redelivered message must still map to one job.
-        door_key = headers.get("Nats-Msg-Id") or f"js:{msg.metadata.stream}:{seq}"
+        # Without a key of its own, a redelivered message must still map to one job, and a new
+        # message must not map to an old job: sequence numbers start again when the stream is
+        # made anew (NATS storage lost), so the message's own timestamp goes into the key.
+        stamp = int(msg.metadata.timestamp.timestamp() * 1e6) if msg.metadata.timestamp else 0
+        door_key = headers.get("Nats-Msg-Id") or f"js:{msg.metadata.stream}:{seq}:{stamp}"
         try:
             spec = JobSubmitted.model_validate_json(msg.data).spec()
         except ValidationError as exc:
@@ -407,12 +412,11 @@ class Admission(Service):
         # The job continues the producer's trace: keep its context to store with the job.
         return Submission(spec, spec.key or door_key, telemetry.carrier(headers), stream_seq=seq)
 
-    async def _give_up(self, msg: Msg, sub: Submission, exc: Exception) -> None:
-        """A lone message the store refuses (not an outage): terminate it, and say why where it
-        can be seen, so it never loops."""
+    async def _give_up(self, msg: Msg, sub: Submission, exc: InvalidInput) -> None:
+        """A lone message the store refuses as data: terminate it, and say why where it can be
+        seen, so it never loops."""
         self.log.error("terminated intake message %s: %s", sub.stream_seq, exc, extra={"action": "terminate"})
-        code = "invalid" if isinstance(exc, InvalidInput) else "internal"
-        error = ErrorDetail(code=code, message=f"the store refused this job: {exc}")
+        error = ErrorDetail(code="invalid", message=f"the store refused this job: {exc}")
         bad = Submission(None, sub.key, {}, error, stream_seq=sub.stream_seq, body=msg.data)
         try:
             await self.admit_many([bad], record=True)

@@ -253,3 +253,53 @@ async def test_a_burst_past_max_active_sheds_exactly_the_excess(
     assert len(created) + len(shed_http) == via_http
     shed_js = [r for r in await rejections(store) if r["reason"] == "overloaded"]
     assert len(shed_js) + len(shed_http) == via_js + via_http - max_active
+
+
+async def test_a_store_refusal_that_is_not_bad_input_is_redelivered_not_terminated(
+    front: Runtime, bus: Bus, store: Store
+) -> None:
+    """A read-only transaction (as after a failover to a replica), a full disk, a deadlock: the
+    store refuses the batch, but the job is fine. It is redelivered until the store takes it;
+    only bad input is ever terminated."""
+    await put_pool(store, bus, "default")
+    async with store._conn() as conn:
+        await conn.execute("""
+            CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'cannot execute INSERT in a read-only transaction' USING ERRCODE = '25006'; END $$;
+            CREATE TRIGGER refuse BEFORE INSERT ON jobs EXECUTE FUNCTION refuse();
+        """)
+    await bus.submit(body(pool="default", key="kept"), key="kept")
+
+    async def redelivered() -> bool:
+        info = await bus.js.consumer_info(bus.subjects.intake_stream, "admission")
+        return info.num_redelivered > 0
+
+    await eventually(redelivered, what="the refused message to be redelivered")
+    async with store._conn() as conn:
+        await conn.execute("DROP TRIGGER refuse ON jobs")
+
+    async def admitted() -> bool:
+        return len(await store.job_list(pool=None, state=None, key="kept", limit=1)) == 1
+
+    await eventually(admitted, what="the job to be admitted once the store takes it")
+    assert await rejections(store) == []
+
+
+async def test_keyless_jetstream_jobs_keep_distinct_keys_after_the_stream_is_made_anew(
+    settings: Settings, bus: Bus, store: Store
+) -> None:
+    """Without a key, a JetStream job is keyed by its message. A stream made anew (its storage
+    lost) numbers its messages from 1 again: a new job must not be taken for an old one."""
+    await put_pool(store, bus, "default")
+    for command in ("first", "second"):
+        runtime = Runtime(settings, ["admission"], migrate=True)
+        await runtime.start()
+        try:
+            await bus.js.publish(bus.subjects.submit, body(pool="default", payload={"command": [command]}))
+            await eventually(lambda: intake_drained(bus), what="the intake to be drained")
+        finally:
+            await runtime.stop()
+        await bus.js.delete_stream(bus.subjects.intake_stream)
+    jobs = await store.job_list(pool="default", state=None, key=None, limit=10)
+    assert sorted(j["payload"]["command"][0] for j in jobs) == ["first", "second"]
+    assert await rejections(store) == []
