@@ -7,6 +7,13 @@ transition, whose `finished` news the outbox carries). After the commit: `PoolUp
 services act on without a restart (the dispatcher wakes the pool: a raised cap or an unpause
 frees capacity).
 
+The pools file seeds and changes pools; the API changes them too, and neither undoes the other
+behind its back. At every start each declared pool is created if absent; of an existing pool only
+the fields the file changed since it was last applied are set (a three-way merge, as `kubectl
+apply` does), so an operator's PATCH of another field survives a restart, and editing a field in
+the file wins over an earlier PATCH of it. What the file said is kept with the pool
+(`file_config`), in the change's transaction.
+
 It lives in the core, not in a service, because two callers need it and neither may import a
 service: the runtime applies `ORCH_POOLS_FILE` at start-up, the API applies `PUT`/`PATCH` at
 run time.
@@ -40,32 +47,59 @@ class PoolChange:
 
 
 async def change_pool(
-    store: Store, bus: Bus, name: str, *, config: PoolConfig | None = None, patch: dict[str, Any] | None = None
+    store: Store,
+    bus: Bus,
+    name: str,
+    *,
+    config: PoolConfig | None = None,
+    patch: dict[str, Any] | None = None,
+    declared: PoolConfig | None = None,
 ) -> PoolChange:
-    """Replace the pool's configuration with `config` (creating it), or apply `patch` (only the
-    given fields) to an existing pool. A patch that makes the configuration invalid raises
-    pydantic's ValidationError and changes nothing; patching a missing pool raises NotFound."""
-    if (config is None) == (patch is None):
-        raise ValueError("give exactly one of config and patch")
+    """Replace the pool's configuration with `config` (creating it), apply `patch` (only the
+    given fields) to an existing pool, or apply what the pools file `declared` (see the module
+    note). A patch that makes the configuration invalid raises pydantic's ValidationError and
+    changes nothing; patching a missing pool raises NotFound."""
+    if sum(x is not None for x in (config, patch, declared)) != 1:
+        raise ValueError("give exactly one of config, patch and declared")
     async with store.transitions.pool_change(name) as tx:
         previous = PoolConfig.from_row(tx.current) if tx.current else None
         if patch is not None:
             if previous is None:
                 raise NotFound(f"pool {name!r} does not exist: create it with PUT first")
             config = PoolConfig.model_validate({**previous.model_dump(), **patch})
+        if declared is not None:
+            config = _merged(previous, tx.current["file_config"] if tx.current else None, declared)
         assert config is not None
+        row, failed = tx.current, 0
+        if config != previous:
+            row = await tx.upsert(config.model_dump())
+            for labels, plan in await tx.queued_shapes():
+                if config.unrunnable(name, labels, plan) is not None:
+                    failed += len(await tx.fail_unsatisfiable(labels, plan, UNSATISFIABLE))
+        if declared is not None and (
+            tx.current is None or tx.current["file_config"] != declared.model_dump(mode="json")
+        ):
+            await tx.record_file_config(declared.model_dump(mode="json"))
         if config == previous:
-            return PoolChange(tx.current, created=False, changed=False, failed_jobs=0)  # type: ignore[arg-type]
-        row = await tx.upsert(config.model_dump())
-        failed = 0
-        for labels, plan in await tx.queued_shapes():
-            if config.unrunnable(name, labels, plan) is not None:
-                failed += len(await tx.fail_unsatisfiable(labels, plan, UNSATISFIABLE))
+            return PoolChange(row, created=False, changed=False, failed_jobs=0)  # type: ignore[arg-type]
     await bus.publish(
         bus.subjects.pool_updated(name),
         PoolUpdated(pool=name, config=config, previous=previous, failed_jobs=failed),
     )
     return PoolChange(row, created=previous is None, changed=True, failed_jobs=failed)
+
+
+def _merged(current: PoolConfig | None, last_said: dict[str, Any] | None, declared: PoolConfig) -> PoolConfig:
+    """The pool after applying the file: all of it to a new pool; to an existing one, the fields
+    the file changed since it last said anything (the first time: the fields it sets)."""
+    if current is None:
+        return declared
+    said = declared.model_dump(mode="json")
+    if last_said is None:
+        changed = declared.model_fields_set
+    else:
+        changed = {field for field, value in said.items() if last_said.get(field) != value}
+    return PoolConfig.model_validate({**current.model_dump(mode="json"), **{f: said[f] for f in changed}})
 
 
 def load_pools_file(path: Path) -> PoolsFile:
@@ -90,6 +124,7 @@ def load_pools_file(path: Path) -> PoolsFile:
 
 
 async def apply_pools_file(store: Store, bus: Bus, path: Path) -> list[PoolChange]:
-    """Apply each declared pool like a PUT (what the file omits takes its default)."""
+    """Apply each declared pool (see the module note): a new pool as declared (what the file
+    omits takes its default); of an existing one, what the file changed since last applied."""
     declared = load_pools_file(path)
-    return [await change_pool(store, bus, name, config=config) for name, config in declared.pools.items()]
+    return [await change_pool(store, bus, name, declared=config) for name, config in declared.pools.items()]

@@ -14,6 +14,7 @@ import pytest
 from orchestrator.bus import Bus
 from orchestrator.cli import main
 from orchestrator.errors import ConfigurationError
+from orchestrator.pools import change_pool
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
@@ -243,3 +244,28 @@ async def test_cli_pool_set(
     capsys.readouterr()
     assert await cli("pool", "set", "gpu", "--max-workers", "-1") == 2
     assert "max_workers: must be 0 (no cap)" in capsys.readouterr().err
+
+
+async def test_a_restart_keeps_an_operators_patch_and_applies_what_the_file_changed(
+    settings: Settings, store: Store, bus: Bus, tmp_path: Path
+) -> None:
+    """The pools file seeds and changes; the API changes. A restart with the same file leaves
+    an operator's PATCH alone (it used to put the pool back, like a PUT); a field edited in the
+    file since it was last applied is set, whatever was patched."""
+    settings.pools_file = tmp_path / "pools.toml"
+
+    async def start_with(text: str) -> None:
+        assert settings.pools_file is not None
+        settings.pools_file.write_text(text)
+        runtime = Runtime(settings, ["admission"], migrate=True)
+        await runtime.start()
+        await runtime.stop()
+
+    await start_with("[pools.gpu]\nmax_concurrent = 4\nlabels = ['gpu']\n")
+    await change_pool(store, bus, "gpu", patch={"paused": True, "max_concurrent": 7})
+    await start_with("[pools.gpu]\nmax_concurrent = 4\nlabels = ['gpu']\n")
+    pool = await store.pool_get("gpu")
+    assert pool is not None and (pool["paused"], pool["max_concurrent"]) == (True, 7)
+    await start_with("[pools.gpu]\nmax_concurrent = 9\nlabels = ['gpu']\n")
+    pool = await store.pool_get("gpu")
+    assert pool is not None and (pool["paused"], pool["max_concurrent"], pool["labels"]) == (True, 9, ["gpu"])

@@ -16,7 +16,8 @@ CREATE TABLE pools (
     max_workers     integer NOT NULL DEFAULT 0        -- live provisioned workers at most; 0 = no cap
                     CONSTRAINT pools_max_workers_check CHECK (max_workers >= 0),
     reservation_timeout_s double precision NOT NULL DEFAULT 3600 -- timeout_s of a reservation given none
-                    CONSTRAINT pools_reservation_timeout_check CHECK (reservation_timeout_s > 0)
+                    CONSTRAINT pools_reservation_timeout_check CHECK (reservation_timeout_s > 0),
+    file_config     jsonb                             -- what the pools file last said (NULL: not in it)
 );
 
 CREATE TABLE runners (

@@ -453,6 +453,9 @@ class PoolChangeTx:
         )
         return dict(row)
 
+    async def record_file_config(self, config: dict[str, Any]) -> None:
+        await self._conn.execute(Q["pool_set_file_config"], self.name, config)
+
     async def queued_shapes(self) -> list[tuple[list[str], str | None]]:
         return [(list(r["labels"]), r["plan"]) for r in await self._conn.fetch(Q["job_queued_shapes"], self.name)]
 

@@ -14,5 +14,8 @@ ALTER TABLE runners ADD COLUMN heartbeat_seq bigint NOT NULL DEFAULT 0;
 -- reservation taken and never finished cannot hold a runner's slot for ever.
 ALTER TABLE pools ADD COLUMN reservation_timeout_s double precision NOT NULL DEFAULT 3600
     CONSTRAINT pools_reservation_timeout_check CHECK (reservation_timeout_s > 0);
+-- What the pools file last said of a pool (NULL: never declared there). A start applies only
+-- what the file changed since, so an operator's PATCH of another field survives restarts.
+ALTER TABLE pools ADD COLUMN file_config jsonb;
 -- Running jobs with a timeout, for the server's own timeout sweep.
 CREATE INDEX jobs_running_timeout_idx ON jobs (started_at) WHERE state = 'running' AND timeout_s IS NOT NULL;

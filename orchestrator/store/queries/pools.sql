@@ -7,6 +7,10 @@ SELECT * FROM pools WHERE name = ANY($1::text[]);
 -- name: pool_lock_for_change
 SELECT * FROM pools WHERE name = $1 FOR NO KEY UPDATE;
 
+-- What the pools file said of pool $1 when it was last applied.
+-- name: pool_set_file_config
+UPDATE pools SET file_config = $2 WHERE name = $1;
+
 -- name: pool_list
 SELECT * FROM pools ORDER BY name;
 
