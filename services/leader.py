@@ -1,8 +1,9 @@
 """Leader: one dispatcher per shard at a time, elected on a NATS KV lease, fenced in Postgres.
 
 Every dispatch instance runs this service. It contends for its shard's lease: whoever creates
-the key leads, with the key's revision as its epoch. The leader records its term in Postgres
-(`dispatch_epochs`), announces `LeaderElected`, then tells the dispatcher (through the shared
+the key leads, with a fencing epoch Postgres issues (`dispatch_epochs`: one more than any term
+before, so losing the lease store cannot make a new leader look older than an old one). It
+announces `LeaderElected`, then tells the dispatcher (through the shared
 `Leadership`), and renews every `lease_renew_s`, well inside the TTL. Its term ends when:
 - a renewal is refused (someone else holds the key): `LeaderLost{taken}`;
 - no renewal succeeded within the TTL, by this process's monotonic clock (NATS unreachable):
@@ -87,25 +88,23 @@ class Leader(Service):
 
     async def _try_lead(self) -> None:
         started = time.monotonic()
+        shard = self.leadership.shard
         try:
-            epoch = await self.lease.acquire()
+            revision = await self.lease.acquire()
         except OrchestratorError as exc:
-            self.log.warning("contending for shard %s failed: %s", self.leadership.shard, exc)
+            self.log.warning("contending for shard %s failed: %s", shard, exc)
             return
-        if epoch is None:
+        if revision is None:
+            return
+        try:
+            epoch = await self.store.dispatch_epoch_issue(shard, self.leadership.holder)
+        except OrchestratorError as exc:  # no term without an epoch: let another instance try
+            self.log.warning("no epoch for shard %s from Postgres: %s; giving the lease up", shard, exc)
+            with contextlib.suppress(OrchestratorError):
+                await self.lease.release()
             return
         self._epoch = epoch
         fence = Fence(self.leadership.shard, epoch, self.leadership.holder)
-        try:
-            if not await self.store.dispatch_epoch_advance(fence):
-                self.log.error(
-                    "lease revision %d of shard %s is older than the epoch stored in Postgres: was the lease "
-                    "bucket recreated? Claims will be refused until dispatch_epochs is reset for this shard",
-                    epoch,
-                    fence.shard,
-                )
-        except OrchestratorError as exc:  # every claim records the term itself if this did not
-            self.log.warning("recording epoch %d failed: %s", epoch, exc)
         self.log.info("leading shard %s as %s at epoch %d", fence.shard, fence.holder, epoch)
         # Announced before the dispatcher is told, so the news precedes the new leader's first dispatch.
         await self._announce(LeaderElected(shard=fence.shard, holder=fence.holder, epoch=epoch), "elected")

@@ -28,28 +28,29 @@ async def states(store: Store) -> list[tuple[str, int]]:
 
 
 async def test_a_claim_under_an_older_epoch_is_fenced_and_changes_nothing(queue: Store) -> None:
-    first = await queue.transitions.claim("p", 2, Fence(SHARD, 5, "a"))
+    a = Fence(SHARD, await queue.dispatch_epoch_issue(SHARD, "a"), "a")
+    first = await queue.transitions.claim("p", 2, a)
     assert first.status == "dispatched" and len(first.assignments) == 2
-    assert (await queue.dispatch_epoch_get(SHARD) or {})["epoch"] == 5  # recorded by the claim itself
 
-    assert await queue.dispatch_epoch_advance(Fence(SHARD, 9, "b"))  # a new leader is elected
+    b = Fence(SHARD, await queue.dispatch_epoch_issue(SHARD, "b"), "b")  # a new leader is elected
     before = await states(queue)
-    refused = await queue.transitions.claim("p", 2, Fence(SHARD, 5, "a"))
+    refused = await queue.transitions.claim("p", 2, a)
     assert refused.status == "fenced" and refused.assignments == []
     assert await states(queue) == before
 
-    second = await queue.transitions.claim("p", 2, Fence(SHARD, 9, "b"))
+    second = await queue.transitions.claim("p", 2, b)
     assert second.status == "dispatched"
-    assert sorted(e for s, e in await states(queue) if s == "assigned") == [5, 5, 9, 9]
+    assert sorted(e for s, e in await states(queue) if s == "assigned") == [a.epoch, a.epoch, b.epoch, b.epoch]
 
 
-async def test_the_epoch_only_moves_forward(queue: Store) -> None:
-    assert await queue.dispatch_epoch_advance(Fence(SHARD, 7, "a"))
-    since = (await queue.dispatch_epoch_get(SHARD) or {})["since"]
-    assert await queue.dispatch_epoch_advance(Fence(SHARD, 7, "a"))  # the same term again: unchanged
-    assert not await queue.dispatch_epoch_advance(Fence(SHARD, 6, "old"))
+async def test_every_term_gets_a_newer_epoch_from_postgres(queue: Store) -> None:
+    first = await queue.dispatch_epoch_issue(SHARD, "a")
+    second = await queue.dispatch_epoch_issue(SHARD, "b")
+    assert second > first
     row = await queue.dispatch_epoch_get(SHARD)
-    assert row == {"shard": SHARD, "epoch": 7, "holder": "a", "since": since}
+    assert row is not None and (row["epoch"], row["holder"]) == (second, "b")
+    # A term Postgres never issued claims nothing.
+    assert (await queue.transitions.claim("p", 1, Fence(SHARD, second + 1, "forged"))).status == "fenced"
 
 
 async def test_unfenced_claims_still_work_without_election(queue: Store) -> None:
@@ -59,18 +60,17 @@ async def test_unfenced_claims_still_work_without_election(queue: Store) -> None
 
 
 async def test_concurrent_steps_of_one_leader_do_not_block_each_other(queue: Store, store: Store) -> None:
-    """Steps of one term share the epoch lock: pools drain in parallel, and the first claims of a
-    term not yet recorded (the election's write failed) record it without deadlocking."""
+    """Steps of one term share the epoch lock: pools drain in parallel."""
     await factories.pool(store, "q", max_concurrent=10, max_active=-1)
     await store.transitions.register_runner(RunnerSpec("r2", "q", [], 10), [])
     await factories.queue(store, 6, "q")
-    fence = Fence(SHARD, 3, "a")
+    fence = Fence(SHARD, await store.dispatch_epoch_issue(SHARD, "a"), "a")
     steps = await asyncio.gather(*(store.transitions.claim(pool, 1, fence) for pool in ("p", "q") * 3))
     assert [s.status for s in steps] == ["dispatched"] * 6
 
 
 async def test_unstarted_assignments_go_back_to_the_queue(queue: Store) -> None:
-    await queue.transitions.claim("p", 2, Fence(SHARD, 1, "a"))
+    await queue.transitions.claim("p", 2)
     assert await queue.transitions.requeue_unstarted(60) == []
     later = datetime.now(UTC) + timedelta(seconds=120)
     requeued = await queue.transitions.requeue_unstarted(60, now=later)

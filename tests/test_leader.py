@@ -14,7 +14,7 @@ from orchestrator.bus.lease import Lease, read_lease
 from orchestrator.leadership import Leadership
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
-from orchestrator.store import Fence, RunnerSpec, Store
+from orchestrator.store import RunnerSpec, Store
 from schemas.events import LeaderElected, LeaderLost
 from services.dispatch import Dispatch
 from services.leader import Leader
@@ -117,14 +117,38 @@ async def test_dispatch_claims_only_while_leading(settings: Settings, store: Sto
     leadership = Leadership(settings.dispatch_shard, "me")
     dispatch = Dispatch(settings, store, bus, leadership=leadership)
     assert await dispatch.step("p") == "not_leader"
-    leadership.gain(4, time.monotonic() + 60)
+    epoch = await store.dispatch_epoch_issue(settings.dispatch_shard, "me")
+    leadership.gain(epoch, time.monotonic() + 60)
     assert await dispatch.step("p") == "dispatched"  # the hand-off fails (no such runner): requeued
-    assert (await store.dispatch_epoch_get(settings.dispatch_shard) or {})["epoch"] == 4
-    leadership.gain(4, time.monotonic() - 1)  # the term ran out on this process's clock
+    leadership.gain(epoch, time.monotonic() - 1)  # the term ran out on this process's clock
     assert await dispatch.step("p") == "not_leader"
-    await store.dispatch_epoch_advance(Fence(settings.dispatch_shard, 9, "newer"))  # elected elsewhere
-    leadership.gain(5, time.monotonic() + 60)  # a stale term this process still believes in
+    await store.dispatch_epoch_issue(settings.dispatch_shard, "newer")  # elected elsewhere
+    leadership.gain(epoch, time.monotonic() + 60)  # a stale term this process still believes in
     assert await dispatch.step("p") == "fenced"
+
+
+async def test_a_lease_bucket_made_anew_does_not_halt_dispatch(settings: Settings, store: Store, bus: Bus) -> None:
+    """NATS lost its storage: the lease bucket is made anew and its revisions start again from 1.
+    A new leader still gets a newer epoch (Postgres issues it) and dispatches; with the lease
+    revision as the epoch it was refused until someone edited a row."""
+    await factories.pool(store, "p", max_concurrent=10, max_active=-1)
+    await store.transitions.register_runner(RunnerSpec("r1", "p", [], 10), [])
+    await factories.queue(store, 1, "p")
+    for _ in range(3):  # a few terms, each a few revisions
+        leadership = Leadership(settings.dispatch_shard, "me")
+        leader = Leader(settings, store, bus, leadership)
+        await leader.start()
+        await leader.stop()
+    await bus.js.delete_key_value(bus.subjects.lease_bucket)
+    leadership = Leadership(settings.dispatch_shard, "me")
+    leader = Leader(settings, store, bus, leadership)
+    await leader.start()
+    try:
+        assert leadership.leading
+        dispatch = Dispatch(settings, store, bus, leadership=leadership)
+        assert await dispatch.step("p") == "dispatched"
+    finally:
+        await leader.stop()
 
 
 @pytest.fixture

@@ -141,7 +141,7 @@ class Lease:
         return self._kv
 
     async def acquire(self) -> int | None:
-        """Take the lease if nobody holds it; return its revision (the epoch), else None."""
+        """Take the lease if nobody holds it; return its revision, else None."""
         self.revision = None
         try:
             try:

@@ -21,7 +21,7 @@ from orchestrator.errors import InvalidInput, StoreError, StoreUnavailable
 from orchestrator.redact import redact_url
 from orchestrator.store import migrate
 from orchestrator.store.queries import Q
-from orchestrator.store.transitions import Fence, Transitions
+from orchestrator.store.transitions import Transitions
 
 # What "Postgres cannot be reached right now" looks like: the network, a closed connection,
 # SQLSTATE class 08 (connection exception) and 57 (operator intervention: shutdown, terminate).
@@ -199,20 +199,14 @@ class Store:
         async with self._conn() as conn:
             return [dict(r) for r in await conn.fetch(Q["rejection_list"], reason, limit)]
 
-    async def dispatch_epoch_advance(self, fence: Fence) -> bool:
-        """Record a leader's term (only ever forward); False when a newer epoch is stored."""
+    async def dispatch_epoch_issue(self, shard: str, holder: str) -> int:
+        """A new term for `holder`, newer than every earlier one of `shard`: its fencing epoch."""
         async with self._conn() as conn:
-            return await conn.fetchrow(Q["dispatch_epoch_advance"], *fence) is not None
+            return int(await conn.fetchval(Q["dispatch_epoch_issue"], shard, holder))
 
     async def dispatch_epoch_get(self, shard: str) -> dict[str, Any] | None:
         async with self._conn() as conn:
             row = await conn.fetchrow(Q["dispatch_epoch_get"], shard)
-        return dict(row) if row else None
-
-    async def runner_touch(self, runner_id: str) -> dict[str, Any] | None:
-        """Record a heartbeat; the runner's state before it and its pool, or None if unknown/lost."""
-        async with self._conn() as conn:
-            row = await conn.fetchrow(Q["runner_touch"], runner_id)
         return dict(row) if row else None
 
     async def runner_mark_suspect(self, runner_id: str) -> None:

@@ -166,7 +166,7 @@ _REJECTION_FIELDS = [f.name for f in fields(Rejection)]
 
 
 class Fence(NamedTuple):
-    """A dispatch leader's term: its shard, its epoch (the lease revision), and who it is."""
+    """A dispatch leader's term: its shard, its epoch (issued by Postgres), and who it is."""
 
     shard: str
     epoch: int
@@ -527,24 +527,12 @@ class Transitions:
         slots, never past the pool's `max_concurrent`, in one transaction. No news yet: the
         assignment is announced once its runner acknowledges it (`acknowledge`).
 
-        With a `fence`, the same transaction first checks the shard's stored epoch: a newer one
-        means this leader was deposed, and the step claims nothing (`fenced`)."""
-        if fence is None:
-            async with self._store.transaction() as conn:
-                return await _claim(conn, pool, limit, None)
-        for _ in range(2):
-            async with self._store.transaction() as conn:
-                stored = await conn.fetchval(Q["dispatch_epoch_hold"], fence.shard)
-                if stored == fence.epoch:
-                    return await _claim(conn, pool, limit, fence.epoch)
-            if stored is not None and stored > fence.epoch:
+        With a `fence`, the same transaction first checks the shard's stored epoch: another one
+        means a newer leader was elected, and the step claims nothing (`fenced`)."""
+        async with self._store.transaction() as conn:
+            if fence is not None and await conn.fetchval(Q["dispatch_epoch_hold"], fence.shard) != fence.epoch:
                 return ClaimStep("fenced")
-            # Our term is not recorded yet (the leader records it on election; that write failed).
-            # Record it in its own transaction: upgrading the shared lock here could deadlock with
-            # this leader's steps for other pools. Then check again.
-            if not await self._store.dispatch_epoch_advance(fence):
-                return ClaimStep("fenced")
-        return ClaimStep("fenced")
+            return await _claim(conn, pool, limit, fence.epoch if fence else None)
 
     async def acknowledge(self, handoffs: Sequence[Handoff]) -> list[Job]:
         """The runner acked these hand-offs: `assigned` news (once per assignment)."""

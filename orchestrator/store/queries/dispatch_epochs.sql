@@ -1,17 +1,14 @@
--- Fencing for leader-only writes. Each dispatch shard's row holds the newest lease revision
--- (epoch) any leader has claimed under; a claim under an older epoch is refused.
+-- Fencing for leader-only writes. Each dispatch shard's row holds the newest leader's term
+-- (epoch, issued here); a claim under any other epoch is refused.
 
--- Record a leader's term: only ever forward. Returns the row when the stored epoch is now $2,
--- nothing when a newer one is stored (the caller has been deposed).
--- name: dispatch_epoch_advance
+-- A new leader's term: Postgres issues the epoch, one more than any before, so a new leader
+-- always fences the old one, whatever the lease store remembers (a lease bucket made anew after
+-- NATS lost its storage starts its revisions again from 1).
+-- name: dispatch_epoch_issue
 INSERT INTO dispatch_epochs AS d (shard, epoch, holder, since)
-VALUES ($1, $2, $3, now())
-ON CONFLICT (shard) DO UPDATE SET
-    epoch = EXCLUDED.epoch,
-    holder = EXCLUDED.holder,
-    since = CASE WHEN d.epoch < EXCLUDED.epoch THEN EXCLUDED.since ELSE d.since END
-WHERE d.epoch <= EXCLUDED.epoch
-RETURNING *;
+VALUES ($1, 1, $2, now())
+ON CONFLICT (shard) DO UPDATE SET epoch = d.epoch + 1, holder = EXCLUDED.holder, since = now()
+RETURNING epoch;
 
 -- Inside a claim: a shared lock on the shard's epoch, held to commit. The leader's own claim
 -- steps share it (pools drain in parallel); a successor's advance waits for them to commit,
