@@ -93,7 +93,8 @@ async def call(http: aiohttp.ClientSession, method: str, path: str, **kwargs: An
 
 
 # Columns that move on their own while nothing is submitted (heartbeats).
-_VOLATILE = {"runners": ("last_seen_at",)}
+# Changed by every heartbeat, whatever else happens.
+_VOLATILE = {"runners": ("last_seen_at", "heartbeat_seq")}
 
 
 def _outbox_empty(store: Store) -> Callable[[], Awaitable[bool]]:

@@ -88,7 +88,7 @@ CREATE TABLE jobs (
 
 CREATE TABLE dispatch_epochs (
     shard           text PRIMARY KEY,                 -- a dispatch shard ('all': every pool)
-    epoch           bigint NOT NULL,                  -- the newest leader's lease revision
+    epoch           bigint NOT NULL,                  -- the newest leader's term (issued here)
     holder          text,                             -- that leader's instance id
     since           timestamptz NOT NULL DEFAULT now()
 );
