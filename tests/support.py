@@ -93,7 +93,6 @@ async def call(http: aiohttp.ClientSession, method: str, path: str, **kwargs: An
 
 
 # Columns that move on their own while nothing is submitted (heartbeats).
-# Changed by every heartbeat, whatever else happens.
 _VOLATILE = {"runners": ("last_seen_at", "heartbeat_seq")}
 
 
