@@ -8,10 +8,14 @@ woken pool:
    those that never did within `start_timeout_s`;
 2. read the pool's demand from Postgres: runnable queued jobs, jobs in flight, free slots of its
    registered runners (pull runners and idle workers alike);
-3. count live workers from the provisioner itself: a failed count spawns nothing (never blind
-   past the cap) and says so (`CapacityUnknown`, counted); the next wake retries;
+3. count live workers: from the provisioner itself (a failed count spawns nothing, never blind
+   past the cap, and says so: `CapacityUnknown`, counted; the next wake retries), and from
+   Postgres (`workers`: what every instance spawned, so a new leader counts its predecessor's
+   workers too); the larger count wins;
 4. spawn `spawn_budget(...)` workers: one per queued job that no free or starting runner will
-   take, within `max_workers - live` and the pool's `max_concurrent` headroom.
+   take, within `max_workers - live` and the pool's `max_concurrent` headroom. Before each
+   spawn it checks it still leads, and reserves the worker's row in Postgres, counted under the
+   pool's fleet lock: the cap holds exactly even while two instances believe they lead.
 At the cap a job simply stays queued (never shed); when a worker exits the fleet has room again:
 the reconcile announces it with `SlotAvailable` and spawns for what still waits. Workers
 register like any runner and the dispatcher hands each one job, so pull runners and workers share
@@ -80,8 +84,10 @@ class Provisioning(Service):
         self._fleets: dict[str, tuple[str, Provisioner]] = {}  # pool -> (provisioner name, instance)
         # Spawned, not registered yet: pool -> runner id -> (the provisioner's handle, spawned at).
         self._starting: dict[str, dict[str, tuple[str, float]]] = {}
+        self._runner_ids: dict[str, str] = {}  # a spawned worker's handle -> its runner id
         self._dirty: set[str] = set()
         self._exited: set[str] = set()
+        self._gone: set[str] = set()  # workers that exited, to forget in Postgres
         self._kick = asyncio.Event()
         # Reconcile outcomes: spawned (workers), capacity_unknown (failed counts), at_cap.
         self.counts: dict[str, int] = {}
@@ -122,7 +128,10 @@ class Provisioning(Service):
         self._dirty.add(pool)
         self._kick.set()
 
-    def _worker_exited(self, pool: str) -> None:
+    def _worker_exited(self, pool: str, handle: str) -> None:
+        runner_id = self._runner_ids.pop(handle, None)
+        if runner_id is not None:  # it counts no more (forgotten on the loop, with the reconcile)
+            self._gone.add(runner_id)
         self._exited.add(pool)
         self.wake(pool)
 
@@ -148,7 +157,7 @@ class Provisioning(Service):
             nats_url=self.bus.url,
             namespace=s.namespace,
             data_dir=s.data_dir,
-            worker_exited=lambda worker: self._worker_exited(pool),
+            worker_exited=lambda worker: self._worker_exited(pool, worker),
             # Workers heartbeat and drain on the orchestrator's timings.
             env={
                 "ORCH_HEARTBEAT_INTERVAL_S": str(s.heartbeat_interval_s),
@@ -172,6 +181,9 @@ class Provisioning(Service):
         await self.bus.publish(self.bus.subjects.capacity_unknown(pool), CapacityUnknown(pool=pool, reason=reason))
 
     async def reconcile(self, pool: str) -> None:
+        for runner_id in list(self._gone):  # whether or not this instance leads
+            await self.store.worker_forget(runner_id)
+            self._gone.discard(runner_id)
         if not leads(self.leadership):
             return
         # Forget registered workers before reading the demand, which then counts them as runners:
@@ -190,6 +202,7 @@ class Provisioning(Service):
         except Exception as exc:
             await self._unknown(pool, f"{demand['provisioner']}: {exc}")
             return
+        live = max(live, await self.store.worker_count_live(pool, self.config.start_timeout_s))
         if pool in self._exited:  # the fleet has room again: say so (dispatch and we wake on it)
             self._exited.discard(pool)
             room = demand["max_workers"] - live if demand["max_workers"] > 0 else 1
@@ -209,16 +222,30 @@ class Provisioning(Service):
         if budget == 0 and demand["queued"] > demand["free_slots"] + len(starting):
             self._count("at_cap")
         for _ in range(min(budget, self.config.max_spawn)):
-            await self._spawn(pool, fleet, demand, starting)
+            if not leads(self.leadership) or not await self._spawn(pool, fleet, demand, starting):
+                break
 
     async def _spawn(
         self, pool: str, fleet: Provisioner, demand: dict[str, Any], starting: dict[str, tuple[str, float]]
-    ) -> None:
+    ) -> bool:
+        """Spawn one worker, if the fleet cap still has room for it (False: it has not)."""
         runner_id = f"{pool[:48]}-w-{secrets.token_hex(5)}"
-        handle = await fleet.spawn(WorkerRequest(pool=pool, runner_id=runner_id, labels=list(demand["labels"])))
+        reserved = await self.store.worker_reserve(
+            pool, runner_id, self.settings.instance_id, demand["max_workers"], self.config.start_timeout_s
+        )
+        if reserved is None:
+            self._count("at_cap")
+            return False
+        try:
+            handle = await fleet.spawn(WorkerRequest(pool=pool, runner_id=runner_id, labels=list(demand["labels"])))
+        except BaseException:
+            await self.store.worker_forget(runner_id)
+            raise
+        self._runner_ids[handle] = runner_id
         starting[runner_id] = (handle, time.monotonic())
         self._count("spawned")
         self.log.info("spawned worker %s for %s", runner_id, pool)
+        return True
 
     async def _still_starting(self, pool: str) -> dict[str, tuple[str, float]]:
         """The pool's spawned workers that have not registered yet (those that have are runners now)."""
@@ -233,5 +260,7 @@ class Provisioning(Service):
             if spawned_at < deadline:
                 self.log.warning("worker %s never registered; stopping it", runner_id)
                 del starting[runner_id]
+                self._runner_ids.pop(handle, None)
                 await fleet.stop(handle)
+                await self.store.worker_forget(runner_id)
         return starting

@@ -22,6 +22,7 @@ from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import CapacityUnknown, JobAssigned
 from schemas.jobs import JobSpec, JobState
+from services.provisioner import Provisioning
 from services.runner import Execute, Outcome, Runner
 from tests import factories
 from tests.support import Listener, eventually, in_flight_peak
@@ -269,3 +270,33 @@ async def test_an_unknown_provisioner_is_refused_at_start_up(settings: Settings,
     runtime = Runtime(settings, ["provisioner"])
     with pytest.raises(ConfigurationError, match="provisioner 'nowhere' is not known"):
         await runtime.start()
+
+
+async def test_a_new_leaders_provisioner_counts_the_workers_its_predecessor_started(
+    fleets: Fleets, store: Store, settings: Settings, bus: Bus
+) -> None:
+    """A handover: the workers the old leader's provisioner started are not the new one's to
+    count, yet they hold the fleet cap. The new leader spawns nothing past `max_workers`."""
+    gate = asyncio.Event()
+
+    async def held(event: JobAssigned) -> Outcome:
+        await gate.wait()
+        return JobState.succeeded, 0, None
+
+    fleets.execute = held
+    await factories.pool(store, "p", labels=["linux"], provisioner="in-process", max_workers=2)
+    await fleets.admit("p", 4)
+
+    async def two_running() -> bool:
+        return await count(store, "SELECT count(*) FROM jobs WHERE pool = 'p' AND state = 'running'") == 2
+
+    await eventually(two_running, timeout=15, what="two workers to run a job each")
+    successor = Provisioning(settings, store, bus, {"in-process": fleets._in_process})
+    try:
+        await successor.reconcile("p")  # as a new leader's first reconcile, in another process
+        old, new = fleets.made
+        assert (len(old.spawned), new.spawned) == (2, [])
+    finally:
+        gate.set()
+        await successor.stop()
+    await eventually(lambda: all_succeeded(store, "p", 4), timeout=20, what="all 4 jobs to finish")

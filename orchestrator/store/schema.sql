@@ -153,3 +153,12 @@ BEGIN
 END
 $$;
 CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+
+-- Provisioned workers, counted against the fleet cap by every provisioner instance.
+CREATE TABLE workers (
+    id          text PRIMARY KEY,                   -- the runner id it registers under
+    pool        text NOT NULL REFERENCES pools (name),
+    spawned_by  text NOT NULL,                      -- the provisioner's instance id
+    spawned_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX workers_pool_idx ON workers (pool);

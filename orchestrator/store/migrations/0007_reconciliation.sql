@@ -19,3 +19,15 @@ ALTER TABLE pools ADD COLUMN reservation_timeout_s double precision NOT NULL DEF
 ALTER TABLE pools ADD COLUMN file_config jsonb;
 -- Running jobs with a timeout, for the server's own timeout sweep.
 CREATE INDEX jobs_running_timeout_idx ON jobs (started_at) WHERE state = 'running' AND timeout_s IS NOT NULL;
+-- Provisioned workers, wherever their provisioner runs: the fleet cap (max_workers) is counted
+-- here, so a new dispatch leader (whose provisioner did not start them) counts its
+-- predecessor's workers too. A row is made before its worker is spawned, in a transaction that
+-- counts the pool's live workers under a lock (a reservation), and deleted when the worker exits;
+-- a worker whose runner was declared lost, or that never registered in time, no longer counts.
+CREATE TABLE workers (
+    id          text PRIMARY KEY,                   -- the runner id it registers under
+    pool        text NOT NULL REFERENCES pools (name),
+    spawned_by  text NOT NULL,                      -- the provisioner's instance id
+    spawned_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX workers_pool_idx ON workers (pool);
