@@ -9,11 +9,15 @@ jobs of random durations (`bench/chaos_job.py`, which logs its own execution) th
 JetStream intake at a steady rate. Meanwhile, at seeded random intervals, one of: kill -9 of
 admission, of capacity, of the dispatch leader (found from the lease), of a runner, of
 nats-server, or an immediate (crash) stop of Postgres; each is started again at once (servers on
-the same port and data dir). In-flight per pool is sampled from Postgres throughout.
+the same port and data dir). Or a pause (SIGSTOP, then SIGCONT) longer than the timeout that
+watches it: Postgres (every process of it) past the runners' TTL, capacity past a runner's start
+request, a runner past its TTL (its jobs keep running: its watchdog must fence them), the
+dispatch leader past its lease. In-flight per pool is sampled from Postgres throughout.
 
-Then the load stops, every job must end, in-flight must be 0, and a burst of `cap` jobs that
-wait for one another must all run at once (no slot leaked). `bench.chaos_check` checks the rest
-over the database's transition history and the execution log. It prints the figures and writes
+Then the load stops, every job must end, in-flight must be 0, no job's process may be left
+alive, and a burst of `cap` jobs that wait for one another must all run at once (no slot
+leaked). `bench.chaos_check` checks the rest over the database's transition history and the
+execution log. It prints the figures and writes
 bench-results/chaos.json; tests/test_chaos.py runs a short seeded run and wants zero violations.
 """
 
@@ -23,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import shutil
 import signal
@@ -49,7 +54,16 @@ from tests.support import eventually
 POOL = "chaos"
 NAMESPACE = "chaos"
 JOB = Path(__file__).resolve().parent / "chaos_job.py"
-KINDS = ("admission", "capacity", "dispatch_leader", "runner", "nats", "postgres")
+KILLS = ("admission", "capacity", "dispatch_leader", "runner", "nats", "postgres")
+# Each pause outlasts the timeout that watches what is paused (the run's settings below): the
+# runners' TTL (3 s), a runner's start request (5 s), the dispatch lease (2 s).
+PAUSES = {
+    "pause_postgres": (3.5, 4.5),
+    "pause_capacity": (5.5, 6.5),
+    "pause_runner": (3.5, 4.5),
+    "pause_dispatch_leader": (2.5, 3.5),
+}
+KINDS = (*KILLS, *PAUSES)
 
 
 @dataclass(frozen=True)
@@ -209,6 +223,9 @@ class Chaos:
                 self.rounds_done.set()
 
     async def _kill(self, kind: str) -> None:
+        if kind in PAUSES:
+            await self._pause(kind)
+            return
         if kind in ("nats", "postgres"):
             await (self.nats.kill() if kind == "nats" else self.pg.crash())
             await asyncio.sleep(self.kill_rng.uniform(*self.config.outage_s))  # the outage itself
@@ -225,6 +242,35 @@ class Chaos:
         await proc.wait_exit()
         proc.start()
         await proc.ready(timeout=60)
+
+    async def _pause(self, kind: str) -> None:
+        target = kind.removeprefix("pause_")
+        if target == "postgres":
+            pids = self.pg.pids()
+        else:
+            name = await self._leader() if target == "dispatch_leader" else target
+            if name == "runner":
+                name = self.kill_rng.choice([n for n in self.procs if n.startswith("runner")])
+            pids = [self.procs[name].pid]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(self.kill_rng.uniform(*PAUSES[kind]))  # the pause itself
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
+    def orphans(self) -> list[str]:
+        """Job processes still alive once every job has ended: a stuck or fenced job left running."""
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            with contextlib.suppress(OSError):
+                args = cmdline.read_bytes().split(b"\0")
+                if str(JOB).encode() in args and str(self.exec_log).encode() in args:
+                    found.append(f"pid {cmdline.parent.name} still runs {b' '.join(args[-3:]).decode()}")
+        return found
 
     async def _leader(self) -> str:
         async def holder() -> str | None:
@@ -326,12 +372,13 @@ class Chaos:
         loaded = time.monotonic()
         stuck = await self.settle(set(self.figures.submitted))
         settled = time.monotonic()
+        orphans = self.orphans()
         leaked = await self.burst()
         sampling.set()
         await sampler
         await self._restart_crashed()
 
-        jobs = await self._fetch("SELECT id, key, pool, state, attempt, max_attempts FROM jobs")
+        jobs = await self._fetch("SELECT id, key, pool, state, attempt, max_attempts, reason, exit_code FROM jobs")
         transitions = await self._fetch("SELECT * FROM chaos_transitions")
         pools = await self._fetch("SELECT name, max_concurrent FROM pools")
         executions = chaos_check.parse_log(self.exec_log.read_text().splitlines())
@@ -345,6 +392,7 @@ class Chaos:
         violations["final_exactly_once"] += stuck
         violations["cap_never_exceeded"] += self.figures.over_cap_samples
         violations["no_slot_leaked"] = leaked
+        violations["no_process_left"] = orphans
         violations["no_process_crashed"] = self.figures.crashed
         self.violated = any(violations.values())
         states = Counter(j["state"] for j in jobs)
@@ -356,6 +404,11 @@ class Chaos:
             "jobs_admitted": len(jobs),
             "jobs_finished": sum(n for s, n in states.items() if s in chaos_check.FINAL),
             "jobs_by_state": dict(states),
+            "not_succeeded": dict(
+                Counter(
+                    f"{j['state']}: {j['reason']} (exit {j['exit_code']})" for j in jobs if j["state"] != "succeeded"
+                )
+            ),
             "executions": len(executions),
             "retried_jobs": sum(1 for j in jobs if j["attempt"] > 1),
             "kills": {kind: self.figures.kills[kind] for kind in KINDS},

@@ -148,6 +148,19 @@ class EmbeddedPostgres:
             pg_ctl, ["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user
         )
 
+    def pids(self) -> list[int]:
+        """The postmaster and its children (backends, background workers): to pause (SIGSTOP)
+        the whole server, as a stalled disk or VM would."""
+        try:
+            postmaster = int((Path(self._server.pgdata) / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return []
+        children = []
+        for task in Path(f"/proc/{postmaster}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                children += [int(pid) for pid in task.read_text().split()]
+        return [postmaster, *children]
+
     async def restart(self) -> str:
         """Start it again after `crash()`: the same data dir and socket, so the same DSN."""
         await asyncio.to_thread(self._server.ensure_postgres_running)

@@ -53,6 +53,7 @@ from schemas.events import (
     StopOrder,
 )
 from schemas.jobs import JobState
+from services.runner_watchdog import Watchdog
 
 _tracer = telemetry.tracer("orchestrator.runner")
 
@@ -128,6 +129,7 @@ class _Running:
         self.cancelled = asyncio.Event()
         # The command has ended and its slot is free; the report may still be on its way.
         self.ended = False
+        self.since = time.monotonic()  # held since (monotonic)
 
 
 class Runner(Service):
@@ -165,6 +167,12 @@ class Runner(Service):
         self._seq = time.time_ns() // 1000
         self._acked_seq = 0
         self._acked_at = time.monotonic()
+        # Fences the jobs at the same deadline when this process cannot (stopped, hung).
+        self._watchdog = Watchdog(settings.runner_ttl_s / 2)
+        # When the latest silence long enough to be fenced ended (monotonic): a job held across
+        # it may have been killed by the fence or the watchdog, and is not this runner's to report.
+        self._silence_ended = float("-inf")
+        self._answered = asyncio.Event()  # a heartbeat was answered (wakes the fence watch)
         self.once = once
         self.idle_timeout_s = idle_timeout_s
         self._took_one = asyncio.Event()
@@ -194,6 +202,8 @@ class Runner(Service):
         self.on_cleanup(assign.unsubscribe)
         cancel = await self.bus.subscribe(s.cancel(self.runner_id), JobCancelRequested, self._on_cancel)
         self.on_cleanup(cancel.unsubscribe)
+        if self._custom_execute is None:  # its jobs are processes: their watchdog is ready first
+            await self._watchdog.start()
         self._accepting = True
         await self._register(wait=True)
         self.spawn(self._heartbeat(), "heartbeat")
@@ -214,6 +224,7 @@ class Runner(Service):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self._watchdog.close()
 
     async def _register(self, *, wait: bool = False) -> None:
         """Register, holding what it holds; stop what is not its own any more. With `wait`
@@ -262,7 +273,13 @@ class Runner(Service):
             self.finished.set()
 
     def _acknowledged(self, seq: int | None = None) -> None:
+        # A job held across a silence long enough may have been fenced: not reported, it is
+        # released and runs again; reported, a job the watchdog killed would end `failed`.
+        if self._silent():
+            self._silence_ended = time.monotonic()
         self._acked_at = time.monotonic()
+        self._answered.set()
+        self._watchdog.ack()
         if seq is not None:
             self._acked_seq = seq
 
@@ -297,16 +314,31 @@ class Runner(Service):
     async def _fence_watch(self) -> None:
         """The runner's own fence, on its own clock: at half the TTL after the last heartbeat
         capacity answered, it kills its jobs, well before capacity (a full TTL after the last
-        heartbeat it received) can give them to another runner. No job runs on two at once."""
+        heartbeat it received) can give them to another runner. No job runs on two at once.
+        Until a heartbeat is answered again it takes no job (`_silent`)."""
         ttl_half = self.settings.runner_ttl_s / 2
+        fenced_after = None  # the answered heartbeat whose silence was fenced
         while True:
-            due = self._acked_at + ttl_half
-            now = time.monotonic()
-            if now >= due:
-                self._fence(f"no heartbeat answered for {now - self._acked_at:.1f}s")
-                self._acked_at = now  # fence once per silence; the jobs are gone
-                continue
-            await asyncio.sleep(due - now)
+            acked_at = self._acked_at
+            wait = acked_at + ttl_half - time.monotonic()
+            if wait <= 0 and fenced_after != acked_at:
+                self._fence(f"no heartbeat answered for {time.monotonic() - acked_at:.1f}s")
+                fenced_after = acked_at
+            self._answered.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._answered.wait(), wait if wait > 0 else None)
+
+    def _silent(self) -> bool:
+        """No heartbeat answered for long enough to be fenced (the watchdog measures the same
+        silence on its own clock: err towards "fenced")."""
+        return time.monotonic() - self._acked_at >= 0.9 * self.settings.runner_ttl_s / 2
+
+    def _fenced(self, job: _Running) -> bool:
+        """Whether `job` may have been killed by the fence or the watchdog: a silence long enough
+        is under way, or ended while the runner held it."""
+        return (
+            time.monotonic() - self._acked_at >= 0.9 * self.settings.runner_ttl_s / 2 or job.since < self._silence_ended
+        )
 
     def _fence(self, why: str) -> None:
         if self._jobs:
@@ -335,7 +367,7 @@ class Runner(Service):
     # --- assignments ---------------------------------------------------------------------------
 
     async def _on_assign(self, event: JobAssigned, msg: Msg) -> Reply:
-        if not self._accepting or self.busy >= self.slots or event.job_id in self._jobs:
+        if not self._accepting or self.busy >= self.slots or event.job_id in self._jobs or self._silent():
             return Reply(ok=False, error=ErrorDetail(code="no_slot", message=f"{self.runner_id} has no free slot"))
         job = _Running(event)
         self._jobs[event.job_id] = job
@@ -375,12 +407,16 @@ class Runner(Service):
                 permitted = await self._until_answered(self._starts, started, "start")
                 if not permitted.ok:
                     return  # stale: another runner has it, or it was cancelled
+                if self._fenced(job):  # granted during a silence: the fence would kill it at once
+                    return
                 if job.cancelled.is_set():
                     state, exit_code, reason = JobState.cancelled, None, "cancelled"
                 else:
                     state, exit_code, reason = await (
                         self._custom_execute(e) if self._custom_execute else self._execute(job)
                     )
+                if self._fenced(job):  # killed by the fence (or the watchdog): not ours to report
+                    return
                 job.ended = True
                 await self._until_answered(
                     self._finishes,
@@ -436,6 +472,15 @@ class Runner(Service):
             )
         except OSError as exc:
             return JobState.failed, None, f"cannot start {command[0]!r}: {exc.strerror or exc}"
+        await self._watchdog.watch(job.proc.pid)
+        try:
+            return await self._wait(job, timeout)
+        finally:
+            self._watchdog.unwatch(job.proc.pid)
+
+    async def _wait(self, job: _Running, timeout: float | None) -> Outcome:
+        """The end of the job's process: its exit, its timeout, or its cancel."""
+        assert job.proc is not None
         exited = asyncio.ensure_future(job.proc.wait())
         cancelled = asyncio.ensure_future(job.cancelled.wait())
         try:

@@ -63,11 +63,12 @@ async def states(store: Store, ids: list[UUID]) -> dict[UUID, str]:
 
 
 def alive(pid: int) -> bool:
+    """Running (a zombie is dead: its parent, perhaps stopped, has not reaped it yet)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def test_capacity_paused_longer_than_a_start_request_leaves_no_job_running(
@@ -227,3 +228,40 @@ async def test_a_runner_started_before_capacity_waits_for_it(settings: Settings,
         starting.cancel()
         await runner.stop()
         await capacity.stop()
+
+
+async def test_a_stopped_runners_jobs_are_killed_by_its_watchdog(
+    settings: Settings, store: Store, bus: Bus, tmp_path: Path
+) -> None:
+    """A runner stopped (SIGSTOP: hung, a debugger, a stalled VM) cannot fence its jobs, which
+    run in process groups of their own and keep running while capacity declares it lost and
+    gives them to another runner. Its watchdog, a process of its own, kills them at half the
+    TTL; the job runs again, once, elsewhere or on the runner once it is back."""
+    runtime = Runtime(settings, ["capacity", "admission", "dispatch"], migrate=True)
+    await runtime.start()
+    env = env_of(settings, ORCH_HEARTBEAT_INTERVAL_S="0.5", ORCH_RUNNER_TTL_S="3", ORCH_SWEEP_INTERVAL_S="0.5")
+    runner = ServiceProcess(
+        "r1", [], env, tmp_path / "logs", args=["runner", "--pool", "default", "--slots", "1", "--id", "r1"],
+        ready_text="runner r1 serving",
+    )  # fmt: skip
+    try:
+        await factories.pool(store)
+        await start_all([runner])
+        script = "if [ -e ran ]; then exit 0; fi; touch ran; echo $$ > pid; exec sleep 300"
+        job_id = await submit(bus, payload={"command": ["bash", "-c", script], "cwd": str(tmp_path)})
+        await eventually(lambda: _exists(tmp_path / "pid"), what="the job to run")
+        pid = int((tmp_path / "pid").read_text())
+        runner.signal(signal.SIGSTOP)
+        await eventually(lambda: _true(not alive(pid)), timeout=3, what="the watchdog to kill the job")
+        assert runner.proc is not None and runner.proc.poll() is None  # the runner is still stopped
+        runner.signal(signal.SIGCONT)
+
+        async def ended() -> dict[str, Any] | None:
+            job = await store.job_get(job_id)
+            return job if job is not None and job["state"] in FINAL else None
+
+        job = await eventually(ended, timeout=30, what="the job to run again and end")
+        assert (job["state"], job["attempt"]) == ("succeeded", 2)
+    finally:
+        await runner.close()
+        await runtime.stop()
