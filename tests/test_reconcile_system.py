@@ -186,23 +186,36 @@ async def test_the_server_ends_a_job_whose_runner_never_reports_past_its_timeout
         )
         assert registered.ok
 
+        held: list[UUID] = []
+
         async def on_assign(event: JobAssigned, msg: Any) -> Reply:
+            held.append(event.job_id)  # held from the ack, like any runner
             started = JobStarted(job_id=event.job_id, pool=event.pool, runner_id="mute", attempt=event.attempt)
             asyncio.get_running_loop().create_task(bus.request(bus.subjects.runner_start, started, Reply, 5))
             return Reply(ok=True)  # and never a report
 
         sub = await bus.subscribe(bus.subjects.assign("mute"), JobAssigned, on_assign)
-        job_id = await submit(bus, payload={"command": ["true"]}, timeout_s=1)
-        seq = 0
+        replies: list[HeartbeatReply] = []
 
-        async def told() -> HeartbeatReply | None:
-            nonlocal seq
-            seq += 1
-            beat = RunnerHeartbeat(runner_id="mute", pool="default", running=[job_id], seq=seq, acked_seq=seq - 1)
-            reply = await bus.request(bus.subjects.runner_heartbeat, beat, HeartbeatReply, 5)
-            return reply if reply.stop else None
+        async def heartbeats() -> None:  # alive, and holding the job once it has it
+            seq = 0
+            while True:
+                seq += 1
+                beat = RunnerHeartbeat(runner_id="mute", pool="default", running=held, seq=seq, acked_seq=seq - 1)
+                replies.append(await bus.request(bus.subjects.runner_heartbeat, beat, HeartbeatReply, 5))
+                await asyncio.sleep(settings.heartbeat_interval_s)
 
-        reply = await eventually(told, timeout=15, what="the heartbeat reply to name the job")
+        beating = asyncio.create_task(heartbeats())
+        try:
+            job_id = await submit(bus, payload={"command": ["true"]}, timeout_s=1)
+
+            async def told() -> HeartbeatReply | None:
+                return next((r for r in reversed(replies) if r.stop), None)
+
+            reply = await eventually(told, timeout=15, what="a heartbeat reply to name the job")
+        finally:
+            beating.cancel()
+        assert all(r.ok for r in replies)  # never declared lost: its job was ended by the timeout
         assert [(s.job_id, s.why) for s in reply.stop] == [(job_id, "not_yours")]
         job = await store.job_get(job_id)
         assert job is not None and job["state"] == "timed_out"
