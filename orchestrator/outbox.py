@@ -1,7 +1,7 @@
 """The outbox relay: publishes what the job transitions wrote to the outbox, after their commit.
 
 Every job transition writes its events to the `outbox` table in its own transaction
-(orchestrator/store/transitions.py). The relay reads the oldest rows, publishes them (job events
+(orchestrator/store/transitions/). The relay reads the oldest rows, publishes them (job events
 to the job-events stream with `Nats-Msg-Id` = the event id, awaiting every PubAck; a cancel to a
 runner on core NATS), and deletes them in the same transaction once NATS has them. A crash
 anywhere in between leaves the rows for the next relay, which publishes them again: JetStream

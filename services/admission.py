@@ -40,7 +40,7 @@ from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import AdmissionTx, NewJob, Rejection, Store
-from orchestrator.store.transitions import rejected
+from orchestrator.store.transitions.news import rejected
 from orchestrator.tokens import new_token, token_hash
 from schemas.events import (
     AdmissionResult,

@@ -37,6 +37,10 @@ async def intake_drained(bus: Bus) -> bool:
     return info.num_pending == 0 and info.num_ack_pending == 0
 
 
+async def outbox_empty(store: Store) -> bool:
+    return await store.outbox_depth() == 0
+
+
 async def rejections(store: Store) -> list[dict[str, Any]]:
     return await store.rejection_list(reason=None, limit=1000)
 
@@ -78,7 +82,9 @@ def jetstream_door(bus: Bus, store: Store, admitted: Listener, rejected: Listene
             key = msg_id
         await bus.submit(body, key=msg_id)
         await eventually(lambda: intake_drained(bus), what="the intake to be drained")
-        await bus.nc.flush()  # events were published before the ack: they are here by now
+        # The news was written with the decision; once relayed, a flush brings it here.
+        await eventually(lambda: outbox_empty(store), what="the news to be relayed")
+        await bus.nc.flush()
         for event in admitted.events:
             if event.key == key:
                 admitted.events.remove(event)

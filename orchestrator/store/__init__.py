@@ -1,5 +1,5 @@
 """The store: asyncpg pool, migrations, the queue's SQL (named queries in `queries/`), and the job
-state machine's transitions with their outbox (`transitions.py`)."""
+state machine's transitions with their outbox (the `transitions` package)."""
 
 from orchestrator.store.rows import Job
 from orchestrator.store.store import OutboxRow, Store

@@ -1,7 +1,7 @@
 """The store: an asyncpg pool, the reads, and the transactions that are not job transitions.
 Only this package knows asyncpg.
 
-Every change of a job's state is in `transitions.py` (`store.transitions`), which writes its
+Every change of a job's state is in the `transitions` package (`store.transitions`), which writes its
 news to the outbox in the same transaction; the relay's side of the outbox is here. Connection
 failures surface as `StoreUnavailable`.
 """

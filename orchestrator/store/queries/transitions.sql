@@ -1,5 +1,5 @@
 -- Every change of a job's state: one query per edge of the state machine, used only by
--- orchestrator/store/transitions.py, which runs each in a transaction that also writes the
+-- orchestrator/store/transitions/, which runs each in a transaction that also writes the
 -- edge's events to the outbox. Each re-checks the edge is legal in its WHERE (state, runner,
 -- attempt), so a stale or repeated report changes nothing and comes back empty.
 --

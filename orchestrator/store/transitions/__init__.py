@@ -1,0 +1,297 @@
+"""The job state machine: one function per edge, the only code that changes a job's state.
+
+    queued -> assigned -> running -> succeeded | failed | timed_out | cancelled
+    queued -> cancelled | expired | failed (unsatisfiable);  assigned | running -> expired
+    assigned -> queued (hand-off undone: not an attempt);  running -> queued | failed (runner lost)
+
+Each edge is one transaction that checks the edge is legal (the query's WHERE: state, runner,
+attempt; the claim also checks the fencing epoch), writes the rows, and writes the edge's
+events to the outbox in one statement (`outbox_insert_many`, unnest). The relay
+(orchestrator/outbox.py) publishes them after the commit, so news of a committed change is never
+lost to a crash between commit and publish, and news of a change that did not commit is never
+sent. Services call these functions; none composes a state-change event itself.
+
+A refused edge (a stale or repeated report, a job in another state) changes nothing and comes
+back empty: callers answer it as such (`stale`, 409), never as success.
+
+Events, by edge: admit -> `admitted`; acknowledge (the runner acked the hand-off, or asked to
+start) -> `assigned`; start -> `started`; every end (finish, finish a reservation, cancel a
+queued job, expire, fail unsatisfiable, a lost runner's last attempt) -> `finished` with the
+final state (and `expired` for an expiry); unassign / requeue unstarted / release with attempts
+left -> `requeued`. A runner holding a job that ended without it (cancelled, expired, finished
+by its client) is told with a `JobCancelRequested` on its cancel subject, written to the outbox
+as core NATS news (best effort: the runner's heartbeats are the durable path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import asyncpg
+
+from orchestrator.errors import NotFound, StoreError
+from orchestrator.store.queries import Q
+from orchestrator.store.rows import Job
+from orchestrator.store.transitions import news
+from orchestrator.store.transitions.args import (
+    Cancel,
+    ClaimStep,
+    End,
+    Fence,
+    Handoff,
+    Heartbeat,
+    NewJob,
+    Reconciled,
+    Rejection,
+    RunnerSpec,
+    Start,
+    Stop,
+    refusal,
+)
+from orchestrator.store.transitions.batches import AdmissionTx, PoolChangeTx, ShapeKey, shape_key
+from orchestrator.store.transitions.claim import claim_in
+from schemas.jobs import JobState
+
+if TYPE_CHECKING:
+    from orchestrator.store.store import Store
+
+__all__ = [
+    "AdmissionTx",
+    "Cancel",
+    "ClaimStep",
+    "End",
+    "Fence",
+    "Handoff",
+    "Heartbeat",
+    "NewJob",
+    "PoolChangeTx",
+    "Reconciled",
+    "Rejection",
+    "RunnerSpec",
+    "Start",
+    "Stop",
+    "Transitions",
+    "refusal",
+    "shape_key",
+]
+
+
+# --- the edges ---------------------------------------------------------------------------------
+
+
+class Transitions:
+    """Every edge of the job state machine, each in its own transaction (see the module note)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        # Shapes are never deleted or changed, so their ids can be remembered for good.
+        self._shapes: dict[ShapeKey, int] = {}
+
+    async def _edge(self, query: str, args: Sequence[Any], events: Any) -> list[Job]:
+        # Batched edges lock their rows in job id order (the callers sort), but a batch of one
+        # edge can still meet another's rows in a different order: Postgres then aborts one
+        # transaction, and an edge re-checks its legality when run again.
+        for attempt in range(news.DEADLOCK_RETRIES):
+            try:
+                async with self._store.transaction() as conn:
+                    jobs = await news.apply(conn, query, args, events)
+                break
+            except StoreError as exc:
+                if not isinstance(exc.__cause__, asyncpg.DeadlockDetectedError) or attempt == news.DEADLOCK_RETRIES - 1:
+                    raise
+        if jobs:
+            news.committed()
+        return jobs
+
+    # admission and pool changes: transactions that decide many things under their locks
+
+    @asynccontextmanager
+    async def admission(self, pools: Iterable[str], keys: Iterable[str]) -> AsyncIterator[AdmissionTx]:
+        """Edge (none) -> queued, for a batch: the named pools locked against other admissions
+        and pool changes (in name order, so two batches never deadlock), their configuration and
+        the jobs already holding any of `keys` read under those locks."""
+        async with self._store.transaction() as conn:
+            names = sorted(set(pools))
+            for name in names:
+                await conn.execute(Q["pool_admission_lock"], name)
+            configs = {r["name"]: dict(r) for r in await conn.fetch(Q["pool_get_many"], names)}
+            existing = {r["key"]: dict(r) for r in await conn.fetch(Q["job_list_by_keys"], sorted(set(keys)))}
+            tx = AdmissionTx(conn, configs, existing, self._shapes)
+            yield tx
+        news.committed()
+        self._shapes.update(tx.new_shapes)  # committed: safe to remember
+
+    @asynccontextmanager
+    async def pool_change(self, name: str) -> AsyncIterator[PoolChangeTx]:
+        """One pool-change transaction: the pool locked against admissions (its admission lock)
+        and against dispatch (its row), and its current row (None for a new pool)."""
+        async with self._store.transaction() as conn:
+            await conn.execute(Q["pool_admission_lock"], name)
+            current = await conn.fetchrow(Q["pool_lock_for_change"], name)
+            yield PoolChangeTx(conn, name, dict(current) if current else None)
+        news.committed()
+
+    # dispatch
+
+    async def claim(self, pool: str, limit: int, fence: Fence | None = None) -> ClaimStep:
+        """Edge queued -> assigned: claim up to `limit` jobs of `pool` for runners with free
+        slots, never past the pool's `max_concurrent`, in one transaction. No news yet: the
+        assignment is announced once its runner acknowledges it (`acknowledge`).
+
+        With a `fence`, the same transaction first checks the shard's stored epoch: another one
+        means a newer leader was elected, and the step claims nothing (`fenced`)."""
+        async with self._store.transaction() as conn:
+            if fence is not None and await conn.fetchval(Q["dispatch_epoch_hold"], fence.shard) != fence.epoch:
+                return ClaimStep("fenced")
+            return await claim_in(conn, pool, limit, fence.epoch if fence else None)
+
+    async def acknowledge(self, handoffs: Sequence[Handoff]) -> list[Job]:
+        """The runner acked these hand-offs: `assigned` news (once per assignment)."""
+        if not handoffs:
+            return []
+        return await self._edge("job_acknowledge_many", news.columns(handoffs, 3), lambda job: [news.assigned(job)])
+
+    async def unassign(self, runner_id: str, job_ids: Sequence[UUID]) -> list[Job]:
+        """Edge assigned -> queued: hand-offs `runner_id` refused or did not ack (not an attempt)."""
+        args = (list(job_ids), runner_id, None, None)
+        return await self._edge("job_unassign", args, lambda job: [news.requeued(job, "handoff_failed")])
+
+    async def requeue_unstarted(self, after_s: float, now: datetime | None = None) -> list[Job]:
+        """Edge assigned -> queued: assignments not started within `after_s` (not an attempt)."""
+        args = ([], None, after_s, now)
+        return await self._edge("job_unassign", args, lambda job: [news.requeued(job, "not_started")])
+
+    # runner reports
+
+    async def start_many(self, starts: Sequence[Start]) -> list[Job]:
+        """Edge assigned -> running: permission to start, for the runner a job is assigned to and
+        that very attempt. The granted jobs."""
+        return await self._edge("job_start_many", news.columns(starts, 3), news.started)
+
+    async def finish_many(self, ends: Sequence[End]) -> list[Job]:
+        """Edge assigned | running -> final, as runners report; the recorded jobs (a report of an
+        attempt already ended, or not this runner's, changes nothing)."""
+        rows = [(e.job_id, e.runner_id, e.attempt, e.state.value, e.exit_code, e.reason) for e in ends]
+        return await self._edge("job_finish_many", news.columns(rows, 6), news.ended_by_runner)
+
+    async def refusals(self, kind: str, reports: Sequence[Start | End]) -> dict[UUID, tuple[str, str]]:
+        """Why each of these `start` / `finish` reports changed nothing (see `refusal`)."""
+        async with self._store.transaction() as conn:
+            rows = await conn.fetch(Q["job_get_many"], [r.job_id for r in reports])
+        jobs = {r["id"]: Job.from_record(r) for r in rows}
+        return {r.job_id: refusal(kind, r, jobs.get(r.job_id)) for r in reports}
+
+    async def register_runner(self, runner: RunnerSpec, held: Sequence[UUID]) -> Reconciled:
+        """Upsert the runner, and release what Postgres holds against it that it does not hold
+        (edges assigned -> queued, running -> queued | failed | cancelled): it restarted. What it
+        holds that is not its own any more is named, to be stopped."""
+        async with self._store.transaction() as conn:
+            try:
+                await conn.fetchrow(
+                    Q["runner_upsert"],
+                    runner.runner_id,
+                    runner.pool,
+                    list(runner.labels),
+                    runner.slots,
+                    list(runner.taints),
+                    runner.metadata,
+                )
+            except asyncpg.ForeignKeyViolationError:
+                raise NotFound(f"pool {runner.pool!r} does not exist") from None
+            args = ([runner.runner_id], list(held), None)
+            released = await news.apply(conn, "job_release_from_runners", args, news.released)
+            stop = await _stop_orders(conn, runner.runner_id, held)
+        news.committed()
+        return Reconciled(runner.pool, None, released, stop)
+
+    async def heartbeat(self, beat: Heartbeat) -> Reconciled | None:
+        """A runner's heartbeat, reconciled with Postgres in one transaction (None: the runner is
+        unknown or was declared lost). Jobs Postgres has it holding that it does not list are
+        marked; those a heartbeat composed after an answered one still does not list are released
+        (the runner let them go: requeued, failed or cancelled as on a loss). A late heartbeat
+        (not newer than one already seen) only counts as a sign of life."""
+        held = list(beat.held)
+        async with self._store.transaction() as conn:
+            before = await conn.fetchrow(Q["runner_touch"], beat.runner_id, beat.seq)
+            if before is None:
+                return None
+            released: list[Job] = []
+            if beat.seq > before["heartbeat_seq"]:
+                if beat.acked_seq:
+                    args = ([beat.runner_id], held, beat.acked_seq)
+                    released = await news.apply(conn, "job_release_from_runners", args, news.released)
+                await conn.execute(Q["job_mark_unheld"], beat.runner_id, held, beat.seq)
+            stop = await _stop_orders(conn, beat.runner_id, held)
+        if released:
+            news.committed()
+        return Reconciled(before["pool"], before["state"], released, stop)
+
+    async def mark_runners_lost(
+        self, ttl_s: float, now: datetime | None = None
+    ) -> tuple[list[dict[str, Any]], list[Job]]:
+        """Runners silent for `ttl_s` are lost, and their jobs released (as above); returns the
+        lost runners (id, pool) and the released jobs."""
+        async with self._store.transaction() as conn:
+            lost = [dict(r) for r in await conn.fetch(Q["runner_mark_lost"], ttl_s, now)]
+            if not lost:
+                return [], []
+            args = ([r["id"] for r in lost], [], None)
+            released = await news.apply(conn, "job_release_from_runners", args, news.released)
+        news.committed()
+        return lost, released
+
+    # producers, take clients and sweeps
+
+    async def finish_held(self, job_id: UUID, state: JobState, exit_code: int | None, reason: str) -> Job | None:
+        """Edge assigned | running -> final, as a reservation's client says; None if no runner
+        holds it. Its runner is told to let go."""
+        jobs = await self._edge("job_finish_held", (job_id, state.value, exit_code, reason), news.ended_held)
+        return jobs[0] if jobs else None
+
+    async def cancel(self, job_id: UUID) -> Cancel:
+        """Cancel a job: queued or assigned, it ends at once (nothing runs before a start is
+        granted); running, the request is recorded and its runner told (now, and on every
+        heartbeat until it reports the end); ended, refused."""
+        ended = await self._edge("job_cancel_unstarted", (job_id,), news.ended_held)
+        if ended:
+            return Cancel("cancelled", ended[0])
+        requested = await self._edge("job_cancel_request", (job_id,), lambda j: news.cancel_runner(j, j.runner_id))
+        if requested:
+            return Cancel("requested", requested[0])
+        async with self._store.transaction() as conn:
+            current = await conn.fetchrow(Q["job_get"], job_id)
+        if current is None:
+            raise NotFound(f"no job {job_id}")
+        now = Job.from_record(current)
+        if JobState(now.state).final:
+            return Cancel("final", now)
+        return await self.cancel(job_id)  # it moved between the two edges: decide again
+
+    async def time_out(self, margin_s: float, now: datetime | None = None) -> list[Job]:
+        """Edge running -> timed_out, by the server: jobs running `margin_s` (the runner's kill
+        grace and its report's way) past their `timeout_s`; their runners are told to kill them."""
+        return await self._edge("job_time_out", (margin_s, now), news.ended_held)
+
+    async def expire_abandoned(self, now: datetime | None = None) -> list[Job]:
+        """Edge queued | assigned | running -> expired: take-style jobs whose client stopped
+        polling before taking its runner; a runner holding one is told to let go."""
+        return await self._edge("job_expire_abandoned", (now,), news.expired)
+
+
+async def _stop_orders(conn: asyncpg.Connection, runner_id: str, held: Sequence[UUID]) -> list[Stop]:
+    if not held:
+        return []
+    stops = []
+    for r in await conn.fetch(Q["job_stop_orders"], runner_id, list(held)):
+        if r["state"] is None:
+            stops.append(Stop(r["id"], "not_yours", f"no job {r['id']}"))
+        elif r["runner_id"] == runner_id and r["state"] in ("assigned", "running"):
+            stops.append(Stop(r["id"], "cancel_requested", f"job {r['id']} was cancelled"))
+        else:
+            held_by = f" on {r['runner_id']}" if r["runner_id"] and r["runner_id"] != runner_id else ""
+            stops.append(Stop(r["id"], "not_yours", f"job {r['id']} is {r['state']}{held_by}"))
+    return stops

@@ -1,0 +1,134 @@
+"""Transactions that make more than one decision under their locks: an admission batch and a
+pool change."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from orchestrator.store.queries import Q
+from orchestrator.store.rows import Job
+from orchestrator.store.transitions import news
+from orchestrator.store.transitions.args import _NEW_JOB_FIELDS, _REJECTION_FIELDS, NewJob, Rejection
+
+# --- transactions that make more than one decision ----------------------------------------------
+
+
+ShapeKey = tuple[str, tuple[str, ...], str, tuple[str, ...]]
+
+
+def shape_key(pool: str, labels: Sequence[str], tenant: str | None, tolerations: Sequence[str] = ()) -> ShapeKey:
+    """What a job needs, as its shape: pool, sorted distinct labels, tenant ('' for none), and
+    the sorted distinct taints it tolerates."""
+    return (pool, tuple(sorted(set(labels))), tenant or "", tuple(sorted(set(tolerations))))
+
+
+def _storable(value: Any) -> Any:
+    """Postgres text cannot hold NUL; a rejected message may well contain one."""
+    return value.replace("\x00", "\\u0000") if isinstance(value, str) else value
+
+
+class AdmissionTx:
+    """What an admission decision reads and writes, inside the batch's transaction."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        pools: dict[str, dict[str, Any]],
+        existing: dict[str, Any],
+        shapes: dict[ShapeKey, int],
+    ) -> None:
+        self._conn = conn
+        self.pools = pools
+        self.existing = existing
+        self._shapes = shapes
+        self.new_shapes: dict[ShapeKey, int] = {}  # created in this transaction: cached once it commits
+
+    async def active(self, pools: Sequence[str]) -> dict[str, int]:
+        """Queued + assigned + running per pool (exact: the pools are locked)."""
+        rows = await self._conn.fetch(Q["pool_active_many"], list(pools))
+        return {name: 0 for name in pools} | {r["pool"]: r["active"] for r in rows}
+
+    async def drained_last_minute(self, pool: str, now: datetime | None = None) -> int:
+        return int(await self._conn.fetchval(Q["pool_drained_last_minute"], pool, now))
+
+    async def insert(self, jobs: Sequence[NewJob]) -> list[dict[str, Any]]:
+        """Admit `jobs` in one statement, with their `admitted` events; returns the rows inserted
+        (a key taken meanwhile is skipped)."""
+        if not jobs:
+            return []
+        columns = [[getattr(job, name) for job in jobs] for name in _NEW_JOB_FIELDS]
+        for ragged in ("labels", "tolerations"):  # see job_insert_many
+            columns[_NEW_JOB_FIELDS.index(ragged)] = [json.dumps(getattr(job, ragged)) for job in jobs]
+        columns.append([await self.shape_id(job) for job in jobs])
+        by_key = {job.key: job for job in jobs}
+        rows = [dict(r) for r in await self._conn.fetch(Q["job_insert_many"], *columns)]
+        for row in rows:  # the job rows in full, without decoding back what was just encoded
+            job = by_key[row["key"]]
+            row.update(spec=job.spec, payload=job.payload, trace_context=job.trace_context)
+        await news.write(self._conn, [n for row in rows for n in news.admitted(Job.from_record(row))])
+        return rows
+
+    async def shape_id(self, job: NewJob) -> int:
+        key = shape_key(job.pool, job.labels, job.tenant, job.tolerations)
+        shape_id = self._shapes.get(key) or self.new_shapes.get(key)
+        if shape_id is None:
+            # In this transaction: the pool's admission lock already serializes its shape creation.
+            args = (key[0], list(key[1]), key[2], list(key[3]))
+            shape_id = await self._conn.fetchval(Q["job_shape_insert"], *args) or await self._conn.fetchval(
+                Q["job_shape_get"], *args
+            )
+            self.new_shapes[key] = shape_id
+        return shape_id
+
+    async def jobs_by_key(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+        return {r["key"]: dict(r) for r in await self._conn.fetch(Q["job_list_by_keys"], list(keys))}
+
+    async def record(self, rejections: Sequence[Rejection]) -> None:
+        """Keep the JetStream door's refusals, and their `rejected` news, with the batch."""
+        if rejections:
+            columns = [[_storable(getattr(r, name)) for r in rejections] for name in _REJECTION_FIELDS]
+            await self._conn.execute(Q["rejection_insert_many"], *columns)
+            await news.write(
+                self._conn, [news.rejected(r.key, r.pool, r.reason, r.message, r.field) for r in rejections]
+            )
+
+
+class PoolChangeTx:
+    """What a pool change reads and writes, inside its transaction."""
+
+    def __init__(self, conn: asyncpg.Connection, name: str, current: dict[str, Any] | None) -> None:
+        self._conn = conn
+        self.name = name
+        self.current = current
+
+    async def upsert(self, config: dict[str, Any]) -> dict[str, Any]:
+        row = await self._conn.fetchrow(
+            Q["pool_upsert"],
+            self.name,
+            config["max_concurrent"],
+            config["max_active"],
+            list(config["labels"]),
+            list(config["allowed_plans"]),
+            config["mode"],
+            config["paused"],
+            config["provisioner"],
+            config["max_workers"],
+            config["reservation_timeout_s"],
+        )
+        return dict(row)
+
+    async def record_file_config(self, config: dict[str, Any]) -> None:
+        await self._conn.execute(Q["pool_set_file_config"], self.name, config)
+
+    async def queued_shapes(self) -> list[tuple[list[str], str | None]]:
+        return [(list(r["labels"]), r["plan"]) for r in await self._conn.fetch(Q["job_queued_shapes"], self.name)]
+
+    async def fail_unsatisfiable(self, labels: Sequence[str], plan: str | None, reason: str) -> list[Job]:
+        """Edge queued -> failed: the change made these queued jobs unrunnable."""
+        args = (self.name, list(labels), plan, reason)
+        return await news.apply(self._conn, "job_fail_queued_shape", args, lambda job: [news.finished(job)])
