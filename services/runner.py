@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import platform
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -53,6 +51,7 @@ from schemas.events import (
     StopOrder,
 )
 from schemas.jobs import JobState
+from services.job_process import Held, Outcome, run, signal_group
 from services.runner_watchdog import Watchdog
 
 _tracer = telemetry.tracer("orchestrator.runner")
@@ -70,66 +69,10 @@ def _run_attributes(e: JobAssigned) -> dict[str, Any]:
     }
 
 
-Outcome = tuple[JobState, int | None, str | None]
 Execute = Callable[[JobAssigned], Awaitable[Outcome]]
 REQUEST_TIMEOUT_S = 5.0
 # The drain notice is a courtesy (silence is detected anyway): never hold a stop up for long.
 DRAIN_TIMEOUT_S = 1.0
-# prctl(2): "signal me when my parent dies". Looked up here, in the parent: the forked child of a
-# threaded process must not take the loader's lock (dlsym), which another thread may have held.
-_PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-_SIGKILL = int(signal.SIGKILL)
-
-
-def _dies_with(parent: int) -> Callable[[], None] | None:
-    """For the job's child process: SIGKILL it when the runner dies, however it dies.
-
-    A job runs in a session of its own (so a timeout or cancel kills its whole group), and a
-    session outlives its parent: a runner killed by SIGKILL or the OOM killer, or crashed, would
-    leave its jobs running while capacity hands them to another runner, and a job would run on two
-    runners at once. The runner's own fence covers a live runner cut off from NATS; this covers a
-    dead one. The kernel signals on the death of the thread that forked, here the event loop's.
-    Only the direct child is covered: a shell wrapper should `exec` its last command.
-    """
-    if _prctl is None:
-        return None
-
-    def arm() -> None:
-        _prctl(_PR_SET_PDEATHSIG, _SIGKILL)
-        if os.getppid() != parent:  # the runner died before the prctl: nobody will signal us
-            os._exit(137)
-
-    return arm
-
-
-# The runner's own credentials are not its jobs' business: a job's command is any code at all.
-# Everything else in the runner's environment (PATH, HOME, ORCH_URL ...) is passed on.
-SECRET_ENV = frozenset(
-    {
-        "ORCH_DATABASE_URL",
-        "ORCH_NATS_URL",
-        "ORCH_NATS_PASSWORD",
-        "ORCH_NATS_TOKEN",
-        "ORCH_NATS_CREDS_FILE",
-        "ORCH_NATS_TLS_KEY_FILE",
-        "ORCH_PRODUCER_TOKENS",
-        "ORCH_RUNNER_TOKENS",
-        "ORCH_OPERATOR_TOKENS",
-        "ORCH_TOKEN",
-    }
-)
-
-
-class _Running:
-    def __init__(self, event: JobAssigned) -> None:
-        self.event = event
-        self.task: asyncio.Task[None] | None = None
-        self.proc: asyncio.subprocess.Process | None = None
-        self.cancelled = asyncio.Event()
-        # The command has ended and its slot is free; the report may still be on its way.
-        self.ended = False
-        self.since = time.monotonic()  # held since (monotonic)
 
 
 class Runner(Service):
@@ -159,7 +102,7 @@ class Runner(Service):
         self.labels = labels
         self.slots = slots
         self.taints = taints or []
-        self._jobs: dict[UUID, _Running] = {}
+        self._jobs: dict[UUID, Held] = {}
         self._accepting = False
         # Heartbeats are numbered from the clock, so a restarted runner's outnumber its last
         # life's (capacity ignores a heartbeat older than one it has seen). `_acked_seq`: the
@@ -220,7 +163,7 @@ class Runner(Service):
             _, pending = await asyncio.wait(tasks, timeout=self.settings.stop_timeout_s)
             for job in list(self._jobs.values()):
                 if job.proc and job.proc.returncode is None:
-                    _signal_group(job.proc, signal.SIGKILL)
+                    signal_group(job.proc, signal.SIGKILL)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -333,7 +276,7 @@ class Runner(Service):
         silence on its own clock: err towards "fenced")."""
         return time.monotonic() - self._acked_at >= 0.9 * self.settings.runner_ttl_s / 2
 
-    def _fenced(self, job: _Running) -> bool:
+    def _fenced(self, job: Held) -> bool:
         """Whether `job` may have been killed by the fence or the watchdog: a silence long enough
         is under way, or ended while the runner held it."""
         return (
@@ -346,10 +289,10 @@ class Runner(Service):
         for job in list(self._jobs.values()):
             self._drop(job)
 
-    def _drop(self, job: _Running) -> None:
+    def _drop(self, job: Held) -> None:
         """Kill `job` at once and report nothing: it is not this runner's any more."""
         if job.proc and job.proc.returncode is None:
-            _signal_group(job.proc, signal.SIGKILL)
+            signal_group(job.proc, signal.SIGKILL)
         if job.task:
             job.task.cancel()
 
@@ -369,7 +312,7 @@ class Runner(Service):
     async def _on_assign(self, event: JobAssigned, msg: Msg) -> Reply:
         if not self._accepting or self.busy >= self.slots or event.job_id in self._jobs or self._silent():
             return Reply(ok=False, error=ErrorDetail(code="no_slot", message=f"{self.runner_id} has no free slot"))
-        job = _Running(event)
+        job = Held(event)
         self._jobs[event.job_id] = job
         if self.once:
             self._accepting = False
@@ -382,12 +325,12 @@ class Runner(Service):
         if job is not None and not job.ended:
             self._cancel(job)
 
-    def _cancel(self, job: _Running) -> None:
+    def _cancel(self, job: Held) -> None:
         """Stop a cancelled job (its process group: SIGTERM, SIGKILL after the grace) and report
         it `cancelled` (the report confirms the cancel; the slot is freed then)."""
         job.cancelled.set()  # _execute stops the process
 
-    async def _run(self, job: _Running) -> None:
+    async def _run(self, job: Held) -> None:
         e = job.event
         try:
             if self.once:  # before it runs, so its slot is not offered again when the job ends
@@ -436,77 +379,8 @@ class Runner(Service):
             if self.once:
                 self.finished.set()
 
-    async def _execute(self, job: _Running) -> Outcome:
-        payload: dict[str, Any] = job.event.payload
-        command = payload.get("command")
-        timeout = job.event.timeout_s
-        if command is None:  # a reservation: hold the slot until cancelled or timed out
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await job.cancelled.wait()
-            return (
-                (JobState.cancelled, None, "cancelled")
-                if job.cancelled.is_set()
-                else (JobState.timed_out, None, f"reservation held past timeout_s={timeout}")
-            )
-        if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
-            return JobState.failed, None, "payload.command must be a non-empty list of strings"
-        env = {
-            **{k: v for k, v in os.environ.items() if k not in SECRET_ENV},
-            **{str(k): str(v) for k, v in (payload.get("env") or {}).items()},
-            # Which execution this is, for the command's own logs (and the chaos suite's checker).
-            "ORCH_JOB_ID": str(job.event.job_id),
-            "ORCH_JOB_ATTEMPT": str(job.event.attempt),
-            "ORCH_RUNNER_ID": self.runner_id,
-        }
-        try:
-            job.proc = await asyncio.create_subprocess_exec(
-                *command,
-                env=env,
-                cwd=payload.get("cwd"),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_dies_with(os.getpid()),
-            )
-        except OSError as exc:
-            return JobState.failed, None, f"cannot start {command[0]!r}: {exc.strerror or exc}"
-        await self._watchdog.watch(job.proc.pid)
-        try:
-            return await self._wait(job, timeout)
-        finally:
-            self._watchdog.unwatch(job.proc.pid)
-
-    async def _wait(self, job: _Running, timeout: float | None) -> Outcome:
-        """The end of the job's process: its exit, its timeout, or its cancel."""
-        assert job.proc is not None
-        exited = asyncio.ensure_future(job.proc.wait())
-        cancelled = asyncio.ensure_future(job.cancelled.wait())
-        try:
-            await asyncio.wait({exited, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            cancelled.cancel()
-            if not exited.done():
-                exited.cancel()
-        if not exited.done() or exited.cancelled():
-            await self._terminate(job.proc)
-            if job.cancelled.is_set():
-                return JobState.cancelled, job.proc.returncode, "cancelled"
-            return JobState.timed_out, None, f"stopped after timeout_s={timeout}"
-        code = exited.result()
-        if job.cancelled.is_set():
-            return JobState.cancelled, code, "cancelled"
-        return (JobState.succeeded if code == 0 else JobState.failed), code, None
-
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        """SIGTERM to the job's process group, so its cleanup traps run; SIGKILL to the group
-        when its leader has exited or the kill grace has passed, so no grandchild survives."""
-        _signal_group(proc, signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), self.settings.kill_grace_s)
-        _signal_group(proc, signal.SIGKILL)
-        await proc.wait()
+    async def _execute(self, job: Held) -> Outcome:
+        return await run(job, self.runner_id, self.settings.kill_grace_s, self._watchdog)
 
     async def _until_answered(self, batcher: Batcher[Any, Reply], event: Any, what: str) -> Reply:
         """Send a request until capacity answers (ok, duplicate, or refused as stale)."""
@@ -520,9 +394,3 @@ class Runner(Service):
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-
-
-def _signal_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
-    # The command may have children (a shell script): signal its whole session.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, sig)

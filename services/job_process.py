@@ -1,0 +1,166 @@
+"""A job's process: run `payload.command` in a session of its own, with its env and cwd, until it
+exits, times out or is cancelled; stop it SIGTERM first, then SIGKILL to the whole group.
+
+The process dies with its runner (PR_SET_PDEATHSIG), and the runner's watchdog kills it when the
+runner stops answering for itself; the runner's credentials never reach it (`SECRET_ENV`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from schemas.events import JobAssigned
+from schemas.jobs import JobState
+from services.runner_watchdog import Watchdog
+
+Outcome = tuple[JobState, int | None, str | None]
+
+
+# prctl(2): "signal me when my parent dies". Looked up here, in the parent: the forked child of a
+# threaded process must not take the loader's lock (dlsym), which another thread may have held.
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+_SIGKILL = int(signal.SIGKILL)
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """For the job's child process: SIGKILL it when the runner dies, however it dies.
+
+    A job runs in a session of its own (so a timeout or cancel kills its whole group), and a
+    session outlives its parent: a runner killed by SIGKILL or the OOM killer, or crashed, would
+    leave its jobs running while capacity hands them to another runner, and a job would run on two
+    runners at once. The runner's own fence covers a live runner cut off from NATS; this covers a
+    dead one. The kernel signals on the death of the thread that forked, here the event loop's.
+    Only the direct child is covered: a shell wrapper should `exec` its last command.
+    """
+    if _prctl is None:
+        return None
+
+    def arm() -> None:
+        _prctl(_PR_SET_PDEATHSIG, _SIGKILL)
+        if os.getppid() != parent:  # the runner died before the prctl: nobody will signal us
+            os._exit(137)
+
+    return arm
+
+
+# The runner's own credentials are not its jobs' business: a job's command is any code at all.
+# Everything else in the runner's environment (PATH, HOME, ORCH_URL ...) is passed on.
+SECRET_ENV = frozenset(
+    {
+        "ORCH_DATABASE_URL",
+        "ORCH_NATS_URL",
+        "ORCH_NATS_PASSWORD",
+        "ORCH_NATS_TOKEN",
+        "ORCH_NATS_CREDS_FILE",
+        "ORCH_NATS_TLS_KEY_FILE",
+        "ORCH_PRODUCER_TOKENS",
+        "ORCH_RUNNER_TOKENS",
+        "ORCH_OPERATOR_TOKENS",
+        "ORCH_TOKEN",
+    }
+)
+
+
+class Held:
+    """A job a runner holds, from its ack until its end is reported (or it is dropped)."""
+
+    def __init__(self, event: JobAssigned) -> None:
+        self.event = event
+        self.task: asyncio.Task[None] | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.cancelled = asyncio.Event()
+        # The command has ended and its slot is free; the report may still be on its way.
+        self.ended = False
+        self.since = time.monotonic()  # held since (monotonic)
+
+
+async def run(job: Held, runner_id: str, kill_grace_s: float, watchdog: Watchdog) -> Outcome:
+    """Run the job's `payload.command` (or hold a reservation) until it ends, times out or is
+    cancelled."""
+    payload: dict[str, Any] = job.event.payload
+    command = payload.get("command")
+    timeout = job.event.timeout_s
+    if command is None:  # a reservation: hold the slot until cancelled or timed out
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await job.cancelled.wait()
+        return (
+            (JobState.cancelled, None, "cancelled")
+            if job.cancelled.is_set()
+            else (JobState.timed_out, None, f"reservation held past timeout_s={timeout}")
+        )
+    if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
+        return JobState.failed, None, "payload.command must be a non-empty list of strings"
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in SECRET_ENV},
+        **{str(k): str(v) for k, v in (payload.get("env") or {}).items()},
+        # Which execution this is, for the command's own logs (and the chaos suite's checker).
+        "ORCH_JOB_ID": str(job.event.job_id),
+        "ORCH_JOB_ATTEMPT": str(job.event.attempt),
+        "ORCH_RUNNER_ID": runner_id,
+    }
+    try:
+        job.proc = await asyncio.create_subprocess_exec(
+            *command,
+            env=env,
+            cwd=payload.get("cwd"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_dies_with(os.getpid()),
+        )
+    except OSError as exc:
+        return JobState.failed, None, f"cannot start {command[0]!r}: {exc.strerror or exc}"
+    await watchdog.watch(job.proc.pid)
+    try:
+        return await _wait(job, timeout, kill_grace_s)
+    finally:
+        watchdog.unwatch(job.proc.pid)
+
+
+async def _wait(job: Held, timeout: float | None, kill_grace_s: float) -> Outcome:
+    """The end of the job's process: its exit, its timeout, or its cancel."""
+    assert job.proc is not None
+    exited = asyncio.ensure_future(job.proc.wait())
+    cancelled = asyncio.ensure_future(job.cancelled.wait())
+    try:
+        await asyncio.wait({exited, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cancelled.cancel()
+        if not exited.done():
+            exited.cancel()
+    if not exited.done() or exited.cancelled():
+        await terminate(job.proc, kill_grace_s)
+        if job.cancelled.is_set():
+            return JobState.cancelled, job.proc.returncode, "cancelled"
+        return JobState.timed_out, None, f"stopped after timeout_s={timeout}"
+    code = exited.result()
+    if job.cancelled.is_set():
+        return JobState.cancelled, code, "cancelled"
+    return (JobState.succeeded if code == 0 else JobState.failed), code, None
+
+
+async def terminate(proc: asyncio.subprocess.Process, kill_grace_s: float) -> None:
+    """SIGTERM to the job's process group, so its cleanup traps run; SIGKILL to the group
+    when its leader has exited or the kill grace has passed, so no grandchild survives."""
+    signal_group(proc, signal.SIGTERM)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), kill_grace_s)
+    signal_group(proc, signal.SIGKILL)
+    await proc.wait()
+
+
+def signal_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    # The command may have children (a shell script): signal its whole session.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
