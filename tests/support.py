@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -118,3 +119,13 @@ async def database_rows(store: Store) -> dict[str, list[str]]:
                 f'FROM (SELECT (to_jsonb(t){drop})::text AS r FROM "{table}" t) s'
             )
         return rows
+
+
+def alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody reaped yet (its parent may be stopped, or
+    an orphan's new parent may not reap)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -32,7 +32,7 @@ from schemas.events import (
     RunnerRegistered,
 )
 from tests import factories
-from tests.support import eventually
+from tests.support import alive, eventually
 
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
 
@@ -60,15 +60,6 @@ async def states(store: Store, ids: list[UUID]) -> dict[UUID, str]:
         assert job is not None
         found[job_id] = job["state"]
     return found
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie is dead: its parent, perhaps stopped, has not reaped it yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def test_capacity_paused_longer_than_a_start_request_leaves_no_job_running(

@@ -19,18 +19,9 @@ from orchestrator.bus import Bus
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from tests import factories
-from tests.support import eventually
+from tests.support import alive, eventually
 
 pytestmark = pytest.mark.slow
-
-
-def alive(pid: int) -> bool:
-    """Running, as opposed to gone or a zombie nobody reaped (an orphan's new parent may not reap)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture
