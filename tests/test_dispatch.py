@@ -5,6 +5,7 @@ ack is undone, and an unreachable store stops dispatching instead of guessing.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -128,12 +129,22 @@ async def test_killed_runner_job_is_requeued_and_finishes_elsewhere(
         row = await eventually(finished, timeout=30, what="the job to finish on the survivor")
         assert (row["runner_id"], row["attempt"]) == ("survivor", 2)
         await survivor.stop()
+
+        async def group_gone() -> bool:  # the killed agent's watchdog killed its job's whole group
+            try:
+                os.killpg(orphan, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        await eventually(group_gone, timeout=5, what="the first attempt's processes to be gone")
     finally:
         if doomed.returncode is None:
             doomed.kill()
         await doomed.wait()
-        if orphan:  # the killed agent's child outlives it, as it would on a real machine
-            os.killpg(orphan, signal.SIGKILL)
+        if orphan:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(orphan, signal.SIGKILL)
 
 
 @pytest.fixture
