@@ -1,20 +1,39 @@
 """Typed rows: what the store hands back, frozen, instead of `dict[str, Any]`.
 
-`Job` is a job row as the transitions return it; `from_record` takes the columns a query
-returned (a query may return fewer: those left out are None).
+`Job` is a job row, `Runner` a runner row; `from_record` takes the columns a query returned (a
+query may return fewer: those left out take their defaults). Rows also read like mappings
+(`row["state"]`, `row.get(...)`, `"busy" in row`), which the views built from rows rely on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 
+class Row:
+    """Mapping-style reads of a typed row's fields."""
+
+    __slots__ = ()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(self, name, default)
+
+    def __getitem__(self, name: str) -> Any:
+        try:
+            return getattr(self, name)
+        except AttributeError:
+            raise KeyError(name) from None
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and hasattr(self, name)
+
+
 @dataclass(frozen=True, slots=True)
-class Job:
+class Job(Row):
     id: UUID
     pool: str
     state: str
@@ -40,6 +59,12 @@ class Job:
     finished_at: datetime | None = None
     taken_at: datetime | None = None
     cancel_requested_at: datetime | None = None
+    spec: dict[str, Any] | None = None
+    not_before: datetime | None = None
+    token_hash: bytes | None = None
+    claim_epoch: int | None = None
+    last_polled_at: datetime | None = None
+    unheld_seq: int | None = None
     shape_id: int | None = None
     # Not columns: what the transition changed, from RETURNING old.* (PostgreSQL 18).
     previous_runner_id: str | None = None
@@ -49,11 +74,25 @@ class Job:
     def from_record(cls, record: Mapping[str, Any]) -> Job:
         return cls(**{name: record[name] for name in _JOB_FIELDS if name in record})
 
-    def get(self, name: str, default: Any = None) -> Any:
-        return getattr(self, name, default)
 
-    def __getitem__(self, name: str) -> Any:  # read like the mapping rows the views accept
-        return getattr(self, name)
+@dataclass(frozen=True, slots=True)
+class Runner(Row):
+    id: str
+    pool: str
+    state: str
+    labels: list[str] = field(default_factory=list)
+    slots: int = 0
+    taints: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    last_seen_at: datetime | None = None
+    heartbeat_seq: int = 0
+    busy: int | None = None  # not a column: jobs assigned or running on it (listings)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Runner:
+        return cls(**{name: record[name] for name in _RUNNER_FIELDS if name in record})
 
 
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
+_RUNNER_FIELDS = tuple(f.name for f in fields(Runner))
