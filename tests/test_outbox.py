@@ -15,7 +15,8 @@ import signal
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
@@ -24,7 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from bench.procs import ServiceProcess, start_all
 from orchestrator import failpoints
 from orchestrator.bus import Bus, Subjects
-from orchestrator.bus.subjects import JOB_EVENT_VERBS
+from orchestrator.bus.subjects import JOB_EVENT_VERBS, job_news
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.outbox import OutboxRelay
 from orchestrator.runtime import Runtime
@@ -112,6 +113,29 @@ async def test_a_failed_publish_is_retried_and_deduplicated(settings: Settings, 
     assert relay.relayed == 3  # counted once: the failed round deleted nothing
     events = await stream_events(bus, "admitted")
     assert len(events) == 3 and len({e["id"] for e in events}) == 3
+
+
+class _Row(NamedTuple):
+    id: UUID
+    subject: str
+    body: bytes
+    durable: bool = True
+
+
+async def test_a_batch_repeating_events_already_relayed_keeps_each_once_in_order(bus: Bus) -> None:
+    """The relay publishes atomic batches, and JetStream refuses a whole batch that repeats an
+    event id it has (a relay died between publish and delete): those rows then go one by one,
+    the repeats dropped, the new ones stored after them in order."""
+    await bus.ensure_job_events_stream(3600)
+    assert bus._atomic_events
+    pool = f"atomic-{uuid4().hex[:8]}"
+    rows = [_Row(uuid4(), job_news("admitted", pool), json.dumps({"n": n}).encode()) for n in range(6)]
+    await bus.publish_outbox(rows[:2])
+    await bus.publish_outbox(rows)  # the first two again, then four new
+    await bus.publish_outbox(rows[4:])  # all repeats
+    stored = [e for e in await stream_events(bus, "admitted") if e["msg_id"] in {str(r.id) for r in rows}]
+    assert [e["n"] for e in stored] == list(range(6))
+    assert [e["msg_id"] for e in stored] == [str(r.id) for r in rows]
 
 
 @pytest.mark.parametrize("gap", ["transition.committed", "outbox.published"])

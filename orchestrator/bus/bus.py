@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -83,6 +85,10 @@ DEDUP_WINDOW_S = 120.0
 EVENTS_DEDUP_WINDOW_S = 600.0
 # How long the relay waits for JetStream to acknowledge a batch of events.
 PUBLISH_ACK_TIMEOUT_S = 5.0
+# Events per atomic batch: JetStream's default limit (max_batch_size) is 1000.
+ATOMIC_BATCH_MAX = 1000
+# JetStream's refusal of an atomic batch holding a Nats-Msg-Id it already has.
+ERR_BATCH_DUPLICATE_MSG_ID = 10201
 # How long the first connect waits for a NATS server that is not up yet.
 CONNECT_WAIT_S = 30.0
 
@@ -118,6 +124,7 @@ class Bus:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._pulls: list[JetStreamContext.PullSubscription] = []
+        self._atomic_events = False  # the job-events stream takes atomic batches (ensure_job_events_stream)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, name: str, url: str | None = None) -> Bus:
@@ -368,31 +375,82 @@ class Bus:
             storage=StorageType.FILE,
             max_age=max_age_s,
             duplicate_window=EVENTS_DEDUP_WINDOW_S,
+            allow_atomic=True,
         )
         await self._ensure_stream(config)
+        # A server before 2.12 ignores `allow_atomic`: the relay then publishes one by one.
+        info = await self.js.stream_info(config.name)
+        self._atomic_events = bool(info.config.allow_atomic)
 
     async def publish_outbox(self, rows: Sequence[OutboxMessage]) -> None:
         """Publish outbox rows in order: durable ones to the job-events stream with `Nats-Msg-Id` =
-        the event id, awaiting every PubAck (pipelined); the rest on core NATS, flushed. Raises
-        BusUnavailable unless every one reached NATS."""
+        the event id, acknowledged by JetStream; the rest on core NATS, flushed. Raises
+        BusUnavailable unless every one reached NATS.
+
+        Durable rows go as atomic batches (one PubAck per batch instead of one per event: a third
+        of the client's CPU per event). A batch holding an event the stream already has (a relay
+        that published but died before deleting the rows) is refused whole by JetStream, and
+        nothing of it is stored: those rows are then published one by one, each with its own
+        PubAck, and JetStream drops the repeats."""
         headers = telemetry.inject()
+        durable: list[OutboxMessage] = []
+        try:
+            async with asyncio.timeout(PUBLISH_ACK_TIMEOUT_S):
+                for row in rows:
+                    if row.durable:
+                        durable.append(row)
+                    else:
+                        await self.nc.publish(self.subjects.absolute(row.subject), row.body, headers=headers)
+                if durable and self._atomic_events:
+                    for i in range(0, len(durable), ATOMIC_BATCH_MAX):
+                        chunk = durable[i : i + ATOMIC_BATCH_MAX]
+                        if not await self._publish_atomic(chunk, headers):
+                            await self._publish_each(chunk, headers)
+                elif durable:
+                    await self._publish_each(durable, headers)
+                else:  # a reply on this connection already follows what was published before it
+                    await self.nc.flush()
+        except Exception as exc:
+            raise BusUnavailable(f"cannot publish {len(rows)} events: {type(exc).__name__}: {exc}") from exc
+
+    async def _publish_atomic(self, rows: Sequence[OutboxMessage], headers: dict[str, str]) -> bool:
+        """One atomic batch (at most ATOMIC_BATCH_MAX): True once JetStream stored all of it, False
+        if it refused the batch for a duplicate `Nats-Msg-Id` (nothing of it was stored)."""
+        batch_id = uuid.uuid4().hex
+        last = len(rows)
+        publish = self.nc.publish
+        absolute = self.subjects.absolute
+        for n, row in enumerate(rows, 1):
+            h = {**headers, "Nats-Msg-Id": str(row.id), "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)}
+            if n < last:
+                await publish(absolute(row.subject), row.body, headers=h)
+                continue
+            h["Nats-Batch-Commit"] = "1"
+            reply = await self.nc.request(absolute(row.subject), row.body, timeout=PUBLISH_ACK_TIMEOUT_S, headers=h)
+        ack = json.loads(reply.data)
+        error = ack.get("error")
+        if error is not None:
+            if error.get("err_code") == ERR_BATCH_DUPLICATE_MSG_ID:
+                return False
+            raise RequestFailed(f"atomic batch of {last} refused: {error.get('description')}")
+        if ack.get("count") != last:
+            raise RequestFailed(f"atomic batch of {last} stored {ack.get('count')}")
+        return True
+
+    async def _publish_each(self, rows: Sequence[OutboxMessage], headers: dict[str, str]) -> None:
+        """One message per row, pipelined, every PubAck awaited (a repeat is dropped by JetStream)."""
         acks: list[asyncio.Future[Any]] = []
         try:
             for row in rows:
                 subject = self.subjects.absolute(row.subject)
-                if row.durable:
-                    acks.append(
-                        await self.js.publish_async(subject, row.body, headers={**headers, "Nats-Msg-Id": str(row.id)})
-                    )
-                else:
-                    await self.nc.publish(subject, row.body, headers=headers)
-            async with asyncio.timeout(PUBLISH_ACK_TIMEOUT_S):
-                await asyncio.gather(*acks)
-                await self.nc.flush()
-        except Exception as exc:
+                acks.append(
+                    await self.js.publish_async(subject, row.body, headers={**headers, "Nats-Msg-Id": str(row.id)})
+                )
+            await asyncio.gather(*acks)
+        except BaseException:
             for ack in acks:
                 ack.cancel()
-            raise BusUnavailable(f"cannot publish {len(rows)} events: {type(exc).__name__}: {exc}") from exc
+            raise
 
     async def intake_subscription(self, durable: str, *, ack_wait_s: float = 30.0) -> JetStreamContext.PullSubscription:
         """A durable pull consumer shared by every admission instance (WorkQueue: one consumer)."""
