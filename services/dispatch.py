@@ -13,8 +13,9 @@ claim up to the budget with SKIP LOCKED), so `max_concurrent` holds with any num
 dispatchers. Matching visits only the job shapes (pool, labels, tenant) the free runners can take,
 so its cost does not grow with non-matching jobs queued ahead (seed 004). Then the hand-off:
 `JobAssigned` to the runner as a request; its ack is recorded (`acknowledge`, whose `assigned`
-news the outbox publishes); no ack in time and the assignment is undone (back to `queued`, not
-an attempt) and the runner is suspect until its next heartbeat.
+news the outbox publishes; acks arriving together share one transaction); no ack in time and
+the assignment is undone (back to `queued`, not an attempt) and the runner is suspect until its
+next heartbeat.
 
 Under leader election (`leadership` given: `orchestrator up`, `serve dispatch`) it dispatches
 only while this process holds its shard's lease: every step first asks `Leadership` for the
@@ -38,6 +39,7 @@ from opentelemetry import trace
 from pydantic import BaseModel
 
 from orchestrator import telemetry
+from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.errors import OrchestratorError, RequestFailed, StoreUnavailable
 from orchestrator.leadership import Leadership, leads, sweep_on_gain
@@ -82,6 +84,9 @@ class Dispatch(Service):
         # When a slot was announced free, per pool, until the next step there (wall clock: the
         # announcement is stamped by capacity, maybe in another process).
         self._slot_freed_at: dict[str, float] = {}
+        # Acks of hand-offs that arrive together (every runner of a step, and steps of other
+        # pools) are recorded in one `acknowledge` transaction.
+        self._acks: Batcher[list[Handoff], None] = Batcher(self._acknowledge)
 
     async def on_start(self) -> None:
         s = self.bus.subjects
@@ -215,15 +220,19 @@ class Dispatch(Service):
             # heartbeats again, so the retry goes elsewhere instead of timing out again.
             await self.store.runner_mark_suspect(runner_id)
             await self.store.transitions.unassign(runner_id, refused)
-        # The assignment is the runner's now: recorded, and announced (`assigned`) by the outbox.
-        await self.store.transitions.acknowledge([Handoff(a["id"], runner_id, a["assigned_at"]) for a in accepted])
         if accepted:
+            # The assignment is the runner's now: recorded, and announced (`assigned`) by the outbox.
+            await self._acks.submit([Handoff(a["id"], runner_id, a["assigned_at"]) for a in accepted])
             pool = accepted[0]["pool"]  # a step claims for one pool
             self.metrics.dispatched.labels(pool).inc(len(accepted))
             wait = self.metrics.queue_wait.labels(pool)
             for a, reply in zip(rows, replies, strict=True):
                 if reply.ok:
                     wait.observe((a["assigned_at"] - a["created_at"]).total_seconds())
+
+    async def _acknowledge(self, batches: list[list[Handoff]]) -> list[None]:
+        await self.store.transitions.acknowledge([h for handoffs in batches for h in handoffs])
+        return [None] * len(batches)
 
     def _assignment(self, a: dict[str, Any]) -> JobAssigned:
         carrier = dict(a["trace_context"] or {})
