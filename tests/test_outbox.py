@@ -25,6 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from bench.procs import ServiceProcess, start_all
 from orchestrator import failpoints
 from orchestrator.bus import Bus, Subjects
+from orchestrator.bus import bus as bus_module
 from orchestrator.bus.subjects import JOB_EVENT_VERBS, job_news
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.outbox import OutboxRelay
@@ -122,20 +123,42 @@ class _Row(NamedTuple):
     durable: bool = True
 
 
-async def test_a_batch_repeating_events_already_relayed_keeps_each_once_in_order(bus: Bus) -> None:
+async def test_a_batch_repeating_events_already_relayed_keeps_each_once_in_order(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The relay publishes atomic batches, and JetStream refuses a whole batch that repeats an
     event id it has (a relay died between publish and delete): those rows then go one by one,
-    the repeats dropped, the new ones stored after them in order."""
+    the repeats dropped, the new ones stored after them in order. Core NATS rows go in their
+    place among them."""
+    monkeypatch.setattr(bus_module, "ATOMIC_BATCH_MAX", 3)
     await bus.ensure_job_events_stream(3600)
     assert bus._atomic_events
     pool = f"atomic-{uuid4().hex[:8]}"
-    rows = [_Row(uuid4(), job_news("admitted", pool), json.dumps({"n": n}).encode()) for n in range(6)]
-    await bus.publish_outbox(rows[:2])
-    await bus.publish_outbox(rows)  # the first two again, then four new
-    await bus.publish_outbox(rows[4:])  # all repeats
+    rows = [_Row(uuid4(), job_news("admitted", pool), json.dumps({"n": n}).encode()) for n in range(8)]
+    cancel = _Row(uuid4(), f"runners.{pool}.cancel", b"{}", durable=False)
+    heard: list[bytes] = []
+
+    async def hear(msg: Any) -> None:
+        heard.append(msg.data)
+
+    sub = await bus.nc.subscribe(bus.subjects.absolute(">"), cb=hear)
+    try:
+        await bus.publish_outbox(rows[:2])
+        await bus.nc.flush()
+        heard.clear()
+        await bus.publish_outbox([*rows[:4], cancel, *rows[4:]])  # the first two again, then new ones
+        await bus.nc.flush()
+        second = list(heard)
+        await bus.publish_outbox(rows[5:])  # all repeats
+    finally:
+        await sub.unsubscribe()
     stored = [e for e in await stream_events(bus, "admitted") if e["msg_id"] in {str(r.id) for r in rows}]
-    assert [e["n"] for e in stored] == list(range(6))
+    assert [e["n"] for e in stored] == list(range(8))
     assert [e["msg_id"] for e in stored] == [str(r.id) for r in rows]
+    # As a core subscriber hears the second call (a refused batch is heard again as it is
+    # republished): the cancel after event 3, before event 4.
+    heard_n = [json.loads(body).get("n") for body in second]
+    assert heard_n.index(None) > heard_n.index(3) and heard_n.index(None) < heard_n.index(4)
 
 
 @pytest.mark.parametrize("gap", ["transition.committed", "outbox.published"])

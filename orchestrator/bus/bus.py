@@ -93,6 +93,20 @@ ERR_BATCH_DUPLICATE_MSG_ID = 10201
 CONNECT_WAIT_S = 30.0
 
 
+def _batch_stored(ack: dict[str, Any], size: int) -> bool:
+    """JetStream's answer to an atomic batch's commit: True when it stored all `size`, False when
+    it refused the batch for a `Nats-Msg-Id` it already has (nothing of it stored); any other
+    refusal raises."""
+    error = ack.get("error")
+    if error is not None:
+        if error.get("err_code") == ERR_BATCH_DUPLICATE_MSG_ID:
+            return False
+        raise RequestFailed(f"atomic batch of {size} refused: {error.get('description')}")
+    if ack.get("count") != size:
+        raise RequestFailed(f"atomic batch of {size}: {ack.get('count')} stored")
+    return True
+
+
 def _retry_cannot_fix(exc: Exception) -> bool:
     """Errors of the first connect that the next attempt would repeat: a certificate that does
     not verify, credentials the server refuses."""
@@ -384,8 +398,8 @@ class Bus:
 
     async def publish_outbox(self, rows: Sequence[OutboxMessage]) -> None:
         """Publish outbox rows in order: durable ones to the job-events stream with `Nats-Msg-Id` =
-        the event id, acknowledged by JetStream; the rest on core NATS, flushed. Raises
-        BusUnavailable unless every one reached NATS.
+        the event id, acknowledged by JetStream; the rest on core NATS. Raises BusUnavailable
+        unless every one reached NATS.
 
         Durable rows go as atomic batches (one PubAck per batch instead of one per event: a third
         of the client's CPU per event). A batch holding an event the stream already has (a relay
@@ -393,56 +407,59 @@ class Bus:
         nothing of it is stored: those rows are then published one by one, each with its own
         PubAck, and JetStream drops the repeats."""
         headers = telemetry.inject()
-        durable: list[OutboxMessage] = []
         try:
             async with asyncio.timeout(PUBLISH_ACK_TIMEOUT_S):
-                for row in rows:
-                    if row.durable:
-                        durable.append(row)
-                    else:
-                        await self.nc.publish(self.subjects.absolute(row.subject), row.body, headers=headers)
-                if durable and self._atomic_events:
-                    for i in range(0, len(durable), ATOMIC_BATCH_MAX):
-                        chunk = durable[i : i + ATOMIC_BATCH_MAX]
-                        if not await self._publish_atomic(chunk, headers):
-                            await self._publish_each(chunk, headers)
-                elif durable:
-                    await self._publish_each(durable, headers)
-                else:  # a reply on this connection already follows what was published before it
+                if self._atomic_events:
+                    await self._publish_batches(rows, headers)
+                else:
+                    await self._publish_each(rows, headers)
+                if not rows or not rows[-1].durable:
+                    # A PubAck follows everything published before it; after the last one, flush.
                     await self.nc.flush()
         except Exception as exc:
             raise BusUnavailable(f"cannot publish {len(rows)} events: {type(exc).__name__}: {exc}") from exc
 
-    async def _publish_atomic(self, rows: Sequence[OutboxMessage], headers: dict[str, str]) -> bool:
-        """One atomic batch (at most ATOMIC_BATCH_MAX): True once JetStream stored all of it, False
-        if it refused the batch for a duplicate `Nats-Msg-Id` (nothing of it was stored)."""
-        batch_id = uuid.uuid4().hex
-        last = len(rows)
-        publish = self.nc.publish
-        absolute = self.subjects.absolute
-        for n, row in enumerate(rows, 1):
-            h = {**headers, "Nats-Msg-Id": str(row.id), "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(n)}
-            if n < last:
-                await publish(absolute(row.subject), row.body, headers=h)
+    async def _publish_batches(self, rows: Sequence[OutboxMessage], headers: dict[str, str]) -> None:
+        """In row order: core rows as they come, durable rows as atomic batches of at most
+        ATOMIC_BATCH_MAX (each committed and acknowledged before the next begins)."""
+        left = sum(1 for row in rows if row.durable)
+        publish, absolute = self.nc.publish, self.subjects.absolute
+        batch: list[OutboxMessage] = []
+        batch_id = ""
+        for row in rows:
+            subject = absolute(row.subject)
+            if not row.durable:
+                await publish(subject, row.body, headers=headers)
+                continue
+            if not batch:
+                batch_id = uuid.uuid4().hex
+            batch.append(row)
+            left -= 1
+            h = {
+                **headers,
+                "Nats-Msg-Id": str(row.id),
+                "Nats-Batch-Id": batch_id,
+                "Nats-Batch-Sequence": str(len(batch)),
+            }
+            if len(batch) < ATOMIC_BATCH_MAX and left:
+                await publish(subject, row.body, headers=h)
                 continue
             h["Nats-Batch-Commit"] = "1"
-            reply = await self.nc.request(absolute(row.subject), row.body, timeout=PUBLISH_ACK_TIMEOUT_S, headers=h)
-        ack = json.loads(reply.data)
-        error = ack.get("error")
-        if error is not None:
-            if error.get("err_code") == ERR_BATCH_DUPLICATE_MSG_ID:
-                return False
-            raise RequestFailed(f"atomic batch of {last} refused: {error.get('description')}")
-        if ack.get("count") != last:
-            raise RequestFailed(f"atomic batch of {last} stored {ack.get('count')}")
-        return True
+            reply = await self.nc.request(subject, row.body, timeout=PUBLISH_ACK_TIMEOUT_S, headers=h)
+            if not _batch_stored(json.loads(reply.data), len(batch)):
+                await self._publish_each(batch, headers)
+            batch = []
 
     async def _publish_each(self, rows: Sequence[OutboxMessage], headers: dict[str, str]) -> None:
-        """One message per row, pipelined, every PubAck awaited (a repeat is dropped by JetStream)."""
+        """One message per row, in order, pipelined: every durable one's PubAck awaited (a repeat
+        is dropped by JetStream)."""
         acks: list[asyncio.Future[Any]] = []
         try:
             for row in rows:
                 subject = self.subjects.absolute(row.subject)
+                if not row.durable:
+                    await self.nc.publish(subject, row.body, headers=headers)
+                    continue
                 acks.append(
                     await self.js.publish_async(subject, row.body, headers={**headers, "Nats-Msg-Id": str(row.id)})
                 )
