@@ -413,9 +413,9 @@ class Bus:
                     await self._publish_batches(rows, headers)
                 else:
                     await self._publish_each(rows, headers)
-                if not rows or not rows[-1].durable:
-                    # A PubAck follows everything published before it; after the last one, flush.
-                    await self.nc.flush()
+                # Core rows after the last PubAck are not flushed: they are best effort (a runner's
+                # cancel notice; its heartbeats carry the cancel too), and a flush cut short by this
+                # timeout would break nats-py's read loop (it resolves the cancelled PONG future).
         except Exception as exc:
             raise BusUnavailable(f"cannot publish {len(rows)} events: {type(exc).__name__}: {exc}") from exc
 

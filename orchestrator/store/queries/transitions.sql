@@ -70,12 +70,16 @@ WHERE jobs.id = r.job_id AND jobs.state = 'assigned';
 
 -- The runner acknowledged these hand-offs (job, runner, the assignment's assigned_at): the
 -- assignment is the runner's now. Already acknowledged (it asked to start first) or undone
--- meanwhile: nothing.
+-- meanwhile: nothing. A row locked by another edge is skipped, not waited for: it is the runner's
+-- start request (which records the ack itself) or an end, and waiting for it held both back.
 -- name: job_acknowledge_many
 UPDATE jobs j SET acked_at = clock_timestamp()
-FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS r(id, runner_id, assigned_at)
-WHERE j.id = r.id AND j.runner_id = r.runner_id AND j.assigned_at = r.assigned_at
-  AND j.state = 'assigned' AND j.acked_at IS NULL
+FROM (SELECT j2.id FROM jobs j2
+      JOIN unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS r(id, runner_id, assigned_at)
+        ON j2.id = r.id AND j2.runner_id = r.runner_id AND j2.assigned_at = r.assigned_at
+      WHERE j2.state = 'assigned' AND j2.acked_at IS NULL
+      ORDER BY j2.id FOR UPDATE OF j2 SKIP LOCKED) r
+WHERE j.id = r.id
 RETURNING j.*;
 
 -- Assignments back to the queue, not counted as an attempt: a hand-off the runner refused or
