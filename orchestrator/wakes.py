@@ -1,9 +1,11 @@
-"""The one way to say a pool has free capacity: `SlotAvailable{pool, free}`, on core NATS.
+"""The wakes of the dispatcher (and the provisioner), on core NATS, best effort: a lost one costs
+a sweep interval, never a job.
 
-A wake for the dispatcher (and the provisioner), best effort: a lost one costs a sweep interval,
-never a job. Announced by whatever freed or added capacity: capacity (a job ended, a runner
-joined or answers again, a new pool leader), the api (a reservation finished by its client),
-the provisioner (a worker exited: its fleet has room).
+`SlotAvailable{pool, free}`: a pool has free capacity. Announced by whatever freed or added it:
+capacity (a job ended, a runner joined or answers again, a new pool leader), the api (a
+reservation finished by its client), the provisioner (a worker exited: its fleet has room).
+`JobsQueued{pool, n}`: admission queued jobs, announced at its commit (the durable `JobAdmitted`
+follows through the outbox, behind whatever backlog it has).
 """
 
 from __future__ import annotations
@@ -12,7 +14,12 @@ from collections.abc import Iterable
 
 from orchestrator.bus import Bus
 from orchestrator.store import Store
-from schemas.events import SlotAvailable
+from schemas.events import JobsQueued, SlotAvailable
+
+
+async def announce_queued(bus: Bus, queued: dict[str, int]) -> None:
+    for pool, n in queued.items():
+        await bus.publish(bus.subjects.jobs_queued(pool), JobsQueued(pool=pool, n=n))
 
 
 async def announce_slots(bus: Bus, pool: str, free: int) -> None:

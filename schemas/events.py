@@ -146,6 +146,15 @@ class JobCancelRequested(Envelope):
     runner_id: str | None
 
 
+class JobsQueued(Envelope):
+    """`n` jobs of `pool` were just admitted (best effort, core NATS: a wake for dispatch and the
+    provisioner, sent at the commit, not behind the outbox's backlog as `JobAdmitted` is)."""
+
+    type: Literal["JobsQueued"] = "JobsQueued"
+    pool: str
+    n: int = Field(ge=1)
+
+
 class SlotAvailable(Envelope):
     """Free capacity appeared or grew in `pool` (best effort, core NATS: a wake for dispatch)."""
 

@@ -42,6 +42,7 @@ from orchestrator.settings import Settings
 from orchestrator.store import AdmissionTx, NewJob, Rejection, Store
 from orchestrator.store.transitions.news import rejected
 from orchestrator.tokens import new_token, token_hash
+from orchestrator.wakes import announce_queued
 from schemas.events import (
     AdmissionResult,
     ErrorDetail,
@@ -307,6 +308,7 @@ class Admission(Service):
             self.admitted += n
             self.metrics.admitted.labels(pool).inc(n)
         await self.bus.publish_many(news)
+        await announce_queued(self.bus, admitted_by_pool)
 
     def _count_rejected(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

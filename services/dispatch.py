@@ -1,8 +1,8 @@
 """Dispatch: hands each queued job to a free runner slot the moment one exists.
 
-Wakes on `JobAdmitted`, `SlotAvailable`, `PoolUpdated` (a raised cap or an unpause frees
-capacity), at start, and on a slow safety sweep (events can be
-lost; Postgres is the truth). Wakes for one pool coalesce: a pool has at most one drain running,
+Wakes on `JobsQueued` (admission's wake at its commit), `SlotAvailable`, `PoolUpdated` (a raised
+cap or an unpause frees capacity), at start, and on a slow safety sweep (events can be lost;
+Postgres is the truth). Wakes for one pool coalesce: a pool has at most one drain running,
 and a wake that arrives during it makes the drain go round once more. A drain runs steps back to
 back (seed 000) until a step says stop: `dispatched` goes on; `no_job`, `no_runner`,
 `at_capacity`, `capacity_unknown` (Postgres unreachable: never dispatch blind), `paused`,
@@ -90,7 +90,7 @@ class Dispatch(Service):
 
     async def on_start(self) -> None:
         s = self.bus.subjects
-        for subject in (s.job_events("admitted"), s.pool_updated()):
+        for subject in (s.jobs_queued(), s.pool_updated()):
             sub = await self.bus.subscribe(subject, PoolMention, self._on_wake)
             self.on_cleanup(sub.unsubscribe)
         sub = await self.bus.subscribe(s.slot_available(), SlotMention, self._on_slot)

@@ -1,7 +1,7 @@
 """Provisioner: starts a one-shot worker per queued job in pools that name a provisioner (seed 001).
 
 It is the fleet half of capacity, in its own service so capacity stays small and fleets can be
-run where the provisioner's credentials live. It wakes on `JobAdmitted`, `SlotAvailable`,
+run where the provisioner's credentials live. It wakes on `JobsQueued`, `SlotAvailable`,
 `PoolUpdated`, a worker's exit and the sweep; wakes coalesce into one loop that reconciles each
 woken pool:
 1. forget workers that have registered since they were spawned (they are runners now), and stop
@@ -51,7 +51,7 @@ from orchestrator.provisioning import (
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.wakes import announce_slots
-from schemas.events import CapacityUnknown, JobAdmitted, PoolUpdated, SlotAvailable
+from schemas.events import CapacityUnknown, JobsQueued, PoolUpdated, SlotAvailable
 
 
 class ProvisionerConfig(BaseModel):
@@ -98,7 +98,7 @@ class Provisioning(Service):
             self._fleet(row["name"], row["provisioner"])
         s = self.bus.subjects
         for subject, model in (
-            (s.job_events("admitted"), JobAdmitted),
+            (s.jobs_queued(), JobsQueued),
             (s.slot_available(), SlotAvailable),
             (s.pool_updated(), PoolUpdated),  # a provisioner named, a cap raised, an unpause
         ):
@@ -116,7 +116,7 @@ class Provisioning(Service):
             except Exception as exc:  # keep closing the rest
                 self.log.warning("closing a provisioner failed: %s", exc)
 
-    async def _on_wake(self, event: JobAdmitted | SlotAvailable | PoolUpdated, msg: Msg) -> None:
+    async def _on_wake(self, event: JobsQueued | SlotAvailable | PoolUpdated, msg: Msg) -> None:
         self.wake(event.pool)
 
     async def sweep(self) -> None:

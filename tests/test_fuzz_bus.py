@@ -75,6 +75,7 @@ NEWS = [
     Door("pool updated", lambda r: _subjects(r).pool_updated(NOWHERE), ev.PoolUpdated, {"pool": NOWHERE, "config": {}}),
     Door("job admitted", lambda r: _subjects(r).job_event("admitted", NOWHERE), ev.JobAdmitted,
          {"job_id": GHOST_JOB, "key": "k", "pool": NOWHERE, "priority": 0}),
+    Door("jobs queued", lambda r: _subjects(r).jobs_queued(NOWHERE), ev.JobsQueued, {"pool": NOWHERE, "n": 1}),
     Door("slot available", lambda r: _subjects(r).slot_available(NOWHERE), ev.SlotAvailable,
          {"pool": NOWHERE, "free": 1}),
     Door("capacity unknown", lambda r: _subjects(r).capacity_unknown(NOWHERE), ev.CapacityUnknown,

@@ -91,6 +91,9 @@ class Subjects:
     def runner_taints_changed(self) -> str:
         return f"{self.root}.runners.taints"
 
+    def jobs_queued(self, pool: str = "*") -> str:
+        return f"{self.root}.wakes.queued.{pool}"
+
     def slot_available(self, pool: str = "*") -> str:
         return f"{self.root}.slots.available.{pool}"
 

@@ -96,10 +96,10 @@ CREATE TABLE dispatch_epochs (
 -- The claim order within a shape: best priority, then oldest.
 CREATE INDEX jobs_queued_idx ON jobs (shape_id, priority DESC, id) WHERE state = 'queued';
 -- Active (max_active) and in-flight (max_concurrent) counts per pool, read by admission and claims.
--- The server's timeout sweep.
-CREATE INDEX jobs_running_timeout_idx ON jobs (started_at) WHERE state = 'running' AND timeout_s IS NOT NULL;
 CREATE INDEX jobs_active_idx ON jobs (pool, state) WHERE state IN ('queued', 'assigned', 'running');
 CREATE INDEX jobs_runner_idx ON jobs (runner_id) WHERE state IN ('assigned', 'running');
+-- The server's timeout sweep.
+CREATE INDEX jobs_running_timeout_idx ON jobs (started_at) WHERE state = 'running' AND timeout_s IS NOT NULL;
 
 -- A churning queue fills its partial indexes with dead entries; vacuum it early and often.
 ALTER TABLE jobs SET (

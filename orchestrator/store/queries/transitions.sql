@@ -165,7 +165,7 @@ RETURNING j.*, old.runner_id AS previous_runner_id;
 -- unless marked already; those it lists lose their mark.
 -- name: job_mark_unheld
 UPDATE jobs SET unheld_seq = CASE WHEN id = ANY($2::uuid[]) THEN NULL ELSE $3::bigint END
-WHERE runner_id = $1 AND (state = 'running' OR (state = 'assigned' AND acked_at IS NOT NULL))
+WHERE runner_id = $1 AND state IN ('assigned', 'running') AND (state = 'running' OR acked_at IS NOT NULL)
   AND CASE WHEN id = ANY($2::uuid[]) THEN unheld_seq IS NOT NULL ELSE unheld_seq IS NULL END;
 
 -- What runner $1 must stop of the jobs it holds ($2): a cancel is pending (it stops the process
