@@ -1,5 +1,8 @@
 """The events of each edge, written to the outbox in the edge's own transaction (one `unnest`
-insert), and the helpers every edge runs its query through."""
+insert), and the helpers every edge runs its query through.
+
+Events are built with `model_construct`: their values come from rows Postgres just wrote through
+the schemas' own checks, and validating them again cost a fifth of an edge's CPU."""
 
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def admitted(job: Job) -> list[Outgoing]:
     return [
         Outgoing(
             job_news("admitted", job.pool),
-            JobAdmitted(job_id=job.id, key=job.key, pool=job.pool, priority=job.priority),
+            JobAdmitted.model_construct(job_id=job.id, key=job.key, pool=job.pool, priority=job.priority),
         )
     ]
 
@@ -56,7 +59,7 @@ def assigned(job: Job) -> Outgoing:
     assert job.runner_id is not None
     # The assignment's attempt: the next one while assigned, the current one once started.
     attempt = job.attempt + 1 if job.state == JobState.assigned else job.attempt
-    event = JobAssigned(
+    event = JobAssigned.model_construct(
         job_id=job.id,
         pool=job.pool,
         runner_id=job.runner_id,
@@ -74,14 +77,14 @@ def started(job: Job) -> list[Outgoing]:
     news.append(
         Outgoing(
             job_news("started", job.pool),
-            JobStarted(job_id=job.id, pool=job.pool, runner_id=job.runner_id, attempt=job.attempt),
+            JobStarted.model_construct(job_id=job.id, pool=job.pool, runner_id=job.runner_id, attempt=job.attempt),
         )
     )
     return news
 
 
 def finished(job: Job) -> Outgoing:
-    event = JobFinished(
+    event = JobFinished.model_construct(
         job_id=job.id,
         pool=job.pool,
         runner_id=job.runner_id,
@@ -97,12 +100,12 @@ def cancel_runner(job: Job, runner_id: str | None) -> list[Outgoing]:
     """Tell the runner holding `job` to stop it (none holds it: nothing)."""
     if runner_id is None:
         return []
-    event = JobCancelRequested(job_id=job.id, pool=job.pool, runner_id=runner_id)
+    event = JobCancelRequested.model_construct(job_id=job.id, pool=job.pool, runner_id=runner_id)
     return [Outgoing(runner_cancel(runner_id), event, durable=False)]
 
 
 def requeued(job: Job, reason: str) -> Outgoing:
-    event = JobRequeued(
+    event = JobRequeued.model_construct(
         job_id=job.id, pool=job.pool, runner_id=job.previous_runner_id, attempt=job.attempt, reason=reason
     )
     return Outgoing(job_news("requeued", job.pool), event)
@@ -118,7 +121,9 @@ def ended_held(job: Job) -> list[Outgoing]:
 
 
 def expired(job: Job) -> list[Outgoing]:
-    expired = JobExpired(job_id=job.id, pool=job.pool, runner_id=job.runner_id, reason=job.reason or "abandoned")
+    expired = JobExpired.model_construct(
+        job_id=job.id, pool=job.pool, runner_id=job.runner_id, reason=job.reason or "abandoned"
+    )
     return [Outgoing(job_news("expired", job.pool), expired), finished(job), *cancel_runner(job, job.runner_id)]
 
 
