@@ -87,6 +87,10 @@ EVENTS_DEDUP_WINDOW_S = 600.0
 PUBLISH_ACK_TIMEOUT_S = 5.0
 # Events per atomic batch: JetStream's default limit (max_batch_size) is 1000.
 ATOMIC_BATCH_MAX = 1000
+# The relay gives the event loop back this often while it publishes a batch: publishing into the
+# client's buffer never waits, and a backlog of 100k events would otherwise starve the process's
+# other services (dispatch, admission) for seconds.
+YIELD_EVERY = 64
 # JetStream's refusal of an atomic batch holding a Nats-Msg-Id it already has.
 ERR_BATCH_DUPLICATE_MSG_ID = 10201
 # How long the first connect waits for a NATS server that is not up yet.
@@ -426,7 +430,9 @@ class Bus:
         publish, absolute = self.nc.publish, self.subjects.absolute
         batch: list[OutboxMessage] = []
         batch_id = ""
-        for row in rows:
+        for n, row in enumerate(rows, 1):
+            if n % YIELD_EVERY == 0:  # a backlog of events must not hold up the rest of the process
+                await asyncio.sleep(0)
             subject = absolute(row.subject)
             if not row.durable:
                 await publish(subject, row.body, headers=headers)
