@@ -21,6 +21,12 @@ def default_instance_id() -> str:
     return f"{host or 'local'}-{os.getpid()}"
 
 
+# How long a runner waits for capacity's answer to a request (register, start, finish). The
+# server's own timeout of a job allows for it: the runner's clock for a job starts only when the
+# answer granting its start arrives.
+RUNNER_REQUEST_TIMEOUT_S = 5.0
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore")
 

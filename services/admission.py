@@ -379,20 +379,24 @@ class Admission(Service):
         ):
             try:
                 await self.admit_many(subs, record=True)
-            except InvalidInput as exc:
+            except (StoreUnavailable, BusUnavailable) as exc:  # an outage: redelivery will succeed later
+                self.log.warning("%d messages will be redelivered: %s", len(msgs), exc)
+                for msg in msgs:
+                    await msg.nak(delay=self.config.retry_delay_s)
+                return
+            except Exception as exc:
                 if len(msgs) > 1:  # find the one message the store refuses; admit the rest
                     self.log.warning("batch of %d failed (%s); admitting one by one", len(msgs), exc)
                     for msg, sub in zip(msgs, subs, strict=True):
                         await self._admit_batch([msg], [sub])
                     return
-                await self._give_up(msgs[0], subs[0], exc)
-                return
-            except Exception as exc:
-                # Only bad input is terminal. Anything else (an outage, a read-only transaction
-                # after a failover, a full disk, a deadlock) may pass later: redeliver.
-                self.log.warning("%d messages will be redelivered: %s", len(msgs), exc)
-                for msg in msgs:
-                    await msg.nak(delay=self.config.retry_delay_s)
+                if isinstance(exc, InvalidInput):
+                    await self._give_up(msgs[0], subs[0], exc)
+                    return
+                # Only bad input is terminal. Anything else (a read-only transaction after a
+                # failover, a full disk, a deadlock) may pass later: redeliver this one.
+                self.log.warning("message %s will be redelivered: %s", subs[0].stream_seq, exc)
+                await msgs[0].nak(delay=self.config.retry_delay_s)
                 return
         for sub, msg in zip(subs, msgs, strict=True):
             # Input that does not parse is terminated: no redelivery can fix it.

@@ -40,7 +40,7 @@ from orchestrator.bus import Bus
 from orchestrator.errors import NotFound
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
-from orchestrator.settings import Settings
+from orchestrator.settings import RUNNER_REQUEST_TIMEOUT_S, Settings
 from orchestrator.store import End, Heartbeat, Reconciled, RunnerSpec, Start, Store
 from orchestrator.wakes import announce_free
 from schemas.events import (
@@ -189,9 +189,9 @@ class Capacity(Service):
 
     async def time_out(self) -> None:
         """End jobs running past their timeout that their runner has not reported: it may be
-        paused, cut off, or broken. The margin covers its own kill (SIGTERM, the grace, SIGKILL)
-        and its report's way here."""
-        margin = self.settings.kill_grace_s + self.settings.heartbeat_interval_s
+        paused, cut off, or broken. The margin covers the start's answer on its way to the runner
+        (its clock starts then), its own kill (SIGTERM, the grace, SIGKILL), and its report."""
+        margin = RUNNER_REQUEST_TIMEOUT_S + self.settings.kill_grace_s + self.settings.heartbeat_interval_s
         ended = await self.store.transitions.time_out(margin)
         if ended:
             self.log.warning("ended %d jobs running past their timeout", len(ended))

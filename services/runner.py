@@ -36,7 +36,7 @@ from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.errors import OrchestratorError, RequestFailed
 from orchestrator.lifecycle import Service
-from orchestrator.settings import Settings
+from orchestrator.settings import RUNNER_REQUEST_TIMEOUT_S, Settings
 from schemas.events import (
     ErrorDetail,
     HeartbeatReply,
@@ -70,7 +70,7 @@ def _run_attributes(e: JobAssigned) -> dict[str, Any]:
 
 
 Execute = Callable[[JobAssigned], Awaitable[Outcome]]
-REQUEST_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = RUNNER_REQUEST_TIMEOUT_S
 # The drain notice is a courtesy (silence is detected anyway): never hold a stop up for long.
 DRAIN_TIMEOUT_S = 1.0
 
@@ -279,9 +279,7 @@ class Runner(Service):
     def _fenced(self, job: Held) -> bool:
         """Whether `job` may have been killed by the fence or the watchdog: a silence long enough
         is under way, or ended while the runner held it."""
-        return (
-            time.monotonic() - self._acked_at >= 0.9 * self.settings.runner_ttl_s / 2 or job.since < self._silence_ended
-        )
+        return self._silent() or job.since < self._silence_ended
 
     def _fence(self, why: str) -> None:
         if self._jobs:

@@ -70,7 +70,13 @@ class Watchdog:
     async def start(self) -> None:
         if self._proc is None or self._proc.returncode is not None:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-I", "-S", __file__, str(self.fence_after_s), stdin=asyncio.subprocess.PIPE
+                sys.executable,
+                "-I",
+                "-S",
+                __file__,
+                str(self.fence_after_s),
+                stdin=asyncio.subprocess.PIPE,
+                start_new_session=True,  # a stop of the runner's process group must not stop it too
             )
 
     async def watch(self, pgid: int) -> None:
@@ -96,5 +102,4 @@ class Watchdog:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the terminal is the runner's to handle
     main(float(sys.argv[1]))

@@ -31,6 +31,7 @@ from schemas.events import (
     RunnerHeartbeat,
     RunnerRegistered,
 )
+from services.runner import Outcome, Runner
 from tests import factories
 from tests.support import alive, eventually
 
@@ -148,17 +149,34 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def test_a_runner_fences_itself_when_no_capacity_answers(
-    system: Runtime, store: Store, bus: Bus, tmp_path: Path, settings: Settings
-) -> None:
+async def test_a_runner_fences_itself_when_no_capacity_answers(settings: Settings, store: Store, bus: Bus) -> None:
     """No answer to its heartbeats (here: no capacity at all, `NoResponders`) is not an
-    acknowledgement: the runner kills its jobs at half the TTL after the last answered one,
-    before capacity (when it comes back) could give them to another runner."""
-    await submit(bus, payload={"command": ["bash", "-c", "echo $$ > pid; exec sleep 300"], "cwd": str(tmp_path)})
-    await eventually(lambda: _exists(tmp_path / "pid"), what="the job to run")
-    pid = int((tmp_path / "pid").read_text())
-    await system.services["capacity"].stop()
-    await eventually(lambda: _true(not alive(pid)), timeout=settings.runner_ttl_s, what="the runner to fence its job")
+    acknowledgement: the runner drops its jobs at half the TTL after the last answered one,
+    before capacity (when it comes back) could give them to another runner. Its jobs here are
+    not processes, so no watchdog is involved: this is the runner's own fence."""
+    runtime = Runtime(settings, ["capacity", "admission", "dispatch"], migrate=True)
+    await runtime.start()
+    started, dropped = asyncio.Event(), asyncio.Event()
+
+    async def hold(event: JobAssigned) -> Outcome:
+        started.set()
+        try:
+            await asyncio.Event().wait()  # runs until it is dropped
+        finally:
+            dropped.set()
+        raise AssertionError("unreachable")
+
+    await factories.pool(store)
+    runner = Runner(settings, bus, runner_id="r1", pool="default", labels=[], slots=1, execute=hold)
+    await runner.start()
+    try:
+        await submit(bus, payload={"command": ["true"]})
+        await asyncio.wait_for(started.wait(), 10)
+        await runtime.services["capacity"].stop()
+        await asyncio.wait_for(dropped.wait(), settings.runner_ttl_s)
+    finally:
+        await runner.stop()
+        await runtime.stop()
 
 
 async def test_the_server_ends_a_job_whose_runner_never_reports_past_its_timeout(
@@ -178,11 +196,14 @@ async def test_the_server_ends_a_job_whose_runner_never_reports_past_its_timeout
         assert registered.ok
 
         held: list[UUID] = []
+        requests: set[asyncio.Task[Reply]] = set()
 
         async def on_assign(event: JobAssigned, msg: Any) -> Reply:
             held.append(event.job_id)  # held from the ack, like any runner
             started = JobStarted(job_id=event.job_id, pool=event.pool, runner_id="mute", attempt=event.attempt)
-            asyncio.get_running_loop().create_task(bus.request(bus.subjects.runner_start, started, Reply, 5))
+            task = asyncio.get_running_loop().create_task(bus.request(bus.subjects.runner_start, started, Reply, 5))
+            requests.add(task)  # kept until done
+            task.add_done_callback(requests.discard)
             return Reply(ok=True)  # and never a report
 
         sub = await bus.subscribe(bus.subjects.assign("mute"), JobAssigned, on_assign)

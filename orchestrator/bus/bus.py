@@ -402,8 +402,8 @@ class Bus:
 
     async def publish_outbox(self, rows: Sequence[OutboxMessage]) -> None:
         """Publish outbox rows in order: durable ones to the job-events stream with `Nats-Msg-Id` =
-        the event id, acknowledged by JetStream; the rest on core NATS. Raises BusUnavailable
-        unless every one reached NATS.
+        the event id, acknowledged by JetStream; the rest on core NATS, best effort (not flushed).
+        Raises BusUnavailable unless JetStream acknowledged every durable one.
 
         Durable rows go as atomic batches (one PubAck per batch instead of one per event: a third
         of the client's CPU per event). A batch holding an event the stream already has (a relay

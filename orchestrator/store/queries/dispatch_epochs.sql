@@ -11,7 +11,7 @@ ON CONFLICT (shard) DO UPDATE SET epoch = d.epoch + 1, holder = EXCLUDED.holder,
 RETURNING epoch;
 
 -- Inside a claim: a shared lock on the shard's epoch, held to commit. The leader's own claim
--- steps share it (pools drain in parallel); a successor's advance waits for them to commit,
+-- steps share it (pools drain in parallel); a successor's new epoch waits for them to commit,
 -- and every claim that starts after the advance sees the newer epoch.
 -- name: dispatch_epoch_hold
 SELECT epoch FROM dispatch_epochs WHERE shard = $1 FOR SHARE;

@@ -19,10 +19,12 @@ INSERT INTO workers (id, pool, spawned_by) VALUES ($1, $2, $3);
 -- name: worker_delete
 DELETE FROM workers WHERE id = $1;
 
--- Workers that no longer count (lost, or never registered in time): forgotten.
+-- Workers that no longer count and will not again: never registered in time, or lost for an
+-- hour (a lost runner may come back and register: until then it is not counted, and then it is).
 -- name: worker_prune
 DELETE FROM workers w
 WHERE w.pool = $1
-  AND NOT EXISTS (SELECT 1 FROM runners r WHERE r.id = w.id AND r.state <> 'lost')
-  AND (EXISTS (SELECT 1 FROM runners r WHERE r.id = w.id)
-       OR w.spawned_at <= now() - make_interval(secs => $2::float8));
+  AND CASE WHEN EXISTS (SELECT 1 FROM runners r WHERE r.id = w.id)
+           THEN EXISTS (SELECT 1 FROM runners r
+                        WHERE r.id = w.id AND r.state = 'lost' AND r.last_seen_at < now() - interval '1 hour')
+           ELSE w.spawned_at <= now() - make_interval(secs => $2::float8) END;

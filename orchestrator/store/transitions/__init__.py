@@ -287,9 +287,10 @@ async def _stop_orders(conn: asyncpg.Connection, runner_id: str, held: Sequence[
         return []
     stops = []
     for r in await conn.fetch(Q["job_stop_orders"], runner_id, list(held)):
+        mine = r["runner_id"] == runner_id and r["state"] in ("assigned", "running")
         if r["state"] is None:
             stops.append(Stop(r["id"], "not_yours", f"no job {r['id']}"))
-        elif r["runner_id"] == runner_id and r["state"] in ("assigned", "running"):
+        elif mine and r["cancel_pending"]:
             stops.append(Stop(r["id"], "cancel_requested", f"job {r['id']} was cancelled"))
         else:
             held_by = f" on {r['runner_id']}" if r["runner_id"] and r["runner_id"] != runner_id else ""
