@@ -59,6 +59,13 @@ class Leadership:
     def extend(self, deadline: float) -> None:
         self._deadline = max(self._deadline, deadline)
 
+    def deposed(self, epoch: int) -> None:
+        """A claim under `epoch` was fenced: Postgres holds a newer term, yet this process holds
+        the lease (its epoch was issued late). The term ends now; the leader service gives the
+        lease up, so a new term can begin instead of a shard that nobody dispatches."""
+        if self._epoch == epoch:
+            self.lose()
+
     def lose(self) -> None:
         if self._epoch is None:
             return

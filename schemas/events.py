@@ -252,13 +252,14 @@ class LeaderElected(Envelope):
 
 class LeaderLost(Envelope):
     """The holder stopped dispatching: `released` (graceful stop), `taken` (a renewal was refused:
-    someone else holds the lease), `expired` (no renewal succeeded within the TTL)."""
+    someone else holds the lease), `expired` (no renewal succeeded within the TTL), `fenced` (its
+    claims were refused: Postgres holds a newer term; it gave the lease up)."""
 
     type: Literal["LeaderLost"] = "LeaderLost"
     shard: str
     holder: str
     epoch: int
-    reason: Literal["released", "taken", "expired"]
+    reason: Literal["released", "taken", "expired", "fenced"]
 
 
 class ErrorDetail(Model):

@@ -174,6 +174,8 @@ class Dispatch(Service):
             claim_status = "failed"
         else:
             claim_status = claim.status
+            if claim_status == "fenced" and self.leadership is not None and fence is not None:
+                self.leadership.deposed(fence.epoch)
             if claim.in_flight is not None:
                 self.metrics.peak(pool, claim.in_flight)
             by_runner: dict[str, list[dict[str, Any]]] = {}

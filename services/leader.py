@@ -9,7 +9,10 @@ announces `LeaderElected`, then tells the dispatcher (through the shared
 - no renewal succeeded within the TTL, by this process's monotonic clock (NATS unreachable):
   `LeaderLost{expired}`; the dispatcher also checks that deadline itself before every claim;
 - it stops gracefully: it deletes the key (`LeaderLost{released}`) and a standby takes over in
-  milliseconds instead of a TTL.
+  milliseconds instead of a TTL;
+- its claims are fenced although it holds the lease (its epoch was issued after a newer one,
+  say its own issue stalled past the TTL): it deletes the key (`LeaderLost{fenced}`), and the
+  next holder gets a new epoch.
 Standbys watch the key and contend the moment it is deleted or expires, and retry every TTL in
 case a watch event is lost. A deposed leader that has not noticed yet (paused, partitioned) is
 refused by the epoch check in every claim transaction; that is what makes a stale term harmless.
@@ -127,15 +130,17 @@ class Leader(Service):
                 continue
             if not renewed:
                 return await self._step_down("taken")
+            if self.leadership.epoch != self._epoch:  # deposed by a fenced claim (Leadership.deposed)
+                return await self._step_down("fenced")
             # The server counts the TTL from when it got the renewal, later than `started`: a term
             # measured from `started` ends here no later than the lease ends there.
             self._deadline = started + ttl
             self.leadership.extend(self._deadline)
 
-    async def _step_down(self, reason: Literal["released", "taken", "expired"]) -> None:
+    async def _step_down(self, reason: Literal["released", "taken", "expired", "fenced"]) -> None:
         epoch, self._epoch = self._epoch, None
         self.leadership.lose()
-        if reason == "released":
+        if reason in ("released", "fenced"):
             await self.lease.release()
         self.log.info("stopped leading shard %s at epoch %s: %s", self.leadership.shard, epoch, reason)
         event = LeaderLost(shard=self.leadership.shard, holder=self.leadership.holder, epoch=epoch or 0, reason=reason)

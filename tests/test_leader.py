@@ -168,3 +168,33 @@ async def test_get_leader_names_this_instance(http: aiohttp.ClientSession, setti
     assert body["shard"] == "all"
     assert body["holder"] == settings.instance_id == body["lease"]["holder"]
     assert isinstance(body["epoch"], int) and body["since"]
+
+
+async def test_a_leader_whose_claims_are_fenced_gives_the_lease_up_and_a_new_term_dispatches(
+    settings: Settings, store: Store, bus: Bus
+) -> None:
+    """A lease holder whose epoch is not the newest (its epoch came late, after a newer one was
+    issued) would be refused for ever while it kept renewing. Fenced, it gives the lease up
+    (`LeaderLost{fenced}`), and the next term, with a newer epoch, dispatches."""
+    await factories.pool(store, "p", max_concurrent=10, max_active=-1)
+    await store.transitions.register_runner(RunnerSpec("r1", "p", [], 10), [])
+    await factories.queue(store, 2, "p")
+    leadership = Leadership(settings.dispatch_shard, "me")
+    leader = Leader(settings, store, bus, leadership)
+    dispatch = Dispatch(settings, store, bus, leadership=leadership)
+    async with Listener(bus, bus.subjects.leader_events("lost"), LeaderLost) as lost:
+        await leader.start()
+        try:
+            first = leadership.epoch
+            assert first is not None
+            late = await store.dispatch_epoch_issue(settings.dispatch_shard, "late")  # a newer term, nobody's
+            assert await dispatch.step("p") == "fenced"
+            assert (await lost.wait(lambda e: e.holder == "me")).reason == "fenced"
+
+            async def new_term() -> bool:
+                return leadership.epoch is not None and leadership.epoch > late
+
+            await eventually(new_term, timeout=10, what="a new term")
+            assert await dispatch.step("p") == "dispatched"
+        finally:
+            await leader.stop()
