@@ -24,8 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from bench.procs import ServiceProcess, start_all
 from orchestrator import failpoints
-from orchestrator.bus import Bus, Subjects
-from orchestrator.bus import bus as bus_module
+from orchestrator.bus import Bus, Subjects, job_events
 from orchestrator.bus.subjects import JOB_EVENT_VERBS, job_news
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.outbox import OutboxRelay
@@ -130,9 +129,9 @@ async def test_a_batch_repeating_events_already_relayed_keeps_each_once_in_order
     event id it has (a relay died between publish and delete): those rows then go one by one,
     the repeats dropped, the new ones stored after them in order. Core NATS rows go in their
     place among them."""
-    monkeypatch.setattr(bus_module, "ATOMIC_BATCH_MAX", 3)
+    monkeypatch.setattr(job_events, "ATOMIC_BATCH_MAX", 3)
     await bus.ensure_job_events_stream(3600)
-    assert bus._atomic_events
+    assert bus.atomic_events
     pool = f"atomic-{uuid4().hex[:8]}"
     rows = [_Row(uuid4(), job_news("admitted", pool), json.dumps({"n": n}).encode()) for n in range(8)]
     cancel = _Row(uuid4(), f"runners.{pool}.cancel", b"{}", durable=False)

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import ssl
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -36,8 +34,10 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from orchestrator import telemetry
+from orchestrator.bus import job_events
 from orchestrator.bus.credentials import NatsCredentials
-from orchestrator.bus.subjects import JOB_EVENT_VERBS, Subjects
+from orchestrator.bus.job_events import OutboxMessage
+from orchestrator.bus.subjects import Subjects
 from orchestrator.errors import BusUnavailable, InvalidInput, NoResponders, RequestFailed, StoreUnavailable
 from orchestrator.redact import redact_url
 from schemas.events import ErrorDetail, Reply, error_from_validation
@@ -45,15 +45,6 @@ from schemas.storable import nul_in
 
 if TYPE_CHECKING:
     from orchestrator.settings import Settings
-
-
-class OutboxMessage(Protocol):
-    """What the relay hands the bus (the store's outbox rows)."""
-
-    id: Any
-    subject: str
-    body: bytes
-    durable: bool
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -79,36 +70,8 @@ def _json_array(models: Sequence[BaseModel]) -> bytes:
 
 # JetStream deduplicates on Nats-Msg-Id inside this window; the job key in Postgres beyond it.
 DEDUP_WINDOW_S = 120.0
-# The job-events stream's window: a relay that published but died before deleting the rows
-# publishes them again when the next relay takes over (at once, or once the system is back):
-# deduplicated inside this window; later than that a consumer sees the event id again.
-EVENTS_DEDUP_WINDOW_S = 600.0
-# How long the relay waits for JetStream to acknowledge a batch of events.
-PUBLISH_ACK_TIMEOUT_S = 5.0
-# Events per atomic batch: JetStream's default limit (max_batch_size) is 1000.
-ATOMIC_BATCH_MAX = 1000
-# The relay gives the event loop back this often while it publishes a batch: publishing into the
-# client's buffer never waits, and a backlog of 100k events would otherwise starve the process's
-# other services (dispatch, admission) for seconds.
-YIELD_EVERY = 64
-# JetStream's refusal of an atomic batch holding a Nats-Msg-Id it already has.
-ERR_BATCH_DUPLICATE_MSG_ID = 10201
 # How long the first connect waits for a NATS server that is not up yet.
 CONNECT_WAIT_S = 30.0
-
-
-def _batch_stored(ack: dict[str, Any], size: int) -> bool:
-    """JetStream's answer to an atomic batch's commit: True when it stored all `size`, False when
-    it refused the batch for a `Nats-Msg-Id` it already has (nothing of it stored); any other
-    refusal raises."""
-    error = ack.get("error")
-    if error is not None:
-        if error.get("err_code") == ERR_BATCH_DUPLICATE_MSG_ID:
-            return False
-        raise RequestFailed(f"atomic batch of {size} refused: {error.get('description')}")
-    if ack.get("count") != size:
-        raise RequestFailed(f"atomic batch of {size}: {ack.get('count')} stored")
-    return True
 
 
 def _retry_cannot_fix(exc: Exception) -> bool:
@@ -142,7 +105,7 @@ class Bus:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._pulls: list[JetStreamContext.PullSubscription] = []
-        self._atomic_events = False  # the job-events stream takes atomic batches (ensure_job_events_stream)
+        self.atomic_events = False  # the job-events stream takes atomic batches (ensure_job_events_stream)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, name: str, url: str | None = None) -> Bus:
@@ -365,7 +328,7 @@ class Bus:
 
     # --- JetStream intake --------------------------------------------------------------------
 
-    async def _ensure_stream(self, config: StreamConfig) -> None:
+    async def ensure_stream(self, config: StreamConfig) -> None:
         """Create the stream, or bring an existing one to `config`."""
         try:
             await self.js.stream_info(config.name)
@@ -381,99 +344,15 @@ class Bus:
             storage=StorageType.FILE,
             duplicate_window=DEDUP_WINDOW_S,
         )
-        await self._ensure_stream(config)
+        await self.ensure_stream(config)
 
     async def ensure_job_events_stream(self, max_age_s: float) -> None:
-        """The stream of every job event, kept `max_age_s` (producers follow it with durable
-        consumers). Its subjects name each verb: never `jobs.submit` nor `jobs.submit.req`."""
-        config = StreamConfig(
-            name=self.subjects.job_events_stream,
-            subjects=[self.subjects.job_events(verb) for verb in JOB_EVENT_VERBS],
-            retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE,
-            max_age=max_age_s,
-            duplicate_window=EVENTS_DEDUP_WINDOW_S,
-            allow_atomic=True,
-        )
-        await self._ensure_stream(config)
-        # A server before 2.12 ignores `allow_atomic`: the relay then publishes one by one.
-        info = await self.js.stream_info(config.name)
-        self._atomic_events = bool(info.config.allow_atomic)
+        """The stream of every job event (see `job_events.py`)."""
+        self.atomic_events = await job_events.ensure_stream(self, max_age_s)
 
     async def publish_outbox(self, rows: Sequence[OutboxMessage]) -> None:
-        """Publish outbox rows in order: durable ones to the job-events stream with `Nats-Msg-Id` =
-        the event id, acknowledged by JetStream; the rest on core NATS, best effort (not flushed).
-        Raises BusUnavailable unless JetStream acknowledged every durable one.
-
-        Durable rows go as atomic batches (one PubAck per batch instead of one per event: a third
-        of the client's CPU per event). A batch holding an event the stream already has (a relay
-        that published but died before deleting the rows) is refused whole by JetStream, and
-        nothing of it is stored: those rows are then published one by one, each with its own
-        PubAck, and JetStream drops the repeats."""
-        headers = telemetry.inject()
-        try:
-            async with asyncio.timeout(PUBLISH_ACK_TIMEOUT_S):
-                if self._atomic_events:
-                    await self._publish_batches(rows, headers)
-                else:
-                    await self._publish_each(rows, headers)
-                # Core rows after the last PubAck are not flushed: they are best effort (a runner's
-                # cancel notice; its heartbeats carry the cancel too), and a flush cut short by this
-                # timeout would break nats-py's read loop (it resolves the cancelled PONG future).
-        except Exception as exc:
-            raise BusUnavailable(f"cannot publish {len(rows)} events: {type(exc).__name__}: {exc}") from exc
-
-    async def _publish_batches(self, rows: Sequence[OutboxMessage], headers: dict[str, str]) -> None:
-        """In row order: core rows as they come, durable rows as atomic batches of at most
-        ATOMIC_BATCH_MAX (each committed and acknowledged before the next begins)."""
-        left = sum(1 for row in rows if row.durable)
-        publish, absolute = self.nc.publish, self.subjects.absolute
-        batch: list[OutboxMessage] = []
-        batch_id = ""
-        for n, row in enumerate(rows, 1):
-            if n % YIELD_EVERY == 0:  # a backlog of events must not hold up the rest of the process
-                await asyncio.sleep(0)
-            subject = absolute(row.subject)
-            if not row.durable:
-                await publish(subject, row.body, headers=headers)
-                continue
-            if not batch:
-                batch_id = uuid.uuid4().hex
-            batch.append(row)
-            left -= 1
-            h = {
-                **headers,
-                "Nats-Msg-Id": str(row.id),
-                "Nats-Batch-Id": batch_id,
-                "Nats-Batch-Sequence": str(len(batch)),
-            }
-            if len(batch) < ATOMIC_BATCH_MAX and left:
-                await publish(subject, row.body, headers=h)
-                continue
-            h["Nats-Batch-Commit"] = "1"
-            reply = await self.nc.request(subject, row.body, timeout=PUBLISH_ACK_TIMEOUT_S, headers=h)
-            if not _batch_stored(json.loads(reply.data), len(batch)):
-                await self._publish_each(batch, headers)
-            batch = []
-
-    async def _publish_each(self, rows: Sequence[OutboxMessage], headers: dict[str, str]) -> None:
-        """One message per row, in order, pipelined: every durable one's PubAck awaited (a repeat
-        is dropped by JetStream)."""
-        acks: list[asyncio.Future[Any]] = []
-        try:
-            for row in rows:
-                subject = self.subjects.absolute(row.subject)
-                if not row.durable:
-                    await self.nc.publish(subject, row.body, headers=headers)
-                    continue
-                acks.append(
-                    await self.js.publish_async(subject, row.body, headers={**headers, "Nats-Msg-Id": str(row.id)})
-                )
-            await asyncio.gather(*acks)
-        except BaseException:
-            for ack in acks:
-                ack.cancel()
-            raise
+        """Publish the relay's rows to the job-events stream (see `job_events.py`)."""
+        await job_events.publish(self, rows, atomic=self.atomic_events)
 
     async def intake_subscription(self, durable: str, *, ack_wait_s: float = 30.0) -> JetStreamContext.PullSubscription:
         """A durable pull consumer shared by every admission instance (WorkQueue: one consumer)."""
