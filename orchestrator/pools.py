@@ -76,10 +76,9 @@ async def change_pool(
             for labels, plan in await tx.queued_shapes():
                 if config.unrunnable(name, labels, plan) is not None:
                     failed += len(await tx.fail_unsatisfiable(labels, plan, UNSATISFIABLE))
-        if declared is not None and (
-            tx.current is None or tx.current["file_config"] != declared.model_dump(mode="json")
-        ):
-            await tx.record_file_config(declared.model_dump(mode="json"))
+        said = declared.model_dump(mode="json") if declared is not None else None
+        if said is not None and (tx.current is None or tx.current["file_config"] != said):
+            await tx.record_file_config(said)
         if config == previous:
             return PoolChange(row, created=False, changed=False, failed_jobs=0)  # type: ignore[arg-type]
     await bus.publish(

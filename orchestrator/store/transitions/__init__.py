@@ -25,10 +25,10 @@ as core NATS news (best effort: the runner's heartbeats are the durable path).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -58,6 +58,8 @@ from schemas.jobs import JobState
 
 if TYPE_CHECKING:
     from orchestrator.store.store import Store
+
+T = TypeVar("T")
 
 __all__ = [
     "AdmissionTx",
@@ -91,18 +93,21 @@ class Transitions:
         # Shapes are never deleted or changed, so their ids can be remembered for good.
         self._shapes: dict[ShapeKey, int] = {}
 
-    async def _edge(self, query: str, args: Sequence[Any], events: Any) -> list[Job]:
-        # Batched edges lock their rows in job id order (the callers sort), but a batch of one
-        # edge can still meet another's rows in a different order: Postgres then aborts one
-        # transaction, and an edge re-checks its legality when run again.
+    async def _transact(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """`work` in one transaction. Batched edges lock their rows in job id order (the callers
+        sort), but a batch of one edge can still meet another's rows in a different order:
+        Postgres then aborts one transaction, and the edge, run again, re-checks its legality."""
         for attempt in range(news.DEADLOCK_RETRIES):
             try:
                 async with self._store.transaction() as conn:
-                    jobs = await news.apply(conn, query, args, events)
-                break
+                    return await work(conn)
             except StoreError as exc:
                 if not isinstance(exc.__cause__, asyncpg.DeadlockDetectedError) or attempt == news.DEADLOCK_RETRIES - 1:
                     raise
+        raise AssertionError("unreachable")
+
+    async def _edge(self, query: str, args: Sequence[Any], events: Any) -> list[Job]:
+        jobs = await self._transact(lambda conn: news.apply(conn, query, args, events))
         if jobs:
             news.committed()
         return jobs
@@ -215,7 +220,8 @@ class Transitions:
         (the runner let them go: requeued, failed or cancelled as on a loss). A late heartbeat
         (not newer than one already seen) only counts as a sign of life."""
         held = list(beat.held)
-        async with self._store.transaction() as conn:
+
+        async def reconcile(conn: asyncpg.Connection) -> Reconciled | None:
             before = await conn.fetchrow(Q["runner_touch"], beat.runner_id, beat.seq)
             if before is None:
                 return None
@@ -226,22 +232,29 @@ class Transitions:
                     released = await news.apply(conn, "job_release_from_runners", args, news.released)
                 await conn.execute(Q["job_mark_unheld"], beat.runner_id, held, beat.seq)
             stop = await _stop_orders(conn, beat.runner_id, held)
-        if released:
+            return Reconciled(before["pool"], before["state"], released, stop)
+
+        found = await self._transact(reconcile)
+        if found is not None and found.released:
             news.committed()
-        return Reconciled(before["pool"], before["state"], released, stop)
+        return found
 
     async def mark_runners_lost(
         self, ttl_s: float, now: datetime | None = None
     ) -> tuple[list[dict[str, Any]], list[Job]]:
         """Runners silent for `ttl_s` are lost, and their jobs released (as above); returns the
         lost runners (id, pool) and the released jobs."""
-        async with self._store.transaction() as conn:
+
+        async def release(conn: asyncpg.Connection) -> tuple[list[dict[str, Any]], list[Job]]:
             lost = [dict(r) for r in await conn.fetch(Q["runner_mark_lost"], ttl_s, now)]
             if not lost:
                 return [], []
             args = ([r["id"] for r in lost], [], None)
-            released = await news.apply(conn, "job_release_from_runners", args, news.released)
-        news.committed()
+            return lost, await news.apply(conn, "job_release_from_runners", args, news.released)
+
+        lost, released = await self._transact(release)
+        if lost:
+            news.committed()
         return lost, released
 
     # producers, take clients and sweeps
