@@ -25,7 +25,7 @@ import platform
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from nats.aio.msg import Msg
@@ -70,7 +70,7 @@ def _run_attributes(e: JobAssigned) -> dict[str, Any]:
 
 
 Execute = Callable[[JobAssigned], Awaitable[Outcome]]
-REQUEST_TIMEOUT_S = RUNNER_REQUEST_TIMEOUT_S
+R = TypeVar("R")
 # The drain notice is a courtesy (silence is detected anyway): never hold a stop up for long.
 DRAIN_TIMEOUT_S = 1.0
 
@@ -127,7 +127,7 @@ class Runner(Service):
 
     def _send(self, subject: str) -> Callable[[list[Any]], Awaitable[list[Reply]]]:
         async def send(events: list[Any]) -> list[Reply]:
-            return await self.bus.request_many(subject, events, Reply, REQUEST_TIMEOUT_S)
+            return await self.bus.request_many(subject, events, Reply, RUNNER_REQUEST_TIMEOUT_S)
 
         return send
 
@@ -181,17 +181,13 @@ class Runner(Service):
             running=list(self._jobs),
             metadata={"hostname": platform.node(), "pid": os.getpid(), "labels": self.labels},
         )
-        subject, delay = self.bus.subjects.runner_register, 0.1
-        while True:
-            try:
-                reply = await self.bus.request(subject, event, HeartbeatReply, REQUEST_TIMEOUT_S)
-                break
-            except RequestFailed as exc:
-                if not wait:
-                    raise
-                self.log.warning("waiting for capacity to answer on %s: %s", subject, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        subject = self.bus.subjects.runner_register
+
+        async def register() -> HeartbeatReply:
+            return await self.bus.request(subject, event, HeartbeatReply, RUNNER_REQUEST_TIMEOUT_S)
+
+        waiting = f"registration (waiting for capacity on {subject})"
+        reply = await (self._until_answered(register, waiting) if wait else register())
         if not reply.ok:
             raise OrchestratorError(f"registration refused: {reply.error.message if reply.error else reply}")
         self._acknowledged()
@@ -240,7 +236,7 @@ class Runner(Service):
                 seq=self._seq,
                 acked_seq=self._acked_seq,
             )
-            timeout = min(REQUEST_TIMEOUT_S, self.settings.runner_ttl_s / 4)
+            timeout = min(RUNNER_REQUEST_TIMEOUT_S, self.settings.runner_ttl_s / 4)
             try:
                 reply = await self.bus.request(self.bus.subjects.runner_heartbeat, event, HeartbeatReply, timeout)
             except OrchestratorError as exc:  # NoResponders too: no capacity heard us
@@ -345,7 +341,9 @@ class Runner(Service):
                 started = JobStarted(job_id=e.job_id, pool=e.pool, runner_id=self.runner_id, attempt=e.attempt)
                 # Asked until answered: a lost answer is not a refusal (a repeated request is
                 # answered as a duplicate), and giving up would leave the job to reconciliation.
-                permitted = await self._until_answered(self._starts, started, "start")
+                permitted = await self._until_answered(
+                    lambda: self._starts.submit(started), f"start of {e.job_id}", job_id=e.job_id
+                )
                 if not permitted.ok:
                     return  # stale: another runner has it, or it was cancelled
                 if self._fenced(job):  # granted during a silence: the fence would kill it at once
@@ -359,18 +357,17 @@ class Runner(Service):
                 if self._fenced(job):  # killed by the fence (or the watchdog): not ours to report
                     return
                 job.ended = True
+                ended = JobFinished(
+                    job_id=e.job_id,
+                    pool=e.pool,
+                    runner_id=self.runner_id,
+                    attempt=e.attempt,
+                    state=state,
+                    exit_code=exit_code,
+                    reason=reason,
+                )
                 await self._until_answered(
-                    self._finishes,
-                    JobFinished(
-                        job_id=e.job_id,
-                        pool=e.pool,
-                        runner_id=self.runner_id,
-                        attempt=e.attempt,
-                        state=state,
-                        exit_code=exit_code,
-                        reason=reason,
-                    ),
-                    "report",
+                    lambda: self._finishes.submit(ended), f"report of {e.job_id}", job_id=e.job_id
                 )
         finally:
             self._jobs.pop(e.job_id, None)
@@ -380,15 +377,14 @@ class Runner(Service):
     async def _execute(self, job: Held) -> Outcome:
         return await run(job, self.runner_id, self.settings.kill_grace_s, self._watchdog)
 
-    async def _until_answered(self, batcher: Batcher[Any, Reply], event: Any, what: str) -> Reply:
-        """Send a request until capacity answers (ok, duplicate, or refused as stale)."""
+    async def _until_answered(self, send: Callable[[], Awaitable[R]], what: str, **extra: Any) -> R:
+        """`send()` a request until capacity answers (ok, a duplicate, or refused as stale); a
+        lost answer is not a refusal. Retried after 0.1 s, doubling to 5 s."""
         delay = 0.1
         while True:
             try:
-                return await batcher.submit(event)
+                return await send()
             except RequestFailed as exc:
-                self.log.warning(
-                    "%s of %s failed, retrying: %s", what, event.job_id, exc, extra={"job_id": event.job_id}
-                )
+                self.log.warning("%s failed, retrying: %s", what, exc, extra=extra)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
