@@ -7,17 +7,22 @@ query may return fewer: those left out take their defaults). Rows also read like
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, Self
 from uuid import UUID
 
 
 class Row:
-    """Mapping-style reads of a typed row's fields."""
+    """A typed row made from a query's record, read like a mapping too."""
 
     __slots__ = ()
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Self:
+        return cls(**{name: record[name] for name in _field_names(cls) if name in record})
 
     def get(self, name: str, default: Any = None) -> Any:
         return getattr(self, name, default)
@@ -30,6 +35,11 @@ class Row:
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and hasattr(self, name)
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,10 +80,6 @@ class Job(Row):
     previous_runner_id: str | None = None
     acked_now: bool = False
 
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> Job:
-        return cls(**{name: record[name] for name in _JOB_FIELDS if name in record})
-
 
 @dataclass(frozen=True, slots=True)
 class Runner(Row):
@@ -88,11 +94,3 @@ class Runner(Row):
     last_seen_at: datetime | None = None
     heartbeat_seq: int = 0
     busy: int | None = None  # not a column: jobs assigned or running on it (listings)
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> Runner:
-        return cls(**{name: record[name] for name in _RUNNER_FIELDS if name in record})
-
-
-_JOB_FIELDS = tuple(f.name for f in fields(Job))
-_RUNNER_FIELDS = tuple(f.name for f in fields(Runner))
