@@ -21,6 +21,9 @@ SNAPSHOT = {
     "constraints": """SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint
                       WHERE connamespace = 'public'::regnamespace
                         AND conrelid::regclass::text <> 'schema_migrations' ORDER BY 1, 2""",
+    "functions": """SELECT proname, pg_get_functiondef(oid) FROM pg_proc
+                    WHERE pronamespace = 'public'::regnamespace ORDER BY 1""",
+    "triggers": """SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1""",
     "options": """SELECT relname, reloptions FROM pg_class
                   WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'
                     AND relname <> 'schema_migrations' ORDER BY 1""",

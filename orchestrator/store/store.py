@@ -120,6 +120,13 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows):
             await self._pool.release(conn)
 
     @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection outside any transaction, for this package's modules: a transition that
+        is one statement is atomic without BEGIN and COMMIT round trips."""
+        async with self._conn() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection inside a transaction, for this package's modules (the transitions)."""
         async with self._conn() as conn, conn.transaction():

@@ -1,7 +1,8 @@
--- Every change of a job's state: one query per edge of the state machine, used only by
--- orchestrator/store/transitions/, which runs each in a transaction that also writes the
--- edge's events to the outbox. Each re-checks the edge is legal in its WHERE (state, runner,
--- attempt), so a stale or repeated report changes nothing and comes back empty.
+-- Every change of a job's state: one statement per edge of the state machine, used only by
+-- orchestrator/store/transitions/. Each re-checks the edge is legal in its WHERE (state, runner,
+-- attempt), so a stale or repeated report changes nothing and comes back empty, and writes the
+-- edge's events to the outbox in the same statement (`news`, through job_news(): see the
+-- migration that made it), in job id order and, for one job, in the order they happened.
 --
 -- Transition timestamps use clock_timestamp(), not the transaction start: they order events as
 -- they committed (a slot freed, then taken), so the history can be checked and measured.
@@ -15,7 +16,8 @@
 -- the batch. A reservation (no payload.command) given no timeout_s takes its pool's
 -- reservation_timeout_s, so it cannot hold a runner's slot for ever.
 -- name: job_insert_many
-INSERT INTO jobs (id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s,
+WITH admitted AS (
+INSERT INTO jobs AS j (id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s,
                   max_attempts, abandon_after_s, token_hash, trace_context, tolerations, shape_id)
 SELECT r.id, r.key, r.spec, r.pool, ARRAY(SELECT jsonb_array_elements_text(r.labels::jsonb)), r.plan, r.tenant,
        r.priority, r.payload,
@@ -29,8 +31,18 @@ FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::tex
      AS r(id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s, max_attempts,
           abandon_after_s, token_hash, trace_context, tolerations, shape_id)
 ON CONFLICT (key) DO NOTHING
-RETURNING id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, abandon_after_s, tolerations, state,
-          attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at;
+RETURNING j AS job, id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, abandon_after_s,
+          tolerations, state, attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at
+), news AS (
+    INSERT INTO outbox (id, subject, body, durable)
+    SELECT n.* FROM admitted a
+    CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, a.job) e  -- per row: it names the row
+    CROSS JOIN LATERAL job_news('admitted', e.job, e.id, e.at) n
+    ORDER BY a.id
+)
+SELECT id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, abandon_after_s, tolerations, state,
+       attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at
+FROM admitted;
 
 -- Claim up to $3 of the best queued jobs of pool $1 that runners with labels $2 and taints $5
 -- can take (a job tolerating every one of the taints; any job when there are none).
@@ -75,6 +87,7 @@ WHERE jobs.id = r.job_id AND jobs.state = 'assigned';
 -- meanwhile: nothing. A row locked by another edge is skipped, not waited for: it is the runner's
 -- start request (which records the ack itself) or an end, and waiting for it held both back.
 -- name: job_acknowledge_many
+WITH changed AS (
 UPDATE jobs j SET acked_at = clock_timestamp()
 FROM (SELECT j2.id FROM jobs j2
       JOIN unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS r(id, runner_id, assigned_at)
@@ -82,58 +95,120 @@ FROM (SELECT j2.id FROM jobs j2
       WHERE j2.state = 'assigned' AND j2.acked_at IS NULL
       ORDER BY j2.id FOR UPDATE OF j2 SKIP LOCKED) r
 WHERE j.id = r.id
-RETURNING j.id, j.pool, j.state, j.runner_id, j.attempt, j.payload, j.timeout_s, j.trace_context;
+RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt
+), news AS (
+    INSERT INTO outbox (id, subject, body, durable)
+    SELECT n.* FROM changed c
+    CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, c.job) e  -- per row: it names the row
+    CROSS JOIN LATERAL job_news('assigned', e.job, e.id, e.at) n
+    ORDER BY (c.job).id
+)
+SELECT id, pool, state, runner_id, attempt FROM changed;
 
 -- Assignments back to the queue, not counted as an attempt: a hand-off the runner refused or
 -- did not ack ($1 jobs of runner $2), or one never started within $3 seconds (the dispatcher
 -- died mid hand-off, or the runner's start request failed; a late start request is refused).
 -- name: job_unassign
+WITH changed AS (
 UPDATE jobs SET state = 'queued', runner_id = NULL, assigned_at = NULL, acked_at = NULL, unheld_seq = NULL
 WHERE state = 'assigned'
   AND (($2::text IS NOT NULL AND runner_id = $2 AND id = ANY($1::uuid[]))
        OR ($3::float8 IS NOT NULL
            AND assigned_at < coalesce($4::timestamptz, now()) - make_interval(secs => $3::float8)))
-RETURNING new.*, old.runner_id AS previous_runner_id;
+RETURNING jobs AS job, new.*, old.runner_id AS previous_runner_id
+), news AS (
+    INSERT INTO outbox (id, subject, body, durable)
+    SELECT n.* FROM changed c
+    CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, c.job) e  -- per row: it names the row
+    CROSS JOIN LATERAL job_news('requeued', e.job, e.id, e.at, c.previous_runner_id, $5) n
+    ORDER BY (c.job).id
+)
+SELECT (c.job).*, c.previous_runner_id FROM changed c;
 
 -- Permission to start: only the runner a job is assigned to, for that very attempt. Asking
 -- to start acknowledges the hand-off too (`acked_now`: it had not been recorded yet).
 -- Batched: one row per request, as arrays.
 -- name: job_start_many
+WITH changed AS (
 UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, started_at = c.now,
                   acked_at = coalesce(j.acked_at, c.now)
 FROM unnest($1::uuid[], $2::text[], $3::int[]) AS r(id, runner_id, attempt), (SELECT clock_timestamp() AS now) c
 WHERE j.id = r.id AND j.runner_id = r.runner_id AND j.state = 'assigned' AND j.attempt + 1 = r.attempt
-RETURNING j.id, j.pool, j.state, j.runner_id, j.attempt, j.payload, j.timeout_s, j.trace_context,
-          old.acked_at IS NULL AS acked_now;
+RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt, old.acked_at IS NULL AS acked_now
+), news AS (
+    INSERT INTO outbox (id, subject, body, durable)
+    SELECT n.* FROM changed c CROSS JOIN (VALUES (1, 'assigned'), (2, 'started')) k(i, kind)
+    CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, c.job, k.kind) e  -- per row: it names the row
+    CROSS JOIN LATERAL job_news(e.kind, e.job, e.id, e.at) n
+    WHERE k.kind <> 'assigned' OR c.acked_now  -- not acknowledged before: the start says as much
+    ORDER BY (c.job).id, k.i
+)
+SELECT id, pool, state, runner_id, attempt FROM changed;
 
 -- The end of an attempt, as its runner reports it. Batched like job_start_many.
 -- name: job_finish_many
+WITH changed AS (
 UPDATE jobs j SET state = r.state, exit_code = r.exit_code, reason = r.reason, finished_at = clock_timestamp()
 FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[])
      AS r(id, runner_id, attempt, state, exit_code, reason)
 WHERE j.id = r.id AND j.runner_id = r.runner_id AND j.attempt = r.attempt AND j.state IN ('assigned', 'running')
-RETURNING j.id, j.pool, j.state, j.runner_id, j.attempt, j.exit_code, j.reason;
+RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt
+), news AS (
+    INSERT INTO outbox (id, subject, body, durable)
+    SELECT n.* FROM changed c
+    CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, c.job) e  -- per row: it names the row
+    CROSS JOIN LATERAL job_news('finished', e.job, e.id, e.at) n
+    ORDER BY (c.job).id
+)
+SELECT id, pool, state, runner_id, attempt FROM changed;
 
 -- The client of a reservation ends it (POST /v1/jobs/{id}/finish): recorded now; its runner is
 -- then told to let go, and its report of the end, arriving later, finds the job already ended.
 -- name: job_finish_held
+WITH changed AS (
 UPDATE jobs SET state = $2, exit_code = $3, reason = $4, finished_at = clock_timestamp()
 WHERE id = $1 AND state IN ('assigned', 'running')
-RETURNING *;
+RETURNING jobs AS job
+), news AS (
+    INSERT INTO outbox (id, subject, body, durable)
+    SELECT n.* FROM changed c CROSS JOIN (VALUES (1, 'finished'), (2, 'cancel')) k(i, kind)
+    CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, c.job, k.kind) e  -- per row: it names the row
+    CROSS JOIN LATERAL job_news(e.kind, e.job, e.id, e.at, (c.job).runner_id) n
+    ORDER BY (c.job).id, k.i
+)
+SELECT (c.job).* FROM changed c;
 
 -- A cancel: a queued job ends at once, and so does an assigned one (nothing runs before its
 -- runner is granted the start, which this makes stale); its runner, if any, is told to let go.
 -- name: job_cancel_unstarted
+WITH changed AS (
 UPDATE jobs SET state = 'cancelled', reason = 'cancelled', finished_at = clock_timestamp()
 WHERE id = $1 AND state IN ('queued', 'assigned')
-RETURNING *;
+RETURNING jobs AS job
+), news AS (
+    INSERT INTO outbox (id, subject, body, durable)
+    SELECT n.* FROM changed c CROSS JOIN (VALUES (1, 'finished'), (2, 'cancel')) k(i, kind)
+    CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, c.job, k.kind) e  -- per row: it names the row
+    CROSS JOIN LATERAL job_news(e.kind, e.job, e.id, e.at, (c.job).runner_id) n
+    ORDER BY (c.job).id, k.i
+)
+SELECT (c.job).* FROM changed c;
 
 -- A cancel of a running job is recorded: its runner is told now and on every heartbeat until it
 -- reports the end (or is lost); the slot is freed then, not before the process is gone.
 -- name: job_cancel_request
+WITH changed AS (
 UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp())
 WHERE id = $1 AND state = 'running'
-RETURNING *;
+RETURNING jobs AS job
+), news AS (
+    INSERT INTO outbox (id, subject, body, durable)
+    SELECT n.* FROM changed c
+    CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, c.job) e  -- per row: it names the row
+    CROSS JOIN LATERAL job_news('cancel', e.job, e.id, e.at, (c.job).runner_id) n
+    ORDER BY (c.job).id
+)
+SELECT (c.job).* FROM changed c;
 
 -- Jobs held against runners that no longer hold them: runners lost ($1, nothing held), one that
 -- registered again holding $2, or one whose heartbeats show it let them go ($3: the newest of
@@ -142,6 +217,7 @@ RETURNING *;
 -- back to the queue as if never handed off; a running one is an attempt spent, requeued after a
 -- backoff (1 s, 2 s, 4 s ... 60 s) while attempts remain, failed with `runner_lost` otherwise.
 -- name: job_release_from_runners
+WITH changed AS (
 UPDATE jobs j SET
     state = d.next,
     not_before = CASE WHEN d.next = 'queued' AND j.state = 'running'
@@ -161,7 +237,16 @@ FROM (SELECT id, CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
              OR (unheld_seq <= $3 AND (state = 'running' OR acked_at IS NOT NULL)))
       ORDER BY id FOR UPDATE) d
 WHERE j.id = d.id
-RETURNING j.*, old.runner_id AS previous_runner_id;
+RETURNING j AS job, old.runner_id AS previous_runner_id
+), news AS (
+    INSERT INTO outbox (id, subject, body, durable)
+    SELECT n.* FROM changed c CROSS JOIN (VALUES (1, 'requeued'), (2, 'finished')) k(i, kind)
+    CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, c.job, k.kind) e  -- per row: it names the row
+    CROSS JOIN LATERAL job_news(e.kind, e.job, e.id, e.at, c.previous_runner_id, 'runner_lost') n
+    WHERE (k.kind = 'requeued') = ((c.job).state = 'queued')  -- requeued while attempts remain, else ended
+    ORDER BY (c.job).id, k.i
+)
+SELECT (c.job).*, c.previous_runner_id FROM changed c;
 
 -- A heartbeat of runner $1 (its sequence number $3) holding $2: jobs Postgres has it holding
 -- (running, or assigned and acknowledged) that it does not list are marked with this heartbeat,
@@ -183,22 +268,49 @@ WHERE j.id IS NULL OR j.runner_id IS DISTINCT FROM $1 OR j.state NOT IN ('assign
 -- The server's own timeout: a job still running $1 seconds (the runner's kill grace and a
 -- margin for its report) past its timeout_s ends `timed_out` whatever its runner says.
 -- name: job_time_out
+WITH changed AS (
 UPDATE jobs SET state = 'timed_out', finished_at = clock_timestamp(),
                 reason = format('timed out: running past timeout_s=%s and no end reported', timeout_s)
 WHERE state = 'running' AND timeout_s IS NOT NULL
   AND started_at < coalesce($2::timestamptz, now()) - make_interval(secs => timeout_s + $1::float8)
-RETURNING *;
+RETURNING jobs AS job
+), news AS (
+    INSERT INTO outbox (id, subject, body, durable)
+    SELECT n.* FROM changed c CROSS JOIN (VALUES (1, 'finished'), (2, 'cancel')) k(i, kind)
+    CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, c.job, k.kind) e  -- per row: it names the row
+    CROSS JOIN LATERAL job_news(e.kind, e.job, e.id, e.at, (c.job).runner_id) n
+    ORDER BY (c.job).id, k.i
+)
+SELECT (c.job).* FROM changed c;
 
 -- A pool change made these queued jobs unrunnable: they end now, in the change's transaction.
 -- name: job_fail_queued_shape
+WITH changed AS (
 UPDATE jobs SET state = 'failed', reason = $4, finished_at = clock_timestamp()
 WHERE pool = $1 AND state = 'queued' AND labels = $2::text[] AND plan IS NOT DISTINCT FROM $3::text
-RETURNING *;
+RETURNING jobs AS job
+), news AS (
+    INSERT INTO outbox (id, subject, body, durable)
+    SELECT n.* FROM changed c
+    CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, c.job) e  -- per row: it names the row
+    CROSS JOIN LATERAL job_news('finished', e.job, e.id, e.at) n
+    ORDER BY (c.job).id
+)
+SELECT (c.job).* FROM changed c;
 
 -- Take-style jobs whose client has not polled for abandon_after_s (counted from admission until
 -- the first poll), and has not taken its runner: expired, releasing the slot a runner holds for it.
 -- name: job_expire_abandoned
+WITH changed AS (
 UPDATE jobs SET state = 'expired', reason = 'abandoned', finished_at = clock_timestamp()
 WHERE abandon_after_s IS NOT NULL AND taken_at IS NULL AND state IN ('queued', 'assigned', 'running')
   AND coalesce(last_polled_at, created_at) < coalesce($1::timestamptz, now()) - make_interval(secs => abandon_after_s)
-RETURNING *;
+RETURNING jobs AS job
+), news AS (
+    INSERT INTO outbox (id, subject, body, durable)
+    SELECT n.* FROM changed c CROSS JOIN (VALUES (1, 'expired'), (2, 'finished'), (3, 'cancel')) k(i, kind)
+    CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, c.job, k.kind) e  -- per row: it names the row
+    CROSS JOIN LATERAL job_news(e.kind, e.job, e.id, e.at, (c.job).runner_id) n
+    ORDER BY (c.job).id, k.i
+)
+SELECT (c.job).* FROM changed c;

@@ -6,7 +6,8 @@
 
 Each edge is one transaction that checks the edge is legal (the query's WHERE: state, runner,
 attempt; the claim also checks the fencing epoch), writes the rows, and writes the edge's
-events to the outbox in one statement (`outbox_insert_many`, unnest). The relay
+events to the outbox; most are a single statement that does all three, composing its events
+in Postgres (job_news(), see news.py). The relay
 (orchestrator/outbox.py) publishes them after the commit, so news of a committed change is never
 lost to a crash between commit and publish, and news of a change that did not commit is never
 sent. Services call these functions; none composes a state-change event itself.
@@ -93,12 +94,16 @@ class Transitions:
         # Shapes are never deleted or changed, so their ids can be remembered for good.
         self._shapes: dict[ShapeKey, int] = {}
 
-    async def _transact(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """`work` in one transaction. Batched edges lock their rows in job id order (the callers
-        sort), but a batch of one edge can still meet another's rows in a different order:
-        Postgres then aborts one transaction, and the edge, run again, re-checks its legality."""
+    async def _transact(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, one_statement: bool = False) -> T:
+        """`work` in one transaction (one statement is one by itself: no BEGIN and COMMIT round
+        trips). Batched edges lock their rows in job id order (the callers sort), but a batch of
+        one edge can still meet another's rows in a different order: Postgres then aborts one
+        transaction, and the edge, run again, re-checks its legality."""
         for attempt in range(news.DEADLOCK_RETRIES):
             try:
+                if one_statement:
+                    async with self._store.connection() as conn:
+                        return await work(conn)
                 async with self._store.transaction() as conn:
                     return await work(conn)
             except StoreError as exc:
@@ -106,8 +111,9 @@ class Transitions:
                     raise
         raise AssertionError("unreachable")
 
-    async def _edge(self, query: str, args: Sequence[Any], events: Any) -> list[Job]:
-        jobs = await self._transact(lambda conn: news.apply(conn, query, args, events))
+    async def _edge(self, query: str, args: Sequence[Any]) -> list[Job]:
+        """An edge that is one statement, writing its own news."""
+        jobs = await self._transact(lambda conn: news.apply(conn, query, args), one_statement=True)
         if jobs:
             news.committed()
         return jobs
@@ -158,30 +164,28 @@ class Transitions:
         """The runner acked these hand-offs: `assigned` news (once per assignment)."""
         if not handoffs:
             return []
-        return await self._edge("job_acknowledge_many", news.columns(handoffs, 3), lambda job: [news.assigned(job)])
+        return await self._edge("job_acknowledge_many", news.columns(handoffs, 3))
 
     async def unassign(self, runner_id: str, job_ids: Sequence[UUID]) -> list[Job]:
         """Edge assigned -> queued: hand-offs `runner_id` refused or did not ack (not an attempt)."""
-        args = (list(job_ids), runner_id, None, None)
-        return await self._edge("job_unassign", args, lambda job: [news.requeued(job, "handoff_failed")])
+        return await self._edge("job_unassign", (list(job_ids), runner_id, None, None, "handoff_failed"))
 
     async def requeue_unstarted(self, after_s: float, now: datetime | None = None) -> list[Job]:
         """Edge assigned -> queued: assignments not started within `after_s` (not an attempt)."""
-        args = ([], None, after_s, now)
-        return await self._edge("job_unassign", args, lambda job: [news.requeued(job, "not_started")])
+        return await self._edge("job_unassign", ([], None, after_s, now, "not_started"))
 
     # runner reports
 
     async def start_many(self, starts: Sequence[Start]) -> list[Job]:
         """Edge assigned -> running: permission to start, for the runner a job is assigned to and
         that very attempt. The granted jobs."""
-        return await self._edge("job_start_many", news.columns(starts, 3), news.started)
+        return await self._edge("job_start_many", news.columns(starts, 3))
 
     async def finish_many(self, ends: Sequence[End]) -> list[Job]:
         """Edge assigned | running -> final, as runners report; the recorded jobs (a report of an
         attempt already ended, or not this runner's, changes nothing)."""
         rows = [(e.job_id, e.runner_id, e.attempt, e.state.value, e.exit_code, e.reason) for e in ends]
-        return await self._edge("job_finish_many", news.columns(rows, 6), news.ended_by_runner)
+        return await self._edge("job_finish_many", news.columns(rows, 6))
 
     async def refusals(self, kind: str, reports: Sequence[Start | End]) -> dict[UUID, tuple[str, str]]:
         """Why each of these `start` / `finish` reports changed nothing (see `refusal`)."""
@@ -208,7 +212,7 @@ class Transitions:
             except asyncpg.ForeignKeyViolationError:
                 raise NotFound(f"pool {runner.pool!r} does not exist") from None
             args = ([runner.runner_id], list(held), None)
-            released = await news.apply(conn, "job_release_from_runners", args, news.released)
+            released = await news.apply(conn, "job_release_from_runners", args)
             stop = await _stop_orders(conn, runner.runner_id, held)
         news.committed()
         return Reconciled(runner.pool, None, released, stop)
@@ -229,7 +233,7 @@ class Transitions:
             if beat.seq > before["heartbeat_seq"]:
                 if beat.acked_seq:
                     args = ([beat.runner_id], held, beat.acked_seq)
-                    released = await news.apply(conn, "job_release_from_runners", args, news.released)
+                    released = await news.apply(conn, "job_release_from_runners", args)
                 await conn.execute(Q["job_mark_unheld"], beat.runner_id, held, beat.seq)
             stop = await _stop_orders(conn, beat.runner_id, held)
             return Reconciled(before["pool"], before["state"], released, stop)
@@ -250,7 +254,7 @@ class Transitions:
             if not lost:
                 return [], []
             args = ([r["id"] for r in lost], [], None)
-            return lost, await news.apply(conn, "job_release_from_runners", args, news.released)
+            return lost, await news.apply(conn, "job_release_from_runners", args)
 
         lost, released = await self._transact(release)
         if lost:
@@ -262,17 +266,17 @@ class Transitions:
     async def finish_held(self, job_id: UUID, state: JobState, exit_code: int | None, reason: str) -> Job | None:
         """Edge assigned | running -> final, as a reservation's client says; None if no runner
         holds it. Its runner is told to let go."""
-        jobs = await self._edge("job_finish_held", (job_id, state.value, exit_code, reason), news.ended_held)
+        jobs = await self._edge("job_finish_held", (job_id, state.value, exit_code, reason))
         return jobs[0] if jobs else None
 
     async def cancel(self, job_id: UUID) -> Cancel:
         """Cancel a job: queued or assigned, it ends at once (nothing runs before a start is
         granted); running, the request is recorded and its runner told (now, and on every
         heartbeat until it reports the end); ended, refused."""
-        ended = await self._edge("job_cancel_unstarted", (job_id,), news.ended_held)
+        ended = await self._edge("job_cancel_unstarted", (job_id,))
         if ended:
             return Cancel("cancelled", ended[0])
-        requested = await self._edge("job_cancel_request", (job_id,), lambda j: news.cancel_runner(j, j.runner_id))
+        requested = await self._edge("job_cancel_request", (job_id,))
         if requested:
             return Cancel("requested", requested[0])
         async with self._store.transaction() as conn:
@@ -287,12 +291,12 @@ class Transitions:
     async def time_out(self, margin_s: float, now: datetime | None = None) -> list[Job]:
         """Edge running -> timed_out, by the server: jobs running `margin_s` (the runner's kill
         grace and its report's way) past their `timeout_s`; their runners are told to kill them."""
-        return await self._edge("job_time_out", (margin_s, now), news.ended_held)
+        return await self._edge("job_time_out", (margin_s, now))
 
     async def expire_abandoned(self, now: datetime | None = None) -> list[Job]:
         """Edge queued | assigned | running -> expired: take-style jobs whose client stopped
         polling before taking its runner; a runner holding one is told to let go."""
-        return await self._edge("job_expire_abandoned", (now,), news.expired)
+        return await self._edge("job_expire_abandoned", (now,))
 
 
 async def _stop_orders(conn: asyncpg.Connection, runner_id: str, held: Sequence[UUID]) -> list[Stop]:

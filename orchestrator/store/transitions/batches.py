@@ -70,7 +70,6 @@ class AdmissionTx:
         for row in rows:  # the job rows in full, without decoding back what was just encoded
             job = by_key[row["key"]]
             row.update(spec=job.spec, payload=job.payload, trace_context=job.trace_context)
-        await news.write(self._conn, [n for row in rows for n in news.admitted(Job.from_record(row))])
         return rows
 
     async def shape_id(self, job: NewJob) -> int:
@@ -131,4 +130,4 @@ class PoolChangeTx:
     async def fail_unsatisfiable(self, labels: Sequence[str], plan: str | None, reason: str) -> list[Job]:
         """Edge queued -> failed: the change made these queued jobs unrunnable."""
         args = (self.name, list(labels), plan, reason)
-        return await news.apply(self._conn, "job_fail_queued_shape", args, lambda job: [news.finished(job)])
+        return await news.apply(self._conn, "job_fail_queued_shape", args)
