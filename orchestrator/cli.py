@@ -1,5 +1,5 @@
 """The `orchestrator` command: run the system (`up`, `serve`, `runner`, `migrate`) and talk to a
-running one over HTTP (`submit`, `jobs`, `pools`, `pool set`, `runners`, `status`)."""
+running one over HTTP (`submit`, `jobs`, `logs`, `pools`, `pool set`, `runners`, `status`)."""
 
 from __future__ import annotations
 
@@ -175,21 +175,29 @@ class ApiError(Exception):
         self.status = status
 
 
-def http(settings: Settings, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+def _request(settings: Settings, method: str, path: str, body: Any = None) -> urllib.request.Request:
     data = None if body is None else json.dumps(body).encode()
     headers = {"Content-Type": "application/json"}
     if token := os.environ.get("ORCH_TOKEN"):  # when the API's auth is on
         headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(api_url(settings) + path, data=data, method=method, headers=headers)
+    return urllib.request.Request(api_url(settings) + path, data=data, method=method, headers=headers)
+
+
+def http(settings: Settings, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(_request(settings, method, path, body), timeout=30) as resp:
             return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
+    except urllib.error.URLError as exc:
+        raise _failure(settings, exc) from None
+
+
+def _failure(settings: Settings, exc: urllib.error.URLError) -> ApiError:
+    """The API's error (its status and message), or why it could not be reached."""
+    if isinstance(exc, urllib.error.HTTPError):
         payload = json.loads(exc.read() or b"null")
         message = (payload or {}).get("error", {}).get("message", exc.reason)
-        raise ApiError(f"{exc.code}: {message}", exc.code) from None
-    except urllib.error.URLError as exc:
-        raise ApiError(f"cannot reach the orchestrator at {api_url(settings)}: {exc.reason}") from None
+        return ApiError(f"{exc.code}: {message}", exc.code)
+    return ApiError(f"cannot reach the orchestrator at {api_url(settings)}: {exc.reason}")
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
@@ -210,11 +218,39 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     if not args.wait:
         print(json.dumps(job, indent=2))
         return 0
-    while job["state"] not in FINAL:
+    if not args.json:  # as `docker run` does: the output live, then the job's exit code
+        print_logs(settings, job["id"], follow=True)
+    while job["state"] not in FINAL:  # followed to its end already, unless --json
         time.sleep(0.1)
         _, job = http(settings, "GET", f"/v1/jobs/{job['id']}")
-    print(json.dumps(job, indent=2))
-    return 0 if job["state"] == "succeeded" else 1
+    if args.json:
+        print(json.dumps(job, indent=2))
+    else:
+        ended = f"exit code {job['exit_code']}" if job["exit_code"] is not None else job["reason"]
+        print(f"orchestrator: job {job['id']} {job['state']} ({ended})", file=sys.stderr)
+    if job["state"] == "succeeded":
+        return 0
+    return job["exit_code"] or 1
+
+
+def print_logs(settings: Settings, job_id: str, *, follow: bool) -> None:
+    """A job's output to stdout as it arrives (followed: until the job has ended)."""
+    path = f"/v1/jobs/{urllib.parse.quote(job_id, safe='')}/logs" + ("?follow=true" if follow else "")
+    out = sys.stdout.buffer
+    try:
+        # A followed job may print nothing for a long time: no read timeout (the server ends the
+        # stream when the job ends).
+        with urllib.request.urlopen(_request(settings, "GET", path), timeout=None if follow else 30) as resp:
+            while data := resp.read1(65536):
+                out.write(data)
+                out.flush()
+    except urllib.error.URLError as exc:
+        raise _failure(settings, exc) from None
+
+
+def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
+    print_logs(settings, args.job, follow=args.follow)
+    return 0
 
 
 def _show(settings: Settings, path: str) -> int:
@@ -295,7 +331,10 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--key")
     submit.add_argument("--timeout", type=float)
-    submit.add_argument("--wait", action="store_true", help="wait for the job to end; exit 0 if it succeeded")
+    submit.add_argument(
+        "--wait", action="store_true", help="print the job's output as it runs; exit with its exit code"
+    )
+    submit.add_argument("--json", action="store_true", help="with --wait: print the ended job as JSON, not its output")
     submit.add_argument("command", nargs=argparse.REMAINDER)
     submit.set_defaults(fn=cmd_submit)
 
@@ -304,6 +343,10 @@ def parser() -> argparse.ArgumentParser:
     jobs.add_argument("--state")
     jobs.add_argument("--limit", type=int, default=20)
     jobs.set_defaults(fn=cmd_jobs)
+    logs_cmd = sub.add_parser("logs", help="a job's output")
+    logs_cmd.add_argument("job", help="the job's id")
+    logs_cmd.add_argument("-f", "--follow", action="store_true", help="stream it until the job has ended")
+    logs_cmd.set_defaults(fn=cmd_logs)
     sub.add_parser("pools", help="list pools").set_defaults(fn=lambda a, s: _show(s, "/v1/pools"))
     pool = sub.add_parser("pool", help="change a pool").add_subparsers(dest="pool_cmd", required=True)
     pool_set = pool.add_parser("set", help="set the given fields of a pool (creating it if needed)")

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     # (its cleanup traps run). The server ends a job that ran past timeout_s by this plus a
     # heartbeat interval when its runner has not reported.
     kill_grace_s: float = Field(default=10.0, ge=0)
+    # Job output (issue 17): a job's log keeps at most this many bytes per attempt, its first and
+    # last halves (the middle is dropped, and a reader is shown a marker saying how much), and is
+    # kept this long after it was written.
+    log_max_bytes: int = Field(default=16 * 1024 * 1024, ge=2 * 64 * 1024)
+    log_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     # An assignment its runner has not started after this long (the dispatcher died mid hand-off,
     # or the runner's start request failed) goes back to the queue. Longer than the ack timeout.
     assigned_stale_s: float = 15.0

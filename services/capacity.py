@@ -37,6 +37,7 @@ from nats.aio.msg import Msg
 
 from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
+from orchestrator.bus.job_logs import JobLogs
 from orchestrator.errors import NotFound
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
@@ -80,6 +81,8 @@ class Capacity(Service):
 
     async def on_start(self) -> None:
         self._started_at = time.monotonic()
+        # Where runners ship their jobs' output (the API reads it): there before runners report.
+        await JobLogs(self.bus).ensure_stream(self.settings.log_retention_s)
         s = self.bus.subjects
         for subject, model, handler in (
             (s.runner_register, RunnerRegistered, self._on_register),

@@ -19,6 +19,7 @@ from typing import Any
 
 from schemas.events import JobAssigned
 from schemas.jobs import JobState
+from services.job_output import JobOutput, pump_until
 from services.runner_watchdog import Watchdog
 
 Outcome = tuple[JobState, int | None, str | None]
@@ -77,15 +78,19 @@ class Held:
         self.event = event
         self.task: asyncio.Task[None] | None = None
         self.proc: asyncio.subprocess.Process | None = None
+        self.exited: asyncio.Future[int] | None = None  # the process's exit status, once it exits
         self.cancelled = asyncio.Event()
         # The command has ended and its slot is free; the report may still be on its way.
         self.ended = False
         self.since = time.monotonic()  # held since (monotonic)
 
 
-async def run(job: Held, runner_id: str, kill_grace_s: float, watchdog: Watchdog) -> Outcome:
+async def run(
+    job: Held, runner_id: str, kill_grace_s: float, watchdog: Watchdog, output: JobOutput | None = None
+) -> Outcome:
     """Run the job's `payload.command` (or hold a reservation) until it ends, times out or is
-    cancelled."""
+    cancelled; its stdout and stderr go to `output` (none: discarded), complete before this
+    returns."""
     payload: dict[str, Any] = job.event.payload
     command = payload.get("command")
     timeout = job.event.timeout_s
@@ -98,8 +103,24 @@ async def run(job: Held, runner_id: str, kill_grace_s: float, watchdog: Watchdog
             if job.cancelled.is_set()
             else (JobState.timed_out, None, f"reservation held past timeout_s={timeout}")
         )
+    if output is None:
+        return await _command(job, command, runner_id, kill_grace_s, watchdog, None)
+    await output.open()
+    try:
+        outcome = await _command(job, command, runner_id, kill_grace_s, watchdog, output)
+        await output.close()
+    except BaseException:
+        output.abort()
+        raise
+    return outcome
+
+
+async def _command(
+    job: Held, command: Any, runner_id: str, kill_grace_s: float, watchdog: Watchdog, output: JobOutput | None
+) -> Outcome:
+    payload: dict[str, Any] = job.event.payload
     if not (isinstance(command, list) and command and all(isinstance(c, str) for c in command)):
-        return JobState.failed, None, "payload.command must be a non-empty list of strings"
+        return await _failed(output, "payload.command must be a non-empty list of strings")
     env = {
         **{k: v for k, v in os.environ.items() if k not in SECRET_ENV},
         **{str(k): str(v) for k, v in (payload.get("env") or {}).items()},
@@ -109,40 +130,63 @@ async def run(job: Held, runner_id: str, kill_grace_s: float, watchdog: Watchdog
         "ORCH_RUNNER_ID": runner_id,
     }
     try:
-        job.proc = await asyncio.create_subprocess_exec(
-            *command,
+        job.proc, job.exited = await spawn(
+            command,
             env=env,
             cwd=payload.get("cwd"),
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL if output is None else asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL if output is None else asyncio.subprocess.PIPE,
             start_new_session=True,
             preexec_fn=_dies_with(os.getpid()),
         )
     except OSError as exc:
-        return JobState.failed, None, f"cannot start {command[0]!r}: {exc.strerror or exc}"
+        return await _failed(output, f"cannot start {command[0]!r}: {exc.strerror or exc}")
+    pumps = []
+    if output is not None:
+        assert job.proc.stdout is not None and job.proc.stderr is not None
+        pumps = [
+            asyncio.create_task(output.pump("stdout", job.proc.stdout)),
+            asyncio.create_task(output.pump("stderr", job.proc.stderr)),
+        ]
     await watchdog.watch(job.proc.pid)
     try:
-        return await _wait(job, timeout, kill_grace_s)
+        outcome = await _wait(job, job.event.timeout_s, kill_grace_s)
+    except BaseException:
+        for pump in pumps:
+            pump.cancel()
+        raise
     finally:
         watchdog.unwatch(job.proc.pid)
+    # What the job left running in its session is stopped, as CI runners do: SIGTERM now, and
+    # SIGKILL once its output has drained (or DRAIN_AFTER_EXIT_S has passed).
+    signal_group(job.proc, signal.SIGTERM)
+    if output is not None:
+        await pump_until(output, pumps)
+    signal_group(job.proc, signal.SIGKILL)
+    return outcome
+
+
+async def _failed(output: JobOutput | None, reason: str) -> Outcome:
+    """The command could not run: the reason is the job's, and its log says it too."""
+    if output is not None:
+        await output.note(f"[orchestrator: {reason}]\n")
+    return JobState.failed, None, reason
 
 
 async def _wait(job: Held, timeout: float | None, kill_grace_s: float) -> Outcome:
     """The end of the job's process: its exit, its timeout, or its cancel."""
-    assert job.proc is not None
-    exited = asyncio.ensure_future(job.proc.wait())
+    assert job.proc is not None and job.exited is not None
+    exited = job.exited
     cancelled = asyncio.ensure_future(job.cancelled.wait())
     try:
         await asyncio.wait({exited, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         cancelled.cancel()
-        if not exited.done():
-            exited.cancel()
-    if not exited.done() or exited.cancelled():
-        await terminate(job.proc, kill_grace_s)
+    if not exited.done():
+        await terminate(job.proc, exited, kill_grace_s)
         if job.cancelled.is_set():
-            return JobState.cancelled, job.proc.returncode, "cancelled"
+            return JobState.cancelled, exited.result(), "cancelled"
         return JobState.timed_out, None, f"stopped after timeout_s={timeout}"
     code = exited.result()
     if job.cancelled.is_set():
@@ -150,14 +194,43 @@ async def _wait(job: Held, timeout: float | None, kill_grace_s: float) -> Outcom
     return (JobState.succeeded if code == 0 else JobState.failed), code, None
 
 
-async def terminate(proc: asyncio.subprocess.Process, kill_grace_s: float) -> None:
+async def terminate(proc: asyncio.subprocess.Process, exited: asyncio.Future[int], kill_grace_s: float) -> None:
     """SIGTERM to the job's process group, so its cleanup traps run; SIGKILL to the group
     when its leader has exited or the kill grace has passed, so no grandchild survives."""
     signal_group(proc, signal.SIGTERM)
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(proc.wait(), kill_grace_s)
+        await asyncio.wait_for(asyncio.shield(exited), kill_grace_s)
     signal_group(proc, signal.SIGKILL)
-    await proc.wait()
+    await exited
+
+
+class _Process(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's own protocol for a process with pipes, plus `exited`: its exit status, as soon
+    as it exits. Python 3.11's `Process.wait()` waits for stdout and stderr to close as well, so
+    a background child holding them would hold the job."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=2**16, loop=loop)
+        self.exited: asyncio.Future[int] = loop.create_future()
+        self._process: asyncio.SubprocessTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._process = transport  # type: ignore[assignment]  # uvloop's is not a registered subclass
+        super().connection_made(transport)
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        assert self._process is not None
+        code = self._process.get_returncode()
+        if not self.exited.done() and code is not None:
+            self.exited.set_result(code)
+
+
+async def spawn(command: list[str], **options: Any) -> tuple[asyncio.subprocess.Process, asyncio.Future[int]]:
+    """`asyncio.create_subprocess_exec`, and a future of the exit status (see `_Process`)."""
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.subprocess_exec(lambda: _Process(loop), *command, **options)
+    return asyncio.subprocess.Process(transport, protocol, loop), protocol.exited
 
 
 def signal_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:

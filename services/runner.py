@@ -34,6 +34,7 @@ from opentelemetry.trace import SpanKind
 from orchestrator import telemetry
 from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
+from orchestrator.bus.job_logs import JobLogs
 from orchestrator.errors import OrchestratorError, RequestFailed
 from orchestrator.lifecycle import Service
 from orchestrator.settings import RUNNER_REQUEST_TIMEOUT_S, Settings
@@ -51,6 +52,7 @@ from schemas.events import (
     StopOrder,
 )
 from schemas.jobs import JobState
+from services.job_output import JobOutput
 from services.job_process import Held, Outcome, run, signal_group
 from services.runner_watchdog import Watchdog
 
@@ -97,6 +99,7 @@ class Runner(Service):
         self._custom_execute = execute
         self.settings = settings
         self.bus = bus
+        self._logs = JobLogs(bus)  # where its jobs' output goes
         self.runner_id = runner_id
         self.pool = pool
         self.labels = labels
@@ -375,7 +378,9 @@ class Runner(Service):
                 self.finished.set()
 
     async def _execute(self, job: Held) -> Outcome:
-        return await run(job, self.runner_id, self.settings.kill_grace_s, self._watchdog)
+        e = job.event
+        output = JobOutput(self._logs, e.job_id, e.attempt, self.runner_id, self.settings.log_max_bytes)
+        return await run(job, self.runner_id, self.settings.kill_grace_s, self._watchdog, output)
 
     async def _until_answered(self, send: Callable[[], Awaitable[R]], what: str, **extra: Any) -> R:
         """`send()` a request until capacity answers (ok, a duplicate, or refused as stale); a

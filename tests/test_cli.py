@@ -71,10 +71,19 @@ def test_up_submit_stop_restart(data_dir: Path) -> None:
         assert up.line.strip() == (
             f"orchestrator ready http={endpoints['http']} nats={endpoints['nats']} database={endpoints['database']}"
         )
-        done = up.cli("submit", "--wait", "--", "echo", "hi")
+        done = up.cli("submit", "--wait", "--json", "--", "echo", "hi")
         assert done.returncode == 0, done.stderr
         job = json.loads(done.stdout)
         assert job["state"] == "succeeded" and job["exit_code"] == 0
+
+        # As `docker run` does: the job's output as it runs, then its exit code.
+        script = "for i in $(seq 2000); do echo line $i; done; echo oops >&2; exit 3"
+        failing = up.cli("submit", "--wait", "--", "sh", "-c", script)
+        expected = "".join(f"line {i}\n" for i in range(1, 2001)) + "oops\n"
+        assert (failing.returncode, failing.stdout) == (3, expected), failing.stderr
+        assert "failed (exit code 3)" in failing.stderr
+        job_id = failing.stderr.split("job ")[1].split()[0]
+        assert up.cli("logs", job_id).stdout == expected
 
         # A job that is running when the system stops: its first attempt leaves a marker and
         # hangs; the attempt after the restart sees the marker and succeeds.
@@ -92,7 +101,7 @@ def test_up_submit_stop_restart(data_dir: Path) -> None:
     try:
         listed = json.loads(up.cli("jobs", "--limit", "10").stdout)["jobs"]
         assert job["id"] in {j["id"] for j in listed}
-        final = up.cli("submit", "--wait", "--key", "interrupted", "--", "sh", "-c", script)
+        final = up.cli("submit", "--wait", "--json", "--key", "interrupted", "--", "sh", "-c", script)
         resumed = json.loads(final.stdout)
         assert resumed["id"] == interrupted["id"]
         assert resumed["state"] == "succeeded"

@@ -61,6 +61,14 @@ class Subjects:
         """The JetStream stream of every job event (the outbox relay writes it)."""
         return f"{self.namespace.upper()}_JOB_EVENTS"
 
+    def job_log(self, job_id: object = "*") -> str:
+        """A job's output, chunk by chunk (see orchestrator/bus/job_logs.py)."""
+        return f"{self.root}.logs.{job_id}"
+
+    @property
+    def job_logs_stream(self) -> str:
+        return f"{self.namespace.upper()}_JOB_LOGS"
+
     def cancel(self, runner_id: str) -> str:
         return self.absolute(runner_cancel(runner_id))
 

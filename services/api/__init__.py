@@ -24,6 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus
+from orchestrator.bus.job_logs import JobLogs
 from orchestrator.bus.lease import read_lease
 from orchestrator.errors import NotFound, OrchestratorError
 from orchestrator.lifecycle import Service
@@ -59,6 +60,7 @@ from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
 from services.api.auth import ROLE, Auth
 from services.api.blocked import Why
+from services.api.logs import JobLogsView
 from services.api.responses import (
     STATUS,
     error_response,
@@ -93,6 +95,7 @@ class Api(Service):
         self.queue = QueueCollector(store)
         self.url: str | None = None
         self.takes = Takes(store, bus)
+        self.logs = JobLogsView(store, JobLogs(bus), self.takes.waiters)
         self.servo = ServoDoor(store, self.takes, self.admit)
         self.why = Why(store, bus, settings.dispatch_shard)
         self.app = self._build_app()
@@ -110,6 +113,12 @@ class Api(Service):
                    Query("limit", "at most this many (1 to 1000, default 100)", type="integer"))),
             Route("GET", "/v1/jobs/{id}", self.get_job, jobs, "A job, and while it waits why", None,
                   {200: JobDetail}, (404,)),
+            Route("GET", "/v1/jobs/{id}/logs", self.get_job_logs, jobs,
+                  "A job's output: text/plain, or Server-Sent Events (Accept: text/event-stream) whose id is "
+                  "the byte offset", None, {200: None}, (404, 422),
+                  (Query("offset", "from this byte of the output (SSE: or Last-Event-ID)", type="integer"),
+                   Query("follow", "stream until the job has ended and every byte is out", type="boolean")),
+                  text="the job's output from `offset`"),
             Route("DELETE", "/v1/jobs/{id}", self.cancel_job, PRODUCER, "Cancel a job", None,
                   {200: JobView, 202: JobView}, (404, 409)),
             Route("POST", "/v1/jobs/{id}/take", self.take_job, PUBLIC, "Take the runner holding a job (seed 003)",
@@ -158,6 +167,7 @@ class Api(Service):
         return app
 
     async def on_start(self) -> None:
+        await self.logs.logs.ensure_stream(self.settings.log_retention_s)
         await self.takes.start(self)
         await self.why.start(self)
         runner = web.AppRunner(self.app, access_log=None)
@@ -222,6 +232,12 @@ class Api(Service):
             return row
         blocked = await self.why.blocked_by(row) if row["state"] == JobState.queued else None
         return json_response(JobDetail(**JobView.from_row(row).model_dump(), blocked_by=blocked))
+
+    async def get_job_logs(self, request: web.Request) -> web.StreamResponse:
+        row = await self._job_or_404(request)
+        if isinstance(row, web.Response):
+            return row
+        return await self.logs.handle(request, row)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
         q = request.query

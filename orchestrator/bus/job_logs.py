@@ -1,0 +1,205 @@
+"""Job output: one JetStream stream per deployment, one subject per job (`<ns>.v1.logs.<job id>`).
+
+Why JetStream, not Postgres: output is bulk data, and Postgres is the dispatcher's critical
+resource; a runner publishes straight to the stream, and a chunk is durable once JetStream
+acknowledged it (file storage: it survives restarts of the orchestrator). A chunk resent after a
+reconnect carries the same `Nats-Msg-Id` (job, attempt, offset) and is stored once; retention by
+age is the stream's `max_age`. There is no second store to archive into (GitLab lost logs moving
+Redis chunks to object storage).
+
+A chunk is one message: bytes of one source (stdout, stderr, or the orchestrator's own note)
+and headers naming its byte offset in the job's output, and the attempt. Offsets count every
+byte the job wrote (Buildkite's offset-addressed chunks), so they stay stable when the runner
+drops the middle of a long output: a reader sees the gap, and shows it as a marker line
+(`gap_note`). An attempt's output ends with an empty `end` chunk. A later attempt continues at
+the offset where the last one's output ended; a chunk of an older attempt stored after a newer
+attempt began (a lost runner still printing) is not part of the job's output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from orchestrator.errors import BusUnavailable
+
+if TYPE_CHECKING:
+    from orchestrator.bus.bus import Bus
+
+# A resent chunk is stored once within this window: a runner retries a chunk until stored, so
+# the window covers its retries across a reconnect.
+DEDUP_WINDOW_S = 300.0
+# How long a runner waits for JetStream to store a chunk before sending it again.
+STORE_TIMEOUT_S = 5.0
+# The headers of a chunk.
+OFFSET, ATTEMPT, SOURCE, END = "Orch-Offset", "Orch-Attempt", "Orch-Source", "Orch-End"
+SOURCES = ("stdout", "stderr", "orchestrator")
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    offset: int  # of its first byte in the job's output
+    attempt: int
+    source: str  # one of SOURCES
+    data: bytes
+    end: bool = False  # the attempt's output is complete
+    seq: int = 0  # its sequence in the stream (0 until stored)
+
+    @property
+    def stop(self) -> int:
+        return self.offset + len(self.data)
+
+
+def gap_note(missing: int) -> bytes:
+    """What a reader shows where the runner dropped the middle of a long output."""
+    return (
+        f"\n[orchestrator: {missing} bytes of output dropped here; a job's log keeps the first and last "
+        f"halves of ORCH_LOG_MAX_BYTES]\n"
+    ).encode()
+
+
+def _headers(job_id: UUID, chunk: LogChunk, trace: dict[str, str]) -> dict[str, str]:
+    h = {
+        **trace,
+        "Nats-Msg-Id": f"{job_id}:{chunk.attempt}:{chunk.offset}{':end' if chunk.end else ''}",
+        OFFSET: str(chunk.offset),
+        ATTEMPT: str(chunk.attempt),
+        SOURCE: chunk.source,
+    }
+    if chunk.end:
+        h[END] = "1"
+    return h
+
+
+def _chunk(seq: int, data: bytes | None, headers: dict[str, str] | None) -> LogChunk:
+    h = headers or {}
+    return LogChunk(
+        offset=int(h.get(OFFSET, 0)),
+        attempt=int(h.get(ATTEMPT, 1)),
+        source=h.get(SOURCE, "stdout"),
+        data=data or b"",
+        end=h.get(END) == "1",
+        seq=seq,
+    )
+
+
+class JobLogs:
+    """The job-output stream, as runners write it and the API reads it."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
+
+    @property
+    def stream(self) -> str:
+        return self._bus.subjects.job_logs_stream
+
+    async def ensure_stream(self, max_age_s: float) -> None:
+        await self._bus.ensure_stream(
+            StreamConfig(
+                name=self.stream,
+                subjects=[self._bus.subjects.job_log()],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                max_age=max_age_s,
+                duplicate_window=DEDUP_WINDOW_S,
+                allow_direct=True,  # reads are direct gets, answered without a consumer
+            )
+        )
+
+    async def append(self, job_id: UUID, chunk: LogChunk, trace: dict[str, str]) -> int:
+        """Store `chunk`; its sequence in the stream. Raises BusUnavailable unless JetStream
+        acknowledged it (sending it again is safe: it is stored once)."""
+        try:
+            ack = await self._bus.js.publish(
+                self._bus.subjects.job_log(job_id),
+                chunk.data,
+                timeout=STORE_TIMEOUT_S,
+                headers=_headers(job_id, chunk, trace),
+            )
+        except Exception as exc:
+            raise BusUnavailable(f"cannot store output of job {job_id}: {type(exc).__name__}: {exc}") from exc
+        return int(ack.seq)
+
+    async def drop(self, seq: int) -> None:
+        """Delete one stored chunk (the runner trimming the middle of a long output)."""
+        try:
+            await self._bus.js.delete_msg(self.stream, seq)
+        except NotFoundError:
+            pass  # gone already (its age, or an earlier try)
+        except Exception as exc:
+            raise BusUnavailable(f"cannot trim output chunk {seq}: {type(exc).__name__}: {exc}") from exc
+
+    async def last(self, job_id: UUID) -> LogChunk | None:
+        """The job's newest chunk (None: no output stored)."""
+        try:
+            msg = await self._bus.js.get_msg(self.stream, subject=self._bus.subjects.job_log(job_id), direct=True)
+        except NotFoundError:
+            return None
+        except Exception as exc:
+            raise BusUnavailable(f"cannot read output of job {job_id}: {type(exc).__name__}: {exc}") from exc
+        return _chunk(msg.seq or 0, msg.data, msg.headers)
+
+    async def chunks(self, job_id: UUID, after_seq: int = 0) -> AsyncIterator[LogChunk]:
+        """The job's chunks stored after `after_seq`, in stream order, up to the newest."""
+        subject = self._bus.subjects.job_log(job_id)
+        seq = after_seq + 1
+        while True:
+            try:
+                msg = await self._bus.js.get_msg(self.stream, seq=seq, subject=subject, next=True, direct=True)
+            except NotFoundError:
+                return
+            except Exception as exc:
+                raise BusUnavailable(f"cannot read output of job {job_id}: {type(exc).__name__}: {exc}") from exc
+            chunk = _chunk(msg.seq or seq, msg.data, msg.headers)
+            yield chunk
+            seq = chunk.seq + 1
+
+    @contextlib.asynccontextmanager
+    async def watch(self, job_id: UUID) -> AsyncIterator[asyncio.Event]:
+        """An event set whenever a chunk of the job is published (a follower's wake-up; what
+        was stored is then read from the stream)."""
+        stored = asyncio.Event()
+
+        async def on_chunk(msg: Any) -> None:
+            stored.set()
+
+        sub = await self._bus.nc.subscribe(self._bus.subjects.job_log(job_id), cb=on_chunk)
+        try:
+            yield stored
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+class Assembly:
+    """A job's output from its chunks in stream order: a chunk of an attempt older than one
+    already seen is left out, a gap in offsets is shown as a note, and bytes before `offset`
+    are skipped. `next_offset` is where the text given so far ends."""
+
+    def __init__(self, offset: int = 0) -> None:
+        self.next_offset = offset
+        self.attempt = 0
+        self.ended = False  # the newest attempt's output is complete
+        self._seen = 0  # the offset every kept chunk has reached
+
+    def add(self, chunk: LogChunk) -> bytes:
+        if chunk.attempt < self.attempt:
+            return b""
+        if chunk.attempt > self.attempt:
+            self.attempt, self.ended = chunk.attempt, False
+        self.ended = self.ended or chunk.end
+        gap_from = max(self._seen, self.next_offset)
+        note = gap_note(chunk.offset - gap_from) if self._seen and chunk.offset > gap_from else b""
+        self._seen = max(self._seen, chunk.stop)
+        if chunk.stop <= self.next_offset:
+            return note
+        start = max(0, self.next_offset - chunk.offset)
+        self.next_offset = chunk.stop
+        return note + chunk.data[start:]

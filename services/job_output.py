@@ -1,0 +1,171 @@
+"""A job's output, captured by its runner and shipped to the job-output stream as it is written.
+
+The runner reads the job's stdout and stderr as they come and ships them in chunks
+(orchestrator/bus/job_logs.py) of one source each: at most `CHUNK_BYTES`, and whatever is
+waiting every `FLUSH_EVERY_S`, so a follower sees a line within a fraction of a second.
+
+Backpressure: at most `IN_FLIGHT` chunks wait for the stream. A job printing faster than
+JetStream stores stops being read, its pipe fills, and its next write blocks: the runner's
+memory stays bounded however much a job prints, and chunks are stored one at a time, each
+awaited (a chunk whose acknowledgement is lost is sent again and stored once).
+
+The cap (`ORCH_LOG_MAX_BYTES` per attempt): the first half is kept as written; past it every
+chunk is still shipped (a follower sees the output live), and the oldest chunks past the head
+are deleted from the stream while the rest exceed the other half. What is dropped is a gap in
+offsets, which readers show as a marker line saying how many bytes: never a silent drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from uuid import UUID
+
+from orchestrator import telemetry
+from orchestrator.bus.job_logs import JobLogs, LogChunk
+from orchestrator.errors import BusUnavailable
+
+CHUNK_BYTES = 64 * 1024
+FLUSH_EVERY_S = 0.25
+IN_FLIGHT = 4
+# After the job's process has exited, how long its pipes may stay open (a background child
+# still holding them) before the runner stops reading; what comes later is not kept.
+DRAIN_AFTER_EXIT_S = 2.0
+RETRY_MAX_S = 2.0
+
+log = logging.getLogger("orchestrator.runner.output")
+T = TypeVar("T")
+
+
+class JobOutput:
+    """One attempt's output: `open`, `pump` each pipe, then `close` (or `abort`)."""
+
+    def __init__(self, logs: JobLogs, job_id: UUID, attempt: int, runner_id: str, max_bytes: int) -> None:
+        self._logs = logs
+        self.job_id = job_id
+        self.attempt = attempt
+        self.runner_id = runner_id
+        self._max_bytes = max_bytes
+        self.offset = 0  # where the next byte goes in the job's output
+        self._head_end = 0  # bytes before this offset are the head: kept as written
+        self._buf = bytearray()
+        self._source = "stdout"
+        self._queue: asyncio.Queue[LogChunk | None] = asyncio.Queue(IN_FLIGHT)
+        self._tail: collections.deque[tuple[int, int]] = collections.deque()  # (seq, size) past the head
+        self._tail_bytes = 0
+        self._trace = telemetry.inject()  # the run span: each chunk is linked to it
+        self._tasks: list[asyncio.Task[None]] = []
+        # Two pipes feed one buffer: a chunk's bytes and offset are decided under this lock.
+        self._lock = asyncio.Lock()
+        self.stored = 0  # bytes stored (a figure for the benchmark)
+
+    async def open(self) -> None:
+        """Start shipping. A retry continues where the job's output ended, after a note."""
+        if self.attempt > 1:
+            last = await self._until_done(lambda: self._logs.last(self.job_id), "read the log's end")
+            self.offset = last.stop if last is not None else 0
+        self._head_end = self.offset + self._max_bytes // 2
+        self._tasks = [
+            asyncio.create_task(self._send(), name=f"output.send.{self.job_id}"),
+            asyncio.create_task(self._tick(), name=f"output.tick.{self.job_id}"),
+        ]
+        if self.attempt > 1:
+            await self.note(f"[orchestrator: attempt {self.attempt}, on runner {self.runner_id}]\n")
+
+    async def note(self, text: str) -> None:
+        """A line of the orchestrator's own in the job's output."""
+        await self._add("orchestrator", text.encode())
+        async with self._lock:
+            await self._flush()
+
+    async def pump(self, source: str, reader: asyncio.StreamReader) -> None:
+        """Ship what the job writes to one pipe until it closes."""
+        while data := await reader.read(CHUNK_BYTES):
+            await self._add(source, data)
+
+    async def close(self) -> None:
+        """Ship what is left and mark the attempt's output complete; returns once stored."""
+        async with self._lock:
+            await self._flush()
+        await self._queue.put(LogChunk(self.offset, self.attempt, "orchestrator", b"", end=True))
+        await self._queue.put(None)
+        send, tick = self._tasks
+        tick.cancel()
+        await send
+
+    def abort(self) -> None:
+        """Stop shipping at once (the job was dropped or fenced: not ours to report)."""
+        for task in self._tasks:
+            task.cancel()
+
+    # --- inside ---------------------------------------------------------------------------------
+
+    async def _add(self, source: str, data: bytes) -> None:
+        async with self._lock:
+            if source != self._source and self._buf:
+                await self._flush()  # a chunk has one source
+            self._source = source
+            self._buf += data
+            while len(self._buf) >= CHUNK_BYTES:
+                await self._flush(CHUNK_BYTES)
+
+    async def _flush(self, size: int | None = None) -> None:
+        """Queue up to `size` buffered bytes (all by default) as chunks, split where the head
+        ends so the head is exact."""
+        take = bytes(self._buf[: size or len(self._buf)])  # under self._lock
+        del self._buf[: len(take)]
+        while take:
+            cut = len(take)
+            if self.offset < self._head_end < self.offset + cut:
+                cut = self._head_end - self.offset
+            await self._queue.put(LogChunk(self.offset, self.attempt, self._source, take[:cut]))
+            self.offset += cut
+            take = take[cut:]
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY_S)
+            async with self._lock:
+                await self._flush()
+
+    async def _send(self) -> None:
+        while (chunk := await self._queue.get()) is not None:
+            seq = await self._until_done(lambda c=chunk: self._logs.append(self.job_id, c, self._trace), "store output")
+            self.stored += len(chunk.data)
+            if chunk.offset >= self._head_end and chunk.data:
+                self._tail.append((seq, len(chunk.data)))
+                self._tail_bytes += len(chunk.data)
+                while self._tail_bytes > self._max_bytes - self._max_bytes // 2:
+                    old, size = self._tail.popleft()
+                    self._tail_bytes -= size
+                    await self._until_done(lambda s=old: self._logs.drop(s), "trim output")
+
+    async def _until_done(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        """`call()` until the stream answers: output is never given up while the job is ours."""
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except BusUnavailable as exc:
+                log.warning("job %s: cannot %s, retrying: %s", self.job_id, what, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+
+async def pump_until(output: JobOutput, pumps: list[asyncio.Task[None]]) -> None:
+    """After the job's process exited: let its pipes drain, up to DRAIN_AFTER_EXIT_S."""
+    _, pending = await asyncio.wait(pumps, timeout=DRAIN_AFTER_EXIT_S)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    if pending:
+        await output.note(
+            f"\n[orchestrator: output written more than {DRAIN_AFTER_EXIT_S:g}s after the job's process "
+            "exited is not kept (a background process held its stdout or stderr)]\n"
+        )
