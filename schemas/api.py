@@ -78,8 +78,19 @@ class JobCreated(JobView):
     token: str | None = Field(description="for `POST /v1/jobs/{id}/take`; only its hash is stored")
 
 
+class Waiting(Model):
+    """Why a listed queued job waits, in short (`GET /v1/jobs/{id}` has the whole `blocked_by`)."""
+
+    reason: str = Field(description="the first constraint's reason, or `queued` when nothing holds it back")
+    message: str
+
+
+class JobListed(JobView):
+    blocked_by: Waiting | None = None
+
+
 class JobList(Model):
-    jobs: list[JobView]
+    jobs: list[JobListed]
 
 
 class ErrorBody(Model):

@@ -133,3 +133,32 @@ def test_nothing_holds_it_but_the_jobs_ahead(ahead: int, drained: int, reason: s
     }
     b = blocked_by({"pool": "default", "labels": []}, numbers, leader=True, shard="all", unknown=None)
     assert (b.reason, b.constraints, b.position, b.estimated_wait_s) == (reason, [], ahead, wait)
+
+
+async def test_the_job_list_says_in_short_why_each_queued_job_waits(
+    system_http: aiohttp.ClientSession, store: Store, system: Runtime
+) -> None:
+    await factories.pool(store, labels=["linux", "x86_64", "gpu"])
+    gpu = await submit(system_http, labels=["gpu"], abandon_after_s=600)  # no runner offers gpu
+    async with system_http.patch("/v1/pools/default", json={"paused": True}) as resp:
+        assert resp.status == 200
+    plain = await submit(system_http, payload={"command": ["true"]})
+
+    async def listed() -> dict[str, Any]:
+        async with system_http.get("/v1/jobs?limit=10") as resp:
+            assert resp.status == 200
+            return {j["id"]: j["blocked_by"] for j in (await resp.json())["jobs"]}
+
+    waiting = await listed()
+    assert waiting[plain["id"]]["reason"] == "paused"  # the most fundamental first
+    assert waiting[gpu["id"]]["reason"] == "paused"
+    async with system_http.patch("/v1/pools/default", json={"paused": False}) as resp:
+        assert resp.status == 200
+
+    async def ran() -> dict[str, Any] | None:
+        now = await listed()
+        return now if now[plain["id"]] is None else None  # no longer queued: no reason
+
+    waiting = await eventually(ran, timeout=20, what="the plain job to leave the queue")
+    assert waiting[gpu["id"]]["reason"] == "no_free_runner"
+    assert "gpu" in waiting[gpu["id"]]["message"]

@@ -6,8 +6,11 @@ elsewhere)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -114,3 +117,32 @@ def status_line(dom: str) -> str:
     match = re.search(r'<div id="status"[^>]*>(.*?)</div>', dom, re.S)
     assert match, "no status line"
     return match.group(1)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian package chromium)")
+async def test_a_jobs_view_shows_it_and_follows_its_output_live(
+    system_http: aiohttp.ClientSession, system: Runtime, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    os.mkfifo(go)  # the job prints, then waits on it: still running while the browser looks
+    script = f"print('hello from the job', flush=True)\nopen({str(go)!r}).read()"
+    async with system_http.post(
+        "/v1/jobs", json={"pool": "default", "payload": {"command": [sys.executable, "-c", script]}}
+    ) as resp:
+        job = await resp.json()
+    try:
+
+        async def running() -> bool:
+            async with system_http.get(f"/v1/jobs/{job['id']}") as resp:
+                return (await resp.json())["state"] == "running"
+
+        await eventually(running, timeout=20, what="the job to run")
+        dom = await rendered(f"{system.http_url}/#job={job['id']}")
+        view = re.search(r'<section id="jobview">(.*?)</section>', dom, re.S)
+        assert view is not None, "the job's view is not shown"
+        assert job["id"] in view.group(1)
+        assert re.search(r'<span class="state running">running</span>', view.group(1))
+        log = re.search(r'<pre id="log">(.*?)</pre>', view.group(1), re.S)
+        assert log is not None and log.group(1) == "hello from the job\n"
+    finally:
+        await asyncio.to_thread(go.write_text, "done")

@@ -39,6 +39,7 @@ from schemas.api import (
     JobCreated,
     JobDetail,
     JobList,
+    JobListed,
     LeaderView,
     Ok,
     PoolChanged,
@@ -250,7 +251,9 @@ class Api(Service):
         if isinstance(limit, web.Response):
             return limit
         rows = await self.store.job_list(pool=q.get("pool"), state=state, key=q.get("key"), limit=limit)
-        return json_response({"jobs": [JobView.from_row(r).model_dump(mode="json") for r in rows]})
+        waiting = await self.why.waiting(rows)
+        jobs = [JobListed(**JobView.from_row(r).model_dump(), blocked_by=waiting.get(r["id"])) for r in rows]
+        return json_response(JobList(jobs=jobs))
 
     async def cancel_job(self, request: web.Request) -> web.Response:
         row = await self._job_or_404(request)

@@ -21,7 +21,7 @@ from orchestrator.bus import Bus
 from orchestrator.bus.lease import read_lease
 from orchestrator.lifecycle import Service
 from orchestrator.store import Store
-from schemas.api import BlockedBy, Constraint
+from schemas.api import BlockedBy, Constraint, Waiting
 from schemas.events import CapacityUnknown
 
 # A `CapacityUnknown` heard this recently still holds: the dispatcher retries on its next wake.
@@ -133,6 +133,32 @@ class Why:
         if heard is None or time.monotonic() - heard[1] > CAPACITY_UNKNOWN_FRESH_S:
             return None
         return heard[0]
+
+    async def waiting(self, jobs: list[dict[str, Any]]) -> dict[Any, Waiting]:
+        """In short, why each queued one of `jobs` waits: read once per pool and shape (what
+        its runners must offer), not per job, so a list stays cheap."""
+        queued = [j for j in jobs if j["state"] == "queued"]
+        if not queued:
+            return {}
+        leader = await read_lease(self.bus, self.shard) is not None
+        by_shape: dict[tuple[Any, ...], list[Constraint]] = {}
+        found: dict[Any, Waiting] = {}
+        for job in queued:
+            shape = (job["pool"], tuple(job["labels"]), job["tenant"], tuple(job["tolerations"]))
+            if shape not in by_shape:
+                numbers = await self.store.job_waiting(job)
+                unknown = self.capacity_unknown(job["pool"])
+                held = constraints(job, numbers, leader=leader, shard=self.shard, unknown=unknown)
+                by_shape[shape] = [c for c in held if c.reason != "backoff"]  # that one is the job's own
+            held = by_shape[shape]
+            backoff = job.get("not_before")
+            if held:
+                found[job["id"]] = Waiting(reason=held[0].reason, message=held[0].message)
+            elif backoff is not None and backoff.timestamp() > time.time():
+                found[job["id"]] = Waiting(reason="backoff", message=f"retry backoff: not before {backoff:%H:%M:%S}")
+            else:
+                found[job["id"]] = Waiting(reason="queued", message="nothing holds it back: it waits its turn")
+        return found
 
     async def blocked_by(self, job: dict[str, Any]) -> BlockedBy:
         numbers = await self.store.job_waiting(job)
