@@ -33,6 +33,9 @@ def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
         latency = results[f"submit_to_start_ms_at_{share}pct"]
         assert latency["n"] > 0 and 0 < latency["p50"] <= latency["max"]
     assert results["hol_ratio"] > 0
+    output = results["job_output"]
+    assert output["log_path_mb_per_s"] > 0 and 0 < output["dispatch_with_printers_fraction"] <= 1.5
+    assert output["log_kept_bytes"] == output["printed_mb"] * 1_048_576  # under the cap: every byte
     assert results["vs_bare_asyncpg"] > 0 and results["vs_procrastinate"] > 0
     assert results["failover"]["kill -9"]["median_ms"] > 0
-    assert "goals (issue 8)" in done.stdout
+    assert "goals (issues 8 and 17)" in done.stdout
