@@ -2,12 +2,13 @@
 
     python -m bench.logs [--quick]
 
-1. log path: one job printing `MB` megabytes as fast as it can; MB/s from its start to its end
-   (the runner stores every chunk before it reports the end), how much of it the cap kept, and
-   how much the benchmark process's peak memory grew meanwhile (the runner's share of it: its
-   buffers are bounded however much a job prints).
+1. log path: one job printing `MB` megabytes as fast as it can, on a runner process of its own;
+   MB/s from its start to its end (the runner stores every chunk before it reports the end), and
+   how much of it the cap kept.
 2. cost to dispatch: end-to-end no-op jobs/s (simulated runners, as in bench.dispatch) alone,
-   then again while printers run back to back on another runner; the ratio of the two.
+   then while printers run back to back on the printers' runner, their output discarded (the
+   job's own CPU, on a 2-core machine), then shipped: the last two compared are what the log
+   path costs dispatch.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import resource
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,33 +28,46 @@ from bench import dispatch
 from bench.harness import report, stack, until
 from orchestrator.runtime import Runtime
 from schemas.jobs import JobSpec
-from services.runner import Runner
 from tests.factories import pool
 
-PRINTER = "import sys\nline = b'x' * 1023 + b'\\n'\nfor _ in range({n}): sys.stdout.buffer.write(line)\n"
+# `n` KiB as fast as it can, to its stdout or (`discard`) to /dev/null: the same job, with and
+# without the log path.
+PRINTER = (
+    "import os, sys\nout = open(os.devnull, 'wb') if {discard} else sys.stdout.buffer\n"
+    "line = b'x' * 1023 + b'\\n'\nfor _ in range({n}): out.write(line)\n"
+)
 
 
 @contextlib.asynccontextmanager
-async def real_runner(runtime: Runtime, name: str) -> AsyncIterator[Runner]:
-    """A runner of pool `name` that runs its jobs' commands (and ships their output)."""
-    assert runtime.bus is not None and runtime.store is not None
+async def real_runner(runtime: Runtime, name: str) -> AsyncIterator[None]:
+    """`orchestrator runner` for pool `name`, in a process of its own as in a deployment: it
+    runs its jobs' commands and ships their output."""
+    assert runtime.store is not None
     await pool(runtime.store, name, max_concurrent=-1, max_active=-1, labels=["printer"])
-    runner = Runner(runtime.settings, runtime.bus, runner_id=f"{name}-runner", pool=name, labels=["printer"], slots=1)
-    await runner.start()
+    s = runtime.settings
+    env = {**os.environ, "ORCH_NATS_URL": s.nats_url or "", "ORCH_NAMESPACE": s.namespace}
+    args = ["runner", "--pool", name, "--labels", "printer", "--slots", "1", "--id", f"{name}-runner"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator.cli", *args, env=env, stdout=asyncio.subprocess.PIPE
+    )
     try:
-        yield runner
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)  # "runner ... serving pool ..."
+        assert b"serving" in line, line
+        yield
     finally:
-        await runner.stop()
+        proc.send_signal(signal.SIGINT)
+        await proc.wait()
 
 
-async def print_job(runtime: Runtime, pool_name: str, megabytes: int) -> dict[str, Any]:
+async def print_job(runtime: Runtime, pool_name: str, megabytes: int, discard: bool = False) -> dict[str, Any]:
     """Run one printer; its figures from the timestamps Postgres recorded."""
     admission, store = runtime.services["admission"], runtime.store
     assert store is not None
     spec = JobSpec(
         pool=pool_name,
         labels=["printer"],
-        payload={"command": [sys.executable, "-c", PRINTER.format(n=megabytes * 1024)]},
+        payload={"command": [sys.executable, "-c", PRINTER.format(n=megabytes * 1024, discard=discard)]},
     )
     job_id = (await admission.admit(spec)).job.id  # type: ignore[attr-defined]
 
@@ -73,42 +88,51 @@ async def kept_bytes(runtime: Runtime, job_id: Any) -> int:
         return len(await resp.read())
 
 
+async def beside_printers(runtime: Runtime, n: int, megabytes: int, discard: bool) -> tuple[int, int]:
+    """Dispatch throughput while printers run back to back on the printers' runner; and how
+    many MB they printed meanwhile."""
+    stop = asyncio.Event()
+    printed = 0
+
+    async def printers() -> None:
+        nonlocal printed
+        while not stop.is_set():
+            await print_job(runtime, "printers", megabytes, discard)
+            printed += megabytes
+
+    noise = asyncio.create_task(printers())
+    try:
+        name = "beside_" + ("discarding" if discard else "shipping")
+        return (await dispatch.throughput(runtime, name, n, -1))["end_to_end_jobs_per_s"], printed
+    finally:
+        stop.set()
+        await noise
+
+
 async def run_all(runtime: Runtime, quick: bool) -> dict[str, Any]:
     megabytes = 8 if quick else 100
     n = 500 if quick else 20_000
     results: dict[str, Any] = {}
     async with real_runner(runtime, "printers"):
         print("  ... one job printing as fast as it can", file=sys.stderr, flush=True)
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         one = await print_job(runtime, "printers", megabytes)
-        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         results["printed_mb"] = megabytes
         results["log_path_mb_per_s"] = one["mb_per_s"]
         results["log_kept_bytes"] = await kept_bytes(runtime, one["job_id"])
-        results["peak_rss_growth_mb"] = round((rss_after - rss_before) / 1024, 1)
 
         print("  ... dispatch throughput alone", file=sys.stderr, flush=True)
         alone = (await dispatch.throughput(runtime, "quiet", n, -1))["end_to_end_jobs_per_s"]
-        print("  ... dispatch throughput beside printers", file=sys.stderr, flush=True)
-        printing = asyncio.Event()
-        printed = 0
-
-        async def printers() -> None:
-            nonlocal printed
-            while not printing.is_set():
-                await print_job(runtime, "printers", megabytes)
-                printed += megabytes
-
-        noise = asyncio.create_task(printers())
-        try:
-            beside = (await dispatch.throughput(runtime, "noisy", n, -1))["end_to_end_jobs_per_s"]
-        finally:
-            printing.set()
-            await noise
+        for case, discard in (("discarding", True), ("shipping", False)):
+            print(f"  ... dispatch throughput beside printers {case} their output", file=sys.stderr, flush=True)
+            beside, printed = await beside_printers(runtime, n, megabytes, discard)
+            results[f"jobs_per_s_beside_printers_{case}"] = beside
+            results[f"printed_meanwhile_{case}_mb"] = printed
     results["jobs_per_s_alone"] = alone
-    results["jobs_per_s_beside_printers"] = beside
-    results["printed_meanwhile_mb"] = printed
-    results["dispatch_with_printers_fraction"] = round(beside / alone, 3)
+    results["dispatch_with_printers_fraction"] = round(results["jobs_per_s_beside_printers_shipping"] / alone, 3)
+    # What the log path itself costs: the same printers, their output shipped or discarded.
+    results["log_path_cost_to_dispatch"] = round(
+        1 - results["jobs_per_s_beside_printers_shipping"] / results["jobs_per_s_beside_printers_discarding"], 3
+    )
     return results
 
 

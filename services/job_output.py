@@ -9,10 +9,14 @@ JetStream stores stops being read, its pipe fills, and its next write blocks: th
 memory stays bounded however much a job prints, and chunks are stored one at a time, each
 awaited (a chunk whose acknowledgement is lost is sent again and stored once).
 
-The cap (`ORCH_LOG_MAX_BYTES` per attempt): the first half is kept as written; past it every
-chunk is still shipped (a follower sees the output live), and the oldest chunks past the head
-are deleted from the stream while the rest exceed the other half. What is dropped is a gap in
-offsets, which readers show as a marker line saying how many bytes: never a silent drop.
+The cap (`ORCH_LOG_MAX_BYTES` per attempt): the first half, the head, is shipped as written.
+Past it the runner keeps the latest other half in memory (the tail), and ships from it live at
+most `TAIL_LIVE_BYTES_PER_S` (a follower still sees recent output; a job printing 100 MB does
+not make the stream store and then delete 100 MB, which cost dispatch more than half its
+throughput on a 2-core machine); live tail chunks older than the other half are deleted. At the
+end, if anything was not shipped live, the live tail is replaced by the exact tail. What is
+dropped is a gap in offsets, which readers show as a marker line saying how many bytes: never a
+silent drop.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 from uuid import UUID
 
@@ -32,6 +38,7 @@ from orchestrator.errors import BusUnavailable
 CHUNK_BYTES = 64 * 1024
 FLUSH_EVERY_S = 0.25
 IN_FLIGHT = 4
+TAIL_LIVE_BYTES_PER_S = 1024 * 1024
 # After the job's process has exited, how long its pipes may stay open (a background child
 # still holding them) before the runner stops reading; what comes later is not kept.
 DRAIN_AFTER_EXIT_S = 2.0
@@ -54,9 +61,16 @@ class JobOutput:
         self._head_end = 0  # bytes before this offset are the head: kept as written
         self._buf = bytearray()
         self._source = "stdout"
-        self._queue: asyncio.Queue[LogChunk | None] = asyncio.Queue(IN_FLIGHT)
-        self._tail: collections.deque[tuple[int, int]] = collections.deque()  # (seq, size) past the head
-        self._tail_bytes = 0
+        # A chunk to store; a list: the exact tail, to replace the live one; None: the end.
+        self._queue: asyncio.Queue[LogChunk | list[LogChunk] | None] = asyncio.Queue(IN_FLIGHT)
+        self._tail_budget = max_bytes - max_bytes // 2
+        self._ring: collections.deque[LogChunk] = collections.deque()  # the latest tail bytes
+        self._ring_bytes = 0
+        self._live: collections.deque[tuple[int, int]] = collections.deque()  # (seq, size) shipped live
+        self._live_bytes = 0
+        self._allowance = float(TAIL_LIVE_BYTES_PER_S)  # a token bucket of one second
+        self._refilled = time.monotonic()
+        self._skipped = False  # some tail was not shipped live: the exact tail goes at the end
         self._trace = telemetry.inject()  # the run span: each chunk is linked to it
         self._tasks: list[asyncio.Task[None]] = []
         # Two pipes feed one buffer: a chunk's bytes and offset are decided under this lock.
@@ -91,6 +105,8 @@ class JobOutput:
         """Ship what is left and mark the attempt's output complete; returns once stored."""
         async with self._lock:
             await self._flush()
+            if self._skipped:
+                await self._queue.put(_coalesced(self._ring))
         await self._queue.put(LogChunk(self.offset, self.attempt, "orchestrator", b"", end=True))
         await self._queue.put(None)
         send, tick = self._tasks
@@ -115,16 +131,41 @@ class JobOutput:
 
     async def _flush(self, size: int | None = None) -> None:
         """Queue up to `size` buffered bytes (all by default) as chunks, split where the head
-        ends so the head is exact."""
+        ends so the head is exact; past it, into the tail."""
         take = bytes(self._buf[: size or len(self._buf)])  # under self._lock
         del self._buf[: len(take)]
         while take:
             cut = len(take)
             if self.offset < self._head_end < self.offset + cut:
                 cut = self._head_end - self.offset
-            await self._queue.put(LogChunk(self.offset, self.attempt, self._source, take[:cut]))
+            chunk = LogChunk(self.offset, self.attempt, self._source, take[:cut])
+            if chunk.offset < self._head_end:
+                await self._queue.put(chunk)
+            else:
+                await self._keep(chunk)
             self.offset += cut
             take = take[cut:]
+
+    async def _keep(self, chunk: LogChunk) -> None:
+        """A chunk past the head: into the tail, and shipped live if the rate allows."""
+        self._ring.append(chunk)
+        self._ring_bytes += len(chunk.data)
+        while self._ring_bytes > self._tail_budget:  # the oldest bytes leave (the front, cut)
+            front = self._ring.popleft()
+            extra = self._ring_bytes - self._tail_budget
+            if len(front.data) > extra:
+                self._ring.appendleft(replace(front, offset=front.offset + extra, data=front.data[extra:]))
+                self._ring_bytes -= extra
+            else:
+                self._ring_bytes -= len(front.data)
+        now = time.monotonic()
+        self._allowance = min(TAIL_LIVE_BYTES_PER_S, self._allowance + (now - self._refilled) * TAIL_LIVE_BYTES_PER_S)
+        self._refilled = now
+        if self._allowance >= len(chunk.data):
+            self._allowance -= len(chunk.data)
+            await self._queue.put(chunk)
+        else:
+            self._skipped = True
 
     async def _tick(self) -> None:
         while True:
@@ -133,16 +174,29 @@ class JobOutput:
                 await self._flush()
 
     async def _send(self) -> None:
-        while (chunk := await self._queue.get()) is not None:
-            seq = await self._until_done(lambda c=chunk: self._logs.append(self.job_id, c, self._trace), "store output")
-            self.stored += len(chunk.data)
-            if chunk.offset >= self._head_end and chunk.data:
-                self._tail.append((seq, len(chunk.data)))
-                self._tail_bytes += len(chunk.data)
-                while self._tail_bytes > self._max_bytes - self._max_bytes // 2:
-                    old, size = self._tail.popleft()
-                    self._tail_bytes -= size
-                    await self._until_done(lambda s=old: self._logs.drop(s), "trim output")
+        while (item := await self._queue.get()) is not None:
+            if isinstance(item, list):  # the exact tail replaces what was shipped of it live
+                while self._live:
+                    await self._drop_oldest_live()
+                for chunk in item:
+                    await self._store(chunk)
+                continue
+            seq = await self._store(item)
+            if item.offset >= self._head_end and item.data:
+                self._live.append((seq, len(item.data)))
+                self._live_bytes += len(item.data)
+                while self._live_bytes > self._tail_budget:
+                    await self._drop_oldest_live()
+
+    async def _store(self, chunk: LogChunk) -> int:
+        seq = await self._until_done(lambda: self._logs.append(self.job_id, chunk, self._trace), "store output")
+        self.stored += len(chunk.data)
+        return seq
+
+    async def _drop_oldest_live(self) -> None:
+        seq, size = self._live.popleft()
+        self._live_bytes -= size
+        await self._until_done(lambda: self._logs.drop(seq), "trim output")
 
     async def _until_done(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         """`call()` until the stream answers: output is never given up while the job is ours."""
@@ -169,3 +223,21 @@ async def pump_until(output: JobOutput, pumps: list[asyncio.Task[None]]) -> None
             f"\n[orchestrator: output written more than {DRAIN_AFTER_EXIT_S:g}s after the job's process "
             "exited is not kept (a background process held its stdout or stderr)]\n"
         )
+
+
+def _coalesced(chunks: collections.deque[LogChunk]) -> list[LogChunk]:
+    """Adjacent chunks of one source joined, up to CHUNK_BYTES each (the tail was kept in the
+    pieces it came in, some of them small)."""
+    out: list[LogChunk] = []
+    for chunk in chunks:
+        last = out[-1] if out else None
+        if (
+            last
+            and last.source == chunk.source
+            and last.stop == chunk.offset
+            and len(last.data) + len(chunk.data) <= CHUNK_BYTES
+        ):
+            out[-1] = replace(last, data=last.data + chunk.data)
+        else:
+            out.append(chunk)
+    return out

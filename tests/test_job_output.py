@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -153,7 +152,8 @@ async def test_a_pipe_held_past_the_drain_does_not_hold_the_job(
     drains a job's pipes after its exit: the job ends all the same, its output until then is
     kept, and the log says why the rest is not."""
     pidfile = tmp_path / "escaped"
-    script = f"echo before; setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' & exit 0"
+    # It exits once the child has left its session (the child wrote its pid from the new one).
+    script = f"echo before; setsid sh -c 'echo $$ > {pidfile}; exec sleep 60' & until [ -s {pidfile} ]; do :; done"
     job_id = await submit(system_http, ["sh", "-c", script])
     try:
         done = await ended(system_http, job_id)
@@ -172,7 +172,8 @@ def small_cap(settings: Settings) -> Settings:
 
 
 async def test_a_long_output_keeps_its_head_and_tail_with_a_marker_between(small_cap: Settings) -> None:
-    lines = 40_000  # ~0.5 MB against a 128 KiB cap
+    # ~5 MB against a 128 KiB cap, printed faster than the tail is shown live (1 MiB/s).
+    lines = 400_000
     script = f"for i in range({lines}): print(f'{{i:07d}} ' + 'x' * 4)"
     full = "".join(f"{i:07d} xxxx\n" for i in range(lines))
     runtime = Runtime(small_cap, migrate=True)
@@ -185,15 +186,8 @@ async def test_a_long_output_keeps_its_head_and_tail_with_a_marker_between(small
     finally:
         await runtime.stop()
     half = small_cap.log_max_bytes // 2
-    head, rest = output[:half], output[half:]
-    assert head == full[:half]  # the head, exact
-    marker = re.match(r"\n\[orchestrator: (\d+) bytes of output dropped here[^\n]*\]\n", rest)
-    assert marker is not None, rest[:200]
-    dropped = int(marker.group(1))
-    assert rest[marker.end() :] == full[half + dropped :]  # then the tail, to the last byte
-    kept_tail = len(full) - half - dropped  # whole chunks while within the other half
-    assert half - 64 * 1024 <= kept_tail <= half
-    assert marker.group(0) == gap_note(dropped).decode()
+    dropped = len(full) - 2 * half
+    assert output == full[:half] + gap_note(dropped).decode() + full[-half:]  # head, marker, exact tail
 
 
 async def test_output_survives_a_restart_of_the_orchestrator(settings: Settings) -> None:
