@@ -216,3 +216,21 @@ async def test_a_chunk_sent_again_is_stored_once(bus: Bus, settings: Settings) -
     first = await logs.append(job_id, chunk, {})
     assert await logs.append(job_id, chunk, {}) == first  # a resend after a lost acknowledgement
     assert [c.data for c in [c async for c in logs.chunks(job_id)]] == [b"hello\n"]
+
+
+async def test_the_log_names_the_jobs_trace_and_each_chunk_carries_it(
+    system_http: aiohttp.ClientSession, bus: Bus
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with system_http.post(
+        "/v1/jobs",
+        json={"pool": "default", "payload": {"command": ["echo", "traced"]}},
+        headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"},
+    ) as resp:
+        job_id = (await resp.json())["id"]
+    await ended(system_http, job_id)
+    async with system_http.get(f"/v1/jobs/{job_id}/logs") as resp:
+        assert await resp.text() == "traced\n"
+        assert resp.headers["Orch-Trace-Id"] == trace_id
+    stored = await bus.js.get_msg(bus.subjects.job_logs_stream, seq=1, subject=bus.subjects.job_log(job_id), next=True)
+    assert stored.headers is not None and stored.headers["traceparent"].split("-")[1] == trace_id
