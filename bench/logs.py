@@ -3,8 +3,8 @@
     python -m bench.logs [--quick]
 
 1. log path: one job printing `MB` megabytes as fast as it can, on a runner process of its own;
-   MB/s from its start to its end (the runner stores every chunk before it reports the end), and
-   how much of it the cap kept.
+   MB/s from its start to its end (the runner stores every chunk before it reports the end), how
+   much of it the cap kept, and the runner process's peak memory.
 2. cost to dispatch: end-to-end no-op jobs/s (simulated runners, as in bench.dispatch) alone,
    then while printers run back to back on the printers' runner, their output discarded (the
    job's own CPU, on a 2-core machine), then shipped: the last two compared are what the log
@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -39,7 +40,7 @@ PRINTER = (
 
 
 @contextlib.asynccontextmanager
-async def real_runner(runtime: Runtime, name: str) -> AsyncIterator[None]:
+async def real_runner(runtime: Runtime, name: str) -> AsyncIterator[int]:
     """`orchestrator runner` for pool `name`, in a process of its own as in a deployment: it
     runs its jobs' commands and ships their output."""
     assert runtime.store is not None
@@ -54,7 +55,7 @@ async def real_runner(runtime: Runtime, name: str) -> AsyncIterator[None]:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 60)  # "runner ... serving pool ..."
         assert b"serving" in line, line
-        yield
+        yield proc.pid
     finally:
         proc.send_signal(signal.SIGINT)
         await proc.wait()
@@ -80,6 +81,14 @@ async def print_job(runtime: Runtime, pool_name: str, megabytes: int, discard: b
     assert row is not None
     seconds = (row["finished_at"] - row["started_at"]).total_seconds()
     return {"job_id": job_id, "seconds": seconds, "mb_per_s": round(megabytes * 1_048_576 / seconds / 1e6, 1)}
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 async def kept_bytes(runtime: Runtime, job_id: Any) -> int:
@@ -113,9 +122,10 @@ async def run_all(runtime: Runtime, quick: bool) -> dict[str, Any]:
     megabytes = 8 if quick else 100
     n = 500 if quick else 20_000
     results: dict[str, Any] = {}
-    async with real_runner(runtime, "printers"):
+    async with real_runner(runtime, "printers") as runner_pid:
         print("  ... one job printing as fast as it can", file=sys.stderr, flush=True)
         one = await print_job(runtime, "printers", megabytes)
+        results["runner_peak_rss_mb"] = peak_rss_mb(runner_pid)
         results["printed_mb"] = megabytes
         results["log_path_mb_per_s"] = one["mb_per_s"]
         results["log_kept_bytes"] = await kept_bytes(runtime, one["job_id"])

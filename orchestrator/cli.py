@@ -16,6 +16,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Coroutine
+from http.client import IncompleteRead
 from typing import TYPE_CHECKING, Any
 
 from orchestrator import logs
@@ -230,7 +231,10 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         print(f"orchestrator: job {job['id']} {job['state']} ({ended})", file=sys.stderr)
     if job["state"] == "succeeded":
         return 0
-    return job["exit_code"] or 1
+    code = job["exit_code"]
+    if code is None or code == 0:
+        return 1
+    return 128 - code if code < 0 else code  # killed by a signal: 128 + its number, as shells say
 
 
 def print_logs(settings: Settings, job_id: str, *, follow: bool) -> None:
@@ -246,6 +250,8 @@ def print_logs(settings: Settings, job_id: str, *, follow: bool) -> None:
                 out.flush()
     except urllib.error.URLError as exc:
         raise _failure(settings, exc) from None
+    except IncompleteRead:
+        raise ApiError(f"the orchestrator at {api_url(settings)} closed the stream of job {job_id}'s output") from None
 
 
 def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:

@@ -14,9 +14,14 @@ Past it the runner keeps the latest other half in memory (the tail), and ships f
 most `TAIL_LIVE_BYTES_PER_S` (a follower still sees recent output; a job printing 100 MB does
 not make the stream store and then delete 100 MB, which cost dispatch more than half its
 throughput on a 2-core machine); live tail chunks older than the other half are deleted. At the
-end, if anything was not shipped live, the live tail is replaced by the exact tail. What is
+end, if anything was not shipped live, the live tail is replaced by the exact tail (stored under
+ids of its own: JetStream would take a chunk at a live one's offset for a repeat). What is
 dropped is a gap in offsets, which readers show as a marker line saying how many bytes: never a
 silent drop.
+
+A chunk JetStream does not store within `ship_timeout_s` (the stream is gone, its disk full) ends
+the shipping of this attempt's output, with a warning: the job's end is reported all the same,
+never held by its log.
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ TAIL_LIVE_BYTES_PER_S = 1024 * 1024
 DRAIN_AFTER_EXIT_S = 2.0
 RETRY_MAX_S = 2.0
 
+
+class OutputLost(Exception):
+    """The stream did not store a chunk in time: the rest of this attempt's output is dropped."""
+
+
 log = logging.getLogger("orchestrator.runner.output")
 T = TypeVar("T")
 
@@ -51,12 +61,16 @@ T = TypeVar("T")
 class JobOutput:
     """One attempt's output: `open`, `pump` each pipe, then `close` (or `abort`)."""
 
-    def __init__(self, logs: JobLogs, job_id: UUID, attempt: int, runner_id: str, max_bytes: int) -> None:
+    def __init__(
+        self, logs: JobLogs, job_id: UUID, attempt: int, runner_id: str, max_bytes: int, ship_timeout_s: float
+    ) -> None:
         self._logs = logs
         self.job_id = job_id
         self.attempt = attempt
         self.runner_id = runner_id
         self._max_bytes = max_bytes
+        self._ship_timeout_s = ship_timeout_s
+        self.lost = False  # shipping gave up (OutputLost): the rest is dropped
         self.offset = 0  # where the next byte goes in the job's output
         self._head_end = 0  # bytes before this offset are the head: kept as written
         self._buf = bytearray()
@@ -75,13 +89,14 @@ class JobOutput:
         self._tasks: list[asyncio.Task[None]] = []
         # Two pipes feed one buffer: a chunk's bytes and offset are decided under this lock.
         self._lock = asyncio.Lock()
-        self.stored = 0  # bytes stored (a figure for the benchmark)
 
     async def open(self) -> None:
         """Start shipping. A retry continues where the job's output ended, after a note."""
-        if self.attempt > 1:
-            last = await self._until_done(lambda: self._logs.last(self.job_id), "read the log's end")
-            self.offset = last.stop if last is not None else 0
+        if self.attempt > 1:  # after everything stored so far (a late chunk of an older attempt too)
+            try:
+                self.offset = await self._until_done(lambda: self._logs.end(self.job_id), "read the log's end")
+            except OutputLost:
+                self.lost = True
         self._head_end = self.offset + self._max_bytes // 2
         self._tasks = [
             asyncio.create_task(self._send(), name=f"output.send.{self.job_id}"),
@@ -97,16 +112,17 @@ class JobOutput:
             await self._flush()
 
     async def pump(self, source: str, reader: asyncio.StreamReader) -> None:
-        """Ship what the job writes to one pipe until it closes."""
+        """Ship what the job writes to one pipe until it closes. Cancelled, it stops reading;
+        what it read is kept (the buffer and offsets are never left half-updated)."""
         while data := await reader.read(CHUNK_BYTES):
-            await self._add(source, data)
+            await asyncio.shield(self._add(source, data))
 
     async def close(self) -> None:
         """Ship what is left and mark the attempt's output complete; returns once stored."""
         async with self._lock:
             await self._flush()
             if self._skipped:
-                await self._queue.put(_coalesced(self._ring))
+                await self._queue.put([replace(c, tail=True) for c in _coalesced(self._ring)])
         await self._queue.put(LogChunk(self.offset, self.attempt, "orchestrator", b"", end=True))
         await self._queue.put(None)
         send, tick = self._tasks
@@ -175,23 +191,30 @@ class JobOutput:
 
     async def _send(self) -> None:
         while (item := await self._queue.get()) is not None:
-            if isinstance(item, list):  # the exact tail replaces what was shipped of it live
-                while self._live:
-                    await self._drop_oldest_live()
-                for chunk in item:
-                    await self._store(chunk)
-                continue
-            seq = await self._store(item)
-            if item.offset >= self._head_end and item.data:
-                self._live.append((seq, len(item.data)))
-                self._live_bytes += len(item.data)
-                while self._live_bytes > self._tail_budget:
-                    await self._drop_oldest_live()
+            if self.lost:
+                continue  # drained, so nothing waiting to queue a chunk is held
+            try:
+                await self._ship(item)
+            except OutputLost as exc:
+                self.lost = True
+                log.warning("job %s: the rest of its output is dropped: %s", self.job_id, exc)
+
+    async def _ship(self, item: LogChunk | list[LogChunk]) -> None:
+        if isinstance(item, list):  # the exact tail replaces what was shipped of it live
+            while self._live:
+                await self._drop_oldest_live()
+            for chunk in item:
+                await self._store(chunk)
+            return
+        seq = await self._store(item)
+        if item.offset >= self._head_end and item.data:
+            self._live.append((seq, len(item.data)))
+            self._live_bytes += len(item.data)
+            while self._live_bytes > self._tail_budget:
+                await self._drop_oldest_live()
 
     async def _store(self, chunk: LogChunk) -> int:
-        seq = await self._until_done(lambda: self._logs.append(self.job_id, chunk, self._trace), "store output")
-        self.stored += len(chunk.data)
-        return seq
+        return await self._until_done(lambda: self._logs.append(self.job_id, chunk, self._trace), "store output")
 
     async def _drop_oldest_live(self) -> None:
         seq, size = self._live.popleft()
@@ -199,12 +222,15 @@ class JobOutput:
         await self._until_done(lambda: self._logs.drop(seq), "trim output")
 
     async def _until_done(self, call: Callable[[], Awaitable[T]], what: str) -> T:
-        """`call()` until the stream answers: output is never given up while the job is ours."""
+        """`call()` until the stream answers, for up to `ship_timeout_s` (then OutputLost)."""
         delay = 0.05
+        give_up = time.monotonic() + self._ship_timeout_s
         while True:
             try:
                 return await call()
             except BusUnavailable as exc:
+                if time.monotonic() + delay > give_up:
+                    raise OutputLost(f"cannot {what} for {self._ship_timeout_s:g}s: {exc}") from exc
                 log.warning("job %s: cannot %s, retrying: %s", self.job_id, what, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
@@ -220,8 +246,8 @@ async def pump_until(output: JobOutput, pumps: list[asyncio.Task[None]]) -> None
             await task
     if pending:
         await output.note(
-            f"\n[orchestrator: output written more than {DRAIN_AFTER_EXIT_S:g}s after the job's process "
-            "exited is not kept (a background process held its stdout or stderr)]\n"
+            f"\n[orchestrator: output not read within {DRAIN_AFTER_EXIT_S:g}s of the job's process exiting is "
+            "not kept (a process that left its session held its stdout or stderr)]\n"
         )
 
 

@@ -161,9 +161,13 @@ async def _command(
     # What the job left running in its session is stopped, as CI runners do: SIGTERM now, and
     # SIGKILL once its output has drained (or DRAIN_AFTER_EXIT_S has passed).
     signal_group(job.proc, signal.SIGTERM)
-    if output is not None:
-        await pump_until(output, pumps)
-    signal_group(job.proc, signal.SIGKILL)
+    try:
+        if output is not None:
+            await pump_until(output, pumps)
+    finally:  # also when the runner drops the job meanwhile
+        for pump in pumps:
+            pump.cancel()
+        signal_group(job.proc, signal.SIGKILL)
     return outcome
 
 

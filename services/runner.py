@@ -165,7 +165,7 @@ class Runner(Service):
             self.log.info("draining %d running jobs", len(tasks))
             _, pending = await asyncio.wait(tasks, timeout=self.settings.stop_timeout_s)
             for job in list(self._jobs.values()):
-                if job.proc and job.proc.returncode is None:
+                if job.proc:  # its whole session: the leader may have exited, leaving children
                     signal_group(job.proc, signal.SIGKILL)
             for task in pending:
                 task.cancel()
@@ -288,7 +288,7 @@ class Runner(Service):
 
     def _drop(self, job: Held) -> None:
         """Kill `job` at once and report nothing: it is not this runner's any more."""
-        if job.proc and job.proc.returncode is None:
+        if job.proc:  # its whole session: the leader may have exited, leaving children
             signal_group(job.proc, signal.SIGKILL)
         if job.task:
             job.task.cancel()
@@ -379,7 +379,8 @@ class Runner(Service):
 
     async def _execute(self, job: Held) -> Outcome:
         e = job.event
-        output = JobOutput(self._logs, e.job_id, e.attempt, self.runner_id, self.settings.log_max_bytes)
+        s = self.settings
+        output = JobOutput(self._logs, e.job_id, e.attempt, self.runner_id, s.log_max_bytes, s.log_ship_timeout_s)
         return await run(job, self.runner_id, self.settings.kill_grace_s, self._watchdog, output)
 
     async def _until_answered(self, send: Callable[[], Awaitable[R]], what: str, **extra: Any) -> R:

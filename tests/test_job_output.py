@@ -18,9 +18,10 @@ import aiohttp
 import pytest
 
 from orchestrator.bus import Bus
-from orchestrator.bus.job_logs import JobLogs, LogChunk, gap_note
+from orchestrator.bus.job_logs import Assembly, JobLogs, LogChunk, gap_note
 from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
+from services import job_output
 from tests.support import alive, eventually
 
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
@@ -29,6 +30,12 @@ TWO_THOUSAND = (
     "import sys\nfor i in range(2000): print(f'line {i}')\nsys.stdout.flush()\nsys.stderr.write('oops\\n')\nsys.exit(3)"
 )
 EXPECTED = "".join(f"line {i}\n" for i in range(2000)) + "oops\n"
+
+
+def interleaved(output: str) -> bool:
+    """The 2,000 stdout lines in order and the stderr line once: between the two pipes the order
+    is the order the runner read them, which may put the stderr line among the last stdout ones."""
+    return output.count("oops\n") == 1 and output.replace("oops\n", "") == EXPECTED.replace("oops\n", "")
 
 
 async def submit(http: aiohttp.ClientSession, command: list[str]) -> str:
@@ -61,9 +68,10 @@ async def test_the_whole_output_in_order_and_from_an_offset(system_http: aiohttp
     job_id = await submit(system_http, [sys.executable, "-c", TWO_THOUSAND])
     done = await ended(system_http, job_id)
     assert (done["state"], done["exit_code"]) == ("failed", 3)
-    assert await text(system_http, job_id) == EXPECTED
-    assert await text(system_http, job_id, "?offset=12000") == EXPECTED[12000:]
-    assert await text(system_http, job_id, f"?offset={len(EXPECTED)}") == ""
+    whole = await text(system_http, job_id)
+    assert interleaved(whole)
+    assert await text(system_http, job_id, "?offset=12000") == whole[12000:]
+    assert await text(system_http, job_id, f"?offset={len(whole)}") == ""
 
 
 async def test_bad_reads_are_named_and_a_job_without_output_is_empty(system_http: aiohttp.ClientSession) -> None:
@@ -72,7 +80,13 @@ async def test_bad_reads_are_named_and_a_job_without_output_is_empty(system_http
     job_id = await submit(system_http, ["true"])
     await ended(system_http, job_id)
     assert await text(system_http, job_id) == ""
-    for query, field in (("?offset=-1", "offset"), ("?offset=abc", "offset"), ("?follow=maybe", "follow")):
+    bad = (
+        ("?offset=-1", "offset"),
+        ("?offset=abc", "offset"),
+        ("?offset=%C2%B2", "offset"),
+        ("?follow=maybe", "follow"),
+    )
+    for query, field in bad:
         async with system_http.get(f"/v1/jobs/{job_id}/logs{query}") as resp:
             assert resp.status == 422
             assert (await resp.json())["error"]["field"] == field
@@ -96,35 +110,43 @@ async def test_a_follower_sees_the_first_line_while_the_job_runs_and_the_stream_
     assert (await job(system_http, job_id))["state"] == "succeeded"
 
 
-async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
-    """(id, data) of each Server-Sent Event until the stream ends."""
-    event_id, data = "", []
+async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str, str]]:
+    """(event, id, data) of each Server-Sent Event until the stream ends."""
+    event, event_id, data = "message", "", []
     async for raw in resp.content:
         line = raw.decode().rstrip("\r\n")
-        if line.startswith("id: "):
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("id: "):
             event_id = line[4:]
         elif line.startswith("data: ") or line == "data:":
             data.append(line[6:])
         elif not line and data:
-            yield event_id, "\n".join(data)
-            event_id, data = "", []
+            yield event, event_id, "\n".join(data)
+            event, event_id, data = "message", "", []
 
 
 async def test_server_sent_events_name_offsets_and_resume_exactly(system_http: aiohttp.ClientSession) -> None:
     job_id = await submit(system_http, [sys.executable, "-c", TWO_THOUSAND])
     await ended(system_http, job_id)
+    whole = await text(system_http, job_id)
     sse = {"Accept": "text/event-stream"}
     async with system_http.get(f"/v1/jobs/{job_id}/logs?follow=true", headers=sse) as resp:
         assert resp.content_type == "text/event-stream"
-        events = [e async for e in sse_events(resp)]
-    assert "".join(data for _, data in events).replace("\n", "") == EXPECTED.replace("\n", "")
-    offsets = [int(i) for i, _ in events]
-    assert offsets == sorted(offsets) and offsets[-1] == len(EXPECTED)
-    # A browser reconnects with the last id it saw: the rest, from exactly there.
+        *events, last = [e async for e in sse_events(resp)]
+    assert last[0] == "end"  # complete: a browser stops reconnecting
+    assert "".join(data for _, _, data in events).replace("\n", "") == whole.replace("\n", "")
+    offsets = [int(i) for _, i, _ in events]
+    assert offsets == sorted(offsets) and offsets[-1] == len(whole)
+    # A browser reconnects with the last id it saw: the rest, from exactly there (the id wins
+    # over the URL's offset, which EventSource sends again).
     after = offsets[0]
-    async with system_http.get(f"/v1/jobs/{job_id}/logs", headers={**sse, "Last-Event-ID": str(after)}) as resp:
-        resumed = [e async for e in sse_events(resp)]
-    assert "".join(d for _, d in resumed).replace("\n", "") == EXPECTED[after:].replace("\n", "")
+    resume = {**sse, "Last-Event-ID": str(after)}
+    async with system_http.get(f"/v1/jobs/{job_id}/logs?offset=0", headers=resume) as resp:
+        *resumed, _ = [e async for e in sse_events(resp)]
+    assert "".join(d for _, _, d in resumed).replace("\n", "") == whole[after:].replace("\n", "")
+    async with system_http.get(f"/v1/jobs/{job_id}/logs", headers={**sse, "Last-Event-ID": "x"}) as resp:
+        assert resp.status == 422 and (await resp.json())["error"]["field"] == "Last-Event-ID"
 
 
 async def test_what_a_job_leaves_running_is_stopped_when_it_exits(
@@ -197,13 +219,14 @@ async def test_output_survives_a_restart_of_the_orchestrator(settings: Settings)
         async with aiohttp.ClientSession(base_url=runtime.http_url) as http:
             job_id = await submit(http, [sys.executable, "-c", TWO_THOUSAND])
             await ended(http, job_id)
+            before = await text(http, job_id)
     finally:
         await runtime.stop()
     again = Runtime(settings, migrate=True)
     await again.start()
     try:
         async with aiohttp.ClientSession(base_url=again.http_url) as http:
-            assert await text(http, job_id) == EXPECTED
+            assert await text(http, job_id) == before and interleaved(before)
     finally:
         await again.stop()
 
@@ -234,3 +257,26 @@ async def test_the_log_names_the_jobs_trace_and_each_chunk_carries_it(
         assert resp.headers["Orch-Trace-Id"] == trace_id
     stored = await bus.js.get_msg(bus.subjects.job_logs_stream, seq=1, subject=bus.subjects.job_log(job_id), next=True)
     assert stored.headers is not None and stored.headers["traceparent"].split("-")[1] == trace_id
+
+
+async def test_the_exact_tail_replaces_what_was_shown_of_it_live(
+    bus: Bus, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the head, four chunks are shown live and the fifth is not (over the live rate): at
+    the end the exact tail (the last four) replaces the live ones, three of which it overlaps."""
+    chunk = job_output.CHUNK_BYTES
+    monkeypatch.setattr(job_output, "TAIL_LIVE_BYTES_PER_S", 4 * chunk)
+    logs = JobLogs(bus)
+    await logs.ensure_stream(settings.log_retention_s)
+    job_id = uuid4()
+    output = job_output.JobOutput(logs, job_id, 1, "r1", max_bytes=8 * chunk, ship_timeout_s=10)
+    data = b"".join(b"%07d\n" % i for i in range(9 * chunk // 8))[: 9 * chunk]
+    pipe = asyncio.StreamReader()
+    pipe.feed_data(data)
+    pipe.feed_eof()
+    await output.open()
+    await output.pump("stdout", pipe)
+    await output.close()
+    assembly = Assembly()
+    text = b"".join([assembly.add(c) async for c in logs.chunks(job_id)])
+    assert text == data[: 4 * chunk] + gap_note(chunk) + data[-4 * chunk :]

@@ -84,14 +84,16 @@ async def test_enqueue_and_take_answer_as_servo_does(
     status, body, headers = await servo_take(system_http, "u-2", second)
     assert (status, body, headers["Retry-After"]) == (503, "", "1")  # no body: curl's output stays JSON
     async with system_http.delete(f"/v1/jobs/{job['id']}") as resp:
-        assert resp.status == 202
+        assert resp.status in (200, 202)  # assigned and acked, or started: held either way
     status, body, _ = await servo_take(system_http, "u-2", second, wait="10")
     assert status == 200 and json.loads(body)["id"] == "win-1"
     # The first one has ended: its unique_id is unknown again, and free to enqueue anew.
     assert (await servo_take(system_http, "u-1", token))[0] == 404
     [again] = [j for j in await jobs_in(store, PROFILE) if j["state"] in ("assigned", "running")]
     async with system_http.delete(f"/v1/jobs/{again['id']}") as resp:
-        assert resp.status == 202
+        # Held since its runner acked it: cancelled at once while still `assigned` (200), or
+        # asked of the runner once it has started it (202); the take does not wait for the start.
+        assert resp.status in (200, 202)
 
 
 @pytest.mark.parametrize(

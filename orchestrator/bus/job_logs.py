@@ -41,7 +41,6 @@ DEDUP_WINDOW_S = 300.0
 STORE_TIMEOUT_S = 5.0
 # The headers of a chunk.
 OFFSET, ATTEMPT, SOURCE, END = "Orch-Offset", "Orch-Attempt", "Orch-Source", "Orch-End"
-SOURCES = ("stdout", "stderr", "orchestrator")
 ERR_NO_MESSAGE_FOUND = 10037  # JetStream's answer to deleting a message it no longer has
 
 
@@ -49,9 +48,10 @@ ERR_NO_MESSAGE_FOUND = 10037  # JetStream's answer to deleting a message it no l
 class LogChunk:
     offset: int  # of its first byte in the job's output
     attempt: int
-    source: str  # one of SOURCES
+    source: str  # stdout, stderr, or orchestrator (its own notes)
     data: bytes
     end: bool = False  # the attempt's output is complete
+    tail: bool = False  # part of the exact tail stored at the end, over what was shown live
     seq: int = 0  # its sequence in the stream (0 until stored)
 
     @property
@@ -62,15 +62,18 @@ class LogChunk:
 def gap_note(missing: int) -> bytes:
     """What a reader shows where the runner dropped the middle of a long output."""
     return (
-        f"\n[orchestrator: {missing} bytes of output dropped here; a job's log keeps the first and last "
-        f"halves of ORCH_LOG_MAX_BYTES]\n"
+        f"\n[orchestrator: {missing} bytes of output left out here; a job's log keeps the first and last "
+        f"halves of ORCH_LOG_MAX_BYTES, and past the first shows at most 1 MiB/s live]\n"
     ).encode()
 
 
 def _headers(job_id: UUID, chunk: LogChunk, trace: dict[str, str]) -> dict[str, str]:
+    kind = ":end" if chunk.end else ":tail" if chunk.tail else ""
     h = {
         **trace,
-        "Nats-Msg-Id": f"{job_id}:{chunk.attempt}:{chunk.offset}{':end' if chunk.end else ''}",
+        # Unique per chunk (a resend is stored once): the exact tail may repeat the offset of a
+        # live chunk it replaces, and JetStream remembers an id after its message is deleted.
+        "Nats-Msg-Id": f"{job_id}:{chunk.attempt}:{chunk.offset}{kind}",
         OFFSET: str(chunk.offset),
         ATTEMPT: str(chunk.attempt),
         SOURCE: chunk.source,
@@ -144,15 +147,9 @@ class JobLogs:
         if error is not None and error.get("err_code") != ERR_NO_MESSAGE_FOUND:  # gone already: fine
             raise BusUnavailable(f"cannot trim output chunk {seq}: {error.get('description')}")
 
-    async def last(self, job_id: UUID) -> LogChunk | None:
-        """The job's newest chunk (None: no output stored)."""
-        try:
-            msg = await self._bus.js.get_msg(self.stream, subject=self._bus.subjects.job_log(job_id), direct=True)
-        except NotFoundError:
-            return None
-        except Exception as exc:
-            raise BusUnavailable(f"cannot read output of job {job_id}: {type(exc).__name__}: {exc}") from exc
-        return _chunk(msg.seq or 0, msg.data, msg.headers)
+    async def end(self, job_id: UUID) -> int:
+        """The offset past every chunk of the job stored so far (where a retry continues)."""
+        return max([chunk.stop async for chunk in self.chunks(job_id)], default=0)
 
     async def chunks(self, job_id: UUID, after_seq: int = 0) -> AsyncIterator[LogChunk]:
         """The job's chunks stored after `after_seq`, in stream order, up to the newest."""
@@ -194,15 +191,12 @@ class Assembly:
     def __init__(self, offset: int = 0) -> None:
         self.next_offset = offset
         self.attempt = 0
-        self.ended = False  # the newest attempt's output is complete
         self._seen = 0  # the offset every kept chunk has reached
 
     def add(self, chunk: LogChunk) -> bytes:
         if chunk.attempt < self.attempt:
             return b""
-        if chunk.attempt > self.attempt:
-            self.attempt, self.ended = chunk.attempt, False
-        self.ended = self.ended or chunk.end
+        self.attempt = chunk.attempt
         gap_from = max(self._seen, self.next_offset)
         note = gap_note(chunk.offset - gap_from) if self._seen and chunk.offset > gap_from else b""
         self._seen = max(self._seen, chunk.stop)

@@ -141,10 +141,10 @@ class Why:
         if not queued:
             return {}
         leader = await read_lease(self.bus, self.shard) is not None
-        by_shape: dict[tuple[Any, ...], list[Constraint]] = {}
+        by_shape: dict[int, list[Constraint]] = {}
         found: dict[Any, Waiting] = {}
         for job in queued:
-            shape = (job["pool"], tuple(job["labels"]), job["tenant"], tuple(job["tolerations"]))
+            shape = job["shape_id"]  # the runners it needs: pool, labels, tenant, tolerations
             if shape not in by_shape:
                 numbers = await self.store.job_waiting(job)
                 unknown = self.capacity_unknown(job["pool"])

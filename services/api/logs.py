@@ -2,18 +2,24 @@
 Server-Sent Events.
 
 The whole output so far, or from byte `offset`; with `follow=true`, streamed as it is written
-until the job has ended and every byte is out (a runner stores its output before it reports the
-end, so once the job is final one more read has everything). Events name their end offset as
-their `id`, so a browser's EventSource reconnect resumes exactly from `Last-Event-ID`.
+until the job has ended and every byte is out. A runner stores its output before it reports the
+end, so once the job is final one more read has everything; when the server ended it instead
+(timed out, runner lost, expired), what its runner still ships later is in a later read, not in
+the follow. Events name their end offset as their `id`, so a browser's EventSource reconnect
+resumes exactly from `Last-Event-ID` (which wins over `offset`: EventSource reconnects to the
+same URL); a last `end` event says the output is complete, so the browser stops reconnecting.
 
 A follower wakes on each chunk published for the job and on the job's news (finished, expired);
-it also checks the job every `CHECK_EVERY_S`, in case either was lost.
+it also checks the job every `CHECK_EVERY_S`, in case either was lost, and whether its client is
+still there. It ends when the server stops.
 """
 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
@@ -28,7 +34,9 @@ from services.api.responses import error_response
 from services.api.take import Waiters
 
 CHECK_EVERY_S = 5.0
+REREAD_AFTER_S = 0.05
 TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
+OFFSET = re.compile(r"[0-9]{1,18}")
 
 
 def _final(job: dict[str, Any] | None) -> bool:
@@ -43,29 +51,30 @@ class JobLogsView:
 
     async def handle(self, request: web.Request, job: dict[str, Any]) -> web.StreamResponse:
         sse = "text/event-stream" in request.headers.get("Accept", "")
-        given = request.query.get("offset") or (request.headers.get("Last-Event-ID") if sse else None) or "0"
-        if not given.isdigit():
-            return error_response(422, "invalid", f"offset {given!r} is not a byte offset (an integer >= 0)", "offset")
+        field, given = "offset", request.query.get("offset", "0")
+        if sse and "Last-Event-ID" in request.headers:
+            field, given = "Last-Event-ID", request.headers["Last-Event-ID"]
+        if not OFFSET.fullmatch(given):
+            return error_response(422, "invalid", f"{field} {given[:40]!r} is not a byte offset (0 or more)", field)
         follow = request.query.get("follow", "").lower()
         if follow not in TRUE + FALSE:
-            return error_response(422, "invalid", f"follow {follow!r} is not true or false", "follow")
-        texts = self._texts(job["id"], int(given), follow in TRUE)
+            return error_response(422, "invalid", f"follow {follow[:40]!r} is not true or false", "follow")
         headers = {"Cache-Control": "no-cache"}
         if trace_id := _trace_id(job):
             headers["Orch-Trace-Id"] = trace_id  # the job's trace: its run span links every chunk
-        if sse:
-            async with sse_response(request, headers=headers) as events:
-                async for text, end in texts:
-                    await events.send(text.decode("utf-8", errors="replace"), id=str(end))
-            return events
-        response = web.StreamResponse(headers={**headers, "Content-Type": "text/plain; charset=utf-8"})
-        await response.prepare(request)
-        async for text, _ in texts:
-            await response.write(text)
-        await response.write_eof()
-        return response
+        async with contextlib.aclosing(self._texts(request, job["id"], int(given), follow in TRUE)) as texts:
+            if sse:
+                return await _events(request, headers, texts)
+            response = web.StreamResponse(headers={**headers, "Content-Type": "text/plain; charset=utf-8"})
+            await response.prepare(request)
+            async for text, _ in texts:
+                await response.write(text)
+            await response.write_eof()
+            return response
 
-    async def _texts(self, job_id: UUID, offset: int, follow: bool) -> AsyncIterator[tuple[bytes, int]]:
+    async def _texts(
+        self, request: web.Request, job_id: UUID, offset: int, follow: bool
+    ) -> AsyncIterator[tuple[bytes, int]]:
         """The job's output from `offset`, each piece with the offset it ends at."""
         output = Assembly(offset)
         seq = 0
@@ -83,19 +92,46 @@ class JobLogsView:
             return
         with self.news.watch(job_id) as news:
             async with self.logs.watch(job_id) as stored:
+                final = False
                 while True:
                     stored.clear()
+                    before = seq
                     async for piece in read():
                         yield piece
-                    if _final(await self.store.job_get(job_id)):
-                        async for piece in read():  # stored before the end was reported
-                            yield piece
+                    if final:  # read once more after the job was seen final: done
                         return
-                    await _either(stored, news, CHECK_EVERY_S)
+                    if stored.is_set() and seq == before:
+                        # Published, and heard before JetStream had stored it: read again shortly.
+                        await asyncio.sleep(REREAD_AFTER_S)
+                        continue
+                    final = _final(await self.store.job_get(job_id))
+                    if not final and not await _either(stored, news, CHECK_EVERY_S):
+                        return  # the server is stopping
+                    if request.transport is None or request.transport.is_closing():
+                        return  # its client has gone
 
 
-async def _either(stored: asyncio.Event, news: asyncio.Queue[Any], timeout: float) -> None:
-    """Until a chunk is published, the job has news, or `timeout` has passed."""
+async def _events(
+    request: web.Request, headers: dict[str, str], texts: AsyncIterator[tuple[bytes, int]]
+) -> web.StreamResponse:
+    """As Server-Sent Events: UTF-8 decoded across chunk boundaries, each event's id the offset
+    of the last byte it carries in full, and an `end` event once the output is complete."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    async with sse_response(request, headers=headers) as events:
+        async for text, end in texts:
+            piece = decoder.decode(text)
+            held = len(decoder.getstate()[0])  # an incomplete character waits for the next piece
+            if piece:
+                await events.send(piece, id=str(end - held))
+        if tail := decoder.decode(b"", final=True):
+            await events.send(tail)
+        await events.send("", event="end")
+    return events
+
+
+async def _either(stored: asyncio.Event, news: asyncio.Queue[Any], timeout: float) -> bool:
+    """Until a chunk is published, the job has news, or `timeout` has passed; False when the
+    server is stopping (the news queue says so with None)."""
     waits = [asyncio.ensure_future(stored.wait()), asyncio.ensure_future(news.get())]
     try:
         await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -105,6 +141,8 @@ async def _either(stored: asyncio.Event, news: asyncio.Queue[Any], timeout: floa
         for w in waits:
             with contextlib.suppress(asyncio.CancelledError):
                 await w
+    got = waits[1]
+    return not (got.done() and not got.cancelled() and got.result() is None)
 
 
 def _trace_id(job: dict[str, Any]) -> str | None:
