@@ -280,3 +280,30 @@ async def test_the_exact_tail_replaces_what_was_shown_of_it_live(
     assembly = Assembly()
     text = b"".join([assembly.add(c) async for c in logs.chunks(job_id)])
     assert text == data[: 4 * chunk] + gap_note(chunk) + data[-4 * chunk :]
+
+
+async def test_a_stream_that_stops_storing_does_not_hold_the_jobs_end(
+    settings: Settings, bus: Bus, tmp_path: Path
+) -> None:
+    """The job-output stream goes away while a job prints (deleted, or its disk full): the
+    runner gives its output up after ORCH_LOG_SHIP_TIMEOUT_S, and the job ends all the same."""
+    quick = settings.model_copy(update={"log_ship_timeout_s": 1.0})
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    script = f"print('first', flush=True)\nopen({str(go)!r}).read()\nprint('x' * 200_000)"
+    runtime = Runtime(quick, migrate=True)
+    await runtime.start()
+    try:
+        async with aiohttp.ClientSession(base_url=runtime.http_url) as http:
+            job_id = await submit(http, [sys.executable, "-c", script])
+
+            async def printed() -> bool:
+                return await text(http, job_id) == "first\n"
+
+            await eventually(printed, timeout=20, what="the first line to be stored")
+            await bus.js.delete_stream(bus.subjects.job_logs_stream)
+            await asyncio.to_thread(go.write_text, "go")
+            done = await ended(http, job_id)
+            assert (done["state"], done["exit_code"]) == ("succeeded", 0)
+    finally:
+        await runtime.stop()
