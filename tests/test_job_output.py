@@ -188,6 +188,18 @@ async def test_a_pipe_held_past_the_drain_does_not_hold_the_job(
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[aiohttp.ClientSession]:
+    """The whole system with `settings`, and a client of its API."""
+    runtime = Runtime(settings, migrate=True)
+    await runtime.start()
+    try:
+        async with aiohttp.ClientSession(base_url=runtime.http_url) as http:
+            yield http
+    finally:
+        await runtime.stop()
+
+
 @pytest.fixture
 def small_cap(settings: Settings) -> Settings:
     return settings.model_copy(update={"log_max_bytes": 128 * 1024})
@@ -198,37 +210,22 @@ async def test_a_long_output_keeps_its_head_and_tail_with_a_marker_between(small
     lines = 400_000
     script = f"for i in range({lines}): print(f'{{i:07d}} ' + 'x' * 4)"
     full = "".join(f"{i:07d} xxxx\n" for i in range(lines))
-    runtime = Runtime(small_cap, migrate=True)
-    await runtime.start()
-    try:
-        async with aiohttp.ClientSession(base_url=runtime.http_url) as http:
-            job_id = await submit(http, [sys.executable, "-c", script])
-            await ended(http, job_id)
-            output = await text(http, job_id)
-    finally:
-        await runtime.stop()
+    async with running(small_cap) as http:
+        job_id = await submit(http, [sys.executable, "-c", script])
+        await ended(http, job_id)
+        output = await text(http, job_id)
     half = small_cap.log_max_bytes // 2
     dropped = len(full) - 2 * half
     assert output == full[:half] + gap_note(dropped).decode() + full[-half:]  # head, marker, exact tail
 
 
 async def test_output_survives_a_restart_of_the_orchestrator(settings: Settings) -> None:
-    runtime = Runtime(settings, migrate=True)
-    await runtime.start()
-    try:
-        async with aiohttp.ClientSession(base_url=runtime.http_url) as http:
-            job_id = await submit(http, [sys.executable, "-c", TWO_THOUSAND])
-            await ended(http, job_id)
-            before = await text(http, job_id)
-    finally:
-        await runtime.stop()
-    again = Runtime(settings, migrate=True)
-    await again.start()
-    try:
-        async with aiohttp.ClientSession(base_url=again.http_url) as http:
-            assert await text(http, job_id) == before and interleaved(before)
-    finally:
-        await again.stop()
+    async with running(settings) as http:
+        job_id = await submit(http, [sys.executable, "-c", TWO_THOUSAND])
+        await ended(http, job_id)
+        before = await text(http, job_id)
+    async with running(settings) as http:  # the same stream, the orchestrator started again
+        assert await text(http, job_id) == before and interleaved(before)
 
 
 async def test_a_chunk_sent_again_is_stored_once(bus: Bus, settings: Settings) -> None:
@@ -291,19 +288,14 @@ async def test_a_stream_that_stops_storing_does_not_hold_the_jobs_end(
     go = tmp_path / "go"
     os.mkfifo(go)
     script = f"print('first', flush=True)\nopen({str(go)!r}).read()\nprint('x' * 200_000)"
-    runtime = Runtime(quick, migrate=True)
-    await runtime.start()
-    try:
-        async with aiohttp.ClientSession(base_url=runtime.http_url) as http:
-            job_id = await submit(http, [sys.executable, "-c", script])
+    async with running(quick) as http:
+        job_id = await submit(http, [sys.executable, "-c", script])
 
-            async def printed() -> bool:
-                return await text(http, job_id) == "first\n"
+        async def printed() -> bool:
+            return await text(http, job_id) == "first\n"
 
-            await eventually(printed, timeout=20, what="the first line to be stored")
-            await bus.js.delete_stream(bus.subjects.job_logs_stream)
-            await asyncio.to_thread(go.write_text, "go")
-            done = await ended(http, job_id)
-            assert (done["state"], done["exit_code"]) == ("succeeded", 0)
-    finally:
-        await runtime.stop()
+        await eventually(printed, timeout=20, what="the first line to be stored")
+        await bus.js.delete_stream(bus.subjects.job_logs_stream)
+        await asyncio.to_thread(go.write_text, "go")
+        done = await ended(http, job_id)
+        assert (done["state"], done["exit_code"]) == ("succeeded", 0)
