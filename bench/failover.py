@@ -51,11 +51,11 @@ class Bench:
         self.assigned: list[float] = []
         self.changed = asyncio.Event()
 
-    async def on_elected(self, event: LeaderElected, msg: Any) -> None:
+    async def on_elected(self, event: LeaderElected) -> None:
         self.elections.append((time.monotonic(), event))
         self.changed.set()
 
-    async def on_assigned(self, event: JobAssigned, msg: Any) -> None:
+    async def on_assigned(self, event: JobAssigned) -> None:
         self.assigned.append(time.monotonic())
         self.changed.set()
 

@@ -69,9 +69,7 @@ async def _nats(settings: Settings, jetstream: bool) -> None:
     bus = Bus.from_settings(settings, name="health")
     await bus.connect()
     try:
-        await bus.nc.flush(timeout=CHECK_TIMEOUT_S)
-        if jetstream:
-            await bus.js.account_info()
+        await bus.ping(CHECK_TIMEOUT_S, jetstream=jetstream)
     finally:
         await bus.close()
 

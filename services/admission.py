@@ -29,12 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nats.aio.msg import Msg
 from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import telemetry
-from orchestrator.bus import Bus
+from orchestrator.bus import Bus, Delivery
 from orchestrator.errors import BusUnavailable, InvalidInput, StoreError, StoreUnavailable
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
@@ -322,7 +321,7 @@ class Admission(Service):
         [decision] = await self.admit_many([sub], record=False)
         return decision.result()
 
-    async def _on_request(self, event: JobSubmitted, msg: Msg) -> AdmissionResult:
+    async def _on_request(self, event: JobSubmitted) -> AdmissionResult:
         try:
             return await self.admit(event.spec())
         except (StoreUnavailable, BusUnavailable) as exc:
@@ -358,7 +357,7 @@ class Admission(Service):
                 self.log.warning("intake batch failed, it will be redelivered: %s", exc)
                 await asyncio.sleep(self.config.retry_delay_s)
 
-    async def _admit_messages(self, msgs: list[Msg]) -> None:
+    async def _admit_messages(self, msgs: list[Delivery]) -> None:
         subs = [self._parse(msg) for msg in msgs]
         spans = _message_spans(msgs, subs) if telemetry.recording() else []
         try:
@@ -367,7 +366,7 @@ class Admission(Service):
             for span in spans:
                 span.end()
 
-    async def _admit_batch(self, msgs: list[Msg], subs: list[Submission]) -> None:
+    async def _admit_batch(self, msgs: list[Delivery], subs: list[Submission]) -> None:
         links = None
         if telemetry.recording():  # one batch span linked to every producer's span
             links = [trace.Link(trace.get_current_span(telemetry.extract(m.headers)).get_span_context()) for m in msgs]
@@ -403,14 +402,13 @@ class Admission(Service):
             await (msg.term() if sub.spec is None else msg.ack())
         await self.bus.flush()
 
-    def _parse(self, msg: Msg) -> Submission:
-        headers = msg.headers or {}
-        seq = msg.metadata.sequence.stream
+    def _parse(self, msg: Delivery) -> Submission:
+        headers, seq = msg.headers, msg.stream_seq
         # Without a key of its own, a redelivered message must still map to one job, and a new
         # message must not map to an old job: sequence numbers start again when the stream is
         # made anew (NATS storage lost), so the message's own timestamp goes into the key.
-        stamp = int(msg.metadata.timestamp.timestamp() * 1e6) if msg.metadata.timestamp else 0
-        door_key = headers.get("Nats-Msg-Id") or f"js:{msg.metadata.stream}:{seq}:{stamp}"
+        stamp = int(msg.timestamp.timestamp() * 1e6) if msg.timestamp else 0
+        door_key = headers.get("Nats-Msg-Id") or f"js:{msg.stream}:{seq}:{stamp}"
         try:
             spec = JobSubmitted.model_validate_json(msg.data).spec()
         except ValidationError as exc:
@@ -418,7 +416,7 @@ class Admission(Service):
         # The job continues the producer's trace: keep its context to store with the job.
         return Submission(spec, spec.key or door_key, telemetry.carrier(headers), stream_seq=seq)
 
-    async def _give_up(self, msg: Msg, sub: Submission, exc: InvalidInput) -> None:
+    async def _give_up(self, msg: Delivery, sub: Submission, exc: InvalidInput) -> None:
         """A lone message the store refuses as data: terminate it, and say why where it can be
         seen, so it never loops."""
         self.log.error("terminated intake message %s: %s", sub.stream_seq, exc, extra={"action": "terminate"})
@@ -431,7 +429,7 @@ class Admission(Service):
         await msg.term()
 
 
-def _message_spans(msgs: Sequence[Msg], subs: Sequence[Submission]) -> list[trace.Span]:
+def _message_spans(msgs: Sequence[Delivery], subs: Sequence[Submission]) -> list[trace.Span]:
     """While spans are recorded: one consumer span per intake message, a child of its producer's
     span, whose context is what the job stores (so dispatch and the runner continue from the
     admission, in the producer's trace). Ended by the caller once the batch is decided."""

@@ -33,8 +33,6 @@ import time
 from collections.abc import Iterable
 from uuid import UUID
 
-from nats.aio.msg import Msg
-
 from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.bus.job_logs import JobLogs
@@ -99,7 +97,7 @@ class Capacity(Service):
         self.spawn(every(self.settings.leader_check_interval_s, self.elect, self.log, "leader check"), "elect")
         await self.elect()
 
-    async def _on_register(self, event: RunnerRegistered, msg: Msg) -> HeartbeatReply:
+    async def _on_register(self, event: RunnerRegistered) -> HeartbeatReply:
         runner = RunnerSpec(event.runner_id, event.pool, event.labels, event.slots, event.taints, event.metadata)
         try:
             found = await self.store.transitions.register_runner(runner, event.running)
@@ -116,7 +114,7 @@ class Capacity(Service):
         await self._announce_free({event.pool, *(job.pool for job in found.released)})
         return _orders(found)
 
-    async def _on_heartbeat(self, event: RunnerHeartbeat, msg: Msg) -> HeartbeatReply:
+    async def _on_heartbeat(self, event: RunnerHeartbeat) -> HeartbeatReply:
         beat = Heartbeat(event.runner_id, event.running, event.seq, event.acked_seq)
         found = await self.store.transitions.heartbeat(beat)
         if found is None:
@@ -135,20 +133,20 @@ class Capacity(Service):
             await self._announce_free({found.pool, *(job.pool for job in found.released)})
         return _orders(found)
 
-    async def _on_drain(self, event: RunnerDraining, msg: Msg) -> Reply:
+    async def _on_drain(self, event: RunnerDraining) -> Reply:
         row = await self.store.runner_drain(event.runner_id)
         if row is not None:
             await self.elect(row["pool"])
         return OK
 
-    async def _on_taints_changed(self, event: RunnerTaintsChanged, msg: Msg) -> None:
+    async def _on_taints_changed(self, event: RunnerTaintsChanged) -> None:
         await self.elect(event.pool)
         await self._announce_free({event.pool})  # an untainted runner may take jobs now
 
-    async def _on_pool_updated(self, event: PoolUpdated, msg: Msg) -> None:
+    async def _on_pool_updated(self, event: PoolUpdated) -> None:
         await self.elect(event.pool)  # put into leader mode (or out of it): elect (or forget) now
 
-    async def _on_start(self, event: JobStarted, msg: Msg) -> Reply:
+    async def _on_start(self, event: JobStarted) -> Reply:
         return await self._starts.submit(event)
 
     async def _start_batch(self, events: list[JobStarted]) -> list[Reply]:
@@ -156,7 +154,7 @@ class Capacity(Service):
         granted = {job.id for job in await self.store.transitions.start_many(starts)}
         return await self._answers("start", starts, granted)
 
-    async def _on_finish(self, event: JobFinished, msg: Msg) -> Reply:
+    async def _on_finish(self, event: JobFinished) -> Reply:
         return await self._finishes.submit(event)
 
     async def _finish_batch(self, events: list[JobFinished]) -> list[Reply]:

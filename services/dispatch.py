@@ -34,7 +34,6 @@ import time
 from datetime import datetime
 from typing import Any
 
-from nats.aio.msg import Msg
 from opentelemetry import trace
 from pydantic import BaseModel
 
@@ -111,10 +110,10 @@ class Dispatch(Service):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _on_wake(self, event: PoolMention, msg: Msg) -> None:
+    async def _on_wake(self, event: PoolMention) -> None:
         self.wake(event.pool)
 
-    async def _on_slot(self, event: SlotMention, msg: Msg) -> None:
+    async def _on_slot(self, event: SlotMention) -> None:
         # Only where a step will follow (and take it back out): a standby must not hoard stale times.
         if event.at is not None and self.running and leads(self.leadership):
             self._slot_freed_at.setdefault(event.pool, event.at.timestamp())

@@ -33,7 +33,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from nats.aio.msg import Msg
 from pydantic import BaseModel
 
 from orchestrator.bus import Bus
@@ -116,7 +115,7 @@ class Provisioning(Service):
             except Exception as exc:  # keep closing the rest
                 self.log.warning("closing a provisioner failed: %s", exc)
 
-    async def _on_wake(self, event: JobsQueued | SlotAvailable | PoolUpdated, msg: Msg) -> None:
+    async def _on_wake(self, event: JobsQueued | SlotAvailable | PoolUpdated) -> None:
         self.wake(event.pool)
 
     async def sweep(self) -> None:

@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from uuid import UUID
 
-from nats.aio.msg import Msg
 from opentelemetry.trace import SpanKind
 
 from orchestrator import telemetry
@@ -306,7 +305,7 @@ class Runner(Service):
 
     # --- assignments ---------------------------------------------------------------------------
 
-    async def _on_assign(self, event: JobAssigned, msg: Msg) -> Reply:
+    async def _on_assign(self, event: JobAssigned) -> Reply:
         if not self._accepting or self.busy >= self.slots or event.job_id in self._jobs or self._silent():
             return Reply(ok=False, error=ErrorDetail(code="no_slot", message=f"{self.runner_id} has no free slot"))
         job = Held(event)
@@ -317,7 +316,7 @@ class Runner(Service):
         job.task = asyncio.create_task(self._run(job), name=f"runner.job.{event.job_id}")
         return Reply(ok=True)
 
-    async def _on_cancel(self, event: JobCancelRequested, msg: Msg) -> None:
+    async def _on_cancel(self, event: JobCancelRequested) -> None:
         job = self._jobs.get(event.job_id)
         if job is not None and not job.ended:
             self._cancel(job)

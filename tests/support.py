@@ -66,7 +66,7 @@ class Listener:
     async def __aexit__(self, *exc: object) -> None:
         await self._sub.unsubscribe()
 
-    async def _on(self, event: Any, msg: Any) -> None:
+    async def _on(self, event: Any) -> None:
         async with self._changed:
             self.events.append(event)
             self._changed.notify_all()

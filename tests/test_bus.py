@@ -33,7 +33,7 @@ async def test_consumer_continues_the_producers_trace(bus: Bus, monkeypatch: pyt
     telemetry.setup(record=True)
     seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
 
-    async def handler(event: SlotAvailable, msg: object) -> None:
+    async def handler(event: SlotAvailable) -> None:
         seen.set_result(trace.get_current_span().get_span_context().trace_id)
 
     subject = bus.subjects.slot_available("p1")
@@ -67,7 +67,7 @@ async def test_a_batch_of_requests_is_answered_in_order_and_handled_together(bus
     in_flight, most_in_flight = 0, 0
     release = asyncio.Event()
 
-    async def handler(event: RunnerHeartbeat, msg: object) -> Reply:
+    async def handler(event: RunnerHeartbeat) -> Reply:
         nonlocal in_flight, most_in_flight
         in_flight += 1
         most_in_flight = max(most_in_flight, in_flight)

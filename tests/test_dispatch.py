@@ -159,7 +159,7 @@ async def test_unacked_assignment_is_undone_and_goes_elsewhere(
     slow_loss: Settings, system: Runtime, store: Store, bus: Bus
 ) -> None:
     # A runner that registers but never answers assignments (it hangs, or its link is gone).
-    silent = await bus.subscribe(bus.subjects.assign("silent"), JobAssigned, lambda e, m: asyncio.sleep(30))
+    silent = await bus.subscribe(bus.subjects.assign("silent"), JobAssigned, lambda e: asyncio.sleep(30))
     reply = await bus.request(
         bus.subjects.runner_register,
         RunnerRegistered(runner_id="silent", pool="default", labels=["linux", "x86_64"], slots=50),

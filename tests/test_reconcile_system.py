@@ -198,7 +198,7 @@ async def test_the_server_ends_a_job_whose_runner_never_reports_past_its_timeout
         held: list[UUID] = []
         requests: set[asyncio.Task[Reply]] = set()
 
-        async def on_assign(event: JobAssigned, msg: Any) -> Reply:
+        async def on_assign(event: JobAssigned) -> Reply:
             held.append(event.job_id)  # held from the ack, like any runner
             started = JobStarted(job_id=event.job_id, pool=event.pool, runner_id="mute", attempt=event.attempt)
             task = asyncio.get_running_loop().create_task(bus.request(bus.subjects.runner_start, started, Reply, 5))

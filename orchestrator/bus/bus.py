@@ -36,6 +36,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from orchestrator import telemetry
 from orchestrator.bus import job_events
 from orchestrator.bus.credentials import NatsCredentials
+from orchestrator.bus.delivery import Delivery
 from orchestrator.bus.job_events import OutboxMessage
 from orchestrator.bus.subjects import Subjects
 from orchestrator.errors import BusUnavailable, InvalidInput, NoResponders, RequestFailed, StoreUnavailable
@@ -49,7 +50,8 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
-Handler = Callable[[M, Msg], Awaitable[BaseModel | None]]
+# What a subscriber is given: the parsed event. It returns the reply to a request, or None.
+Handler = Callable[[M], Awaitable[BaseModel | None]]
 
 _tracer = telemetry.tracer("orchestrator.bus")
 _log = telemetry.get_logger("bus")
@@ -298,9 +300,9 @@ class Bus:
                     return await refuse(ErrorDetail(code="invalid", message=nul[1], field=nul[0]))
                 try:
                     if batch:
-                        results = await asyncio.gather(*(handler(event, msg) for event in events))
+                        results = await asyncio.gather(*(handler(event) for event in events))
                     else:
-                        results = [await handler(events[0], msg)]
+                        results = [await handler(events[0])]
                 except InvalidInput as exc:  # the store refused a value the schema let through
                     return await refuse(ErrorDetail(code="invalid", message=str(exc)))
                 except Exception as exc:
@@ -369,14 +371,24 @@ class Bus:
         self._pulls.append(pull)
         return pull
 
-    async def fetch(self, intake: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Msg]:
+    async def fetch(self, intake: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Delivery]:
         """Up to `batch` intake messages; [] when none came within `timeout`."""
         try:
-            return await intake.fetch(batch, timeout=timeout)
+            return [Delivery.of(msg) for msg in await intake.fetch(batch, timeout=timeout)]
         except (TimeoutError, NatsTimeout):
             return []
         except Exception as exc:  # reconnecting, or the consumer is being recreated
             raise BusUnavailable(f"cannot fetch from the intake: {exc}") from exc
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def ping(self, timeout: float, *, jetstream: bool = False) -> None:
+        """A round trip to the server (and to JetStream): raises unless answered in `timeout`."""
+        await self.nc.flush(timeout=timeout)
+        if jetstream:
+            await self.js.account_info()
 
     async def flush(self) -> None:
         """Wait until everything published so far (acks included) has reached the server."""

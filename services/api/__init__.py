@@ -451,7 +451,7 @@ class Api(Service):
             await self.store.pool_list()
         except OrchestratorError as exc:
             problems.append(f"store: {exc}")
-        if not self.bus.nc.is_connected:
+        if not self.bus.connected:
             problems.append("bus: not connected to NATS")
         if problems:
             return error_response(503, "not_ready", "; ".join(problems))

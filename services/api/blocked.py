@@ -15,8 +15,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from nats.aio.msg import Msg
-
 from orchestrator.bus import Bus
 from orchestrator.bus.lease import read_lease
 from orchestrator.lifecycle import Service
@@ -125,7 +123,7 @@ class Why:
         sub = await self.bus.subscribe(self.bus.subjects.capacity_unknown(), CapacityUnknown, self._on_unknown)
         service.on_cleanup(sub.unsubscribe)
 
-    async def _on_unknown(self, event: CapacityUnknown, msg: Msg) -> None:
+    async def _on_unknown(self, event: CapacityUnknown) -> None:
         self._unknown[event.pool] = (event.reason, time.monotonic())
 
     def capacity_unknown(self, pool: str) -> str | None:

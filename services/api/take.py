@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from nats.aio.msg import Msg
-
 from orchestrator.bus import Bus
 from orchestrator.lifecycle import Service
 from orchestrator.store import Store
@@ -62,7 +60,7 @@ class Waiters:
             if not queues:
                 del self._queues[job_id]
 
-    async def on_news(self, event: JobMention, msg: Msg) -> None:
+    async def on_news(self, event: JobMention) -> None:
         for queue in self._queues.get(event.job_id, ()):
             queue.put_nowait(event)
 
