@@ -2,9 +2,10 @@
 
 `POST /v1/jobs` validates the body with the same model as every other door, then asks the
 admission service over the bus, so HTTP and NATS producers get the same decisions. Reads come
-straight from Postgres, the truth. Pool changes (`PUT`/`PATCH /v1/pools/{name}`) go through
-`orchestrator.pools.change_pool`, the one way a pool changes (the runtime applies the pools file
-with it too). Every error is `{"error": {"code", "message", "field"}}`.
+straight from Postgres, the truth. Pool changes (`PUT`/`PATCH /v1/pools/{name}`, `pools.py`) go
+through `orchestrator.pools.change_pool`, the one way a pool changes (the runtime applies the
+pools file with it too); runners' endpoints are `runners.py`, a job's output `logs.py`. Every
+error is `{"error": {"code", "message", "field"}}`.
 
 The endpoints are one table (`routes.py`) that registers them, says who may call them (`auth.py`,
 bearer tokens with roles, off until tokens are configured) and generates `/openapi.json` from the
@@ -20,16 +21,15 @@ from uuid import UUID
 
 from aiohttp import web
 from opentelemetry import trace
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.bus.job_logs import JobLogs
 from orchestrator.bus.lease import read_lease
-from orchestrator.errors import NotFound, OrchestratorError
+from orchestrator.errors import OrchestratorError
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import CONTENT_TYPE, Metrics, QueueCollector, exposition
-from orchestrator.pools import PoolChange, change_pool
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.tokens import token_matches
@@ -53,15 +53,14 @@ from schemas.api import (
 from schemas.events import (
     AdmissionResult,
     JobSubmitted,
-    RunnerTaintsChanged,
-    error_from_validation,
 )
-from schemas.jobs import JobSpec, JobState, JobView, Name
+from schemas.jobs import JobSpec, JobState, JobView
 from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
 from services.api.auth import ROLE, Auth
 from services.api.blocked import Why
 from services.api.logs import JobLogsView
+from services.api.pools import PoolViews
 from services.api.responses import (
     STATUS,
     error_response,
@@ -72,6 +71,7 @@ from services.api.responses import (
     query_wait,
 )
 from services.api.routes import ANY_ROLE, OPERATOR, PRODUCER, PUBLIC, RUNNER, Query, Route, openapi, register
+from services.api.runners import RunnerViews
 from services.api.servo import ServoDoor
 from services.api.take import MAX_WAIT_S, RETRY_AFTER_S, Takes
 
@@ -79,8 +79,6 @@ _tracer = telemetry.tracer("orchestrator.api")
 # Plain HTML and JS polling the JSON API: nothing to build.
 _DASHBOARD = (resources.files("services") / "static" / "dashboard.html").read_text()
 ADMISSION_TIMEOUT_S = 10.0
-_pool_name = TypeAdapter(Name)
-_pool_fields = TypeAdapter(dict[str, Any])
 
 
 class Api(Service):
@@ -99,6 +97,8 @@ class Api(Service):
         self.logs = JobLogsView(store, JobLogs(bus), self.takes.waiters)
         self.servo = ServoDoor(store, self.takes, self.admit)
         self.why = Why(store, bus, settings.dispatch_shard)
+        self.pools = PoolViews(store, bus)
+        self.runners = RunnerViews(store, bus)
         self.app = self._build_app()
 
     def _routes(self) -> list[Route]:
@@ -134,21 +134,21 @@ class Api(Service):
                   text="the take token", text_errors=True),
             Route("POST", "/take/{unique_id}", self.servo.take, PUBLIC, "Servo: take the runner (JSON)", None,
                   {200: RunnerView}, (403, 404, 422, 503), (token, wait), text_errors=True),
-            Route("GET", "/v1/pools", self.list_pools, ANY_ROLE, "List pools", None, {200: PoolList}),
-            Route("GET", "/v1/pools/{name}", self.get_pool, ANY_ROLE, "A pool", None, {200: PoolView}, (404,)),
-            Route("PUT", "/v1/pools/{name}", self.put_pool, pools, "Create or replace a pool", PoolConfig,
+            Route("GET", "/v1/pools", self.pools.list_pools, ANY_ROLE, "List pools", None, {200: PoolList}),
+            Route("GET", "/v1/pools/{name}", self.pools.get_pool, ANY_ROLE, "A pool", None, {200: PoolView}, (404,)),
+            Route("PUT", "/v1/pools/{name}", self.pools.put_pool, pools, "Create or replace a pool", PoolConfig,
                   {200: PoolChanged, 201: PoolChanged}, (400, 422)),
-            Route("PATCH", "/v1/pools/{name}", self.patch_pool, pools, "Change the given fields of a pool",
+            Route("PATCH", "/v1/pools/{name}", self.pools.patch_pool, pools, "Change the given fields of a pool",
                   PoolConfig, {200: PoolChanged}, (400, 404, 422)),
             Route("GET", "/v1/queue", self.queue_depth, ANY_ROLE, "Jobs waiting and in flight, per pool", None,
                   {200: QueueDepth}),
             Route("GET", "/v1/rejections", self.list_rejections, OPERATOR, "What the JetStream door refused", None,
                   {200: None}, (422,), (Query("reason", "only this reason"), Query("limit", "at most this many"))),
-            Route("GET", "/v1/runners", self.list_runners, ANY_ROLE, "List runners", None, {200: RunnerList}),
-            Route("POST", "/v1/runners/{id}/drain", self.drain_runner, runners | RUNNER,
+            Route("GET", "/v1/runners", self.runners.list_runners, ANY_ROLE, "List runners", None, {200: RunnerList}),
+            Route("POST", "/v1/runners/{id}/drain", self.runners.drain_runner, runners | RUNNER,
                   "Drain a runner: it runs what it has and is given nothing more", None, {200: RunnerView}, (404, 409)),
-            Route("PUT", "/v1/runners/{id}/taints", self.set_runner_taints, runners, "Replace a runner's taints",
-                  RunnerTaints, {200: RunnerView}, (400, 404, 422)),
+            Route("PUT", "/v1/runners/{id}/taints", self.runners.set_runner_taints, runners,
+                  "Replace a runner's taints", RunnerTaints, {200: RunnerView}, (400, 404, 422)),
             Route("GET", "/v1/leader", self.get_leader, ANY_ROLE, "The dispatcher leader", None, {200: LeaderView}),
             Route("GET", "/v1/stats", self.get_stats, ANY_ROLE, "Queue state per pool and runners by state", None,
                   {200: None}),
@@ -315,62 +315,6 @@ class Api(Service):
 
     # --- operators -----------------------------------------------------------------------------
 
-    async def list_pools(self, request: web.Request) -> web.Response:
-        pools = [PoolView.from_row(row).model_dump(mode="json") for row in await self.store.pool_list()]
-        return json_response({"pools": pools})
-
-    async def get_pool(self, request: web.Request) -> web.Response:
-        row = await self.store.pool_get(request.match_info["name"])
-        if row is None:
-            return error_response(404, "not_found", f"no pool {request.match_info['name']!r}", "name")
-        return json_response(PoolView.from_row(row))
-
-    async def put_pool(self, request: web.Request) -> web.Response:
-        """Create or replace: what the body omits takes its default."""
-        name, body = await self._pool_request(request)
-        if isinstance(body, web.Response):
-            return body
-        try:
-            config = PoolConfig.model_validate(body)
-        except ValidationError as exc:
-            return invalid_response(exc)
-        change = await change_pool(self.store, self.bus, name, config=config)
-        return self._pool_changed(change, 201 if change.created else 200)
-
-    async def patch_pool(self, request: web.Request) -> web.Response:
-        """Change only the fields the body gives."""
-        name, body = await self._pool_request(request)
-        if isinstance(body, web.Response):
-            return body
-        try:
-            change = await change_pool(self.store, self.bus, name, patch=body)
-        except ValidationError as exc:
-            return invalid_response(exc)
-        except NotFound as exc:
-            return error_response(404, "not_found", str(exc), "name")
-        return self._pool_changed(change, 200)
-
-    async def _pool_request(self, request: web.Request) -> tuple[str, dict[str, Any] | web.Response]:
-        name = request.match_info["name"]
-        try:
-            _pool_name.validate_python(name)
-        except ValidationError:
-            message = f"pool name {name!r} must be letters, digits, '_' or '-' (at most 64), starting alphanumeric"
-            return name, error_response(422, "invalid", message, "name")
-        try:
-            # pydantic's parser, as for every other body: json.loads recurses, and a deeply nested
-            # body would end in a RecursionError (a 500) instead of a 400.
-            return name, _pool_fields.validate_json((await request.read()) or b"{}")
-        except ValidationError as exc:
-            if error_from_validation(exc).code == "malformed":
-                return name, invalid_response(exc)
-            return name, error_response(422, "invalid", "the body must be a JSON object of pool fields")
-
-    @staticmethod
-    def _pool_changed(change: PoolChange, status: int) -> web.Response:
-        view = PoolView.from_row(change.pool).model_dump()
-        return json_response(PoolChanged(**view, failed_jobs=change.failed_jobs), status)
-
     async def list_rejections(self, request: web.Request) -> web.Response:
         """What the JetStream door refused, newest first (its producers had nobody to answer them)."""
         limit = query_limit(request)
@@ -379,39 +323,11 @@ class Api(Service):
         rows = await self.store.rejection_list(reason=request.query.get("reason"), limit=limit)
         return json_response({"rejections": rows})
 
-    async def list_runners(self, request: web.Request) -> web.Response:
-        return json_response(RunnerList(runners=[RunnerView.from_row(r) for r in await self.store.runner_list()]))
-
-    async def drain_runner(self, request: web.Request) -> web.Response:
-        runner_id = request.match_info["id"]
-        row = await self.store.runner_drain(runner_id)
-        if row is not None:
-            return json_response(RunnerView.from_row(row))
-        if await self.store.runner_get(runner_id) is None:
-            return error_response(404, "not_found", f"no runner {runner_id!r}", "id")
-        return error_response(409, "lost", f"runner {runner_id!r} is lost: there is nothing to drain", "id")
-
     async def queue_depth(self, request: web.Request) -> web.Response:
         return json_response(QueueDepth(pools=[PoolDepth(**row) for row in await self.store.pool_depth_list()]))
 
     async def get_openapi(self, request: web.Request) -> web.Response:
         return json_response(self.openapi)
-
-    async def set_runner_taints(self, request: web.Request) -> web.Response:
-        """Set a runner's taints; capacity re-elects its pool's leader when it hears of it."""
-        try:
-            body = RunnerTaints.model_validate_json(await request.read())
-        except ValidationError as exc:
-            return invalid_response(exc)
-        runner_id = request.match_info["id"]
-        row = await self.store.runner_set_taints(runner_id, body.taints)
-        if row is None:
-            return error_response(404, "not_found", f"no runner {runner_id!r}", "id")
-        await self.bus.publish(
-            self.bus.subjects.runner_taints_changed,
-            RunnerTaintsChanged(runner_id=row["id"], pool=row["pool"], taints=row["taints"]),
-        )
-        return json_response(row)
 
     async def get_leader(self, request: web.Request) -> web.Response:
         """The dispatch shard's newest term as recorded in Postgres (holder, epoch, since), and

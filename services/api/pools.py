@@ -1,0 +1,84 @@
+"""Pool endpoints: list, read, create or replace (`PUT`), change given fields (`PATCH`). A change
+goes through `orchestrator.pools.change_pool`, the one way a pool changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
+
+from orchestrator.bus import Bus
+from orchestrator.errors import NotFound
+from orchestrator.pools import PoolChange, change_pool
+from orchestrator.store import Store
+from schemas.api import PoolChanged
+from schemas.events import error_from_validation
+from schemas.jobs import Name
+from schemas.pools import PoolConfig, PoolView
+from services.api.responses import error_response, invalid_response, json_response
+
+_pool_name = TypeAdapter(Name)
+_pool_fields = TypeAdapter(dict[str, Any])
+
+
+class PoolViews:
+    def __init__(self, store: Store, bus: Bus) -> None:
+        self.store = store
+        self.bus = bus
+
+    async def list_pools(self, request: web.Request) -> web.Response:
+        pools = [PoolView.from_row(row).model_dump(mode="json") for row in await self.store.pool_list()]
+        return json_response({"pools": pools})
+
+    async def get_pool(self, request: web.Request) -> web.Response:
+        row = await self.store.pool_get(request.match_info["name"])
+        if row is None:
+            return error_response(404, "not_found", f"no pool {request.match_info['name']!r}", "name")
+        return json_response(PoolView.from_row(row))
+
+    async def put_pool(self, request: web.Request) -> web.Response:
+        """Create or replace: what the body omits takes its default."""
+        name, body = await self._pool_request(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            config = PoolConfig.model_validate(body)
+        except ValidationError as exc:
+            return invalid_response(exc)
+        change = await change_pool(self.store, self.bus, name, config=config)
+        return self._pool_changed(change, 201 if change.created else 200)
+
+    async def patch_pool(self, request: web.Request) -> web.Response:
+        """Change only the fields the body gives."""
+        name, body = await self._pool_request(request)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            change = await change_pool(self.store, self.bus, name, patch=body)
+        except ValidationError as exc:
+            return invalid_response(exc)
+        except NotFound as exc:
+            return error_response(404, "not_found", str(exc), "name")
+        return self._pool_changed(change, 200)
+
+    async def _pool_request(self, request: web.Request) -> tuple[str, dict[str, Any] | web.Response]:
+        name = request.match_info["name"]
+        try:
+            _pool_name.validate_python(name)
+        except ValidationError:
+            message = f"pool name {name!r} must be letters, digits, '_' or '-' (at most 64), starting alphanumeric"
+            return name, error_response(422, "invalid", message, "name")
+        try:
+            # pydantic's parser, as for every other body: json.loads recurses, and a deeply nested
+            # body would end in a RecursionError (a 500) instead of a 400.
+            return name, _pool_fields.validate_json((await request.read()) or b"{}")
+        except ValidationError as exc:
+            if error_from_validation(exc).code == "malformed":
+                return name, invalid_response(exc)
+            return name, error_response(422, "invalid", "the body must be a JSON object of pool fields")
+
+    @staticmethod
+    def _pool_changed(change: PoolChange, status: int) -> web.Response:
+        view = PoolView.from_row(change.pool).model_dump()
+        return json_response(PoolChanged(**view, failed_jobs=change.failed_jobs), status)
