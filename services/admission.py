@@ -9,7 +9,8 @@ Decisions, in order: malformed or invalid (names the field); never runnable (unk
 label the pool cannot offer, a plan it does not allow, `max_concurrent = 0`: rejected now, never
 queued, seed 004); a key already used (same spec: the existing job, even when the pool is full,
 so a retry after a timeout is answered; another spec: conflict); over `max_active` (shed, seed
-001, with a Retry-After from the pool's drain over the last minute); else inserted.
+001, with a Retry-After from the pool's drain over the last minute); else inserted. The rules
+themselves (pure functions) are services/admission_rules.py; this module is the doors.
 
 Batching: the JetStream door fetches up to `fetch_batch` messages and decides them all in one
 transaction: each pool's admission lock taken once (in name order), its configuration and active
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import trace
@@ -38,9 +38,9 @@ from orchestrator.errors import BusUnavailable, InvalidInput, StoreError, StoreU
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
-from orchestrator.store import AdmissionTx, NewJob, Rejection, Store
+from orchestrator.store import AdmissionTx, Rejection, Store
 from orchestrator.store.transitions.news import rejected
-from orchestrator.tokens import new_token, token_hash
+from orchestrator.tokens import new_token
 from orchestrator.wakes import announce_queued
 from schemas.events import (
     AdmissionResult,
@@ -48,19 +48,22 @@ from schemas.events import (
     JobSubmitted,
     error_from_validation,
 )
-from schemas.ids import uuid7
-from schemas.jobs import JobSpec, JobView
+from schemas.jobs import JobSpec
 from schemas.pools import PoolConfig
+from services.admission_rules import (
+    Decision,
+    Planned,
+    Submission,
+    judge,
+    new_job,
+    retry_after_s,
+    same_key,
+)
 
 _tracer = telemetry.tracer("orchestrator.admission")
 
-# Retry-After bounds: a pool that drained nothing lately gets the longest.
-MIN_RETRY_AFTER_S = 1.0
-MAX_RETRY_AFTER_S = 60.0
 # How much of a malformed message the rejections table keeps.
 BODY_EXCERPT_BYTES = 1024
-# A take-style job (a reservation) expires after this long without a poll from its client.
-TAKE_ABANDON_AFTER_S = 30.0
 
 
 class AdmissionConfig(BaseModel):
@@ -69,104 +72,6 @@ class AdmissionConfig(BaseModel):
     fetch_batch: int = 256
     # A store outage redelivers the message after this delay instead of at once.
     retry_delay_s: float = 1.0
-
-
-def judge(spec: JobSpec, pool: PoolConfig | None) -> ErrorDetail | None:
-    """Why `spec` can never run in `pool`, or None when it can."""
-    if pool is None:
-        return ErrorDetail(code="unsatisfiable", message=f"pool {spec.pool!r} does not exist", field="pool")
-    why = pool.unrunnable(spec.pool, spec.labels, spec.plan)
-    if why is None:
-        return None
-    field, message = why
-    return ErrorDetail(code="unsatisfiable", message=message, field=field)
-
-
-def retry_after_s(excess: int, drained_last_minute: int) -> float:
-    """When a shed producer should retry: the time the pool took lately to finish `excess` jobs."""
-    if drained_last_minute <= 0:
-        return MAX_RETRY_AFTER_S
-    return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, excess * 60.0 / drained_last_minute))
-
-
-def abandon_after_s(spec: JobSpec) -> float | None:
-    """A reservation (no `payload.command`) is take-style: its client must keep polling, so it
-    expires after `TAKE_ABANDON_AFTER_S` without a poll unless the spec says otherwise (seed 003)."""
-    if spec.abandon_after_s is not None:
-        return spec.abandon_after_s
-    return None if "command" in spec.payload else TAKE_ABANDON_AFTER_S
-
-
-@dataclass
-class Submission:
-    """One job offered at a door: its spec, or why it has none (malformed / invalid)."""
-
-    spec: JobSpec | None
-    key: str | None  # the spec's own key, else the door's (Nats-Msg-Id, stream position)
-    trace_context: dict[str, str]
-    error: ErrorDetail | None = None
-    stream_seq: int | None = None
-    body: bytes | None = None
-
-
-@dataclass
-class Decision:
-    outcome: str  # admitted | existing | rejected
-    row: dict[str, Any] | None = None
-    error: ErrorDetail | None = None
-    retry_after_s: float | None = None
-    token: str | None = None
-
-    def result(self) -> AdmissionResult:
-        job = JobView.from_row(self.row) if self.row is not None else None
-        return AdmissionResult(
-            outcome=self.outcome,  # type: ignore[arg-type]
-            job=job,
-            token=self.token,
-            error=self.error,
-            retry_after_s=self.retry_after_s,
-        )
-
-
-@dataclass(frozen=True)
-class _Planned:
-    index: int
-    spec: JobSpec
-    token: str
-    job: NewJob
-
-
-def new_job(key: str | None, spec: JobSpec, token: str, trace_context: dict[str, str]) -> NewJob:
-    """The row a spec becomes (the key: its own, else the door's, else the new job's id)."""
-    job_id = uuid7()
-    return NewJob(
-        id=job_id,
-        key=key or str(job_id),
-        spec=spec.canonical(),
-        pool=spec.pool,
-        labels=sorted(set(spec.labels)),
-        plan=spec.plan,
-        tenant=spec.tenant,
-        priority=spec.priority,
-        payload=spec.payload,
-        timeout_s=spec.timeout_s,
-        max_attempts=spec.max_attempts,
-        abandon_after_s=abandon_after_s(spec),
-        token_hash=token_hash(token),
-        trace_context=trace_context,
-        tolerations=sorted(set(spec.tolerations)),
-    )
-
-
-def _same_key(existing: dict[str, Any], spec: JobSpec) -> Decision:
-    if existing["spec"] == spec.canonical():
-        return Decision("existing", existing)
-    error = ErrorDetail(
-        code="conflict",
-        message=f"key {existing['key']!r} is already used by job {existing['id']} with a different spec",
-        field="key",
-    )
-    return Decision("rejected", existing, error)
 
 
 class Admission(Service):
@@ -230,7 +135,7 @@ class Admission(Service):
         pools = {name: PoolConfig.from_row(row) for name, row in tx.pools.items()}
         active = await tx.active([name for name, pool in pools.items() if pool.max_active >= 0])
         retry_after: dict[str, float] = {}
-        planned: dict[str, _Planned] = {}  # by key: what this batch inserts
+        planned: dict[str, Planned] = {}  # by key: what this batch inserts
         later: list[tuple[int, str, JobSpec]] = []  # the same key again, after a planned job
         for i, sub, spec in valid:
             key = sub.key  # None: a keyless request, keyed by its new job id
@@ -239,7 +144,7 @@ class Admission(Service):
             if error is not None:
                 decisions[i] = Decision("rejected", error=error)
             elif key is not None and key in tx.existing:
-                decisions[i] = _same_key(tx.existing[key], spec)
+                decisions[i] = same_key(tx.existing[key], spec)
             elif key is not None and key in planned:
                 later.append((i, key, spec))
             elif pool is not None and pool.max_active >= 0 and active[spec.pool] >= pool.max_active:
@@ -257,7 +162,7 @@ class Admission(Service):
                     active[spec.pool] += 1
                 token = new_token()
                 job = new_job(key, spec, token, sub.trace_context)
-                planned[job.key] = _Planned(i, spec, token, job)
+                planned[job.key] = Planned(i, spec, token, job)
         rows = {row["key"]: row for row in await tx.insert([p.job for p in planned.values()])}
         # A key missing from the insert was taken meanwhile by an admission into another pool.
         missing = [key for key in planned if key not in rows]
@@ -266,11 +171,11 @@ class Admission(Service):
             if key in rows:
                 decisions[p.index] = Decision("admitted", rows[key], token=p.token)
             else:
-                decisions[p.index] = _same_key(taken[key], p.spec)
+                decisions[p.index] = same_key(taken[key], p.spec)
         for i, key, spec in later:
             first = decisions[planned[key].index]
             assert first is not None and first.row is not None
-            decisions[i] = _same_key(first.row, spec)
+            decisions[i] = same_key(first.row, spec)
 
     @staticmethod
     def _rejection(sub: Submission, decision: Decision) -> Rejection:

@@ -20,7 +20,8 @@ from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import AdmissionResult, JobAdmitted, JobRejected
 from schemas.pools import PoolConfig
-from services.admission import Admission, retry_after_s
+from services.admission import Admission
+from services.admission_rules import retry_after_s
 from tests.support import Listener, eventually
 
 # What each door reports, normalized: (outcome or error code, error field, job id, retry-after seconds).
