@@ -80,7 +80,7 @@ class Capacity(Service):
     async def on_start(self) -> None:
         self._started_at = time.monotonic()
         # Where runners ship their jobs' output (the API reads it): there before runners report.
-        await JobLogs(self.bus).ensure_stream(self.settings.log_retention_s)
+        await JobLogs(self.bus).ensure_stream(self.settings.log_retention_s, self.settings.log_store_max_bytes)
         s = self.bus.subjects
         for subject, model, handler in (
             (s.runner_register, RunnerRegistered, self._on_register),

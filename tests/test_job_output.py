@@ -230,7 +230,7 @@ async def test_output_survives_a_restart_of_the_orchestrator(settings: Settings)
 
 async def test_a_chunk_sent_again_is_stored_once(bus: Bus, settings: Settings) -> None:
     logs = JobLogs(bus)
-    await logs.ensure_stream(settings.log_retention_s)
+    await logs.ensure_stream(settings.log_retention_s, settings.log_store_max_bytes)
     job_id = uuid4()
     chunk = LogChunk(0, 1, "stdout", b"hello\n")
     first = await logs.append(job_id, chunk, {})
@@ -264,7 +264,7 @@ async def test_the_exact_tail_replaces_what_was_shown_of_it_live(
     chunk = job_output.CHUNK_BYTES
     monkeypatch.setattr(job_output, "TAIL_LIVE_BYTES_PER_S", 4 * chunk)
     logs = JobLogs(bus)
-    await logs.ensure_stream(settings.log_retention_s)
+    await logs.ensure_stream(settings.log_retention_s, settings.log_store_max_bytes)
     job_id = uuid4()
     output = job_output.JobOutput(logs, job_id, 1, "r1", max_bytes=8 * chunk, ship_timeout_s=10)
     data = b"".join(b"%07d\n" % i for i in range(9 * chunk // 8))[: 9 * chunk]
@@ -299,3 +299,14 @@ async def test_a_stream_that_stops_storing_does_not_hold_the_jobs_end(
         await asyncio.to_thread(go.write_text, "go")
         done = await ended(http, job_id)
         assert (done["state"], done["exit_code"]) == ("succeeded", 0)
+
+
+async def test_all_output_together_is_bounded_the_oldest_going_first(bus: Bus, settings: Settings) -> None:
+    logs = JobLogs(bus)
+    await logs.ensure_stream(settings.log_retention_s, max_bytes=256 * 1024)
+    jobs = [uuid4() for _ in range(6)]
+    for job_id in jobs:  # 6 x 64 KiB into 256 KiB
+        await logs.append(job_id, LogChunk(0, 1, "stdout", b"x" * 64 * 1024), {})
+    kept = [bool([c async for c in logs.chunks(job_id)]) for job_id in jobs]
+    assert kept[-1] and not kept[0]  # the newest kept, the oldest gone
+    assert sum(kept) <= 4

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
 from orchestrator.errors import BusUnavailable
@@ -105,7 +105,9 @@ class JobLogs:
     def stream(self) -> str:
         return self._bus.subjects.job_logs_stream
 
-    async def ensure_stream(self, max_age_s: float) -> None:
+    async def ensure_stream(self, max_age_s: float, max_bytes: int) -> None:
+        """The stream, keeping output `max_age_s` and at most `max_bytes` in all (the oldest
+        output goes first when full: a deployment's disk is bounded, not only each job's log)."""
         await self._bus.ensure_stream(
             StreamConfig(
                 name=self.stream,
@@ -113,6 +115,8 @@ class JobLogs:
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 max_age=max_age_s,
+                max_bytes=max_bytes,
+                discard=DiscardPolicy.OLD,
                 duplicate_window=DEDUP_WINDOW_S,
                 allow_direct=True,  # reads are direct gets, answered without a consumer
             )

@@ -168,7 +168,7 @@ class Api(Service):
         return app
 
     async def on_start(self) -> None:
-        await self.logs.logs.ensure_stream(self.settings.log_retention_s)
+        await self.logs.logs.ensure_stream(self.settings.log_retention_s, self.settings.log_store_max_bytes)
         await self.takes.start(self)
         await self.why.start(self)
         runner = web.AppRunner(self.app, access_log=None)
