@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import statistics
@@ -21,7 +20,7 @@ import sys
 import time
 from typing import Any
 
-from bench.harness import percentiles, report, simulated_runners, stack, until
+from bench.harness import percentiles, scenario_command, simulated_runners, until
 from orchestrator.runtime import Runtime
 from orchestrator.store import Store
 from schemas.jobs import JobSpec
@@ -179,14 +178,5 @@ async def run_all(runtime: Runtime, quick: bool) -> dict[str, Any]:
     return results
 
 
-async def main(quick: bool) -> dict[str, Any]:
-    async with stack() as runtime:
-        results = await run_all(runtime, quick)
-    report("dispatch", results)
-    return results
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes: checks it runs, not how fast")
-    asyncio.run(main(parser.parse_args().quick))
+    scenario_command("dispatch", run_all, __doc__ or "")

@@ -3,6 +3,7 @@ orchestrator's services, simulated runners whose jobs are no-ops, and percentile
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -96,6 +97,20 @@ def percentiles(values_ms: list[float]) -> dict[str, float]:
         "p99": round(q[98], 3),
         "max": round(values[-1], 3),
     }
+
+
+def scenario_command(name: str, run_all: Callable[[Runtime, bool], Awaitable[dict[str, Any]]], doc: str) -> None:
+    """`python -m bench.<name> [--quick]`: `run_all` on its own stack, reported as `name`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: checks it runs, not how fast")
+    quick = parser.parse_args().quick
+
+    async def main() -> None:
+        async with stack() as runtime:
+            results = await run_all(runtime, quick)
+        report(name, results)
+
+    asyncio.run(main())
 
 
 def report(name: str, results: dict[str, Any], out_dir: Path = Path("bench-results")) -> None:

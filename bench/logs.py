@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -26,7 +25,7 @@ from typing import Any
 import aiohttp
 
 from bench import dispatch
-from bench.harness import report, stack, until
+from bench.harness import scenario_command, until
 from orchestrator.runtime import Runtime
 from schemas.jobs import JobSpec
 from tests.factories import pool
@@ -146,14 +145,5 @@ async def run_all(runtime: Runtime, quick: bool) -> dict[str, Any]:
     return results
 
 
-async def main(quick: bool) -> dict[str, Any]:
-    async with stack() as runtime:
-        results = await run_all(runtime, quick)
-    report("logs", results)
-    return results
-
-
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes: checks it runs, not how fast")
-    asyncio.run(main(parser.parse_args().quick))
+    scenario_command("logs", run_all, __doc__ or "")
