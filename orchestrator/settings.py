@@ -79,8 +79,10 @@ class Settings(BaseSettings):
     # kept this long after it was written.
     log_max_bytes: int = Field(default=16 * 1024 * 1024, ge=2 * 64 * 1024)
     log_retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
-    # All jobs' output together at most (the oldest goes first): the deployment's disk is bounded.
-    log_store_max_bytes: int = Field(default=10 * 1024**3, gt=0)
+    # All jobs' output together at most (the oldest goes first). Unset: bounded by age only.
+    # JetStream books this much of its disk for the stream up front, and refuses a stream it
+    # has no room for: set it within the NATS server's file store.
+    log_store_max_bytes: int | None = Field(default=None, gt=0)
     # A runner that cannot store a chunk of output for this long drops the rest of the attempt's
     # output (with a warning) rather than hold the job's end report.
     log_ship_timeout_s: float = Field(default=60.0, gt=0)

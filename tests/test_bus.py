@@ -21,7 +21,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[RunnerHeartbeat] = []
 
-    async def __call__(self, event: RunnerHeartbeat, msg: object) -> Reply:
+    async def __call__(self, event: RunnerHeartbeat) -> Reply:
         self.calls.append(event)
         return Reply(ok=True)
 
@@ -107,7 +107,7 @@ async def test_intake_fetch_returns_a_lone_job_at_once_and_a_backlog_in_one_batc
     await eventually(lambda: _pull_waiting(bus, stream), what="the fetch to wait on the server")
     await bus.submit(b'{"pool": "p"}', "lone")
     lone = await asyncio.wait_for(fetching, 20)
-    assert [m.headers["Nats-Msg-Id"] for m in lone] == ["lone"]  # type: ignore[index]
+    assert [m.headers["Nats-Msg-Id"] for m in lone] == ["lone"]
     for i in range(50):
         await bus.submit(b'{"pool": "p"}', f"k{i}")
     backlog = await asyncio.wait_for(bus.fetch(intake, 100, timeout=60), 20)

@@ -105,9 +105,9 @@ class JobLogs:
     def stream(self) -> str:
         return self._bus.subjects.job_logs_stream
 
-    async def ensure_stream(self, max_age_s: float, max_bytes: int) -> None:
-        """The stream, keeping output `max_age_s` and at most `max_bytes` in all (the oldest
-        output goes first when full: a deployment's disk is bounded, not only each job's log)."""
+    async def ensure_stream(self, max_age_s: float, max_bytes: int | None) -> None:
+        """The stream, keeping output `max_age_s` and, given `max_bytes`, at most that much in all
+        (the oldest goes first when full). JetStream books `max_bytes` of its disk up front."""
         await self._bus.ensure_stream(
             StreamConfig(
                 name=self.stream,
@@ -115,7 +115,7 @@ class JobLogs:
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 max_age=max_age_s,
-                max_bytes=max_bytes,
+                max_bytes=max_bytes or -1,
                 discard=DiscardPolicy.OLD,
                 duplicate_window=DEDUP_WINDOW_S,
                 allow_direct=True,  # reads are direct gets, answered without a consumer
