@@ -39,6 +39,7 @@ from uuid import UUID
 from orchestrator import telemetry
 from orchestrator.bus.job_logs import JobLogs, LogChunk
 from orchestrator.errors import BusUnavailable
+from orchestrator.retrying import retrying
 
 CHUNK_BYTES = 64 * 1024
 FLUSH_EVERY_S = 0.25
@@ -223,17 +224,18 @@ class JobOutput:
 
     async def _until_done(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         """`call()` until the stream answers, for up to `ship_timeout_s` (then OutputLost)."""
-        delay = 0.05
-        give_up = time.monotonic() + self._ship_timeout_s
-        while True:
-            try:
-                return await call()
-            except BusUnavailable as exc:
-                if time.monotonic() + delay > give_up:
-                    raise OutputLost(f"cannot {what} for {self._ship_timeout_s:g}s: {exc}") from exc
-                log.warning("job %s: cannot %s, retrying: %s", self.job_id, what, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+        try:
+            return await retrying(
+                call,
+                retry_on=BusUnavailable,
+                what=f"job {self.job_id}: {what}",
+                log=log,
+                first_s=0.05,
+                max_s=RETRY_MAX_S,
+                give_up_after_s=self._ship_timeout_s,
+            )
+        except BusUnavailable as exc:
+            raise OutputLost(f"cannot {what} for {self._ship_timeout_s:g}s: {exc}") from exc
 
 
 async def pump_until(output: JobOutput, pumps: list[asyncio.Task[None]]) -> None:

@@ -36,6 +36,7 @@ from orchestrator.bus import Bus
 from orchestrator.bus.job_logs import JobLogs
 from orchestrator.errors import OrchestratorError, RequestFailed
 from orchestrator.lifecycle import Service
+from orchestrator.retrying import retrying
 from orchestrator.settings import RUNNER_REQUEST_TIMEOUT_S, Settings
 from schemas.events import (
     ErrorDetail,
@@ -385,11 +386,6 @@ class Runner(Service):
     async def _until_answered(self, send: Callable[[], Awaitable[R]], what: str, **extra: Any) -> R:
         """`send()` a request until capacity answers (ok, a duplicate, or refused as stale); a
         lost answer is not a refusal. Retried after 0.1 s, doubling to 5 s."""
-        delay = 0.1
-        while True:
-            try:
-                return await send()
-            except RequestFailed as exc:
-                self.log.warning("%s failed, retrying: %s", what, exc, extra=extra)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return await retrying(
+            send, retry_on=RequestFailed, what=what, log=self.log, first_s=0.1, max_s=5.0, extra=extra
+        )
