@@ -119,12 +119,11 @@ class JobOutput:
             await asyncio.shield(self._add(source, data))
 
     async def close(self) -> None:
-        """Ship what is left and mark the attempt's output complete; returns once stored."""
+        """Ship what is left; returns once all of it is stored."""
         async with self._lock:
             await self._flush()
             if self._skipped:
                 await self._queue.put([replace(c, tail=True) for c in _coalesced(self._ring)])
-        await self._queue.put(LogChunk(self.offset, self.attempt, "orchestrator", b"", end=True))
         await self._queue.put(None)
         send, tick = self._tasks
         tick.cancel()

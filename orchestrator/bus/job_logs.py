@@ -11,7 +11,8 @@ A chunk is one message: bytes of one source (stdout, stderr, or the orchestrator
 and headers naming its byte offset in the job's output, and the attempt. Offsets count every
 byte the job wrote (Buildkite's offset-addressed chunks), so they stay stable when the runner
 drops the middle of a long output: a reader sees the gap, and shows it as a marker line
-(`gap_note`). An attempt's output ends with an empty `end` chunk. A later attempt continues at
+(`gap_note`). Whether an attempt's output is complete is the job's state: a runner stores its
+output before it reports the end. A later attempt continues at
 the offset where the last one's output ended; a chunk of an older attempt stored after a newer
 attempt began (a lost runner still printing) is not part of the job's output.
 """
@@ -40,7 +41,7 @@ DEDUP_WINDOW_S = 300.0
 # How long a runner waits for JetStream to store a chunk before sending it again.
 STORE_TIMEOUT_S = 5.0
 # The headers of a chunk.
-OFFSET, ATTEMPT, SOURCE, END = "Orch-Offset", "Orch-Attempt", "Orch-Source", "Orch-End"
+OFFSET, ATTEMPT, SOURCE = "Orch-Offset", "Orch-Attempt", "Orch-Source"
 ERR_NO_MESSAGE_FOUND = 10037  # JetStream's answer to deleting a message it no longer has
 
 
@@ -50,7 +51,6 @@ class LogChunk:
     attempt: int
     source: str  # stdout, stderr, or orchestrator (its own notes)
     data: bytes
-    end: bool = False  # the attempt's output is complete
     tail: bool = False  # part of the exact tail stored at the end, over what was shown live
     seq: int = 0  # its sequence in the stream (0 until stored)
 
@@ -68,19 +68,15 @@ def gap_note(missing: int) -> bytes:
 
 
 def _headers(job_id: UUID, chunk: LogChunk, trace: dict[str, str]) -> dict[str, str]:
-    kind = ":end" if chunk.end else ":tail" if chunk.tail else ""
-    h = {
+    return {
         **trace,
         # Unique per chunk (a resend is stored once): the exact tail may repeat the offset of a
         # live chunk it replaces, and JetStream remembers an id after its message is deleted.
-        "Nats-Msg-Id": f"{job_id}:{chunk.attempt}:{chunk.offset}{kind}",
+        "Nats-Msg-Id": f"{job_id}:{chunk.attempt}:{chunk.offset}{':tail' if chunk.tail else ''}",
         OFFSET: str(chunk.offset),
         ATTEMPT: str(chunk.attempt),
         SOURCE: chunk.source,
     }
-    if chunk.end:
-        h[END] = "1"
-    return h
 
 
 def _chunk(seq: int, data: bytes | None, headers: dict[str, str] | None) -> LogChunk:
@@ -90,7 +86,6 @@ def _chunk(seq: int, data: bytes | None, headers: dict[str, str] | None) -> LogC
         attempt=int(h.get(ATTEMPT, 1)),
         source=h.get(SOURCE, "stdout"),
         data=data or b"",
-        end=h.get(END) == "1",
         seq=seq,
     )
 
