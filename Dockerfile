@@ -8,7 +8,7 @@ COPY pyproject.toml README.md ./
 COPY orchestrator ./orchestrator
 COPY services ./services
 COPY schemas ./schemas
-COPY bench ./bench
+COPY app ./app
 # Wheels for the project and its pinned dependencies, so the final stage needs no build tools.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

@@ -57,7 +57,7 @@ async def run(nats_url: str, dsn: str, store: Store, instances: int, count: int)
         "ORCH_LOG_LEVEL": "WARNING",
     }
     procs = [
-        await asyncio.create_subprocess_exec(sys.executable, "-m", "orchestrator.cli", "serve", "admission", env=env)
+        await asyncio.create_subprocess_exec(sys.executable, "-m", "app.cli", "serve", "admission", env=env)
         for _ in range(instances)
     ]
     try:

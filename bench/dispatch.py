@@ -20,8 +20,8 @@ import sys
 import time
 from typing import Any
 
+from app.runtime import Runtime
 from bench.harness import percentiles, scenario_command, simulated_runners, until
-from orchestrator.runtime import Runtime
 from orchestrator.store import Store
 from schemas.jobs import JobSpec
 from tests.factories import bulk_queue, pool

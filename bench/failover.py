@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.runtime import Runtime
 from bench.harness import stack
 from bench.procs import ServiceProcess
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from schemas.events import AdmissionResult, JobAssigned, JobSubmitted, LeaderElected
 from services.runner import Runner

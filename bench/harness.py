@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from app.runtime import Runtime
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from schemas.events import JobAssigned
 from schemas.jobs import JobState

@@ -24,9 +24,9 @@ from typing import Any
 
 import aiohttp
 
+from app.runtime import Runtime
 from bench import dispatch
 from bench.harness import scenario_command, until
-from orchestrator.runtime import Runtime
 from schemas.jobs import JobSpec
 from tests.factories import pool
 
@@ -48,7 +48,7 @@ async def real_runner(runtime: Runtime, name: str) -> AsyncIterator[int]:
     env = {**os.environ, "ORCH_NATS_URL": s.nats_url or "", "ORCH_NAMESPACE": s.namespace}
     args = ["runner", "--pool", name, "--labels", "printer", "--slots", "1", "--id", f"{name}-runner"]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator.cli", *args, env=env, stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", "app.cli", *args, env=env, stdout=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None

@@ -42,7 +42,7 @@ class ServiceProcess:
         self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "orchestrator.cli", *self.args],
+                [sys.executable, "-m", "app.cli", *self.args],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -1,5 +1,6 @@
-"""Orchestrator core: settings, bus, store, telemetry, lifecycle and the embedded stack.
+"""Orchestrator core: settings, the bus (the only importer of nats-py), the store (the only
+importer of asyncpg, with the job state machine's transitions and their outbox), telemetry, the
+service lifecycle, the provisioner contract and the embedded dev stack.
 
-No service logic lives here. Dependencies point one way: services -> orchestrator -> schemas.
-Only `runtime` and `cli` (the composition root) import services.
+No service logic lives here. May import `schemas`; never `services` nor `app`.
 """

@@ -1,4 +1,6 @@
-"""Provisioners: how a pool gets an ephemeral worker per job (seed 001), and the bundled `local` one.
+"""Provisioners: how a pool gets an ephemeral worker per job (seed 001): the contract a plugin
+implements, how a pool's provisioner is found, and how many workers to start. The bundled `local`
+one is in `app/local_provisioner.py`.
 
 A provisioned worker is a one-shot runner: it registers into the pool under the runner id it was
 given, the dispatcher hands it one job like any runner, it reports the job and exits. So its job
@@ -21,25 +23,16 @@ fails); `stop` deletes the Job. ECS is the same with RunTask / ListTasks / StopT
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib
-import multiprocessing
-import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from multiprocessing import forkserver
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from orchestrator import telemetry
 from orchestrator.errors import ConfigurationError
 
 ENTRY_POINT_GROUP = "orchestrator.provisioners"
-_log = telemetry.get_logger("provisioning")
 
 
 @dataclass(frozen=True)
@@ -138,92 +131,3 @@ def spawn_budget(
     if max_concurrent >= 0:
         budget = min(budget, max_concurrent - in_flight - free_slots - starting)
     return max(budget, 0)
-
-
-# What a local worker imports, loaded once into the fork server: a worker forked from it starts in
-# milliseconds instead of spending ~1 s of CPU importing them itself.
-WORKER_MODULES = ["orchestrator.provisioning", "orchestrator.cli", "orchestrator.bus", "services.runner"]
-# A local worker's name in the process table (`ps`, `top`, /proc/<pid>/comm).
-WORKER_NAME = "orch-worker"
-_FORK_SERVER = multiprocessing.get_context("forkserver")
-
-
-def _worker_main(argv: list[str], env: dict[str, str], log_path: str) -> None:
-    """A local worker, in the process the fork server made for it: its environment, its log and
-    its name, then `orchestrator runner --once ...`."""
-    os.environ.update(env)
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    os.close(log)
-    with contextlib.suppress(OSError):  # Linux only; elsewhere it keeps the server's name
-        Path("/proc/self/comm").write_text(WORKER_NAME)
-    from orchestrator.cli import main
-
-    try:
-        code = main(argv)
-    finally:
-        telemetry.shutdown()  # a forked process ends without running exit handlers
-    sys.exit(code)
-
-
-class LocalProvisioner:
-    """`local`: a one-shot `orchestrator runner --once` process per job, on this machine.
-
-    Workers are forked from a fork server (`multiprocessing`'s, started on the first spawn) that
-    has already imported what a worker runs, so the fleet turns over at the pace of its jobs,
-    not of Python's start-up. They are this process's to count: the live ones are those whose
-    exit the fork server has not reported yet. Output goes to `<data dir>/workers/<id>.log`."""
-
-    def __init__(self, ctx: ProvisionerContext, *, idle_timeout_s: float = 60.0) -> None:
-        self.ctx = ctx
-        self.idle_timeout_s = idle_timeout_s
-        self._procs: dict[str, tuple[BaseProcess, asyncio.Future[None]]] = {}
-
-    async def spawn(self, request: WorkerRequest) -> str:
-        logs = self.ctx.data_dir / "workers"
-        await asyncio.to_thread(logs.mkdir, parents=True, exist_ok=True)
-        # Once per process, off the loop: starting the server imports WORKER_MODULES (~1 s).
-        await asyncio.to_thread(_start_fork_server)
-        argv = [
-            *("runner", "--once", "--pool", request.pool, "--id", request.runner_id, "--slots", "1"),
-            *("--labels", ",".join(request.labels), "--idle-timeout", str(self.idle_timeout_s)),
-        ]
-        env = {**self.ctx.env, "ORCH_NATS_URL": self.ctx.nats_url, "ORCH_NAMESPACE": self.ctx.namespace}
-        log = str(logs / f"{request.runner_id}.log")
-        proc = _FORK_SERVER.Process(target=_worker_main, args=(argv, env, log), name=request.runner_id, daemon=True)
-        proc.start()  # a round trip to the running server (it forks and answers the pid)
-        loop = asyncio.get_running_loop()
-        exited = loop.create_future()
-        self._procs[request.runner_id] = (proc, exited)
-        loop.add_reader(proc.sentinel, self._exited, request.runner_id)
-        return request.runner_id
-
-    def _exited(self, worker: str) -> None:
-        """The fork server reported the worker's exit on its sentinel: it is no longer live."""
-        proc, exited = self._procs.pop(worker)
-        asyncio.get_running_loop().remove_reader(proc.sentinel)
-        proc.join(0)  # reads the exit code the server sent
-        if proc.exitcode:
-            _log.warning("worker %s exited with %s", worker, proc.exitcode)
-        proc.close()
-        exited.set_result(None)
-        self.ctx.worker_exited(worker)
-
-    async def count_live(self) -> int:
-        return len(self._procs)
-
-    async def stop(self, worker: str) -> None:
-        held = self._procs.get(worker)
-        if held is not None:
-            held[0].terminate()  # SIGTERM: the runner drains, its job gets the stop timeout
-            await asyncio.shield(held[1])
-
-    async def close(self) -> None:
-        """Stop every worker this process started."""
-        await asyncio.gather(*(self.stop(worker) for worker in list(self._procs)))
-
-
-def _start_fork_server() -> None:
-    _FORK_SERVER.set_forkserver_preload(WORKER_MODULES)  # only read when the server starts
-    forkserver.ensure_running()

@@ -1,1 +1,4 @@
-"""The typed contract: pydantic models of every event and API body. Imports only pydantic."""
+"""The typed contract: pydantic models of every event and API body.
+
+Imports only pydantic and itself.
+"""

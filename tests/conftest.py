@@ -18,9 +18,9 @@ import aiohttp
 import asyncpg
 import pytest
 
+from app.runtime import Runtime
 from orchestrator.bus import Bus, Subjects
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 

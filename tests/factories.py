@@ -7,7 +7,7 @@ from typing import Any
 from orchestrator.store import NewJob, RunnerSpec, Store
 from schemas.jobs import JobSpec
 from schemas.pools import PoolConfig
-from services.admission_rules import new_job
+from services.admission.rules import new_job
 
 
 def job(pool: str = "default", **fields: Any) -> NewJob:

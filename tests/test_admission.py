@@ -13,15 +13,15 @@ import aiohttp
 import asyncpg
 import pytest
 
+from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.pools import change_pool
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import AdmissionResult, JobAdmitted, JobRejected
 from schemas.pools import PoolConfig
 from services.admission import Admission
-from services.admission_rules import retry_after_s
+from services.admission.rules import retry_after_s
 from tests.support import Listener, eventually
 
 # What each door reports, normalized: (outcome or error code, error field, job id, retry-after seconds).

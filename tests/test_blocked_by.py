@@ -8,8 +8,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from app.runtime import Runtime
 from orchestrator.bus import Bus
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import CapacityUnknown

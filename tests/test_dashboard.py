@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from orchestrator.runtime import Runtime
+from app.runtime import Runtime
 from orchestrator.settings import Settings
 from tests.support import eventually, with_tokens
 

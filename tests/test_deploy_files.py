@@ -11,15 +11,16 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from orchestrator.cli import parser
+from app.cli import parser
+from app.runtime import SERVICES
 from orchestrator.health import roles_from_argv
 from orchestrator.pools import load_pools_file
-from orchestrator.runtime import SERVICES
 from orchestrator.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,3 +196,11 @@ def test_health_fails_and_says_why(settings: Settings) -> None:
     result = health({**env, "ORCH_HTTP_PORT": "9"}, "api")
     assert result.returncode == 1
     assert result.stderr.startswith("unhealthy: http:"), result.stderr
+
+
+def test_the_image_holds_every_package_the_wheel_is_built_from() -> None:
+    """`pip wheel .` in the image's build stage sees only what it copied: a package left out is
+    missing from the image (the wheel's entry point is `app.cli:main`)."""
+    wanted = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = set(re.findall(r"^COPY (\w+) \./\1$", (ROOT / "Dockerfile").read_text(), re.M))
+    assert {pattern.rstrip("*") for pattern in wanted} == copied

@@ -16,8 +16,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from app.runtime import Runtime
 from orchestrator.bus import Bus
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import CapacityUnknown, JobAssigned, Reply, RunnerRegistered

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from app.runtime import Runtime
 from orchestrator.bus import Bus
-from orchestrator.runtime import Runtime
 from schemas.events import AdmissionResult, JobAdmitted, JobFinished, JobSubmitted
 from tests.support import Listener, eventually
 

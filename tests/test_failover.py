@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from app.runtime import Runtime
 from bench.procs import ServiceProcess
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from schemas.events import AdmissionResult, JobSubmitted, LeaderElected, LeaderLost
 from services.runner import Runner

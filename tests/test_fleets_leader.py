@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from app.runtime import Runtime
 from orchestrator.bus import Bus
-from orchestrator.runtime import Runtime
 from orchestrator.store import Store
 from schemas.events import PoolLeaderChanged
 from schemas.jobs import JobSpec

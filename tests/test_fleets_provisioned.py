@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from app.local_provisioner import WORKER_NAME, LocalProvisioner
+from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.errors import ConfigurationError, StoreError
-from orchestrator.provisioning import WORKER_NAME, LocalProvisioner, ProvisionerContext, WorkerRequest
-from orchestrator.runtime import Runtime
+from orchestrator.provisioning import ProvisionerContext, WorkerRequest
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import CapacityUnknown, JobAssigned

@@ -19,9 +19,9 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.bus.bus import BATCH_HEADER
-from orchestrator.runtime import Runtime
 from orchestrator.store import Store
 from schemas import events as ev
 from services.runner import Runner

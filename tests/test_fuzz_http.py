@@ -13,8 +13,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from app.runtime import Runtime
 from orchestrator.pools import change_pool
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.api import FinishBody

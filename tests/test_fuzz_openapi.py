@@ -20,7 +20,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from orchestrator.runtime import Runtime
+from app.runtime import Runtime
 from services.api.take import MAX_WAIT_S
 from tests.fuzz import FUZZ, count
 from tests.test_fuzz_http import default_pool  # noqa: F401  (a fixture)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from orchestrator.runtime import Runtime
+from app.runtime import Runtime
 from orchestrator.store import Store
 
 

@@ -17,11 +17,11 @@ from uuid import uuid4
 import aiohttp
 import pytest
 
+from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.bus.job_logs import Assembly, JobLogs, LogChunk, gap_note
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
-from services import job_output
+from services.runner import job_output
 from tests.support import alive, eventually
 
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}

@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.bus.lease import Lease, read_lease
 from orchestrator.leadership import Leadership
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import RunnerSpec, Store
 from schemas.events import LeaderElected, LeaderLost

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
+from app.runtime import SERVICES, Runtime
 from orchestrator.bus import Bus
-from orchestrator.runtime import SERVICES, Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from tests.support import eventually

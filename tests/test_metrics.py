@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.runtime import Runtime
+from app.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from tests.support import eventually

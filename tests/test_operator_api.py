@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from orchestrator.runtime import Runtime
+from app.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.api import FinishBody

@@ -22,13 +22,13 @@ import asyncpg
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from app.runtime import Runtime
 from bench.procs import ServiceProcess, start_all
 from orchestrator import failpoints
 from orchestrator.bus import Bus, Subjects, job_events
 from orchestrator.bus.subjects import JOB_EVENT_VERBS, job_news
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.outbox import OutboxRelay
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from tests import factories

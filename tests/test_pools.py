@@ -11,11 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from app.cli import main
+from app.runtime import Runtime
 from orchestrator.bus import Bus
-from orchestrator.cli import main
 from orchestrator.errors import ConfigurationError
 from orchestrator.pools import change_pool
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import JobFinished, PoolUpdated

@@ -16,9 +16,9 @@ from uuid import UUID
 import aiohttp
 import pytest
 
+from app.runtime import Runtime
 from bench.procs import ServiceProcess, start_all
 from orchestrator.bus import Bus
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import (

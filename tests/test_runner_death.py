@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from app.runtime import Runtime
 from bench.procs import ServiceProcess
 from orchestrator.bus import Bus
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from tests import factories
 from tests.support import alive, eventually

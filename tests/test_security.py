@@ -17,13 +17,13 @@ import aiohttp
 import pytest
 import trustme
 
+from app.runtime import Runtime
 from bench.procs import ServiceProcess
 from orchestrator import logs
 from orchestrator.bus import Bus
 from orchestrator.embedded import EmbeddedNats
 from orchestrator.errors import BusUnavailable
 from orchestrator.redact import MASK, Redactor, redact_url
-from orchestrator.runtime import Runtime
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from services.api.routes import PUBLIC

@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from app.runtime import Runtime
 from orchestrator.bus import Bus
-from orchestrator.runtime import Runtime
 from orchestrator.store import Store
 from services.runner import Runner
 from tests import factories

@@ -11,8 +11,8 @@ from typing import Any
 
 import aiohttp
 
+from app.runtime import Runtime
 from orchestrator.bus import Bus
-from orchestrator.runtime import Runtime
 from orchestrator.store import Store
 from schemas.events import JobExpired
 from services.api.take import held_by

@@ -81,7 +81,7 @@ class Topology:
 
     def migrate(self) -> None:
         result = subprocess.run(
-            [sys.executable, "-m", "orchestrator.cli", "migrate"],
+            [sys.executable, "-m", "app.cli", "migrate"],
             env={**os.environ, **self.env},
             capture_output=True,
             text=True,
@@ -164,7 +164,7 @@ async def test_every_job_runs_exactly_once_across_the_scaled_out_services(
     port = topology.api_url.rsplit(":", 1)[1]
     health = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "orchestrator.cli", "health", "api"],
+        [sys.executable, "-m", "app.cli", "health", "api"],
         env={**os.environ, **topology.env, "ORCH_HTTP_PORT": port},
         capture_output=True,
         text=True,

@@ -19,8 +19,8 @@ from typing import Any
 
 from schemas.events import JobAssigned
 from schemas.jobs import JobState
-from services.job_output import JobOutput, pump_until
-from services.runner_watchdog import Watchdog
+from services.runner.job_output import JobOutput, pump_until
+from services.runner.watchdog import Watchdog
 
 Outcome = tuple[JobState, int | None, str | None]
 

@@ -10,7 +10,7 @@ label the pool cannot offer, a plan it does not allow, `max_concurrent = 0`: rej
 queued, seed 004); a key already used (same spec: the existing job, even when the pool is full,
 so a retry after a timeout is answered; another spec: conflict); over `max_active` (shed, seed
 001, with a Retry-After from the pool's drain over the last minute); else inserted. The rules
-themselves (pure functions) are services/admission_rules.py; this module is the doors.
+themselves (pure functions) are services/admission/rules.py; this module is the doors.
 
 Batching: the JetStream door fetches up to `fetch_batch` messages and decides them all in one
 transaction: each pool's admission lock taken once (in name order), its configuration and active
@@ -50,7 +50,7 @@ from schemas.events import (
 )
 from schemas.jobs import JobSpec
 from schemas.pools import PoolConfig
-from services.admission_rules import (
+from services.admission.rules import (
     Decision,
     Planned,
     Submission,

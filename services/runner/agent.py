@@ -52,9 +52,9 @@ from schemas.events import (
     StopOrder,
 )
 from schemas.jobs import JobState
-from services.job_output import JobOutput
-from services.job_process import Held, Outcome, run, signal_group
-from services.runner_watchdog import Watchdog
+from services.runner.job_output import JobOutput
+from services.runner.job_process import Held, Outcome, run, signal_group
+from services.runner.watchdog import Watchdog
 
 _tracer = telemetry.tracer("orchestrator.runner")
 

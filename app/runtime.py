@@ -1,6 +1,6 @@
 """The composition root: builds the connections and any subset of services, starts them in
-dependency order, and stops them all gracefully in reverse. The only module (with the CLI) that
-imports services; nothing in the core imports it.
+dependency order, and stops them all gracefully in reverse. Only `app/` imports services;
+nothing in the core imports it.
 
 With no `ORCH_NATS_URL` / `ORCH_DATABASE_URL` it first starts the embedded stack under the data
 dir (`orchestrator up`).
@@ -16,6 +16,8 @@ import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from app.local_provisioner import LocalProvisioner
+from app.metrics_server import MetricsServer
 from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
@@ -23,10 +25,9 @@ from orchestrator.errors import ConfigurationError
 from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
-from orchestrator.metrics_server import MetricsServer
 from orchestrator.outbox import OutboxRelay
 from orchestrator.pools import apply_pools_file
-from orchestrator.provisioning import LocalProvisioner, ProvisionerFactory
+from orchestrator.provisioning import ProvisionerFactory
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from services.admission import Admission

@@ -1,4 +1,4 @@
-"""Admission's rules, apart from its doors (services/admission.py): whether a spec can ever run in
+"""Admission's rules, apart from its doors (services/admission/doors.py): whether a spec can ever run in
 its pool, when a shed producer should retry, when a reservation expires, what a spec's row is, and
 what a key already used means. Pure functions and the values they pass around."""
 

@@ -4,51 +4,30 @@ running one over HTTP (`submit`, `jobs`, `logs`, `pools`, `pool set`, `runners`,
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
 import os
-import signal
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Coroutine
 from http.client import IncompleteRead
 from typing import TYPE_CHECKING, Any
 
-from orchestrator import logs
+from app.main_loop import run, setup_logging, until_signal
 from orchestrator.errors import OrchestratorError
 from orchestrator.redact import redact_url
 from orchestrator.settings import Settings, default_instance_id
 
 if TYPE_CHECKING:
-    from orchestrator.runtime import Runtime
+    from app.runtime import Runtime
 
-# The runtime, the store, the bus and the runner are imported by the commands that use them: a
-# provisioned worker (`runner --once`) starts per job, and importing every service would cost
-# each one most of a second; the HTTP client commands need none of them.
+# The runtime, the store, the bus and the runner are imported by the commands that use them:
+# importing every service costs most of a second, and the HTTP client commands need none of them.
 
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
-
-
-def _run(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:
-        return asyncio.run(coro)
-
-
-async def _until_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
 
 
 async def _serve(runtime: Runtime, announce: bool) -> int:
@@ -59,23 +38,23 @@ async def _serve(runtime: Runtime, announce: bool) -> int:
             e = runtime.endpoints()
             shown = " ".join(f"{name}={redact_url(url) if url else url}" for name, url in e.items())
             print(f"orchestrator ready {shown}", flush=True)  # the endpoints file has them whole
-        await _until_signal()
+        await until_signal()
     finally:
         await runtime.stop()
     return 0
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from orchestrator.runtime import SERVICES, Runtime
+    from app.runtime import SERVICES, Runtime
 
-    return _run(_serve(Runtime(settings, SERVICES, migrate=True), announce=True))
+    return run(_serve(Runtime(settings, SERVICES, migrate=True), announce=True))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from orchestrator.runtime import SERVICES, Runtime
+    from app.runtime import SERVICES, Runtime
 
     names = list(SERVICES) if "all" in args.services else args.services  # Runtime refuses unknown names
-    return _run(_serve(Runtime(settings, names, migrate=False), announce="api" in names))
+    return run(_serve(Runtime(settings, names, migrate=False), announce="api" in names))
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -93,51 +72,28 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"applied migrations: {applied or 'none (up to date)'}")
         return 0
 
-    return _run(go())
+    return run(go())
 
 
 def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
-    from orchestrator import telemetry
-    from orchestrator.bus import Bus
-    from services.runner import Runner
+    from app.runner_agent import RunnerOptions, serve_runner
 
-    async def go() -> int:
-        if not settings.nats_url:
-            raise OrchestratorError("set ORCH_NATS_URL to the NATS the orchestrator uses")
-        telemetry.setup("orchestrator-runner")
-        bus = Bus.from_settings(settings, name=f"runner-{args.id}")
-        await bus.connect()
-        labels = [x for x in args.labels.split(",") if x] if args.labels is not None else settings.runner_label_list()
-        runner = Runner(
-            settings,
-            bus,
-            runner_id=args.id,
-            pool=args.pool,
-            labels=labels,
-            slots=args.slots,
-            taints=args.taint,
-            once=args.once,
-            idle_timeout_s=args.idle_timeout if args.once else None,
-        )
-        try:
-            await runner.start()
-            print(f"runner {args.id} serving pool {args.pool} with {args.slots} slots", flush=True)
-            # A one-shot worker also ends when its job has.
-            waits = [asyncio.ensure_future(_until_signal()), asyncio.ensure_future(runner.finished.wait())]
-            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
-        finally:
-            await runner.stop()
-            await bus.close()
-        return 0
-
-    return _run(go())
+    labels = None if args.labels is None else [x for x in args.labels.split(",") if x]
+    options = RunnerOptions(
+        runner_id=args.id,
+        pool=args.pool,
+        labels=labels,
+        slots=args.slots,
+        taints=args.taint,
+        once=args.once,
+        idle_timeout_s=args.idle_timeout,
+    )
+    return run(serve_runner(settings, options))
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    from app.runtime import SERVICES
     from orchestrator import health
-    from orchestrator.runtime import SERVICES
 
     roles = args.roles or health.roles_from_argv(health.pid1_argv(), SERVICES)
     needs = health.needs_of(roles, settings)
@@ -152,7 +108,7 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
             print(f"healthy: {', '.join(sorted(needs)) or 'nothing to check'}")
         return 1 if problems else 0
 
-    return _run(go())
+    return run(go())
 
 
 # --- client commands (HTTP) -----------------------------------------------------------------------
@@ -374,7 +330,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = Settings()
-    logs.configure(os.environ.get("ORCH_LOG_LEVEL", "INFO"), secrets=settings.secret_values())
+    setup_logging(settings)
     try:
         return args.fn(args, settings)
     except (OrchestratorError, ApiError) as exc:

@@ -1,0 +1,58 @@
+"""A runner agent as a process of its own: `orchestrator runner`, and each worker the local
+provisioner forks (started by this function call, not by an argv). Imports only the bus and the
+runner service: a provisioned worker starts per job, and every other import costs it time."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from app.main_loop import until_signal
+from orchestrator import telemetry
+from orchestrator.bus import Bus
+from orchestrator.errors import OrchestratorError
+from orchestrator.settings import Settings
+from services.runner import Runner
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    runner_id: str
+    pool: str = "default"
+    labels: list[str] | None = None  # None: the settings' (ORCH_RUNNER_LABELS)
+    slots: int = 4
+    taints: list[str] = field(default_factory=list)
+    # Take exactly one job, report it and exit; give up if none came within the idle timeout.
+    once: bool = False
+    idle_timeout_s: float = 60.0
+
+
+async def serve_runner(settings: Settings, options: RunnerOptions) -> int:
+    """Serve the pool until SIGINT / SIGTERM (or, once, until the job has been reported)."""
+    if not settings.nats_url:
+        raise OrchestratorError("set ORCH_NATS_URL to the NATS the orchestrator uses")
+    telemetry.setup("orchestrator-runner")
+    bus = Bus.from_settings(settings, name=f"runner-{options.runner_id}")
+    await bus.connect()
+    runner = Runner(
+        settings,
+        bus,
+        runner_id=options.runner_id,
+        pool=options.pool,
+        labels=settings.runner_label_list() if options.labels is None else options.labels,
+        slots=options.slots,
+        taints=options.taints,
+        once=options.once,
+        idle_timeout_s=options.idle_timeout_s if options.once else None,
+    )
+    try:
+        await runner.start()
+        print(f"runner {options.runner_id} serving pool {options.pool} with {options.slots} slots", flush=True)
+        waits = [asyncio.ensure_future(until_signal()), asyncio.ensure_future(runner.finished.wait())]
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+    finally:
+        await runner.stop()
+        await bus.close()
+    return 0
