@@ -141,7 +141,7 @@ class Runtime:
         if self.migrate and "runner" in self.names:  # `up`: the local runner's pool must exist
             await self.store.pool_create_if_absent(s.runner_pool, s.runner_label_list())
         for name in self.names:
-            service = self._build(name)
+            service = self.build(name)
             self.services[name] = service
             await service.start()
         if s.metrics_port is not None and "api" not in self.names:
@@ -149,7 +149,8 @@ class Runtime:
             await self.services["metrics"].start()
         _log.info("serving %s as %s", ", ".join(self.names), s.instance_id)
 
-    def _build(self, name: str) -> Service:
+    def build(self, name: str) -> Service:
+        """A new, unstarted service `name` on this runtime's connections and counters."""
         s, store, bus = self.settings, self.store, self.bus
         assert store is not None and bus is not None
         m = self.metrics
@@ -164,7 +165,7 @@ class Runtime:
         if name == "dispatch":
             return Dispatch(s, store, bus, leadership=self.leadership, metrics=m)
         if name == "provisioner":
-            return Provisioning(s, store, bus, self.provisioners, leadership=self.leadership)
+            return Provisioning(s, store, bus, self.provisioners, leadership=self.leadership, metrics=m)
         if name == "api":
             return Api(s, store, bus, metrics=m)
         return self._runner or Runner(

@@ -28,7 +28,7 @@ from tests.factories import bulk_queue, pool
 
 
 async def fetch(store: Store, sql: str, *args: Any) -> list[Any]:
-    async with store._conn() as conn:
+    async with store.connection() as conn:
         return await conn.fetch(sql, *args)
 
 

@@ -1,8 +1,10 @@
 """The service lifecycle every service shares.
 
 `start()` returns once the service is serving; `stop()` waits until it has stopped, is safe
-before `start()` and safe to call twice. Background loops are spawned through the service, so
-stopping cancels exactly what the service started, in reverse order.
+before `start()` and safe to call twice. A stopped service is not started again (`start()`
+raises): what it held is released for good, so a new one is built instead. Background loops
+are spawned through the service, so stopping cancels exactly what the service started, in
+reverse order.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class Service:
         return self._started and not self._stopped
 
     async def start(self) -> None:
+        if self._stopped:
+            raise RuntimeError(f"{self.name} was stopped: build a new one to start again")
         if self._started:
             return
         self._started = True

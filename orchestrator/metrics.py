@@ -77,6 +77,13 @@ class Metrics:
             ["pool", "status"],
             registry=r,
         )
+        self.fleet = Counter(
+            "orchestrator_fleet_reconciles",
+            "Provisioner outcomes by pool: spawned (a worker started), at_cap (a worker wanted past max_workers), "
+            "capacity_unknown (the fleet could not be counted, so nothing was spawned).",
+            ["pool", "outcome"],
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "orchestrator_queue_wait_seconds",
             "Time from admission to assignment of the jobs this process dispatched.",
@@ -99,6 +106,11 @@ class Metrics:
             registry=r,
         )
         self._peaks: dict[str, int] = {}
+
+    def count(self, name: str, **labels: str) -> float:
+        """The value of a counter of this process (0 before its first increment): what a test or a
+        benchmark reads, the same number Prometheus scrapes."""
+        return self.registry.get_sample_value(f"{name}_total", labels) or 0.0
 
     def peak(self, pool: str, in_flight: int) -> None:
         if in_flight > self._peaks.get(pool, -1):

@@ -76,10 +76,6 @@ class Dispatch(Service):
         self.metrics = metrics or Metrics()
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
-        # Steps counted by status: `at_capacity` and `capacity_unknown` are the skip counters of
-        # seed 000 (`jobs_at_capacity_skips_total`); read by tests and the benchmark. Prometheus
-        # has the same per pool.
-        self.step_counts: dict[str, int] = {}
         # When a slot was announced free, per pool, until the next step there (wall clock: the
         # announcement is stamped by capacity, maybe in another process).
         self._slot_freed_at: dict[str, float] = {}
@@ -185,7 +181,6 @@ class Dispatch(Service):
         return claim_status
 
     def _count(self, pool: str, status: str) -> None:
-        self.step_counts[status] = self.step_counts.get(status, 0) + 1
         m = self.metrics
         m.steps.labels(pool, status).inc()
         if status == "at_capacity":

@@ -39,6 +39,7 @@ from orchestrator.bus import Bus
 from orchestrator.errors import ConfigurationError
 from orchestrator.leadership import Leadership, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
+from orchestrator.metrics import Metrics
 from orchestrator.provisioning import (
     Provisioner,
     ProvisionerContext,
@@ -72,6 +73,7 @@ class Provisioning(Service):
         config: ProvisionerConfig | None = None,
         *,
         leadership: Leadership | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self.settings = settings
@@ -80,6 +82,7 @@ class Provisioning(Service):
         self.factories = factories
         self.config = config or ProvisionerConfig()
         self.leadership = leadership
+        self.metrics = metrics or Metrics()
         self._fleets: dict[str, tuple[str, Provisioner]] = {}  # pool -> (provisioner name, instance)
         # Spawned, not registered yet: pool -> runner id -> (the provisioner's handle, spawned at).
         self._starting: dict[str, dict[str, tuple[str, float]]] = {}
@@ -88,8 +91,6 @@ class Provisioning(Service):
         self._exited: set[str] = set()
         self._gone: set[str] = set()  # workers that exited, to forget in Postgres
         self._kick = asyncio.Event()
-        # Reconcile outcomes: spawned (workers), capacity_unknown (failed counts), at_cap.
-        self.counts: dict[str, int] = {}
 
     async def on_start(self) -> None:
         # A pool naming a provisioner nobody can load is a configuration error: refuse to start.
@@ -171,11 +172,11 @@ class Provisioning(Service):
         self._fleets[pool] = (name, fleet)
         return fleet
 
-    def _count(self, what: str, n: int = 1) -> None:
-        self.counts[what] = self.counts.get(what, 0) + n
+    def _count(self, pool: str, outcome: str) -> None:
+        self.metrics.fleet.labels(pool, outcome).inc()
 
     async def _unknown(self, pool: str, reason: str) -> None:
-        self._count("capacity_unknown")
+        self._count(pool, "capacity_unknown")
         self.log.warning("fleet of %s not counted, spawning nothing: %s", pool, reason)
         await self.bus.publish(self.bus.subjects.capacity_unknown(pool), CapacityUnknown(pool=pool, reason=reason))
 
@@ -219,7 +220,7 @@ class Provisioning(Service):
             in_flight=demand["in_flight"],
         )
         if budget == 0 and demand["queued"] > demand["free_slots"] + len(starting):
-            self._count("at_cap")
+            self._count(pool, "at_cap")
         for _ in range(min(budget, self.config.max_spawn)):
             if not leads(self.leadership) or not await self._spawn(pool, fleet, demand, starting):
                 break
@@ -233,7 +234,7 @@ class Provisioning(Service):
             pool, runner_id, self.settings.instance_id, demand["max_workers"], self.config.start_timeout_s
         )
         if reserved is None:
-            self._count("at_cap")
+            self._count(pool, "at_cap")
             return False
         try:
             handle = await fleet.spawn(WorkerRequest(pool=pool, runner_id=runner_id, labels=list(demand["labels"])))
@@ -242,7 +243,7 @@ class Provisioning(Service):
             raise
         self._runner_ids[handle] = runner_id
         starting[runner_id] = (handle, time.monotonic())
-        self._count("spawned")
+        self._count(pool, "spawned")
         self.log.info("spawned worker %s for %s", runner_id, pool)
         return True
 

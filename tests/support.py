@@ -39,7 +39,7 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float
 async def in_flight_peak(store: Store, pool: str | None = None) -> int:
     """The most jobs (of `pool`, or of all) that ever held a slot at one instant, from the history
     in Postgres: +1 at each assignment, -1 at each end."""
-    async with store._conn() as conn:
+    async with store.connection() as conn:
         peak = await conn.fetchval(
             """SELECT max(n) FROM (SELECT sum(d) OVER (ORDER BY t, d) AS n FROM (
                    SELECT assigned_at AS t, 1 AS d FROM jobs WHERE $1::text IS NULL OR pool = $1
@@ -109,7 +109,7 @@ async def database_rows(store: Store) -> dict[str, list[str]]:
     search the whole database for a value. Taken once the outbox is empty: its rows are news in
     transit (a refusal's `rejected` event), relayed and deleted within moments."""
     await eventually(_outbox_empty(store), what="the outbox to be relayed")
-    async with store._conn() as conn:
+    async with store.connection() as conn:
         tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
         rows: dict[str, list[str]] = {}
         for (table,) in tables:

@@ -219,10 +219,10 @@ async def test_poison_is_terminated_recorded_and_never_redelivered(front: Runtim
     assert (got["poison-2"]["reason"], got["poison-2"]["field"]) == ("invalid", "priority")
     assert got["poison-2"]["stream_seq"] == 2
     assert len(await store.job_list(pool=None, state=None, key="good", limit=1)) == 1
-    admission = front.services["admission"]
-    assert isinstance(admission, Admission)
-    assert admission.rejected == {"malformed": 1, "invalid": 1}
-    assert admission.admitted == 1
+    counted = front.metrics.count
+    rejected = {reason: counted("orchestrator_jobs_rejected", reason=reason) for reason in ("malformed", "invalid")}
+    assert rejected == {"malformed": 1, "invalid": 1}
+    assert counted("orchestrator_jobs_admitted", pool="default") == 1
 
 
 async def test_a_burst_past_max_active_sheds_exactly_the_excess(
@@ -269,7 +269,7 @@ async def test_a_store_refusal_that_is_not_bad_input_is_redelivered_not_terminat
     store refuses the batch, but the job is fine. It is redelivered until the store takes it;
     only bad input is ever terminated."""
     await put_pool(store, bus, "default")
-    async with store._conn() as conn:
+    async with store.connection() as conn:
         await conn.execute("""
             CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN RAISE EXCEPTION 'cannot execute INSERT in a read-only transaction' USING ERRCODE = '25006'; END $$;
@@ -282,7 +282,7 @@ async def test_a_store_refusal_that_is_not_bad_input_is_redelivered_not_terminat
         return info.num_redelivered > 0
 
     await eventually(redelivered, what="the refused message to be redelivered")
-    async with store._conn() as conn:
+    async with store.connection() as conn:
         await conn.execute("DROP TRIGGER refuse ON jobs")
 
     async def admitted() -> bool:

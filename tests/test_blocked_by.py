@@ -31,7 +31,7 @@ def reasons(b: dict[str, Any]) -> list[str]:
 async def finished_lately(store: Store, n: int) -> None:
     """`n` jobs of pool default that ended in the last minute: a drain rate of n per minute."""
     ids = await factories.queue(store, n, payload={"command": ["true"]}, priority=-10)
-    async with store._conn() as conn:
+    async with store.connection() as conn:
         await conn.execute("UPDATE jobs SET state = 'succeeded', finished_at = now() WHERE id = ANY($1::uuid[])", ids)
 
 

@@ -55,7 +55,7 @@ async def test_runnable_job_is_found_without_scanning_unrunnable_ones(store: Sto
     (wanted,) = await factories.queue(store, 1, labels=["linux"])
     # The plan touches only the matching shape's index range, whatever waits elsewhere
     # (measured in a transaction rolled back, since EXPLAIN ANALYZE runs the claim).
-    async with store._conn() as conn:
+    async with store.connection() as conn:
         tx = conn.transaction()
         await tx.start()
         plan = await conn.fetchval(

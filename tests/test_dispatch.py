@@ -28,7 +28,7 @@ from tests.support import Listener, eventually, in_flight_peak
 
 
 async def count(store: Store, sql: str, *args: object) -> int:
-    async with store._conn() as conn:
+    async with store.connection() as conn:
         return await conn.fetchval(sql, *args)
 
 
@@ -201,7 +201,7 @@ async def test_unreachable_store_means_capacity_unknown_and_no_dispatch(
             database,
         )
         async with Listener(bus, bus.subjects.capacity_unknown(), CapacityUnknown) as unknown:
-            dispatch._started = True  # drive steps by hand: no subscriptions, no sweep
+            # Steps driven by hand (never started: no subscriptions, no sweep).
             assert await dispatch.step("default") == "capacity_unknown"
             assert (await unknown.wait()).pool == "default"
         await admin.execute(f"ALTER DATABASE {database} ALLOW_CONNECTIONS true")

@@ -30,7 +30,7 @@ from tests.support import Listener, eventually, in_flight_peak
 
 
 async def count(store: Store, sql: str, *args: object) -> int:
-    async with store._conn() as conn:
+    async with store.connection() as conn:
         return await conn.fetchval(sql, *args)
 
 
@@ -193,7 +193,7 @@ async def test_local_fleet_never_exceeds_its_cap_and_every_job_finishes(fleets: 
     assert 1 <= peak <= 2, peak  # and the process table agrees
     # One worker per job, each a runner that took exactly one.
     assert await count(store, "SELECT count(DISTINCT runner_id) FROM jobs WHERE pool = $1", pool) == 10
-    assert fleets.service("provisioner").counts["spawned"] == 10
+    assert fleets.runtime.metrics.count("orchestrator_fleet_reconciles", pool=pool, outcome="spawned") == 10
 
 
 async def test_a_failed_count_spawns_nothing_and_jobs_run_once_counting_recovers(
@@ -207,7 +207,7 @@ async def test_a_failed_count_spawns_nothing_and_jobs_run_once_counting_recovers
     [fleet] = fleets.made
     assert fleet.spawned == []  # never blind past the cap
     assert await count(store, "SELECT count(*) FROM jobs WHERE pool = 'p' AND state = 'queued'") == 4
-    assert fleets.service("provisioner").counts["capacity_unknown"] >= 1
+    assert fleets.runtime.metrics.count("orchestrator_fleet_reconciles", pool="p", outcome="capacity_unknown") >= 1
 
     fleet.broken = False  # the next sweep counts, and spawns
     await eventually(lambda: all_succeeded(store, "p", 4), timeout=20, what="the jobs to run once counting recovers")

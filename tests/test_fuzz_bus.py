@@ -188,7 +188,7 @@ INTAKE_SPEC = {"pool": NOWHERE, "payload": {"command": ["true"]}}
 
 
 async def _rejection(store: Store, seq: int) -> dict[str, Any] | None:
-    async with store._conn() as conn:
+    async with store.connection() as conn:
         row = await conn.fetchrow("SELECT * FROM rejections WHERE stream_seq = $1", seq)
     return dict(row) if row else None
 

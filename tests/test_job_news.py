@@ -29,7 +29,7 @@ MODELS: dict[str, type[Envelope]] = {m.__name__: m for m in KINDS}
 
 
 async def outbox_rows(store: Store) -> list[dict[str, Any]]:
-    async with store._conn() as conn:
+    async with store.connection() as conn:
         return [dict(r) for r in await conn.fetch("SELECT id, subject, body, durable FROM outbox ORDER BY seq")]
 
 

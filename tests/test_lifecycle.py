@@ -1,5 +1,6 @@
-"""Every service keeps the lifecycle contract: `stop` is safe before `start` and safe twice, and
-a service can be started and stopped many times (a fresh instance each time) without leaking."""
+"""Every service keeps the lifecycle contract: `stop` is safe before `start` and safe twice, a
+stopped service refuses to start again (it would seem to run while serving nothing), and a
+service can be started and stopped many times (a fresh instance each time) without leaking."""
 
 from __future__ import annotations
 
@@ -21,21 +22,25 @@ async def test_start_stop_many_times(name: str, settings: Settings, store: Store
     runtime = Runtime(settings, SERVICES, migrate=False)
     runtime.store, runtime.bus = store, bus
     await store.pool_create_if_absent(settings.runner_pool, settings.runner_label_list())
-    capacity = runtime._build("capacity")
+    capacity = runtime.build("capacity")
     if name == "runner":  # a runner registers with capacity as it starts
         await capacity.start()
-    never_started = runtime._build(name)
+    never_started = runtime.build(name)
     await never_started.stop()
     await never_started.stop()
     assert not never_started.running
+    with pytest.raises(RuntimeError, match=f"{never_started.name} was stopped"):
+        await never_started.start()
     before: int | None = None
     for _ in range(ROUNDS):
-        service = runtime._build(name)
+        service = runtime.build(name)
         await service.start()
         assert service.running
         await service.stop()
         await service.stop()
         assert not service.running
+        with pytest.raises(RuntimeError, match="was stopped"):
+            await service.start()
         # Measured after the first round: the NATS client keeps one response inbox for good.
         before = before or len(asyncio.all_tasks())
 

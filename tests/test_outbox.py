@@ -49,7 +49,7 @@ async def stream_events(bus: Bus, verb: str | None = None) -> list[dict[str, Any
 
 
 async def outbox_rows(store: Store) -> list[dict[str, Any]]:
-    async with store._conn() as conn:
+    async with store.connection() as conn:
         return [dict(r) for r in await conn.fetch("SELECT * FROM outbox ORDER BY seq")]
 
 

@@ -14,7 +14,7 @@ from tests import factories
 
 
 async def outbox(store: Store) -> list[dict[str, Any]]:
-    async with store._conn() as conn:
+    async with store.connection() as conn:
         rows = await conn.fetch("SELECT subject, body, durable FROM outbox ORDER BY seq")
     return [{"subject": r["subject"], "durable": r["durable"], **json.loads(r["body"])} for r in rows]
 

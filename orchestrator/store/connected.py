@@ -9,7 +9,7 @@ from typing import Any
 class Connected:
     """The base of each table's queries (`jobs.py`, `pools.py` ...); `Store` provides the pool."""
 
-    def _conn(self) -> AbstractAsyncContextManager[Any]:
+    def connection(self) -> AbstractAsyncContextManager[Any]:
         raise NotImplementedError
 
     def transaction(self) -> AbstractAsyncContextManager[Any]:

@@ -26,20 +26,20 @@ class FleetRows(Connected):
         return live + 1
 
     async def worker_count_live(self, pool: str, start_timeout_s: float) -> int:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             await conn.execute(Q["worker_prune"], pool, start_timeout_s)
             return int(await conn.fetchval(Q["worker_count_live"], pool, start_timeout_s))
 
     async def worker_forget(self, runner_id: str) -> None:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             await conn.execute(Q["worker_delete"], runner_id)
 
     async def dispatch_epoch_issue(self, shard: str, holder: str) -> int:
         """A new term for `holder`, newer than every earlier one of `shard`: its fencing epoch."""
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return int(await conn.fetchval(Q["dispatch_epoch_issue"], shard, holder))
 
     async def dispatch_epoch_get(self, shard: str) -> dict[str, Any] | None:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(Q["dispatch_epoch_get"], shard)
         return dict(row) if row else None

@@ -12,18 +12,18 @@ from orchestrator.store.rows import Job
 
 class JobReads(Connected):
     async def job_get(self, job_id: UUID) -> Job | None:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(Q["job_get"], job_id)
         return Job.from_record(row) if row else None
 
     async def job_list(self, *, pool: str | None, state: str | None, key: str | None, limit: int) -> list[Job]:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return [Job.from_record(r) for r in await conn.fetch(Q["job_list"], pool, state, key, limit)]
 
     async def job_count(self, pool: str) -> int:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return int(await conn.fetchval(Q["job_count_by_pool"], pool))
 
     async def rejection_list(self, *, reason: str | None, limit: int) -> list[dict[str, Any]]:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return [dict(r) for r in await conn.fetch(Q["rejection_list"], reason, limit)]

@@ -12,47 +12,47 @@ from orchestrator.store.queries import Q
 
 class PoolReads(Connected):
     async def pool_get(self, name: str) -> dict[str, Any] | None:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(Q["pool_get"], name)
         return dict(row) if row else None
 
     async def pool_list(self) -> list[dict[str, Any]]:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return [dict(r) for r in await conn.fetch(Q["pool_list"])]
 
     async def pool_create_if_absent(self, name: str, labels: Sequence[str]) -> None:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             await conn.execute(Q["pool_create_if_absent"], name, list(labels))
 
     async def pool_free(self, name: str) -> int:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return int(await conn.fetchval(Q["pool_free"], name) or 0)
 
     async def pools_with_queued(self) -> list[str]:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return [r["name"] for r in await conn.fetch(Q["pool_list_with_queued"])]
 
     async def pool_elect_leader(self, pool: str | None = None) -> list[dict[str, Any]]:
         """Elect leader-mode pools' leaders (`pool`, or all); the changes as {pool, previous, leader}."""
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return [dict(r) for r in await conn.fetch(Q["pool_elect_leader"], pool)]
 
     async def pools_provisioned(self) -> list[dict[str, Any]]:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return [dict(r) for r in await conn.fetch(Q["pool_list_provisioned"])]
 
     async def pool_fleet_demand(self, pool: str, max_queued: int) -> dict[str, Any] | None:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(Q["pool_fleet_demand"], pool, max_queued)
         return dict(row) if row else None
 
     async def pool_depth_list(self) -> list[dict[str, Any]]:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return [dict(r) for r in await conn.fetch(Q["pool_depth_list"])]
 
     async def metrics_snapshot(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Every pool's queue state, and runners counted by pool and state (metrics, dashboard)."""
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             pools = await conn.fetch(Q["metrics_pools"])
             runners = await conn.fetch(Q["metrics_runners"])
         return [dict(r) for r in pools], [dict(r) for r in runners]

@@ -13,32 +13,32 @@ from orchestrator.store.rows import Runner
 
 class RunnerRows(Connected):
     async def runner_mark_suspect(self, runner_id: str) -> None:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             await conn.execute(Q["runner_mark_suspect"], runner_id)
 
     async def runner_set_taints(self, runner_id: str, taints: Sequence[str]) -> dict[str, Any] | None:
         """Set the runner's taints (the exact set); {id, pool, taints}, or None if it is unknown."""
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(Q["runner_set_taints"], runner_id, list(taints))
         return dict(row) if row else None
 
     async def runners_known(self, runner_ids: Sequence[str]) -> set[str]:
         """Which of `runner_ids` have registered."""
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return {r["id"] for r in await conn.fetch(Q["runner_list_known"], list(runner_ids))}
 
     async def runner_list(self) -> list[Runner]:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return [Runner.from_record(r) for r in await conn.fetch(Q["runner_list"])]
 
     async def runner_get(self, runner_id: str) -> Runner | None:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(Q["runner_get"], runner_id)
         return Runner.from_record(row) if row else None
 
     async def runner_drain(self, runner_id: str) -> Runner | None:
         """The runner takes nothing more (an operator's drain, a runner stopping, a one-shot worker
         that took its job); its row, or None if it is unknown or lost."""
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(Q["runner_drain"], runner_id)
         return Runner.from_record(row) if row else None

@@ -99,7 +99,9 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows):
             self._pool = None
 
     @contextlib.asynccontextmanager
-    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection outside any transaction, its errors told as the store's: a
+        transition that is one statement is atomic without BEGIN and COMMIT round trips."""
         if self._pool is None:
             raise StoreUnavailable("the store is not connected")
         try:
@@ -120,16 +122,9 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows):
             await self._pool.release(conn)
 
     @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection outside any transaction, for this package's modules: a transition that
-        is one statement is atomic without BEGIN and COMMIT round trips."""
-        async with self._conn() as conn:
-            yield conn
-
-    @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection inside a transaction, for this package's modules (the transitions)."""
-        async with self._conn() as conn, conn.transaction():
+        async with self.connection() as conn, conn.transaction():
             yield conn
 
     # --- the outbox relay's side --------------------------------------------------------------
@@ -147,7 +142,7 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows):
             yield OutboxBatch(conn, rows)
 
     async def outbox_depth(self) -> int:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return int(await conn.fetchval(Q["outbox_depth"]))
 
     async def listen(self, channel: str, callback: Callable[[], None]) -> Callable[[], Any]:
@@ -168,5 +163,5 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows):
         return close
 
     async def migrate(self) -> list[int]:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return await migrate.apply(conn)

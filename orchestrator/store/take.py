@@ -15,12 +15,12 @@ class TakeReads(Connected):
         """A take client polls: heard from now (and until the end of a `wait_s` long poll); with
         `taking` (a runner id) it takes that runner. The job, or None if it is no longer live (or
         no longer held by `taking`)."""
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(Q["job_poll"], job_id, wait_s, taking)
         return Job.from_record(row) if row else None
 
     async def job_list_servo_live(self, unique_id: str) -> list[Job]:
-        async with self._conn() as conn:
+        async with self.connection() as conn:
             return [Job.from_record(r) for r in await conn.fetch(Q["job_list_servo_live"], unique_id)]
 
     async def job_waiting(self, job: dict[str, Any]) -> dict[str, Any]:

@@ -92,9 +92,6 @@ class Admission(Service):
         self.bus = bus
         self.config = config or AdmissionConfig()
         self.metrics = metrics or Metrics()
-        # Totals of this instance (tests read them); Prometheus has them by pool and reason.
-        self.admitted = 0
-        self.rejected: dict[str, int] = {}
 
     async def on_start(self) -> None:
         await self.bus.ensure_intake_stream()
@@ -209,13 +206,11 @@ class Admission(Service):
                     out = rejected(sub.key, pool, d.error.code, d.error.message, d.error.field)
                     news.append((self.bus.subjects.absolute(out.subject), out.event))
         for pool, n in admitted_by_pool.items():  # once per pool per batch: the hot path
-            self.admitted += n
             self.metrics.admitted.labels(pool).inc(n)
         await self.bus.publish_many(news)
         await announce_queued(self.bus, admitted_by_pool)
 
     def _count_rejected(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
         self.metrics.rejected.labels(reason).inc()
 
     # --- door: core request/reply (and HTTP through it) ------------------------------------------
