@@ -23,7 +23,7 @@ from orchestrator.health import roles_from_argv
 from orchestrator.pools import load_pools_file
 from orchestrator.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
