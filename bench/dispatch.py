@@ -21,10 +21,10 @@ import time
 from typing import Any
 
 from app.runtime import Runtime
+from bench.factories import bulk_queue, pool
 from bench.harness import percentiles, scenario_command, simulated_runners, until
 from orchestrator.store import Store
 from schemas.jobs import JobSpec
-from tests.factories import bulk_queue, pool
 
 
 async def fetch(store: Store, sql: str, *args: Any) -> list[Any]:

@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from app.runtime import Runtime
+from bench import factories
 from bench.harness import stack
 from bench.procs import ServiceProcess
 from orchestrator.settings import Settings
 from schemas.events import AdmissionResult, JobAssigned, JobSubmitted, LeaderElected
 from services.runner import Runner
-from tests import factories
 
 POOL = "bench"
 GOALS = {"kill -9": 3.0, "graceful stop": 0.25}

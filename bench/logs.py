@@ -26,9 +26,9 @@ import aiohttp
 
 from app.runtime import Runtime
 from bench import dispatch
+from bench.factories import pool
 from bench.harness import scenario_command, until
 from schemas.jobs import JobSpec
-from tests.factories import pool
 
 # `n` KiB as fast as it can, to its stdout or (`discard`) to /dev/null: the same job, with and
 # without the log path.

@@ -1,7 +1,7 @@
 """The chaos run's invariant checker: the database and the jobs' execution log, after the fact.
 
 Inputs: the jobs table, every state transition (recorded by a trigger the chaos run installs,
-`TRANSITIONS_SQL`), the execution log of `bench/chaos_job.py`, and each pool's cap. Each
+`TRANSITIONS_SQL`), the execution log of `job.py`, and each pool's cap. Each
 invariant yields a list of violations, human-readable; a correct run has none.
 """
 

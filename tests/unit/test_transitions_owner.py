@@ -10,7 +10,7 @@ from pathlib import Path
 
 from orchestrator.store.queries import Q, parse
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = [p for folder in ("orchestrator", "services", "schemas") for p in (ROOT / folder).rglob("*.py")]
 OWNER = ROOT / "orchestrator" / "store" / "transitions"
 # A write to the jobs table that sets or creates its state.

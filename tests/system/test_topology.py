@@ -33,7 +33,7 @@ from tests.support import eventually
 pytestmark = pytest.mark.slow
 
 JOBS = 2000
-POOLS_FILE = Path(__file__).resolve().parent.parent / "deploy" / "pools.toml"  # what compose mounts
+POOLS_FILE = Path(__file__).resolve().parents[2] / "deploy" / "pools.toml"  # what compose mounts
 LABELS = "linux,x86_64"  # compose's runners
 RUNNERS = 3
 SLOTS = 8

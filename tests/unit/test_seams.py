@@ -14,7 +14,7 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ("app", "orchestrator", "services", "schemas")
 PRODUCT = sorted(p for folder in LAYERS for p in (ROOT / folder).rglob("*.py"))
 # A library, and the one package that may import it.

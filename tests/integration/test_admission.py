@@ -21,7 +21,6 @@ from orchestrator.store import Store
 from schemas.events import AdmissionResult, JobAdmitted, JobRejected
 from schemas.pools import PoolConfig
 from services.admission import Admission
-from services.admission.rules import retry_after_s
 from tests.support import Listener, eventually
 
 # What each door reports, normalized: (outcome or error code, error field, job id, retry-after seconds).
@@ -183,13 +182,6 @@ async def test_retry_after_follows_the_pools_recent_drain(
         assert resp.status == 429
         assert resp.headers["Retry-After"] == "20"
         assert (await resp.json())["error"]["code"] == "overloaded"
-
-
-def test_retry_after_is_bounded() -> None:
-    assert retry_after_s(1, 0) == 60
-    assert retry_after_s(1, 6000) == 1
-    assert retry_after_s(2, 60) == 2
-    assert retry_after_s(100, 10) == 60
 
 
 async def test_the_same_job_twice_through_jetstream_is_one_row(front: Runtime, bus: Bus, store: Store) -> None:

@@ -1,7 +1,7 @@
 """The command of every chaos job: it records its own execution for the invariant checker.
 
-    python -I -S chaos_job.py LOG POOL sleep SECONDS
-    python -I -S chaos_job.py LOG POOL barrier N BARRIER_FILE
+    python -I -S job.py LOG POOL sleep SECONDS
+    python -I -S job.py LOG POOL barrier N BARRIER_FILE
 
 Appends `<monotonic ns> <start|tick|end> <job id> <runner> <attempt> <pid> <pool>` lines to LOG
 (one O_APPEND write each, so lines from concurrent jobs never interleave), a tick every 50 ms

@@ -45,11 +45,6 @@ async def test_consumer_continues_the_producers_trace(bus: Bus, monkeypatch: pyt
     assert await asyncio.wait_for(seen, 5) == sent_trace
 
 
-async def test_go_style_header_case_is_understood() -> None:
-    ctx = telemetry.extract({"Traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"})
-    assert trace.get_current_span(ctx).get_span_context().trace_id == 0x0AF7651916CD43DD8448EB211C80319C
-
-
 async def test_invalid_request_is_answered_with_the_field(bus: Bus) -> None:
     handler = Recorder()
     subject = bus.subjects.runner_heartbeat

@@ -1,29 +1,9 @@
-"""Chaos: kill -9 every process of the system, over and over, under load; then check the guarantees.
-
-    .venv/bin/python -m bench.chaos [--seconds N] [--seed S]
-
-Its own nats-server and Postgres (embedded, in a temporary directory), and each service as its own
-`orchestrator` process: capacity, admission, two dispatch instances (a standby exists) and
-runners, on one pool whose cap is below the runners' slots, so the cap binds. A producer submits
-jobs of random durations (`bench/chaos_job.py`, which logs its own execution) through the
-JetStream intake at a steady rate. Meanwhile, at seeded random intervals, one of: kill -9 of
-admission, of capacity, of the dispatch leader (found from the lease), of a runner, of
-nats-server, or an immediate (crash) stop of Postgres; each is started again at once (servers on
-the same port and data dir). Or a pause (SIGSTOP, then SIGCONT) longer than the timeout that
-watches it: Postgres (every process of it) past the runners' TTL, capacity past a runner's start
-request, a runner past its TTL (its jobs keep running: its watchdog must fence them), the
-dispatch leader past its lease. In-flight per pool is sampled from Postgres throughout.
-
-Then the load stops, every job must end, in-flight must be 0, no job's process may be left
-alive, and a burst of `cap` jobs that wait for one another must all run at once (no slot
-leaked). `bench.chaos_check` checks the rest over the database's transition history and the
-execution log. It prints the figures and writes
-bench-results/chaos.json; tests/test_chaos.py runs a short seeded run and wants zero violations.
-"""
+"""One chaos run: its servers and processes, the load, the faults, and the results with every
+violation the checker (check.py) and the observers (observe.py) found. The run is described in
+the package's docstring (tests/system/chaos/__init__.py)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -42,7 +22,6 @@ from typing import Any
 
 import asyncpg
 
-from bench import chaos_check
 from bench.harness import report
 from bench.procs import ServiceProcess, start_all
 from orchestrator.bus import Bus, Subjects
@@ -50,10 +29,12 @@ from orchestrator.bus.lease import read_lease
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.store import Store
 from tests.support import eventually
+from tests.system.chaos import check as chaos_check
+from tests.system.chaos.observe import IN_FLIGHT_SQL, fetch, orphans, sample_in_flight
 
 POOL = "chaos"
 NAMESPACE = "chaos"
-JOB = Path(__file__).resolve().parent / "chaos_job.py"
+JOB = Path(__file__).resolve().parent / "job.py"
 KILLS = ("admission", "capacity", "dispatch_leader", "runner", "nats", "postgres")
 # Each pause outlasts the timeout that watches what is paused (the run's settings below): the
 # runners' TTL (3 s), a runner's start request (5 s), the dispatch lease (2 s).
@@ -262,16 +243,6 @@ class Chaos:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
 
-    def orphans(self) -> list[str]:
-        """Job processes still alive once every job has ended: a stuck or fenced job left running."""
-        found = []
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            with contextlib.suppress(OSError):
-                args = cmdline.read_bytes().split(b"\0")
-                if str(JOB).encode() in args and str(self.exec_log).encode() in args:
-                    found.append(f"pid {cmdline.parent.name} still runs {b' '.join(args[-3:]).decode()}")
-        return found
-
     async def _leader(self) -> str:
         async def holder() -> str | None:
             try:
@@ -292,37 +263,11 @@ class Chaos:
 
     # --- observation -------------------------------------------------------------------------
 
-    async def sample(self, stop: asyncio.Event) -> None:
-        """In-flight per pool against its cap, from Postgres, every 50 ms (while it is up)."""
-        conn: asyncpg.Connection | None = None
-        peak = self.figures.sampled_peak
-        while not stop.is_set():
-            try:
-                conn = conn if conn is not None and not conn.is_closed() else await asyncpg.connect(self.dsn)
-                rows = await conn.fetch(IN_FLIGHT_SQL)
-                for r in rows:
-                    peak[r["name"]] = max(peak.get(r["name"], 0), r["in_flight"])
-                    if 0 <= r["max_concurrent"] < r["in_flight"]:
-                        self.figures.over_cap_samples.append(f"{r['name']}: {r['in_flight']} in flight")
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError):
-                conn = None  # Postgres is restarting
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.05)
-        if conn is not None:
-            await conn.close()
-
-    async def _fetch(self, sql: str) -> list[dict[str, Any]]:
-        conn = await asyncpg.connect(self.dsn)
-        try:
-            return [dict(r) for r in await conn.fetch(sql)]
-        finally:
-            await conn.close()
-
     async def settle(self, keys: set[str]) -> list[str]:
         """Wait until every job of `keys` is admitted and final; what is not, after the deadline."""
 
         async def pending() -> list[str]:
-            states = {r["key"]: r["state"] for r in await self._fetch("SELECT key, state FROM jobs")}
+            states = {r["key"]: r["state"] for r in await fetch(self.dsn, "SELECT key, state FROM jobs")}
             return [f"{k} is {states.get(k, 'not admitted')}" for k in keys if states.get(k) not in chaos_check.FINAL]
 
         async def none_pending() -> bool:
@@ -334,7 +279,7 @@ class Chaos:
 
     async def burst(self) -> list[str]:
         """No slot leaked: `cap` jobs that each wait for all the others must all run at once."""
-        rows = await self._fetch(IN_FLIGHT_SQL)
+        rows = await fetch(self.dsn, IN_FLIGHT_SQL)
         out = [f"{r['name']}: {r['in_flight']} in flight at rest" for r in rows if r["in_flight"]]
         barrier = self.root / "barrier"
         barrier.touch()
@@ -344,7 +289,7 @@ class Chaos:
             await self._submit(key, body)
             keys.add(key)
         out += [f"burst: {line}" for line in await self.settle(keys)]
-        rows = await self._fetch("SELECT key, state FROM jobs")
+        rows = await fetch(self.dsn, "SELECT key, state FROM jobs")
         out += [
             f"burst: {r['key']} {r['state']} (not all {self.config.cap} ran at once)"
             for r in rows
@@ -357,7 +302,8 @@ class Chaos:
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
         stop, sampling = asyncio.Event(), asyncio.Event()
-        sampler = asyncio.create_task(self.sample(sampling))
+        peaks, over_cap = self.figures.sampled_peak, self.figures.over_cap_samples
+        sampler = asyncio.create_task(sample_in_flight(self.dsn, peaks, over_cap, sampling))
         tasks = [asyncio.create_task(self.load(stop)), asyncio.create_task(self.chaos(stop))]
 
         async def long_enough() -> None:
@@ -372,15 +318,15 @@ class Chaos:
         loaded = time.monotonic()
         stuck = await self.settle(set(self.figures.submitted))
         settled = time.monotonic()
-        orphans = self.orphans()
+        orphans_left = orphans(JOB, self.exec_log)
         leaked = await self.burst()
         sampling.set()
         await sampler
         await self._restart_crashed()
 
-        jobs = await self._fetch("SELECT id, key, pool, state, attempt, max_attempts, reason, exit_code FROM jobs")
-        transitions = await self._fetch("SELECT * FROM chaos_transitions")
-        pools = await self._fetch("SELECT name, max_concurrent FROM pools")
+        jobs = await fetch(self.dsn, "SELECT id, key, pool, state, attempt, max_attempts, reason, exit_code FROM jobs")
+        transitions = await fetch(self.dsn, "SELECT * FROM chaos_transitions")
+        pools = await fetch(self.dsn, "SELECT name, max_concurrent FROM pools")
         executions = chaos_check.parse_log(self.exec_log.read_text().splitlines())
         violations = chaos_check.check(
             submitted=self.figures.submitted,
@@ -392,7 +338,7 @@ class Chaos:
         violations["final_exactly_once"] += stuck
         violations["cap_never_exceeded"] += self.figures.over_cap_samples
         violations["no_slot_leaked"] = leaked
-        violations["no_process_left"] = orphans
+        violations["no_process_left"] = orphans_left
         violations["no_process_crashed"] = self.figures.crashed
         self.violated = any(violations.values())
         states = Counter(j["state"] for j in jobs)
@@ -423,13 +369,6 @@ class Chaos:
         }
 
 
-IN_FLIGHT_SQL = """
-SELECT p.name, p.max_concurrent, count(j.id) AS in_flight
-FROM pools p LEFT JOIN jobs j ON j.pool = p.name AND j.state IN ('assigned', 'running')
-GROUP BY p.name, p.max_concurrent
-"""
-
-
 @contextlib.asynccontextmanager
 async def chaos_system(config: Config) -> AsyncIterator[Chaos]:
     """Servers and processes of one chaos run, in a directory of its own (outside any test's tmp
@@ -454,14 +393,3 @@ async def main(config: Config) -> dict[str, Any]:
         results = await chaos.run()
     report("chaos", results)
     return results
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=Config.seconds, help="of load and kills")
-    parser.add_argument("--seed", type=int, default=Config.seed)
-    parser.add_argument("--rounds", type=int, default=Config.rounds, help="at least this many kills of each kind")
-    parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs, data)")
-    args = parser.parse_args()
-    results = asyncio.run(main(Config(seconds=args.seconds, seed=args.seed, rounds=args.rounds, keep=args.keep)))
-    sys.exit(1 if any(results["violations"].values()) else 0)

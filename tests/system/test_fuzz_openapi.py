@@ -23,7 +23,7 @@ from schemathesis.checks import (
 from app.runtime import Runtime
 from services.api.take import MAX_WAIT_S
 from tests.fuzz import FUZZ, count
-from tests.test_fuzz_http import default_pool  # noqa: F401  (a fixture)
+from tests.system.test_fuzz_http import default_pool  # noqa: F401  (a fixture)
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 EXAMPLES_PER_OPERATION = 25

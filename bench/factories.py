@@ -1,0 +1,33 @@
+"""Row factories the benchmark seeds the store with, through the store's own admission: a job's
+row, a pool, a large backlog. Here, not in tests/factories.py (which re-exports them and adds
+the tests' own), because tests depend on bench and never the reverse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.store import NewJob, Store
+from schemas.jobs import JobSpec
+from schemas.pools import PoolConfig
+from services.admission.rules import new_job
+
+
+def job(pool: str = "default", **fields: Any) -> NewJob:
+    spec = JobSpec(pool=pool, **fields)
+    return new_job(spec.key, spec, "token", {})
+
+
+async def pool(store: Store, name: str = "default", **config: Any) -> dict[str, Any]:
+    async with store.transitions.pool_change(name) as tx:
+        return await tx.upsert({**PoolConfig().model_dump(mode="json"), **config})
+
+
+async def bulk_queue(store: Store, n: int, pool: str = "default", labels: Any = (), priority: int = 0) -> None:
+    """`n` queued no-op jobs, inserted in large batches: for backlogs too large to admit one by one."""
+    for start in range(0, n, 10_000):
+        jobs = [
+            job(pool, labels=list(labels), priority=priority, payload={"command": ["true"]})
+            for _ in range(min(10_000, n - start))
+        ]
+        async with store.transitions.admission([pool], []) as tx:
+            await tx.insert(jobs)
