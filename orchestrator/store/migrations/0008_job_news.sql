@@ -7,7 +7,7 @@
 -- itself would be volatile, and a volatile function here is not inlined, which cost 3x). `runner`
 -- and `why` are what the row no longer says (the runner a requeued job left, or the one told to
 -- let go; why it was requeued). Bodies are the models of schemas/events.py, field for field
--- (tests/test_job_news.py holds every kind to its model); subjects are relative to the
+-- (tests/integration/test_job_news.py holds every kind to its model); subjects are relative to the
 -- namespace, as orchestrator/bus/subjects.py names them. An unknown kind has no body, which the
 -- outbox refuses (NOT NULL): an error, never a silent drop.
 CREATE FUNCTION job_news(kind text, j jobs, id uuid, at timestamptz, runner text DEFAULT NULL, why text DEFAULT NULL)
