@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from orchestrator.bus import Bus
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from tests import history
 
 T = TypeVar("T")
 
@@ -36,18 +37,17 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float
         await asyncio.sleep(0.02)
 
 
-async def in_flight_peak(store: Store, pool: str | None = None) -> int:
-    """The most jobs (of `pool`, or of all) that ever held a slot at one instant, from the history
-    in Postgres: +1 at each assignment, -1 at each end."""
+async def record_history(store: Store) -> None:
+    """Record every job transition of the store's database from now on (`tests/history.py`)."""
     async with store.connection() as conn:
-        peak = await conn.fetchval(
-            """SELECT max(n) FROM (SELECT sum(d) OVER (ORDER BY t, d) AS n FROM (
-                   SELECT assigned_at AS t, 1 AS d FROM jobs WHERE $1::text IS NULL OR pool = $1
-                   UNION ALL
-                   SELECT finished_at, -1 FROM jobs WHERE $1::text IS NULL OR pool = $1) e) s""",
-            pool,
-        )
-    return int(peak or 0)
+        await history.record(conn)
+
+
+async def in_flight_peak(store: Store, pool: str) -> int:
+    """The most jobs of `pool` that ever held a slot at once, from the transition history (the
+    test called `record_history` before its jobs were admitted)."""
+    async with store.connection() as conn:
+        return history.in_flight_peaks(await history.read(conn)).get(pool, 0)
 
 
 class Listener:

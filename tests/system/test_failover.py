@@ -20,7 +20,7 @@ from orchestrator.settings import Settings
 from schemas.events import AdmissionResult, JobSubmitted, LeaderElected, LeaderLost
 from services.runner import Runner
 from tests import factories
-from tests.support import Listener, eventually
+from tests.support import Listener, eventually, in_flight_peak, record_history
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,6 @@ class Cluster:
         self.runtime = runtime
         self.procs = {p.instance_id: p for p in procs}
         self.ran_log = ran_log
-        self.max_in_flight = 0
         self.elected: Listener
         self.lost: Listener
 
@@ -45,13 +44,6 @@ class Cluster:
     @property
     def bus(self) -> Any:
         return self.runtime.bus
-
-    async def sample_in_flight(self) -> None:
-        """The pool's assigned + running count, as often as Postgres answers."""
-        while True:
-            busy = sum(1 for j in await self.jobs() if j["state"] in ("assigned", "running"))
-            self.max_in_flight = max(self.max_in_flight, busy)
-            await asyncio.sleep(0.005)
 
     async def leader(self, other_than: str | None = None) -> tuple[ServiceProcess, LeaderElected]:
         event = await self.elected.wait(lambda e: e.holder != other_than, timeout=30)
@@ -77,12 +69,12 @@ class Cluster:
         await eventually(lambda: self.finished(JOBS), timeout=60, what=f"all {JOBS} jobs to succeed")
         return await self.jobs()
 
-    def check(self, jobs: list[dict[str, Any]]) -> None:
+    async def check(self, jobs: list[dict[str, Any]]) -> None:
         assert len(jobs) == JOBS
         assert all(j["state"] == "succeeded" and j["attempt"] == 1 for j in jobs)  # none lost, none retried
         ran = self.ran_log.read_text().split()
         assert sorted(ran, key=int) == [str(i) for i in range(JOBS)]  # each ran exactly once
-        assert self.max_in_flight <= CAP
+        assert await in_flight_peak(self.store, "p") <= CAP  # from every transition, across the terms
         # One leader at a time: each election is a new, higher epoch, and every claim was made
         # under one of those terms.
         epochs = [e.epoch for e in self.elected.events]
@@ -95,6 +87,7 @@ async def cluster(settings: Settings, tmp_path: Path) -> AsyncIterator[Cluster]:
     runtime = Runtime(settings, ["capacity", "admission"])
     await runtime.start()
     assert runtime.store is not None and runtime.bus is not None
+    await record_history(runtime.store)
     await factories.pool(runtime.store, "p", max_concurrent=CAP, max_active=-1)
     runners = [Runner(settings, runtime.bus, runner_id=f"r{i}", pool="p", labels=[], slots=2) for i in range(2)]
     env = {
@@ -109,7 +102,6 @@ async def cluster(settings: Settings, tmp_path: Path) -> AsyncIterator[Cluster]:
     procs = [ServiceProcess(f"d{i}", ["dispatch"], env, tmp_path / "logs") for i in range(3)]
     cluster = Cluster(settings, runtime, procs, tmp_path / "ran.log")
     s = runtime.bus.subjects
-    sampler: asyncio.Task[None] | None = None
     try:
         for runner in runners:
             await runner.start()
@@ -120,11 +112,8 @@ async def cluster(settings: Settings, tmp_path: Path) -> AsyncIterator[Cluster]:
             for proc in procs:
                 proc.start()
             await asyncio.gather(*(proc.ready() for proc in procs))
-            sampler = asyncio.create_task(cluster.sample_in_flight())
             yield cluster
     finally:
-        if sampler is not None:
-            sampler.cancel()
         await asyncio.gather(*(proc.close() for proc in procs))
         for runner in runners:
             await runner.stop()
@@ -147,7 +136,7 @@ async def test_kill_9_of_the_leader_mid_drain(cluster: Cluster) -> None:
     old, old_term = await drain_then(cluster, signal.SIGKILL)
     _, new_term = await cluster.leader(other_than=old.instance_id)
     assert new_term.epoch > old_term.epoch
-    cluster.check(await cluster.all_done())
+    await cluster.check(await cluster.all_done())
     assert await old.wait_exit() == -signal.SIGKILL
 
 
@@ -164,7 +153,7 @@ async def test_a_paused_leader_is_replaced_and_fenced_when_it_resumes(cluster: C
     # It notices on its own (its renewal is refused, or its deadline has passed) and steps down.
     await cluster.lost.wait(lambda e: e.holder == old.instance_id and e.epoch == old_term.epoch, timeout=30)
     jobs = await cluster.all_done()
-    cluster.check(jobs)
+    await cluster.check(jobs)
     # Nothing was claimed under the old term after the new one began.
     assert {j["id"] for j in jobs if j["claim_epoch"] == old_term.epoch} <= claimed_by_old
     assert old.proc is not None and old.proc.poll() is None  # still running, as a standby
@@ -175,5 +164,5 @@ async def test_graceful_stop_hands_over_at_once(cluster: Cluster) -> None:
     await cluster.lost.wait(lambda e: e.holder == old.instance_id and e.reason == "released", timeout=30)
     _, new_term = await cluster.leader(other_than=old.instance_id)
     assert new_term.epoch > old_term.epoch
-    cluster.check(await cluster.all_done())
+    await cluster.check(await cluster.all_done())
     assert await old.wait_exit() == 0

@@ -1,7 +1,7 @@
 """The chaos run's invariant checker: the database and the jobs' execution log, after the fact.
 
-Inputs: the jobs table, every state transition (recorded by a trigger the chaos run installs,
-`TRANSITIONS_SQL`), the execution log of `job.py`, and each pool's cap. Each
+Inputs: the jobs table, every state transition (recorded by the trigger of
+`tests/history.py`, which the chaos run installs), the execution log of `job.py`, and each pool's cap. Each
 invariant yields a list of violations, human-readable; a correct run has none.
 """
 
@@ -12,34 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
-IN_FLIGHT = {"assigned", "running"}
+from tests import history
 
-# Every change of a job's state, in the order the changes were made (a job's transitions are
-# serialized by its row lock; a claim and a finish in one pool by the pool's count, so `seq`
-# orders them as they happened).
-TRANSITIONS_SQL = """
-CREATE TABLE IF NOT EXISTS chaos_transitions (
-    seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    job_id      uuid NOT NULL,
-    pool        text NOT NULL,
-    old_state   text,
-    new_state   text NOT NULL,
-    attempt     integer NOT NULL,
-    runner_id   text
-);
-CREATE OR REPLACE FUNCTION chaos_record_transition() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF TG_OP = 'INSERT' OR OLD.state IS DISTINCT FROM NEW.state THEN
-        INSERT INTO chaos_transitions (job_id, pool, old_state, new_state, attempt, runner_id)
-        VALUES (NEW.id, NEW.pool, CASE WHEN TG_OP = 'UPDATE' THEN OLD.state END, NEW.state, NEW.attempt,
-                NEW.runner_id);
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE OR REPLACE TRIGGER chaos_transitions AFTER INSERT OR UPDATE ON jobs
-    FOR EACH ROW EXECUTE FUNCTION chaos_record_transition();
-"""
+FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
 
 
 @dataclass
@@ -167,13 +142,7 @@ def _cap_never_exceeded(
         if 0 <= cap < peak:
             out.append(f"{pool}: {peak} commands ran at once (execution log), cap {cap}")
     # From the database's history: jobs assigned or running at once.
-    n: dict[str, int] = defaultdict(int)
-    peak_db: dict[str, int] = defaultdict(int)
-    for tr in sorted(transitions, key=lambda tr: tr["seq"]):
-        pool = tr["pool"]
-        n[pool] += (tr["new_state"] in IN_FLIGHT) - (tr["old_state"] in IN_FLIGHT)
-        peak_db[pool] = max(peak_db[pool], n[pool])
-    for pool, peak in peak_db.items():
+    for pool, peak in history.in_flight_peaks(transitions).items():
         cap = caps.get(pool, -1)
         if 0 <= cap < peak:
             out.append(f"{pool}: {peak} jobs in flight at once (transition history), cap {cap}")

@@ -28,6 +28,7 @@ from orchestrator.bus import Bus, Subjects
 from orchestrator.bus.lease import read_lease
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.store import Store
+from tests import history
 from tests.support import eventually
 from tests.system.chaos import check as chaos_check
 from tests.system.chaos.observe import IN_FLIGHT_SQL, fetch, orphans, sample_in_flight
@@ -102,7 +103,7 @@ class Chaos:
             await store.close()
         conn = await asyncpg.connect(self.dsn)
         try:
-            await conn.execute(chaos_check.TRANSITIONS_SQL)
+            await history.record(conn)
         finally:
             await conn.close()
         pools_file = self.root / "pools.toml"
@@ -325,7 +326,7 @@ class Chaos:
         await self._restart_crashed()
 
         jobs = await fetch(self.dsn, "SELECT id, key, pool, state, attempt, max_attempts, reason, exit_code FROM jobs")
-        transitions = await fetch(self.dsn, "SELECT * FROM chaos_transitions")
+        transitions = await fetch(self.dsn, history.READ_SQL)
         pools = await fetch(self.dsn, "SELECT name, max_concurrent FROM pools")
         executions = chaos_check.parse_log(self.exec_log.read_text().splitlines())
         violations = chaos_check.check(
