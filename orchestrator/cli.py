@@ -109,7 +109,8 @@ def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
         await bus.connect()
         labels = [x for x in args.labels.split(",") if x] if args.labels is not None else settings.runner_label_list()
         runner = Runner(
-            settings,
+            settings.timings,
+            settings.log_limits,
             bus,
             runner_id=args.id,
             pool=args.pool,
@@ -373,9 +374,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    settings = Settings()
-    logs.configure(os.environ.get("ORCH_LOG_LEVEL", "INFO"), secrets=settings.secret_values())
     try:
+        settings = Settings.from_env()
+        logs.configure(os.environ.get("ORCH_LOG_LEVEL", "INFO"), secrets=settings.secret_values())
         return args.fn(args, settings)
     except (OrchestratorError, ApiError) as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)

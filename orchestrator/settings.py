@@ -1,14 +1,30 @@
-"""Settings from `ORCH_*` environment variables, one model for every process."""
+"""Settings from `ORCH_*` environment variables, one model for every process.
+
+A knob of one service lives in that service's section: `ORCH_DISPATCH__STEP_LIMIT=64` sets
+`settings.dispatch.step_limit`, and the service takes only its section. What several services
+must agree on stays flat (`ORCH_RUNNER_TTL_S`), declared in small groups `Settings` inherits
+(`Timings`, `LogLimits`, `HttpSettings`, `NatsCredentials`), so a service can be handed just the
+group it reads (`settings.timings`). A field moved into a section still answers to its former flat
+name (`MOVED`: `ORCH_LEASE_TTL_S` sets `leader.lease_ttl_s`); the sectioned name wins over it.
+"""
 
 from __future__ import annotations
 
 import os
 import platform
 from pathlib import Path
+from typing import Annotated, Any, TypeVar, get_args
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
+from orchestrator.errors import ConfigurationError
 from orchestrator.redact import url_secrets
 
 
@@ -27,41 +43,51 @@ def default_instance_id() -> str:
 RUNNER_REQUEST_TIMEOUT_S = 5.0
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ORCH_", extra="ignore")
+class Credential:
+    """Marks a field that grants access without being a SecretStr (a URL that may hold a password,
+    the path of a key): kept out of jobs' environment like the SecretStr fields."""
 
-    # Where the servers are. Unset in `up`: the embedded stack starts its own.
-    nats_url: str | None = None
-    database_url: str | None = None
-    # NATS credentials, when the server asks for them: a user and password, a token, or a
-    # credentials file (JWT + NKey seed, as `nsc` writes it). TLS: a `tls://` URL, or any of the
-    # files below (the CA to trust a private server; a client certificate and key for mutual TLS).
+
+CREDENTIAL = Credential()
+
+
+class Group(BaseModel):
+    """Flat fields several services read. `Settings` inherits every group (so their variables have
+    no section); `Settings.cut` gives a service its own frozen copy of one."""
+
+    model_config = ConfigDict(frozen=True)
+
+
+class Section(BaseModel):
+    """The knobs of one service, `ORCH_<SECTION>__<FIELD>`. An unknown key is refused: a misspelt
+    variable fails start-up instead of being ignored."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# --- groups: flat, shared ------------------------------------------------------------------------
+
+
+class NatsCredentials(Group):
+    # When the NATS server asks for them: a user and password, a token, or a credentials file
+    # (JWT + NKey seed, as `nsc` writes it). TLS: a `tls://` URL, or any of the files below (the CA
+    # to trust a private server; a client certificate and key for mutual TLS).
     nats_user: str | None = None
     nats_password: SecretStr | None = None
     nats_token: SecretStr | None = None
-    nats_creds_file: Path | None = None
+    nats_creds_file: Annotated[Path | None, CREDENTIAL] = None
     nats_tls_ca_file: Path | None = None
     nats_tls_cert_file: Path | None = None
-    nats_tls_key_file: Path | None = None
-    data_dir: Path = Path(".orchestrator")
+    nats_tls_key_file: Annotated[Path | None, CREDENTIAL] = None
 
-    # The first token of every subject and stream name. Tests give each test its own.
-    namespace: str = Field(default="orch", pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    @model_validator(mode="after")
+    def _client_cert_with_key(self) -> NatsCredentials:
+        if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
+            raise ValueError("set both nats_tls_cert_file and nats_tls_key_file (mutual TLS), or neither")
+        return self
 
-    http_host: str = "127.0.0.1"
-    http_port: int = 8080
-    # A process without the api (`serve dispatch`, `serve admission`) serves its own counters at
-    # GET /metrics on this port when set; with the api they are on the api's /metrics.
-    metrics_port: int | None = None
-    # Bodies past this answer 413 before they are parsed.
-    max_body_bytes: int = 1_048_576
 
-    pools_file: Path | None = None
-    runner_pool: str = "default"
-    runner_slots: int = 4
-    runner_labels: str = Field(default_factory=default_runner_labels)
-
-    db_pool_size: int = 10
+class Timings(Group):
     # A runner that sends no heartbeat for this long is lost; its jobs are requeued.
     heartbeat_interval_s: float = 2.0
     runner_ttl_s: float = 10.0
@@ -74,6 +100,9 @@ class Settings(BaseSettings):
     # (its cleanup traps run). The server ends a job that ran past timeout_s by this plus a
     # heartbeat interval when its runner has not reported.
     kill_grace_s: float = Field(default=10.0, ge=0)
+
+
+class LogLimits(Group):
     # Job output (issue 17): a job's log keeps at most this many bytes per attempt, its first and
     # last halves (the middle is dropped, and a reader is shown a marker saying how much), and is
     # kept this long after it was written.
@@ -86,51 +115,199 @@ class Settings(BaseSettings):
     # A runner that cannot store a chunk of output for this long drops the rest of the attempt's
     # output (with a warning) rather than hold the job's end report.
     log_ship_timeout_s: float = Field(default=60.0, gt=0)
-    # An assignment its runner has not started after this long (the dispatcher died mid hand-off,
-    # or the runner's start request failed) goes back to the queue. Longer than the ack timeout.
-    assigned_stale_s: float = 15.0
-    # Postgres ends a session idle inside a transaction for this long: a paused (SIGSTOP) or
-    # partitioned ex-leader must not hold the epoch and pool row locks its successor needs.
-    db_idle_in_transaction_s: float = 10.0
-    # Leader-mode pools (seed 002): capacity re-elects on every runner change, and every pool on this
-    # timer in case an event was lost.
-    leader_check_interval_s: float = Field(default=60.0, gt=0)
 
-    # Leader election (services/leader.py): every dispatch instance contends for the lease of its
-    # shard, a NATS KV key with a per-message TTL (whole seconds, at least 1), renewed well inside
-    # it. The holder stops dispatching on its own clock if no renewal succeeds within the TTL.
-    dispatch_shard: str = Field(default="all", pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    lease_ttl_s: int = Field(default=2, ge=1)
-    lease_renew_s: float = Field(default=0.5, gt=0)
-    # Who this process is in `GET /v1/leader`, events and the lease value.
-    instance_id: str = Field(default_factory=default_instance_id, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
 
+class HttpSettings(Group):
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
     # HTTP API bearer tokens by role (comma-separated). None set: auth is off (the embedded
     # default); any set: every route but the public ones needs a token of a role it allows.
     producer_tokens: SecretStr = SecretStr("")
     runner_tokens: SecretStr = SecretStr("")
     operator_tokens: SecretStr = SecretStr("")
 
-    @model_validator(mode="after")
-    def _client_cert_with_key(self) -> Settings:
-        if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
-            raise ValueError("set both nats_tls_cert_file and nats_tls_key_file (mutual TLS), or neither")
-        return self
-
-    @model_validator(mode="after")
-    def _renew_inside_ttl(self) -> Settings:
-        if self.lease_renew_s >= self.lease_ttl_s:
-            raise ValueError(f"lease_renew_s ({self.lease_renew_s}) must be under lease_ttl_s ({self.lease_ttl_s})")
-        return self
-
-    def runner_label_list(self) -> list[str]:
-        return [label for label in (s.strip() for s in self.runner_labels.split(",")) if label]
-
     def api_tokens(self) -> list[tuple[str, str]]:
         """(role, token) for every configured API token."""
         by_role = {"producer": self.producer_tokens, "runner": self.runner_tokens, "operator": self.operator_tokens}
         listed = [(role, tokens.get_secret_value().split(",")) for role, tokens in by_role.items()]
         return [(role, t.strip()) for role, tokens in listed for t in tokens if t.strip()]
+
+
+# --- sections: one service's own ----------------------------------------------------------------
+
+
+class AdmissionSettings(Section):
+    durable: str = "admission"
+    # Messages decided per transaction: one lock, one count and one insert per pool per batch.
+    fetch_batch: int = Field(default=256, gt=0)
+    # A store outage redelivers the message after this delay instead of at once.
+    retry_delay_s: float = Field(default=1.0, ge=0)
+
+
+class DispatchSettings(Section):
+    # Jobs claimed per step: large enough to fill many slots in one transaction.
+    step_limit: int = Field(default=256, gt=0)
+    # An assignment its runner has not started after this long (the dispatcher died mid hand-off,
+    # or the runner's start request failed) goes back to the queue. Longer than the ack timeout.
+    assigned_stale_s: float = 15.0
+
+
+class LeaderSettings(Section):
+    # Every dispatch instance contends for the lease of its shard, a NATS KV key with a
+    # per-message TTL (whole seconds, at least 1), renewed well inside it. The holder stops
+    # dispatching on its own clock if no renewal succeeds within the TTL.
+    lease_ttl_s: int = Field(default=2, ge=1)
+    lease_renew_s: float = Field(default=0.5, gt=0)
+    # How long a standby waits for the watch before contending anyway (a lost watch event costs
+    # at most this). Unset: the lease TTL.
+    retry_s: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _renew_inside_ttl(self) -> LeaderSettings:
+        if self.lease_renew_s >= self.lease_ttl_s:
+            raise ValueError(f"lease_renew_s ({self.lease_renew_s}) must be under lease_ttl_s ({self.lease_ttl_s})")
+        return self
+
+
+class ProvisionerSettings(Section):
+    # Workers started per pool per reconcile, and queued jobs counted for it.
+    max_spawn: int = Field(default=64, gt=0)
+    # A spawned worker that has not registered within this is stopped and no longer counted.
+    start_timeout_s: float = Field(default=60.0, gt=0)
+
+
+class CapacitySettings(Section):
+    # Leader-mode pools (seed 002): capacity re-elects on every runner change, and every pool on
+    # this timer in case an event was lost.
+    leader_check_interval_s: float = Field(default=60.0, gt=0)
+
+
+class ApiSettings(Section):
+    # Bodies past this answer 413 before they are parsed.
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+
+
+# Fields moved from the top level into a section, by their former flat name (the field keeps its
+# name there): `ORCH_LEASE_TTL_S` is documented, and must not silently stop working.
+MOVED: dict[str, str] = {
+    "lease_ttl_s": "leader",
+    "lease_renew_s": "leader",
+    "assigned_stale_s": "dispatch",
+    "leader_check_interval_s": "capacity",
+    "max_body_bytes": "api",
+}
+
+
+class _FormerNames(EnvSettingsSource):
+    """The variables of `MOVED` fields under their flat names, for `Settings._former_names` to put
+    into their sections (the env source reads only declared fields)."""
+
+    def __call__(self) -> dict[str, Any]:
+        found = {name: self.env_vars.get(self._apply_case_sensitive(self.env_prefix + name)) for name in MOVED}
+        return {name: value for name, value in found.items() if value is not None}
+
+
+G = TypeVar("G", bound=Group)
+
+
+class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
+    # Not frozen (the groups are): tests adjust a fixture's settings before building services.
+    model_config = SettingsConfigDict(env_prefix="ORCH_", env_nested_delimiter="__", extra="ignore", frozen=False)
+
+    # Where the servers are. Unset in `up`: the embedded stack starts its own.
+    nats_url: Annotated[str | None, CREDENTIAL] = None
+    database_url: Annotated[str | None, CREDENTIAL] = None
+    data_dir: Path = Path(".orchestrator")
+
+    # The first token of every subject and stream name. Tests give each test its own.
+    namespace: str = Field(default="orch", pattern=r"^[a-z][a-z0-9_]{0,31}$")
+
+    # A process without the api (`serve dispatch`, `serve admission`) serves its own counters at
+    # GET /metrics on this port when set; with the api they are on the api's /metrics.
+    metrics_port: int | None = None
+
+    pools_file: Path | None = None
+    runner_pool: str = "default"
+    runner_slots: int = 4
+    runner_labels: str = Field(default_factory=default_runner_labels)
+
+    db_pool_size: int = 10
+    # Postgres ends a session idle inside a transaction for this long: a paused (SIGSTOP) or
+    # partitioned ex-leader must not hold the epoch and pool row locks its successor needs.
+    db_idle_in_transaction_s: float = 10.0
+
+    # The dispatch lease's shard (services/leader.py); the api reports its leader.
+    dispatch_shard: str = Field(default="all", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # Who this process is in `GET /v1/leader`, events and the lease value.
+    instance_id: str = Field(default_factory=default_instance_id, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    leader: LeaderSettings = Field(default_factory=LeaderSettings)
+    provisioner: ProvisionerSettings = Field(default_factory=ProvisionerSettings)
+    capacity: CapacitySettings = Field(default_factory=CapacitySettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """This process's settings, or a ConfigurationError naming each variable that is wrong
+        (not its value: it may be a secret)."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            problems = "; ".join(f"{_env_name(e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ConfigurationError(f"invalid settings: {problems}") from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # After the env source: a sectioned variable wins over the former flat one.
+        return init_settings, env_settings, _FormerNames(settings_cls), dotenv_settings, file_secret_settings
+
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, data: Any) -> Any:
+        """Put a field given by its former flat name (variable or keyword) into its section,
+        unless the section sets it too."""
+        if not isinstance(data, dict) or not MOVED.keys() & data.keys():
+            return data
+        data = dict(data)
+        for name in MOVED.keys() & data.keys():
+            value, section = data.pop(name), MOVED[name]
+            given = data.get(section) or {}
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            data[section] = {name: value, **given}
+        return data
+
+    def cut(self, group: type[G]) -> G:
+        """This process's values of `group`'s fields, as a frozen `group` to hand a service."""
+        return group.model_construct(**{name: getattr(self, name) for name in group.model_fields})
+
+    @property
+    def timings(self) -> Timings:
+        return self.cut(Timings)
+
+    @property
+    def log_limits(self) -> LogLimits:
+        return self.cut(LogLimits)
+
+    @property
+    def http(self) -> HttpSettings:
+        return self.cut(HttpSettings)
+
+    @property
+    def nats_credentials(self) -> NatsCredentials:
+        return self.cut(NatsCredentials)
+
+    def runner_label_list(self) -> list[str]:
+        return [label for label in (s.strip() for s in self.runner_labels.split(",")) if label]
 
     def secret_values(self) -> list[str]:
         """Every secret this process knows, for the log redactor: tokens, passwords (also those
@@ -140,3 +317,41 @@ class Settings(BaseSettings):
         for url in (self.nats_url, self.database_url):
             values += url_secrets(url or "")
         return values
+
+
+def _env_fields(model: type[BaseModel], prefix: str) -> dict[str, FieldInfo]:
+    found: dict[str, FieldInfo] = {}
+    for name, field in model.model_fields.items():
+        env = f"{prefix}{name.upper()}"
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section):
+            found |= _env_fields(field.annotation, f"{env}__")
+        else:
+            found[env] = field
+    return found
+
+
+def env_fields() -> dict[str, FieldInfo]:
+    """Every variable the settings read, with its field: a section's as `ORCH_<SECTION>__<FIELD>`,
+    and the former flat names of `MOVED` fields."""
+    found = _env_fields(Settings, "ORCH_")
+    former = {
+        f"ORCH_{name.upper()}": found[f"ORCH_{section.upper()}__{name.upper()}"] for name, section in MOVED.items()
+    }
+    return found | former
+
+
+def _env_name(loc: tuple[int | str, ...]) -> str:
+    """The variable of an error's location: ("dispatch", "step_limit") is ORCH_DISPATCH__STEP_LIMIT."""
+    return "ORCH_" + "__".join(str(part).upper() for part in loc) if loc else "ORCH_*"
+
+
+def _grants_access(field: FieldInfo) -> bool:
+    return SecretStr in (field.annotation, *get_args(field.annotation)) or any(
+        isinstance(m, Credential) for m in field.metadata
+    )
+
+
+def secret_env_names() -> frozenset[str]:
+    """The variables holding secrets (SecretStr fields, and those marked `CREDENTIAL`): a runner
+    keeps them from its jobs."""
+    return frozenset(name for name, field in env_fields().items() if _grants_access(field))

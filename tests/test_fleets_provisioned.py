@@ -86,7 +86,8 @@ class InProcessFleet:
 
     async def spawn(self, request: WorkerRequest) -> str:
         worker = Runner(
-            self.settings,
+            self.settings.timings,
+            self.settings.log_limits,
             self.bus,
             runner_id=request.runner_id,
             pool=request.pool,
@@ -228,7 +229,9 @@ async def test_pull_runners_and_provisioned_workers_share_one_max_concurrent(
 
     fleets.execute = held
     await factories.pool(store, "p", labels=["linux"], max_concurrent=3, provisioner="in-process")
-    pull = Runner(settings, bus, runner_id="pull", pool="p", labels=["linux"], slots=2, execute=held)
+    pull = Runner(
+        settings.timings, settings.log_limits, bus, runner_id="pull", pool="p", labels=["linux"], slots=2, execute=held
+    )
     await pull.start()
     try:
         await fleets.admit("p", 6)
@@ -291,7 +294,15 @@ async def test_a_new_leaders_provisioner_counts_the_workers_its_predecessor_star
         return await count(store, "SELECT count(*) FROM jobs WHERE pool = 'p' AND state = 'running'") == 2
 
     await eventually(two_running, timeout=15, what="two workers to run a job each")
-    successor = Provisioning(settings, store, bus, {"in-process": fleets._in_process})
+    successor = Provisioning(
+        settings.provisioner,
+        settings.timings,
+        store,
+        bus,
+        {"in-process": fleets._in_process},
+        data_dir=settings.data_dir,
+        instance_id=settings.instance_id,
+    )
     try:
         await successor.reconcile("p")  # as a new leader's first reconcile, in another process
         old, new = fleets.made
