@@ -18,7 +18,7 @@ from orchestrator.bus import Bus
 from orchestrator.errors import ConfigurationError, StoreError
 from orchestrator.provisioning import WORKER_NAME, LocalProvisioner, ProvisionerContext, WorkerRequest
 from orchestrator.runtime import Runtime
-from orchestrator.settings import Settings
+from orchestrator.settings import ProvisionerSettings, Settings
 from orchestrator.store import Store
 from schemas.events import CapacityUnknown, JobAssigned
 from schemas.jobs import JobSpec, JobState
@@ -311,3 +311,70 @@ async def test_a_new_leaders_provisioner_counts_the_workers_its_predecessor_star
         gate.set()
         await successor.stop()
     await eventually(lambda: all_succeeded(store, "p", 4), timeout=20, what="all 4 jobs to finish")
+
+
+class ManualClock:
+    """A clock the test moves: both readings are the same number."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+
+class NeverRegisters:
+    """A provisioner whose workers never start: spawned and stopped are only noted."""
+
+    def __init__(self, ctx: ProvisionerContext) -> None:
+        self.spawned: list[str] = []
+        self.stopped: list[str] = []
+
+    async def spawn(self, request: WorkerRequest) -> str:
+        self.spawned.append(request.runner_id)
+        return request.runner_id
+
+    async def count_live(self) -> int:
+        return len(self.spawned) - len(self.stopped)
+
+    async def stop(self, worker: str) -> None:
+        self.stopped.append(worker)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_worker_that_never_registers_is_stopped_after_the_start_timeout(
+    settings: Settings, store: Store, bus: Bus
+) -> None:
+    """A worker's start is timed on the provisioner's clock: moved past `start_timeout_s`, the
+    next reconcile stops the worker (no waiting out the timeout)."""
+    await factories.pool(store, "p", labels=["linux"], provisioner="silent", max_workers=1)
+    await factories.queue(store, 1, pool="p")
+    clock = ManualClock()
+    provisioning = Provisioning(
+        ProvisionerSettings(start_timeout_s=30),
+        settings.timings,
+        store,
+        bus,
+        {"silent": NeverRegisters},
+        data_dir=settings.data_dir,
+        instance_id=settings.instance_id,
+        clock=clock,
+    )
+    try:
+        await provisioning.reconcile("p")
+        fleet = provisioning._fleets["p"][1]
+        assert isinstance(fleet, NeverRegisters)
+        [worker] = fleet.spawned
+        clock.now += 29
+        await provisioning.reconcile("p")
+        assert (fleet.spawned, fleet.stopped) == ([worker], [])  # still starting: not stopped, not replaced
+        clock.now += 2
+        await provisioning.reconcile("p")
+        assert fleet.stopped == [worker]
+    finally:
+        await provisioning.stop()
