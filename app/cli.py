@@ -329,9 +329,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    settings = Settings()
-    setup_logging(settings)
     try:
+        settings = Settings.from_env()
+        setup_logging(settings)
         return args.fn(args, settings)
     except (OrchestratorError, ApiError) as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)

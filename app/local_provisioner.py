@@ -40,9 +40,9 @@ def _worker_main(options: RunnerOptions, env: dict[str, str], log_path: str) -> 
     os.close(log)
     with contextlib.suppress(OSError):  # Linux only; elsewhere it keeps the server's name
         Path("/proc/self/comm").write_text(WORKER_NAME)
-    settings = Settings()
-    setup_logging(settings)
     try:
+        settings = Settings.from_env()
+        setup_logging(settings)
         code = run(serve_runner(settings, options))
     except OrchestratorError as exc:
         _log.error("worker %s cannot serve: %s", options.runner_id, exc)

@@ -35,7 +35,8 @@ async def serve_runner(settings: Settings, options: RunnerOptions) -> int:
     bus = Bus.from_settings(settings, name=f"runner-{options.runner_id}")
     await bus.connect()
     runner = Runner(
-        settings,
+        settings.timings,
+        settings.log_limits,
         bus,
         runner_id=options.runner_id,
         pool=options.pool,

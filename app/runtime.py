@@ -157,19 +157,30 @@ class Runtime:
         if name == "relay":
             return OutboxRelay(store, bus)
         if name == "capacity":
-            return Capacity(s, store, bus, metrics=m)
+            return Capacity(s.capacity, s.timings, s.log_limits, store, bus, metrics=m)
         if name == "admission":
-            return Admission(s, store, bus, metrics=m)
+            return Admission(s.admission, store, bus, metrics=m)
         if name == "leader":
-            return Leader(s, store, bus, self.leadership)
+            return Leader(s.leader, store, bus, self.leadership)
         if name == "dispatch":
-            return Dispatch(s, store, bus, leadership=self.leadership, metrics=m)
+            return Dispatch(s.dispatch, s.timings, store, bus, leadership=self.leadership, metrics=m)
         if name == "provisioner":
-            return Provisioning(s, store, bus, self.provisioners, leadership=self.leadership, metrics=m)
+            return Provisioning(
+                s.provisioner,
+                s.timings,
+                store,
+                bus,
+                self.provisioners,
+                data_dir=s.data_dir,
+                instance_id=s.instance_id,
+                leadership=self.leadership,
+                metrics=m,
+            )
         if name == "api":
-            return Api(s, store, bus, metrics=m)
+            return Api(s.api, s.http, s.log_limits, store, bus, shard=s.dispatch_shard, metrics=m)
         return self._runner or Runner(
-            s,
+            s.timings,
+            s.log_limits,
             bus,
             runner_id=runner_id_for(s.data_dir),
             pool=s.runner_pool,

@@ -108,7 +108,15 @@ async def measure(rounds: int) -> dict[str, list[float]]:
         feeder: asyncio.Task[None] | None = None
         try:
             await factories.pool(runtime.store, POOL, max_concurrent=8, max_active=-1)
-            runner = Runner(settings, runtime.bus, runner_id="bench-runner", pool=POOL, labels=[], slots=8)
+            runner = Runner(
+                settings.timings,
+                settings.log_limits,
+                runtime.bus,
+                runner_id="bench-runner",
+                pool=POOL,
+                labels=[],
+                slots=8,
+            )
             await runner.start()
             s = runtime.bus.subjects
             await runtime.bus.subscribe(s.leader_events("elected"), LeaderElected, bench.on_elected)

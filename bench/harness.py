@@ -56,7 +56,8 @@ async def simulated_runners(
     assert runtime.bus is not None
     runners = [
         Runner(
-            runtime.settings,
+            runtime.settings.timings,
+            runtime.settings.log_limits,
             runtime.bus,
             runner_id=f"{pool}-sim-{i}",
             pool=pool,

@@ -29,17 +29,17 @@ released job never runs twice.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from uuid import UUID
 
 from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.bus.job_logs import JobLogs
+from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import NotFound
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
-from orchestrator.settings import RUNNER_REQUEST_TIMEOUT_S, Settings
+from orchestrator.settings import RUNNER_REQUEST_TIMEOUT_S, CapacitySettings, LogLimits, Timings
 from orchestrator.store import End, Heartbeat, Reconciled, RunnerSpec, Start, Store
 from orchestrator.wakes import announce_free
 from schemas.events import (
@@ -67,20 +67,33 @@ def _orders(found: Reconciled) -> HeartbeatReply:
 class Capacity(Service):
     name = "capacity"
 
-    def __init__(self, settings: Settings, store: Store, bus: Bus, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: CapacitySettings,
+        timings: Timings,
+        log_limits: LogLimits,
+        store: Store,
+        bus: Bus,
+        *,
+        metrics: Metrics | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         super().__init__()
-        self.settings = settings
+        self.config = config
+        self.timings = timings
+        self.log_limits = log_limits
         self.store = store
         self.bus = bus
         self.metrics = metrics or Metrics()
+        self.clock = clock
         # Reports arriving together are committed together.
         self._starts: Batcher[JobStarted, Reply] = Batcher(self._start_batch)
         self._finishes: Batcher[JobFinished, Reply] = Batcher(self._finish_batch)
 
     async def on_start(self) -> None:
-        self._started_at = time.monotonic()
+        self._started_at = self.clock.monotonic()
         # Where runners ship their jobs' output (the API reads it): there before runners report.
-        await JobLogs(self.bus).ensure_stream(self.settings.log_retention_s, self.settings.log_store_max_bytes)
+        await JobLogs(self.bus).ensure_stream(self.log_limits.log_retention_s, self.log_limits.log_store_max_bytes)
         s = self.bus.subjects
         for subject, model, handler in (
             (s.runner_register, RunnerRegistered, self._on_register),
@@ -93,8 +106,8 @@ class Capacity(Service):
         ):
             sub = await self.bus.subscribe(subject, model, handler, queue=self.name, concurrent=True)
             self.on_cleanup(sub.unsubscribe)
-        self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "runner sweep"), "sweep")
-        self.spawn(every(self.settings.leader_check_interval_s, self.elect, self.log, "leader check"), "elect")
+        self.spawn(every(self.timings.sweep_interval_s, self.sweep, self.log, "runner sweep"), "sweep")
+        self.spawn(every(self.config.leader_check_interval_s, self.elect, self.log, "leader check"), "elect")
         await self.elect()
 
     async def _on_register(self, event: RunnerRegistered) -> HeartbeatReply:
@@ -192,7 +205,7 @@ class Capacity(Service):
         """End jobs running past their timeout that their runner has not reported: it may be
         paused, cut off, or broken. The margin covers the start's answer on its way to the runner
         (its clock starts then), its own kill (SIGTERM, the grace, SIGKILL), and its report."""
-        margin = RUNNER_REQUEST_TIMEOUT_S + self.settings.kill_grace_s + self.settings.heartbeat_interval_s
+        margin = RUNNER_REQUEST_TIMEOUT_S + self.timings.kill_grace_s + self.timings.heartbeat_interval_s
         ended = await self.store.transitions.time_out(margin)
         if ended:
             self.log.warning("ended %d jobs running past their timeout", len(ended))
@@ -208,9 +221,9 @@ class Capacity(Service):
     async def release_lost(self) -> None:
         # Just started (or restarted after an outage): runners have not had a chance to reach
         # us yet, and their silence says nothing. Judge no one before a full TTL has passed.
-        if time.monotonic() - self._started_at < self.settings.runner_ttl_s:
+        if self.clock.monotonic() - self._started_at < self.timings.runner_ttl_s:
             return
-        lost, released = await self.store.transitions.mark_runners_lost(self.settings.runner_ttl_s)
+        lost, released = await self.store.transitions.mark_runners_lost(self.timings.runner_ttl_s)
         for pool in {r["pool"] for r in lost}:
             await self.elect(pool)
         if released:

@@ -30,28 +30,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
-from pydantic import BaseModel
 
 from orchestrator import telemetry
 from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
+from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import OrchestratorError, RequestFailed, StoreUnavailable
 from orchestrator.leadership import Leadership, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
-from orchestrator.settings import Settings
+from orchestrator.settings import DispatchSettings, Timings
 from orchestrator.store import Fence, Handoff, Store
 from schemas.events import CapacityUnknown, JobAssigned, PoolMention, Reply, SlotMention
-
-
-class DispatchConfig(BaseModel):
-    # Jobs claimed per step: large enough to fill many slots in one transaction.
-    step_limit: int = 256
 
 
 class Dispatch(Service):
@@ -59,19 +53,21 @@ class Dispatch(Service):
 
     def __init__(
         self,
-        settings: Settings,
+        config: DispatchSettings,
+        timings: Timings,
         store: Store,
         bus: Bus,
-        config: DispatchConfig | None = None,
         *,
         leadership: Leadership | None = None,
         metrics: Metrics | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ):
         super().__init__()
-        self.settings = settings
+        self.config = config
+        self.timings = timings
         self.store = store
         self.bus = bus
-        self.config = config or DispatchConfig()
+        self.clock = clock
         self.leadership = leadership
         self.metrics = metrics or Metrics()
         self._drains: dict[str, asyncio.Task[None]] = {}
@@ -90,7 +86,7 @@ class Dispatch(Service):
             self.on_cleanup(sub.unsubscribe)
         sub = await self.bus.subscribe(s.slot_available(), SlotMention, self._on_slot)
         self.on_cleanup(sub.unsubscribe)
-        self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "dispatch sweep"), "sweep")
+        self.spawn(every(self.timings.sweep_interval_s, self.sweep, self.log, "dispatch sweep"), "sweep")
         sweep_on_gain(self.leadership, self, self.sweep)
         await self.sweep()
 
@@ -99,7 +95,7 @@ class Dispatch(Service):
         # assignment is left half-made.
         drains = list(self._drains.values())
         if drains:
-            _, pending = await asyncio.wait(drains, timeout=self.settings.stop_timeout_s)
+            _, pending = await asyncio.wait(drains, timeout=self.timings.stop_timeout_s)
             for task in pending:
                 task.cancel()
             for task in pending:
@@ -119,7 +115,7 @@ class Dispatch(Service):
         """Every pool with queued jobs, and the assignments nobody started (Postgres is the truth)."""
         if not leads(self.leadership):
             return
-        requeued = await self.store.transitions.requeue_unstarted(self.settings.assigned_stale_s)
+        requeued = await self.store.transitions.requeue_unstarted(self.config.assigned_stale_s)
         if requeued:
             self.log.warning("requeued %d assignments never started", len(requeued))
         for pool in await self.store.pools_with_queued():
@@ -191,14 +187,14 @@ class Dispatch(Service):
         # announcement dispatched. Any other outcome forgets it (no job, or another cap binds).
         freed_at = self._slot_freed_at.pop(pool, None)
         if freed_at is not None and status == "dispatched":
-            m.slot_to_assign.labels(pool).observe(max(0.0, time.time() - freed_at))
+            m.slot_to_assign.labels(pool).observe(max(0.0, self.clock.time() - freed_at))
 
     async def _hand_off(self, runner_id: str, rows: list[dict[str, Any]]) -> None:
         """One request carries every job claimed for this runner; it acks each (or not)."""
         events = [self._assignment(a) for a in rows]
         try:
             replies = await self.bus.request_many(
-                self.bus.subjects.assign(runner_id), events, Reply, self.settings.assign_ack_timeout_s
+                self.bus.subjects.assign(runner_id), events, Reply, self.timings.assign_ack_timeout_s
             )
         except RequestFailed as exc:
             self.log.warning(

@@ -22,25 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Literal
-
-from pydantic import BaseModel
 
 from orchestrator.bus import Bus
 from orchestrator.bus.lease import Lease
+from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import OrchestratorError
 from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service
-from orchestrator.settings import Settings
+from orchestrator.settings import LeaderSettings
 from orchestrator.store import Fence, Store
 from schemas.events import LeaderElected, LeaderLost
-
-
-class LeaderConfig(BaseModel):
-    # How long a standby waits for the watch before contending anyway (a lost watch event
-    # costs at most this).
-    retry_s: float | None = None  # default: the lease TTL
 
 
 class Leader(Service):
@@ -48,19 +40,21 @@ class Leader(Service):
 
     def __init__(
         self,
-        settings: Settings,
+        config: LeaderSettings,
         store: Store,
         bus: Bus,
         leadership: Leadership,
-        config: LeaderConfig | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__()
-        self.settings = settings
+        self.config = config
         self.store = store
         self.bus = bus
         self.leadership = leadership
-        self.config = config or LeaderConfig()
-        self.lease = Lease(bus, leadership.shard, leadership.holder, ttl_s=settings.lease_ttl_s)
+        # `leadership` checks the term's deadline on its own clock: give both the same one.
+        self.clock = clock
+        self.lease = Lease(bus, leadership.shard, leadership.holder, ttl_s=config.lease_ttl_s)
         self._campaign_task: asyncio.Task[None] | None = None
         self._epoch: int | None = None
         self._deadline = 0.0  # monotonic: the term ends here unless a renewal moves it
@@ -81,7 +75,7 @@ class Leader(Service):
             await self._step_down("released")
 
     async def _campaign(self) -> None:
-        retry_s = self.config.retry_s or float(self.settings.lease_ttl_s)
+        retry_s = self.config.retry_s or float(self.config.lease_ttl_s)
         while True:
             if self._epoch is None:
                 await self.lease.wait_vacated(retry_s)
@@ -90,7 +84,7 @@ class Leader(Service):
                 await self._hold()
 
     async def _try_lead(self) -> None:
-        started = time.monotonic()
+        started = self.clock.monotonic()
         shard = self.leadership.shard
         try:
             revision = await self.lease.acquire()
@@ -111,21 +105,21 @@ class Leader(Service):
         self.log.info("leading shard %s as %s at epoch %d", fence.shard, fence.holder, epoch)
         # Announced before the dispatcher is told, so the news precedes the new leader's first dispatch.
         await self._announce(LeaderElected(shard=fence.shard, holder=fence.holder, epoch=epoch), "elected")
-        self._deadline = started + self.settings.lease_ttl_s
+        self._deadline = started + self.config.lease_ttl_s
         self.leadership.gain(epoch, self._deadline)
 
     async def _hold(self) -> None:
         """Renew until the lease is lost or the term runs out; then step down."""
-        ttl = self.settings.lease_ttl_s
+        ttl = self.config.lease_ttl_s
         while True:
-            await asyncio.sleep(self.settings.lease_renew_s)
-            started = time.monotonic()
+            await asyncio.sleep(self.config.lease_renew_s)
+            started = self.clock.monotonic()
             try:
                 async with asyncio.timeout(max(self._deadline - started, 0.001)):
                     renewed = await self.lease.renew()
             except (OrchestratorError, TimeoutError) as exc:
                 self.log.warning("renewing the lease of shard %s failed: %s", self.leadership.shard, exc)
-                if time.monotonic() >= self._deadline:
+                if self.clock.monotonic() >= self._deadline:
                     return await self._step_down("expired")
                 continue
             if not renewed:

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from orchestrator.bus import Bus
+from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import ConfigurationError
 from orchestrator.leadership import Leadership, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
@@ -48,17 +47,10 @@ from orchestrator.provisioning import (
     resolve,
     spawn_budget,
 )
-from orchestrator.settings import Settings
+from orchestrator.settings import ProvisionerSettings, Timings
 from orchestrator.store import Store
 from orchestrator.wakes import announce_slots
 from schemas.events import CapacityUnknown, JobsQueued, PoolUpdated, SlotAvailable
-
-
-class ProvisionerConfig(BaseModel):
-    # Workers started per pool per reconcile, and queued jobs counted for it.
-    max_spawn: int = 64
-    # A spawned worker that has not registered within this is stopped and no longer counted.
-    start_timeout_s: float = 60.0
 
 
 class Provisioning(Service):
@@ -66,23 +58,29 @@ class Provisioning(Service):
 
     def __init__(
         self,
-        settings: Settings,
+        config: ProvisionerSettings,
+        timings: Timings,
         store: Store,
         bus: Bus,
         factories: Mapping[str, ProvisionerFactory],
-        config: ProvisionerConfig | None = None,
         *,
+        data_dir: Path,
+        instance_id: str,
         leadership: Leadership | None = None,
         metrics: Metrics | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__()
-        self.settings = settings
+        self.config = config
+        self.timings = timings
         self.store = store
         self.bus = bus
         self.factories = factories
-        self.config = config or ProvisionerConfig()
+        self.data_dir = data_dir
+        self.instance_id = instance_id  # who reserved a worker's row
         self.leadership = leadership
         self.metrics = metrics or Metrics()
+        self.clock = clock
         self._fleets: dict[str, tuple[str, Provisioner]] = {}  # pool -> (provisioner name, instance)
         # Spawned, not registered yet: pool -> runner id -> (the provisioner's handle, spawned at).
         self._starting: dict[str, dict[str, tuple[str, float]]] = {}
@@ -106,7 +104,7 @@ class Provisioning(Service):
             self.on_cleanup(sub.unsubscribe)
         sweep_on_gain(self.leadership, self, self.sweep)
         self.spawn(self._loop(), "loop")
-        self.spawn(every(self.settings.sweep_interval_s, self.sweep, self.log, "fleet sweep"), "sweep")
+        self.spawn(every(self.timings.sweep_interval_s, self.sweep, self.log, "fleet sweep"), "sweep")
         await self.sweep()
 
     async def on_stop(self) -> None:
@@ -151,19 +149,19 @@ class Provisioning(Service):
         held = self._fleets.get(pool)
         if held is not None and held[0] == name:
             return held[1]
-        s = self.settings
+        t = self.timings
         ctx = ProvisionerContext(
             pool=pool,
             nats_url=self.bus.url,
-            namespace=s.namespace,
-            data_dir=s.data_dir,
+            namespace=self.bus.subjects.namespace,
+            data_dir=self.data_dir,
             worker_exited=lambda worker: self._worker_exited(pool, worker),
             # Workers heartbeat and drain on the orchestrator's timings.
             env={
-                "ORCH_HEARTBEAT_INTERVAL_S": str(s.heartbeat_interval_s),
-                "ORCH_RUNNER_TTL_S": str(s.runner_ttl_s),
-                "ORCH_STOP_TIMEOUT_S": str(s.stop_timeout_s),
-                "ORCH_KILL_GRACE_S": str(s.kill_grace_s),
+                "ORCH_HEARTBEAT_INTERVAL_S": str(t.heartbeat_interval_s),
+                "ORCH_RUNNER_TTL_S": str(t.runner_ttl_s),
+                "ORCH_STOP_TIMEOUT_S": str(t.stop_timeout_s),
+                "ORCH_KILL_GRACE_S": str(t.kill_grace_s),
             },
         )
         fleet = resolve(name, self.factories)(ctx)
@@ -231,7 +229,7 @@ class Provisioning(Service):
         """Spawn one worker, if the fleet cap still has room for it (False: it has not)."""
         runner_id = f"{pool[:48]}-w-{secrets.token_hex(5)}"
         reserved = await self.store.worker_reserve(
-            pool, runner_id, self.settings.instance_id, demand["max_workers"], self.config.start_timeout_s
+            pool, runner_id, self.instance_id, demand["max_workers"], self.config.start_timeout_s
         )
         if reserved is None:
             self._count(pool, "at_cap")
@@ -242,7 +240,7 @@ class Provisioning(Service):
             await self.store.worker_forget(runner_id)
             raise
         self._runner_ids[handle] = runner_id
-        starting[runner_id] = (handle, time.monotonic())
+        starting[runner_id] = (handle, self.clock.monotonic())
         self._count(pool, "spawned")
         self.log.info("spawned worker %s for %s", runner_id, pool)
         return True
@@ -255,7 +253,7 @@ class Provisioning(Service):
         for runner_id in await self.store.runners_known(list(starting)):
             del starting[runner_id]
         fleet = self._fleets[pool][1]  # it spawned them
-        deadline = time.monotonic() - self.config.start_timeout_s
+        deadline = self.clock.monotonic() - self.config.start_timeout_s
         for runner_id, (handle, spawned_at) in list(starting.items()):
             if spawned_at < deadline:
                 self.log.warning("worker %s never registered; stopping it", runner_id)

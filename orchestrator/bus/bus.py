@@ -35,7 +35,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus import job_events
-from orchestrator.bus.credentials import NatsCredentials
+from orchestrator.bus.credentials import NatsCredentials, connect_options
 from orchestrator.bus.delivery import Delivery
 from orchestrator.bus.job_events import OutboxMessage
 from orchestrator.bus.subjects import Subjects
@@ -116,7 +116,7 @@ class Bus:
         url = url or settings.nats_url
         if not url:
             raise BusUnavailable("no NATS URL: set ORCH_NATS_URL")
-        return cls(url, Subjects(settings.namespace), name=name, credentials=NatsCredentials.from_settings(settings))
+        return cls(url, Subjects(settings.namespace), name=name, credentials=settings.nats_credentials)
 
     async def connect(self, wait_s: float = CONNECT_WAIT_S) -> None:
         """Connect, waiting up to `wait_s` for a server that is not up yet (containers start in
@@ -145,7 +145,7 @@ class Bus:
                 error_cb=on_error,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,
-                **self.credentials.connect_options(),
+                **connect_options(self.credentials),
             )
         )
         try:

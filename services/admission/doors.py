@@ -37,7 +37,7 @@ from orchestrator.bus import Bus, Delivery
 from orchestrator.errors import BusUnavailable, InvalidInput, StoreError, StoreUnavailable
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
-from orchestrator.settings import Settings
+from orchestrator.settings import AdmissionSettings
 from orchestrator.store import AdmissionTx, Rejection, Store
 from orchestrator.store.transitions.news import rejected
 from orchestrator.tokens import new_token
@@ -66,31 +66,21 @@ _tracer = telemetry.tracer("orchestrator.admission")
 BODY_EXCERPT_BYTES = 1024
 
 
-class AdmissionConfig(BaseModel):
-    durable: str = "admission"
-    # Messages decided per transaction: one lock, one count and one insert per pool per batch.
-    fetch_batch: int = 256
-    # A store outage redelivers the message after this delay instead of at once.
-    retry_delay_s: float = 1.0
-
-
 class Admission(Service):
     name = "admission"
 
     def __init__(
         self,
-        settings: Settings,
+        config: AdmissionSettings,
         store: Store,
         bus: Bus,
-        config: AdmissionConfig | None = None,
         *,
         metrics: Metrics | None = None,
     ):
         super().__init__()
-        self.settings = settings
+        self.config = config
         self.store = store
         self.bus = bus
-        self.config = config or AdmissionConfig()
         self.metrics = metrics or Metrics()
 
     async def on_start(self) -> None:

@@ -30,7 +30,7 @@ from orchestrator.bus.lease import read_lease
 from orchestrator.errors import OrchestratorError
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import CONTENT_TYPE, Metrics, QueueCollector, exposition
-from orchestrator.settings import Settings
+from orchestrator.settings import ApiSettings, HttpSettings, LogLimits
 from orchestrator.store import Store
 from orchestrator.tokens import token_matches
 from orchestrator.wakes import announce_free
@@ -84,9 +84,22 @@ ADMISSION_TIMEOUT_S = 10.0
 class Api(Service):
     name = "api"
 
-    def __init__(self, settings: Settings, store: Store, bus: Bus, *, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: ApiSettings,
+        http: HttpSettings,
+        log_limits: LogLimits,
+        store: Store,
+        bus: Bus,
+        *,
+        shard: str,
+        metrics: Metrics | None = None,
+    ) -> None:
         super().__init__()
-        self.settings = settings
+        self.config = config
+        self.http = http
+        self.log_limits = log_limits
+        self.shard = shard  # the dispatch lease's, for the leader view and why jobs wait
         self.store = store
         self.bus = bus
         # This process's counters, and the queue's gauges read from Postgres when scraped.
@@ -96,7 +109,7 @@ class Api(Service):
         self.takes = Takes(store, bus)
         self.logs = JobLogsView(store, JobLogs(bus), self.takes.waiters)
         self.servo = ServoDoor(store, self.takes, self.admit)
-        self.why = Why(store, bus, settings.dispatch_shard)
+        self.why = Why(store, bus, shard)
         self.pools = PoolViews(store, bus)
         self.runners = RunnerViews(store, bus)
         self.app = self._build_app()
@@ -161,23 +174,23 @@ class Api(Service):
 
     def _build_app(self) -> web.Application:
         self.routes = self._routes()
-        auth = Auth(self.settings).middleware({r.key: r.roles for r in self.routes})
-        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[errors_as_json, auth])
+        auth = Auth(self.http.api_tokens()).middleware({r.key: r.roles for r in self.routes})
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[errors_as_json, auth])
         register(app, self.routes)
         self.openapi = openapi(self.routes, title="orchestrator", version="v1")
         return app
 
     async def on_start(self) -> None:
-        await self.logs.logs.ensure_stream(self.settings.log_retention_s, self.settings.log_store_max_bytes)
+        await self.logs.logs.ensure_stream(self.log_limits.log_retention_s, self.log_limits.log_store_max_bytes)
         await self.takes.start(self)
         await self.why.start(self)
         runner = web.AppRunner(self.app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.settings.http_host, self.settings.http_port)
+        site = web.TCPSite(runner, self.http.http_host, self.http.http_port)
         await site.start()
         self.on_cleanup(runner.cleanup)
         port = runner.addresses[0][1]
-        self.url = f"http://{self.settings.http_host}:{port}"
+        self.url = f"http://{self.http.http_host}:{port}"
 
     async def on_stop(self) -> None:
         self.takes.stop()  # long polls answer now, so the server stops without waiting for them
@@ -332,7 +345,7 @@ class Api(Service):
     async def get_leader(self, request: web.Request) -> web.Response:
         """The dispatch shard's newest term as recorded in Postgres (holder, epoch, since), and
         who holds its lease right now (`lease`: null while nobody does, e.g. during a failover)."""
-        shard = self.settings.dispatch_shard
+        shard = self.shard
         term = await self.store.dispatch_epoch_get(shard) or {}
         lease = await read_lease(self.bus, shard)
         return json_response(

@@ -11,12 +11,11 @@ Missing token: 401; a wrong one, or a role the route does not allow: 403.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from orchestrator.settings import Settings
 from orchestrator.tokens import token_hash
 from services.api.responses import error_response
 
@@ -25,10 +24,9 @@ ROLE = web.RequestKey("role", str)
 
 
 class Auth:
-    def __init__(self, settings: Settings) -> None:
-        self._tokens: list[tuple[bytes, str]] = [
-            (token_hash(token), role) for role, token in settings.api_tokens() if token
-        ]
+    def __init__(self, tokens: Iterable[tuple[str, str]]) -> None:
+        """`tokens`: (role, token) pairs, as `HttpSettings.api_tokens` lists them."""
+        self._tokens: list[tuple[bytes, str]] = [(token_hash(token), role) for role, token in tokens if token]
 
     @property
     def enabled(self) -> bool:

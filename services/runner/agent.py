@@ -23,7 +23,6 @@ import contextlib
 import os
 import platform
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from uuid import UUID
@@ -34,10 +33,11 @@ from orchestrator import telemetry
 from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.bus.job_logs import JobLogs
+from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import OrchestratorError, RequestFailed
 from orchestrator.lifecycle import Service
 from orchestrator.retrying import retrying
-from orchestrator.settings import RUNNER_REQUEST_TIMEOUT_S, Settings
+from orchestrator.settings import RUNNER_REQUEST_TIMEOUT_S, LogLimits, Timings
 from schemas.events import (
     ErrorDetail,
     HeartbeatReply,
@@ -82,7 +82,8 @@ class Runner(Service):
 
     def __init__(
         self,
-        settings: Settings,
+        timings: Timings,
+        log_limits: LogLimits,
         bus: Bus,
         *,
         runner_id: str,
@@ -93,11 +94,14 @@ class Runner(Service):
         execute: Execute | None = None,
         once: bool = False,
         idle_timeout_s: float | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__()
         # How a job runs: a subprocess by default; the benchmark's simulated runners pass a no-op.
         self._custom_execute = execute
-        self.settings = settings
+        self.timings = timings
+        self.log_limits = log_limits
+        self.clock = clock
         self.bus = bus
         self._logs = JobLogs(bus)  # where its jobs' output goes
         self.runner_id = runner_id
@@ -110,11 +114,11 @@ class Runner(Service):
         # Heartbeats are numbered from the clock, so a restarted runner's outnumber its last
         # life's (capacity ignores a heartbeat older than one it has seen). `_acked_seq`: the
         # newest one answered; `_acked_at`: when (monotonic), for the fence.
-        self._seq = time.time_ns() // 1000
+        self._seq = int(clock.time() * 1_000_000)
         self._acked_seq = 0
-        self._acked_at = time.monotonic()
+        self._acked_at = clock.monotonic()
         # Fences the jobs at the same deadline when this process cannot (stopped, hung).
-        self._watchdog = Watchdog(settings.runner_ttl_s / 2)
+        self._watchdog = Watchdog(timings.runner_ttl_s / 2)
         # When the latest silence long enough to be fenced ended (monotonic): a job held across
         # it may have been killed by the fence or the watchdog, and is not this runner's to report.
         self._silence_ended = float("-inf")
@@ -163,7 +167,7 @@ class Runner(Service):
         tasks = [job.task for job in self._jobs.values() if job.task]
         if tasks:
             self.log.info("draining %d running jobs", len(tasks))
-            _, pending = await asyncio.wait(tasks, timeout=self.settings.stop_timeout_s)
+            _, pending = await asyncio.wait(tasks, timeout=self.timings.stop_timeout_s)
             for job in list(self._jobs.values()):
                 if job.proc:  # its whole session: the leader may have exited, leaving children
                     signal_group(job.proc, signal.SIGKILL)
@@ -218,8 +222,8 @@ class Runner(Service):
         # A job held across a silence long enough may have been fenced: not reported, it is
         # released and runs again; reported, a job the watchdog killed would end `failed`.
         if self._silent():
-            self._silence_ended = time.monotonic()
-        self._acked_at = time.monotonic()
+            self._silence_ended = self.clock.monotonic()
+        self._acked_at = self.clock.monotonic()
         self._answered.set()
         self._watchdog.ack()
         if seq is not None:
@@ -230,7 +234,7 @@ class Runner(Service):
         longer its own. Declared lost: everything it held is someone else's now (fence), and it
         registers again."""
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            await asyncio.sleep(self.timings.heartbeat_interval_s)
             self._seq += 1
             event = RunnerHeartbeat(
                 runner_id=self.runner_id,
@@ -239,7 +243,7 @@ class Runner(Service):
                 seq=self._seq,
                 acked_seq=self._acked_seq,
             )
-            timeout = min(RUNNER_REQUEST_TIMEOUT_S, self.settings.runner_ttl_s / 4)
+            timeout = min(RUNNER_REQUEST_TIMEOUT_S, self.timings.runner_ttl_s / 4)
             try:
                 reply = await self.bus.request(self.bus.subjects.runner_heartbeat, event, HeartbeatReply, timeout)
             except OrchestratorError as exc:  # NoResponders too: no capacity heard us
@@ -258,13 +262,13 @@ class Runner(Service):
         capacity answered, it kills its jobs, well before capacity (a full TTL after the last
         heartbeat it received) can give them to another runner. No job runs on two at once.
         Until a heartbeat is answered again it takes no job (`_silent`)."""
-        ttl_half = self.settings.runner_ttl_s / 2
+        ttl_half = self.timings.runner_ttl_s / 2
         fenced_after = None  # the answered heartbeat whose silence was fenced
         while True:
             acked_at = self._acked_at
-            wait = acked_at + ttl_half - time.monotonic()
+            wait = acked_at + ttl_half - self.clock.monotonic()
             if wait <= 0 and fenced_after != acked_at:
-                self._fence(f"no heartbeat answered for {time.monotonic() - acked_at:.1f}s")
+                self._fence(f"no heartbeat answered for {self.clock.monotonic() - acked_at:.1f}s")
                 fenced_after = acked_at
             self._answered.clear()
             with contextlib.suppress(TimeoutError):
@@ -273,7 +277,7 @@ class Runner(Service):
     def _silent(self) -> bool:
         """No heartbeat answered for long enough to be fenced (the watchdog measures the same
         silence on its own clock: err towards "fenced")."""
-        return time.monotonic() - self._acked_at >= 0.9 * self.settings.runner_ttl_s / 2
+        return self.clock.monotonic() - self._acked_at >= 0.9 * self.timings.runner_ttl_s / 2
 
     def _fenced(self, job: Held) -> bool:
         """Whether `job` may have been killed by the fence or the watchdog: a silence long enough
@@ -309,7 +313,7 @@ class Runner(Service):
     async def _on_assign(self, event: JobAssigned) -> Reply:
         if not self._accepting or self.busy >= self.slots or event.job_id in self._jobs or self._silent():
             return Reply(ok=False, error=ErrorDetail(code="no_slot", message=f"{self.runner_id} has no free slot"))
-        job = Held(event)
+        job = Held(event, since=self.clock.monotonic())
         self._jobs[event.job_id] = job
         if self.once:
             self._accepting = False
@@ -379,9 +383,11 @@ class Runner(Service):
 
     async def _execute(self, job: Held) -> Outcome:
         e = job.event
-        s = self.settings
-        output = JobOutput(self._logs, e.job_id, e.attempt, self.runner_id, s.log_max_bytes, s.log_ship_timeout_s)
-        return await run(job, self.runner_id, self.settings.kill_grace_s, self._watchdog, output)
+        limits = self.log_limits
+        output = JobOutput(
+            self._logs, e.job_id, e.attempt, self.runner_id, limits.log_max_bytes, limits.log_ship_timeout_s
+        )
+        return await run(job, self.runner_id, self.timings.kill_grace_s, self._watchdog, output)
 
     async def _until_answered(self, send: Callable[[], Awaitable[R]], what: str, **extra: Any) -> R:
         """`send()` a request until capacity answers (ok, a duplicate, or refused as stale); a

@@ -13,10 +13,10 @@ import ctypes
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
+from orchestrator.settings import secret_env_names
 from schemas.events import JobAssigned
 from schemas.jobs import JobState
 from services.runner.job_output import JobOutput, pump_until
@@ -54,27 +54,15 @@ def _dies_with(parent: int) -> Callable[[], None] | None:
 
 
 # The runner's own credentials are not its jobs' business: a job's command is any code at all.
-# Everything else in the runner's environment (PATH, HOME, ORCH_URL ...) is passed on.
-SECRET_ENV = frozenset(
-    {
-        "ORCH_DATABASE_URL",
-        "ORCH_NATS_URL",
-        "ORCH_NATS_PASSWORD",
-        "ORCH_NATS_TOKEN",
-        "ORCH_NATS_CREDS_FILE",
-        "ORCH_NATS_TLS_KEY_FILE",
-        "ORCH_PRODUCER_TOKENS",
-        "ORCH_RUNNER_TOKENS",
-        "ORCH_OPERATOR_TOKENS",
-        "ORCH_TOKEN",
-    }
-)
+# Everything else in the runner's environment (PATH, HOME, ORCH_URL ...) is passed on. The
+# settings say which of their variables hold secrets; `ORCH_TOKEN` is the CLI's, not a setting.
+SECRET_ENV = secret_env_names() | {"ORCH_TOKEN"}
 
 
 class Held:
     """A job a runner holds, from its ack until its end is reported (or it is dropped)."""
 
-    def __init__(self, event: JobAssigned) -> None:
+    def __init__(self, event: JobAssigned, *, since: float) -> None:
         self.event = event
         self.task: asyncio.Task[None] | None = None
         self.proc: asyncio.subprocess.Process | None = None
@@ -82,7 +70,7 @@ class Held:
         self.cancelled = asyncio.Event()
         # The command has ended and its slot is free; the report may still be on its way.
         self.ended = False
-        self.since = time.monotonic()  # held since (monotonic)
+        self.since = since  # held since (the runner's monotonic clock)
 
 
 async def run(

@@ -225,7 +225,7 @@ async def test_a_burst_past_max_active_sheds_exactly_the_excess(
     max_active, via_js, via_http = 15, 60, 20
     await put_pool(store, bus, "burst", max_active=max_active)
     assert front.store is not None
-    second = Admission(settings, front.store, front.bus)  # type: ignore[arg-type]
+    second = Admission(settings.admission, front.store, front.bus)  # type: ignore[arg-type]
     await second.start()
     try:
         async with Listener(bus, bus.subjects.job_events("admitted"), JobAdmitted) as admitted:

@@ -19,7 +19,7 @@ from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.errors import ConfigurationError, StoreError
 from orchestrator.provisioning import ProvisionerContext, WorkerRequest
-from orchestrator.settings import Settings
+from orchestrator.settings import ProvisionerSettings, Settings
 from orchestrator.store import Store
 from schemas.events import CapacityUnknown, JobAssigned
 from schemas.jobs import JobSpec, JobState
@@ -87,7 +87,8 @@ class InProcessFleet:
 
     async def spawn(self, request: WorkerRequest) -> str:
         worker = Runner(
-            self.settings,
+            self.settings.timings,
+            self.settings.log_limits,
             self.bus,
             runner_id=request.runner_id,
             pool=request.pool,
@@ -230,7 +231,9 @@ async def test_pull_runners_and_provisioned_workers_share_one_max_concurrent(
 
     fleets.execute = held
     await factories.pool(store, "p", labels=["linux"], max_concurrent=3, provisioner="in-process")
-    pull = Runner(settings, bus, runner_id="pull", pool="p", labels=["linux"], slots=2, execute=held)
+    pull = Runner(
+        settings.timings, settings.log_limits, bus, runner_id="pull", pool="p", labels=["linux"], slots=2, execute=held
+    )
     await pull.start()
     try:
         await fleets.admit("p", 6)
@@ -293,7 +296,15 @@ async def test_a_new_leaders_provisioner_counts_the_workers_its_predecessor_star
         return await count(store, "SELECT count(*) FROM jobs WHERE pool = 'p' AND state = 'running'") == 2
 
     await eventually(two_running, timeout=15, what="two workers to run a job each")
-    successor = Provisioning(settings, store, bus, {"in-process": fleets._in_process})
+    successor = Provisioning(
+        settings.provisioner,
+        settings.timings,
+        store,
+        bus,
+        {"in-process": fleets._in_process},
+        data_dir=settings.data_dir,
+        instance_id=settings.instance_id,
+    )
     try:
         await successor.reconcile("p")  # as a new leader's first reconcile, in another process
         old, new = fleets.made
@@ -302,3 +313,70 @@ async def test_a_new_leaders_provisioner_counts_the_workers_its_predecessor_star
         gate.set()
         await successor.stop()
     await eventually(lambda: all_succeeded(store, "p", 4), timeout=20, what="all 4 jobs to finish")
+
+
+class ManualClock:
+    """A clock the test moves: both readings are the same number."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+
+class NeverRegisters:
+    """A provisioner whose workers never start: spawned and stopped are only noted."""
+
+    def __init__(self, ctx: ProvisionerContext) -> None:
+        self.spawned: list[str] = []
+        self.stopped: list[str] = []
+
+    async def spawn(self, request: WorkerRequest) -> str:
+        self.spawned.append(request.runner_id)
+        return request.runner_id
+
+    async def count_live(self) -> int:
+        return len(self.spawned) - len(self.stopped)
+
+    async def stop(self, worker: str) -> None:
+        self.stopped.append(worker)
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_worker_that_never_registers_is_stopped_after_the_start_timeout(
+    settings: Settings, store: Store, bus: Bus
+) -> None:
+    """A worker's start is timed on the provisioner's clock: moved past `start_timeout_s`, the
+    next reconcile stops the worker (no waiting out the timeout)."""
+    await factories.pool(store, "p", labels=["linux"], provisioner="silent", max_workers=1)
+    await factories.queue(store, 1, pool="p")
+    clock = ManualClock()
+    provisioning = Provisioning(
+        ProvisionerSettings(start_timeout_s=30),
+        settings.timings,
+        store,
+        bus,
+        {"silent": NeverRegisters},
+        data_dir=settings.data_dir,
+        instance_id=settings.instance_id,
+        clock=clock,
+    )
+    try:
+        await provisioning.reconcile("p")
+        fleet = provisioning._fleets["p"][1]
+        assert isinstance(fleet, NeverRegisters)
+        [worker] = fleet.spawned
+        clock.now += 29
+        await provisioning.reconcile("p")
+        assert (fleet.spawned, fleet.stopped) == ([worker], [])  # still starting: not stopped, not replaced
+        clock.now += 2
+        await provisioning.reconcile("p")
+        assert fleet.stopped == [worker]
+    finally:
+        await provisioning.stop()

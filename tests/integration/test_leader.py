@@ -69,7 +69,7 @@ def two_leaders(settings: Settings, store: Store, bus: Bus) -> list[tuple[Leader
     out = []
     for name in ("a", "b"):
         leadership = Leadership(settings.dispatch_shard, name)
-        out.append((Leader(settings, store, bus, leadership), leadership))
+        out.append((Leader(settings.leader, store, bus, leadership), leadership))
     return out
 
 
@@ -98,11 +98,11 @@ async def test_graceful_stop_hands_leadership_over(settings: Settings, store: St
 
 async def test_leader_lifecycle(settings: Settings, store: Store, bus: Bus) -> None:
     leadership = Leadership(settings.dispatch_shard, "x")
-    never_started = Leader(settings, store, bus, leadership)
+    never_started = Leader(settings.leader, store, bus, leadership)
     await never_started.stop()
     await never_started.stop()
     for _ in range(20):
-        leader = Leader(settings, store, bus, leadership)
+        leader = Leader(settings.leader, store, bus, leadership)
         await leader.start()
         assert leadership.leading
         await leader.stop()
@@ -115,7 +115,7 @@ async def test_dispatch_claims_only_while_leading(settings: Settings, store: Sto
     await store.transitions.register_runner(RunnerSpec("r1", "p", [], 10), [])
     await factories.queue(store, 3, "p")
     leadership = Leadership(settings.dispatch_shard, "me")
-    dispatch = Dispatch(settings, store, bus, leadership=leadership)
+    dispatch = Dispatch(settings.dispatch, settings.timings, store, bus, leadership=leadership)
     assert await dispatch.step("p") == "not_leader"
     epoch = await store.dispatch_epoch_issue(settings.dispatch_shard, "me")
     leadership.gain(epoch, time.monotonic() + 60)
@@ -136,16 +136,16 @@ async def test_a_lease_bucket_made_anew_does_not_halt_dispatch(settings: Setting
     await factories.queue(store, 1, "p")
     for _ in range(3):  # a few terms, each a few revisions
         leadership = Leadership(settings.dispatch_shard, "me")
-        leader = Leader(settings, store, bus, leadership)
+        leader = Leader(settings.leader, store, bus, leadership)
         await leader.start()
         await leader.stop()
     await bus.js.delete_key_value(bus.subjects.lease_bucket)
     leadership = Leadership(settings.dispatch_shard, "me")
-    leader = Leader(settings, store, bus, leadership)
+    leader = Leader(settings.leader, store, bus, leadership)
     await leader.start()
     try:
         assert leadership.leading
-        dispatch = Dispatch(settings, store, bus, leadership=leadership)
+        dispatch = Dispatch(settings.dispatch, settings.timings, store, bus, leadership=leadership)
         assert await dispatch.step("p") == "dispatched"
     finally:
         await leader.stop()
@@ -180,8 +180,8 @@ async def test_a_leader_whose_claims_are_fenced_gives_the_lease_up_and_a_new_ter
     await store.transitions.register_runner(RunnerSpec("r1", "p", [], 10), [])
     await factories.queue(store, 2, "p")
     leadership = Leadership(settings.dispatch_shard, "me")
-    leader = Leader(settings, store, bus, leadership)
-    dispatch = Dispatch(settings, store, bus, leadership=leadership)
+    leader = Leader(settings.leader, store, bus, leadership)
+    dispatch = Dispatch(settings.dispatch, settings.timings, store, bus, leadership=leadership)
     async with Listener(bus, bus.subjects.leader_events("lost"), LeaderLost) as lost:
         await leader.start()
         try:

@@ -35,7 +35,9 @@ SEED_COMMAND = (
 async def windows(system: Runtime, store: Store, bus: Bus) -> AsyncIterator[Runner]:
     """Servo's profile as a pool with one slot, and a runner serving it."""
     await factories.pool(store, PROFILE, max_concurrent=1)
-    runner = Runner(system.settings, bus, runner_id="win-1", pool=PROFILE, labels=[], slots=1)
+    runner = Runner(
+        system.settings.timings, system.settings.log_limits, bus, runner_id="win-1", pool=PROFILE, labels=[], slots=1
+    )
     await runner.start()
     yield runner
     await runner.stop()

@@ -36,7 +36,15 @@ async def test_backlog_drains_under_the_cap_and_all_succeed(system: Runtime, bus
     await record_history(store)
     await factories.pool(store, max_concurrent=5, labels=["linux", "x86_64"])
     extra = [
-        Runner(system.settings, bus, runner_id=f"extra-{i}", pool="default", labels=["linux"], slots=4)
+        Runner(
+            system.settings.timings,
+            system.settings.log_limits,
+            bus,
+            runner_id=f"extra-{i}",
+            pool="default",
+            labels=["linux"],
+            slots=4,
+        )
         for i in range(2)
     ]
     for r in extra:
@@ -104,7 +112,15 @@ async def test_killed_runner_job_is_requeued_and_finishes_elsewhere(
         )
         await eventually(lambda: asyncio.to_thread(marker.exists), what="the first attempt to start")
         orphan = int(marker.read_text())
-        survivor = Runner(settings, bus, runner_id="survivor", pool="default", labels=["linux", "remote"], slots=1)
+        survivor = Runner(
+            settings.timings,
+            settings.log_limits,
+            bus,
+            runner_id="survivor",
+            pool="default",
+            labels=["linux", "remote"],
+            slots=1,
+        )
         await survivor.start()
         doomed.kill()  # kill -9: no goodbye, no report
 
@@ -177,7 +193,7 @@ async def test_unreachable_store_means_capacity_unknown_and_no_dispatch(
     await factories.queue(store, 3)
     dispatch_store = Store(settings.database_url or "", max_size=2)
     await dispatch_store.connect()
-    dispatch = Dispatch(settings, dispatch_store, bus)
+    dispatch = Dispatch(settings.dispatch, settings.timings, dispatch_store, bus)
     database = (settings.database_url or "").split("?")[0].rsplit("/", 1)[1]
     admin = await asyncpg.connect(pg_dsn)
     try:

@@ -89,13 +89,16 @@ async def cluster(settings: Settings, tmp_path: Path) -> AsyncIterator[Cluster]:
     assert runtime.store is not None and runtime.bus is not None
     await record_history(runtime.store)
     await factories.pool(runtime.store, "p", max_concurrent=CAP, max_active=-1)
-    runners = [Runner(settings, runtime.bus, runner_id=f"r{i}", pool="p", labels=[], slots=2) for i in range(2)]
+    runners = [
+        Runner(settings.timings, settings.log_limits, runtime.bus, runner_id=f"r{i}", pool="p", labels=[], slots=2)
+        for i in range(2)
+    ]
     env = {
         "ORCH_NATS_URL": settings.nats_url or "",
         "ORCH_DATABASE_URL": settings.database_url or "",
         "ORCH_NAMESPACE": settings.namespace,
         "ORCH_SWEEP_INTERVAL_S": "0.5",
-        "ORCH_ASSIGNED_STALE_S": "3",
+        "ORCH_DISPATCH__ASSIGNED_STALE_S": "3",
         "ORCH_DB_IDLE_IN_TRANSACTION_S": "1",
         "ORCH_STOP_TIMEOUT_S": "2",
     }

@@ -73,7 +73,7 @@ async def test_bad_bodies_are_refused_and_change_nothing(
 ) -> None:
     if data is None:
         cases = every_field_spoiled(base, list(model.model_fields))
-        cases.append(dumps({**base, "pad": "a" * settings.max_body_bytes}))
+        cases.append(dumps({**base, "pad": "a" * settings.api.max_body_bytes}))
         # JSON has no NaN, and Postgres's jsonb refuses it; 1e400 parses as infinity.
         cases.append(b'{"pool": "default", "payload": {"n": NaN, "m": [1e400]}}')
     else:
@@ -83,9 +83,9 @@ async def test_bad_bodies_are_refused_and_change_nothing(
         before = await database_rows(store)
         status, answer = await send(http, method, path, body)
         assert status < 500, (status, answer, body[:200])
-        if len(body) > settings.max_body_bytes:
+        if len(body) > settings.api.max_body_bytes:
             assert status == 413 and answer["error"]["code"] == "too_large", answer
-            assert str(settings.max_body_bytes) in answer["error"]["message"], answer
+            assert str(settings.api.max_body_bytes) in answer["error"]["message"], answer
         if refuses(model, body, empty=b"{}" if "/pools/" in path else None):  # a pool's omitted fields default
             assert_names_the_problem(status, answer)
             assert await database_rows(store) == before, body[:200]

@@ -232,7 +232,7 @@ async def test_a_durable_consumer_hears_every_job_finish_through_a_kill_9_of_eve
         "ORCH_HEARTBEAT_INTERVAL_S": "0.5",
         "ORCH_RUNNER_TTL_S": "3",
         "ORCH_SWEEP_INTERVAL_S": "0.5",
-        "ORCH_ASSIGNED_STALE_S": "5",
+        "ORCH_DISPATCH__ASSIGNED_STALE_S": "5",
         "ORCH_STOP_TIMEOUT_S": "2",
     }
     logs = tmp_path / "logs"

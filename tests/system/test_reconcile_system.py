@@ -167,7 +167,9 @@ async def test_a_runner_fences_itself_when_no_capacity_answers(settings: Setting
         raise AssertionError("unreachable")
 
     await factories.pool(store)
-    runner = Runner(settings, bus, runner_id="r1", pool="default", labels=[], slots=1, execute=hold)
+    runner = Runner(
+        settings.timings, settings.log_limits, bus, runner_id="r1", pool="default", labels=[], slots=1, execute=hold
+    )
     await runner.start()
     try:
         await submit(bus, payload={"command": ["true"]})

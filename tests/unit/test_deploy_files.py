@@ -20,7 +20,7 @@ from app.cli import parser
 from app.runtime import SERVICES
 from orchestrator.health import roles_from_argv
 from orchestrator.pools import load_pools_file
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, env_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -118,7 +118,7 @@ def test_the_topology(config: dict[str, Any]) -> None:
 
 # Read by the CLI itself (logging is set up before the settings are).
 CLI_VARIABLES = {"ORCH_LOG_LEVEL", "ORCH_URL"}
-SETTINGS_VARIABLES = {f"ORCH_{name.upper()}" for name in Settings.model_fields}
+SETTINGS_VARIABLES = set(env_fields())
 
 
 def test_every_variable_compose_sets_is_read_and_valid(config: dict[str, Any]) -> None:

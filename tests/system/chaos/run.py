@@ -119,7 +119,7 @@ class Chaos:
             "ORCH_HEARTBEAT_INTERVAL_S": "0.5",
             "ORCH_RUNNER_TTL_S": "3",
             "ORCH_SWEEP_INTERVAL_S": "0.5",
-            "ORCH_ASSIGNED_STALE_S": "5",
+            "ORCH_DISPATCH__ASSIGNED_STALE_S": "5",
             "ORCH_STOP_TIMEOUT_S": "2",
         }
         logs = self.root / "logs"

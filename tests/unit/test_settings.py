@@ -1,0 +1,157 @@
+"""Settings from the environment, without servers: sections (`ORCH_<SECTION>__<FIELD>`), the
+flat names that are a public contract, former flat names of fields moved into a section, the
+errors a bad value gives, and the secrets a runner keeps from its jobs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from pydantic import SecretStr, ValidationError
+from services.job_process import SECRET_ENV
+
+from orchestrator.errors import ConfigurationError
+from orchestrator.settings import (
+    MOVED,
+    DispatchSettings,
+    LeaderSettings,
+    Settings,
+    Timings,
+    env_fields,
+)
+
+# Documented, and set by deployments: these names must keep working as they are.
+CONTRACT = [
+    "ORCH_NATS_URL",
+    "ORCH_DATABASE_URL",
+    "ORCH_DATA_DIR",
+    "ORCH_HTTP_HOST",
+    "ORCH_HTTP_PORT",
+    "ORCH_POOLS_FILE",
+    "ORCH_RUNNER_SLOTS",
+    "ORCH_RUNNER_LABELS",
+    "ORCH_RUNNER_POOL",
+    "ORCH_LOG_MAX_BYTES",
+    "ORCH_LOG_RETENTION_S",
+    "ORCH_KILL_GRACE_S",
+    "ORCH_PRODUCER_TOKENS",
+    "ORCH_RUNNER_TOKENS",
+    "ORCH_OPERATOR_TOKENS",
+    "ORCH_NATS_USER",
+    "ORCH_NATS_PASSWORD",
+    "ORCH_NATS_TOKEN",
+    "ORCH_NATS_CREDS_FILE",
+    "ORCH_NATS_TLS_CA_FILE",
+    "ORCH_NATS_TLS_CERT_FILE",
+    "ORCH_NATS_TLS_KEY_FILE",
+    "ORCH_NAMESPACE",
+    "ORCH_INSTANCE_ID",
+    "ORCH_METRICS_PORT",
+]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only what a test sets: none of the environment's own ORCH_* variables."""
+    for name in list(os.environ):
+        if name.upper().startswith("ORCH_"):
+            monkeypatch.delenv(name)
+
+
+def test_a_sectioned_variable_reaches_its_section(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_DISPATCH__STEP_LIMIT", "64")
+    monkeypatch.setenv("orch_provisioner__max_spawn", "3")  # case does not matter, as for flat names
+    settings = Settings()
+    assert settings.dispatch == DispatchSettings(step_limit=64)
+    assert settings.provisioner.max_spawn == 3
+    assert settings.leader == LeaderSettings()  # the others keep their defaults
+
+
+@pytest.mark.parametrize("name", CONTRACT)
+def test_the_public_flat_names_stay_flat_and_are_read(name: str) -> None:
+    assert name in env_fields()
+
+
+def test_flat_names_set_the_shared_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_KILL_GRACE_S", "3")
+    monkeypatch.setenv("ORCH_NATS_USER", "orch")
+    monkeypatch.setenv("ORCH_NATS_PASSWORD", "pw")
+    monkeypatch.setenv("ORCH_HTTP_PORT", "9000")
+    settings = Settings()
+    assert settings.timings == Timings(kill_grace_s=3)
+    credentials = settings.nats_credentials
+    assert (credentials.nats_user, credentials.nats_password) == ("orch", SecretStr("pw"))
+    assert settings.http.http_port == 9000
+    with pytest.raises(ValidationError):  # a service's copy is its own
+        settings.timings.kill_grace_s = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("name", "section"), sorted(MOVED.items()))
+def test_a_former_flat_name_still_sets_the_field_in_its_section(
+    monkeypatch: pytest.MonkeyPatch, name: str, section: str
+) -> None:
+    value = 7 if name != "lease_renew_s" else 1.5
+    monkeypatch.setenv(f"ORCH_{name.upper()}", str(value))
+    if name == "lease_renew_s":  # must stay under the TTL
+        monkeypatch.setenv("ORCH_LEADER__LEASE_TTL_S", "3")
+    assert getattr(getattr(Settings(), section), name) == value
+    assert getattr(getattr(Settings(**{name: value}), section), name) == value  # as a keyword too
+
+
+def test_the_sectioned_name_wins_over_the_former_flat_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_LEASE_TTL_S", "5")
+    monkeypatch.setenv("ORCH_LEASE_RENEW_S", "1")
+    monkeypatch.setenv("ORCH_LEADER__LEASE_TTL_S", "4")
+    assert Settings().leader == LeaderSettings(lease_ttl_s=4, lease_renew_s=1)
+
+
+def test_a_bad_sectioned_value_names_its_field_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_DISPATCH__STEP_LIMIT", "abc")
+    with pytest.raises(ValidationError, match=r"dispatch\.step_limit"):
+        Settings()
+    with pytest.raises(ConfigurationError, match="ORCH_DISPATCH__STEP_LIMIT: Input should be a valid integer"):
+        Settings.from_env()
+
+
+def test_a_misspelt_sectioned_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_DISPATCH__STEP_LIMT", "64")
+    with pytest.raises(ConfigurationError, match="ORCH_DISPATCH__STEP_LIMT: Extra inputs are not permitted"):
+        Settings.from_env()
+
+
+def test_a_section_checks_its_fields_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_LEASE_RENEW_S", "5")  # a former name, over the default TTL of 2
+    with pytest.raises(ConfigurationError, match=r"ORCH_LEADER: .*lease_renew_s \(5.0\) must be under lease_ttl_s"):
+        Settings.from_env()
+
+
+def test_the_error_does_not_show_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_HTTP_PORT", "s3cret-looking")
+    with pytest.raises(ConfigurationError) as raised:
+        Settings.from_env()
+    assert "ORCH_HTTP_PORT" in str(raised.value) and "s3cret" not in str(raised.value)
+
+
+def test_secret_env_lists_every_secret_field() -> None:
+    secret_str = {
+        name
+        for name, field in env_fields().items()
+        if field.annotation in (SecretStr, SecretStr | None)  # the declared kinds of secret
+    }
+    assert secret_str == {
+        "ORCH_NATS_PASSWORD",
+        "ORCH_NATS_TOKEN",
+        "ORCH_PRODUCER_TOKENS",
+        "ORCH_RUNNER_TOKENS",
+        "ORCH_OPERATOR_TOKENS",
+    }
+    assert secret_str <= SECRET_ENV
+    # Not SecretStr, but access all the same (a URL's password, a key), and the CLI's own token.
+    assert {
+        "ORCH_DATABASE_URL",
+        "ORCH_NATS_URL",
+        "ORCH_NATS_CREDS_FILE",
+        "ORCH_NATS_TLS_KEY_FILE",
+        "ORCH_TOKEN",
+    } <= SECRET_ENV
+    assert not {"ORCH_NATS_USER", "ORCH_HTTP_PORT", "ORCH_URL", "ORCH_RUNNER_TTL_S"} & SECRET_ENV
