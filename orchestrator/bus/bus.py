@@ -1,4 +1,5 @@
-"""The bus: one NATS connection, typed publish / request / subscribe, and the intake stream.
+"""The bus: one NATS connection (connection.py), typed publish / request / subscribe, and the
+JetStream streams (the intake: intake.py; the job events: job_events.py).
 
 Only this package knows nats-py. Every message carries W3C trace context in its headers, and
 every handler runs inside a consumer span continuing the sender's trace. A message that does not
@@ -16,31 +17,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from orchestrator import telemetry
-from orchestrator.bus import job_events
+from orchestrator.bus import intake, job_events
+from orchestrator.bus.connection import CONNECT_WAIT_S, connect
 from orchestrator.bus.credentials import NatsCredentials
 from orchestrator.bus.delivery import Delivery
 from orchestrator.bus.job_events import OutboxMessage
 from orchestrator.bus.subjects import Subjects
 from orchestrator.errors import BusUnavailable, InvalidInput, NoResponders, RequestFailed, StoreUnavailable
-from orchestrator.redact import redact_url
 from schemas.events import ErrorDetail, Reply, error_from_validation
 from schemas.storable import nul_in
 
@@ -68,19 +67,6 @@ def _list_of(model: type[M]) -> TypeAdapter[list[M]]:
 
 def _json_array(models: Sequence[BaseModel]) -> bytes:
     return b"[" + b",".join(m.model_dump_json().encode() for m in models) + b"]"
-
-
-# JetStream deduplicates on Nats-Msg-Id inside this window; the job key in Postgres beyond it.
-DEDUP_WINDOW_S = 120.0
-# How long the first connect waits for a NATS server that is not up yet.
-CONNECT_WAIT_S = 30.0
-
-
-def _retry_cannot_fix(exc: Exception) -> bool:
-    """Errors of the first connect that the next attempt would repeat: a certificate that does
-    not verify, credentials the server refuses."""
-    text = str(exc).lower()
-    return isinstance(exc, ssl.SSLError) or "authorization violation" in text or "authentication" in text
 
 
 def _span_attrs(subject: str, operation: str) -> dict[str, str]:
@@ -119,59 +105,9 @@ class Bus:
         return cls(url, Subjects(settings.namespace), name=name, credentials=NatsCredentials.from_settings(settings))
 
     async def connect(self, wait_s: float = CONNECT_WAIT_S) -> None:
-        """Connect, waiting up to `wait_s` for a server that is not up yet (containers start in
-        any order), but failing at once on what retrying cannot fix (wrong credentials, a
-        certificate that does not verify). Once connected, the client reconnects forever."""
-        url = redact_url(self.url)
-        last_error: list[Exception] = []
-
-        async def on_error(exc: Exception) -> None:
-            # nats-py retries every failure of the first connect as well; it calls this each time.
-            if self._nc is None:
-                last_error[:] = [exc]
-                if _retry_cannot_fix(exc):
-                    connecting.cancel()
-            else:  # one line: nats-py's default logs a traceback per reconnect attempt, 4 a second
-                _log.warning("NATS at %s: %s: %s", url, type(exc).__name__, exc)
-
-        connecting = asyncio.ensure_future(
-            nats.connect(
-                self.url,
-                name=self.name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-                connect_timeout=5,
-                allow_reconnect=True,
-                error_cb=on_error,
-                disconnected_cb=self._on_disconnected,
-                reconnected_cb=self._on_reconnected,
-                **self.credentials.connect_options(),
-            )
-        )
-        try:
-            await asyncio.wait({connecting}, timeout=wait_s)
-        finally:
-            timed_out = not connecting.done()
-            if timed_out:
-                connecting.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await connecting
-        why = f": {last_error[0]}" if last_error else ""
-        if timed_out:
-            raise BusUnavailable(f"cannot connect to NATS at {url} within {wait_s:g} s{why}")
-        if connecting.cancelled():
-            raise BusUnavailable(f"NATS at {url} refused the connection{why}")
-        if connecting.exception() is not None:
-            raise BusUnavailable(f"cannot connect to NATS at {url}: {connecting.exception()}")
-        self._nc = connecting.result()
+        """Connect (see connection.py): raises BusUnavailable unless it did within `wait_s`."""
+        self._nc = await connect(self.url, name=self.name, credentials=self.credentials, wait_s=wait_s)
         self._js = self._nc.jetstream()
-
-    async def _on_disconnected(self) -> None:
-        if self._nc is not None and not (self._nc.is_closed or self._nc.is_draining):  # not our own close
-            _log.warning("NATS: disconnected from %s, reconnecting", redact_url(self.url))
-
-    async def _on_reconnected(self) -> None:
-        _log.info("NATS: reconnected to %s", redact_url(self.url))
 
     async def close(self) -> None:
         # A pull subscription has nothing to drain (what was not fetched is redelivered), and
@@ -328,7 +264,7 @@ class Bus:
 
         return await self.nc.subscribe(subject, queue=queue, cb=spawn)
 
-    # --- JetStream intake --------------------------------------------------------------------
+    # --- JetStream --------------------------------------------------------------------
 
     async def ensure_stream(self, config: StreamConfig) -> None:
         """Create the stream, or bring an existing one to `config`."""
@@ -339,14 +275,7 @@ class Bus:
             await self.js.add_stream(config)
 
     async def ensure_intake_stream(self) -> None:
-        config = StreamConfig(
-            name=self.subjects.intake_stream,
-            subjects=[self.subjects.submit],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            duplicate_window=DEDUP_WINDOW_S,
-        )
-        await self.ensure_stream(config)
+        await intake.ensure_stream(self)
 
     async def ensure_job_events_stream(self, max_age_s: float) -> None:
         """The stream of every job event (see `job_events.py`)."""
@@ -357,28 +286,14 @@ class Bus:
         await job_events.publish(self, rows, atomic=self.atomic_events)
 
     async def intake_subscription(self, durable: str, *, ack_wait_s: float = 30.0) -> JetStreamContext.PullSubscription:
-        """A durable pull consumer shared by every admission instance (WorkQueue: one consumer)."""
-        config = ConsumerConfig(
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ack_wait_s,
-            max_deliver=-1,  # transient failures redeliver until the store answers; bad input is term()ed
-            max_ack_pending=10_000,
-        )
-        pull = await self.js.pull_subscribe(
-            self.subjects.submit, durable=durable, stream=self.subjects.intake_stream, config=config
-        )
+        """A durable pull consumer shared by every admission instance (see `intake.py`)."""
+        pull = await intake.subscribe(self, durable, ack_wait_s)
         self._pulls.append(pull)
         return pull
 
-    async def fetch(self, intake: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Delivery]:
+    async def fetch(self, pull: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Delivery]:
         """Up to `batch` intake messages; [] when none came within `timeout`."""
-        try:
-            return [Delivery.of(msg) for msg in await intake.fetch(batch, timeout=timeout)]
-        except (TimeoutError, NatsTimeout):
-            return []
-        except Exception as exc:  # reconnecting, or the consumer is being recreated
-            raise BusUnavailable(f"cannot fetch from the intake: {exc}") from exc
+        return await intake.fetch(pull, batch, timeout)
 
     @property
     def connected(self) -> bool:
@@ -399,7 +314,4 @@ class Bus:
 
     async def submit(self, body: bytes, key: str | None) -> None:
         """Publish a job spec to the intake stream, as any producer would."""
-        headers = telemetry.inject()
-        if key:
-            headers["Nats-Msg-Id"] = key
-        await self.js.publish(self.subjects.submit, body, headers=headers)
+        await intake.submit(self, body, key)
