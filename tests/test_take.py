@@ -14,7 +14,6 @@ import aiohttp
 from orchestrator.bus import Bus
 from orchestrator.runtime import Runtime
 from orchestrator.store import Store
-from schemas.events import JobExpired
 from services.api.take import held_by
 from services.runner import Runner
 from tests import factories
@@ -153,7 +152,7 @@ async def test_queued_job_never_dispatched_expires_when_its_client_stops_polling
     system_http: aiohttp.ClientSession, store: Store, bus: Bus
 ) -> None:
     await factories.pool(store, labels=["linux", "x86_64"], paused=True)  # admitted, never dispatched
-    async with Listener(bus, bus.subjects.job_events("expired"), JobExpired) as expired:
+    async with Listener(bus, bus.subjects.job_expired.any()) as expired:
         kept = await submit(system_http, abandon_after_s=1.0)
         dropped = await submit(system_http, abandon_after_s=1.0)
         # One client keeps polling past its abandon_after_s; the other never polls.
@@ -179,7 +178,7 @@ async def test_held_reservation_nobody_takes_expires_and_frees_the_slot(
     solo = Runner(system.settings, bus, runner_id="solo", pool="default", labels=["solo"], slots=1)
     await solo.start()
     try:
-        async with Listener(bus, bus.subjects.job_events("expired"), JobExpired) as expired:
+        async with Listener(bus, bus.subjects.job_expired.any()) as expired:
             held = await submit(system_http, labels=["solo"], abandon_after_s=1.0)
 
             async def on_solo() -> bool:  # assigned there, at least: the start report may come after the expiry
@@ -207,7 +206,7 @@ async def test_taken_reservation_does_not_expire(system_http: aiohttp.ClientSess
     first = await submit(system_http, abandon_after_s=1.0, timeout_s=60)
     status, _, _ = await take(system_http, first["id"], first["token"], wait=10)
     assert status == 200
-    async with Listener(bus, bus.subjects.job_events("expired"), JobExpired) as expired:
+    async with Listener(bus, bus.subjects.job_expired.any()) as expired:
         # Submitted after the take, the untaken one expires when the taken one is past its
         # abandon_after_s too.
         second = await submit(system_http, abandon_after_s=1.0, timeout_s=60)

@@ -1,5 +1,5 @@
-"""The bus: one NATS connection (connection.py), typed publish / request / subscribe, and the
-JetStream streams (the intake: intake.py; the job events: job_events.py).
+"""The bus: one NATS connection (connection.py), publish / request / subscribe on typed topics
+(topics.py), and the JetStream streams (the intake: intake.py; the job events: job_events.py).
 
 Only this package knows nats-py. Every message carries W3C trace context in its headers, and
 every handler runs inside a consumer span continuing the sender's trace. A message that does not
@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -30,7 +30,7 @@ from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus import intake, job_events
@@ -39,6 +39,7 @@ from orchestrator.bus.credentials import NatsCredentials
 from orchestrator.bus.delivery import Delivery
 from orchestrator.bus.job_events import OutboxMessage
 from orchestrator.bus.subjects import Subjects
+from orchestrator.bus.topics import RequestTopic, Topic, json_array, list_of
 from orchestrator.errors import BusUnavailable, InvalidInput, NoResponders, RequestFailed, StoreUnavailable
 from schemas.events import ErrorDetail, Reply, error_from_validation
 from schemas.storable import nul_in
@@ -49,24 +50,12 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
-# What a subscriber is given: the parsed event. It returns the reply to a request, or None.
-Handler = Callable[[M], Awaitable[BaseModel | None]]
+T = TypeVar("T")
 
 _tracer = telemetry.tracer("orchestrator.bus")
 _log = telemetry.get_logger("bus")
 
 BATCH_HEADER = "Orch-Batch"
-_list_adapters: dict[type[BaseModel], TypeAdapter[Any]] = {}
-
-
-def _list_of(model: type[M]) -> TypeAdapter[list[M]]:
-    if model not in _list_adapters:
-        _list_adapters[model] = TypeAdapter(list[model])  # type: ignore[valid-type]
-    return _list_adapters[model]
-
-
-def _json_array(models: Sequence[BaseModel]) -> bytes:
-    return b"[" + b",".join(m.model_dump_json().encode() for m in models) + b"]"
 
 
 def _span_attrs(subject: str, operation: str) -> dict[str, str]:
@@ -138,35 +127,36 @@ class Bus:
 
     # --- core NATS -------------------------------------------------------------------------
 
-    async def publish(self, subject: str, event: BaseModel) -> None:
+    async def publish(self, topic: Topic[M], event: M) -> None:
+        subject, body = topic.subject, topic.encode(event)
         with _tracer.start_as_current_span(
             f"send {subject}", kind=SpanKind.PRODUCER, attributes=_span_attrs(subject, "send")
         ):
-            await self.nc.publish(subject, event.model_dump_json().encode(), headers=telemetry.inject())
+            await self.nc.publish(subject, body, headers=telemetry.inject())
 
-    async def publish_many(self, events: Sequence[tuple[str, BaseModel]]) -> None:
+    async def publish_many(self, events: Sequence[tuple[Topic[M], M]]) -> None:
         """Publish a batch under one span: per-message spans cost more than the publish itself."""
         if not events:
             return
+        messages = [(topic.subject, topic.encode(event)) for topic, event in events]
         with _tracer.start_as_current_span(
             "send batch",
             kind=SpanKind.PRODUCER,
             attributes={"messaging.system": "nats", "messaging.batch.message_count": len(events)},
         ):
             headers = telemetry.inject()
-            for subject, event in events:
-                await self.nc.publish(subject, event.model_dump_json().encode(), headers=headers)
+            for subject, body in messages:
+                await self.nc.publish(subject, body, headers=headers)
 
-    async def request(self, subject: str, event: BaseModel, reply_model: type[R], timeout: float) -> R:
-        data = await self._request(subject, event.model_dump_json().encode(), {}, timeout)
-        return self._reply(subject, data, reply_model)
+    async def request(self, topic: RequestTopic[M, R], event: M, timeout: float) -> R:
+        data = await self._request(topic.subject, topic.encode(event), {}, timeout)
+        return self._reply(topic.subject, data, topic.reply.model_validate_json)
 
-    async def request_many(
-        self, subject: str, events: Sequence[BaseModel], reply_model: type[R], timeout: float
-    ) -> list[R]:
+    async def request_many(self, topic: RequestTopic[M, R], events: Sequence[M], timeout: float) -> list[R]:
         """Many requests in one message; their replies in the same order."""
-        data = await self._request(subject, _json_array(events), {BATCH_HEADER: str(len(events))}, timeout)
-        replies = self._reply(subject, data, _list_of(reply_model))
+        subject = topic.subject
+        data = await self._request(subject, topic.encode_many(events), {BATCH_HEADER: str(len(events))}, timeout)
+        replies = self._reply(subject, data, list_of(topic.reply).validate_json)
         if len(replies) != len(events):
             raise RequestFailed(f"{subject} answered {len(replies)} of {len(events)} requests")
         return replies
@@ -184,11 +174,9 @@ class Bus:
         return msg.data
 
     @staticmethod
-    def _reply(subject: str, data: bytes, parser: type[R] | TypeAdapter[R]) -> R:
+    def _reply(subject: str, data: bytes, parse: Callable[[bytes], T]) -> T:
         try:
-            if isinstance(parser, TypeAdapter):
-                return parser.validate_json(data)
-            return parser.model_validate_json(data)
+            return parse(data)
         except ValidationError:
             # A handler that failed to parse our request answers with a Reply naming the problem.
             reply = Reply.model_validate_json(data)
@@ -197,19 +185,19 @@ class Bus:
 
     async def subscribe(
         self,
-        subject: str,
-        model: type[M],
-        handler: Handler,
+        topic: Topic[M],
+        handler: Callable[[M], Awaitable[BaseModel | None]],
         *,
         queue: str = "",
         invalid_reply: Callable[[ErrorDetail], BaseModel] = lambda error: Reply(ok=False, error=error),
         concurrent: bool = False,
     ) -> Subscription:
-        """Deliver parsed `model`s to `handler`; a returned model is sent as the reply.
+        """Deliver the topic's parsed events to `handler`; a returned model is sent as the reply.
 
         A request that does not parse is answered with `invalid_reply(error)`. nats-py runs one
         subscription's callbacks one after another; `concurrent` handles each message in its own
         task instead, so independent requests can be batched together downstream."""
+        subject = topic.subject
 
         async def on_message(msg: Msg) -> None:
             ctx = telemetry.extract(msg.headers)
@@ -228,7 +216,7 @@ class Bus:
                         await msg.respond(invalid_reply(error).model_dump_json().encode())
 
                 try:
-                    events = _list_of(model).validate_json(msg.data) if batch else [model.model_validate_json(msg.data)]
+                    events = topic.decode_many(msg.data) if batch else [topic.decode(msg.data)]
                 except ValidationError as exc:
                     return await refuse(error_from_validation(exc))
                 nul = nul_in(msg.data, events)
@@ -250,7 +238,7 @@ class Bus:
                         _log.exception("handler for %s failed", msg.subject)
                     return  # no reply: the requester times out and retries
                 if msg.reply and all(result is not None for result in results):
-                    body = _json_array(results) if batch else results[0].model_dump_json().encode()  # type: ignore[union-attr]
+                    body = json_array(results) if batch else results[0].model_dump_json().encode()  # type: ignore[union-attr]
                     await self.nc.publish(msg.reply, body, headers=telemetry.inject())
 
         if not concurrent:

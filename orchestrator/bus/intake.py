@@ -23,7 +23,7 @@ DEDUP_WINDOW_S = 120.0
 async def ensure_stream(bus: Bus) -> None:
     config = StreamConfig(
         name=bus.subjects.intake_stream,
-        subjects=[bus.subjects.submit],
+        subjects=[bus.subjects.submit.subject],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         duplicate_window=DEDUP_WINDOW_S,
@@ -41,7 +41,7 @@ async def subscribe(bus: Bus, durable: str, ack_wait_s: float) -> JetStreamConte
         max_ack_pending=10_000,
     )
     return await bus.js.pull_subscribe(
-        bus.subjects.submit, durable=durable, stream=bus.subjects.intake_stream, config=config
+        bus.subjects.submit.subject, durable=durable, stream=bus.subjects.intake_stream, config=config
     )
 
 
@@ -60,4 +60,4 @@ async def submit(bus: Bus, body: bytes, key: str | None) -> None:
     headers = telemetry.inject()
     if key:
         headers["Nats-Msg-Id"] = key
-    await bus.js.publish(bus.subjects.submit, body, headers=headers)
+    await bus.js.publish(bus.subjects.submit.subject, body, headers=headers)
