@@ -35,7 +35,7 @@ async def fetch(store: Store, sql: str, *args: Any) -> list[Any]:
 async def submit(runtime: Runtime, pool_name: str, n: int, prefix: str) -> None:
     """Publish `n` no-op jobs to the JetStream intake, pipelined, as a producer would."""
     assert runtime.bus is not None
-    js, subject = runtime.bus.js, runtime.bus.subjects.submit
+    js, subject = runtime.bus.js, runtime.bus.subjects.submit.subject
     for i in range(n):
         body = json.dumps({"pool": pool_name, "payload": {"command": ["true"]}}).encode()
         await js.publish_async(subject, body, headers={"Nats-Msg-Id": f"{prefix}-{i}"})
@@ -58,7 +58,7 @@ async def latency_at_load(runtime: Runtime, rate: float, seconds: float) -> dict
                 await asyncio.sleep(delay)
             body = {"pool": name, "payload": {"command": ["true"], "submitted_at": time.time()}}
             await bus.js.publish_async(
-                bus.subjects.submit, json.dumps(body).encode(), headers={"Nats-Msg-Id": f"{name}-{i}"}
+                bus.subjects.submit.subject, json.dumps(body).encode(), headers={"Nats-Msg-Id": f"{name}-{i}"}
             )
         await bus.js.publish_async_completed()
         await until(lambda: _all_done(store, name, n), 120, "the offered load to finish")

@@ -30,7 +30,7 @@ from bench import factories
 from bench.harness import stack
 from bench.procs import ServiceProcess
 from orchestrator.settings import Settings
-from schemas.events import AdmissionResult, JobAssigned, JobSubmitted, LeaderElected
+from schemas.events import JobAssigned, JobSubmitted, LeaderElected
 from services.runner import Runner
 
 POOL = "bench"
@@ -79,7 +79,7 @@ class Bench:
         for i in itertools.count():
             spec = JobSubmitted(pool=POOL, key=f"feed-{i}", payload={"command": ["true"]})
             with contextlib.suppress(Exception):
-                await bus.request(bus.subjects.submit_request, spec, AdmissionResult, 5)
+                await bus.request(bus.subjects.submit_request, spec, 5)
             await asyncio.sleep(0.02)
 
     async def round(self, sig: signal.Signals) -> float:
@@ -119,8 +119,8 @@ async def measure(rounds: int) -> dict[str, list[float]]:
             )
             await runner.start()
             s = runtime.bus.subjects
-            await runtime.bus.subscribe(s.leader_events("elected"), LeaderElected, bench.on_elected)
-            await runtime.bus.subscribe(s.job_events("assigned"), JobAssigned, bench.on_assigned)
+            await runtime.bus.subscribe(s.leader_elected.any(), bench.on_elected)
+            await runtime.bus.subscribe(s.job_assigned.any(), bench.on_assigned)
             await asyncio.gather(*(bench.spawn() for _ in range(3)))
             await bench.until(lambda: bench.elections)
             feeder = asyncio.create_task(bench.feed())

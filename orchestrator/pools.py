@@ -82,7 +82,7 @@ async def change_pool(
         if config == previous:
             return PoolChange(row, created=False, changed=False, failed_jobs=0)  # type: ignore[arg-type]
     await bus.publish(
-        bus.subjects.pool_updated(name),
+        bus.subjects.pool_updated.at(name),
         PoolUpdated(pool=name, config=config, previous=previous, failed_jobs=failed),
     )
     return PoolChange(row, created=previous is None, changed=True, failed_jobs=failed)

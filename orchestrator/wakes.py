@@ -19,11 +19,11 @@ from schemas.events import JobsQueued, SlotAvailable
 
 async def announce_queued(bus: Bus, queued: dict[str, int]) -> None:
     for pool, n in queued.items():
-        await bus.publish(bus.subjects.jobs_queued(pool), JobsQueued(pool=pool, n=n))
+        await bus.publish(bus.subjects.jobs_queued.at(pool), JobsQueued(pool=pool, n=n))
 
 
 async def announce_slots(bus: Bus, pool: str, free: int) -> None:
-    await bus.publish(bus.subjects.slot_available(pool), SlotAvailable(pool=pool, free=free))
+    await bus.publish(bus.subjects.slot_available.at(pool), SlotAvailable(pool=pool, free=free))
 
 
 async def announce_free(store: Store, bus: Bus, pools: Iterable[str]) -> None:

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from schemas.base import Envelope, Model
 from schemas.jobs import JobSpec, JobState, JobView, Label, Name
@@ -38,21 +38,6 @@ class JobAdmitted(Envelope):
     key: str
     pool: str
     priority: int
-
-
-class PoolMention(BaseModel):
-    """Just the pool of any pool-scoped event (admitted, slot available, pool updated): all a
-    wake needs, read without building the whole event."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-    pool: str
-
-
-class SlotMention(PoolMention):
-    """A `SlotAvailable` as the dispatcher reads it: the pool, and when the slot was announced
-    (for the slot-to-assign latency)."""
-
-    at: datetime | None = None
 
 
 class JobRejected(Envelope):
@@ -127,16 +112,6 @@ class JobExpired(Envelope):
     pool: str
     runner_id: str | None
     reason: str = "abandoned"
-
-
-class JobMention(BaseModel):
-    """Just the job (and runner) of any job event (assigned, started, expired, finished): all a
-    waiting take needs, read without building the whole event."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-    type: str
-    job_id: UUID
-    runner_id: str | None = None
 
 
 class JobCancelRequested(Envelope):

@@ -29,11 +29,14 @@ released job never runs twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 from uuid import UUID
 
+from pydantic import BaseModel
+
 from orchestrator.batching import Batcher
-from orchestrator.bus import Bus
+from orchestrator.bus import Bus, Topic
 from orchestrator.bus.job_logs import JobLogs
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import NotFound
@@ -58,6 +61,7 @@ from schemas.events import (
 )
 
 OK = Reply(ok=True)
+M = TypeVar("M", bound=BaseModel)
 
 
 def _orders(found: Reconciled) -> HeartbeatReply:
@@ -95,20 +99,21 @@ class Capacity(Service):
         # Where runners ship their jobs' output (the API reads it): there before runners report.
         await JobLogs(self.bus).ensure_stream(self.log_limits.log_retention_s, self.log_limits.log_store_max_bytes)
         s = self.bus.subjects
-        for subject, model, handler in (
-            (s.runner_register, RunnerRegistered, self._on_register),
-            (s.runner_heartbeat, RunnerHeartbeat, self._on_heartbeat),
-            (s.runner_start, JobStarted, self._on_start),
-            (s.runner_finish, JobFinished, self._on_finish),
-            (s.runner_drain, RunnerDraining, self._on_drain),
-            (s.runner_taints_changed, RunnerTaintsChanged, self._on_taints_changed),
-            (s.pool_updated(), PoolUpdated, self._on_pool_updated),
-        ):
-            sub = await self.bus.subscribe(subject, model, handler, queue=self.name, concurrent=True)
-            self.on_cleanup(sub.unsubscribe)
+        await self._serve(s.runner_register, self._on_register)
+        await self._serve(s.runner_heartbeat, self._on_heartbeat)
+        await self._serve(s.runner_start, self._on_start)
+        await self._serve(s.runner_finish, self._on_finish)
+        await self._serve(s.runner_drain, self._on_drain)
+        await self._serve(s.runner_taints_changed, self._on_taints_changed)
+        await self._serve(s.pool_updated.any(), self._on_pool_updated)
         self.spawn(every(self.timings.sweep_interval_s, self.sweep, self.log, "runner sweep"), "sweep")
         self.spawn(every(self.config.leader_check_interval_s, self.elect, self.log, "leader check"), "elect")
         await self.elect()
+
+    async def _serve(self, topic: Topic[M], handler: Callable[[M], Awaitable[BaseModel | None]]) -> None:
+        """Take `topic` in turns with the other instances (a queue group), each message in its own task."""
+        sub = await self.bus.subscribe(topic, handler, queue=self.name, concurrent=True)
+        self.on_cleanup(sub.unsubscribe)
 
     async def _on_register(self, event: RunnerRegistered) -> HeartbeatReply:
         runner = RunnerSpec(event.runner_id, event.pool, event.labels, event.slots, event.taints, event.metadata)
@@ -234,7 +239,9 @@ class Capacity(Service):
         """Re-elect the leader of `pool` (or of every leader-mode pool) and announce changes."""
         for change in await self.store.pool_elect_leader(pool):
             self.log.info("pool %s leader: %s -> %s", change["pool"], change["previous"], change["leader"])
-            await self.bus.publish(self.bus.subjects.pool_leader_changed(change["pool"]), PoolLeaderChanged(**change))
+            await self.bus.publish(
+                self.bus.subjects.pool_leader_changed.at(change["pool"]), PoolLeaderChanged(**change)
+            )
             if change["leader"] is not None:
                 await self._announce_free({change["pool"]})
 

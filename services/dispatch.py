@@ -45,7 +45,7 @@ from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
 from orchestrator.settings import DispatchSettings, Timings
 from orchestrator.store import Fence, Handoff, Store
-from schemas.events import CapacityUnknown, JobAssigned, PoolMention, Reply, SlotMention
+from schemas.events import CapacityUnknown, JobAssigned, JobsQueued, PoolUpdated, Reply, SlotAvailable
 
 
 class Dispatch(Service):
@@ -81,10 +81,10 @@ class Dispatch(Service):
 
     async def on_start(self) -> None:
         s = self.bus.subjects
-        for subject in (s.jobs_queued(), s.pool_updated()):
-            sub = await self.bus.subscribe(subject, PoolMention, self._on_wake)
+        for topic in (s.jobs_queued.any(), s.pool_updated.any()):
+            sub = await self.bus.subscribe(topic, self._on_wake)
             self.on_cleanup(sub.unsubscribe)
-        sub = await self.bus.subscribe(s.slot_available(), SlotMention, self._on_slot)
+        sub = await self.bus.subscribe(s.slot_available.any(), self._on_slot)
         self.on_cleanup(sub.unsubscribe)
         self.spawn(every(self.timings.sweep_interval_s, self.sweep, self.log, "dispatch sweep"), "sweep")
         sweep_on_gain(self.leadership, self, self.sweep)
@@ -102,12 +102,12 @@ class Dispatch(Service):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _on_wake(self, event: PoolMention) -> None:
+    async def _on_wake(self, event: JobsQueued | PoolUpdated) -> None:
         self.wake(event.pool)
 
-    async def _on_slot(self, event: SlotMention) -> None:
+    async def _on_slot(self, event: SlotAvailable) -> None:
         # Only where a step will follow (and take it back out): a standby must not hoard stale times.
-        if event.at is not None and self.running and leads(self.leadership):
+        if self.running and leads(self.leadership):
             self._slot_freed_at.setdefault(event.pool, event.at.timestamp())
         self.wake(event.pool)
 
@@ -158,7 +158,7 @@ class Dispatch(Service):
             claim_status = "capacity_unknown"
             self.log.warning("capacity of %s unknown, skipping: %s", pool, exc)
             await self.bus.publish(
-                self.bus.subjects.capacity_unknown(pool), CapacityUnknown(pool=pool, reason=str(exc))
+                self.bus.subjects.capacity_unknown.at(pool), CapacityUnknown(pool=pool, reason=str(exc))
             )
         except OrchestratorError as exc:
             self.log.warning("dispatch step for %s failed: %s", pool, exc)
@@ -194,7 +194,7 @@ class Dispatch(Service):
         events = [self._assignment(a) for a in rows]
         try:
             replies = await self.bus.request_many(
-                self.bus.subjects.assign(runner_id), events, Reply, self.timings.assign_ack_timeout_s
+                self.bus.subjects.assign.at(runner_id), events, self.timings.assign_ack_timeout_s
             )
         except RequestFailed as exc:
             self.log.warning(
@@ -229,7 +229,7 @@ class Dispatch(Service):
     def _assignment(self, a: dict[str, Any]) -> JobAssigned:
         carrier = dict(a["trace_context"] or {})
         if telemetry.recording():
-            carrier = _traced_hand_off(a, carrier, self.bus.subjects.assign(a["runner_id"]))
+            carrier = _traced_hand_off(a, carrier, self.bus.subjects.assign.at(a["runner_id"]).subject)
         return JobAssigned(
             job_id=a["id"],
             pool=a["pool"],

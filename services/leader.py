@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Literal
+from typing import Literal, TypeVar
 
-from orchestrator.bus import Bus
+from pydantic import BaseModel
+
+from orchestrator.bus import Bus, Topic
 from orchestrator.bus.lease import Lease
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import OrchestratorError
@@ -33,6 +35,8 @@ from orchestrator.lifecycle import Service
 from orchestrator.settings import LeaderSettings
 from orchestrator.store import Fence, Store
 from schemas.events import LeaderElected, LeaderLost
+
+E = TypeVar("E", bound=BaseModel)
 
 
 class Leader(Service):
@@ -104,7 +108,8 @@ class Leader(Service):
         fence = Fence(self.leadership.shard, epoch, self.leadership.holder)
         self.log.info("leading shard %s as %s at epoch %d", fence.shard, fence.holder, epoch)
         # Announced before the dispatcher is told, so the news precedes the new leader's first dispatch.
-        await self._announce(LeaderElected(shard=fence.shard, holder=fence.holder, epoch=epoch), "elected")
+        event = LeaderElected(shard=fence.shard, holder=fence.holder, epoch=epoch)
+        await self._announce(self.bus.subjects.leader_elected, event)
         self._deadline = started + self.config.lease_ttl_s
         self.leadership.gain(epoch, self._deadline)
 
@@ -138,8 +143,8 @@ class Leader(Service):
             await self.lease.release()
         self.log.info("stopped leading shard %s at epoch %s: %s", self.leadership.shard, epoch, reason)
         event = LeaderLost(shard=self.leadership.shard, holder=self.leadership.holder, epoch=epoch or 0, reason=reason)
-        await self._announce(event, "lost")
+        await self._announce(self.bus.subjects.leader_lost, event)
 
-    async def _announce(self, event: LeaderElected | LeaderLost, verb: str) -> None:
+    async def _announce(self, topic: Topic[E], event: E) -> None:
         with contextlib.suppress(Exception):  # news only: Postgres and the lease are the truth
-            await self.bus.publish(self.bus.subjects.leader_event(verb, self.leadership.shard), event)
+            await self.bus.publish(topic.at(self.leadership.shard), event)

@@ -95,12 +95,12 @@ class Provisioning(Service):
         for row in await self.store.pools_provisioned():
             self._fleet(row["name"], row["provisioner"])
         s = self.bus.subjects
-        for subject, model in (
-            (s.jobs_queued(), JobsQueued),
-            (s.slot_available(), SlotAvailable),
-            (s.pool_updated(), PoolUpdated),  # a provisioner named, a cap raised, an unpause
+        for topic in (
+            s.jobs_queued.any(),
+            s.slot_available.any(),
+            s.pool_updated.any(),  # a provisioner named, a cap raised, an unpause
         ):
-            sub = await self.bus.subscribe(subject, model, self._on_wake)
+            sub = await self.bus.subscribe(topic, self._on_wake)
             self.on_cleanup(sub.unsubscribe)
         sweep_on_gain(self.leadership, self, self.sweep)
         self.spawn(self._loop(), "loop")
@@ -176,7 +176,7 @@ class Provisioning(Service):
     async def _unknown(self, pool: str, reason: str) -> None:
         self._count(pool, "capacity_unknown")
         self.log.warning("fleet of %s not counted, spawning nothing: %s", pool, reason)
-        await self.bus.publish(self.bus.subjects.capacity_unknown(pool), CapacityUnknown(pool=pool, reason=reason))
+        await self.bus.publish(self.bus.subjects.capacity_unknown.at(pool), CapacityUnknown(pool=pool, reason=reason))
 
     async def reconcile(self, pool: str) -> None:
         for runner_id in list(self._gone):  # whether or not this instance leads

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-from pydantic import BaseModel
 
-from orchestrator.bus import Bus
+from orchestrator.bus import Bus, Topic
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from tests import history
@@ -51,15 +50,15 @@ async def in_flight_peak(store: Store, pool: str) -> int:
 
 
 class Listener:
-    """Collects every event of one type published on a subject; `wait` blocks until a match."""
+    """Collects every event published on a topic; `wait` blocks until a match."""
 
-    def __init__(self, bus: Bus, subject: str, model: type[BaseModel]) -> None:
-        self.bus, self.subject, self.model = bus, subject, model
+    def __init__(self, bus: Bus, topic: Topic[Any]) -> None:
+        self.bus, self.topic = bus, topic
         self.events: list[Any] = []
         self._changed = asyncio.Condition()
 
     async def __aenter__(self) -> Listener:
-        self._sub = await self.bus.subscribe(self.subject, self.model, self._on)
+        self._sub = await self.bus.subscribe(self.topic, self._on)
         await self.bus.nc.flush()
         return self
 

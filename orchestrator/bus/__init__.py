@@ -1,8 +1,9 @@
-"""The bus: NATS connection, JetStream intake, typed events with trace propagation."""
+"""The bus: NATS connection, JetStream intake, typed topics with trace propagation."""
 
 from orchestrator.bus.bus import Bus
 from orchestrator.bus.credentials import NatsCredentials
 from orchestrator.bus.delivery import Delivery
 from orchestrator.bus.subjects import Subjects
+from orchestrator.bus.topics import RequestTopic, Topic
 
-__all__ = ["Bus", "Delivery", "NatsCredentials", "Subjects"]
+__all__ = ["Bus", "Delivery", "NatsCredentials", "RequestTopic", "Subjects", "Topic"]

@@ -1,4 +1,5 @@
-"""The bus: one NATS connection, typed publish / request / subscribe, and the intake stream.
+"""The bus: one NATS connection (connection.py), publish / request / subscribe on typed topics
+(topics.py), and the JetStream streams (the intake: intake.py; the job events: job_events.py).
 
 Only this package knows nats-py. Every message carries W3C trace context in its headers, and
 every handler runs inside a consumer span continuing the sender's trace. A message that does not
@@ -16,31 +17,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from orchestrator import telemetry
-from orchestrator.bus import job_events
-from orchestrator.bus.credentials import NatsCredentials, connect_options
+from orchestrator.bus import intake, job_events
+from orchestrator.bus.connection import CONNECT_WAIT_S, connect
+from orchestrator.bus.credentials import NatsCredentials
 from orchestrator.bus.delivery import Delivery
 from orchestrator.bus.job_events import OutboxMessage
 from orchestrator.bus.subjects import Subjects
+from orchestrator.bus.topics import RequestTopic, Topic, json_array, list_of
 from orchestrator.errors import BusUnavailable, InvalidInput, NoResponders, RequestFailed, StoreUnavailable
-from orchestrator.redact import redact_url
 from schemas.events import ErrorDetail, Reply, error_from_validation
 from schemas.storable import nul_in
 
@@ -50,37 +50,12 @@ if TYPE_CHECKING:
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
-# What a subscriber is given: the parsed event. It returns the reply to a request, or None.
-Handler = Callable[[M], Awaitable[BaseModel | None]]
+T = TypeVar("T")
 
 _tracer = telemetry.tracer("orchestrator.bus")
 _log = telemetry.get_logger("bus")
 
 BATCH_HEADER = "Orch-Batch"
-_list_adapters: dict[type[BaseModel], TypeAdapter[Any]] = {}
-
-
-def _list_of(model: type[M]) -> TypeAdapter[list[M]]:
-    if model not in _list_adapters:
-        _list_adapters[model] = TypeAdapter(list[model])  # type: ignore[valid-type]
-    return _list_adapters[model]
-
-
-def _json_array(models: Sequence[BaseModel]) -> bytes:
-    return b"[" + b",".join(m.model_dump_json().encode() for m in models) + b"]"
-
-
-# JetStream deduplicates on Nats-Msg-Id inside this window; the job key in Postgres beyond it.
-DEDUP_WINDOW_S = 120.0
-# How long the first connect waits for a NATS server that is not up yet.
-CONNECT_WAIT_S = 30.0
-
-
-def _retry_cannot_fix(exc: Exception) -> bool:
-    """Errors of the first connect that the next attempt would repeat: a certificate that does
-    not verify, credentials the server refuses."""
-    text = str(exc).lower()
-    return isinstance(exc, ssl.SSLError) or "authorization violation" in text or "authentication" in text
 
 
 def _span_attrs(subject: str, operation: str) -> dict[str, str]:
@@ -119,59 +94,9 @@ class Bus:
         return cls(url, Subjects(settings.namespace), name=name, credentials=settings.nats_credentials)
 
     async def connect(self, wait_s: float = CONNECT_WAIT_S) -> None:
-        """Connect, waiting up to `wait_s` for a server that is not up yet (containers start in
-        any order), but failing at once on what retrying cannot fix (wrong credentials, a
-        certificate that does not verify). Once connected, the client reconnects forever."""
-        url = redact_url(self.url)
-        last_error: list[Exception] = []
-
-        async def on_error(exc: Exception) -> None:
-            # nats-py retries every failure of the first connect as well; it calls this each time.
-            if self._nc is None:
-                last_error[:] = [exc]
-                if _retry_cannot_fix(exc):
-                    connecting.cancel()
-            else:  # one line: nats-py's default logs a traceback per reconnect attempt, 4 a second
-                _log.warning("NATS at %s: %s: %s", url, type(exc).__name__, exc)
-
-        connecting = asyncio.ensure_future(
-            nats.connect(
-                self.url,
-                name=self.name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-                connect_timeout=5,
-                allow_reconnect=True,
-                error_cb=on_error,
-                disconnected_cb=self._on_disconnected,
-                reconnected_cb=self._on_reconnected,
-                **connect_options(self.credentials),
-            )
-        )
-        try:
-            await asyncio.wait({connecting}, timeout=wait_s)
-        finally:
-            timed_out = not connecting.done()
-            if timed_out:
-                connecting.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await connecting
-        why = f": {last_error[0]}" if last_error else ""
-        if timed_out:
-            raise BusUnavailable(f"cannot connect to NATS at {url} within {wait_s:g} s{why}")
-        if connecting.cancelled():
-            raise BusUnavailable(f"NATS at {url} refused the connection{why}")
-        if connecting.exception() is not None:
-            raise BusUnavailable(f"cannot connect to NATS at {url}: {connecting.exception()}")
-        self._nc = connecting.result()
+        """Connect (see connection.py): raises BusUnavailable unless it did within `wait_s`."""
+        self._nc = await connect(self.url, name=self.name, credentials=self.credentials, wait_s=wait_s)
         self._js = self._nc.jetstream()
-
-    async def _on_disconnected(self) -> None:
-        if self._nc is not None and not (self._nc.is_closed or self._nc.is_draining):  # not our own close
-            _log.warning("NATS: disconnected from %s, reconnecting", redact_url(self.url))
-
-    async def _on_reconnected(self) -> None:
-        _log.info("NATS: reconnected to %s", redact_url(self.url))
 
     async def close(self) -> None:
         # A pull subscription has nothing to drain (what was not fetched is redelivered), and
@@ -202,35 +127,36 @@ class Bus:
 
     # --- core NATS -------------------------------------------------------------------------
 
-    async def publish(self, subject: str, event: BaseModel) -> None:
+    async def publish(self, topic: Topic[M], event: M) -> None:
+        subject, body = topic.subject, topic.encode(event)
         with _tracer.start_as_current_span(
             f"send {subject}", kind=SpanKind.PRODUCER, attributes=_span_attrs(subject, "send")
         ):
-            await self.nc.publish(subject, event.model_dump_json().encode(), headers=telemetry.inject())
+            await self.nc.publish(subject, body, headers=telemetry.inject())
 
-    async def publish_many(self, events: Sequence[tuple[str, BaseModel]]) -> None:
+    async def publish_many(self, events: Sequence[tuple[Topic[M], M]]) -> None:
         """Publish a batch under one span: per-message spans cost more than the publish itself."""
         if not events:
             return
+        messages = [(topic.subject, topic.encode(event)) for topic, event in events]
         with _tracer.start_as_current_span(
             "send batch",
             kind=SpanKind.PRODUCER,
             attributes={"messaging.system": "nats", "messaging.batch.message_count": len(events)},
         ):
             headers = telemetry.inject()
-            for subject, event in events:
-                await self.nc.publish(subject, event.model_dump_json().encode(), headers=headers)
+            for subject, body in messages:
+                await self.nc.publish(subject, body, headers=headers)
 
-    async def request(self, subject: str, event: BaseModel, reply_model: type[R], timeout: float) -> R:
-        data = await self._request(subject, event.model_dump_json().encode(), {}, timeout)
-        return self._reply(subject, data, reply_model)
+    async def request(self, topic: RequestTopic[M, R], event: M, timeout: float) -> R:
+        data = await self._request(topic.subject, topic.encode(event), {}, timeout)
+        return self._reply(topic.subject, data, topic.reply.model_validate_json)
 
-    async def request_many(
-        self, subject: str, events: Sequence[BaseModel], reply_model: type[R], timeout: float
-    ) -> list[R]:
+    async def request_many(self, topic: RequestTopic[M, R], events: Sequence[M], timeout: float) -> list[R]:
         """Many requests in one message; their replies in the same order."""
-        data = await self._request(subject, _json_array(events), {BATCH_HEADER: str(len(events))}, timeout)
-        replies = self._reply(subject, data, _list_of(reply_model))
+        subject = topic.subject
+        data = await self._request(subject, topic.encode_many(events), {BATCH_HEADER: str(len(events))}, timeout)
+        replies = self._reply(subject, data, list_of(topic.reply).validate_json)
         if len(replies) != len(events):
             raise RequestFailed(f"{subject} answered {len(replies)} of {len(events)} requests")
         return replies
@@ -248,11 +174,9 @@ class Bus:
         return msg.data
 
     @staticmethod
-    def _reply(subject: str, data: bytes, parser: type[R] | TypeAdapter[R]) -> R:
+    def _reply(subject: str, data: bytes, parse: Callable[[bytes], T]) -> T:
         try:
-            if isinstance(parser, TypeAdapter):
-                return parser.validate_json(data)
-            return parser.model_validate_json(data)
+            return parse(data)
         except ValidationError:
             # A handler that failed to parse our request answers with a Reply naming the problem.
             reply = Reply.model_validate_json(data)
@@ -261,19 +185,19 @@ class Bus:
 
     async def subscribe(
         self,
-        subject: str,
-        model: type[M],
-        handler: Handler,
+        topic: Topic[M],
+        handler: Callable[[M], Awaitable[BaseModel | None]],
         *,
         queue: str = "",
         invalid_reply: Callable[[ErrorDetail], BaseModel] = lambda error: Reply(ok=False, error=error),
         concurrent: bool = False,
     ) -> Subscription:
-        """Deliver parsed `model`s to `handler`; a returned model is sent as the reply.
+        """Deliver the topic's parsed events to `handler`; a returned model is sent as the reply.
 
         A request that does not parse is answered with `invalid_reply(error)`. nats-py runs one
         subscription's callbacks one after another; `concurrent` handles each message in its own
         task instead, so independent requests can be batched together downstream."""
+        subject = topic.subject
 
         async def on_message(msg: Msg) -> None:
             ctx = telemetry.extract(msg.headers)
@@ -292,7 +216,7 @@ class Bus:
                         await msg.respond(invalid_reply(error).model_dump_json().encode())
 
                 try:
-                    events = _list_of(model).validate_json(msg.data) if batch else [model.model_validate_json(msg.data)]
+                    events = topic.decode_many(msg.data) if batch else [topic.decode(msg.data)]
                 except ValidationError as exc:
                     return await refuse(error_from_validation(exc))
                 nul = nul_in(msg.data, events)
@@ -314,7 +238,7 @@ class Bus:
                         _log.exception("handler for %s failed", msg.subject)
                     return  # no reply: the requester times out and retries
                 if msg.reply and all(result is not None for result in results):
-                    body = _json_array(results) if batch else results[0].model_dump_json().encode()  # type: ignore[union-attr]
+                    body = json_array(results) if batch else results[0].model_dump_json().encode()  # type: ignore[union-attr]
                     await self.nc.publish(msg.reply, body, headers=telemetry.inject())
 
         if not concurrent:
@@ -328,7 +252,7 @@ class Bus:
 
         return await self.nc.subscribe(subject, queue=queue, cb=spawn)
 
-    # --- JetStream intake --------------------------------------------------------------------
+    # --- JetStream --------------------------------------------------------------------
 
     async def ensure_stream(self, config: StreamConfig) -> None:
         """Create the stream, or bring an existing one to `config`."""
@@ -339,14 +263,7 @@ class Bus:
             await self.js.add_stream(config)
 
     async def ensure_intake_stream(self) -> None:
-        config = StreamConfig(
-            name=self.subjects.intake_stream,
-            subjects=[self.subjects.submit],
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            duplicate_window=DEDUP_WINDOW_S,
-        )
-        await self.ensure_stream(config)
+        await intake.ensure_stream(self)
 
     async def ensure_job_events_stream(self, max_age_s: float) -> None:
         """The stream of every job event (see `job_events.py`)."""
@@ -357,28 +274,14 @@ class Bus:
         await job_events.publish(self, rows, atomic=self.atomic_events)
 
     async def intake_subscription(self, durable: str, *, ack_wait_s: float = 30.0) -> JetStreamContext.PullSubscription:
-        """A durable pull consumer shared by every admission instance (WorkQueue: one consumer)."""
-        config = ConsumerConfig(
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ack_wait_s,
-            max_deliver=-1,  # transient failures redeliver until the store answers; bad input is term()ed
-            max_ack_pending=10_000,
-        )
-        pull = await self.js.pull_subscribe(
-            self.subjects.submit, durable=durable, stream=self.subjects.intake_stream, config=config
-        )
+        """A durable pull consumer shared by every admission instance (see `intake.py`)."""
+        pull = await intake.subscribe(self, durable, ack_wait_s)
         self._pulls.append(pull)
         return pull
 
-    async def fetch(self, intake: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Delivery]:
+    async def fetch(self, pull: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Delivery]:
         """Up to `batch` intake messages; [] when none came within `timeout`."""
-        try:
-            return [Delivery.of(msg) for msg in await intake.fetch(batch, timeout=timeout)]
-        except (TimeoutError, NatsTimeout):
-            return []
-        except Exception as exc:  # reconnecting, or the consumer is being recreated
-            raise BusUnavailable(f"cannot fetch from the intake: {exc}") from exc
+        return await intake.fetch(pull, batch, timeout)
 
     @property
     def connected(self) -> bool:
@@ -399,7 +302,4 @@ class Bus:
 
     async def submit(self, body: bytes, key: str | None) -> None:
         """Publish a job spec to the intake stream, as any producer would."""
-        headers = telemetry.inject()
-        if key:
-            headers["Nats-Msg-Id"] = key
-        await self.js.publish(self.subjects.submit, body, headers=headers)
+        await intake.submit(self, body, key)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from orchestrator import telemetry
-from orchestrator.bus.subjects import JOB_EVENT_VERBS
 from orchestrator.errors import BusUnavailable, RequestFailed
 
 if TYPE_CHECKING:
@@ -70,7 +69,7 @@ async def ensure_stream(bus: Bus, max_age_s: float) -> bool:
     Whether it takes atomic batches."""
     config = StreamConfig(
         name=bus.subjects.job_events_stream,
-        subjects=[bus.subjects.job_events(verb) for verb in JOB_EVENT_VERBS],
+        subjects=[topic.any().subject for topic in bus.subjects.job_events],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=max_age_s,

@@ -33,7 +33,7 @@ from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import telemetry
-from orchestrator.bus import Bus, Delivery
+from orchestrator.bus import Bus, Delivery, Topic
 from orchestrator.errors import BusUnavailable, InvalidInput, StoreError, StoreUnavailable
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
@@ -89,7 +89,6 @@ class Admission(Service):
         self.on_cleanup(intake.unsubscribe)
         sub = await self.bus.subscribe(
             self.bus.subjects.submit_request,
-            JobSubmitted,
             self._on_request,
             queue=self.config.durable,
             invalid_reply=self._invalid_reply,
@@ -183,7 +182,7 @@ class Admission(Service):
     async def _announce(self, subs: Sequence[Submission], decisions: Sequence[Decision], *, recorded: bool) -> None:
         """After the commit: the counters, and the news of refusals a requester was answered
         (`JobAdmitted`, and the refusals `recorded` with the batch, left through the outbox)."""
-        news: list[tuple[str, BaseModel]] = []
+        news: list[tuple[Topic[Any], BaseModel]] = []
         admitted_by_pool: dict[str, int] = {}
         for sub, d in zip(subs, decisions, strict=True):
             if d.outcome == "admitted":
@@ -194,7 +193,7 @@ class Admission(Service):
                 if not recorded:
                     pool = sub.spec.pool if sub.spec else None
                     out = rejected(sub.key, pool, d.error.code, d.error.message, d.error.field)
-                    news.append((self.bus.subjects.absolute(out.subject), out.event))
+                    news.append((out.topic.under(self.bus.subjects.root), out.event))
         for pool, n in admitted_by_pool.items():  # once per pool per batch: the hot path
             self.metrics.admitted.labels(pool).inc(n)
         await self.bus.publish_many(news)

@@ -210,7 +210,7 @@ class Api(Service):
     async def admit(self, spec: JobSpec) -> AdmissionResult:
         """Ask the admission service, as every door does."""
         return await self.bus.request(
-            self.bus.subjects.submit_request, JobSubmitted(**spec.model_dump()), AdmissionResult, ADMISSION_TIMEOUT_S
+            self.bus.subjects.submit_request, JobSubmitted(**spec.model_dump()), ADMISSION_TIMEOUT_S
         )
 
     @staticmethod

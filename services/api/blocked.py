@@ -120,7 +120,7 @@ class Why:
         self._unknown: dict[str, tuple[str, float]] = {}  # pool -> (why, when heard)
 
     async def start(self, service: Service) -> None:
-        sub = await self.bus.subscribe(self.bus.subjects.capacity_unknown(), CapacityUnknown, self._on_unknown)
+        sub = await self.bus.subscribe(self.bus.subjects.capacity_unknown.any(), self._on_unknown)
         service.on_cleanup(sub.unsubscribe)
 
     async def _on_unknown(self, event: CapacityUnknown) -> None:

@@ -29,7 +29,7 @@ from uuid import UUID
 from orchestrator.bus import Bus
 from orchestrator.lifecycle import Service
 from orchestrator.store import Store
-from schemas.events import JobMention
+from schemas.events import JobAssigned, JobExpired, JobFinished, JobStarted
 from schemas.jobs import JobState
 
 # The longest long poll; a client wanting longer polls again.
@@ -37,18 +37,20 @@ MAX_WAIT_S = 120.0
 # What a 503 tells the client to wait before polling again (well inside any abandon_after_s).
 RETRY_AFTER_S = 1
 LIVE = (JobState.queued, JobState.assigned, JobState.running)
+# The job news that can wake a take: it was held, or it ended.
+TakeNews = JobAssigned | JobStarted | JobExpired | JobFinished
 
 
 class Waiters:
     """Takes waiting on jobs, each with a queue of the news of its job; `close` ends every wait."""
 
     def __init__(self) -> None:
-        self._queues: dict[UUID, set[asyncio.Queue[JobMention | None]]] = {}
+        self._queues: dict[UUID, set[asyncio.Queue[TakeNews | None]]] = {}
         self.closed = False
 
     @contextlib.contextmanager
-    def watch(self, job_id: UUID) -> Iterator[asyncio.Queue[JobMention | None]]:
-        queue: asyncio.Queue[JobMention | None] = asyncio.Queue()
+    def watch(self, job_id: UUID) -> Iterator[asyncio.Queue[TakeNews | None]]:
+        queue: asyncio.Queue[TakeNews | None] = asyncio.Queue()
         if self.closed:
             queue.put_nowait(None)
         self._queues.setdefault(job_id, set()).add(queue)
@@ -60,7 +62,7 @@ class Waiters:
             if not queues:
                 del self._queues[job_id]
 
-    async def on_news(self, event: JobMention) -> None:
+    async def on_news(self, event: TakeNews) -> None:
         for queue in self._queues.get(event.job_id, ()):
             queue.put_nowait(event)
 
@@ -105,8 +107,9 @@ class Takes:
 
     async def start(self, service: Service) -> None:
         """Subscribe to the job news (before any take reads), for `service` to clean up."""
-        for verb in ("assigned", "started", "expired", "finished"):
-            sub = await self.bus.subscribe(self.bus.subjects.job_events(verb), JobMention, self.waiters.on_news)
+        s = self.bus.subjects
+        for topic in (s.job_assigned, s.job_started, s.job_expired, s.job_finished):
+            sub = await self.bus.subscribe(topic.any(), self.waiters.on_news)
             service.on_cleanup(sub.unsubscribe)
         await self.bus.flush()
 

@@ -31,7 +31,7 @@ from opentelemetry.trace import SpanKind
 
 from orchestrator import telemetry
 from orchestrator.batching import Batcher
-from orchestrator.bus import Bus
+from orchestrator.bus import Bus, RequestTopic
 from orchestrator.bus.job_logs import JobLogs
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import OrchestratorError, RequestFailed
@@ -132,9 +132,9 @@ class Runner(Service):
         self._starts: Batcher[JobStarted, Reply] = Batcher(self._send(bus.subjects.runner_start))
         self._finishes: Batcher[JobFinished, Reply] = Batcher(self._send(bus.subjects.runner_finish))
 
-    def _send(self, subject: str) -> Callable[[list[Any]], Awaitable[list[Reply]]]:
+    def _send(self, topic: RequestTopic[Any, Reply]) -> Callable[[list[Any]], Awaitable[list[Reply]]]:
         async def send(events: list[Any]) -> list[Reply]:
-            return await self.bus.request_many(subject, events, Reply, RUNNER_REQUEST_TIMEOUT_S)
+            return await self.bus.request_many(topic, events, RUNNER_REQUEST_TIMEOUT_S)
 
         return send
 
@@ -148,9 +148,9 @@ class Runner(Service):
 
     async def on_start(self) -> None:
         s = self.bus.subjects
-        assign = await self.bus.subscribe(s.assign(self.runner_id), JobAssigned, self._on_assign)
+        assign = await self.bus.subscribe(s.assign.at(self.runner_id), self._on_assign)
         self.on_cleanup(assign.unsubscribe)
-        cancel = await self.bus.subscribe(s.cancel(self.runner_id), JobCancelRequested, self._on_cancel)
+        cancel = await self.bus.subscribe(s.cancel.at(self.runner_id), self._on_cancel)
         self.on_cleanup(cancel.unsubscribe)
         if self._custom_execute is None:  # its jobs are processes: their watchdog is ready first
             await self._watchdog.start()
@@ -188,12 +188,12 @@ class Runner(Service):
             running=list(self._jobs),
             metadata={"hostname": platform.node(), "pid": os.getpid(), "labels": self.labels},
         )
-        subject = self.bus.subjects.runner_register
+        topic = self.bus.subjects.runner_register
 
         async def register() -> HeartbeatReply:
-            return await self.bus.request(subject, event, HeartbeatReply, RUNNER_REQUEST_TIMEOUT_S)
+            return await self.bus.request(topic, event, RUNNER_REQUEST_TIMEOUT_S)
 
-        waiting = f"registration (waiting for capacity on {subject})"
+        waiting = f"registration (waiting for capacity on {topic.subject})"
         reply = await (self._until_answered(register, waiting) if wait else register())
         if not reply.ok:
             raise OrchestratorError(f"registration refused: {reply.error.message if reply.error else reply}")
@@ -204,7 +204,7 @@ class Runner(Service):
         """Tell capacity this runner takes nothing more (best effort: the lost sweep covers silence)."""
         event = RunnerDraining(runner_id=self.runner_id, pool=self.pool)
         try:
-            await self.bus.request(self.bus.subjects.runner_drain, event, Reply, DRAIN_TIMEOUT_S)
+            await self.bus.request(self.bus.subjects.runner_drain, event, DRAIN_TIMEOUT_S)
         except Exception as exc:  # leaving anyway (NATS may be gone too)
             self.log.info("drain notice not delivered: %s", exc)
 
@@ -245,7 +245,7 @@ class Runner(Service):
             )
             timeout = min(RUNNER_REQUEST_TIMEOUT_S, self.timings.runner_ttl_s / 4)
             try:
-                reply = await self.bus.request(self.bus.subjects.runner_heartbeat, event, HeartbeatReply, timeout)
+                reply = await self.bus.request(self.bus.subjects.runner_heartbeat, event, timeout)
             except OrchestratorError as exc:  # NoResponders too: no capacity heard us
                 self.log.warning("heartbeat failed: %s", exc)
                 continue

@@ -18,7 +18,7 @@ from orchestrator.bus import Bus
 from orchestrator.pools import change_pool
 from orchestrator.settings import Settings
 from orchestrator.store import Store
-from schemas.events import AdmissionResult, JobAdmitted, JobRejected
+from schemas.events import AdmissionResult
 from schemas.pools import PoolConfig
 from services.admission import Admission
 from tests.support import Listener, eventually
@@ -59,7 +59,7 @@ def http_door(http: aiohttp.ClientSession) -> Door:
 
 def request_door(bus: Bus) -> Door:
     async def send(body: bytes) -> Outcome:
-        msg = await bus.nc.request(bus.subjects.submit_request, body, timeout=5)
+        msg = await bus.nc.request(bus.subjects.submit_request.subject, body, timeout=5)
         result = AdmissionResult.model_validate_json(msg.data)
         if result.error is not None:
             return result.error.code, result.error.field, None, result.retry_after_s
@@ -111,8 +111,8 @@ async def door(request: pytest.FixtureRequest, front: Runtime, bus: Bus, http: a
         assert front.store is not None
         s = bus.subjects
         async with (
-            Listener(bus, s.job_events("admitted"), JobAdmitted) as admitted,
-            Listener(bus, s.job_events("rejected"), JobRejected) as rejected,
+            Listener(bus, s.job_admitted.any()) as admitted,
+            Listener(bus, s.job_rejected.any()) as rejected,
         ):
             yield jetstream_door(bus, front.store, admitted, rejected)
 
@@ -189,7 +189,7 @@ async def test_the_same_job_twice_through_jetstream_is_one_row(front: Runtime, b
     await put_pool(store, bus, "default")
     await bus.submit(spec, key="twice")
     await bus.submit(spec, key="twice")  # dropped by JetStream's dedup window
-    await bus.js.publish(bus.subjects.submit, spec)  # no Nats-Msg-Id: the job key dedups it
+    await bus.js.publish(bus.subjects.submit.subject, spec)  # no Nats-Msg-Id: the job key dedups it
     await eventually(lambda: intake_drained(bus), what="the intake to be drained")
     assert len(await store.job_list(pool=None, state=None, key="twice", limit=10)) == 1
     assert await rejections(store) == []
@@ -228,7 +228,7 @@ async def test_a_burst_past_max_active_sheds_exactly_the_excess(
     second = Admission(settings.admission, front.store, front.bus)  # type: ignore[arg-type]
     await second.start()
     try:
-        async with Listener(bus, bus.subjects.job_events("admitted"), JobAdmitted) as admitted:
+        async with Listener(bus, bus.subjects.job_admitted.any()) as admitted:
             publish = [bus.submit(body(pool="burst", key=f"js{i}"), key=f"js{i}") for i in range(via_js)]
 
             async def post(i: int) -> tuple[int, dict[str, Any]]:
@@ -294,7 +294,7 @@ async def test_keyless_jetstream_jobs_keep_distinct_keys_after_the_stream_is_mad
         runtime = Runtime(settings, ["admission"], migrate=True)
         await runtime.start()
         try:
-            await bus.js.publish(bus.subjects.submit, body(pool="default", payload={"command": [command]}))
+            await bus.js.publish(bus.subjects.submit.subject, body(pool="default", payload={"command": [command]}))
             await eventually(lambda: intake_drained(bus), what="the intake to be drained")
         finally:
             await runtime.stop()

@@ -84,7 +84,7 @@ async def test_capacity_unknown_is_reported_with_why(
 ) -> None:
     await factories.pool(store, labels=["linux", "x86_64"], paused=True)
     job = await submit(system_http, abandon_after_s=600)
-    await bus.publish(bus.subjects.capacity_unknown("default"), CapacityUnknown(pool="default", reason="db down"))
+    await bus.publish(bus.subjects.capacity_unknown.at("default"), CapacityUnknown(pool="default", reason="db down"))
 
     async def heard() -> dict[str, Any] | None:
         b = await blocked(system_http, job["id"])

@@ -4,12 +4,15 @@ with an error naming the field instead of reaching the handler."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from opentelemetry import trace
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus
+from orchestrator.bus.bus import BATCH_HEADER
+from orchestrator.bus.topics import json_array
 from orchestrator.errors import RequestFailed
 from schemas.events import ErrorDetail, Reply, RunnerHeartbeat, SlotAvailable
 from tests.support import eventually
@@ -36,10 +39,10 @@ async def test_consumer_continues_the_producers_trace(bus: Bus, monkeypatch: pyt
     async def handler(event: SlotAvailable) -> None:
         seen.set_result(trace.get_current_span().get_span_context().trace_id)
 
-    subject = bus.subjects.slot_available("p1")
-    await bus.subscribe(subject, SlotAvailable, handler)
+    topic = bus.subjects.slot_available.at("p1")
+    await bus.subscribe(topic, handler)
     with telemetry.tracer("test").start_as_current_span("producer") as span:
-        await bus.publish(subject, SlotAvailable(pool="p1", free=1))
+        await bus.publish(topic, SlotAvailable(pool="p1", free=1))
         sent_trace = span.get_span_context().trace_id
     assert sent_trace != 0
     assert await asyncio.wait_for(seen, 5) == sent_trace
@@ -47,13 +50,13 @@ async def test_consumer_continues_the_producers_trace(bus: Bus, monkeypatch: pyt
 
 async def test_invalid_request_is_answered_with_the_field(bus: Bus) -> None:
     handler = Recorder()
-    subject = bus.subjects.runner_heartbeat
-    await bus.subscribe(subject, RunnerHeartbeat, handler)
-    msg = await bus.nc.request(subject, b'{"runner_id": 5, "pool": "p"}', timeout=5)
+    topic = bus.subjects.runner_heartbeat
+    await bus.subscribe(topic, handler)
+    msg = await bus.nc.request(topic.subject, b'{"runner_id": 5, "pool": "p"}', timeout=5)
     reply = Reply.model_validate_json(msg.data)
     assert not reply.ok and reply.error is not None
     assert (reply.error.code, reply.error.field) == ("invalid", "runner_id")
-    msg = await bus.nc.request(subject, b"{oops", timeout=5)
+    msg = await bus.nc.request(topic.subject, b"{oops", timeout=5)
     assert Reply.model_validate_json(msg.data).error.code == "malformed"  # type: ignore[union-attr]
     assert handler.calls == []
 
@@ -73,10 +76,10 @@ async def test_a_batch_of_requests_is_answered_in_order_and_handled_together(bus
         known = event.runner_id != "ghost"
         return Reply(ok=known, error=None if known else ErrorDetail(code="unknown_runner", message=event.runner_id))
 
-    subject = bus.subjects.runner_heartbeat
-    await bus.subscribe(subject, RunnerHeartbeat, handler)
+    topic = bus.subjects.runner_heartbeat
+    await bus.subscribe(topic, handler)
     events = [RunnerHeartbeat(runner_id=r, pool="p") for r in ("a", "ghost", "b")]
-    replies = await bus.request_many(subject, events, Reply, 5)
+    replies = await bus.request_many(topic, events, 5)
     assert [r.ok for r in replies] == [True, False, True]
     assert replies[1].error is not None and replies[1].error.message == "ghost"
     assert most_in_flight == 3
@@ -84,11 +87,19 @@ async def test_a_batch_of_requests_is_answered_in_order_and_handled_together(bus
 
 async def test_a_batch_that_does_not_parse_fails_naming_the_item_and_field(bus: Bus) -> None:
     handler = Recorder()
-    subject = bus.subjects.runner_heartbeat
-    await bus.subscribe(subject, RunnerHeartbeat, handler)
+    topic = bus.subjects.runner_heartbeat
+    await bus.subscribe(topic, handler)
     good = RunnerHeartbeat(runner_id="a", pool="p")
-    with pytest.raises(RequestFailed, match=r"1\.type"):  # item 1, field type
-        await bus.request_many(subject, [good, SlotAvailable(pool="p", free=1)], Reply, 5)
+    batch: list[Any] = [good, SlotAvailable(pool="p", free=1)]  # as an untyped caller would pass it
+    with pytest.raises(TypeError, match="SlotAvailable"):  # the topic refuses it before it leaves
+        await bus.request_many(topic, batch, 5)
+    # As a sender that does not use the bus would send it:
+    body = json_array(batch)
+    msg = await bus.nc.request(topic.subject, body, timeout=5, headers={BATCH_HEADER: "2"})
+    reply = Reply.model_validate_json(msg.data)
+    assert reply.error is not None and reply.error.field == "1.type"  # item 1, field type
+    with pytest.raises(RequestFailed, match=r"1\.runner_id contains a NUL"):  # parses, but cannot be stored
+        await bus.request_many(topic, [good, RunnerHeartbeat(runner_id="b\x00", pool="p")], 5)
     assert handler.calls == []
 
 

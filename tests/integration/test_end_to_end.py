@@ -13,7 +13,7 @@ import pytest
 
 from app.runtime import Runtime
 from orchestrator.bus import Bus
-from schemas.events import AdmissionResult, JobAdmitted, JobFinished, JobSubmitted
+from schemas.events import JobSubmitted
 from tests.support import Listener, eventually
 
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
@@ -81,8 +81,8 @@ async def test_jetstream_submission_is_admitted_and_finishes(system: Runtime, bu
     s = bus.subjects
     body = json.dumps({"pool": "default", "key": "js-1", "payload": {"command": ["true"]}}).encode()
     async with (
-        Listener(bus, s.job_events("admitted"), JobAdmitted) as admitted,
-        Listener(bus, s.job_events("finished"), JobFinished) as done,
+        Listener(bus, s.job_admitted.any()) as admitted,
+        Listener(bus, s.job_finished.any()) as done,
     ):
         await bus.submit(body, key="js-1")
         event = await admitted.wait(lambda e: e.key == "js-1")
@@ -95,7 +95,7 @@ async def test_same_jetstream_message_twice_is_one_job(system: Runtime, bus: Bus
     await bus.submit(body, key="dup")
     await bus.submit(body, key="dup")
     # The second copy is dropped by JetStream's dedup window; a third outside it by the key.
-    await bus.js.publish(bus.subjects.submit, body)  # no Nats-Msg-Id: only the job key dedups it
+    await bus.js.publish(bus.subjects.submit.subject, body)  # no Nats-Msg-Id: only the job key dedups it
     store = system.store
     assert store is not None
 
@@ -110,10 +110,10 @@ async def test_same_jetstream_message_twice_is_one_job(system: Runtime, bus: Bus
 
 async def test_request_reply_door_answers_with_the_admission_result(system: Runtime, bus: Bus) -> None:
     spec = JobSubmitted(pool="default", key="rr-1", payload={"command": ["true"]})
-    result = await bus.request(bus.subjects.submit_request, spec, AdmissionResult, 5)
+    result = await bus.request(bus.subjects.submit_request, spec, 5)
     assert result.outcome == "admitted"
     assert result.job is not None and result.job.key == "rr-1"
-    again = await bus.request(bus.subjects.submit_request, spec, AdmissionResult, 5)
+    again = await bus.request(bus.subjects.submit_request, spec, 5)
     assert again.outcome == "existing" and again.job is not None and again.job.id == result.job.id
 
 

@@ -15,7 +15,6 @@ import pytest
 from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.store import Store
-from schemas.events import PoolLeaderChanged
 from schemas.jobs import JobSpec
 from services.runner import Runner
 from tests import factories
@@ -64,7 +63,7 @@ async def test_tainting_cloud_runners_hands_leadership_to_the_local_runner_and_r
 
     cloud = [runner("cloud-1"), runner("cloud-2")]
     laptop = runner("laptop")
-    async with Listener(bus, bus.subjects.pool_leader_changed(POOL), PoolLeaderChanged) as leaders:
+    async with Listener(bus, bus.subjects.pool_leader_changed.at(POOL)) as leaders:
         try:
             for r in [*cloud, laptop]:  # started in this order: cloud-1 is the oldest
                 await r.start()
@@ -167,7 +166,7 @@ async def test_a_pool_put_into_leader_mode_elects_at_once_and_forgets_its_leader
         labels=["linux"],
         slots=1,
     )
-    async with Listener(bus, bus.subjects.pool_leader_changed(POOL), PoolLeaderChanged) as leaders:
+    async with Listener(bus, bus.subjects.pool_leader_changed.at(POOL)) as leaders:
         try:
             for r in (first, second):
                 await r.start()

@@ -21,7 +21,7 @@ from orchestrator.errors import ConfigurationError, StoreError
 from orchestrator.provisioning import ProvisionerContext, WorkerRequest
 from orchestrator.settings import ProvisionerSettings, Settings
 from orchestrator.store import Store
-from schemas.events import CapacityUnknown, JobAssigned
+from schemas.events import JobAssigned
 from schemas.jobs import JobSpec, JobState
 from services.provisioner import Provisioning
 from services.runner import Execute, Outcome, Runner
@@ -202,7 +202,7 @@ async def test_a_failed_count_spawns_nothing_and_jobs_run_once_counting_recovers
 ) -> None:
     fleets.broken = True
     await factories.pool(store, "p", labels=["linux"], provisioner="in-process", max_workers=3)
-    async with Listener(bus, bus.subjects.capacity_unknown("p"), CapacityUnknown) as unknown:
+    async with Listener(bus, bus.subjects.capacity_unknown.at("p")) as unknown:
         ids = await fleets.admit("p", 4)
         assert "ListTasks failed" in (await unknown.wait()).reason
     [fleet] = fleets.made

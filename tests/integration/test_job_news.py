@@ -9,7 +9,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from orchestrator.bus.subjects import job_news, runner_cancel
+from orchestrator.bus import Subjects
+from orchestrator.bus.topics import JobNews
 from orchestrator.store import End, Handoff, Start, Store
 from schemas.base import Envelope
 from schemas.events import (
@@ -26,6 +27,8 @@ from tests import factories
 
 KINDS = (JobAdmitted, JobAssigned, JobStarted, JobFinished, JobRequeued, JobExpired, JobCancelRequested)
 MODELS: dict[str, type[Envelope]] = {m.__name__: m for m in KINDS}
+# The topic of each kind of news (relative, as the outbox stores it), which declares its model.
+NEWS = {topic.model: topic for topic in Subjects.declared().values() if isinstance(topic, JobNews)}
 
 
 async def outbox_rows(store: Store) -> list[dict[str, Any]]:
@@ -60,10 +63,9 @@ async def test_every_kind_of_job_news_is_its_model_field_for_field(store: Store)
         assert set(body) == set(model.model_fields), body["type"]  # and none it has left out
         assert event.id == row["id"]  # the row's id is the event's: its Nats-Msg-Id
         if isinstance(event, JobCancelRequested):
-            assert (row["subject"], row["durable"]) == (runner_cancel("r1"), False)
+            assert (row["subject"], row["durable"]) == (Subjects.cancel.at("r1").relative, False)
         else:
-            verb = model.__name__.removeprefix("Job").lower()
-            assert (row["subject"], row["durable"]) == (job_news(verb, "default"), True)
+            assert (row["subject"], row["durable"]) == (NEWS[model].at("default").relative, True)
         kinds.add(body["type"])
     assert kinds == set(MODELS)
     assert len({row["id"] for row in rows}) == len(rows)  # one id per event, even within a batch

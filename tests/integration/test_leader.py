@@ -15,7 +15,6 @@ from orchestrator.bus.lease import Lease, read_lease
 from orchestrator.leadership import Leadership
 from orchestrator.settings import Settings
 from orchestrator.store import RunnerSpec, Store
-from schemas.events import LeaderElected, LeaderLost
 from services.dispatch import Dispatch
 from services.leader import Leader
 from tests import factories
@@ -77,8 +76,8 @@ async def test_graceful_stop_hands_leadership_over(settings: Settings, store: St
     (a, la), (b, lb) = two_leaders(settings, store, bus)
     s = bus.subjects
     async with (
-        Listener(bus, s.leader_events("elected"), LeaderElected) as elected,
-        Listener(bus, s.leader_events("lost"), LeaderLost) as lost,
+        Listener(bus, s.leader_elected.any()) as elected,
+        Listener(bus, s.leader_lost.any()) as lost,
     ):
         await a.start()
         assert la.leading  # a lone instance leads by the time start returns
@@ -182,7 +181,7 @@ async def test_a_leader_whose_claims_are_fenced_gives_the_lease_up_and_a_new_ter
     leadership = Leadership(settings.dispatch_shard, "me")
     leader = Leader(settings.leader, store, bus, leadership)
     dispatch = Dispatch(settings.dispatch, settings.timings, store, bus, leadership=leadership)
-    async with Listener(bus, bus.subjects.leader_events("lost"), LeaderLost) as lost:
+    async with Listener(bus, bus.subjects.leader_lost.any()) as lost:
         await leader.start()
         try:
             first = leadership.epoch

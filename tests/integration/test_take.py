@@ -13,7 +13,6 @@ import aiohttp
 from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.store import Store
-from schemas.events import JobExpired
 from services.runner import Runner
 from tests import factories
 from tests.support import Listener, eventually, submit
@@ -147,7 +146,7 @@ async def test_queued_job_never_dispatched_expires_when_its_client_stops_polling
     system_http: aiohttp.ClientSession, store: Store, bus: Bus
 ) -> None:
     await factories.pool(store, labels=["linux", "x86_64"], paused=True)  # admitted, never dispatched
-    async with Listener(bus, bus.subjects.job_events("expired"), JobExpired) as expired:
+    async with Listener(bus, bus.subjects.job_expired.any()) as expired:
         kept = await submit(system_http, abandon_after_s=1.0)
         dropped = await submit(system_http, abandon_after_s=1.0)
         # One client keeps polling past its abandon_after_s; the other never polls.
@@ -181,7 +180,7 @@ async def test_held_reservation_nobody_takes_expires_and_frees_the_slot(
     )
     await solo.start()
     try:
-        async with Listener(bus, bus.subjects.job_events("expired"), JobExpired) as expired:
+        async with Listener(bus, bus.subjects.job_expired.any()) as expired:
             held = await submit(system_http, labels=["solo"], abandon_after_s=1.0)
 
             async def on_solo() -> bool:  # assigned there, at least: the start report may come after the expiry
@@ -209,7 +208,7 @@ async def test_taken_reservation_does_not_expire(system_http: aiohttp.ClientSess
     first = await submit(system_http, abandon_after_s=1.0, timeout_s=60)
     status, _, _ = await take(system_http, first["id"], first["token"], wait=10)
     assert status == 200
-    async with Listener(bus, bus.subjects.job_events("expired"), JobExpired) as expired:
+    async with Listener(bus, bus.subjects.job_expired.any()) as expired:
         # Submitted after the take, the untaken one expires when the taken one is past its
         # abandon_after_s too.
         second = await submit(system_http, abandon_after_s=1.0, timeout_s=60)

@@ -17,7 +17,7 @@ import pytest
 from app.runtime import Runtime
 from bench.procs import ServiceProcess
 from orchestrator.settings import Settings
-from schemas.events import AdmissionResult, JobSubmitted, LeaderElected, LeaderLost
+from schemas.events import JobSubmitted, LeaderElected
 from services.runner import Runner
 from tests import factories
 from tests.support import Listener, eventually, in_flight_peak, record_history
@@ -56,7 +56,7 @@ class Cluster:
                 key=f"job-{i}",
                 payload={"command": ["sh", "-c", f'echo "$JOB" >> {self.ran_log}; sleep 0.1'], "env": {"JOB": str(i)}},
             )
-            result = await self.bus.request(self.bus.subjects.submit_request, spec, AdmissionResult, 10)
+            result = await self.bus.request(self.bus.subjects.submit_request, spec, 10)
             assert result.outcome == "admitted", result
 
     async def jobs(self) -> list[dict[str, Any]]:
@@ -109,8 +109,8 @@ async def cluster(settings: Settings, tmp_path: Path) -> AsyncIterator[Cluster]:
         for runner in runners:
             await runner.start()
         async with (
-            Listener(runtime.bus, s.leader_events("elected"), LeaderElected) as cluster.elected,
-            Listener(runtime.bus, s.leader_events("lost"), LeaderLost) as cluster.lost,
+            Listener(runtime.bus, s.leader_elected.any()) as cluster.elected,
+            Listener(runtime.bus, s.leader_lost.any()) as cluster.lost,
         ):
             for proc in procs:
                 proc.start()

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from app.runtime import Runtime
-from orchestrator.bus import Bus
+from orchestrator.bus import Bus, RequestTopic, Subjects, Topic
 from orchestrator.bus.bus import BATCH_HEADER
 from orchestrator.store import Store
 from schemas import events as ev
@@ -35,55 +35,56 @@ NOWHERE = "nowhere"  # no such pool: even a valid message changes nothing
 @dataclass(frozen=True)
 class Door:
     name: str
-    subject: Callable[[Runtime], str]
-    model: type[BaseModel]
+    topic: Topic[Any]  # as declared (relative): its model, and a request's reply
     base: dict[str, Any]
-    reply: type[BaseModel] | None = None  # None: news, nobody answers
+    at: Callable[[Runtime], tuple[str, ...]] = lambda system: ()  # the topic's parameters
     only_refused: bool = False  # valid messages would act (the runner would take a job): send bad ones only
 
+    @property
+    def model(self) -> type[BaseModel]:
+        return self.topic.model
 
-def _runner(system: Runtime) -> Runner:
+    @property
+    def reply(self) -> type[BaseModel] | None:  # None: news, nobody answers
+        return self.topic.reply if isinstance(self.topic, RequestTopic) else None
+
+    def subject(self, system: Runtime) -> str:
+        assert system.bus is not None
+        return self.topic.under(system.bus.subjects.root).at(*self.at(system)).subject
+
+
+def _runner(system: Runtime) -> tuple[str]:
     runner = system.services["runner"]
     assert isinstance(runner, Runner)
-    return runner
+    return (runner.runner_id,)
 
 
-def _subjects(system: Runtime) -> Any:
-    assert system.bus is not None
-    return system.bus.subjects
+def _nowhere(system: Runtime) -> tuple[str]:
+    return (NOWHERE,)
 
 
+S = Subjects
 job = {"job_id": GHOST_JOB, "pool": NOWHERE, "runner_id": "ghost", "attempt": 1}
 REQUESTS = [
-    Door("admission request", lambda r: _subjects(r).submit_request, ev.JobSubmitted, {"pool": NOWHERE},
-         ev.AdmissionResult),
-    Door("runner register", lambda r: _subjects(r).runner_register, ev.RunnerRegistered,
-         {"runner_id": "ghost", "pool": NOWHERE, "slots": 1, "metadata": {"host": "h"}}, ev.Reply),
-    Door("runner heartbeat", lambda r: _subjects(r).runner_heartbeat, ev.RunnerHeartbeat,
-         {"runner_id": "ghost", "pool": NOWHERE, "running": [GHOST_JOB]}, ev.Reply),
-    Door("runner start", lambda r: _subjects(r).runner_start, ev.JobStarted, job, ev.Reply),
-    Door("runner finish", lambda r: _subjects(r).runner_finish, ev.JobFinished,
-         {**job, "state": "failed", "exit_code": 1, "reason": "r"}, ev.Reply),
-    Door("runner drain", lambda r: _subjects(r).runner_drain, ev.RunnerDraining,
-         {"runner_id": "ghost", "pool": NOWHERE}, ev.Reply),
-    Door("runner assign", lambda r: _subjects(r).assign(_runner(r).runner_id), ev.JobAssigned,
-         {**job, "payload": {"command": ["true"]}, "timeout_s": 1}, ev.Reply, only_refused=True),
+    Door("admission request", S.submit_request, {"pool": NOWHERE}),
+    Door("runner register", S.runner_register,
+         {"runner_id": "ghost", "pool": NOWHERE, "slots": 1, "metadata": {"host": "h"}}),
+    Door("runner heartbeat", S.runner_heartbeat, {"runner_id": "ghost", "pool": NOWHERE, "running": [GHOST_JOB]}),
+    Door("runner start", S.runner_start, job),
+    Door("runner finish", S.runner_finish, {**job, "state": "failed", "exit_code": 1, "reason": "r"}),
+    Door("runner drain", S.runner_drain, {"runner_id": "ghost", "pool": NOWHERE}),
+    Door("runner assign", S.assign, {**job, "payload": {"command": ["true"]}, "timeout_s": 1}, _runner,
+         only_refused=True),
 ]  # fmt: skip
 NEWS = [
-    Door("runner taints", lambda r: _subjects(r).runner_taints_changed, ev.RunnerTaintsChanged,
-         {"runner_id": "ghost", "pool": NOWHERE, "taints": []}),
-    Door("pool updated", lambda r: _subjects(r).pool_updated(NOWHERE), ev.PoolUpdated, {"pool": NOWHERE, "config": {}}),
-    Door("job admitted", lambda r: _subjects(r).job_event("admitted", NOWHERE), ev.JobAdmitted,
-         {"job_id": GHOST_JOB, "key": "k", "pool": NOWHERE, "priority": 0}),
-    Door("jobs queued", lambda r: _subjects(r).jobs_queued(NOWHERE), ev.JobsQueued, {"pool": NOWHERE, "n": 1}),
-    Door("slot available", lambda r: _subjects(r).slot_available(NOWHERE), ev.SlotAvailable,
-         {"pool": NOWHERE, "free": 1}),
-    Door("capacity unknown", lambda r: _subjects(r).capacity_unknown(NOWHERE), ev.CapacityUnknown,
-         {"pool": NOWHERE, "reason": "r"}),
-    Door("job finished news", lambda r: _subjects(r).job_event("finished", NOWHERE), ev.JobFinished,
-         {**job, "state": "failed"}),
-    Door("runner cancel", lambda r: _subjects(r).cancel(_runner(r).runner_id), ev.JobCancelRequested,
-         {"job_id": GHOST_JOB, "pool": NOWHERE, "runner_id": None}),
+    Door("runner taints", S.runner_taints_changed, {"runner_id": "ghost", "pool": NOWHERE, "taints": []}),
+    Door("pool updated", S.pool_updated, {"pool": NOWHERE, "config": {}}, _nowhere),
+    Door("job admitted", S.job_admitted, {"job_id": GHOST_JOB, "key": "k", "pool": NOWHERE, "priority": 0}, _nowhere),
+    Door("jobs queued", S.jobs_queued, {"pool": NOWHERE, "n": 1}, _nowhere),
+    Door("slot available", S.slot_available, {"pool": NOWHERE, "free": 1}, _nowhere),
+    Door("capacity unknown", S.capacity_unknown, {"pool": NOWHERE, "reason": "r"}, _nowhere),
+    Door("job finished news", S.job_finished, {**job, "state": "failed"}, _nowhere),
+    Door("runner cancel", S.cancel, {"job_id": GHOST_JOB, "pool": NOWHERE, "runner_id": None}, _runner),
 ]  # fmt: skip
 
 
@@ -207,7 +208,7 @@ async def test_bad_intake_messages_are_recorded_as_rejections_and_nothing_else(
     for body in cases:
         count("bus intake (JetStream)")
         before = await database_rows(store)
-        ack = await bus.js.publish(bus.subjects.submit, body, headers={"Nats-Msg-Id": str(uuid4())})
+        ack = await bus.js.publish(bus.subjects.submit.subject, body, headers={"Nats-Msg-Id": str(uuid4())})
         row = await eventually(lambda seq=ack.seq: _rejection(store, seq), what=f"the rejection of message {ack.seq}")
         assert row["reason"] in ("malformed", "invalid", "unsatisfiable"), row
         assert row["message"], row

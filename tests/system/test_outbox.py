@@ -26,7 +26,6 @@ from app.runtime import Runtime
 from bench.procs import ServiceProcess, start_all
 from orchestrator import failpoints
 from orchestrator.bus import Bus, Subjects, job_events
-from orchestrator.bus.subjects import JOB_EVENT_VERBS, job_news
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.outbox import OutboxRelay
 from orchestrator.settings import Settings
@@ -88,10 +87,10 @@ async def test_the_stream_captures_job_news_only(front: Runtime, bus: Bus) -> No
     """The stream must not capture the intake (`jobs.submit`) nor the request door
     (`jobs.submit.req`, which JetStream would otherwise answer with a PubAck)."""
     info = await bus.js.stream_info(bus.subjects.job_events_stream)
-    assert sorted(info.config.subjects or []) == sorted(bus.subjects.job_events(v) for v in JOB_EVENT_VERBS)
-    assert bus.subjects.submit not in (info.config.subjects or [])
+    assert sorted(info.config.subjects or []) == sorted(t.any().subject for t in bus.subjects.job_events)
+    assert bus.subjects.submit.subject not in (info.config.subjects or [])
     body = json.dumps({"pool": "nowhere"}).encode()
-    reply = await bus.nc.request(bus.subjects.submit_request, body, timeout=5)
+    reply = await bus.nc.request(bus.subjects.submit_request.subject, body, timeout=5)
     assert json.loads(reply.data)["outcome"] == "rejected"  # admission's answer, not a PubAck
 
 
@@ -133,7 +132,7 @@ async def test_a_batch_repeating_events_already_relayed_keeps_each_once_in_order
     await bus.ensure_job_events_stream(3600)
     assert bus.atomic_events
     pool = f"atomic-{uuid4().hex[:8]}"
-    rows = [_Row(uuid4(), job_news("admitted", pool), json.dumps({"n": n}).encode()) for n in range(8)]
+    rows = [_Row(uuid4(), Subjects.job_admitted.at(pool).relative, json.dumps({"n": n}).encode()) for n in range(8)]
     cancel = _Row(uuid4(), f"runners.{pool}.cancel", b"{}", durable=False)
     heard: list[bytes] = []
 
@@ -252,7 +251,7 @@ async def test_a_durable_consumer_hears_every_job_finish_through_a_kill_9_of_eve
         bus.subjects.job_events_stream,
         ConsumerConfig(
             durable_name=durable,
-            filter_subject=bus.subjects.job_events("finished"),
+            filter_subject=bus.subjects.job_finished.any().subject,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
         ),

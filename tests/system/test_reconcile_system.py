@@ -22,7 +22,6 @@ from orchestrator.bus import Bus
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import (
-    AdmissionResult,
     HeartbeatReply,
     JobAssigned,
     JobStarted,
@@ -49,7 +48,7 @@ def env_of(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 async def submit(bus: Bus, **spec: Any) -> UUID:
-    result = await bus.request(bus.subjects.submit_request, JobSubmitted(pool="default", **spec), AdmissionResult, 5)
+    result = await bus.request(bus.subjects.submit_request, JobSubmitted(pool="default", **spec), 5)
     assert result.job is not None, result
     return result.job.id
 
@@ -193,7 +192,7 @@ async def test_the_server_ends_a_job_whose_runner_never_reports_past_its_timeout
     try:
         await factories.pool(store)
         registered = await bus.request(
-            bus.subjects.runner_register, RunnerRegistered(runner_id="mute", pool="default", slots=1), Reply, 5
+            bus.subjects.runner_register, RunnerRegistered(runner_id="mute", pool="default", slots=1), 5
         )
         assert registered.ok
 
@@ -203,12 +202,12 @@ async def test_the_server_ends_a_job_whose_runner_never_reports_past_its_timeout
         async def on_assign(event: JobAssigned) -> Reply:
             held.append(event.job_id)  # held from the ack, like any runner
             started = JobStarted(job_id=event.job_id, pool=event.pool, runner_id="mute", attempt=event.attempt)
-            task = asyncio.get_running_loop().create_task(bus.request(bus.subjects.runner_start, started, Reply, 5))
+            task = asyncio.get_running_loop().create_task(bus.request(bus.subjects.runner_start, started, 5))
             requests.add(task)  # kept until done
             task.add_done_callback(requests.discard)
             return Reply(ok=True)  # and never a report
 
-        sub = await bus.subscribe(bus.subjects.assign("mute"), JobAssigned, on_assign)
+        sub = await bus.subscribe(bus.subjects.assign.at("mute"), on_assign)
         replies: list[HeartbeatReply] = []
 
         async def heartbeats() -> None:  # alive, and holding the job once it has it
@@ -216,7 +215,7 @@ async def test_the_server_ends_a_job_whose_runner_never_reports_past_its_timeout
             while True:
                 seq += 1
                 beat = RunnerHeartbeat(runner_id="mute", pool="default", running=held, seq=seq, acked_seq=seq - 1)
-                replies.append(await bus.request(bus.subjects.runner_heartbeat, beat, HeartbeatReply, 5))
+                replies.append(await bus.request(bus.subjects.runner_heartbeat, beat, 5))
                 await asyncio.sleep(settings.heartbeat_interval_s)
 
         beating = asyncio.create_task(heartbeats())

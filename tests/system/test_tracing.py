@@ -152,7 +152,7 @@ async def test_one_trace_from_producer_to_runner_across_a_restart(
 
     async with Serve(env, log, "admission", "api"):  # no dispatcher: the job waits
         with provider.get_tracer("test.producer").start_as_current_span(
-            f"send {bus.subjects.submit}", kind=trace.SpanKind.PRODUCER, attributes={"messaging.system": "nats"}
+            f"send {bus.subjects.submit.subject}", kind=trace.SpanKind.PRODUCER, attributes={"messaging.system": "nats"}
         ) as producer:
             await bus.submit(body, key="traced")
         trace_id = format(producer.get_span_context().trace_id, "032x")
@@ -172,10 +172,10 @@ async def test_one_trace_from_producer_to_runner_across_a_restart(
 
         done = await eventually(succeeded, timeout=30, what="the job to succeed")
 
-    assign = f"send {bus.subjects.assign(done['runner_id'])}"
+    assign = f"send {bus.subjects.assign.at(done['runner_id']).subject}"
     wanted = (
         ("test.producer", None),
-        ("orchestrator.admission", f"process {bus.subjects.submit}"),
+        ("orchestrator.admission", f"process {bus.subjects.submit.subject}"),
         ("orchestrator.dispatch", "queued"),
         ("orchestrator.dispatch", assign),
         ("orchestrator.runner", "run"),
@@ -197,7 +197,7 @@ async def test_one_trace_from_producer_to_runner_across_a_restart(
     assert (admission["kind"], dispatch["kind"], run["kind"]) == (CONSUMER, PRODUCER, CONSUMER)
     for span in (admission, dispatch, run):
         assert span["attributes"]["messaging.system"] == "nats"
-    assert admission["attributes"]["messaging.destination.name"] == bus.subjects.submit
+    assert admission["attributes"]["messaging.destination.name"] == bus.subjects.submit.subject
     assert run["attributes"]["orchestrator.job_id"] == str(job["id"])
     # Admitted by the first process, dispatched and run by the second: the trace survived the restart.
     assert admission["service"] == "orchestrator-admission-api"

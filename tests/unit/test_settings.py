@@ -8,7 +8,7 @@ import os
 
 import pytest
 from pydantic import SecretStr, ValidationError
-from services.job_process import SECRET_ENV
+from services.runner.job_process import SECRET_ENV
 
 from orchestrator.errors import ConfigurationError
 from orchestrator.settings import (

@@ -4,10 +4,13 @@ product module publishes a job event itself (the outbox relay does)."""
 
 from __future__ import annotations
 
+import ast
 import re
 from importlib import resources
 from pathlib import Path
 
+from orchestrator.bus import Subjects
+from orchestrator.bus.topics import JobNews
 from orchestrator.store.queries import Q, parse
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,6 +47,13 @@ def test_only_the_transitions_module_runs_them() -> None:
 
 
 def test_no_module_publishes_a_job_event_itself() -> None:
-    """Job events leave through the outbox: `subjects.job_event(...)` is never published directly."""
-    publishers = [str(p.relative_to(ROOT)) for p in PRODUCT if ".job_event(" in p.read_text()]
-    assert publishers == []
+    """Job events leave through the outbox: no call publishes on a job-news topic it names."""
+    news = {name for name, topic in Subjects.declared().items() if isinstance(topic, JobNews)}
+    publishers = [
+        f"{path.relative_to(ROOT)}:{call.lineno}"
+        for path in PRODUCT
+        for call in ast.walk(ast.parse(path.read_text()))
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and "publish" in call.func.attr
+        if any(isinstance(node, ast.Attribute) and node.attr in news for arg in call.args for node in ast.walk(arg))
+    ]
+    assert news and publishers == []

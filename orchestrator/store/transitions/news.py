@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 import asyncpg
 from pydantic import BaseModel
 
-from orchestrator.bus.subjects import job_news
+from orchestrator.bus.subjects import Subjects
+from orchestrator.bus.topics import Topic
 from orchestrator.failpoints import failpoint
 from orchestrator.store.queries import Q
 from orchestrator.store.rows import Job
@@ -24,9 +25,9 @@ from schemas.events import JobRejected
 
 
 class Outgoing(NamedTuple):
-    """One outbox row: an event and where it goes (relative to the namespace)."""
+    """One outbox row: an event and the topic it goes to (relative to the namespace)."""
 
-    subject: str
+    topic: Topic[Any]
     event: BaseModel
     durable: bool = True
 
@@ -34,7 +35,7 @@ class Outgoing(NamedTuple):
 def rejected(key: str | None, pool: str | None, reason: str, message: str, field: str | None) -> Outgoing:
     """The news that a door refused a job (no job row exists)."""
     event = JobRejected(key=key, pool=pool, reason=reason, message=message, field=field)
-    return Outgoing(job_news("rejected", pool or "_invalid"), event)
+    return Outgoing(Subjects.job_rejected.at(pool or "_invalid"), event)
 
 
 async def write(conn: asyncpg.Connection, news: Sequence[Outgoing]) -> None:
@@ -43,7 +44,7 @@ async def write(conn: asyncpg.Connection, news: Sequence[Outgoing]) -> None:
     await conn.execute(
         Q["outbox_insert_many"],
         [n.event.id for n in news],  # type: ignore[attr-defined]
-        [n.subject for n in news],
+        [n.topic.relative for n in news],
         [n.event.model_dump_json().encode() for n in news],
         [n.durable for n in news],
     )

@@ -1,0 +1,63 @@
+"""The JetStream intake: the work-queue stream producers submit job specs to (deduplicated by
+`Nats-Msg-Id`), and the durable pull consumer every admission instance shares."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+
+from orchestrator import telemetry
+from orchestrator.bus.delivery import Delivery
+from orchestrator.errors import BusUnavailable
+
+if TYPE_CHECKING:
+    from orchestrator.bus.bus import Bus
+
+# JetStream deduplicates on Nats-Msg-Id inside this window; the job key in Postgres beyond it.
+DEDUP_WINDOW_S = 120.0
+
+
+async def ensure_stream(bus: Bus) -> None:
+    config = StreamConfig(
+        name=bus.subjects.intake_stream,
+        subjects=[bus.subjects.submit.subject],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=DEDUP_WINDOW_S,
+    )
+    await bus.ensure_stream(config)
+
+
+async def subscribe(bus: Bus, durable: str, ack_wait_s: float) -> JetStreamContext.PullSubscription:
+    """A durable pull consumer shared by every admission instance (WorkQueue: one consumer)."""
+    config = ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s,
+        max_deliver=-1,  # transient failures redeliver until the store answers; bad input is term()ed
+        max_ack_pending=10_000,
+    )
+    return await bus.js.pull_subscribe(
+        bus.subjects.submit.subject, durable=durable, stream=bus.subjects.intake_stream, config=config
+    )
+
+
+async def fetch(intake: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Delivery]:
+    """Up to `batch` intake messages; [] when none came within `timeout`."""
+    try:
+        return [Delivery.of(msg) for msg in await intake.fetch(batch, timeout=timeout)]
+    except (TimeoutError, NatsTimeout):
+        return []
+    except Exception as exc:  # reconnecting, or the consumer is being recreated
+        raise BusUnavailable(f"cannot fetch from the intake: {exc}") from exc
+
+
+async def submit(bus: Bus, body: bytes, key: str | None) -> None:
+    """Publish a job spec to the intake stream, as any producer would."""
+    headers = telemetry.inject()
+    if key:
+        headers["Nats-Msg-Id"] = key
+    await bus.js.publish(bus.subjects.submit.subject, body, headers=headers)
