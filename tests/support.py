@@ -36,6 +36,18 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float
         await asyncio.sleep(0.02)
 
 
+# The environment of a system test's orchestrator processes: failures detected fast, so a short
+# test sees every recovery through.
+FAST_FAILURE_ENV = {
+    "ORCH_DB_POOL_SIZE": "4",
+    "ORCH_HEARTBEAT_INTERVAL_S": "0.5",
+    "ORCH_RUNNER_TTL_S": "3",
+    "ORCH_SWEEP_INTERVAL_S": "0.5",
+    "ORCH_DISPATCH__ASSIGNED_STALE_S": "5",
+    "ORCH_STOP_TIMEOUT_S": "2",
+}
+
+
 async def record_history(store: Store) -> None:
     """Record every job transition of the store's database from now on (`tests/history.py`)."""
     async with store.connection() as conn:

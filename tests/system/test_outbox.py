@@ -31,7 +31,7 @@ from orchestrator.outbox import OutboxRelay
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from tests import factories
-from tests.support import eventually
+from tests.support import FAST_FAILURE_ENV, eventually
 
 
 async def stream_events(bus: Bus, verb: str | None = None) -> list[dict[str, Any]]:
@@ -227,12 +227,7 @@ async def test_a_durable_consumer_hears_every_job_finish_through_a_kill_9_of_eve
         "ORCH_NATS_URL": nats.url,
         "ORCH_DATABASE_URL": pg.dsn,
         "ORCH_NAMESPACE": namespace,
-        "ORCH_DB_POOL_SIZE": "4",
-        "ORCH_HEARTBEAT_INTERVAL_S": "0.5",
-        "ORCH_RUNNER_TTL_S": "3",
-        "ORCH_SWEEP_INTERVAL_S": "0.5",
-        "ORCH_DISPATCH__ASSIGNED_STALE_S": "5",
-        "ORCH_STOP_TIMEOUT_S": "2",
+        **FAST_FAILURE_ENV,
     }
     logs = tmp_path / "logs"
     services = ServiceProcess("services", ["capacity", "admission", "dispatch"], env, logs)

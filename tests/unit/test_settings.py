@@ -8,7 +8,6 @@ import os
 
 import pytest
 from pydantic import SecretStr, ValidationError
-from services.runner.job_process import SECRET_ENV
 
 from orchestrator.errors import ConfigurationError
 from orchestrator.settings import (
@@ -19,6 +18,7 @@ from orchestrator.settings import (
     Timings,
     env_fields,
 )
+from services.runner.job_process import SECRET_ENV
 
 # Documented, and set by deployments: these names must keep working as they are.
 CONTRACT = [

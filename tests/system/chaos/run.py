@@ -29,7 +29,7 @@ from orchestrator.bus.lease import read_lease
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.store import Store
 from tests import history
-from tests.support import eventually
+from tests.support import FAST_FAILURE_ENV, eventually
 from tests.system.chaos import check as chaos_check
 from tests.system.chaos.observe import IN_FLIGHT_SQL, fetch, orphans, sample_in_flight
 
@@ -114,13 +114,7 @@ class Chaos:
             "ORCH_NAMESPACE": NAMESPACE,
             "ORCH_POOLS_FILE": str(pools_file),
             "ORCH_HTTP_PORT": "0",
-            "ORCH_DB_POOL_SIZE": "4",
-            # Fast failure detection, so a short run sees every recovery through.
-            "ORCH_HEARTBEAT_INTERVAL_S": "0.5",
-            "ORCH_RUNNER_TTL_S": "3",
-            "ORCH_SWEEP_INTERVAL_S": "0.5",
-            "ORCH_DISPATCH__ASSIGNED_STALE_S": "5",
-            "ORCH_STOP_TIMEOUT_S": "2",
+            **FAST_FAILURE_ENV,
         }
         logs = self.root / "logs"
         for name, service in [
