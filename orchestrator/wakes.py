@@ -10,7 +10,7 @@ follows through the outbox, behind whatever backlog it has).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from orchestrator.bus import Bus
 from orchestrator.store import Store
@@ -24,6 +24,14 @@ async def announce_queued(bus: Bus, queued: dict[str, int]) -> None:
 
 async def announce_slots(bus: Bus, pool: str, free: int) -> None:
     await bus.publish(bus.subjects.slot_available.at(pool), SlotAvailable(pool=pool, free=free))
+
+
+async def announce_freed(bus: Bus, freed: Mapping[str, int]) -> None:
+    """Announce the slots just freed, per pool, by ends recorded: an end frees its runner's slot,
+    so no count in Postgres is needed (a draining or lost runner's slot is not free: the step it
+    wakes then finds nothing to do)."""
+    for pool, n in freed.items():
+        await announce_slots(bus, pool, n)
 
 
 async def announce_free(store: Store, bus: Bus, pools: Iterable[str]) -> None:

@@ -135,6 +135,7 @@ class SlotAvailable(Envelope):
 
     type: Literal["SlotAvailable"] = "SlotAvailable"
     pool: str
+    # Slots free (counted in Postgres), or freed (by the ends just recorded): at least this many.
     free: int
 
 

@@ -44,7 +44,7 @@ from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
 from orchestrator.settings import RUNNER_REQUEST_TIMEOUT_S, CapacitySettings, LogLimits, Timings
 from orchestrator.store import End, Heartbeat, Reconciled, RunnerSpec, Start, Store
-from orchestrator.wakes import announce_free
+from orchestrator.wakes import announce_free, announce_freed
 from schemas.events import (
     ErrorDetail,
     HeartbeatReply,
@@ -179,10 +179,12 @@ class Capacity(Service):
         assert all(e.runner_id is not None for e in events)  # the bus model of a runner's report
         ends = [End(e.job_id, e.runner_id, e.attempt, e.state, e.exit_code, e.reason) for e in events]  # type: ignore[arg-type]
         recorded = await self.store.transitions.finish_many(ends)
-        await self._announce_free({job.pool for job in recorded})  # once per pool per batch
         ended: dict[tuple[str, str], int] = {}
+        freed: dict[str, int] = {}
         for job in recorded:
             ended[(job.pool, job.state)] = ended.get((job.pool, job.state), 0) + 1
+            freed[job.pool] = freed.get(job.pool, 0) + 1
+        await announce_freed(self.bus, freed)  # once per pool per batch, uncounted: the hot path
         for (pool, state), n in ended.items():
             self.metrics.finished.labels(pool, state).inc(n)
         return await self._answers("finish", ends, {job.id for job in recorded})

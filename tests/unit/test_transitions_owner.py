@@ -30,10 +30,21 @@ def test_every_state_changing_query_is_a_transition() -> None:
     owned = _transition_queries()
     elsewhere = sorted(name for name, sql in Q.items() if _STATE_WRITE.search(sql) and name not in owned)
     assert elsewhere == [], f"queries that change a job's state outside transitions.sql: {elsewhere}"
-    # The rest record what goes with a state (the runner, its ack, a pending cancel, a heartbeat
-    # that lacked the job) or read what a runner must stop; each runs inside a transition.
-    companions = {"job_set_runner", "job_acknowledge_many", "job_cancel_request", "job_mark_unheld", "job_stop_orders"}
+    # The rest call a function that changes state (below), record what goes with a state (an
+    # ack, a pending cancel, a heartbeat that lacked the job) or read what a runner must stop.
+    companions = {"job_claim_step", "job_acknowledge_many", "job_cancel_request", "job_mark_unheld", "job_stop_orders"}
     assert {name for name, sql in owned.items() if not _STATE_WRITE.search(sql)} <= companions
+
+
+def test_a_function_that_changes_a_jobs_state_is_called_by_transitions_only() -> None:
+    """An edge written as a SQL function (the claim, migration 0009) is owned all the same."""
+    schema = (resources.files("orchestrator.store") / "schema.sql").read_text()
+    bodies = re.findall(r"CREATE FUNCTION (\w+)\(.*?\$\$(.*?)\$\$", schema, re.DOTALL)
+    writers = {name for name, body in bodies if _STATE_WRITE.search(body)}
+    owned = _transition_queries()
+    callers = {name for name, sql in Q.items() for f in writers if re.search(rf"\b{f}\(", sql)}
+    assert writers == {"claim_step"}
+    assert callers <= set(owned)
 
 
 def test_only_the_transitions_module_runs_them() -> None:

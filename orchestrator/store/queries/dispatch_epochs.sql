@@ -10,11 +10,5 @@ VALUES ($1, 1, $2, now())
 ON CONFLICT (shard) DO UPDATE SET epoch = d.epoch + 1, holder = EXCLUDED.holder, since = now()
 RETURNING epoch;
 
--- Inside a claim: a shared lock on the shard's epoch, held to commit. The leader's own claim
--- steps share it (pools drain in parallel); a successor's new epoch waits for them to commit,
--- and every claim that starts after the advance sees the newer epoch.
--- name: dispatch_epoch_hold
-SELECT epoch FROM dispatch_epochs WHERE shard = $1 FOR SHARE;
-
 -- name: dispatch_epoch_get
 SELECT shard, epoch, holder, since FROM dispatch_epochs WHERE shard = $1;

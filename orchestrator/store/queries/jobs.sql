@@ -17,9 +17,6 @@ WHERE ($1::text IS NULL OR pool = $1)
 ORDER BY id DESC
 LIMIT $4;
 
--- name: job_shape_served
-UPDATE job_shapes SET served_at = clock_timestamp() WHERE id = ANY($1::bigint[]);
-
 -- name: job_shape_insert
 INSERT INTO job_shapes (pool, labels, tenant, tolerations) VALUES ($1, $2, $3, $4)
 ON CONFLICT (pool, labels, tenant, tolerations) DO NOTHING

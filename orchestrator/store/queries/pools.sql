@@ -40,11 +40,6 @@ ON CONFLICT (name) DO NOTHING;
 -- name: pool_admission_lock
 SELECT pg_advisory_xact_lock(hashtext('orch.admit'), hashtext($1));
 
--- The claim step takes the pool row first, so concurrent dispatchers of one pool serialize
--- and the in-flight count they read cannot be raced past max_concurrent.
--- name: pool_lock_for_claim
-SELECT max_concurrent, paused FROM pools WHERE name = $1 FOR NO KEY UPDATE;
-
 -- name: pool_in_flight
 SELECT count(*) FROM jobs WHERE pool = $1 AND state IN ('assigned', 'running');
 

@@ -33,18 +33,6 @@ SELECT r.*, (SELECT count(*) FROM jobs j
              WHERE j.runner_id = r.id AND j.state IN ('assigned', 'running')) AS busy
 FROM runners r ORDER BY r.pool, r.created_at;
 
--- Runners of a pool with free slots, fullest-free first, with what they can take (labels and
--- taints). In a leader-mode pool only its elected leader (none elected: no runner at all).
--- name: runner_free_slots
-WITH busy AS (SELECT runner_id, count(*) AS n FROM jobs
-              WHERE pool = $1 AND state IN ('assigned', 'running') GROUP BY runner_id)
-SELECT r.id, r.labels, r.taints, r.slots - coalesce(b.n, 0) AS free
-FROM runners r JOIN pools p ON p.name = r.pool LEFT JOIN busy b ON b.runner_id = r.id
-WHERE r.pool = $1 AND r.state = 'active'
-  AND (p.mode <> 'leader' OR r.id = p.leader_runner_id)
-  AND r.slots > coalesce(b.n, 0)
-ORDER BY free DESC, r.created_at;
-
 -- An operator sets a runner's taints (the exact set). Returns its pool, NULL if unknown.
 -- name: runner_set_taints
 UPDATE runners SET taints = ARRAY(SELECT DISTINCT t FROM unnest($2::text[]) AS t ORDER BY t)

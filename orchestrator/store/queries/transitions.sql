@@ -44,44 +44,6 @@ SELECT id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, a
        attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at
 FROM admitted;
 
--- Claim up to $3 of the best queued jobs of pool $1 that runners with labels $2 and taints $5
--- can take (a job tolerating every one of the taints; any job when there are none).
--- Only the shapes those runners match are visited, each through its own index range, so the
--- cost does not grow with jobs queued for other shapes (seed 004). Order: priority, then
--- round-robin across shapes (the n-th job of each shape before the n+1-th of any; the shape
--- served longest ago first), then age. The caller holds the pool row lock, so no other claimer
--- of this pool runs concurrently; `state = 'queued'` re-checks rows cancelled meanwhile.
--- $4 is the claiming leader's term (NULL without a lease), recorded with the claim.
--- name: job_claim
-WITH shapes AS (
-    SELECT id, served_at FROM job_shapes
-    WHERE pool = $1 AND labels <@ $2::text[] AND tolerations @> $5::text[]
-), heads AS (
-    SELECT q.id, q.priority, s.served_at,
-           row_number() OVER (PARTITION BY s.id, q.priority ORDER BY q.id) AS turn
-    FROM shapes s
-    CROSS JOIN LATERAL (
-        SELECT j.id, j.priority FROM jobs j
-        WHERE j.shape_id = s.id AND j.state = 'queued'
-          AND (j.not_before IS NULL OR j.not_before <= now())
-        ORDER BY j.priority DESC, j.id
-        LIMIT $3
-    ) q
-), picked AS (
-    SELECT id FROM heads ORDER BY priority DESC, turn, served_at NULLS FIRST, id LIMIT $3
-)
-UPDATE jobs j SET state = 'assigned', assigned_at = clock_timestamp(), not_before = NULL, claim_epoch = $4,
-                  acked_at = NULL
-FROM picked WHERE j.id = picked.id AND j.state = 'queued'
-RETURNING j.id, j.pool, j.shape_id, j.attempt, j.payload, j.timeout_s, j.trace_context, j.priority,
-          j.created_at, j.assigned_at;
-
--- The claimed jobs' runners, chosen once the claim knows how many jobs each runner group got.
--- name: job_set_runner
-UPDATE jobs SET runner_id = r.runner_id
-FROM unnest($1::uuid[], $2::text[]) AS r(job_id, runner_id)
-WHERE jobs.id = r.job_id AND jobs.state = 'assigned';
-
 -- The runner acknowledged these hand-offs (job, runner, the assignment's assigned_at): the
 -- assignment is the runner's now. Already acknowledged (it asked to start first) or undone
 -- meanwhile: nothing. A row locked by another edge is skipped, not waited for: it is the runner's
@@ -314,3 +276,8 @@ RETURNING jobs AS job
     ORDER BY (c.job).id, k.i
 )
 SELECT (c.job).* FROM changed c;
+
+-- A dispatch step's claim, one statement (migration 0009's `claim_step`): $1 pool, $2 at most this
+-- many jobs, $3 / $4 the leader's shard and epoch (NULL without a lease).
+-- name: job_claim_step
+SELECT * FROM claim_step($1, $2, $3, $4);

@@ -54,7 +54,6 @@ from orchestrator.store.transitions.args import (
     refusal,
 )
 from orchestrator.store.transitions.batches import AdmissionTx, PoolChangeTx, ShapeKey, shape_key
-from orchestrator.store.transitions.claim import claim_in
 from schemas.jobs import JobState
 
 if TYPE_CHECKING:
@@ -150,15 +149,21 @@ class Transitions:
 
     async def claim(self, pool: str, limit: int, fence: Fence | None = None) -> ClaimStep:
         """Edge queued -> assigned: claim up to `limit` jobs of `pool` for runners with free
-        slots, never past the pool's `max_concurrent`, in one transaction. No news yet: the
-        assignment is announced once its runner acknowledges it (`acknowledge`).
+        slots, never past the pool's `max_concurrent`, in one statement (`claim_step`, migration
+        0009). No news yet: the assignment is announced once its runner acknowledges it
+        (`acknowledge`).
 
-        With a `fence`, the same transaction first checks the shard's stored epoch: another one
-        means a newer leader was elected, and the step claims nothing (`fenced`)."""
-        async with self._store.transaction() as conn:
-            if fence is not None and await conn.fetchval(Q["dispatch_epoch_hold"], fence.shard) != fence.epoch:
-                return ClaimStep("fenced")
-            return await claim_in(conn, pool, limit, fence.epoch if fence else None)
+        With a `fence`, the statement first checks the shard's stored epoch (holding it shared to
+        its end, so a successor's new term waits for it): another one means a newer leader was
+        elected, and the step claims nothing (`fenced`)."""
+        shard, epoch = (fence.shard, fence.epoch) if fence is not None else (None, None)
+        async with self._store.connection() as conn:
+            rows = await conn.fetch(Q["job_claim_step"], pool, limit, shard, epoch)
+        first = rows[0]
+        if first["status"] != "dispatched":
+            return ClaimStep(first["status"], in_flight=first["in_flight"])
+        in_flight = None if first["in_flight"] is None else first["in_flight"] + len(rows)
+        return ClaimStep("dispatched", [dict(r) for r in rows], in_flight)
 
     async def acknowledge(self, handoffs: Sequence[Handoff]) -> list[Job]:
         """The runner acked these hand-offs: `assigned` news (once per assignment)."""
