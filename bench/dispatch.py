@@ -182,9 +182,14 @@ async def head_of_line(runtime: Runtime, ahead: int, samples: int, shapes: int =
     return round(statistics.median(waits), 3)
 
 
+def end_to_end_jobs(quick: bool) -> int:
+    """Jobs of the throughput runs (and of the reference points, bench/baselines.py)."""
+    return 500 if quick else 20_000
+
+
 async def run_all(runtime: Runtime, quick: bool) -> dict[str, Any]:
     """Every dispatch scenario on one stack; progress on stderr."""
-    n = 500 if quick else 20_000
+    n = end_to_end_jobs(quick)
     results: dict[str, Any] = {}
 
     def step(what: str) -> None:
