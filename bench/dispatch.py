@@ -2,13 +2,19 @@
 
     python -m bench.dispatch [--quick]
 
-1. wake: slot freed → next job assigned, with a waiting backlog (pool cap 1, one 1-slot runner),
-   from the finish and claim timestamps Postgres recorded (clock_timestamp at each transition).
+1. wake: slot freed → next job acked by the runner, with a waiting backlog (pool cap 1, one
+   1-slot runner): from the finish Postgres recorded (clock_timestamp) to the moment the
+   simulated runner acked the next assignment (`wake_ms`); and to the claim's own timestamp
+   (`wake_to_assigned_ms`, the earlier end this figure used to have).
 2. throughput: jobs/s end to end (JetStream submit → succeeded) with no-op jobs on many slots,
-   and admission-only jobs/s (submit → admitted) in the same run.
+   and admission-only jobs/s (submit → admitted) in the same run, both timed from the first
+   publish; and the CPU that run cost every process of it (`cpu_ms_per_job`: bench/cpu.py).
 3. capped: the same load through a pool capped at 32 concurrent, as a fraction of uncapped.
-4. head-of-line: submit → assigned of a matching job with 0 and with 100,000 non-matching
-   jobs queued ahead of it (higher priority).
+4. submit → start latency on an idle system (one job at a time) and at 30 % / 80 % of the peak.
+5. head-of-line: submit → assigned of a matching job with 0 and with 100,000 non-matching
+   jobs queued ahead of it (higher priority), all of one shape, and each of its own shape
+   (a distinct tenant each: a shape is what `job_shapes` holds, pool, labels, tenant and
+   tolerations).
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ import time
 from typing import Any
 
 from app.runtime import Runtime
+from bench import cpu
 from bench.factories import bulk_queue, pool
-from bench.harness import percentiles, scenario_command, simulated_runners, until
+from bench.harness import percentiles, processes, scenario_command, simulated_runners, until
 from orchestrator.store import Store
 from schemas.jobs import JobSpec
 
@@ -30,6 +37,11 @@ from schemas.jobs import JobSpec
 async def fetch(store: Store, sql: str, *args: Any) -> list[Any]:
     async with store.connection() as conn:
         return await conn.fetch(sql, *args)
+
+
+# Jobs per second offered for "idle" latency: one at a time, each on an idle system (a no-op job
+# is done within milliseconds).
+IDLE_RATE = 20.0
 
 
 async def submit(runtime: Runtime, pool_name: str, n: int, prefix: str) -> None:
@@ -42,12 +54,12 @@ async def submit(runtime: Runtime, pool_name: str, n: int, prefix: str) -> None:
     await js.publish_async_completed()
 
 
-async def latency_at_load(runtime: Runtime, rate: float, seconds: float) -> dict[str, Any]:
+async def latency_at_load(runtime: Runtime, rate: float, seconds: float, name: str | None = None) -> dict[str, Any]:
     """Submit → start latency (ms) with jobs offered at a steady `rate` per second. The producer's
     submit time travels in the payload; the start time is the one Postgres recorded."""
     store, bus = runtime.store, runtime.bus
     assert store is not None and bus is not None
-    name = f"load{round(rate)}"
+    name = name or f"load{round(rate)}"
     await pool(store, name, max_concurrent=-1, max_active=-1, labels=["sim"])
     n = max(1, round(rate * seconds))
     async with simulated_runners(runtime, name, 8, 32, ["sim"]):
@@ -77,37 +89,60 @@ async def count(store: Store, pool_name: str, states: tuple[str, ...]) -> int:
 
 
 async def wake_latency(runtime: Runtime, n: int) -> dict[str, Any]:
+    """Slot freed (the finish Postgres recorded) → the next job acked by the runner (`wake_ms`),
+    and → the next job's claim (`wake_to_assigned_ms`), in ms."""
     store = runtime.store
     assert store is not None
     await pool(store, "wake", max_concurrent=1, max_active=-1, labels=["sim"])
-    async with simulated_runners(runtime, "wake", 1, 1, ["sim"]):
+    async with simulated_runners(runtime, "wake", 1, 1, ["sim"]) as runners:
         await submit(runtime, "wake", n, "wake")
         await until(lambda: _all_done(store, "wake", n), 120, "the wake backlog to drain")
+    acked_at = runners[0].acked_at
     rows = await fetch(
         store,
-        """SELECT extract(epoch FROM assigned_at - lag(finished_at) OVER (ORDER BY assigned_at)) * 1000 AS ms
+        """SELECT id, extract(epoch FROM lag(finished_at) OVER (ORDER BY assigned_at)) AS freed,
+                  extract(epoch FROM assigned_at) AS assigned
            FROM jobs WHERE pool = 'wake' ORDER BY assigned_at""",
     )
     # The first few slots free before the whole backlog is admitted; measure only with a backlog.
-    return percentiles([float(r["ms"]) for r in rows[10:] if r["ms"] is not None])
+    rows = [r for r in rows[10:] if r["freed"] is not None]
+    return {
+        "wake_ms": percentiles([(acked_at[r["id"]] - float(r["freed"])) * 1000 for r in rows if r["id"] in acked_at]),
+        "wake_to_assigned_ms": percentiles([(float(r["assigned"]) - float(r["freed"])) * 1000 for r in rows]),
+    }
 
 
 async def _all_done(store: Store, pool_name: str, n: int) -> bool:
     return await count(store, pool_name, ("succeeded",)) >= n
 
 
-async def throughput(runtime: Runtime, pool_name: str, n: int, max_concurrent: int) -> dict[str, float]:
+async def throughput(runtime: Runtime, pool_name: str, n: int, max_concurrent: int) -> dict[str, Any]:
+    """End-to-end and admission jobs/s, both from the first publish, and the CPU the run cost
+    every process of it (the benchmark's own, simulated runners included, nats-server, Postgres)."""
     store = runtime.store
     assert store is not None
     await pool(store, pool_name, max_concurrent=max_concurrent, max_active=-1, labels=["sim"])
+    kinds, complete = processes(runtime)
+    meter = cpu.Meter(kinds)
     async with simulated_runners(runtime, pool_name, 8, 32, ["sim"]):
+
+        async def admitted_at() -> float:
+            await until(lambda: _admitted(store, pool_name, n), 300, "admission")
+            return time.perf_counter()
+
+        meter.start()
         start = time.perf_counter()
+        admitted = asyncio.create_task(admitted_at())
         await submit(runtime, pool_name, n, pool_name)
-        admitted = asyncio.create_task(until(lambda: _admitted(store, pool_name, n), 300, "admission"))
         await until(lambda: _all_done(store, pool_name, n), 600, "the jobs to finish")
         elapsed = time.perf_counter() - start
-        admit_s = await admitted
-    return {"end_to_end_jobs_per_s": round(n / elapsed), "admission_jobs_per_s": round(n / admit_s)}
+        used = meter.stop()
+        admit_s = await admitted - start
+    return {
+        "end_to_end_jobs_per_s": round(n / elapsed),
+        "admission_jobs_per_s": round(n / admit_s),
+        **cpu.per_job(used, n, complete),
+    }
 
 
 async def _admitted(store: Store, pool_name: str, n: int) -> bool:
@@ -115,14 +150,16 @@ async def _admitted(store: Store, pool_name: str, n: int) -> bool:
     return rows[0][0] >= n
 
 
-async def head_of_line(runtime: Runtime, ahead: int, samples: int) -> float:
-    """Median ms from admission to assignment of a matching job with `ahead` unrunnable jobs queued."""
+async def head_of_line(runtime: Runtime, ahead: int, samples: int, shapes: int = 1) -> float:
+    """Median ms from admission to assignment of a matching job with `ahead` unrunnable jobs
+    queued, spread over `shapes` shapes (distinct tenants)."""
     store, admission = runtime.store, runtime.services["admission"]
     assert store is not None
-    name = f"hol{ahead}"
+    name = f"hol{ahead}" if shapes == 1 else f"hol{ahead}x{shapes}"
     await pool(store, name, max_active=-1, labels=["sim", "gpu"])
     if ahead:
-        await bulk_queue(store, ahead, pool=name, labels=["gpu"], priority=100)
+        tenants = [f"t{i}" for i in range(shapes)] if shapes > 1 else []
+        await bulk_queue(store, ahead, pool=name, labels=["gpu"], priority=100, tenants=tenants)
 
         async def relayed() -> bool:  # their `admitted` news: what is measured here is the claim
             return await store.outbox_depth() == 0
@@ -139,22 +176,27 @@ async def head_of_line(runtime: Runtime, ahead: int, samples: int) -> float:
                 row = await store.job_get(job_id)
                 return row is not None and row["state"] == "succeeded"
 
-            await until(done, 30, "the matching job to run")
+            await until(done, 120, "the matching job to run")
             row = await store.job_get(job_id)
             waits.append((row["assigned_at"] - row["created_at"]).total_seconds() * 1000)  # type: ignore[index]
     return round(statistics.median(waits), 3)
 
 
+def end_to_end_jobs(quick: bool) -> int:
+    """Jobs of the throughput runs (and of the reference points, bench/baselines.py)."""
+    return 500 if quick else 20_000
+
+
 async def run_all(runtime: Runtime, quick: bool) -> dict[str, Any]:
     """Every dispatch scenario on one stack; progress on stderr."""
-    n = 500 if quick else 20_000
+    n = end_to_end_jobs(quick)
     results: dict[str, Any] = {}
 
     def step(what: str) -> None:
         print(f"  ... {what}", file=sys.stderr, flush=True)
 
     step("wake latency")
-    results["wake_ms"] = await wake_latency(runtime, 100 if quick else 1000)
+    results.update(await wake_latency(runtime, 100 if quick else 1000))
     step("throughput, uncapped")
     uncapped = await throughput(runtime, "uncapped", n, -1)
     results.update(uncapped)
@@ -164,6 +206,8 @@ async def run_all(runtime: Runtime, quick: bool) -> dict[str, Any]:
     results["capped_fraction_of_uncapped"] = round(
         capped["end_to_end_jobs_per_s"] / uncapped["end_to_end_jobs_per_s"], 3
     )
+    step("latency, idle (one job at a time)")
+    results["submit_to_start_ms_idle"] = await latency_at_load(runtime, IDLE_RATE, 2 if quick else 10, "idle")
     peak = uncapped["end_to_end_jobs_per_s"]
     for share in (0.3, 0.8):
         step(f"latency at {share:.0%} of peak")
@@ -171,10 +215,15 @@ async def run_all(runtime: Runtime, quick: bool) -> dict[str, Any]:
             runtime, share * peak, 2 if quick else 10
         )
     step("head-of-line")
-    ahead = 1000 if quick else 100_000
+    ahead = 2000 if quick else 100_000
     results["hol_0_ahead_ms"] = await head_of_line(runtime, 0, 20)
     results[f"hol_{ahead}_ahead_ms"] = await head_of_line(runtime, ahead, 20)
     results["hol_ratio"] = round(results[f"hol_{ahead}_ahead_ms"] / results["hol_0_ahead_ms"], 2)
+    step(f"head-of-line, {ahead} shapes")
+    results[f"hol_{ahead}_ahead_distinct_shapes_ms"] = await head_of_line(runtime, ahead, 20, shapes=ahead)
+    results["hol_ratio_distinct_shapes"] = round(
+        results[f"hol_{ahead}_ahead_distinct_shapes_ms"] / results["hol_0_ahead_ms"], 2
+    )
     return results
 
 

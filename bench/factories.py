@@ -4,6 +4,7 @@ the tests' own), because tests depend on bench and never the reverse."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.store import NewJob, Store
@@ -22,12 +23,21 @@ async def pool(store: Store, name: str = "default", **config: Any) -> dict[str, 
         return await tx.upsert({**PoolConfig().model_dump(mode="json"), **config})
 
 
-async def bulk_queue(store: Store, n: int, pool: str = "default", labels: Any = (), priority: int = 0) -> None:
-    """`n` queued no-op jobs, inserted in large batches: for backlogs too large to admit one by one."""
+async def bulk_queue(
+    store: Store, n: int, pool: str = "default", labels: Any = (), priority: int = 0, tenants: Sequence[str] = ()
+) -> None:
+    """`n` queued no-op jobs, inserted in large batches: for backlogs too large to admit one by one.
+    With `tenants`, job i is tenant `tenants[i % len(tenants)]`'s (a shape per tenant)."""
     for start in range(0, n, 10_000):
         jobs = [
-            job(pool, labels=list(labels), priority=priority, payload={"command": ["true"]})
-            for _ in range(min(10_000, n - start))
+            job(
+                pool,
+                labels=list(labels),
+                priority=priority,
+                tenant=tenants[i % len(tenants)] if tenants else None,
+                payload={"command": ["true"]},
+            )
+            for i in range(start, min(start + 10_000, n))
         ]
         async with store.transitions.admission([pool], []) as tx:
             await tx.insert(jobs)

@@ -11,16 +11,34 @@ import os
 import statistics
 import tempfile
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from app.runtime import Runtime
+from bench import cpu
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.settings import Settings
-from schemas.events import JobAssigned
+from schemas.events import JobAssigned, Reply
 from schemas.jobs import JobState
 from services.runner import Runner
+
+# Postgres connections of the benchmark's process (its one Store, all services in it); the
+# reference points (bench/baselines.py) get the same number.
+DB_POOL_SIZE = 20
+
+# The processes of each running stack by kind, for CPU per job (bench/cpu.py): the benchmark's
+# own (services and simulated runners) and, when embedded, nats-server and every Postgres process.
+_processes: weakref.WeakKeyDictionary[Runtime, dict[str, cpu.Sampler]] = weakref.WeakKeyDictionary()
+
+
+def processes(runtime: Runtime) -> tuple[dict[str, cpu.Sampler], bool]:
+    """The stack's processes by kind, and whether that is all of them (not with servers given
+    by URL: they may be anywhere)."""
+    kinds = _processes.get(runtime, {"python": cpu.process(os.getpid())})
+    return kinds, set(kinds) == {"python", "nats", "postgres"}
 
 
 async def noop(job: JobAssigned) -> tuple[JobState, int | None, str | None]:
@@ -37,9 +55,17 @@ async def stack(services: tuple[str, ...] = ("capacity", "admission", "dispatch"
             servers = [EmbeddedNats(Path(tmp) / "nats"), EmbeddedPostgres(Path(tmp) / "pg")]
             nats_url, db_url = await servers[0].start(), await servers[1].start()
         settings = Settings(
-            nats_url=nats_url, database_url=db_url, data_dir=Path(tmp) / "data", http_port=0, db_pool_size=20
+            nats_url=nats_url,
+            database_url=db_url,
+            data_dir=Path(tmp) / "data",
+            http_port=0,
+            db_pool_size=DB_POOL_SIZE,
         )
         runtime = Runtime(settings, services, migrate=True)
+        _processes[runtime] = {"python": cpu.process(os.getpid())}
+        if servers:
+            _processes[runtime]["nats"] = cpu.process(servers[0].pid)
+            _processes[runtime]["postgres"] = cpu.postgres(servers[1].pids)
         try:
             await runtime.start()
             yield runtime
@@ -49,13 +75,28 @@ async def stack(services: tuple[str, ...] = ("capacity", "admission", "dispatch"
                 await server.stop()
 
 
+class SimulatedRunner(Runner):
+    """A runner whose jobs are no-ops, noting when it acked each assignment (wall clock, the
+    clock Postgres's timestamps are on): where a hand-off ends, for wake_ms."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acked_at: dict[UUID, float] = {}
+
+    async def _on_assign(self, event: JobAssigned) -> Reply:
+        reply = await super()._on_assign(event)
+        if reply.ok:
+            self.acked_at[event.job_id] = time.time()
+        return reply
+
+
 @contextlib.asynccontextmanager
 async def simulated_runners(
     runtime: Runtime, pool: str, count: int, slots: int, labels: list[str]
-) -> AsyncIterator[list[Runner]]:
+) -> AsyncIterator[list[SimulatedRunner]]:
     assert runtime.bus is not None
     runners = [
-        Runner(
+        SimulatedRunner(
             runtime.settings.timings,
             runtime.settings.log_limits,
             runtime.bus,
