@@ -8,14 +8,16 @@ back (seed 000) until a step says stop: `dispatched` goes on; `no_job`, `no_runn
 `at_capacity`, `capacity_unknown` (Postgres unreachable: never dispatch blind), `paused`,
 `unknown_pool` and `failed` stop until the next wake.
 
-A step is one transaction in the store (lock the pool row, derive in-flight from job rows,
-claim up to the budget with SKIP LOCKED), so `max_concurrent` holds with any number of
+A step's claim is one statement in the store (lock the pool row, derive in-flight from job rows,
+claim up to the budget), so `max_concurrent` holds with any number of
 dispatchers. Matching visits only the job shapes (pool, labels, tenant) the free runners can take,
 so its cost does not grow with non-matching jobs queued ahead (seed 004). Then the hand-off:
 `JobAssigned` to the runner as a request; its ack is recorded (`acknowledge`, whose `assigned`
 news the outbox publishes; acks arriving together share one transaction); no ack in time and
-the assignment is undone (back to `queued`, not an attempt) and the runner is suspect until its
-next heartbeat.
+the assignment is undone (back to `queued`, not an attempt), the runner is suspect until its
+next heartbeat, and the pool is woken. Hand-offs are pipelined: a drain's next step does not wait
+for the acks of the last one (the claim already counts what they hold), so a runner slow to ack
+stalls only its own jobs, not its pool.
 
 Under leader election (`leadership` given: `orchestrator up`, `serve dispatch`) it dispatches
 only while this process holds its shard's lease: every step first asks `Leadership` for the
@@ -78,6 +80,7 @@ class Dispatch(Service):
         # Acks of hand-offs that arrive together (every runner of a step, and steps of other
         # pools) are recorded in one `acknowledge` transaction.
         self._acks: Batcher[list[Handoff], None] = Batcher(self._acknowledge)
+        self._handoffs: set[asyncio.Task[None]] = set()  # in flight, each until its runner answered
 
     async def on_start(self) -> None:
         s = self.bus.subjects
@@ -93,7 +96,7 @@ class Dispatch(Service):
     async def on_stop(self) -> None:
         # Steps stop (not running); claimed hand-offs get the stop timeout to finish, so no
         # assignment is left half-made.
-        drains = list(self._drains.values())
+        drains = [*self._drains.values(), *self._handoffs]
         if drains:
             _, pending = await asyncio.wait(drains, timeout=self.timings.stop_timeout_s)
             for task in pending:
@@ -133,7 +136,7 @@ class Dispatch(Service):
         try:
             while self.running:
                 self._again.discard(pool)
-                status = await self.step(pool)
+                status, _ = await self._step(pool)
                 if status == "dispatched" or (pool in self._again and status not in ("not_leader", "fenced")):
                     continue
                 return
@@ -144,13 +147,21 @@ class Dispatch(Service):
 
     async def step(self, pool: str) -> str:
         """Claim and hand off one batch; return the step's status (`not_leader` when this process
-        does not hold the lease, `fenced` when Postgres knows a newer leader)."""
+        does not hold the lease, `fenced` when Postgres knows a newer leader) once every runner
+        has answered."""
+        status, handoffs = await self._step(pool)
+        await asyncio.gather(*handoffs)
+        return status
+
+    async def _step(self, pool: str) -> tuple[str, list[asyncio.Task[None]]]:
+        """Claim one batch and start its hand-offs: the status, and the hand-offs in flight."""
+        handoffs: list[asyncio.Task[None]] = []
         fence: Fence | None = None
         if self.leadership is not None:
             fence = self.leadership.fence()  # read once: the term may end while this step runs
             if fence is None:
                 self._count(pool, "not_leader")
-                return "not_leader"
+                return "not_leader", handoffs
         try:
             claim = await self.store.transitions.claim(pool, self.config.step_limit, fence)
         except StoreUnavailable as exc:
@@ -172,9 +183,20 @@ class Dispatch(Service):
             by_runner: dict[str, list[dict[str, Any]]] = {}
             for a in claim.assignments:
                 by_runner.setdefault(a["runner_id"], []).append(a)
-            await asyncio.gather(*(self._hand_off(runner_id, rows) for runner_id, rows in by_runner.items()))
+            handoffs = [self._start_hand_off(pool, runner_id, rows) for runner_id, rows in by_runner.items()]
         self._count(pool, claim_status)
-        return claim_status
+        return claim_status, handoffs
+
+    def _start_hand_off(self, pool: str, runner_id: str, rows: list[dict[str, Any]]) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._hand_off(pool, runner_id, rows), name=f"dispatch.hand_off.{runner_id}")
+        self._handoffs.add(task)
+        task.add_done_callback(self._hand_off_done)
+        return task
+
+    def _hand_off_done(self, task: asyncio.Task[None]) -> None:
+        self._handoffs.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # the sweep requeues what it left
+            self.log.error("hand-off failed", exc_info=task.exception())
 
     def _count(self, pool: str, status: str) -> None:
         m = self.metrics
@@ -189,7 +211,7 @@ class Dispatch(Service):
         if freed_at is not None and status == "dispatched":
             m.slot_to_assign.labels(pool).observe(max(0.0, self.clock.time() - freed_at))
 
-    async def _hand_off(self, runner_id: str, rows: list[dict[str, Any]]) -> None:
+    async def _hand_off(self, pool: str, runner_id: str, rows: list[dict[str, Any]]) -> None:
         """One request carries every job claimed for this runner; it acks each (or not)."""
         events = [self._assignment(a) for a in rows]
         try:
@@ -212,10 +234,10 @@ class Dispatch(Service):
             # heartbeats again, so the retry goes elsewhere instead of timing out again.
             await self.store.runner_mark_suspect(runner_id)
             await self.store.transitions.unassign(runner_id, refused)
+            self.wake(pool)
         if accepted:
             # The assignment is the runner's now: recorded, and announced (`assigned`) by the outbox.
             await self._acks.submit([Handoff(a["id"], runner_id, a["assigned_at"]) for a in accepted])
-            pool = accepted[0]["pool"]  # a step claims for one pool
             self.metrics.dispatched.labels(pool).inc(len(accepted))
             wait = self.metrics.queue_wait.labels(pool)
             for a, reply in zip(rows, replies, strict=True):
