@@ -7,7 +7,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator import logs
 from orchestrator.settings import Settings
@@ -17,7 +17,11 @@ def setup_logging(settings: Settings) -> None:
     logs.configure(os.environ.get("ORCH_LOG_LEVEL", "INFO"), secrets=settings.secret_values())
 
 
-def run(coro: Coroutine[Any, Any, int]) -> int:
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """The coroutine on uvloop where it exists (as every command of the application runs)."""
     try:
         import uvloop
 

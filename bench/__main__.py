@@ -14,11 +14,11 @@ benchmark works, not how fast anything is (the test suite runs it that way).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import operator
 import sys
 from typing import Any
 
+from app.main_loop import run
 from bench import baselines, dispatch, failover, logs
 from bench.harness import report, stack
 
@@ -93,4 +93,4 @@ async def main(quick: bool) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: checks it runs, not how fast")
-    asyncio.run(main(parser.parse_args().quick))
+    run(main(parser.parse_args().quick))

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from app import main_loop
 from orchestrator.bus import Bus, Subjects
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.pools import change_pool
@@ -105,4 +106,4 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--instances", default="1,2", help="comma-separated instance counts to run in turn")
     args = parser.parse_args()
-    asyncio.run(main(args.jobs, [int(n) for n in args.instances.split(",")]))
+    main_loop.run(main(args.jobs, [int(n) for n in args.instances.split(",")]))

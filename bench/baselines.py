@@ -38,6 +38,7 @@ from typing import Any
 
 import asyncpg
 
+from app.main_loop import run
 from bench import cpu
 from bench.harness import DB_POOL_SIZE
 from orchestrator.embedded import EmbeddedPostgres
@@ -289,5 +290,5 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--no-graphile", action="store_true", help="skip graphile-worker (needs node and npm)")
     args = parser.parse_args()
-    for key, value in asyncio.run(run_all(args.jobs, not args.no_graphile)).items():
+    for key, value in run(run_all(args.jobs, not args.no_graphile)).items():
         print(f"  {key:<32} {value}")

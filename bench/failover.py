@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.main_loop import run
 from app.runtime import Runtime
 from bench import factories
 from bench.harness import stack
@@ -164,4 +165,4 @@ async def main(rounds: int) -> int:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
-    sys.exit(asyncio.run(main(parser.parse_args().rounds)))
+    sys.exit(run(main(parser.parse_args().rounds)))

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from app.main_loop import run
 from app.runtime import Runtime
 from bench import cpu
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
@@ -152,7 +153,7 @@ def scenario_command(name: str, run_all: Callable[[Runtime, bool], Awaitable[dic
             results = await run_all(runtime, quick)
         report(name, results)
 
-    asyncio.run(main())
+    run(main())
 
 
 def report(name: str, results: dict[str, Any], out_dir: Path = Path("bench-results")) -> None:
