@@ -49,6 +49,9 @@ CREATE TABLE job_shapes (
     UNIQUE (pool, labels, tenant, tolerations)
 );
 
+-- A claim looks up the shapes whose labels its runners have (migration 0010).
+CREATE INDEX job_shapes_labels_idx ON job_shapes USING gin (labels) WITH (fastupdate = off);
+
 CREATE TABLE jobs (
     id              uuid PRIMARY KEY,                 -- UUIDv7: time-ordered, FIFO is id order
     key             text NOT NULL UNIQUE,             -- idempotency key (the id when none given)

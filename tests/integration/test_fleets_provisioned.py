@@ -357,20 +357,25 @@ async def test_a_worker_that_never_registers_is_stopped_after_the_start_timeout(
     await factories.pool(store, "p", labels=["linux"], provisioner="silent", max_workers=1)
     await factories.queue(store, 1, pool="p")
     clock = ManualClock()
+    made: list[NeverRegisters] = []
+
+    def silent(ctx: ProvisionerContext) -> NeverRegisters:
+        made.append(NeverRegisters(ctx))
+        return made[-1]
+
     provisioning = Provisioning(
         ProvisionerSettings(start_timeout_s=30),
         settings.timings,
         store,
         bus,
-        {"silent": NeverRegisters},
+        {"silent": silent},
         data_dir=settings.data_dir,
         instance_id=settings.instance_id,
         clock=clock,
     )
     try:
         await provisioning.reconcile("p")
-        fleet = provisioning._fleets["p"][1]
-        assert isinstance(fleet, NeverRegisters)
+        [fleet] = made
         [worker] = fleet.spawned
         clock.now += 29
         await provisioning.reconcile("p")
