@@ -13,6 +13,7 @@ import aiohttp
 from orchestrator.bus import Bus, Topic
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from services.runner import Runner
 from tests import history
 
 T = TypeVar("T")
@@ -34,6 +35,11 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], *, timeout: float
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+def agent(settings: Settings, bus: Bus, runner_id: str, **options: Any) -> Runner:
+    """A runner agent on `settings`' timings and log limits (the rest: `Runner`'s own options)."""
+    return Runner(settings.timings, settings.log_limits, bus, runner_id=runner_id, **options)
 
 
 # The environment of a system test's orchestrator processes: failures detected fast, so a short

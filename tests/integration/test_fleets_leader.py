@@ -18,7 +18,7 @@ from orchestrator.store import Store
 from schemas.jobs import JobSpec
 from services.runner import Runner
 from tests import factories
-from tests.support import Listener, eventually
+from tests.support import Listener, agent, eventually
 
 POOL = "fleet"
 
@@ -51,9 +51,8 @@ async def test_tainting_cloud_runners_hands_leadership_to_the_local_runner_and_r
     await factories.pool(store, POOL, mode="leader", labels=["linux"])
 
     def runner(runner_id: str) -> Runner:
-        return Runner(
-            system.settings.timings,
-            system.settings.log_limits,
+        return agent(
+            system.settings,
             bus,
             runner_id=runner_id,
             pool=POOL,
@@ -117,9 +116,8 @@ async def test_a_tainted_runner_takes_only_jobs_tolerating_its_taints(
     system: Runtime, store: Store, bus: Bus, http: aiohttp.ClientSession
 ) -> None:
     await factories.pool(store, POOL, labels=["linux"])
-    gpu = Runner(
-        system.settings.timings,
-        system.settings.log_limits,
+    gpu = agent(
+        system.settings,
         bus,
         runner_id="gpu",
         pool=POOL,
@@ -148,18 +146,16 @@ async def test_a_pool_put_into_leader_mode_elects_at_once_and_forgets_its_leader
     system: Runtime, store: Store, bus: Bus, http: aiohttp.ClientSession
 ) -> None:
     await factories.pool(store, POOL, labels=["linux"])
-    first = Runner(
-        system.settings.timings,
-        system.settings.log_limits,
+    first = agent(
+        system.settings,
         bus,
         runner_id="first",
         pool=POOL,
         labels=["linux"],
         slots=1,
     )
-    second = Runner(
-        system.settings.timings,
-        system.settings.log_limits,
+    second = agent(
+        system.settings,
         bus,
         runner_id="second",
         pool=POOL,

@@ -26,7 +26,7 @@ from schemas.jobs import JobSpec, JobState
 from services.provisioner import Provisioning
 from services.runner import Execute, Outcome, Runner
 from tests import factories
-from tests.support import Listener, eventually, in_flight_peak, record_history
+from tests.support import Listener, agent, eventually, in_flight_peak, record_history
 
 
 async def count(store: Store, sql: str, *args: object) -> int:
@@ -86,9 +86,8 @@ class InProcessFleet:
         self._exits: set[asyncio.Task[None]] = set()
 
     async def spawn(self, request: WorkerRequest) -> str:
-        worker = Runner(
-            self.settings.timings,
-            self.settings.log_limits,
+        worker = agent(
+            self.settings,
             self.bus,
             runner_id=request.runner_id,
             pool=request.pool,
@@ -231,9 +230,7 @@ async def test_pull_runners_and_provisioned_workers_share_one_max_concurrent(
 
     fleets.execute = held
     await factories.pool(store, "p", labels=["linux"], max_concurrent=3, provisioner="in-process")
-    pull = Runner(
-        settings.timings, settings.log_limits, bus, runner_id="pull", pool="p", labels=["linux"], slots=2, execute=held
-    )
+    pull = agent(settings, bus, runner_id="pull", pool="p", labels=["linux"], slots=2, execute=held)
     await pull.start()
     try:
         await fleets.admit("p", 6)

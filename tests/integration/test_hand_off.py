@@ -11,9 +11,8 @@ from orchestrator.bus import Bus
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import JobAssigned, Reply
-from services.runner import Runner
 from tests import factories
-from tests.support import eventually
+from tests.support import agent, eventually
 
 POOL = "p"
 
@@ -35,7 +34,7 @@ async def test_a_runner_that_does_not_answer_its_hand_off_holds_back_only_its_ow
     await factories.runner(store, "mute", pool=POOL)
     muted = await bus.subscribe(bus.subjects.assign.at("mute"), mute)
     runtime = Runtime(settings, ["capacity", "dispatch"])
-    good = Runner(settings.timings, settings.log_limits, bus, runner_id="good", pool=POOL, labels=[], slots=1)
+    good = agent(settings, bus, runner_id="good", pool=POOL, labels=[], slots=1)
     try:
         await runtime.start()
         await good.start()  # registers with capacity

@@ -18,7 +18,7 @@ from orchestrator.bus import Bus
 from orchestrator.store import Store
 from services.runner import Runner
 from tests import factories
-from tests.support import eventually
+from tests.support import agent, eventually
 
 PROFILE = "servo-windows10"
 # The seed's command line, as Servo's runner-select client sends it, with its server replaced.
@@ -35,9 +35,7 @@ SEED_COMMAND = (
 async def windows(system: Runtime, store: Store, bus: Bus) -> AsyncIterator[Runner]:
     """Servo's profile as a pool with one slot, and a runner serving it."""
     await factories.pool(store, PROFILE, max_concurrent=1)
-    runner = Runner(
-        system.settings.timings, system.settings.log_limits, bus, runner_id="win-1", pool=PROFILE, labels=[], slots=1
-    )
+    runner = agent(system.settings, bus, runner_id="win-1", pool=PROFILE, labels=[], slots=1)
     await runner.start()
     yield runner
     await runner.stop()

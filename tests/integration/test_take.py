@@ -13,9 +13,8 @@ import aiohttp
 from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.store import Store
-from services.runner import Runner
 from tests import factories
-from tests.support import Listener, eventually, submit
+from tests.support import Listener, agent, eventually, submit
 
 
 async def take(
@@ -63,9 +62,8 @@ async def test_take_answers_every_status(
     assert (status, body["error"]["code"], headers["Retry-After"]) == (503, "not_ready", "1")
     assert await state_of(store, job["id"]) == "queued"  # bad takes changed nothing
 
-    gpu = Runner(
-        system.settings.timings,
-        system.settings.log_limits,
+    gpu = agent(
+        system.settings,
         bus,
         runner_id="gpu-1",
         pool="default",
@@ -169,9 +167,8 @@ async def test_held_reservation_nobody_takes_expires_and_frees_the_slot(
     system_http: aiohttp.ClientSession, store: Store, bus: Bus, system: Runtime
 ) -> None:
     await factories.pool(store, labels=["linux", "x86_64", "solo"])
-    solo = Runner(
-        system.settings.timings,
-        system.settings.log_limits,
+    solo = agent(
+        system.settings,
         bus,
         runner_id="solo",
         pool="default",

@@ -22,9 +22,8 @@ from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import RunnerRegistered
 from services.dispatch import Dispatch
-from services.runner import Runner
 from tests import factories
-from tests.support import Listener, eventually, in_flight_peak, record_history
+from tests.support import Listener, agent, eventually, in_flight_peak, record_history
 
 
 async def count(store: Store, sql: str, *args: object) -> int:
@@ -36,9 +35,8 @@ async def test_backlog_drains_under_the_cap_and_all_succeed(system: Runtime, bus
     await record_history(store)
     await factories.pool(store, max_concurrent=5, labels=["linux", "x86_64"])
     extra = [
-        Runner(
-            system.settings.timings,
-            system.settings.log_limits,
+        agent(
+            system.settings,
             bus,
             runner_id=f"extra-{i}",
             pool="default",
@@ -112,9 +110,8 @@ async def test_killed_runner_job_is_requeued_and_finishes_elsewhere(
         )
         await eventually(lambda: asyncio.to_thread(marker.exists), what="the first attempt to start")
         orphan = int(marker.read_text())
-        survivor = Runner(
-            settings.timings,
-            settings.log_limits,
+        survivor = agent(
+            settings,
             bus,
             runner_id="survivor",
             pool="default",

@@ -18,9 +18,8 @@ from app.runtime import Runtime
 from bench.procs import ServiceProcess
 from orchestrator.settings import Settings
 from schemas.events import JobSubmitted, LeaderElected
-from services.runner import Runner
 from tests import factories
-from tests.support import Listener, eventually, in_flight_peak, record_history
+from tests.support import Listener, agent, eventually, in_flight_peak, record_history
 
 pytestmark = pytest.mark.slow
 
@@ -89,10 +88,7 @@ async def cluster(settings: Settings, tmp_path: Path) -> AsyncIterator[Cluster]:
     assert runtime.store is not None and runtime.bus is not None
     await record_history(runtime.store)
     await factories.pool(runtime.store, "p", max_concurrent=CAP, max_active=-1)
-    runners = [
-        Runner(settings.timings, settings.log_limits, runtime.bus, runner_id=f"r{i}", pool="p", labels=[], slots=2)
-        for i in range(2)
-    ]
+    runners = [agent(settings, runtime.bus, runner_id=f"r{i}", pool="p", labels=[], slots=2) for i in range(2)]
     env = {
         "ORCH_NATS_URL": settings.nats_url or "",
         "ORCH_DATABASE_URL": settings.database_url or "",

@@ -30,9 +30,9 @@ from schemas.events import (
     RunnerHeartbeat,
     RunnerRegistered,
 )
-from services.runner import Outcome, Runner
+from services.runner import Outcome
 from tests import factories
-from tests.support import alive, eventually
+from tests.support import agent, alive, eventually
 
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
 
@@ -166,9 +166,7 @@ async def test_a_runner_fences_itself_when_no_capacity_answers(settings: Setting
         raise AssertionError("unreachable")
 
     await factories.pool(store)
-    runner = Runner(
-        settings.timings, settings.log_limits, bus, runner_id="r1", pool="default", labels=[], slots=1, execute=hold
-    )
+    runner = agent(settings, bus, runner_id="r1", pool="default", labels=[], slots=1, execute=hold)
     await runner.start()
     try:
         await submit(bus, payload={"command": ["true"]})
