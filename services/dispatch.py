@@ -4,9 +4,10 @@ Wakes on `JobsQueued` (admission's wake at its commit), `SlotAvailable`, `PoolUp
 cap or an unpause frees capacity), at start, and on a slow safety sweep (events can be lost;
 Postgres is the truth). Wakes for one pool coalesce: a pool has at most one drain running,
 and a wake that arrives during it makes the drain go round once more. A drain runs steps back to
-back (seed 000) until a step says stop: `dispatched` goes on; `no_job`, `no_runner`,
-`at_capacity`, `capacity_unknown` (Postgres unreachable: never dispatch blind), `paused`,
-`unknown_pool` and `failed` stop until the next wake.
+back (seed 000) while a step fills its limit (`dispatched` with fewer took all there was to
+take: the next job or slot comes with a wake); `no_job`, `no_runner`, `at_capacity`,
+`capacity_unknown` (Postgres unreachable: never dispatch blind), `paused`, `unknown_pool` and
+`failed` stop until the next wake.
 
 A step's claim is one statement in the store (lock the pool row, derive in-flight from job rows,
 claim up to the budget), so `max_concurrent` holds with any number of
@@ -136,8 +137,11 @@ class Dispatch(Service):
         try:
             while self.running:
                 self._again.discard(pool)
-                status, _ = await self._step(pool)
-                if status == "dispatched" or (pool in self._again and status not in ("not_leader", "fenced")):
+                status, claimed, _ = await self._step(pool)
+                # A step that claimed less than its limit took all it could: another finds more
+                # only after a change, and every change wakes the pool (`_again`).
+                full = status == "dispatched" and claimed >= self.config.step_limit
+                if full or (pool in self._again and status not in ("not_leader", "fenced")):
                     continue
                 return
         finally:
@@ -149,19 +153,21 @@ class Dispatch(Service):
         """Claim and hand off one batch; return the step's status (`not_leader` when this process
         does not hold the lease, `fenced` when Postgres knows a newer leader) once every runner
         has answered."""
-        status, handoffs = await self._step(pool)
+        status, _, handoffs = await self._step(pool)
         await asyncio.gather(*handoffs)
         return status
 
-    async def _step(self, pool: str) -> tuple[str, list[asyncio.Task[None]]]:
-        """Claim one batch and start its hand-offs: the status, and the hand-offs in flight."""
+    async def _step(self, pool: str) -> tuple[str, int, list[asyncio.Task[None]]]:
+        """Claim one batch and start its hand-offs: the status, the jobs claimed, and the
+        hand-offs in flight."""
         handoffs: list[asyncio.Task[None]] = []
+        claimed = 0
         fence: Fence | None = None
         if self.leadership is not None:
             fence = self.leadership.fence()  # read once: the term may end while this step runs
             if fence is None:
                 self._count(pool, "not_leader")
-                return "not_leader", handoffs
+                return "not_leader", claimed, handoffs
         try:
             claim = await self.store.transitions.claim(pool, self.config.step_limit, fence)
         except StoreUnavailable as exc:
@@ -180,12 +186,13 @@ class Dispatch(Service):
                 self.leadership.deposed(fence.epoch)
             if claim.in_flight is not None:
                 self.metrics.peak(pool, claim.in_flight)
+            claimed = len(claim.assignments)
             by_runner: dict[str, list[dict[str, Any]]] = {}
             for a in claim.assignments:
                 by_runner.setdefault(a["runner_id"], []).append(a)
             handoffs = [self._start_hand_off(pool, runner_id, rows) for runner_id, rows in by_runner.items()]
         self._count(pool, claim_status)
-        return claim_status, handoffs
+        return claim_status, claimed, handoffs
 
     def _start_hand_off(self, pool: str, runner_id: str, rows: list[dict[str, Any]]) -> asyncio.Task[None]:
         task = asyncio.create_task(self._hand_off(pool, runner_id, rows), name=f"dispatch.hand_off.{runner_id}")

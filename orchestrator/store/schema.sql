@@ -223,9 +223,7 @@ CREATE FUNCTION claim_step(p_pool text, p_limit integer, p_shard text, p_epoch b
 RETURNS TABLE (status text, in_flight integer, id uuid, pool text, runner_id text, shape_id bigint,
                attempt integer, payload jsonb, timeout_s double precision, trace_context jsonb,
                priority integer, created_at timestamptz, assigned_at timestamptz)
--- Its statements are planned once per session, not at every call: custom plans (what plpgsql
--- makes while it weighs them) cost three times the claim itself (~1.2 ms a call).
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     cfg record;
