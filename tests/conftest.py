@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import logging
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -171,6 +172,16 @@ async def system_http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
     """A client of the whole system's HTTP API (`http` is the admission-only front's)."""
     async with aiohttp.ClientSession(base_url=system.http_url) as session:
         yield session
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A session stopped by SIGTERM (a CI or `timeout` limit) unwinds as on Ctrl-C, so its servers
+    are stopped: the session's Postgres daemonizes, and would outlive a pytest killed outright."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -189,6 +189,8 @@ class Lease:
             return
         try:
             await self.kv.delete(self.key, last=revision)
+        except KeyWrongLastSequenceError:  # written since: not ours to delete any more
+            _log.info("lease %s was no longer ours to release", self.key)
         except (NatsError, TimeoutError) as exc:  # it expires on its own anyway
             _log.warning("releasing lease %s failed: %s", self.key, exc)
 
