@@ -51,14 +51,7 @@ async def test_tainting_cloud_runners_hands_leadership_to_the_local_runner_and_r
     await factories.pool(store, POOL, mode="leader", labels=["linux"])
 
     def runner(runner_id: str) -> Runner:
-        return agent(
-            system.settings,
-            bus,
-            runner_id=runner_id,
-            pool=POOL,
-            labels=["linux"],
-            slots=2,
-        )
+        return agent(system.settings, bus, runner_id=runner_id, pool=POOL, labels=["linux"], slots=2)
 
     cloud = [runner("cloud-1"), runner("cloud-2")]
     laptop = runner("laptop")
@@ -116,15 +109,7 @@ async def test_a_tainted_runner_takes_only_jobs_tolerating_its_taints(
     system: Runtime, store: Store, bus: Bus, http: aiohttp.ClientSession
 ) -> None:
     await factories.pool(store, POOL, labels=["linux"])
-    gpu = agent(
-        system.settings,
-        bus,
-        runner_id="gpu",
-        pool=POOL,
-        labels=["linux"],
-        slots=2,
-        taints=["dedicated"],
-    )
+    gpu = agent(system.settings, bus, runner_id="gpu", pool=POOL, labels=["linux"], slots=2, taints=["dedicated"])
     await gpu.start()
     try:
         plain = await system.services["admission"].admit(  # type: ignore[attr-defined]
@@ -146,22 +131,8 @@ async def test_a_pool_put_into_leader_mode_elects_at_once_and_forgets_its_leader
     system: Runtime, store: Store, bus: Bus, http: aiohttp.ClientSession
 ) -> None:
     await factories.pool(store, POOL, labels=["linux"])
-    first = agent(
-        system.settings,
-        bus,
-        runner_id="first",
-        pool=POOL,
-        labels=["linux"],
-        slots=1,
-    )
-    second = agent(
-        system.settings,
-        bus,
-        runner_id="second",
-        pool=POOL,
-        labels=["linux"],
-        slots=1,
-    )
+    first = agent(system.settings, bus, runner_id="first", pool=POOL, labels=["linux"], slots=1)
+    second = agent(system.settings, bus, runner_id="second", pool=POOL, labels=["linux"], slots=1)
     async with Listener(bus, bus.subjects.pool_leader_changed.at(POOL)) as leaders:
         try:
             for r in (first, second):

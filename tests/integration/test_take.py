@@ -62,14 +62,7 @@ async def test_take_answers_every_status(
     assert (status, body["error"]["code"], headers["Retry-After"]) == (503, "not_ready", "1")
     assert await state_of(store, job["id"]) == "queued"  # bad takes changed nothing
 
-    gpu = agent(
-        system.settings,
-        bus,
-        runner_id="gpu-1",
-        pool="default",
-        labels=["gpu"],
-        slots=1,
-    )
+    gpu = agent(system.settings, bus, runner_id="gpu-1", pool="default", labels=["gpu"], slots=1)
     await gpu.start()
     try:
         status, body, _ = await take(system_http, job["id"], job["token"], wait=10)
@@ -167,14 +160,7 @@ async def test_held_reservation_nobody_takes_expires_and_frees_the_slot(
     system_http: aiohttp.ClientSession, store: Store, bus: Bus, system: Runtime
 ) -> None:
     await factories.pool(store, labels=["linux", "x86_64", "solo"])
-    solo = agent(
-        system.settings,
-        bus,
-        runner_id="solo",
-        pool="default",
-        labels=["solo"],
-        slots=1,
-    )
+    solo = agent(system.settings, bus, runner_id="solo", pool="default", labels=["solo"], slots=1)
     await solo.start()
     try:
         async with Listener(bus, bus.subjects.job_expired.any()) as expired:

@@ -35,15 +35,7 @@ async def test_backlog_drains_under_the_cap_and_all_succeed(system: Runtime, bus
     await record_history(store)
     await factories.pool(store, max_concurrent=5, labels=["linux", "x86_64"])
     extra = [
-        agent(
-            system.settings,
-            bus,
-            runner_id=f"extra-{i}",
-            pool="default",
-            labels=["linux"],
-            slots=4,
-        )
-        for i in range(2)
+        agent(system.settings, bus, runner_id=f"extra-{i}", pool="default", labels=["linux"], slots=4) for i in range(2)
     ]
     for r in extra:
         await r.start()
@@ -110,14 +102,7 @@ async def test_killed_runner_job_is_requeued_and_finishes_elsewhere(
         )
         await eventually(lambda: asyncio.to_thread(marker.exists), what="the first attempt to start")
         orphan = int(marker.read_text())
-        survivor = agent(
-            settings,
-            bus,
-            runner_id="survivor",
-            pool="default",
-            labels=["linux", "remote"],
-            slots=1,
-        )
+        survivor = agent(settings, bus, runner_id="survivor", pool="default", labels=["linux", "remote"], slots=1)
         await survivor.start()
         doomed.kill()  # kill -9: no goodbye, no report
 
