@@ -29,7 +29,7 @@ from typing import Any
 from app.runtime import Runtime
 from bench import cpu
 from bench.factories import bulk_queue, pool
-from bench.harness import percentiles, processes, scenario_command, simulated_runners, until
+from bench.harness import percentiles, processes, scenario_command, simulated_runners, until, until_announced
 from orchestrator.store import Store
 from schemas.jobs import JobSpec
 
@@ -73,7 +73,7 @@ async def latency_at_load(runtime: Runtime, rate: float, seconds: float, name: s
                 bus.subjects.submit.subject, json.dumps(body).encode(), headers={"Nats-Msg-Id": f"{name}-{i}"}
             )
         await bus.js.publish_async_completed()
-        await until(lambda: _all_done(store, name, n), 120, "the offered load to finish")
+        await until_announced(runtime, "finished", name, n, 120)
     rows = await fetch(
         store,
         """SELECT (extract(epoch FROM started_at) - (payload->>'submitted_at')::float8) * 1000 AS ms
@@ -81,11 +81,6 @@ async def latency_at_load(runtime: Runtime, rate: float, seconds: float, name: s
         name,
     )
     return percentiles([float(r["ms"]) for r in rows])
-
-
-async def count(store: Store, pool_name: str, states: tuple[str, ...]) -> int:
-    rows = await fetch(store, "SELECT count(*) FROM jobs WHERE pool = $1 AND state = ANY($2)", pool_name, list(states))
-    return rows[0][0]
 
 
 async def wake_latency(runtime: Runtime, n: int) -> dict[str, Any]:
@@ -96,7 +91,7 @@ async def wake_latency(runtime: Runtime, n: int) -> dict[str, Any]:
     await pool(store, "wake", max_concurrent=1, max_active=-1, labels=["sim"])
     async with simulated_runners(runtime, "wake", 1, 1, ["sim"]) as runners:
         await submit(runtime, "wake", n, "wake")
-        await until(lambda: _all_done(store, "wake", n), 120, "the wake backlog to drain")
+        await until_announced(runtime, "finished", "wake", n, 120)
     acked_at = runners[0].acked_at
     rows = await fetch(
         store,
@@ -112,10 +107,6 @@ async def wake_latency(runtime: Runtime, n: int) -> dict[str, Any]:
     }
 
 
-async def _all_done(store: Store, pool_name: str, n: int) -> bool:
-    return await count(store, pool_name, ("succeeded",)) >= n
-
-
 async def throughput(runtime: Runtime, pool_name: str, n: int, max_concurrent: int) -> dict[str, Any]:
     """End-to-end and admission jobs/s, both from the first publish, and the CPU the run cost
     every process of it (the benchmark's own, simulated runners included, nats-server, Postgres)."""
@@ -125,17 +116,11 @@ async def throughput(runtime: Runtime, pool_name: str, n: int, max_concurrent: i
     kinds, complete = processes(runtime)
     meter = cpu.Meter(kinds)
     async with simulated_runners(runtime, pool_name, 8, 32, ["sim"]):
-
-        async def admitted_at() -> float:
-            await until(lambda: _admitted(store, pool_name, n), 300, "admission")
-            return time.perf_counter()
-
         meter.start()
         start = time.perf_counter()
-        admitted = asyncio.create_task(admitted_at())
+        admitted = asyncio.create_task(until_announced(runtime, "admitted", pool_name, n, 300))
         await submit(runtime, pool_name, n, pool_name)
-        await until(lambda: _all_done(store, pool_name, n), 600, "the jobs to finish")
-        elapsed = time.perf_counter() - start
+        elapsed = await until_announced(runtime, "finished", pool_name, n, 600) - start
         used = meter.stop()
         admit_s = await admitted - start
     return {
@@ -143,11 +128,6 @@ async def throughput(runtime: Runtime, pool_name: str, n: int, max_concurrent: i
         "admission_jobs_per_s": round(n / admit_s),
         **cpu.per_job(used, n, complete),
     }
-
-
-async def _admitted(store: Store, pool_name: str, n: int) -> bool:
-    rows = await fetch(store, "SELECT count(*) FROM jobs WHERE pool = $1", pool_name)
-    return rows[0][0] >= n
 
 
 async def head_of_line(runtime: Runtime, ahead: int, samples: int, shapes: int = 1) -> float:
