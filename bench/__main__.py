@@ -3,12 +3,14 @@
 Starts its own embedded NATS and Postgres (or uses ORCH_NATS_URL / ORCH_DATABASE_URL), runs the
 dispatch scenarios (wake latency, throughput with its CPU per job, capped pool, latency idle and
 at 30 % and 80 % of peak, head-of-line in one shape and in many), job output (the log path's MB/s
-and its cost to dispatch), the leader failover, and the reference points on one Postgres of
-their own with as many jobs as our end-to-end run (bench/baselines.py: a bare asyncpg claim
-loop, a batched one as the machine's limit, Procrastinate, and graphile-worker, which needs
-node and npm and is not run in --quick), then prints one table with our figures as ratios to
-them and the goals, and writes bench-results/all.json. `--quick` uses small sizes: it shows the
-benchmark works, not how fast anything is (the test suite runs it that way).
+and its cost to dispatch), the throughput run again with every service its own process, as
+deployed (`processes.*`, on a stack of its own: bench/processes.py), the leader failover, and
+the reference points on one Postgres of their own with as many jobs as our end-to-end run
+(bench/baselines.py: a bare asyncpg claim loop, a batched one as the machine's limit,
+Procrastinate, and graphile-worker, which needs node and npm and is not run in --quick), then
+prints one table with our figures as ratios to them and the goals, and writes
+bench-results/all.json. `--quick` uses small sizes: it shows the benchmark works, not how fast
+anything is (the test suite runs it that way).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 from typing import Any
 
 from app.main_loop import run
-from bench import baselines, dispatch, failover, logs
+from bench import baselines, dispatch, failover, logs, processes
 from bench.harness import report, stack
 
 GOALS = {
@@ -43,6 +45,8 @@ REFERENCES = [
     "graphile_worker_cpu_ms_per_job",
     "procrastinate_cpu_ms_per_job",
 ]
+# The throughput run with every service its own process, beside the one-process figures.
+PROCESSES = ["processes.end_to_end_jobs_per_s", "processes.fraction_of_one_process", "processes.cpu_ms_per_job"]
 _COMPARE = {">=": operator.ge, "<=": operator.le}
 
 
@@ -70,6 +74,11 @@ async def main(quick: bool) -> dict[str, Any]:
         results = await dispatch.run_all(runtime, quick)
         print("job output", file=sys.stderr, flush=True)
         results["job_output"] = await logs.run_all(runtime, quick)
+    print("throughput with every service its own process", file=sys.stderr, flush=True)
+    results["processes"] = await processes.run_all(quick)
+    results["processes"]["fraction_of_one_process"] = _ratio(
+        results["processes"]["end_to_end_jobs_per_s"], results["end_to_end_jobs_per_s"]
+    )
     print("reference points (asyncpg loops, Procrastinate, graphile-worker)", file=sys.stderr, flush=True)
     results.update(await baselines.run_all(dispatch.end_to_end_jobs(quick), with_graphile=not quick))
     ours = results["end_to_end_jobs_per_s"]
@@ -84,9 +93,10 @@ async def main(quick: bool) -> dict[str, Any]:
     for key, goal in GOALS.items():
         value = _lookup(results, key)
         print(f"  {key:<42} {value!s:>10}   goal {goal:<8} {_verdict(value, goal)}")
-    print("against the reference points:")
-    for key in REFERENCES:
-        print(f"  {key:<42} {_lookup(results, key)!s:>10}")
+    for title, keys in (("against the reference points", REFERENCES), ("every service its own process", PROCESSES)):
+        print(f"{title}:")
+        for key in keys:
+            print(f"  {key:<42} {_lookup(results, key)!s:>10}")
     return results
 
 

@@ -9,6 +9,7 @@
 2. throughput: jobs/s end to end (JetStream submit → succeeded) with no-op jobs on many slots,
    and admission-only jobs/s (submit → admitted) in the same run, both timed from the first
    publish; and the CPU that run cost every process of it (`cpu_ms_per_job`: bench/cpu.py).
+   bench/processes.py runs it again with every service a process of its own, as deployed.
 3. capped: the same load through a pool capped at 32 concurrent, as a fraction of uncapped.
 4. submit → start latency on an idle system (one job at a time) and at 30 % / 80 % of the peak.
 5. head-of-line: submit → assigned of a matching job with 0 and with 100,000 non-matching
@@ -24,6 +25,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from app.runtime import Runtime
@@ -107,14 +109,17 @@ async def wake_latency(runtime: Runtime, n: int) -> dict[str, Any]:
     }
 
 
-async def throughput(runtime: Runtime, pool_name: str, n: int, max_concurrent: int) -> dict[str, Any]:
+async def throughput(
+    runtime: Runtime, pool_name: str, n: int, max_concurrent: int, services: Mapping[str, cpu.Sampler] | None = None
+) -> dict[str, Any]:
     """End-to-end and admission jobs/s, both from the first publish, and the CPU the run cost
-    every process of it (the benchmark's own, simulated runners included, nats-server, Postgres)."""
+    every process of it (the benchmark's own, simulated runners included, nats-server, Postgres,
+    and `services`: service processes outside this one, by name)."""
     store = runtime.store
     assert store is not None
     await pool(store, pool_name, max_concurrent=max_concurrent, max_active=-1, labels=["sim"])
     kinds, complete = processes(runtime)
-    meter = cpu.Meter(kinds)
+    meter = cpu.Meter({**kinds, **(services or {})})
     async with simulated_runners(runtime, pool_name, 8, 32, ["sim"]):
         meter.start()
         start = time.perf_counter()

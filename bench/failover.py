@@ -29,7 +29,7 @@ from app.main_loop import run
 from app.runtime import Runtime
 from bench import factories
 from bench.harness import stack
-from bench.procs import ServiceProcess
+from bench.procs import ServiceProcess, service_env
 from orchestrator.settings import Settings
 from schemas.events import JobAssigned, JobSubmitted, LeaderElected
 from services.runner import Runner
@@ -41,11 +41,7 @@ GOALS = {"kill -9": 3.0, "graceful stop": 0.25}
 class Bench:
     def __init__(self, settings: Settings, runtime: Runtime, log_dir: Path) -> None:
         self.settings, self.runtime, self.log_dir = settings, runtime, log_dir
-        self.env = {
-            "ORCH_NATS_URL": settings.nats_url or "",
-            "ORCH_DATABASE_URL": settings.database_url or "",
-            "ORCH_NAMESPACE": settings.namespace,
-        }
+        self.env = service_env(settings)
         self.ids = itertools.count(1)
         self.procs: dict[str, ServiceProcess] = {}
         self.elections: list[tuple[float, LeaderElected]] = []

@@ -166,18 +166,26 @@ def percentiles(values_ms: list[float]) -> dict[str, float]:
     }
 
 
-def scenario_command(name: str, run_all: Callable[[Runtime, bool], Awaitable[dict[str, Any]]], doc: str) -> None:
-    """`python -m bench.<name> [--quick]`: `run_all` on its own stack, reported as `name`."""
+def command(name: str, measure: Callable[[bool], Awaitable[dict[str, Any]]], doc: str) -> None:
+    """`python -m bench.<name> [--quick]`: `measure(quick)`, reported as `name`."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes: checks it runs, not how fast")
     quick = parser.parse_args().quick
 
     async def main() -> None:
-        async with stack() as runtime:
-            results = await run_all(runtime, quick)
-        report(name, results)
+        report(name, await measure(quick))
 
     run(main())
+
+
+def scenario_command(name: str, run_all: Callable[[Runtime, bool], Awaitable[dict[str, Any]]], doc: str) -> None:
+    """`python -m bench.<name> [--quick]`: `run_all` on its own stack, reported as `name`."""
+
+    async def on_own_stack(quick: bool) -> dict[str, Any]:
+        async with stack() as runtime:
+            return await run_all(runtime, quick)
+
+    command(name, on_own_stack, doc)
 
 
 def report(name: str, results: dict[str, Any], out_dir: Path = Path("bench-results")) -> None:

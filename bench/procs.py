@@ -7,12 +7,25 @@ deadline (a pipe nobody reads would block the child).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+from orchestrator.settings import Settings
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    """What a service process needs to join the servers and namespace of `settings`."""
+    return {
+        "ORCH_NATS_URL": settings.nats_url or "",
+        "ORCH_DATABASE_URL": settings.database_url or "",
+        "ORCH_NAMESPACE": settings.namespace,
+    }
 
 
 class ServiceProcess:
@@ -102,3 +115,14 @@ async def start_all(procs: list[ServiceProcess], timeout: float = 60.0) -> None:
     for proc in procs:
         proc.start()
     await asyncio.gather(*(proc.ready(timeout=timeout) for proc in procs))
+
+
+@contextlib.asynccontextmanager
+async def running(procs: list[ServiceProcess], timeout: float = 60.0) -> AsyncIterator[list[ServiceProcess]]:
+    """`start_all`, and every one closed on the way out, whatever happened (one that failed to
+    start included)."""
+    try:
+        await start_all(procs, timeout)
+        yield procs
+    finally:
+        await asyncio.gather(*(proc.close() for proc in procs))

@@ -54,6 +54,13 @@ def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
     for key in ("graphile_worker_jobs_per_s", "graphile_worker_cpu_ms_per_job", "vs_graphile_worker"):
         assert results[key] is None or results[key] > 0, key
     assert results["fraction_of_machine_limit"] > 0
+    # The same run with every service its own process: each of them measured, and the whole.
+    procs = results["processes"]
+    assert procs["end_to_end_jobs_per_s"] > 0 and procs["fraction_of_one_process"] > 0
+    split = procs["cpu_ms_per_job_by_process"]
+    assert set(split) == {"capacity", "admission", "dispatch", "api", "bench", "nats", "postgres"}
+    assert all(v > 0 for v in split.values())
+    assert procs["cpu_ms_per_job"] == pytest.approx(sum(split.values()), abs=0.01)
     output = results["job_output"]
     assert output["log_path_mb_per_s"] > 0 and 0 < output["dispatch_with_printers_fraction"] <= 1.5
     assert output["log_kept_bytes"] == output["printed_mb"] * 1_048_576  # under the cap: every byte
