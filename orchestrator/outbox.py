@@ -17,8 +17,10 @@ events are inserted in the order its transitions commit (each waits for the row 
 one held), so each job's events leave in order.
 
 Wake-ups: a trigger NOTIFYs `outbox` on every insert; each relay listens and drains until the
-outbox is empty or another relay holds the lock (that one heard the same notification, and goes
-round again). A poll every `poll_interval_s` covers a lost notification or listener.
+outbox is empty. A relay that finds another holding the lock stands by until its next poll (that
+one heard the same notification, and goes round again): with a relay in every process, one
+publishes and the others look once per `poll_interval_s`, taking over from a relay that died
+within it. The poll also covers a lost notification or listener.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class OutboxRelay(Service):
         self._wake = asyncio.Event()
         self._listener: Callable[[], Awaitable[Any]] | None = None
         self.relayed = 0  # events this relay published (a figure for the benchmark)
+        self.standing_by = False  # another relay held the lock at the last look
 
     async def on_start(self) -> None:
         await self.bus.ensure_job_events_stream(self.max_age_s)
@@ -86,24 +89,33 @@ class OutboxRelay(Service):
 
     async def _loop(self) -> None:
         while True:
-            try:
-                async with asyncio.timeout(self.poll_interval_s):
-                    await self._wake.wait()
-            except TimeoutError:
+            if self.standing_by:
+                # Another relay is publishing: it heard the same notifications. Look again at
+                # the next poll (taking over if that relay has died), rather than spend a
+                # transaction per insert finding it busy.
+                await asyncio.sleep(self.poll_interval_s)
                 await self._listen()
+            else:
+                try:
+                    async with asyncio.timeout(self.poll_interval_s):
+                        await self._wake.wait()
+                except TimeoutError:
+                    await self._listen()
             self._wake.clear()
             try:
-                await self.drain()
+                self.standing_by = await self.drain() is None
             except Exception as exc:  # NATS or Postgres away: the rows wait for the next round
                 self.log.warning("outbox relay: %s", exc)
 
-    async def drain(self) -> int:
-        """Publish batches until the outbox is empty or another relay holds the lock; how many
-        events this call published."""
+    async def drain(self) -> int | None:
+        """Publish batches until the outbox is empty; how many events this call published, or
+        None when it stopped because another relay holds the lock."""
         published = 0
         while True:
             async with self.store.outbox_batch(self.batch) as batch:
-                if batch is None or not batch.rows:
+                if batch is None:
+                    return None
+                if not batch.rows:
                     return published
                 await self.bus.publish_outbox(batch.rows)
                 failpoint("outbox.published")  # the gap: published, not yet deleted

@@ -182,7 +182,7 @@ class Api(Service):
 
     async def on_start(self) -> None:
         await self.logs.logs.ensure_stream(self.log_limits.log_retention_s, self.log_limits.log_store_max_bytes)
-        await self.takes.start(self)
+        self.on_cleanup(self.takes.waiters.unfollow)  # once the last long poll has ended
         await self.why.start(self)
         runner = web.AppRunner(self.app, access_log=None)
         await runner.setup()

@@ -90,25 +90,24 @@ class JobLogsView:
             async for piece in read():
                 yield piece
             return
-        with self.news.watch(job_id) as news:
-            async with self.logs.watch(job_id) as stored:
-                final = False
-                while True:
-                    stored.clear()
-                    before = seq
-                    async for piece in read():
-                        yield piece
-                    if final:  # read once more after the job was seen final: done
-                        return
-                    if stored.is_set() and seq == before:
-                        # Published, and heard before JetStream had stored it: read again shortly.
-                        await asyncio.sleep(REREAD_AFTER_S)
-                        continue
-                    final = _final(await self.store.job_get(job_id))
-                    if not final and not await _either(stored, news, CHECK_EVERY_S):
-                        return  # the server is stopping
-                    if request.transport is None or request.transport.is_closing():
-                        return  # its client has gone
+        async with self.news.watch(job_id) as news, self.logs.watch(job_id) as stored:
+            final = False
+            while True:
+                stored.clear()
+                before = seq
+                async for piece in read():
+                    yield piece
+                if final:  # read once more after the job was seen final: done
+                    return
+                if stored.is_set() and seq == before:
+                    # Published, and heard before JetStream had stored it: read again shortly.
+                    await asyncio.sleep(REREAD_AFTER_S)
+                    continue
+                final = _final(await self.store.job_get(job_id))
+                if not final and not await _either(stored, news, CHECK_EVERY_S):
+                    return  # the server is stopping
+                if request.transport is None or request.transport.is_closing():
+                    return  # its client has gone
 
 
 async def _events(

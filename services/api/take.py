@@ -7,9 +7,10 @@ poll with the right token records that the client is still there (`last_polled_a
 counts until it ends), so the capacity sweep can expire a job whose client went away.
 
 A long poll (`wait`) is woken by the news on the bus, never by polling Postgres: one subscription
-per API process to the job events (assigned, started, expired, finished) fans each out to the
-takes waiting on that job, which then read the job once. The subscription is made before any
-take reads, and every take registers before its first read, so no news can fall between.
+per API process to the job events (assigned, started, expired, finished), held while any take or
+log follower waits, fans each out to the ones waiting on that job, which then read the job once.
+Every take registers, and the subscription is in place, before its first read, so no news can
+fall between.
 
 When is a job held? When its runner started it (`running`), or when it is `assigned` and the
 runner acknowledged the hand-off (`acked_at`, recorded by the dispatcher's `acknowledge`
@@ -21,17 +22,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from orchestrator.bus import Bus
-from orchestrator.lifecycle import Service
 from orchestrator.store import Store
 from schemas.events import JobAssigned, JobExpired, JobFinished, JobStarted
 from schemas.jobs import JobState
 
+_log = logging.getLogger(__name__)
+
+# How long the first watcher waits for NATS to confirm the news subscription.
+FOLLOW_TIMEOUT_S = 2.0
 # The longest long poll; a client wanting longer polls again.
 MAX_WAIT_S = 120.0
 # What a 503 tells the client to wait before polling again (well inside any abandon_after_s).
@@ -42,25 +47,59 @@ TakeNews = JobAssigned | JobStarted | JobExpired | JobFinished
 
 
 class Waiters:
-    """Takes waiting on jobs, each with a queue of the news of its job; `close` ends every wait."""
+    """Waits on jobs' news: each watcher gets a queue of its job's news; `close` ends every wait.
 
-    def __init__(self) -> None:
+    The bus subscription to the news is held only while someone watches: an api nobody long-polls
+    must not parse every job's news (it cost as much CPU per job as the dispatcher). It is made
+    before `watch` yields, so no news can fall between a watcher's registration and its first
+    read. While NATS cannot take it, a watch goes on without news (the waits end at their
+    deadlines) and the next watch tries again."""
+
+    def __init__(self, bus: Bus) -> None:
+        self._bus = bus
         self._queues: dict[UUID, set[asyncio.Queue[TakeNews | None]]] = {}
+        self._subscriptions: list[Any] = []
+        self._subscribing = asyncio.Lock()
         self.closed = False
 
-    @contextlib.contextmanager
-    def watch(self, job_id: UUID) -> Iterator[asyncio.Queue[TakeNews | None]]:
+    @contextlib.asynccontextmanager
+    async def watch(self, job_id: UUID) -> AsyncIterator[asyncio.Queue[TakeNews | None]]:
         queue: asyncio.Queue[TakeNews | None] = asyncio.Queue()
         if self.closed:
             queue.put_nowait(None)
         self._queues.setdefault(job_id, set()).add(queue)
         try:
+            await self._follow()
             yield queue
         finally:
             queues = self._queues[job_id]
             queues.discard(queue)
             if not queues:
                 del self._queues[job_id]
+            if not self._queues:
+                await self.unfollow()
+
+    async def _follow(self) -> None:
+        async with self._subscribing:
+            if self._subscriptions or not self._queues:
+                return
+            s = self._bus.subjects
+            try:
+                for topic in (s.job_assigned, s.job_started, s.job_expired, s.job_finished):
+                    self._subscriptions.append(await self._bus.subscribe(topic.any(), self.on_news))
+                await self._bus.ping(FOLLOW_TIMEOUT_S)
+            except Exception as exc:
+                _log.warning("cannot follow job news (long polls end at their deadlines): %s", exc)
+
+    async def unfollow(self) -> None:
+        """Drop the subscription unless someone watches (again)."""
+        async with self._subscribing:
+            if self._queues:
+                return
+            subscriptions, self._subscriptions = self._subscriptions, []
+            for subscription in subscriptions:
+                with contextlib.suppress(Exception):  # NATS away: the connection's end drops it
+                    await subscription.unsubscribe()
 
     async def on_news(self, event: TakeNews) -> None:
         for queue in self._queues.get(event.job_id, ()):
@@ -103,15 +142,7 @@ class Takes:
     def __init__(self, store: Store, bus: Bus) -> None:
         self.store = store
         self.bus = bus
-        self.waiters = Waiters()
-
-    async def start(self, service: Service) -> None:
-        """Subscribe to the job news (before any take reads), for `service` to clean up."""
-        s = self.bus.subjects
-        for topic in (s.job_assigned, s.job_started, s.job_expired, s.job_finished):
-            sub = await self.bus.subscribe(topic.any(), self.waiters.on_news)
-            service.on_cleanup(sub.unsubscribe)
-        await self.bus.flush()
+        self.waiters = Waiters(bus)
 
     def stop(self) -> None:
         """Answer every waiting take now (503): the server is stopping."""
@@ -122,7 +153,7 @@ class Takes:
         `wait_s` for one; records the poll."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
-        with self.waiters.watch(job_id) as news:
+        async with self.waiters.watch(job_id) as news:
             job = await self.store.job_poll(job_id, wait_s)
             while True:
                 if job is None or job["state"] not in LIVE:

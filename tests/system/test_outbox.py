@@ -114,6 +114,36 @@ async def test_a_failed_publish_is_retried_and_deduplicated(settings: Settings, 
     assert len(events) == 3 and len({e["id"] for e in events}) == 3
 
 
+async def test_a_relay_standing_by_takes_over_when_the_publishing_one_is_gone(
+    settings: Settings, store: Store, bus: Bus
+) -> None:
+    """Another relay holds the lock (a connection of this test, as a relay mid-batch would): the
+    relay stands by and publishes nothing; once that lock is gone (its relay died: the
+    connection ends) it publishes the rows at its next poll, with no new notification."""
+    await factories.pool(store)
+    relay = OutboxRelay(store, Bus(settings.nats_url or "", Subjects(settings.namespace)), poll_interval_s=0.2)
+    await relay.bus.connect()
+    other = await asyncpg.connect(settings.database_url)
+    try:
+        await other.execute("BEGIN")
+        assert await other.fetchval("SELECT pg_try_advisory_xact_lock(hashtext('orchestrator outbox relay'))")
+        await relay.start()
+        await factories.queue(store, 3)  # notified: the relay finds the lock taken
+
+        async def standing_by() -> bool:
+            return relay.standing_by
+
+        await eventually(standing_by, what="the relay to stand by")
+        assert relay.relayed == 0 and await store.outbox_depth() == 3
+        await other.close()  # the publishing relay died
+        await eventually(lambda: _empty(store), what="the standing-by relay to take over")
+    finally:
+        await other.close()
+        await relay.stop()
+        await relay.bus.close()
+    assert len(await stream_events(bus, "admitted")) == 3
+
+
 class _Row(NamedTuple):
     id: UUID
     subject: str
