@@ -77,7 +77,7 @@ class Listener:
 
     async def __aenter__(self) -> Listener:
         self._sub = await self.bus.subscribe(self.topic, self._on)
-        await self.bus.nc.flush()
+        await self.bus.flush()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -288,17 +288,32 @@ class Bus:
         return self._nc is not None and self._nc.is_connected
 
     async def ping(self, timeout: float, *, jetstream: bool = False) -> None:
-        """A round trip to the server (and to JetStream): raises unless answered in `timeout`."""
-        await self.nc.flush(timeout=timeout)
+        """A round trip to the server (and to JetStream), behind everything sent so far: raises
+        unless answered in `timeout`."""
+        await self._echo(timeout)
         if jetstream:
             await self.js.account_info()
 
-    async def flush(self) -> None:
-        """Wait until everything published so far (acks included) has reached the server."""
+    async def flush(self, timeout: float = 10.0) -> None:
+        """Wait until the server has everything published, subscribed or unsubscribed so far."""
         try:
-            await self.nc.flush()
+            await self._echo(timeout)
         except Exception as exc:
             raise BusUnavailable(f"cannot flush to NATS: {exc}") from exc
+
+    async def _echo(self, timeout: float) -> None:
+        """A message to ourselves, queued behind every command before it: once it is back, the
+        server has processed them all. nats-py's own flush cannot say as much: it writes its
+        PING straight to the socket, ahead of commands still in the client's buffer (2.16), so
+        its PONG can come back before a SUB sent earlier has reached the server."""
+        inbox = self.nc.new_inbox()
+        echo = await self.nc.subscribe(inbox, max_msgs=1)
+        try:
+            await self.nc.publish(inbox, b"")
+            await echo.next_msg(timeout=timeout)
+        finally:
+            with contextlib.suppress(Exception):  # already gone after its one message
+                await echo.unsubscribe()
 
     async def submit(self, body: bytes, key: str | None) -> None:
         """Publish a job spec to the intake stream, as any producer would."""

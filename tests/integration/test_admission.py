@@ -84,7 +84,7 @@ def jetstream_door(bus: Bus, store: Store, admitted: Listener, rejected: Listene
         await eventually(lambda: intake_drained(bus), what="the intake to be drained")
         # The news was written with the decision; once relayed, a flush brings it here.
         await eventually(lambda: outbox_empty(store), what="the news to be relayed")
-        await bus.nc.flush()
+        await bus.flush()
         for event in admitted.events:
             if event.key == key:
                 admitted.events.remove(event)

@@ -55,4 +55,5 @@ async def test_job_news_is_followed_only_while_someone_waits(monitored: tuple[Bu
             await bus.publish(s.job_finished.at("p"), finished)
             heard = await news.get()
             assert heard is not None and heard.job_id == job
+        await bus.flush()  # the server has read the unsubscribes
         assert await followed(connz) == []

@@ -182,7 +182,7 @@ async def test_bad_news_is_ignored_and_the_system_still_runs(
     for body in cases:
         count(f"bus news {door.name}")
         await bus.nc.publish(door.subject(system), body)
-    await bus.nc.flush()
+    await bus.flush()
 
 
 INTAKE_SPEC = {"pool": NOWHERE, "payload": {"command": ["true"]}}

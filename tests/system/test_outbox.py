@@ -172,10 +172,10 @@ async def test_a_batch_repeating_events_already_relayed_keeps_each_once_in_order
     sub = await bus.nc.subscribe(bus.subjects.absolute(">"), cb=hear)
     try:
         await bus.publish_outbox(rows[:2])
-        await bus.nc.flush()
+        await bus.flush()
         heard.clear()
         await bus.publish_outbox([*rows[:4], cancel, *rows[4:]])  # the first two again, then new ones
-        await bus.nc.flush()
+        await bus.flush()
         second = list(heard)
         await bus.publish_outbox(rows[5:])  # all repeats
     finally:
