@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import platform
 import signal
@@ -232,7 +233,10 @@ class Runner(Service):
     async def _heartbeat(self) -> None:
         """Heartbeat with what it holds, and do what the reply says: stop jobs cancelled or no
         longer its own. Declared lost: everything it held is someone else's now (fence), and it
-        registers again."""
+        registers again. Failures are told once, when two in a row failed with NATS connected
+        (one alone is routine: a capacity restarting, or still reconnecting after an outage the
+        bus told already), and the end of them when one is answered again."""
+        failed, warned = 0, False
         while True:
             await asyncio.sleep(self.timings.heartbeat_interval_s)
             self._seq += 1
@@ -247,8 +251,14 @@ class Runner(Service):
             try:
                 reply = await self.bus.request(self.bus.subjects.runner_heartbeat, event, timeout)
             except OrchestratorError as exc:  # NoResponders too: no capacity heard us
-                self.log.warning("heartbeat failed: %s", exc)
+                failed = failed + 1 if self.bus.connected else 0
+                tell = failed >= 2 and not warned
+                self.log.log(logging.WARNING if tell else logging.DEBUG, "heartbeat failed: %s", exc)
+                warned = warned or tell
                 continue
+            if warned:
+                self.log.info("heartbeats answered again")
+            failed, warned = 0, False
             if reply.ok:
                 self._acknowledged(event.seq)
                 self._obey(reply.stop)
