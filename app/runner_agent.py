@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from app import endpoints
 from app.main_loop import until_signal
 from orchestrator import telemetry
 from orchestrator.bus import Bus
@@ -30,7 +31,10 @@ class RunnerOptions:
 async def serve_runner(settings: Settings, options: RunnerOptions) -> int:
     """Serve the pool until SIGINT / SIGTERM (or, once, until the job has been reported)."""
     if not settings.nats_url:
-        raise OrchestratorError("set ORCH_NATS_URL to the NATS the orchestrator uses")
+        raise OrchestratorError(
+            "set ORCH_NATS_URL to the NATS the orchestrator uses, or ORCH_DATA_DIR to the data dir of "
+            f"a running `orchestrator up` (there is no {endpoints.path(settings.data_dir.absolute())})"
+        )
     telemetry.setup("orchestrator-runner")
     bus = Bus.from_settings(settings, name=f"runner-{options.runner_id}")
     await bus.connect()

@@ -16,15 +16,72 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator import telemetry
 from orchestrator.errors import ConfigurationError
 
 READY_TIMEOUT_S = 30.0
+# Hosts that mean "every interface": this machine's own clients reach the server on loopback.
+_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+_log = telemetry.get_logger("embedded")
+
+
+def _socket(host: str) -> socket.socket:
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    with _socket(host) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on `host:port` now. With SO_REUSEADDR, as nats-server binds:
+    connections of its last run still in TIME_WAIT do not hold the port."""
+    with _socket(host) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def nats_port(memory: Path, host: str, wanted: int | None = None) -> int:
+    """The port for a data dir's embedded NATS: `wanted` (ORCH_NATS_PORT; taken, a
+    ConfigurationError), else the one it had at its last start (in `memory`) while that is free,
+    else a new free one, said in a warning: runners told the old one must be told this one.
+    Remembered in `memory` for the next start."""
+    if wanted is not None:
+        if not port_is_free(host, wanted):
+            raise ConfigurationError(f"ORCH_NATS_PORT={wanted}: {host}:{wanted} is in use; choose another port")
+        port = wanted
+    else:
+        last = _remembered(memory)
+        if last is not None and port_is_free(host, last):
+            port = last
+        else:
+            port = free_port(host)
+            if last is not None:
+                _log.warning(
+                    "the embedded NATS cannot have port %d again (in use): it listens on %d now; "
+                    "runners started with the old address must be told the new one",
+                    last,
+                    port,
+                )
+    if port != _remembered(memory):
+        memory.parent.mkdir(parents=True, exist_ok=True)
+        memory.write_text(f"{port}\n")
+    return port
+
+
+def _remembered(memory: Path) -> int | None:
+    try:
+        port = int(memory.read_text())
+    except (OSError, ValueError):  # none yet, or not a port: choose anew
+        return None
+    return port if 0 < port < 65536 else None
 
 
 def nats_server_binary() -> str:
@@ -52,7 +109,8 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        host = _ANY.get(self.host, self.host)
+        return f"nats://[{host}]:{self.port}" if ":" in host else f"nats://{host}:{self.port}"
 
     async def start(self) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,6 @@ when it loses the connection and one INFO when it is back, not a line per reconn
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,26 +21,9 @@ from orchestrator.embedded import EmbeddedNats
 from orchestrator.settings import Settings
 from tests import factories
 from tests.support import eventually
+from tests.system.processes import count, records
 
 pytestmark = pytest.mark.slow
-
-
-def records(proc: ServiceProcess) -> list[dict[str, Any]]:
-    """The process's log records (its JSON lines; its printed lines are not records)."""
-    found = []
-    for line in proc.log().splitlines():
-        if line.startswith("{"):
-            found.append(json.loads(line))
-    return found
-
-
-def count(proc: ServiceProcess, level: str | None, text: str = "", logger: str | None = None) -> int:
-    """Its records at `level` (None: any) holding `text`, of `logger` (None: any)."""
-    return sum(
-        1
-        for r in records(proc)
-        if level in (None, r["level"]) and text in r["message"] and logger in (None, r["logger"])
-    )
 
 
 @pytest.fixture
