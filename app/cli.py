@@ -17,7 +17,7 @@ from http.client import IncompleteRead
 from typing import TYPE_CHECKING, Any
 
 from app import endpoints
-from app.main_loop import run, setup_logging, until_signal
+from app.main_loop import Signals, run, setup_logging
 from orchestrator.errors import OrchestratorError
 from orchestrator.redact import redact_url
 from orchestrator.settings import Settings, default_instance_id
@@ -32,16 +32,18 @@ FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
 
 
 async def _serve(runtime: Runtime, announce: bool) -> int:
+    signals = None  # until started, Ctrl-C interrupts the start
     try:
         await runtime.start()
+        signals = Signals()
         if announce:
             runtime.write_endpoints()
             e = runtime.endpoints()
             shown = " ".join(f"{name}={redact_url(url) if url else url}" for name, url in e.items())
             print(f"orchestrator ready {shown}", flush=True)  # the endpoints file has them whole
-        await until_signal()
+        await signals.stop.wait()
     finally:
-        await runtime.stop()
+        await (runtime.stop() if signals is None else signals.stopping(runtime.stop(), runtime.hurry))
     return 0
 
 

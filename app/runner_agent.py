@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from app import endpoints
-from app.main_loop import until_signal
+from app.main_loop import Signals
 from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.errors import OrchestratorError
@@ -50,14 +50,16 @@ async def serve_runner(settings: Settings, options: RunnerOptions) -> int:
         once=options.once,
         idle_timeout_s=options.idle_timeout_s if options.once else None,
     )
+    signals = None  # until started, Ctrl-C interrupts the start
     try:
         await runner.start()
+        signals = Signals()
         print(f"runner {options.runner_id} serving pool {options.pool} with {options.slots} slots", flush=True)
-        waits = [asyncio.ensure_future(until_signal()), asyncio.ensure_future(runner.finished.wait())]
+        waits = [asyncio.ensure_future(signals.stop.wait()), asyncio.ensure_future(runner.finished.wait())]
         _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
     finally:
-        await runner.stop()
+        await (runner.stop() if signals is None else signals.stopping(runner.stop(), runner.hurry))
         await bus.close()
     return 0

@@ -207,6 +207,13 @@ class Runtime:
         if self._postgres is not None:
             await self._postgres.stop()
 
+    def hurry(self) -> None:
+        """Make a stop under way finish at once (a second Ctrl-C): the runner kills its running
+        jobs now instead of waiting the stop timeout for them; they run again after the next
+        start (its registration, or the lost-runner sweep, requeues them)."""
+        for service in self.services.values():
+            service.hurry()
+
     @property
     def http_url(self) -> str | None:
         api = self.services.get("api")
