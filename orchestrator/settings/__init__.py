@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -132,6 +132,10 @@ class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
     runner_pool: str = "default"
     runner_slots: int = 4
     runner_labels: str = Field(default_factory=default_runner_labels)
+
+    # Every process that changes jobs' states logs a line per job per change (store/transitions/
+    # journal.py): at INFO, or at DEBUG (logged only with ORCH_LOG_LEVEL=DEBUG) for high rates.
+    log_transitions: Literal["info", "debug"] = "info"
 
     db_pool_size: int = 10
     # Postgres ends a session idle inside a transaction for this long: a paused (SIGSTOP) or
