@@ -16,7 +16,8 @@ import urllib.request
 from http.client import IncompleteRead
 from typing import TYPE_CHECKING, Any
 
-from app.main_loop import run, setup_logging, until_signal
+from app import endpoints
+from app.main_loop import Signals, run, setup_logging
 from orchestrator.errors import OrchestratorError
 from orchestrator.redact import redact_url
 from orchestrator.settings import Settings, default_instance_id
@@ -31,16 +32,18 @@ FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
 
 
 async def _serve(runtime: Runtime, announce: bool) -> int:
+    signals = None  # until started, Ctrl-C interrupts the start
     try:
         await runtime.start()
+        signals = Signals()
         if announce:
             runtime.write_endpoints()
             e = runtime.endpoints()
             shown = " ".join(f"{name}={redact_url(url) if url else url}" for name, url in e.items())
             print(f"orchestrator ready {shown}", flush=True)  # the endpoints file has them whole
-        await until_signal()
+        await signals.stop.wait()
     finally:
-        await runtime.stop()
+        await (runtime.stop() if signals is None else signals.stopping(runtime.stop(), runtime.hurry))
     return 0
 
 
@@ -54,7 +57,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from app.runtime import SERVICES, Runtime
 
     names = list(SERVICES) if "all" in args.services else args.services  # Runtime refuses unknown names
-    return run(_serve(Runtime(settings, names, migrate=False), announce="api" in names))
+    runtime = Runtime(endpoints.joined(settings), names, migrate=False)
+    return run(_serve(runtime, announce="api" in names))
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -88,7 +92,7 @@ def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
         once=args.once,
         idle_timeout_s=args.idle_timeout,
     )
-    return run(serve_runner(settings, options))
+    return run(serve_runner(endpoints.joined(settings), options))
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
@@ -118,11 +122,9 @@ def api_url(settings: Settings) -> str:
     """ORCH_URL, else the endpoints file `up` wrote in the data dir, else ORCH_HTTP_HOST/PORT."""
     if url := os.environ.get("ORCH_URL"):
         return url.rstrip("/")
-    endpoints = settings.data_dir / "endpoints.json"
-    if endpoints.exists():
-        http = json.loads(endpoints.read_text()).get("http")
-        if http:
-            return http.rstrip("/")
+    found = endpoints.read(settings.data_dir)
+    if found is not None and found.http:
+        return found.http.rstrip("/")
     return f"http://{settings.http_host}:{settings.http_port}"
 
 

@@ -1,16 +1,21 @@
 """What every process of the application does around its work: its log set up with its secrets
-redacted, an event loop (uvloop where it exists), and a wait for SIGINT / SIGTERM."""
+redacted, an event loop (uvloop where it exists), and SIGINT / SIGTERM: the first stops it
+gracefully, a second at once (Ctrl-C twice)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from orchestrator import logs
 from orchestrator.settings import Settings
+
+# A plain logger: the client commands import this module, and need none of telemetry's imports.
+_log = logging.getLogger("orchestrator.main")
 
 
 def setup_logging(settings: Settings) -> None:
@@ -30,9 +35,34 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
 
 
-async def until_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+class Signals:
+    """SIGINT and SIGTERM from now on: the first asks for a graceful stop (`stop` is set), the
+    next for a stop at once (`now`), which `stopping` passes on to what is stopping."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.now = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._received, sig)
+
+    def _received(self, sig: signal.Signals) -> None:
+        if not self.stop.is_set():
+            _log.info("%s: stopping gracefully (%s again to stop at once)", sig.name, sig.name)
+            self.stop.set()
+        elif not self.now.is_set():
+            _log.info("%s again: stopping at once", sig.name)
+            self.now.set()
+
+    async def stopping(self, stop: Awaitable[None], hurry: Callable[[], None]) -> None:
+        """Await `stop`, calling `hurry` if the next signal comes meanwhile."""
+
+        async def on_next() -> None:
+            await self.now.wait()
+            hurry()
+
+        watch = asyncio.create_task(on_next())
+        try:
+            await stop
+        finally:
+            watch.cancel()

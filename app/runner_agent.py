@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from app.main_loop import until_signal
+from app import endpoints
+from app.main_loop import Signals
 from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.errors import OrchestratorError
@@ -30,7 +31,10 @@ class RunnerOptions:
 async def serve_runner(settings: Settings, options: RunnerOptions) -> int:
     """Serve the pool until SIGINT / SIGTERM (or, once, until the job has been reported)."""
     if not settings.nats_url:
-        raise OrchestratorError("set ORCH_NATS_URL to the NATS the orchestrator uses")
+        raise OrchestratorError(
+            "set ORCH_NATS_URL to the NATS the orchestrator uses, or ORCH_DATA_DIR to the data dir of "
+            f"a running `orchestrator up` (there is no {endpoints.path(settings.data_dir.absolute())})"
+        )
     telemetry.setup("orchestrator-runner")
     bus = Bus.from_settings(settings, name=f"runner-{options.runner_id}")
     await bus.connect()
@@ -46,14 +50,16 @@ async def serve_runner(settings: Settings, options: RunnerOptions) -> int:
         once=options.once,
         idle_timeout_s=options.idle_timeout_s if options.once else None,
     )
+    signals = None  # until started, Ctrl-C interrupts the start
     try:
         await runner.start()
+        signals = Signals()
         print(f"runner {options.runner_id} serving pool {options.pool} with {options.slots} slots", flush=True)
-        waits = [asyncio.ensure_future(until_signal()), asyncio.ensure_future(runner.finished.wait())]
+        waits = [asyncio.ensure_future(signals.stop.wait()), asyncio.ensure_future(runner.finished.wait())]
         _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
     finally:
-        await runner.stop()
+        await (runner.stop() if signals is None else signals.stopping(runner.stop(), runner.hurry))
         await bus.close()
     return 0

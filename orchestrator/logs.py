@@ -67,6 +67,24 @@ class TextFormatter(logging.Formatter):
         return f"{text} trace_id={ids['trace_id']}" if ids else text
 
 
+class _Demoted(logging.Filter):
+    """A library's INFO records as DEBUG ones: kept only where DEBUG is logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def demote(logger: str) -> None:
+    """Log what `logger` (a chatty library's) says at INFO at DEBUG instead; its warnings and
+    errors stay as they are."""
+    target = logging.getLogger(logger)
+    if not any(isinstance(f, _Demoted) for f in target.filters):
+        target.addFilter(_Demoted())
+
+
 def configure(level: str = "INFO", stream: Any = None, secrets: Iterable[str] = ()) -> None:
     """Route the root logger to `stream` (stderr), as JSON unless it is a terminal, with every
     one of `secrets` masked wherever it appears."""

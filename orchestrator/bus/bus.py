@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus import intake, job_events
-from orchestrator.bus.connection import CONNECT_WAIT_S, connect
+from orchestrator.bus.connection import CONNECT_WAIT_S, close, connect
 from orchestrator.bus.credentials import NatsCredentials
 from orchestrator.bus.delivery import Delivery
 from orchestrator.bus.job_events import OutboxMessage
@@ -106,11 +106,8 @@ class Bus:
             with contextlib.suppress(Exception):  # already unsubscribed, or the connection is gone
                 await pull.unsubscribe()
         self._pulls.clear()
-        if self._nc is not None and not self._nc.is_closed:
-            try:
-                await self._nc.drain()
-            except Exception:  # closing anyway
-                await self._nc.close()
+        if self._nc is not None:
+            await close(self._nc)
         self._nc = None
 
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -115,6 +115,11 @@ class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
     nats_url: Annotated[str | None, CREDENTIAL] = None
     database_url: Annotated[str | None, CREDENTIAL] = None
     data_dir: Path = Path(".orchestrator")
+    # Where the embedded NATS of `up` listens. No port: the one it had at the last start of this
+    # data dir while it is free (so runners started on the side find it again), else a new one.
+    # 0.0.0.0 lets runners on other machines in, and anyone else who reaches it: it has no auth.
+    nats_host: str = Field(default="127.0.0.1", min_length=1)
+    nats_port: int | None = Field(default=None, ge=1, le=65535)
 
     # The first token of every subject and stream name. Tests give each test its own.
     namespace: str = Field(default="orch", pattern=r"^[a-z][a-z0-9_]{0,31}$")
@@ -127,6 +132,10 @@ class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
     runner_pool: str = "default"
     runner_slots: int = 4
     runner_labels: str = Field(default_factory=default_runner_labels)
+
+    # Every process that changes jobs' states logs a line per job per change (store/transitions/
+    # journal.py): at INFO, or at DEBUG (logged only with ORCH_LOG_LEVEL=DEBUG) for high rates.
+    log_transitions: Literal["info", "debug"] = "info"
 
     db_pool_size: int = 10
     # Postgres ends a session idle inside a transaction for this long: a paused (SIGSTOP) or

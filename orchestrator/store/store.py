@@ -27,7 +27,7 @@ from orchestrator.store.pools import PoolReads
 from orchestrator.store.queries import Q
 from orchestrator.store.runners import RunnerRows
 from orchestrator.store.take import TakeReads
-from orchestrator.store.transitions import Transitions
+from orchestrator.store.transitions import Journal, Level, Transitions
 
 # What "Postgres cannot be reached right now" looks like: the network, a closed connection,
 # SQLSTATE class 08 (connection exception) and 57 (operator intervention: shutdown, terminate).
@@ -67,7 +67,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows):
     def __init__(
-        self, dsn: str, *, min_size: int = 1, max_size: int = 10, idle_in_transaction_s: float | None = None
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        idle_in_transaction_s: float | None = None,
+        log_transitions: Level = "info",
     ) -> None:
         self.dsn = dsn
         self._min_size, self._max_size = min_size, max_size
@@ -79,7 +85,7 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows):
             else None
         )
         self._pool: asyncpg.Pool | None = None
-        self.transitions = Transitions(self)
+        self.transitions = Transitions(self, Journal(log_transitions))
 
     async def connect(self) -> None:
         try:

@@ -9,7 +9,8 @@ the slot is held until the job is cancelled or its timeout runs out.
 
 On stop it drains: it tells capacity it takes nothing more (so a leader-mode pool elects another
 leader at once), running jobs get `stop_timeout_s` to finish, then are killed and left for the
-next registration (or the lost-runner sweep) to release.
+next registration (or the lost-runner sweep) to release. Hurried (a second Ctrl-C), it kills
+them at once.
 
 With `once` it is a provisioned worker (seed 001): it takes exactly one job, drains as soon as
 it has it (so its slot is never offered again), and sets `finished` when that job has ended, or
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import platform
 import signal
@@ -111,6 +113,7 @@ class Runner(Service):
         self.taints = taints or []
         self._jobs: dict[UUID, Held] = {}
         self._accepting = False
+        self._hurry = asyncio.Event()  # stop at once: do not wait for running jobs
         # Heartbeats are numbered from the clock, so a restarted runner's outnumber its last
         # life's (capacity ignores a heartbeat older than one it has seen). `_acked_seq`: the
         # newest one answered; `_acked_at`: when (monotonic), for the fence.
@@ -161,13 +164,21 @@ class Runner(Service):
         if self.once and self.idle_timeout_s is not None:
             self.spawn(self._idle_exit(self.idle_timeout_s), "idle")
 
+    def hurry(self) -> None:
+        self._hurry.set()
+
     async def on_stop(self) -> None:
         self._accepting = False
         await self._drain()
         tasks = [job.task for job in self._jobs.values() if job.task]
         if tasks:
-            self.log.info("draining %d running jobs", len(tasks))
-            _, pending = await asyncio.wait(tasks, timeout=self.timings.stop_timeout_s)
+            timeout = self.timings.stop_timeout_s
+            self.log.info("draining: waiting up to %g s for %d running jobs to finish", timeout, len(tasks))
+            pending = await self._until_done(tasks, timeout)
+            if pending:  # run again once this runner is found gone (its next registration, or lost)
+                hurried = self._hurry.is_set()
+                why = "stopping at once" if hurried else f"still running after {timeout:g} s"
+                self.log.log(logging.INFO if hurried else logging.WARNING, "killing %d jobs: %s", len(pending), why)
             for job in list(self._jobs.values()):
                 if job.proc:  # its whole session: the leader may have exited, leaving children
                     signal_group(job.proc, signal.SIGKILL)
@@ -175,6 +186,18 @@ class Runner(Service):
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self._watchdog.close()
+
+    async def _until_done(self, tasks: list[asyncio.Task[None]], timeout: float) -> set[asyncio.Task[None]]:
+        """Wait until `tasks` are done, `timeout` passed or `hurry()` was called: those not done."""
+        hurried = asyncio.ensure_future(self._hurry.wait())
+        pending = set(tasks)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while pending and not hurried.done():
+                    done, _ = await asyncio.wait({*pending, hurried}, return_when=asyncio.FIRST_COMPLETED)
+                    pending -= done
+        hurried.cancel()
+        return pending
 
     async def _register(self, *, wait: bool = False) -> None:
         """Register, holding what it holds; stop what is not its own any more. With `wait`
@@ -232,7 +255,10 @@ class Runner(Service):
     async def _heartbeat(self) -> None:
         """Heartbeat with what it holds, and do what the reply says: stop jobs cancelled or no
         longer its own. Declared lost: everything it held is someone else's now (fence), and it
-        registers again."""
+        registers again. Failures are told once, when two in a row failed with NATS connected
+        (one alone is routine: a capacity restarting, or still reconnecting after an outage the
+        bus told already), and the end of them when one is answered again."""
+        failed, warned = 0, False
         while True:
             await asyncio.sleep(self.timings.heartbeat_interval_s)
             self._seq += 1
@@ -247,8 +273,14 @@ class Runner(Service):
             try:
                 reply = await self.bus.request(self.bus.subjects.runner_heartbeat, event, timeout)
             except OrchestratorError as exc:  # NoResponders too: no capacity heard us
-                self.log.warning("heartbeat failed: %s", exc)
+                failed = failed + 1 if self.bus.connected else 0
+                tell = failed >= 2 and not warned
+                self.log.log(logging.WARNING if tell else logging.DEBUG, "heartbeat failed: %s", exc)
+                warned = warned or tell
                 continue
+            if warned:
+                self.log.info("heartbeats answered again")
+            failed, warned = 0, False
             if reply.ok:
                 self._acknowledged(event.seq)
                 self._obey(reply.stop)

@@ -105,7 +105,7 @@ RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt, old.acked_at 
     WHERE k.kind <> 'assigned' OR c.acked_now  -- not acknowledged before: the start says as much
     ORDER BY (c.job).id, k.i
 )
-SELECT id, pool, state, runner_id, attempt FROM changed;
+SELECT id, pool, state, runner_id, attempt, acked_now FROM changed;
 
 -- The end of an attempt, as its runner reports it. Batched like job_start_many.
 -- name: job_finish_many
@@ -114,7 +114,7 @@ UPDATE jobs j SET state = r.state, exit_code = r.exit_code, reason = r.reason, f
 FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[])
      AS r(id, runner_id, attempt, state, exit_code, reason)
 WHERE j.id = r.id AND j.runner_id = r.runner_id AND j.attempt = r.attempt AND j.state IN ('assigned', 'running')
-RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt
+RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt, j.exit_code, j.reason
 ), news AS (
     INSERT INTO outbox (id, subject, body, durable)
     SELECT n.* FROM changed c
@@ -122,7 +122,7 @@ RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt
     CROSS JOIN LATERAL job_news('finished', e.job, e.id, e.at) n
     ORDER BY (c.job).id
 )
-SELECT id, pool, state, runner_id, attempt FROM changed;
+SELECT id, pool, state, runner_id, attempt, exit_code, reason FROM changed;
 
 -- The client of a reservation ends it (POST /v1/jobs/{id}/finish): recorded now; its runner is
 -- then told to let go, and its report of the end, arriving later, finds the job already ended.

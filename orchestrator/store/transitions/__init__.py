@@ -54,6 +54,7 @@ from orchestrator.store.transitions.args import (
     refusal,
 )
 from orchestrator.store.transitions.batches import AdmissionTx, PoolChangeTx, ShapeKey, shape_key
+from orchestrator.store.transitions.journal import Journal, Level
 from schemas.jobs import JobState
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ __all__ = [
     "Fence",
     "Handoff",
     "Heartbeat",
+    "Journal",
+    "Level",
     "NewJob",
     "PoolChangeTx",
     "Reconciled",
@@ -88,8 +91,9 @@ __all__ = [
 class Transitions:
     """Every edge of the job state machine, each in its own transaction (see the module note)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, journal: Journal | None = None) -> None:
         self._store = store
+        self._journal = journal or Journal()  # a log line per job per committed edge
         # Shapes are never deleted or changed, so their ids can be remembered for good.
         self._shapes: dict[ShapeKey, int] = {}
 
@@ -110,11 +114,16 @@ class Transitions:
                     raise
         raise AssertionError("unreachable")
 
-    async def _edge(self, query: str, args: Sequence[Any]) -> list[Job]:
-        """An edge that is one statement, writing its own news."""
+    async def _edge(
+        self, query: str, args: Sequence[Any], *, verb: str | None = None, why: str | None = None, logged: bool = True
+    ) -> list[Job]:
+        """An edge that is one statement, writing its own news; logged (see journal.py) unless
+        the caller logs it."""
         jobs = await self._transact(lambda conn: news.apply(conn, query, args), one_statement=True)
         if jobs:
             news.committed()
+            if logged:
+                self._journal.record(jobs, verb=verb, why=why)
         return jobs
 
     # admission and pool changes: transactions that decide many things under their locks
@@ -134,6 +143,7 @@ class Transitions:
             yield tx
         news.committed()
         self._shapes.update(tx.new_shapes)  # committed: safe to remember
+        self._journal.record(tx.inserted, verb="admitted")
 
     @asynccontextmanager
     async def pool_change(self, name: str) -> AsyncIterator[PoolChangeTx]:
@@ -142,8 +152,10 @@ class Transitions:
         async with self._store.transaction() as conn:
             await conn.execute(Q["pool_admission_lock"], name)
             current = await conn.fetchrow(Q["pool_lock_for_change"], name)
-            yield PoolChangeTx(conn, name, dict(current) if current else None)
+            tx = PoolChangeTx(conn, name, dict(current) if current else None)
+            yield tx
         news.committed()
+        self._journal.record(tx.failed)
 
     # dispatch
 
@@ -173,18 +185,23 @@ class Transitions:
 
     async def unassign(self, runner_id: str, job_ids: Sequence[UUID]) -> list[Job]:
         """Edge assigned -> queued: hand-offs `runner_id` refused or did not ack (not an attempt)."""
-        return await self._edge("job_unassign", (list(job_ids), runner_id, None, None, "handoff_failed"))
+        why = "handoff_failed"
+        return await self._edge("job_unassign", (list(job_ids), runner_id, None, None, why), why=why)
 
     async def requeue_unstarted(self, after_s: float, now: datetime | None = None) -> list[Job]:
         """Edge assigned -> queued: assignments not started within `after_s` (not an attempt)."""
-        return await self._edge("job_unassign", ([], None, after_s, now, "not_started"))
+        why = "not_started"
+        return await self._edge("job_unassign", ([], None, after_s, now, why), why=why)
 
     # runner reports
 
     async def start_many(self, starts: Sequence[Start]) -> list[Job]:
         """Edge assigned -> running: permission to start, for the runner a job is assigned to and
         that very attempt. The granted jobs."""
-        return await self._edge("job_start_many", news.columns(starts, 3))
+        jobs = await self._edge("job_start_many", news.columns(starts, 3), logged=False)
+        self._journal.record([job for job in jobs if job.acked_now], verb="assigned")  # as its news says
+        self._journal.record(jobs)
+        return jobs
 
     async def finish_many(self, ends: Sequence[End]) -> list[Job]:
         """Edge assigned | running -> final, as runners report; the recorded jobs (a report of an
@@ -220,6 +237,7 @@ class Transitions:
             released = await news.apply(conn, "job_release_from_runners", args)
             stop = await _stop_orders(conn, runner.runner_id, held)
         news.committed()
+        self._journal.record(released, why="runner_restarted")
         return Reconciled(runner.pool, None, released, stop)
 
     async def heartbeat(self, beat: Heartbeat) -> Reconciled | None:
@@ -246,6 +264,7 @@ class Transitions:
         found = await self._transact(reconcile)
         if found is not None and found.released:
             news.committed()
+            self._journal.record(found.released, why="runner_let_go")
         return found
 
     async def mark_runners_lost(
@@ -264,6 +283,7 @@ class Transitions:
         lost, released = await self._transact(release)
         if lost:
             news.committed()
+            self._journal.record(released, why="runner_lost")
         return lost, released
 
     # producers, take clients and sweeps
@@ -281,7 +301,7 @@ class Transitions:
         ended = await self._edge("job_cancel_unstarted", (job_id,))
         if ended:
             return Cancel("cancelled", ended[0])
-        requested = await self._edge("job_cancel_request", (job_id,))
+        requested = await self._edge("job_cancel_request", (job_id,), verb="cancel requested")
         if requested:
             return Cancel("requested", requested[0])
         async with self._store.transaction() as conn:

@@ -47,6 +47,7 @@ class AdmissionTx:
         self.existing = existing
         self._shapes = shapes
         self.new_shapes: dict[ShapeKey, int] = {}  # created in this transaction: cached once it commits
+        self.inserted: list[dict[str, Any]] = []  # the jobs admitted: logged once it commits
 
     async def active(self, pools: Sequence[str]) -> dict[str, int]:
         """Queued + assigned + running per pool (exact: the pools are locked)."""
@@ -70,6 +71,7 @@ class AdmissionTx:
         for row in rows:  # the job rows in full, without decoding back what was just encoded
             job = by_key[row["key"]]
             row.update(spec=job.spec, payload=job.payload, trace_context=job.trace_context)
+        self.inserted += rows
         return rows
 
     async def shape_id(self, job: NewJob) -> int:
@@ -104,6 +106,7 @@ class PoolChangeTx:
         self._conn = conn
         self.name = name
         self.current = current
+        self.failed: list[Job] = []  # queued jobs the change failed: logged once it commits
 
     async def upsert(self, config: dict[str, Any]) -> dict[str, Any]:
         row = await self._conn.fetchrow(
@@ -130,4 +133,6 @@ class PoolChangeTx:
     async def fail_unsatisfiable(self, labels: Sequence[str], plan: str | None, reason: str) -> list[Job]:
         """Edge queued -> failed: the change made these queued jobs unrunnable."""
         args = (self.name, list(labels), plan, reason)
-        return await news.apply(self._conn, "job_fail_queued_shape", args)
+        failed = await news.apply(self._conn, "job_fail_queued_shape", args)
+        self.failed += failed
+        return failed

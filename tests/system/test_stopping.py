@@ -1,0 +1,101 @@
+"""Ctrl-C on `orchestrator up` with a job running (issue 20, point 6).
+
+The first SIGINT drains: the log says how many running jobs it waits for and for how long, no
+new job starts, and the running one finishes. A second SIGINT stops at once: the running job is
+killed, and run again after the next start.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import alive, eventually, submit
+from tests.system import processes
+
+pytestmark = pytest.mark.slow
+
+STOP_TIMEOUT_S = 60  # longer than either test waits: a stop that sits it out fails
+
+
+@pytest.fixture
+def data() -> Iterator[Path]:
+    with processes.data_dir() as path:
+        yield path
+
+
+async def test_the_first_sigint_waits_for_running_jobs_and_starts_none(data: Path) -> None:
+    up = processes.up(data, ORCH_STOP_TIMEOUT_S=str(STOP_TIMEOUT_S))
+    started, release, late = data.parent / "started", data.parent / "release", data.parent / "late"
+    up.start()
+    try:
+        await up.ready(processes.UP_READY_S)
+        async with processes.api(data) as http:
+            wait_for_release = f"touch {started}; while [ ! -f {release} ]; do sleep 0.05; done"
+            running = await submit(http, payload={"command": ["sh", "-c", wait_for_release]})
+
+            async def is_running() -> bool:
+                return started.exists()
+
+            await eventually(is_running, timeout=30, what="the job to start")
+
+            up.signal(signal.SIGINT)
+
+            async def draining() -> bool:
+                text = f"draining: waiting up to {STOP_TIMEOUT_S} s for 1 running jobs to finish"
+                return processes.count(up, "info", text, "orchestrator.runner") == 1
+
+            await eventually(draining, timeout=30, what="the log to say what the stop waits for")
+            queued = await submit(http, payload={"command": ["touch", str(late)]})  # the api still answers
+            release.touch()
+        assert await up.wait_exit(30) == 0
+        assert not late.exists()  # nothing started while it drained
+
+        up.start()
+        await up.ready(processes.UP_READY_S)
+        async with processes.api(data) as http:
+            done = await processes.job(http, running["id"])
+            assert (done["state"], done["attempt"]) == ("succeeded", 1), done
+            after = await processes.ended(http, queued["id"])  # it waited for the next start
+            assert after["state"] == "succeeded", after
+    finally:
+        await up.close()
+
+
+async def test_a_second_sigint_stops_at_once_and_the_job_runs_after_the_next_start(data: Path) -> None:
+    up = processes.up(data, ORCH_STOP_TIMEOUT_S=str(STOP_TIMEOUT_S))
+    pid_file = data.parent / "job.pid"
+    up.start()
+    try:
+        await up.ready(processes.UP_READY_S)
+        async with processes.api(data) as http:
+            # Its first attempt writes its pid and hangs; the one after the restart succeeds.
+            script = f"test -f {pid_file} && exit 0; echo $$ > {pid_file}.tmp; mv {pid_file}.tmp {pid_file}; sleep 600"
+            job = await submit(http, payload={"command": ["sh", "-c", script]})
+
+        async def started() -> int | None:
+            return int(pid_file.read_text()) if pid_file.exists() else None
+
+        pid = await eventually(started, timeout=30, what="the job to start")
+
+        up.signal(signal.SIGINT)
+
+        async def draining() -> bool:
+            return processes.count(up, "info", "draining", "orchestrator.runner") == 1
+
+        await eventually(draining, timeout=30, what="the stop to wait for the job")
+        up.signal(signal.SIGINT)
+        assert await up.wait_exit(20) == 0  # well inside the stop timeout
+        assert not alive(pid)
+        assert "Traceback" not in up.log()
+
+        up.start()
+        await up.ready(processes.UP_READY_S)
+        async with processes.api(data) as http:
+            again = await processes.ended(http, job["id"])
+        assert (again["state"], again["attempt"]) == ("succeeded", 2), again
+    finally:
+        await up.close()
