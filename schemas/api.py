@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from schemas.base import Model
+from schemas.base import Body, Integer, Model
 from schemas.events import ErrorDetail
 from schemas.jobs import JobState, JobView
 from schemas.pools import PoolView
@@ -99,10 +99,23 @@ class ErrorBody(Model):
     error: ErrorDetail
 
 
-class FinishBody(Model):
+class FinishBody(Body):
     """`POST /v1/jobs/{id}/finish`: how a reservation ended, as an exit code or an outcome."""
 
-    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1, description="0 = succeeded, else failed")
+    # Exactly one of the two, as `_one_of` checks (a null counts as not given).
+    model_config = ConfigDict(
+        **Body.model_config,
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["exit_code"],
+                    "properties": {"exit_code": {"type": "integer"}, "outcome": {"type": "null"}},
+                },
+                {"required": ["outcome"], "properties": {"outcome": {"type": "string"}, "exit_code": {"type": "null"}}},
+            ]
+        },
+    )
+    exit_code: Integer | None = Field(default=None, ge=-(2**31), le=2**31 - 1, description="0 = succeeded, else failed")
     outcome: Literal["succeeded", "failed", "cancelled"] | None = None
 
     @model_validator(mode="after")

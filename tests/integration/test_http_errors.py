@@ -30,6 +30,12 @@ async def post(http: aiohttp.ClientSession, **kwargs: object) -> tuple[int, dict
         ({"json": {"pool": "default", "priority": "high"}}, 422, "invalid", "priority"),
         ({"json": {"pool": "default", "colour": "red"}}, 422, "invalid", "colour"),
         ({"json": {"pool": "default", "timeout_s": -1}}, 422, "invalid", "timeout_s"),
+        ({"json": {"pool": "default", "timeout_s": 0}}, 422, "invalid", "timeout_s"),
+        # JSON types as the document declares them: a string is not a number, nor true an integer.
+        ({"json": {"pool": "default", "priority": "5"}}, 422, "invalid", "priority"),
+        ({"json": {"pool": "default", "max_attempts": True}}, 422, "invalid", "max_attempts"),
+        ({"json": {"pool": "default", "timeout_s": "30"}}, 422, "invalid", "timeout_s"),
+        ({"json": {"pool": "default", "payload": {"command": "echo hi"}}}, 422, "invalid", "payload.command"),
         ({"json": {"pool": "nowhere"}}, 422, "unsatisfiable", "pool"),
         ({"json": {"pool": "default", "labels": ["gpu"]}}, 422, "unsatisfiable", "labels"),
         ({"data": b"x" * 2_000_000}, 413, "too_large", None),
