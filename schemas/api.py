@@ -145,6 +145,49 @@ class RunnerList(Model):
     runners: list[RunnerView]
 
 
+class Rejection(Model):
+    """What the JetStream door refused: its producer had nobody to answer it."""
+
+    id: int
+    at: datetime
+    reason: str = Field(description="malformed | invalid | unsatisfiable | overloaded | conflict")
+    message: str
+    field: str | None
+    pool: str | None
+    key: str | None
+    stream_seq: int | None = Field(description="the message's sequence in the intake stream")
+    body: str | None = Field(description="the start of what was sent, for malformed input")
+
+
+class RejectionList(Model):
+    rejections: list[Rejection]
+
+
+class PoolStats(Model):
+    pool: str
+    max_concurrent: int
+    max_active: int
+    paused: int = Field(description="1 while paused")
+    queued: int
+    in_flight: int
+    free: int = Field(description="slots free for it now: runners' free slots within max_concurrent")
+    oldest_queued_s: float
+
+
+class RunnerCount(Model):
+    pool: str
+    state: str
+    runners: int
+    slots: int
+
+
+class Stats(Model):
+    """`GET /v1/stats`: each pool's queue right now, and runners by pool and state."""
+
+    pools: list[PoolStats]
+    runners: list[RunnerCount]
+
+
 class LeaseView(Model):
     holder: str
     revision: int

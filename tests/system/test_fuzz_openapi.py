@@ -21,7 +21,7 @@ from schemathesis.checks import (
 )
 
 from app.runtime import Runtime
-from services.api.take import MAX_WAIT_S
+from services.api.params import MAX_WAIT_S
 from tests.fuzz import FUZZ, count
 from tests.system.test_fuzz_http import default_pool  # noqa: F401  (a fixture)
 
