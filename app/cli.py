@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -159,6 +160,18 @@ def _failure(settings: Settings, exc: urllib.error.URLError) -> ApiError:
     return ApiError(f"cannot reach the orchestrator at {api_url(settings)}: {exc.reason}")
 
 
+def _seconds(text: str) -> float:
+    """A positive number of seconds, as the API takes `timeout_s`: 0 is refused here too, rather
+    than read as "no timeout" (omit the option for that)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text} (omit it for no timeout)")
+    return value
+
+
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -171,7 +184,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     }
     if args.key:
         spec["key"] = args.key
-    if args.timeout:
+    if args.timeout is not None:
         spec["timeout_s"] = args.timeout
     _, job = http(settings, "POST", "/v1/jobs", spec)
     if not args.wait:
@@ -294,7 +307,7 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--label", action="append", default=[])
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--key")
-    submit.add_argument("--timeout", type=float)
+    submit.add_argument("--timeout", type=_seconds, help="seconds the job may run (default: no timeout)")
     submit.add_argument(
         "--wait", action="store_true", help="print the job's output as it runs; exit with its exit code"
     )

@@ -8,9 +8,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from schemas.base import Model
+from schemas.base import Body, Integer, Model
 from schemas.events import ErrorDetail
 from schemas.jobs import JobState, JobView
 from schemas.pools import PoolView
@@ -99,10 +99,23 @@ class ErrorBody(Model):
     error: ErrorDetail
 
 
-class FinishBody(Model):
+class FinishBody(Body):
     """`POST /v1/jobs/{id}/finish`: how a reservation ended, as an exit code or an outcome."""
 
-    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1, description="0 = succeeded, else failed")
+    # Exactly one of the two, as `_one_of` checks (a null counts as not given).
+    model_config = ConfigDict(
+        **Body.model_config,
+        json_schema_extra={
+            "oneOf": [
+                {
+                    "required": ["exit_code"],
+                    "properties": {"exit_code": {"type": "integer"}, "outcome": {"type": "null"}},
+                },
+                {"required": ["outcome"], "properties": {"outcome": {"type": "string"}, "exit_code": {"type": "null"}}},
+            ]
+        },
+    )
+    exit_code: Integer | None = Field(default=None, ge=-(2**31), le=2**31 - 1, description="0 = succeeded, else failed")
     outcome: Literal["succeeded", "failed", "cancelled"] | None = None
 
     @model_validator(mode="after")
@@ -130,6 +143,49 @@ class PoolChanged(PoolView):
 
 class RunnerList(Model):
     runners: list[RunnerView]
+
+
+class Rejection(Model):
+    """What the JetStream door refused: its producer had nobody to answer it."""
+
+    id: int
+    at: datetime
+    reason: str = Field(description="malformed | invalid | unsatisfiable | overloaded | conflict")
+    message: str
+    field: str | None
+    pool: str | None
+    key: str | None
+    stream_seq: int | None = Field(description="the message's sequence in the intake stream")
+    body: str | None = Field(description="the start of what was sent, for malformed input")
+
+
+class RejectionList(Model):
+    rejections: list[Rejection]
+
+
+class PoolStats(Model):
+    pool: str
+    max_concurrent: int
+    max_active: int
+    paused: int = Field(description="1 while paused")
+    queued: int
+    in_flight: int
+    free: int = Field(description="slots free for it now: runners' free slots within max_concurrent")
+    oldest_queued_s: float
+
+
+class RunnerCount(Model):
+    pool: str
+    state: str
+    runners: int
+    slots: int
+
+
+class Stats(Model):
+    """`GET /v1/stats`: each pool's queue right now, and runners by pool and state."""
+
+    pools: list[PoolStats]
+    runners: list[RunnerCount]
 
 
 class LeaseView(Model):

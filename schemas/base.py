@@ -8,9 +8,10 @@ old one.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from schemas.ids import uuid7
 
@@ -21,6 +22,22 @@ def utcnow() -> datetime:
 
 class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Body(Model):
+    """What a client sends (a job spec, a pool, taints): its JSON types taken as declared, so its
+    JSON Schema is exactly what is accepted. `"5"` is not an integer, nor `true` a number; an
+    integer field is an `Integer`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# An integer as JSON Schema has it: `5.0` is one (strict pydantic would refuse it), `5.5` is not.
+Integer = Annotated[int, BeforeValidator(_whole)]
 
 
 class Envelope(Model):

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
 
-from schemas.base import Model
+from schemas.base import Body, Integer, Model
 from schemas.jobs import Label, Name
 
 # Stored as Postgres `integer`: keep values inside it so a typo is a 422, not a database error.
@@ -23,13 +23,13 @@ _INT32 = {"ge": -(2**31), "le": 2**31 - 1}
 ProvisionerName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,255}$")]
 
 
-class PoolConfig(Model):
+class PoolConfig(Body):
     """A pool's configuration; the body of `PUT /v1/pools/{name}`. Omitted fields take these defaults."""
 
-    max_concurrent: int = Field(
+    max_concurrent: Integer = Field(
         default=20, description="jobs assigned or running at once; negative = unlimited", **_INT32
     )
-    max_active: int = Field(default=1024, description="queued + assigned + running; negative = unlimited", **_INT32)
+    max_active: Integer = Field(default=1024, description="queued + assigned + running; negative = unlimited", **_INT32)
     labels: list[Label] = Field(default_factory=list, max_length=256, description="what the pool can offer")
     allowed_plans: list[Name] = Field(default_factory=list, max_length=256, description="none = any plan")
     mode: Literal["shared", "leader"] = "shared"
@@ -37,8 +37,11 @@ class PoolConfig(Model):
     provisioner: ProvisionerName | None = Field(
         default=None, description="starts a one-shot worker per queued job (orchestrator/provisioning.py); none = off"
     )
-    max_workers: int = Field(
-        default=0, description="live provisioned workers at most, counted from the provisioner; 0 = no cap", **_INT32
+    max_workers: Integer = Field(
+        default=0,
+        description="live provisioned workers at most, counted from the provisioner; 0 = no cap",
+        le=_INT32["le"],
+        json_schema_extra={"minimum": 0},  # refused below by `_fleet_cap`, which says why
     )
     reservation_timeout_s: float = Field(
         default=3600,

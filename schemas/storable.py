@@ -10,11 +10,16 @@ unanswered, a batch of other producers' jobs failed with it).
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, GetJsonSchemaHandler, TypeAdapter
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+from typing_extensions import TypeAliasType
 
 Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+# A JSON Schema pattern: text without NUL.
+NO_NUL = r"^[^\x00]*$"
 
 # NUL can only reach a parsed string through this escape: a raw NUL byte is not valid JSON.
 _NUL_ESCAPE = b"\\u0000"
@@ -48,8 +53,34 @@ def _storable_json(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-# An opaque JSON object stored as jsonb (a job's payload, a runner's metadata).
-JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_json)]
+# What jsonb can hold, as a JSON Schema for the documents (`/openapi.json`): JSON whose strings
+# and keys hold no NUL. Validation walks the value instead (`unstorable`), which is cheaper than
+# this recursive union on every job, and says where the NUL is.
+_NulFree = Annotated[str, Field(pattern=NO_NUL)]
+StorableValue = TypeAliasType(
+    "StorableValue",
+    Union[_NulFree, int, float, bool, list["StorableValue"], dict[_NulFree, "StorableValue"], None],  # noqa: UP007
+)
+_STORABLE_VALUE = TypeAdapter(StorableValue)
+
+
+class StorableJsonSchema:
+    """Marks an object stored as jsonb: its documented fields as they are, any other field and
+    its keys documented as storable JSON (no NUL), as the `AfterValidator` enforces."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        reference = handler(core_schema)
+        schema = handler.resolve_ref_schema(reference)
+        schema["additionalProperties"] = handler(_STORABLE_VALUE.core_schema)
+        schema["propertyNames"] = {"pattern": NO_NUL}
+        return reference
+
+
+# Refuses what jsonb cannot hold, naming where it is.
+storable_json = AfterValidator(_storable_json)
+# An opaque JSON object stored as jsonb (a runner's metadata, a job's env).
+JsonObject = Annotated[dict[str, Any], storable_json, StorableJsonSchema]
 
 
 def nul_in(raw: bytes, parsed: BaseModel | list[BaseModel]) -> tuple[str, str] | None:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from orchestrator.store.connected import Connected
 from orchestrator.store.queries import Q
@@ -16,11 +15,11 @@ class RunnerRows(Connected):
         async with self.connection() as conn:
             await conn.execute(Q["runner_mark_suspect"], runner_id)
 
-    async def runner_set_taints(self, runner_id: str, taints: Sequence[str]) -> dict[str, Any] | None:
-        """Set the runner's taints (the exact set); {id, pool, taints}, or None if it is unknown."""
+    async def runner_set_taints(self, runner_id: str, taints: Sequence[str]) -> Runner | None:
+        """Set the runner's taints (the exact set); its row, or None if it is unknown."""
         async with self.connection() as conn:
             row = await conn.fetchrow(Q["runner_set_taints"], runner_id, list(taints))
-        return dict(row) if row else None
+        return Runner.from_record(row) if row else None
 
     async def runners_known(self, runner_ids: Sequence[str]) -> set[str]:
         """Which of `runner_ids` have registered."""

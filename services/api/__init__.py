@@ -41,13 +41,16 @@ from schemas.api import (
     JobList,
     JobListed,
     LeaderView,
+    LeaseView,
     Ok,
     PoolChanged,
     PoolDepth,
     PoolList,
     QueueDepth,
+    RejectionList,
     RunnerList,
     RunnerView,
+    Stats,
     Taken,
 )
 from schemas.events import (
@@ -57,6 +60,7 @@ from schemas.events import (
 from schemas.jobs import JobSpec, JobState, JobView
 from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
+from services.api import params
 from services.api.auth import ROLE, Auth
 from services.api.blocked import Why
 from services.api.logs import JobLogsView
@@ -67,13 +71,11 @@ from services.api.responses import (
     errors_as_json,
     invalid_response,
     json_response,
-    query_limit,
-    query_wait,
 )
-from services.api.routes import ANY_ROLE, OPERATOR, PRODUCER, PUBLIC, RUNNER, Query, Route, openapi, register
+from services.api.routes import ANY_ROLE, OPERATOR, PRODUCER, PUBLIC, RUNNER, Link, Media, Route, openapi, register
 from services.api.runners import RunnerViews
 from services.api.servo import ServoDoor
-from services.api.take import MAX_WAIT_S, RETRY_AFTER_S, Takes
+from services.api.take import RETRY_AFTER_S, Takes
 
 _tracer = telemetry.tracer("orchestrator.api")
 # Plain HTML and JS polling the JSON API: nothing to build.
@@ -115,69 +117,84 @@ class Api(Service):
         self.app = self._build_app()
 
     def _routes(self) -> list[Route]:
-        token = Query("token", "the job's take token, from its submission", required=True)
-        optional_token = Query("token", "the job's take token (not needed with the operator role)")
-        wait = Query("wait", f"seconds to long-poll for a runner (0 to {MAX_WAIT_S:g})", type="number")
         jobs, pools, runners = PRODUCER | RUNNER, OPERATOR, OPERATOR
+        job, take = (params.JOB_ID,), (params.JOB_ID, params.TOKEN, params.WAIT)
         return [
             Route("POST", "/v1/jobs", self.submit, PRODUCER, "Submit a job", JobSpec,
-                  {201: JobCreated, 200: JobCreated}, (400, 409, 413, 422, 429, 503)),
+                  {201: JobCreated, 200: JobCreated}, (409, 422, 429, 503), retry_after=(429,),
+                  links=self._job_links()),
             Route("GET", "/v1/jobs", self.list_jobs, jobs, "List jobs, newest first", None, {200: JobList}, (422,),
-                  (Query("pool", "only this pool"), Query("state", "only this state"), Query("key", "only this key"),
-                   Query("limit", "at most this many (1 to 1000, default 100)", type="integer"))),
+                  (params.POOL, params.STATE, params.KEY, params.LIMIT)),
             Route("GET", "/v1/jobs/{id}", self.get_job, jobs, "A job, and while it waits why", None,
-                  {200: JobDetail}, (404,)),
+                  {200: JobDetail}, (404,), job),
             Route("GET", "/v1/jobs/{id}/logs", self.get_job_logs, jobs,
                   "A job's output: text/plain, or Server-Sent Events (Accept: text/event-stream) whose id is "
-                  "the byte offset", None, {200: None}, (404, 422),
-                  (Query("offset", "from this byte of the output (SSE: or Last-Event-ID)", type="integer"),
-                   Query("follow", "stream until the job has ended and every byte is out", type="boolean")),
-                  text="the job's output from `offset`"),
+                  "the byte offset", None,
+                  {200: Media("the job's output from `offset`", ("text/plain", "text/event-stream"))}, (404, 422),
+                  (params.JOB_ID, params.OFFSET, params.FOLLOW)),
             Route("DELETE", "/v1/jobs/{id}", self.cancel_job, PRODUCER, "Cancel a job", None,
-                  {200: JobView, 202: JobView}, (404, 409)),
+                  {200: JobView, 202: JobView}, (404, 409), job),
             Route("POST", "/v1/jobs/{id}/take", self.take_job, PUBLIC, "Take the runner holding a job (seed 003)",
-                  None, {200: Taken}, (403, 404, 422, 503), (token, wait)),
+                  None, {200: Taken}, (403, 404, 422, 503), take, retry_after=(503,)),
             Route("POST", "/v1/jobs/{id}/finish", self.finish_job, jobs,
                   "End a reservation a runner holds (its take token, or the operator role)",
-                  FinishBody, {200: JobView}, (400, 403, 404, 409, 422), (optional_token,)),
+                  FinishBody, {200: JobView}, (403, 404, 409, 422), (params.JOB_ID, params.OPTIONAL_TOKEN)),
             Route("POST", "/profile/{pool}/enqueue", self.servo.enqueue, PRODUCER,
-                  "Servo: enqueue a reservation; the body is its token", None, {200: None}, (409, 422, 429),
-                  (Query("unique_id", "the client's id for the job", required=True),
-                   Query("qualified_repo", "owner/repo", required=True), Query("run_id", "CI run", required=True)),
-                  text="the take token", text_errors=True),
+                  "Servo: enqueue a reservation; the body is its token", None, {200: Media("the take token")},
+                  (409, 422, 429), (params.PROFILE, params.UNIQUE_ID, params.QUALIFIED_REPO, params.RUN_ID),
+                  text_errors=True, retry_after=(429,)),
             Route("POST", "/take/{unique_id}", self.servo.take, PUBLIC, "Servo: take the runner (JSON)", None,
-                  {200: RunnerView}, (403, 404, 422, 503), (token, wait), text_errors=True),
+                  {200: RunnerView, 503: None}, (403, 404, 422), (params.SERVO_ID, params.TOKEN, params.WAIT),
+                  text_errors=True, retry_after=(503,)),
             Route("GET", "/v1/pools", self.pools.list_pools, ANY_ROLE, "List pools", None, {200: PoolList}),
-            Route("GET", "/v1/pools/{name}", self.pools.get_pool, ANY_ROLE, "A pool", None, {200: PoolView}, (404,)),
+            Route("GET", "/v1/pools/{name}", self.pools.get_pool, ANY_ROLE, "A pool", None, {200: PoolView}, (404,),
+                  (params.POOL_NAME,)),
             Route("PUT", "/v1/pools/{name}", self.pools.put_pool, pools, "Create or replace a pool", PoolConfig,
-                  {200: PoolChanged, 201: PoolChanged}, (400, 422)),
+                  {200: PoolChanged, 201: PoolChanged}, (422,), (params.POOL_NAME,)),
             Route("PATCH", "/v1/pools/{name}", self.pools.patch_pool, pools, "Change the given fields of a pool",
-                  PoolConfig, {200: PoolChanged}, (400, 404, 422)),
+                  PoolConfig, {200: PoolChanged}, (404, 422), (params.POOL_NAME,)),
             Route("GET", "/v1/queue", self.queue_depth, ANY_ROLE, "Jobs waiting and in flight, per pool", None,
                   {200: QueueDepth}),
             Route("GET", "/v1/rejections", self.list_rejections, OPERATOR, "What the JetStream door refused", None,
-                  {200: None}, (422,), (Query("reason", "only this reason"), Query("limit", "at most this many"))),
+                  {200: RejectionList}, (422,), (params.REASON, params.LIMIT)),
             Route("GET", "/v1/runners", self.runners.list_runners, ANY_ROLE, "List runners", None, {200: RunnerList}),
             Route("POST", "/v1/runners/{id}/drain", self.runners.drain_runner, runners | RUNNER,
-                  "Drain a runner: it runs what it has and is given nothing more", None, {200: RunnerView}, (404, 409)),
+                  "Drain a runner: it runs what it has and is given nothing more", None, {200: RunnerView}, (404, 409),
+                  (params.RUNNER_ID,)),
             Route("PUT", "/v1/runners/{id}/taints", self.runners.set_runner_taints, runners,
-                  "Replace a runner's taints", RunnerTaints, {200: RunnerView}, (400, 404, 422)),
+                  "Replace a runner's taints", RunnerTaints, {200: RunnerView}, (404, 422), (params.RUNNER_ID,)),
             Route("GET", "/v1/leader", self.get_leader, ANY_ROLE, "The dispatcher leader", None, {200: LeaderView}),
             Route("GET", "/v1/stats", self.get_stats, ANY_ROLE, "Queue state per pool and runners by state", None,
-                  {200: None}),
-            Route("GET", "/metrics", self.get_metrics, PUBLIC, "Prometheus metrics", None, {200: None}),
-            Route("GET", "/", self.dashboard, PUBLIC, "The live dashboard (HTML)", None, {200: None}),
-            Route("GET", "/openapi.json", self.get_openapi, PUBLIC, "This document", None, {200: None}),
+                  {200: Stats}),
+            Route("GET", "/metrics", self.get_metrics, PUBLIC, "Prometheus metrics", None,
+                  {200: Media("Prometheus text exposition")}),
+            Route("GET", "/", self.dashboard, PUBLIC, "The live dashboard (HTML)", None,
+                  {200: Media("the page", ("text/html",))}),
+            Route("GET", "/openapi.json", self.get_openapi, PUBLIC, "This document", None,
+                  {200: Media("OpenAPI 3.1", ("application/json",), {"type": "object"})}),
             Route("GET", "/healthz", self.healthz, PUBLIC, "Alive", None, {200: Ok}),
             Route("GET", "/readyz", self.readyz, PUBLIC, "Ready to serve", None, {200: Ok}, (503,)),
         ]  # fmt: skip
 
+    def _job_links(self) -> tuple[Link, ...]:
+        """A submitted job's id (and take token) lead to every operation on the job."""
+        by_id = {"id": "$response.body#/id"}
+        with_token = {**by_id, "token": "$response.body#/token"}
+        return (
+            Link(self.get_job.__name__, by_id),
+            Link(self.get_job_logs.__name__, by_id),
+            Link(self.take_job.__name__, with_token),
+            Link(self.finish_job.__name__, with_token),
+            Link(self.cancel_job.__name__, by_id),
+        )
+
     def _build_app(self) -> web.Application:
         self.routes = self._routes()
-        auth = Auth(self.http.api_tokens()).middleware({r.key: r.roles for r in self.routes})
-        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[errors_as_json, auth])
+        auth = Auth(self.http.api_tokens())
+        guard = auth.middleware({r.key: r.roles for r in self.routes})
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[errors_as_json, guard])
         register(app, self.routes)
-        self.openapi = openapi(self.routes, title="orchestrator", version="v1")
+        self.openapi = openapi(self.routes, title="orchestrator", version="v1", auth=auth.enabled)
         return app
 
     async def on_start(self) -> None:
@@ -254,16 +271,9 @@ class Api(Service):
         return await self.logs.handle(request, row)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        q = request.query
-        state = q.get("state")
-        if state is not None and state not in JobState.__members__:
-            return error_response(
-                422, "invalid", f"state {state!r} is not one of {list(JobState.__members__)}", "state"
-            )
-        limit = query_limit(request)
-        if isinstance(limit, web.Response):
-            return limit
-        rows = await self.store.job_list(pool=q.get("pool"), state=state, key=q.get("key"), limit=limit)
+        pool, state, key = (p.parse(request) for p in (params.POOL, params.STATE, params.KEY))
+        limit = params.LIMIT.parse(request)
+        rows = await self.store.job_list(pool=pool, state=state, key=key, limit=limit)
         waiting = await self.why.waiting(rows)
         jobs = [JobListed(**JobView.from_row(r).model_dump(), blocked_by=waiting.get(r["id"])) for r in rows]
         return json_response(JobList(jobs=jobs))
@@ -283,9 +293,7 @@ class Api(Service):
 
     async def take_job(self, request: web.Request) -> web.Response:
         """`POST /v1/jobs/{id}/take?token=T[&wait=S]`: the runner holding the job, once one does."""
-        wait_s = query_wait(request, MAX_WAIT_S)
-        if isinstance(wait_s, web.Response):
-            return wait_s
+        wait_s = params.WAIT.parse(request)
         row = await self._job_or_404(request)
         if isinstance(row, web.Response):
             return row
@@ -330,11 +338,9 @@ class Api(Service):
 
     async def list_rejections(self, request: web.Request) -> web.Response:
         """What the JetStream door refused, newest first (its producers had nobody to answer them)."""
-        limit = query_limit(request)
-        if isinstance(limit, web.Response):
-            return limit
-        rows = await self.store.rejection_list(reason=request.query.get("reason"), limit=limit)
-        return json_response({"rejections": rows})
+        reason, limit = params.REASON.parse(request), params.LIMIT.parse(request)
+        rows = await self.store.rejection_list(reason=reason, limit=limit)
+        return json_response(RejectionList.model_validate({"rejections": rows}))
 
     async def queue_depth(self, request: web.Request) -> web.Response:
         return json_response(QueueDepth(pools=[PoolDepth(**row) for row in await self.store.pool_depth_list()]))
@@ -349,20 +355,20 @@ class Api(Service):
         term = await self.store.dispatch_epoch_get(shard) or {}
         lease = await read_lease(self.bus, shard)
         return json_response(
-            {
-                "shard": shard,
-                "holder": term.get("holder"),
-                "epoch": term.get("epoch"),
-                "since": term["since"].isoformat() if term else None,
-                "lease": {"holder": lease.holder, "revision": lease.revision} if lease else None,
-            }
+            LeaderView(
+                shard=shard,
+                holder=term.get("holder"),
+                epoch=term.get("epoch"),
+                since=term.get("since"),
+                lease=LeaseView(holder=lease.holder, revision=lease.revision) if lease else None,
+            )
         )
 
     async def get_stats(self, request: web.Request) -> web.Response:
         """Each pool's queue right now (queued, in flight, free slots, oldest wait) and runners by
         state: what the dashboard shows beside the pools' configuration."""
         pools, runners = await self.store.metrics_snapshot()
-        return json_response({"pools": pools, "runners": runners})
+        return json_response(Stats.model_validate({"pools": pools, "runners": runners}))
 
     async def get_metrics(self, request: web.Request) -> web.Response:
         await self.queue.refresh()

@@ -30,13 +30,13 @@ from aiohttp_sse import sse_response
 from orchestrator.bus.job_logs import Assembly, JobLogs
 from orchestrator.store import Store
 from schemas.jobs import JobState
+from services.api.params import FOLLOW, FOLLOWING, OFFSET
 from services.api.responses import error_response
 from services.api.take import Waiters
 
 CHECK_EVERY_S = 5.0
 REREAD_AFTER_S = 0.05
-TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
-OFFSET = re.compile(r"[0-9]{1,18}")
+LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")
 
 
 def _final(job: dict[str, Any] | None) -> bool:
@@ -51,18 +51,17 @@ class JobLogsView:
 
     async def handle(self, request: web.Request, job: dict[str, Any]) -> web.StreamResponse:
         sse = "text/event-stream" in request.headers.get("Accept", "")
-        field, given = "offset", request.query.get("offset", "0")
+        offset, follow = OFFSET.parse(request), FOLLOW.parse(request) in FOLLOWING
         if sse and "Last-Event-ID" in request.headers:
-            field, given = "Last-Event-ID", request.headers["Last-Event-ID"]
-        if not OFFSET.fullmatch(given):
-            return error_response(422, "invalid", f"{field} {given[:40]!r} is not a byte offset (0 or more)", field)
-        follow = request.query.get("follow", "").lower()
-        if follow not in TRUE + FALSE:
-            return error_response(422, "invalid", f"follow {follow[:40]!r} is not true or false", "follow")
+            given = request.headers["Last-Event-ID"]
+            if not LAST_EVENT_ID.fullmatch(given):
+                message = f"Last-Event-ID {given[:40]!r} is not a byte offset (0 or more)"
+                return error_response(422, "invalid", message, "Last-Event-ID")
+            offset = int(given)
         headers = {"Cache-Control": "no-cache"}
         if trace_id := _trace_id(job):
             headers["Orch-Trace-Id"] = trace_id  # the job's trace: its run span links every chunk
-        async with contextlib.aclosing(self._texts(request, job["id"], int(given), follow in TRUE)) as texts:
+        async with contextlib.aclosing(self._texts(request, job["id"], offset, follow)) as texts:
             if sse:
                 return await _events(request, headers, texts)
             response = web.StreamResponse(headers={**headers, "Content-Type": "text/plain; charset=utf-8"})

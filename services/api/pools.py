@@ -14,11 +14,10 @@ from orchestrator.pools import PoolChange, change_pool
 from orchestrator.store import Store
 from schemas.api import PoolChanged
 from schemas.events import error_from_validation
-from schemas.jobs import Name
 from schemas.pools import PoolConfig, PoolView
+from services.api.params import POOL_NAME
 from services.api.responses import error_response, invalid_response, json_response
 
-_pool_name = TypeAdapter(Name)
 _pool_fields = TypeAdapter(dict[str, Any])
 
 
@@ -63,16 +62,12 @@ class PoolViews:
         return self._pool_changed(change, 200)
 
     async def _pool_request(self, request: web.Request) -> tuple[str, dict[str, Any] | web.Response]:
-        name = request.match_info["name"]
-        try:
-            _pool_name.validate_python(name)
-        except ValidationError:
-            message = f"pool name {name!r} must be letters, digits, '_' or '-' (at most 64), starting alphanumeric"
-            return name, error_response(422, "invalid", message, "name")
+        name = POOL_NAME.parse(request)
         try:
             # pydantic's parser, as for every other body: json.loads recurses, and a deeply nested
-            # body would end in a RecursionError (a 500) instead of a 400.
-            return name, _pool_fields.validate_json((await request.read()) or b"{}")
+            # body would end in a RecursionError (a 500) instead of a 400. (A missing body is
+            # refused before this, as for every route with one: routes.py.)
+            return name, _pool_fields.validate_json(await request.read())
         except ValidationError as exc:
             if error_from_validation(exc).code == "malformed":
                 return name, invalid_response(exc)

@@ -3,14 +3,15 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_json
 
 from orchestrator.errors import InvalidInput, OrchestratorError
 from schemas.events import error_from_validation
+from services.api.params import BadParam
 
 # Admission outcomes and error codes -> HTTP status.
 STATUS = {
@@ -38,44 +39,21 @@ def invalid_response(exc: ValidationError) -> web.Response:
 
 
 def json_response(model: BaseModel | dict[str, Any], status: int = 200) -> web.Response:
-    text = model.model_dump_json() if isinstance(model, BaseModel) else json.dumps(model, default=str)
-    return web.Response(text=text, status=status, content_type="application/json")
-
-
-def query_limit(request: web.Request) -> int | web.Response:
-    """`?limit=` (default 100, 1..1000), or the 422 that says what is wrong with it."""
-    try:
-        limit = int(request.query.get("limit", "100"))
-    except ValueError:
-        return error_response(422, "invalid", "limit must be an integer", "limit")
-    if not 1 <= limit <= 1000:
-        return error_response(422, "invalid", "limit must be between 1 and 1000", "limit")
-    return limit
-
-
-def wait_or_why(request: web.Request, most: float) -> float | str:
-    """`?wait=` seconds of long poll (default 0, at most `most`), or what is wrong with it."""
-    raw = request.query.get("wait", "0")
-    try:
-        wait = float(raw)
-    except ValueError:
-        return f"wait must be a number of seconds, not {raw!r}"
-    if not 0 <= wait <= most:  # also refuses nan
-        return f"wait must be between 0 and {most:g} seconds"
-    return wait
-
-
-def query_wait(request: web.Request, most: float) -> float | web.Response:
-    """`?wait=`, or the 422 that says what is wrong with it."""
-    wait = wait_or_why(request, most)
-    return error_response(422, "invalid", wait, "wait") if isinstance(wait, str) else wait
+    """Every JSON answer, written by pydantic's serializer: a model's own, and for a plain dict the
+    same rules (datetimes in ISO 8601, UTC as `Z`, like every model's), so no answer writes a
+    timestamp its own way."""
+    body = model.model_dump_json() if isinstance(model, BaseModel) else to_json(model).decode()
+    return web.Response(text=body, status=status, content_type="application/json")
 
 
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
-    """aiohttp's own errors (404 route, 405, 413 body too large) in the API's error shape."""
+    """aiohttp's own errors (404 route, 405, 413 body too large) and refused parameters in the
+    API's error shape."""
     try:
         return await handler(request)
+    except BadParam as exc:
+        return error_response(422, "invalid", str(exc), exc.name)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -83,7 +61,9 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
         # The 413's text names the limit ("Maximum request body size N exceeded."); the others'
         # text is just "<status>: <reason>".
         message = exc.text if exc.status == 413 and exc.text else exc.reason
-        return error_response(exc.status, code, message)
+        # A 405 says which methods the route has (`Allow`, RFC 9110); a 401's `WWW-Authenticate`.
+        kept = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate", "Retry-After")}
+        return error_response(exc.status, code, message, **kept)
     except InvalidInput as exc:  # a value the schemas let through and Postgres refused
         return error_response(422, exc.code, str(exc))
     except OrchestratorError as exc:

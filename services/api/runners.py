@@ -42,6 +42,6 @@ class RunnerViews:
             return error_response(404, "not_found", f"no runner {runner_id!r}", "id")
         await self.bus.publish(
             self.bus.subjects.runner_taints_changed,
-            RunnerTaintsChanged(runner_id=row["id"], pool=row["pool"], taints=row["taints"]),
+            RunnerTaintsChanged(runner_id=row.id, pool=row.pool, taints=row.taints),
         )
-        return json_response(row)
+        return json_response(RunnerView.from_row(row))

@@ -25,12 +25,11 @@ from orchestrator.tokens import token_matches
 from schemas.api import RunnerView
 from schemas.events import AdmissionResult, error_from_validation
 from schemas.jobs import JobSpec
-from services.api.responses import STATUS, json_response, wait_or_why
-from services.api.take import MAX_WAIT_S, RETRY_AFTER_S, Takes
+from services.api.params import QUALIFIED_REPO, RUN_ID, UNIQUE_ID, WAIT, BadParam
+from services.api.responses import STATUS, json_response
+from services.api.take import RETRY_AFTER_S, Takes
 
 Admit = Callable[[JobSpec], Awaitable[AdmissionResult]]
-PARAMS = ("unique_id", "qualified_repo", "run_id")
-MAX_PARAM_LEN = 256
 
 
 def text_error(status: int, message: str, **headers: str) -> web.Response:
@@ -44,12 +43,10 @@ class ServoDoor:
         self.admit = admit
 
     async def enqueue(self, request: web.Request) -> web.Response:
-        params: dict[str, str] = {}
-        for name in PARAMS:
-            value = request.query.get(name, "")
-            if not value or len(value) > MAX_PARAM_LEN or "\x00" in value:
-                return text_error(422, f"{name} is required: 1 to {MAX_PARAM_LEN} characters")
-            params[name] = value
+        try:
+            params = {p.name: p.parse(request) for p in (UNIQUE_ID, QUALIFIED_REPO, RUN_ID)}
+        except BadParam as exc:  # as text, like every Servo error
+            return text_error(422, str(exc))
         try:
             spec = JobSpec(pool=request.match_info["pool"], payload={"servo": params})
         except ValidationError as exc:
@@ -66,9 +63,10 @@ class ServoDoor:
         return web.Response(text=result.token)
 
     async def take(self, request: web.Request) -> web.Response:
-        wait_s = wait_or_why(request, MAX_WAIT_S)
-        if isinstance(wait_s, str):  # as text, like every Servo error
-            return text_error(422, wait_s)
+        try:
+            wait_s = WAIT.parse(request)
+        except BadParam as exc:
+            return text_error(422, str(exc))
         unique_id = request.match_info["unique_id"]
         live = await self.store.job_list_servo_live(unique_id)
         if not live:

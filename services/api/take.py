@@ -37,8 +37,6 @@ _log = logging.getLogger(__name__)
 
 # How long the first watcher waits for NATS to confirm the news subscription.
 FOLLOW_TIMEOUT_S = 2.0
-# The longest long poll; a client wanting longer polls again.
-MAX_WAIT_S = 120.0
 # What a 503 tells the client to wait before polling again (well inside any abandon_after_s).
 RETRY_AFTER_S = 1
 LIVE = (JobState.queued, JobState.assigned, JobState.running)

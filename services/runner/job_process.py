@@ -129,7 +129,7 @@ async def _command(
             preexec_fn=_dies_with(os.getpid()),
         )
     except OSError as exc:
-        return await _failed(output, f"cannot start {command[0]!r}: {exc.strerror or exc}")
+        return await _failed(output, _cannot_start(command[0], payload.get("cwd"), exc))
     pumps = []
     if output is not None:
         assert job.proc.stdout is not None and job.proc.stderr is not None
@@ -157,6 +157,15 @@ async def _command(
             pump.cancel()
         signal_group(job.proc, signal.SIGKILL)
     return outcome
+
+
+def _cannot_start(program: str, cwd: str | None, exc: OSError) -> str:
+    """Why the command could not start. A missing cwd fails the spawn with the same ENOENT as a
+    missing program, so it is told apart here: the job's reason must name what is missing."""
+    if cwd is not None and not os.path.isdir(cwd):
+        why = "does not exist" if not os.path.exists(cwd) else "is not a directory"
+        return f"cannot start {program!r}: its cwd {cwd!r} {why}"
+    return f"cannot start {program!r}: {exc.strerror or exc}"
 
 
 async def _failed(output: JobOutput | None, reason: str) -> Outcome:

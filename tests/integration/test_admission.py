@@ -156,6 +156,21 @@ async def test_every_decision_is_the_same_through_every_door(door: Door, store: 
     assert len(await store.job_list(pool="cpu", state="queued", key=None, limit=10)) == 2
 
 
+async def test_a_command_that_is_not_a_list_of_strings_is_refused_at_every_door(
+    door: Door, store: Store, bus: Bus
+) -> None:
+    """`payload.command`, when given, is a non-empty list of strings: anything else is refused at
+    the door naming it (a JetStream producer gets a JobRejected), never admitted to fail when it
+    runs. No command at all is a reservation, admitted."""
+    await put_pool(store, bus, "cpu")
+    for command in ("echo hi", [], ["echo", 1], [["echo"]], None, {"argv": ["echo"]}):
+        code, field, job_id, _ = await door(body(pool="cpu", payload={"command": command}))
+        assert (code, field, job_id) == ("invalid", "payload.command", None), command
+    assert await store.job_list(pool=None, state=None, key=None, limit=10) == []
+    for payload in ({"command": ["echo", "hi"]}, {}):
+        assert (await door(body(pool="cpu", payload=payload)))[0] == "admitted", payload
+
+
 async def test_retry_after_follows_the_pools_recent_drain(
     http: aiohttp.ClientSession, store: Store, bus: Bus, settings: Settings
 ) -> None:

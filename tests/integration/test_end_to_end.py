@@ -69,6 +69,21 @@ async def test_exit_code_and_environment_reach_the_job(
     assert (tmp_path / "out.txt").read_text() == "hello http://orchestrator.example -"
 
 
+async def test_a_missing_cwd_fails_the_job_naming_the_cwd(http: aiohttp.ClientSession, tmp_path: Any) -> None:
+    """A cwd that is not there fails the spawn with the same error as a missing program: the
+    job's reason (and its output) must name the cwd, not call the command not found."""
+    gone, a_file = tmp_path / "gone", tmp_path / "file"
+    a_file.write_text("")
+    for cwd, why in ((gone, "does not exist"), (a_file, "is not a directory")):
+        spec = {"pool": "default", "payload": {"command": ["true"], "cwd": str(cwd)}}
+        async with http.post("/v1/jobs", json=spec) as resp:
+            created = await resp.json()
+        job = await finished(http, created["id"])
+        assert (job["state"], job["reason"]) == ("failed", f"cannot start 'true': its cwd {str(cwd)!r} {why}")
+        async with http.get(f"/v1/jobs/{created['id']}/logs") as resp:
+            assert job["reason"] in await resp.text()
+
+
 async def test_timeout_kills_the_command(http: aiohttp.ClientSession) -> None:
     spec = {"pool": "default", "timeout_s": 0.5, "payload": {"command": ["sleep", "30"]}}
     async with http.post("/v1/jobs", json=spec) as resp:

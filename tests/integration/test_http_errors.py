@@ -8,7 +8,12 @@ import aiohttp
 import pytest
 
 from app.runtime import Runtime
+from orchestrator.pools import change_pool
 from orchestrator.store import Store
+from schemas.pools import PoolConfig
+from services.api import Api
+from tests import factories
+from tests.support import call, database_rows
 
 
 @pytest.fixture
@@ -30,6 +35,12 @@ async def post(http: aiohttp.ClientSession, **kwargs: object) -> tuple[int, dict
         ({"json": {"pool": "default", "priority": "high"}}, 422, "invalid", "priority"),
         ({"json": {"pool": "default", "colour": "red"}}, 422, "invalid", "colour"),
         ({"json": {"pool": "default", "timeout_s": -1}}, 422, "invalid", "timeout_s"),
+        ({"json": {"pool": "default", "timeout_s": 0}}, 422, "invalid", "timeout_s"),
+        # JSON types as the document declares them: a string is not a number, nor true an integer.
+        ({"json": {"pool": "default", "priority": "5"}}, 422, "invalid", "priority"),
+        ({"json": {"pool": "default", "max_attempts": True}}, 422, "invalid", "max_attempts"),
+        ({"json": {"pool": "default", "timeout_s": "30"}}, 422, "invalid", "timeout_s"),
+        ({"json": {"pool": "default", "payload": {"command": "echo hi"}}}, 422, "invalid", "payload.command"),
         ({"json": {"pool": "nowhere"}}, 422, "unsatisfiable", "pool"),
         ({"json": {"pool": "default", "labels": ["gpu"]}}, 422, "unsatisfiable", "labels"),
         ({"data": b"x" * 2_000_000}, 413, "too_large", None),
@@ -44,6 +55,35 @@ async def test_bad_submissions_are_refused_and_change_nothing(
     assert body["error"]["field"] == field
     assert body["error"]["message"]
     assert await store.job_list(pool=None, state=None, key=None, limit=10) == []
+
+
+async def test_every_route_that_takes_a_body_refuses_a_request_without_one(front: Runtime, store: Store) -> None:
+    """A PUT with no body used to replace a pool with every default (the default pool lost its
+    labels); now every route whose table row declares a body answers 400 without one, and
+    nothing changes. The routes are read from the route table, so a new one is covered too."""
+    assert front.store is not None and front.bus is not None
+    await change_pool(front.store, front.bus, "default", config=PoolConfig(labels=["linux"], max_concurrent=3))
+    await factories.runner(front.store, "r1", labels=["linux"])
+    [job] = await factories.queue(front.store)
+    api = front.services["api"]
+    assert isinstance(api, Api)
+    ids = {"{id}": str(job), "{name}": "default"}
+    routes = [r for r in api.routes if r.body is not None]
+    assert {r.key for r in routes} >= {("PUT", "/v1/pools/{name}"), ("PUT", "/v1/runners/{id}/taints")}
+    before = await database_rows(store)
+    answers = {}
+    async with aiohttp.ClientSession(base_url=front.http_url) as http:
+        for route in routes:
+            path = route.path.replace("/v1/runners/{id}", "/v1/runners/r1")
+            for placeholder, value in ids.items():
+                path = path.replace(placeholder, value)
+            for sent in ({}, {"data": b""}, {"data": b"  ", "headers": {"Content-Type": "application/json"}}):
+                answers[route.key, repr(sent)] = await call(http, route.method, path, **sent)
+    assert await database_rows(store) == before
+    accepted = {key: answer for key, (status, answer) in answers.items() if status != 400}
+    assert not accepted, accepted
+    for _, answer in answers.values():
+        assert answer["error"]["code"] == "malformed" and "needs a JSON body" in answer["error"]["message"], answer
 
 
 async def test_repeated_key_returns_the_job_and_another_body_conflicts(http: aiohttp.ClientSession) -> None:

@@ -33,11 +33,11 @@ SELECT r.*, (SELECT count(*) FROM jobs j
              WHERE j.runner_id = r.id AND j.state IN ('assigned', 'running')) AS busy
 FROM runners r ORDER BY r.pool, r.created_at;
 
--- An operator sets a runner's taints (the exact set). Returns its pool, NULL if unknown.
+-- An operator sets a runner's taints (the exact set). Returns the runner, none if unknown.
 -- name: runner_set_taints
 UPDATE runners SET taints = ARRAY(SELECT DISTINCT t FROM unnest($2::text[]) AS t ORDER BY t)
 WHERE id = $1
-RETURNING id, pool, taints;
+RETURNING *;
 
 -- Which of these runner ids have registered (a provisioned worker is starting until it has).
 -- name: runner_list_known
