@@ -43,11 +43,13 @@ from schemas.api import (
     LeaderView,
     Ok,
     PoolChanged,
+    PoolDeleted,
     PoolDepth,
     PoolList,
     QueueDepth,
     RunnerList,
     RunnerView,
+    Stats,
     Taken,
 )
 from schemas.events import (
@@ -153,6 +155,9 @@ class Api(Service):
                   {200: PoolChanged, 201: PoolChanged}, (400, 422)),
             Route("PATCH", "/v1/pools/{name}", self.pools.patch_pool, pools, "Change the given fields of a pool",
                   PoolConfig, {200: PoolChanged}, (400, 404, 422)),
+            Route("DELETE", "/v1/pools/{name}", self.pools.delete_pool, pools,
+                  "Delete a pool and its ended jobs; 409 while it has jobs queued, assigned or running, or "
+                  "runners not lost", None, {200: PoolDeleted}, (404, 409)),
             Route("GET", "/v1/queue", self.queue_depth, ANY_ROLE, "Jobs waiting and in flight, per pool", None,
                   {200: QueueDepth}),
             Route("GET", "/v1/rejections", self.list_rejections, OPERATOR, "What the JetStream door refused", None,
@@ -164,7 +169,7 @@ class Api(Service):
                   "Replace a runner's taints", RunnerTaints, {200: RunnerView}, (400, 404, 422)),
             Route("GET", "/v1/leader", self.get_leader, ANY_ROLE, "The dispatcher leader", None, {200: LeaderView}),
             Route("GET", "/v1/stats", self.get_stats, ANY_ROLE, "Queue state per pool and runners by state", None,
-                  {200: None}),
+                  {200: Stats}),
             Route("GET", "/metrics", self.get_metrics, PUBLIC, "Prometheus metrics", None, {200: None}),
             Route("GET", "/", self.dashboard, PUBLIC, "The live dashboard (HTML)", None, {200: None}),
             Route("GET", "/openapi.json", self.get_openapi, PUBLIC, "This document", None, {200: None}),
