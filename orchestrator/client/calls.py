@@ -83,8 +83,10 @@ def get_pool(name: str) -> Call[PoolView]:
     return Call("GET", f"/v1/pools/{_segment(name)}", PoolView)
 
 
-def put_pool(name: str, config: PoolConfig) -> Call[PoolChanged]:
-    return Call("PUT", f"/v1/pools/{_segment(name)}", PoolChanged, body=config.model_dump(mode="json"))
+def put_pool(name: str, config: PoolConfig | Mapping[str, Any]) -> Call[PoolChanged]:
+    """A mapping is sent as given: what it omits takes its default, and the API names a bad field."""
+    body = config.model_dump(mode="json") if isinstance(config, PoolConfig) else dict(config)
+    return Call("PUT", f"/v1/pools/{_segment(name)}", PoolChanged, body=body)
 
 
 def patch_pool(name: str, fields: Mapping[str, Any]) -> Call[PoolChanged]:
