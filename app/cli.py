@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import signal
 import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from app import http_commands as http
 from app.main_loop import run, setup_logging, until_signal
-from orchestrator.client import ApiError
 from orchestrator.errors import OrchestratorError
 from orchestrator.redact import redact_url
 from orchestrator.settings import Settings, default_instance_id
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 # The runtime, the store, the bus and the runner are imported by the commands that use them:
 # importing every service costs most of a second, and the HTTP client commands need none of them.
+# Those (app/http_commands.py) are imported only to run one: the client's aiohttp and answer models
+# cost a quarter of a second that `up`, `serve` and `runner` need not pay.
 
 
 async def _serve(runtime: Runtime, announce: bool) -> int:
@@ -136,12 +138,13 @@ def parser() -> argparse.ArgumentParser:
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print the API's answer as JSON (for programs)")
 
-    def api(name: str, command: http.Command, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+    def api(name: str, command: str, help: str, parent: Any = sub) -> argparse.ArgumentParser:
+        """A command of app/http_commands.py, by its function's name."""
         command_parser: argparse.ArgumentParser = parent.add_parser(name, help=help, parents=[as_json])
         command_parser.set_defaults(api=command)
         return command_parser
 
-    submit = api("submit", http.submit, "submit a job: orchestrator submit [options] -- CMD [ARGS]")
+    submit = api("submit", "submit", "submit a job: orchestrator submit [options] -- CMD [ARGS]")
     submit.add_argument("--pool", default="default")
     submit.add_argument("--label", action="append", default=[])
     submit.add_argument("--priority", type=int, default=0)
@@ -155,19 +158,19 @@ def parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("command", nargs=argparse.REMAINDER)
 
-    jobs = api("jobs", http.jobs, "list jobs, newest first")
+    jobs = api("jobs", "jobs", "list jobs, newest first")
     jobs.add_argument("--pool")
     jobs.add_argument("--state")
     jobs.add_argument("--limit", type=int, default=20)
-    cancel = api("cancel", http.cancel, "cancel jobs: queued ones at once, running ones by their runner")
+    cancel = api("cancel", "cancel", "cancel jobs: queued ones at once, running ones by their runner")
     cancel.add_argument("jobs", nargs="+", metavar="JOB", help="a job's id")
     logs_cmd = sub.add_parser("logs", help="a job's output")
     logs_cmd.add_argument("job", help="the job's id")
     logs_cmd.add_argument("-f", "--follow", action="store_true", help="stream it until the job has ended")
-    logs_cmd.set_defaults(api=http.logs)
-    api("pools", http.pools, "list pools")
+    logs_cmd.set_defaults(api="logs")
+    api("pools", "pools", "list pools")
     pool = sub.add_parser("pool", help="change or delete a pool").add_subparsers(dest="pool_cmd", required=True)
-    pool_set = api("set", http.pool_set, "set the given fields of a pool (creating it if needed)", pool)
+    pool_set = api("set", "pool_set", "set the given fields of a pool (creating it if needed)", pool)
     pool_set.add_argument("name")
     pool_set.add_argument("--max-concurrent", type=int, help="assigned + running at once; negative = unlimited")
     pool_set.add_argument("--max-active", type=int, help="queued + assigned + running; negative = unlimited")
@@ -178,11 +181,11 @@ def parser() -> argparse.ArgumentParser:
     pool_set.add_argument("--provisioner", help="start a one-shot worker per job with it (e.g. local)")
     pool_set.add_argument("--max-workers", type=int, help="live provisioned workers at most; 0 = no cap")
     pool_delete = api(
-        "delete", http.pool_delete, "delete a pool and its ended jobs (refused while jobs or runners use it)", pool
+        "delete", "pool_delete", "delete a pool and its ended jobs (refused while jobs or runners use it)", pool
     )
     pool_delete.add_argument("name")
-    api("runners", http.runners, "list runners")
-    api("status", http.status, "one screen: the dispatcher, each pool's jobs and queue, the runners")
+    api("runners", "runners", "list runners")
+    api("status", "status", "one screen: the dispatcher, each pool's jobs and queue, the runners")
     return p
 
 
@@ -192,13 +195,19 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         setup_logging(settings)
         if hasattr(args, "api"):
-            return http.run(args.api, args, settings)
+            from app import http_commands
+
+            return http_commands.run(getattr(http_commands, args.api), args, settings)
         return args.fn(args, settings)
-    except (OrchestratorError, ApiError, http.UsageError) as exc:
+    except OrchestratorError as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `orchestrator jobs | head`: its reader had what it wanted
+        # stdout's buffer would fail again when flushed at exit: point it at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE  # as a shell reports a writer its reader left
 
 
 if __name__ == "__main__":

@@ -57,7 +57,11 @@ def run(command: Command, args: argparse.Namespace, settings: Settings) -> int:
         async with Client(api_url(settings), token=api_token(settings)) as client:
             return await command(args, client)
 
-    return asyncio.run(go())
+    try:
+        return asyncio.run(go())
+    except (ApiError, UsageError) as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return 2
 
 
 def print_json(raw: Any) -> None:
@@ -92,7 +96,8 @@ async def submit(args: argparse.Namespace, client: Client) -> int:
         print_json(await client.send_json(calls.get_job(ended.id)))
     else:
         how = f"exit code {ended.exit_code}" if ended.exit_code is not None else ended.reason
-        print(f"orchestrator: job {ended.id} {ended.state} ({how})", file=sys.stderr)
+        said = f" ({how})" if how and how != ended.state else ""
+        print(f"orchestrator: job {ended.id} {ended.state}{said}", file=sys.stderr)
     return exit_status(ended)
 
 
