@@ -47,6 +47,16 @@ async def test_a_pool_with_live_jobs_is_kept_and_an_unused_one_deleted(
     assert (status, body["error"]["code"]) == (422, "unsatisfiable")
 
 
+async def test_a_pool_deleted_and_created_again_admits_the_same_jobs(http: aiohttp.ClientSession) -> None:
+    """Admission remembers the shapes it made (a job's pool, labels, tenant): the deletion took
+    the old pool's with it, and the new pool gets its own."""
+    for attempt in range(2):
+        assert (await call(http, "PUT", "/v1/pools/gpu", json={"labels": ["gpu"]}))[0] == 201
+        job = await submit(http, pool="gpu", labels=["gpu"], tenant="t", key=f"k{attempt}")
+        assert (await call(http, "DELETE", f"/v1/jobs/{job['id']}"))[0] == 200
+        assert (await call(http, "DELETE", "/v1/pools/gpu"))[0] == 200
+
+
 async def test_a_pool_with_a_live_runner_is_kept_until_the_runner_is_lost(
     http: aiohttp.ClientSession, store: Store
 ) -> None:
