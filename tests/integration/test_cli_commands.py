@@ -24,7 +24,7 @@ from app.runtime import Runtime
 from schemas.api import BlockedBy, JobDetail
 from tests.support import call, submit
 
-BIN = Path(sys.executable).parent / "orchestrator"
+ROOT = Path(__file__).resolve().parents[2]  # `python -m app.cli` here: the CLI of this tree
 Cli = Callable[..., Awaitable[tuple[int, str, str]]]
 
 
@@ -180,20 +180,25 @@ async def test_submit_wait_tells_on_stderr_why_the_job_waits(front: Runtime, htt
     await call(http, "PUT", "/v1/pools/default", json={})
     env = {**os.environ, "ORCH_URL": front.http_url or ""}
     proc = await asyncio.create_subprocess_exec(
-        str(BIN), "submit", "--wait", "--", "echo", "never", env=env, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        sys.executable, "-m", "app.cli", "submit", "--wait", "--", "echo", "never", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None and proc.stdout is not None
-    async with asyncio.timeout(30):
-        line = (await proc.stderr.readline()).decode()
-    assert line.startswith("orchestrator: job ") and " queued: no dispatcher holds the lease" in line, line
-    job_id = line.split()[2]
-    assert (await call(http, "DELETE", f"/v1/jobs/{job_id}"))[0] == 200
-    async with asyncio.timeout(30):
-        out, rest = await proc.communicate()
+    try:
+        async with asyncio.timeout(30):
+            line = (await proc.stderr.readline()).decode()
+        assert line.startswith("orchestrator: job ") and " queued: no dispatcher holds the lease" in line, line
+        job_id = line.split()[2]
+        assert (await call(http, "DELETE", f"/v1/jobs/{job_id}"))[0] == 200
+        async with asyncio.timeout(30):
+            out, rest = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # failed before its job ended: it would wait for ever
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 1
     assert out == b""
-    assert rest.decode().splitlines()[-1].startswith(f"orchestrator: job {job_id} cancelled")
+    assert rest.decode().splitlines()[-1] == f"orchestrator: job {job_id} cancelled"
 
 
 def test_on_a_terminal_the_progress_line_is_rewritten_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
