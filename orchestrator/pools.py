@@ -17,6 +17,13 @@ the file wins over an earlier PATCH of it. What the file said is kept with the p
 It lives in the core, not in a service, because two callers need it and neither may import a
 service: the runtime applies `ORCH_POOLS_FILE` at start-up, the API applies `PUT`/`PATCH` at
 run time.
+
+A pool is deleted only while nothing uses it: no job queued, assigned or running, no runner
+registered in it that is not lost (a live runner of a deleted pool would be refused at its next
+registration and serve nothing, silently). Its ended jobs go with it: they refer to it. No
+event: services read pools from Postgres, and the dispatcher's wake for a pool that is gone
+finds `unknown_pool`. `default` is no exception: `up` creates it again at its next start, for
+its local runner, and while that runner is alive it is in use like any other pool's.
 """
 
 from __future__ import annotations
@@ -30,8 +37,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator.bus import Bus
-from orchestrator.errors import ConfigurationError, NotFound
+from orchestrator.errors import ConfigurationError, NotFound, OrchestratorError
 from orchestrator.store import Store
+from orchestrator.store.pools import PoolUsage
 from schemas.events import PoolUpdated, error_from_validation
 from schemas.pools import PoolConfig, PoolsFile
 
@@ -86,6 +94,38 @@ async def change_pool(
         PoolUpdated(pool=name, config=config, previous=previous, failed_jobs=failed),
     )
     return PoolChange(row, created=previous is None, changed=True, failed_jobs=failed)
+
+
+class PoolInUse(OrchestratorError):
+    """The pool still has live jobs or live runners (the message says how many)."""
+
+    code = "in_use"
+
+
+async def delete_pool(store: Store, name: str) -> dict[str, Any]:
+    """Delete an unused pool (see the module note): the deleted row, with `deleted_jobs` (its
+    ended jobs, deleted with it). NotFound, or PoolInUse saying what uses it; both change nothing."""
+    deleted = await store.pool_delete(name)
+    if deleted is None:
+        raise NotFound(f"no pool {name!r}")
+    if isinstance(deleted, PoolUsage):
+        raise PoolInUse(_in_use(name, deleted))
+    return deleted
+
+
+def _in_use(name: str, usage: PoolUsage) -> str:
+    held = []
+    if usage.jobs:
+        states = f"{usage.queued} queued, {usage.assigned} assigned, {usage.running} running"
+        held.append(f"{usage.jobs} live job{'s' * (usage.jobs != 1)} ({states}): cancel them or let them end")
+    if usage.runners:
+        n = len(usage.runners)
+        shown = ", ".join(usage.runners[:5]) + (", ..." if n > 5 else "")
+        held.append(
+            f"{n} live runner{'s' * (n != 1)} ({shown}): stop {'them' if n != 1 else 'it'} first "
+            "(a stopped runner counts until it is declared lost, a runner TTL after its last heartbeat)"
+        )
+    return f"pool {name!r} is in use: {'; '.join(held)}"
 
 
 def _merged(current: PoolConfig | None, last_said: dict[str, Any] | None, declared: PoolConfig) -> PoolConfig:

@@ -141,6 +141,12 @@ class PoolChanged(PoolView):
     failed_jobs: int
 
 
+class PoolDeleted(PoolView):
+    """`DELETE /v1/pools/{name}`: the pool as it was, and how many of its ended jobs went with it."""
+
+    deleted_jobs: int = Field(description="ended jobs of the pool, deleted with it")
+
+
 class RunnerList(Model):
     runners: list[RunnerView]
 
@@ -161,31 +167,6 @@ class Rejection(Model):
 
 class RejectionList(Model):
     rejections: list[Rejection]
-
-
-class PoolStats(Model):
-    pool: str
-    max_concurrent: int
-    max_active: int
-    paused: int = Field(description="1 while paused")
-    queued: int
-    in_flight: int
-    free: int = Field(description="slots free for it now: runners' free slots within max_concurrent")
-    oldest_queued_s: float
-
-
-class RunnerCount(Model):
-    pool: str
-    state: str
-    runners: int
-    slots: int
-
-
-class Stats(Model):
-    """`GET /v1/stats`: each pool's queue right now, and runners by pool and state."""
-
-    pools: list[PoolStats]
-    runners: list[RunnerCount]
 
 
 class LeaseView(Model):
@@ -214,6 +195,33 @@ class QueueDepth(Model):
     """`GET /v1/queue`: jobs waiting and in flight, per pool."""
 
     pools: list[PoolDepth]
+
+
+class PoolStats(Model):
+    """One pool's queue right now (`GET /v1/stats`)."""
+
+    pool: str
+    max_concurrent: int
+    max_active: int
+    paused: int = Field(description="1 when paused, else 0 (a gauge's value)")
+    queued: int
+    in_flight: int = Field(description="assigned or running")
+    free: int = Field(description="slots a job could take now: runners' free slots within max_concurrent")
+    oldest_queued_s: float = Field(description="how long the oldest queued job has waited (0: none queued)")
+
+
+class RunnerCount(Model):
+    pool: str
+    state: str
+    runners: int
+    slots: int
+
+
+class Stats(Model):
+    """`GET /v1/stats`: each pool's queue right now, and runners counted by pool and state."""
+
+    pools: list[PoolStats]
+    runners: list[RunnerCount]
 
 
 class Ok(Model):

@@ -1,13 +1,28 @@
 """Pool reads: configuration, free capacity, leader election, fleet demand, queue depth and the
-metrics snapshot (`queries/pools.sql`, `operator.sql`, `metrics.sql`)."""
+metrics snapshot (`queries/pools.sql`, `operator.sql`, `metrics.sql`); and a pool's deletion."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.store.connected import Connected
 from orchestrator.store.queries import Q
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    """What keeps a pool from being deleted: its live jobs, and its runners that are not lost."""
+
+    queued: int
+    assigned: int
+    running: int
+    runners: list[str]
+
+    @property
+    def jobs(self) -> int:
+        return self.queued + self.assigned + self.running
 
 
 class PoolReads(Connected):
@@ -56,3 +71,16 @@ class PoolReads(Connected):
             pools = await conn.fetch(Q["metrics_pools"])
             runners = await conn.fetch(Q["metrics_runners"])
         return [dict(r) for r in pools], [dict(r) for r in runners]
+
+    async def pool_delete(self, name: str) -> dict[str, Any] | PoolUsage | None:
+        """Delete the pool with its ended jobs (the deleted row, with `deleted_jobs`), unless it has
+        live jobs or live runners (what it has: nothing changed). None: no such pool. Admissions
+        into it wait on its admission lock meanwhile, as for a pool change."""
+        async with self.transaction() as conn:
+            await conn.execute(Q["pool_admission_lock"], name)
+            if await conn.fetchval(Q["pool_lock_for_delete"], name) is None:
+                return None
+            usage = PoolUsage(**dict(await conn.fetchrow(Q["pool_usage"], name)))
+            if usage.jobs or usage.runners:
+                return usage
+            return dict(await conn.fetchrow(Q["pool_delete"], name))

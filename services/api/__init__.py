@@ -44,6 +44,7 @@ from schemas.api import (
     LeaseView,
     Ok,
     PoolChanged,
+    PoolDeleted,
     PoolDepth,
     PoolList,
     QueueDepth,
@@ -153,6 +154,9 @@ class Api(Service):
                   {200: PoolChanged, 201: PoolChanged}, (422,), (params.POOL_NAME,)),
             Route("PATCH", "/v1/pools/{name}", self.pools.patch_pool, pools, "Change the given fields of a pool",
                   PoolConfig, {200: PoolChanged}, (404, 422), (params.POOL_NAME,)),
+            Route("DELETE", "/v1/pools/{name}", self.pools.delete_pool, pools,
+                  "Delete a pool and its ended jobs; 409 while it has jobs queued, assigned or running, or "
+                  "runners not lost", None, {200: PoolDeleted}, (404, 409), (params.POOL_NAME,)),
             Route("GET", "/v1/queue", self.queue_depth, ANY_ROLE, "Jobs waiting and in flight, per pool", None,
                   {200: QueueDepth}),
             Route("GET", "/v1/rejections", self.list_rejections, OPERATOR, "What the JetStream door refused", None,

@@ -1,5 +1,6 @@
-"""Pool endpoints: list, read, create or replace (`PUT`), change given fields (`PATCH`). A change
-goes through `orchestrator.pools.change_pool`, the one way a pool changes."""
+"""Pool endpoints: list, read, create or replace (`PUT`), change given fields (`PATCH`), delete. A
+change goes through `orchestrator.pools.change_pool`, the one way a pool changes; a deletion
+through `orchestrator.pools.delete_pool` (only while nothing uses the pool)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from orchestrator.bus import Bus
 from orchestrator.errors import NotFound
-from orchestrator.pools import PoolChange, change_pool
+from orchestrator.pools import PoolChange, PoolInUse, change_pool, delete_pool
 from orchestrator.store import Store
-from schemas.api import PoolChanged
+from schemas.api import PoolChanged, PoolDeleted
 from schemas.events import error_from_validation
 from schemas.pools import PoolConfig, PoolView
 from services.api.params import POOL_NAME
@@ -60,6 +61,17 @@ class PoolViews:
         except NotFound as exc:
             return error_response(404, "not_found", str(exc), "name")
         return self._pool_changed(change, 200)
+
+    async def delete_pool(self, request: web.Request) -> web.Response:
+        """200 with the deleted pool; 404 unknown; 409 while it has live jobs or live runners."""
+        name = request.match_info["name"]
+        try:
+            deleted = await delete_pool(self.store, name)
+        except NotFound as exc:
+            return error_response(404, "not_found", str(exc), "name")
+        except PoolInUse as exc:
+            return error_response(409, exc.code, str(exc), "name")
+        return json_response(PoolDeleted.model_validate({n: deleted[n] for n in PoolDeleted.model_fields}))
 
     async def _pool_request(self, request: web.Request) -> tuple[str, dict[str, Any] | web.Response]:
         name = POOL_NAME.parse(request)

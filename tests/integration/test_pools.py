@@ -224,7 +224,7 @@ async def test_cli_pool_set(
     async def cli(*args: str) -> int:
         return await asyncio.to_thread(main, list(args))  # the CLI blocks; the API runs on this loop
 
-    assert await cli("pool", "set", "gpu", "--max-concurrent", "3", "--labels", "gpu,linux", "--paused") == 0
+    assert await cli("pool", "set", "--json", "gpu", "--max-concurrent", "3", "--labels", "gpu,linux", "--paused") == 0
     printed = json.loads(capsys.readouterr().out)
     assert config_of(printed) == {**DEFAULTS, "max_concurrent": 3, "labels": ["gpu", "linux"], "paused": True}
     assert await cli("pool", "set", "gpu", "--no-paused", "--max-active", "-1", "--allowed-plans", "ci") == 0

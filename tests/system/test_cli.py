@@ -102,7 +102,7 @@ def test_up_submit_stop_restart(data_dir: Path) -> None:
 
     up = Up(data_dir)
     try:
-        listed = json.loads(up.cli("jobs", "--limit", "10").stdout)["jobs"]
+        listed = json.loads(up.cli("jobs", "--json", "--limit", "10").stdout)["jobs"]
         assert job["id"] in {j["id"] for j in listed}
         final = up.cli("submit", "--wait", "--json", "--key", "interrupted", "--", "sh", "-c", script)
         resumed = json.loads(final.stdout)

@@ -4,6 +4,8 @@ inside functions included (a deferred import still closes a circle):
   `app`; a service imports the core, `schemas` and its own modules, never another service nor
   `app`; `app` (the composition root) may import anything.
 - no import circle between any two product modules;
+- the Python client (`orchestrator/client`) imports only itself and `schemas` of the product: a
+  program uses it without loading the server's core;
 - only `orchestrator/bus` talks to NATS and only `orchestrator/store` to Postgres: services get
   typed events, a `Delivery` for the intake, and the bus's and store's own methods.
 Each test names every breach."""
@@ -122,6 +124,24 @@ def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+CLIENT = ROOT / "orchestrator" / "client"
+
+
+def client_may_import(imported: str) -> bool:
+    top = imported.split(".")[0]
+    return top not in LAYERS or top == "schemas" or imported.startswith("orchestrator.client")
+
+
+def test_the_client_imports_only_itself_and_schemas() -> None:
+    breaches = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in sorted(CLIENT.rglob("*.py"))
+        for line, name in imports(path)
+        if not client_may_import(name)
+    ]
+    assert CLIENT.is_dir() and breaches == []
+
+
 def test_no_import_circle() -> None:
     graph = {name: {m for _, m in imports(path) if m in MODULES and m != name} for name, path in MODULES.items()}
     assert _circles(graph) == []
@@ -132,6 +152,7 @@ def test_the_checks_see_a_breach() -> None:
     assert not allowed("orchestrator.provisioning", "app.cli")
     assert not allowed("services.dispatch", "services.runner")
     assert allowed("services.runner.agent", "services.runner.job_process")
+    assert not client_may_import("orchestrator.settings") and client_may_import("orchestrator.client.calls")
     assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 

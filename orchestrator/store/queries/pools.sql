@@ -110,3 +110,28 @@ SELECT p.name, p.provisioner, p.max_workers, p.max_concurrent, p.labels, p.pause
         FROM runners r LEFT JOIN busy b ON b.runner_id = r.id
         WHERE r.pool = $1 AND r.state = 'active') AS free_slots
 FROM pools p WHERE p.name = $1;
+
+-- Deleting a pool: its row locked against every other writer, runner registrations included
+-- (their foreign key needs a share lock on it), until the deletion commits.
+-- name: pool_lock_for_delete
+SELECT name FROM pools WHERE name = $1 FOR UPDATE;
+
+-- What still uses pool $1: its live jobs by state, and its runners that are not lost.
+-- name: pool_usage
+SELECT count(*) FILTER (WHERE j.state = 'queued') AS queued,
+       count(*) FILTER (WHERE j.state = 'assigned') AS assigned,
+       count(*) FILTER (WHERE j.state = 'running') AS running,
+       (SELECT coalesce(array_agg(r.id ORDER BY r.id), '{}') FROM runners r
+        WHERE r.pool = $1 AND r.state <> 'lost') AS runners
+FROM jobs j WHERE j.pool = $1 AND j.state IN ('queued', 'assigned', 'running');
+
+-- Delete pool $1 and what only refers to it: its ended jobs, their shapes, its lost runners and
+-- its provisioner's worker records. One statement: the foreign keys between them (runners and
+-- pools refer to each other) are checked once, at its end.
+-- name: pool_delete
+WITH gone_jobs AS (DELETE FROM jobs WHERE pool = $1 RETURNING 1),
+     gone_shapes AS (DELETE FROM job_shapes WHERE pool = $1),
+     gone_workers AS (DELETE FROM workers WHERE pool = $1),
+     gone_runners AS (DELETE FROM runners WHERE pool = $1)
+DELETE FROM pools WHERE name = $1
+RETURNING *, (SELECT count(*) FROM gone_jobs) AS deleted_jobs;

@@ -53,7 +53,7 @@ from orchestrator.store.transitions.args import (
     Stop,
     refusal,
 )
-from orchestrator.store.transitions.batches import AdmissionTx, PoolChangeTx, ShapeKey, shape_key
+from orchestrator.store.transitions.batches import AdmissionTx, PoolChangeTx, RememberedShape, shape_key
 from orchestrator.store.transitions.journal import Journal, Level
 from schemas.jobs import JobState
 
@@ -94,8 +94,9 @@ class Transitions:
     def __init__(self, store: Store, journal: Journal | None = None) -> None:
         self._store = store
         self._journal = journal or Journal()  # a log line per job per committed edge
-        # Shapes are never deleted or changed, so their ids can be remembered for good.
-        self._shapes: dict[ShapeKey, int] = {}
+        # Shapes never change, and go only with their pool: their ids are remembered for as long as
+        # that pool lives (batches.RememberedShape).
+        self._shapes: dict[RememberedShape, int] = {}
 
     async def _transact(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, one_statement: bool = False) -> T:
         """`work` in one transaction (one statement is one by itself: no BEGIN and COMMIT round

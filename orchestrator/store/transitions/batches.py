@@ -19,6 +19,10 @@ from orchestrator.store.transitions.args import _NEW_JOB_FIELDS, _REJECTION_FIEL
 
 
 ShapeKey = tuple[str, tuple[str, ...], str, tuple[str, ...]]
+# A shape id as remembered: shapes never change and are deleted only with their pool, so an id
+# holds for the life of one incarnation of the pool (its `created_at`). A pool deleted and
+# created again gets new shapes, never the ids the old one had.
+RememberedShape = tuple[datetime, ShapeKey]
 
 
 def shape_key(pool: str, labels: Sequence[str], tenant: str | None, tolerations: Sequence[str] = ()) -> ShapeKey:
@@ -40,13 +44,13 @@ class AdmissionTx:
         conn: asyncpg.Connection,
         pools: dict[str, dict[str, Any]],
         existing: dict[str, Any],
-        shapes: dict[ShapeKey, int],
+        shapes: dict[RememberedShape, int],
     ) -> None:
         self._conn = conn
         self.pools = pools
         self.existing = existing
         self._shapes = shapes
-        self.new_shapes: dict[ShapeKey, int] = {}  # created in this transaction: cached once it commits
+        self.new_shapes: dict[RememberedShape, int] = {}  # created in this transaction: cached once it commits
         self.inserted: list[dict[str, Any]] = []  # the jobs admitted: logged once it commits
 
     async def active(self, pools: Sequence[str]) -> dict[str, int]:
@@ -76,14 +80,15 @@ class AdmissionTx:
 
     async def shape_id(self, job: NewJob) -> int:
         key = shape_key(job.pool, job.labels, job.tenant, job.tolerations)
-        shape_id = self._shapes.get(key) or self.new_shapes.get(key)
+        remembered = (self.pools[job.pool]["created_at"], key)
+        shape_id = self._shapes.get(remembered) or self.new_shapes.get(remembered)
         if shape_id is None:
             # In this transaction: the pool's admission lock already serializes its shape creation.
             args = (key[0], list(key[1]), key[2], list(key[3]))
             shape_id = await self._conn.fetchval(Q["job_shape_insert"], *args) or await self._conn.fetchval(
                 Q["job_shape_get"], *args
             )
-            self.new_shapes[key] = shape_id
+            self.new_shapes[remembered] = shape_id
         return shape_id
 
     async def jobs_by_key(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:

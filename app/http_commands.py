@@ -1,0 +1,322 @@
+"""The commands that talk to a running system through its HTTP API, with the Python client
+(`orchestrator.client`): `submit`, `jobs`, `logs`, `cancel`, `pools`, `pool set|delete`,
+`runners`, `status`.
+
+For people: tables and one-line answers. With `--json`, for programs: the API's answer as it
+sent it, unchanged (`status --json`: its four answers under one object). Errors go to stderr as
+`orchestrator: ...` and the exit status says it: 2 when the command could not be done, 1 when
+`cancel` could not cancel some of its jobs (named), a job's own exit status for `submit --wait`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from app import endpoints, tables
+from app.progress import Progress
+from orchestrator.client import ApiError, Client, calls
+from orchestrator.settings import Settings
+from schemas.api import JobDetail, PoolStats, RunnerCount, RunnerView
+from schemas.events import error_from_validation
+from schemas.jobs import JobSpec, JobState
+from schemas.pools import PoolView
+
+Command = Callable[[argparse.Namespace, Client], Awaitable[int]]
+
+
+def api_url(settings: Settings) -> str:
+    """ORCH_URL, else the endpoints file `up` wrote in the data dir, else ORCH_HTTP_HOST/PORT."""
+    if url := os.environ.get("ORCH_URL"):
+        return url.rstrip("/")
+    found = endpoints.read(settings.data_dir)
+    if found is not None and found.http:
+        return found.http.rstrip("/")
+    return f"http://{settings.http_host}:{settings.http_port}"
+
+
+def api_token(settings: Settings) -> str | None:
+    """ORCH_TOKEN, else this machine's first operator token (the operator may call every route)."""
+    if token := os.environ.get("ORCH_TOKEN"):
+        return token
+    operators = [token for role, token in settings.api_tokens() if role == "operator"]
+    return operators[0] if operators else None
+
+
+def run(command: Command, args: argparse.Namespace, settings: Settings) -> int:
+    async def go() -> int:
+        async with Client(api_url(settings), token=api_token(settings)) as client:
+            return await command(args, client)
+
+    try:
+        return asyncio.run(go())
+    except (ApiError, UsageError) as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return 2
+
+
+def print_json(raw: Any) -> None:
+    print(json.dumps(raw, indent=2))
+
+
+class UsageError(Exception):
+    """The command line asks for something impossible; nothing was sent."""
+
+
+# --- jobs ----------------------------------------------------------------------------------------
+
+
+async def submit(args: argparse.Namespace, client: Client) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError("give the command to run after --, e.g. orchestrator submit -- echo hi")
+    given = {"pool": args.pool, "labels": args.label, "priority": args.priority, "payload": {"command": command}}
+    given |= {"key": args.key} if args.key else {}
+    given |= {"timeout_s": args.timeout} if args.timeout is not None else {}
+    try:
+        spec = JobSpec.model_validate(given)
+    except ValidationError as exc:
+        raise UsageError(error_from_validation(exc).message) from None
+    submitted = calls.submit(spec)
+    created = await client.send_json(submitted)
+    if not args.wait:
+        print_json(created)
+        return 0
+    ended = await _wait(client, submitted.parse(created).id, output=not args.json)
+    if args.json:
+        print_json(await client.send_json(calls.get_job(ended.id)))
+    else:
+        how = f"exit code {ended.exit_code}" if ended.exit_code is not None else ended.reason
+        said = f" ({how})" if how and how != ended.state else ""
+        print(f"orchestrator: job {ended.id} {ended.state}{said}", file=sys.stderr)
+    return exit_status(ended)
+
+
+async def _wait(client: Client, job_id: Any, *, output: bool) -> JobDetail:
+    """Until the job has ended: its waits on stderr (`Progress`), its output (unless not wanted)
+    to stdout as it comes, as `docker run` does."""
+    progress = Progress(sys.stderr)
+
+    async def watch() -> JobDetail:
+        async for job in client.watch(job_id):
+            progress.show(job)
+        return job
+
+    watching = asyncio.create_task(watch())
+    try:
+        if not output:
+            return await watching
+        out = sys.stdout.buffer
+        async for chunk in client.logs(job_id, follow=True):
+            progress.clear()
+            out.write(chunk)
+            out.flush()
+        # The followed output ends with the job: its end is there now, not at the watch's next poll.
+        return await client.wait(job_id)
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+        progress.clear()
+
+
+def exit_status(job: JobDetail) -> int:
+    if job.state == JobState.succeeded:
+        return 0
+    code = job.exit_code
+    if code is None or code == 0:
+        return 1
+    return 128 - code if code < 0 else code  # killed by a signal: 128 + its number, as shells say
+
+
+async def jobs(args: argparse.Namespace, client: Client) -> int:
+    listing = calls.list_jobs(pool=args.pool, state=args.state, limit=args.limit)
+    raw = await client.send_json(listing)
+    if args.json:
+        print_json(raw)
+        return 0
+    rows = [
+        (
+            j.id,
+            j.state,
+            j.pool,
+            tables.age(j.created_at),
+            j.attempt,
+            j.exit_code,
+            tables.command_line(j.payload.get("command")),
+            j.blocked_by.message if j.blocked_by else j.reason,
+        )
+        for j in listing.parse(raw).jobs
+    ]
+    print(tables.table(("id", "state", "pool", "age", "attempt", "exit", "command", "why"), rows))
+    return 0
+
+
+async def logs(args: argparse.Namespace, client: Client) -> int:
+    out = sys.stdout.buffer
+    async for chunk in client.logs(args.job, follow=args.follow):
+        out.write(chunk)
+        out.flush()
+    return 0
+
+
+async def cancel(args: argparse.Namespace, client: Client) -> int:
+    """Each job in turn; those that could not be cancelled are named on stderr (exit status 1).
+    `--json`: the API's answer for each, in order (the job, or the error)."""
+    answers, failed = [], []
+    for job_id in args.jobs:
+        try:
+            raw = await client.send_json(calls.cancel_job(job_id))
+        except ApiError as exc:
+            if exc.status is None:  # the API is not there: nothing more can be cancelled either
+                raise
+            answers.append({"error": {"code": exc.code, "message": exc.message, "field": exc.field}})
+            failed.append(job_id)
+            print(f"orchestrator: job {job_id} not cancelled: {exc.message}", file=sys.stderr)
+            continue
+        answers.append(raw)
+        if not args.json:
+            job = calls.cancel_job(job_id).parse(raw)
+            done = "cancelled" if job.state == JobState.cancelled else "cancel requested: its runner stops it"
+            print(f"job {job.id} {done}")
+    if args.json:
+        print_json(answers)
+    if failed:
+        print(f"orchestrator: {len(failed)} of {len(args.jobs)} not cancelled: {' '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+# --- pools, runners, status ----------------------------------------------------------------------
+
+POOL_COLUMNS = ("name", "labels", "max concurrent", "max active", "mode", "paused", "leader", "provisioner")
+
+
+def _pool_row(p: PoolView) -> tuple[object, ...]:
+    return (
+        p.name,
+        tables.words(p.labels),
+        tables.cap(p.max_concurrent),
+        tables.cap(p.max_active),
+        p.mode,
+        "yes" if p.paused else "no",
+        p.leader_runner_id,
+        p.provisioner,
+    )
+
+
+async def pools(args: argparse.Namespace, client: Client) -> int:
+    listing = calls.list_pools()
+    raw = await client.send_json(listing)
+    if args.json:
+        print_json(raw)
+    else:
+        print(tables.table(POOL_COLUMNS, [_pool_row(p) for p in listing.parse(raw).pools]))
+    return 0
+
+
+def _csv(value: str) -> list[str]:
+    return [item for item in (part.strip() for part in value.split(",")) if item]
+
+
+async def pool_set(args: argparse.Namespace, client: Client) -> int:
+    """Change only the given fields; a pool that does not exist yet is created with them."""
+    fields = {
+        "max_concurrent": args.max_concurrent,
+        "max_active": args.max_active,
+        "labels": None if args.labels is None else _csv(args.labels),
+        "allowed_plans": None if args.allowed_plans is None else _csv(args.allowed_plans),
+        "mode": args.mode,
+        "paused": args.paused,
+        "provisioner": args.provisioner,
+        "max_workers": args.max_workers,
+    }
+    given = {k: v for k, v in fields.items() if v is not None}
+    change = calls.patch_pool(args.name, given)
+    try:
+        raw = await client.send_json(change)
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        change = calls.put_pool(args.name, given)  # create it, with these fields
+        raw = await client.send_json(change)
+    if args.json:
+        print_json(raw)
+        return 0
+    pool = change.parse(raw)
+    print(tables.table(POOL_COLUMNS, [_pool_row(pool)]))
+    if pool.failed_jobs:
+        print(f"{pool.failed_jobs} queued jobs failed: the change left them nothing to run on (unsatisfiable)")
+    return 0
+
+
+async def pool_delete(args: argparse.Namespace, client: Client) -> int:
+    deletion = calls.delete_pool(args.name)
+    raw = await client.send_json(deletion)
+    if args.json:
+        print_json(raw)
+        return 0
+    deleted = deletion.parse(raw)
+    print(f"pool {deleted.name} deleted, with its {deleted.deleted_jobs} ended jobs")
+    return 0
+
+
+RUNNER_COLUMNS = ("id", "pool", "state", "busy", "labels", "taints", "last seen")
+
+
+def _runner_row(r: RunnerView) -> tuple[object, ...]:
+    busy = f"{r.busy if r.busy is not None else '?'}/{r.slots}"
+    return r.id, r.pool, r.state, busy, tables.words(r.labels), tables.words(r.taints), tables.age(r.last_seen_at)
+
+
+async def runners(args: argparse.Namespace, client: Client) -> int:
+    listing = calls.list_runners()
+    raw = await client.send_json(listing)
+    if args.json:
+        print_json(raw)
+    else:
+        print(tables.table(RUNNER_COLUMNS, [_runner_row(r) for r in listing.parse(raw).runners]))
+    return 0
+
+
+async def status(args: argparse.Namespace, client: Client) -> int:
+    """One screen: who dispatches, each pool's jobs in flight against its cap and its queue, and
+    the runners that are not lost."""
+    asked = (calls.get_leader(), calls.get_stats(), calls.list_pools(), calls.list_runners())
+    leader, stats, pools_, runners_ = await asyncio.gather(*(client.send_json(c) for c in asked))
+    if args.json:
+        print_json({"url": client.url, "leader": leader, "stats": stats, **pools_, **runners_})
+        return 0
+    lease = asked[0].parse(leader).lease
+    who = f"dispatcher {lease.holder}" if lease else "no dispatcher holds the lease: nothing is dispatched"
+    print(f"orchestrator at {client.url}: {who}\n")
+    counts = asked[1].parse(stats)
+    print(tables.table(STATUS_POOL_COLUMNS, [_status_row(p, counts.runners) for p in counts.pools]))
+    listed = asked[3].parse(runners_).runners
+    live = [r for r in listed if r.state != "lost"]
+    print()
+    print(tables.table(RUNNER_COLUMNS, [_runner_row(r) for r in live]) if live else "no runners")
+    if lost := len(listed) - len(live):
+        print(f"(and {lost} lost runners: `orchestrator runners` lists them)")
+    return 0
+
+
+STATUS_POOL_COLUMNS = ("pool", "in flight", "queued", "oldest wait", "free slots", "runners", "note")
+
+
+def _status_row(p: PoolStats, counts: list[RunnerCount]) -> tuple[object, ...]:
+    by_state = [f"{c.runners} {c.state}" for c in counts if c.pool == p.pool and c.state != "lost"]
+    return (
+        p.pool,
+        f"{p.in_flight}/{tables.cap(p.max_concurrent)}",
+        p.queued,
+        tables.duration(p.oldest_queued_s) if p.queued else None,
+        p.free,
+        ", ".join(by_state) or "none",
+        "paused" if p.paused else None,
+    )

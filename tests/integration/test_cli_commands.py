@@ -1,0 +1,244 @@
+"""The CLI's commands for people and programs, run as a user would (`app.cli.main` with its
+output captured) against the real api: tables with a header and a row per job, pool and runner;
+`--json` is the API's own answer; `cancel`; `pool delete`; and `submit --wait` telling on stderr
+why its job waits (a real `orchestrator` process there, its stderr a pipe)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from app.cli import main
+from app.progress import CLEAR_LINE, Progress
+from app.runtime import Runtime
+from schemas.api import BlockedBy, JobDetail
+from tests.support import call, submit
+
+ROOT = Path(__file__).resolve().parents[2]  # `python -m app.cli` here: the CLI of this tree
+Cli = Callable[..., Awaitable[tuple[int, str, str]]]
+
+
+def cli_against(runtime: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    monkeypatch.setenv("ORCH_URL", runtime.http_url or "")
+    capsys.readouterr()
+
+    root = logging.getLogger()
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        handlers = root.handlers[:]
+        try:
+            status = await asyncio.to_thread(main, list(args))  # the CLI blocks; the API runs on this loop
+        finally:
+            root.handlers[:] = handlers  # not the CLI's, which write to this call's captured output
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return cli
+
+
+@pytest.fixture
+def cli(system: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return cli_against(system, monkeypatch, capsys)
+
+
+@pytest.fixture
+def front_cli(front: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Against admission and the api only: submitted jobs stay queued."""
+    return cli_against(front, monkeypatch, capsys)
+
+
+def rows(table: str) -> tuple[list[str], list[list[str]]]:
+    """A table's header cells and its rows' cells (cells are split on runs of 2+ spaces)."""
+    lines = table.strip().splitlines()
+    split = [[cell for cell in line.split("  ") if cell] for line in lines]
+    return [c.strip() for c in split[0]], [[c.strip() for c in row] for row in split[1:]]
+
+
+def shown_url(http: aiohttp.ClientSession) -> str:
+    return str(http._base_url).rstrip("/")
+
+
+def without(body: Any, *volatile: str) -> Any:
+    """`body` less the fields that move between two reads (heartbeats, wait clocks)."""
+    if isinstance(body, dict):
+        return {k: without(v, *volatile) for k, v in body.items() if k not in volatile}
+    if isinstance(body, list):
+        return [without(v, *volatile) for v in body]
+    return body
+
+
+async def test_tables_for_people_and_the_apis_json_for_programs(cli: Cli, system_http: aiohttp.ClientSession) -> None:
+    done = await submit(system_http, payload={"command": ["echo", "hi"]})
+    assert (await cli("logs", "-f", done["id"]))[1] == "hi\n"  # followed to its end
+    await call(system_http, "PUT", "/v1/pools/gpu", json={"labels": ["gpu"], "paused": True, "max_concurrent": 2})
+    waiting = await submit(system_http, pool="gpu", payload={"command": ["sh", "-c", "echo a long one"]})
+
+    status, out, _ = await cli("jobs")
+    assert status == 0
+    header, listed = rows(out)
+    assert header == ["ID", "STATE", "POOL", "AGE", "ATTEMPT", "EXIT", "COMMAND", "WHY"]
+    assert [r[:3] for r in listed] == [[waiting["id"], "queued", "gpu"], [done["id"], "succeeded", "default"]]
+    assert listed[0][-2:] == ["sh -c 'echo a long one'", "pool 'gpu' is paused"]
+    assert listed[1][4:7] == ["1", "0", "echo hi"]
+    _, out, _ = await cli("jobs", "--json")
+    assert json.loads(out) == (await call(system_http, "GET", "/v1/jobs?limit=20"))[1]
+
+    _, out, _ = await cli("pools")
+    header, listed = rows(out)
+    assert header[:4] == ["NAME", "LABELS", "MAX CONCURRENT", "MAX ACTIVE"]
+    assert [r[:3] for r in listed] == [["default", "linux,x86_64", "20"], ["gpu", "gpu", "2"]]
+    _, out, _ = await cli("pools", "--json")
+    assert json.loads(out) == (await call(system_http, "GET", "/v1/pools"))[1]
+
+    _, out, _ = await cli("runners")
+    header, listed = rows(out)
+    assert header == ["ID", "POOL", "STATE", "BUSY", "LABELS", "TAINTS", "LAST SEEN"]
+    assert [r[1:5] for r in listed] == [["default", "active", "0/4", "linux,x86_64"]]
+    _, out, _ = await cli("runners", "--json")
+    api_runners = (await call(system_http, "GET", "/v1/runners"))[1]
+    assert without(json.loads(out), "last_seen_at") == without(api_runners, "last_seen_at")
+
+    status, out, _ = await cli("status")
+    assert status == 0
+    first, pools_table, runners_table = out.split("\n\n")
+    leader = (await call(system_http, "GET", "/v1/leader"))[1]
+    assert first == f"orchestrator at {shown_url(system_http)}: dispatcher {leader['lease']['holder']}"
+    header, listed = rows(pools_table)
+    assert header == ["POOL", "IN FLIGHT", "QUEUED", "OLDEST WAIT", "FREE SLOTS", "RUNNERS", "NOTE"]
+    assert listed[0] == ["default", "0/20", "0", "-", "4", "1 active", "-"]
+    assert listed[1][:3] == ["gpu", "0/2", "1"] and listed[1][-2:] == ["none", "paused"]
+    assert rows(runners_table)[1][0][1] == "default"
+    _, out, _ = await cli("status", "--json")
+    shown = json.loads(out)
+    assert shown["url"] == shown_url(system_http)
+    for key, path, volatile in (
+        ("leader", "/v1/leader", ()),
+        ("stats", "/v1/stats", ("oldest_queued_s",)),
+        ("pools", "/v1/pools", ()),
+        ("runners", "/v1/runners", ("last_seen_at",)),
+    ):
+        answer = (await call(system_http, "GET", path))[1]
+        expected = answer if key in ("leader", "stats") else answer[key]
+        assert without(shown[key], *volatile) == without(expected, *volatile), key
+
+
+async def test_cancel_names_what_it_could_not_cancel(front_cli: Cli, http: aiohttp.ClientSession) -> None:
+    await call(http, "PUT", "/v1/pools/default", json={})
+    first, second = [await submit(http, key=f"k{i}") for i in range(2)]
+    status, out, err = await front_cli("cancel", first["id"], "not-a-job", second["id"])
+    assert status == 1
+    assert out.splitlines() == [f"job {first['id']} cancelled", f"job {second['id']} cancelled"]
+    assert "job not-a-job not cancelled: no job 'not-a-job': not a job id" in err
+    assert "1 of 3 not cancelled: not-a-job" in err
+    for job in (first, second):
+        assert (await call(http, "GET", f"/v1/jobs/{job['id']}"))[1]["state"] == "cancelled"
+
+    # --json: the API's answer for each, the error body for the one already ended.
+    third = await submit(http, key="k3")
+    status, out, _ = await front_cli("cancel", "--json", third["id"], first["id"])
+    assert status == 1
+    cancelled, refused = json.loads(out)
+    got = (await call(http, "GET", f"/v1/jobs/{third['id']}"))[1]
+    assert cancelled["state"] == "cancelled" and cancelled == {k: v for k, v in got.items() if k != "blocked_by"}
+    assert (refused["error"]["code"], refused["error"]["field"]) == ("final", "id")
+
+
+async def test_pool_delete(front_cli: Cli, http: aiohttp.ClientSession) -> None:
+    assert (await front_cli("pool", "set", "gpu", "--labels", "gpu"))[0] == 0
+    job = await submit(http, pool="gpu")
+    status, out, err = await front_cli("pool", "delete", "gpu")
+    assert (status, out) == (2, "")
+    assert "409: pool 'gpu' is in use: 1 live job (1 queued, 0 assigned, 0 running)" in err
+    assert (await call(http, "GET", "/v1/pools/gpu"))[0] == 200
+
+    assert (await front_cli("cancel", job["id"]))[0] == 0
+    status, out, _ = await front_cli("pool", "delete", "gpu")
+    assert (status, out) == (0, "pool gpu deleted, with its 1 ended jobs\n")
+    assert (await call(http, "GET", "/v1/pools/gpu"))[0] == 404
+
+    assert (await front_cli("pool", "set", "other"))[0] == 0
+    status, out, _ = await front_cli("pool", "delete", "--json", "other")
+    deleted = json.loads(out)
+    assert (status, deleted["name"], deleted["deleted_jobs"]) == (0, "other", 0)
+    status, _, err = await front_cli("pool", "delete", "other")
+    assert (status, err.strip()) == (2, "orchestrator: 404: no pool 'other'")
+
+
+async def test_submit_wait_tells_on_stderr_why_the_job_waits(front: Runtime, http: aiohttp.ClientSession) -> None:
+    """No dispatcher runs (admission and the api only): the job waits, and says why; stdout
+    stays for the job's output. Cancelled, it ends the command with its state."""
+    await call(http, "PUT", "/v1/pools/default", json={})
+    env = {**os.environ, "ORCH_URL": front.http_url or ""}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app.cli", "submit", "--wait", "--", "echo", "never", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None and proc.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            line = (await proc.stderr.readline()).decode()
+        assert line.startswith("orchestrator: job ") and " queued: no dispatcher holds the lease" in line, line
+        job_id = line.split()[2]
+        assert (await call(http, "DELETE", f"/v1/jobs/{job_id}"))[0] == 200
+        async with asyncio.timeout(30):
+            out, rest = await proc.communicate()
+    finally:
+        if proc.returncode is None:  # failed before its job ended: it would wait for ever
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 1
+    assert out == b""
+    assert rest.decode().splitlines()[-1] == f"orchestrator: job {job_id} cancelled"
+
+
+def test_on_a_terminal_the_progress_line_is_rewritten_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def job(state: str, reason: str | None = None, position: int = 0) -> JobDetail:
+        why = None
+        if reason is not None:
+            why = BlockedBy(
+                reason=reason, message=f"it is {reason}", constraints=[], position=position, competing=3,
+                drained_last_minute=0, estimated_wait_s=None,
+            )  # fmt: skip
+        return JobDetail.model_validate(
+            {
+                "id": "0190c9d2-1111-7000-8000-000000000000", "key": "k", "state": state, "pool": "p", "labels": [],
+                "plan": None, "tenant": None, "priority": 0, "payload": {}, "timeout_s": None, "max_attempts": 3,
+                "abandon_after_s": None, "tolerations": [], "attempt": 0, "runner_id": "r1", "exit_code": None,
+                "reason": None, "created_at": "2026-01-01T00:00:00Z", "assigned_at": None, "started_at": None,
+                "finished_at": None, "blocked_by": why,
+            }
+        )  # fmt: skip
+
+    screen = Terminal()
+    progress = Progress(screen)
+    progress.show(job("queued", "paused", 2))
+    progress.show(job("queued", "paused", 2))  # no change: nothing written
+    progress.show(job("assigned"))
+    progress.show(job("running"))
+    prefix = "orchestrator: job 0190c9d2-1111-7000-8000-000000000000"
+    assert screen.getvalue() == (
+        f"{CLEAR_LINE}{prefix} queued: it is paused (2 of 3 competing go first)"
+        f"{CLEAR_LINE}{prefix} assigned to runner r1: starting"
+        f"{CLEAR_LINE}"
+    )
+    assert "\n" not in screen.getvalue()
+
+    monkeypatch.setenv("COLUMNS", "40")  # never wider than the terminal: a wrapped line stays on screen
+    progress.show(job("queued", "paused", 1))
+    assert screen.getvalue().endswith(CLEAR_LINE + prefix[:39])
