@@ -46,6 +46,8 @@ FINAL_STATES = frozenset(
 # How an attempt can end without ending its job, when the job's retry policy says so: its runner
 # was lost (or let it go), its command failed, or it ran past `timeout_s`.
 RetryOutcome = Literal["lost", "failed", "timed_out"]
+# How an attempt ended: a final state, or its runner lost.
+AttemptOutcome = Literal["succeeded", "failed", "timed_out", "cancelled", "expired", "lost"]
 _MAX_BACKOFF_S = 24 * 3600.0
 
 
@@ -102,6 +104,26 @@ class JobSpec(Model):
         data["labels"] = sorted(set(data["labels"]))
         data["tolerations"] = sorted(set(data["tolerations"]))
         return data
+
+
+class Attempt(Model):
+    """One attempt of a job: the runner it ran on, when, and how it ended (`outcome` null while it runs)."""
+
+    attempt: int
+    runner_id: str | None
+    started_at: datetime | None
+    ended_at: datetime | None = None
+    outcome: AttemptOutcome | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+def attempts_of(row: Any) -> list[Attempt]:
+    """A stored job's attempts: those ended (its `attempts` history), then the one running."""
+    attempts = [Attempt.model_validate(a) for a in row["attempts"] or ()]
+    if row["state"] == JobState.running:
+        attempts.append(Attempt(attempt=row["attempt"], runner_id=row["runner_id"], started_at=row["started_at"]))
+    return attempts
 
 
 class JobView(Model):
