@@ -12,7 +12,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from schemas.base import Body, Integer, Model
 from schemas.events import ErrorDetail
-from schemas.jobs import JobState, JobView
+from schemas.jobs import Attempt, JobState, JobView, RetryPolicy, attempts_of
 from schemas.pools import PoolView
 
 
@@ -67,9 +67,17 @@ class BlockedBy(Model):
 
 
 class JobDetail(JobView):
-    """`GET /v1/jobs/{id}`: the job, and while it waits why (`blocked_by`)."""
+    """`GET /v1/jobs/{id}`: the job, its retry policy and attempts, and while it waits why (`blocked_by`)."""
 
     blocked_by: BlockedBy | None = None
+    retry: RetryPolicy = Field(description="the retry policy in force (the default when the spec gave none)")
+    attempts: list[Attempt] = Field(description="every attempt started, oldest first; the running one has no outcome")
+
+    @classmethod
+    def of(cls, row: Any, blocked_by: BlockedBy | None) -> JobDetail:
+        """From a stored job row (its `retry` None: the default policy)."""
+        view = JobView.from_row(row).model_dump()
+        return cls(**view, blocked_by=blocked_by, retry=row["retry"] or RetryPolicy(), attempts=attempts_of(row))
 
 
 class JobCreated(JobView):

@@ -91,8 +91,9 @@ class JobFinished(Envelope):
 
 class JobRequeued(Envelope):
     """A job went back to the queue without ending: a hand-off not acknowledged or never started
-    (`handoff_failed`, `not_started`: not an attempt), or its runner was lost while attempts
-    remain (`runner_lost`). `runner_id` is the runner it left."""
+    (`handoff_failed`, `not_started`: not an attempt), its runner was lost while attempts
+    remain (`runner_lost`), or an attempt ended in a way its retry policy retries (`failed`,
+    `timed_out`). `runner_id` is the runner it left."""
 
     type: Literal["JobRequeued"] = "JobRequeued"
     job_id: UUID

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import ConfigDict, Field, StringConstraints, ValidationError, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic import (
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+    field_validator,
+)
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
@@ -69,6 +78,44 @@ FINAL_STATES = frozenset(
 )
 
 
+# How an attempt can end without ending its job, when the job's retry policy says so: its runner
+# was lost (or let it go), its command failed, or it ran past `timeout_s`.
+RetryOutcome = Literal["lost", "failed", "timed_out"]
+# How an attempt ended: a final state, or its runner lost.
+AttemptOutcome = Literal["succeeded", "failed", "timed_out", "cancelled", "expired", "lost"]
+_MAX_BACKOFF_S = 24 * 3600.0
+
+
+class RetryPolicy(Body):
+    """Which ends of an attempt start another, and when (`retry` on the job spec). An attempt
+    that ends `on` one of these outcomes is retried while the job has attempts left
+    (`max_attempts` counts them all); the job goes back to the queue, not claimable before
+    `backoff_s * 2^(n-1)` seconds (n: the attempt that ended), at most `max_backoff_s`, less a
+    random share of up to `jitter` of it (0.2: 80 to 100 % of the delay), so that jobs failing
+    together do not all come back together. The defaults are the behaviour before this policy
+    existed: only a lost runner's attempt is retried, after 1 s, 2 s, 4 s ... 60 s."""
+
+    on: list[RetryOutcome] = Field(
+        default_factory=lambda: ["lost"], max_length=3, description="outcomes retried: lost, failed, timed_out"
+    )
+    backoff_s: float = Field(default=1.0, ge=0, le=_MAX_BACKOFF_S, description="the delay after the first attempt")
+    max_backoff_s: float = Field(default=60.0, ge=0, le=_MAX_BACKOFF_S, description="the longest delay")
+    jitter: float = Field(default=0.0, ge=0, le=1, description="the share of a delay taken off at random")
+
+    @field_validator("on")
+    @classmethod
+    def _distinct(cls, on: list[str]) -> list[str]:
+        return sorted(set(on))
+
+    @field_validator("max_backoff_s")
+    @classmethod
+    def _not_below_backoff(cls, value: float, info: ValidationInfo) -> float:
+        backoff = info.data.get("backoff_s")  # absent when it was invalid itself
+        if backoff is not None and value < backoff:
+            raise ValueError(f"max_backoff_s ({value:g}) is less than backoff_s ({backoff:g}): raise it")
+        return value
+
+
 class JobSpec(Body):
     pool: Name
     labels: list[Label] = Field(default_factory=list, max_length=64)
@@ -82,13 +129,36 @@ class JobSpec(Body):
     abandon_after_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     # Taints this job tolerates: a tainted runner takes only jobs tolerating all its taints (seed 002).
     tolerations: list[Label] = Field(default_factory=list, max_length=64)
+    # None: the default policy (RetryPolicy()).
+    retry: RetryPolicy | None = None
 
     def canonical(self) -> dict[str, Any]:
         """The spec as compared for idempotency: same key + same canonical spec = same job."""
-        data = self.model_dump(mode="json", exclude={"key"})
+        # Without a policy, as before `retry` existed: a job stored then compares equal to its repeat.
+        data = self.model_dump(mode="json", exclude={"key"} if self.retry else {"key", "retry"})
         data["labels"] = sorted(set(data["labels"]))
         data["tolerations"] = sorted(set(data["tolerations"]))
         return data
+
+
+class Attempt(Model):
+    """One attempt of a job: the runner it ran on, when, and how it ended (`outcome` null while it runs)."""
+
+    attempt: int
+    runner_id: str | None
+    started_at: datetime | None
+    ended_at: datetime | None = None
+    outcome: AttemptOutcome | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+def attempts_of(row: Any) -> list[Attempt]:
+    """A stored job's attempts: those ended (its `attempts` history), then the one running."""
+    attempts = [Attempt.model_validate(a) for a in row["attempts"] or ()]
+    if row["state"] == JobState.running:
+        attempts.append(Attempt(attempt=row["attempt"], runner_id=row["runner_id"], started_at=row["started_at"]))
+    return attempts
 
 
 class JobView(Model):

@@ -59,6 +59,7 @@ from schemas.events import (
     RunnerTaintsChanged,
     StopOrder,
 )
+from schemas.jobs import JobState
 
 OK = Reply(ok=True)
 M = TypeVar("M", bound=BaseModel)
@@ -182,7 +183,8 @@ class Capacity(Service):
         ended: dict[tuple[str, str], int] = {}
         freed: dict[str, int] = {}
         for job in recorded:
-            ended[(job.pool, job.state)] = ended.get((job.pool, job.state), 0) + 1
+            if job.state != JobState.queued:  # else retried (its retry policy): the job has not ended
+                ended[(job.pool, job.state)] = ended.get((job.pool, job.state), 0) + 1
             freed[job.pool] = freed.get(job.pool, 0) + 1
         await announce_freed(self.bus, freed)  # once per pool per batch, uncounted: the hot path
         for (pool, state), n in ended.items():

@@ -9,6 +9,11 @@ take: the next job or slot comes with a wake); `no_job`, `no_runner`, `at_capaci
 `capacity_unknown` (Postgres unreachable: never dispatch blind), `paused`, `unknown_pool` and
 `failed` stop until the next wake.
 
+A job retried after a backoff (its retry policy) is not claimable before it is due, and nothing
+announces that moment: each step that looked for jobs says when the pool's first deferred job is
+due (`due_in_s`), and a timer per pool (the earliest kept) wakes the pool then. A timer, not a
+poll: a pool without deferred jobs has none.
+
 A step's claim is one statement in the store (lock the pool row, derive in-flight from job rows,
 claim up to the budget), so `max_concurrent` holds with any number of
 dispatchers. Matching visits only the job shapes (pool, labels, tenant) the free runners can take,
@@ -82,6 +87,8 @@ class Dispatch(Service):
         # pools) are recorded in one `acknowledge` transaction.
         self._acks: Batcher[list[Handoff], None] = Batcher(self._acknowledge)
         self._handoffs: set[asyncio.Task[None]] = set()  # in flight, each until its runner answered
+        # Per pool, the wake for its first job waiting out a retry backoff.
+        self._due: dict[str, asyncio.TimerHandle] = {}
 
     async def on_start(self) -> None:
         s = self.bus.subjects
@@ -95,6 +102,9 @@ class Dispatch(Service):
         await self.sweep()
 
     async def on_stop(self) -> None:
+        for timer in self._due.values():
+            timer.cancel()
+        self._due.clear()
         # Steps stop (not running); claimed hand-offs get the stop timeout to finish, so no
         # assignment is left half-made.
         drains = [*self._drains.values(), *self._handoffs]
@@ -132,6 +142,22 @@ class Dispatch(Service):
             self._again.add(pool)
             return
         self._drains[pool] = asyncio.create_task(self._drain(pool), name=f"dispatch.drain.{pool}")
+
+    def _wake_in(self, pool: str, delay_s: float) -> None:
+        """Wake `pool` in `delay_s` seconds (its first deferred job is due then), unless a wake
+        is set for no later: the step it starts sets the next one."""
+        loop = asyncio.get_running_loop()
+        when = loop.time() + max(0.0, delay_s)
+        timer = self._due.get(pool)
+        if timer is not None:
+            if timer.when() <= when:
+                return
+            timer.cancel()
+        self._due[pool] = loop.call_at(when, self._on_due, pool)
+
+    def _on_due(self, pool: str) -> None:
+        self._due.pop(pool, None)
+        self.wake(pool)
 
     async def _drain(self, pool: str) -> None:
         try:
@@ -182,6 +208,8 @@ class Dispatch(Service):
             claim_status = "failed"
         else:
             claim_status = claim.status
+            if claim.due_in_s is not None and self.running:
+                self._wake_in(pool, claim.due_in_s)
             if claim_status == "fenced" and self.leadership is not None and fence is not None:
                 self.leadership.deposed(fence.epoch)
             if claim.in_flight is not None:

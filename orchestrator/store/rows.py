@@ -76,6 +76,8 @@ class Job(Row):
     last_polled_at: datetime | None = None
     unheld_seq: int | None = None
     shape_id: int | None = None
+    retry: dict[str, Any] | None = None  # the retry policy (schemas.jobs.RetryPolicy, as JSON; None: the default)
+    attempts: list[dict[str, Any]] | None = None  # every attempt ended (schemas.jobs.Attempt, as JSON)
     # Not columns: what the transition changed, from RETURNING old.* (PostgreSQL 18).
     previous_runner_id: str | None = None
     acked_now: bool = False

@@ -86,7 +86,10 @@ CREATE TABLE jobs (
     taken_at        timestamptz,                      -- the take client took the runner (latest take): no abandonment since
     acked_at        timestamptz,                      -- the runner acknowledged this assignment
     cancel_requested_at timestamptz,                  -- a cancel its runner has not confirmed yet
-    unheld_seq      bigint                            -- the runner's heartbeat that first lacked it
+    unheld_seq      bigint,                           -- the runner's heartbeat that first lacked it
+    retry           jsonb,                            -- its retry policy (NULL: the default; see job_retry_delay())
+    -- Every attempt that ended, oldest first (migration 0011 says why an array, not a table).
+    attempts        jsonb NOT NULL DEFAULT '[]'
 );
 
 CREATE TABLE dispatch_epochs (
@@ -103,6 +106,8 @@ CREATE INDEX jobs_active_idx ON jobs (pool, state) WHERE state IN ('queued', 'as
 CREATE INDEX jobs_runner_idx ON jobs (runner_id) WHERE state IN ('assigned', 'running');
 -- The server's timeout sweep.
 CREATE INDEX jobs_running_timeout_idx ON jobs (started_at) WHERE state = 'running' AND timeout_s IS NOT NULL;
+-- Queued jobs waiting out a retry backoff: when the first is due (the claim says, for dispatch's timer).
+CREATE INDEX jobs_deferred_idx ON jobs (pool, not_before) WHERE state = 'queued' AND not_before IS NOT NULL;
 
 -- A churning queue fills its partial indexes with dead entries; vacuum it early and often.
 ALTER TABLE jobs SET (
@@ -204,6 +209,29 @@ RETURNS TABLE (id uuid, subject text, body bytea, durable boolean) LANGUAGE sql 
                END::text, 'UTF8'),
            kind <> 'cancel'  -- a cancel notice is core NATS, best effort (heartbeats repeat it)
     WHERE kind <> 'cancel' OR runner IS NOT NULL
+$$;
+
+-- The delay in seconds before the next attempt of a job whose attempt number `attempt` ended with
+-- `outcome` (lost | failed | timed_out), under its retry `policy` (NULL: the default, as
+-- schemas/jobs.py RetryPolicy() has it); NULL when it is not retried: the policy does not retry
+-- that outcome, or no attempt is left. backoff_s doubles per attempt up to max_backoff_s, less a
+-- random share of up to `jitter` of it. Volatile (random()): callers evaluate it once per job.
+CREATE FUNCTION job_retry_delay(policy jsonb, outcome text, attempt integer, max_attempts integer)
+RETURNS double precision LANGUAGE sql VOLATILE AS $$
+    SELECT least((p->>'max_backoff_s')::float8, (p->>'backoff_s')::float8 * power(2::float8, attempt - 1))
+           * (1 - (p->>'jitter')::float8 * random())
+    FROM (SELECT coalesce(policy, '{"on": ["lost"], "backoff_s": 1, "max_backoff_s": 60, "jitter": 0}') AS p) d
+    WHERE attempt < max_attempts AND p->'on' ? outcome
+$$;
+
+-- A job's attempt history with its running attempt (if it is running) ended at `at` as `outcome`.
+CREATE FUNCTION job_attempt_ended(j jobs, outcome text, exit_code integer, reason text, at timestamptz)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN j.state = 'running'
+                THEN j.attempts || jsonb_build_array(jsonb_build_object(
+                    'attempt', j.attempt, 'runner_id', j.runner_id, 'started_at', j.started_at, 'ended_at', at,
+                    'outcome', outcome, 'exit_code', exit_code, 'reason', reason))
+                ELSE j.attempts END
 $$;
 
 -- A dispatch step's claim (edge queued -> assigned) as one statement (issue 19): the fencing check,

@@ -105,6 +105,7 @@ def new_job(key: str | None, spec: JobSpec, token: str, trace_context: dict[str,
         token_hash=token_hash(token),
         trace_context=trace_context,
         tolerations=sorted(set(spec.tolerations)),
+        retry=spec.retry.model_dump(mode="json") if spec.retry else None,
     )
 
 

@@ -266,7 +266,7 @@ class Api(Service):
         if isinstance(row, web.Response):
             return row
         blocked = await self.why.blocked_by(row) if row["state"] == JobState.queued else None
-        return json_response(JobDetail(**JobView.from_row(row).model_dump(), blocked_by=blocked))
+        return json_response(JobDetail.of(row, blocked))
 
     async def get_job_logs(self, request: web.Request) -> web.StreamResponse:
         row = await self._job_or_404(request)

@@ -18,18 +18,18 @@
 -- name: job_insert_many
 WITH admitted AS (
 INSERT INTO jobs AS j (id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s,
-                  max_attempts, abandon_after_s, token_hash, trace_context, tolerations, shape_id)
+                  max_attempts, abandon_after_s, token_hash, trace_context, tolerations, retry, shape_id)
 SELECT r.id, r.key, r.spec, r.pool, ARRAY(SELECT jsonb_array_elements_text(r.labels::jsonb)), r.plan, r.tenant,
        r.priority, r.payload,
        coalesce(r.timeout_s, CASE WHEN NOT r.payload ? 'command'
                                   THEN (SELECT reservation_timeout_s FROM pools WHERE name = r.pool) END),
        r.max_attempts, r.abandon_after_s, r.token_hash, r.trace_context,
-       ARRAY(SELECT jsonb_array_elements_text(r.tolerations::jsonb)), r.shape_id
+       ARRAY(SELECT jsonb_array_elements_text(r.tolerations::jsonb)), r.retry, r.shape_id
 FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[], $8::integer[],
             $9::jsonb[], $10::float8[], $11::integer[], $12::float8[], $13::bytea[], $14::jsonb[], $15::text[],
-            $16::bigint[])
+            $16::jsonb[], $17::bigint[])
      AS r(id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s, max_attempts,
-          abandon_after_s, token_hash, trace_context, tolerations, shape_id)
+          abandon_after_s, token_hash, trace_context, tolerations, retry, shape_id)
 ON CONFLICT (key) DO NOTHING
 RETURNING j AS job, id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, abandon_after_s,
           tolerations, state, attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at
@@ -107,30 +107,56 @@ RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt, old.acked_at 
 )
 SELECT id, pool, state, runner_id, attempt, acked_now FROM changed;
 
--- The end of an attempt, as its runner reports it. Batched like job_start_many.
+-- The end of an attempt, as its runner reports it (only a running one: a late repeat of an
+-- attempt's report must not end the job's next assignment). Batched like job_start_many. An end
+-- the job's retry policy retries (`failed`, `timed_out`; job_retry_delay(), evaluated only for
+-- those and once per job: `retry_s`) while attempts remain, and no cancel is pending, is not the
+-- job's end: it goes back to the queue, claimable after the backoff, with `requeued` news naming
+-- the outcome. Any other end is final (`finished`). Either way the attempt joins the history.
 -- name: job_finish_many
 WITH changed AS (
-UPDATE jobs j SET state = r.state, exit_code = r.exit_code, reason = r.reason, finished_at = clock_timestamp()
-FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[])
-     AS r(id, runner_id, attempt, state, exit_code, reason)
-WHERE j.id = r.id AND j.runner_id = r.runner_id AND j.attempt = r.attempt AND j.state IN ('assigned', 'running')
-RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt, j.exit_code, j.reason
+UPDATE jobs j SET
+    state = CASE WHEN r.retry_s IS NULL OR j.cancel_requested_at IS NOT NULL THEN r.state ELSE 'queued' END,
+    not_before = CASE WHEN j.cancel_requested_at IS NULL THEN c.now + make_interval(secs => r.retry_s) END,
+    exit_code = CASE WHEN r.retry_s IS NULL OR j.cancel_requested_at IS NOT NULL THEN r.exit_code END,
+    reason = CASE WHEN r.retry_s IS NULL OR j.cancel_requested_at IS NOT NULL THEN r.reason END,
+    finished_at = CASE WHEN r.retry_s IS NULL OR j.cancel_requested_at IS NOT NULL THEN c.now END,
+    runner_id = CASE WHEN r.retry_s IS NULL OR j.cancel_requested_at IS NOT NULL THEN j.runner_id END,
+    assigned_at = CASE WHEN r.retry_s IS NULL OR j.cancel_requested_at IS NOT NULL THEN j.assigned_at END,
+    acked_at = CASE WHEN r.retry_s IS NULL OR j.cancel_requested_at IS NOT NULL THEN j.acked_at END,
+    unheld_seq = NULL,
+    attempts = job_attempt_ended(j, r.state, r.exit_code, r.reason, c.now)
+FROM (SELECT r.*, CASE WHEN r.state IN ('failed', 'timed_out')
+                       THEN (SELECT job_retry_delay(p.retry, r.state, r.attempt, p.max_attempts)
+                             FROM jobs p WHERE p.id = r.id) END AS retry_s
+      FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::int[], $6::text[])
+           AS r(id, runner_id, attempt, state, exit_code, reason)) r,
+     (SELECT clock_timestamp() AS now) c
+WHERE j.id = r.id AND j.runner_id = r.runner_id AND j.attempt = r.attempt AND j.state = 'running'
+RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt, old.runner_id AS previous_runner_id,
+          r.state AS outcome
 ), news AS (
     INSERT INTO outbox (id, subject, body, durable)
     SELECT n.* FROM changed c
     CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, c.job) e  -- per row: it names the row
-    CROSS JOIN LATERAL job_news('finished', e.job, e.id, e.at) n
+    CROSS JOIN LATERAL job_news(CASE c.state WHEN 'queued' THEN 'requeued' ELSE 'finished' END, e.job, e.id, e.at,
+                                c.previous_runner_id, c.outcome) n
     ORDER BY (c.job).id
 )
-SELECT id, pool, state, runner_id, attempt, exit_code, reason FROM changed;
+-- For the transition log: the runner the attempt ended on, and what ended it (a requeue's why).
+SELECT id, pool, state, coalesce(runner_id, previous_runner_id) AS runner_id, attempt, reported_exit_code AS exit_code,
+       CASE state WHEN 'queued' THEN outcome ELSE reported_reason END AS reason
+FROM changed;
 
 -- The client of a reservation ends it (POST /v1/jobs/{id}/finish): recorded now; its runner is
 -- then told to let go, and its report of the end, arriving later, finds the job already ended.
 -- name: job_finish_held
 WITH changed AS (
-UPDATE jobs SET state = $2, exit_code = $3, reason = $4, finished_at = clock_timestamp()
+UPDATE jobs j SET state = $2, exit_code = $3, reason = $4, finished_at = c.now,
+                  attempts = job_attempt_ended(j, $2, $3, $4, c.now)
+FROM (SELECT clock_timestamp() AS now) c
 WHERE id = $1 AND state IN ('assigned', 'running')
-RETURNING jobs AS job
+RETURNING j AS job
 ), news AS (
     INSERT INTO outbox (id, subject, body, durable)
     SELECT n.* FROM changed c CROSS JOIN (VALUES (1, 'finished'), (2, 'cancel')) k(i, kind)
@@ -176,28 +202,33 @@ SELECT (c.job).* FROM changed c;
 -- registered again holding $2, or one whose heartbeats show it let them go ($3: the newest of
 -- its heartbeats answered before this one was composed; only jobs a heartbeat marked at or
 -- before it go, see job_mark_unheld). A cancelled job ends `cancelled`; an assigned one goes
--- back to the queue as if never handed off; a running one is an attempt spent, requeued after a
--- backoff (1 s, 2 s, 4 s ... 60 s) while attempts remain, failed with `runner_lost` otherwise.
+-- back to the queue as if never handed off; a running one is an attempt spent (`lost` in its
+-- history), requeued after its backoff if its retry policy retries `lost` (the default) and
+-- attempts remain, failed with `runner_lost` otherwise.
 -- name: job_release_from_runners
 WITH changed AS (
 UPDATE jobs j SET
     state = d.next,
-    not_before = CASE WHEN d.next = 'queued' AND j.state = 'running'
-                      THEN now() + make_interval(secs => least(60, power(2, j.attempt - 1))) END,
+    not_before = c.now + make_interval(secs => d.retry_s),
     reason = CASE d.next WHEN 'queued' THEN j.reason WHEN 'cancelled' THEN 'cancelled' ELSE 'runner_lost' END,
-    finished_at = CASE WHEN d.next = 'queued' THEN NULL ELSE clock_timestamp() END,
+    finished_at = CASE WHEN d.next = 'queued' THEN NULL ELSE c.now END,
     runner_id = CASE WHEN d.next = 'queued' THEN NULL ELSE j.runner_id END,
     assigned_at = CASE WHEN d.next = 'queued' THEN NULL ELSE j.assigned_at END,
     acked_at = CASE WHEN d.next = 'queued' THEN NULL ELSE j.acked_at END,
-    unheld_seq = NULL
-FROM (SELECT id, CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
-                      WHEN state = 'assigned' OR attempt < max_attempts THEN 'queued'
-                      ELSE 'failed' END AS next
-      FROM jobs
-      WHERE runner_id = ANY($1::text[]) AND state IN ('assigned', 'running') AND NOT (id = ANY($2::uuid[]))
-        AND ($3::bigint IS NULL
-             OR (unheld_seq <= $3 AND (state = 'running' OR acked_at IS NOT NULL)))
-      ORDER BY id FOR UPDATE) d
+    unheld_seq = NULL,
+    attempts = job_attempt_ended(j, 'lost', NULL, 'runner_lost', c.now)
+FROM (SELECT id, retry_s, CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                               WHEN state = 'assigned' OR retry_s IS NOT NULL THEN 'queued'
+                               ELSE 'failed' END AS next
+      FROM (SELECT id, state, cancel_requested_at,
+                   CASE WHEN state = 'running' AND cancel_requested_at IS NULL
+                        THEN job_retry_delay(retry, 'lost', attempt, max_attempts) END AS retry_s
+            FROM jobs
+            WHERE runner_id = ANY($1::text[]) AND state IN ('assigned', 'running') AND NOT (id = ANY($2::uuid[]))
+              AND ($3::bigint IS NULL
+                   OR (unheld_seq <= $3 AND (state = 'running' OR acked_at IS NOT NULL)))
+            ORDER BY id FOR UPDATE) locked) d,
+     (SELECT clock_timestamp() AS now) c
 WHERE j.id = d.id
 RETURNING j AS job, old.runner_id AS previous_runner_id
 ), news AS (
@@ -229,18 +260,38 @@ WHERE j.id IS NULL OR j.runner_id IS DISTINCT FROM $1 OR j.state NOT IN ('assign
 
 -- The server's own timeout: a job still running $1 seconds (the runner's kill grace and a
 -- margin for its report) past its timeout_s ends `timed_out` whatever its runner says.
+-- An attempt its job's retry policy retries (`timed_out`) while attempts remain goes back to the
+-- queue after its backoff (`requeued`), as when its runner reports the timeout (job_finish_many);
+-- either way the runner is told to let go.
 -- name: job_time_out
 WITH changed AS (
-UPDATE jobs SET state = 'timed_out', finished_at = clock_timestamp(),
-                reason = format('timed out: running past timeout_s=%s and no end reported', timeout_s)
-WHERE state = 'running' AND timeout_s IS NOT NULL
-  AND started_at < coalesce($2::timestamptz, now()) - make_interval(secs => timeout_s + $1::float8)
-RETURNING jobs AS job
+UPDATE jobs j SET
+    state = CASE WHEN d.retry_s IS NULL THEN 'timed_out' ELSE 'queued' END,
+    not_before = c.now + make_interval(secs => d.retry_s),
+    finished_at = CASE WHEN d.retry_s IS NULL THEN c.now END,
+    reason = CASE WHEN d.retry_s IS NULL THEN d.why END,
+    runner_id = CASE WHEN d.retry_s IS NULL THEN j.runner_id END,
+    assigned_at = CASE WHEN d.retry_s IS NULL THEN j.assigned_at END,
+    acked_at = CASE WHEN d.retry_s IS NULL THEN j.acked_at END,
+    unheld_seq = NULL,
+    attempts = job_attempt_ended(j, 'timed_out', NULL, d.why, c.now)
+FROM (SELECT id, format('timed out: running past timeout_s=%s and no end reported', timeout_s) AS why,
+             CASE WHEN cancel_requested_at IS NULL
+                  THEN job_retry_delay(retry, 'timed_out', attempt, max_attempts) END AS retry_s
+      FROM jobs
+      WHERE state = 'running' AND timeout_s IS NOT NULL
+        AND started_at < coalesce($2::timestamptz, now()) - make_interval(secs => timeout_s + $1::float8)
+      ORDER BY id FOR UPDATE) d,
+     (SELECT clock_timestamp() AS now) c
+WHERE j.id = d.id
+RETURNING j AS job, old.runner_id AS previous_runner_id
 ), news AS (
     INSERT INTO outbox (id, subject, body, durable)
-    SELECT n.* FROM changed c CROSS JOIN (VALUES (1, 'finished'), (2, 'cancel')) k(i, kind)
+    SELECT n.* FROM changed c
+    CROSS JOIN LATERAL (VALUES (1, CASE (c.job).state WHEN 'queued' THEN 'requeued' ELSE 'finished' END), (2, 'cancel'))
+        k(i, kind)
     CROSS JOIN LATERAL (SELECT uuidv7() AS id, clock_timestamp() AS at, c.job, k.kind) e  -- per row: it names the row
-    CROSS JOIN LATERAL job_news(e.kind, e.job, e.id, e.at, (c.job).runner_id) n
+    CROSS JOIN LATERAL job_news(e.kind, e.job, e.id, e.at, c.previous_runner_id, 'timed_out') n
     ORDER BY (c.job).id, k.i
 )
 SELECT (c.job).* FROM changed c;
@@ -264,10 +315,12 @@ SELECT (c.job).* FROM changed c;
 -- the first poll), and has not taken its runner: expired, releasing the slot a runner holds for it.
 -- name: job_expire_abandoned
 WITH changed AS (
-UPDATE jobs SET state = 'expired', reason = 'abandoned', finished_at = clock_timestamp()
+UPDATE jobs j SET state = 'expired', reason = 'abandoned', finished_at = c.now,
+                  attempts = job_attempt_ended(j, 'expired', NULL, 'abandoned', c.now)
+FROM (SELECT clock_timestamp() AS now) c
 WHERE abandon_after_s IS NOT NULL AND taken_at IS NULL AND state IN ('queued', 'assigned', 'running')
   AND coalesce(last_polled_at, created_at) < coalesce($1::timestamptz, now()) - make_interval(secs => abandon_after_s)
-RETURNING jobs AS job
+RETURNING j AS job
 ), news AS (
     INSERT INTO outbox (id, subject, body, durable)
     SELECT n.* FROM changed c CROSS JOIN (VALUES (1, 'expired'), (2, 'finished'), (3, 'cancel')) k(i, kind)
@@ -278,6 +331,12 @@ RETURNING jobs AS job
 SELECT (c.job).* FROM changed c;
 
 -- A dispatch step's claim, one statement (migration 0009's `claim_step`): $1 pool, $2 at most this
--- many jobs, $3 / $4 the leader's shard and epoch (NULL without a lease).
+-- many jobs, $3 / $4 the leader's shard and epoch (NULL without a lease). A step that looked for
+-- jobs also says in how many seconds the pool's first job waiting out a backoff is due
+-- (`due_in_s`, NULL: none): nothing else announces that moment, so dispatch keeps a timer for it.
+-- Read with the statement's snapshot, taken before the claim: the jobs it claimed were due.
 -- name: job_claim_step
-SELECT * FROM claim_step($1, $2, $3, $4);
+SELECT c.*, CASE WHEN c.status IN ('dispatched', 'no_job') THEN (
+           SELECT extract(epoch FROM min(j.not_before) - now())::float8 FROM jobs j
+           WHERE j.pool = $1 AND j.state = 'queued' AND j.not_before > now()) END AS due_in_s
+FROM claim_step($1, $2, $3, $4) c;

@@ -3,6 +3,11 @@
     queued -> assigned -> running -> succeeded | failed | timed_out | cancelled
     queued -> cancelled | expired | failed (unsatisfiable);  assigned | running -> expired
     assigned -> queued (hand-off undone: not an attempt);  running -> queued | failed (runner lost)
+    running -> queued (an attempt's end its job's retry policy retries, attempts left: not an end)
+
+A job's `retry` policy decides which ends of an attempt start another (lost by default; failed,
+timed_out on request) while attempts remain, and after what backoff (job_retry_delay(), in the
+migration that made it); every attempt that ends joins the job's history (`attempts`).
 
 Each edge is one transaction that checks the edge is legal (the query's WHERE: state, runner,
 attempt; the claim also checks the fencing epoch), writes the rows, and writes the edge's
@@ -19,9 +24,10 @@ Events, by edge: admit -> `admitted`; acknowledge (the runner acked the hand-off
 start) -> `assigned`; start -> `started`; every end (finish, finish a reservation, cancel a
 queued job, expire, fail unsatisfiable, a lost runner's last attempt) -> `finished` with the
 final state (and `expired` for an expiry); unassign / requeue unstarted / release with attempts
-left -> `requeued`. A runner holding a job that ended without it (cancelled, expired, finished
-by its client) is told with a `JobCancelRequested` on its cancel subject, written to the outbox
-as core NATS news (best effort: the runner's heartbeats are the durable path).
+left / an end the policy retries -> `requeued` (its reason says why: the outcome, for a retry).
+A runner holding a job that ended without it (cancelled, expired, finished by its client, or
+timed out by the server) is told with a `JobCancelRequested` on its cancel subject, written to
+the outbox as core NATS news (best effort: the runner's heartbeats are the durable path).
 """
 
 from __future__ import annotations
@@ -164,7 +170,8 @@ class Transitions:
         """Edge queued -> assigned: claim up to `limit` jobs of `pool` for runners with free
         slots, never past the pool's `max_concurrent`, in one statement (`claim_step`, migration
         0009). No news yet: the assignment is announced once its runner acknowledges it
-        (`acknowledge`).
+        (`acknowledge`). A job waiting out a retry backoff is not claimed before it is due; the
+        step says when the first one is (`due_in_s`).
 
         With a `fence`, the statement first checks the shard's stored epoch (holding it shared to
         its end, so a successor's new term waits for it): another one means a newer leader was
@@ -174,9 +181,9 @@ class Transitions:
             rows = await conn.fetch(Q["job_claim_step"], pool, limit, shard, epoch)
         first = rows[0]
         if first["status"] != "dispatched":
-            return ClaimStep(first["status"], in_flight=first["in_flight"])
+            return ClaimStep(first["status"], in_flight=first["in_flight"], due_in_s=first["due_in_s"])
         in_flight = None if first["in_flight"] is None else first["in_flight"] + len(rows)
-        return ClaimStep("dispatched", [dict(r) for r in rows], in_flight)
+        return ClaimStep("dispatched", [dict(r) for r in rows], in_flight, first["due_in_s"])
 
     async def acknowledge(self, handoffs: Sequence[Handoff]) -> list[Job]:
         """The runner acked these hand-offs: `assigned` news (once per assignment)."""
@@ -205,8 +212,9 @@ class Transitions:
         return jobs
 
     async def finish_many(self, ends: Sequence[End]) -> list[Job]:
-        """Edge assigned | running -> final, as runners report; the recorded jobs (a report of an
-        attempt already ended, or not this runner's, changes nothing)."""
+        """Edge running -> final, as runners report, or running -> queued for an end the job's
+        retry policy retries; the recorded jobs (a report of an attempt already ended, or not
+        this runner's, changes nothing)."""
         rows = [(e.job_id, e.runner_id, e.attempt, e.state.value, e.exit_code, e.reason) for e in ends]
         return await self._edge("job_finish_many", news.columns(rows, 6))
 
@@ -315,8 +323,9 @@ class Transitions:
         return await self.cancel(job_id)  # it moved between the two edges: decide again
 
     async def time_out(self, margin_s: float, now: datetime | None = None) -> list[Job]:
-        """Edge running -> timed_out, by the server: jobs running `margin_s` (the runner's kill
-        grace and its report's way) past their `timeout_s`; their runners are told to kill them."""
+        """Edge running -> timed_out (or -> queued, when the job's retry policy retries it), by
+        the server: jobs running `margin_s` (the runner's kill grace and its report's way) past
+        their `timeout_s`; their runners are told to kill them."""
         return await self._edge("job_time_out", (margin_s, now))
 
     async def expire_abandoned(self, now: datetime | None = None) -> list[Job]:

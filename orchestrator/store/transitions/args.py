@@ -100,6 +100,7 @@ class NewJob:
     token_hash: bytes | None
     trace_context: dict[str, str]
     tolerations: list[str] = field(default_factory=list)  # sorted, distinct
+    retry: dict[str, Any] | None = None  # the spec's retry policy (None: the default)
 
 
 _NEW_JOB_FIELDS = [f.name for f in fields(NewJob)]
@@ -139,6 +140,9 @@ class ClaimStep:
     assignments: list[dict[str, Any]] = field(default_factory=list)
     # In-flight jobs of the pool once the step committed (None when not counted: unlimited pools).
     in_flight: int | None = None
+    # Seconds until the pool's first job waiting out a retry backoff is due (None: none waits, or
+    # the step did not look for jobs): when to step again, as nothing else will announce it.
+    due_in_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -162,5 +166,9 @@ def refusal(kind: str, report: Start | End, job: Job | None) -> tuple[str, str]:
         return "duplicate", f"job {job.id} attempt {attempt} already started on {runner_id}"
     if kind == "finish" and mine and JobState(job.state).final:
         return "duplicate", f"job {job.id} attempt {attempt} already ended: {job.state}"
+    # Its end already recorded, and the job retried since (queued again, maybe handed out again).
+    ended = next((a for a in job.attempts or () if a["attempt"] == attempt and a["runner_id"] == runner_id), None)
+    if kind == "finish" and ended is not None:
+        return "duplicate", f"job {job.id} attempt {attempt} already ended: {ended['outcome']}"
     held = f"{job.state}, attempt {job.attempt}" + (f" on {job.runner_id}" if job.runner_id else "")
     return "stale", f"job {job.id} attempt {attempt} is not {runner_id}'s to {kind}: it is {held}"

@@ -51,7 +51,7 @@ class Journal:
             # While assigned, `attempt` counts the attempts made; the assignment is the next one.
             fields["attempt"] = job.get("attempt", 0) + (state == "assigned")
         elif verb == "requeued":
-            fields["why"] = why
+            fields["why"] = why or job.get("reason")  # a retried end says its outcome there
         elif verb in ("finished", "cancelled", "expired"):
             fields.update(state=state, exit_code=job.get("exit_code"), reason=job.get("reason"))
         shown = " ".join(f"{name}={value}" for name, value in fields.items() if value is not None)
