@@ -15,7 +15,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -23,8 +23,9 @@ from pydantic import ValidationError
 from app import endpoints, tables
 from app.progress import Progress
 from orchestrator.client import ApiError, Client, calls
+from orchestrator.client.calls import Call
 from orchestrator.settings import Settings
-from schemas.api import JobDetail, PoolStats, RunnerCount, RunnerView
+from schemas.api import JobDetail, JobListed, PoolStats, RunnerCount, RunnerView
 from schemas.events import error_from_validation
 from schemas.jobs import JobSpec, JobState
 from schemas.pools import PoolView
@@ -135,27 +136,33 @@ def exit_status(job: JobDetail) -> int:
     return 128 - code if code < 0 else code  # killed by a signal: 128 + its number, as shells say
 
 
-async def jobs(args: argparse.Namespace, client: Client) -> int:
-    listing = calls.list_jobs(pool=args.pool, state=args.state, limit=args.limit)
-    raw = await client.send_json(listing)
+JOB_COLUMNS = ("id", "state", "pool", "age", "attempt", "exit", "command", "why")
+
+
+def _job_row(j: JobListed) -> tuple[object, ...]:
+    command = tables.command_line(j.payload.get("command"))
+    why = j.blocked_by.message if j.blocked_by else j.reason
+    return j.id, j.state, j.pool, tables.age(j.created_at), j.attempt, j.exit_code, command, why
+
+
+Rows = Callable[[Any], Iterable[tuple[object, ...]]]
+
+
+async def _listing(
+    args: argparse.Namespace, client: Client, call: Call[Any], columns: Sequence[str], rows: Rows
+) -> int:
+    """A listing: the API's answer with --json, else a table of `rows` of the parsed answer."""
+    raw = await client.send_json(call)
     if args.json:
         print_json(raw)
-        return 0
-    rows = [
-        (
-            j.id,
-            j.state,
-            j.pool,
-            tables.age(j.created_at),
-            j.attempt,
-            j.exit_code,
-            tables.command_line(j.payload.get("command")),
-            j.blocked_by.message if j.blocked_by else j.reason,
-        )
-        for j in listing.parse(raw).jobs
-    ]
-    print(tables.table(("id", "state", "pool", "age", "attempt", "exit", "command", "why"), rows))
+    else:
+        print(tables.table(columns, rows(call.parse(raw))))
     return 0
+
+
+async def jobs(args: argparse.Namespace, client: Client) -> int:
+    listing = calls.list_jobs(pool=args.pool, state=args.state, limit=args.limit)
+    return await _listing(args, client, listing, JOB_COLUMNS, lambda answer: map(_job_row, answer.jobs))
 
 
 async def logs(args: argparse.Namespace, client: Client) -> int:
@@ -211,13 +218,7 @@ def _pool_row(p: PoolView) -> tuple[object, ...]:
 
 
 async def pools(args: argparse.Namespace, client: Client) -> int:
-    listing = calls.list_pools()
-    raw = await client.send_json(listing)
-    if args.json:
-        print_json(raw)
-    else:
-        print(tables.table(POOL_COLUMNS, [_pool_row(p) for p in listing.parse(raw).pools]))
-    return 0
+    return await _listing(args, client, calls.list_pools(), POOL_COLUMNS, lambda answer: map(_pool_row, answer.pools))
 
 
 def _csv(value: str) -> list[str]:
@@ -276,12 +277,7 @@ def _runner_row(r: RunnerView) -> tuple[object, ...]:
 
 async def runners(args: argparse.Namespace, client: Client) -> int:
     listing = calls.list_runners()
-    raw = await client.send_json(listing)
-    if args.json:
-        print_json(raw)
-    else:
-        print(tables.table(RUNNER_COLUMNS, [_runner_row(r) for r in listing.parse(raw).runners]))
-    return 0
+    return await _listing(args, client, listing, RUNNER_COLUMNS, lambda answer: map(_runner_row, answer.runners))
 
 
 async def status(args: argparse.Namespace, client: Client) -> int:

@@ -39,8 +39,9 @@ class Call(Generic[A]):
     body: Any = None  # JSON-able
 
     def parse(self, raw: Any) -> A:
-        # Fields this client does not know (a newer server's) are ignored, not an error.
-        return self.answer.model_validate(raw, extra="ignore")
+        # Fields this client does not know (a newer server's) are ignored, not an error; not
+        # strict: an answer's timestamps are JSON strings (a body model is strict for clients).
+        return self.answer.model_validate(raw, extra="ignore", strict=False)
 
 
 def _segment(value: JobId) -> str:

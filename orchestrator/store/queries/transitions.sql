@@ -134,7 +134,7 @@ FROM (SELECT r.*, CASE WHEN r.state IN ('failed', 'timed_out')
      (SELECT clock_timestamp() AS now) c
 WHERE j.id = r.id AND j.runner_id = r.runner_id AND j.attempt = r.attempt AND j.state = 'running'
 RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt, old.runner_id AS previous_runner_id,
-          r.state AS outcome
+          r.state AS outcome, r.exit_code AS reported_exit_code, r.reason AS reported_reason
 ), news AS (
     INSERT INTO outbox (id, subject, body, durable)
     SELECT n.* FROM changed c
