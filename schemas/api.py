@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from schemas.base import Body, Integer, Model
+from schemas.base import Body, Integer32, Model
 from schemas.events import ErrorDetail
 from schemas.jobs import Attempt, JobState, JobView, RetryPolicy, attempts_of
 from schemas.pools import PoolView
@@ -123,7 +123,7 @@ class FinishBody(Body):
             ]
         },
     )
-    exit_code: Integer | None = Field(default=None, ge=-(2**31), le=2**31 - 1, description="0 = succeeded, else failed")
+    exit_code: Integer32 | None = Field(default=None, description="0 = succeeded, else failed")
     outcome: Literal["succeeded", "failed", "cancelled"] | None = None
 
     @model_validator(mode="after")

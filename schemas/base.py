@@ -38,6 +38,9 @@ def _whole(value: Any) -> Any:
 
 # An integer as JSON Schema has it: `5.0` is one (strict pydantic would refuse it), `5.5` is not.
 Integer = Annotated[int, BeforeValidator(_whole)]
+# One that Postgres's `integer` holds. Its bounds come before the validator: after it, pydantic
+# cannot say them in JSON Schema inside a `| None` (they would read `ge`/`le`, which no client knows).
+Integer32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1), BeforeValidator(_whole)]
 
 
 class Envelope(Model):
