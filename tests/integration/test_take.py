@@ -28,7 +28,9 @@ async def take(
 async def release(system_http: aiohttp.ClientSession, store: Store, job_id: str) -> None:
     """Cancel a reservation a runner holds, and wait until it let go (a fast teardown)."""
     async with system_http.delete(f"/v1/jobs/{job_id}") as resp:
-        assert resp.status == 202
+        # 202 once its runner has started it (the runner is told); 200 while the runner has only
+        # acknowledged the hand-off (held, and ended at once): a take can answer in between.
+        assert resp.status in (200, 202)
 
     async def ended() -> bool:
         return await state_of(store, job_id) == "cancelled"
