@@ -14,6 +14,7 @@ from uuid import UUID
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from schemas.ids import uuid7
+from schemas.storable import Int32
 
 
 def utcnow() -> datetime:
@@ -40,7 +41,7 @@ def _whole(value: Any) -> Any:
 Integer = Annotated[int, BeforeValidator(_whole)]
 # One that Postgres's `integer` holds. Its bounds come before the validator: after it, pydantic
 # cannot say them in JSON Schema inside a `| None` (they would read `ge`/`le`, which no client knows).
-Integer32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1), BeforeValidator(_whole)]
+Integer32 = Annotated[Int32, BeforeValidator(_whole)]
 
 
 class Envelope(Model):
