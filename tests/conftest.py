@@ -6,11 +6,14 @@ bus namespace (subjects and streams), so tests never hear one another.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -37,6 +40,33 @@ def root_logger() -> Iterator[logging.Logger]:
     yield root
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+@pytest.fixture
+async def tasks_shown_before_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Where every asyncio task waits, printed 3 s before pytest-timeout fails the test: its own
+    dump shows only threads, and an async test's are all idle in `select`."""
+    timeout = request.config.getoption("timeout", None) or request.config.getini("timeout")
+    marker = request.node.get_closest_marker("timeout")
+    timeout = float(marker.args[0] if marker and marker.args else timeout or 0)
+    if timeout <= 0:
+        yield
+        return
+
+    def show() -> None:
+        print(f"--- asyncio tasks {timeout - 3:g} s into {request.node.nodeid} ---", file=sys.stderr)
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=12, file=sys.stderr)
+
+    timer = asyncio.get_running_loop().call_later(max(1.0, timeout - 3), show)
+    yield
+    timer.cancel()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj):
+            item.fixturenames.insert(0, "tasks_shown_before_timeout")
 
 
 def with_database(dsn: str, database: str) -> str:

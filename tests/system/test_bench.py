@@ -59,7 +59,9 @@ def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
     assert procs["end_to_end_jobs_per_s"] > 0 and procs["fraction_of_one_process"] > 0
     split = procs["cpu_ms_per_job_by_process"]
     assert set(split) == {"capacity", "admission", "dispatch", "api", "bench", "nats", "postgres"}
-    assert all(v > 0 for v in split.values())
+    # /proc counts CPU in 10 ms ticks: in a 500-job run a process with little to do (the api
+    # hands out no job here) may read 0 ticks, never less, and the whole is never 0.
+    assert all(v >= 0 for v in split.values()) and sum(split.values()) > 0
     assert procs["cpu_ms_per_job"] == pytest.approx(sum(split.values()), abs=0.01)
     output = results["job_output"]
     assert output["log_path_mb_per_s"] > 0 and 0 < output["dispatch_with_printers_fraction"] <= 1.5
