@@ -50,7 +50,6 @@ from schemas.events import (
     HeartbeatReply,
     JobFinished,
     JobStarted,
-    PoolLeaderChanged,
     PoolUpdated,
     Reply,
     RunnerDraining,
@@ -241,13 +240,10 @@ class Capacity(Service):
 
     async def elect(self, pool: str | None = None) -> None:
         """Re-elect the leader of `pool` (or of every leader-mode pool) and announce changes."""
-        for change in await self.store.pool_elect_leader(pool):
-            self.log.info("pool %s leader: %s -> %s", change["pool"], change["previous"], change["leader"])
-            await self.bus.publish(
-                self.bus.subjects.pool_leader_changed.at(change["pool"]), PoolLeaderChanged(**change)
-            )
-            if change["leader"] is not None:
-                await self._announce_free({change["pool"]})
+        for change in await self.store.pool_elect_leader(pool):  # announced by the outbox relay
+            self.log.info("pool %s leader: %s -> %s", change.pool, change.previous, change.leader)
+            if change.leader is not None:
+                await self._announce_free({change.pool})
 
     async def _announce_free(self, pools: Iterable[str]) -> None:
         await announce_free(self.store, self.bus, pools)

@@ -7,8 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.bus.subjects import Subjects
 from orchestrator.store.connected import Connected
 from orchestrator.store.queries import Q
+from orchestrator.store.transitions import news
+from orchestrator.store.transitions.news import Outgoing
+from schemas.events import PoolLeaderChanged
 
 
 @dataclass(frozen=True)
@@ -47,10 +51,15 @@ class PoolReads(Connected):
         async with self.connection() as conn:
             return [r["name"] for r in await conn.fetch(Q["pool_list_with_queued"])]
 
-    async def pool_elect_leader(self, pool: str | None = None) -> list[dict[str, Any]]:
-        """Elect leader-mode pools' leaders (`pool`, or all); the changes as {pool, previous, leader}."""
-        async with self.connection() as conn:
-            return [dict(r) for r in await conn.fetch(Q["pool_elect_leader"], pool)]
+    async def pool_elect_leader(self, pool: str | None = None) -> list[PoolLeaderChanged]:
+        """Elect leader-mode pools' leaders (`pool`, or all); the changes, whose news goes to the
+        outbox in the same transaction: it leaves in commit order, so a watcher's last event
+        names the leader Postgres has."""
+        async with self.transaction() as conn:
+            await conn.execute(Q["pool_lock_for_election"], pool)
+            changes = [PoolLeaderChanged(**r) for r in await conn.fetch(Q["pool_elect_leader"], pool)]
+            await news.write(conn, [Outgoing(Subjects.pool_leader_changed.at(c.pool), c, False) for c in changes])
+        return changes
 
     async def pools_provisioned(self) -> list[dict[str, Any]]:
         async with self.connection() as conn:

@@ -6,6 +6,8 @@ that tolerate its taints."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -96,6 +98,9 @@ async def test_tainting_cloud_runners_hands_leadership_to_the_local_runner_and_r
             assert (await run_job(system, store))["runner_id"] == "laptop"
             # (cloud-2 may lead briefly between the two taints.)
             seen = [e.leader for e in leaders.events]
+            # The news left in commit order: each change starts from the leader the one before named.
+            for before, after in itertools.pairwise(leaders.events):
+                assert after.previous == before.leader, leaders.events
             assert seen[0] == "cloud-1" and seen[-3:] == ["laptop", None, "laptop"], seen
             # Every job since the taints ran on the laptop: none went to the cloud, not even while it was away.
             ran = [j["runner_id"] for j in reversed(await store.job_list(pool=POOL, state=None, key=None, limit=10))]
@@ -103,6 +108,30 @@ async def test_tainting_cloud_runners_hands_leadership_to_the_local_runner_and_r
         finally:
             for r in [*cloud, laptop]:
                 await r.stop()
+
+
+async def test_an_election_that_waited_for_another_chooses_from_the_runners_that_one_left(store: Store) -> None:
+    """Two elections of one pool at once (two taints heard together): the one that waits for the
+    other must choose from the runners as the other left them, never from before (it would write
+    the leader it saw untainted: a tainted runner)."""
+    await factories.pool(store, POOL, mode="leader", labels=["linux"])
+    for runner_id in ("cloud-1", "cloud-2", "laptop"):  # registered in this order: cloud-1 is the oldest
+        await factories.runner(store, runner_id, POOL, labels=["linux"])
+    assert [c.leader for c in await store.pool_elect_leader(POOL)] == ["cloud-1"]
+    await store.runner_set_taints("cloud-1", ["cloud"])
+
+    async def waiting_for_a_lock() -> bool:
+        async with store.connection() as conn:
+            waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = $1"
+            return await conn.fetchval(waiting, await conn.fetchval("SELECT current_database()")) > 0
+
+    async with store.transaction() as other:  # the other election, not committed yet: cloud-2 tainted too
+        await other.execute("UPDATE runners SET taints = '{cloud}' WHERE id = 'cloud-2'")
+        await other.execute("UPDATE pools SET leader_runner_id = 'laptop' WHERE name = $1", POOL)
+        racing = asyncio.create_task(store.pool_elect_leader(POOL))
+        await eventually(waiting_for_a_lock, timeout=10, what="the second election to wait for the first")
+    assert await racing == []  # nothing to change: the laptop, the one untainted runner, leads
+    assert (await store.pool_get(POOL))["leader_runner_id"] == "laptop"  # type: ignore[index]
 
 
 async def test_a_tainted_runner_takes_only_jobs_tolerating_its_taints(

@@ -76,6 +76,14 @@ WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.pool = p.name AND j.state = 'queued')
 -- runner without a taint (the oldest, so a newcomer never takes over: no churn). A pool no
 -- longer in leader mode forgets its leader. Returns only the pools whose leader changed; the
 -- row locks serialize concurrent elections, and the re-checked WHERE drops a repeated change.
+-- Elections of one pool take turns: its row locked first, so the election statement after it
+-- reads the runners as they are once the previous one committed (a statement that waited only in
+-- its UPDATE would write the leader it chose from before that commit: a tainted runner).
+-- name: pool_lock_for_election
+SELECT name FROM pools
+WHERE ($1::text IS NULL OR name = $1) AND (mode = 'leader' OR leader_runner_id IS NOT NULL)
+ORDER BY name FOR UPDATE;
+
 -- name: pool_elect_leader
 WITH elected AS (
     SELECT p.name, p.leader_runner_id AS previous,
