@@ -22,7 +22,7 @@ from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres, nats_port
 from orchestrator.errors import ConfigurationError
-from orchestrator.leadership import Leadership
+from orchestrator.leadership import Leaderships
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
 from orchestrator.outbox import OutboxRelay
@@ -40,8 +40,9 @@ from services.runner import Runner
 
 # Start order: those that answer requests before those that make them.
 SERVICES = ("capacity", "admission", "dispatch", "provisioner", "api", "runner")
-# Dispatch and the provisioner always run under the lease: its leader service starts just before
-# them (and stops just after them, releasing the lease for a standby). Every process whose
+# Dispatch and the provisioner always run under the leases of the dispatch shards: their leader
+# service starts just before them (and stops just after them, releasing the leases for standbys).
+# Dispatch follows each pool's shard's lease; the provisioner the first shard's alone. Every process whose
 # services make job transitions runs an outbox relay (one publishes at a time); it starts first
 # and stops last, so what the others committed leaves before the process does.
 _ORDER = ("relay", "capacity", "admission", "leader", "dispatch", "provisioner", "api", "runner")
@@ -99,12 +100,12 @@ class Runtime:
         self.store: Store | None = None
         self.bus: Bus | None = None
         self.services: dict[str, Service] = {}
-        self.leadership = Leadership(settings.dispatch_shard, settings.instance_id)
+        self.leaderships = Leaderships(settings.dispatch_shards, settings.instance_id)
         # One set of counters for the process: every service adds to it; the api serves it (or,
         # without the api, the metrics port).
         self.metrics = Metrics()
         if "dispatch" in services:
-            self.metrics.watch(self.leadership)
+            self.metrics.watch(self.leaderships)
 
     @property
     def _label(self) -> str:
@@ -167,9 +168,9 @@ class Runtime:
         if name == "admission":
             return Admission(s.admission, store, bus, metrics=m)
         if name == "leader":
-            return Leader(s.leader, store, bus, self.leadership)
+            return Leader(s.leader, store, bus, self.leaderships)
         if name == "dispatch":
-            return Dispatch(s.dispatch, s.timings, store, bus, leadership=self.leadership, metrics=m)
+            return Dispatch(s.dispatch, s.timings, store, bus, leaderships=self.leaderships, metrics=m)
         if name == "provisioner":
             return Provisioning(
                 s.provisioner,
@@ -179,11 +180,11 @@ class Runtime:
                 self.provisioners,
                 data_dir=s.data_dir,
                 instance_id=s.instance_id,
-                leadership=self.leadership,
+                leadership=self.leaderships.first,  # one provisioner, whatever the shards
                 metrics=m,
             )
         if name == "api":
-            return Api(s.api, s.http, s.log_limits, store, bus, shard=s.dispatch_shard, metrics=m)
+            return Api(s.api, s.http, s.log_limits, store, bus, metrics=m)
         return self._runner or Runner(
             s.timings,
             s.log_limits,

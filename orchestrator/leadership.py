@@ -1,11 +1,12 @@
-"""Leadership: what one process knows about its own term as a dispatch shard's leader.
+"""Leadership: what one process knows about its own terms as dispatch shards' leader.
 
-The leader service (which holds the lease) writes it; the leader-only services (the dispatcher,
-the provisioner) read it. It is the only thing they share, so none imports another. A term is
-valid until its deadline on this process's monotonic clock: the holder stops dispatching on its
-own once no renewal has succeeded within the lease TTL, even if the renewing task is stuck, and
-the epoch it claims with is checked in Postgres for the case where it does not notice in time
-(paused, partitioned).
+One `Leadership` per shard, gathered in `Leaderships` (every shard the process contends for).
+The leader service (which holds the leases) writes them; the leader-only services (the
+dispatcher, the provisioner) read them. They are the only thing those share, so none imports
+another. A term is valid until its deadline on this process's monotonic clock: the holder stops
+dispatching on its own once no renewal has succeeded within the lease TTL, even if the renewing
+task is stuck, and the epoch it claims with is checked in Postgres for the case where it does
+not notice in time (paused, partitioned).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
+from orchestrator.shards import shard_names
 from orchestrator.store import Fence
 
 if TYPE_CHECKING:
@@ -89,6 +91,40 @@ class Leadership:
                 else:  # a term can also end by its deadline passing, with no event
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(changed.wait(), max(self._deadline - self._clock(), 0.001))
+
+
+class Leaderships:
+    """This process's terms, one per dispatch shard (`shard_names(count)`); its leader service
+    contends for each."""
+
+    def __init__(self, count: int, holder: str, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.count = count
+        self.holder = holder
+        self._by_shard = {shard: Leadership(shard, holder, clock=clock) for shard in shard_names(count)}
+
+    def __iter__(self) -> Iterator[Leadership]:
+        return iter(self._by_shard.values())
+
+    def __getitem__(self, shard: str) -> Leadership:
+        return self._by_shard[shard]
+
+    def get(self, shard: str) -> Leadership | None:
+        return self._by_shard.get(shard)
+
+    @property
+    def shards(self) -> list[str]:
+        return list(self._by_shard)
+
+    @property
+    def first(self) -> Leadership:
+        """Shard 0's ("all" when it is the only one). Leader-only work that is not per pool (the
+        provisioner, requeueing what no runner started) follows this one alone, so it keeps
+        exactly one runner however many shards there are."""
+        return next(iter(self._by_shard.values()))
+
+    def leading(self) -> list[str]:
+        """The shards this process leads now."""
+        return [shard for shard, leadership in self._by_shard.items() if leadership.leading]
 
 
 def leads(leadership: Leadership | None) -> bool:

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from orchestrator.leadership import Leadership
+from orchestrator.leadership import Leaderships
 from orchestrator.store import Store
 
 # The `_created` twin of every counter doubles the series for a timestamp nobody here reads.
@@ -117,22 +117,23 @@ class Metrics:
             self._peaks[pool] = in_flight
             self.in_flight_peak.labels(pool).set(in_flight)
 
-    def watch(self, leadership: Leadership) -> None:
-        """Export whether this process leads its dispatch shard, read when scraped."""
-        self.registry.register(_LeaderCollector(leadership))
+    def watch(self, leaderships: Leaderships) -> None:
+        """Export whether this process leads each dispatch shard, read when scraped."""
+        self.registry.register(_LeaderCollector(leaderships))
 
 
 class _LeaderCollector(Collector):
-    def __init__(self, leadership: Leadership) -> None:
-        self.leadership = leadership
+    def __init__(self, leaderships: Leaderships) -> None:
+        self.leaderships = leaderships
 
     def collect(self) -> Iterator[Metric]:
         g = GaugeMetricFamily(
             "orchestrator_dispatch_leader",
-            "1 while this instance holds its dispatch shard's lease (and dispatches), else 0.",
+            "1 while this instance holds the shard's dispatch lease (and dispatches its pools), else 0.",
             labels=["shard", "instance"],
         )
-        g.add_metric([self.leadership.shard, self.leadership.holder], 1.0 if self.leadership.leading else 0.0)
+        for leadership in self.leaderships:
+            g.add_metric([leadership.shard, leadership.holder], 1.0 if leadership.leading else 0.0)
         yield g
 
 

@@ -182,14 +182,23 @@ class LeaseView(Model):
     revision: int
 
 
-class LeaderView(Model):
-    """The dispatch shard's newest term as recorded in Postgres, and who holds its lease now."""
+class ShardLeader(Model):
+    """A dispatch shard's newest term as recorded in Postgres, who holds its lease now, and how
+    many pools it dispatches."""
 
     shard: str
     holder: str | None
     epoch: int | None
     since: datetime | None
     lease: LeaseView | None = Field(description="null while nobody holds it (e.g. during a failover)")
+    pools: int = Field(description="the pools whose jobs this shard dispatches")
+
+
+class LeaderView(ShardLeader):
+    """Who dispatches. The top-level fields are the first shard's (shard "0", or "all" when there
+    is one shard, as before shards); `shards` lists every shard, the first included."""
+
+    shards: list[ShardLeader]
 
 
 class PoolDepth(Model):

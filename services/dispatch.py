@@ -25,13 +25,18 @@ next heartbeat, and the pool is woken. Hand-offs are pipelined: a drain's next s
 for the acks of the last one (the claim already counts what they hold), so a runner slow to ack
 stalls only its own jobs, not its pool.
 
-Under leader election (`leadership` given: `orchestrator up`, `serve dispatch`) it dispatches
-only while this process holds its shard's lease: every step first asks `Leadership` for the
-current term (which also ends on its own deadline) and claims under that epoch, so a claim by a
-deposed leader is refused in Postgres (`fenced`). On gaining leadership it sweeps every pool at
-once, and requeues assignments a dead predecessor left unstarted. Hand-offs already claimed
-finish when leadership is lost (their claims were valid); no new step starts. Without
-`leadership` (one instance, tests) it always dispatches, unfenced.
+Under leader election (`leaderships` given: `orchestrator up`, `serve dispatch`) it dispatches
+a pool only while this process holds the lease of the pool's dispatch shard: every step first
+asks that shard's `Leadership` for the current term (which also ends on its own deadline) and
+claims under that epoch, so a claim by a deposed leader is refused in Postgres (`fenced`), and
+so is a claim for a pool that has moved to another shard (`wrong_shard`: the pool's shard is
+read again). The pools' shards are read from Postgres (at start, by every sweep, for a pool it
+does not know, and again after `PoolUpdated` or a `wrong_shard`); wakes for pools of shards it
+does not lead are dropped at once. On gaining a shard it sweeps every pool of the shards it
+leads. Leader-only work that is not per pool, requeueing assignments a dead dispatcher left
+unstarted, is done by the holder of the first shard alone (`Leaderships.first`). Hand-offs
+already claimed finish when leadership is lost (their claims were valid); no new step starts.
+Without `leaderships` (one instance, tests) it always dispatches, unfenced.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import OrchestratorError, RequestFailed, StoreUnavailable
-from orchestrator.leadership import Leadership, leads, sweep_on_gain
+from orchestrator.leadership import Leaderships, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
 from orchestrator.settings import DispatchSettings, Timings
@@ -66,7 +71,7 @@ class Dispatch(Service):
         store: Store,
         bus: Bus,
         *,
-        leadership: Leadership | None = None,
+        leaderships: Leaderships | None = None,
         metrics: Metrics | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ):
@@ -76,7 +81,7 @@ class Dispatch(Service):
         self.store = store
         self.bus = bus
         self.clock = clock
-        self.leadership = leadership
+        self.leaderships = leaderships
         self.metrics = metrics or Metrics()
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
@@ -89,16 +94,23 @@ class Dispatch(Service):
         self._handoffs: set[asyncio.Task[None]] = set()  # in flight, each until its runner answered
         # Per pool, the wake for its first job waiting out a retry backoff.
         self._due: dict[str, asyncio.TimerHandle] = {}
+        # Per pool, its dispatch shard as last read from Postgres (under leader election).
+        self._shards: dict[str, str] = {}
 
     async def on_start(self) -> None:
         s = self.bus.subjects
-        for topic in (s.jobs_queued.any(), s.pool_updated.any()):
-            sub = await self.bus.subscribe(topic, self._on_wake)
+        if self.leaderships is not None:
+            self._shards = await self.store.pool_shards()
+        for topic, handler in (
+            (s.jobs_queued.any(), self._on_wake),
+            (s.pool_updated.any(), self._on_pool_updated),
+            (s.slot_available.any(), self._on_slot),
+        ):
+            sub = await self.bus.subscribe(topic, handler)
             self.on_cleanup(sub.unsubscribe)
-        sub = await self.bus.subscribe(s.slot_available.any(), self._on_slot)
-        self.on_cleanup(sub.unsubscribe)
         self.spawn(every(self.timings.sweep_interval_s, self.sweep, self.log, "dispatch sweep"), "sweep")
-        sweep_on_gain(self.leadership, self, self.sweep)
+        for leadership in self.leaderships or ():
+            sweep_on_gain(leadership, self, self.sweep)
         await self.sweep()
 
     async def on_stop(self) -> None:
@@ -116,27 +128,47 @@ class Dispatch(Service):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _on_wake(self, event: JobsQueued | PoolUpdated) -> None:
+    async def _on_wake(self, event: JobsQueued) -> None:
+        self.wake(event.pool)
+
+    async def _on_pool_updated(self, event: PoolUpdated) -> None:
+        self._shards.pop(event.pool, None)  # it may have moved: read again by its next step
         self.wake(event.pool)
 
     async def _on_slot(self, event: SlotAvailable) -> None:
         # Only where a step will follow (and take it back out): a standby must not hoard stale times.
-        if self.running and leads(self.leadership):
+        if self.running and self._leads(event.pool):
             self._slot_freed_at.setdefault(event.pool, event.at.timestamp())
         self.wake(event.pool)
 
+    def _leads(self, pool: str) -> bool:
+        """Whether this process may dispatch `pool` now: it leads the pool's shard (a pool whose
+        shard it has not read yet: any shard; its step reads it)."""
+        if self.leaderships is None:
+            return True
+        shard = self._shards.get(pool)
+        if shard is None:
+            return any(leadership.leading for leadership in self.leaderships)
+        leadership = self.leaderships.get(shard)
+        return leadership is not None and leadership.leading
+
     async def sweep(self) -> None:
-        """Every pool with queued jobs, and the assignments nobody started (Postgres is the truth)."""
-        if not leads(self.leadership):
+        """Every pool with queued jobs of the shards this process leads, and the assignments
+        nobody started (Postgres is the truth)."""
+        if self.leaderships is not None and not self.leaderships.leading():
             return
-        requeued = await self.store.transitions.requeue_unstarted(self.config.assigned_stale_s)
-        if requeued:
-            self.log.warning("requeued %d assignments never started", len(requeued))
-        for pool in await self.store.pools_with_queued():
+        # Not per pool: one runner, the first shard's holder (every shard's would repeat it).
+        if leads(self.leaderships.first if self.leaderships is not None else None):
+            requeued = await self.store.transitions.requeue_unstarted(self.config.assigned_stale_s)
+            if requeued:
+                self.log.warning("requeued %d assignments never started", len(requeued))
+        queued = await self.store.pools_with_queued()
+        self._shards.update(queued)
+        for pool in queued:
             self.wake(pool)
 
     def wake(self, pool: str) -> None:
-        if not self.running or not leads(self.leadership):
+        if not self.running or not self._leads(pool):
             return
         if pool in self._drains:
             self._again.add(pool)
@@ -160,6 +192,7 @@ class Dispatch(Service):
         self.wake(pool)
 
     async def _drain(self, pool: str) -> None:
+        moved = False
         try:
             while self.running:
                 self._again.discard(pool)
@@ -167,7 +200,10 @@ class Dispatch(Service):
                 # A step that claimed less than its limit took all it could: another finds more
                 # only after a change, and every change wakes the pool (`_again`).
                 full = status == "dispatched" and claimed >= self.config.step_limit
-                if full or (pool in self._again and status not in ("not_leader", "fenced")):
+                if full or (pool in self._again and status not in ("not_leader", "fenced", "wrong_shard")):
+                    continue
+                if status == "wrong_shard" and not moved:  # once more, under its shard's term
+                    moved = True
                     continue
                 return
         finally:
@@ -177,8 +213,8 @@ class Dispatch(Service):
 
     async def step(self, pool: str) -> str:
         """Claim and hand off one batch; return the step's status (`not_leader` when this process
-        does not hold the lease, `fenced` when Postgres knows a newer leader) once every runner
-        has answered."""
+        does not hold the lease of the pool's shard, `fenced` when Postgres knows a newer leader,
+        `wrong_shard` when the pool had moved to another shard) once every runner has answered."""
         status, _, handoffs = await self._step(pool)
         await asyncio.gather(*handoffs)
         return status
@@ -189,8 +225,18 @@ class Dispatch(Service):
         handoffs: list[asyncio.Task[None]] = []
         claimed = 0
         fence: Fence | None = None
-        if self.leadership is not None:
-            fence = self.leadership.fence()  # read once: the term may end while this step runs
+        if self.leaderships is not None:
+            try:
+                shard = await self._shard_of(pool)
+            except OrchestratorError as exc:
+                self.log.warning("the dispatch shard of %s could not be read: %s", pool, exc)
+                self._count(pool, "failed")
+                return "failed", claimed, handoffs
+            if shard is None:
+                self._count(pool, "unknown_pool")
+                return "unknown_pool", claimed, handoffs
+            leadership = self.leaderships.get(shard)
+            fence = leadership.fence() if leadership is not None else None  # read once: it may end meanwhile
             if fence is None:
                 self._count(pool, "not_leader")
                 return "not_leader", claimed, handoffs
@@ -210,8 +256,10 @@ class Dispatch(Service):
             claim_status = claim.status
             if claim.due_in_s is not None and self.running:
                 self._wake_in(pool, claim.due_in_s)
-            if claim_status == "fenced" and self.leadership is not None and fence is not None:
-                self.leadership.deposed(fence.epoch)
+            if claim_status == "fenced" and self.leaderships is not None and fence is not None:
+                self.leaderships[fence.shard].deposed(fence.epoch)
+            elif claim_status == "wrong_shard":
+                self._shards.pop(pool, None)  # moved: its next step reads where to
             if claim.in_flight is not None:
                 self.metrics.peak(pool, claim.in_flight)
             claimed = len(claim.assignments)
@@ -221,6 +269,15 @@ class Dispatch(Service):
             handoffs = [self._start_hand_off(pool, runner_id, rows) for runner_id, rows in by_runner.items()]
         self._count(pool, claim_status)
         return claim_status, claimed, handoffs
+
+    async def _shard_of(self, pool: str) -> str | None:
+        """The dispatch shard of `pool` (None: no such pool), read from Postgres when not known."""
+        shard = self._shards.get(pool)
+        if shard is None:
+            shard = (await self.store.pool_shards(pool)).get(pool)
+            if shard is not None:
+                self._shards[pool] = shard
+        return shard
 
     def _start_hand_off(self, pool: str, runner_id: str, rows: list[dict[str, Any]]) -> asyncio.Task[None]:
         task = asyncio.create_task(self._hand_off(pool, runner_id, rows), name=f"dispatch.hand_off.{runner_id}")

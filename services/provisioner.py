@@ -22,7 +22,9 @@ register like any runner and the dispatcher hands each one job, so pull runners 
 one `max_concurrent` budget, enforced by the claim step; `max_active` (admission) is unrelated.
 
 One instance spawns at a time: under leader election it acts only while this process holds the
-dispatch lease, like the dispatcher (two would each count the same fleet and both spawn).
+lease of the first dispatch shard (`Leaderships.first`, shard 0 or "all"), for every pool whatever
+its shard: two would each count the same fleet and both spawn, so with many shards there is
+still exactly one provisioner.
 """
 
 from __future__ import annotations

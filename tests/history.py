@@ -3,7 +3,9 @@ the cap and exactly-once checks read, never a sample of it (a sampler misses wha
 two looks, and reads a count that was never committed together).
 
 `seq` orders the transitions as they happened: a job's are serialized by its row lock, and a claim
-and a finish in one pool by the pool's count.
+and a finish in one pool by the pool's count. A claim (queued -> assigned) records the leader term
+that made it (`claim_epoch`) and the shard its pool was in; every term Postgres issues is recorded
+too (`term_history`), so "one dispatcher per pool at a time" is read from what happened.
 """
 
 from __future__ import annotations
@@ -24,21 +26,37 @@ CREATE TABLE IF NOT EXISTS transition_history (
     old_state   text,
     new_state   text NOT NULL,
     attempt     integer NOT NULL,
-    runner_id   text
+    runner_id   text,
+    claim_epoch bigint,
+    shard       text
+);
+CREATE TABLE IF NOT EXISTS term_history (
+    seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    shard       text NOT NULL,
+    epoch       bigint NOT NULL,
+    holder      text
 );
 CREATE OR REPLACE FUNCTION record_transition() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' OR OLD.state IS DISTINCT FROM NEW.state THEN
-        INSERT INTO transition_history (job_id, pool, old_state, new_state, attempt, runner_id)
+        INSERT INTO transition_history (job_id, pool, old_state, new_state, attempt, runner_id, claim_epoch, shard)
         VALUES (NEW.id, NEW.pool, CASE WHEN TG_OP = 'UPDATE' THEN OLD.state END, NEW.state, NEW.attempt,
-                NEW.runner_id);
+                NEW.runner_id, NEW.claim_epoch, (SELECT p.dispatch_shard FROM pools p WHERE p.name = NEW.pool));
     END IF;
     RETURN NULL;
 END $$;
 CREATE OR REPLACE TRIGGER transition_history AFTER INSERT OR UPDATE ON jobs
     FOR EACH ROW EXECUTE FUNCTION record_transition();
+CREATE OR REPLACE FUNCTION record_term() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO term_history (shard, epoch, holder) VALUES (NEW.shard, NEW.epoch, NEW.holder);
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER term_history AFTER INSERT OR UPDATE ON dispatch_epochs
+    FOR EACH ROW EXECUTE FUNCTION record_term();
 """
 READ_SQL = "SELECT * FROM transition_history ORDER BY seq"
+TERMS_SQL = "SELECT * FROM term_history ORDER BY seq"
 
 
 async def record(conn: asyncpg.Connection) -> None:
@@ -48,6 +66,40 @@ async def record(conn: asyncpg.Connection) -> None:
 
 async def read(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in await conn.fetch(READ_SQL)]
+
+
+async def read_terms(conn: asyncpg.Connection) -> dict[int, tuple[str, str]]:
+    """Every leader term issued since recording began: epoch -> (shard, holder)."""
+    return {r["epoch"]: (r["shard"], r["holder"]) for r in await conn.fetch(TERMS_SQL)}
+
+
+def claims(transitions: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The claims (queued -> assigned), in the order they happened."""
+    return [
+        tr
+        for tr in sorted(transitions, key=lambda tr: tr["seq"])
+        if (tr["old_state"], tr["new_state"]) == ("queued", "assigned")
+    ]
+
+
+def interleaved_terms(transitions: Iterable[Mapping[str, Any]]) -> dict[str, list[int]]:
+    """Pools that had two dispatchers at once: a term claimed in the pool after another term
+    had claimed there since its own last claim. Per such pool, its terms in the order they
+    claimed (each run of claims by one term once). Empty: one dispatcher per pool at a time."""
+    runs: dict[str, list[int]] = defaultdict(list)
+    for tr in claims(transitions):
+        terms = runs[tr["pool"]]
+        if not terms or terms[-1] != tr["claim_epoch"]:
+            terms.append(tr["claim_epoch"])
+    return {pool: terms for pool, terms in runs.items() if len(terms) != len(set(terms))}
+
+
+def claims_outside_their_shard(
+    transitions: Iterable[Mapping[str, Any]], terms: Mapping[int, tuple[str, str]]
+) -> list[Mapping[str, Any]]:
+    """Claims made under a term of another shard than the one their pool was in, or under a term
+    Postgres never issued: each a dispatcher claiming what was not its to claim."""
+    return [tr for tr in claims(transitions) if terms.get(tr["claim_epoch"], (None, None))[0] != tr["shard"]]
 
 
 def in_flight_peaks(transitions: Iterable[Mapping[str, Any]]) -> dict[str, int]:

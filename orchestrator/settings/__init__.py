@@ -16,7 +16,7 @@ import platform
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -43,6 +43,7 @@ from orchestrator.settings.parts import (
     Section,
     Timings,
 )
+from schemas.pools import MAX_DISPATCH_SHARDS
 
 __all__ = [
     "CREDENTIAL",
@@ -142,8 +143,13 @@ class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
     # partitioned ex-leader must not hold the epoch and pool row locks its successor needs.
     db_idle_in_transaction_s: float = 10.0
 
-    # The dispatch lease's shard (services/leader.py); the api reports its leader.
-    dispatch_shard: str = Field(default="all", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # How many dispatch shards pools are spread over (orchestrator/shards.py): each has its own
+    # lease and fencing epoch, and every dispatch instance contends for every one. Every dispatch
+    # instance of a deployment should say the same: the last one started sets it in Postgres.
+    dispatch_shards: int = Field(default=1, ge=1, le=MAX_DISPATCH_SHARDS)
+    # Retired: it named the one lease key. Still declared so that a deployment setting it is told
+    # at start-up, not silently ignored; "all" (the old default) is what it always meant.
+    dispatch_shard: Literal["all"] = "all"
     # Who this process is in `GET /v1/leader`, events and the lease value.
     instance_id: str = Field(default_factory=default_instance_id, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
 
@@ -175,6 +181,16 @@ class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # After the env source: a sectioned variable wins over the former flat one.
         return init_settings, env_settings, _FormerNames(settings_cls), dotenv_settings, file_secret_settings
+
+    @field_validator("dispatch_shard", mode="before")
+    @classmethod
+    def _retired(cls, value: Any) -> Any:
+        if value != "all":
+            raise ValueError(
+                "no longer read: dispatch shards are numbered now; set ORCH_DISPATCH_SHARDS (how many) "
+                "and unset ORCH_DISPATCH_SHARD"
+            )
+        return value
 
     @model_validator(mode="before")
     @classmethod

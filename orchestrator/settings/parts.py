@@ -127,6 +127,12 @@ class LeaderSettings(Section):
     # How long a standby waits for the watch before contending anyway (a lost watch event costs
     # at most this). Unset: the lease TTL.
     retry_s: float | None = Field(default=None, gt=0)
+    # With several shards, each has a preferred holder among the live instances (rendezvous
+    # hashing, orchestrator/shards.py): it takes a free shard at once, any other instance only
+    # after this delay (and only if the shard is still free: its preferred holder is dead). An
+    # instance holding more than its share hands a shard to its preferred holder once that one
+    # has been alive this long.
+    takeover_delay_s: float = Field(default=1.0, ge=0)
 
     @model_validator(mode="after")
     def _renew_inside_ttl(self) -> LeaderSettings:

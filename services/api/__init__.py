@@ -26,7 +26,6 @@ from pydantic import ValidationError
 from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.bus.job_logs import JobLogs
-from orchestrator.bus.lease import read_lease
 from orchestrator.errors import OrchestratorError
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import CONTENT_TYPE, Metrics, QueueCollector, exposition
@@ -41,7 +40,6 @@ from schemas.api import (
     JobList,
     JobListed,
     LeaderView,
-    LeaseView,
     Ok,
     PoolChanged,
     PoolDeleted,
@@ -76,6 +74,7 @@ from services.api.responses import (
 from services.api.routes import ANY_ROLE, OPERATOR, PRODUCER, PUBLIC, RUNNER, Link, Media, Route, openapi, register
 from services.api.runners import RunnerViews
 from services.api.servo import ServoDoor
+from services.api.shards import leader_view
 from services.api.take import RETRY_AFTER_S, Takes
 
 _tracer = telemetry.tracer("orchestrator.api")
@@ -95,14 +94,12 @@ class Api(Service):
         store: Store,
         bus: Bus,
         *,
-        shard: str,
         metrics: Metrics | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.http = http
         self.log_limits = log_limits
-        self.shard = shard  # the dispatch lease's, for the leader view and why jobs wait
         self.store = store
         self.bus = bus
         # This process's counters, and the queue's gauges read from Postgres when scraped.
@@ -112,7 +109,7 @@ class Api(Service):
         self.takes = Takes(store, bus)
         self.logs = JobLogsView(store, JobLogs(bus), self.takes.waiters)
         self.servo = ServoDoor(store, self.takes, self.admit)
-        self.why = Why(store, bus, shard)
+        self.why = Why(store, bus)
         self.pools = PoolViews(store, bus)
         self.runners = RunnerViews(store, bus)
         self.app = self._build_app()
@@ -353,20 +350,10 @@ class Api(Service):
         return json_response(self.openapi)
 
     async def get_leader(self, request: web.Request) -> web.Response:
-        """The dispatch shard's newest term as recorded in Postgres (holder, epoch, since), and
-        who holds its lease right now (`lease`: null while nobody does, e.g. during a failover)."""
-        shard = self.shard
-        term = await self.store.dispatch_epoch_get(shard) or {}
-        lease = await read_lease(self.bus, shard)
-        return json_response(
-            LeaderView(
-                shard=shard,
-                holder=term.get("holder"),
-                epoch=term.get("epoch"),
-                since=term.get("since"),
-                lease=LeaseView(holder=lease.holder, revision=lease.revision) if lease else None,
-            )
-        )
+        """Each dispatch shard's newest term as recorded in Postgres (holder, epoch, since), and
+        who holds its lease right now (`lease`: null while nobody does, e.g. during a failover);
+        the first shard's at the top level, as before there were shards."""
+        return json_response(await leader_view(self.store, self.bus))
 
     async def get_stats(self, request: web.Request) -> web.Response:
         """Each pool's queue right now (queued, in flight, free slots, oldest wait) and runners by

@@ -6,8 +6,9 @@ capacity could not be counted lately (`CapacityUnknown`: the dispatcher does not
 no runner that could take it has a free slot (none offers its labels, or all those are busy),
 its pool is at `max_concurrent`, its retry backoff has not run out. Then its position among the
 queued jobs that compete for the same slots, and an estimated wait from how many jobs the pool
-finished in the last minute. The numbers are read together from Postgres; the lease from NATS;
-`CapacityUnknown` is the news this process heard (one subscription per API process).
+finished in the last minute. The numbers are read together from Postgres; the lease (of the
+job's pool's dispatch shard) from NATS; `CapacityUnknown` is the news this process heard (one
+subscription per API process).
 """
 
 from __future__ import annotations
@@ -113,10 +114,9 @@ def blocked_by(job: dict[str, Any], n: dict[str, Any], *, leader: bool, shard: s
 class Why:
     """Answers `blocked_by` for this API process."""
 
-    def __init__(self, store: Store, bus: Bus, shard: str) -> None:
+    def __init__(self, store: Store, bus: Bus) -> None:
         self.store = store
         self.bus = bus
-        self.shard = shard
         self._unknown: dict[str, tuple[str, float]] = {}  # pool -> (why, when heard)
 
     async def start(self, service: Service) -> None:
@@ -138,15 +138,18 @@ class Why:
         queued = [j for j in jobs if j["state"] == "queued"]
         if not queued:
             return {}
-        leader = await read_lease(self.bus, self.shard) is not None
+        leaders: dict[str, bool] = {}  # per shard: someone holds its lease
         by_shape: dict[int, list[Constraint]] = {}
         found: dict[Any, Waiting] = {}
         for job in queued:
             shape = job["shape_id"]  # the runners it needs: pool, labels, tenant, tolerations
             if shape not in by_shape:
                 numbers = await self.store.job_waiting(job)
+                shard = numbers["pool"]["dispatch_shard"]
+                if shard not in leaders:
+                    leaders[shard] = await read_lease(self.bus, shard) is not None
                 unknown = self.capacity_unknown(job["pool"])
-                held = constraints(job, numbers, leader=leader, shard=self.shard, unknown=unknown)
+                held = constraints(job, numbers, leader=leaders[shard], shard=shard, unknown=unknown)
                 by_shape[shape] = [c for c in held if c.reason != "backoff"]  # that one is the job's own
             held = by_shape[shape]
             backoff = job.get("not_before")
@@ -160,5 +163,6 @@ class Why:
 
     async def blocked_by(self, job: dict[str, Any]) -> BlockedBy:
         numbers = await self.store.job_waiting(job)
-        leader = await read_lease(self.bus, self.shard) is not None
-        return blocked_by(job, numbers, leader=leader, shard=self.shard, unknown=self.capacity_unknown(job["pool"]))
+        shard = numbers["pool"]["dispatch_shard"]
+        leader = await read_lease(self.bus, shard) is not None
+        return blocked_by(job, numbers, leader=leader, shard=shard, unknown=self.capacity_unknown(job["pool"]))

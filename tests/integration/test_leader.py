@@ -12,13 +12,15 @@ import pytest
 from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.bus.lease import Lease, read_lease
-from orchestrator.leadership import Leadership
+from orchestrator.leadership import Leadership, Leaderships
 from orchestrator.settings import Settings
 from orchestrator.store import RunnerSpec, Store
 from services.dispatch import Dispatch
 from services.leader import Leader
 from tests import factories
 from tests.support import Listener, eventually
+
+SHARD = "all"  # the one shard's name (orchestrator/shards.py)
 
 
 async def contend(lease: Lease, timeout: float = 10.0) -> int:
@@ -67,8 +69,8 @@ async def test_an_unrenewed_lease_expires_and_a_standby_takes_over(leases: tuple
 def two_leaders(settings: Settings, store: Store, bus: Bus) -> list[tuple[Leader, Leadership]]:
     out = []
     for name in ("a", "b"):
-        leadership = Leadership(settings.dispatch_shard, name)
-        out.append((Leader(settings.leader, store, bus, leadership), leadership))
+        leaderships = Leaderships(1, name)
+        out.append((Leader(settings.leader, store, bus, leaderships), leaderships.first))
     return out
 
 
@@ -91,17 +93,18 @@ async def test_graceful_stop_hands_leadership_over(settings: Settings, store: St
         await b.stop()
     assert [e.holder for e in elected.events] == ["a", "b"]
     assert taken.epoch > elected.events[0].epoch
-    row = await store.dispatch_epoch_get(settings.dispatch_shard)
+    row = await store.dispatch_epoch_get(SHARD)
     assert row is not None and (row["epoch"], row["holder"]) == (taken.epoch, "b")
 
 
 async def test_leader_lifecycle(settings: Settings, store: Store, bus: Bus) -> None:
-    leadership = Leadership(settings.dispatch_shard, "x")
-    never_started = Leader(settings.leader, store, bus, leadership)
+    leaderships = Leaderships(1, "x")
+    leadership = leaderships.first
+    never_started = Leader(settings.leader, store, bus, leaderships)
     await never_started.stop()
     await never_started.stop()
     for _ in range(20):
-        leader = Leader(settings.leader, store, bus, leadership)
+        leader = Leader(settings.leader, store, bus, leaderships)
         await leader.start()
         assert leadership.leading
         await leader.stop()
@@ -113,15 +116,16 @@ async def test_dispatch_claims_only_while_leading(settings: Settings, store: Sto
     await factories.pool(store, "p", max_concurrent=10, max_active=-1)
     await store.transitions.register_runner(RunnerSpec("r1", "p", [], 10), [])
     await factories.queue(store, 3, "p")
-    leadership = Leadership(settings.dispatch_shard, "me")
-    dispatch = Dispatch(settings.dispatch, settings.timings, store, bus, leadership=leadership)
+    leaderships = Leaderships(1, "me")
+    leadership = leaderships.first
+    dispatch = Dispatch(settings.dispatch, settings.timings, store, bus, leaderships=leaderships)
     assert await dispatch.step("p") == "not_leader"
-    epoch = await store.dispatch_epoch_issue(settings.dispatch_shard, "me")
+    epoch = await store.dispatch_epoch_issue(SHARD, "me")
     leadership.gain(epoch, time.monotonic() + 60)
     assert await dispatch.step("p") == "dispatched"  # the hand-off fails (no such runner): requeued
     leadership.gain(epoch, time.monotonic() - 1)  # the term ran out on this process's clock
     assert await dispatch.step("p") == "not_leader"
-    await store.dispatch_epoch_issue(settings.dispatch_shard, "newer")  # elected elsewhere
+    await store.dispatch_epoch_issue(SHARD, "newer")  # elected elsewhere
     leadership.gain(epoch, time.monotonic() + 60)  # a stale term this process still believes in
     assert await dispatch.step("p") == "fenced"
 
@@ -134,17 +138,16 @@ async def test_a_lease_bucket_made_anew_does_not_halt_dispatch(settings: Setting
     await store.transitions.register_runner(RunnerSpec("r1", "p", [], 10), [])
     await factories.queue(store, 1, "p")
     for _ in range(3):  # a few terms, each a few revisions
-        leadership = Leadership(settings.dispatch_shard, "me")
-        leader = Leader(settings.leader, store, bus, leadership)
+        leader = Leader(settings.leader, store, bus, Leaderships(1, "me"))
         await leader.start()
         await leader.stop()
     await bus.js.delete_key_value(bus.subjects.lease_bucket)
-    leadership = Leadership(settings.dispatch_shard, "me")
-    leader = Leader(settings.leader, store, bus, leadership)
+    leaderships = Leaderships(1, "me")
+    leader = Leader(settings.leader, store, bus, leaderships)
     await leader.start()
     try:
-        assert leadership.leading
-        dispatch = Dispatch(settings.dispatch, settings.timings, store, bus, leadership=leadership)
+        assert leaderships.first.leading
+        dispatch = Dispatch(settings.dispatch, settings.timings, store, bus, leaderships=leaderships)
         assert await dispatch.step("p") == "dispatched"
     finally:
         await leader.stop()
@@ -178,15 +181,16 @@ async def test_a_leader_whose_claims_are_fenced_gives_the_lease_up_and_a_new_ter
     await factories.pool(store, "p", max_concurrent=10, max_active=-1)
     await store.transitions.register_runner(RunnerSpec("r1", "p", [], 10), [])
     await factories.queue(store, 2, "p")
-    leadership = Leadership(settings.dispatch_shard, "me")
-    leader = Leader(settings.leader, store, bus, leadership)
-    dispatch = Dispatch(settings.dispatch, settings.timings, store, bus, leadership=leadership)
+    leaderships = Leaderships(1, "me")
+    leadership = leaderships.first
+    leader = Leader(settings.leader, store, bus, leaderships)
+    dispatch = Dispatch(settings.dispatch, settings.timings, store, bus, leaderships=leaderships)
     async with Listener(bus, bus.subjects.leader_lost.any()) as lost:
         await leader.start()
         try:
             first = leadership.epoch
             assert first is not None
-            late = await store.dispatch_epoch_issue(settings.dispatch_shard, "late")  # a newer term, nobody's
+            late = await store.dispatch_epoch_issue(SHARD, "late")  # a newer term, nobody's
             assert await dispatch.step("p") == "fenced"
             assert (await lost.wait(lambda e: e.holder == "me")).reason == "fenced"
 
