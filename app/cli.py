@@ -197,6 +197,7 @@ def parser() -> argparse.ArgumentParser:
     pool_set.add_argument("--paused", action=argparse.BooleanOptionalAction, default=None)
     pool_set.add_argument("--provisioner", help="start a one-shot worker per job with it (e.g. local)")
     pool_set.add_argument("--max-workers", type=int, help="live provisioned workers at most; 0 = no cap")
+    pool_set.add_argument("--shard", type=int, help="the dispatch shard of its jobs, below ORCH_DISPATCH_SHARDS")
     pool_delete = api(
         "delete", "pool_delete", "delete a pool and its ended jobs (refused while jobs or runners use it)", pool
     )

@@ -25,7 +25,7 @@ from app.progress import Progress
 from orchestrator.client import ApiError, Client, calls
 from orchestrator.client.calls import Call
 from orchestrator.settings import Settings
-from schemas.api import JobDetail, JobListed, PoolStats, RunnerCount, RunnerView
+from schemas.api import JobDetail, JobListed, LeaderView, PoolStats, RunnerCount, RunnerView
 from schemas.events import error_from_validation
 from schemas.jobs import JobSpec, JobState
 from schemas.pools import PoolView
@@ -201,7 +201,7 @@ async def cancel(args: argparse.Namespace, client: Client) -> int:
 
 # --- pools, runners, status ----------------------------------------------------------------------
 
-POOL_COLUMNS = ("name", "labels", "max concurrent", "max active", "mode", "paused", "leader", "provisioner")
+POOL_COLUMNS = ("name", "labels", "max concurrent", "max active", "mode", "paused", "leader", "provisioner", "shard")
 
 
 def _pool_row(p: PoolView) -> tuple[object, ...]:
@@ -214,6 +214,7 @@ def _pool_row(p: PoolView) -> tuple[object, ...]:
         "yes" if p.paused else "no",
         p.leader_runner_id,
         p.provisioner,
+        p.dispatch_shard,
     )
 
 
@@ -236,6 +237,7 @@ async def pool_set(args: argparse.Namespace, client: Client) -> int:
         "paused": args.paused,
         "provisioner": args.provisioner,
         "max_workers": args.max_workers,
+        "shard": args.shard,
     }
     given = {k: v for k, v in fields.items() if v is not None}
     change = calls.patch_pool(args.name, given)
@@ -288,9 +290,7 @@ async def status(args: argparse.Namespace, client: Client) -> int:
     if args.json:
         print_json({"url": client.url, "leader": leader, "stats": stats, **pools_, **runners_})
         return 0
-    lease = asked[0].parse(leader).lease
-    who = f"dispatcher {lease.holder}" if lease else "no dispatcher holds the lease: nothing is dispatched"
-    print(f"orchestrator at {client.url}: {who}\n")
+    print(f"orchestrator at {client.url}: {_dispatchers(asked[0].parse(leader))}\n")
     counts = asked[1].parse(stats)
     print(tables.table(STATUS_POOL_COLUMNS, [_status_row(p, counts.runners) for p in counts.pools]))
     listed = asked[3].parse(runners_).runners
@@ -300,6 +300,15 @@ async def status(args: argparse.Namespace, client: Client) -> int:
     if lost := len(listed) - len(live):
         print(f"(and {lost} lost runners: `orchestrator runners` lists them)")
     return 0
+
+
+def _dispatchers(leader: LeaderView) -> str:
+    """Who dispatches: the one lease's holder, or each shard's."""
+    if len(leader.shards) <= 1:
+        lease = leader.lease
+        return f"dispatcher {lease.holder}" if lease else "no dispatcher holds the lease: nothing is dispatched"
+    held = [f"{s.shard} {s.lease.holder if s.lease else '(vacant: not dispatched)'}" for s in leader.shards]
+    return "dispatchers by shard: " + ", ".join(held)
 
 
 STATUS_POOL_COLUMNS = ("pool", "in flight", "queued", "oldest wait", "free slots", "runners", "note")

@@ -7,12 +7,15 @@ tests/system/test_shard_failover.py."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
+from app.cli import main
 from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.leadership import Leaderships
@@ -23,7 +26,7 @@ from services.dispatch import Dispatch
 from services.leader import Leader
 from services.runner import Runner
 from tests import factories, history
-from tests.support import agent, eventually, record_history
+from tests.support import agent, call, eventually, record_history
 
 SHARDS = 3
 POOLS = {f"pool-{shard}": shard for shard in range(SHARDS)}  # one pool pinned to each shard
@@ -135,6 +138,37 @@ async def cluster(settings: Settings) -> AsyncIterator[Cluster]:
         for runner in runners:
             await runner.stop()
         await runtime.stop()
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[Runtime]:
+    """The api alone, with no ORCH_DISPATCH_SHARDS of its own: it reads the count from Postgres."""
+    runtime = Runtime(settings, ["api"])
+    await runtime.start()
+    yield runtime
+    await runtime.stop()
+
+
+async def test_get_leader_and_status_list_every_shard_with_its_holder(
+    cluster: Cluster, api: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    holders = await fair_share(cluster)
+    async with aiohttp.ClientSession(base_url=api.http_url) as http:
+        status, body = await call(http, "GET", "/v1/leader")
+    assert status == 200, body
+    assert [(s["shard"], s["lease"]["holder"], s["holder"], s["pools"]) for s in body["shards"]] == [
+        (shard, holder, holder, 1) for shard, [holder] in holders.items()
+    ]
+    by_name = {i.name: i for i in cluster.instances}
+    assert [s["epoch"] for s in body["shards"]] == [by_name[h].leaderships[s].epoch for s, [h] in holders.items()]
+    first = body["shards"][0]
+    assert {k: body[k] for k in first} == first  # the top level is shard 0's, as before shards
+
+    monkeypatch.setenv("ORCH_URL", api.http_url or "")
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, ["status"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.endswith("dispatchers by shard: " + ", ".join(f"{s} {h}" for s, [h] in holders.items())), line
 
 
 @pytest.mark.timeout(120)

@@ -170,6 +170,8 @@ async def test_get_leader_names_this_instance(http: aiohttp.ClientSession, setti
     assert body["shard"] == "all"
     assert body["holder"] == settings.instance_id == body["lease"]["holder"]
     assert isinstance(body["epoch"], int) and body["since"]
+    # One shard: `shards` lists it alone, the same as the top level.
+    assert body["shards"] == [{k: body[k] for k in ("shard", "holder", "epoch", "since", "lease", "pools")}]
 
 
 async def test_a_leader_whose_claims_are_fenced_gives_the_lease_up_and_a_new_term_dispatches(

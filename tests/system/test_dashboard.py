@@ -29,7 +29,7 @@ async def test_dashboard_page_and_the_endpoints_it_polls(system_http: aiohttp.Cl
         assert resp.content_type == "text/html"
         page = await resp.text()
     assert "<title>orchestrator</title>" in page
-    for table in ("pools", "runners", "jobs"):
+    for table in ("shards", "pools", "runners", "jobs"):
         assert f'<table id="{table}">' in page
     # The paths the script fetches, read from the page itself so the two cannot drift apart.
     polled = re.findall(r'"(/v1/[a-z]+(?:\?[^"]*)?)"', page)
@@ -49,6 +49,9 @@ async def test_dashboard_page_and_the_endpoints_it_polls(system_http: aiohttp.Cl
     [runner] = bodies["/v1/runners"]["runners"]
     assert runner["slots"] == system.settings.runner_slots and "busy" in runner
     assert bodies["/v1/leader"]["holder"] == system.settings.instance_id
+    [shard] = bodies["/v1/leader"]["shards"]
+    assert (shard["shard"], shard["lease"]["holder"], shard["pools"]) == ("all", system.settings.instance_id, 1)
+    assert bodies["/v1/pools"]["pools"][0]["dispatch_shard"] == "all"
     assert job["id"] in [j["id"] for j in bodies["/v1/jobs?limit=25"]["jobs"]]
 
 
@@ -85,6 +88,8 @@ async def test_a_browser_sees_the_pool_and_a_job_change_state(
         job = await resp.json()
     dom = await rendered(url)
     assert '<tr data-pool="default">' in dom and "paused" in dom
+    shard = re.search(r'<tr data-shard="all">(.*?)</tr>', dom, re.S)
+    assert shard is not None and system.settings.instance_id in shard.group(1)
     assert job_state(dom, job["id"]) == "queued"
 
     async with system_http.patch("/v1/pools/default", json={"paused": False}) as resp:
