@@ -29,8 +29,9 @@ once; any other instance waits `takeover_delay_s` first (unless, meanwhile, the 
 leaves and it becomes preferred itself), so a live preferred holder wins and a dead one's shards
 still move. An instance that holds more shards than its share (it started first and took them
 all) hands a shard whose preferred holder has been alive for `takeover_delay_s` over to it by
-releasing the lease; so shares rebalance after a restart. With one shard nobody holds more than
-its share: a single-shard deployment keeps its leader as long as it lives, as it always did.
+releasing the lease; so shares rebalance after a restart. Each handover gives a shard to the
+instance the shares name, so they settle. With one shard nothing is handed over: a single-shard
+deployment keeps its leader as long as it lives, as it always did.
 """
 
 from __future__ import annotations
@@ -134,7 +135,11 @@ class Leader(Service):
 
     def hand_over_to(self, shard: str) -> str | None:
         """The instance to hand `shard` (held here) over to, if this one holds more than its share
-        and the shard's preferred holder is another that has been alive for the takeover delay."""
+        and the shard's preferred holder is another that has been alive for the takeover delay.
+        Never with one shard: holding it is every instance's fair share, and moving it would
+        only cost a failover."""
+        if self.leaderships.count == 1:
+            return None
         holders, me = self._holders(), self.leaderships.holder
         target = holders.get(shard)
         if target is None or target == me:
