@@ -26,6 +26,7 @@ from app import endpoints
 from app.runtime import SERVICES, Runtime, runner_id_for
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.embedded.postgres_server import SYSTEM_USER
+from orchestrator.errors import ConfigurationError
 from orchestrator.settings import Settings
 from tests.support import call, submit
 from tests.system import processes
@@ -215,6 +216,27 @@ async def test_a_socket_too_long_for_the_data_dir_gets_a_0700_directory_of_its_o
         socket_dir = socket_dir_of(dsn)
         assert not socket_dir.is_relative_to(data)
         assert mode_and_owner(socket_dir) == (0o700, server_uid())
+        conn = await asyncpg.connect(dsn)
+        await conn.close()
+    finally:
+        await server.stop()
+
+
+async def test_a_data_dir_whose_password_is_lost_says_which_file_to_restore(data: Path) -> None:
+    server = EmbeddedPostgres(data / "postgres")
+    await server.start()
+    await server.stop()
+    password = server.password_file.read_bytes()
+    server.password_file.unlink()
+
+    with pytest.raises(ConfigurationError, match=rf"password kept in {re.escape(str(server.password_file))}, which is"):
+        await EmbeddedPostgres(data / "postgres").start()
+    assert not server.password_file.exists()  # no new password that would not open it
+
+    server.password_file.write_bytes(password)
+    server.password_file.chmod(0o600)
+    dsn = await server.start()  # restored: it opens again
+    try:
         conn = await asyncpg.connect(dsn)
         await conn.close()
     finally:
