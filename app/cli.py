@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from app import endpoints
 from app.main_loop import Signals, run, setup_logging
+from orchestrator import logs
 from orchestrator.errors import OrchestratorError
-from orchestrator.redact import redact_url
 from orchestrator.settings import Settings, default_instance_id
 
 if TYPE_CHECKING:
@@ -36,13 +36,20 @@ async def _serve(runtime: Runtime, announce: bool) -> int:
         signals = Signals()
         if announce:
             runtime.write_endpoints()
-            e = runtime.endpoints()
-            shown = " ".join(f"{name}={redact_url(url) if url else url}" for name, url in e.items())
-            print(f"orchestrator ready {shown}", flush=True)  # the endpoints file has them whole
+            # The endpoints file has them whole, and the NATS token.
+            print(f"orchestrator ready {runtime.endpoints().shown()}", flush=True)
         await signals.stop.wait()
     finally:
         await (runtime.stop() if signals is None else signals.stopping(runtime.stop(), runtime.hurry))
     return 0
+
+
+def _joined(settings: Settings) -> Settings:
+    """The settings joined to the `up` of their data dir (`endpoints.joined`), whose secrets this
+    process's log masks from now on."""
+    joined = endpoints.joined(settings)
+    logs.mask(joined.secret_values())
+    return joined
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -55,7 +62,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from app.runtime import SERVICES, Runtime
 
     names = list(SERVICES) if "all" in args.services else args.services  # Runtime refuses unknown names
-    runtime = Runtime(endpoints.joined(settings), names, migrate=False)
+    runtime = Runtime(_joined(settings), names, migrate=False)
     return run(_serve(runtime, announce="api" in names))
 
 
@@ -90,7 +97,7 @@ def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
         once=args.once,
         idle_timeout_s=args.idle_timeout,
     )
-    return run(serve_runner(endpoints.joined(settings), options))
+    return run(serve_runner(_joined(settings), options))
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,7 +3,9 @@ dependency order, and stops them all gracefully in reverse. Only `app/` imports 
 nothing in the core imports it.
 
 With no `ORCH_NATS_URL` / `ORCH_DATABASE_URL` it first starts the embedded stack under the data
-dir (`orchestrator up`).
+dir (`orchestrator up`), with credentials generated there once: the NATS token in `nats.token`,
+the Postgres password in `postgres.password` (mode 0600 both), which this process, its runners
+and its provisioned workers use, and `endpoints.json` passes on to those joining it.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from app import endpoints
 from app.local_provisioner import LocalProvisioner
 from app.metrics_server import MetricsServer
-from orchestrator import telemetry
+from orchestrator import logs, private_files, telemetry
 from orchestrator.bus import Bus
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres, nats_port
 from orchestrator.errors import ConfigurationError
@@ -28,7 +32,8 @@ from orchestrator.metrics import Metrics
 from orchestrator.outbox import OutboxRelay
 from orchestrator.pools import apply_pools_file
 from orchestrator.provisioning import ProvisionerFactory
-from orchestrator.settings import Settings
+from orchestrator.redact import url_secrets
+from orchestrator.settings import NatsCredentials, Settings
 from orchestrator.store import Store
 from services.admission import Admission
 from services.api import Api
@@ -48,6 +53,9 @@ _ORDER = ("relay", "capacity", "admission", "leader", "dispatch", "provisioner",
 _TRANSITIONS = {"capacity", "admission", "dispatch", "api"}
 # Provisioners a pool can name without an entry point or import path (orchestrator/provisioning.py).
 PROVISIONERS: Mapping[str, ProvisionerFactory] = {"local": LocalProvisioner}
+# The embedded stack's files in the data dir (the password file is EmbeddedPostgres's default).
+NATS_TOKEN_FILE = "nats.token"
+POSTGRES_DIR = "postgres"
 
 _log = telemetry.get_logger("runtime")
 
@@ -125,9 +133,15 @@ class Runtime:
         if self.embedded:
             s.data_dir.mkdir(parents=True, exist_ok=True)
             port = nats_port(s.data_dir / "nats_port", s.nats_host, s.nats_port)
-            self._nats_server = EmbeddedNats(s.data_dir / "nats", host=s.nats_host, port=port)
-            self._postgres = EmbeddedPostgres(s.data_dir / "postgres")
+            token = private_files.secret(s.data_dir / NATS_TOKEN_FILE)
+            self._nats_server = EmbeddedNats(s.data_dir / "nats", host=s.nats_host, port=port, token=token)
+            self._postgres = EmbeddedPostgres(s.data_dir / POSTGRES_DIR)
             self.nats_url, self.database_url = await asyncio.gather(self._nats_server.start(), self._postgres.start())
+            # The embedded NATS's token replaces whatever NATS credentials the settings name:
+            # they are for another server.
+            unset = dict.fromkeys(NatsCredentials.model_fields)
+            self.settings = s = s.model_copy(update={**unset, "nats_token": SecretStr(token)})
+            logs.mask([token, *url_secrets(self.database_url)])
         assert self.nats_url and self.database_url
         self.store = Store(
             self.database_url,
@@ -224,8 +238,10 @@ class Runtime:
         api = self.services.get("api")
         return api.url if isinstance(api, Api) else None
 
-    def endpoints(self) -> dict[str, str | None]:
-        return {"http": self.http_url, "nats": self.nats_url, "database": self.database_url}
+    def endpoints(self) -> endpoints.Endpoints:
+        return endpoints.Endpoints(
+            http=self.http_url, nats=self.nats_url, database=self.database_url, nats_token=self.settings.nats_token
+        )
 
     def write_endpoints(self) -> Path:
-        return endpoints.write(self.settings.data_dir, endpoints.Endpoints(**self.endpoints()))
+        return endpoints.write(self.settings.data_dir, self.endpoints())

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.bus import Bus
+from orchestrator.bus.credentials import credentials_env
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import ConfigurationError
 from orchestrator.leadership import Leadership, leads, sweep_on_gain
@@ -156,12 +157,14 @@ class Provisioning(Service):
             namespace=self.bus.subjects.namespace,
             data_dir=self.data_dir,
             worker_exited=lambda worker: self._worker_exited(pool, worker),
-            # Workers heartbeat and drain on the orchestrator's timings.
+            # Workers heartbeat and drain on the orchestrator's timings, and give NATS the
+            # credentials this process gives it (the embedded NATS's token, in `up`).
             env={
                 "ORCH_HEARTBEAT_INTERVAL_S": str(t.heartbeat_interval_s),
                 "ORCH_RUNNER_TTL_S": str(t.runner_ttl_s),
                 "ORCH_STOP_TIMEOUT_S": str(t.stop_timeout_s),
                 "ORCH_KILL_GRACE_S": str(t.kill_grace_s),
+                **credentials_env(self.bus.credentials),
             },
         )
         fleet = resolve(name, self.factories)(ctx)

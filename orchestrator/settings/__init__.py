@@ -117,7 +117,7 @@ class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
     data_dir: Path = Path(".orchestrator")
     # Where the embedded NATS of `up` listens. No port: the one it had at the last start of this
     # data dir while it is free (so runners started on the side find it again), else a new one.
-    # 0.0.0.0 lets runners on other machines in, and anyone else who reaches it: it has no auth.
+    # 0.0.0.0 lets runners on other machines in: those given its token (`<data dir>/nats.token`).
     nats_host: str = Field(default="127.0.0.1", min_length=1)
     nats_port: int | None = Field(default=None, ge=1, le=65535)
 
