@@ -34,7 +34,9 @@ def _worker_main(options: RunnerOptions, env: dict[str, str], log_path: str) -> 
     """A local worker, in the process the fork server made for it: its environment, its log and
     its name, then a one-shot runner agent."""
     os.environ.update(env)
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    # A job's output may hold its secrets: the worker's own user only (the data dir is searchable
+    # by all when the embedded Postgres runs as another user).
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
@@ -67,7 +69,7 @@ class LocalProvisioner:
 
     async def spawn(self, request: WorkerRequest) -> str:
         logs = self.ctx.data_dir / "workers"
-        await asyncio.to_thread(logs.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(logs.mkdir, mode=0o700, parents=True, exist_ok=True)
         # Once per process, off the loop: starting the server imports WORKER_MODULES (~1 s).
         await asyncio.to_thread(_start_fork_server)
         options = RunnerOptions(

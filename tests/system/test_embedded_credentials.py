@@ -173,6 +173,9 @@ async def test_provisioned_workers_of_up_connect_with_its_token(data: Path) -> N
             done = await processes.ended(http, job["id"])
         assert done["state"] == "succeeded", done
         assert done["runner_id"] != runner_id_for(data)
+        # Its log (a job's output may hold secrets) is its user's alone, in a directory that is too.
+        log = data / "workers" / f"{done['runner_id']}.log"
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600 and stat.S_IMODE(log.parent.stat().st_mode) == 0o700
     finally:
         await runtime.stop()
 
