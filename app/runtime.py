@@ -136,6 +136,7 @@ class Runtime:
             log_transitions=s.log_transitions,
         )
         self.bus = Bus.from_settings(s, name=f"orchestrator-{self._label}", url=self.nats_url)
+        self.metrics.watch_bus(self.bus)
         await asyncio.gather(self.store.connect(), self.bus.connect())
         if self.migrate:
             applied = await self.store.migrate()

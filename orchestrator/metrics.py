@@ -19,9 +19,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from orchestrator.bus import Bus
 from orchestrator.leadership import Leadership
 from orchestrator.store import Store
 
@@ -121,6 +122,10 @@ class Metrics:
         """Export whether this process leads its dispatch shard, read when scraped."""
         self.registry.register(_LeaderCollector(leadership))
 
+    def watch_bus(self, bus: Bus) -> None:
+        """Export the messages NATS dropped because a subscription of `bus` fell behind."""
+        self.registry.register(_DroppedCollector(bus))
+
 
 class _LeaderCollector(Collector):
     def __init__(self, leadership: Leadership) -> None:
@@ -134,6 +139,21 @@ class _LeaderCollector(Collector):
         )
         g.add_metric([self.leadership.shard, self.leadership.holder], 1.0 if self.leadership.leading else 0.0)
         yield g
+
+
+class _DroppedCollector(Collector):
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily(
+            "orchestrator_bus_dropped_messages",
+            "Messages NATS dropped because a subscription's handlers fell behind (slow consumer), by subscription.",
+            labels=["subscription"],
+        )
+        for subject, n in sorted(self.bus.dropped.items()):
+            c.add_metric([subject], float(n))
+        yield c
 
 
 def _gauge(name: str, help_text: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> Metric:
