@@ -28,6 +28,7 @@ from orchestrator.bus import Bus
 from orchestrator.bus.job_logs import JobLogs
 from orchestrator.bus.lease import read_lease
 from orchestrator.errors import OrchestratorError
+from orchestrator.known_pools import KnownPools
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import CONTENT_TYPE, Metrics, QueueCollector, exposition
 from orchestrator.settings import ApiSettings, HttpSettings, LogLimits
@@ -97,6 +98,7 @@ class Api(Service):
         *,
         shard: str,
         metrics: Metrics | None = None,
+        known_pools: KnownPools | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -112,7 +114,7 @@ class Api(Service):
         self.takes = Takes(store, bus)
         self.logs = JobLogsView(store, JobLogs(bus), self.takes.waiters)
         self.servo = ServoDoor(store, self.takes, self.admit)
-        self.why = Why(store, bus, shard)
+        self.why = Why(store, bus, shard, known_pools)
         self.pools = PoolViews(store, bus)
         self.runners = RunnerViews(store, bus)
         self.app = self._build_app()
