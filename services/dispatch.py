@@ -88,6 +88,8 @@ class Dispatch(Service):
         # The process's (started by its runtime), or one of its own, started with this service.
         self._own_known_pools = known_pools is None
         self.known_pools = known_pools or KnownPools(store, bus)
+        if self._own_known_pools:  # a deleted pool's series go with it (the runtime's does that itself)
+            self.known_pools.on_gone(self.metrics.forget_pool)
         self.known_pools.on_gone(self._forget)
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()

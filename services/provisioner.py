@@ -99,6 +99,8 @@ class Provisioning(Service):
         # The process's (started by its runtime), or one of its own, started with this service.
         self._own_known_pools = known_pools is None
         self.known_pools = known_pools or KnownPools(store, bus)
+        if self._own_known_pools:  # a deleted pool's series go with it (the runtime's does that itself)
+            self.known_pools.on_gone(self.metrics.forget_pool)
         self.known_pools.on_gone(self._pool_deleted)
 
     async def on_start(self) -> None:

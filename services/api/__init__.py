@@ -55,10 +55,7 @@ from schemas.api import (
     Stats,
     Taken,
 )
-from schemas.events import (
-    AdmissionResult,
-    JobSubmitted,
-)
+from schemas.events import AdmissionResult, JobSubmitted
 from schemas.jobs import JobSpec, JobState, JobView
 from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
@@ -115,6 +112,8 @@ class Api(Service):
         self.logs = JobLogsView(store, JobLogs(bus), self.takes.waiters)
         self.servo = ServoDoor(store, self.takes, self.admit)
         self.why = Why(store, bus, shard, known_pools)
+        if known_pools is None:  # its own: a deleted pool's series go with it (the runtime's does that itself)
+            self.why.known_pools.on_gone(self.metrics.forget_pool)
         self.pools = PoolViews(store, bus)
         self.runners = RunnerViews(store, bus)
         self.app = self._build_app()
