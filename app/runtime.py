@@ -26,6 +26,7 @@ from orchestrator import logs, private_files, telemetry
 from orchestrator.bus import Bus
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres, nats_port
 from orchestrator.errors import ConfigurationError
+from orchestrator.known_pools import KnownPools
 from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
@@ -48,9 +49,12 @@ SERVICES = ("capacity", "admission", "dispatch", "provisioner", "api", "runner")
 # Dispatch and the provisioner always run under the lease: its leader service starts just before
 # them (and stops just after them, releasing the lease for a standby). Every process whose
 # services make job transitions runs an outbox relay (one publishes at a time); it starts first
-# and stops last, so what the others committed leaves before the process does.
-_ORDER = ("relay", "capacity", "admission", "leader", "dispatch", "provisioner", "api", "runner")
+# and stops last, so what the others committed leaves before the process does. Every process
+# with a service that counts or keeps anything per pool knows the pools (`KnownPools`: names from
+# the bus are checked against it, and a deleted pool's series and entries are dropped).
+_ORDER = ("relay", "pools", "capacity", "admission", "leader", "dispatch", "provisioner", "api", "runner")
 _TRANSITIONS = {"capacity", "admission", "dispatch", "api"}
+_PER_POOL = {"capacity", "admission", "dispatch", "provisioner", "api"}
 # Provisioners a pool can name without an entry point or import path (orchestrator/provisioning.py).
 PROVISIONERS: Mapping[str, ProvisionerFactory] = {"local": LocalProvisioner}
 # The embedded stack's files in the data dir (the password file is EmbeddedPostgres's default).
@@ -89,10 +93,14 @@ class Runtime:
         self.settings = settings
         leased = {"dispatch", "provisioner"} & set(services)
         relayed = _TRANSITIONS & set(services)
+        per_pool = _PER_POOL & set(services)
         self.names = [
             name
             for name in _ORDER
-            if name in services or (name == "leader" and leased) or (name == "relay" and relayed)
+            if name in services
+            or (name == "leader" and leased)
+            or (name == "relay" and relayed)
+            or (name == "pools" and per_pool)
         ]
         self.provisioners = {**PROVISIONERS, **(provisioners or {})}
         self.migrate = migrate
@@ -106,6 +114,7 @@ class Runtime:
         self.database_url = settings.database_url
         self.store: Store | None = None
         self.bus: Bus | None = None
+        self.known_pools: KnownPools | None = None
         self.services: dict[str, Service] = {}
         self.leadership = Leadership(settings.dispatch_shard, settings.instance_id)
         # One set of counters for the process: every service adds to it; the api serves it (or,
@@ -118,7 +127,7 @@ class Runtime:
     def _label(self) -> str:
         """The services this process runs, as its telemetry and NATS client names say (the relay
         goes with any of them, so it is left out)."""
-        return "-".join(name for name in self.names if name != "relay")
+        return "-".join(name for name in self.names if name not in ("relay", "pools"))
 
     async def start(self) -> None:
         telemetry.setup(f"orchestrator-{self._label}" if len(self.names) < len(_ORDER) else "orchestrator")
@@ -150,6 +159,7 @@ class Runtime:
             log_transitions=s.log_transitions,
         )
         self.bus = Bus.from_settings(s, name=f"orchestrator-{self._label}", url=self.nats_url)
+        self.metrics.watch_bus(self.bus)
         await asyncio.gather(self.store.connect(), self.bus.connect())
         if self.migrate:
             applied = await self.store.migrate()
@@ -176,6 +186,11 @@ class Runtime:
         m = self.metrics
         if name == "relay":
             return OutboxRelay(store, bus)
+        if name == "pools":
+            self.known_pools = KnownPools(store, bus)
+            self.known_pools.on_gone(m.forget_pool)
+            return self.known_pools
+        known = self.known_pools
         if name == "capacity":
             return Capacity(s.capacity, s.timings, s.log_limits, store, bus, metrics=m)
         if name == "admission":
@@ -183,7 +198,7 @@ class Runtime:
         if name == "leader":
             return Leader(s.leader, store, bus, self.leadership)
         if name == "dispatch":
-            return Dispatch(s.dispatch, s.timings, store, bus, leadership=self.leadership, metrics=m)
+            return Dispatch(s.dispatch, s.timings, store, bus, leadership=self.leadership, metrics=m, known_pools=known)
         if name == "provisioner":
             return Provisioning(
                 s.provisioner,
@@ -195,9 +210,10 @@ class Runtime:
                 instance_id=s.instance_id,
                 leadership=self.leadership,
                 metrics=m,
+                known_pools=known,
             )
         if name == "api":
-            return Api(s.api, s.http, s.log_limits, store, bus, shard=s.dispatch_shard, metrics=m)
+            return Api(s.api, s.http, s.log_limits, store, bus, shard=s.dispatch_shard, metrics=m, known_pools=known)
         return self._runner or Runner(
             s.timings,
             s.log_limits,

@@ -11,6 +11,11 @@ Two kinds, kept apart on purpose:
 
 Hot-path cost: services add to counters once per batch and pool, not once per job, and only the
 histograms see every job (a bucket increment, a few hundred nanoseconds).
+
+Bounded (issue 21): every label value is from a fixed set or a pool that exists. Pools come from
+store rows, or from bus messages checked against the pools this process knows
+(`orchestrator.known_pools`) before they get here; a deleted pool's series are dropped
+(`forget_pool`). A rejection's reason outside the known codes is counted as `other`.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from orchestrator.bus import Bus
 from orchestrator.leadership import Leadership
 from orchestrator.store import Store
 
@@ -29,6 +35,11 @@ from orchestrator.store import Store
 disable_created_metrics()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# The codes a refusal can have (ErrorDetail.code at admission's doors); anything else is "other".
+REJECTION_REASONS = frozenset(
+    {"malformed", "invalid", "unsatisfiable", "conflict", "overloaded", "unavailable", "internal"}
+)
 
 # Seconds a job waits in the queue: from milliseconds (a free slot) to an hour (a paused pool).
 QUEUE_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -105,12 +116,33 @@ class Metrics:
             ["pool"],
             registry=r,
         )
-        self._peaks: dict[str, int] = {}
+        self._peaks: dict[str, int] = {}  # by pool: dropped with the pool's series (`forget_pool`)
+        self._per_pool = (
+            self.admitted,
+            self.dispatched,
+            self.finished,
+            self.at_capacity,
+            self.capacity_unknown,
+            self.steps,
+            self.fleet,
+            self.queue_wait,
+            self.slot_to_assign,
+            self.in_flight_peak,
+        )
 
     def count(self, name: str, **labels: str) -> float:
         """The value of a counter of this process (0 before its first increment): what a test or a
         benchmark reads, the same number Prometheus scrapes."""
         return self.registry.get_sample_value(f"{name}_total", labels) or 0.0
+
+    def count_rejected(self, reason: str) -> None:
+        self.rejected.labels(reason if reason in REJECTION_REASONS else "other").inc()
+
+    def forget_pool(self, pool: str) -> None:
+        """Drop every series of a deleted pool: a name used once must not be kept for ever."""
+        for metric in self._per_pool:
+            metric.remove_by_labels({"pool": pool})
+        self._peaks.pop(pool, None)
 
     def peak(self, pool: str, in_flight: int) -> None:
         if in_flight > self._peaks.get(pool, -1):
@@ -120,6 +152,10 @@ class Metrics:
     def watch(self, leadership: Leadership) -> None:
         """Export whether this process leads its dispatch shard, read when scraped."""
         self.registry.register(_LeaderCollector(leadership))
+
+    def watch_bus(self, bus: Bus) -> None:
+        """Export the messages NATS dropped because a subscription of `bus` fell behind."""
+        self.registry.register(_DroppedCollector(bus))
 
 
 class _LeaderCollector(Collector):
@@ -134,6 +170,21 @@ class _LeaderCollector(Collector):
         )
         g.add_metric([self.leadership.shard, self.leadership.holder], 1.0 if self.leadership.leading else 0.0)
         yield g
+
+
+class _DroppedCollector(Collector):
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily(
+            "orchestrator_bus_dropped_messages",
+            "Messages NATS dropped because a subscription's handlers fell behind (slow consumer), by subscription.",
+            labels=["subscription"],
+        )
+        for subject, n in sorted(self.bus.dropped.items()):
+            c.add_metric([subject], float(n))
+        yield c
 
 
 def _gauge(name: str, help_text: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> Metric:

@@ -25,6 +25,11 @@ next heartbeat, and the pool is woken. Hand-offs are pipelined: a drain's next s
 for the acks of the last one (the claim already counts what they hold), so a runner slow to ack
 stalls only its own jobs, not its pool.
 
+A wake names its pool, and anyone who can publish on NATS can name one that does not exist:
+only a pool this process knows (`KnownPools`, a cached set read from Postgres) is woken, so a
+made-up name costs no claim, no per-pool entry and no metric label; what it keeps per pool is
+dropped when the pool is deleted.
+
 Under leader election (`leadership` given: `orchestrator up`, `serve dispatch`) it dispatches
 only while this process holds its shard's lease: every step first asks `Leadership` for the
 current term (which also ends on its own deadline) and claims under that epoch, so a claim by a
@@ -48,6 +53,7 @@ from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import OrchestratorError, RequestFailed, StoreUnavailable
+from orchestrator.known_pools import KnownPools
 from orchestrator.leadership import Leadership, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
@@ -68,6 +74,7 @@ class Dispatch(Service):
         *,
         leadership: Leadership | None = None,
         metrics: Metrics | None = None,
+        known_pools: KnownPools | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ):
         super().__init__()
@@ -78,6 +85,12 @@ class Dispatch(Service):
         self.clock = clock
         self.leadership = leadership
         self.metrics = metrics or Metrics()
+        # The process's (started by its runtime), or one of its own, started with this service.
+        self._own_known_pools = known_pools is None
+        self.known_pools = known_pools or KnownPools(store, bus)
+        if self._own_known_pools:  # a deleted pool's series go with it (the runtime's does that itself)
+            self.known_pools.on_gone(self.metrics.forget_pool)
+        self.known_pools.on_gone(self._forget)
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         # When a slot was announced free, per pool, until the next step there (wall clock: the
@@ -91,6 +104,9 @@ class Dispatch(Service):
         self._due: dict[str, asyncio.TimerHandle] = {}
 
     async def on_start(self) -> None:
+        if self._own_known_pools:
+            await self.known_pools.start()
+            self.on_cleanup(self.known_pools.stop)
         s = self.bus.subjects
         for topic in (s.jobs_queued.any(), s.pool_updated.any()):
             sub = await self.bus.subscribe(topic, self._on_wake)
@@ -117,13 +133,24 @@ class Dispatch(Service):
                     await task
 
     async def _on_wake(self, event: JobsQueued | PoolUpdated) -> None:
-        self.wake(event.pool)
+        if await self.known_pools.knows(event.pool):
+            self.wake(event.pool)
 
     async def _on_slot(self, event: SlotAvailable) -> None:
+        if not await self.known_pools.knows(event.pool):
+            return
         # Only where a step will follow (and take it back out): a standby must not hoard stale times.
         if self.running and leads(self.leadership):
             self._slot_freed_at.setdefault(event.pool, event.at.timestamp())
         self.wake(event.pool)
+
+    def _forget(self, pool: str) -> None:
+        """A deleted pool: what this process kept for it goes (a drain running ends on its own)."""
+        self._again.discard(pool)
+        self._slot_freed_at.pop(pool, None)
+        timer = self._due.pop(pool, None)
+        if timer is not None:
+            timer.cancel()
 
     async def sweep(self) -> None:
         """Every pool with queued jobs, and the assignments nobody started (Postgres is the truth)."""
@@ -234,6 +261,9 @@ class Dispatch(Service):
             self.log.error("hand-off failed", exc_info=task.exception())
 
     def _count(self, pool: str, status: str) -> None:
+        if status == "unknown_pool":  # deleted since it was known: no series for a pool that is gone
+            self._forget(pool)
+            return
         m = self.metrics
         m.steps.labels(pool, status).inc()
         if status == "at_capacity":

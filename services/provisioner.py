@@ -21,6 +21,10 @@ the reconcile announces it with `SlotAvailable` and spawns for what still waits.
 register like any runner and the dispatcher hands each one job, so pull runners and workers share
 one `max_concurrent` budget, enforced by the claim step; `max_active` (admission) is unrelated.
 
+A wake's pool is checked against the pools this process knows (`KnownPools`) first: a made-up
+name costs no read of its demand and no entry. What it keeps per pool (the pool's provisioner,
+its starting workers) goes when the pool is deleted.
+
 One instance spawns at a time: under leader election it acts only while this process holds the
 dispatch lease, like the dispatcher (two would each count the same fleet and both spawn).
 """
@@ -37,6 +41,7 @@ from orchestrator.bus import Bus
 from orchestrator.bus.credentials import credentials_env
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import ConfigurationError
+from orchestrator.known_pools import KnownPools
 from orchestrator.leadership import Leadership, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
@@ -69,6 +74,7 @@ class Provisioning(Service):
         instance_id: str,
         leadership: Leadership | None = None,
         metrics: Metrics | None = None,
+        known_pools: KnownPools | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__()
@@ -89,9 +95,19 @@ class Provisioning(Service):
         self._dirty: set[str] = set()
         self._exited: set[str] = set()
         self._gone: set[str] = set()  # workers that exited, to forget in Postgres
+        self._deleted: set[str] = set()  # pools found deleted, whose fleets to let go
         self._kick = asyncio.Event()
+        # The process's (started by its runtime), or one of its own, started with this service.
+        self._own_known_pools = known_pools is None
+        self.known_pools = known_pools or KnownPools(store, bus)
+        if self._own_known_pools:  # a deleted pool's series go with it (the runtime's does that itself)
+            self.known_pools.on_gone(self.metrics.forget_pool)
+        self.known_pools.on_gone(self._pool_deleted)
 
     async def on_start(self) -> None:
+        if self._own_known_pools:
+            await self.known_pools.start()
+            self.on_cleanup(self.known_pools.stop)
         # A pool naming a provisioner nobody can load is a configuration error: refuse to start.
         for row in await self.store.pools_provisioned():
             self._fleet(row["name"], row["provisioner"])
@@ -116,7 +132,12 @@ class Provisioning(Service):
                 self.log.warning("closing a provisioner failed: %s", exc)
 
     async def _on_wake(self, event: JobsQueued | SlotAvailable | PoolUpdated) -> None:
-        self.wake(event.pool)
+        if await self.known_pools.knows(event.pool):
+            self.wake(event.pool)
+
+    def _pool_deleted(self, pool: str) -> None:
+        self._deleted.add(pool)
+        self.wake(pool)
 
     async def sweep(self) -> None:
         """Every provisioned pool: a lost event, or a worker exit nobody reported, costs one sweep."""
@@ -185,6 +206,10 @@ class Provisioning(Service):
         for runner_id in list(self._gone):  # whether or not this instance leads
             await self.store.worker_forget(runner_id)
             self._gone.discard(runner_id)
+        if pool in self._deleted:
+            self._deleted.discard(pool)
+            await self._let_go(pool)
+            return
         if not leads(self.leadership):
             return
         # Forget registered workers before reading the demand, which then counts them as runners:
@@ -244,15 +269,30 @@ class Provisioning(Service):
             raise
         self._runner_ids[handle] = runner_id
         starting[runner_id] = (handle, self.clock.monotonic())
+        self._starting[pool] = starting
         self._count(pool, "spawned")
         self.log.info("spawned worker %s for %s", runner_id, pool)
         return True
 
+    async def _let_go(self, pool: str) -> None:
+        """A deleted pool (none of its runners is live: deletion refuses that): stop what it was
+        still starting, close its provisioner, forget it."""
+        self._exited.discard(pool)
+        starting = self._starting.pop(pool, {})
+        held = self._fleets.pop(pool, None)
+        if held is None:
+            return
+        for runner_id, (handle, _) in starting.items():
+            self._runner_ids.pop(handle, None)
+            await held[1].stop(handle)
+            await self.store.worker_forget(runner_id)
+        await held[1].close()
+
     async def _still_starting(self, pool: str) -> dict[str, tuple[str, float]]:
         """The pool's spawned workers that have not registered yet (those that have are runners now)."""
-        starting = self._starting.setdefault(pool, {})
+        starting = self._starting.get(pool)  # kept only while not empty (`_spawn` adds it back)
         if not starting:
-            return starting
+            return {}
         for runner_id in await self.store.runners_known(list(starting)):
             del starting[runner_id]
         fleet = self._fleets[pool][1]  # it spawned them
@@ -264,4 +304,6 @@ class Provisioning(Service):
                 self._runner_ids.pop(handle, None)
                 await fleet.stop(handle)
                 await self.store.worker_forget(runner_id)
+        if not starting:
+            del self._starting[pool]
         return starting

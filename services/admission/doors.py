@@ -200,7 +200,7 @@ class Admission(Service):
         await announce_queued(self.bus, admitted_by_pool)
 
     def _count_rejected(self, reason: str) -> None:
-        self.metrics.rejected.labels(reason).inc()
+        self.metrics.count_rejected(reason)
 
     # --- door: core request/reply (and HTTP through it) ------------------------------------------
 

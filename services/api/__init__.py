@@ -28,6 +28,7 @@ from orchestrator.bus import Bus
 from orchestrator.bus.job_logs import JobLogs
 from orchestrator.bus.lease import read_lease
 from orchestrator.errors import OrchestratorError
+from orchestrator.known_pools import KnownPools
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import CONTENT_TYPE, Metrics, QueueCollector, exposition
 from orchestrator.settings import ApiSettings, HttpSettings, LogLimits
@@ -54,10 +55,7 @@ from schemas.api import (
     Stats,
     Taken,
 )
-from schemas.events import (
-    AdmissionResult,
-    JobSubmitted,
-)
+from schemas.events import AdmissionResult, JobSubmitted
 from schemas.jobs import JobSpec, JobState, JobView
 from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
@@ -97,6 +95,7 @@ class Api(Service):
         *,
         shard: str,
         metrics: Metrics | None = None,
+        known_pools: KnownPools | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -112,7 +111,9 @@ class Api(Service):
         self.takes = Takes(store, bus)
         self.logs = JobLogsView(store, JobLogs(bus), self.takes.waiters)
         self.servo = ServoDoor(store, self.takes, self.admit)
-        self.why = Why(store, bus, shard)
+        self.why = Why(store, bus, shard, known_pools)
+        if known_pools is None:  # its own: a deleted pool's series go with it (the runtime's does that itself)
+            self.why.known_pools.on_gone(self.metrics.forget_pool)
         self.pools = PoolViews(store, bus)
         self.runners = RunnerViews(store, bus)
         self.app = self._build_app()

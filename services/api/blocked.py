@@ -7,7 +7,9 @@ no runner that could take it has a free slot (none offers its labels, or all tho
 its pool is at `max_concurrent`, its retry backoff has not run out. Then its position among the
 queued jobs that compete for the same slots, and an estimated wait from how many jobs the pool
 finished in the last minute. The numbers are read together from Postgres; the lease from NATS;
-`CapacityUnknown` is the news this process heard (one subscription per API process).
+`CapacityUnknown` is the news this process heard (one subscription per API process), kept only
+for pools that exist (`KnownPools`: anyone on NATS can name any pool) and only while fresh, so
+the news it keeps is bounded by the pools, however many names a sender makes up.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from orchestrator.bus import Bus
 from orchestrator.bus.lease import read_lease
+from orchestrator.known_pools import KnownPools
 from orchestrator.lifecycle import Service
 from orchestrator.store import Store
 from schemas.api import BlockedBy, Constraint, Waiting
@@ -113,22 +116,36 @@ def blocked_by(job: dict[str, Any], n: dict[str, Any], *, leader: bool, shard: s
 class Why:
     """Answers `blocked_by` for this API process."""
 
-    def __init__(self, store: Store, bus: Bus, shard: str) -> None:
+    def __init__(self, store: Store, bus: Bus, shard: str, known_pools: KnownPools | None = None) -> None:
         self.store = store
         self.bus = bus
         self.shard = shard
-        self._unknown: dict[str, tuple[str, float]] = {}  # pool -> (why, when heard)
+        # The process's (started by its runtime), or one of its own, started with the API.
+        self._own_known_pools = known_pools is None
+        self.known_pools = known_pools or KnownPools(store, bus)
+        self.known_pools.on_gone(self._forget)
+        self._unknown: dict[str, tuple[str, float]] = {}  # pool -> (why, when heard); pools that exist
 
     async def start(self, service: Service) -> None:
+        if self._own_known_pools:
+            await self.known_pools.start()
+            service.on_cleanup(self.known_pools.stop)
         sub = await self.bus.subscribe(self.bus.subjects.capacity_unknown.any(), self._on_unknown)
         service.on_cleanup(sub.unsubscribe)
 
     async def _on_unknown(self, event: CapacityUnknown) -> None:
-        self._unknown[event.pool] = (event.reason, time.monotonic())
+        if await self.known_pools.knows(event.pool):
+            self._unknown[event.pool] = (event.reason, time.monotonic())
+
+    def _forget(self, pool: str) -> None:
+        self._unknown.pop(pool, None)
 
     def capacity_unknown(self, pool: str) -> str | None:
         heard = self._unknown.get(pool)
-        if heard is None or time.monotonic() - heard[1] > CAPACITY_UNKNOWN_FRESH_S:
+        if heard is None:
+            return None
+        if time.monotonic() - heard[1] > CAPACITY_UNKNOWN_FRESH_S:  # stale: the dispatcher has retried since
+            del self._unknown[pool]
             return None
         return heard[0]
 

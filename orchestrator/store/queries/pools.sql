@@ -14,6 +14,10 @@ UPDATE pools SET file_config = $2 WHERE name = $1;
 -- name: pool_list
 SELECT * FROM pools ORDER BY name;
 
+-- Every pool's name: what a process checks names from bus messages against (known_pools.py).
+-- name: pool_names
+SELECT name FROM pools;
+
 -- name: pool_upsert
 INSERT INTO pools (name, max_concurrent, max_active, labels, allowed_plans, mode, paused, provisioner, max_workers,
                    reservation_timeout_s)

@@ -41,6 +41,7 @@ from uuid import UUID
 import asyncpg
 
 from orchestrator.errors import NotFound, StoreError
+from orchestrator.lru import Lru
 from orchestrator.store.queries import Q
 from orchestrator.store.rows import Job
 from orchestrator.store.transitions import news
@@ -67,6 +68,9 @@ if TYPE_CHECKING:
     from orchestrator.store.store import Store
 
 T = TypeVar("T")
+# Shape ids remembered (see Transitions): more shapes than a fleet's jobs use at a time in
+# practice, and at a few hundred bytes each, a few MB at most.
+SHAPES_REMEMBERED = 10_000
 
 __all__ = [
     "AdmissionTx",
@@ -100,9 +104,10 @@ class Transitions:
     def __init__(self, store: Store, journal: Journal | None = None) -> None:
         self._store = store
         self._journal = journal or Journal()  # a log line per job per committed edge
-        # Shapes never change, and go only with their pool: their ids are remembered for as long as
-        # that pool lives (batches.RememberedShape).
-        self._shapes: dict[RememberedShape, int] = {}
+        # Shapes never change, and go only with their pool: their ids can be remembered for as long
+        # as that pool lives (batches.RememberedShape). A producer chooses them (a tenant is any
+        # name), so only the most recently used are: a miss costs one lookup in the admission.
+        self._shapes: Lru[RememberedShape, int] = Lru(SHAPES_REMEMBERED)
 
     async def _transact(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, one_statement: bool = False) -> T:
         """`work` in one transaction (one statement is one by itself: no BEGIN and COMMIT round
@@ -149,7 +154,7 @@ class Transitions:
             tx = AdmissionTx(conn, configs, existing, self._shapes)
             yield tx
         news.committed()
-        self._shapes.update(tx.new_shapes)  # committed: safe to remember
+        self._shapes.update(tx.new_shapes.items())  # committed: safe to remember
         self._journal.record(tx.inserted, verb="admitted")
 
     @asynccontextmanager

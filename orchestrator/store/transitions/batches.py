@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 
+from orchestrator.lru import Lru
 from orchestrator.store.queries import Q
 from orchestrator.store.rows import Job
 from orchestrator.store.transitions import news
@@ -44,7 +45,7 @@ class AdmissionTx:
         conn: asyncpg.Connection,
         pools: dict[str, dict[str, Any]],
         existing: dict[str, Any],
-        shapes: dict[RememberedShape, int],
+        shapes: Lru[RememberedShape, int],
     ) -> None:
         self._conn = conn
         self.pools = pools
