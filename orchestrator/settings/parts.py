@@ -91,6 +91,9 @@ class HttpSettings(Group):
     producer_tokens: SecretStr = SecretStr("")
     runner_tokens: SecretStr = SecretStr("")
     operator_tokens: SecretStr = SecretStr("")
+    # Serve the api beyond loopback with no token anyway (orchestrator/exposure.py): refused
+    # at start unless this is set, and warned about at every start when it is.
+    allow_insecure: bool = False
 
     def api_tokens(self) -> list[tuple[str, str]]:
         """(role, token) for every configured API token."""
