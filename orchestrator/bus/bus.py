@@ -96,7 +96,7 @@ class Bus:
     async def connect(self, wait_s: float = CONNECT_WAIT_S) -> None:
         """Connect (see connection.py): raises BusUnavailable unless it did within `wait_s`."""
         self._nc = await connect(self.url, name=self.name, credentials=self.credentials, wait_s=wait_s)
-        self._js = self._nc.jetstream()
+        self._js = self._nc.jetstream(prefix=self.js_api_prefix)
 
     async def close(self) -> None:
         # A pull subscription has nothing to drain (what was not fetched is redelivered), and
@@ -109,6 +109,11 @@ class Bus:
         if self._nc is not None:
             await close(self._nc)
         self._nc = None
+
+    @property
+    def js_api_prefix(self) -> str:
+        """Where this client's account answers JetStream API requests (`$JS.API`, unless imported)."""
+        return self.credentials.nats_js_api_prefix
 
     @property
     def nc(self) -> Client:
