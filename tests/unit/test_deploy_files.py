@@ -48,9 +48,9 @@ def compose(*args: str, env_file: Path | None = None) -> subprocess.CompletedPro
     """Compose v2's loader on compose.yaml, interpolating from `env_file` only: none of this
     process's variables of the same names."""
     env = {k: v for k, v in os.environ.items() if k not in SECRETS and not k.startswith("ORCH_")}
+    with_env = ["--env-file", str(env_file)] if env_file else []
     return subprocess.run(
-        [str(compose_binary()), *(["--env-file", str(env_file)] if env_file else []), "-f", str(ROOT / "compose.yaml")]
-        + list(args),
+        [str(compose_binary()), *with_env, "-f", str(ROOT / "compose.yaml"), *args],
         capture_output=True,
         text=True,
         timeout=60,
