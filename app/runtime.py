@@ -26,6 +26,7 @@ from orchestrator import logs, private_files, telemetry
 from orchestrator.bus import Bus
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres, nats_port
 from orchestrator.errors import ConfigurationError
+from orchestrator.exposure import open_door
 from orchestrator.known_pools import KnownPools
 from orchestrator.leadership import Leadership
 from orchestrator.lifecycle import Service
@@ -91,6 +92,8 @@ class Runtime:
         if unknown:
             raise ConfigurationError(f"unknown services {unknown}: choose from {list(SERVICES)} or 'all'")
         self.settings = settings
+        # Before anything starts: an api open to the network with no token is refused here.
+        self._open_door = open_door(settings.http) if "api" in services else None
         leased = {"dispatch", "provisioner"} & set(services)
         relayed = _TRANSITIONS & set(services)
         per_pool = _PER_POOL & set(services)
@@ -177,6 +180,8 @@ class Runtime:
         if s.metrics_port is not None and "api" not in self.names:
             self.services["metrics"] = MetricsServer(self.metrics, s.http_host, s.metrics_port)
             await self.services["metrics"].start()
+        if self._open_door:
+            _log.warning(self._open_door)
         _log.info("serving %s as %s", ", ".join(self.names), s.instance_id)
 
     def build(self, name: str) -> Service:

@@ -115,7 +115,7 @@ class Bus:
         self._nc = await connect(
             self.url, name=self.name, credentials=self.credentials, wait_s=wait_s, slow_consumer=self._dropped
         )
-        self._js = self._nc.jetstream()
+        self._js = self._nc.jetstream(prefix=self.js_api_prefix)
 
     async def close(self) -> None:
         # A pull subscription has nothing to drain (what was not fetched is redelivered), and
@@ -135,6 +135,11 @@ class Bus:
         n = self.dropped[subject]
         if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood is told without a line per message
             _log.warning("NATS dropped a message on %s: its handlers fall behind (%d dropped so far)", subject, n)
+
+    @property
+    def js_api_prefix(self) -> str:
+        """Where this client's account answers JetStream API requests (`$JS.API`, unless imported)."""
+        return self.credentials.nats_js_api_prefix
 
     @property
     def nc(self) -> Client:

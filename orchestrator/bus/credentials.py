@@ -1,4 +1,5 @@
-"""How the bus proves who it is to NATS, and whom it trusts: credentials and TLS from settings.
+"""How the bus proves who it is to NATS, and whom it trusts: credentials and TLS from settings,
+and where its replies come (the inbox prefix a restricted NATS user may read).
 
 The fields are declared once, in `orchestrator.settings.NatsCredentials` (flat `ORCH_NATS_*`
 variables); this turns them into what `nats.connect` takes, and back into those variables for a
@@ -20,7 +21,7 @@ __all__ = ["NatsCredentials", "connect_options", "credentials_env"]
 def connect_options(credentials: NatsCredentials) -> dict[str, Any]:
     """Keyword arguments for `nats.connect`. Credentials in the URL itself also work."""
     c = credentials
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"inbox_prefix": c.nats_inbox_prefix}
     if c.nats_user is not None:
         options["user"] = c.nats_user
         options["password"] = c.nats_password.get_secret_value() if c.nats_password else ""

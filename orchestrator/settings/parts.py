@@ -33,6 +33,9 @@ class Section(BaseModel):
 
 # --- groups: flat, shared ------------------------------------------------------------------------
 
+# Literal NATS subject tokens (no wildcards, no empty token): a prefix subjects are built on.
+SUBJECT_PREFIX = r"^[$A-Za-z0-9_-]+(\.[$A-Za-z0-9_-]+)*$"
+
 
 class NatsCredentials(Group):
     # When the NATS server asks for them: a user and password, a token, or a credentials file
@@ -45,6 +48,12 @@ class NatsCredentials(Group):
     nats_tls_ca_file: Path | None = None
     nats_tls_cert_file: Path | None = None
     nats_tls_key_file: Annotated[Path | None, CREDENTIAL] = None
+    # Where this client's replies come: `<prefix>.<unique>`. A NATS user allowed to read only its
+    # own prefix cannot read another's replies (compose's runners: `_INBOX_<runner id>`).
+    nats_inbox_prefix: str = Field(default="_INBOX", pattern=SUBJECT_PREFIX)
+    # The JetStream API as this client's account sees it: another prefix where the account
+    # imports the API from the account that has the streams (compose's runners: `$JS.ORCH.API`).
+    nats_js_api_prefix: str = Field(default="$JS.API", pattern=SUBJECT_PREFIX)
 
     @model_validator(mode="after")
     def _client_cert_with_key(self) -> NatsCredentials:
@@ -91,6 +100,9 @@ class HttpSettings(Group):
     producer_tokens: SecretStr = SecretStr("")
     runner_tokens: SecretStr = SecretStr("")
     operator_tokens: SecretStr = SecretStr("")
+    # Serve the api beyond loopback with no token anyway (orchestrator/exposure.py): refused
+    # at start unless this is set, and warned about at every start when it is.
+    allow_insecure: bool = False
 
     def api_tokens(self) -> list[tuple[str, str]]:
         """(role, token) for every configured API token."""

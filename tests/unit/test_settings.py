@@ -9,6 +9,8 @@ import os
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from orchestrator.bus import Bus
+from orchestrator.bus.credentials import connect_options
 from orchestrator.errors import ConfigurationError
 from orchestrator.settings import (
     MOVED,
@@ -158,3 +160,23 @@ def test_secret_env_lists_every_secret_field() -> None:
         "ORCH_TOKEN",
     } <= SECRET_ENV
     assert not {"ORCH_NATS_USER", "ORCH_HTTP_PORT", "ORCH_URL", "ORCH_RUNNER_TTL_S"} & SECRET_ENV
+
+
+def test_the_nats_prefixes_reach_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner of compose: its replies under its own inbox prefix, the JetStream API under its
+    account's import (deploy/nats.conf); by default nats-py's own."""
+    assert connect_options(Settings().nats_credentials)["inbox_prefix"] == "_INBOX"
+    monkeypatch.setenv("ORCH_NATS_INBOX_PREFIX", "_INBOX_runner-1")
+    monkeypatch.setenv("ORCH_NATS_JS_API_PREFIX", "$JS.ORCH.API")
+    settings = Settings(nats_url="nats://127.0.0.1:4222")
+    assert connect_options(settings.nats_credentials)["inbox_prefix"] == "_INBOX_runner-1"
+    assert Bus.from_settings(settings, name="t").js_api_prefix == "$JS.ORCH.API"
+
+
+@pytest.mark.parametrize("prefix", ["_INBOX.>", "_INBOX.*", "_INBOX.", ".x", "a..b", "a b", ""])
+def test_a_nats_prefix_must_be_literal_subject_tokens(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    for variable in ("ORCH_NATS_INBOX_PREFIX", "ORCH_NATS_JS_API_PREFIX"):
+        monkeypatch.setenv(variable, prefix)
+        with pytest.raises(ConfigurationError, match=variable):
+            Settings.from_env()
+        monkeypatch.delenv(variable)
