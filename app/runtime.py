@@ -28,6 +28,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.outbox import OutboxRelay
 from orchestrator.pools import apply_pools_file
 from orchestrator.provisioning import ProvisionerFactory
+from orchestrator.retention import Pruner
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from services.admission import Admission
@@ -163,7 +164,8 @@ class Runtime:
         if name == "relay":
             return OutboxRelay(store, bus)
         if name == "capacity":
-            return Capacity(s.capacity, s.timings, s.log_limits, store, bus, metrics=m)
+            pruner = Pruner(s.retention, store, batch=s.capacity.prune_batch, metrics=m)
+            return Capacity(s.capacity, s.timings, s.log_limits, store, bus, metrics=m, pruner=pruner)
         if name == "admission":
             return Admission(s.admission, store, bus, metrics=m)
         if name == "leader":
@@ -181,6 +183,7 @@ class Runtime:
                 instance_id=s.instance_id,
                 leadership=self.leadership,
                 metrics=m,
+                retention=s.retention,
             )
         if name == "api":
             return Api(s.api, s.http, s.log_limits, store, bus, shard=s.dispatch_shard, metrics=m)

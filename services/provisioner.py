@@ -47,7 +47,7 @@ from orchestrator.provisioning import (
     resolve,
     spawn_budget,
 )
-from orchestrator.settings import ProvisionerSettings, Timings
+from orchestrator.settings import ProvisionerSettings, Retention, Timings
 from orchestrator.store import Store
 from orchestrator.wakes import announce_slots
 from schemas.events import CapacityUnknown, JobsQueued, PoolUpdated, SlotAvailable
@@ -68,10 +68,12 @@ class Provisioning(Service):
         instance_id: str,
         leadership: Leadership | None = None,
         metrics: Metrics | None = None,
+        retention: Retention | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__()
         self.config = config
+        self.retention = retention or Retention()  # how long provisioners keep what workers leave
         self.timings = timings
         self.store = store
         self.bus = bus
@@ -155,6 +157,7 @@ class Provisioning(Service):
             nats_url=self.bus.url,
             namespace=self.bus.subjects.namespace,
             data_dir=self.data_dir,
+            retention_s=self.retention.retention_s,
             worker_exited=lambda worker: self._worker_exited(pool, worker),
             # Workers heartbeat and drain on the orchestrator's timings.
             env={
