@@ -25,7 +25,7 @@ from app.progress import Progress
 from orchestrator.client import ApiError, Client, calls
 from orchestrator.client.calls import Call
 from orchestrator.settings import Settings
-from schemas.api import JobDetail, JobListed, PoolStats, RunnerCount, RunnerView
+from schemas.api import JobDetail, JobListed, PoolStats, RunnerCount, RunnerList, RunnerView
 from schemas.events import error_from_validation
 from schemas.jobs import JobSpec, JobState
 from schemas.pools import PoolView
@@ -275,30 +275,50 @@ def _runner_row(r: RunnerView) -> tuple[object, ...]:
     return r.id, r.pool, r.state, busy, tables.words(r.labels), tables.words(r.taints), tables.age(r.last_seen_at)
 
 
+# `runners` and `status` show the first page of runners (id order), as large as the API gives.
+RUNNERS_SHOWN = 1000
+
+
+def _more_runners(page: RunnerList) -> str | None:
+    if page.next is None:
+        return None
+    return f"(the first {len(page.runners)} runners: GET /v1/runners?after={page.next} lists the next page)"
+
+
 async def runners(args: argparse.Namespace, client: Client) -> int:
-    listing = calls.list_runners()
-    return await _listing(args, client, listing, RUNNER_COLUMNS, lambda answer: map(_runner_row, answer.runners))
+    listing = calls.list_runners(limit=RUNNERS_SHOWN)
+    raw = await client.send_json(listing)
+    if args.json:
+        print_json(raw)
+        return 0
+    page = listing.parse(raw)
+    print(tables.table(RUNNER_COLUMNS, [_runner_row(r) for r in page.runners]))
+    if more := _more_runners(page):
+        print(more)
+    return 0
 
 
 async def status(args: argparse.Namespace, client: Client) -> int:
     """One screen: who dispatches, each pool's jobs in flight against its cap and its queue, and
     the runners that are not lost."""
-    asked = (calls.get_leader(), calls.get_stats(), calls.list_pools(), calls.list_runners())
+    asked = (calls.get_leader(), calls.get_stats(), calls.list_pools(), calls.list_runners(limit=RUNNERS_SHOWN))
     leader, stats, pools_, runners_ = await asyncio.gather(*(client.send_json(c) for c in asked))
     if args.json:
-        print_json({"url": client.url, "leader": leader, "stats": stats, **pools_, **runners_})
+        print_json({"url": client.url, "leader": leader, "stats": stats, **pools_, "runners": runners_["runners"]})
         return 0
     lease = asked[0].parse(leader).lease
     who = f"dispatcher {lease.holder}" if lease else "no dispatcher holds the lease: nothing is dispatched"
     print(f"orchestrator at {client.url}: {who}\n")
     counts = asked[1].parse(stats)
     print(tables.table(STATUS_POOL_COLUMNS, [_status_row(p, counts.runners) for p in counts.pools]))
-    listed = asked[3].parse(runners_).runners
-    live = [r for r in listed if r.state != "lost"]
+    page = asked[3].parse(runners_)
+    live = [r for r in page.runners if r.state != "lost"]
     print()
     print(tables.table(RUNNER_COLUMNS, [_runner_row(r) for r in live]) if live else "no runners")
-    if lost := len(listed) - len(live):
+    if lost := len(page.runners) - len(live):
         print(f"(and {lost} lost runners: `orchestrator runners` lists them)")
+    if more := _more_runners(page):
+        print(more)
     return 0
 
 

@@ -35,6 +35,7 @@ from orchestrator.outbox import OutboxRelay
 from orchestrator.pools import apply_pools_file
 from orchestrator.provisioning import ProvisionerFactory
 from orchestrator.redact import url_secrets
+from orchestrator.retention import Pruner
 from orchestrator.settings import NatsCredentials, Settings
 from orchestrator.store import Store
 from services.admission import Admission
@@ -197,7 +198,8 @@ class Runtime:
             return self.known_pools
         known = self.known_pools
         if name == "capacity":
-            return Capacity(s.capacity, s.timings, s.log_limits, store, bus, metrics=m)
+            pruner = Pruner(s.retention, store, batch=s.capacity.prune_batch, metrics=m)
+            return Capacity(s.capacity, s.timings, s.log_limits, store, bus, metrics=m, pruner=pruner)
         if name == "admission":
             return Admission(s.admission, store, bus, metrics=m)
         if name == "leader":
@@ -216,6 +218,7 @@ class Runtime:
                 leadership=self.leadership,
                 metrics=m,
                 known_pools=known,
+                retention=s.retention,
             )
         if name == "api":
             return Api(s.api, s.http, s.log_limits, store, bus, shard=s.dispatch_shard, metrics=m, known_pools=known)

@@ -95,6 +95,12 @@ class Metrics:
             ["pool", "outcome"],
             registry=r,
         )
+        self.pruned = Counter(
+            "orchestrator_rows_pruned",
+            "Rows the retention pruner deleted, by table (jobs, rejections, runners, workers, job_shapes).",
+            ["table"],
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "orchestrator_queue_wait_seconds",
             "Time from admission to assignment of the jobs this process dispatched.",

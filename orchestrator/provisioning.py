@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from orchestrator.errors import ConfigurationError
+from orchestrator.settings import Retention
 
 ENTRY_POINT_GROUP = "orchestrator.provisioners"
 
@@ -81,8 +82,9 @@ class Provisioner(Protocol):
 @dataclass(frozen=True)
 class ProvisionerContext:
     """What a factory gets: the pool, how its workers reach the orchestrator (`env`: variables
-    a worker must have, its NATS credentials among them), and a callback to call when a worker
-    exits (optional to use: the caller also re-counts on a timer)."""
+    a worker must have, its NATS credentials among them), a callback to call when a worker exits
+    (optional to use: the caller also re-counts on a timer), and how long what a worker leaves
+    behind (its log) is kept (`ORCH_RETENTION_S`)."""
 
     pool: str
     nats_url: str
@@ -90,6 +92,7 @@ class ProvisionerContext:
     data_dir: Path
     worker_exited: Callable[[str], None] = lambda worker: None
     env: Mapping[str, str] = field(default_factory=dict)
+    retention_s: float = Retention().retention_s
 
 
 ProvisionerFactory = Callable[[ProvisionerContext], Provisioner]

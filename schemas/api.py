@@ -156,7 +156,10 @@ class PoolDeleted(PoolView):
 
 
 class RunnerList(Model):
+    """`GET /v1/runners`: a page of runners, in id order."""
+
     runners: list[RunnerView]
+    next: str | None = Field(default=None, description="the next page's `after`; null on the last page")
 
 
 class Rejection(Model):
@@ -174,7 +177,10 @@ class Rejection(Model):
 
 
 class RejectionList(Model):
+    """`GET /v1/rejections`: a page of rejections, newest first."""
+
     rejections: list[Rejection]
+    next: int | None = Field(default=None, description="the next page's `after`; null on the last page")
 
 
 class LeaseView(Model):

@@ -53,7 +53,7 @@ from orchestrator.provisioning import (
     resolve,
     spawn_budget,
 )
-from orchestrator.settings import ProvisionerSettings, Timings
+from orchestrator.settings import ProvisionerSettings, Retention, Timings
 from orchestrator.store import Store
 from orchestrator.wakes import announce_slots
 from schemas.events import CapacityUnknown, JobsQueued, PoolUpdated, SlotAvailable
@@ -75,10 +75,12 @@ class Provisioning(Service):
         leadership: Leadership | None = None,
         metrics: Metrics | None = None,
         known_pools: KnownPools | None = None,
+        retention: Retention | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__()
         self.config = config
+        self.retention = retention or Retention()  # how long provisioners keep what workers leave
         self.timings = timings
         self.store = store
         self.bus = bus
@@ -177,6 +179,7 @@ class Provisioning(Service):
             nats_url=self.bus.url,
             namespace=self.bus.subjects.namespace,
             data_dir=self.data_dir,
+            retention_s=self.retention.retention_s,
             worker_exited=lambda worker: self._worker_exited(pool, worker),
             # Workers heartbeat and drain on the orchestrator's timings, and give NATS the
             # credentials this process gives it (the embedded NATS's token, in `up`).

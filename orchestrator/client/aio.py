@@ -28,6 +28,7 @@ A = TypeVar("A", bound=BaseModel)
 
 FIRST_POLL_S = 0.05
 MAX_POLL_S = 1.0
+RUNNERS_PAGE = 1000  # the API's largest page
 
 
 def progress_of(job: JobDetail) -> tuple[object, ...]:
@@ -173,7 +174,15 @@ class Client:
         return await self.send(calls.delete_pool(name))
 
     async def runners(self) -> list[RunnerView]:
-        return (await self.send(calls.list_runners())).runners
+        """Every runner, in id order (the API's pages, walked to the last)."""
+        found: list[RunnerView] = []
+        after: str | None = None
+        while True:
+            page = await self.send(calls.list_runners(limit=RUNNERS_PAGE, after=after))
+            found += page.runners
+            if page.next is None:
+                return found
+            after = page.next
 
     async def leader(self) -> LeaderView:
         return await self.send(calls.get_leader())

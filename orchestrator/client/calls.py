@@ -98,8 +98,9 @@ def delete_pool(name: str) -> Call[PoolDeleted]:
     return Call("DELETE", f"/v1/pools/{_segment(name)}", PoolDeleted)
 
 
-def list_runners() -> Call[RunnerList]:
-    return Call("GET", "/v1/runners", RunnerList)
+def list_runners(*, limit: int | None = None, after: str | None = None) -> Call[RunnerList]:
+    """A page of runners in id order; `after`: the `next` of the page before."""
+    return Call("GET", "/v1/runners", RunnerList, _given(limit=limit, after=after))
 
 
 def get_leader() -> Call[LeaderView]:

@@ -3,7 +3,7 @@
 A knob of one service lives in that service's section: `ORCH_DISPATCH__STEP_LIMIT=64` sets
 `settings.dispatch.step_limit`, and the service takes only its section. What several services
 must agree on stays flat (`ORCH_RUNNER_TTL_S`), declared in small groups `Settings` inherits
-(`Timings`, `LogLimits`, `HttpSettings`, `NatsCredentials`), so a service can be handed just the
+(`Timings`, `LogLimits`, `Retention`, `HttpSettings`, `NatsCredentials`), so a service can be handed just the
 group it reads (`settings.timings`); groups and sections are in `parts.py`. A field moved into a
 section still answers to its former flat name (`MOVED`: `ORCH_LEASE_TTL_S` sets
 `leader.lease_ttl_s`); the sectioned name wins over it.
@@ -40,6 +40,7 @@ from orchestrator.settings.parts import (
     LogLimits,
     NatsCredentials,
     ProvisionerSettings,
+    Retention,
     Section,
     Timings,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "LogLimits",
     "NatsCredentials",
     "ProvisionerSettings",
+    "Retention",
     "Section",
     "Settings",
     "Timings",
@@ -107,7 +109,7 @@ class _FormerNames(EnvSettingsSource):
 G = TypeVar("G", bound=Group)
 
 
-class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
+class Settings(Timings, LogLimits, Retention, HttpSettings, NatsCredentials, BaseSettings):
     # Not frozen (the groups are): tests adjust a fixture's settings before building services.
     model_config = SettingsConfigDict(env_prefix="ORCH_", env_nested_delimiter="__", extra="ignore", frozen=False)
 
@@ -203,6 +205,10 @@ class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
     @property
     def log_limits(self) -> LogLimits:
         return self.cut(LogLimits)
+
+    @property
+    def retention(self) -> Retention:
+        return self.cut(Retention)
 
     @property
     def http(self) -> HttpSettings:

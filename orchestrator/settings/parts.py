@@ -92,6 +92,12 @@ class LogLimits(Group):
     log_ship_timeout_s: float = Field(default=60.0, gt=0)
 
 
+class Retention(Group):
+    # Finished jobs (and with them their idempotency keys), rejections, and runners and workers
+    # gone for good are deleted once older than this; job shapes as soon as no live job uses them.
+    retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+
+
 class HttpSettings(Group):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -158,6 +164,10 @@ class CapacitySettings(Section):
     # Leader-mode pools (seed 002): capacity re-elects on every runner change, and every pool on
     # this timer in case an event was lost.
     leader_check_interval_s: float = Field(default=60.0, gt=0)
+    # Capacity runs the retention pruner (orchestrator/retention.py) this often, deleting at most
+    # `prune_batch` rows per statement, each statement its own short transaction.
+    prune_interval_s: float = Field(default=60.0, gt=0)
+    prune_batch: int = Field(default=500, gt=0, le=10_000)
 
 
 class ApiSettings(Section):

@@ -24,6 +24,9 @@ class JobReads(Connected):
         async with self.connection() as conn:
             return int(await conn.fetchval(Q["job_count_by_pool"], pool))
 
-    async def rejection_list(self, *, reason: str | None, limit: int) -> list[dict[str, Any]]:
+    async def rejection_list(
+        self, *, reason: str | None, limit: int, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Rejections newest first, those older than id `before`, at most `limit`."""
         async with self.connection() as conn:
-            return [dict(r) for r in await conn.fetch(Q["rejection_list"], reason, limit)]
+            return [dict(r) for r in await conn.fetch(Q["rejection_list"], reason, limit, before)]

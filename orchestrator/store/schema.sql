@@ -17,7 +17,9 @@ CREATE TABLE pools (
                     CONSTRAINT pools_max_workers_check CHECK (max_workers >= 0),
     reservation_timeout_s double precision NOT NULL DEFAULT 3600 -- timeout_s of a reservation given none
                     CONSTRAINT pools_reservation_timeout_check CHECK (reservation_timeout_s > 0),
-    file_config     jsonb                             -- what the pools file last said (NULL: not in it)
+    file_config     jsonb,                            -- what the pools file last said (NULL: not in it)
+    -- Bumped by every deletion of the pool's shapes (migration 0012): remembered ids may be gone.
+    shape_generation bigint NOT NULL DEFAULT 0
 );
 
 CREATE TABLE runners (
@@ -36,9 +38,13 @@ CREATE TABLE runners (
 
 ALTER TABLE pools ADD FOREIGN KEY (leader_runner_id) REFERENCES runners (id);
 
+-- A claim reads the pool's active runners (migration 0012).
+CREATE INDEX runners_pool_state_idx ON runners (pool, state);
+
 -- A shape is what a queued job needs: its pool, labels, tenant and tolerations. Runners match
 -- shapes, not jobs, so finding a runnable job never scans jobs no free runner can take (seed 004), and
--- `served_at` gives round-robin across shapes (so across tenants) within a priority.
+-- `served_at` gives round-robin across shapes (so across tenants) within a priority. A shape no
+-- queued, assigned or running job uses is deleted by the pruner (migration 0012).
 CREATE TABLE job_shapes (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     pool            text NOT NULL REFERENCES pools (name),
@@ -57,7 +63,8 @@ CREATE TABLE jobs (
     key             text NOT NULL UNIQUE,             -- idempotency key (the id when none given)
     spec            jsonb NOT NULL,                   -- canonical spec, compared on a repeated key
     pool            text NOT NULL REFERENCES pools (name),
-    shape_id        bigint NOT NULL REFERENCES job_shapes (id),
+    -- No foreign key (migration 0012): a live job's shape exists, a finished job's may be pruned.
+    shape_id        bigint NOT NULL,
     labels          text[] NOT NULL DEFAULT '{}',
     plan            text,
     tenant          text,
@@ -133,6 +140,8 @@ CREATE TABLE rejections (
     stream_seq      bigint,                           -- the message's sequence in the intake stream
     body            text                              -- the start of what was sent, for malformed input
 );
+-- The pruner deletes rejections by age (migration 0012).
+CREATE INDEX rejections_at_idx ON rejections (at);
 
 -- Jobs finished in a pool lately: how fast it drains, so a shed producer is told when to retry.
 CREATE INDEX jobs_finished_idx ON jobs (pool, finished_at) WHERE finished_at IS NOT NULL;

@@ -160,9 +160,12 @@ class Api(Service):
                   "runners not lost", None, {200: PoolDeleted}, (404, 409), (params.POOL_NAME,)),
             Route("GET", "/v1/queue", self.queue_depth, ANY_ROLE, "Jobs waiting and in flight, per pool", None,
                   {200: QueueDepth}),
-            Route("GET", "/v1/rejections", self.list_rejections, OPERATOR, "What the JetStream door refused", None,
-                  {200: RejectionList}, (422,), (params.REASON, params.LIMIT)),
-            Route("GET", "/v1/runners", self.runners.list_runners, ANY_ROLE, "List runners", None, {200: RunnerList}),
+            Route("GET", "/v1/rejections", self.list_rejections, OPERATOR,
+                  "What the JetStream door refused, newest first, a page at a time", None,
+                  {200: RejectionList}, (422,), (params.REASON, params.LIMIT, params.REJECTIONS_AFTER)),
+            Route("GET", "/v1/runners", self.runners.list_runners, ANY_ROLE,
+                  "List runners in id order, a page at a time", None, {200: RunnerList}, (422,),
+                  (params.LIMIT, params.RUNNERS_AFTER)),
             Route("POST", "/v1/runners/{id}/drain", self.runners.drain_runner, runners | RUNNER,
                   "Drain a runner: it runs what it has and is given nothing more", None, {200: RunnerView}, (404, 409),
                   (params.RUNNER_ID,)),
@@ -342,10 +345,11 @@ class Api(Service):
     # --- operators -----------------------------------------------------------------------------
 
     async def list_rejections(self, request: web.Request) -> web.Response:
-        """What the JetStream door refused, newest first (its producers had nobody to answer them)."""
-        reason, limit = params.REASON.parse(request), params.LIMIT.parse(request)
-        rows = await self.store.rejection_list(reason=reason, limit=limit)
-        return json_response(RejectionList.model_validate({"rejections": rows}))
+        """What the JetStream door refused (its producers had nobody to answer them), a page at a time."""
+        reason, limit, before = (p.parse(request) for p in (params.REASON, params.LIMIT, params.REJECTIONS_AFTER))
+        found = await self.store.rejection_list(reason=reason, limit=limit + 1, before=before)
+        rows, next_after = params.page(found, limit, lambda row: row["id"])
+        return json_response(RejectionList.model_validate({"rejections": rows, "next": next_after}))
 
     async def queue_depth(self, request: web.Request) -> web.Response:
         return json_response(QueueDepth(pools=[PoolDepth(**row) for row in await self.store.pool_depth_list()]))

@@ -35,6 +35,7 @@ CONTRACT = [
     "ORCH_RUNNER_POOL",
     "ORCH_LOG_MAX_BYTES",
     "ORCH_LOG_RETENTION_S",
+    "ORCH_RETENTION_S",
     "ORCH_KILL_GRACE_S",
     "ORCH_PRODUCER_TOKENS",
     "ORCH_RUNNER_TOKENS",
@@ -116,6 +117,18 @@ def test_a_bad_sectioned_value_names_its_field_and_variable(monkeypatch: pytest.
         Settings()
     with pytest.raises(ConfigurationError, match="ORCH_DISPATCH__STEP_LIMIT: Input should be a valid integer"):
         Settings.from_env()
+
+
+def test_the_retention_is_read_and_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().retention.retention_s == 7 * 24 * 3600  # a week by default
+    monkeypatch.setenv("ORCH_RETENTION_S", "86400")
+    monkeypatch.setenv("ORCH_CAPACITY__PRUNE_BATCH", "100")
+    settings = Settings.from_env()
+    assert (settings.retention.retention_s, settings.capacity.prune_batch) == (86400, 100)
+    for bad in ("0", "-1", "a week"):
+        monkeypatch.setenv("ORCH_RETENTION_S", bad)
+        with pytest.raises(ConfigurationError, match="ORCH_RETENTION_S: "):
+            Settings.from_env()
 
 
 def test_a_misspelt_sectioned_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,7 +41,6 @@ from uuid import UUID
 import asyncpg
 
 from orchestrator.errors import NotFound, StoreError
-from orchestrator.lru import Lru
 from orchestrator.store.queries import Q
 from orchestrator.store.rows import Job
 from orchestrator.store.transitions import news
@@ -60,7 +59,7 @@ from orchestrator.store.transitions.args import (
     Stop,
     refusal,
 )
-from orchestrator.store.transitions.batches import AdmissionTx, PoolChangeTx, RememberedShape, shape_key
+from orchestrator.store.transitions.batches import AdmissionTx, PoolChangeTx, ShapeIds, shape_key
 from orchestrator.store.transitions.journal import Journal, Level
 from schemas.jobs import JobState
 
@@ -104,10 +103,8 @@ class Transitions:
     def __init__(self, store: Store, journal: Journal | None = None) -> None:
         self._store = store
         self._journal = journal or Journal()  # a log line per job per committed edge
-        # Shapes never change, and go only with their pool: their ids can be remembered for as long
-        # as that pool lives (batches.RememberedShape). A producer chooses them (a tenant is any
-        # name), so only the most recently used are: a miss costs one lookup in the admission.
-        self._shapes: Lru[RememberedShape, int] = Lru(SHAPES_REMEMBERED)
+        # Shape ids, remembered for the version of their pool's shapes (batches.ShapeIds).
+        self._shapes = ShapeIds(SHAPES_REMEMBERED)
 
     async def _transact(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, one_statement: bool = False) -> T:
         """`work` in one transaction (one statement is one by itself: no BEGIN and COMMIT round
@@ -154,7 +151,7 @@ class Transitions:
             tx = AdmissionTx(conn, configs, existing, self._shapes)
             yield tx
         news.committed()
-        self._shapes.update(tx.new_shapes.items())  # committed: safe to remember
+        self._shapes.remember(tx.new_shapes)  # committed: safe to remember
         self._journal.record(tx.inserted, verb="admitted")
 
     @asynccontextmanager
