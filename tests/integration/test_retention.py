@@ -144,7 +144,7 @@ async def test_runners_and_workers_gone_for_good_go_but_a_leader_a_busy_and_an_a
     assert await store.runner_drain("drained") is not None
     # A leader-mode pool's leader, drained but not re-elected yet: the pool row still names it.
     await factories.runner(store, "leader", pool="lead")
-    assert [c["leader"] for c in await store.pool_elect_leader("lead")] == ["leader"]
+    assert [c.leader for c in await store.pool_elect_leader("lead")] == ["leader"]
     assert await store.runner_drain("leader") is not None
     await factories.runner(store, "active")
     # Worker records: one never registered, one of the lost runner, one of an active runner.
