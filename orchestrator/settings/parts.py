@@ -3,10 +3,11 @@ section per service with knobs of its own. Each service takes only the parts it 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class Credential:
@@ -106,15 +107,41 @@ class HttpSettings(Group):
     producer_tokens: SecretStr = SecretStr("")
     runner_tokens: SecretStr = SecretStr("")
     operator_tokens: SecretStr = SecretStr("")
+    # Producer tokens bound to a tenant, `TENANT=TOKEN` comma-separated: their jobs are that
+    # tenant's, and they see and cancel no other tenant's jobs (services/api/tenancy.py).
+    tenant_tokens: SecretStr = SecretStr("")
     # Serve the api beyond loopback with no token anyway (orchestrator/exposure.py): refused
     # at start unless this is set, and warned about at every start when it is.
     allow_insecure: bool = False
 
+    @field_validator("tenant_tokens")
+    @classmethod
+    def _tenant_tokens_named(cls, value: SecretStr) -> SecretStr:
+        for entry in _entries(value):
+            tenant, sep, token = entry.partition("=")
+            if not sep or not token.strip() or not TENANT_NAME.fullmatch(tenant.strip()):
+                # The entry itself is a secret: say where it is, never what it holds.
+                raise ValueError("each entry must be TENANT=TOKEN, the tenant a name like a job's tenant field")
+        return value
+
     def api_tokens(self) -> list[tuple[str, str]]:
-        """(role, token) for every configured API token."""
+        """(role, token) for every configured API token (a tenant's token is a producer's)."""
         by_role = {"producer": self.producer_tokens, "runner": self.runner_tokens, "operator": self.operator_tokens}
-        listed = [(role, tokens.get_secret_value().split(",")) for role, tokens in by_role.items()]
-        return [(role, t.strip()) for role, tokens in listed for t in tokens if t.strip()]
+        listed = [(role, t) for role, tokens in by_role.items() for t in _entries(tokens)]
+        return listed + [("producer", token) for _, token in self.tenant_bound_tokens()]
+
+    def tenant_bound_tokens(self) -> list[tuple[str, str]]:
+        """(tenant, token) for every producer token bound to a tenant."""
+        pairs = (entry.partition("=") for entry in _entries(self.tenant_tokens))
+        return [(tenant.strip(), token.strip()) for tenant, _, token in pairs]
+
+
+# A job's `tenant` (schemas.jobs.Name).
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
+
+
+def _entries(tokens: SecretStr) -> list[str]:
+    return [t.strip() for t in tokens.get_secret_value().split(",") if t.strip()]
 
 
 # --- sections: one service's own ----------------------------------------------------------------

@@ -16,9 +16,11 @@ class JobReads(Connected):
             row = await conn.fetchrow(Q["job_get"], job_id)
         return Job.from_record(row) if row else None
 
-    async def job_list(self, *, pool: str | None, state: str | None, key: str | None, limit: int) -> list[Job]:
+    async def job_list(
+        self, *, pool: str | None, state: str | None, key: str | None, limit: int, tenant: str | None = None
+    ) -> list[Job]:
         async with self.connection() as conn:
-            return [Job.from_record(r) for r in await conn.fetch(Q["job_list"], pool, state, key, limit)]
+            return [Job.from_record(r) for r in await conn.fetch(Q["job_list"], pool, state, key, limit, tenant)]
 
     async def job_count(self, pool: str) -> int:
         async with self.connection() as conn:

@@ -59,7 +59,7 @@ from schemas.events import AdmissionResult, JobSubmitted
 from schemas.jobs import JobSpec, JobState, JobView
 from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
-from services.api import params
+from services.api import params, tenancy
 from services.api.auth import ROLE, Auth
 from services.api.blocked import Why
 from services.api.logs import JobLogsView
@@ -198,7 +198,7 @@ class Api(Service):
 
     def _build_app(self) -> web.Application:
         self.routes = self._routes()
-        auth = Auth(self.http.api_tokens())
+        auth = Auth(self.http.api_tokens(), self.http.tenant_bound_tokens())
         guard = auth.middleware({r.key: r.roles for r in self.routes})
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[errors_as_json, guard])
         register(app, self.routes)
@@ -227,9 +227,11 @@ class Api(Service):
         with _tracer.start_as_current_span("POST /v1/jobs", context=ctx, kind=trace.SpanKind.SERVER):
             raw = await request.read()
             try:
-                spec = JobSpec.model_validate_json(raw)
+                spec = tenancy.owned(request, JobSpec.model_validate_json(raw))
             except ValidationError as exc:
                 return invalid_response(exc)
+            if isinstance(spec, web.Response):
+                return spec
             return self._admission_response(await self.admit(spec))
 
     async def admit(self, spec: JobSpec) -> AdmissionResult:
@@ -261,7 +263,7 @@ class Api(Service):
         except ValueError:
             return error_response(404, "not_found", f"no job {request.match_info['id']!r}: not a job id", "id")
         row = await self.store.job_get(job_id)
-        if row is None:
+        if row is None or not tenancy.visible(request, row["tenant"]):  # another tenant's: as if none
             return error_response(404, "not_found", f"no job {job_id}", "id")
         return row
 
@@ -281,7 +283,9 @@ class Api(Service):
     async def list_jobs(self, request: web.Request) -> web.Response:
         pool, state, key = (p.parse(request) for p in (params.POOL, params.STATE, params.KEY))
         limit = params.LIMIT.parse(request)
-        rows = await self.store.job_list(pool=pool, state=state, key=key, limit=limit)
+        rows = await self.store.job_list(
+            pool=pool, state=state, key=key, limit=limit, tenant=tenancy.bound_tenant(request)
+        )
         waiting = await self.why.waiting(rows)
         jobs = [JobListed(**JobView.from_row(r).model_dump(), blocked_by=waiting.get(r["id"])) for r in rows]
         return json_response(JobList(jobs=jobs))

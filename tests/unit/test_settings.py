@@ -40,6 +40,7 @@ CONTRACT = [
     "ORCH_PRODUCER_TOKENS",
     "ORCH_RUNNER_TOKENS",
     "ORCH_OPERATOR_TOKENS",
+    "ORCH_TENANT_TOKENS",
     "ORCH_NATS_USER",
     "ORCH_NATS_PASSWORD",
     "ORCH_NATS_TOKEN",
@@ -131,6 +132,20 @@ def test_the_retention_is_read_and_must_be_positive(monkeypatch: pytest.MonkeyPa
             Settings.from_env()
 
 
+def test_tenant_tokens_are_tenant_equals_token_and_a_bad_one_is_named_not_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ORCH_TENANT_TOKENS", " acme=s1 ,globex=s2")
+    http = Settings.from_env().http
+    assert http.tenant_bound_tokens() == [("acme", "s1"), ("globex", "s2")]
+    assert ("producer", "s1") in http.api_tokens()  # a tenant's token is a producer's
+    for bad in ("acme:s1", "acme=", "=s1", "no spaces=s1"):
+        monkeypatch.setenv("ORCH_TENANT_TOKENS", bad)
+        with pytest.raises(ConfigurationError, match=r"ORCH_TENANT_TOKENS: .*TENANT=TOKEN") as raised:
+            Settings.from_env()
+        assert "s1" not in str(raised.value)
+
+
 def test_a_misspelt_sectioned_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCH_DISPATCH__STEP_LIMT", "64")
     with pytest.raises(ConfigurationError, match="ORCH_DISPATCH__STEP_LIMT: Extra inputs are not permitted"):
@@ -162,6 +177,7 @@ def test_secret_env_lists_every_secret_field() -> None:
         "ORCH_PRODUCER_TOKENS",
         "ORCH_RUNNER_TOKENS",
         "ORCH_OPERATOR_TOKENS",
+        "ORCH_TENANT_TOKENS",
     }
     assert secret_str <= SECRET_ENV
     # Not SecretStr, but access all the same (a URL's password, a key), and the CLI's own token.
