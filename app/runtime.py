@@ -150,10 +150,10 @@ class Runtime:
             self._nats_server = EmbeddedNats(s.data_dir / "nats", host=s.nats_host, port=port, token=token)
             self._postgres = EmbeddedPostgres(s.data_dir / POSTGRES_DIR)
             self.nats_url, self.database_url = await asyncio.gather(self._nats_server.start(), self._postgres.start())
-            # The embedded NATS's token replaces whatever NATS credentials the settings name:
-            # they are for another server.
-            unset = dict.fromkeys(NatsCredentials.model_fields)
-            self.settings = s = s.model_copy(update={**unset, "nats_token": SecretStr(token)})
+            # The embedded NATS's token replaces whatever NATS credentials the settings name
+            # (they are for another server), and its one account has the default prefixes.
+            defaults = {name: field.default for name, field in NatsCredentials.model_fields.items()}
+            self.settings = s = s.model_copy(update={**defaults, "nats_token": SecretStr(token)})
             logs.mask([token, *url_secrets(self.database_url)])
         assert self.nats_url and self.database_url
         self.store = Store(
