@@ -217,7 +217,12 @@ class QueueCollector(Collector):
             return
         pools = self.pools
         per_pool = [
-            ("orchestrator_pool_queued", "Jobs queued in the pool, waiting for a slot.", "queued"),
+            ("orchestrator_pool_queued", "Jobs queued in the pool (deferred ones included).", "queued"),
+            (
+                "orchestrator_pool_deferred",
+                "Queued jobs of the pool not due yet: delayed (run_at, delay_s) or waiting out a retry backoff.",
+                "deferred",
+            ),
             ("orchestrator_pool_in_flight", "Jobs of the pool assigned or running.", "in_flight"),
             (
                 "orchestrator_pool_free_slots",
@@ -228,7 +233,7 @@ class QueueCollector(Collector):
             ("orchestrator_pool_max_active", "The pool's max_active (negative: unlimited).", "max_active"),
             (
                 "orchestrator_pool_oldest_queued_seconds",
-                "Age of the pool's oldest queued job (0 when none is queued).",
+                "How long the pool's oldest due queued job has waited since it was due (0 when none is).",
                 "oldest_queued_s",
             ),
             ("orchestrator_pool_paused", "1 while the pool is paused (jobs are admitted, not dispatched).", "paused"),

@@ -89,7 +89,8 @@ CREATE TABLE jobs (
     unheld_seq      bigint,                           -- the runner's heartbeat that first lacked it
     retry           jsonb,                            -- its retry policy (NULL: the default; see job_retry_delay())
     -- Every attempt that ended, oldest first (migration 0011 says why an array, not a table).
-    attempts        jsonb NOT NULL DEFAULT '[]'
+    attempts        jsonb NOT NULL DEFAULT '[]',
+    run_at          timestamptz                       -- a delayed job: first due then (not_before until claimed)
 );
 
 CREATE TABLE dispatch_epochs (
@@ -106,7 +107,8 @@ CREATE INDEX jobs_active_idx ON jobs (pool, state) WHERE state IN ('queued', 'as
 CREATE INDEX jobs_runner_idx ON jobs (runner_id) WHERE state IN ('assigned', 'running');
 -- The server's timeout sweep.
 CREATE INDEX jobs_running_timeout_idx ON jobs (started_at) WHERE state = 'running' AND timeout_s IS NOT NULL;
--- Queued jobs waiting out a retry backoff: when the first is due (the claim says, for dispatch's timer).
+-- Queued jobs not due yet (delayed, or waiting out a retry backoff): when the first is due (the
+-- claim says, for dispatch's timer).
 CREATE INDEX jobs_deferred_idx ON jobs (pool, not_before) WHERE state = 'queued' AND not_before IS NOT NULL;
 
 -- A churning queue fills its partial indexes with dead entries; vacuum it early and often.
