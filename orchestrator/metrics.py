@@ -2,7 +2,8 @@
 
 Two kinds, kept apart on purpose:
 - `Metrics`: counters and histograms of what the services in this process did (admitted,
-  rejected, dispatched, finished, skipped steps, queue-wait and slot-to-assign latencies), one
+  rejected, dispatched, finished, skipped steps, schedule fires, queue-wait and slot-to-assign
+  latencies), one
   instance per process, made by the runtime and handed to each service it builds. A service
   built without one (tests, the benchmark) gets its own unserved instance.
 - `QueueCollector`: the state of the queue (depth, in-flight, free slots, oldest wait, runners
@@ -114,6 +115,19 @@ class Metrics:
             "The largest in-flight count (assigned + running) any claim of this process left in the pool; "
             "compare with orchestrator_pool_max_concurrent.",
             ["pool"],
+            registry=r,
+        )
+        self.schedule_fires = Counter(
+            "orchestrator_schedule_fires",
+            "Schedule fire times handled, by outcome: fired (a job submitted), overlap (skipped: a job it fired "
+            "was still live), missed (skipped by catch_up), rejected (admission refused the job).",
+            ["outcome"],
+            registry=r,
+        )
+        self.schedule_lateness = Histogram(
+            "orchestrator_schedule_fire_lateness_seconds",
+            "Time from a schedule's fire time to its job's admission.",
+            buckets=QUEUE_WAIT_BUCKETS,
             registry=r,
         )
         self._peaks: dict[str, int] = {}  # by pool: dropped with the pool's series (`forget_pool`)

@@ -40,6 +40,7 @@ from orchestrator.settings.parts import (
     LogLimits,
     NatsCredentials,
     ProvisionerSettings,
+    SchedulerSettings,
     Section,
     Timings,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "LogLimits",
     "NatsCredentials",
     "ProvisionerSettings",
+    "SchedulerSettings",
     "Section",
     "Settings",
     "Timings",
@@ -151,6 +153,7 @@ class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     leader: LeaderSettings = Field(default_factory=LeaderSettings)
     provisioner: ProvisionerSettings = Field(default_factory=ProvisionerSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 
