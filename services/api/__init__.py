@@ -169,7 +169,8 @@ class Api(Service):
                   (params.SCHEDULE_NAME,)),
             Route("PUT", "/v1/schedules/{name}", self.schedules.put_schedule, PRODUCER,
                   "Create or replace a schedule: a job spec submitted on a cron, in a time zone", ScheduleSpec,
-                  {200: ScheduleView, 201: ScheduleView}, (422,), (params.SCHEDULE_NAME,)),
+                  {200: ScheduleView, 201: ScheduleView}, (422,), (params.SCHEDULE_NAME,),
+                  links=self._schedule_links()),
             Route("DELETE", "/v1/schedules/{name}", self.schedules.delete_schedule, PRODUCER,
                   "Delete a schedule (the jobs it fired are left as they are)", None, {200: ScheduleDeleted},
                   (404,), (params.SCHEDULE_NAME,)),
@@ -206,6 +207,14 @@ class Api(Service):
             Link(self.take_job.__name__, with_token),
             Link(self.finish_job.__name__, with_token),
             Link(self.cancel_job.__name__, by_id),
+        )
+
+    def _schedule_links(self) -> tuple[Link, ...]:
+        """A schedule's name leads to reading and deleting it."""
+        by_name = {"name": "$response.body#/name"}
+        return (
+            Link(self.schedules.get_schedule.__name__, by_name),
+            Link(self.schedules.delete_schedule.__name__, by_name),
         )
 
     def _build_app(self) -> web.Application:
