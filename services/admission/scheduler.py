@@ -52,6 +52,9 @@ _tracer = telemetry.tracer("orchestrator.scheduler")
 # The timer never waits less than this: a round that left a schedule due (it could not fire it)
 # must not spin; the sweep retries it.
 _MIN_WAIT_S = 0.001
+# Batches of due schedules per round at most: the rest (if some could not be fired) wait for the
+# next round, which the timer starts at once.
+_MAX_BATCHES = 10
 
 
 def fire_key(name: str, at: datetime) -> str:
@@ -122,7 +125,7 @@ class Scheduler(Service):
             if not self.running or not leads(self.leadership):
                 self._disarm()
                 return
-            while True:
+            for _ in range(_MAX_BATCHES):  # a full batch may mean more are due (not: none advanced)
                 now = datetime.fromtimestamp(self.clock.time(), UTC)
                 due = await self.store.schedules_due(now, self.config.batch)
                 for row in due:
