@@ -45,7 +45,7 @@ class Taken(Model):
 class Constraint(Model):
     """One thing holding a queued job back, and the numbers behind it."""
 
-    reason: Literal["no_leader", "paused", "capacity_unknown", "no_free_runner", "at_capacity", "backoff"]
+    reason: Literal["no_leader", "paused", "capacity_unknown", "no_free_runner", "at_capacity", "scheduled", "backoff"]
     message: str
     numbers: dict[str, int | float | str | None] = Field(default_factory=dict)
 
@@ -219,9 +219,14 @@ class PoolStats(Model):
     max_active: int
     paused: int = Field(description="1 when paused, else 0 (a gauge's value)")
     queued: int
+    deferred: int = Field(
+        default=0, description="queued jobs not due yet: delayed (run_at, delay_s) or waiting out a retry backoff"
+    )
     in_flight: int = Field(description="assigned or running")
     free: int = Field(description="slots a job could take now: runners' free slots within max_concurrent")
-    oldest_queued_s: float = Field(description="how long the oldest queued job has waited (0: none queued)")
+    oldest_queued_s: float = Field(
+        description="how long the oldest queued job that is due has waited since it was (0: none)"
+    )
 
 
 class RunnerCount(Model):

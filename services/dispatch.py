@@ -9,10 +9,12 @@ take: the next job or slot comes with a wake); `no_job`, `no_runner`, `at_capaci
 `capacity_unknown` (Postgres unreachable: never dispatch blind), `paused`, `unknown_pool` and
 `failed` stop until the next wake.
 
-A job retried after a backoff (its retry policy) is not claimable before it is due, and nothing
-announces that moment: each step that looked for jobs says when the pool's first deferred job is
-due (`due_in_s`), and a timer per pool (the earliest kept) wakes the pool then. A timer, not a
-poll: a pool without deferred jobs has none.
+A delayed job (`run_at`, `delay_s`) and a job retried after a backoff (its retry policy) are not
+claimable before they are due, and nothing announces that moment: each step that looked for jobs
+says when the pool's first deferred job is due (`due_in_s`), and a timer per pool (the earliest
+kept, `DueTimers`) wakes the pool then. A timer, not a poll: a pool without deferred jobs has
+none. Deferred jobs are rows, so a restart loses none: the sweep on start (and on gaining the
+lease) steps every pool with queued jobs, and that step arms the timer again.
 
 A step's claim is one statement in the store (lock the pool row, derive in-flight from job rows,
 claim up to the budget), so `max_concurrent` holds with any number of
@@ -52,6 +54,7 @@ from orchestrator import telemetry
 from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.due import DueTimers
 from orchestrator.errors import OrchestratorError, RequestFailed, StoreUnavailable
 from orchestrator.known_pools import KnownPools
 from orchestrator.leadership import Leadership, leads, sweep_on_gain
@@ -100,8 +103,8 @@ class Dispatch(Service):
         # pools) are recorded in one `acknowledge` transaction.
         self._acks: Batcher[list[Handoff], None] = Batcher(self._acknowledge)
         self._handoffs: set[asyncio.Task[None]] = set()  # in flight, each until its runner answered
-        # Per pool, the wake for its first job waiting out a retry backoff.
-        self._due: dict[str, asyncio.TimerHandle] = {}
+        # Per pool, the wake for its first job not due yet (delayed, or in a retry backoff).
+        self._due = DueTimers(self.wake)
 
     async def on_start(self) -> None:
         if self._own_known_pools:
@@ -118,8 +121,6 @@ class Dispatch(Service):
         await self.sweep()
 
     async def on_stop(self) -> None:
-        for timer in self._due.values():
-            timer.cancel()
         self._due.clear()
         # Steps stop (not running); claimed hand-offs get the stop timeout to finish, so no
         # assignment is left half-made.
@@ -148,9 +149,7 @@ class Dispatch(Service):
         """A deleted pool: what this process kept for it goes (a drain running ends on its own)."""
         self._again.discard(pool)
         self._slot_freed_at.pop(pool, None)
-        timer = self._due.pop(pool, None)
-        if timer is not None:
-            timer.cancel()
+        self._due.forget(pool)
 
     async def sweep(self) -> None:
         """Every pool with queued jobs, and the assignments nobody started (Postgres is the truth)."""
@@ -169,22 +168,6 @@ class Dispatch(Service):
             self._again.add(pool)
             return
         self._drains[pool] = asyncio.create_task(self._drain(pool), name=f"dispatch.drain.{pool}")
-
-    def _wake_in(self, pool: str, delay_s: float) -> None:
-        """Wake `pool` in `delay_s` seconds (its first deferred job is due then), unless a wake
-        is set for no later: the step it starts sets the next one."""
-        loop = asyncio.get_running_loop()
-        when = loop.time() + max(0.0, delay_s)
-        timer = self._due.get(pool)
-        if timer is not None:
-            if timer.when() <= when:
-                return
-            timer.cancel()
-        self._due[pool] = loop.call_at(when, self._on_due, pool)
-
-    def _on_due(self, pool: str) -> None:
-        self._due.pop(pool, None)
-        self.wake(pool)
 
     async def _drain(self, pool: str) -> None:
         try:
@@ -236,7 +219,7 @@ class Dispatch(Service):
         else:
             claim_status = claim.status
             if claim.due_in_s is not None and self.running:
-                self._wake_in(pool, claim.due_in_s)
+                self._due.arm(pool, claim.due_in_s)
             if claim_status == "fenced" and self.leadership is not None and fence is not None:
                 self.leadership.deposed(fence.epoch)
             if claim.in_flight is not None:

@@ -41,6 +41,7 @@ from orchestrator.settings.parts import (
     NatsCredentials,
     ProvisionerSettings,
     Retention,
+    SchedulerSettings,
     Section,
     Timings,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "NatsCredentials",
     "ProvisionerSettings",
     "Retention",
+    "SchedulerSettings",
     "Section",
     "Settings",
     "Timings",
@@ -153,6 +155,7 @@ class Settings(Timings, LogLimits, Retention, HttpSettings, NatsCredentials, Bas
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     leader: LeaderSettings = Field(default_factory=LeaderSettings)
     provisioner: ProvisionerSettings = Field(default_factory=ProvisionerSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 

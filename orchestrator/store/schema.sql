@@ -96,7 +96,8 @@ CREATE TABLE jobs (
     unheld_seq      bigint,                           -- the runner's heartbeat that first lacked it
     retry           jsonb,                            -- its retry policy (NULL: the default; see job_retry_delay())
     -- Every attempt that ended, oldest first (migration 0011 says why an array, not a table).
-    attempts        jsonb NOT NULL DEFAULT '[]'
+    attempts        jsonb NOT NULL DEFAULT '[]',
+    run_at          timestamptz                       -- a delayed job: first due then (not_before until claimed)
 );
 
 CREATE TABLE dispatch_epochs (
@@ -113,7 +114,8 @@ CREATE INDEX jobs_active_idx ON jobs (pool, state) WHERE state IN ('queued', 'as
 CREATE INDEX jobs_runner_idx ON jobs (runner_id) WHERE state IN ('assigned', 'running');
 -- The server's timeout sweep.
 CREATE INDEX jobs_running_timeout_idx ON jobs (started_at) WHERE state = 'running' AND timeout_s IS NOT NULL;
--- Queued jobs waiting out a retry backoff: when the first is due (the claim says, for dispatch's timer).
+-- Queued jobs not due yet (delayed, or waiting out a retry backoff): when the first is due (the
+-- claim says, for dispatch's timer).
 CREATE INDEX jobs_deferred_idx ON jobs (pool, not_before) WHERE state = 'queued' AND not_before IS NOT NULL;
 
 -- A churning queue fills its partial indexes with dead entries; vacuum it early and often.
@@ -376,3 +378,37 @@ CREATE TABLE workers (
     spawned_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX workers_pool_idx ON workers (pool);
+
+-- Schedules: a job spec on a cron (migration 0013 says how a fire time is handled once).
+CREATE TABLE schedules (
+    name            text PRIMARY KEY,
+    cron            text NOT NULL,
+    timezone        text NOT NULL,
+    job             jsonb NOT NULL,                   -- the job spec each fire submits (as given)
+    pool            text NOT NULL,                    -- the job spec's pool (no foreign key: see below)
+    overlap         text NOT NULL CHECK (overlap IN ('skip', 'allow', 'cancel_previous')),
+    catch_up        text NOT NULL CHECK (catch_up IN ('none', 'latest', 'all')),
+    paused          boolean NOT NULL DEFAULT false,
+    version         bigint NOT NULL DEFAULT 1,        -- every PUT adds one: a fire planned on another fails
+    handled_through timestamptz NOT NULL,
+    next_fire_at    timestamptz,                      -- NULL: it never fires again
+    last_fire_at    timestamptz,                      -- the scheduled time of the last fire
+    last_job_id     uuid,                             -- the job it submitted (it may be gone since)
+    last_skip_at    timestamptz,
+    last_skip_reason text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+-- The scheduler's timer: the earliest fire time of the schedules not paused.
+CREATE INDEX schedules_next_fire_idx ON schedules (next_fire_at) WHERE NOT paused;
+
+-- The jobs a schedule fired that may still be live, for `overlap` (skip while one is, or cancel
+-- them): a fire adds its job and forgets those that have ended (or are gone). No foreign keys:
+-- a pool may be deleted under a schedule (its fires are then refused, and say so), and jobs are
+-- pruned without asking.
+CREATE TABLE schedule_jobs (
+    schedule        text NOT NULL REFERENCES schedules (name) ON DELETE CASCADE,
+    fire_at         timestamptz NOT NULL,
+    job_id          uuid NOT NULL,
+    PRIMARY KEY (schedule, fire_at)
+);

@@ -4,7 +4,8 @@
 admission service over the bus, so HTTP and NATS producers get the same decisions. Reads come
 straight from Postgres, the truth. Pool changes (`PUT`/`PATCH /v1/pools/{name}`, `pools.py`) go
 through `orchestrator.pools.change_pool`, the one way a pool changes (the runtime applies the
-pools file with it too); runners' endpoints are `runners.py`, a job's output `logs.py`. Every
+pools file with it too); runners' endpoints are `runners.py`, schedules' `schedules.py`, a job's
+output `logs.py`. Every
 error is `{"error": {"code", "message", "field"}}`.
 
 The endpoints are one table (`routes.py`) that registers them, says who may call them (`auth.py`,
@@ -59,6 +60,7 @@ from schemas.events import AdmissionResult, JobSubmitted
 from schemas.jobs import JobSpec, JobState, JobView
 from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
+from schemas.schedules import ScheduleDeleted, ScheduleList, ScheduleSpec, ScheduleView
 from services.api import params, tenancy
 from services.api.auth import ROLE, Auth
 from services.api.blocked import Why
@@ -73,6 +75,7 @@ from services.api.responses import (
 )
 from services.api.routes import ANY_ROLE, OPERATOR, PRODUCER, PUBLIC, RUNNER, Link, Media, Route, openapi, register
 from services.api.runners import RunnerViews
+from services.api.schedules import ScheduleViews
 from services.api.servo import ServoDoor
 from services.api.take import RETRY_AFTER_S, Takes
 
@@ -116,6 +119,7 @@ class Api(Service):
             self.why.known_pools.on_gone(self.metrics.forget_pool)
         self.pools = PoolViews(store, bus)
         self.runners = RunnerViews(store, bus)
+        self.schedules = ScheduleViews(store, bus)
         self.app = self._build_app()
 
     def _routes(self) -> list[Route]:
@@ -158,6 +162,18 @@ class Api(Service):
             Route("DELETE", "/v1/pools/{name}", self.pools.delete_pool, pools,
                   "Delete a pool and its ended jobs; 409 while it has jobs queued, assigned or running, or "
                   "runners not lost", None, {200: PoolDeleted}, (404, 409), (params.POOL_NAME,)),
+            Route("GET", "/v1/schedules", self.schedules.list_schedules, ANY_ROLE, "List schedules", None,
+                  {200: ScheduleList}),
+            Route("GET", "/v1/schedules/{name}", self.schedules.get_schedule, ANY_ROLE,
+                  "A schedule: its next fire time and the last job it fired", None, {200: ScheduleView}, (404,),
+                  (params.SCHEDULE_NAME,)),
+            Route("PUT", "/v1/schedules/{name}", self.schedules.put_schedule, PRODUCER,
+                  "Create or replace a schedule: a job spec submitted on a cron, in a time zone", ScheduleSpec,
+                  {200: ScheduleView, 201: ScheduleView}, (422,), (params.SCHEDULE_NAME,),
+                  links=self._schedule_links()),
+            Route("DELETE", "/v1/schedules/{name}", self.schedules.delete_schedule, PRODUCER,
+                  "Delete a schedule (the jobs it fired are left as they are)", None, {200: ScheduleDeleted},
+                  (404,), (params.SCHEDULE_NAME,)),
             Route("GET", "/v1/queue", self.queue_depth, ANY_ROLE, "Jobs waiting and in flight, per pool", None,
                   {200: QueueDepth}),
             Route("GET", "/v1/rejections", self.list_rejections, OPERATOR,
@@ -194,6 +210,14 @@ class Api(Service):
             Link(self.take_job.__name__, with_token),
             Link(self.finish_job.__name__, with_token),
             Link(self.cancel_job.__name__, by_id),
+        )
+
+    def _schedule_links(self) -> tuple[Link, ...]:
+        """A schedule's name leads to reading and deleting it."""
+        by_name = {"name": "$response.body#/name"}
+        return (
+            Link(self.schedules.get_schedule.__name__, by_name),
+            Link(self.schedules.delete_schedule.__name__, by_name),
         )
 
     def _build_app(self) -> web.Application:
