@@ -1,6 +1,6 @@
 """The `orchestrator` command: run the system (`up`, `serve`, `runner`, `migrate`) and talk to a
-running one over HTTP (`submit`, `jobs`, `logs`, `cancel`, `pools`, `pool set|delete`, `runners`,
-`status`: app/http_commands.py)."""
+running one over HTTP (`submit`, `jobs`, `logs`, `cancel`, `pools`, `pool set|delete`, `schedule
+set|list|delete`, `runners`, `status`: app/http_commands.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from app import endpoints
 from app.main_loop import Signals, run, setup_logging
+from orchestrator import logs
 from orchestrator.errors import OrchestratorError
-from orchestrator.redact import redact_url
 from orchestrator.settings import Settings, default_instance_id
 
 if TYPE_CHECKING:
@@ -36,13 +36,20 @@ async def _serve(runtime: Runtime, announce: bool) -> int:
         signals = Signals()
         if announce:
             runtime.write_endpoints()
-            e = runtime.endpoints()
-            shown = " ".join(f"{name}={redact_url(url) if url else url}" for name, url in e.items())
-            print(f"orchestrator ready {shown}", flush=True)  # the endpoints file has them whole
+            # The endpoints file has them whole, and the NATS token.
+            print(f"orchestrator ready {runtime.endpoints().shown()}", flush=True)
         await signals.stop.wait()
     finally:
         await (runtime.stop() if signals is None else signals.stopping(runtime.stop(), runtime.hurry))
     return 0
+
+
+def _joined(settings: Settings) -> Settings:
+    """The settings joined to the `up` of their data dir (`endpoints.joined`), whose secrets this
+    process's log masks from now on."""
+    joined = endpoints.joined(settings)
+    logs.mask(joined.secret_values())
+    return joined
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -55,7 +62,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from app.runtime import SERVICES, Runtime
 
     names = list(SERVICES) if "all" in args.services else args.services  # Runtime refuses unknown names
-    runtime = Runtime(endpoints.joined(settings), names, migrate=False)
+    runtime = Runtime(_joined(settings), names, migrate=False)
     return run(_serve(runtime, announce="api" in names))
 
 
@@ -90,7 +97,7 @@ def cmd_runner(args: argparse.Namespace, settings: Settings) -> int:
         once=args.once,
         idle_timeout_s=args.idle_timeout,
     )
-    return run(serve_runner(endpoints.joined(settings), options))
+    return run(serve_runner(_joined(settings), options))
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
@@ -202,13 +209,38 @@ def parser() -> argparse.ArgumentParser:
         "delete", "pool_delete", "delete a pool and its ended jobs (refused while jobs or runners use it)", pool
     )
     pool_delete.add_argument("name")
+    schedule = sub.add_parser("schedule", help="set, list or delete schedules (a job on a cron)")
+    schedules = schedule.add_subparsers(dest="schedule_cmd", required=True)
+    schedule_set = api(
+        "set", "schedule_set", "create or replace a schedule: orchestrator schedule set NAME --cron C -- CMD", schedules
+    )
+    schedule_set.add_argument("name")
+    schedule_set.add_argument("--cron", required=True, help="5 fields, or 6 with seconds first (quote it)")
+    schedule_set.add_argument("--timezone", help="an IANA time zone (default UTC)")
+    schedule_set.add_argument("--overlap", choices=["skip", "allow", "cancel_previous"], help="default skip")
+    schedule_set.add_argument("--catch-up", choices=["none", "latest", "all"], help="default latest")
+    schedule_set.add_argument("--paused", action=argparse.BooleanOptionalAction, default=None)
+    schedule_set.add_argument("--pool", default="default")
+    schedule_set.add_argument("--label", action="append", default=[])
+    schedule_set.add_argument("--priority", type=int)
+    schedule_set.add_argument("--timeout", type=_seconds, help="seconds each job may run (default: no timeout)")
+    # The command after `--` is taken by `main` (after NAME, argparse would leave it unparsed).
+    schedule_set.set_defaults(command=[])
+    api("list", "schedule_list", "list schedules with their next fire time and last job", schedules)
+    schedule_delete = api("delete", "schedule_delete", "delete a schedule (the jobs it fired stay)", schedules)
+    schedule_delete.add_argument("name")
     api("runners", "runners", "list runners")
     api("status", "status", "one screen: the dispatcher, each pool's jobs and queue, the runners")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, rest = p.parse_known_args(argv)
+    if rest[:1] == ["--"] and getattr(args, "api", None) == "schedule_set":
+        args.command = rest[1:]  # `schedule set NAME [options] -- CMD [ARGS]`
+    elif rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         settings = Settings.from_env()
         setup_logging(settings)

@@ -1,6 +1,6 @@
 """The commands that talk to a running system through its HTTP API, with the Python client
 (`orchestrator.client`): `submit`, `jobs`, `logs`, `cancel`, `pools`, `pool set|delete`,
-`runners`, `status`.
+`schedule set|list|delete`, `runners`, `status`.
 
 For people: tables and one-line answers. With `--json`, for programs: the API's answer as it
 sent it, unchanged (`status --json`: its four answers under one object). Errors go to stderr as
@@ -25,10 +25,11 @@ from app.progress import Progress
 from orchestrator.client import ApiError, Client, calls
 from orchestrator.client.calls import Call
 from orchestrator.settings import Settings
-from schemas.api import JobDetail, JobListed, LeaderView, PoolStats, RunnerCount, RunnerView
+from schemas.api import JobDetail, JobListed, LeaderView, PoolStats, RunnerCount, RunnerList, RunnerView
 from schemas.events import error_from_validation
 from schemas.jobs import JobSpec, JobState
 from schemas.pools import PoolView
+from schemas.schedules import ScheduleSpec, ScheduleView
 
 Command = Callable[[argparse.Namespace, Client], Awaitable[int]]
 
@@ -269,6 +270,61 @@ async def pool_delete(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+# --- schedules -----------------------------------------------------------------------------------
+
+SCHEDULE_COLUMNS = ("name", "cron", "timezone", "next fire", "last fire", "last job", "overlap", "catch up", "command")
+
+
+def _when(at: Any) -> str | None:
+    return None if at is None else f"{at:%Y-%m-%d %H:%M:%S}Z"
+
+
+def _schedule_row(s: ScheduleView) -> tuple[object, ...]:
+    last = f"{s.last_job.id} ({s.last_job.state or 'gone'})" if s.last_job else s.last_skip_reason
+    next_fire = "paused" if s.paused else _when(s.next_fire_at)
+    command = tables.command_line(s.job.payload.get("command"), 30)
+    return s.name, s.cron, s.timezone, next_fire, _when(s.last_fire_at), last, s.overlap, s.catch_up, command
+
+
+async def schedule_set(args: argparse.Namespace, client: Client) -> int:
+    """Create or replace a schedule of the command after `--` (what is not given takes its default)."""
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError(
+            "give the command to run after --, e.g. orchestrator schedule set nightly --cron '0 3 * * *' -- make"
+        )
+    job: dict[str, Any] = {"pool": args.pool, "labels": args.label, "payload": {"command": command}}
+    job |= {"priority": args.priority} if args.priority is not None else {}
+    job |= {"timeout_s": args.timeout} if args.timeout is not None else {}
+    given = {"cron": args.cron, "timezone": args.timezone, "overlap": args.overlap, "catch_up": args.catch_up,
+             "paused": args.paused}  # fmt: skip
+    try:
+        spec = ScheduleSpec.model_validate({"job": job, **{k: v for k, v in given.items() if v is not None}})
+    except ValidationError as exc:
+        raise UsageError(error_from_validation(exc).message) from None
+    put = calls.put_schedule(args.name, spec)
+    raw = await client.send_json(put)
+    if args.json:
+        print_json(raw)
+    else:
+        print(tables.table(SCHEDULE_COLUMNS, [_schedule_row(put.parse(raw))]))
+    return 0
+
+
+async def schedule_list(args: argparse.Namespace, client: Client) -> int:
+    listing = calls.list_schedules()
+    return await _listing(args, client, listing, SCHEDULE_COLUMNS, lambda answer: map(_schedule_row, answer.schedules))
+
+
+async def schedule_delete(args: argparse.Namespace, client: Client) -> int:
+    raw = await client.send_json(calls.delete_schedule(args.name))
+    if args.json:
+        print_json(raw)
+    else:
+        print(f"schedule {args.name} deleted: it fires no more (the jobs it fired stay)")
+    return 0
+
+
 RUNNER_COLUMNS = ("id", "pool", "state", "busy", "labels", "taints", "last seen")
 
 
@@ -277,28 +333,48 @@ def _runner_row(r: RunnerView) -> tuple[object, ...]:
     return r.id, r.pool, r.state, busy, tables.words(r.labels), tables.words(r.taints), tables.age(r.last_seen_at)
 
 
+# `runners` and `status` show the first page of runners (id order), as large as the API gives.
+RUNNERS_SHOWN = 1000
+
+
+def _more_runners(page: RunnerList) -> str | None:
+    if page.next is None:
+        return None
+    return f"(the first {len(page.runners)} runners: GET /v1/runners?after={page.next} lists the next page)"
+
+
 async def runners(args: argparse.Namespace, client: Client) -> int:
-    listing = calls.list_runners()
-    return await _listing(args, client, listing, RUNNER_COLUMNS, lambda answer: map(_runner_row, answer.runners))
+    listing = calls.list_runners(limit=RUNNERS_SHOWN)
+    raw = await client.send_json(listing)
+    if args.json:
+        print_json(raw)
+        return 0
+    page = listing.parse(raw)
+    print(tables.table(RUNNER_COLUMNS, [_runner_row(r) for r in page.runners]))
+    if more := _more_runners(page):
+        print(more)
+    return 0
 
 
 async def status(args: argparse.Namespace, client: Client) -> int:
     """One screen: who dispatches, each pool's jobs in flight against its cap and its queue, and
     the runners that are not lost."""
-    asked = (calls.get_leader(), calls.get_stats(), calls.list_pools(), calls.list_runners())
+    asked = (calls.get_leader(), calls.get_stats(), calls.list_pools(), calls.list_runners(limit=RUNNERS_SHOWN))
     leader, stats, pools_, runners_ = await asyncio.gather(*(client.send_json(c) for c in asked))
     if args.json:
-        print_json({"url": client.url, "leader": leader, "stats": stats, **pools_, **runners_})
+        print_json({"url": client.url, "leader": leader, "stats": stats, **pools_, "runners": runners_["runners"]})
         return 0
     print(f"orchestrator at {client.url}: {_dispatchers(asked[0].parse(leader))}\n")
     counts = asked[1].parse(stats)
     print(tables.table(STATUS_POOL_COLUMNS, [_status_row(p, counts.runners) for p in counts.pools]))
-    listed = asked[3].parse(runners_).runners
-    live = [r for r in listed if r.state != "lost"]
+    page = asked[3].parse(runners_)
+    live = [r for r in page.runners if r.state != "lost"]
     print()
     print(tables.table(RUNNER_COLUMNS, [_runner_row(r) for r in live]) if live else "no runners")
-    if lost := len(listed) - len(live):
+    if lost := len(page.runners) - len(live):
         print(f"(and {lost} lost runners: `orchestrator runners` lists them)")
+    if more := _more_runners(page):
+        print(more)
     return 0
 
 

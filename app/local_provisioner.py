@@ -8,6 +8,8 @@ import contextlib
 import multiprocessing
 import os
 import sys
+import time
+from collections.abc import Iterable
 from multiprocessing import forkserver
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -27,14 +29,34 @@ _log = telemetry.get_logger("provisioning")
 WORKER_MODULES = ["app.local_provisioner"]
 # A local worker's name in the process table (`ps`, `top`, /proc/<pid>/comm).
 WORKER_NAME = "orch-worker"
+# Workers' log files older than the retention are deleted at a spawn, at most this often.
+LOG_PRUNE_INTERVAL_S = 60.0
 _FORK_SERVER = multiprocessing.get_context("forkserver")
+
+
+def prune_logs(folder: Path, older_than_s: float, keep: Iterable[str] = (), now: float | None = None) -> int:
+    """Delete the worker logs (`<runner id>.log`) in `folder` last written over `older_than_s`
+    ago, except those of the workers named in `keep` (live ones); how many were deleted."""
+    cutoff = (time.time() if now is None else now) - older_than_s
+    spared = {f"{worker}.log" for worker in keep}
+    deleted = 0
+    for path in folder.glob("*.log"):
+        try:
+            if path.name not in spared and path.stat().st_mtime < cutoff:
+                path.unlink()
+                deleted += 1
+        except FileNotFoundError:  # another process pruned it first
+            continue
+    return deleted
 
 
 def _worker_main(options: RunnerOptions, env: dict[str, str], log_path: str) -> None:
     """A local worker, in the process the fork server made for it: its environment, its log and
     its name, then a one-shot runner agent."""
     os.environ.update(env)
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    # A job's output may hold its secrets: the worker's own user only (the data dir is searchable
+    # by all when the embedded Postgres runs as another user).
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
@@ -58,16 +80,20 @@ class LocalProvisioner:
     Workers are forked from a fork server (`multiprocessing`'s, started on the first spawn) that
     has already imported what a worker runs, so the fleet turns over at the pace of its jobs,
     not of Python's start-up. They are this process's to count: the live ones are those whose
-    exit the fork server has not reported yet. Output goes to `<data dir>/workers/<id>.log`."""
+    exit the fork server has not reported yet. Output goes to `<data dir>/workers/<id>.log`,
+    deleted once older than the retention (looked at on a spawn, at most once a minute: only a
+    spawn adds a file)."""
 
     def __init__(self, ctx: ProvisionerContext, *, idle_timeout_s: float = 60.0) -> None:
         self.ctx = ctx
         self.idle_timeout_s = idle_timeout_s
         self._procs: dict[str, tuple[BaseProcess, asyncio.Future[None]]] = {}
+        self._pruned_at: float | None = None  # monotonic
 
     async def spawn(self, request: WorkerRequest) -> str:
         logs = self.ctx.data_dir / "workers"
-        await asyncio.to_thread(logs.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(logs.mkdir, mode=0o700, parents=True, exist_ok=True)
+        await self._prune_logs(logs)
         # Once per process, off the loop: starting the server imports WORKER_MODULES (~1 s).
         await asyncio.to_thread(_start_fork_server)
         options = RunnerOptions(
@@ -87,6 +113,18 @@ class LocalProvisioner:
         self._procs[request.runner_id] = (proc, exited)
         loop.add_reader(proc.sentinel, self._exited, request.runner_id)
         return request.runner_id
+
+    async def _prune_logs(self, logs: Path) -> None:
+        if self._pruned_at is not None and time.monotonic() - self._pruned_at < LOG_PRUNE_INTERVAL_S:
+            return
+        self._pruned_at = time.monotonic()
+        try:
+            deleted = await asyncio.to_thread(prune_logs, logs, self.ctx.retention_s, list(self._procs))
+        except OSError as exc:  # a log kept longer is no reason to fail a spawn
+            _log.warning("pruning worker logs in %s failed: %s", logs, exc)
+            return
+        if deleted:
+            _log.info("deleted %d worker logs older than %g s", deleted, self.ctx.retention_s)
 
     def _exited(self, worker: str) -> None:
         """The fork server reported the worker's exit on its sentinel: it is no longer live."""

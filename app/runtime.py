@@ -3,7 +3,9 @@ dependency order, and stops them all gracefully in reverse. Only `app/` imports 
 nothing in the core imports it.
 
 With no `ORCH_NATS_URL` / `ORCH_DATABASE_URL` it first starts the embedded stack under the data
-dir (`orchestrator up`).
+dir (`orchestrator up`), with credentials generated there once: the NATS token in `nats.token`,
+the Postgres password in `postgres.password` (mode 0600 both), which this process, its runners
+and its provisioned workers use, and `endpoints.json` passes on to those joining it.
 """
 
 from __future__ import annotations
@@ -15,22 +17,29 @@ import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from app import endpoints
 from app.local_provisioner import LocalProvisioner
 from app.metrics_server import MetricsServer
-from orchestrator import telemetry
+from orchestrator import logs, private_files, telemetry
 from orchestrator.bus import Bus
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres, nats_port
 from orchestrator.errors import ConfigurationError
+from orchestrator.exposure import open_door
+from orchestrator.known_pools import KnownPools
 from orchestrator.leadership import Leaderships
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
 from orchestrator.outbox import OutboxRelay
 from orchestrator.pools import apply_pools_file
 from orchestrator.provisioning import ProvisionerFactory
-from orchestrator.settings import Settings
+from orchestrator.redact import url_secrets
+from orchestrator.retention import Pruner
+from orchestrator.settings import NatsCredentials, Settings
 from orchestrator.store import Store
 from services.admission import Admission
+from services.admission.scheduler import Scheduler
 from services.api import Api
 from services.capacity import Capacity
 from services.dispatch import Dispatch
@@ -42,13 +51,23 @@ from services.runner import Runner
 SERVICES = ("capacity", "admission", "dispatch", "provisioner", "api", "runner")
 # Dispatch and the provisioner always run under the leases of the dispatch shards: their leader
 # service starts just before them (and stops just after them, releasing the leases for standbys).
-# Dispatch follows each pool's shard's lease; the provisioner the first shard's alone. Every process whose
+# Dispatch follows each pool's shard's lease; the provisioner the first shard's alone, and so does
+# the scheduler (fires schedules), which goes with dispatch: wherever jobs are dispatched, they are
+# fired. Every process whose
 # services make job transitions runs an outbox relay (one publishes at a time); it starts first
-# and stops last, so what the others committed leaves before the process does.
-_ORDER = ("relay", "capacity", "admission", "leader", "dispatch", "provisioner", "api", "runner")
+# and stops last, so what the others committed leaves before the process does. Every process
+# with a service that counts or keeps anything per pool knows the pools (`KnownPools`: names from
+# the bus are checked against it, and a deleted pool's series and entries are dropped).
+_ORDER = (
+    "relay", "pools", "capacity", "admission", "leader", "dispatch", "scheduler", "provisioner", "api", "runner"
+)  # fmt: skip
 _TRANSITIONS = {"capacity", "admission", "dispatch", "api"}
+_PER_POOL = {"capacity", "admission", "dispatch", "provisioner", "api"}
 # Provisioners a pool can name without an entry point or import path (orchestrator/provisioning.py).
 PROVISIONERS: Mapping[str, ProvisionerFactory] = {"local": LocalProvisioner}
+# The embedded stack's files in the data dir (the password file is EmbeddedPostgres's default).
+NATS_TOKEN_FILE = "nats.token"
+POSTGRES_DIR = "postgres"
 
 _log = telemetry.get_logger("runtime")
 
@@ -80,12 +99,19 @@ class Runtime:
         if unknown:
             raise ConfigurationError(f"unknown services {unknown}: choose from {list(SERVICES)} or 'all'")
         self.settings = settings
+        # Before anything starts: an api open to the network with no token is refused here.
+        self._open_door = open_door(settings.http) if "api" in services else None
         leased = {"dispatch", "provisioner"} & set(services)
         relayed = _TRANSITIONS & set(services)
+        per_pool = _PER_POOL & set(services)
         self.names = [
             name
             for name in _ORDER
-            if name in services or (name == "leader" and leased) or (name == "relay" and relayed)
+            if name in services
+            or (name == "leader" and leased)
+            or (name == "scheduler" and "dispatch" in services)
+            or (name == "relay" and relayed)
+            or (name == "pools" and per_pool)
         ]
         self.provisioners = {**PROVISIONERS, **(provisioners or {})}
         self.migrate = migrate
@@ -99,6 +125,7 @@ class Runtime:
         self.database_url = settings.database_url
         self.store: Store | None = None
         self.bus: Bus | None = None
+        self.known_pools: KnownPools | None = None
         self.services: dict[str, Service] = {}
         self.leaderships = Leaderships(settings.dispatch_shards, settings.instance_id)
         # One set of counters for the process: every service adds to it; the api serves it (or,
@@ -111,7 +138,7 @@ class Runtime:
     def _label(self) -> str:
         """The services this process runs, as its telemetry and NATS client names say (the relay
         goes with any of them, so it is left out)."""
-        return "-".join(name for name in self.names if name != "relay")
+        return "-".join(name for name in self.names if name not in ("relay", "pools"))
 
     async def start(self) -> None:
         telemetry.setup(f"orchestrator-{self._label}" if len(self.names) < len(_ORDER) else "orchestrator")
@@ -126,9 +153,15 @@ class Runtime:
         if self.embedded:
             s.data_dir.mkdir(parents=True, exist_ok=True)
             port = nats_port(s.data_dir / "nats_port", s.nats_host, s.nats_port)
-            self._nats_server = EmbeddedNats(s.data_dir / "nats", host=s.nats_host, port=port)
-            self._postgres = EmbeddedPostgres(s.data_dir / "postgres")
+            token = private_files.secret(s.data_dir / NATS_TOKEN_FILE)
+            self._nats_server = EmbeddedNats(s.data_dir / "nats", host=s.nats_host, port=port, token=token)
+            self._postgres = EmbeddedPostgres(s.data_dir / POSTGRES_DIR)
             self.nats_url, self.database_url = await asyncio.gather(self._nats_server.start(), self._postgres.start())
+            # The embedded NATS's token replaces whatever NATS credentials the settings name
+            # (they are for another server), and its one account has the default prefixes.
+            defaults = {name: field.default for name, field in NatsCredentials.model_fields.items()}
+            self.settings = s = s.model_copy(update={**defaults, "nats_token": SecretStr(token)})
+            logs.mask([token, *url_secrets(self.database_url)])
         assert self.nats_url and self.database_url
         self.store = Store(
             self.database_url,
@@ -137,6 +170,7 @@ class Runtime:
             log_transitions=s.log_transitions,
         )
         self.bus = Bus.from_settings(s, name=f"orchestrator-{self._label}", url=self.nats_url)
+        self.metrics.watch_bus(self.bus)
         await asyncio.gather(self.store.connect(), self.bus.connect())
         if self.migrate:
             applied = await self.store.migrate()
@@ -154,6 +188,8 @@ class Runtime:
         if s.metrics_port is not None and "api" not in self.names:
             self.services["metrics"] = MetricsServer(self.metrics, s.http_host, s.metrics_port)
             await self.services["metrics"].start()
+        if self._open_door:
+            _log.warning(self._open_door)
         _log.info("serving %s as %s", ", ".join(self.names), s.instance_id)
 
     def build(self, name: str) -> Service:
@@ -163,14 +199,24 @@ class Runtime:
         m = self.metrics
         if name == "relay":
             return OutboxRelay(store, bus)
+        if name == "pools":
+            self.known_pools = KnownPools(store, bus)
+            self.known_pools.on_gone(m.forget_pool)
+            return self.known_pools
+        known = self.known_pools
         if name == "capacity":
-            return Capacity(s.capacity, s.timings, s.log_limits, store, bus, metrics=m)
+            pruner = Pruner(s.retention, store, batch=s.capacity.prune_batch, metrics=m)
+            return Capacity(s.capacity, s.timings, s.log_limits, store, bus, metrics=m, pruner=pruner)
         if name == "admission":
             return Admission(s.admission, store, bus, metrics=m)
         if name == "leader":
             return Leader(s.leader, store, bus, self.leaderships)
         if name == "dispatch":
-            return Dispatch(s.dispatch, s.timings, store, bus, leaderships=self.leaderships, metrics=m)
+            return Dispatch(
+                s.dispatch, s.timings, store, bus, leaderships=self.leaderships, metrics=m, known_pools=known
+            )
+        if name == "scheduler":  # one scheduler, whatever the shards
+            return Scheduler(s.scheduler, s.timings, store, bus, leadership=self.leaderships.first, metrics=m)
         if name == "provisioner":
             return Provisioning(
                 s.provisioner,
@@ -182,9 +228,11 @@ class Runtime:
                 instance_id=s.instance_id,
                 leadership=self.leaderships.first,  # one provisioner, whatever the shards
                 metrics=m,
+                known_pools=known,
+                retention=s.retention,
             )
         if name == "api":
-            return Api(s.api, s.http, s.log_limits, store, bus, metrics=m)
+            return Api(s.api, s.http, s.log_limits, store, bus, metrics=m, known_pools=known)
         return self._runner or Runner(
             s.timings,
             s.log_limits,
@@ -225,8 +273,10 @@ class Runtime:
         api = self.services.get("api")
         return api.url if isinstance(api, Api) else None
 
-    def endpoints(self) -> dict[str, str | None]:
-        return {"http": self.http_url, "nats": self.nats_url, "database": self.database_url}
+    def endpoints(self) -> endpoints.Endpoints:
+        return endpoints.Endpoints(
+            http=self.http_url, nats=self.nats_url, database=self.database_url, nats_token=self.settings.nats_token
+        )
 
     def write_endpoints(self) -> Path:
-        return endpoints.write(self.settings.data_dir, endpoints.Endpoints(**self.endpoints()))
+        return endpoints.write(self.settings.data_dir, self.endpoints())

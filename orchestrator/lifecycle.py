@@ -16,6 +16,10 @@ from typing import Any
 
 from orchestrator import telemetry
 
+# How long a cancelled background task may take to end before it is cancelled again (its
+# `finally` has that long; the loops here end at once).
+RECANCEL_AFTER_S = 1.0
+
 
 class Service:
     name = "service"
@@ -54,11 +58,25 @@ class Service:
             for task in reversed(self._tasks):
                 task.cancel()
             for task in self._tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await self._until_ended(task)
             for cleanup in reversed(self._cleanups):
                 with contextlib.suppress(Exception):
                     await cleanup()
+
+    async def _until_ended(self, task: asyncio.Task[Any]) -> None:
+        """Wait for a cancelled task to end, cancelling it again while it runs on: Python 3.11's
+        `asyncio.wait_for` (nats-py's requests use it) swallows a cancellation that arrives as
+        its inner future completes (gh-86296), and the loop that called it would go round for
+        ever, and this stop with it."""
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=RECANCEL_AFTER_S)
+            if done:
+                break
+            self.log.warning("task %s ran on after its cancellation: cancelled again", task.get_name())
+            task.cancel()
+        if not task.cancelled():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                task.result()  # its failure was reported as it happened (_report_crash)
 
     def hurry(self) -> None:
         """Make a stop under way (or the next one) finish at once, cutting its drain short (a

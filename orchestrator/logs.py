@@ -95,3 +95,12 @@ def configure(level: str = "INFO", stream: Any = None, secrets: Iterable[str] = 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def mask(secrets: Iterable[str]) -> None:
+    """Mask `secrets` too, from now on, in the lines of the log `configure` set up: those a process
+    learns after its start (the embedded stack's generated ones, those of a system it joins)."""
+    for handler in logging.getLogger().handlers:
+        formatter = handler.formatter
+        if isinstance(formatter, JsonFormatter | TextFormatter):
+            formatter.redact = formatter.redact.adding(secrets)

@@ -2,7 +2,8 @@
 
 Two kinds, kept apart on purpose:
 - `Metrics`: counters and histograms of what the services in this process did (admitted,
-  rejected, dispatched, finished, skipped steps, queue-wait and slot-to-assign latencies), one
+  rejected, dispatched, finished, skipped steps, schedule fires, queue-wait and slot-to-assign
+  latencies), one
   instance per process, made by the runtime and handed to each service it builds. A service
   built without one (tests, the benchmark) gets its own unserved instance.
 - `QueueCollector`: the state of the queue (depth, in-flight, free slots, oldest wait, runners
@@ -11,6 +12,11 @@ Two kinds, kept apart on purpose:
 
 Hot-path cost: services add to counters once per batch and pool, not once per job, and only the
 histograms see every job (a bucket increment, a few hundred nanoseconds).
+
+Bounded (issue 21): every label value is from a fixed set or a pool that exists. Pools come from
+store rows, or from bus messages checked against the pools this process knows
+(`orchestrator.known_pools`) before they get here; a deleted pool's series are dropped
+(`forget_pool`). A rejection's reason outside the known codes is counted as `other`.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from orchestrator.bus import Bus
 from orchestrator.leadership import Leaderships
 from orchestrator.store import Store
 
@@ -29,6 +36,11 @@ from orchestrator.store import Store
 disable_created_metrics()
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# The codes a refusal can have (ErrorDetail.code at admission's doors); anything else is "other".
+REJECTION_REASONS = frozenset(
+    {"malformed", "invalid", "unsatisfiable", "conflict", "overloaded", "unavailable", "internal"}
+)
 
 # Seconds a job waits in the queue: from milliseconds (a free slot) to an hour (a paused pool).
 QUEUE_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -84,6 +96,12 @@ class Metrics:
             ["pool", "outcome"],
             registry=r,
         )
+        self.pruned = Counter(
+            "orchestrator_rows_pruned",
+            "Rows the retention pruner deleted, by table (jobs, rejections, runners, workers, job_shapes).",
+            ["table"],
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "orchestrator_queue_wait_seconds",
             "Time from admission to assignment of the jobs this process dispatched.",
@@ -105,12 +123,46 @@ class Metrics:
             ["pool"],
             registry=r,
         )
-        self._peaks: dict[str, int] = {}
+        self.schedule_fires = Counter(
+            "orchestrator_schedule_fires",
+            "Schedule fire times handled, by outcome: fired (a job submitted), overlap (skipped: a job it fired "
+            "was still live), missed (skipped by catch_up), rejected (admission refused the job).",
+            ["outcome"],
+            registry=r,
+        )
+        self.schedule_lateness = Histogram(
+            "orchestrator_schedule_fire_lateness_seconds",
+            "Time from a schedule's fire time to its job's admission.",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=r,
+        )
+        self._peaks: dict[str, int] = {}  # by pool: dropped with the pool's series (`forget_pool`)
+        self._per_pool = (
+            self.admitted,
+            self.dispatched,
+            self.finished,
+            self.at_capacity,
+            self.capacity_unknown,
+            self.steps,
+            self.fleet,
+            self.queue_wait,
+            self.slot_to_assign,
+            self.in_flight_peak,
+        )
 
     def count(self, name: str, **labels: str) -> float:
         """The value of a counter of this process (0 before its first increment): what a test or a
         benchmark reads, the same number Prometheus scrapes."""
         return self.registry.get_sample_value(f"{name}_total", labels) or 0.0
+
+    def count_rejected(self, reason: str) -> None:
+        self.rejected.labels(reason if reason in REJECTION_REASONS else "other").inc()
+
+    def forget_pool(self, pool: str) -> None:
+        """Drop every series of a deleted pool: a name used once must not be kept for ever."""
+        for metric in self._per_pool:
+            metric.remove_by_labels({"pool": pool})
+        self._peaks.pop(pool, None)
 
     def peak(self, pool: str, in_flight: int) -> None:
         if in_flight > self._peaks.get(pool, -1):
@@ -120,6 +172,10 @@ class Metrics:
     def watch(self, leaderships: Leaderships) -> None:
         """Export whether this process leads each dispatch shard, read when scraped."""
         self.registry.register(_LeaderCollector(leaderships))
+
+    def watch_bus(self, bus: Bus) -> None:
+        """Export the messages NATS dropped because a subscription of `bus` fell behind."""
+        self.registry.register(_DroppedCollector(bus))
 
 
 class _LeaderCollector(Collector):
@@ -135,6 +191,21 @@ class _LeaderCollector(Collector):
         for leadership in self.leaderships:
             g.add_metric([leadership.shard, leadership.holder], 1.0 if leadership.leading else 0.0)
         yield g
+
+
+class _DroppedCollector(Collector):
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    def collect(self) -> Iterator[Metric]:
+        c = CounterMetricFamily(
+            "orchestrator_bus_dropped_messages",
+            "Messages NATS dropped because a subscription's handlers fell behind (slow consumer), by subscription.",
+            labels=["subscription"],
+        )
+        for subject, n in sorted(self.bus.dropped.items()):
+            c.add_metric([subject], float(n))
+        yield c
 
 
 def _gauge(name: str, help_text: str, labels: list[str], samples: Iterable[tuple[list[str], float]]) -> Metric:
@@ -167,7 +238,12 @@ class QueueCollector(Collector):
             return
         pools = self.pools
         per_pool = [
-            ("orchestrator_pool_queued", "Jobs queued in the pool, waiting for a slot.", "queued"),
+            ("orchestrator_pool_queued", "Jobs queued in the pool (deferred ones included).", "queued"),
+            (
+                "orchestrator_pool_deferred",
+                "Queued jobs of the pool not due yet: delayed (run_at, delay_s) or waiting out a retry backoff.",
+                "deferred",
+            ),
             ("orchestrator_pool_in_flight", "Jobs of the pool assigned or running.", "in_flight"),
             (
                 "orchestrator_pool_free_slots",
@@ -178,7 +254,7 @@ class QueueCollector(Collector):
             ("orchestrator_pool_max_active", "The pool's max_active (negative: unlimited).", "max_active"),
             (
                 "orchestrator_pool_oldest_queued_seconds",
-                "Age of the pool's oldest queued job (0 when none is queued).",
+                "How long the pool's oldest due queued job has waited since it was due (0 when none is).",
                 "oldest_queued_s",
             ),
             ("orchestrator_pool_paused", "1 while the pool is paused (jobs are admitted, not dispatched).", "paused"),

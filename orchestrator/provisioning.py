@@ -16,7 +16,8 @@ provisioner (`pools.provisioner`), resolved in this order:
 3. an import path `package.module:factory`.
 A Kubernetes Jobs provisioner, say, creates a Job per `spawn` whose pod runs
 `orchestrator runner --once --pool <pool> --id <request.runner_id> --labels ...` with
-`ORCH_NATS_URL` / `ORCH_NAMESPACE` from the context, labels it with the pool, and counts live
+`ORCH_NATS_URL` / `ORCH_NAMESPACE` from the context and its `env` (timings, and the `ORCH_NATS_*`
+credentials: those belong in a Secret), labels it with the pool, and counts live
 workers with a label-selected list of Jobs that are not finished (raising when the API call
 fails); `stop` deletes the Job. ECS is the same with RunTask / ListTasks / StopTask.
 """
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from orchestrator.errors import ConfigurationError
+from orchestrator.settings import Retention
 
 ENTRY_POINT_GROUP = "orchestrator.provisioners"
 
@@ -79,8 +81,10 @@ class Provisioner(Protocol):
 
 @dataclass(frozen=True)
 class ProvisionerContext:
-    """What a factory gets: the pool, how its workers reach the orchestrator, and a callback to
-    call when a worker exits (optional to use: the caller also re-counts on a timer)."""
+    """What a factory gets: the pool, how its workers reach the orchestrator (`env`: variables
+    a worker must have, its NATS credentials among them), a callback to call when a worker exits
+    (optional to use: the caller also re-counts on a timer), and how long what a worker leaves
+    behind (its log) is kept (`ORCH_RETENTION_S`)."""
 
     pool: str
     nats_url: str
@@ -88,6 +92,7 @@ class ProvisionerContext:
     data_dir: Path
     worker_exited: Callable[[str], None] = lambda worker: None
     env: Mapping[str, str] = field(default_factory=dict)
+    retention_s: float = Retention().retention_s
 
 
 ProvisionerFactory = Callable[[ProvisionerContext], Provisioner]

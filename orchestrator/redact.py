@@ -70,8 +70,12 @@ class Redactor:
     """Masks each of a set of secret values wherever it occurs in a text."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        values = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, values))) if values else None
+        self.values = sorted({s for s in secrets if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, self.values))) if self.values else None
+
+    def adding(self, secrets: Iterable[str]) -> Redactor:
+        """A redactor of these secrets too."""
+        return Redactor([*self.values, *secrets])
 
     def __call__(self, text: str) -> str:
         return self._pattern.sub(MASK, text) if self._pattern else text

@@ -45,7 +45,7 @@ class Taken(Model):
 class Constraint(Model):
     """One thing holding a queued job back, and the numbers behind it."""
 
-    reason: Literal["no_leader", "paused", "capacity_unknown", "no_free_runner", "at_capacity", "backoff"]
+    reason: Literal["no_leader", "paused", "capacity_unknown", "no_free_runner", "at_capacity", "scheduled", "backoff"]
     message: str
     numbers: dict[str, int | float | str | None] = Field(default_factory=dict)
 
@@ -156,7 +156,10 @@ class PoolDeleted(PoolView):
 
 
 class RunnerList(Model):
+    """`GET /v1/runners`: a page of runners, in id order."""
+
     runners: list[RunnerView]
+    next: str | None = Field(default=None, description="the next page's `after`; null on the last page")
 
 
 class Rejection(Model):
@@ -174,7 +177,10 @@ class Rejection(Model):
 
 
 class RejectionList(Model):
+    """`GET /v1/rejections`: a page of rejections, newest first."""
+
     rejections: list[Rejection]
+    next: int | None = Field(default=None, description="the next page's `after`; null on the last page")
 
 
 class LeaseView(Model):
@@ -222,9 +228,14 @@ class PoolStats(Model):
     max_active: int
     paused: int = Field(description="1 when paused, else 0 (a gauge's value)")
     queued: int
+    deferred: int = Field(
+        default=0, description="queued jobs not due yet: delayed (run_at, delay_s) or waiting out a retry backoff"
+    )
     in_flight: int = Field(description="assigned or running")
     free: int = Field(description="slots a job could take now: runners' free slots within max_concurrent")
-    oldest_queued_s: float = Field(description="how long the oldest queued job has waited (0: none queued)")
+    oldest_queued_s: float = Field(
+        description="how long the oldest queued job that is due has waited since it was (0: none)"
+    )
 
 
 class RunnerCount(Model):

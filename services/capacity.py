@@ -21,6 +21,10 @@ let go), and the freed capacity is announced at once.
 Every change of a job's state goes through `store.transitions`, whose news the outbox relay
 publishes after the commit; what capacity publishes itself is only the wake `SlotAvailable`.
 
+It runs the retention pruner (orchestrator/retention.py: finished jobs, rejections, runners and
+workers gone for good, empty job shapes) every `prune_interval_s`, in every instance: the pruner
+is safe in any number.
+
 Counts are never stored: the free capacity of a pool is derived from job rows, so no slot can
 leak. A sweep marks runners lost after `runner_ttl_s` of silence and releases their jobs; a
 runner that cannot reach capacity for most of that TTL kills its jobs first (see the runner), so a
@@ -42,6 +46,7 @@ from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.errors import NotFound
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
+from orchestrator.retention import Pruner
 from orchestrator.settings import RUNNER_REQUEST_TIMEOUT_S, CapacitySettings, LogLimits, Timings
 from orchestrator.store import End, Heartbeat, Reconciled, RunnerSpec, Start, Store
 from orchestrator.wakes import announce_free, announce_freed
@@ -80,10 +85,12 @@ class Capacity(Service):
         bus: Bus,
         *,
         metrics: Metrics | None = None,
+        pruner: Pruner | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__()
         self.config = config
+        self.pruner = pruner  # None: this instance prunes nothing (tests)
         self.timings = timings
         self.log_limits = log_limits
         self.store = store
@@ -108,6 +115,8 @@ class Capacity(Service):
         await self._serve(s.pool_updated.any(), self._on_pool_updated)
         self.spawn(every(self.timings.sweep_interval_s, self.sweep, self.log, "runner sweep"), "sweep")
         self.spawn(every(self.config.leader_check_interval_s, self.elect, self.log, "leader check"), "elect")
+        if self.pruner is not None:
+            self.spawn(every(self.config.prune_interval_s, self.pruner.prune, self.log, "retention pruning"), "prune")
         await self.elect()
 
     async def _serve(self, topic: Topic[M], handler: Callable[[M], Awaitable[BaseModel | None]]) -> None:

@@ -9,10 +9,12 @@ take: the next job or slot comes with a wake); `no_job`, `no_runner`, `at_capaci
 `capacity_unknown` (Postgres unreachable: never dispatch blind), `paused`, `unknown_pool` and
 `failed` stop until the next wake.
 
-A job retried after a backoff (its retry policy) is not claimable before it is due, and nothing
-announces that moment: each step that looked for jobs says when the pool's first deferred job is
-due (`due_in_s`), and a timer per pool (the earliest kept) wakes the pool then. A timer, not a
-poll: a pool without deferred jobs has none.
+A delayed job (`run_at`, `delay_s`) and a job retried after a backoff (its retry policy) are not
+claimable before they are due, and nothing announces that moment: each step that looked for jobs
+says when the pool's first deferred job is due (`due_in_s`), and a timer per pool (the earliest
+kept, `DueTimers`) wakes the pool then. A timer, not a poll: a pool without deferred jobs has
+none. Deferred jobs are rows, so a restart loses none: the sweep on start (and on gaining the
+lease) steps every pool with queued jobs, and that step arms the timer again.
 
 A step's claim is one statement in the store (lock the pool row, derive in-flight from job rows,
 claim up to the budget), so `max_concurrent` holds with any number of
@@ -24,6 +26,11 @@ the assignment is undone (back to `queued`, not an attempt), the runner is suspe
 next heartbeat, and the pool is woken. Hand-offs are pipelined: a drain's next step does not wait
 for the acks of the last one (the claim already counts what they hold), so a runner slow to ack
 stalls only its own jobs, not its pool.
+
+A wake names its pool, and anyone who can publish on NATS can name one that does not exist:
+only a pool this process knows (`KnownPools`, a cached set read from Postgres) is woken, so a
+made-up name costs no claim, no per-pool entry and no metric label; what it keeps per pool is
+dropped when the pool is deleted.
 
 Under leader election (`leaderships` given: `orchestrator up`, `serve dispatch`) it dispatches
 a pool only while this process holds the lease of the pool's dispatch shard: every step first
@@ -52,7 +59,9 @@ from orchestrator import telemetry
 from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.due import DueTimers
 from orchestrator.errors import OrchestratorError, RequestFailed, StoreUnavailable
+from orchestrator.known_pools import KnownPools
 from orchestrator.leadership import Leaderships, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
@@ -73,6 +82,7 @@ class Dispatch(Service):
         *,
         leaderships: Leaderships | None = None,
         metrics: Metrics | None = None,
+        known_pools: KnownPools | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ):
         super().__init__()
@@ -83,6 +93,12 @@ class Dispatch(Service):
         self.clock = clock
         self.leaderships = leaderships
         self.metrics = metrics or Metrics()
+        # The process's (started by its runtime), or one of its own, started with this service.
+        self._own_known_pools = known_pools is None
+        self.known_pools = known_pools or KnownPools(store, bus)
+        if self._own_known_pools:  # a deleted pool's series go with it (the runtime's does that itself)
+            self.known_pools.on_gone(self.metrics.forget_pool)
+        self.known_pools.on_gone(self._forget)
         self._drains: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         # When a slot was announced free, per pool, until the next step there (wall clock: the
@@ -92,12 +108,15 @@ class Dispatch(Service):
         # pools) are recorded in one `acknowledge` transaction.
         self._acks: Batcher[list[Handoff], None] = Batcher(self._acknowledge)
         self._handoffs: set[asyncio.Task[None]] = set()  # in flight, each until its runner answered
-        # Per pool, the wake for its first job waiting out a retry backoff.
-        self._due: dict[str, asyncio.TimerHandle] = {}
+        # Per pool, the wake for its first job not due yet (delayed, or in a retry backoff).
+        self._due = DueTimers(self.wake)
         # Per pool, its dispatch shard as last read from Postgres (under leader election).
         self._shards: dict[str, str] = {}
 
     async def on_start(self) -> None:
+        if self._own_known_pools:
+            await self.known_pools.start()
+            self.on_cleanup(self.known_pools.stop)
         s = self.bus.subjects
         if self.leaderships is not None:
             self._shards = await self.store.pool_shards()
@@ -114,8 +133,6 @@ class Dispatch(Service):
         await self.sweep()
 
     async def on_stop(self) -> None:
-        for timer in self._due.values():
-            timer.cancel()
         self._due.clear()
         # Steps stop (not running); claimed hand-offs get the stop timeout to finish, so no
         # assignment is left half-made.
@@ -129,17 +146,28 @@ class Dispatch(Service):
                     await task
 
     async def _on_wake(self, event: JobsQueued) -> None:
-        self.wake(event.pool)
+        if await self.known_pools.knows(event.pool):
+            self.wake(event.pool)
 
     async def _on_pool_updated(self, event: PoolUpdated) -> None:
-        self._shards.pop(event.pool, None)  # it may have moved: read again by its next step
-        self.wake(event.pool)
+        if await self.known_pools.knows(event.pool):
+            self._shards.pop(event.pool, None)  # it may have moved: read again by its next step
+            self.wake(event.pool)
 
     async def _on_slot(self, event: SlotAvailable) -> None:
+        if not await self.known_pools.knows(event.pool):
+            return
         # Only where a step will follow (and take it back out): a standby must not hoard stale times.
         if self.running and self._leads(event.pool):
             self._slot_freed_at.setdefault(event.pool, event.at.timestamp())
         self.wake(event.pool)
+
+    def _forget(self, pool: str) -> None:
+        """A deleted pool: what this process kept for it goes (a drain running ends on its own)."""
+        self._again.discard(pool)
+        self._slot_freed_at.pop(pool, None)
+        self._due.forget(pool)
+        self._shards.pop(pool, None)
 
     def _leads(self, pool: str) -> bool:
         """Whether this process may dispatch `pool` now: it leads the pool's shard (a pool whose
@@ -174,22 +202,6 @@ class Dispatch(Service):
             self._again.add(pool)
             return
         self._drains[pool] = asyncio.create_task(self._drain(pool), name=f"dispatch.drain.{pool}")
-
-    def _wake_in(self, pool: str, delay_s: float) -> None:
-        """Wake `pool` in `delay_s` seconds (its first deferred job is due then), unless a wake
-        is set for no later: the step it starts sets the next one."""
-        loop = asyncio.get_running_loop()
-        when = loop.time() + max(0.0, delay_s)
-        timer = self._due.get(pool)
-        if timer is not None:
-            if timer.when() <= when:
-                return
-            timer.cancel()
-        self._due[pool] = loop.call_at(when, self._on_due, pool)
-
-    def _on_due(self, pool: str) -> None:
-        self._due.pop(pool, None)
-        self.wake(pool)
 
     async def _drain(self, pool: str) -> None:
         moved = False
@@ -255,7 +267,7 @@ class Dispatch(Service):
         else:
             claim_status = claim.status
             if claim.due_in_s is not None and self.running:
-                self._wake_in(pool, claim.due_in_s)
+                self._due.arm(pool, claim.due_in_s)
             if claim_status == "fenced" and self.leaderships is not None and fence is not None:
                 self.leaderships[fence.shard].deposed(fence.epoch)
             elif claim_status == "wrong_shard":
@@ -291,6 +303,9 @@ class Dispatch(Service):
             self.log.error("hand-off failed", exc_info=task.exception())
 
     def _count(self, pool: str, status: str) -> None:
+        if status == "unknown_pool":  # deleted since it was known: no series for a pool that is gone
+            self._forget(pool)
+            return
         m = self.metrics
         m.steps.labels(pool, status).inc()
         if status == "at_capacity":

@@ -7,7 +7,9 @@ woken pool:
 1. forget workers that have registered since they were spawned (they are runners now), and stop
    those that never did within `start_timeout_s`;
 2. read the pool's demand from Postgres: runnable queued jobs, jobs in flight, free slots of its
-   registered runners (pull runners and idle workers alike);
+   registered runners (pull runners and idle workers alike). A queued job not due yet (delayed,
+   or in a retry backoff) is no demand until it is: the demand says when the first one is due,
+   and a timer wakes the pool then (`DueTimers`, as dispatch keeps);
 3. count live workers: from the provisioner itself (a failed count spawns nothing, never blind
    past the cap, and says so: `CapacityUnknown`, counted; the next wake retries), and from
    Postgres (`workers`: what every instance spawned, so a new leader counts its predecessor's
@@ -20,6 +22,10 @@ At the cap a job simply stays queued (never shed); when a worker exits the fleet
 the reconcile announces it with `SlotAvailable` and spawns for what still waits. Workers
 register like any runner and the dispatcher hands each one job, so pull runners and workers share
 one `max_concurrent` budget, enforced by the claim step; `max_active` (admission) is unrelated.
+
+A wake's pool is checked against the pools this process knows (`KnownPools`) first: a made-up
+name costs no read of its demand and no entry. What it keeps per pool (the pool's provisioner,
+its starting workers) goes when the pool is deleted.
 
 One instance spawns at a time: under leader election it acts only while this process holds the
 lease of the first dispatch shard (`Leaderships.first`, shard 0 or "all"), for every pool whatever
@@ -36,8 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.bus import Bus
+from orchestrator.bus.credentials import credentials_env
 from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.due import DueTimers
 from orchestrator.errors import ConfigurationError
+from orchestrator.known_pools import KnownPools
 from orchestrator.leadership import Leadership, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
@@ -49,7 +58,7 @@ from orchestrator.provisioning import (
     resolve,
     spawn_budget,
 )
-from orchestrator.settings import ProvisionerSettings, Timings
+from orchestrator.settings import ProvisionerSettings, Retention, Timings
 from orchestrator.store import Store
 from orchestrator.wakes import announce_slots
 from schemas.events import CapacityUnknown, JobsQueued, PoolUpdated, SlotAvailable
@@ -70,10 +79,13 @@ class Provisioning(Service):
         instance_id: str,
         leadership: Leadership | None = None,
         metrics: Metrics | None = None,
+        known_pools: KnownPools | None = None,
+        retention: Retention | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         super().__init__()
         self.config = config
+        self.retention = retention or Retention()  # how long provisioners keep what workers leave
         self.timings = timings
         self.store = store
         self.bus = bus
@@ -90,9 +102,20 @@ class Provisioning(Service):
         self._dirty: set[str] = set()
         self._exited: set[str] = set()
         self._gone: set[str] = set()  # workers that exited, to forget in Postgres
+        self._deleted: set[str] = set()  # pools found deleted, whose fleets to let go
         self._kick = asyncio.Event()
+        self._due = DueTimers(self.wake)  # per pool: when its first deferred job is due
+        # The process's (started by its runtime), or one of its own, started with this service.
+        self._own_known_pools = known_pools is None
+        self.known_pools = known_pools or KnownPools(store, bus)
+        if self._own_known_pools:  # a deleted pool's series go with it (the runtime's does that itself)
+            self.known_pools.on_gone(self.metrics.forget_pool)
+        self.known_pools.on_gone(self._pool_deleted)
 
     async def on_start(self) -> None:
+        if self._own_known_pools:
+            await self.known_pools.start()
+            self.on_cleanup(self.known_pools.stop)
         # A pool naming a provisioner nobody can load is a configuration error: refuse to start.
         for row in await self.store.pools_provisioned():
             self._fleet(row["name"], row["provisioner"])
@@ -110,6 +133,7 @@ class Provisioning(Service):
         await self.sweep()
 
     async def on_stop(self) -> None:
+        self._due.clear()
         for _, fleet in self._fleets.values():
             try:
                 await fleet.close()
@@ -117,7 +141,13 @@ class Provisioning(Service):
                 self.log.warning("closing a provisioner failed: %s", exc)
 
     async def _on_wake(self, event: JobsQueued | SlotAvailable | PoolUpdated) -> None:
-        self.wake(event.pool)
+        if await self.known_pools.knows(event.pool):
+            self.wake(event.pool)
+
+    def _pool_deleted(self, pool: str) -> None:
+        self._due.forget(pool)
+        self._deleted.add(pool)
+        self.wake(pool)
 
     async def sweep(self) -> None:
         """Every provisioned pool: a lost event, or a worker exit nobody reported, costs one sweep."""
@@ -157,13 +187,16 @@ class Provisioning(Service):
             nats_url=self.bus.url,
             namespace=self.bus.subjects.namespace,
             data_dir=self.data_dir,
+            retention_s=self.retention.retention_s,
             worker_exited=lambda worker: self._worker_exited(pool, worker),
-            # Workers heartbeat and drain on the orchestrator's timings.
+            # Workers heartbeat and drain on the orchestrator's timings, and give NATS the
+            # credentials this process gives it (the embedded NATS's token, in `up`).
             env={
                 "ORCH_HEARTBEAT_INTERVAL_S": str(t.heartbeat_interval_s),
                 "ORCH_RUNNER_TTL_S": str(t.runner_ttl_s),
                 "ORCH_STOP_TIMEOUT_S": str(t.stop_timeout_s),
                 "ORCH_KILL_GRACE_S": str(t.kill_grace_s),
+                **credentials_env(self.bus.credentials),
             },
         )
         fleet = resolve(name, self.factories)(ctx)
@@ -184,6 +217,10 @@ class Provisioning(Service):
         for runner_id in list(self._gone):  # whether or not this instance leads
             await self.store.worker_forget(runner_id)
             self._gone.discard(runner_id)
+        if pool in self._deleted:
+            self._deleted.discard(pool)
+            await self._let_go(pool)
+            return
         if not leads(self.leadership):
             return
         # Forget registered workers before reading the demand, which then counts them as runners:
@@ -192,6 +229,8 @@ class Provisioning(Service):
         demand = await self.store.pool_fleet_demand(pool, self.config.max_spawn * 16)
         if demand is None or demand["provisioner"] is None:
             return
+        if demand["due_in_s"] is not None:
+            self._due.arm(pool, demand["due_in_s"])
         try:
             fleet = self._fleet(pool, demand["provisioner"])
         except ConfigurationError as exc:
@@ -243,15 +282,30 @@ class Provisioning(Service):
             raise
         self._runner_ids[handle] = runner_id
         starting[runner_id] = (handle, self.clock.monotonic())
+        self._starting[pool] = starting
         self._count(pool, "spawned")
         self.log.info("spawned worker %s for %s", runner_id, pool)
         return True
 
+    async def _let_go(self, pool: str) -> None:
+        """A deleted pool (none of its runners is live: deletion refuses that): stop what it was
+        still starting, close its provisioner, forget it."""
+        self._exited.discard(pool)
+        starting = self._starting.pop(pool, {})
+        held = self._fleets.pop(pool, None)
+        if held is None:
+            return
+        for runner_id, (handle, _) in starting.items():
+            self._runner_ids.pop(handle, None)
+            await held[1].stop(handle)
+            await self.store.worker_forget(runner_id)
+        await held[1].close()
+
     async def _still_starting(self, pool: str) -> dict[str, tuple[str, float]]:
         """The pool's spawned workers that have not registered yet (those that have are runners now)."""
-        starting = self._starting.setdefault(pool, {})
+        starting = self._starting.get(pool)  # kept only while not empty (`_spawn` adds it back)
         if not starting:
-            return starting
+            return {}
         for runner_id in await self.store.runners_known(list(starting)):
             del starting[runner_id]
         fleet = self._fleets[pool][1]  # it spawned them
@@ -263,4 +317,6 @@ class Provisioning(Service):
                 self._runner_ids.pop(handle, None)
                 await fleet.stop(handle)
                 await self.store.worker_forget(runner_id)
+        if not starting:
+            del self._starting[pool]
         return starting

@@ -11,19 +11,25 @@ Requests can travel in batches: `request_many` sends N events as one JSON array 
 `Orch-Batch`), the same subscription hands each to the handler concurrently and answers with
 the array of replies, in order. Under load this turns N round trips into one, and lets the
 handler's own batching (one transaction for many reports) see them together.
+
+Bounded (issue 21): a subscription runs at most `MAX_HANDLERS` handler calls at once, batches
+included (slots.py); its reader waits for a free slot, so a flood waits in the client's pending
+buffer (`PENDING_MSGS` / `PENDING_BYTES` per subscription), and what overflows it is dropped by
+nats-py as a slow consumer: counted per subscription (`dropped`) and logged, never silently.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import NoRespondersError
+from nats.errors import NoRespondersError, SlowConsumerError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import StreamConfig
@@ -38,6 +44,7 @@ from orchestrator.bus.connection import CONNECT_WAIT_S, close, connect
 from orchestrator.bus.credentials import NatsCredentials
 from orchestrator.bus.delivery import Delivery
 from orchestrator.bus.job_events import OutboxMessage
+from orchestrator.bus.slots import MAX_HANDLERS, HandlerSlots
 from orchestrator.bus.subjects import Subjects
 from orchestrator.bus.topics import RequestTopic, Topic, json_array, list_of
 from orchestrator.errors import BusUnavailable, InvalidInput, NoResponders, RequestFailed, StoreUnavailable
@@ -56,6 +63,13 @@ _tracer = telemetry.tracer("orchestrator.bus")
 _log = telemetry.get_logger("bus")
 
 BATCH_HEADER = "Orch-Batch"
+# What one subscription's client-side buffer holds while its handlers are busy, before nats-py
+# drops messages as a slow consumer (its defaults, 512 Ki messages and 128 MiB, are per
+# subscription too: a dozen busy subscriptions could hold 1.5 GB). A core subscription's
+# messages are wakes (best effort: every consumer also sweeps) and requests (retried by their
+# requester), so a drop costs latency, not a job.
+PENDING_MSGS = 64 * 1024
+PENDING_BYTES = 64 * 1024 * 1024
 
 
 def _span_attrs(subject: str, operation: str) -> dict[str, str]:
@@ -83,6 +97,9 @@ class Bus:
         self._js: JetStreamContext | None = None
         self._pulls: list[JetStreamContext.PullSubscription] = []
         self.atomic_events = False  # the job-events stream takes atomic batches (ensure_job_events_stream)
+        # Messages nats-py dropped because a subscription's handlers fell behind, by the
+        # subscription's subject (one key per subscription this process holds).
+        self.dropped: Counter[str] = Counter()
 
     @classmethod
     def from_settings(cls, settings: Settings, *, name: str, url: str | None = None) -> Bus:
@@ -95,8 +112,10 @@ class Bus:
 
     async def connect(self, wait_s: float = CONNECT_WAIT_S) -> None:
         """Connect (see connection.py): raises BusUnavailable unless it did within `wait_s`."""
-        self._nc = await connect(self.url, name=self.name, credentials=self.credentials, wait_s=wait_s)
-        self._js = self._nc.jetstream()
+        self._nc = await connect(
+            self.url, name=self.name, credentials=self.credentials, wait_s=wait_s, slow_consumer=self._dropped
+        )
+        self._js = self._nc.jetstream(prefix=self.js_api_prefix)
 
     async def close(self) -> None:
         # A pull subscription has nothing to drain (what was not fetched is redelivered), and
@@ -109,6 +128,18 @@ class Bus:
         if self._nc is not None:
             await close(self._nc)
         self._nc = None
+
+    def _dropped(self, exc: SlowConsumerError) -> None:
+        subject = exc.sub.subject if exc.sub is not None else exc.subject
+        self.dropped[subject] += 1
+        n = self.dropped[subject]
+        if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th...: a flood is told without a line per message
+            _log.warning("NATS dropped a message on %s: its handlers fall behind (%d dropped so far)", subject, n)
+
+    @property
+    def js_api_prefix(self) -> str:
+        """Where this client's account answers JetStream API requests (`$JS.API`, unless imported)."""
+        return self.credentials.nats_js_api_prefix
 
     @property
     def nc(self) -> Client:
@@ -188,13 +219,16 @@ class Bus:
         queue: str = "",
         invalid_reply: Callable[[ErrorDetail], BaseModel] = lambda error: Reply(ok=False, error=error),
         concurrent: bool = False,
+        max_handlers: int = MAX_HANDLERS,
     ) -> Subscription:
         """Deliver the topic's parsed events to `handler`; a returned model is sent as the reply.
 
         A request that does not parse is answered with `invalid_reply(error)`. nats-py runs one
         subscription's callbacks one after another; `concurrent` handles each message in its own
-        task instead, so independent requests can be batched together downstream."""
+        task instead, so independent requests can be batched together downstream. Either way at
+        most `max_handlers` calls of `handler` run at once (the module note)."""
         subject = topic.subject
+        slots = HandlerSlots(max_handlers)
 
         async def on_message(msg: Msg) -> None:
             ctx = telemetry.extract(msg.headers)
@@ -220,10 +254,7 @@ class Bus:
                 if nul is not None:  # what Postgres cannot store is refused here, for every model
                     return await refuse(ErrorDetail(code="invalid", message=nul[1], field=nul[0]))
                 try:
-                    if batch:
-                        results = await asyncio.gather(*(handler(event) for event in events))
-                    else:
-                        results = [await handler(events[0])]
+                    results = await slots.run(handler, events)
                 except InvalidInput as exc:  # the store refused a value the schema let through
                     return await refuse(ErrorDetail(code="invalid", message=str(exc)))
                 except Exception as exc:
@@ -238,16 +269,32 @@ class Bus:
                     body = json_array(results) if batch else results[0].model_dump_json().encode()  # type: ignore[union-attr]
                     await self.nc.publish(msg.reply, body, headers=telemetry.inject())
 
-        if not concurrent:
-            return await self.nc.subscribe(subject, queue=queue, cb=on_message)
+        async def in_turn(msg: Msg) -> None:
+            await slots.take()
+            try:
+                await on_message(msg)
+            finally:
+                slots.give_back()
+
         in_flight: set[asyncio.Task[None]] = set()
 
-        async def spawn(msg: Msg) -> None:
-            task = asyncio.create_task(on_message(msg))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
+        def done(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            slots.give_back()
 
-        return await self.nc.subscribe(subject, queue=queue, cb=spawn)
+        async def spawn(msg: Msg) -> None:
+            await slots.take()  # the reader waits here for a free slot: the messages after wait in NATS's buffer
+            task = asyncio.create_task(on_message(msg), name=f"bus.handle {subject}")
+            in_flight.add(task)
+            task.add_done_callback(done)
+
+        return await self.nc.subscribe(
+            subject,
+            queue=queue,
+            cb=spawn if concurrent else in_turn,
+            pending_msgs_limit=PENDING_MSGS,
+            pending_bytes_limit=PENDING_BYTES,
+        )
 
     # --- JetStream --------------------------------------------------------------------
 

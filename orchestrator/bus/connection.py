@@ -1,7 +1,8 @@
 """The bus's connection to NATS: the first connect waits for a server that is not up yet but fails
 at once on what retrying cannot fix; after it, the client reconnects forever, and says so once per
 outage (a WARNING when the connection is lost, an INFO when it is back; the attempts between at
-DEBUG, four a second). Closing works connected or not."""
+DEBUG, four a second). A slow consumer (a subscription whose buffer overflowed: nats-py drops
+the message) goes to the caller's `slow_consumer`, which counts it. Closing works connected or not."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections.abc import Callable
 
 import nats
 from nats.aio.client import Client
-from nats.errors import ConnectionClosedError, StaleConnectionError
+from nats.errors import ConnectionClosedError, SlowConsumerError, StaleConnectionError
 
 from orchestrator import telemetry
 from orchestrator.bus.credentials import NatsCredentials, connect_options
@@ -69,7 +71,14 @@ class _Outages:
         _log.info("NATS: reconnected to %s%s", self.shown, took)
 
 
-async def connect(url: str, *, name: str, credentials: NatsCredentials, wait_s: float = CONNECT_WAIT_S) -> Client:
+async def connect(
+    url: str,
+    *,
+    name: str,
+    credentials: NatsCredentials,
+    wait_s: float = CONNECT_WAIT_S,
+    slow_consumer: Callable[[SlowConsumerError], None] | None = None,
+) -> Client:
     """Connect, waiting up to `wait_s` for a server that is not up yet (containers start in
     any order), but failing at once on what retrying cannot fix (wrong credentials, a
     certificate that does not verify). Once connected, the client reconnects forever."""
@@ -84,6 +93,8 @@ async def connect(url: str, *, name: str, credentials: NatsCredentials, wait_s: 
             last_error[:] = [exc]
             if _retry_cannot_fix(exc):
                 connecting.cancel()
+        elif isinstance(exc, SlowConsumerError) and slow_consumer is not None:  # one per dropped message
+            slow_consumer(exc)
         else:  # nats-py's default logs a traceback per reconnect attempt, 4 a second
             outages.error(exc)
 

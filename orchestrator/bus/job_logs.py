@@ -138,7 +138,7 @@ class JobLogs:
         request = json.dumps({"seq": seq, "no_erase": True}).encode()
         try:
             reply = await self._bus.nc.request(
-                f"$JS.API.STREAM.MSG.DELETE.{self.stream}", request, timeout=STORE_TIMEOUT_S
+                f"{self._bus.js_api_prefix}.STREAM.MSG.DELETE.{self.stream}", request, timeout=STORE_TIMEOUT_S
             )
             error = json.loads(reply.data).get("error")
         except Exception as exc:

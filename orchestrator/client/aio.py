@@ -23,11 +23,13 @@ from orchestrator.client.errors import ApiError
 from schemas.api import JobCreated, JobDetail, JobListed, LeaderView, PoolChanged, PoolDeleted, RunnerView, Stats
 from schemas.jobs import JobSpec, JobView
 from schemas.pools import PoolConfig, PoolView
+from schemas.schedules import ScheduleDeleted, ScheduleSpec, ScheduleView
 
 A = TypeVar("A", bound=BaseModel)
 
 FIRST_POLL_S = 0.05
 MAX_POLL_S = 1.0
+RUNNERS_PAGE = 1000  # the API's largest page
 
 
 def progress_of(job: JobDetail) -> tuple[object, ...]:
@@ -172,8 +174,33 @@ class Client:
         """Delete a pool with no live jobs and no live runners (409 says what holds it)."""
         return await self.send(calls.delete_pool(name))
 
+    # --- schedules ----------------------------------------------------------------------------
+
+    async def schedules(self) -> list[ScheduleView]:
+        return (await self.send(calls.list_schedules())).schedules
+
+    async def schedule(self, name: str) -> ScheduleView:
+        """A schedule: its next fire time and the last job it fired."""
+        return await self.send(calls.get_schedule(name))
+
+    async def put_schedule(self, name: str, spec: ScheduleSpec) -> ScheduleView:
+        """Create or replace a schedule (a changed cron or time zone starts it again from now)."""
+        return await self.send(calls.put_schedule(name, spec))
+
+    async def delete_schedule(self, name: str) -> ScheduleDeleted:
+        """It fires no more; the jobs it fired are left as they are."""
+        return await self.send(calls.delete_schedule(name))
+
     async def runners(self) -> list[RunnerView]:
-        return (await self.send(calls.list_runners())).runners
+        """Every runner, in id order (the API's pages, walked to the last)."""
+        found: list[RunnerView] = []
+        after: str | None = None
+        while True:
+            page = await self.send(calls.list_runners(limit=RUNNERS_PAGE, after=after))
+            found += page.runners
+            if page.next is None:
+                return found
+            after = page.next
 
     async def leader(self) -> LeaderView:
         return await self.send(calls.get_leader())

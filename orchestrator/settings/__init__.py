@@ -3,7 +3,7 @@
 A knob of one service lives in that service's section: `ORCH_DISPATCH__STEP_LIMIT=64` sets
 `settings.dispatch.step_limit`, and the service takes only its section. What several services
 must agree on stays flat (`ORCH_RUNNER_TTL_S`), declared in small groups `Settings` inherits
-(`Timings`, `LogLimits`, `HttpSettings`, `NatsCredentials`), so a service can be handed just the
+(`Timings`, `LogLimits`, `Retention`, `HttpSettings`, `NatsCredentials`), so a service can be handed just the
 group it reads (`settings.timings`); groups and sections are in `parts.py`. A field moved into a
 section still answers to its former flat name (`MOVED`: `ORCH_LEASE_TTL_S` sets
 `leader.lease_ttl_s`); the sectioned name wins over it.
@@ -40,6 +40,8 @@ from orchestrator.settings.parts import (
     LogLimits,
     NatsCredentials,
     ProvisionerSettings,
+    Retention,
+    SchedulerSettings,
     Section,
     Timings,
 )
@@ -60,6 +62,8 @@ __all__ = [
     "LogLimits",
     "NatsCredentials",
     "ProvisionerSettings",
+    "Retention",
+    "SchedulerSettings",
     "Section",
     "Settings",
     "Timings",
@@ -108,7 +112,7 @@ class _FormerNames(EnvSettingsSource):
 G = TypeVar("G", bound=Group)
 
 
-class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
+class Settings(Timings, LogLimits, Retention, HttpSettings, NatsCredentials, BaseSettings):
     # Not frozen (the groups are): tests adjust a fixture's settings before building services.
     model_config = SettingsConfigDict(env_prefix="ORCH_", env_nested_delimiter="__", extra="ignore", frozen=False)
 
@@ -118,7 +122,7 @@ class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
     data_dir: Path = Path(".orchestrator")
     # Where the embedded NATS of `up` listens. No port: the one it had at the last start of this
     # data dir while it is free (so runners started on the side find it again), else a new one.
-    # 0.0.0.0 lets runners on other machines in, and anyone else who reaches it: it has no auth.
+    # 0.0.0.0 lets runners on other machines in: those given its token (`<data dir>/nats.token`).
     nats_host: str = Field(default="127.0.0.1", min_length=1)
     nats_port: int | None = Field(default=None, ge=1, le=65535)
 
@@ -157,6 +161,7 @@ class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     leader: LeaderSettings = Field(default_factory=LeaderSettings)
     provisioner: ProvisionerSettings = Field(default_factory=ProvisionerSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
 
@@ -219,6 +224,10 @@ class Settings(Timings, LogLimits, HttpSettings, NatsCredentials, BaseSettings):
     @property
     def log_limits(self) -> LogLimits:
         return self.cut(LogLimits)
+
+    @property
+    def retention(self) -> Retention:
+        return self.cut(Retention)
 
     @property
     def http(self) -> HttpSettings:

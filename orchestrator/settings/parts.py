@@ -3,10 +3,11 @@ section per service with knobs of its own. Each service takes only the parts it 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 class Credential:
@@ -33,6 +34,9 @@ class Section(BaseModel):
 
 # --- groups: flat, shared ------------------------------------------------------------------------
 
+# Literal NATS subject tokens (no wildcards, no empty token): a prefix subjects are built on.
+SUBJECT_PREFIX = r"^[$A-Za-z0-9_-]+(\.[$A-Za-z0-9_-]+)*$"
+
 
 class NatsCredentials(Group):
     # When the NATS server asks for them: a user and password, a token, or a credentials file
@@ -45,6 +49,12 @@ class NatsCredentials(Group):
     nats_tls_ca_file: Path | None = None
     nats_tls_cert_file: Path | None = None
     nats_tls_key_file: Annotated[Path | None, CREDENTIAL] = None
+    # Where this client's replies come: `<prefix>.<unique>`. A NATS user allowed to read only its
+    # own prefix cannot read another's replies (compose's runners: `_INBOX_<runner id>`).
+    nats_inbox_prefix: str = Field(default="_INBOX", pattern=SUBJECT_PREFIX)
+    # The JetStream API as this client's account sees it: another prefix where the account
+    # imports the API from the account that has the streams (compose's runners: `$JS.ORCH.API`).
+    nats_js_api_prefix: str = Field(default="$JS.API", pattern=SUBJECT_PREFIX)
 
     @model_validator(mode="after")
     def _client_cert_with_key(self) -> NatsCredentials:
@@ -83,6 +93,12 @@ class LogLimits(Group):
     log_ship_timeout_s: float = Field(default=60.0, gt=0)
 
 
+class Retention(Group):
+    # Finished jobs (and with them their idempotency keys), rejections, and runners and workers
+    # gone for good are deleted once older than this; job shapes as soon as no live job uses them.
+    retention_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+
+
 class HttpSettings(Group):
     http_host: str = "127.0.0.1"
     http_port: int = 8080
@@ -91,12 +107,41 @@ class HttpSettings(Group):
     producer_tokens: SecretStr = SecretStr("")
     runner_tokens: SecretStr = SecretStr("")
     operator_tokens: SecretStr = SecretStr("")
+    # Producer tokens bound to a tenant, `TENANT=TOKEN` comma-separated: their jobs are that
+    # tenant's, and they see and cancel no other tenant's jobs (services/api/tenancy.py).
+    tenant_tokens: SecretStr = SecretStr("")
+    # Serve the api beyond loopback with no token anyway (orchestrator/exposure.py): refused
+    # at start unless this is set, and warned about at every start when it is.
+    allow_insecure: bool = False
+
+    @field_validator("tenant_tokens")
+    @classmethod
+    def _tenant_tokens_named(cls, value: SecretStr) -> SecretStr:
+        for entry in _entries(value):
+            tenant, sep, token = entry.partition("=")
+            if not sep or not token.strip() or not TENANT_NAME.fullmatch(tenant.strip()):
+                # The entry itself is a secret: say where it is, never what it holds.
+                raise ValueError("each entry must be TENANT=TOKEN, the tenant a name like a job's tenant field")
+        return value
 
     def api_tokens(self) -> list[tuple[str, str]]:
-        """(role, token) for every configured API token."""
+        """(role, token) for every configured API token (a tenant's token is a producer's)."""
         by_role = {"producer": self.producer_tokens, "runner": self.runner_tokens, "operator": self.operator_tokens}
-        listed = [(role, tokens.get_secret_value().split(",")) for role, tokens in by_role.items()]
-        return [(role, t.strip()) for role, tokens in listed for t in tokens if t.strip()]
+        listed = [(role, t) for role, tokens in by_role.items() for t in _entries(tokens)]
+        return listed + [("producer", token) for _, token in self.tenant_bound_tokens()]
+
+    def tenant_bound_tokens(self) -> list[tuple[str, str]]:
+        """(tenant, token) for every producer token bound to a tenant."""
+        pairs = (entry.partition("=") for entry in _entries(self.tenant_tokens))
+        return [(tenant.strip(), token.strip()) for tenant, _, token in pairs]
+
+
+# A job's `tenant` (schemas.jobs.Name).
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
+
+
+def _entries(tokens: SecretStr) -> list[str]:
+    return [t.strip() for t in tokens.get_secret_value().split(",") if t.strip()]
 
 
 # --- sections: one service's own ----------------------------------------------------------------
@@ -148,10 +193,22 @@ class ProvisionerSettings(Section):
     start_timeout_s: float = Field(default=60.0, gt=0)
 
 
+class SchedulerSettings(Section):
+    # A fire time at most this late is on time: fired even under `catch_up: none` (a timer's or a
+    # leader failover's lateness, not an outage's).
+    on_time_s: float = Field(default=10.0, ge=0)
+    # Schedules read per round when many are due at once.
+    batch: int = Field(default=100, gt=0)
+
+
 class CapacitySettings(Section):
     # Leader-mode pools (seed 002): capacity re-elects on every runner change, and every pool on
     # this timer in case an event was lost.
     leader_check_interval_s: float = Field(default=60.0, gt=0)
+    # Capacity runs the retention pruner (orchestrator/retention.py) this often, deleting at most
+    # `prune_batch` rows per statement, each statement its own short transaction.
+    prune_interval_s: float = Field(default=60.0, gt=0)
+    prune_batch: int = Field(default=500, gt=0, le=10_000)
 
 
 class ApiSettings(Section):

@@ -16,14 +16,19 @@ class JobReads(Connected):
             row = await conn.fetchrow(Q["job_get"], job_id)
         return Job.from_record(row) if row else None
 
-    async def job_list(self, *, pool: str | None, state: str | None, key: str | None, limit: int) -> list[Job]:
+    async def job_list(
+        self, *, pool: str | None, state: str | None, key: str | None, limit: int, tenant: str | None = None
+    ) -> list[Job]:
         async with self.connection() as conn:
-            return [Job.from_record(r) for r in await conn.fetch(Q["job_list"], pool, state, key, limit)]
+            return [Job.from_record(r) for r in await conn.fetch(Q["job_list"], pool, state, key, limit, tenant)]
 
     async def job_count(self, pool: str) -> int:
         async with self.connection() as conn:
             return int(await conn.fetchval(Q["job_count_by_pool"], pool))
 
-    async def rejection_list(self, *, reason: str | None, limit: int) -> list[dict[str, Any]]:
+    async def rejection_list(
+        self, *, reason: str | None, limit: int, before: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Rejections newest first, those older than id `before`, at most `limit`."""
         async with self.connection() as conn:
-            return [dict(r) for r in await conn.fetch(Q["rejection_list"], reason, limit)]
+            return [dict(r) for r in await conn.fetch(Q["rejection_list"], reason, limit, before)]

@@ -39,6 +39,10 @@ class PoolReads(Connected):
         async with self.connection() as conn:
             return [dict(r) for r in await conn.fetch(Q["pool_list"])]
 
+    async def pool_names(self) -> frozenset[str]:
+        async with self.connection() as conn:
+            return frozenset(r["name"] for r in await conn.fetch(Q["pool_names"]))
+
     async def pool_create_if_absent(self, name: str, labels: Sequence[str]) -> None:
         async with self.connection() as conn:
             await conn.execute(Q["pool_create_if_absent"], name, list(labels))

@@ -26,9 +26,10 @@ class RunnerRows(Connected):
         async with self.connection() as conn:
             return {r["id"] for r in await conn.fetch(Q["runner_list_known"], list(runner_ids))}
 
-    async def runner_list(self) -> list[Runner]:
+    async def runner_list(self, *, after: str | None = None, limit: int | None = None) -> list[Runner]:
+        """Runners in id order, those after id `after`, at most `limit` (None: all)."""
         async with self.connection() as conn:
-            return [Runner.from_record(r) for r in await conn.fetch(Q["runner_list"])]
+            return [Runner.from_record(r) for r in await conn.fetch(Q["runner_list"], after, limit)]
 
     async def runner_get(self, runner_id: str) -> Runner | None:
         async with self.connection() as conn:

@@ -18,6 +18,8 @@ CREATE TABLE pools (
     reservation_timeout_s double precision NOT NULL DEFAULT 3600 -- timeout_s of a reservation given none
                     CONSTRAINT pools_reservation_timeout_check CHECK (reservation_timeout_s > 0),
     file_config     jsonb,                            -- what the pools file last said (NULL: not in it)
+    -- Bumped by every deletion of the pool's shapes (migration 0012): remembered ids may be gone.
+    shape_generation bigint NOT NULL DEFAULT 0,
     shard           integer                           -- the dispatch shard an operator chose (NULL: by hash)
                     CONSTRAINT pools_shard_check CHECK (shard >= 0),
     dispatch_shard  text NOT NULL DEFAULT 'all'       -- its shard now (pool_place(), dispatch_shards_set)
@@ -39,9 +41,13 @@ CREATE TABLE runners (
 
 ALTER TABLE pools ADD FOREIGN KEY (leader_runner_id) REFERENCES runners (id);
 
+-- A claim reads the pool's active runners (migration 0012).
+CREATE INDEX runners_pool_state_idx ON runners (pool, state);
+
 -- A shape is what a queued job needs: its pool, labels, tenant and tolerations. Runners match
 -- shapes, not jobs, so finding a runnable job never scans jobs no free runner can take (seed 004), and
--- `served_at` gives round-robin across shapes (so across tenants) within a priority.
+-- `served_at` gives round-robin across shapes (so across tenants) within a priority. A shape no
+-- queued, assigned or running job uses is deleted by the pruner (migration 0012).
 CREATE TABLE job_shapes (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     pool            text NOT NULL REFERENCES pools (name),
@@ -60,7 +66,8 @@ CREATE TABLE jobs (
     key             text NOT NULL UNIQUE,             -- idempotency key (the id when none given)
     spec            jsonb NOT NULL,                   -- canonical spec, compared on a repeated key
     pool            text NOT NULL REFERENCES pools (name),
-    shape_id        bigint NOT NULL REFERENCES job_shapes (id),
+    -- No foreign key (migration 0012): a live job's shape exists, a finished job's may be pruned.
+    shape_id        bigint NOT NULL,
     labels          text[] NOT NULL DEFAULT '{}',
     plan            text,
     tenant          text,
@@ -92,7 +99,8 @@ CREATE TABLE jobs (
     unheld_seq      bigint,                           -- the runner's heartbeat that first lacked it
     retry           jsonb,                            -- its retry policy (NULL: the default; see job_retry_delay())
     -- Every attempt that ended, oldest first (migration 0011 says why an array, not a table).
-    attempts        jsonb NOT NULL DEFAULT '[]'
+    attempts        jsonb NOT NULL DEFAULT '[]',
+    run_at          timestamptz                       -- a delayed job: first due then (not_before until claimed)
 );
 
 CREATE TABLE dispatch_epochs (
@@ -104,7 +112,7 @@ CREATE TABLE dispatch_epochs (
 -- Epochs of every shard's terms: one sequence, so an epoch names one term of the deployment.
 CREATE SEQUENCE dispatch_epoch_seq;
 
--- How many dispatch shards pools are spread over (one row; migration 0012 says who sets it).
+-- How many dispatch shards pools are spread over (one row; migration 0015 says who sets it).
 CREATE TABLE dispatch_config (
     id              boolean PRIMARY KEY DEFAULT true CHECK (id),  -- one row
     shards          integer NOT NULL CHECK (shards >= 1)
@@ -118,7 +126,8 @@ CREATE INDEX jobs_active_idx ON jobs (pool, state) WHERE state IN ('queued', 'as
 CREATE INDEX jobs_runner_idx ON jobs (runner_id) WHERE state IN ('assigned', 'running');
 -- The server's timeout sweep.
 CREATE INDEX jobs_running_timeout_idx ON jobs (started_at) WHERE state = 'running' AND timeout_s IS NOT NULL;
--- Queued jobs waiting out a retry backoff: when the first is due (the claim says, for dispatch's timer).
+-- Queued jobs not due yet (delayed, or waiting out a retry backoff): when the first is due (the
+-- claim says, for dispatch's timer).
 CREATE INDEX jobs_deferred_idx ON jobs (pool, not_before) WHERE state = 'queued' AND not_before IS NOT NULL;
 
 -- A churning queue fills its partial indexes with dead entries; vacuum it early and often.
@@ -145,6 +154,8 @@ CREATE TABLE rejections (
     stream_seq      bigint,                           -- the message's sequence in the intake stream
     body            text                              -- the start of what was sent, for malformed input
 );
+-- The pruner deletes rejections by age (migration 0012).
+CREATE INDEX rejections_at_idx ON rejections (at);
 
 -- Jobs finished in a pool lately: how fast it drains, so a shed producer is told when to retry.
 CREATE INDEX jobs_finished_idx ON jobs (pool, finished_at) WHERE finished_at IS NOT NULL;
@@ -253,7 +264,7 @@ $$;
 -- of a step that claimed nothing (fenced | unknown_pool | wrong_shard | paused | at_capacity |
 -- no_runner | no_job). `in_flight` is the pool's count before the step (NULL for an unlimited
 -- pool). Under a fence (shard, epoch): the epoch must be the shard's newest, and the pool that
--- shard's (migration 0012).
+-- shard's (migration 0015).
 --
 -- Matching goes by shape (seed 004): runners with the same labels and taints are one group, which
 -- takes only jobs of the shapes it can run, so the cost does not grow with jobs queued for other
@@ -387,7 +398,41 @@ CREATE TABLE workers (
 );
 CREATE INDEX workers_pool_idx ON workers (pool);
 
--- A pool's dispatch shard (migration 0012 says how it is chosen), kept on its row by the trigger.
+-- Schedules: a job spec on a cron (migration 0013 says how a fire time is handled once).
+CREATE TABLE schedules (
+    name            text PRIMARY KEY,
+    cron            text NOT NULL,
+    timezone        text NOT NULL,
+    job             jsonb NOT NULL,                   -- the job spec each fire submits (as given)
+    pool            text NOT NULL,                    -- the job spec's pool (no foreign key: see below)
+    overlap         text NOT NULL CHECK (overlap IN ('skip', 'allow', 'cancel_previous')),
+    catch_up        text NOT NULL CHECK (catch_up IN ('none', 'latest', 'all')),
+    paused          boolean NOT NULL DEFAULT false,
+    version         bigint NOT NULL DEFAULT 1,        -- every PUT adds one: a fire planned on another fails
+    handled_through timestamptz NOT NULL,
+    next_fire_at    timestamptz,                      -- NULL: it never fires again
+    last_fire_at    timestamptz,                      -- the scheduled time of the last fire
+    last_job_id     uuid,                             -- the job it submitted (it may be gone since)
+    last_skip_at    timestamptz,
+    last_skip_reason text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+-- The scheduler's timer: the earliest fire time of the schedules not paused.
+CREATE INDEX schedules_next_fire_idx ON schedules (next_fire_at) WHERE NOT paused;
+
+-- The jobs a schedule fired that may still be live, for `overlap` (skip while one is, or cancel
+-- them): a fire adds its job and forgets those that have ended (or are gone). No foreign keys:
+-- a pool may be deleted under a schedule (its fires are then refused, and say so), and jobs are
+-- pruned without asking.
+CREATE TABLE schedule_jobs (
+    schedule        text NOT NULL REFERENCES schedules (name) ON DELETE CASCADE,
+    fire_at         timestamptz NOT NULL,
+    job_id          uuid NOT NULL,
+    PRIMARY KEY (schedule, fire_at)
+);
+
+-- A pool's dispatch shard (migration 0015 says how it is chosen), kept on its row by the trigger.
 CREATE FUNCTION pool_dispatch_shard(name text, pinned integer, shards integer) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN shards <= 1 THEN 'all'

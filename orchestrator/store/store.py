@@ -25,7 +25,9 @@ from orchestrator.store.fleet import FleetRows
 from orchestrator.store.jobs import JobReads
 from orchestrator.store.pools import PoolReads
 from orchestrator.store.queries import Q
+from orchestrator.store.retention import RetentionRows
 from orchestrator.store.runners import RunnerRows
+from orchestrator.store.schedules import ScheduleRows
 from orchestrator.store.take import TakeReads
 from orchestrator.store.transitions import Journal, Level, Transitions
 
@@ -65,7 +67,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows):
+class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, RetentionRows, ScheduleRows):
     def __init__(
         self,
         dsn: str,

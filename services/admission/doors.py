@@ -108,16 +108,19 @@ class Admission(Service):
         pools = {spec.pool for _, _, spec in valid}
         keys = {s.key for _, s, _ in valid if s.key is not None}
         async with self.store.transitions.admission(pools, keys) as tx:
-            await self._decide(tx, valid, decisions)
+            await self.decide(tx, valid, decisions)
             if record:
                 await tx.record([self._rejection(s, d) for s, d in zip(subs, decisions, strict=True) if d.error])  # type: ignore[union-attr]
         done: list[Decision] = decisions  # type: ignore[assignment]
         await self._announce(subs, done, recorded=record)
         return done
 
-    async def _decide(
-        self, tx: AdmissionTx, valid: list[tuple[int, Submission, JobSpec]], decisions: list[Decision | None]
+    @staticmethod
+    async def decide(
+        tx: AdmissionTx, valid: list[tuple[int, Submission, JobSpec]], decisions: list[Decision | None]
     ) -> None:
+        """Decide `valid` submissions inside an admission transaction (`decisions[i]` for each
+        index i): every door's, and the scheduler's, whose fires are admitted by these rules too."""
         pools = {name: PoolConfig.from_row(row) for name, row in tx.pools.items()}
         active = await tx.active([name for name, pool in pools.items() if pool.max_active >= 0])
         retry_after: dict[str, float] = {}
@@ -200,7 +203,7 @@ class Admission(Service):
         await announce_queued(self.bus, admitted_by_pool)
 
     def _count_rejected(self, reason: str) -> None:
-        self.metrics.rejected.labels(reason).inc()
+        self.metrics.count_rejected(reason)
 
     # --- door: core request/reply (and HTTP through it) ------------------------------------------
 

@@ -106,6 +106,8 @@ def new_job(key: str | None, spec: JobSpec, token: str, trace_context: dict[str,
         trace_context=trace_context,
         tolerations=sorted(set(spec.tolerations)),
         retry=spec.retry.model_dump(mode="json") if spec.retry else None,
+        run_at=spec.run_at,
+        delay_s=spec.delay_s,
     )
 
 

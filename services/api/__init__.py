@@ -4,7 +4,8 @@
 admission service over the bus, so HTTP and NATS producers get the same decisions. Reads come
 straight from Postgres, the truth. Pool changes (`PUT`/`PATCH /v1/pools/{name}`, `pools.py`) go
 through `orchestrator.pools.change_pool`, the one way a pool changes (the runtime applies the
-pools file with it too); runners' endpoints are `runners.py`, a job's output `logs.py`. Every
+pools file with it too); runners' endpoints are `runners.py`, schedules' `schedules.py`, a job's
+output `logs.py`. Every
 error is `{"error": {"code", "message", "field"}}`.
 
 The endpoints are one table (`routes.py`) that registers them, says who may call them (`auth.py`,
@@ -27,6 +28,7 @@ from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.bus.job_logs import JobLogs
 from orchestrator.errors import OrchestratorError
+from orchestrator.known_pools import KnownPools
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import CONTENT_TYPE, Metrics, QueueCollector, exposition
 from orchestrator.settings import ApiSettings, HttpSettings, LogLimits
@@ -52,14 +54,12 @@ from schemas.api import (
     Stats,
     Taken,
 )
-from schemas.events import (
-    AdmissionResult,
-    JobSubmitted,
-)
+from schemas.events import AdmissionResult, JobSubmitted
 from schemas.jobs import JobSpec, JobState, JobView
 from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
-from services.api import params
+from schemas.schedules import ScheduleDeleted, ScheduleList, ScheduleSpec, ScheduleView
+from services.api import params, tenancy
 from services.api.auth import ROLE, Auth
 from services.api.blocked import Why
 from services.api.logs import JobLogsView
@@ -73,6 +73,7 @@ from services.api.responses import (
 )
 from services.api.routes import ANY_ROLE, OPERATOR, PRODUCER, PUBLIC, RUNNER, Link, Media, Route, openapi, register
 from services.api.runners import RunnerViews
+from services.api.schedules import ScheduleViews
 from services.api.servo import ServoDoor
 from services.api.shards import leader_view
 from services.api.take import RETRY_AFTER_S, Takes
@@ -95,6 +96,7 @@ class Api(Service):
         bus: Bus,
         *,
         metrics: Metrics | None = None,
+        known_pools: KnownPools | None = None,
     ) -> None:
         super().__init__()
         self.config = config
@@ -109,9 +111,12 @@ class Api(Service):
         self.takes = Takes(store, bus)
         self.logs = JobLogsView(store, JobLogs(bus), self.takes.waiters)
         self.servo = ServoDoor(store, self.takes, self.admit)
-        self.why = Why(store, bus)
+        self.why = Why(store, bus, known_pools)
+        if known_pools is None:  # its own: a deleted pool's series go with it (the runtime's does that itself)
+            self.why.known_pools.on_gone(self.metrics.forget_pool)
         self.pools = PoolViews(store, bus)
         self.runners = RunnerViews(store, bus)
+        self.schedules = ScheduleViews(store, bus)
         self.app = self._build_app()
 
     def _routes(self) -> list[Route]:
@@ -154,11 +159,26 @@ class Api(Service):
             Route("DELETE", "/v1/pools/{name}", self.pools.delete_pool, pools,
                   "Delete a pool and its ended jobs; 409 while it has jobs queued, assigned or running, or "
                   "runners not lost", None, {200: PoolDeleted}, (404, 409), (params.POOL_NAME,)),
+            Route("GET", "/v1/schedules", self.schedules.list_schedules, ANY_ROLE, "List schedules", None,
+                  {200: ScheduleList}),
+            Route("GET", "/v1/schedules/{name}", self.schedules.get_schedule, ANY_ROLE,
+                  "A schedule: its next fire time and the last job it fired", None, {200: ScheduleView}, (404,),
+                  (params.SCHEDULE_NAME,)),
+            Route("PUT", "/v1/schedules/{name}", self.schedules.put_schedule, PRODUCER,
+                  "Create or replace a schedule: a job spec submitted on a cron, in a time zone", ScheduleSpec,
+                  {200: ScheduleView, 201: ScheduleView}, (422,), (params.SCHEDULE_NAME,),
+                  links=self._schedule_links()),
+            Route("DELETE", "/v1/schedules/{name}", self.schedules.delete_schedule, PRODUCER,
+                  "Delete a schedule (the jobs it fired are left as they are)", None, {200: ScheduleDeleted},
+                  (404,), (params.SCHEDULE_NAME,)),
             Route("GET", "/v1/queue", self.queue_depth, ANY_ROLE, "Jobs waiting and in flight, per pool", None,
                   {200: QueueDepth}),
-            Route("GET", "/v1/rejections", self.list_rejections, OPERATOR, "What the JetStream door refused", None,
-                  {200: RejectionList}, (422,), (params.REASON, params.LIMIT)),
-            Route("GET", "/v1/runners", self.runners.list_runners, ANY_ROLE, "List runners", None, {200: RunnerList}),
+            Route("GET", "/v1/rejections", self.list_rejections, OPERATOR,
+                  "What the JetStream door refused, newest first, a page at a time", None,
+                  {200: RejectionList}, (422,), (params.REASON, params.LIMIT, params.REJECTIONS_AFTER)),
+            Route("GET", "/v1/runners", self.runners.list_runners, ANY_ROLE,
+                  "List runners in id order, a page at a time", None, {200: RunnerList}, (422,),
+                  (params.LIMIT, params.RUNNERS_AFTER)),
             Route("POST", "/v1/runners/{id}/drain", self.runners.drain_runner, runners | RUNNER,
                   "Drain a runner: it runs what it has and is given nothing more", None, {200: RunnerView}, (404, 409),
                   (params.RUNNER_ID,)),
@@ -189,9 +209,17 @@ class Api(Service):
             Link(self.cancel_job.__name__, by_id),
         )
 
+    def _schedule_links(self) -> tuple[Link, ...]:
+        """A schedule's name leads to reading and deleting it."""
+        by_name = {"name": "$response.body#/name"}
+        return (
+            Link(self.schedules.get_schedule.__name__, by_name),
+            Link(self.schedules.delete_schedule.__name__, by_name),
+        )
+
     def _build_app(self) -> web.Application:
         self.routes = self._routes()
-        auth = Auth(self.http.api_tokens())
+        auth = Auth(self.http.api_tokens(), self.http.tenant_bound_tokens())
         guard = auth.middleware({r.key: r.roles for r in self.routes})
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[errors_as_json, guard])
         register(app, self.routes)
@@ -220,9 +248,11 @@ class Api(Service):
         with _tracer.start_as_current_span("POST /v1/jobs", context=ctx, kind=trace.SpanKind.SERVER):
             raw = await request.read()
             try:
-                spec = JobSpec.model_validate_json(raw)
+                spec = tenancy.owned(request, JobSpec.model_validate_json(raw))
             except ValidationError as exc:
                 return invalid_response(exc)
+            if isinstance(spec, web.Response):
+                return spec
             return self._admission_response(await self.admit(spec))
 
     async def admit(self, spec: JobSpec) -> AdmissionResult:
@@ -254,7 +284,7 @@ class Api(Service):
         except ValueError:
             return error_response(404, "not_found", f"no job {request.match_info['id']!r}: not a job id", "id")
         row = await self.store.job_get(job_id)
-        if row is None:
+        if row is None or not tenancy.visible(request, row["tenant"]):  # another tenant's: as if none
             return error_response(404, "not_found", f"no job {job_id}", "id")
         return row
 
@@ -274,7 +304,9 @@ class Api(Service):
     async def list_jobs(self, request: web.Request) -> web.Response:
         pool, state, key = (p.parse(request) for p in (params.POOL, params.STATE, params.KEY))
         limit = params.LIMIT.parse(request)
-        rows = await self.store.job_list(pool=pool, state=state, key=key, limit=limit)
+        rows = await self.store.job_list(
+            pool=pool, state=state, key=key, limit=limit, tenant=tenancy.bound_tenant(request)
+        )
         waiting = await self.why.waiting(rows)
         jobs = [JobListed(**JobView.from_row(r).model_dump(), blocked_by=waiting.get(r["id"])) for r in rows]
         return json_response(JobList(jobs=jobs))
@@ -338,10 +370,11 @@ class Api(Service):
     # --- operators -----------------------------------------------------------------------------
 
     async def list_rejections(self, request: web.Request) -> web.Response:
-        """What the JetStream door refused, newest first (its producers had nobody to answer them)."""
-        reason, limit = params.REASON.parse(request), params.LIMIT.parse(request)
-        rows = await self.store.rejection_list(reason=reason, limit=limit)
-        return json_response(RejectionList.model_validate({"rejections": rows}))
+        """What the JetStream door refused (its producers had nobody to answer them), a page at a time."""
+        reason, limit, before = (p.parse(request) for p in (params.REASON, params.LIMIT, params.REJECTIONS_AFTER))
+        found = await self.store.rejection_list(reason=reason, limit=limit + 1, before=before)
+        rows, next_after = params.page(found, limit, lambda row: row["id"])
+        return json_response(RejectionList.model_validate({"rejections": rows, "next": next_after}))
 
     async def queue_depth(self, request: web.Request) -> web.Response:
         return json_response(QueueDepth(pools=[PoolDepth(**row) for row in await self.store.pool_depth_list()]))

@@ -19,26 +19,33 @@ from aiohttp import web
 from orchestrator.tokens import token_hash
 from services.api.responses import error_response
 
-# The request's key for the caller's role (set only when auth is on and a token was given).
+# The request's keys for the caller's role (set only when auth is on and a token was given),
+# and for the tenant its token is bound to (a tenant's producer token only: tenancy.py).
 ROLE = web.RequestKey("role", str)
+TENANT = web.RequestKey("tenant", str)
 
 
 class Auth:
-    def __init__(self, tokens: Iterable[tuple[str, str]]) -> None:
-        """`tokens`: (role, token) pairs, as `HttpSettings.api_tokens` lists them."""
-        self._tokens: list[tuple[bytes, str]] = [(token_hash(token), role) for role, token in tokens if token]
+    def __init__(self, tokens: Iterable[tuple[str, str]], tenants: Iterable[tuple[str, str]] = ()) -> None:
+        """`tokens`: (role, token) pairs, as `HttpSettings.api_tokens` lists them; `tenants`:
+        (tenant, token) for the producer tokens bound to a tenant (`tenant_bound_tokens`)."""
+        bound = {token_hash(token): tenant for tenant, token in tenants}
+        self._tokens: list[tuple[bytes, str, str | None]] = [
+            (h, role, bound.get(h)) for role, token in tokens if token for h in [token_hash(token)]
+        ]
 
     @property
     def enabled(self) -> bool:
         return bool(self._tokens)
 
-    def role_of(self, token: str) -> str | None:
+    def identify(self, token: str) -> tuple[str, str | None] | None:
+        """The role of `token`, and the tenant it is bound to; None when it is no token of ours."""
         presented = token_hash(token)
-        role = None
-        for stored, stored_role in self._tokens:  # no early exit: every comparison is made
+        found = None
+        for stored, role, tenant in self._tokens:  # no early exit: every comparison is made
             if hmac.compare_digest(presented, stored):
-                role = stored_role
-        return role
+                found = (role, tenant)
+        return found
 
     def middleware(self, roles: Mapping[tuple[str, str], frozenset[str]]) -> Any:
         @web.middleware
@@ -55,14 +62,17 @@ class Auth:
                     "a bearer token is required (Authorization: Bearer <token>)",
                     **{"WWW-Authenticate": "Bearer"},
                 )
-            role = self.role_of(token.strip())
-            if role is None:
+            found = self.identify(token.strip())
+            if found is None:
                 return error_response(403, "forbidden", "the bearer token is not valid")
+            role, tenant = found
             if role != "operator" and role not in allowed:
                 who = sorted(allowed | {"operator"})
                 message = f"role {role!r} may not {request.method} {info.resource.canonical}: allowed {who}"
                 return error_response(403, "forbidden", message)
             request[ROLE] = role  # for a handler whose rule depends on who asks
+            if tenant is not None:
+                request[TENANT] = tenant
             return await handler(request)
 
         return authorize

@@ -4,11 +4,14 @@ Every constraint that holds it back, most fundamental first, each with the numbe
 no dispatcher holds the lease (nothing is dispatched at all), its pool is paused, its pool's
 capacity could not be counted lately (`CapacityUnknown`: the dispatcher does not dispatch blind),
 no runner that could take it has a free slot (none offers its labels, or all those are busy),
-its pool is at `max_concurrent`, its retry backoff has not run out. Then its position among the
+its pool is at `max_concurrent`, it is delayed and not due yet (`run_at` / `delay_s`: "scheduled
+for ..."), its retry backoff has not run out. Then its position among the
 queued jobs that compete for the same slots, and an estimated wait from how many jobs the pool
 finished in the last minute. The numbers are read together from Postgres; the lease (of the
 job's pool's dispatch shard) from NATS; `CapacityUnknown` is the news this process heard (one
-subscription per API process).
+subscription per API process), kept only for pools that exist (`KnownPools`: anyone on NATS can
+name any pool) and only while fresh, so the news it keeps is bounded by the pools, however many
+names a sender makes up.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from orchestrator.bus import Bus
 from orchestrator.bus.lease import read_lease
+from orchestrator.known_pools import KnownPools
 from orchestrator.lifecycle import Service
 from orchestrator.store import Store
 from schemas.api import BlockedBy, Constraint, Waiting
@@ -71,14 +75,24 @@ def constraints(
             )
         )
     if n["backoff_s"] > 0:
-        found.append(
-            Constraint(
-                reason="backoff",
-                message=f"retry backoff: not before another {n['backoff_s']:.1f}s",
-                numbers={"seconds_left": round(n["backoff_s"], 3)},
-            )
-        )
+        found.append(_not_due(job, n["backoff_s"]))
     return found
+
+
+def _delayed(job: dict[str, Any]) -> bool:
+    """Whether a job waiting for its `not_before` waits for its first due time (delayed: nothing
+    has run yet), not for a retry's backoff."""
+    return job.get("run_at") is not None and job["attempt"] == 0
+
+
+def _not_due(job: dict[str, Any], seconds_left: float) -> Constraint:
+    numbers: dict[str, int | float | str | None] = {"seconds_left": round(seconds_left, 3)}
+    if _delayed(job):
+        numbers["run_at"] = job["run_at"].isoformat()
+        message = f"scheduled for {job['run_at']:%Y-%m-%d %H:%M:%S} UTC (in {seconds_left:.1f}s)"
+        return Constraint(reason="scheduled", message=message, numbers=numbers)
+    message = f"retry backoff: not before another {seconds_left:.1f}s"
+    return Constraint(reason="backoff", message=message, numbers=numbers)
 
 
 def estimate(found: list[Constraint], n: dict[str, Any]) -> float | None:
@@ -114,21 +128,35 @@ def blocked_by(job: dict[str, Any], n: dict[str, Any], *, leader: bool, shard: s
 class Why:
     """Answers `blocked_by` for this API process."""
 
-    def __init__(self, store: Store, bus: Bus) -> None:
+    def __init__(self, store: Store, bus: Bus, known_pools: KnownPools | None = None) -> None:
         self.store = store
         self.bus = bus
-        self._unknown: dict[str, tuple[str, float]] = {}  # pool -> (why, when heard)
+        # The process's (started by its runtime), or one of its own, started with the API.
+        self._own_known_pools = known_pools is None
+        self.known_pools = known_pools or KnownPools(store, bus)
+        self.known_pools.on_gone(self._forget)
+        self._unknown: dict[str, tuple[str, float]] = {}  # pool -> (why, when heard); pools that exist
 
     async def start(self, service: Service) -> None:
+        if self._own_known_pools:
+            await self.known_pools.start()
+            service.on_cleanup(self.known_pools.stop)
         sub = await self.bus.subscribe(self.bus.subjects.capacity_unknown.any(), self._on_unknown)
         service.on_cleanup(sub.unsubscribe)
 
     async def _on_unknown(self, event: CapacityUnknown) -> None:
-        self._unknown[event.pool] = (event.reason, time.monotonic())
+        if await self.known_pools.knows(event.pool):
+            self._unknown[event.pool] = (event.reason, time.monotonic())
+
+    def _forget(self, pool: str) -> None:
+        self._unknown.pop(pool, None)
 
     def capacity_unknown(self, pool: str) -> str | None:
         heard = self._unknown.get(pool)
-        if heard is None or time.monotonic() - heard[1] > CAPACITY_UNKNOWN_FRESH_S:
+        if heard is None:
+            return None
+        if time.monotonic() - heard[1] > CAPACITY_UNKNOWN_FRESH_S:  # stale: the dispatcher has retried since
+            del self._unknown[pool]
             return None
         return heard[0]
 
@@ -150,13 +178,14 @@ class Why:
                     leaders[shard] = await read_lease(self.bus, shard) is not None
                 unknown = self.capacity_unknown(job["pool"])
                 held = constraints(job, numbers, leader=leaders[shard], shard=shard, unknown=unknown)
-                by_shape[shape] = [c for c in held if c.reason != "backoff"]  # that one is the job's own
+                by_shape[shape] = [c for c in held if c.reason not in ("backoff", "scheduled")]  # the job's own
             held = by_shape[shape]
             backoff = job.get("not_before")
             if held:
                 found[job["id"]] = Waiting(reason=held[0].reason, message=held[0].message)
             elif backoff is not None and backoff.timestamp() > time.time():
-                found[job["id"]] = Waiting(reason="backoff", message=f"retry backoff: not before {backoff:%H:%M:%S}")
+                not_due = _not_due(job, backoff.timestamp() - time.time())
+                found[job["id"]] = Waiting(reason=not_due.reason, message=not_due.message)
             else:
                 found[job["id"]] = Waiting(reason="queued", message="nothing holds it back: it waits its turn")
         return found

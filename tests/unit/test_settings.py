@@ -9,6 +9,8 @@ import os
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from orchestrator.bus import Bus
+from orchestrator.bus.credentials import connect_options
 from orchestrator.errors import ConfigurationError
 from orchestrator.settings import (
     MOVED,
@@ -33,10 +35,12 @@ CONTRACT = [
     "ORCH_RUNNER_POOL",
     "ORCH_LOG_MAX_BYTES",
     "ORCH_LOG_RETENTION_S",
+    "ORCH_RETENTION_S",
     "ORCH_KILL_GRACE_S",
     "ORCH_PRODUCER_TOKENS",
     "ORCH_RUNNER_TOKENS",
     "ORCH_OPERATOR_TOKENS",
+    "ORCH_TENANT_TOKENS",
     "ORCH_NATS_USER",
     "ORCH_NATS_PASSWORD",
     "ORCH_NATS_TOKEN",
@@ -116,6 +120,32 @@ def test_a_bad_sectioned_value_names_its_field_and_variable(monkeypatch: pytest.
         Settings.from_env()
 
 
+def test_the_retention_is_read_and_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().retention.retention_s == 7 * 24 * 3600  # a week by default
+    monkeypatch.setenv("ORCH_RETENTION_S", "86400")
+    monkeypatch.setenv("ORCH_CAPACITY__PRUNE_BATCH", "100")
+    settings = Settings.from_env()
+    assert (settings.retention.retention_s, settings.capacity.prune_batch) == (86400, 100)
+    for bad in ("0", "-1", "a week"):
+        monkeypatch.setenv("ORCH_RETENTION_S", bad)
+        with pytest.raises(ConfigurationError, match="ORCH_RETENTION_S: "):
+            Settings.from_env()
+
+
+def test_tenant_tokens_are_tenant_equals_token_and_a_bad_one_is_named_not_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ORCH_TENANT_TOKENS", " acme=s1 ,globex=s2")
+    http = Settings.from_env().http
+    assert http.tenant_bound_tokens() == [("acme", "s1"), ("globex", "s2")]
+    assert ("producer", "s1") in http.api_tokens()  # a tenant's token is a producer's
+    for bad in ("acme:s1", "acme=", "=s1", "no spaces=s1"):
+        monkeypatch.setenv("ORCH_TENANT_TOKENS", bad)
+        with pytest.raises(ConfigurationError, match=r"ORCH_TENANT_TOKENS: .*TENANT=TOKEN") as raised:
+            Settings.from_env()
+        assert "s1" not in str(raised.value)
+
+
 def test_a_misspelt_sectioned_variable_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCH_DISPATCH__STEP_LIMT", "64")
     with pytest.raises(ConfigurationError, match="ORCH_DISPATCH__STEP_LIMT: Extra inputs are not permitted"):
@@ -147,6 +177,7 @@ def test_secret_env_lists_every_secret_field() -> None:
         "ORCH_PRODUCER_TOKENS",
         "ORCH_RUNNER_TOKENS",
         "ORCH_OPERATOR_TOKENS",
+        "ORCH_TENANT_TOKENS",
     }
     assert secret_str <= SECRET_ENV
     # Not SecretStr, but access all the same (a URL's password, a key), and the CLI's own token.
@@ -158,3 +189,23 @@ def test_secret_env_lists_every_secret_field() -> None:
         "ORCH_TOKEN",
     } <= SECRET_ENV
     assert not {"ORCH_NATS_USER", "ORCH_HTTP_PORT", "ORCH_URL", "ORCH_RUNNER_TTL_S"} & SECRET_ENV
+
+
+def test_the_nats_prefixes_reach_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runner of compose: its replies under its own inbox prefix, the JetStream API under its
+    account's import (deploy/nats.conf); by default nats-py's own."""
+    assert connect_options(Settings().nats_credentials)["inbox_prefix"] == "_INBOX"
+    monkeypatch.setenv("ORCH_NATS_INBOX_PREFIX", "_INBOX_runner-1")
+    monkeypatch.setenv("ORCH_NATS_JS_API_PREFIX", "$JS.ORCH.API")
+    settings = Settings(nats_url="nats://127.0.0.1:4222")
+    assert connect_options(settings.nats_credentials)["inbox_prefix"] == "_INBOX_runner-1"
+    assert Bus.from_settings(settings, name="t").js_api_prefix == "$JS.ORCH.API"
+
+
+@pytest.mark.parametrize("prefix", ["_INBOX.>", "_INBOX.*", "_INBOX.", ".x", "a..b", "a b", ""])
+def test_a_nats_prefix_must_be_literal_subject_tokens(monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+    for variable in ("ORCH_NATS_INBOX_PREFIX", "ORCH_NATS_JS_API_PREFIX"):
+        monkeypatch.setenv(variable, prefix)
+        with pytest.raises(ConfigurationError, match=variable):
+            Settings.from_env()
+        monkeypatch.delenv(variable)

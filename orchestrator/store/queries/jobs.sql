@@ -14,6 +14,7 @@ SELECT * FROM jobs
 WHERE ($1::text IS NULL OR pool = $1)
   AND ($2::text IS NULL OR state = $2)
   AND ($3::text IS NULL OR key = $3)
+  AND ($5::text IS NULL OR tenant = $5)
 ORDER BY id DESC
 LIMIT $4;
 

@@ -28,10 +28,15 @@ RETURNING old.state, pool, old.heartbeat_seq;
 -- name: runner_mark_suspect
 UPDATE runners SET state = 'suspect' WHERE id = $1 AND state = 'active';
 
+-- A page of runners in id order: those after id $1 (NULL: from the first), at most $2 (NULL: all).
+-- An id never changes, so a walk from page to page sees each runner once.
 -- name: runner_list
 SELECT r.*, (SELECT count(*) FROM jobs j
              WHERE j.runner_id = r.id AND j.state IN ('assigned', 'running')) AS busy
-FROM runners r ORDER BY r.pool, r.created_at;
+FROM runners r
+WHERE ($1::text IS NULL OR r.id > $1)
+ORDER BY r.id
+LIMIT $2;
 
 -- An operator sets a runner's taints (the exact set). Returns the runner, none if unknown.
 -- name: runner_set_taints

@@ -59,7 +59,7 @@ from orchestrator.store.transitions.args import (
     Stop,
     refusal,
 )
-from orchestrator.store.transitions.batches import AdmissionTx, PoolChangeTx, RememberedShape, shape_key
+from orchestrator.store.transitions.batches import AdmissionTx, PoolChangeTx, ShapeIds, shape_key
 from orchestrator.store.transitions.journal import Journal, Level
 from schemas.jobs import JobState
 
@@ -67,6 +67,9 @@ if TYPE_CHECKING:
     from orchestrator.store.store import Store
 
 T = TypeVar("T")
+# Shape ids remembered (see Transitions): more shapes than a fleet's jobs use at a time in
+# practice, and at a few hundred bytes each, a few MB at most.
+SHAPES_REMEMBERED = 10_000
 
 __all__ = [
     "AdmissionTx",
@@ -100,9 +103,8 @@ class Transitions:
     def __init__(self, store: Store, journal: Journal | None = None) -> None:
         self._store = store
         self._journal = journal or Journal()  # a log line per job per committed edge
-        # Shapes never change, and go only with their pool: their ids are remembered for as long as
-        # that pool lives (batches.RememberedShape).
-        self._shapes: dict[RememberedShape, int] = {}
+        # Shape ids, remembered for the version of their pool's shapes (batches.ShapeIds).
+        self._shapes = ShapeIds(SHAPES_REMEMBERED)
 
     async def _transact(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, one_statement: bool = False) -> T:
         """`work` in one transaction (one statement is one by itself: no BEGIN and COMMIT round
@@ -149,7 +151,7 @@ class Transitions:
             tx = AdmissionTx(conn, configs, existing, self._shapes)
             yield tx
         news.committed()
-        self._shapes.update(tx.new_shapes)  # committed: safe to remember
+        self._shapes.remember(tx.new_shapes)  # committed: safe to remember
         self._journal.record(tx.inserted, verb="admitted")
 
     @asynccontextmanager

