@@ -14,8 +14,11 @@ announces `LeaderElected`, then tells the dispatcher (through the shared
   say its own issue stalled past the TTL): it deletes the key (`LeaderLost{fenced}`), and the
   next holder gets a new epoch.
 Standbys watch the key and contend the moment it is deleted or expires, and retry every TTL in
-case a watch event is lost. A deposed leader that has not noticed yet (paused, partitioned) is
-refused by the epoch check in every claim transaction; that is what makes a stale term harmless.
+case a watch event is lost. The holder also heeds the watch: when it may have missed changes (a
+reconnect, a failed watch) or shows someone else's write, the holder re-reads the key at once and
+steps down (`taken`) unless its own write is still the last (`Lease.verify`). A deposed leader
+that has not noticed yet (paused, partitioned) is refused by the epoch check in every claim
+transaction; that is what makes a stale term harmless.
 """
 
 from __future__ import annotations
@@ -117,7 +120,8 @@ class Leader(Service):
         """Renew until the lease is lost or the term runs out; then step down."""
         ttl = self.config.lease_ttl_s
         while True:
-            await asyncio.sleep(self.config.lease_renew_s)
+            if await self.lease.wait_doubt(self.config.lease_renew_s) and not await self._still_ours():
+                return await self._step_down("taken")
             started = self.clock.monotonic()
             try:
                 async with asyncio.timeout(max(self._deadline - started, 0.001)):
@@ -135,6 +139,15 @@ class Leader(Service):
             # measured from `started` ends here no later than the lease ends there.
             self._deadline = started + ttl
             self.leadership.extend(self._deadline)
+
+    async def _still_ours(self) -> bool:
+        """After a watch gap: whether the key still holds our own last write. Unknown (NATS
+        unreachable) counts as ours: the renewal that follows, or the term's deadline, decides."""
+        try:
+            return await self.lease.verify()
+        except OrchestratorError as exc:
+            self.log.warning("verifying the lease of shard %s failed: %s", self.leadership.shard, exc)
+            return True
 
     async def _step_down(self, reason: Literal["released", "taken", "expired", "fenced"]) -> None:
         epoch, self._epoch = self._epoch, None
