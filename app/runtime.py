@@ -129,12 +129,7 @@ class Runtime:
             self._postgres = EmbeddedPostgres(s.data_dir / "postgres")
             self.nats_url, self.database_url = await asyncio.gather(self._nats_server.start(), self._postgres.start())
         assert self.nats_url and self.database_url
-        self.store = Store(
-            self.database_url,
-            max_size=s.db_pool_size,
-            idle_in_transaction_s=s.db_idle_in_transaction_s,
-            log_transitions=s.log_transitions,
-        )
+        self.store = Store.from_settings(s, dsn=self.database_url)
         self.bus = Bus.from_settings(s, name=f"orchestrator-{self._label}", url=self.nats_url)
         await asyncio.gather(self.store.connect(), self.bus.connect())
         if self.migrate:
