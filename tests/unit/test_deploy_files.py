@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from app.cli import parser
 from app.runtime import SERVICES
 from orchestrator.health import roles_from_argv
+from orchestrator.nats_servers import nats_servers
 from orchestrator.pools import load_pools_file
 from orchestrator.settings import Settings, env_fields
 
@@ -33,13 +35,16 @@ def compose_binary() -> Path:
     return Path(spec.origin).parent / "docker-compose"
 
 
-def compose(*args: str) -> subprocess.CompletedProcess[str]:
+def compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Compose v2 on compose.yaml, its variables `env` alone (none of this process's ORCH_*)."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     return subprocess.run(
         [str(compose_binary()), "-f", str(ROOT / "compose.yaml"), *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env={**inherited, **(env or {})},
     )
 
 
@@ -114,6 +119,47 @@ def test_the_topology(config: dict[str, Any]) -> None:
         port = services[name]["environment"]["ORCH_METRICS_PORT"]
         assert f"port: {port}" in prometheus and name in prometheus, name
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" in services["api"]["environment"]
+
+
+NODES = ["nats-1", "nats-2", "nats-3"]
+CLUSTER_ENV = {"ORCH_NATS_URL": ",".join(f"nats://{n}:4222" for n in NODES), "ORCH_NATS_REPLICAS": "3"}
+
+
+def test_the_cluster_profile_runs_the_services_on_three_nats_nodes(config: dict[str, Any]) -> None:
+    """`--profile cluster` adds three routed NATS nodes with JetStream; told so (README), every
+    service and runner uses all three and replicates on them. The default profile has none."""
+    assert not set(NODES) & set(config["services"])
+    result = compose("--profile", "cluster", "config", "--format", "json", env=CLUSTER_ENV)
+    assert result.returncode == 0, result.stderr
+    cluster = json.loads(result.stdout)
+    conf = ROOT / "deploy" / "nats-cluster.conf"
+    routes = set(re.findall(r"nats-route://([\w-]+):6222", conf.read_text()))
+    assert routes == set(NODES)
+    for node in NODES:
+        svc = cluster["services"][node]
+        assert svc["environment"]["NATS_SERVER_NAME"] == node  # unique, as JetStream requires
+        mounted = {v["target"]: v for v in svc["volumes"]}
+        assert Path(mounted["/etc/nats/cluster.conf"]["source"]) == conf
+        assert mounted["/data"]["type"] == "volume"  # a store of its own
+        assert svc["command"] == ["--config", "/etc/nats/cluster.conf"]
+        assert svc["healthcheck"]["test"]
+        # The real nats-server reads the file as this node would.
+        check = subprocess.run(
+            [str(BIN / "nats-server"), "-t", "-c", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={**os.environ, "NATS_SERVER_NAME": node},
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+    for name, svc in orchestrator_services(cluster).items():
+        env = svc["environment"]
+        hosts = [server.split("//")[1].split(":")[0] for server in nats_servers(env["ORCH_NATS_URL"])]
+        assert hosts == NODES, name
+        if "ORCH_DATABASE_URL" in env:  # a service (runners create no stream)
+            assert env["ORCH_NATS_REPLICAS"] == "3", name
+        Settings.model_validate({k.removeprefix("ORCH_").lower(): v for k, v in env.items() if k in SETTINGS_VARIABLES})
 
 
 # Read by the CLI itself (logging is set up before the settings are).
