@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel
@@ -40,6 +41,9 @@ from orchestrator.store import Fence, Store
 from schemas.events import LeaderElected, LeaderLost
 
 E = TypeVar("E", bound=BaseModel)
+
+# After a failed attempt to contend (the lease store not answering), the next comes this soon.
+CONTEND_AGAIN_S = 0.25
 
 
 class Leader(Service):
@@ -65,6 +69,7 @@ class Leader(Service):
         self._campaign_task: asyncio.Task[None] | None = None
         self._epoch: int | None = None
         self._deadline = 0.0  # monotonic: the term ends here unless a renewal moves it
+        self._contend_failing = False  # the last attempt to contend found the lease store away
 
     async def on_start(self) -> None:
         await self.lease.open()
@@ -83,30 +88,40 @@ class Leader(Service):
 
     async def _campaign(self) -> None:
         retry_s = self.config.retry_s or float(self.config.lease_ttl_s)
+        wait_s = retry_s
         while True:
             if self._epoch is None:
-                await self.lease.wait_vacated(retry_s)
-                await self._try_lead()
+                await self.lease.wait_vacated(wait_s)
+                # The lease store failing (its stream electing a leader, NATS reconnecting):
+                # contend again soon, not a whole retry later, so dispatch resumes as soon as it
+                # answers. Told it is held: wait for it to be vacated, or the retry.
+                wait_s = retry_s if await self._try_lead() else min(retry_s, CONTEND_AGAIN_S)
             else:
                 await self._hold()
 
-    async def _try_lead(self) -> None:
+    async def _try_lead(self) -> bool:
+        """Contend once; whether the lease store answered (taken, or held by someone else)."""
         started = self.clock.monotonic()
         shard = self.leadership.shard
         try:
             revision = await self.lease.acquire()
-        except OrchestratorError as exc:
-            self.log.warning("contending for shard %s failed: %s", shard, exc)
-            return
+        except OrchestratorError as exc:  # said once per outage: it is tried again soon, and again
+            level = logging.DEBUG if self._contend_failing else logging.WARNING
+            self.log.log(level, "contending for shard %s failed: %s", shard, exc)
+            self._contend_failing = True
+            return False
+        if self._contend_failing:
+            self.log.info("contending for shard %s: the lease store answers again", shard)
+            self._contend_failing = False
         if revision is None:
-            return
+            return True
         try:
             epoch = await self.store.dispatch_epoch_issue(shard, self.leadership.holder)
         except OrchestratorError as exc:  # no term without an epoch: let another instance try
             self.log.warning("no epoch for shard %s from Postgres: %s; giving the lease up", shard, exc)
             with contextlib.suppress(OrchestratorError):
                 await self.lease.release()
-            return
+            return False
         self._epoch = epoch
         fence = Fence(self.leadership.shard, epoch, self.leadership.holder)
         self.log.info("leading shard %s as %s at epoch %d", fence.shard, fence.holder, epoch)
@@ -115,6 +130,7 @@ class Leader(Service):
         await self._announce(self.bus.subjects.leader_elected, event)
         self._deadline = started + self.config.lease_ttl_s
         self.leadership.gain(epoch, self._deadline)
+        return True
 
     async def _hold(self) -> None:
         """Renew until the lease is lost or the term runs out; then step down."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 from nats.js.errors import APIError, BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
@@ -79,18 +80,20 @@ def _bus_error(exc: Exception) -> BusUnavailable:
     return BusUnavailable(f"lease operation failed: {type(exc).__name__}: {exc}")
 
 
-async def open_bucket(bus: Bus) -> KeyValue:
+async def open_bucket(bus: Bus, js: JetStreamContext | None = None) -> KeyValue:
     """The namespace's lease bucket, created on first use with the config expiry needs and the
-    bus's replicas (an existing one's raised to them where the server allows)."""
+    bus's replicas (an existing one's raised to them where the server allows); its operations
+    through `js` (default: the bus's)."""
     name = bus.subjects.lease_bucket
+    js = js or bus.js
     try:
         try:
-            kv = await through_elections(lambda _: bus.js.key_value(name), what=f"bucket {name}", within_s=WITHIN_S)
+            kv = await through_elections(lambda _: js.key_value(name), what=f"bucket {name}", within_s=WITHIN_S)
         except BucketNotFoundError:
             # Concurrent creators with the same config all succeed (stream create is idempotent).
             try:
                 return await through_elections(
-                    lambda _: bus.js.create_key_value(
+                    lambda _: js.create_key_value(
                         bucket=name, history=1, limit_marker_ttl=MARKER_TTL_S, replicas=bus.replicas
                     ),
                     what=f"bucket {name}",
@@ -121,6 +124,10 @@ class Lease:
         self.holder = holder
         self.ttl_s = ttl_s
         self.key = f"dispatch.{shard}"
+        # Each lease operation waits at most half a TTL for JetStream (nats-py's default is 5 s,
+        # past the lease itself): through a leader election, the next attempt comes sooner.
+        self._op_timeout_s = max(0.5, ttl_s / 2)
+        self._js: JetStreamContext | None = None
         # The nonce tells our own value from a namesake's (a restarted process with the same id).
         self._value = json.dumps({"holder": holder, "nonce": secrets.token_hex(8)}).encode()
         self.revision: int | None = None  # our last write while we hold the lease
@@ -142,7 +149,7 @@ class Lease:
     async def open(self) -> None:
         """Open the bucket and start watching the key, before the first acquire, so no vacancy
         between the two is missed."""
-        self._kv = await open_bucket(self.bus)
+        self._kv = await open_bucket(self.bus, self.js)
         try:
             self._watcher = await self._kv.watch(self.key)
         except (NatsError, TimeoutError) as exc:
@@ -222,6 +229,12 @@ class Lease:
             return False
         self.revision = last.seq
         return True
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            self._js = self.bus.nc.jetstream(timeout=self._op_timeout_s)
+        return self._js
 
     @property
     def kv(self) -> KeyValue:
@@ -304,13 +317,13 @@ class Lease:
         """The key's last message, marker or tombstone included; None when there is none (or no
         bucket yet)."""
         try:
-            return await self.bus.js.get_msg(self.stream, subject=self.subject)
+            return await self.js.get_msg(self.stream, subject=self.subject)
         except NotFoundError:
             return None
 
     async def _publish(self, expect: int) -> int:
         try:
-            ack = await self.bus.js.publish(
+            ack = await self.js.publish(
                 self.subject,
                 self._value,
                 msg_ttl=self.ttl_s,
