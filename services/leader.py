@@ -160,10 +160,13 @@ class Leader(Service):
         """After a watch gap: whether the key still holds our own last write. Unknown (NATS
         unreachable) counts as ours: the renewal that follows, or the term's deadline, decides."""
         try:
-            return await self.lease.verify()
+            ours = await self.lease.verify()
         except OrchestratorError as exc:
             self.log.warning("verifying the lease of shard %s failed: %s", self.leadership.shard, exc)
             return True
+        if ours:
+            self.log.info("the lease of shard %s is still ours after a gap in its watch", self.leadership.shard)
+        return ours
 
     async def _step_down(self, reason: Literal["released", "taken", "expired", "fenced"]) -> None:
         epoch, self._epoch = self._epoch, None
