@@ -26,6 +26,7 @@ parse is terminated, never redelivered. Refusals are also counted by reason (`re
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -121,7 +122,8 @@ class Admission(Service):
                         await tx.record(refused)
                 break
             except NothingApplied as exc:
-                self.log.warning("admitting %d jobs: %s; trying again", len(subs), exc)
+                level = logging.DEBUG if backoff.waited else logging.WARNING  # once per batch
+                self.log.log(level, "admitting %d jobs: %s; trying again", len(subs), exc)
                 await backoff.wait_or_raise(exc)
         done: list[Decision] = decisions  # type: ignore[assignment]
         await self._announce(subs, done, recorded=record)

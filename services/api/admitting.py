@@ -13,12 +13,14 @@ import time
 from orchestrator.bus import Bus
 from orchestrator.errors import NoAnswer, NoResponders
 from orchestrator.retrying import Backoff
+from orchestrator.store.transitions import UNAVAILABLE_RETRY_S
 from schemas.events import AdmissionResult, JobSubmitted
 from schemas.jobs import JobSpec
 
 ADMISSION_TIMEOUT_S = 10.0
-# One attempt of a keyed request: several fit in the timeout.
-ATTEMPT_S = 3.0
+# One attempt of a keyed request: longer than admission's own retries while Postgres cannot take
+# the job (so a request it is still working on is not asked again), and twice fits the timeout.
+ATTEMPT_S = UNAVAILABLE_RETRY_S + 1.0
 
 
 async def admit(bus: Bus, spec: JobSpec) -> AdmissionResult:
