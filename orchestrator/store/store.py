@@ -181,7 +181,10 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows):
                 raise
             raise translated from exc
         finally:
-            await self._pool.release(conn)
+            # Resetting a connection that died meanwhile fails, and the pool closes it: what the
+            # work did (or the error it raised) stands, and the next acquire connects anew.
+            with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError, TimeoutError):
+                await self._pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
