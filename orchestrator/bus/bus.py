@@ -121,7 +121,12 @@ class Bus:
         """`callback()` each time the connection is back after an outage (what was heard over it
         meanwhile, a KV watch's news, may be missing); returns what stops it."""
         self._on_reconnect.append(callback)
-        return lambda: self._on_reconnect.remove(callback) if callback in self._on_reconnect else None
+
+        def stop() -> None:
+            with contextlib.suppress(ValueError):  # stopped already
+                self._on_reconnect.remove(callback)
+
+        return stop
 
     def _reconnected(self) -> None:
         for callback in list(self._on_reconnect):
