@@ -1,7 +1,8 @@
 """The NATS-side timeouts issue 22 added, each met by a server slower than it: a nats-server of the
 test's own, paused (SIGSTOP) longer than the timeout, then resumed (SIGCONT). A JetStream publish
 is tried again with the same `Nats-Msg-Id` until its deadline (stored once), then gives up; a
-lease operation gives up within half a TTL; the api asks admission again only when that is safe."""
+stream's creation at start-up is tried again too; a lease operation gives up within half a TTL;
+the api asks admission again only when that is safe."""
 
 from __future__ import annotations
 
@@ -81,6 +82,18 @@ async def test_a_submit_gives_up_at_its_deadline(own_nats: EmbeddedNats, own_bus
         with pytest.raises(BusUnavailable, match="JetStream did not answer within 2 s"):
             await own_bus.submit(b'{"pool": "p"}', "late", within_s=2.0)
         assert time.monotonic() - began < 2 + ATTEMPT_S
+
+
+async def test_creating_a_stream_outlasts_a_server_slower_than_one_attempt(
+    own_nats: EmbeddedNats, own_bus: Bus
+) -> None:
+    """At start-up, as a cluster still electing its meta leader would be."""
+    pause = asyncio.create_task(_paused_for(own_nats, 6.0))  # past an attempt (nats-py's 5 s)
+    await asyncio.sleep(0.1)
+    await own_bus.ensure_intake_stream()
+    await pause
+    info = await own_bus.js.stream_info(own_bus.subjects.intake_stream)
+    assert info.config.num_replicas == 1
 
 
 async def test_a_lease_operation_gives_up_within_half_a_ttl(own_nats: EmbeddedNats, own_bus: Bus) -> None:
