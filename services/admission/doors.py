@@ -245,13 +245,18 @@ class Admission(Service):
     # --- door: JetStream intake ------------------------------------------------------------------
 
     async def _pull(self, intake: Any) -> None:
+        failing = False  # said once per outage (NATS reconnecting, the consumer electing a leader)
         while True:
             try:
                 msgs = await self.bus.fetch(intake, self.config.fetch_batch, timeout=1.0)
-            except BusUnavailable as exc:  # NATS reconnecting: the consumer is durable, nothing is lost
-                self.log.warning("intake fetch failed: %s", exc)
+            except BusUnavailable as exc:  # the consumer is durable: nothing is lost meanwhile
+                self.log.log(logging.DEBUG if failing else logging.WARNING, "intake fetch failed: %s", exc)
+                failing = True
                 await asyncio.sleep(self.config.retry_delay_s)
                 continue
+            if failing:
+                self.log.info("intake fetch works again")
+                failing = False
             if not msgs:
                 continue
             try:
