@@ -72,7 +72,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
         if not settings.database_url:
             raise OrchestratorError("set ORCH_DATABASE_URL to the Postgres to migrate")
-        store = Store(settings.database_url, max_size=1)
+        store = Store.from_settings(settings, max_size=1)
         await store.connect()
         try:
             applied = await store.migrate()

@@ -163,12 +163,7 @@ class Runtime:
             self.settings = s = s.model_copy(update={**defaults, "nats_token": SecretStr(token)})
             logs.mask([token, *url_secrets(self.database_url)])
         assert self.nats_url and self.database_url
-        self.store = Store(
-            self.database_url,
-            max_size=s.db_pool_size,
-            idle_in_transaction_s=s.db_idle_in_transaction_s,
-            log_transitions=s.log_transitions,
-        )
+        self.store = Store.from_settings(s, dsn=self.database_url)
         self.bus = Bus.from_settings(s, name=f"orchestrator-{self._label}", url=self.nats_url)
         self.metrics.watch_bus(self.bus)
         await asyncio.gather(self.store.connect(), self.bus.connect())

@@ -20,8 +20,11 @@ term ends when:
   say its own issue stalled past the TTL): it deletes the key (`LeaderLost{fenced}`), and the
   next holder gets a new epoch.
 Standbys watch the key and contend the moment it is deleted or expires, and retry every TTL in
-case a watch event is lost. A deposed leader that has not noticed yet (paused, partitioned) is
-refused by the epoch check in every claim transaction; that is what makes a stale term harmless.
+case a watch event is lost. The holder also heeds the watch: when it may have missed changes (a
+reconnect, a failed watch) or shows someone else's write, the holder re-reads the key at once and
+steps down (`taken`) unless its own write is still the last (`Lease.verify`). A deposed leader
+that has not noticed yet (paused, partitioned) is refused by the epoch check in every claim
+transaction; that is what makes a stale term harmless.
 
 Sharing the shards: instances announce themselves (`Presence`), and rendezvous hashing over the
 live ones names each shard's preferred holder. The preferred holder contends for a free shard at
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel
@@ -55,6 +59,8 @@ from orchestrator.store import Fence, Store
 from schemas.events import LeaderElected, LeaderLost
 
 E = TypeVar("E", bound=BaseModel)
+# After a failed attempt to contend (the lease store not answering), the next comes this soon.
+CONTEND_AGAIN_S = 0.25
 # A handover nobody took (the preferred holder did not contend: another version, another shard
 # count) is not tried again for this many lease TTLs, so the shard does not bounce.
 HANDOVER_BACKOFF_TTLS = 10
@@ -168,46 +174,57 @@ class Campaign:
         self._deadline = 0.0  # monotonic: the term ends here unless a renewal moves it
         self._handed_over = False
         self._no_handover_until = 0.0
+        self._contend_failing = False  # the last attempt to contend found the lease store away
 
     async def run(self) -> None:
         config = self.leader.config
         retry_s = config.retry_s or float(config.lease_ttl_s)
+        wait_s = retry_s
         # Not `while True`: on Python 3.11 asyncio.wait_for (under nats-py's requests) can swallow a
         # cancel that lands as its future completes, and the stop would wait for ever.
         while self.leader.running:
             if self.epoch is None:
-                await self.lease.wait_vacated(retry_s)
-                await self._contend()
+                await self.lease.wait_vacated(wait_s)
+                # The lease store failing (its stream electing a leader, NATS reconnecting):
+                # contend again soon, not a whole retry later, so dispatch resumes as soon as it
+                # answers. Told it is held: wait for it to be vacated, or the retry.
+                wait_s = retry_s if await self._contend() else min(retry_s, CONTEND_AGAIN_S)
             else:
                 await self._hold()
 
-    async def _contend(self) -> None:
+    async def _contend(self) -> bool:
         """Try to lead: at once as the preferred holder, else after the takeover delay (during
-        which a live preferred holder takes it first)."""
+        which a live preferred holder takes it first). Whether the lease store answered."""
         clock, leader = self.leader.clock, self.leader
         deadline = clock.monotonic() + leader.config.takeover_delay_s
         while not leader.preferred(self.shard) and (left := deadline - clock.monotonic()) > 0:
             await leader.presence.wait_changed(left)
-        await self.try_lead()
+        return await self.try_lead()
 
-    async def try_lead(self) -> None:
+    async def try_lead(self) -> bool:
+        """Contend once; whether the lease store answered (taken, or held by someone else)."""
         clock = self.leader.clock
         started = clock.monotonic()
         holder = self.leadership.holder
         try:
             revision = await self.lease.acquire()
-        except OrchestratorError as exc:
-            self.log.warning("contending for shard %s failed: %s", self.shard, exc)
-            return
+        except OrchestratorError as exc:  # said once per outage: it is tried again soon, and again
+            level = logging.DEBUG if self._contend_failing else logging.WARNING
+            self.log.log(level, "contending for shard %s failed: %s", self.shard, exc)
+            self._contend_failing = True
+            return False
+        if self._contend_failing:
+            self.log.info("contending for shard %s: the lease store answers again", self.shard)
+            self._contend_failing = False
         if revision is None:
-            return
+            return True
         try:
             epoch = await self.leader.store.dispatch_epoch_issue(self.shard, holder)
         except OrchestratorError as exc:  # no term without an epoch: let another instance try
             self.log.warning("no epoch for shard %s from Postgres: %s; giving the lease up", self.shard, exc)
             with contextlib.suppress(OrchestratorError):
                 await self.lease.release()
-            return
+            return False
         self.epoch = epoch
         if self._handed_over:  # handed over, and back here: nobody took it
             self._handed_over = False
@@ -219,13 +236,15 @@ class Campaign:
         await self._announce(self.leader.bus.subjects.leader_elected, event)
         self._deadline = started + self.leader.config.lease_ttl_s
         self.leadership.gain(epoch, self._deadline)
+        return True
 
     async def _hold(self) -> None:
         """Renew until the lease is lost, the term runs out or the shard is handed over; then
         step down."""
         config, clock = self.leader.config, self.leader.clock
         while self.leader.running:
-            await asyncio.sleep(config.lease_renew_s)
+            if await self.lease.wait_doubt(config.lease_renew_s) and not await self._still_ours():
+                return await self.step_down("taken")
             started = clock.monotonic()
             try:
                 async with asyncio.timeout(max(self._deadline - started, 0.001)):
@@ -247,6 +266,18 @@ class Campaign:
                 self.log.info("handing shard %s over to %s, its preferred holder", self.shard, target)
                 self._handed_over = True
                 return await self.step_down("released")
+
+    async def _still_ours(self) -> bool:
+        """After a watch gap: whether the key still holds our own last write. Unknown (NATS
+        unreachable) counts as ours: the renewal that follows, or the term's deadline, decides."""
+        try:
+            ours = await self.lease.verify()
+        except OrchestratorError as exc:
+            self.log.warning("verifying the lease of shard %s failed: %s", self.shard, exc)
+            return True
+        if ours:
+            self.log.info("the lease of shard %s is still ours after a gap in its watch", self.shard)
+        return ours
 
     async def step_down(self, reason: Literal["released", "taken", "expired", "fenced"]) -> None:
         epoch, self.epoch = self.epoch, None

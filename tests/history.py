@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS transition_history (
     attempt     integer NOT NULL,
     runner_id   text,
     claim_epoch bigint,
-    shard       text
+    shard       text,
+    at          timestamptz NOT NULL DEFAULT clock_timestamp()  -- when it happened (to time recoveries)
 );
 CREATE TABLE IF NOT EXISTS term_history (
     seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -111,3 +112,27 @@ def in_flight_peaks(transitions: Iterable[Mapping[str, Any]]) -> dict[str, int]:
         n[pool] += (tr["new_state"] in IN_FLIGHT) - (tr["old_state"] in IN_FLIGHT)
         peak[pool] = max(peak[pool], n[pool])
     return dict(peak)
+
+
+def dispatch_stalls(transitions: Iterable[Mapping[str, Any]], caps: Mapping[str, int]) -> list[tuple[Any, float]]:
+    """Each time a pool had a job queued and room under its cap, and no job was assigned: when
+    it began and how many seconds until the next assignment (a recovery's length, from `at`). A
+    wait that never ended is left out, and so is one for jobs that were not queued yet."""
+    queued: dict[str, int] = defaultdict(int)
+    in_flight: dict[str, int] = defaultdict(int)
+    since: dict[str, Any] = {}
+    stalls: list[tuple[Any, float]] = []
+    for tr in sorted(transitions, key=lambda tr: tr["seq"]):
+        pool, new, old = tr["pool"], tr["new_state"], tr["old_state"]
+        if new == "assigned" and since.get(pool) is not None:
+            stalls.append((since[pool], (tr["at"] - since[pool]).total_seconds()))
+            since[pool] = None
+        queued[pool] += (new == "queued") - (old == "queued")
+        in_flight[pool] += (new in IN_FLIGHT) - (old in IN_FLIGHT)
+        cap = caps.get(pool, -1)
+        waiting = queued[pool] > 0 and (cap < 0 or in_flight[pool] < cap)
+        if not waiting:
+            since[pool] = None
+        elif since.get(pool) is None:
+            since[pool] = tr["at"]
+    return stalls

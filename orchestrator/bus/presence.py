@@ -4,8 +4,11 @@ Each instance writes the key `instances.<its id in hex>` (hex: an id may hold ch
 may not) with a per-message TTL, the lease TTL, renews it as often as its leases, and deletes it
 when it stops. Every instance watches `instances.>`, so it learns of a newcomer, a graceful stop
 or an expiry (the server's marker arrives as PURGE) the moment it happens, without listing or
-polling. An instance counts as live while its last write is younger than the TTL by this
-process's clock too, so a missed expiry event cannot keep a dead instance live for ever.
+polling; a watch that fails is opened anew (kv_watch.py). An instance counts as live while its
+last write is younger than the TTL by this process's clock too, so a missed expiry event cannot
+keep a dead instance live for ever, and a watch gap only makes the others look gone for a while
+(then each takes free shards at once: the leases still allow one holder each). Its operations
+wait at most half a TTL for JetStream, as the lease's do.
 
 This process always counts itself live: it is running, whatever NATS last heard from it.
 """
@@ -21,10 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from orchestrator import telemetry
 from orchestrator.bus.bus import Bus
+from orchestrator.bus.kv_watch import keep_watching
 from orchestrator.bus.lease import open_bucket
 from orchestrator.errors import BusUnavailable
 
@@ -61,6 +66,7 @@ class Presence:
         self._value = json.dumps({"holder": instance}).encode()
         self._seen: dict[str, _Seen] = {}
         self._started = clock()
+        self._js: JetStreamContext | None = None
         self._kv: KeyValue | None = None
         self._watcher: Any = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -71,10 +77,16 @@ class Presence:
     def subject(self) -> str:
         return f"$KV.{self.bus.subjects.lease_bucket}.{_key(self.instance)}"
 
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            self._js = self.bus.nc.jetstream(timeout=max(0.5, self.ttl_s / 2))
+        return self._js
+
     async def open(self) -> None:
         """Watch the others, announce this instance, and return once the instances already
         present are known (or after SYNC_TIMEOUT_S: they will come with the watch)."""
-        self._kv = await open_bucket(self.bus)
+        self._kv = await open_bucket(self.bus, self.js)
         try:
             self._watcher = await self._kv.watch(f"{PREFIX}.>")
         except (NatsError, TimeoutError) as exc:
@@ -98,7 +110,7 @@ class Presence:
     async def announce(self) -> None:
         """Write (or renew) this instance's key, for a TTL from now."""
         try:
-            await self.bus.js.publish(self.subject, self._value, msg_ttl=self.ttl_s)
+            await self.js.publish(self.subject, self._value, msg_ttl=self.ttl_s)
         except (NatsError, TimeoutError) as exc:
             raise BusUnavailable(f"announcing dispatch instance {self.instance} failed: {exc}") from exc
 
@@ -112,24 +124,27 @@ class Presence:
             _log.warning("withdrawing dispatch instance %s failed: %s", self.instance, exc)
 
     async def _watch(self) -> None:
-        async for entry in self._watcher:
-            if entry is None:  # the end of the values present when the watch began
-                self._synced.set()
-                continue
-            instance = _instance(entry.key)
-            if instance is None:
-                continue
-            if entry.operation in (KV_DEL, KV_PURGE):
-                if self._seen.pop(instance, None) is not None:
-                    self._notify()
-                continue
-            now = self._clock()
-            seen = self._seen.get(instance)
-            if seen is None or now - seen.last > self.ttl_s:  # new, or back after a gap
-                self._seen[instance] = _Seen(since=now, last=now)
+        assert self._kv is not None
+        await keep_watching(self._kv, f"{PREFIX}.>", self._watcher, self._heard, lambda: None, "dispatch instances")
+
+    def _heard(self, entry: Any) -> None:
+        if entry is None:  # the end of the values present when the watch began
+            self._synced.set()
+            return
+        instance = _instance(entry.key)
+        if instance is None:
+            return
+        if entry.operation in (KV_DEL, KV_PURGE):
+            if self._seen.pop(instance, None) is not None:
                 self._notify()
-            else:
-                seen.last = now
+            return
+        now = self._clock()
+        seen = self._seen.get(instance)
+        if seen is None or now - seen.last > self.ttl_s:  # new, or back after a gap
+            self._seen[instance] = _Seen(since=now, last=now)
+            self._notify()
+        else:
+            seen.last = now
 
     def live(self) -> dict[str, float]:
         """Every live instance, this one included, with since when it has been live (monotonic)."""

@@ -54,12 +54,13 @@ from schemas.api import (
     Stats,
     Taken,
 )
-from schemas.events import AdmissionResult, JobSubmitted
+from schemas.events import AdmissionResult
 from schemas.jobs import JobSpec, JobState, JobView
 from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
 from schemas.schedules import ScheduleDeleted, ScheduleList, ScheduleSpec, ScheduleView
 from services.api import params, tenancy
+from services.api.admitting import admit
 from services.api.auth import ROLE, Auth
 from services.api.blocked import Why
 from services.api.logs import JobLogsView
@@ -81,7 +82,6 @@ from services.api.take import RETRY_AFTER_S, Takes
 _tracer = telemetry.tracer("orchestrator.api")
 # Plain HTML and JS polling the JSON API: nothing to build.
 _DASHBOARD = (resources.files("services") / "static" / "dashboard.html").read_text()
-ADMISSION_TIMEOUT_S = 10.0
 
 
 class Api(Service):
@@ -256,10 +256,8 @@ class Api(Service):
             return self._admission_response(await self.admit(spec))
 
     async def admit(self, spec: JobSpec) -> AdmissionResult:
-        """Ask the admission service, as every door does."""
-        return await self.bus.request(
-            self.bus.subjects.submit_request, JobSubmitted(**spec.model_dump()), ADMISSION_TIMEOUT_S
-        )
+        """Ask the admission service, as every door does (see admitting.py)."""
+        return await admit(self.bus, spec)
 
     @staticmethod
     def _admission_response(result: AdmissionResult) -> web.Response:
