@@ -92,7 +92,10 @@ class Presence:
         except (NatsError, TimeoutError) as exc:
             raise BusUnavailable(f"watching the dispatch instances failed: {exc}") from exc
         self._watch_task = asyncio.create_task(self._watch(), name="presence.watch")
-        await self.announce()
+        try:
+            await self.announce()
+        except BusUnavailable as exc:  # JetStream electing a leader: the next renewal announces it
+            _log.warning("%s", exc)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SYNC_TIMEOUT_S):
                 await self._synced.wait()
