@@ -65,8 +65,9 @@ async def change_pool(
 ) -> PoolChange:
     """Replace the pool's configuration with `config` (creating it), apply `patch` (only the
     given fields) to an existing pool, or apply what the pools file `declared` (see the module
-    note). A patch that makes the configuration invalid raises pydantic's ValidationError and
-    changes nothing; patching a missing pool raises NotFound."""
+    note). A configuration that is invalid (a patch's, or a `shard` past the number of dispatch
+    shards) raises pydantic's ValidationError and changes nothing; patching a missing pool
+    raises NotFound."""
     if sum(x is not None for x in (config, patch, declared)) != 1:
         raise ValueError("give exactly one of config, patch and declared")
     async with store.transitions.pool_change(name) as tx:
@@ -80,6 +81,7 @@ async def change_pool(
         assert config is not None
         row, failed = tx.current, 0
         if config != previous:
+            config = config.placed(await tx.dispatch_shards())
             row = await tx.upsert(config.model_dump())
             for labels, plan in await tx.queued_shapes():
                 if config.unrunnable(name, labels, plan) is not None:
@@ -166,4 +168,11 @@ async def apply_pools_file(store: Store, bus: Bus, path: Path) -> list[PoolChang
     """Apply each declared pool (see the module note): a new pool as declared (what the file
     omits takes its default); of an existing one, what the file changed since last applied."""
     declared = load_pools_file(path)
-    return [await change_pool(store, bus, name, declared=config) for name, config in declared.pools.items()]
+    changes = []
+    for name, config in declared.pools.items():
+        try:
+            changes.append(await change_pool(store, bus, name, declared=config))
+        except ValidationError as exc:
+            why = error_from_validation(exc).message
+            raise ConfigurationError(f"pools file {path}: pool {name!r}: {why}") from None
+    return changes

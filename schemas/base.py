@@ -33,15 +33,16 @@ class Body(Model):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
-def _whole(value: Any) -> Any:
+def whole_number(value: Any) -> Any:
+    """5.0 as 5 (JSON Schema's integer); anything else as it is, for the type to judge."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 # An integer as JSON Schema has it: `5.0` is one (strict pydantic would refuse it), `5.5` is not.
-Integer = Annotated[int, BeforeValidator(_whole)]
+Integer = Annotated[int, BeforeValidator(whole_number)]
 # One that Postgres's `integer` holds. Its bounds come before the validator: after it, pydantic
 # cannot say them in JSON Schema inside a `| None` (they would read `ge`/`le`, which no client knows).
-Integer32 = Annotated[Int32, BeforeValidator(_whole)]
+Integer32 = Annotated[Int32, BeforeValidator(whole_number)]
 
 
 class Envelope(Model):

@@ -11,14 +11,21 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, field_validator
+from pydantic import BeforeValidator, Field, StringConstraints, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from schemas.base import Body, Integer, Model
+from schemas.base import Body, Integer, Model, whole_number
 from schemas.jobs import Label, Name
 
 # Stored as Postgres `integer`: keep values inside it so a typo is a 422, not a database error.
 _INT32 = {"ge": -(2**31), "le": 2**31 - 1}
+# The most dispatch shards a deployment may have (ORCH_DISPATCH_SHARDS): each is a lease every
+# dispatch instance contends for.
+MAX_DISPATCH_SHARDS = 256
+# A shard's number. Its bounds come before the validator, so JSON Schema has them inside the `| None`.
+ShardNumber = Annotated[Annotated[int, Field(ge=0, le=MAX_DISPATCH_SHARDS - 1)], BeforeValidator(whole_number)]
+# The validation context key of the number of shards a `shard` must be below (`PoolConfig.placed`).
+DISPATCH_SHARDS = "dispatch_shards"
 # A provisioner's name: a registered one (`local`), an entry point, or `package.module:factory`.
 ProvisionerName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.:\-]{0,255}$")]
 
@@ -49,6 +56,10 @@ class PoolConfig(Body):
         le=31_536_000,
         description="timeout_s of a reservation (a job without payload.command) submitted without one",
     )
+    shard: ShardNumber | None = Field(
+        default=None,
+        description="the dispatch shard of the pool's jobs, below ORCH_DISPATCH_SHARDS; none = by a hash of its name",
+    )
 
     @field_validator("max_workers")
     @classmethod
@@ -59,6 +70,24 @@ class PoolConfig(Body):
                 "max_workers", "must be 0 (no cap) or a positive number of workers, got {value}", {"value": value}
             )
         return value
+
+    @field_validator("shard")
+    @classmethod
+    def _within_shards(cls, value: int | None, info: ValidationInfo) -> int | None:
+        # Only where the number of shards is known (`placed`): the model alone cannot tell.
+        shards = (info.context or {}).get(DISPATCH_SHARDS)
+        if value is not None and shards is not None and value >= shards:
+            raise PydanticCustomError(
+                "shard",
+                "must be below the number of dispatch shards, {shards} (ORCH_DISPATCH_SHARDS), got {value}",
+                {"shards": shards, "value": value},
+            )
+        return value
+
+    def placed(self, shards: int) -> PoolConfig:
+        """This configuration, checked against `shards` dispatch shards: a ValidationError naming
+        `shard` when it names one that does not exist."""
+        return type(self).model_validate(self.model_dump(), context={DISPATCH_SHARDS: shards})
 
     def unrunnable(self, pool: str, labels: Iterable[str], plan: str | None) -> tuple[str, str] | None:
         """Why a job needing `labels` under `plan` can never run here, as (field, message); None if it can."""
@@ -78,6 +107,9 @@ class PoolConfig(Body):
 
 class PoolView(PoolConfig):
     name: Name
+    # Where its jobs are dispatched from now: `shard` when given, else by the hash of its name
+    # ("all" while there is one shard).
+    dispatch_shard: str = "all"
     # Leader mode: the runner elected to take the pool's jobs (None: no healthy untainted runner).
     leader_runner_id: str | None = None
     created_at: datetime

@@ -1,6 +1,7 @@
 """The store: asyncpg pool, migrations, the queue's SQL (named queries in `queries/`), and the job
 state machine's transitions with their outbox (the `transitions` package)."""
 
+from orchestrator.store.fleet import PoolMove, ShardTerm
 from orchestrator.store.rows import Job
 from orchestrator.store.store import OutboxRow, Store
 from orchestrator.store.transitions import (
@@ -32,9 +33,11 @@ __all__ = [
     "NewJob",
     "OutboxRow",
     "PoolChangeTx",
+    "PoolMove",
     "Reconciled",
     "Rejection",
     "RunnerSpec",
+    "ShardTerm",
     "Start",
     "Stop",
     "Store",

@@ -1,13 +1,37 @@
 """Leadership and fleets: provisioned workers counted against the fleet cap
-(`queries/workers.sql`), and the dispatch leaders' fencing epochs
+(`queries/workers.sql`), and the dispatch shards with their leaders' fencing epochs
 (`queries/dispatch_epochs.sql`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from orchestrator.store.connected import Connected
 from orchestrator.store.queries import Q
+
+
+@dataclass(frozen=True)
+class ShardTerm:
+    """A dispatch shard's newest term as Postgres recorded it (no epoch: nobody led it yet), and
+    how many pools the shard holds."""
+
+    shard: str
+    epoch: int | None
+    holder: str | None
+    since: datetime | None
+    pools: int
+
+
+@dataclass(frozen=True)
+class PoolMove:
+    """A pool that changed dispatch shard with the number of shards."""
+
+    pool: str
+    before: str
+    after: str
 
 
 class FleetRows(Connected):
@@ -43,3 +67,23 @@ class FleetRows(Connected):
         async with self.connection() as conn:
             row = await conn.fetchrow(Q["dispatch_epoch_get"], shard)
         return dict(row) if row else None
+
+    async def dispatch_epoch_list(self, shards: Sequence[str]) -> list[ShardTerm]:
+        """The newest term of each of `shards`, in their order."""
+        async with self.connection() as conn:
+            rows = await conn.fetch(Q["dispatch_epoch_list"], list(shards))
+        return [ShardTerm(**dict(r)) for r in rows]
+
+    async def dispatch_shards_get(self) -> int:
+        """How many dispatch shards pools are spread over now."""
+        async with self.connection() as conn:
+            return int(await conn.fetchval(Q["dispatch_shards_get"]))
+
+    async def dispatch_shards_set(self, shards: int) -> list[PoolMove]:
+        """Spread pools over `shards` shards from now on: the pools that moved (none when the
+        number did not change). A holder of a pool's former shard can no longer claim its jobs."""
+        if shards < 1:
+            raise ValueError(f"the number of dispatch shards is at least 1, got {shards}")
+        async with self.connection() as conn:
+            rows = await conn.fetch(Q["dispatch_shards_set"], shards)
+        return [PoolMove(r["name"], r["before"], r["after"]) for r in rows]

@@ -51,9 +51,15 @@ class PoolReads(Connected):
         async with self.connection() as conn:
             return int(await conn.fetchval(Q["pool_free"], name) or 0)
 
-    async def pools_with_queued(self) -> list[str]:
+    async def pools_with_queued(self) -> dict[str, str]:
+        """Every pool with queued jobs, with its dispatch shard."""
         async with self.connection() as conn:
-            return [r["name"] for r in await conn.fetch(Q["pool_list_with_queued"])]
+            return {r["name"]: r["dispatch_shard"] for r in await conn.fetch(Q["pool_list_with_queued"])}
+
+    async def pool_shards(self, pool: str | None = None) -> dict[str, str]:
+        """Each pool's dispatch shard (only `pool`'s when given; empty if it does not exist)."""
+        async with self.connection() as conn:
+            return {r["name"]: r["dispatch_shard"] for r in await conn.fetch(Q["pool_list_shards"], pool)}
 
     async def pool_elect_leader(self, pool: str | None = None) -> list[PoolLeaderChanged]:
         """Elect leader-mode pools' leaders (`pool`, or all); the changes, whose news goes to the

@@ -19,7 +19,10 @@ CREATE TABLE pools (
                     CONSTRAINT pools_reservation_timeout_check CHECK (reservation_timeout_s > 0),
     file_config     jsonb,                            -- what the pools file last said (NULL: not in it)
     -- Bumped by every deletion of the pool's shapes (migration 0012): remembered ids may be gone.
-    shape_generation bigint NOT NULL DEFAULT 0
+    shape_generation bigint NOT NULL DEFAULT 0,
+    shard           integer                           -- the dispatch shard an operator chose (NULL: by hash)
+                    CONSTRAINT pools_shard_check CHECK (shard >= 0),
+    dispatch_shard  text NOT NULL DEFAULT 'all'       -- its shard now (pool_place(), dispatch_shards_set)
 );
 
 CREATE TABLE runners (
@@ -100,11 +103,20 @@ CREATE TABLE jobs (
 );
 
 CREATE TABLE dispatch_epochs (
-    shard           text PRIMARY KEY,                 -- a dispatch shard ('all': every pool)
-    epoch           bigint NOT NULL,                  -- the newest leader's term (issued here)
+    shard           text PRIMARY KEY,                 -- a dispatch shard ('all': the only one; else '0'..'n-1')
+    epoch           bigint NOT NULL,                  -- the newest leader's term (dispatch_epoch_seq)
     holder          text,                             -- that leader's instance id
     since           timestamptz NOT NULL DEFAULT now()
 );
+-- Epochs of every shard's terms: one sequence, so an epoch names one term of the deployment.
+CREATE SEQUENCE dispatch_epoch_seq;
+
+-- How many dispatch shards pools are spread over (one row; migration 0013 says who sets it).
+CREATE TABLE dispatch_config (
+    id              boolean PRIMARY KEY DEFAULT true CHECK (id),  -- one row
+    shards          integer NOT NULL CHECK (shards >= 1)
+);
+INSERT INTO dispatch_config (shards) VALUES (1);
 
 -- The claim order within a shape: best priority, then oldest.
 CREATE INDEX jobs_queued_idx ON jobs (shape_id, priority DESC, id) WHERE state = 'queued';
@@ -247,8 +259,10 @@ $$;
 -- the pool's lock, its budget, the match and the assignment to runners together, where it took a
 -- transaction of about nine round trips. One row version per claimed job (the runner is set by
 -- the claim itself). Rows: one per claimed job, status 'dispatched'; or one row with the status
--- of a step that claimed nothing (fenced | unknown_pool | paused | at_capacity | no_runner |
--- no_job). `in_flight` is the pool's count before the step (NULL for an unlimited pool).
+-- of a step that claimed nothing (fenced | unknown_pool | wrong_shard | paused | at_capacity |
+-- no_runner | no_job). `in_flight` is the pool's count before the step (NULL for an unlimited
+-- pool). Under a fence (shard, epoch): the epoch must be the shard's newest, and the pool that
+-- shard's (migration 0013).
 --
 -- Matching goes by shape (seed 004): runners with the same labels and taints are one group, which
 -- takes only jobs of the shapes it can run, so the cost does not grow with jobs queued for other
@@ -277,10 +291,15 @@ BEGIN
         RETURN NEXT;
         RETURN;
     END IF;
-    SELECT p.max_concurrent, p.paused, p.mode, p.leader_runner_id INTO cfg
+    SELECT p.max_concurrent, p.paused, p.mode, p.leader_runner_id, p.dispatch_shard INTO cfg
     FROM pools p WHERE p.name = p_pool FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         status := 'unknown_pool';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    IF p_shard IS NOT NULL AND cfg.dispatch_shard <> p_shard THEN
+        status := 'wrong_shard';  -- the pool is another shard's (moved, or the shard count changed)
         RETURN NEXT;
         RETURN;
     END IF;
@@ -376,3 +395,19 @@ CREATE TABLE workers (
     spawned_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX workers_pool_idx ON workers (pool);
+
+-- A pool's dispatch shard (migration 0013 says how it is chosen), kept on its row by the trigger.
+CREATE FUNCTION pool_dispatch_shard(name text, pinned integer, shards integer) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN shards <= 1 THEN 'all'
+                WHEN pinned IS NOT NULL AND pinned < shards THEN pinned::text
+                ELSE (crc32(convert_to(name, 'UTF8')) % shards)::text END
+$$;
+
+CREATE FUNCTION pool_place() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.dispatch_shard := pool_dispatch_shard(NEW.name, NEW.shard, (SELECT c.shards FROM dispatch_config c));
+    RETURN NEW;
+END $$;
+CREATE TRIGGER pools_place BEFORE INSERT OR UPDATE OF name, shard ON pools
+    FOR EACH ROW EXECUTE FUNCTION pool_place();

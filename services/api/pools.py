@@ -44,9 +44,9 @@ class PoolViews:
             return body
         try:
             config = PoolConfig.model_validate(body)
-        except ValidationError as exc:
+            change = await change_pool(self.store, self.bus, name, config=config)
+        except ValidationError as exc:  # the body's, or a shard past the number of shards
             return invalid_response(exc)
-        change = await change_pool(self.store, self.bus, name, config=config)
         return self._pool_changed(change, 201 if change.created else 200)
 
     async def patch_pool(self, request: web.Request) -> web.Response:

@@ -18,10 +18,11 @@ SELECT * FROM pools ORDER BY name;
 -- name: pool_names
 SELECT name FROM pools;
 
+-- The pool's shard (`dispatch_shard`) is set by its trigger from `shard` ($11) (migration 0013).
 -- name: pool_upsert
 INSERT INTO pools (name, max_concurrent, max_active, labels, allowed_plans, mode, paused, provisioner, max_workers,
-                   reservation_timeout_s)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                   reservation_timeout_s, shard)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (name) DO UPDATE SET
     max_concurrent = EXCLUDED.max_concurrent,
     max_active = EXCLUDED.max_active,
@@ -32,6 +33,7 @@ ON CONFLICT (name) DO UPDATE SET
     provisioner = EXCLUDED.provisioner,
     max_workers = EXCLUDED.max_workers,
     reservation_timeout_s = EXCLUDED.reservation_timeout_s,
+    shard = EXCLUDED.shard,
     updated_at = now()
 RETURNING *;
 
@@ -71,10 +73,14 @@ SELECT CASE WHEN p.max_concurrent < 0 THEN slots.free
        END AS free
 FROM p, slots;
 
--- Pools with queued jobs: what the dispatcher's safety sweep visits.
+-- Pools with queued jobs, with their dispatch shards: what the dispatcher's safety sweep visits.
 -- name: pool_list_with_queued
-SELECT p.name FROM pools p
+SELECT p.name, p.dispatch_shard FROM pools p
 WHERE EXISTS (SELECT 1 FROM jobs j WHERE j.pool = p.name AND j.state = 'queued');
+
+-- Every pool's dispatch shard ($1 NULL), or pool $1's.
+-- name: pool_list_shards
+SELECT name, dispatch_shard FROM pools WHERE $1::text IS NULL OR name = $1;
 
 -- Elect the leader of each leader-mode pool ($1, or every pool when NULL): its oldest active
 -- runner without a taint (the oldest, so a newcomer never takes over: no churn). A pool no

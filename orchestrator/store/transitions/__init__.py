@@ -177,7 +177,9 @@ class Transitions:
 
         With a `fence`, the statement first checks the shard's stored epoch (holding it shared to
         its end, so a successor's new term waits for it): another one means a newer leader was
-        elected, and the step claims nothing (`fenced`)."""
+        elected, and the step claims nothing (`fenced`). Then, with the pool's row locked, that
+        the pool is the fence's shard's: a pool that moved to another shard (or a shard of an
+        earlier shard count) claims nothing (`wrong_shard`)."""
         shard, epoch = (fence.shard, fence.epoch) if fence is not None else (None, None)
         async with self._store.connection() as conn:
             rows = await conn.fetch(Q["job_claim_step"], pool, limit, shard, epoch)

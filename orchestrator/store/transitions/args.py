@@ -134,7 +134,8 @@ class Fence(NamedTuple):
 class ClaimStep:
     """Why a dispatch step stopped, and what it claimed. `status` is one of
     dispatched | no_job | no_runner | at_capacity | paused | unknown_pool | fenced
-    (a newer leader's epoch is stored: nothing was claimed)."""
+    (a newer leader's epoch is stored: nothing was claimed) | wrong_shard (the pool is not the
+    fence's shard's: nothing was claimed)."""
 
     status: str
     assignments: list[dict[str, Any]] = field(default_factory=list)

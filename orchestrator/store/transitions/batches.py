@@ -151,8 +151,13 @@ class PoolChangeTx:
             config["provisioner"],
             config["max_workers"],
             config["reservation_timeout_s"],
+            config["shard"],
         )
         return dict(row)
+
+    async def dispatch_shards(self) -> int:
+        """How many dispatch shards there are: what an explicit `shard` must be below."""
+        return int(await self._conn.fetchval(Q["dispatch_shards_get"]))
 
     async def record_file_config(self, config: dict[str, Any]) -> None:
         await self._conn.execute(Q["pool_set_file_config"], self.name, config)
