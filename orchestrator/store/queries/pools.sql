@@ -21,8 +21,8 @@ SELECT name FROM pools;
 -- The pool's shard (`dispatch_shard`) is set by its trigger from `shard` ($11) (migration 0013).
 -- name: pool_upsert
 INSERT INTO pools (name, max_concurrent, max_active, labels, allowed_plans, mode, paused, provisioner, max_workers,
-                   reservation_timeout_s, shard)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                   reservation_timeout_s, shard, max_starts_per_s)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (name) DO UPDATE SET
     max_concurrent = EXCLUDED.max_concurrent,
     max_active = EXCLUDED.max_active,
@@ -34,6 +34,7 @@ ON CONFLICT (name) DO UPDATE SET
     max_workers = EXCLUDED.max_workers,
     reservation_timeout_s = EXCLUDED.reservation_timeout_s,
     shard = EXCLUDED.shard,
+    max_starts_per_s = EXCLUDED.max_starts_per_s,
     updated_at = now()
 RETURNING *;
 
