@@ -45,7 +45,17 @@ class Taken(Model):
 class Constraint(Model):
     """One thing holding a queued job back, and the numbers behind it."""
 
-    reason: Literal["no_leader", "paused", "capacity_unknown", "no_free_runner", "at_capacity", "backoff"]
+    reason: Literal[
+        "no_leader",
+        "paused",
+        "capacity_unknown",
+        "no_free_runner",
+        "at_capacity",
+        "max_starts_per_s",
+        "concurrency_key",
+        "rate_limit",
+        "backoff",
+    ]
     message: str
     numbers: dict[str, int | float | str | None] = Field(default_factory=dict)
 
@@ -167,7 +177,7 @@ class Rejection(Model):
 
     id: int
     at: datetime
-    reason: str = Field(description="malformed | invalid | unsatisfiable | overloaded | conflict")
+    reason: str = Field(description="malformed | invalid | unsatisfiable | overloaded | conflict | concurrency_limit")
     message: str
     field: str | None
     pool: str | None
@@ -222,6 +232,8 @@ class PoolStats(Model):
     in_flight: int = Field(description="assigned or running")
     free: int = Field(description="slots a job could take now: runners' free slots within max_concurrent")
     oldest_queued_s: float = Field(description="how long the oldest queued job has waited (0: none queued)")
+    held_by_key: int = Field(description="queued jobs whose concurrency key is at its limit")
+    held_by_rate: int = Field(description="queued jobs whose rate limit has no start left now")
 
 
 class RunnerCount(Model):
