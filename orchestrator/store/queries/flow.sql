@@ -46,7 +46,7 @@ SELECT me.concurrency_key,
        (SELECT r.tat - make_interval(secs => (r.burst - 1) * r.period_s / r.max_starts)
         FROM rate_limits r WHERE r.key = me.rate_limit_key) AS rate_next_at,
        p.max_starts_per_s,
-       CASE WHEN p.starts_tat > clock_timestamp() THEN p.starts_tat END AS pool_next_at
+       CASE WHEN p.max_starts_per_s IS NOT NULL AND p.starts_tat > clock_timestamp() THEN p.starts_tat END AS pool_next_at
 FROM me JOIN pools p ON p.name = me.pool;
 
 -- name: rate_limit_known

@@ -35,6 +35,12 @@ ON CONFLICT (name) DO UPDATE SET
     reservation_timeout_s = EXCLUDED.reservation_timeout_s,
     shard = EXCLUDED.shard,
     max_starts_per_s = EXCLUDED.max_starts_per_s,
+    -- The next start under the old cap, rescaled to the new one (none without a cap): a slower
+    -- cap does not allow a start early, a faster one does not keep the old wait.
+    starts_tat = CASE WHEN EXCLUDED.max_starts_per_s IS NULL THEN NULL
+                      WHEN pools.starts_tat > now() AND pools.max_starts_per_s IS NOT NULL
+                      THEN now() + (pools.starts_tat - now()) * (pools.max_starts_per_s / EXCLUDED.max_starts_per_s)
+                      ELSE pools.starts_tat END,
     updated_at = now()
 RETURNING *;
 
