@@ -160,7 +160,8 @@ async def test_blocked_by_names_the_key_its_limit_and_holders_and_the_next_start
     spender = await submit(http, rate_limit_key="hourly")
     assert claimed_ids(await store.transitions.claim("default", 10)) == [spender["id"]]
     b = (await job(http, waiting["id"]))["blocked_by"]
-    assert [c["reason"] for c in b["constraints"]] == ["no_leader", "concurrency_key", "rate_limit"]  # no dispatcher here
+    # No dispatcher runs here: no_leader comes first.
+    assert [c["reason"] for c in b["constraints"]] == ["no_leader", "concurrency_key", "rate_limit"]
     rate = b["constraints"][-1]
     assert rate["message"] == f"rate limit hourly: next start at {rate['numbers']['next_start_at']}"
     assert 3590 < rate["numbers"]["seconds_left"] <= 3600
