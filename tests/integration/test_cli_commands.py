@@ -243,3 +243,27 @@ def test_on_a_terminal_the_progress_line_is_rewritten_in_place(monkeypatch: pyte
     monkeypatch.setenv("COLUMNS", "40")  # never wider than the terminal: a wrapped line stays on screen
     progress.show(job("queued", "paused", 1))
     assert screen.getvalue().endswith(CLEAR_LINE + prefix[:39])
+
+
+async def test_submit_and_pool_set_take_flow_control(front_cli: Cli, http: aiohttp.ClientSession) -> None:
+    status, out, _ = await front_cli("pool", "set", "--json", "default", "--max-starts-per-s", "2.5")
+    assert status == 0 and json.loads(out)["max_starts_per_s"] == 2.5
+    args = (
+        "submit",
+        "--concurrency-key",
+        "deploy",
+        "--concurrency-limit",
+        "2",
+        "--on-conflict",
+        "reject",
+        "--",
+        "true",
+    )
+    status, out, _ = await front_cli(*args)
+    job = json.loads(out)
+    assert (status, job["concurrency_key"], job["concurrency_limit"], job["on_conflict"]) == (0, "deploy", 2, "reject")
+    assert (await front_cli(*args))[0] == 0  # room for two
+    status, _, err = await front_cli(*args)
+    assert status == 2 and "409: concurrency key 'deploy' is at its limit" in err
+    status, _, err = await front_cli("submit", "--rate-limit-key", "nobody-set-it", "--", "true")
+    assert status == 2 and "no rate limit 'nobody-set-it'" in err
