@@ -165,3 +165,10 @@ async def test_blocked_by_names_the_key_its_limit_and_holders_and_the_next_start
     rate = b["constraints"][-1]
     assert rate["message"] == f"rate limit hourly: next start at {rate['numbers']['next_start_at']}"
     assert 3590 < rate["numbers"]["seconds_left"] <= 3600
+    # Counted where operators look: the stats the dashboard reads, and the scraped gauge.
+    (stats,) = (await call(http, "GET", "/v1/stats"))[1]["pools"]
+    assert (stats["held_by_key"], stats["held_by_rate"]) == (1, 0)  # its key holds it first
+    async with http.get("/metrics") as resp:
+        scraped = await resp.text()
+    assert 'orchestrator_pool_queued_held_back{pool="default",reason="concurrency_key"} 1.0' in scraped
+    assert 'orchestrator_pool_queued_held_back{pool="default",reason="rate_limit"} 0.0' in scraped

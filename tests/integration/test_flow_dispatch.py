@@ -106,6 +106,7 @@ async def test_a_rate_limit_spaces_starts_exactly_and_never_stalls(
         await all_ended(http, ids, timeout=30)
         assert runtime.store is not None
         starts = history.claim_times(await transitions(runtime.store), "rate_limit_key", "api")
+        held = runtime.metrics.count("orchestrator_dispatch_held_back", pool="p", reason="rate_limit")
     interval = period_s / limit
     assert len(starts) == jobs
     # Exact: one start per interval at most, so never more than `limit` in any period...
@@ -113,6 +114,7 @@ async def test_a_rate_limit_spaces_starts_exactly_and_never_stalls(
     assert most_in_any_window(starts, period_s) == limit
     # ... and no stall: each next start follows its due time within a step's latency (a timer).
     assert max(gaps(starts)) < interval + 0.25, gaps(starts)
+    assert held >= 1  # the steps that passed the waiting jobs over were counted
 
 
 async def test_a_pool_s_max_starts_per_s_spaces_its_starts(settings: Settings) -> None:
@@ -121,8 +123,10 @@ async def test_a_pool_s_max_starts_per_s_spaces_its_starts(settings: Settings) -
         await all_ended(http, ids, timeout=30)
         assert runtime.store is not None
         starts = history.claim_times(await transitions(runtime.store), "pool", "p")
+        throttled = runtime.metrics.count("orchestrator_dispatch_held_back", pool="p", reason="max_starts_per_s")
     assert len(starts) == 6
     assert min(gaps(starts)) >= 0.25 - 1e-6 and max(gaps(starts)) < 0.5, gaps(starts)
+    assert throttled >= 1
 
 
 def assigned_after(job: dict[str, Any], other: dict[str, Any]) -> float:
