@@ -100,6 +100,8 @@ async def test_keys_and_rate_limits_hold_across_a_kill_9_of_the_leader(
     assert sorted(ran_log.read_text().split(), key=int) == [str(i) for i in range(JOBS)]  # each ran once
     assert {j["claim_epoch"] for j in jobs} == {first.epoch, second.epoch}  # both terms dispatched
     assert history.concurrency_key_peaks(transitions) == LIMITS
+    # Every claim counts, one whose hand-off the killed leader left unfinished too (the job was
+    # requeued, not as an attempt, and claimed again): so at least one claim per job.
     starts = history.claim_times(transitions, "rate_limit_key", RATE[0])
-    assert len(starts) == JOBS // 3
+    assert len(starts) >= JOBS // 3
     assert min(b - a for a, b in pairwise(starts)) >= RATE[2] / RATE[1] - 1e-6
