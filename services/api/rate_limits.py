@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from orchestrator.store import RateLimit, Store
 from schemas.jobs import RateLimitKey
 from schemas.rate_limits import RateLimitConfig, RateLimitView
-from services.api.params import Param
+from services.api.params import BadParam, Param
 from services.api.responses import error_response, invalid_response, json_response
 from services.api.routes import ANY_ROLE, OPERATOR, Route
 
@@ -60,7 +60,12 @@ class RateLimitViews:
         return json_response(_view(limit), 201 if limit.created else 200)
 
     async def get_rate_limit(self, request: web.Request) -> web.Response:
-        key = RATE_LIMIT_KEY.parse(request)
+        """404 for a key of the wrong shape too, as for one never set (as ids are answered: a read
+        names what it looked for, it does not validate it)."""
+        try:
+            key = RATE_LIMIT_KEY.parse(request)
+        except BadParam as exc:
+            return error_response(404, "not_found", f"no rate limit: {exc}", "key")
         limit = await self.store.rate_limit_get(key)
         if limit is None:
             return error_response(404, "not_found", f"no rate limit {key!r}", "key")
