@@ -1,6 +1,6 @@
 """The `orchestrator` command: run the system (`up`, `serve`, `runner`, `migrate`) and talk to a
-running one over HTTP (`submit`, `jobs`, `logs`, `cancel`, `pools`, `pool set|delete`, `runners`,
-`status`: app/http_commands.py)."""
+running one over HTTP (`submit`, `jobs`, `logs`, `cancel`, `pools`, `pool set|delete`, `schedule
+set|list|delete`, `runners`, `status`: app/http_commands.py)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     async def go() -> int:
         if not settings.database_url:
             raise OrchestratorError("set ORCH_DATABASE_URL to the Postgres to migrate")
-        store = Store(settings.database_url, max_size=1)
+        store = Store.from_settings(settings, max_size=1)
         await store.connect()
         try:
             applied = await store.migrate()
@@ -217,13 +217,38 @@ def parser() -> argparse.ArgumentParser:
         "delete", "pool_delete", "delete a pool and its ended jobs (refused while jobs or runners use it)", pool
     )
     pool_delete.add_argument("name")
+    schedule = sub.add_parser("schedule", help="set, list or delete schedules (a job on a cron)")
+    schedules = schedule.add_subparsers(dest="schedule_cmd", required=True)
+    schedule_set = api(
+        "set", "schedule_set", "create or replace a schedule: orchestrator schedule set NAME --cron C -- CMD", schedules
+    )
+    schedule_set.add_argument("name")
+    schedule_set.add_argument("--cron", required=True, help="5 fields, or 6 with seconds first (quote it)")
+    schedule_set.add_argument("--timezone", help="an IANA time zone (default UTC)")
+    schedule_set.add_argument("--overlap", choices=["skip", "allow", "cancel_previous"], help="default skip")
+    schedule_set.add_argument("--catch-up", choices=["none", "latest", "all"], help="default latest")
+    schedule_set.add_argument("--paused", action=argparse.BooleanOptionalAction, default=None)
+    schedule_set.add_argument("--pool", default="default")
+    schedule_set.add_argument("--label", action="append", default=[])
+    schedule_set.add_argument("--priority", type=int)
+    schedule_set.add_argument("--timeout", type=_seconds, help="seconds each job may run (default: no timeout)")
+    # The command after `--` is taken by `main` (after NAME, argparse would leave it unparsed).
+    schedule_set.set_defaults(command=[])
+    api("list", "schedule_list", "list schedules with their next fire time and last job", schedules)
+    schedule_delete = api("delete", "schedule_delete", "delete a schedule (the jobs it fired stay)", schedules)
+    schedule_delete.add_argument("name")
     api("runners", "runners", "list runners")
     api("status", "status", "one screen: the dispatcher, each pool's jobs and queue, the runners")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args, rest = p.parse_known_args(argv)
+    if rest[:1] == ["--"] and getattr(args, "api", None) == "schedule_set":
+        args.command = rest[1:]  # `schedule set NAME [options] -- CMD [ARGS]`
+    elif rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         settings = Settings.from_env()
         setup_logging(settings)

@@ -1,6 +1,6 @@
 """The commands that talk to a running system through its HTTP API, with the Python client
 (`orchestrator.client`): `submit`, `jobs`, `logs`, `cancel`, `pools`, `pool set|delete`,
-`runners`, `status`.
+`schedule set|list|delete`, `runners`, `status`.
 
 For people: tables and one-line answers. With `--json`, for programs: the API's answer as it
 sent it, unchanged (`status --json`: its four answers under one object). Errors go to stderr as
@@ -29,6 +29,7 @@ from schemas.api import JobDetail, JobListed, PoolStats, RunnerCount, RunnerList
 from schemas.events import error_from_validation
 from schemas.jobs import JobSpec, JobState
 from schemas.pools import PoolView
+from schemas.schedules import ScheduleSpec, ScheduleView
 
 Command = Callable[[argparse.Namespace, Client], Awaitable[int]]
 
@@ -267,6 +268,61 @@ async def pool_delete(args: argparse.Namespace, client: Client) -> int:
         return 0
     deleted = deletion.parse(raw)
     print(f"pool {deleted.name} deleted, with its {deleted.deleted_jobs} ended jobs")
+    return 0
+
+
+# --- schedules -----------------------------------------------------------------------------------
+
+SCHEDULE_COLUMNS = ("name", "cron", "timezone", "next fire", "last fire", "last job", "overlap", "catch up", "command")
+
+
+def _when(at: Any) -> str | None:
+    return None if at is None else f"{at:%Y-%m-%d %H:%M:%S}Z"
+
+
+def _schedule_row(s: ScheduleView) -> tuple[object, ...]:
+    last = f"{s.last_job.id} ({s.last_job.state or 'gone'})" if s.last_job else s.last_skip_reason
+    next_fire = "paused" if s.paused else _when(s.next_fire_at)
+    command = tables.command_line(s.job.payload.get("command"), 30)
+    return s.name, s.cron, s.timezone, next_fire, _when(s.last_fire_at), last, s.overlap, s.catch_up, command
+
+
+async def schedule_set(args: argparse.Namespace, client: Client) -> int:
+    """Create or replace a schedule of the command after `--` (what is not given takes its default)."""
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise UsageError(
+            "give the command to run after --, e.g. orchestrator schedule set nightly --cron '0 3 * * *' -- make"
+        )
+    job: dict[str, Any] = {"pool": args.pool, "labels": args.label, "payload": {"command": command}}
+    job |= {"priority": args.priority} if args.priority is not None else {}
+    job |= {"timeout_s": args.timeout} if args.timeout is not None else {}
+    given = {"cron": args.cron, "timezone": args.timezone, "overlap": args.overlap, "catch_up": args.catch_up,
+             "paused": args.paused}  # fmt: skip
+    try:
+        spec = ScheduleSpec.model_validate({"job": job, **{k: v for k, v in given.items() if v is not None}})
+    except ValidationError as exc:
+        raise UsageError(error_from_validation(exc).message) from None
+    put = calls.put_schedule(args.name, spec)
+    raw = await client.send_json(put)
+    if args.json:
+        print_json(raw)
+    else:
+        print(tables.table(SCHEDULE_COLUMNS, [_schedule_row(put.parse(raw))]))
+    return 0
+
+
+async def schedule_list(args: argparse.Namespace, client: Client) -> int:
+    listing = calls.list_schedules()
+    return await _listing(args, client, listing, SCHEDULE_COLUMNS, lambda answer: map(_schedule_row, answer.schedules))
+
+
+async def schedule_delete(args: argparse.Namespace, client: Client) -> int:
+    raw = await client.send_json(calls.delete_schedule(args.name))
+    if args.json:
+        print_json(raw)
+    else:
+        print(f"schedule {args.name} deleted: it fires no more (the jobs it fired stay)")
     return 0
 
 

@@ -39,6 +39,7 @@ from orchestrator.retention import Pruner
 from orchestrator.settings import NatsCredentials, Settings
 from orchestrator.store import Store
 from services.admission import Admission
+from services.admission.scheduler import Scheduler
 from services.api import Api
 from services.capacity import Capacity
 from services.dispatch import Dispatch
@@ -49,12 +50,15 @@ from services.runner import Runner
 # Start order: those that answer requests before those that make them.
 SERVICES = ("capacity", "admission", "dispatch", "provisioner", "api", "runner")
 # Dispatch and the provisioner always run under the lease: its leader service starts just before
-# them (and stops just after them, releasing the lease for a standby). Every process whose
+# them (and stops just after them, releasing the lease for a standby). The scheduler (fires
+# schedules, under the same lease) goes with dispatch: wherever jobs are dispatched, they are fired. Every process whose
 # services make job transitions runs an outbox relay (one publishes at a time); it starts first
 # and stops last, so what the others committed leaves before the process does. Every process
 # with a service that counts or keeps anything per pool knows the pools (`KnownPools`: names from
 # the bus are checked against it, and a deleted pool's series and entries are dropped).
-_ORDER = ("relay", "pools", "capacity", "admission", "leader", "dispatch", "provisioner", "api", "runner")
+_ORDER = (
+    "relay", "pools", "capacity", "admission", "leader", "dispatch", "scheduler", "provisioner", "api", "runner"
+)  # fmt: skip
 _TRANSITIONS = {"capacity", "admission", "dispatch", "api"}
 _PER_POOL = {"capacity", "admission", "dispatch", "provisioner", "api"}
 # Provisioners a pool can name without an entry point or import path (orchestrator/provisioning.py).
@@ -103,6 +107,7 @@ class Runtime:
             for name in _ORDER
             if name in services
             or (name == "leader" and leased)
+            or (name == "scheduler" and "dispatch" in services)
             or (name == "relay" and relayed)
             or (name == "pools" and per_pool)
         ]
@@ -150,18 +155,13 @@ class Runtime:
             self._nats_server = EmbeddedNats(s.data_dir / "nats", host=s.nats_host, port=port, token=token)
             self._postgres = EmbeddedPostgres(s.data_dir / POSTGRES_DIR)
             self.nats_url, self.database_url = await asyncio.gather(self._nats_server.start(), self._postgres.start())
-            # The embedded NATS's token replaces whatever NATS credentials the settings name:
-            # they are for another server.
-            unset = dict.fromkeys(NatsCredentials.model_fields)
-            self.settings = s = s.model_copy(update={**unset, "nats_token": SecretStr(token)})
+            # The embedded NATS's token replaces whatever NATS credentials the settings name
+            # (they are for another server), and its one account has the default prefixes.
+            defaults = {name: field.default for name, field in NatsCredentials.model_fields.items()}
+            self.settings = s = s.model_copy(update={**defaults, "nats_token": SecretStr(token)})
             logs.mask([token, *url_secrets(self.database_url)])
         assert self.nats_url and self.database_url
-        self.store = Store(
-            self.database_url,
-            max_size=s.db_pool_size,
-            idle_in_transaction_s=s.db_idle_in_transaction_s,
-            log_transitions=s.log_transitions,
-        )
+        self.store = Store.from_settings(s, dsn=self.database_url)
         self.bus = Bus.from_settings(s, name=f"orchestrator-{self._label}", url=self.nats_url)
         self.metrics.watch_bus(self.bus)
         await asyncio.gather(self.store.connect(), self.bus.connect())
@@ -206,6 +206,8 @@ class Runtime:
             return Leader(s.leader, store, bus, self.leadership)
         if name == "dispatch":
             return Dispatch(s.dispatch, s.timings, store, bus, leadership=self.leadership, metrics=m, known_pools=known)
+        if name == "scheduler":
+            return Scheduler(s.scheduler, s.timings, store, bus, leadership=self.leadership, metrics=m)
         if name == "provisioner":
             return Provisioning(
                 s.provisioner,

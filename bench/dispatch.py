@@ -16,6 +16,9 @@
    jobs queued ahead of it (higher priority), all of one shape, and each of its own shape
    (a distinct tenant each: a shape is what `job_shapes` holds, pool, labels, tenant and
    tolerations).
+6. delayed jobs: due → start latency of jobs given a `run_at` each, their times spread over a
+   few seconds (`due_to_start_ms_delayed`): from the time a job fell due to the start Postgres
+   recorded; only dispatch's timer starts them (no admission or free slot wakes it then).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import statistics
 import sys
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from app.runtime import Runtime
@@ -167,6 +171,29 @@ async def head_of_line(runtime: Runtime, ahead: int, samples: int, shapes: int =
     return round(statistics.median(waits), 3)
 
 
+async def delayed_latency(runtime: Runtime, n: int, spread_s: float) -> dict[str, Any]:
+    """Due → start latency (ms) of `n` delayed jobs whose `run_at` times are spread evenly over
+    `spread_s` seconds, starting a second after they are all submitted."""
+    store, bus = runtime.store, runtime.bus
+    assert store is not None and bus is not None
+    await pool(store, "delayed", max_concurrent=-1, max_active=-1, labels=["sim"])
+    async with simulated_runners(runtime, "delayed", 4, 32, ["sim"]):
+        first = time.time() + 1.0
+        for i in range(n):
+            run_at = datetime.fromtimestamp(first + spread_s * i / n, UTC).isoformat()
+            body = {"pool": "delayed", "run_at": run_at, "payload": {"command": ["true"]}}
+            await bus.js.publish_async(
+                bus.subjects.submit.subject, json.dumps(body).encode(), headers={"Nats-Msg-Id": f"delayed-{i}"}
+            )
+        await bus.js.publish_async_completed()
+        await until_announced(runtime, "finished", "delayed", n, 120 + spread_s)
+    rows = await fetch(
+        store,
+        "SELECT extract(epoch FROM started_at - run_at) * 1000 AS ms FROM jobs WHERE pool = 'delayed'",
+    )
+    return percentiles([float(r["ms"]) for r in rows])
+
+
 def end_to_end_jobs(quick: bool) -> int:
     """Jobs of the throughput runs (and of the reference points, bench/baselines.py)."""
     return 500 if quick else 20_000
@@ -209,6 +236,8 @@ async def run_all(runtime: Runtime, quick: bool) -> dict[str, Any]:
     results["hol_ratio_distinct_shapes"] = round(
         results[f"hol_{ahead}_ahead_distinct_shapes_ms"] / results["hol_0_ahead_ms"], 2
     )
+    step("delayed jobs, due -> start")
+    results["due_to_start_ms_delayed"] = await delayed_latency(runtime, 50 if quick else 200, 2 if quick else 10)
     return results
 
 

@@ -14,7 +14,16 @@ class ConfigurationError(OrchestratorError):
 
 
 class StoreUnavailable(OrchestratorError):
+    """Postgres cannot be reached, or cannot take the work right now. The work may or may not
+    have been applied (a connection lost during a COMMIT): only an idempotent one is run again."""
+
     code = "store_unavailable"
+
+
+class NothingApplied(StoreUnavailable):
+    """Unavailable, and certainly nothing of the work was applied: no connection was had, the
+    transaction never reached its COMMIT, or Postgres refused the statement for now (read-only,
+    a statement or lock timeout). Running it again is always safe."""
 
 
 class StoreError(OrchestratorError):
@@ -39,6 +48,10 @@ class RequestFailed(OrchestratorError):
     """A request on the bus got no answer in time, or an answer saying it failed."""
 
     code = "request_failed"
+
+
+class NoAnswer(RequestFailed):
+    """A request got no answer in time: it may or may not have been handled."""
 
 
 class NotFound(OrchestratorError):

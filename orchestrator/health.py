@@ -77,7 +77,7 @@ async def _nats(settings: Settings, jetstream: bool) -> None:
 async def _postgres(settings: Settings) -> None:
     if not settings.database_url:
         raise RuntimeError("ORCH_DATABASE_URL is not set")
-    store = Store(settings.database_url, max_size=1)
+    store = Store.from_settings(settings, max_size=1)
     await store.connect()
     try:
         await store.pool_list()  # a table of the schema: connected, and migrated

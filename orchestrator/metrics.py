@@ -2,7 +2,8 @@
 
 Two kinds, kept apart on purpose:
 - `Metrics`: counters and histograms of what the services in this process did (admitted,
-  rejected, dispatched, finished, skipped steps, queue-wait and slot-to-assign latencies), one
+  rejected, dispatched, finished, skipped steps, schedule fires, queue-wait and slot-to-assign
+  latencies), one
   instance per process, made by the runtime and handed to each service it builds. A service
   built without one (tests, the benchmark) gets its own unserved instance.
 - `QueueCollector`: the state of the queue (depth, in-flight, free slots, oldest wait, runners
@@ -130,6 +131,19 @@ class Metrics:
             ["pool"],
             registry=r,
         )
+        self.schedule_fires = Counter(
+            "orchestrator_schedule_fires",
+            "Schedule fire times handled, by outcome: fired (a job submitted), overlap (skipped: a job it fired "
+            "was still live), missed (skipped by catch_up), rejected (admission refused the job).",
+            ["outcome"],
+            registry=r,
+        )
+        self.schedule_lateness = Histogram(
+            "orchestrator_schedule_fire_lateness_seconds",
+            "Time from a schedule's fire time to its job's admission.",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=r,
+        )
         self._peaks: dict[str, int] = {}  # by pool: dropped with the pool's series (`forget_pool`)
         self._per_pool = (
             self.admitted,
@@ -232,7 +246,12 @@ class QueueCollector(Collector):
             return
         pools = self.pools
         per_pool = [
-            ("orchestrator_pool_queued", "Jobs queued in the pool, waiting for a slot.", "queued"),
+            ("orchestrator_pool_queued", "Jobs queued in the pool (deferred ones included).", "queued"),
+            (
+                "orchestrator_pool_deferred",
+                "Queued jobs of the pool not due yet: delayed (run_at, delay_s) or waiting out a retry backoff.",
+                "deferred",
+            ),
             ("orchestrator_pool_in_flight", "Jobs of the pool assigned or running.", "in_flight"),
             (
                 "orchestrator_pool_free_slots",
@@ -243,7 +262,7 @@ class QueueCollector(Collector):
             ("orchestrator_pool_max_active", "The pool's max_active (negative: unlimited).", "max_active"),
             (
                 "orchestrator_pool_oldest_queued_seconds",
-                "Age of the pool's oldest queued job (0 when none is queued).",
+                "How long the pool's oldest due queued job has waited since it was due (0 when none is).",
                 "oldest_queued_s",
             ),
             ("orchestrator_pool_paused", "1 while the pool is paused (jobs are admitted, not dispatched).", "paused"),

@@ -16,6 +16,10 @@ time, in insert order, and a relay that dies releases the lock with its connecti
 events are inserted in the order its transitions commit (each waits for the row lock the last
 one held), so each job's events leave in order.
 
+Through an outage (NATS down, a stream electing a leader, Postgres restarting) the rows stay, and
+the relay tries again with the same event ids after a backoff (doubling up to `MAX_BACKOFF_S`),
+however long it lasts: the outage is logged once when it begins and once when it ends.
+
 Wake-ups: a trigger NOTIFYs `outbox` on every insert; each relay listens and drains until the
 outbox is empty. A relay that finds another holding the lock stands by until its next poll (that
 one heard the same notification, and goes round again): with a relay in every process, one
@@ -26,6 +30,7 @@ within it. The poll also covers a lost notification or listener.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -38,6 +43,9 @@ from orchestrator.store import Store
 # Rows per batch: one SELECT, one pipelined publish, one DELETE.
 BATCH = 512
 POLL_INTERVAL_S = 1.0
+# After a failed batch, the relay waits this long before the next, doubling up to the max.
+FIRST_BACKOFF_S = 0.1
+MAX_BACKOFF_S = 2.0
 # How long the job-events stream keeps an event (producers that were away catch up within it).
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 
@@ -88,6 +96,8 @@ class OutboxRelay(Service):
             self.log.warning("cannot listen for outbox notifications (polling meanwhile): %s", exc)
 
     async def _loop(self) -> None:
+        failing_since: float | None = None  # when the current run of failed batches began (monotonic)
+        backoff_s = FIRST_BACKOFF_S
         while True:
             if self.standing_by:
                 # Another relay is publishing: it heard the same notifications. Look again at
@@ -105,7 +115,18 @@ class OutboxRelay(Service):
             try:
                 self.standing_by = await self.drain() is None
             except Exception as exc:  # NATS or Postgres away: the rows wait for the next round
-                self.log.warning("outbox relay: %s", exc)
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    self.log.warning("outbox relay: %s; trying again until it works", exc)
+                else:
+                    self.log.debug("outbox relay: %s", exc)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+                self._wake.set()  # the rows are still there: no need to be told
+                continue
+            if failing_since is not None:
+                self.log.info("outbox relay: publishing again after %.1f s", time.monotonic() - failing_since)
+            failing_since, backoff_s = None, FIRST_BACKOFF_S
 
     async def drain(self) -> int | None:
         """Publish batches until the outbox is empty; how many events this call published, or

@@ -35,3 +35,22 @@ async def retrying(
             log.warning("%s failed, retrying: %s", what, exc, extra=extra)
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_s)
+
+
+class Backoff:
+    """The waits between attempts of a loop that decides itself what is worth retrying: doubling
+    from `first_s` up to `max_s`, and none that would end more than `within_s` after it began."""
+
+    def __init__(self, within_s: float, *, first_s: float = 0.05, max_s: float = 1.0) -> None:
+        self._deadline = time.monotonic() + within_s
+        self._delay = first_s
+        self.max_s = max_s
+        self.waited = 0  # waits so far: the attempts that failed
+
+    async def wait_or_raise(self, exc: BaseException) -> None:
+        """Wait before the next attempt; raise `exc` instead when that wait would end too late."""
+        if time.monotonic() + self._delay > self._deadline:
+            raise exc
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, self.max_s)
+        self.waited += 1

@@ -1,6 +1,6 @@
 """Dispatch shards: their names, and which live dispatch instance should lead each one.
 
-Pools are spread over `ORCH_DISPATCH_SHARDS` shards in Postgres (migration 0013: a pool's
+Pools are spread over `ORCH_DISPATCH_SHARDS` shards in Postgres (migration 0015: a pool's
 explicit `shard`, else the CRC-32 of its name modulo the count). A shard is a lease (the NATS KV
 key `dispatch.<name>`) and a fencing epoch (its `dispatch_epochs` row).
 

@@ -54,6 +54,7 @@ class Constraint(Model):
         "max_starts_per_s",
         "concurrency_key",
         "rate_limit",
+        "scheduled",
         "backoff",
     ]
     message: str
@@ -229,9 +230,14 @@ class PoolStats(Model):
     max_active: int
     paused: int = Field(description="1 when paused, else 0 (a gauge's value)")
     queued: int
+    deferred: int = Field(
+        default=0, description="queued jobs not due yet: delayed (run_at, delay_s) or waiting out a retry backoff"
+    )
     in_flight: int = Field(description="assigned or running")
     free: int = Field(description="slots a job could take now: runners' free slots within max_concurrent")
-    oldest_queued_s: float = Field(description="how long the oldest queued job has waited (0: none queued)")
+    oldest_queued_s: float = Field(
+        description="how long the oldest queued job that is due has waited since it was (0: none)"
+    )
     held_by_key: int = Field(description="queued jobs whose concurrency key is at its limit")
     held_by_rate: int = Field(description="queued jobs whose rate limit has no start left now")
 

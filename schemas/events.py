@@ -140,6 +140,14 @@ class SlotAvailable(Envelope):
     free: int
 
 
+class SchedulesChanged(Envelope):
+    """A schedule was created, replaced or deleted (best effort, core NATS: a wake for the
+    scheduler, whose timer waits for the earliest fire time; it also re-reads on its sweep)."""
+
+    type: Literal["SchedulesChanged"] = "SchedulesChanged"
+    name: Name
+
+
 class CapacityUnknown(Envelope):
     """A pool's capacity could not be counted; it is not dispatched until it can be (seed 000)."""
 

@@ -6,12 +6,14 @@ core request `orch.v1.jobs.submit.req`), so a producer in any language needs not
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -56,6 +58,43 @@ def _command(value: Any, handler: ValidatorFunctionWrapHandler) -> list[str]:
             'must be a non-empty list of strings, the program and its arguments (e.g. ["echo", "hi"]), not {shown}',
             {"shown": shown},
         ) from None
+
+
+# How far ahead a job may be delayed (`run_at`, `delay_s`): a year, and a day to spare.
+MAX_DELAY_S = 366 * 24 * 3600.0
+# RFC 3339's date-time: a date, a time to the second (a fraction allowed) and an offset. Python's
+# ISO parser alone would take a date without a time, or a time without an offset.
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?$")
+
+
+def _rfc3339(value: Any) -> datetime:
+    """An RFC 3339 time with its offset, as an aware UTC datetime. A time without an offset is
+    refused: on which clock it falls would be a guess."""
+    if isinstance(value, datetime) and value.tzinfo is not None:  # Python callers (the CLI, JobSubmitted)
+        return value.astimezone(UTC)
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 time, e.g. 2026-03-29T02:30:00+01:00 or 2026-03-29T01:30:00Z")
+    found = _RFC3339.match(value)
+    if found is None:
+        raise ValueError(f"{value[:40]!r} is not an RFC 3339 time, e.g. 2026-03-29T02:30:00+01:00")
+    if found["offset"] is None:
+        raise ValueError(f"{value[:40]!r} has no UTC offset: add one (Z, +01:00, ...), a time without one is ambiguous")
+    # A fraction past microseconds is cut (Python's datetime holds microseconds).
+    text = re.sub(r"(\.\d{6})\d+", r"\1", value).upper().replace(" ", "T")
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{value[:40]!r} is not a valid time: {exc}") from None
+
+
+def _within_delay(value: datetime) -> datetime:
+    if value - datetime.now(UTC) > timedelta(seconds=MAX_DELAY_S):
+        raise ValueError(f"is more than {MAX_DELAY_S / 86400:g} days ahead: a job may be delayed a year at most")
+    return value
+
+
+# When a job becomes claimable, as an RFC 3339 time with an offset; kept in UTC.
+RunAt = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_within_delay)]
 
 
 class JobPayload(TypedDict, total=False):
@@ -141,6 +180,22 @@ class JobSpec(Body):
     tolerations: list[Label] = Field(default_factory=list, max_length=64)
     # None: the default policy (RetryPolicy()).
     retry: RetryPolicy | None = None
+    # A delayed job: queued now, not claimable before this time (or this many seconds after its
+    # admission). One of the two at most.
+    run_at: RunAt | None = Field(
+        default=None, description="not started before this RFC 3339 time (with an offset; at most a year ahead)"
+    )
+    delay_s: float | None = Field(
+        default=None, gt=0, le=MAX_DELAY_S, description="not started before this many seconds after its admission"
+    )
+
+    @field_validator("delay_s")
+    @classmethod
+    def _not_both(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and info.data.get("run_at") is not None:
+            raise ValueError("give run_at or delay_s, not both")
+        return value
+
     # Flow control, enforced by the claim (README, "Flow control"). None: not under one.
     concurrency_key: ConcurrencyKey | None = Field(
         default=None, description="jobs of one key run at most concurrency_limit at once, in order"
@@ -167,7 +222,8 @@ class JobSpec(Body):
         return value
 
     def canonical(self) -> dict[str, Any]:
-        """The spec as compared for idempotency: same key + same canonical spec = same job (with a
+        """The spec as compared for idempotency: same key + same canonical spec = same job (a
+        repeated `delay_s` counts from the first admission: the same job, not a later one; with a
         concurrency key, its limit and on_conflict as they apply: given or by default)."""
         # Fields added since jobs were first stored are left out while unset, so a job stored
         # before they existed compares equal to its repeat.
@@ -182,7 +238,7 @@ class JobSpec(Body):
 
 
 # Spec fields added after jobs were first stored: left out of the canonical spec while unset.
-_ADDED_FIELDS = ("retry", "concurrency_key", "concurrency_limit", "on_conflict", "rate_limit_key")
+_ADDED_FIELDS = ("retry", "run_at", "delay_s", "concurrency_key", "concurrency_limit", "on_conflict", "rate_limit_key")
 
 
 class Attempt(Model):
@@ -227,6 +283,7 @@ class JobView(Model):
     assigned_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
+    run_at: datetime | None = Field(default=None, description="a delayed job: not started before this time")
     concurrency_key: str | None = None
     concurrency_limit: int | None = Field(default=None, description="with a concurrency_key: the limit it gave")
     on_conflict: OnConflict | None = None
@@ -234,5 +291,12 @@ class JobView(Model):
 
     @classmethod
     def from_row(cls, row: Any) -> JobView:
-        """From a stored job row (a mapping with at least these fields)."""
-        return cls.model_validate({name: row[name] for name in cls.model_fields})
+        """From a stored job row (a mapping with at least these fields; a row read before
+        `run_at` or the flow fields existed has none)."""
+        return cls.model_validate(
+            {name: row.get(name) if name in _VIEW_ADDED else row[name] for name in cls.model_fields}
+        )
+
+
+# View fields a stored row may lack (read before they existed): None then.
+_VIEW_ADDED = frozenset({"run_at", "concurrency_key", "concurrency_limit", "on_conflict", "rate_limit_key"})

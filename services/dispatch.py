@@ -9,14 +9,17 @@ take: the next job or slot comes with a wake); `no_job`, `no_runner`, `at_capaci
 `capacity_unknown` (Postgres unreachable: never dispatch blind), `paused`, `throttled`,
 `unknown_pool` and `failed` stop until the next wake.
 
-A job retried after a backoff (its retry policy) is not claimable before it is due, and nothing
-announces that moment: each step that looked for jobs says when the pool's first deferred job is
-due (`due_in_s`), and a timer per pool (the earliest kept) wakes the pool then. A timer, not a
-poll: a pool without deferred jobs has none. Rate limits and a pool's `max_starts_per_s` work the
-same way: a step that passed over jobs for want of a start says when the next start is allowed
-(`throttled`: the pool's cap allows none yet), and the timer wakes the pool then. A concurrency key
-at its limit needs no timer: the end of one of its jobs wakes the pool (and the other pools where
-the key's jobs wait: orchestrator/wakes.py).
+A delayed job (`run_at`, `delay_s`) and a job retried after a backoff (its retry policy) are not
+claimable before they are due, and nothing announces that moment: each step that looked for jobs
+says when the pool's first deferred job is due (`due_in_s`), and a timer per pool (the earliest
+kept, `DueTimers`) wakes the pool then. A timer, not a poll: a pool without deferred jobs has
+none. Deferred jobs are rows, so a restart loses none: the sweep on start (and on gaining the
+lease) steps every pool with queued jobs, and that step arms the timer again.
+Rate limits and a pool's `max_starts_per_s` work the same way: a step that passed over jobs for
+want of a start says when the next start is allowed (`throttled`: the pool's cap allows none
+yet), and the timer wakes the pool then. A concurrency key at its limit needs no timer: the end
+of one of its jobs wakes the pool (and the other pools where the key's jobs wait:
+orchestrator/wakes.py).
 
 A step's claim is one statement in the store (lock the pool row, derive in-flight from job rows,
 claim up to the budget), so `max_concurrent` holds with any number of
@@ -56,6 +59,7 @@ from orchestrator import telemetry
 from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.due import DueTimers
 from orchestrator.errors import OrchestratorError, RequestFailed, StoreUnavailable
 from orchestrator.known_pools import KnownPools
 from orchestrator.leadership import Leadership, leads, sweep_on_gain
@@ -104,8 +108,9 @@ class Dispatch(Service):
         # pools) are recorded in one `acknowledge` transaction.
         self._acks: Batcher[list[Handoff], None] = Batcher(self._acknowledge)
         self._handoffs: set[asyncio.Task[None]] = set()  # in flight, each until its runner answered
-        # Per pool, the wake for its first job waiting out a retry backoff or a start.
-        self._due: dict[str, asyncio.TimerHandle] = {}
+        # Per pool, the wake for its first job not due yet (delayed, in a retry backoff, or waiting
+        # for a start under a rate limit or the pool's max_starts_per_s).
+        self._due = DueTimers(self.wake)
 
     async def on_start(self) -> None:
         if self._own_known_pools:
@@ -122,8 +127,6 @@ class Dispatch(Service):
         await self.sweep()
 
     async def on_stop(self) -> None:
-        for timer in self._due.values():
-            timer.cancel()
         self._due.clear()
         # Steps stop (not running); claimed hand-offs get the stop timeout to finish, so no
         # assignment is left half-made.
@@ -152,9 +155,7 @@ class Dispatch(Service):
         """A deleted pool: what this process kept for it goes (a drain running ends on its own)."""
         self._again.discard(pool)
         self._slot_freed_at.pop(pool, None)
-        timer = self._due.pop(pool, None)
-        if timer is not None:
-            timer.cancel()
+        self._due.forget(pool)
 
     async def sweep(self) -> None:
         """Every pool with queued jobs, and the assignments nobody started (Postgres is the truth)."""
@@ -173,22 +174,6 @@ class Dispatch(Service):
             self._again.add(pool)
             return
         self._drains[pool] = asyncio.create_task(self._drain(pool), name=f"dispatch.drain.{pool}")
-
-    def _wake_in(self, pool: str, delay_s: float) -> None:
-        """Wake `pool` in `delay_s` seconds (its first deferred job is due then, or its next start
-        under a rate limit), unless a wake is set for no later: the step it starts sets the next one."""
-        loop = asyncio.get_running_loop()
-        when = loop.time() + max(0.0, delay_s)
-        timer = self._due.get(pool)
-        if timer is not None:
-            if timer.when() <= when:
-                return
-            timer.cancel()
-        self._due[pool] = loop.call_at(when, self._on_due, pool)
-
-    def _on_due(self, pool: str) -> None:
-        self._due.pop(pool, None)
-        self.wake(pool)
 
     async def _drain(self, pool: str) -> None:
         try:
@@ -240,7 +225,7 @@ class Dispatch(Service):
         else:
             claim_status = claim.status
             if claim.due_in_s is not None and self.running:
-                self._wake_in(pool, claim.due_in_s)
+                self._due.arm(pool, claim.due_in_s)
             if claim_status == "fenced" and self.leadership is not None and fence is not None:
                 self.leadership.deposed(fence.epoch)
             if claim.in_flight is not None:

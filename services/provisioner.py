@@ -7,7 +7,9 @@ woken pool:
 1. forget workers that have registered since they were spawned (they are runners now), and stop
    those that never did within `start_timeout_s`;
 2. read the pool's demand from Postgres: runnable queued jobs, jobs in flight, free slots of its
-   registered runners (pull runners and idle workers alike);
+   registered runners (pull runners and idle workers alike). A queued job not due yet (delayed,
+   or in a retry backoff) is no demand until it is: the demand says when the first one is due,
+   and a timer wakes the pool then (`DueTimers`, as dispatch keeps);
 3. count live workers: from the provisioner itself (a failed count spawns nothing, never blind
    past the cap, and says so: `CapacityUnknown`, counted; the next wake retries), and from
    Postgres (`workers`: what every instance spawned, so a new leader counts its predecessor's
@@ -40,6 +42,7 @@ from typing import Any
 from orchestrator.bus import Bus
 from orchestrator.bus.credentials import credentials_env
 from orchestrator.clock import SYSTEM_CLOCK, Clock
+from orchestrator.due import DueTimers
 from orchestrator.errors import ConfigurationError
 from orchestrator.known_pools import KnownPools
 from orchestrator.leadership import Leadership, leads, sweep_on_gain
@@ -99,6 +102,7 @@ class Provisioning(Service):
         self._gone: set[str] = set()  # workers that exited, to forget in Postgres
         self._deleted: set[str] = set()  # pools found deleted, whose fleets to let go
         self._kick = asyncio.Event()
+        self._due = DueTimers(self.wake)  # per pool: when its first deferred job is due
         # The process's (started by its runtime), or one of its own, started with this service.
         self._own_known_pools = known_pools is None
         self.known_pools = known_pools or KnownPools(store, bus)
@@ -127,6 +131,7 @@ class Provisioning(Service):
         await self.sweep()
 
     async def on_stop(self) -> None:
+        self._due.clear()
         for _, fleet in self._fleets.values():
             try:
                 await fleet.close()
@@ -138,6 +143,7 @@ class Provisioning(Service):
             self.wake(event.pool)
 
     def _pool_deleted(self, pool: str) -> None:
+        self._due.forget(pool)
         self._deleted.add(pool)
         self.wake(pool)
 
@@ -221,6 +227,8 @@ class Provisioning(Service):
         demand = await self.store.pool_fleet_demand(pool, self.config.max_spawn * 16)
         if demand is None or demand["provisioner"] is None:
             return
+        if demand["due_in_s"] is not None:
+            self._due.arm(pool, demand["due_in_s"])
         try:
             fleet = self._fleet(pool, demand["provisioner"])
         except ConfigurationError as exc:

@@ -27,6 +27,7 @@ from orchestrator.bus import Bus, Subjects
 from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from tests.nats_cluster import NatsCluster
 
 _counter = itertools.count(1)
 
@@ -88,6 +89,20 @@ async def nats_url(servers_dir: Path) -> AsyncIterator[str]:
     server = EmbeddedNats(servers_dir / "nats")
     yield await server.start()
     await server.stop()
+
+
+@pytest.fixture
+async def nats_cluster() -> AsyncIterator[NatsCluster]:
+    """A NATS cluster of three of this test's own (tests/nats_cluster.py), healthy, with a meta
+    leader. Outside pytest's temp root, like the session servers' data."""
+    root = Path(tempfile.mkdtemp(prefix="orch-nats-cluster-"))
+    cluster = NatsCluster(root)
+    try:
+        await cluster.start()
+        yield cluster
+    finally:
+        await cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,9 @@ CREATE TABLE IF NOT EXISTS transition_history (
     runner_id   text,
     concurrency_key text,
     rate_limit_key text,
-    at          timestamptz NOT NULL
+    -- When it happened: a claim's own assigned_at (the time its rate limit was judged at), else the
+    -- clock when the row changed (to time recoveries).
+    at          timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE OR REPLACE FUNCTION record_transition() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -84,3 +86,27 @@ def claim_times(transitions: Iterable[Mapping[str, Any]], column: str, value: st
     """When each job with `column` = `value` (a rate_limit_key, a pool) was claimed (assigned), in
     order, as epoch seconds: the starts a rate limit counts."""
     return sorted(tr["at"].timestamp() for tr in transitions if tr["new_state"] == "assigned" and tr[column] == value)
+
+
+def dispatch_stalls(transitions: Iterable[Mapping[str, Any]], caps: Mapping[str, int]) -> list[tuple[Any, float]]:
+    """Each time a pool had a job queued and room under its cap, and no job was assigned: when
+    it began and how many seconds until the next assignment (a recovery's length, from `at`). A
+    wait that never ended is left out, and so is one for jobs that were not queued yet."""
+    queued: dict[str, int] = defaultdict(int)
+    in_flight: dict[str, int] = defaultdict(int)
+    since: dict[str, Any] = {}
+    stalls: list[tuple[Any, float]] = []
+    for tr in sorted(transitions, key=lambda tr: tr["seq"]):
+        pool, new, old = tr["pool"], tr["new_state"], tr["old_state"]
+        if new == "assigned" and since.get(pool) is not None:
+            stalls.append((since[pool], (tr["at"] - since[pool]).total_seconds()))
+            since[pool] = None
+        queued[pool] += (new == "queued") - (old == "queued")
+        in_flight[pool] += (new in IN_FLIGHT) - (old in IN_FLIGHT)
+        cap = caps.get(pool, -1)
+        waiting = queued[pool] > 0 and (cap < 0 or in_flight[pool] < cap)
+        if not waiting:
+            since[pool] = None
+        elif since.get(pool) is None:
+            since[pool] = tr["at"]
+    return stalls

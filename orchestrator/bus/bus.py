@@ -1,5 +1,7 @@
 """The bus: one NATS connection (connection.py), publish / request / subscribe on typed topics
-(topics.py), and the JetStream streams (the intake: intake.py; the job events: job_events.py).
+(topics.py), and the JetStream streams (the intake: intake.py; the job events: job_events.py),
+each with the replicas the settings ask for (streams.py), every JetStream write riding out a
+stream leader election with its `Nats-Msg-Id` (elections.py).
 
 Only this package knows nats-py. Every message carries W3C trace context in its headers, and
 every handler runs inside a consumer span continuing the sender's trace. A message that does not
@@ -32,14 +34,13 @@ from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError, SlowConsumerError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.api import StreamConfig, StreamInfo
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import telemetry
-from orchestrator.bus import intake, job_events
+from orchestrator.bus import intake, job_events, streams
 from orchestrator.bus.connection import CONNECT_WAIT_S, close, connect
 from orchestrator.bus.credentials import NatsCredentials
 from orchestrator.bus.delivery import Delivery
@@ -47,7 +48,14 @@ from orchestrator.bus.job_events import OutboxMessage
 from orchestrator.bus.slots import MAX_HANDLERS, HandlerSlots
 from orchestrator.bus.subjects import Subjects
 from orchestrator.bus.topics import RequestTopic, Topic, json_array, list_of
-from orchestrator.errors import BusUnavailable, InvalidInput, NoResponders, RequestFailed, StoreUnavailable
+from orchestrator.errors import (
+    BusUnavailable,
+    InvalidInput,
+    NoAnswer,
+    NoResponders,
+    RequestFailed,
+    StoreUnavailable,
+)
 from schemas.events import ErrorDetail, Reply, error_from_validation
 from schemas.storable import nul_in
 
@@ -88,11 +96,14 @@ class Bus:
         *,
         name: str = "orchestrator",
         credentials: NatsCredentials | None = None,
+        replicas: int = 1,
     ) -> None:
         self.url = url
         self.subjects = subjects
         self.name = name
         self.credentials = credentials or NatsCredentials()
+        self.replicas = replicas  # of the streams and the lease bucket it creates (streams.py)
+        self._on_reconnect: list[Callable[[], None]] = []
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._pulls: list[JetStreamContext.PullSubscription] = []
@@ -108,14 +119,40 @@ class Bus:
         url = url or settings.nats_url
         if not url:
             raise BusUnavailable("no NATS URL: set ORCH_NATS_URL")
-        return cls(url, Subjects(settings.namespace), name=name, credentials=settings.nats_credentials)
+        return cls(
+            url,
+            Subjects(settings.namespace),
+            name=name,
+            credentials=settings.nats_credentials,
+            replicas=settings.nats_replicas,
+        )
 
     async def connect(self, wait_s: float = CONNECT_WAIT_S) -> None:
         """Connect (see connection.py): raises BusUnavailable unless it did within `wait_s`."""
         self._nc = await connect(
-            self.url, name=self.name, credentials=self.credentials, wait_s=wait_s, slow_consumer=self._dropped
+            self.url,
+            name=self.name,
+            credentials=self.credentials,
+            wait_s=wait_s,
+            slow_consumer=self._dropped,
+            on_reconnected=self._reconnected,
         )
         self._js = self._nc.jetstream(prefix=self.js_api_prefix)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """`callback()` each time the connection is back after an outage (what was heard over it
+        meanwhile, a KV watch's news, may be missing); returns what stops it."""
+        self._on_reconnect.append(callback)
+
+        def stop() -> None:
+            with contextlib.suppress(ValueError):  # stopped already
+                self._on_reconnect.remove(callback)
+
+        return stop
+
+    def _reconnected(self) -> None:
+        for callback in list(self._on_reconnect):
+            callback()
 
     async def close(self) -> None:
         # A pull subscription has nothing to drain (what was not fetched is redelivered), and
@@ -198,7 +235,7 @@ class Bus:
             except NoRespondersError as exc:
                 raise NoResponders(f"nobody serves {subject}") from exc
             except NatsTimeout as exc:
-                raise RequestFailed(f"no answer on {subject} within {timeout}s") from exc
+                raise NoAnswer(f"no answer on {subject} within {timeout}s") from exc
         return msg.data
 
     @staticmethod
@@ -298,13 +335,10 @@ class Bus:
 
     # --- JetStream --------------------------------------------------------------------
 
-    async def ensure_stream(self, config: StreamConfig) -> None:
-        """Create the stream, or bring an existing one to `config`."""
-        try:
-            await self.js.stream_info(config.name)
-            await self.js.update_stream(config)
-        except NotFoundError:
-            await self.js.add_stream(config)
+    async def ensure_stream(self, config: StreamConfig) -> StreamInfo:
+        """Create the stream with this bus's replicas, or bring an existing one to `config` (see
+        streams.py)."""
+        return await streams.ensure(self, config)
 
     async def ensure_intake_stream(self) -> None:
         await intake.ensure_stream(self)
@@ -359,6 +393,8 @@ class Bus:
             with contextlib.suppress(Exception):  # already gone after its one message
                 await echo.unsubscribe()
 
-    async def submit(self, body: bytes, key: str | None) -> None:
-        """Publish a job spec to the intake stream, as any producer would."""
-        await intake.submit(self, body, key)
+    async def submit(self, body: bytes, key: str | None, *, within_s: float = intake.SUBMIT_WITHIN_S) -> None:
+        """Publish a job spec to the intake stream, as any producer would, until JetStream has
+        it (a leader election in between: again with the same `Nats-Msg-Id`) or `within_s` has
+        passed (BusUnavailable)."""
+        await intake.submit(self, body, key, within_s=within_s)

@@ -2,7 +2,11 @@
 at once on what retrying cannot fix; after it, the client reconnects forever, and says so once per
 outage (a WARNING when the connection is lost, an INFO when it is back; the attempts between at
 DEBUG, four a second). A slow consumer (a subscription whose buffer overflowed: nats-py drops
-the message) goes to the caller's `slow_consumer`, which counts it. Closing works connected or not."""
+the message) goes to the caller's `slow_consumer`, which counts it. Closing works connected or not.
+
+`ORCH_NATS_URL` may list the nodes of a cluster (comma-separated): the client connects to one and
+moves to another when it is lost (nats-py's server pool, plus the servers the cluster tells it of).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from nats.errors import ConnectionClosedError, SlowConsumerError, StaleConnectio
 from orchestrator import telemetry
 from orchestrator.bus.credentials import NatsCredentials, connect_options
 from orchestrator.errors import BusUnavailable
+from orchestrator.nats_servers import nats_servers
 from orchestrator.redact import redact_url
 
 _log = telemetry.get_logger("bus")
@@ -78,10 +83,16 @@ async def connect(
     credentials: NatsCredentials,
     wait_s: float = CONNECT_WAIT_S,
     slow_consumer: Callable[[SlowConsumerError], None] | None = None,
+    on_reconnected: Callable[[], None] | None = None,
 ) -> Client:
-    """Connect, waiting up to `wait_s` for a server that is not up yet (containers start in
-    any order), but failing at once on what retrying cannot fix (wrong credentials, a
-    certificate that does not verify). Once connected, the client reconnects forever."""
+    """Connect to the server, or one of the servers, `url` lists, waiting up to `wait_s` for
+    one that is not up yet (containers start in any order), but failing at once on what
+    retrying cannot fix (wrong credentials, a certificate that does not verify). Once
+    connected, the client reconnects forever; `on_reconnected()` is called each time it has."""
+    try:
+        servers = nats_servers(url)
+    except ValueError as exc:
+        raise BusUnavailable(f"ORCH_NATS_URL: {exc}") from None
     shown = redact_url(url)
     last_error: list[Exception] = []
     connected: list[Client] = []  # the client, once the first connect succeeded
@@ -102,12 +113,14 @@ async def connect(
         if connected and not (connected[0].is_closed or connected[0].is_draining):  # not our own close
             outages.lost()
 
-    async def on_reconnected() -> None:
+    async def reconnected() -> None:
         outages.back()
+        if on_reconnected is not None:
+            on_reconnected()
 
     connecting = asyncio.ensure_future(
         nats.connect(
-            url,
+            servers=servers,
             name=name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=RECONNECT_WAIT_S,
@@ -115,7 +128,7 @@ async def connect(
             allow_reconnect=True,
             error_cb=on_error,
             disconnected_cb=on_disconnected,
-            reconnected_cb=on_reconnected,
+            reconnected_cb=reconnected,
             **connect_options(credentials),
         )
     )

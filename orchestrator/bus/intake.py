@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING
 
 from nats.errors import TimeoutError as NatsTimeout
@@ -11,6 +12,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 
 from orchestrator import telemetry
 from orchestrator.bus.delivery import Delivery
+from orchestrator.bus.elections import through_elections
 from orchestrator.errors import BusUnavailable
 
 if TYPE_CHECKING:
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
 
 # JetStream deduplicates on Nats-Msg-Id inside this window; the job key in Postgres beyond it.
 DEDUP_WINDOW_S = 120.0
+# How long a submit keeps trying while the intake stream elects a leader (5-8 s after a crash of
+# its leader): inside the dedup window, so every attempt is the same message.
+SUBMIT_WITHIN_S = 30.0
 
 
 async def ensure_stream(bus: Bus) -> None:
@@ -40,8 +45,12 @@ async def subscribe(bus: Bus, durable: str, ack_wait_s: float) -> JetStreamConte
         max_deliver=-1,  # transient failures redeliver until the store answers; bad input is term()ed
         max_ack_pending=10_000,
     )
-    return await bus.js.pull_subscribe(
-        bus.subjects.submit.subject, durable=durable, stream=bus.subjects.intake_stream, config=config
+    return await through_elections(  # its creation rides out an election, as at a cluster's start
+        lambda _: bus.js.pull_subscribe(
+            bus.subjects.submit.subject, durable=durable, stream=bus.subjects.intake_stream, config=config
+        ),
+        what=f"the intake consumer {durable}",
+        within_s=SUBMIT_WITHIN_S,
     )
 
 
@@ -55,9 +64,14 @@ async def fetch(intake: JetStreamContext.PullSubscription, batch: int, timeout: 
         raise BusUnavailable(f"cannot fetch from the intake: {exc}") from exc
 
 
-async def submit(bus: Bus, body: bytes, key: str | None) -> None:
-    """Publish a job spec to the intake stream, as any producer would."""
-    headers = telemetry.inject()
-    if key:
-        headers["Nats-Msg-Id"] = key
-    await bus.js.publish(bus.subjects.submit.subject, body, headers=headers)
+async def submit(bus: Bus, body: bytes, key: str | None, *, within_s: float = SUBMIT_WITHIN_S) -> None:
+    """Publish a job spec to the intake stream, as any producer would, until JetStream
+    acknowledges it: sent again with the same `Nats-Msg-Id` (the key; without one, an id of its
+    own, so a resend is still one job) through a leader election, for at most `within_s`."""
+    headers = {**telemetry.inject(), "Nats-Msg-Id": key or uuid.uuid4().hex}
+    subject = bus.subjects.submit.subject
+    await through_elections(
+        lambda timeout: bus.js.publish(subject, body, timeout=timeout, headers=headers),
+        what=f"submitting {headers['Nats-Msg-Id']}",
+        within_s=within_s,
+    )

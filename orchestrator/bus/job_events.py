@@ -76,9 +76,8 @@ async def ensure_stream(bus: Bus, max_age_s: float) -> bool:
         duplicate_window=EVENTS_DEDUP_WINDOW_S,
         allow_atomic=True,
     )
-    await bus.ensure_stream(config)
     # A server before 2.12 ignores `allow_atomic`: the relay then publishes one by one.
-    info = await bus.js.stream_info(config.name)
+    info = await bus.ensure_stream(config)
     return bool(info.config.allow_atomic)
 
 

@@ -7,8 +7,18 @@ TTL; renew = a raw publish with the same TTL that expects our last revision (nat
 someone else holds it. Release deletes the key (expecting our revision), so a standby watching
 it takes over at once. The acquire revision only grows: it is the fencing epoch.
 
+A KV watch can go silent (5-12 s across a leader change of the bucket's stream, skipping values
+in between) and the connection can drop and come back: the news of that gap is a doubt. A standby
+contends at once (it may have missed a vacancy); the holder re-reads the key's last message
+(`verify`) and steps down unless its own write is still the last. A write by anyone else the
+watch does show is a doubt too. Every write expects the key's last sequence, so two writers never
+both succeed; `verify` makes a holder that lost the key notice before its next renewal does.
+
+The bucket has the bus's replicas (ORCH_NATS_REPLICAS), raised on an existing one where the
+server allows (streams.py).
+
 Only this module knows the KV details; callers see `acquire() -> epoch | None`, `renew() -> bool`,
-`release()`, `wait_vacated()` and `current()`.
+`release()`, `wait_vacated()`, `wait_doubt()`, `verify()` and `current()`.
 """
 
 from __future__ import annotations
@@ -17,15 +27,19 @@ import asyncio
 import contextlib
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 from nats.js.errors import APIError, BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from orchestrator import telemetry
 from orchestrator.bus.bus import Bus
+from orchestrator.bus.elections import through_elections
+from orchestrator.bus.streams import WITHIN_S, ensure_replicas, placement_error
 from orchestrator.errors import BusUnavailable
 
 WRONG_LAST_SEQUENCE = 10071
@@ -43,6 +57,18 @@ class LeaseInfo:
     revision: int
 
 
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    """Whether `event` was set within `timeout`; cleared either way."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        event.clear()
+
+
 def _vacant(headers: dict[str, str] | None) -> bool:
     """A DEL / PURGE tombstone or the server's expiry marker: nobody holds the key."""
     if not headers:
@@ -54,15 +80,32 @@ def _bus_error(exc: Exception) -> BusUnavailable:
     return BusUnavailable(f"lease operation failed: {type(exc).__name__}: {exc}")
 
 
-async def open_bucket(bus: Bus) -> KeyValue:
-    """The namespace's lease bucket, created on first use with the config expiry needs."""
+async def open_bucket(bus: Bus, js: JetStreamContext | None = None) -> KeyValue:
+    """The namespace's lease bucket, created on first use with the config expiry needs and the
+    bus's replicas (an existing one's raised to them where the server allows); its operations
+    through `js` (default: the bus's)."""
     name = bus.subjects.lease_bucket
+    js = js or bus.js
     try:
         try:
-            return await bus.js.key_value(name)
+            kv = await through_elections(lambda _: js.key_value(name), what=f"bucket {name}", within_s=WITHIN_S)
         except BucketNotFoundError:
             # Concurrent creators with the same config all succeed (stream create is idempotent).
-            return await bus.js.create_key_value(bucket=name, history=1, limit_marker_ttl=MARKER_TTL_S)
+            try:
+                return await through_elections(
+                    lambda _: js.create_key_value(
+                        bucket=name, history=1, limit_marker_ttl=MARKER_TTL_S, replicas=bus.replicas
+                    ),
+                    what=f"bucket {name}",
+                    within_s=WITHIN_S,
+                )
+            except APIError as exc:
+                error = placement_error(f"KV_{name}", bus.replicas, exc)
+                if error is None:
+                    raise
+                raise error from None
+        await ensure_replicas(bus, f"KV_{name}")
+        return kv
     except (NatsError, TimeoutError) as exc:
         raise _bus_error(exc) from exc
 
@@ -81,6 +124,10 @@ class Lease:
         self.holder = holder
         self.ttl_s = ttl_s
         self.key = f"dispatch.{shard}"
+        # Each lease operation waits at most half a TTL for JetStream (nats-py's default is 5 s,
+        # past the lease itself): through a leader election, the next attempt comes sooner.
+        self._op_timeout_s = max(0.5, ttl_s / 2)
+        self._js: JetStreamContext | None = None
         # The nonce tells our own value from a namesake's (a restarted process with the same id).
         self._value = json.dumps({"holder": holder, "nonce": secrets.token_hex(8)}).encode()
         self.revision: int | None = None  # our last write while we hold the lease
@@ -88,6 +135,8 @@ class Lease:
         self._watcher: Any = None
         self._watch_task: asyncio.Task[None] | None = None
         self._vacated = asyncio.Event()
+        self._doubt = asyncio.Event()  # what the watch told may be incomplete, or not ours
+        self._stop_hearing: Callable[[], None] | None = None
 
     @property
     def subject(self) -> str:
@@ -100,14 +149,18 @@ class Lease:
     async def open(self) -> None:
         """Open the bucket and start watching the key, before the first acquire, so no vacancy
         between the two is missed."""
-        self._kv = await open_bucket(self.bus)
+        self._kv = await open_bucket(self.bus, self.js)
         try:
             self._watcher = await self._kv.watch(self.key)
         except (NatsError, TimeoutError) as exc:
             raise _bus_error(exc) from exc
+        self._stop_hearing = self.bus.on_reconnect(self._gap)
         self._watch_task = asyncio.create_task(self._watch(), name=f"lease.watch.{self.shard}")
 
     async def close(self) -> None:
+        if self._stop_hearing is not None:
+            self._stop_hearing()
+            self._stop_hearing = None
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -118,21 +171,70 @@ class Lease:
         self._watch_task = self._watcher = None
 
     async def _watch(self) -> None:
-        async for entry in self._watcher:
-            # None marks the end of the initial values; an expiry arrives as PURGE.
-            if entry is not None and entry.operation in (KV_DEL, KV_PURGE):
-                self._vacated.set()
+        """Hear the key's changes; a watch that fails is opened anew, after telling of the gap."""
+        backoff_s = 0.1
+        while True:
+            try:
+                async for entry in self._watcher:
+                    backoff_s = 0.1
+                    # None marks the end of the initial values; an expiry arrives as PURGE.
+                    if entry is None:
+                        continue
+                    if entry.operation in (KV_DEL, KV_PURGE):
+                        self._vacated.set()
+                    if self.revision is not None and entry.revision != self.revision and entry.value != self._value:
+                        self._doubt.set()  # someone else wrote the key we hold
+                return  # stopped: the lease is closing
+            except Exception as exc:
+                _log.warning("watching lease %s failed (%s): watching it again", self.key, exc)
+            self._gap()
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()
+            while True:
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 2.0)
+                try:
+                    self._watcher = await self.kv.watch(self.key)
+                    break
+                except (NatsError, TimeoutError) as exc:
+                    _log.debug("watching lease %s again failed: %s", self.key, exc)
+
+    def _gap(self) -> None:
+        """The watch may have missed changes (a reconnect, a failed watch): a standby contends
+        now, the holder verifies."""
+        self._vacated.set()
+        self._doubt.set()
 
     async def wait_vacated(self, timeout: float) -> bool:
-        """Wait until a watcher sees the key deleted, purged or expired (True), or `timeout`."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._vacated.wait()
-            return True
-        except TimeoutError:
+        """Wait until a watcher sees the key deleted, purged or expired, or may have missed it
+        (True), or `timeout`."""
+        return await _wait(self._vacated, timeout)
+
+    async def wait_doubt(self, timeout: float) -> bool:
+        """Wait until the watch may have missed a change, or showed someone else's write (True:
+        `verify` now), or `timeout`."""
+        return await _wait(self._doubt, timeout)
+
+    async def verify(self) -> bool:
+        """Whether the lease is still ours, from the key's last message (read, not watched): our
+        own last write, or a renewal of ours that landed unanswered (adopted). Else it is lost."""
+        if self.revision is None:
             return False
-        finally:
-            self._vacated.clear()
+        try:
+            last = await self._last()
+        except (NatsError, TimeoutError) as exc:
+            raise _bus_error(exc) from exc
+        if last is None or _vacant(last.headers) or last.data != self._value:
+            self.revision = None
+            return False
+        self.revision = last.seq
+        return True
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            self._js = self.bus.nc.jetstream(timeout=self._op_timeout_s)
+        return self._js
 
     @property
     def kv(self) -> KeyValue:
@@ -149,12 +251,15 @@ class Lease:
             except KeyWrongLastSequenceError:
                 # Held, or an expiry marker that kv.create does not see through (PITFALLS.md).
                 last = await self._last()
-                if last is None or not _vacant(last.headers):
+                if last is not None and last.data == self._value and not _vacant(last.headers):
+                    revision = last.seq  # our own take, whose answer was lost: ours still
+                elif last is None or not _vacant(last.headers):
                     return None
-                try:
-                    revision = await self._publish(expect=last.seq)
-                except KeyWrongLastSequenceError:
-                    return None  # another standby was faster
+                else:
+                    try:
+                        revision = await self._publish(expect=last.seq)
+                    except KeyWrongLastSequenceError:
+                        return None  # another standby was faster
         except (NatsError, TimeoutError) as exc:
             raise _bus_error(exc) from exc
         self.revision = revision
@@ -212,13 +317,13 @@ class Lease:
         """The key's last message, marker or tombstone included; None when there is none (or no
         bucket yet)."""
         try:
-            return await self.bus.js.get_msg(self.stream, subject=self.subject)
+            return await self.js.get_msg(self.stream, subject=self.subject)
         except NotFoundError:
             return None
 
     async def _publish(self, expect: int) -> int:
         try:
-            ack = await self.bus.js.publish(
+            ack = await self.js.publish(
                 self.subject,
                 self._value,
                 msg_ttl=self.ttl_s,

@@ -35,6 +35,7 @@ from schemas.events import (
     RunnerHeartbeat,
     RunnerRegistered,
     RunnerTaintsChanged,
+    SchedulesChanged,
     SlotAvailable,
 )
 
@@ -76,6 +77,7 @@ class Subjects:
     pool_updated = Topic("pools.updated.*", PoolUpdated)
     pool_leader_changed = Topic("pools.leader.*", PoolLeaderChanged)  # a leader-mode pool's runner (seed 002)
 
+    schedules_changed = Topic("schedules.changed", SchedulesChanged)  # a wake for the scheduler
     # The dispatch leader's news, by shard.
     leader_elected = Topic("leader.elected.*", LeaderElected)
     leader_lost = Topic("leader.lost.*", LeaderLost)

@@ -23,6 +23,7 @@ from orchestrator.client.errors import ApiError
 from schemas.api import JobCreated, JobDetail, JobListed, LeaderView, PoolChanged, PoolDeleted, RunnerView, Stats
 from schemas.jobs import JobSpec, JobView
 from schemas.pools import PoolConfig, PoolView
+from schemas.schedules import ScheduleDeleted, ScheduleSpec, ScheduleView
 
 A = TypeVar("A", bound=BaseModel)
 
@@ -172,6 +173,23 @@ class Client:
     async def delete_pool(self, name: str) -> PoolDeleted:
         """Delete a pool with no live jobs and no live runners (409 says what holds it)."""
         return await self.send(calls.delete_pool(name))
+
+    # --- schedules ----------------------------------------------------------------------------
+
+    async def schedules(self) -> list[ScheduleView]:
+        return (await self.send(calls.list_schedules())).schedules
+
+    async def schedule(self, name: str) -> ScheduleView:
+        """A schedule: its next fire time and the last job it fired."""
+        return await self.send(calls.get_schedule(name))
+
+    async def put_schedule(self, name: str, spec: ScheduleSpec) -> ScheduleView:
+        """Create or replace a schedule (a changed cron or time zone starts it again from now)."""
+        return await self.send(calls.put_schedule(name, spec))
+
+    async def delete_schedule(self, name: str) -> ScheduleDeleted:
+        """It fires no more; the jobs it fired are left as they are."""
+        return await self.send(calls.delete_schedule(name))
 
     async def runners(self) -> list[RunnerView]:
         """Every runner, in id order (the API's pages, walked to the last)."""

@@ -25,6 +25,7 @@ from schemas.api import (
 )
 from schemas.jobs import JobSpec, JobView
 from schemas.pools import PoolConfig, PoolView
+from schemas.schedules import ScheduleDeleted, ScheduleList, ScheduleSpec, ScheduleView
 
 A = TypeVar("A", bound=BaseModel)
 JobId = UUID | str
@@ -109,3 +110,22 @@ def get_leader() -> Call[LeaderView]:
 
 def get_stats() -> Call[Stats]:
     return Call("GET", "/v1/stats", Stats)
+
+
+def list_schedules() -> Call[ScheduleList]:
+    return Call("GET", "/v1/schedules", ScheduleList)
+
+
+def get_schedule(name: str) -> Call[ScheduleView]:
+    return Call("GET", f"/v1/schedules/{_segment(name)}", ScheduleView)
+
+
+def put_schedule(name: str, spec: ScheduleSpec) -> Call[ScheduleView]:
+    # Only what the caller set, as for a job: the server fills in the defaults.
+    return Call(
+        "PUT", f"/v1/schedules/{_segment(name)}", ScheduleView, body=spec.model_dump(mode="json", exclude_unset=True)
+    )
+
+
+def delete_schedule(name: str) -> Call[ScheduleDeleted]:
+    return Call("DELETE", f"/v1/schedules/{_segment(name)}", ScheduleDeleted)

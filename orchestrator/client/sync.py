@@ -12,6 +12,7 @@ from orchestrator.client.calls import JobId
 from schemas.api import JobCreated, JobDetail, JobListed, LeaderView, PoolChanged, PoolDeleted, RunnerView, Stats
 from schemas.jobs import JobSpec, JobView
 from schemas.pools import PoolConfig, PoolView
+from schemas.schedules import ScheduleDeleted, ScheduleSpec, ScheduleView
 
 T = TypeVar("T")
 
@@ -79,6 +80,18 @@ class SyncClient:
 
     def delete_pool(self, name: str) -> PoolDeleted:
         return self._run(self.client.delete_pool(name))
+
+    def schedules(self) -> list[ScheduleView]:
+        return self._run(self.client.schedules())
+
+    def schedule(self, name: str) -> ScheduleView:
+        return self._run(self.client.schedule(name))
+
+    def put_schedule(self, name: str, spec: ScheduleSpec) -> ScheduleView:
+        return self._run(self.client.put_schedule(name, spec))
+
+    def delete_schedule(self, name: str) -> ScheduleDeleted:
+        return self._run(self.client.delete_schedule(name))
 
     def runners(self) -> list[RunnerView]:
         return self._run(self.client.runners())

@@ -16,7 +16,7 @@ import platform
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -26,6 +26,7 @@ from pydantic_settings import (
 )
 
 from orchestrator.errors import ConfigurationError
+from orchestrator.nats_servers import nats_servers
 from orchestrator.redact import url_secrets
 from orchestrator.settings.parts import (
     CREDENTIAL,
@@ -41,6 +42,7 @@ from orchestrator.settings.parts import (
     NatsCredentials,
     ProvisionerSettings,
     Retention,
+    SchedulerSettings,
     Section,
     Timings,
 )
@@ -61,6 +63,7 @@ __all__ = [
     "NatsCredentials",
     "ProvisionerSettings",
     "Retention",
+    "SchedulerSettings",
     "Section",
     "Settings",
     "Timings",
@@ -113,9 +116,14 @@ class Settings(Timings, LogLimits, Retention, HttpSettings, NatsCredentials, Bas
     # Not frozen (the groups are): tests adjust a fixture's settings before building services.
     model_config = SettingsConfigDict(env_prefix="ORCH_", env_nested_delimiter="__", extra="ignore", frozen=False)
 
-    # Where the servers are. Unset in `up`: the embedded stack starts its own.
+    # Where the servers are. Unset in `up`: the embedded stack starts its own. `nats_url` may list
+    # the nodes of a NATS cluster, comma-separated (orchestrator/nats_servers.py).
     nats_url: Annotated[str | None, CREDENTIAL] = None
     database_url: Annotated[str | None, CREDENTIAL] = None
+    # Replicas of the intake, job-events and job-output streams and of the lease bucket: 3 on a
+    # NATS cluster of 3 keeps them all working while any one node is down. Set at creation; an
+    # existing stream is brought to it where the server allows (orchestrator/bus/streams.py).
+    nats_replicas: int = Field(default=1, ge=1, le=5)
     data_dir: Path = Path(".orchestrator")
     # Where the embedded NATS of `up` listens. No port: the one it had at the last start of this
     # data dir while it is free (so runners started on the side find it again), else a new one.
@@ -143,6 +151,14 @@ class Settings(Timings, LogLimits, Retention, HttpSettings, NatsCredentials, Bas
     # Postgres ends a session idle inside a transaction for this long: a paused (SIGSTOP) or
     # partitioned ex-leader must not hold the epoch and pool row locks its successor needs.
     db_idle_in_transaction_s: float = 10.0
+    # Every statement of a service is cancelled past this, and a wait for a lock past the lock
+    # timeout (0: none): a stalled Postgres or a stuck lock holder fails the step, which is
+    # retried, instead of hanging it. Migrations have neither (orchestrator/store/migrate.py).
+    db_statement_timeout_s: float = Field(default=30.0, ge=0)
+    db_lock_timeout_s: float = Field(default=5.0, ge=0)
+    # asyncpg's prepared statements per connection; 0 behind PgBouncer in transaction mode,
+    # which cannot keep a prepared statement between transactions.
+    db_statement_cache_size: int = Field(default=100, ge=0)
 
     # The dispatch lease's shard (services/leader.py); the api reports its leader.
     dispatch_shard: str = Field(default="all", pattern=r"^[A-Za-z0-9_-]{1,64}$")
@@ -153,8 +169,16 @@ class Settings(Timings, LogLimits, Retention, HttpSettings, NatsCredentials, Bas
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     leader: LeaderSettings = Field(default_factory=LeaderSettings)
     provisioner: ProvisionerSettings = Field(default_factory=ProvisionerSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     capacity: CapacitySettings = Field(default_factory=CapacitySettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_servers(cls, url: str | None) -> str | None:
+        if url is not None:
+            nats_servers(url)  # raises naming the server that is wrong
+        return url
 
     @classmethod
     def from_env(cls) -> Settings:

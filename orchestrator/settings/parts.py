@@ -187,6 +187,14 @@ class ProvisionerSettings(Section):
     start_timeout_s: float = Field(default=60.0, gt=0)
 
 
+class SchedulerSettings(Section):
+    # A fire time at most this late is on time: fired even under `catch_up: none` (a timer's or a
+    # leader failover's lateness, not an outage's).
+    on_time_s: float = Field(default=10.0, ge=0)
+    # Schedules read per round when many are due at once.
+    batch: int = Field(default=100, gt=0)
+
+
 class CapacitySettings(Section):
     # Leader-mode pools (seed 002): capacity re-elects on every runner change, and every pool on
     # this timer in case an event was lost.

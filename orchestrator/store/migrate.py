@@ -1,7 +1,9 @@
 """Forward-only SQL migrations, applied in order, each in its own transaction.
 
 A session advisory lock makes concurrent `migrate` runs (several containers starting at once)
-take turns instead of racing.
+take turns instead of racing. Neither the services' statement timeout nor their lock timeout
+applies: a migration may rebuild an index of a large table, and waits for the services' locks
+and for another `migrate` as long as they take.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def migrations() -> list[tuple[int, str, str]]:
 
 async def apply(conn: asyncpg.Connection) -> list[int]:
     """Apply pending migrations; return the versions applied now."""
+    # For this session only: a pooled connection is reset (RESET ALL) when it is released.
+    await conn.execute("SET statement_timeout = 0; SET lock_timeout = 0")
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
         await conn.execute(

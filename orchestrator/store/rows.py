@@ -78,6 +78,7 @@ class Job(Row):
     shape_id: int | None = None
     retry: dict[str, Any] | None = None  # the retry policy (schemas.jobs.RetryPolicy, as JSON; None: the default)
     attempts: list[dict[str, Any]] | None = None  # every attempt ended (schemas.jobs.Attempt, as JSON)
+    run_at: datetime | None = None  # a delayed job: when it was first due
     concurrency_key: str | None = None
     concurrency_limit: int | None = None
     on_conflict: str | None = None

@@ -111,6 +111,7 @@ CREATE TABLE jobs (
     retry           jsonb,                            -- its retry policy (NULL: the default; see job_retry_delay())
     -- Every attempt that ended, oldest first (migration 0011 says why an array, not a table).
     attempts        jsonb NOT NULL DEFAULT '[]',
+    run_at          timestamptz,                      -- a delayed job: first due then (not_before until claimed)
     -- Flow control (migration 0016): its concurrency key (NULL: none) with the limit and what
     -- admission did with the key's other jobs, and its rate-limit key (NULL: none).
     concurrency_key text,
@@ -129,7 +130,7 @@ CREATE TABLE dispatch_epochs (
 -- Epochs of every shard's terms: one sequence, so an epoch names one term of the deployment.
 CREATE SEQUENCE dispatch_epoch_seq;
 
--- How many dispatch shards pools are spread over (one row; migration 0013 says who sets it).
+-- How many dispatch shards pools are spread over (one row; migration 0015 says who sets it).
 CREATE TABLE dispatch_config (
     id              boolean PRIMARY KEY DEFAULT true CHECK (id),  -- one row
     shards          integer NOT NULL CHECK (shards >= 1)
@@ -143,7 +144,8 @@ CREATE INDEX jobs_active_idx ON jobs (pool, state) WHERE state IN ('queued', 'as
 CREATE INDEX jobs_runner_idx ON jobs (runner_id) WHERE state IN ('assigned', 'running');
 -- The server's timeout sweep.
 CREATE INDEX jobs_running_timeout_idx ON jobs (started_at) WHERE state = 'running' AND timeout_s IS NOT NULL;
--- Queued jobs waiting out a retry backoff: when the first is due (the claim says, for dispatch's timer).
+-- Queued jobs not due yet (delayed, or waiting out a retry backoff): when the first is due (the
+-- claim says, for dispatch's timer).
 CREATE INDEX jobs_deferred_idx ON jobs (pool, not_before) WHERE state = 'queued' AND not_before IS NOT NULL;
 -- What a concurrency key holds (assigned or running), and its limit (the least of its live jobs').
 CREATE INDEX jobs_concurrency_held_idx ON jobs (concurrency_key)
@@ -332,7 +334,7 @@ END $$;
 -- rate limit's next start, the pool's next start under max_starts_per_s; NULL: none), and the
 -- lanes it passed over because of a concurrency key at its limit (`held_by_key`) or a rate limit
 -- without a start left (`held_by_rate`). Under a fence (shard, epoch): the epoch must be the
--- shard's newest, and the pool that shard's (migration 0013).
+-- shard's newest, and the pool that shard's (migration 0015).
 --
 -- Matching goes by shape (seed 004): runners with the same labels and taints are one group, which
 -- takes only jobs of the shapes it can run, so the cost does not grow with jobs queued for other
@@ -566,7 +568,7 @@ CREATE TABLE workers (
 );
 CREATE INDEX workers_pool_idx ON workers (pool);
 
--- A pool's dispatch shard (migration 0013 says how it is chosen), kept on its row by the trigger.
+-- A pool's dispatch shard (migration 0015 says how it is chosen), kept on its row by the trigger.
 CREATE FUNCTION pool_dispatch_shard(name text, pinned integer, shards integer) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN shards <= 1 THEN 'all'
@@ -581,3 +583,37 @@ BEGIN
 END $$;
 CREATE TRIGGER pools_place BEFORE INSERT OR UPDATE OF name, shard ON pools
     FOR EACH ROW EXECUTE FUNCTION pool_place();
+
+-- Schedules: a job spec on a cron (migration 0013 says how a fire time is handled once).
+CREATE TABLE schedules (
+    name            text PRIMARY KEY,
+    cron            text NOT NULL,
+    timezone        text NOT NULL,
+    job             jsonb NOT NULL,                   -- the job spec each fire submits (as given)
+    pool            text NOT NULL,                    -- the job spec's pool (no foreign key: see below)
+    overlap         text NOT NULL CHECK (overlap IN ('skip', 'allow', 'cancel_previous')),
+    catch_up        text NOT NULL CHECK (catch_up IN ('none', 'latest', 'all')),
+    paused          boolean NOT NULL DEFAULT false,
+    version         bigint NOT NULL DEFAULT 1,        -- every PUT adds one: a fire planned on another fails
+    handled_through timestamptz NOT NULL,
+    next_fire_at    timestamptz,                      -- NULL: it never fires again
+    last_fire_at    timestamptz,                      -- the scheduled time of the last fire
+    last_job_id     uuid,                             -- the job it submitted (it may be gone since)
+    last_skip_at    timestamptz,
+    last_skip_reason text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+-- The scheduler's timer: the earliest fire time of the schedules not paused.
+CREATE INDEX schedules_next_fire_idx ON schedules (next_fire_at) WHERE NOT paused;
+
+-- The jobs a schedule fired that may still be live, for `overlap` (skip while one is, or cancel
+-- them): a fire adds its job and forgets those that have ended (or are gone). No foreign keys:
+-- a pool may be deleted under a schedule (its fires are then refused, and say so), and jobs are
+-- pruned without asking.
+CREATE TABLE schedule_jobs (
+    schedule        text NOT NULL REFERENCES schedules (name) ON DELETE CASCADE,
+    fire_at         timestamptz NOT NULL,
+    job_id          uuid NOT NULL,
+    PRIMARY KEY (schedule, fire_at)
+);

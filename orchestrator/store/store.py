@@ -4,7 +4,12 @@ Only this package knows asyncpg.
 
 Every change of a job's state is in the `transitions` package (`store.transitions`), which writes its
 news to the outbox in the same transaction; the relay's side of the outbox is here. Connection
-failures surface as `StoreUnavailable`.
+failures surface as `StoreUnavailable`, and as its `NothingApplied` where the work certainly left
+nothing behind (no connection; a transaction that never reached its COMMIT; a statement Postgres
+refused for now: read-only after a failover, a statement or lock timeout), so a caller knows what
+it may run again. The pool replaces connections a restart of Postgres broke on their next use; one
+that met a read-only refusal is closed, so the next connects afresh (to the new primary, with
+`target_session_attrs=read-write` in a multi-host DSN).
 """
 
 from __future__ import annotations
@@ -13,12 +18,12 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
 
-from orchestrator.errors import InvalidInput, StoreError, StoreUnavailable
+from orchestrator.errors import ConfigurationError, InvalidInput, NothingApplied, StoreError, StoreUnavailable
 from orchestrator.redact import redact_url
 from orchestrator.store import migrate
 from orchestrator.store.fleet import FleetRows
@@ -28,8 +33,12 @@ from orchestrator.store.pools import PoolReads
 from orchestrator.store.queries import Q
 from orchestrator.store.retention import RetentionRows
 from orchestrator.store.runners import RunnerRows
+from orchestrator.store.schedules import ScheduleRows
 from orchestrator.store.take import TakeReads
 from orchestrator.store.transitions import Journal, Level, Transitions
+
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
 
 # What "Postgres cannot be reached right now" looks like: the network, a closed connection,
 # SQLSTATE class 08 (connection exception) and 57 (operator intervention: shutdown, terminate).
@@ -41,6 +50,30 @@ _UNAVAILABLE = (
     # A connection killed mid-query can surface as "another operation is in progress".
     asyncpg.exceptions.InternalClientError,
 )
+# Refusals that leave nothing applied and pass with time, so they are "unavailable", never
+# "invalid": a read-only transaction (25006: a standby, or a primary being demoted), a statement
+# cancelled by statement_timeout (57014), a lock wait past lock_timeout (55P03).
+_READ_ONLY = asyncpg.exceptions.ReadOnlySQLTransactionError
+_NOT_NOW = (_READ_ONLY, asyncpg.exceptions.QueryCanceledError, asyncpg.exceptions.LockNotAvailableError)
+
+
+def _translated(exc: BaseException) -> Exception | None:
+    """The store's error for a driver's, or None for one that is not the driver's."""
+    if isinstance(exc, asyncpg.exceptions.DataError | asyncpg.exceptions._base.DataError):
+        # Server-side SQLSTATE class 22, and the client-side encoding error (an InterfaceError,
+        # which must not read as "unreachable": a redelivered poison message would loop).
+        return InvalidInput(f"Postgres cannot store a value: {exc}")
+    if isinstance(exc, _NOT_NOW):
+        return NothingApplied(f"Postgres cannot take it now: {exc.__class__.__name__}: {exc}")
+    if isinstance(exc, _UNAVAILABLE):
+        return StoreUnavailable(f"Postgres is unreachable: {exc}")
+    if isinstance(exc, asyncpg.PostgresError):
+        return StoreError(f"Postgres refused a query: {exc.__class__.__name__}: {exc}")
+    return None
+
+
+def _ms(seconds: float | None) -> str | None:
+    return str(max(1, round(seconds * 1000))) if seconds else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +100,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, RetentionRows):
+class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, RetentionRows, ScheduleRows):
     def __init__(
         self,
         dsn: str,
@@ -75,19 +108,43 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
         min_size: int = 1,
         max_size: int = 10,
         idle_in_transaction_s: float | None = None,
+        statement_timeout_s: float | None = None,
+        lock_timeout_s: float | None = None,
+        statement_cache_size: int = 100,
         log_transitions: Level = "info",
     ) -> None:
         self.dsn = dsn
         self._min_size, self._max_size = min_size, max_size
-        # Postgres ends our session if it idles inside a transaction this long (a paused process
-        # must not keep the locks a successor needs).
-        self._server_settings = (
-            {"idle_in_transaction_session_timeout": str(max(1, round(idle_in_transaction_s * 1000)))}
-            if idle_in_transaction_s
-            else None
-        )
+        # Set on every connection (None or 0: Postgres's default, none). Postgres ends our
+        # session if it idles inside a transaction this long (a paused process must not keep the
+        # locks a successor needs); a statement, or a wait for a lock, past its timeout fails
+        # rather than hang the step (a stalled server, a stuck lock holder).
+        timeouts = {
+            "idle_in_transaction_session_timeout": _ms(idle_in_transaction_s),
+            "statement_timeout": _ms(statement_timeout_s),
+            "lock_timeout": _ms(lock_timeout_s),
+        }
+        self._server_settings = {name: ms for name, ms in timeouts.items() if ms is not None} or None
+        self._statement_cache_size = statement_cache_size
         self._pool: asyncpg.Pool | None = None
         self.transitions = Transitions(self, Journal(log_transitions))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, dsn: str | None = None, max_size: int | None = None) -> Store:
+        """The store of a process of the orchestrator: the Postgres at `dsn` (default: the
+        settings'), with the settings' pool size, timeouts and statement cache."""
+        dsn = dsn or settings.database_url
+        if not dsn:
+            raise ConfigurationError("no Postgres: set ORCH_DATABASE_URL")
+        return cls(
+            dsn,
+            max_size=max_size or settings.db_pool_size,
+            idle_in_transaction_s=settings.db_idle_in_transaction_s,
+            statement_timeout_s=settings.db_statement_timeout_s,
+            lock_timeout_s=settings.db_lock_timeout_s,
+            statement_cache_size=settings.db_statement_cache_size,
+            log_transitions=settings.log_transitions,
+        )
 
     async def connect(self) -> None:
         try:
@@ -97,8 +154,9 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
                 max_size=self._max_size,
                 init=_init_connection,
                 server_settings=self._server_settings,
+                statement_cache_size=self._statement_cache_size,
             )
-        except _UNAVAILABLE as exc:
+        except (*_UNAVAILABLE, *_NOT_NOW) as exc:
             raise StoreUnavailable(f"cannot connect to Postgres at {redact_url(self.dsn)}: {exc}") from exc
 
     async def close(self) -> None:
@@ -111,29 +169,46 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
         """A pooled connection outside any transaction, its errors told as the store's: a
         transition that is one statement is atomic without BEGIN and COMMIT round trips."""
         if self._pool is None:
-            raise StoreUnavailable("the store is not connected")
+            raise NothingApplied("the store is not connected")
         try:
             conn = await self._pool.acquire()
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:  # any failure to connect at all
-            raise StoreUnavailable(f"Postgres is unreachable: {exc}") from exc
+            raise NothingApplied(f"Postgres is unreachable: {exc}") from exc
         try:
             yield conn
-        except (asyncpg.exceptions.DataError, asyncpg.exceptions._base.DataError) as exc:
-            # Server-side SQLSTATE class 22, and the client-side encoding error (an InterfaceError,
-            # which must not read as "unreachable": a redelivered poison message would loop).
-            raise InvalidInput(f"Postgres cannot store a value: {exc}") from exc
-        except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"Postgres is unreachable: {exc}") from exc
-        except asyncpg.PostgresError as exc:
-            raise StoreError(f"Postgres refused a query: {exc.__class__.__name__}: {exc}") from exc
+        except Exception as exc:
+            if isinstance(exc, _READ_ONLY):  # a demoted primary: the next use connects afresh
+                conn.terminate()
+            translated = _translated(exc)
+            if translated is None:
+                raise
+            raise translated from exc
         finally:
-            await self._pool.release(conn)
+            # Resetting a connection that died meanwhile fails, and the pool closes it: what the
+            # work did (or the error it raised) stands, and the next acquire connects anew.
+            with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError, TimeoutError):
+                await self._pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """A connection inside a transaction, for this package's modules (the transitions)."""
-        async with self.connection() as conn, conn.transaction():
-            yield conn
+        """A connection inside a transaction, for this package's modules (the transitions). A
+        connection lost before the COMMIT left nothing applied (`NothingApplied`); one lost
+        during the COMMIT may have (`StoreUnavailable`)."""
+        async with self.connection() as conn:
+            tx = conn.transaction()
+            started = False
+            try:
+                await tx.start()
+                started = True
+                yield conn
+            except BaseException as exc:
+                if started:
+                    with contextlib.suppress(Exception):  # a lost connection rolled it back already
+                        await tx.rollback()
+                if type(_translated(exc)) is StoreUnavailable:  # lost before its COMMIT: nothing applied
+                    raise NothingApplied(f"Postgres is unreachable: {exc}") from exc
+                raise
+            await tx.commit()
 
     # --- the outbox relay's side --------------------------------------------------------------
 
@@ -158,7 +233,9 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
         would UNLISTEN on release); returns the coroutine function that closes it. A hint only:
         the listener may miss notifications while reconnecting, so its user also polls."""
         try:
-            conn = await asyncpg.connect(self.dsn, server_settings=self._server_settings)
+            conn = await asyncpg.connect(
+                self.dsn, server_settings=self._server_settings, statement_cache_size=self._statement_cache_size
+            )
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
             raise StoreUnavailable(f"cannot listen on Postgres: {exc}") from exc
         await conn.add_listener(channel, lambda *_: callback())

@@ -28,6 +28,7 @@ parse is terminated, never redelivered. Refusals are also counted by reason (`re
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,11 +37,13 @@ from pydantic import BaseModel, ValidationError
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus, Delivery, Topic
-from orchestrator.errors import BusUnavailable, InvalidInput, StoreError, StoreUnavailable
+from orchestrator.errors import BusUnavailable, InvalidInput, NothingApplied, StoreError, StoreUnavailable
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
+from orchestrator.retrying import Backoff
 from orchestrator.settings import AdmissionSettings
 from orchestrator.store import AdmissionTx, Rejection, Store
+from orchestrator.store.transitions import UNAVAILABLE_RETRY_S
 from orchestrator.store.transitions.news import rejected
 from orchestrator.tokens import new_token
 from orchestrator.wakes import announce_ended, announce_queued
@@ -103,26 +106,40 @@ class Admission(Service):
 
     async def admit_many(self, subs: Sequence[Submission], *, record: bool) -> list[Decision]:
         """Decide every submission in one transaction, then publish the news; `record` writes the
-        refusals to the rejections table in that transaction (the JetStream door)."""
-        decisions: list[Decision | None] = [
-            Decision("rejected", error=s.error) if s.spec is None else None for s in subs
-        ]
+        refusals to the rejections table in that transaction (the JetStream door). While
+        Postgres cannot take it (restarting, failing over: `NothingApplied`, so nothing of it
+        was admitted), the batch is decided again after a backoff, within a few seconds."""
         valid = [(i, s, s.spec) for i, s in enumerate(subs) if s.spec is not None]
         pools = {spec.pool for _, _, spec in valid}
         keys = {s.key for _, s, _ in valid if s.key is not None}
-        async with self.store.transitions.admission(pools, keys) as tx:
-            await self._decide(tx, valid, decisions)
-            if record:
-                await tx.record([self._rejection(s, d) for s, d in zip(subs, decisions, strict=True) if d.error])  # type: ignore[union-attr]
+        backoff = Backoff(UNAVAILABLE_RETRY_S)
+        while True:
+            decisions: list[Decision | None] = [
+                Decision("rejected", error=s.error) if s.spec is None else None for s in subs
+            ]
+            try:
+                async with self.store.transitions.admission(pools, keys) as tx:
+                    await self.decide(tx, valid, decisions)
+                    if record:
+                        refused = [self._rejection(s, d) for s, d in zip(subs, decisions, strict=True) if d.error]  # type: ignore[union-attr]
+                        await tx.record(refused)
+                break
+            except NothingApplied as exc:
+                level = logging.DEBUG if backoff.waited else logging.WARNING  # once per batch
+                self.log.log(level, "admitting %d jobs: %s; trying again", len(subs), exc)
+                await backoff.wait_or_raise(exc)
         done: list[Decision] = decisions  # type: ignore[assignment]
         await self._announce(subs, done, recorded=record)
         if tx.cancelled:  # jobs a new one of their key replaced: the slots of those assigned are free
             await announce_ended(self.store, self.bus, [job for job in tx.cancelled if job.state != "running"])
         return done
 
-    async def _decide(
-        self, tx: AdmissionTx, valid: list[tuple[int, Submission, JobSpec]], decisions: list[Decision | None]
+    @staticmethod
+    async def decide(
+        tx: AdmissionTx, valid: list[tuple[int, Submission, JobSpec]], decisions: list[Decision | None]
     ) -> None:
+        """Decide `valid` submissions inside an admission transaction (`decisions[i]` for each
+        index i): every door's, and the scheduler's, whose fires are admitted by these rules too."""
         pools = {name: PoolConfig.from_row(row) for name, row in tx.pools.items()}
         active = await tx.active([name for name, pool in pools.items() if pool.max_active >= 0])
         rate_keys = {spec.rate_limit_key for _, _, spec in valid if spec.rate_limit_key is not None}
@@ -245,13 +262,18 @@ class Admission(Service):
     # --- door: JetStream intake ------------------------------------------------------------------
 
     async def _pull(self, intake: Any) -> None:
+        failing = False  # said once per outage (NATS reconnecting, the consumer electing a leader)
         while True:
             try:
                 msgs = await self.bus.fetch(intake, self.config.fetch_batch, timeout=1.0)
-            except BusUnavailable as exc:  # NATS reconnecting: the consumer is durable, nothing is lost
-                self.log.warning("intake fetch failed: %s", exc)
+            except BusUnavailable as exc:  # the consumer is durable: nothing is lost meanwhile
+                self.log.log(logging.DEBUG if failing else logging.WARNING, "intake fetch failed: %s", exc)
+                failing = True
                 await asyncio.sleep(self.config.retry_delay_s)
                 continue
+            if failing:
+                self.log.info("intake fetch works again")
+                failing = False
             if not msgs:
                 continue
             try:

@@ -4,8 +4,9 @@
 admission service over the bus, so HTTP and NATS producers get the same decisions. Reads come
 straight from Postgres, the truth. Pool changes (`PUT`/`PATCH /v1/pools/{name}`, `pools.py`) go
 through `orchestrator.pools.change_pool`, the one way a pool changes (the runtime applies the
-pools file with it too); runners' endpoints are `runners.py`, rate limits' `rate_limits.py`, a
-job's output `logs.py`. Every error is `{"error": {"code", "message", "field"}}`.
+pools file with it too); runners' endpoints are `runners.py`, schedules' `schedules.py`, rate
+limits' `rate_limits.py`, a job's output `logs.py`. Every error is `{"error": {"code", "message",
+"field"}}`.
 
 The endpoints are one table (`routes.py`) that registers them, says who may call them (`auth.py`,
 bearer tokens with roles, off until tokens are configured) and generates `/openapi.json` from the
@@ -55,11 +56,13 @@ from schemas.api import (
     Stats,
     Taken,
 )
-from schemas.events import AdmissionResult, JobSubmitted
+from schemas.events import AdmissionResult
 from schemas.jobs import JobSpec, JobState, JobView
 from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
+from schemas.schedules import ScheduleDeleted, ScheduleList, ScheduleSpec, ScheduleView
 from services.api import params, tenancy
+from services.api.admitting import admit
 from services.api.auth import ROLE, Auth
 from services.api.blocked import Why
 from services.api.logs import JobLogsView
@@ -74,13 +77,13 @@ from services.api.responses import (
 )
 from services.api.routes import ANY_ROLE, OPERATOR, PRODUCER, PUBLIC, RUNNER, Link, Media, Route, openapi, register
 from services.api.runners import RunnerViews
+from services.api.schedules import ScheduleViews
 from services.api.servo import ServoDoor
 from services.api.take import RETRY_AFTER_S, Takes
 
 _tracer = telemetry.tracer("orchestrator.api")
 # Plain HTML and JS polling the JSON API: nothing to build.
 _DASHBOARD = (resources.files("services") / "static" / "dashboard.html").read_text()
-ADMISSION_TIMEOUT_S = 10.0
 
 
 class Api(Service):
@@ -117,6 +120,7 @@ class Api(Service):
             self.why.known_pools.on_gone(self.metrics.forget_pool)
         self.pools = PoolViews(store, bus)
         self.runners = RunnerViews(store, bus)
+        self.schedules = ScheduleViews(store, bus)
         self.rate_limits = RateLimitViews(store)
         self.app = self._build_app()
 
@@ -160,6 +164,18 @@ class Api(Service):
             Route("DELETE", "/v1/pools/{name}", self.pools.delete_pool, pools,
                   "Delete a pool and its ended jobs; 409 while it has jobs queued, assigned or running, or "
                   "runners not lost", None, {200: PoolDeleted}, (404, 409), (params.POOL_NAME,)),
+            Route("GET", "/v1/schedules", self.schedules.list_schedules, ANY_ROLE, "List schedules", None,
+                  {200: ScheduleList}),
+            Route("GET", "/v1/schedules/{name}", self.schedules.get_schedule, ANY_ROLE,
+                  "A schedule: its next fire time and the last job it fired", None, {200: ScheduleView}, (404,),
+                  (params.SCHEDULE_NAME,)),
+            Route("PUT", "/v1/schedules/{name}", self.schedules.put_schedule, PRODUCER,
+                  "Create or replace a schedule: a job spec submitted on a cron, in a time zone", ScheduleSpec,
+                  {200: ScheduleView, 201: ScheduleView}, (422,), (params.SCHEDULE_NAME,),
+                  links=self._schedule_links()),
+            Route("DELETE", "/v1/schedules/{name}", self.schedules.delete_schedule, PRODUCER,
+                  "Delete a schedule (the jobs it fired are left as they are)", None, {200: ScheduleDeleted},
+                  (404,), (params.SCHEDULE_NAME,)),
             *self.rate_limits.routes(),
             Route("GET", "/v1/queue", self.queue_depth, ANY_ROLE, "Jobs waiting and in flight, per pool", None,
                   {200: QueueDepth}),
@@ -197,6 +213,14 @@ class Api(Service):
             Link(self.take_job.__name__, with_token),
             Link(self.finish_job.__name__, with_token),
             Link(self.cancel_job.__name__, by_id),
+        )
+
+    def _schedule_links(self) -> tuple[Link, ...]:
+        """A schedule's name leads to reading and deleting it."""
+        by_name = {"name": "$response.body#/name"}
+        return (
+            Link(self.schedules.get_schedule.__name__, by_name),
+            Link(self.schedules.delete_schedule.__name__, by_name),
         )
 
     def _build_app(self) -> web.Application:
@@ -238,10 +262,8 @@ class Api(Service):
             return self._admission_response(await self.admit(spec))
 
     async def admit(self, spec: JobSpec) -> AdmissionResult:
-        """Ask the admission service, as every door does."""
-        return await self.bus.request(
-            self.bus.subjects.submit_request, JobSubmitted(**spec.model_dump()), ADMISSION_TIMEOUT_S
-        )
+        """Ask the admission service, as every door does (see admitting.py)."""
+        return await admit(self.bus, spec)
 
     @staticmethod
     def _admission_response(result: AdmissionResult) -> web.Response:

@@ -6,7 +6,8 @@ capacity could not be counted lately (`CapacityUnknown`: the dispatcher does not
 no runner that could take it has a free slot (none offers its labels, or all those are busy),
 its pool is at `max_concurrent`, its pool's `max_starts_per_s` allows no start yet (and when the
 next is), its concurrency key is at its limit (and which jobs hold it), its rate limit has no
-start left (and when the next is), its retry backoff has not run out. Then its position among the
+start left (and when the next is), it is delayed and not due yet (`run_at` / `delay_s`:
+"scheduled for ..."), its retry backoff has not run out. Then its position among the
 queued jobs that compete for the same slots, and an estimated wait from how many jobs the pool
 finished in the last minute. The numbers are read together from Postgres; the lease from NATS;
 `CapacityUnknown` is the news this process heard (one subscription per API process), kept only
@@ -77,13 +78,7 @@ def constraints(
         )
     found += _flow(name, pool, n.get("flow"))
     if n["backoff_s"] > 0:
-        found.append(
-            Constraint(
-                reason="backoff",
-                message=f"retry backoff: not before another {n['backoff_s']:.1f}s",
-                numbers={"seconds_left": round(n["backoff_s"], 3)},
-            )
-        )
+        found.append(_not_due(job, n["backoff_s"]))
     return found
 
 
@@ -119,6 +114,22 @@ def _when(at: datetime) -> str:
 
 def _next(at: datetime) -> dict[str, str | float]:
     return {"next_start_at": _when(at), "seconds_left": round(max(0.0, at.timestamp() - time.time()), 3)}
+
+
+def _delayed(job: dict[str, Any]) -> bool:
+    """Whether a job waiting for its `not_before` waits for its first due time (delayed: nothing
+    has run yet), not for a retry's backoff."""
+    return job.get("run_at") is not None and job["attempt"] == 0
+
+
+def _not_due(job: dict[str, Any], seconds_left: float) -> Constraint:
+    numbers: dict[str, int | float | str | None] = {"seconds_left": round(seconds_left, 3)}
+    if _delayed(job):
+        numbers["run_at"] = job["run_at"].isoformat()
+        message = f"scheduled for {job['run_at']:%Y-%m-%d %H:%M:%S} UTC (in {seconds_left:.1f}s)"
+        return Constraint(reason="scheduled", message=message, numbers=numbers)
+    message = f"retry backoff: not before another {seconds_left:.1f}s"
+    return Constraint(reason="backoff", message=message, numbers=numbers)
 
 
 def estimate(found: list[Constraint], n: dict[str, Any]) -> float | None:
@@ -204,13 +215,14 @@ class Why:
                 numbers = await self.store.job_waiting(job)
                 unknown = self.capacity_unknown(job["pool"])
                 held = constraints(job, numbers, leader=leader, shard=self.shard, unknown=unknown)
-                by_shape[shape] = [c for c in held if c.reason != "backoff"]  # that one is the job's own
+                by_shape[shape] = [c for c in held if c.reason not in ("backoff", "scheduled")]  # the job's own
             held = by_shape[shape]
             backoff = job.get("not_before")
             if held:
                 found[job["id"]] = Waiting(reason=held[0].reason, message=held[0].message)
             elif backoff is not None and backoff.timestamp() > time.time():
-                found[job["id"]] = Waiting(reason="backoff", message=f"retry backoff: not before {backoff:%H:%M:%S}")
+                not_due = _not_due(job, backoff.timestamp() - time.time())
+                found[job["id"]] = Waiting(reason=not_due.reason, message=not_due.message)
             else:
                 found[job["id"]] = Waiting(reason="queued", message="nothing holds it back: it waits its turn")
         return found

@@ -108,6 +108,14 @@ POOL_NAME = Param(
     where="path",
     hint="is not a pool name: letters, digits, '_' or '-' (at most 64), starting alphanumeric",
 )
+SCHEDULE_NAME = Param(
+    "name",
+    "the schedule's name",
+    Name,
+    required=True,
+    where="path",
+    hint="is not a schedule name: letters, digits, '_' or '-' (at most 64), starting alphanumeric",
+)
 RUNNER_ID = path("id", "the runner's id", Name)
 PROFILE = path("pool", "Servo's profile: the pool", Name)
 SERVO_ID = path("unique_id", "the client's id for the job (its enqueue's unique_id)", ServoValue)

@@ -17,15 +17,15 @@ def bound_tenant(request: web.Request) -> str | None:
     return request.get(TENANT)
 
 
-def owned(request: web.Request, spec: JobSpec) -> JobSpec | web.Response:
+def owned(request: web.Request, spec: JobSpec, field: str = "tenant") -> JobSpec | web.Response:
     """`spec` as the caller may submit it: a bound caller's job is its tenant's (the tenant given
-    if none was), and naming another tenant is refused (403, naming `tenant`)."""
+    if none was), and naming another tenant is refused (403, naming `field`)."""
     tenant = bound_tenant(request)
     if tenant is None or spec.tenant == tenant:
         return spec
     if spec.tenant is None:
         return spec.model_copy(update={"tenant": tenant})
-    return error_response(403, "forbidden", f"this token submits jobs of tenant {tenant!r} only", "tenant")
+    return error_response(403, "forbidden", f"this token submits jobs of tenant {tenant!r} only", field)
 
 
 def visible(request: web.Request, job_tenant: str | None) -> bool:

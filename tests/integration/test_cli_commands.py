@@ -267,3 +267,42 @@ async def test_submit_and_pool_set_take_flow_control(front_cli: Cli, http: aioht
     assert status == 2 and "409: concurrency key 'deploy' is at its limit" in err
     status, _, err = await front_cli("submit", "--rate-limit-key", "nobody-set-it", "--", "true")
     assert status == 2 and "no rate limit 'nobody-set-it'" in err
+
+
+async def test_schedule_set_list_and_delete(front_cli: Cli, http: aiohttp.ClientSession, front: Runtime) -> None:
+    """`schedule set NAME --cron ... -- CMD` creates (and replaces) a schedule of that command,
+    `schedule list` shows it with its next fire time, `schedule delete` removes it; refusals are
+    the API's, naming the field, with exit status 2."""
+    assert front.store is not None
+    await front.store.pool_create_if_absent("default", [])
+    args = ("schedule", "set", "nightly", "--cron", "30 2 * * *", "--timezone", "Europe/Berlin")
+    status, out, err = await front_cli(*args, "--catch-up", "none", "--", "make", "backup")
+    assert status == 0, err
+    header, [row] = rows(out)
+    assert header[:4] == ["NAME", "CRON", "TIMEZONE", "NEXT FIRE"] and row[:3] == [
+        "nightly",
+        "30 2 * * *",
+        "Europe/Berlin",
+    ]
+    status, view = await call(http, "GET", "/v1/schedules/nightly")
+    assert view["catch_up"] == "none" and view["overlap"] == "skip"
+    assert view["job"]["payload"] == {"command": ["make", "backup"]} and view["job"]["pool"] == "default"
+
+    status, out, err = await front_cli("schedule", "set", "nightly", "--cron", "0 3 * * *", "--overlap", "allow",
+                                       "--", "make", "backup")  # fmt: skip
+    assert status == 0, err
+    status, out, _ = await front_cli("schedule", "list", "--json")
+    [listed] = json.loads(out)["schedules"]
+    assert (listed["cron"], listed["overlap"], listed["catch_up"]) == ("0 3 * * *", "allow", "latest")
+
+    status, _, err = await front_cli("schedule", "set", "bad", "--cron", "61 * * * *", "--", "true")
+    assert status == 2 and "61 * * * *" in err and "cron" in err
+    status, _, err = await front_cli("schedule", "set", "bad", "--cron", "* * * * *")
+    assert status == 2 and "after --" in err
+
+    status, out, err = await front_cli("schedule", "delete", "nightly")
+    assert status == 0 and "deleted" in out, err
+    status, out, _ = await front_cli("schedule", "list")
+    assert rows(out)[1] == []
+    status, _, err = await front_cli("schedule", "delete", "nightly")
+    assert status == 2 and "no schedule 'nightly'" in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -380,5 +381,44 @@ async def test_a_worker_that_never_registers_is_stopped_after_the_start_timeout(
         clock.now += 2
         await provisioning.reconcile("p")
         assert fleet.stopped == [worker]
+    finally:
+        await provisioning.stop()
+
+
+async def test_a_delayed_job_is_demand_only_once_due_and_a_timer_says_when(
+    settings: Settings, store: Store, bus: Bus
+) -> None:
+    """A provisioned pool spawns no worker for a job that is not due yet (delayed), and spawns one
+    when it falls due: woken by a timer set from the demand, not by the sweep (set far off)."""
+    await factories.pool(store, "p", labels=["linux"], provisioner="silent", max_workers=5)
+    [job_id] = await factories.queue(store, 1, pool="p", delay_s=1.0)
+    made: list[NeverRegisters] = []
+
+    def silent(ctx: ProvisionerContext) -> NeverRegisters:
+        made.append(NeverRegisters(ctx))
+        return made[-1]
+
+    provisioning = Provisioning(
+        ProvisionerSettings(),
+        settings.timings.model_copy(update={"sweep_interval_s": 600.0}),
+        store,
+        bus,
+        {"silent": silent},
+        data_dir=settings.data_dir,
+        instance_id=settings.instance_id,
+    )
+    await provisioning.start()
+    try:
+        await provisioning.reconcile("p")
+        [fleet] = made
+        assert fleet.spawned == []  # queued, but not demand before its time
+
+        async def spawned() -> bool:
+            return len(fleet.spawned) == 1
+
+        await eventually(spawned, timeout=5, what="a worker for the job once due")
+        row = await store.job_get(job_id)
+        assert row is not None and row.run_at is not None
+        assert datetime.now(UTC) >= row.run_at
     finally:
         await provisioning.stop()

@@ -22,7 +22,7 @@ NAMES = [f"pool-{i}" for i in range(24)] + ["default", "gpu", "ünïcode"]
 
 
 def by_hash(name: str, shards: int) -> str:
-    """The documented rule (README, migration 0013): CRC-32 of the UTF-8 name, modulo the count."""
+    """The documented rule (README, migration 0015): CRC-32 of the UTF-8 name, modulo the count."""
     return shard_names(shards)[zlib.crc32(name.encode()) % shards]
 
 

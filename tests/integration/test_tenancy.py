@@ -60,3 +60,30 @@ async def test_a_tenants_token_owns_its_tenants_jobs_and_no_others(settings: Set
                 assert (await call(http, "GET", f"/v1/jobs/{globex['id']}", headers=bearer(token)))[0] == 200
     finally:
         await runtime.stop()
+
+
+async def test_a_tenants_token_schedules_its_tenants_jobs_and_sees_no_others_schedules(
+    settings: Settings, store: Store
+) -> None:
+    await factories.pool(store)
+    runtime = Runtime(with_tokens(settings, **TOKENS), ["admission", "api"], migrate=True)
+    await runtime.start()
+    try:
+        async with aiohttp.ClientSession(base_url=runtime.http_url) as http:
+            nightly = {"cron": "0 3 * * *", "job": {"pool": "default"}}
+            status, made = await call(http, "PUT", "/v1/schedules/nightly", json=nightly, headers=bearer("acme-secret"))
+            assert status == 201 and made["job"]["tenant"] == "acme"  # its jobs will be acme's
+            forged = {"cron": "0 3 * * *", "job": {"pool": "default", "tenant": "globex"}}
+            status, body = await call(http, "PUT", "/v1/schedules/other", json=forged, headers=bearer("acme-secret"))
+            assert (status, body["error"]["field"]) == (403, "job.tenant")
+            # Another tenant: not listed, not read, not deleted, not replaced.
+            globex = bearer("globex-secret")
+            assert (await call(http, "GET", "/v1/schedules", headers=globex))[1]["schedules"] == []
+            for method in ("GET", "DELETE"):
+                assert (await call(http, method, "/v1/schedules/nightly", headers=globex))[0] == 404
+            status, body = await call(http, "PUT", "/v1/schedules/nightly", json=nightly, headers=globex)
+            assert (status, body["error"]["field"]) == (403, "name")
+            listed = (await call(http, "GET", "/v1/schedules", headers=bearer("op")))[1]["schedules"]
+            assert [(s["name"], s["job"]["tenant"]) for s in listed] == [("nightly", "acme")]
+    finally:
+        await runtime.stop()

@@ -45,6 +45,9 @@ def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
         latency = results[f"submit_to_start_ms_{share}"]
         assert latency["n"] > 0 and 0 < latency["p50"] <= latency["max"], share
     assert results["hol_ratio"] > 0 and results["hol_ratio_distinct_shapes"] > 0
+    # Delayed jobs start after their time (a start before it would read negative), every one.
+    delayed = results["due_to_start_ms_delayed"]
+    assert delayed["n"] == 50 and 0 <= delayed["p50"] <= delayed["p99"] <= delayed["max"], delayed
     # CPU per job: every process measured (embedded servers, Linux), each kind used some.
     split = results["cpu_ms_per_job_by_process"]
     assert set(split) == {"python", "nats", "postgres"} and all(v > 0 for v in split.values())
@@ -68,6 +71,12 @@ def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
     assert output["log_kept_bytes"] == output["printed_mb"] * 1_048_576  # under the cap: every byte
     assert results["vs_bare_asyncpg"] > 0 and results["vs_procrastinate"] > 0
     assert results["failover"]["kill -9"]["median_ms"] > 0
-    assert "goals (issues 8, 17 and 19)" in done.stdout
-    for key in ("cpu_ms_per_job", "hol_ratio_distinct_shapes", "submit_to_start_ms_idle.p99", "vs_graphile_worker"):
+    assert "goals (issues 8, 17, 19 and 23)" in done.stdout
+    for key in (
+        "cpu_ms_per_job",
+        "hol_ratio_distinct_shapes",
+        "submit_to_start_ms_idle.p99",
+        "due_to_start_ms_delayed.p99",
+        "vs_graphile_worker",
+    ):
         assert key in done.stdout, key

@@ -29,11 +29,11 @@ async def test_dashboard_page_and_the_endpoints_it_polls(system_http: aiohttp.Cl
         assert resp.content_type == "text/html"
         page = await resp.text()
     assert "<title>orchestrator</title>" in page
-    for table in ("pools", "runners", "jobs"):
+    for table in ("pools", "schedules", "runners", "jobs"):
         assert f'<table id="{table}">' in page
     # The paths the script fetches, read from the page itself so the two cannot drift apart.
     polled = re.findall(r'"(/v1/[a-z]+(?:\?[^"]*)?)"', page)
-    assert set(polled) == {"/v1/pools", "/v1/stats", "/v1/runners", "/v1/leader", "/v1/jobs?limit=25"}
+    assert set(polled) == {"/v1/pools", "/v1/stats", "/v1/runners", "/v1/leader", "/v1/jobs?limit=25", "/v1/schedules"}
 
     async with system_http.post("/v1/jobs", json={"pool": "default", "payload": {"command": ["true"]}}) as resp:
         job = await resp.json()
@@ -50,6 +50,7 @@ async def test_dashboard_page_and_the_endpoints_it_polls(system_http: aiohttp.Cl
     assert runner["slots"] == system.settings.runner_slots and "busy" in runner
     assert bodies["/v1/leader"]["holder"] == system.settings.instance_id
     assert job["id"] in [j["id"] for j in bodies["/v1/jobs?limit=25"]["jobs"]]
+    assert bodies["/v1/schedules"] == {"schedules": []}
 
 
 async def rendered(url: str) -> str:
@@ -83,9 +84,14 @@ async def test_a_browser_sees_the_pool_and_a_job_change_state(
         assert resp.status == 200
     async with system_http.post("/v1/jobs", json={"pool": "default", "payload": {"command": ["true"]}}) as resp:
         job = await resp.json()
+    schedule = {"cron": "0 3 * * *", "timezone": "Europe/Berlin", "job": {"pool": "default"}}
+    async with system_http.put("/v1/schedules/nightly", json=schedule) as resp:
+        assert resp.status == 201
     dom = await rendered(url)
     assert '<tr data-pool="default">' in dom and "paused" in dom
     assert job_state(dom, job["id"]) == "queued"
+    row = re.search(r'<tr data-schedule="nightly">(.*?)</tr>', dom, re.S)
+    assert row is not None and "<code>0 3 * * *</code>" in row[1] and "Europe/Berlin" in row[1], dom
 
     async with system_http.patch("/v1/pools/default", json={"paused": False}) as resp:
         assert resp.status == 200

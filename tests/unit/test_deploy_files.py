@@ -25,6 +25,7 @@ import pytest
 from app.cli import parser
 from app.runtime import SERVICES
 from orchestrator.health import roles_from_argv
+from orchestrator.nats_servers import nats_servers
 from orchestrator.pools import load_pools_file
 from orchestrator.settings import Settings, env_fields
 
@@ -44,10 +45,12 @@ EXAMPLE = ROOT / "deploy" / "secrets.env.example"
 SECRETS = {name: secrets.token_hex(16) for name in re.findall(r"^([A-Z0-9_]+)=", EXAMPLE.read_text(), re.M)}
 
 
-def compose(*args: str, env_file: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Compose v2's loader on compose.yaml, interpolating from `env_file` only: none of this
-    process's variables of the same names."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRETS and not k.startswith("ORCH_")}
+def compose(
+    *args: str, env_file: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Compose v2's loader on compose.yaml, interpolating from `env_file` and `env` only: none of
+    this process's variables of the same names, nor its ORCH_*."""
+    inherited = {k: v for k, v in os.environ.items() if k not in SECRETS and not k.startswith("ORCH_")}
     with_env = ["--env-file", str(env_file)] if env_file else []
     return subprocess.run(
         [str(compose_binary()), *with_env, "-f", str(ROOT / "compose.yaml"), *args],
@@ -55,7 +58,7 @@ def compose(*args: str, env_file: Path | None = None) -> subprocess.CompletedPro
         text=True,
         timeout=60,
         check=False,
-        env=env,
+        env={**inherited, **(env or {})},
     )
 
 
@@ -111,8 +114,10 @@ def test_the_example_declares_exactly_the_variables_compose_reads() -> None:
     result = compose("config", "--variables", "--format", "json")
     assert result.returncode == 0, result.stderr
     variables = json.loads(result.stdout)
-    assert set(variables) == set(SECRETS)
-    assert [v for v in variables.values() if not v["Required"] or v["DefaultValue"]] == []
+    # Every secret is required, with no default; the `cluster` profile's two knobs have defaults.
+    required = {name for name, v in variables.items() if v["Required"] and not v["DefaultValue"]}
+    assert required == set(SECRETS)
+    assert set(variables) - required == set(CLUSTER_ENV)
     assert "deploy/secrets.env" in (ROOT / ".gitignore").read_text().splitlines()
 
 
@@ -195,6 +200,9 @@ def test_the_topology(config: dict[str, Any]) -> None:
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" in services["api"]["environment"]
 
 
+ACCOUNTS = ROOT / "deploy" / "nats-accounts.conf"
+
+
 def runners(config: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]]:
     """The runner containers: their runner id (`--id`) and service, by service name."""
     found = {}
@@ -230,7 +238,9 @@ def test_each_process_is_a_nats_user_of_deploy_nats_conf(config: dict[str, Any])
     conf_path = nats["command"][nats["command"].index("--config") + 1]
     mounted = {v["target"]: v["source"] for v in nats["volumes"]}
     assert Path(mounted[conf_path]) == ROOT / "deploy" / "nats.conf"
-    conf = (ROOT / "deploy" / "nats.conf").read_text()
+    assert Path(mounted["/etc/nats/nats-accounts.conf"]) == ACCOUNTS  # what nats.conf includes
+    assert "include ./nats-accounts.conf" in (ROOT / "deploy" / "nats.conf").read_text()
+    conf = ACCOUNTS.read_text()
     users = dict(NATS_USER.findall(conf))  # user -> the variable holding its password
     assert set(users.values()) == {k for k in nats["environment"] if k.startswith("NATS_")}
     assert set(re.findall(r"\$(NATS_\w+)", conf)) == set(users.values())
@@ -254,6 +264,52 @@ def test_each_process_is_a_nats_user_of_deploy_nats_conf(config: dict[str, Any])
         if name not in runners(config):
             assert svc["environment"]["ORCH_NATS_USER"] == "services", name
             assert svc["environment"]["ORCH_NATS_PASSWORD"] == password_of("services"), name
+
+
+NODES = ["nats-1", "nats-2", "nats-3"]
+CLUSTER_ENV = {"ORCH_NATS_URL": ",".join(f"nats://{n}:4222" for n in NODES), "ORCH_NATS_REPLICAS": "3"}
+
+
+def test_the_cluster_profile_runs_the_services_on_three_nats_nodes(config: dict[str, Any], secrets_file: Path) -> None:
+    """`--profile cluster` adds three routed NATS nodes with JetStream; told so (README), every
+    service and runner uses all three and replicates on them. The default profile has none."""
+    assert not set(NODES) & set(config["services"])
+    result = compose("--profile", "cluster", "config", "--format", "json", env_file=secrets_file, env=CLUSTER_ENV)
+    assert result.returncode == 0, result.stderr
+    cluster = unescaped(json.loads(result.stdout))
+    conf = ROOT / "deploy" / "nats-cluster.conf"
+    routes = set(re.findall(r"nats-route://([\w-]+):6222", conf.read_text()))
+    assert routes == set(NODES)
+    for node in NODES:
+        svc = cluster["services"][node]
+        assert svc["environment"]["NATS_SERVER_NAME"] == node  # unique, as JetStream requires
+        mounted = {v["target"]: v for v in svc["volumes"]}
+        assert Path(mounted["/etc/nats/cluster.conf"]["source"]) == conf
+        # The lone server's users and permissions, with the passwords it is given.
+        assert Path(mounted["/etc/nats/nats-accounts.conf"]["source"]) == ACCOUNTS
+        assert (
+            svc["environment"].items() >= {k: v for k, v in config["services"]["nats"]["environment"].items()}.items()
+        )
+        assert mounted["/data"]["type"] == "volume"  # a store of its own
+        assert svc["command"] == ["--config", "/etc/nats/cluster.conf"]
+        assert svc["healthcheck"]["test"]
+        # The real nats-server reads the file as this node would.
+        check = subprocess.run(
+            [str(BIN / "nats-server"), "-t", "-c", str(conf)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={**os.environ, **svc["environment"]},
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+    for name, svc in orchestrator_services(cluster).items():
+        env = svc["environment"]
+        hosts = [server.split("//")[1].split(":")[0] for server in nats_servers(env["ORCH_NATS_URL"])]
+        assert hosts == NODES, name
+        if "ORCH_DATABASE_URL" in env:  # a service (runners create no stream)
+            assert env["ORCH_NATS_REPLICAS"] == "3", name
+        Settings.model_validate({k.removeprefix("ORCH_").lower(): v for k, v in env.items() if k in SETTINGS_VARIABLES})
 
 
 # Read by the CLI itself (logging is set up before the settings are).

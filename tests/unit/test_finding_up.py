@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 
 from app import endpoints
+from orchestrator.bus import Bus
 from orchestrator.embedded import EmbeddedNats, nats_port
 from orchestrator.errors import ConfigurationError
+from orchestrator.nats_servers import nats_servers
 from orchestrator.settings import Settings
 
 HOST = "127.0.0.1"
@@ -100,6 +102,16 @@ def test_a_command_joins_the_system_of_its_data_dir_when_no_nats_is_set(tmp_path
     # A set NATS wins, and keeps the system it names whole; a set database is kept.
     assert endpoints.joined(Settings(data_dir=tmp_path, nats_url="nats://other:4222")).database_url is None
     assert endpoints.joined(Settings(data_dir=tmp_path, database_url="postgresql://y")).database_url == "postgresql://y"
+
+
+def test_a_cluster_in_the_endpoints_file_is_joined_whole(tmp_path: Path) -> None:
+    """`serve api` against a NATS cluster writes every node; a runner of that data dir joins them all."""
+    cluster = "nats://n1:4222,nats://n2:4222,nats://n3:4222"
+    endpoints.write(tmp_path, endpoints.Endpoints(http="http://127.0.0.1:8080", nats=cluster))
+    joined = endpoints.joined(Settings(data_dir=tmp_path))
+    assert joined.nats_url == cluster
+    assert nats_servers(joined.nats_url) == cluster.split(",")
+    assert Bus.from_settings(joined, name="runner").url == cluster
 
 
 def test_without_an_endpoints_file_settings_stay_as_they_are(tmp_path: Path) -> None:

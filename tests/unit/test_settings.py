@@ -12,6 +12,7 @@ from pydantic import SecretStr, ValidationError
 from orchestrator.bus import Bus
 from orchestrator.bus.credentials import connect_options
 from orchestrator.errors import ConfigurationError
+from orchestrator.nats_servers import nats_servers
 from orchestrator.settings import (
     MOVED,
     DispatchSettings,
@@ -54,6 +55,7 @@ CONTRACT = [
     "ORCH_NAMESPACE",
     "ORCH_INSTANCE_ID",
     "ORCH_METRICS_PORT",
+    "ORCH_NATS_REPLICAS",
 ]
 
 
@@ -209,3 +211,40 @@ def test_a_nats_prefix_must_be_literal_subject_tokens(monkeypatch: pytest.Monkey
         with pytest.raises(ConfigurationError, match=variable):
             Settings.from_env()
         monkeypatch.delenv(variable)
+
+
+def test_nats_url_lists_the_nodes_of_a_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_NATS_URL", "nats://n1:4222, nats://u:pw@n2:4222,tls://n3:4222")
+    url = Settings.from_env().nats_url
+    assert url is not None
+    assert nats_servers(url) == ["nats://n1:4222", "nats://u:pw@n2:4222", "tls://n3:4222"]
+    assert nats_servers("127.0.0.1:4222") == ["127.0.0.1:4222"]  # nats-py reads it as nats://
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("nats://n1:4222,,nats://n3:4222", "server 2 of 3 is empty"),
+        ("nats://n1:4222,", "server 2 of 2 is empty"),
+        ("http://u:s3cret@n1:4222", "the server has the scheme 'http'"),
+        ("nats://n1:4222,nats://n2:42x2", "server 2 of 2 has a port that is not a number"),
+        ("nats://:4222", "the server names no host"),
+        ("nats://n1:4222,ws://n2:8080", "mix websocket"),
+    ],
+)
+def test_a_bad_nats_server_list_names_the_server_that_is_wrong_and_hides_it(
+    monkeypatch: pytest.MonkeyPatch, url: str, why: str
+) -> None:
+    monkeypatch.setenv("ORCH_NATS_URL", url)
+    with pytest.raises(ConfigurationError, match=f"ORCH_NATS_URL: Value error, .*{why}") as raised:
+        Settings.from_env()
+    assert "s3cret" not in str(raised.value) and "n2" not in str(raised.value)
+
+
+@pytest.mark.parametrize("replicas", ["0", "6", "three"])
+def test_nats_replicas_are_1_to_5(monkeypatch: pytest.MonkeyPatch, replicas: str) -> None:
+    monkeypatch.setenv("ORCH_NATS_REPLICAS", replicas)
+    with pytest.raises(ConfigurationError, match="ORCH_NATS_REPLICAS"):
+        Settings.from_env()
+    monkeypatch.setenv("ORCH_NATS_REPLICAS", "3")
+    assert Settings.from_env().nats_replicas == 3

@@ -36,6 +36,7 @@ CONTRACT = {
     "capacity_unknown": "orch.v1.capacity.unknown.*",
     "pool_updated": "orch.v1.pools.updated.*",
     "pool_leader_changed": "orch.v1.pools.leader.*",
+    "schedules_changed": "orch.v1.schedules.changed",
     "leader_elected": "orch.v1.leader.elected.*",
     "leader_lost": "orch.v1.leader.lost.*",
 }

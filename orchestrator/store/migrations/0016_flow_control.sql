@@ -82,7 +82,7 @@ BEGIN
     END LOOP;
 END $$;
 
--- The claim (migration 0009, with 0013's shard check), with flow control. The step's last row
+-- The claim (migration 0009, with 0015's shard check), with flow control. The step's last row
 -- now sums it up: the step's status (dispatched | no_job | no_runner, or why it claimed nothing:
 -- fenced | unknown_pool | wrong_shard | paused | at_capacity | throttled), `in_flight` after
 -- it, `due_in_s` (when the pool should be stepped again although nothing will announce it: its

@@ -6,7 +6,10 @@ WITH j AS (
     SELECT pool,
            count(*) FILTER (WHERE state = 'queued') AS queued,
            count(*) FILTER (WHERE state <> 'queued') AS in_flight,
-           min(created_at) FILTER (WHERE state = 'queued') AS oldest
+           count(*) FILTER (WHERE state = 'queued' AND not_before > now()) AS deferred,
+           -- A job waits for a slot from its due time (a delayed job's run_at, a retry's backoff end).
+           min(coalesce(not_before, created_at)) FILTER (WHERE state = 'queued' AND (not_before IS NULL OR not_before <= now()))
+               AS oldest
     FROM jobs WHERE state IN ('queued', 'assigned', 'running')
     GROUP BY pool
 ), busy AS (
@@ -32,7 +35,7 @@ WITH j AS (
     GROUP BY s.pool
 )
 SELECT p.name AS pool, p.max_concurrent, p.max_active, p.paused::int AS paused,
-       coalesce(j.queued, 0) AS queued, coalesce(j.in_flight, 0) AS in_flight,
+       coalesce(j.queued, 0) AS queued, coalesce(j.in_flight, 0) AS in_flight, coalesce(j.deferred, 0) AS deferred,
        CASE WHEN p.max_concurrent < 0 THEN coalesce(s.free, 0)
             ELSE least(coalesce(s.free, 0), greatest(p.max_concurrent - coalesce(j.in_flight, 0), 0))
        END AS free,

@@ -18,7 +18,7 @@ SELECT * FROM pools ORDER BY name;
 -- name: pool_names
 SELECT name FROM pools;
 
--- The pool's shard (`dispatch_shard`) is set by its trigger from `shard` ($11) (migration 0013).
+-- The pool's shard (`dispatch_shard`) is set by its trigger from `shard` ($11) (migration 0015).
 -- name: pool_upsert
 INSERT INTO pools (name, max_concurrent, max_active, labels, allowed_plans, mode, paused, provisioner, max_workers,
                    reservation_timeout_s, shard, max_starts_per_s)
@@ -121,7 +121,9 @@ RETURNING p.name AS pool, e.previous, e.leader;
 SELECT name, provisioner, max_workers FROM pools WHERE provisioner IS NOT NULL ORDER BY name;
 
 -- What a provisioned pool needs: runnable queued jobs (counted up to $2: no more workers than
--- that are ever spawned at once), jobs in flight, and the free slots of its registered runners.
+-- that are ever spawned at once), jobs in flight, and the free slots of its registered runners;
+-- and in how many seconds its first queued job not due yet is (`due_in_s`, NULL: none), for a
+-- timer: a delayed job is demand only from then.
 -- name: pool_fleet_demand
 WITH busy AS (SELECT runner_id, count(*) AS n FROM jobs
               WHERE pool = $1 AND state IN ('assigned', 'running') GROUP BY runner_id)
@@ -133,7 +135,9 @@ SELECT p.name, p.provisioner, p.max_workers, p.max_concurrent, p.labels, p.pause
        (SELECT coalesce(sum(n), 0)::bigint FROM busy) AS in_flight,
        (SELECT coalesce(sum(greatest(r.slots - coalesce(b.n, 0), 0)), 0)::bigint
         FROM runners r LEFT JOIN busy b ON b.runner_id = r.id
-        WHERE r.pool = $1 AND r.state = 'active') AS free_slots
+        WHERE r.pool = $1 AND r.state = 'active') AS free_slots,
+       (SELECT extract(epoch FROM min(j.not_before) - now())::float8 FROM jobs j
+        WHERE j.pool = $1 AND j.state = 'queued' AND j.not_before > now()) AS due_in_s
 FROM pools p WHERE p.name = $1;
 
 -- Deleting a pool: its row locked against every other writer, runner registrations included

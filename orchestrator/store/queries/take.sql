@@ -41,7 +41,8 @@ FROM r;
 -- The queued jobs that compete with job $1 for the same slots (its own shape, and every shape of
 -- its pool that a runner able to take job $1 could take instead), and how many of them go first:
 -- a higher priority, or as high and older. The claim order is priority, then round-robin across
--- shapes, so this is the position in the worst case. And how long its retry backoff has to run.
+-- shapes, so this is the position in the worst case; jobs not due yet (delayed, or in a retry
+-- backoff) compete with nothing until they are. And how long its own wait for its due time has to run.
 -- name: job_queue_position
 WITH me AS (SELECT id, pool, shape_id, priority, labels, not_before FROM jobs WHERE id = $1),
      rivals AS (
@@ -53,4 +54,5 @@ WITH me AS (SELECT id, pool, shape_id, priority, labels, not_before FROM jobs WH
 SELECT count(*) AS competing,
        count(*) FILTER (WHERE j.priority > me.priority OR (j.priority = me.priority AND j.id < me.id)) AS ahead,
        (SELECT greatest(extract(epoch FROM not_before - now()), 0) FROM me)::float8 AS backoff_s
-FROM me, rivals JOIN jobs j ON j.shape_id = rivals.id AND j.state = 'queued';
+FROM me, rivals JOIN jobs j ON j.shape_id = rivals.id AND j.state = 'queued'
+WHERE j.id = me.id OR j.not_before IS NULL OR j.not_before <= now();

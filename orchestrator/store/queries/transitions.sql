@@ -18,25 +18,29 @@
 -- name: job_insert_many
 WITH admitted AS (
 INSERT INTO jobs AS j (id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s,
-                  max_attempts, abandon_after_s, token_hash, trace_context, tolerations, retry, concurrency_key,
-                  concurrency_limit, on_conflict, rate_limit_key, shape_id)
+                  max_attempts, abandon_after_s, token_hash, trace_context, tolerations, retry, run_at, not_before,
+                  concurrency_key, concurrency_limit, on_conflict, rate_limit_key, shape_id)
 SELECT r.id, r.key, r.spec, r.pool, ARRAY(SELECT jsonb_array_elements_text(r.labels::jsonb)), r.plan, r.tenant,
        r.priority, r.payload,
        coalesce(r.timeout_s, CASE WHEN NOT r.payload ? 'command'
                                   THEN (SELECT reservation_timeout_s FROM pools WHERE name = r.pool) END),
        r.max_attempts, r.abandon_after_s, r.token_hash, r.trace_context,
-       ARRAY(SELECT jsonb_array_elements_text(r.tolerations::jsonb)), r.retry, r.concurrency_key, r.concurrency_limit,
-       r.on_conflict, r.rate_limit_key, r.shape_id
+       ARRAY(SELECT jsonb_array_elements_text(r.tolerations::jsonb)), r.retry, d.run_at, d.run_at, r.concurrency_key,
+       r.concurrency_limit, r.on_conflict, r.rate_limit_key, r.shape_id
 FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[], $8::integer[],
             $9::jsonb[], $10::float8[], $11::integer[], $12::float8[], $13::bytea[], $14::jsonb[], $15::text[],
-            $16::jsonb[], $17::text[], $18::integer[], $19::text[], $20::text[], $21::bigint[])
+            $16::jsonb[], $17::timestamptz[], $18::float8[], $19::text[], $20::integer[], $21::text[], $22::text[],
+            $23::bigint[])
      AS r(id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s, max_attempts,
-          abandon_after_s, token_hash, trace_context, tolerations, retry, concurrency_key, concurrency_limit,
-          on_conflict, rate_limit_key, shape_id)
+          abandon_after_s, token_hash, trace_context, tolerations, retry, run_at, delay_s, concurrency_key,
+          concurrency_limit, on_conflict, rate_limit_key, shape_id)
+-- A delayed job is due at its run_at, or delay_s after its admission by the database's clock (the
+-- clock the claim compares with).
+CROSS JOIN LATERAL (SELECT coalesce(r.run_at, clock_timestamp() + make_interval(secs => r.delay_s)) AS run_at) d
 ON CONFLICT (key) DO NOTHING
 RETURNING j AS job, id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, abandon_after_s,
           tolerations, state, attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at,
-          concurrency_key, concurrency_limit, on_conflict, rate_limit_key
+          run_at, concurrency_key, concurrency_limit, on_conflict, rate_limit_key
 ), news AS (
     INSERT INTO outbox (id, subject, body, durable)
     SELECT n.* FROM admitted a
@@ -45,8 +49,8 @@ RETURNING j AS job, id, key, pool, labels, plan, tenant, priority, timeout_s, ma
     ORDER BY a.id
 )
 SELECT id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, abandon_after_s, tolerations, state,
-       attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at, concurrency_key,
-       concurrency_limit, on_conflict, rate_limit_key
+       attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at, run_at,
+       concurrency_key, concurrency_limit, on_conflict, rate_limit_key
 FROM admitted;
 
 -- The runner acknowledged these hand-offs (job, runner, the assignment's assigned_at): the

@@ -40,7 +40,8 @@ from uuid import UUID
 
 import asyncpg
 
-from orchestrator.errors import NotFound, StoreError
+from orchestrator.errors import NotFound, NothingApplied, StoreError, StoreUnavailable
+from orchestrator.retrying import Backoff
 from orchestrator.store.queries import Q
 from orchestrator.store.rows import Job
 from orchestrator.store.transitions import news
@@ -71,6 +72,10 @@ T = TypeVar("T")
 # Shape ids remembered (see Transitions): more shapes than a fleet's jobs use at a time in
 # practice, and at a few hundred bytes each, a few MB at most.
 SHAPES_REMEMBERED = 10_000
+
+# How long an edge is retried while Postgres is unavailable (a restart, a failover, a lock held
+# past lock_timeout), when running it again is safe: a runner's request waits 5 s for its answer.
+UNAVAILABLE_RETRY_S = 5.0
 
 __all__ = [
     "AdmissionTx",
@@ -108,29 +113,56 @@ class Transitions:
         # Shape ids, remembered for the version of their pool's shapes (batches.ShapeIds).
         self._shapes = ShapeIds(SHAPES_REMEMBERED)
 
-    async def _transact(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, one_statement: bool = False) -> T:
+    async def _transact(
+        self,
+        work: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        one_statement: bool = False,
+        idempotent: bool = False,
+    ) -> T:
         """`work` in one transaction (one statement is one by itself: no BEGIN and COMMIT round
         trips). Batched edges lock their rows in job id order (the callers sort), but a batch of
         one edge can still meet another's rows in a different order: Postgres then aborts one
-        transaction, and the edge, run again, re-checks its legality."""
-        for attempt in range(news.DEADLOCK_RETRIES):
+        transaction, and the edge, run again, re-checks its legality.
+
+        Postgres unavailable (restarting, failing over, a lock held past lock_timeout): run
+        again with a backoff, within `UNAVAILABLE_RETRY_S`, when that is safe: nothing was applied
+        (`NothingApplied`), or the edge is `idempotent`: run again after a COMMIT whose answer
+        was lost, its WHERE finds the edge taken and it changes nothing (the edges below say
+        why each is, or is not)."""
+        deadlocks = 0
+        backoff = Backoff(UNAVAILABLE_RETRY_S)
+        while True:
             try:
                 if one_statement:
                     async with self._store.connection() as conn:
                         return await work(conn)
                 async with self._store.transaction() as conn:
                     return await work(conn)
-            except StoreError as exc:
-                if not isinstance(exc.__cause__, asyncpg.DeadlockDetectedError) or attempt == news.DEADLOCK_RETRIES - 1:
+            except StoreUnavailable as exc:
+                if not (idempotent or isinstance(exc, NothingApplied)):
                     raise
-        raise AssertionError("unreachable")
+                await backoff.wait_or_raise(exc)
+            except StoreError as exc:
+                deadlocks += 1
+                if not isinstance(exc.__cause__, asyncpg.DeadlockDetectedError) or deadlocks == news.DEADLOCK_RETRIES:
+                    raise
 
     async def _edge(
-        self, query: str, args: Sequence[Any], *, verb: str | None = None, why: str | None = None, logged: bool = True
+        self,
+        query: str,
+        args: Sequence[Any],
+        *,
+        verb: str | None = None,
+        why: str | None = None,
+        logged: bool = True,
+        idempotent: bool = False,
     ) -> list[Job]:
         """An edge that is one statement, writing its own news; logged (see journal.py) unless
         the caller logs it."""
-        jobs = await self._transact(lambda conn: news.apply(conn, query, args), one_statement=True)
+        jobs = await self._transact(
+            lambda conn: news.apply(conn, query, args), one_statement=True, idempotent=idempotent
+        )
         if jobs:
             news.committed()
             if logged:
@@ -186,7 +218,9 @@ class Transitions:
         its end, so a successor's new term waits for it): another one means a newer leader was
         elected, and the step claims nothing (`fenced`). Then, with the pool's row locked, that
         the pool is the fence's shard's: a pool that moved to another shard (or a shard of an
-        earlier shard count) claims nothing (`wrong_shard`)."""
+        earlier shard count) claims nothing (`wrong_shard`). Not retried when Postgres is lost
+        mid-claim: run again after its COMMIT, it would claim more jobs than it hands off (a
+        deadlock, which rolled it back, is run again)."""
         shard, epoch = (fence.shard, fence.epoch) if fence is not None else (None, None)
 
         async def claim(conn: asyncpg.Connection) -> list[asyncpg.Record]:
@@ -204,27 +238,32 @@ class Transitions:
         )
 
     async def acknowledge(self, handoffs: Sequence[Handoff]) -> list[Job]:
-        """The runner acked these hand-offs: `assigned` news (once per assignment)."""
+        """The runner acked these hand-offs: `assigned` news (once per assignment). Idempotent:
+        an acknowledged assignment (`acked_at`) is not acknowledged again."""
         if not handoffs:
             return []
-        return await self._edge("job_acknowledge_many", news.columns(handoffs, 3))
+        return await self._edge("job_acknowledge_many", news.columns(handoffs, 3), idempotent=True)
 
     async def unassign(self, runner_id: str, job_ids: Sequence[UUID]) -> list[Job]:
-        """Edge assigned -> queued: hand-offs `runner_id` refused or did not ack (not an attempt)."""
+        """Edge assigned -> queued: hand-offs `runner_id` refused or did not ack (not an attempt).
+        Not idempotent: run again after its COMMIT, it would undo a new assignment of the same
+        job to the same runner (its WHERE does not name the assignment)."""
         why = "handoff_failed"
         return await self._edge("job_unassign", (list(job_ids), runner_id, None, None, why), why=why)
 
     async def requeue_unstarted(self, after_s: float, now: datetime | None = None) -> list[Job]:
         """Edge assigned -> queued: assignments not started within `after_s` (not an attempt)."""
         why = "not_started"
-        return await self._edge("job_unassign", ([], None, after_s, now, why), why=why)
+        # A sweep: run again, it requeues what is stale then, as the next sweep would.
+        return await self._edge("job_unassign", ([], None, after_s, now, why), why=why, idempotent=True)
 
     # runner reports
 
     async def start_many(self, starts: Sequence[Start]) -> list[Job]:
         """Edge assigned -> running: permission to start, for the runner a job is assigned to and
-        that very attempt. The granted jobs."""
-        jobs = await self._edge("job_start_many", news.columns(starts, 3), logged=False)
+        that very attempt. The granted jobs. Idempotent: a start already granted is refused as
+        a `duplicate` (see `refusals`), which the runner is answered as granted."""
+        jobs = await self._edge("job_start_many", news.columns(starts, 3), logged=False, idempotent=True)
         self._journal.record([job for job in jobs if job.acked_now], verb="assigned")  # as its news says
         self._journal.record(jobs)
         return jobs
@@ -232,9 +271,9 @@ class Transitions:
     async def finish_many(self, ends: Sequence[End]) -> list[Job]:
         """Edge running -> final, as runners report, or running -> queued for an end the job's
         retry policy retries; the recorded jobs (a report of an attempt already ended, or not
-        this runner's, changes nothing)."""
+        this runner's, changes nothing: idempotent, a `duplicate` answered as recorded)."""
         rows = [(e.job_id, e.runner_id, e.attempt, e.state.value, e.exit_code, e.reason) for e in ends]
-        return await self._edge("job_finish_many", news.columns(rows, 6))
+        return await self._edge("job_finish_many", news.columns(rows, 6), idempotent=True)
 
     async def refusals(self, kind: str, reports: Sequence[Start | End]) -> dict[UUID, tuple[str, str]]:
         """Why each of these `start` / `finish` reports changed nothing (see `refusal`)."""
@@ -246,8 +285,10 @@ class Transitions:
     async def register_runner(self, runner: RunnerSpec, held: Sequence[UUID]) -> Reconciled:
         """Upsert the runner, and release what Postgres holds against it that it does not hold
         (edges assigned -> queued, running -> queued | failed | cancelled): it restarted. What it
-        holds that is not its own any more is named, to be stopped."""
-        async with self._store.transaction() as conn:
+        holds that is not its own any more is named, to be stopped. Idempotent: registered
+        again, the same runner holding the same jobs has nothing more to release."""
+
+        async def register(conn: asyncpg.Connection) -> tuple[list[Job], list[Stop]]:
             try:
                 await conn.fetchrow(
                     Q["runner_upsert"],
@@ -262,7 +303,9 @@ class Transitions:
                 raise NotFound(f"pool {runner.pool!r} does not exist") from None
             args = ([runner.runner_id], list(held), None)
             released = await news.apply(conn, "job_release_from_runners", args)
-            stop = await _stop_orders(conn, runner.runner_id, held)
+            return released, await _stop_orders(conn, runner.runner_id, held)
+
+        released, stop = await self._transact(register, idempotent=True)
         news.committed()
         self._journal.record(released, why="runner_restarted")
         return Reconciled(runner.pool, None, released, stop)
@@ -272,7 +315,8 @@ class Transitions:
         unknown or was declared lost). Jobs Postgres has it holding that it does not list are
         marked; those a heartbeat composed after an answered one still does not list are released
         (the runner let them go: requeued, failed or cancelled as on a loss). A late heartbeat
-        (not newer than one already seen) only counts as a sign of life."""
+        (not newer than one already seen) only counts as a sign of life: so one run again after
+        its COMMIT changes nothing more (idempotent)."""
         held = list(beat.held)
 
         async def reconcile(conn: asyncpg.Connection) -> Reconciled | None:
@@ -288,7 +332,7 @@ class Transitions:
             stop = await _stop_orders(conn, beat.runner_id, held)
             return Reconciled(before["pool"], before["state"], released, stop)
 
-        found = await self._transact(reconcile)
+        found = await self._transact(reconcile, idempotent=True)
         if found is not None and found.released:
             news.committed()
             self._journal.record(found.released, why="runner_let_go")
@@ -298,7 +342,8 @@ class Transitions:
         self, ttl_s: float, now: datetime | None = None
     ) -> tuple[list[dict[str, Any]], list[Job]]:
         """Runners silent for `ttl_s` are lost, and their jobs released (as above); returns the
-        lost runners (id, pool) and the released jobs."""
+        lost runners (id, pool) and the released jobs. A sweep, idempotent: run again, it finds
+        those runners lost already."""
 
         async def release(conn: asyncpg.Connection) -> tuple[list[dict[str, Any]], list[Job]]:
             lost = [dict(r) for r in await conn.fetch(Q["runner_mark_lost"], ttl_s, now)]
@@ -307,7 +352,7 @@ class Transitions:
             args = ([r["id"] for r in lost], [], None)
             return lost, await news.apply(conn, "job_release_from_runners", args)
 
-        lost, released = await self._transact(release)
+        lost, released = await self._transact(release, idempotent=True)
         if lost:
             news.committed()
             self._journal.record(released, why="runner_lost")
@@ -317,14 +362,17 @@ class Transitions:
 
     async def finish_held(self, job_id: UUID, state: JobState, exit_code: int | None, reason: str) -> Job | None:
         """Edge assigned | running -> final, as a reservation's client says; None if no runner
-        holds it. Its runner is told to let go."""
+        holds it. Its runner is told to let go. Not retried after an unanswered COMMIT: run
+        again, it would answer "not held" for the end it recorded."""
         jobs = await self._edge("job_finish_held", (job_id, state.value, exit_code, reason))
         return jobs[0] if jobs else None
 
     async def cancel(self, job_id: UUID) -> Cancel:
         """Cancel a job: queued or assigned, it ends at once (nothing runs before a start is
         granted); running, the request is recorded and its runner told (now, and on every
-        heartbeat until it reports the end); ended, refused."""
+        heartbeat until it reports the end); ended, refused. Not retried after an unanswered
+        COMMIT: run again, a cancel would answer "already ended", and a cancel request would
+        tell the runner twice."""
         ended = await self._edge("job_cancel_unstarted", ([job_id], ["cancelled"]))
         if ended:
             return Cancel("cancelled", ended[0])
@@ -343,13 +391,14 @@ class Transitions:
     async def time_out(self, margin_s: float, now: datetime | None = None) -> list[Job]:
         """Edge running -> timed_out (or -> queued, when the job's retry policy retries it), by
         the server: jobs running `margin_s` (the runner's kill grace and its report's way) past
-        their `timeout_s`; their runners are told to kill them."""
-        return await self._edge("job_time_out", (margin_s, now))
+        their `timeout_s`; their runners are told to kill them. A sweep: idempotent."""
+        return await self._edge("job_time_out", (margin_s, now), idempotent=True)
 
     async def expire_abandoned(self, now: datetime | None = None) -> list[Job]:
         """Edge queued | assigned | running -> expired: take-style jobs whose client stopped
-        polling before taking its runner; a runner holding one is told to let go."""
-        return await self._edge("job_expire_abandoned", (now,))
+        polling before taking its runner; a runner holding one is told to let go. A sweep:
+        idempotent."""
+        return await self._edge("job_expire_abandoned", (now,), idempotent=True)
 
 
 async def _stop_orders(conn: asyncpg.Connection, runner_id: str, held: Sequence[UUID]) -> list[Stop]:

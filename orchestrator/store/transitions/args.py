@@ -101,6 +101,9 @@ class NewJob:
     trace_context: dict[str, str]
     tolerations: list[str] = field(default_factory=list)  # sorted, distinct
     retry: dict[str, Any] | None = None  # the spec's retry policy (None: the default)
+    # A delayed job: claimable from `run_at`, or `delay_s` after its admission (at most one given).
+    run_at: datetime | None = None
+    delay_s: float | None = None
     # Flow control (None: none): with a concurrency key, its limit and on_conflict are set too.
     concurrency_key: str | None = None
     concurrency_limit: int | None = None

@@ -1,0 +1,145 @@
+"""The NATS-side timeouts issue 22 added, each met by a server slower than it: a nats-server of the
+test's own, paused (SIGSTOP) longer than the timeout, then resumed (SIGCONT). A JetStream publish
+is tried again with the same `Nats-Msg-Id` until its deadline (stored once), then gives up; a
+stream's creation at start-up is tried again too; a lease operation gives up within half a TTL;
+the api asks admission again only when that is safe."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.bus import Bus, Subjects
+from orchestrator.bus.elections import ATTEMPT_S
+from orchestrator.bus.lease import Lease
+from orchestrator.embedded import EmbeddedNats
+from orchestrator.errors import BusUnavailable, NoAnswer
+from schemas.events import AdmissionResult, ErrorDetail, JobSubmitted
+from schemas.jobs import JobSpec
+from services.api import admitting
+from services.api.admitting import admit
+
+
+@pytest.fixture
+async def own_nats(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    server = EmbeddedNats(tmp_path / "nats")
+    await server.start()
+    yield server
+    assert server.pid is not None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(server.pid, signal.SIGCONT)
+    await server.stop()
+
+
+@pytest.fixture
+async def own_bus(own_nats: EmbeddedNats) -> AsyncIterator[Bus]:
+    bus = Bus(own_nats.url, Subjects("slow"), name="test-slow")
+    await bus.connect()
+    yield bus
+    await bus.close()
+
+
+@contextlib.contextmanager
+def paused(server: EmbeddedNats) -> Iterator[None]:
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+
+
+async def _paused_for(server: EmbeddedNats, seconds: float) -> None:
+    with paused(server):
+        await asyncio.sleep(seconds)  # the pause itself: the slow side of the test
+
+
+async def test_a_submit_outlasts_a_server_slower_than_nats_default_timeout_and_is_stored_once(
+    own_nats: EmbeddedNats, own_bus: Bus
+) -> None:
+    await own_bus.ensure_intake_stream()
+    pause = asyncio.create_task(_paused_for(own_nats, 6.0))  # past nats-py's 5 s and 3 attempts
+    await asyncio.sleep(0.1)
+    began = time.monotonic()
+    await own_bus.submit(b'{"pool": "p"}', "once")
+    assert time.monotonic() - began >= 5.0  # it waited the pause out
+    await pause
+    info = await own_bus.js.stream_info(own_bus.subjects.intake_stream)
+    assert info.state.messages == 1  # every attempt had the same Nats-Msg-Id
+
+
+async def test_a_submit_gives_up_at_its_deadline(own_nats: EmbeddedNats, own_bus: Bus) -> None:
+    await own_bus.ensure_intake_stream()
+    with paused(own_nats):
+        began = time.monotonic()
+        with pytest.raises(BusUnavailable, match="JetStream did not answer within 2 s"):
+            await own_bus.submit(b'{"pool": "p"}', "late", within_s=2.0)
+        assert time.monotonic() - began < 2 + ATTEMPT_S
+
+
+async def test_creating_a_stream_outlasts_a_server_slower_than_one_attempt(
+    own_nats: EmbeddedNats, own_bus: Bus
+) -> None:
+    """At start-up, as a cluster still electing its meta leader would be."""
+    pause = asyncio.create_task(_paused_for(own_nats, 6.0))  # past an attempt (nats-py's 5 s)
+    await asyncio.sleep(0.1)
+    await own_bus.ensure_intake_stream()
+    await pause
+    info = await own_bus.js.stream_info(own_bus.subjects.intake_stream)
+    assert info.config.num_replicas == 1
+
+
+async def test_a_lease_operation_gives_up_within_half_a_ttl(own_nats: EmbeddedNats, own_bus: Bus) -> None:
+    lease = Lease(own_bus, "all", "a", ttl_s=4)
+    await lease.open()
+    try:
+        assert await lease.acquire() is not None
+        with paused(own_nats):
+            began = time.monotonic()
+            with pytest.raises(BusUnavailable):
+                await lease.renew()
+            waited = time.monotonic() - began
+        assert 2 <= waited < 4  # half the TTL, not nats-py's 5 s: past the lease itself
+        assert await lease.renew()  # the server is back, and the lease is still ours
+    finally:
+        await lease.close()
+
+
+@pytest.fixture
+def quick_admission(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The api's admission deadline and attempt, shortened so a test waits them out quickly."""
+    monkeypatch.setattr(admitting, "ADMISSION_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(admitting, "ATTEMPT_S", 0.5)
+
+
+async def test_the_api_asks_admission_again_only_when_a_repeat_is_the_same_job(
+    own_bus: Bus, quick_admission: None
+) -> None:
+    """An admission that answers only the second time it is asked (the first was lost to a
+    reconnect): a keyed request is asked again and answered; a keyless one is asked once."""
+    heard: list[str | None] = []
+
+    async def answer_the_second(event: JobSubmitted) -> AdmissionResult | None:
+        heard.append(event.key)
+        if heard.count(event.key) < 2:
+            return None  # no reply: lost
+        return AdmissionResult(outcome="rejected", error=ErrorDetail(code="unsatisfiable", message="no pool p"))
+
+    sub = await own_bus.subscribe(own_bus.subjects.submit_request, answer_the_second)
+    await own_bus.flush()
+    try:
+        result = await admit(own_bus, JobSpec(pool="p", key="k1"))
+        assert result.outcome == "rejected" and heard == ["k1", "k1"]
+        heard.clear()
+        with pytest.raises(NoAnswer):
+            await admit(own_bus, JobSpec(pool="p"))
+        assert heard == [None]  # asked once: it may have been admitted
+    finally:
+        await sub.unsubscribe()
