@@ -220,14 +220,18 @@ BEGIN
         ), ranked AS (
             SELECT h.*, row_number() OVER (ORDER BY h.priority DESC, h.turn, h.served_at NULLS FIRST, h.id) AS k
             FROM heads h
-        ), fitting AS (
-            SELECT r.*, row_number() OVER (PARTITION BY r.ckey ORDER BY r.k) AS cturn,
-                        row_number() OVER (PARTITION BY r.rkey ORDER BY r.k) AS rturn
-            FROM ranked r
-        ), picked AS (
-            SELECT f.id, f.ckey, f.rkey, f.k FROM fitting f
+        ), keyed AS (
+            -- Within each key, no more than its room (a key may have lanes of several shapes).
+            SELECT f.id, f.ckey, f.rkey, f.k
+            FROM (SELECT r.*, row_number() OVER (PARTITION BY r.ckey ORDER BY r.k) AS cturn,
+                              row_number() OVER (PARTITION BY r.rkey ORDER BY r.k) AS rturn
+                  FROM ranked r WHERE r.ckey <> '' OR r.rkey <> '') f
             WHERE (f.ckey = '' OR f.cturn <= f.croom) AND (f.rkey = '' OR f.rturn <= f.rroom)
-            ORDER BY f.k LIMIT least(budget, grp.slots)
+        ), picked AS (
+            SELECT r.id, r.ckey, r.rkey, r.k FROM ranked r WHERE r.ckey = '' AND r.rkey = ''
+            UNION ALL
+            SELECT * FROM keyed
+            ORDER BY k LIMIT least(budget, grp.slots)
         )
         SELECT array_agg(p.id ORDER BY p.k), array_agg(DISTINCT p.ckey) FILTER (WHERE p.ckey <> ''),
                array_agg(DISTINCT p.rkey) FILTER (WHERE p.rkey <> '')
@@ -244,8 +248,11 @@ BEGIN
                    p.k, row_number() OVER (PARTITION BY s.concurrency_key ORDER BY p.k) AS cturn,
                    row_number() OVER (PARTITION BY s.rate_limit_key ORDER BY p.k) AS rturn
             FROM unnest(planned) WITH ORDINALITY AS p(id, k)
-            JOIN jobs j ON j.id = p.id JOIN job_shapes s ON s.id = j.shape_id
-            WHERE j.state = 'queued'
+            -- Each by its key: OFFSET 0 keeps it a lookup per job (flattened into a join, it could be
+            -- planned as a read of every queued job).
+            CROSS JOIN LATERAL (SELECT j.id, j.priority, j.shape_id FROM jobs j
+                                WHERE j.id = p.id AND j.state = 'queued' OFFSET 0) j
+            JOIN job_shapes s ON s.id = j.shape_id
         ), rooms AS (
             SELECT DISTINCT pl.ckey, concurrency_key_room(pl.ckey) AS room FROM plan pl WHERE pl.ckey <> ''
         ), rates AS (
