@@ -174,6 +174,14 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("--key")
     submit.add_argument("--timeout", type=_seconds, help="seconds the job may run (default: no timeout)")
+    submit.add_argument("--concurrency-key", help="jobs of one key run at most --concurrency-limit at once")
+    submit.add_argument("--concurrency-limit", type=int, help="jobs of its key at once (default 1)")
+    submit.add_argument(
+        "--on-conflict",
+        choices=["queue", "cancel_in_progress", "cancel_pending", "reject"],
+        help="what it does to its key's other jobs (default: queue)",
+    )
+    submit.add_argument("--rate-limit-key", help="a rate limit its start counts against (set with the API)")
     submit.add_argument(
         "--wait",
         action="store_true",
@@ -205,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
     pool_set.add_argument("--provisioner", help="start a one-shot worker per job with it (e.g. local)")
     pool_set.add_argument("--max-workers", type=int, help="live provisioned workers at most; 0 = no cap")
     pool_set.add_argument("--shard", type=int, help="the dispatch shard of its jobs, below ORCH_DISPATCH_SHARDS")
+    pool_set.add_argument("--max-starts-per-s", type=float, help="jobs started per second at most, spread evenly")
     pool_delete = api(
         "delete", "pool_delete", "delete a pool and its ended jobs (refused while jobs or runners use it)", pool
     )

@@ -82,6 +82,8 @@ async def submit(args: argparse.Namespace, client: Client) -> int:
     given = {"pool": args.pool, "labels": args.label, "priority": args.priority, "payload": {"command": command}}
     given |= {"key": args.key} if args.key else {}
     given |= {"timeout_s": args.timeout} if args.timeout is not None else {}
+    flow = ("concurrency_key", "concurrency_limit", "on_conflict", "rate_limit_key")
+    given |= {name: getattr(args, name) for name in flow if getattr(args, name) is not None}
     try:
         spec = JobSpec.model_validate(given)
     except ValidationError as exc:
@@ -239,6 +241,7 @@ async def pool_set(args: argparse.Namespace, client: Client) -> int:
         "provisioner": args.provisioner,
         "max_workers": args.max_workers,
         "shard": args.shard,
+        "max_starts_per_s": args.max_starts_per_s,
     }
     given = {k: v for k, v in fields.items() if v is not None}
     change = calls.patch_pool(args.name, given)

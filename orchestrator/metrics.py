@@ -39,7 +39,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # The codes a refusal can have (ErrorDetail.code at admission's doors); anything else is "other".
 REJECTION_REASONS = frozenset(
-    {"malformed", "invalid", "unsatisfiable", "conflict", "overloaded", "unavailable", "internal"}
+    {"malformed", "invalid", "unsatisfiable", "conflict", "concurrency_limit", "overloaded", "unavailable", "internal"}
 )
 
 # Seconds a job waits in the queue: from milliseconds (a free slot) to an hour (a paused pool).
@@ -58,7 +58,8 @@ class Metrics:
         self.admitted = Counter("orchestrator_jobs_admitted", "Jobs admitted into the queue.", ["pool"], registry=r)
         self.rejected = Counter(
             "orchestrator_jobs_rejected",
-            "Jobs refused at admission, by reason (malformed, invalid, unsatisfiable, conflict, overloaded).",
+            "Jobs refused at admission, by reason (malformed, invalid, unsatisfiable, conflict, concurrency_limit, "
+            "overloaded).",
             ["reason"],
             registry=r,
         )
@@ -87,6 +88,13 @@ class Metrics:
             "orchestrator_dispatch_steps",
             "Dispatch steps by the status that ended them (dispatched, no_job, no_runner, at_capacity, ...).",
             ["pool", "status"],
+            registry=r,
+        )
+        self.held_back = Counter(
+            "orchestrator_dispatch_held_back",
+            "Dispatch steps that passed over waiting jobs held back by flow control, by reason: concurrency_key "
+            "(a key at its limit), rate_limit (a rate limit with no start left), max_starts_per_s (the pool's).",
+            ["pool", "reason"],
             registry=r,
         )
         self.fleet = Counter(
@@ -144,6 +152,7 @@ class Metrics:
             self.at_capacity,
             self.capacity_unknown,
             self.steps,
+            self.held_back,
             self.fleet,
             self.queue_wait,
             self.slot_to_assign,
@@ -261,6 +270,17 @@ class QueueCollector(Collector):
         ]
         for name, help_text, column in per_pool:
             yield _gauge(name, help_text, ["pool"], (([p["pool"]], float(p[column])) for p in pools))
+        yield _gauge(
+            "orchestrator_pool_queued_held_back",
+            "Queued jobs a flow control holds back now, by reason: concurrency_key (its key is at its limit), "
+            "rate_limit (its rate limit has no start left).",
+            ["pool", "reason"],
+            (
+                ([p["pool"], reason], float(p[column]))
+                for p in pools
+                for reason, column in (("concurrency_key", "held_by_key"), ("rate_limit", "held_by_rate"))
+            ),
+        )
         yield _gauge(
             "orchestrator_runners",
             "Registered runners by state (active, suspect, draining, lost).",

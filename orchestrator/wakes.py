@@ -6,6 +6,10 @@ capacity (a job ended, a runner joined or answers again, a new pool leader), the
 reservation finished by its client), the provisioner (a worker exited: its fleet has room).
 `JobsQueued{pool, n}`: admission queued jobs, announced at its commit (the durable `JobAdmitted`
 follows through the outbox, behind whatever backlog it has).
+
+A job of a concurrency key that ends frees room in its key, which jobs of the key queued in other
+pools may be waiting for: those pools are woken too (`announce_keys_freed`), as nothing else
+would wake them before the safety sweep.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from orchestrator.bus import Bus
-from orchestrator.store import Store
+from orchestrator.store import Job, Store
 from schemas.events import JobsQueued, SlotAvailable
 
 
@@ -40,3 +44,21 @@ async def announce_free(store: Store, bus: Bus, pools: Iterable[str]) -> None:
         free = await store.pool_free(pool)
         if free > 0:
             await announce_slots(bus, pool, free)
+
+
+async def announce_keys_freed(store: Store, bus: Bus, ended: Iterable[Job], woken: Iterable[str] = ()) -> None:
+    """Jobs of concurrency keys left their slots (`ended`): wake the pools where jobs of those
+    keys wait, but those already woken (`woken`). No query unless one of them had a key."""
+    keys = {job.concurrency_key for job in ended if job.concurrency_key}
+    if keys:
+        pools = set(await store.concurrency_key_pools(sorted(keys))) - set(woken)
+        await announce_free(store, bus, sorted(pools))
+
+
+async def announce_ended(store: Store, bus: Bus, ended: Iterable[Job]) -> None:
+    """Jobs that held a slot ended (cancelled, finished by their client): their pools have a free
+    slot, and their keys room."""
+    ended = list(ended)
+    pools = {job.pool for job in ended if job.runner_id is not None}
+    await announce_free(store, bus, sorted(pools))
+    await announce_keys_freed(store, bus, ended, pools)

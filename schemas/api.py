@@ -45,7 +45,18 @@ class Taken(Model):
 class Constraint(Model):
     """One thing holding a queued job back, and the numbers behind it."""
 
-    reason: Literal["no_leader", "paused", "capacity_unknown", "no_free_runner", "at_capacity", "scheduled", "backoff"]
+    reason: Literal[
+        "no_leader",
+        "paused",
+        "capacity_unknown",
+        "no_free_runner",
+        "at_capacity",
+        "max_starts_per_s",
+        "concurrency_key",
+        "rate_limit",
+        "scheduled",
+        "backoff",
+    ]
     message: str
     numbers: dict[str, int | float | str | None] = Field(default_factory=dict)
 
@@ -167,7 +178,7 @@ class Rejection(Model):
 
     id: int
     at: datetime
-    reason: str = Field(description="malformed | invalid | unsatisfiable | overloaded | conflict")
+    reason: str = Field(description="malformed | invalid | unsatisfiable | overloaded | conflict | concurrency_limit")
     message: str
     field: str | None
     pool: str | None
@@ -236,6 +247,8 @@ class PoolStats(Model):
     oldest_queued_s: float = Field(
         description="how long the oldest queued job that is due has waited since it was (0: none)"
     )
+    held_by_key: int = Field(description="queued jobs whose concurrency key is at its limit")
+    held_by_rate: int = Field(description="queued jobs whose rate limit has no start left now")
 
 
 class RunnerCount(Model):

@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
 
-from schemas.base import Body, Integer, Model
+from schemas.base import Body, Integer, Model, whole_number
 from schemas.storable import NO_NUL, JsonObject, StorableJsonSchema, storable_json
 
 # Pool names and labels become NATS subject tokens and CLI arguments: keep them to a safe alphabet.
@@ -37,6 +37,15 @@ Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/=\-
 Key = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=NO_NUL)]
 # NUL is refused for the whole payload at once (storable_json); this says so in the documents.
 _Text = Annotated[str, Field(json_schema_extra={"pattern": NO_NUL})]
+# A concurrency key names a group of jobs (a deployment target, a branch: "deploy/prod").
+ConcurrencyKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/=\-]{0,127}$")]
+# A rate limit's key is a path segment of `/v1/rate-limits/{key}`: no '/'.
+RateLimitKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")]
+# Jobs of one key assigned or running at once, at most. Bounds before the validator, so JSON
+# Schema has them inside the `| None` (schemas/base.py).
+ConcurrencyLimit = Annotated[Annotated[int, Field(ge=1, le=100_000)], BeforeValidator(whole_number)]
+# What a new job does to the other jobs of its concurrency key (README, "Concurrency keys").
+OnConflict = Literal["queue", "cancel_in_progress", "cancel_pending", "reject"]
 
 
 def _command(value: Any, handler: ValidatorFunctionWrapHandler) -> list[str]:
@@ -187,16 +196,49 @@ class JobSpec(Body):
             raise ValueError("give run_at or delay_s, not both")
         return value
 
+    # Flow control, enforced by the claim (README, "Flow control"). None: not under one.
+    concurrency_key: ConcurrencyKey | None = Field(
+        default=None, description="jobs of one key run at most concurrency_limit at once, in order"
+    )
+    concurrency_limit: ConcurrencyLimit | None = Field(
+        default=None, description="jobs of its key assigned or running at once, at most; 1 when not given"
+    )
+    on_conflict: OnConflict | None = Field(
+        default=None,
+        description="what it does to its key's other jobs: queue (wait its turn; the default), cancel_in_progress "
+        "(cancel those assigned or running), cancel_pending (cancel those queued), reject (409 if it would wait)",
+    )
+    rate_limit_key: RateLimitKey | None = Field(
+        default=None, description="a rate limit (PUT /v1/rate-limits/{key}) its start counts against"
+    )
+
+    @field_validator("concurrency_limit", "on_conflict")
+    @classmethod
+    def _needs_a_key(cls, value: Any, info: ValidationInfo) -> Any:
+        # Refused rather than ignored: a limit without a key would limit nothing. (A key that was
+        # itself refused is not in `data`: its own error says so.)
+        if value is not None and "concurrency_key" in info.data and info.data["concurrency_key"] is None:
+            raise ValueError(f"{info.field_name} needs a concurrency_key: give the key the jobs share")
+        return value
+
     def canonical(self) -> dict[str, Any]:
         """The spec as compared for idempotency: same key + same canonical spec = same job (a
-        repeated `delay_s` counts from the first admission: the same job, not a later one)."""
+        repeated `delay_s` counts from the first admission: the same job, not a later one; with a
+        concurrency key, its limit and on_conflict as they apply: given or by default)."""
         # Fields added since jobs were first stored are left out while unset, so a job stored
         # before they existed compares equal to its repeat.
-        unset = {name for name in ("retry", "run_at", "delay_s") if getattr(self, name) is None}
+        unset = {name for name in _ADDED_FIELDS if getattr(self, name) is None}
         data = self.model_dump(mode="json", exclude={"key", *unset})
         data["labels"] = sorted(set(data["labels"]))
         data["tolerations"] = sorted(set(data["tolerations"]))
+        if self.concurrency_key is not None:
+            data["concurrency_limit"] = self.concurrency_limit or 1
+            data["on_conflict"] = self.on_conflict or "queue"
         return data
+
+
+# Spec fields added after jobs were first stored: left out of the canonical spec while unset.
+_ADDED_FIELDS = ("retry", "run_at", "delay_s", "concurrency_key", "concurrency_limit", "on_conflict", "rate_limit_key")
 
 
 class Attempt(Model):
@@ -242,9 +284,19 @@ class JobView(Model):
     started_at: datetime | None
     finished_at: datetime | None
     run_at: datetime | None = Field(default=None, description="a delayed job: not started before this time")
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = Field(default=None, description="with a concurrency_key: the limit it gave")
+    on_conflict: OnConflict | None = None
+    rate_limit_key: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> JobView:
         """From a stored job row (a mapping with at least these fields; a row read before
-        `run_at` existed has none)."""
-        return cls.model_validate({name: row.get(name) if name == "run_at" else row[name] for name in cls.model_fields})
+        `run_at` or the flow fields existed has none)."""
+        return cls.model_validate(
+            {name: row.get(name) if name in _VIEW_ADDED else row[name] for name in cls.model_fields}
+        )
+
+
+# View fields a stored row may lack (read before they existed): None then.
+_VIEW_ADDED = frozenset({"run_at", "concurrency_key", "concurrency_limit", "on_conflict", "rate_limit_key"})

@@ -60,6 +60,10 @@ class PoolConfig(Body):
         default=None,
         description="the dispatch shard of the pool's jobs, below ORCH_DISPATCH_SHARDS; none = by a hash of its name",
     )
+    max_starts_per_s: Annotated[float, Field(gt=0, le=100_000)] | None = Field(
+        default=None,
+        description="jobs started per second at most, spread evenly (one per 1/max_starts_per_s s); none = no cap",
+    )
 
     @field_validator("max_workers")
     @classmethod

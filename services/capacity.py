@@ -48,8 +48,8 @@ from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
 from orchestrator.retention import Pruner
 from orchestrator.settings import RUNNER_REQUEST_TIMEOUT_S, CapacitySettings, LogLimits, Timings
-from orchestrator.store import End, Heartbeat, Reconciled, RunnerSpec, Start, Store
-from orchestrator.wakes import announce_free, announce_freed
+from orchestrator.store import End, Heartbeat, Job, Reconciled, RunnerSpec, Start, Store
+from orchestrator.wakes import announce_free, announce_freed, announce_keys_freed
 from schemas.events import (
     ErrorDetail,
     HeartbeatReply,
@@ -138,7 +138,7 @@ class Capacity(Service):
             extra={"runner_id": event.runner_id, "pool": event.pool, "action": "register"},
         )
         await self.elect(event.pool)
-        await self._announce_free({event.pool, *(job.pool for job in found.released)})
+        await self._announce_free({event.pool, *(job.pool for job in found.released)}, found.released)
         return _orders(found)
 
     async def _on_heartbeat(self, event: RunnerHeartbeat) -> HeartbeatReply:
@@ -157,7 +157,7 @@ class Capacity(Service):
         if found.previous_state == "suspect":  # it answers again: its slots count again
             await self.elect(found.pool)
         if found.previous_state == "suspect" or found.released:
-            await self._announce_free({found.pool, *(job.pool for job in found.released)})
+            await self._announce_free({found.pool, *(job.pool for job in found.released)}, found.released)
         return _orders(found)
 
     async def _on_drain(self, event: RunnerDraining) -> Reply:
@@ -195,6 +195,7 @@ class Capacity(Service):
                 ended[(job.pool, job.state)] = ended.get((job.pool, job.state), 0) + 1
             freed[job.pool] = freed.get(job.pool, 0) + 1
         await announce_freed(self.bus, freed)  # once per pool per batch, uncounted: the hot path
+        await announce_keys_freed(self.store, self.bus, recorded, freed)  # jobs of their keys elsewhere
         for (pool, state), n in ended.items():
             self.metrics.finished.labels(pool, state).inc(n)
         return await self._answers("finish", ends, {job.id for job in recorded})
@@ -226,14 +227,14 @@ class Capacity(Service):
         ended = await self.store.transitions.time_out(margin)
         if ended:
             self.log.warning("ended %d jobs running past their timeout", len(ended))
-            await self._announce_free({job.pool for job in ended})
+            await self._announce_free({job.pool for job in ended}, ended)
 
     async def expire_abandoned(self) -> None:
         expired = await self.store.transitions.expire_abandoned()
         if not expired:
             return
         self.log.info("expired %d take-style jobs their clients abandoned", len(expired))
-        await self._announce_free({job.pool for job in expired if job.runner_id is not None})
+        await self._announce_free({job.pool for job in expired if job.runner_id is not None}, expired)
 
     async def release_lost(self) -> None:
         # Just started (or restarted after an outage): runners have not had a chance to reach
@@ -245,7 +246,7 @@ class Capacity(Service):
             await self.elect(pool)
         if released:
             self.log.warning("released %d jobs from lost runners", len(released))
-            await self._announce_free({job.pool for job in released})
+            await self._announce_free({job.pool for job in released}, released)
 
     async def elect(self, pool: str | None = None) -> None:
         """Re-elect the leader of `pool` (or of every leader-mode pool) and announce changes."""
@@ -254,5 +255,7 @@ class Capacity(Service):
             if change.leader is not None:
                 await self._announce_free({change.pool})
 
-    async def _announce_free(self, pools: Iterable[str]) -> None:
+    async def _announce_free(self, pools: Iterable[str], ended: Iterable[Job] = ()) -> None:
+        """Wake `pools` where a slot is free, and where jobs wait for the keys of `ended`."""
         await announce_free(self.store, self.bus, pools)
+        await announce_keys_freed(self.store, self.bus, ended, pools)

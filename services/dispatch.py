@@ -6,8 +6,8 @@ Postgres is the truth). Wakes for one pool coalesce: a pool has at most one drai
 and a wake that arrives during it makes the drain go round once more. A drain runs steps back to
 back (seed 000) while a step fills its limit (`dispatched` with fewer took all there was to
 take: the next job or slot comes with a wake); `no_job`, `no_runner`, `at_capacity`,
-`capacity_unknown` (Postgres unreachable: never dispatch blind), `paused`, `unknown_pool` and
-`failed` stop until the next wake.
+`capacity_unknown` (Postgres unreachable: never dispatch blind), `paused`, `throttled`,
+`unknown_pool` and `failed` stop until the next wake.
 
 A delayed job (`run_at`, `delay_s`) and a job retried after a backoff (its retry policy) are not
 claimable before they are due, and nothing announces that moment: each step that looked for jobs
@@ -15,6 +15,11 @@ says when the pool's first deferred job is due (`due_in_s`), and a timer per poo
 kept, `DueTimers`) wakes the pool then. A timer, not a poll: a pool without deferred jobs has
 none. Deferred jobs are rows, so a restart loses none: the sweep on start (and on gaining the
 lease) steps every pool with queued jobs, and that step arms the timer again.
+Rate limits and a pool's `max_starts_per_s` work the same way: a step that passed over jobs for
+want of a start says when the next start is allowed (`throttled`: the pool's cap allows none
+yet), and the timer wakes the pool then. A concurrency key at its limit needs no timer: the end
+of one of its jobs wakes the pool (and the other pools where the key's jobs wait:
+orchestrator/wakes.py).
 
 A step's claim is one statement in the store (lock the pool row, derive in-flight from job rows,
 claim up to the budget), so `max_concurrent` holds with any number of
@@ -108,7 +113,8 @@ class Dispatch(Service):
         # pools) are recorded in one `acknowledge` transaction.
         self._acks: Batcher[list[Handoff], None] = Batcher(self._acknowledge)
         self._handoffs: set[asyncio.Task[None]] = set()  # in flight, each until its runner answered
-        # Per pool, the wake for its first job not due yet (delayed, or in a retry backoff).
+        # Per pool, the wake for its first job not due yet (delayed, in a retry backoff, or waiting
+        # for a start under a rate limit or the pool's max_starts_per_s).
         self._due = DueTimers(self.wake)
         # Per pool, its dispatch shard as last read from Postgres (under leader election).
         self._shards: dict[str, str] = {}
@@ -274,6 +280,9 @@ class Dispatch(Service):
                 self._shards.pop(pool, None)  # moved: its next step reads where to
             if claim.in_flight is not None:
                 self.metrics.peak(pool, claim.in_flight)
+            for reason, lanes in (("concurrency_key", claim.held_by_key), ("rate_limit", claim.held_by_rate)):
+                if lanes:
+                    self.metrics.held_back.labels(pool, reason).inc()
             claimed = len(claim.assignments)
             by_runner: dict[str, list[dict[str, Any]]] = {}
             for a in claim.assignments:
@@ -310,6 +319,8 @@ class Dispatch(Service):
         m.steps.labels(pool, status).inc()
         if status == "at_capacity":
             m.at_capacity.labels(pool).inc()
+        elif status == "throttled":
+            m.held_back.labels(pool, "max_starts_per_s").inc()
         elif status == "capacity_unknown":
             m.capacity_unknown.labels(pool).inc()
         # Slot-to-assign counts only a slot that work was waiting for: the first step after the

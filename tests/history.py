@@ -5,7 +5,13 @@ two looks, and reads a count that was never committed together).
 `seq` orders the transitions as they happened: a job's are serialized by its row lock, and a claim
 and a finish in one pool by the pool's count. A claim (queued -> assigned) records the leader term
 that made it (`claim_epoch`) and the shard its pool was in; every term Postgres issues is recorded
-too (`term_history`), so "one dispatcher per pool at a time" is read from what happened.
+too (`term_history`), so "one dispatcher per pool at a time" is read from what happened. A claim
+of a concurrency key counts only ends that committed before it (it locks the key first), and an
+end's `seq` is drawn before its commit: so by `seq`, every end a claim relied on comes before it,
+and a peak read in `seq` order is never less than the true one.
+
+`at` is when it happened: a claim's own `assigned_at` (the time its rate limit was judged at), or
+the clock when the row changed.
 """
 
 from __future__ import annotations
@@ -29,7 +35,11 @@ CREATE TABLE IF NOT EXISTS transition_history (
     runner_id   text,
     claim_epoch bigint,
     shard       text,
-    at          timestamptz NOT NULL DEFAULT clock_timestamp()  -- when it happened (to time recoveries)
+    concurrency_key text,
+    rate_limit_key text,
+    -- When it happened: a claim's own assigned_at (the time its rate limit was judged at), else the
+    -- clock when the row changed (to time recoveries).
+    at          timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE TABLE IF NOT EXISTS term_history (
     seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -40,9 +50,12 @@ CREATE TABLE IF NOT EXISTS term_history (
 CREATE OR REPLACE FUNCTION record_transition() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'INSERT' OR OLD.state IS DISTINCT FROM NEW.state THEN
-        INSERT INTO transition_history (job_id, pool, old_state, new_state, attempt, runner_id, claim_epoch, shard)
+        INSERT INTO transition_history (job_id, pool, old_state, new_state, attempt, runner_id, claim_epoch, shard,
+                                        concurrency_key, rate_limit_key, at)
         VALUES (NEW.id, NEW.pool, CASE WHEN TG_OP = 'UPDATE' THEN OLD.state END, NEW.state, NEW.attempt,
-                NEW.runner_id, NEW.claim_epoch, (SELECT p.dispatch_shard FROM pools p WHERE p.name = NEW.pool));
+                NEW.runner_id, NEW.claim_epoch, (SELECT p.dispatch_shard FROM pools p WHERE p.name = NEW.pool),
+                NEW.concurrency_key, NEW.rate_limit_key,
+                CASE WHEN NEW.state = 'assigned' THEN NEW.assigned_at ELSE clock_timestamp() END);
     END IF;
     RETURN NULL;
 END $$;
@@ -103,15 +116,29 @@ def claims_outside_their_shard(
     return [tr for tr in claims(transitions) if terms.get(tr["claim_epoch"], (None, None))[0] != tr["shard"]]
 
 
-def in_flight_peaks(transitions: Iterable[Mapping[str, Any]]) -> dict[str, int]:
-    """Per pool, the most jobs assigned or running at once."""
+def in_flight_peaks(transitions: Iterable[Mapping[str, Any]], by: str = "pool") -> dict[str, int]:
+    """Per pool (or per value of another column: `concurrency_key`), the most jobs assigned or
+    running at once. Jobs without a value (no key) are not counted."""
     n: dict[str, int] = defaultdict(int)
     peak: dict[str, int] = defaultdict(int)
     for tr in sorted(transitions, key=lambda tr: tr["seq"]):
-        pool = tr["pool"]
-        n[pool] += (tr["new_state"] in IN_FLIGHT) - (tr["old_state"] in IN_FLIGHT)
-        peak[pool] = max(peak[pool], n[pool])
+        group = tr[by]
+        if group is None:
+            continue
+        n[group] += (tr["new_state"] in IN_FLIGHT) - (tr["old_state"] in IN_FLIGHT)
+        peak[group] = max(peak[group], n[group])
     return dict(peak)
+
+
+def concurrency_key_peaks(transitions: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Per concurrency key, the most of its jobs assigned or running at once."""
+    return in_flight_peaks(transitions, by="concurrency_key")
+
+
+def claim_times(transitions: Iterable[Mapping[str, Any]], column: str, value: str) -> list[float]:
+    """When each job with `column` = `value` (a rate_limit_key, a pool) was claimed (assigned), in
+    order, as epoch seconds: the starts a rate limit counts."""
+    return sorted(tr["at"].timestamp() for tr in transitions if tr["new_state"] == "assigned" and tr[column] == value)
 
 
 def dispatch_stalls(transitions: Iterable[Mapping[str, Any]], caps: Mapping[str, int]) -> list[tuple[Any, float]]:

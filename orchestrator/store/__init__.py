@@ -2,6 +2,7 @@
 state machine's transitions with their outbox (the `transitions` package)."""
 
 from orchestrator.store.fleet import PoolMove, ShardTerm
+from orchestrator.store.flow import FlowWait, RateLimit
 from orchestrator.store.rows import Job
 from orchestrator.store.store import OutboxRow, Store
 from orchestrator.store.transitions import (
@@ -12,6 +13,7 @@ from orchestrator.store.transitions import (
     Fence,
     Handoff,
     Heartbeat,
+    KeyLive,
     NewJob,
     PoolChangeTx,
     Reconciled,
@@ -27,13 +29,16 @@ __all__ = [
     "ClaimStep",
     "End",
     "Fence",
+    "FlowWait",
     "Handoff",
     "Heartbeat",
     "Job",
+    "KeyLive",
     "NewJob",
     "OutboxRow",
     "PoolChangeTx",
     "PoolMove",
+    "RateLimit",
     "Reconciled",
     "Rejection",
     "RunnerSpec",

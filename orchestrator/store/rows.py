@@ -79,6 +79,10 @@ class Job(Row):
     retry: dict[str, Any] | None = None  # the retry policy (schemas.jobs.RetryPolicy, as JSON; None: the default)
     attempts: list[dict[str, Any]] | None = None  # every attempt ended (schemas.jobs.Attempt, as JSON)
     run_at: datetime | None = None  # a delayed job: when it was first due
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    on_conflict: str | None = None
+    rate_limit_key: str | None = None
     # Not columns: what the transition changed, from RETURNING old.* (PostgreSQL 18).
     previous_runner_id: str | None = None
     acked_now: bool = False

@@ -22,7 +22,10 @@ CREATE TABLE pools (
     shape_generation bigint NOT NULL DEFAULT 0,
     shard           integer                           -- the dispatch shard an operator chose (NULL: by hash)
                     CONSTRAINT pools_shard_check CHECK (shard >= 0),
-    dispatch_shard  text NOT NULL DEFAULT 'all'       -- its shard now (pool_place(), dispatch_shards_set)
+    dispatch_shard  text NOT NULL DEFAULT 'all',      -- its shard now (pool_place(), dispatch_shards_set)
+    -- Starts per second at most (NULL: no cap), spread evenly, and their GCRA state (migration 0016).
+    max_starts_per_s double precision CONSTRAINT pools_max_starts_per_s_check CHECK (max_starts_per_s > 0),
+    starts_tat      timestamptz
 );
 
 CREATE TABLE runners (
@@ -44,10 +47,12 @@ ALTER TABLE pools ADD FOREIGN KEY (leader_runner_id) REFERENCES runners (id);
 -- A claim reads the pool's active runners (migration 0012).
 CREATE INDEX runners_pool_state_idx ON runners (pool, state);
 
--- A shape is what a queued job needs: its pool, labels, tenant and tolerations. Runners match
--- shapes, not jobs, so finding a runnable job never scans jobs no free runner can take (seed 004), and
--- `served_at` gives round-robin across shapes (so across tenants) within a priority. A shape no
--- queued, assigned or running job uses is deleted by the pruner (migration 0012).
+-- A shape is what a queued job needs: its pool, labels, tenant and tolerations, and the flow
+-- controls it is under (its concurrency key and rate-limit key: a lane, migration 0016). Runners
+-- match shapes, not jobs, so finding a runnable job never scans jobs no free runner can take
+-- (seed 004), nor those a key holds back, and `served_at` gives round-robin across shapes (so
+-- across tenants and keys) within a priority. A shape no queued, assigned or running job uses is
+-- deleted by the pruner (migration 0012).
 CREATE TABLE job_shapes (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     pool            text NOT NULL REFERENCES pools (name),
@@ -55,11 +60,17 @@ CREATE TABLE job_shapes (
     tenant          text NOT NULL DEFAULT '',
     served_at       timestamptz,
     tolerations     text[] NOT NULL DEFAULT '{}',     -- sorted, distinct
-    UNIQUE (pool, labels, tenant, tolerations)
+    concurrency_key text NOT NULL DEFAULT '',         -- '' : none
+    rate_limit_key  text NOT NULL DEFAULT '',         -- '' : none
+    CONSTRAINT job_shapes_lane_key UNIQUE (pool, labels, tenant, tolerations, concurrency_key, rate_limit_key)
 );
 
 -- A claim looks up the shapes whose labels its runners have (migration 0010).
 CREATE INDEX job_shapes_labels_idx ON job_shapes USING gin (labels) WITH (fastupdate = off);
+-- The claim's look at a pool's keyed lanes (held back, next start), and the pools a key's lanes
+-- are in (woken when the key frees up).
+CREATE INDEX job_shapes_flow_idx ON job_shapes (pool) WHERE concurrency_key <> '' OR rate_limit_key <> '';
+CREATE INDEX job_shapes_concurrency_key_idx ON job_shapes (concurrency_key) WHERE concurrency_key <> '';
 
 CREATE TABLE jobs (
     id              uuid PRIMARY KEY,                 -- UUIDv7: time-ordered, FIFO is id order
@@ -100,7 +111,14 @@ CREATE TABLE jobs (
     retry           jsonb,                            -- its retry policy (NULL: the default; see job_retry_delay())
     -- Every attempt that ended, oldest first (migration 0011 says why an array, not a table).
     attempts        jsonb NOT NULL DEFAULT '[]',
-    run_at          timestamptz                       -- a delayed job: first due then (not_before until claimed)
+    run_at          timestamptz,                      -- a delayed job: first due then (not_before until claimed)
+    -- Flow control (migration 0016): its concurrency key (NULL: none) with the limit and what
+    -- admission did with the key's other jobs, and its rate-limit key (NULL: none).
+    concurrency_key text,
+    concurrency_limit integer CONSTRAINT jobs_concurrency_limit_check CHECK (concurrency_limit >= 1),
+    on_conflict     text CONSTRAINT jobs_on_conflict_check
+                    CHECK (on_conflict IN ('queue', 'cancel_in_progress', 'cancel_pending', 'reject')),
+    rate_limit_key  text
 );
 
 CREATE TABLE dispatch_epochs (
@@ -129,6 +147,24 @@ CREATE INDEX jobs_running_timeout_idx ON jobs (started_at) WHERE state = 'runnin
 -- Queued jobs not due yet (delayed, or waiting out a retry backoff): when the first is due (the
 -- claim says, for dispatch's timer).
 CREATE INDEX jobs_deferred_idx ON jobs (pool, not_before) WHERE state = 'queued' AND not_before IS NOT NULL;
+-- What a concurrency key holds (assigned or running), and its limit (the least of its live jobs').
+CREATE INDEX jobs_concurrency_held_idx ON jobs (concurrency_key)
+    WHERE concurrency_key IS NOT NULL AND state IN ('assigned', 'running');
+CREATE INDEX jobs_concurrency_live_idx ON jobs (concurrency_key, concurrency_limit)
+    WHERE concurrency_key IS NOT NULL AND state IN ('queued', 'assigned', 'running');
+
+-- Rate limits (`PUT /v1/rate-limits/{key}`): at most `max_starts` starts per `period_s`, spread
+-- evenly (GCRA: one start every period_s / max_starts), up to `burst` at once after a quiet spell;
+-- `tat` is the theoretical arrival time of the next start, set by the claims (migration 0016).
+CREATE TABLE rate_limits (
+    key             text PRIMARY KEY,
+    max_starts      integer NOT NULL CHECK (max_starts >= 1),
+    period_s        double precision NOT NULL CHECK (period_s > 0),
+    burst           integer NOT NULL DEFAULT 1 CHECK (burst >= 1 AND burst <= max_starts),
+    tat             timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
 
 -- A churning queue fills its partial indexes with dead entries; vacuum it early and often.
 ALTER TABLE jobs SET (
@@ -146,7 +182,7 @@ ALTER TABLE jobs SET (
 CREATE TABLE rejections (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at              timestamptz NOT NULL DEFAULT now(),
-    reason          text NOT NULL,                    -- malformed | invalid | unsatisfiable | overloaded | conflict
+    reason          text NOT NULL,                    -- malformed | invalid | unsatisfiable | overloaded | conflict | concurrency_limit
     message         text NOT NULL,
     field           text,
     pool            text,
@@ -257,25 +293,66 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
                 ELSE j.attempts END
 $$;
 
--- A dispatch step's claim (edge queued -> assigned) as one statement (issue 19): the fencing check,
--- the pool's lock, its budget, the match and the assignment to runners together, where it took a
--- transaction of about nine round trips. One row version per claimed job (the runner is set by
--- the claim itself). Rows: one per claimed job, status 'dispatched'; or one row with the status
--- of a step that claimed nothing (fenced | unknown_pool | wrong_shard | paused | at_capacity |
--- no_runner | no_job). `in_flight` is the pool's count before the step (NULL for an unlimited
--- pool). Under a fence (shard, epoch): the epoch must be the shard's newest, and the pool that
--- shard's (migration 0015).
+-- How many starts a GCRA with theoretical arrival time `tat` allows at `at`, one per `interval_s`
+-- and `burst` at once: the k-th start (from 0) conforms while max(tat, at) + k * interval_s is
+-- within (burst - 1) * interval_s of `at`. The state after n starts is max(tat, at) + n * interval_s.
+CREATE FUNCTION gcra_room(tat timestamptz, at timestamptz, interval_s double precision, burst integer)
+RETURNS integer LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN tat IS NULL OR tat <= at THEN burst
+                ELSE greatest(0, burst - ceil(extract(epoch FROM tat - at) / interval_s)::integer) END
+$$;
+
+-- How many more jobs of concurrency key `k` may be assigned or running now: its limit (the
+-- smallest concurrency_limit among its live jobs, so no job ever runs beside more of its key than
+-- its own limit allows) less those assigned or running. Read with the caller's snapshot: the
+-- claim takes the key's lock first, in a statement of its own (see claim_step).
+CREATE FUNCTION concurrency_key_room(k text) RETURNS integer LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT min(j.concurrency_limit) FROM jobs j
+                     WHERE j.concurrency_key = k AND j.state IN ('queued', 'assigned', 'running')), 1)
+           - (SELECT count(*) FROM jobs j WHERE j.concurrency_key = k AND j.state IN ('assigned', 'running'))::integer
+$$;
+
+-- Take the lock of each of `keys` (an advisory transaction lock on its hash), in the order of the
+-- hashes: every taker (the claim, admission) goes in that order, so none waits for another in a
+-- circle. Held to the commit.
+CREATE FUNCTION concurrency_keys_lock(keys text[]) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    h integer;
+BEGIN
+    FOREACH h IN ARRAY ARRAY(SELECT DISTINCT hashtext(k) FROM unnest(keys) k ORDER BY 1) LOOP
+        PERFORM pg_advisory_xact_lock(hashtext('orch.concurrency_key'), h);
+    END LOOP;
+END $$;
+
+-- A dispatch step's claim (edge queued -> assigned) in one call (issue 19): the fencing check, the
+-- pool's lock, its budget, the match and the assignment to runners together. One row version per
+-- claimed job (the runner is set by the claim itself). Rows: one per claimed job, status
+-- 'dispatched', then one that sums the step up: its status (dispatched | no_job | no_runner, or
+-- why it claimed nothing: fenced | unknown_pool | wrong_shard | paused | at_capacity |
+-- throttled), `in_flight` after it (NULL for an unlimited pool), `due_in_s` (when the pool should
+-- be stepped again although nothing will announce it: its first job out of a retry backoff, a
+-- rate limit's next start, the pool's next start under max_starts_per_s; NULL: none), and the
+-- lanes it passed over because of a concurrency key at its limit (`held_by_key`) or a rate limit
+-- without a start left (`held_by_rate`). Under a fence (shard, epoch): the epoch must be the
+-- shard's newest, and the pool that shard's (migration 0015).
 --
 -- Matching goes by shape (seed 004): runners with the same labels and taints are one group, which
 -- takes only jobs of the shapes it can run, so the cost does not grow with jobs queued for other
--- shapes. Order: priority, then round-robin across shapes (the n-th job of each shape before the
--- n+1-th of any; the shape served longest ago first), then age. Jobs go to the freest runners
--- first, one slot at a time. The pool's row lock keeps other claimers of the pool out; the
--- `state = 'queued'` re-check skips a row cancelled meanwhile.
+-- shapes, nor with those a key or a rate limit holds back (a lane held back is passed over
+-- without reading its jobs). Order: priority, then round-robin across shapes (the n-th job of each
+-- shape before the n+1-th of any; the shape served longest ago first), then age. Jobs go to the
+-- freest runners first, one slot at a time. The pool's row lock keeps other claimers of the pool
+-- out; the `state = 'queued'` re-check skips a row cancelled meanwhile.
+--
+-- Flow control (migration 0016 says why it is exact): per group of runners, a plan (the jobs it
+-- would take, within each key's room as the plan's snapshot says), the locks of the keys planned
+-- (concurrency_keys_lock; each rate limit's row FOR UPDATE), then the claim of the jobs planned
+-- that still fit, counted by a statement that starts once the locks are held.
 CREATE FUNCTION claim_step(p_pool text, p_limit integer, p_shard text, p_epoch bigint)
 RETURNS TABLE (status text, in_flight integer, id uuid, pool text, runner_id text, shape_id bigint,
                attempt integer, payload jsonb, timeout_s double precision, trace_context jsonb,
-               priority integer, created_at timestamptz, assigned_at timestamptz)
+               priority integer, created_at timestamptz, assigned_at timestamptz,
+               due_in_s double precision, held_by_key integer, held_by_rate integer)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -286,6 +363,10 @@ DECLARE
     claimed integer;
     total integer := 0;
     groups integer := 0;
+    planned uuid[];
+    ckeys text[];
+    rkeys text[];
+    waits record;
 BEGIN
     IF p_shard IS NOT NULL
        AND (SELECT e.epoch FROM dispatch_epochs e WHERE e.shard = p_shard FOR SHARE) IS DISTINCT FROM p_epoch THEN
@@ -293,7 +374,8 @@ BEGIN
         RETURN NEXT;
         RETURN;
     END IF;
-    SELECT p.max_concurrent, p.paused, p.mode, p.leader_runner_id, p.dispatch_shard INTO cfg
+    SELECT p.max_concurrent, p.paused, p.mode, p.leader_runner_id, p.dispatch_shard, p.max_starts_per_s,
+           p.starts_tat INTO cfg
     FROM pools p WHERE p.name = p_pool FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         status := 'unknown_pool';
@@ -320,6 +402,17 @@ BEGIN
             RETURN;
         END IF;
     END IF;
+    IF cfg.max_starts_per_s IS NOT NULL THEN
+        -- One start per 1 / max_starts_per_s seconds (the pool's row is locked: exact).
+        IF gcra_room(cfg.starts_tat, clock_timestamp(), 1 / cfg.max_starts_per_s, 1) = 0 THEN
+            status := 'throttled';
+            in_flight := busy;
+            due_in_s := extract(epoch FROM cfg.starts_tat - clock_timestamp())::float8;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        budget := least(budget, 1);
+    END IF;
     -- Runners with free slots, in groups that can take the same jobs; in a leader-mode pool only
     -- its elected leader. Each group's members freest first.
     FOR grp IN
@@ -341,52 +434,136 @@ BEGIN
     LOOP
         groups := groups + 1;
         EXIT WHEN budget <= 0;
-        RETURN QUERY
-        WITH shapes AS (
-            SELECT s.id, s.served_at FROM job_shapes s
+        -- 1. The plan: the jobs this group would take, in claim order.
+        WITH lanes AS (
+            SELECT s.id, s.served_at, s.concurrency_key AS ckey, s.rate_limit_key AS rkey,
+                   CASE WHEN s.concurrency_key = '' THEN budget
+                        ELSE greatest(0, concurrency_key_room(s.concurrency_key)) END AS croom,
+                   CASE WHEN s.rate_limit_key = '' THEN budget ELSE coalesce(
+                       (SELECT gcra_room(r.tat, clock_timestamp(), r.period_s / r.max_starts, r.burst)
+                        FROM rate_limits r WHERE r.key = s.rate_limit_key), budget) END AS rroom
+            FROM job_shapes s
             WHERE s.pool = p_pool AND s.labels <@ grp.labels AND s.tolerations @> grp.taints
         ), heads AS (
-            SELECT q.id, q.priority, s.served_at,
+            SELECT q.id, q.priority, s.served_at, s.ckey, s.rkey, s.croom, s.rroom,
                    row_number() OVER (PARTITION BY s.id, q.priority ORDER BY q.id) AS turn
-            FROM shapes s
+            FROM lanes s
             CROSS JOIN LATERAL (
                 SELECT j.id, j.priority FROM jobs j
                 WHERE j.shape_id = s.id AND j.state = 'queued'
                   AND (j.not_before IS NULL OR j.not_before <= now())
                 ORDER BY j.priority DESC, j.id
-                LIMIT least(budget, grp.slots)
+                LIMIT least(budget, grp.slots, s.croom, s.rroom)
             ) q
+            WHERE s.croom > 0 AND s.rroom > 0  -- a lane held back: none of its jobs is read
+        ), ranked AS (
+            SELECT h.*, row_number() OVER (ORDER BY h.priority DESC, h.turn, h.served_at NULLS FIRST, h.id) AS k
+            FROM heads h
+        ), keyed AS (
+            -- Within each key, no more than its room (a key may have lanes of several shapes).
+            SELECT f.id, f.ckey, f.rkey, f.k
+            FROM (SELECT r.*, row_number() OVER (PARTITION BY r.ckey ORDER BY r.k) AS cturn,
+                              row_number() OVER (PARTITION BY r.rkey ORDER BY r.k) AS rturn
+                  FROM ranked r WHERE r.ckey <> '' OR r.rkey <> '') f
+            WHERE (f.ckey = '' OR f.cturn <= f.croom) AND (f.rkey = '' OR f.rturn <= f.rroom)
         ), picked AS (
-            SELECT h.id, row_number() OVER (ORDER BY h.priority DESC, h.turn, h.served_at NULLS FIRST, h.id) AS k
-            FROM heads h ORDER BY h.priority DESC, h.turn, h.served_at NULLS FIRST, h.id
-            LIMIT least(budget, grp.slots)
+            SELECT r.id, r.ckey, r.rkey, r.k FROM ranked r WHERE r.ckey = '' AND r.rkey = ''
+            UNION ALL
+            SELECT * FROM keyed
+            ORDER BY k LIMIT least(budget, grp.slots)
+        )
+        SELECT array_agg(p.id ORDER BY p.k), array_agg(DISTINCT p.ckey) FILTER (WHERE p.ckey <> ''),
+               array_agg(DISTINCT p.rkey) FILTER (WHERE p.rkey <> '')
+        INTO planned, ckeys, rkeys
+        FROM picked p;
+        CONTINUE WHEN planned IS NULL;
+        -- 2. The locks of the keys planned (each taker of several goes in one order: no deadlock).
+        PERFORM concurrency_keys_lock(ckeys);
+        PERFORM 1 FROM rate_limits r WHERE r.key = ANY(rkeys) ORDER BY r.key FOR UPDATE;
+        -- 3. The claim: of the jobs planned, those that still fit, as counted now the locks are held.
+        RETURN QUERY
+        WITH c AS (SELECT clock_timestamp() AS now), plan AS (
+            SELECT j.id, j.priority, s.served_at, s.id AS lane, s.concurrency_key AS ckey, s.rate_limit_key AS rkey,
+                   p.k, row_number() OVER (PARTITION BY s.concurrency_key ORDER BY p.k) AS cturn,
+                   row_number() OVER (PARTITION BY s.rate_limit_key ORDER BY p.k) AS rturn
+            FROM unnest(planned) WITH ORDINALITY AS p(id, k)
+            -- Each by its key: OFFSET 0 keeps it a lookup per job (flattened into a join, it could be
+            -- planned as a read of every queued job).
+            CROSS JOIN LATERAL (SELECT j.id, j.priority, j.shape_id FROM jobs j
+                                WHERE j.id = p.id AND j.state = 'queued' OFFSET 0) j
+            JOIN job_shapes s ON s.id = j.shape_id
+        ), rooms AS (
+            SELECT DISTINCT pl.ckey, concurrency_key_room(pl.ckey) AS room FROM plan pl WHERE pl.ckey <> ''
+        ), rates AS (
+            SELECT r.key, r.tat, r.period_s / r.max_starts AS interval_s,
+                   gcra_room(r.tat, c.now, r.period_s / r.max_starts, r.burst) AS room
+            FROM rate_limits r, c WHERE r.key = ANY(rkeys)
+        ), picked AS (
+            SELECT pl.id, pl.rkey, row_number() OVER (ORDER BY pl.k) AS k
+            FROM plan pl LEFT JOIN rooms cr ON cr.ckey = pl.ckey LEFT JOIN rates rr ON rr.key = pl.rkey
+            WHERE (pl.ckey = '' OR pl.cturn <= cr.room) AND (pl.rkey = '' OR rr.room IS NULL OR pl.rturn <= rr.room)
         ), slots AS (
             -- The k-th job to the runner with the most slots left after the first k-1.
             SELECT m.id AS runner_id, row_number() OVER (ORDER BY m.free - s.i DESC, m.rank) AS k
             FROM unnest(grp.ids, grp.frees) WITH ORDINALITY AS m(id, free, rank)
             CROSS JOIN LATERAL generate_series(0, m.free - 1) AS s(i)
         ), assigned AS (
-            UPDATE jobs j SET state = 'assigned', runner_id = sl.runner_id, assigned_at = clock_timestamp(),
+            UPDATE jobs j SET state = 'assigned', runner_id = sl.runner_id, assigned_at = c.now,
                               not_before = NULL, claim_epoch = p_epoch, acked_at = NULL
-            FROM picked pk JOIN slots sl ON sl.k = pk.k
+            FROM picked pk JOIN slots sl ON sl.k = pk.k, c
             WHERE j.id = pk.id AND j.state = 'queued'
             RETURNING j.*
         ), served AS (
-            UPDATE job_shapes s SET served_at = clock_timestamp()
+            UPDATE job_shapes s SET served_at = c.now FROM c
             WHERE s.id IN (SELECT a.shape_id FROM assigned a)
+        ), spent AS (
+            -- Only starts made count: this statement's, committed with it (or rolled back with it).
+            UPDATE rate_limits r SET tat = greatest(coalesce(rr.tat, c.now), c.now) + make_interval(secs => rr.interval_s * n.n)
+            FROM (SELECT a.rate_limit_key AS key, count(*) AS n FROM assigned a
+                  WHERE a.rate_limit_key IS NOT NULL GROUP BY a.rate_limit_key) n
+            JOIN rates rr ON rr.key = n.key, c
+            WHERE r.key = n.key
         )
-        SELECT 'dispatched', busy, a.id, a.pool, a.runner_id, a.shape_id, a.attempt, a.payload, a.timeout_s,
-               a.trace_context, a.priority, a.created_at, a.assigned_at
+        SELECT 'dispatched', NULL::integer, a.id, a.pool, a.runner_id, a.shape_id, a.attempt, a.payload, a.timeout_s,
+               a.trace_context, a.priority, a.created_at, a.assigned_at, NULL::float8, NULL::integer, NULL::integer
         FROM assigned a;
         GET DIAGNOSTICS claimed = ROW_COUNT;
         budget := budget - claimed;
         total := total + claimed;
     END LOOP;
-    IF total = 0 THEN
-        status := CASE WHEN groups = 0 THEN 'no_runner' ELSE 'no_job' END;
-        in_flight := busy;
-        RETURN NEXT;
+    IF cfg.max_starts_per_s IS NOT NULL AND total > 0 THEN
+        UPDATE pools p SET starts_tat = greatest(coalesce(p.starts_tat, clock_timestamp()), clock_timestamp())
+                                        + make_interval(secs => total / cfg.max_starts_per_s)
+        WHERE p.name = p_pool;
     END IF;
+    -- The step's summary: what it held back, and when the pool is due again (seen after this
+    -- step's own changes: a rate limit's next start counts the starts just made).
+    SELECT count(*) FILTER (WHERE w.ckey <> '' AND concurrency_key_room(w.ckey) <= 0) AS by_key,
+           count(*) FILTER (WHERE w.rroom = 0) AS by_rate,
+           min(w.rdue) FILTER (WHERE w.rroom = 0) AS rate_due
+    INTO waits
+    FROM (
+        SELECT s.concurrency_key AS ckey, r.room AS rroom, r.due AS rdue FROM job_shapes s
+        LEFT JOIN LATERAL (
+            SELECT gcra_room(l.tat, clock_timestamp(), l.period_s / l.max_starts, l.burst) AS room,
+                   l.tat - make_interval(secs => (l.burst - 1) * l.period_s / l.max_starts) AS due
+            FROM rate_limits l WHERE l.key = s.rate_limit_key
+        ) r ON true
+        WHERE s.pool = p_pool AND (s.concurrency_key <> '' OR s.rate_limit_key <> '')
+          AND EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state = 'queued'
+                                                 AND (j.not_before IS NULL OR j.not_before <= now()))
+    ) w;
+    status := CASE WHEN total > 0 THEN 'dispatched' WHEN groups = 0 THEN 'no_runner' ELSE 'no_job' END;
+    in_flight := busy + total;
+    held_by_key := waits.by_key;
+    held_by_rate := waits.by_rate;
+    due_in_s := extract(epoch FROM least(
+        (SELECT min(j.not_before) FROM jobs j WHERE j.pool = p_pool AND j.state = 'queued' AND j.not_before > now()),
+        waits.rate_due,
+        CASE WHEN cfg.max_starts_per_s IS NOT NULL AND total > 0
+             THEN (SELECT p.starts_tat FROM pools p WHERE p.name = p_pool) END
+    ) - clock_timestamp())::float8;
+    RETURN NEXT;
 END $$;
 
 -- Provisioned workers, counted against the fleet cap by every provisioner instance.
@@ -397,6 +574,22 @@ CREATE TABLE workers (
     spawned_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX workers_pool_idx ON workers (pool);
+
+-- A pool's dispatch shard (migration 0015 says how it is chosen), kept on its row by the trigger.
+CREATE FUNCTION pool_dispatch_shard(name text, pinned integer, shards integer) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN shards <= 1 THEN 'all'
+                WHEN pinned IS NOT NULL AND pinned < shards THEN pinned::text
+                ELSE (crc32(convert_to(name, 'UTF8')) % shards)::text END
+$$;
+
+CREATE FUNCTION pool_place() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.dispatch_shard := pool_dispatch_shard(NEW.name, NEW.shard, (SELECT c.shards FROM dispatch_config c));
+    RETURN NEW;
+END $$;
+CREATE TRIGGER pools_place BEFORE INSERT OR UPDATE OF name, shard ON pools
+    FOR EACH ROW EXECUTE FUNCTION pool_place();
 
 -- Schedules: a job spec on a cron (migration 0013 says how a fire time is handled once).
 CREATE TABLE schedules (
@@ -431,19 +624,3 @@ CREATE TABLE schedule_jobs (
     job_id          uuid NOT NULL,
     PRIMARY KEY (schedule, fire_at)
 );
-
--- A pool's dispatch shard (migration 0015 says how it is chosen), kept on its row by the trigger.
-CREATE FUNCTION pool_dispatch_shard(name text, pinned integer, shards integer) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN shards <= 1 THEN 'all'
-                WHEN pinned IS NOT NULL AND pinned < shards THEN pinned::text
-                ELSE (crc32(convert_to(name, 'UTF8')) % shards)::text END
-$$;
-
-CREATE FUNCTION pool_place() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.dispatch_shard := pool_dispatch_shard(NEW.name, NEW.shard, (SELECT c.shards FROM dispatch_config c));
-    RETURN NEW;
-END $$;
-CREATE TRIGGER pools_place BEFORE INSERT OR UPDATE OF name, shard ON pools
-    FOR EACH ROW EXECUTE FUNCTION pool_place();

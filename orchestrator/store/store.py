@@ -27,6 +27,7 @@ from orchestrator.errors import ConfigurationError, InvalidInput, NothingApplied
 from orchestrator.redact import redact_url
 from orchestrator.store import migrate
 from orchestrator.store.fleet import FleetRows
+from orchestrator.store.flow import FlowRows
 from orchestrator.store.jobs import JobReads
 from orchestrator.store.pools import PoolReads
 from orchestrator.store.queries import Q
@@ -99,7 +100,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, RetentionRows, ScheduleRows):
+class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, RetentionRows, ScheduleRows):
     def __init__(
         self,
         dsn: str,

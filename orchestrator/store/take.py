@@ -6,6 +6,7 @@ from typing import Any
 from uuid import UUID
 
 from orchestrator.store.connected import Connected
+from orchestrator.store.flow import FlowWait
 from orchestrator.store.queries import Q
 from orchestrator.store.rows import Job
 
@@ -26,13 +27,15 @@ class TakeReads(Connected):
     async def job_waiting(self, job: dict[str, Any]) -> dict[str, Any]:
         """The numbers behind a queued job's wait, read together: its pool's configuration, jobs in
         flight, the runners it could use, its position among the jobs competing for the same slots,
-        its retry backoff left, and how many jobs the pool finished in the last minute."""
+        its retry backoff left, how many jobs the pool finished in the last minute, and what
+        holds it back by flow control (`flow`: its concurrency key, rate limit, max_starts_per_s)."""
         async with self.transaction() as conn:
             pool = await conn.fetchrow(Q["pool_get"], job["pool"])
             in_flight = await conn.fetchval(Q["pool_in_flight"], job["pool"])
             runners = await conn.fetchrow(Q["runner_capacity_for_labels"], job["pool"], list(job["labels"]))
             position = await conn.fetchrow(Q["job_queue_position"], job["id"])
             drained = await conn.fetchval(Q["pool_drained_last_minute"], job["pool"], None)
+            flow = await conn.fetchrow(Q["job_flow_waiting"], job["id"])
         return {
             "pool": dict(pool) if pool else None,
             "in_flight": int(in_flight),
@@ -41,4 +44,5 @@ class TakeReads(Connected):
             "ahead": int(position["ahead"]),
             "backoff_s": position["backoff_s"] or 0.0,
             "drained_last_minute": int(drained),
+            "flow": FlowWait(**dict(flow)) if flow else None,
         }

@@ -6,10 +6,12 @@ durable pull consumer shared by every admission instance), core request/reply
 for the same spec. A request is a batch of one.
 
 Decisions, in order: malformed or invalid (names the field); never runnable (unknown pool, a
-label the pool cannot offer, a plan it does not allow, `max_concurrent = 0`: rejected now, never
-queued, seed 004); a key already used (same spec: the existing job, even when the pool is full,
-so a retry after a timeout is answered; another spec: conflict); over `max_active` (shed, seed
-001, with a Retry-After from the pool's drain over the last minute); else inserted. The rules
+label the pool cannot offer, a plan it does not allow, `max_concurrent = 0`, a rate limit nobody
+set: rejected now, never queued, seed 004); a key already used (same spec: the existing job, even
+when the pool is full, so a retry after a timeout is answered; another spec: conflict); over
+`max_active` (shed, seed 001, with a Retry-After from the pool's drain over the last minute); its
+concurrency key's `on_conflict` (`reject` refuses it while the key is at its limit; the cancel
+modes cancel the key's other jobs in the same transaction: concurrency.py); else inserted. The rules
 themselves (pure functions) are services/admission/rules.py; this module is the doors.
 
 Batching: the JetStream door fetches up to `fetch_batch` messages and decides them all in one
@@ -44,7 +46,7 @@ from orchestrator.store import AdmissionTx, Rejection, Store
 from orchestrator.store.transitions import UNAVAILABLE_RETRY_S
 from orchestrator.store.transitions.news import rejected
 from orchestrator.tokens import new_token
-from orchestrator.wakes import announce_queued
+from orchestrator.wakes import announce_ended, announce_queued
 from schemas.events import (
     AdmissionResult,
     ErrorDetail,
@@ -53,6 +55,7 @@ from schemas.events import (
 )
 from schemas.jobs import JobSpec
 from schemas.pools import PoolConfig
+from services.admission.concurrency import KeyBook, keys_of
 from services.admission.rules import (
     Decision,
     Planned,
@@ -127,6 +130,8 @@ class Admission(Service):
                 await backoff.wait_or_raise(exc)
         done: list[Decision] = decisions  # type: ignore[assignment]
         await self._announce(subs, done, recorded=record)
+        if tx.cancelled:  # jobs a new one of their key replaced: the slots of those assigned are free
+            await announce_ended(self.store, self.bus, [job for job in tx.cancelled if job.state != "running"])
         return done
 
     @staticmethod
@@ -137,13 +142,17 @@ class Admission(Service):
         index i): every door's, and the scheduler's, whose fires are admitted by these rules too."""
         pools = {name: PoolConfig.from_row(row) for name, row in tx.pools.items()}
         active = await tx.active([name for name, pool in pools.items() if pool.max_active >= 0])
+        rate_keys = {spec.rate_limit_key for _, _, spec in valid if spec.rate_limit_key is not None}
+        rate_limits = await tx.rate_limits_known(sorted(rate_keys)) if rate_keys else set()
+        concurrency_keys, acting = keys_of(spec for _, _, spec in valid)
+        book = KeyBook(await tx.concurrency_keys(concurrency_keys, acting) if concurrency_keys else {})
         retry_after: dict[str, float] = {}
         planned: dict[str, Planned] = {}  # by key: what this batch inserts
         later: list[tuple[int, str, JobSpec]] = []  # the same key again, after a planned job
         for i, sub, spec in valid:
             key = sub.key  # None: a keyless request, keyed by its new job id
             pool = pools.get(spec.pool)
-            error = judge(spec, pool)
+            error = judge(spec, pool, rate_limits)
             if error is not None:
                 decisions[i] = Decision("rejected", error=error)
             elif key is not None and key in tx.existing:
@@ -161,12 +170,17 @@ class Admission(Service):
                     retry_after_s=retry_after[spec.pool],
                 )
             else:
-                if spec.pool in active:
-                    active[spec.pool] += 1
                 token = new_token()
                 job = new_job(key, spec, token, sub.trace_context)
+                refused = book.admit(job)  # its on_conflict, against its key's other jobs
+                if refused is not None:
+                    decisions[i] = Decision("rejected", error=refused)
+                    continue
+                if spec.pool in active:
+                    active[spec.pool] += 1
                 planned[job.key] = Planned(i, spec, token, job)
         rows = {row["key"]: row for row in await tx.insert([p.job for p in planned.values()])}
+        await tx.cancel(book.superseded, book.stopped)  # after the insert: this batch's jobs may be among them
         # A key missing from the insert was taken meanwhile by an admission into another pool.
         missing = [key for key in planned if key not in rows]
         taken = await tx.jobs_by_key(missing) if missing else {}

@@ -4,6 +4,7 @@ what a key already used means. Pure functions and the values they pass around.""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,15 +22,20 @@ MAX_RETRY_AFTER_S = 60.0
 TAKE_ABANDON_AFTER_S = 30.0
 
 
-def judge(spec: JobSpec, pool: PoolConfig | None) -> ErrorDetail | None:
-    """Why `spec` can never run in `pool`, or None when it can."""
+def judge(spec: JobSpec, pool: PoolConfig | None, rate_limits: Collection[str] = ()) -> ErrorDetail | None:
+    """Why `spec` can never run in `pool`, or None when it can. Its rate limit must exist (one of
+    `rate_limits`): a key nobody set would be a typo that limits nothing."""
     if pool is None:
         return ErrorDetail(code="unsatisfiable", message=f"pool {spec.pool!r} does not exist", field="pool")
     why = pool.unrunnable(spec.pool, spec.labels, spec.plan)
-    if why is None:
-        return None
-    field, message = why
-    return ErrorDetail(code="unsatisfiable", message=message, field=field)
+    if why is not None:
+        field, message = why
+        return ErrorDetail(code="unsatisfiable", message=message, field=field)
+    if spec.rate_limit_key is not None and spec.rate_limit_key not in rate_limits:
+        key = spec.rate_limit_key
+        message = f"no rate limit {key!r}: set it first (PUT /v1/rate-limits/{key} with its limit and period_s)"
+        return ErrorDetail(code="unsatisfiable", message=message, field="rate_limit_key")
+    return None
 
 
 def retry_after_s(excess: int, drained_last_minute: int) -> float:
@@ -108,6 +114,10 @@ def new_job(key: str | None, spec: JobSpec, token: str, trace_context: dict[str,
         retry=spec.retry.model_dump(mode="json") if spec.retry else None,
         run_at=spec.run_at,
         delay_s=spec.delay_s,
+        concurrency_key=spec.concurrency_key,
+        concurrency_limit=(spec.concurrency_limit or 1) if spec.concurrency_key else None,
+        on_conflict=(spec.on_conflict or "queue") if spec.concurrency_key else None,
+        rate_limit_key=spec.rate_limit_key,
     )
 
 

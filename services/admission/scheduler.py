@@ -43,7 +43,7 @@ from orchestrator.metrics import Metrics
 from orchestrator.settings import SchedulerSettings, Timings
 from orchestrator.store import Store
 from orchestrator.store.schedules import Fenced, ScheduleChanged
-from orchestrator.wakes import announce_free, announce_queued
+from orchestrator.wakes import announce_ended, announce_free, announce_queued
 from schemas.events import SchedulesChanged
 from schemas.jobs import JobSpec
 from services.admission.doors import Admission
@@ -217,6 +217,9 @@ class Scheduler(Service):
                     self.leadership.deposed(fence.epoch)
                 return False
         await self._count(decision, spec.pool, at, now)
+        ended = [job for job in firing.admission.cancelled if job.state != "running"]
+        if ended:  # its concurrency key's on_conflict cancelled jobs a runner held: their slots are free
+            await announce_ended(self.store, self.bus, ended)
         return True
 
     async def _decide(self, firing: Any, row: dict[str, Any], sub: Submission) -> Decision | None:

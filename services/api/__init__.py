@@ -4,9 +4,9 @@
 admission service over the bus, so HTTP and NATS producers get the same decisions. Reads come
 straight from Postgres, the truth. Pool changes (`PUT`/`PATCH /v1/pools/{name}`, `pools.py`) go
 through `orchestrator.pools.change_pool`, the one way a pool changes (the runtime applies the
-pools file with it too); runners' endpoints are `runners.py`, schedules' `schedules.py`, a job's
-output `logs.py`. Every
-error is `{"error": {"code", "message", "field"}}`.
+pools file with it too); runners' endpoints are `runners.py`, schedules' `schedules.py`, rate
+limits' `rate_limits.py`, a job's output `logs.py`. Every error is `{"error": {"code", "message",
+"field"}}`.
 
 The endpoints are one table (`routes.py`) that registers them, says who may call them (`auth.py`,
 bearer tokens with roles, off until tokens are configured) and generates `/openapi.json` from the
@@ -34,7 +34,7 @@ from orchestrator.metrics import CONTENT_TYPE, Metrics, QueueCollector, expositi
 from orchestrator.settings import ApiSettings, HttpSettings, LogLimits
 from orchestrator.store import Store
 from orchestrator.tokens import token_matches
-from orchestrator.wakes import announce_free
+from orchestrator.wakes import announce_ended
 from schemas.api import (
     FinishBody,
     JobCreated,
@@ -65,6 +65,7 @@ from services.api.auth import ROLE, Auth
 from services.api.blocked import Why
 from services.api.logs import JobLogsView
 from services.api.pools import PoolViews
+from services.api.rate_limits import RateLimitViews
 from services.api.responses import (
     STATUS,
     error_response,
@@ -117,6 +118,7 @@ class Api(Service):
         self.pools = PoolViews(store, bus)
         self.runners = RunnerViews(store, bus)
         self.schedules = ScheduleViews(store, bus)
+        self.rate_limits = RateLimitViews(store)
         self.app = self._build_app()
 
     def _routes(self) -> list[Route]:
@@ -171,6 +173,7 @@ class Api(Service):
             Route("DELETE", "/v1/schedules/{name}", self.schedules.delete_schedule, PRODUCER,
                   "Delete a schedule (the jobs it fired are left as they are)", None, {200: ScheduleDeleted},
                   (404,), (params.SCHEDULE_NAME,)),
+            *self.rate_limits.routes(),
             Route("GET", "/v1/queue", self.queue_depth, ANY_ROLE, "Jobs waiting and in flight, per pool", None,
                   {200: QueueDepth}),
             Route("GET", "/v1/rejections", self.list_rejections, OPERATOR,
@@ -319,7 +322,7 @@ class Api(Service):
         # Queued or assigned: ended now (an assigned one's slot is free at once). Running:
         # recorded, its runner told; it ends when the runner reports (or is lost).
         if cancel.outcome == "cancelled" and cancel.job.runner_id is not None:
-            await announce_free(self.store, self.bus, {cancel.job.pool})
+            await announce_ended(self.store, self.bus, [cancel.job])
         return json_response(JobView.from_row(cancel.job), 200 if cancel.outcome == "cancelled" else 202)
 
     async def take_job(self, request: web.Request) -> web.Response:
@@ -362,7 +365,7 @@ class Api(Service):
             message = f"job {row['id']} is {row['state']}: only a job a runner holds can be finished (DELETE cancels)"
             return error_response(409, "not_held", message, "id")
         # The slot is free now, not when the runner's late report comes back.
-        await announce_free(self.store, self.bus, {ended.pool})
+        await announce_ended(self.store, self.bus, [ended])
         return json_response(JobView.from_row(ended))
 
     # --- operators -----------------------------------------------------------------------------

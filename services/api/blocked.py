@@ -4,8 +4,10 @@ Every constraint that holds it back, most fundamental first, each with the numbe
 no dispatcher holds the lease (nothing is dispatched at all), its pool is paused, its pool's
 capacity could not be counted lately (`CapacityUnknown`: the dispatcher does not dispatch blind),
 no runner that could take it has a free slot (none offers its labels, or all those are busy),
-its pool is at `max_concurrent`, it is delayed and not due yet (`run_at` / `delay_s`: "scheduled
-for ..."), its retry backoff has not run out. Then its position among the
+its pool is at `max_concurrent`, its pool's `max_starts_per_s` allows no start yet (and when the
+next is), its concurrency key is at its limit (and which jobs hold it), its rate limit has no
+start left (and when the next is), it is delayed and not due yet (`run_at` / `delay_s`:
+"scheduled for ..."), its retry backoff has not run out. Then its position among the
 queued jobs that compete for the same slots, and an estimated wait from how many jobs the pool
 finished in the last minute. The numbers are read together from Postgres; the lease (of the
 job's pool's dispatch shard) from NATS; `CapacityUnknown` is the news this process heard (one
@@ -17,13 +19,14 @@ names a sender makes up.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.bus import Bus
 from orchestrator.bus.lease import read_lease
 from orchestrator.known_pools import KnownPools
 from orchestrator.lifecycle import Service
-from orchestrator.store import Store
+from orchestrator.store import FlowWait, Store
 from schemas.api import BlockedBy, Constraint, Waiting
 from schemas.events import CapacityUnknown
 
@@ -74,9 +77,44 @@ def constraints(
                 numbers={"in_flight": n["in_flight"], "max_concurrent": cap},
             )
         )
+    found += _flow(name, pool, n.get("flow"))
     if n["backoff_s"] > 0:
         found.append(_not_due(job, n["backoff_s"]))
     return found
+
+
+def _flow(name: str, pool: dict[str, Any], flow: FlowWait | None) -> list[Constraint]:
+    """What flow control holds it back by: its pool's max_starts_per_s, its concurrency key at its
+    limit (naming the jobs that hold it), its rate limit with no start left."""
+    if flow is None:
+        return []
+    found = []
+    if flow.pool_next_at is not None:
+        rate = pool["max_starts_per_s"]
+        message = f"pool {name!r} starts at most {rate:g} jobs per second: next start at {_when(flow.pool_next_at)}"
+        numbers = {"max_starts_per_s": rate, **_next(flow.pool_next_at)}
+        found.append(Constraint(reason="max_starts_per_s", message=message, numbers=numbers))
+    if flow.key_full:
+        key, limit = flow.concurrency_key, flow.key_limit or 1
+        holders = ", ".join(str(h) for h in flow.key_holders)
+        if flow.key_held > len(flow.key_holders):
+            holders += f" and {flow.key_held - len(flow.key_holders)} more"
+        message = f"concurrency key {key!r} is at its limit of {limit}: held by {holders}"
+        numbers = {"concurrency_key": key, "concurrency_limit": limit, "held": flow.key_held, "holders": holders}
+        found.append(Constraint(reason="concurrency_key", message=message, numbers=numbers))
+    if flow.rate_empty and flow.rate_next_at is not None:
+        message = f"rate limit {flow.rate_limit_key}: next start at {_when(flow.rate_next_at)}"
+        numbers = {"rate_limit_key": flow.rate_limit_key, **_next(flow.rate_next_at)}
+        found.append(Constraint(reason="rate_limit", message=message, numbers=numbers))
+    return found
+
+
+def _when(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _next(at: datetime) -> dict[str, str | float]:
+    return {"next_start_at": _when(at), "seconds_left": round(max(0.0, at.timestamp() - time.time()), 3)}
 
 
 def _delayed(job: dict[str, Any]) -> bool:
@@ -96,14 +134,16 @@ def _not_due(job: dict[str, Any], seconds_left: float) -> Constraint:
 
 
 def estimate(found: list[Constraint], n: dict[str, Any]) -> float | None:
-    """Seconds until it runs, from the recent drain rate; None when that cannot say."""
+    """Seconds until it runs, from the recent drain rate (no sooner than a backoff or a start
+    it waits for); None when that cannot say."""
     if any(c.reason in UNPREDICTABLE for c in found) or n["matching"] == 0:
         return None
     if not found and n["ahead"] == 0:
         return 0.0
     if n["drained_last_minute"] == 0:
         return None
-    return round(max((n["ahead"] + 1) * 60.0 / n["drained_last_minute"], n["backoff_s"]), 1)
+    floor = max([n["backoff_s"], *(float(c.numbers.get("seconds_left") or 0) for c in found)])
+    return round(max((n["ahead"] + 1) * 60.0 / n["drained_last_minute"], floor), 1)
 
 
 def blocked_by(job: dict[str, Any], n: dict[str, Any], *, leader: bool, shard: str, unknown: str | None) -> BlockedBy:

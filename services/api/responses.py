@@ -21,6 +21,7 @@ STATUS = {
     "invalid": 422,
     "unsatisfiable": 422,
     "conflict": 409,
+    "concurrency_limit": 409,
     "overloaded": 429,
     "unavailable": 503,
     "internal": 500,

@@ -245,6 +245,30 @@ def test_on_a_terminal_the_progress_line_is_rewritten_in_place(monkeypatch: pyte
     assert screen.getvalue().endswith(CLEAR_LINE + prefix[:39])
 
 
+async def test_submit_and_pool_set_take_flow_control(front_cli: Cli, http: aiohttp.ClientSession) -> None:
+    status, out, _ = await front_cli("pool", "set", "--json", "default", "--max-starts-per-s", "2.5")
+    assert status == 0 and json.loads(out)["max_starts_per_s"] == 2.5
+    args = (
+        "submit",
+        "--concurrency-key",
+        "deploy",
+        "--concurrency-limit",
+        "2",
+        "--on-conflict",
+        "reject",
+        "--",
+        "true",
+    )
+    status, out, _ = await front_cli(*args)
+    job = json.loads(out)
+    assert (status, job["concurrency_key"], job["concurrency_limit"], job["on_conflict"]) == (0, "deploy", 2, "reject")
+    assert (await front_cli(*args))[0] == 0  # room for two
+    status, _, err = await front_cli(*args)
+    assert status == 2 and "409: concurrency key 'deploy' is at its limit" in err
+    status, _, err = await front_cli("submit", "--rate-limit-key", "nobody-set-it", "--", "true")
+    assert status == 2 and "no rate limit 'nobody-set-it'" in err
+
+
 async def test_schedule_set_list_and_delete(front_cli: Cli, http: aiohttp.ClientSession, front: Runtime) -> None:
     """`schedule set NAME --cron ... -- CMD` creates (and replaces) a schedule of that command,
     `schedule list` shows it with its next fire time, `schedule delete` removes it; refusals are

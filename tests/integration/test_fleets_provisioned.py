@@ -422,3 +422,21 @@ async def test_a_delayed_job_is_demand_only_once_due_and_a_timer_says_when(
         assert datetime.now(UTC) >= row.run_at
     finally:
         await provisioning.stop()
+
+
+async def test_jobs_a_key_or_a_rate_limit_holds_back_are_no_demand(store: Store) -> None:
+    """A provisioned pool's demand counts a lane under a concurrency key or a rate limit only as
+    far as it has room now: no worker for a deploy its key would hold back, and the rate limit's
+    next start is when to look again."""
+    await factories.pool(store, "p", provisioner="local", max_workers=10)
+    await factories.queue(store, 2, pool="p")
+    await factories.queue(store, 5, pool="p", concurrency_key="deploy")  # one at a time
+    await store.rate_limit_put("api", 1, 60.0, 1)
+    await factories.queue(store, 3, pool="p", rate_limit_key="api")  # one now, the next in a minute
+    demand = await store.pool_fleet_demand("p", 100)
+    assert demand is not None and (demand["queued"], demand["due_in_s"]) == (2 + 1 + 1, None)
+    await factories.runner(store, "w1", "p", slots=3)
+    assert len((await store.transitions.claim("p", 10)).assignments) == 3  # one of each lane
+    demand = await store.pool_fleet_demand("p", 100)
+    assert demand is not None and demand["queued"] == 1  # the unkeyed one: the key is full, the minute spent
+    assert demand["due_in_s"] is not None and 59 < demand["due_in_s"] <= 60

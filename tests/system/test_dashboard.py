@@ -45,7 +45,7 @@ async def test_dashboard_page_and_the_endpoints_it_polls(system_http: aiohttp.Cl
     assert [p["name"] for p in bodies["/v1/pools"]["pools"]] == ["default"]
     [stats] = bodies["/v1/stats"]["pools"]
     assert stats["pool"] == "default" and stats["max_concurrent"] == 20
-    assert {"queued", "in_flight", "free", "oldest_queued_s"} <= set(stats)
+    assert {"queued", "in_flight", "free", "oldest_queued_s", "held_by_key", "held_by_rate"} <= set(stats)
     [runner] = bodies["/v1/runners"]["runners"]
     assert runner["slots"] == system.settings.runner_slots and "busy" in runner
     assert bodies["/v1/leader"]["holder"] == system.settings.instance_id

@@ -14,6 +14,7 @@ import schemas.api
 import schemas.events
 import schemas.jobs
 import schemas.pools
+import schemas.rate_limits
 import schemas.runners
 import schemas.schedules
 
@@ -22,7 +23,8 @@ PYDANTIC_ONLY = {"ge", "gt", "le", "lt", "multiple_of", "min_length", "max_lengt
 
 def models() -> list[type[pydantic.BaseModel]]:
     found = []
-    for module in (schemas.api, schemas.events, schemas.jobs, schemas.pools, schemas.runners, schemas.schedules):
+    modules = (schemas.api, schemas.events, schemas.jobs, schemas.pools, schemas.rate_limits, schemas.runners)
+    for module in (*modules, schemas.schedules):
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, pydantic.BaseModel) and cls.__module__ == module.__name__:
                 found.append(cls)

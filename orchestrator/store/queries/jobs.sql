@@ -18,13 +18,16 @@ WHERE ($1::text IS NULL OR pool = $1)
 ORDER BY id DESC
 LIMIT $4;
 
+-- A lane: what jobs need (pool, labels, tenant, tolerations) and the keys they are under ('': none).
 -- name: job_shape_insert
-INSERT INTO job_shapes (pool, labels, tenant, tolerations) VALUES ($1, $2, $3, $4)
-ON CONFLICT (pool, labels, tenant, tolerations) DO NOTHING
+INSERT INTO job_shapes (pool, labels, tenant, tolerations, concurrency_key, rate_limit_key)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (pool, labels, tenant, tolerations, concurrency_key, rate_limit_key) DO NOTHING
 RETURNING id;
 
 -- name: job_shape_get
-SELECT id FROM job_shapes WHERE pool = $1 AND labels = $2 AND tenant = $3 AND tolerations = $4;
+SELECT id FROM job_shapes
+WHERE pool = $1 AND labels = $2 AND tenant = $3 AND tolerations = $4 AND concurrency_key = $5 AND rate_limit_key = $6;
 
 -- The different (labels, plan) a pool's queued jobs need: what a pool change must re-check.
 -- name: job_queued_shapes

@@ -21,8 +21,8 @@ SELECT name FROM pools;
 -- The pool's shard (`dispatch_shard`) is set by its trigger from `shard` ($11) (migration 0015).
 -- name: pool_upsert
 INSERT INTO pools (name, max_concurrent, max_active, labels, allowed_plans, mode, paused, provisioner, max_workers,
-                   reservation_timeout_s, shard)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                   reservation_timeout_s, shard, max_starts_per_s)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (name) DO UPDATE SET
     max_concurrent = EXCLUDED.max_concurrent,
     max_active = EXCLUDED.max_active,
@@ -34,6 +34,13 @@ ON CONFLICT (name) DO UPDATE SET
     max_workers = EXCLUDED.max_workers,
     reservation_timeout_s = EXCLUDED.reservation_timeout_s,
     shard = EXCLUDED.shard,
+    max_starts_per_s = EXCLUDED.max_starts_per_s,
+    -- The next start under the old cap, rescaled to the new one (none without a cap): a slower
+    -- cap does not allow a start early, a faster one does not keep the old wait.
+    starts_tat = CASE WHEN EXCLUDED.max_starts_per_s IS NULL THEN NULL
+                      WHEN pools.starts_tat > now() AND pools.max_starts_per_s IS NOT NULL
+                      THEN now() + (pools.starts_tat - now()) * (pools.max_starts_per_s / EXCLUDED.max_starts_per_s)
+                      ELSE pools.starts_tat END,
     updated_at = now()
 RETURNING *;
 
@@ -117,20 +124,44 @@ SELECT name, provisioner, max_workers FROM pools WHERE provisioner IS NOT NULL O
 -- that are ever spawned at once), jobs in flight, and the free slots of its registered runners;
 -- and in how many seconds its first queued job not due yet is (`due_in_s`, NULL: none), for a
 -- timer: a delayed job is demand only from then.
+-- Flow control (migration 0016): a job under a concurrency key or a rate limit is demand only as
+-- far as its lane has room now (its key's room, its rate limit's starts left), and a rate limit's
+-- next start is a due time too: no worker is spawned for a job its key would hold back.
 -- name: pool_fleet_demand
 WITH busy AS (SELECT runner_id, count(*) AS n FROM jobs
-              WHERE pool = $1 AND state IN ('assigned', 'running') GROUP BY runner_id)
+              WHERE pool = $1 AND state IN ('assigned', 'running') GROUP BY runner_id),
+     lanes AS (
+         SELECT (SELECT count(*) FROM (SELECT 1 FROM jobs j
+                                       WHERE j.shape_id = s.id AND j.state = 'queued'
+                                         AND (j.not_before IS NULL OR j.not_before <= now())
+                                       LIMIT $2) q) AS due,
+                least(CASE WHEN s.concurrency_key = '' THEN $2
+                           ELSE greatest(0, concurrency_key_room(s.concurrency_key)) END,
+                      coalesce(r.room, $2)) AS room,
+                CASE WHEN r.room = 0 THEN r.next_at END AS next_at
+         FROM job_shapes s
+         LEFT JOIN LATERAL (
+             SELECT gcra_room(l.tat, clock_timestamp(), l.period_s / l.max_starts, l.burst) AS room,
+                    l.tat - make_interval(secs => (l.burst - 1) * l.period_s / l.max_starts) AS next_at
+             FROM rate_limits l WHERE l.key = s.rate_limit_key
+         ) r ON true
+         WHERE s.pool = $1 AND (s.concurrency_key <> '' OR s.rate_limit_key <> '')
+     )
 SELECT p.name, p.provisioner, p.max_workers, p.max_concurrent, p.labels, p.paused,
-       (SELECT count(*) FROM (SELECT 1 FROM jobs j
-                              WHERE j.pool = $1 AND j.state = 'queued'
-                                AND (j.not_before IS NULL OR j.not_before <= now())
-                              LIMIT $2) q) AS queued,
+       least($2::bigint, (SELECT count(*) FROM (SELECT 1 FROM jobs j
+                                                WHERE j.pool = $1 AND j.state = 'queued'
+                                                  AND (j.not_before IS NULL OR j.not_before <= now())
+                                                  AND j.concurrency_key IS NULL AND j.rate_limit_key IS NULL
+                                                LIMIT $2) q)
+                         + (SELECT coalesce(sum(least(l.due, l.room)), 0) FROM lanes l)::bigint) AS queued,
        (SELECT coalesce(sum(n), 0)::bigint FROM busy) AS in_flight,
        (SELECT coalesce(sum(greatest(r.slots - coalesce(b.n, 0), 0)), 0)::bigint
         FROM runners r LEFT JOIN busy b ON b.runner_id = r.id
         WHERE r.pool = $1 AND r.state = 'active') AS free_slots,
-       (SELECT extract(epoch FROM min(j.not_before) - now())::float8 FROM jobs j
-        WHERE j.pool = $1 AND j.state = 'queued' AND j.not_before > now()) AS due_in_s
+       extract(epoch FROM least(
+           (SELECT min(j.not_before) FROM jobs j WHERE j.pool = $1 AND j.state = 'queued' AND j.not_before > now()),
+           (SELECT min(l.next_at) FROM lanes l WHERE l.due > 0)
+       ) - now())::float8 AS due_in_s
 FROM pools p WHERE p.name = $1;
 
 -- Deleting a pool: its row locked against every other writer, runner registrations included

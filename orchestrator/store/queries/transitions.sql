@@ -19,25 +19,28 @@
 WITH admitted AS (
 INSERT INTO jobs AS j (id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s,
                   max_attempts, abandon_after_s, token_hash, trace_context, tolerations, retry, run_at, not_before,
-                  shape_id)
+                  concurrency_key, concurrency_limit, on_conflict, rate_limit_key, shape_id)
 SELECT r.id, r.key, r.spec, r.pool, ARRAY(SELECT jsonb_array_elements_text(r.labels::jsonb)), r.plan, r.tenant,
        r.priority, r.payload,
        coalesce(r.timeout_s, CASE WHEN NOT r.payload ? 'command'
                                   THEN (SELECT reservation_timeout_s FROM pools WHERE name = r.pool) END),
        r.max_attempts, r.abandon_after_s, r.token_hash, r.trace_context,
-       ARRAY(SELECT jsonb_array_elements_text(r.tolerations::jsonb)), r.retry, d.run_at, d.run_at, r.shape_id
+       ARRAY(SELECT jsonb_array_elements_text(r.tolerations::jsonb)), r.retry, d.run_at, d.run_at, r.concurrency_key,
+       r.concurrency_limit, r.on_conflict, r.rate_limit_key, r.shape_id
 FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[], $8::integer[],
             $9::jsonb[], $10::float8[], $11::integer[], $12::float8[], $13::bytea[], $14::jsonb[], $15::text[],
-            $16::jsonb[], $17::timestamptz[], $18::float8[], $19::bigint[])
+            $16::jsonb[], $17::timestamptz[], $18::float8[], $19::text[], $20::integer[], $21::text[], $22::text[],
+            $23::bigint[])
      AS r(id, key, spec, pool, labels, plan, tenant, priority, payload, timeout_s, max_attempts,
-          abandon_after_s, token_hash, trace_context, tolerations, retry, run_at, delay_s, shape_id)
+          abandon_after_s, token_hash, trace_context, tolerations, retry, run_at, delay_s, concurrency_key,
+          concurrency_limit, on_conflict, rate_limit_key, shape_id)
 -- A delayed job is due at its run_at, or delay_s after its admission by the database's clock (the
 -- clock the claim compares with).
 CROSS JOIN LATERAL (SELECT coalesce(r.run_at, clock_timestamp() + make_interval(secs => r.delay_s)) AS run_at) d
 ON CONFLICT (key) DO NOTHING
 RETURNING j AS job, id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, abandon_after_s,
           tolerations, state, attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at,
-          run_at
+          run_at, concurrency_key, concurrency_limit, on_conflict, rate_limit_key
 ), news AS (
     INSERT INTO outbox (id, subject, body, durable)
     SELECT n.* FROM admitted a
@@ -46,7 +49,8 @@ RETURNING j AS job, id, key, pool, labels, plan, tenant, priority, timeout_s, ma
     ORDER BY a.id
 )
 SELECT id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, abandon_after_s, tolerations, state,
-       attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at, run_at
+       attempt, runner_id, exit_code, reason, created_at, assigned_at, started_at, finished_at, run_at,
+       concurrency_key, concurrency_limit, on_conflict, rate_limit_key
 FROM admitted;
 
 -- The runner acknowledged these hand-offs (job, runner, the assignment's assigned_at): the
@@ -139,7 +143,7 @@ FROM (SELECT r.*, CASE WHEN r.state IN ('failed', 'timed_out')
      (SELECT clock_timestamp() AS now) c
 WHERE j.id = r.id AND j.runner_id = r.runner_id AND j.attempt = r.attempt AND j.state = 'running'
 RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt, old.runner_id AS previous_runner_id,
-          r.state AS outcome, r.exit_code AS reported_exit_code, r.reason AS reported_reason
+          r.state AS outcome, r.exit_code AS reported_exit_code, r.reason AS reported_reason, j.concurrency_key
 ), news AS (
     INSERT INTO outbox (id, subject, body, durable)
     SELECT n.* FROM changed c
@@ -148,9 +152,10 @@ RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt, old.runner_id
                                 c.previous_runner_id, c.outcome) n
     ORDER BY (c.job).id
 )
--- For the transition log: the runner the attempt ended on, and what ended it (a requeue's why).
+-- For the transition log: the runner the attempt ended on, and what ended it (a requeue's why);
+-- for the wakes, its concurrency key (its room is free again).
 SELECT id, pool, state, coalesce(runner_id, previous_runner_id) AS runner_id, attempt, reported_exit_code AS exit_code,
-       CASE state WHEN 'queued' THEN outcome ELSE reported_reason END AS reason
+       CASE state WHEN 'queued' THEN outcome ELSE reported_reason END AS reason, concurrency_key
 FROM changed;
 
 -- The client of a reservation ends it (POST /v1/jobs/{id}/finish): recorded now; its runner is
@@ -173,11 +178,13 @@ SELECT (c.job).* FROM changed c;
 
 -- A cancel: a queued job ends at once, and so does an assigned one (nothing runs before its
 -- runner is granted the start, which this makes stale); its runner, if any, is told to let go.
+-- Jobs $1, each with its reason ($2: 'cancelled' by its producer, or what superseded it).
 -- name: job_cancel_unstarted
 WITH changed AS (
-UPDATE jobs SET state = 'cancelled', reason = 'cancelled', finished_at = clock_timestamp()
-WHERE id = $1 AND state IN ('queued', 'assigned')
-RETURNING jobs AS job
+UPDATE jobs j SET state = 'cancelled', reason = r.reason, finished_at = clock_timestamp()
+FROM unnest($1::uuid[], $2::text[]) AS r(id, reason)
+WHERE j.id = r.id AND j.state IN ('queued', 'assigned')
+RETURNING j AS job
 ), news AS (
     INSERT INTO outbox (id, subject, body, durable)
     SELECT n.* FROM changed c CROSS JOIN (VALUES (1, 'finished'), (2, 'cancel')) k(i, kind)
@@ -189,10 +196,11 @@ SELECT (c.job).* FROM changed c;
 
 -- A cancel of a running job is recorded: its runner is told now and on every heartbeat until it
 -- reports the end (or is lost); the slot is freed then, not before the process is gone.
+-- Jobs $1.
 -- name: job_cancel_request
 WITH changed AS (
 UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, clock_timestamp())
-WHERE id = $1 AND state = 'running'
+WHERE id = ANY($1::uuid[]) AND state = 'running'
 RETURNING jobs AS job
 ), news AS (
     INSERT INTO outbox (id, subject, body, durable)
@@ -335,13 +343,8 @@ RETURNING j AS job
 )
 SELECT (c.job).* FROM changed c;
 
--- A dispatch step's claim, one statement (migration 0009's `claim_step`): $1 pool, $2 at most this
--- many jobs, $3 / $4 the leader's shard and epoch (NULL without a lease). A step that looked for
--- jobs also says in how many seconds the pool's first job waiting out a backoff is due
--- (`due_in_s`, NULL: none): nothing else announces that moment, so dispatch keeps a timer for it.
--- Read with the statement's snapshot, taken before the claim: the jobs it claimed were due.
+-- A dispatch step's claim (migration 0016's `claim_step`): $1 pool, $2 at most this many jobs,
+-- $3 / $4 the leader's shard and epoch (NULL without a lease). The jobs claimed, then one row that
+-- sums the step up (its status, in-flight count, when the pool is due again, what it held back).
 -- name: job_claim_step
-SELECT c.*, CASE WHEN c.status IN ('dispatched', 'no_job') THEN (
-           SELECT extract(epoch FROM min(j.not_before) - now())::float8 FROM jobs j
-           WHERE j.pool = $1 AND j.state = 'queued' AND j.not_before > now()) END AS due_in_s
-FROM claim_step($1, $2, $3, $4) c;
+SELECT * FROM claim_step($1, $2, $3, $4);

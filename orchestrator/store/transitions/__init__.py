@@ -52,6 +52,7 @@ from orchestrator.store.transitions.args import (
     Fence,
     Handoff,
     Heartbeat,
+    KeyLive,
     NewJob,
     Reconciled,
     Rejection,
@@ -85,6 +86,7 @@ __all__ = [
     "Handoff",
     "Heartbeat",
     "Journal",
+    "KeyLive",
     "Level",
     "NewJob",
     "PoolChangeTx",
@@ -185,6 +187,9 @@ class Transitions:
         news.committed()
         self._shapes.remember(tx.new_shapes)  # committed: safe to remember
         self._journal.record(tx.inserted, verb="admitted")
+        # Jobs a new one of their key replaced (on_conflict): ended, or their runner told to stop.
+        self._journal.record([job for job in tx.cancelled if job.state != JobState.running])
+        self._journal.record([job for job in tx.cancelled if job.state == JobState.running], verb="cancel requested")
 
     @asynccontextmanager
     async def pool_change(self, name: str) -> AsyncIterator[PoolChangeTx]:
@@ -205,22 +210,32 @@ class Transitions:
         slots, never past the pool's `max_concurrent`, in one statement (`claim_step`, migration
         0009). No news yet: the assignment is announced once its runner acknowledges it
         (`acknowledge`). A job waiting out a retry backoff is not claimed before it is due; the
-        step says when the first one is (`due_in_s`).
+        step says when the first one is (`due_in_s`), and when the next start under a rate
+        limit or the pool's max_starts_per_s is, if it passed over jobs for one. A concurrency
+        key at its limit holds its jobs back until one of its jobs ends (`held_by_key`).
 
         With a `fence`, the statement first checks the shard's stored epoch (holding it shared to
         its end, so a successor's new term waits for it): another one means a newer leader was
         elected, and the step claims nothing (`fenced`). Then, with the pool's row locked, that
         the pool is the fence's shard's: a pool that moved to another shard (or a shard of an
         earlier shard count) claims nothing (`wrong_shard`). Not retried when Postgres is lost
-        mid-claim: run again after its COMMIT, it would claim more jobs than it hands off."""
+        mid-claim: run again after its COMMIT, it would claim more jobs than it hands off (a
+        deadlock, which rolled it back, is run again)."""
         shard, epoch = (fence.shard, fence.epoch) if fence is not None else (None, None)
-        async with self._store.connection() as conn:
-            rows = await conn.fetch(Q["job_claim_step"], pool, limit, shard, epoch)
-        first = rows[0]
-        if first["status"] != "dispatched":
-            return ClaimStep(first["status"], in_flight=first["in_flight"], due_in_s=first["due_in_s"])
-        in_flight = None if first["in_flight"] is None else first["in_flight"] + len(rows)
-        return ClaimStep("dispatched", [dict(r) for r in rows], in_flight, first["due_in_s"])
+
+        async def claim(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(Q["job_claim_step"], pool, limit, shard, epoch)
+
+        # Two claims taking keys in two of their groups can meet in a deadlock: run it again.
+        *claimed, summary = await self._transact(claim, one_statement=True)
+        return ClaimStep(
+            summary["status"],
+            [dict(r) for r in claimed],
+            summary["in_flight"],
+            summary["due_in_s"],
+            summary["held_by_key"] or 0,
+            summary["held_by_rate"] or 0,
+        )
 
     async def acknowledge(self, handoffs: Sequence[Handoff]) -> list[Job]:
         """The runner acked these hand-offs: `assigned` news (once per assignment). Idempotent:
@@ -358,10 +373,10 @@ class Transitions:
         heartbeat until it reports the end); ended, refused. Not retried after an unanswered
         COMMIT: run again, a cancel would answer "already ended", and a cancel request would
         tell the runner twice."""
-        ended = await self._edge("job_cancel_unstarted", (job_id,))
+        ended = await self._edge("job_cancel_unstarted", ([job_id], ["cancelled"]))
         if ended:
             return Cancel("cancelled", ended[0])
-        requested = await self._edge("job_cancel_request", (job_id,), verb="cancel requested")
+        requested = await self._edge("job_cancel_request", ([job_id],), verb="cancel requested")
         if requested:
             return Cancel("requested", requested[0])
         async with self._store.transaction() as conn:

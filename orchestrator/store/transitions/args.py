@@ -104,9 +104,27 @@ class NewJob:
     # A delayed job: claimable from `run_at`, or `delay_s` after its admission (at most one given).
     run_at: datetime | None = None
     delay_s: float | None = None
+    # Flow control (None: none): with a concurrency key, its limit and on_conflict are set too.
+    concurrency_key: str | None = None
+    concurrency_limit: int | None = None
+    on_conflict: str | None = None
+    rate_limit_key: str | None = None
 
 
 _NEW_JOB_FIELDS = [f.name for f in fields(NewJob)]
+
+
+@dataclass(frozen=True)
+class KeyLive:
+    """A concurrency key's live jobs, as admission read them under the key's lock: how many are
+    queued and how many assigned or running, the smallest concurrency_limit among them (the
+    key's limit; None: no live job), and when asked for, which jobs they are (id, state)."""
+
+    key: str
+    queued: int
+    held: int
+    lowest_limit: int | None
+    members: tuple[tuple[UUID, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,15 +156,21 @@ class ClaimStep:
     """Why a dispatch step stopped, and what it claimed. `status` is one of
     dispatched | no_job | no_runner | at_capacity | paused | unknown_pool | fenced
     (a newer leader's epoch is stored: nothing was claimed) | wrong_shard (the pool is not the
-    fence's shard's: nothing was claimed)."""
+    fence's shard's: nothing was claimed) | throttled (the pool's max_starts_per_s allows no
+    start yet)."""
 
     status: str
     assignments: list[dict[str, Any]] = field(default_factory=list)
     # In-flight jobs of the pool once the step committed (None when not counted: unlimited pools).
     in_flight: int | None = None
-    # Seconds until the pool's first job waiting out a retry backoff is due (None: none waits, or
-    # the step did not look for jobs): when to step again, as nothing else will announce it.
+    # Seconds until the pool is due again although nothing will announce it (None: never, or the
+    # step did not look for jobs): its first job out of a retry backoff, a rate limit's next
+    # start, its next start under max_starts_per_s. When to step again.
     due_in_s: float | None = None
+    # Lanes with jobs waiting that the step passed over, by why: a concurrency key at its limit,
+    # a rate limit with no start left.
+    held_by_key: int = 0
+    held_by_rate: int = 0
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -14,12 +15,12 @@ from orchestrator.lru import Lru
 from orchestrator.store.queries import Q
 from orchestrator.store.rows import Job
 from orchestrator.store.transitions import news
-from orchestrator.store.transitions.args import _NEW_JOB_FIELDS, _REJECTION_FIELDS, NewJob, Rejection
+from orchestrator.store.transitions.args import _NEW_JOB_FIELDS, _REJECTION_FIELDS, KeyLive, NewJob, Rejection
 
 # --- transactions that make more than one decision ----------------------------------------------
 
 
-ShapeKey = tuple[str, tuple[str, ...], str, tuple[str, ...]]
+ShapeKey = tuple[str, tuple[str, ...], str, tuple[str, ...], str, str]
 # What a remembered shape id holds for: one incarnation of its pool (`created_at`: a pool deleted
 # and created again gets new shapes) and one generation of its shapes (`shape_generation`, bumped
 # by the pruner whenever it deletes some of them). Shapes never change otherwise.
@@ -48,10 +49,18 @@ class ShapeIds:
         self._ids.update(found.items())
 
 
-def shape_key(pool: str, labels: Sequence[str], tenant: str | None, tolerations: Sequence[str] = ()) -> ShapeKey:
-    """What a job needs, as its shape: pool, sorted distinct labels, tenant ('' for none), and
-    the sorted distinct taints it tolerates."""
-    return (pool, tuple(sorted(set(labels))), tenant or "", tuple(sorted(set(tolerations))))
+def shape_key(
+    pool: str,
+    labels: Sequence[str],
+    tenant: str | None,
+    tolerations: Sequence[str] = (),
+    concurrency_key: str | None = None,
+    rate_limit_key: str | None = None,
+) -> ShapeKey:
+    """What a job needs, as its shape: pool, sorted distinct labels, tenant ('' for none), the
+    sorted distinct taints it tolerates, and the keys it is under ('' for none): its lane."""
+    lane = (concurrency_key or "", rate_limit_key or "")
+    return (pool, tuple(sorted(set(labels))), tenant or "", tuple(sorted(set(tolerations))), *lane)
 
 
 def _storable(value: Any) -> Any:
@@ -76,6 +85,7 @@ class AdmissionTx:
         # Looked up in this transaction: remembered once it commits.
         self.new_shapes: dict[tuple[ShapesVersion, ShapeKey], int] = {}
         self.inserted: list[dict[str, Any]] = []  # the jobs admitted: logged once it commits
+        self.cancelled: list[Job] = []  # jobs a new one of their key replaced: logged once it commits
 
     async def active(self, pools: Sequence[str]) -> dict[str, int]:
         """Queued + assigned + running per pool (exact: the pools are locked)."""
@@ -103,18 +113,50 @@ class AdmissionTx:
         return rows
 
     async def shape_id(self, job: NewJob) -> int:
-        key = shape_key(job.pool, job.labels, job.tenant, job.tolerations)
+        key = shape_key(job.pool, job.labels, job.tenant, job.tolerations, job.concurrency_key, job.rate_limit_key)
         version = shapes_version(self.pools[job.pool])
         shape_id = self._shapes.get(version, key) or self.new_shapes.get((version, key))
         if shape_id is None:
             # In this transaction: the pool's admission lock already serializes its shape creation
             # (and keeps the pruner from deleting the shape before the job is in).
-            args = (key[0], list(key[1]), key[2], list(key[3]))
+            args = (key[0], list(key[1]), key[2], list(key[3]), key[4], key[5])
             shape_id = await self._conn.fetchval(Q["job_shape_insert"], *args) or await self._conn.fetchval(
                 Q["job_shape_get"], *args
             )
             self.new_shapes[(version, key)] = shape_id
         return shape_id
+
+    async def rate_limits_known(self, keys: Sequence[str]) -> set[str]:
+        """Which of these rate-limit keys exist."""
+        return {r["key"] for r in await self._conn.fetch(Q["rate_limit_known"], list(keys))}
+
+    async def concurrency_keys(self, keys: Sequence[str], members_of: Sequence[str] = ()) -> dict[str, KeyLive]:
+        """Take the locks of `keys` (held to the commit: the claim takes them too, so what this
+        reads stays true until then), then read each key's live jobs: how many are queued and how
+        many assigned or running, their smallest limit, and for `members_of` which jobs they are."""
+        await self._conn.execute(Q["concurrency_keys_lock"], list(keys))
+        # A statement of its own, after the locks: its snapshot has every claim of the keys committed.
+        counts = await self._conn.fetch(Q["concurrency_key_counts"], list(keys))
+        members: dict[str, list[tuple[UUID, str]]] = {key: [] for key in keys}
+        if members_of:
+            for r in await self._conn.fetch(Q["concurrency_key_members"], list(members_of)):
+                members[r["concurrency_key"]].append((r["id"], r["state"]))
+        return {
+            r["key"]: KeyLive(r["key"], r["queued"], r["held"], r["lowest_limit"], tuple(members[r["key"]]))
+            for r in counts
+        }
+
+    async def cancel(self, superseded: Sequence[tuple[UUID, str]], stopped: Sequence[UUID]) -> list[Job]:
+        """The cancel edges, for jobs a new job of their key replaces (`on_conflict`): those not
+        started (queued, assigned) end now with their reason; the runners of those running are
+        told to stop (they end when their runner reports)."""
+        ended: list[Job] = []
+        if superseded:
+            ended += await news.apply(self._conn, "job_cancel_unstarted", news.columns(superseded, 2))
+        if stopped:
+            ended += await news.apply(self._conn, "job_cancel_request", (sorted(stopped),))
+        self.cancelled += ended
+        return ended
 
     async def jobs_by_key(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {r["key"]: dict(r) for r in await self._conn.fetch(Q["job_list_by_keys"], list(keys))}
@@ -152,6 +194,7 @@ class PoolChangeTx:
             config["max_workers"],
             config["reservation_timeout_s"],
             config["shard"],
+            config["max_starts_per_s"],
         )
         return dict(row)
 
