@@ -2,7 +2,7 @@
 
 `POST /v1/jobs` validates the body with the same model as every other door, then asks the
 admission service over the bus, so HTTP and NATS producers get the same decisions. Reads come
-straight from Postgres, the truth. Pool changes (`PUT`/`PATCH /v1/pools/{name}`, `pools.py`) go
+straight from Postgres, the truth. The job endpoints are `jobs.py`. Pool changes (`PUT`/`PATCH /v1/pools/{name}`, `pools.py`) go
 through `orchestrator.pools.change_pool`, the one way a pool changes (the runtime applies the
 pools file with it too); runners' endpoints are `runners.py`, schedules' `schedules.py`, rate
 limits' `rate_limits.py`, a job's output `logs.py`. Every error is `{"error": {"code", "message",
@@ -17,14 +17,9 @@ models that validate the bodies. The take protocol is `take.py` (with Servo's wi
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
-from uuid import UUID
 
 from aiohttp import web
-from opentelemetry import trace
-from pydantic import ValidationError
 
-from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.bus.job_logs import JobLogs
 from orchestrator.errors import OrchestratorError
@@ -33,14 +28,11 @@ from orchestrator.lifecycle import Service
 from orchestrator.metrics import CONTENT_TYPE, Metrics, QueueCollector, exposition
 from orchestrator.settings import ApiSettings, HttpSettings, LogLimits
 from orchestrator.store import Store
-from orchestrator.tokens import token_matches
-from orchestrator.wakes import announce_ended
 from schemas.api import (
     FinishBody,
     JobCreated,
     JobDetail,
     JobList,
-    JobListed,
     LeaderView,
     Ok,
     PoolChanged,
@@ -55,22 +47,21 @@ from schemas.api import (
     Taken,
 )
 from schemas.events import AdmissionResult
-from schemas.jobs import JobSpec, JobState, JobView
+from schemas.jobs import JobSpec, JobView
 from schemas.pools import PoolConfig, PoolView
 from schemas.runners import RunnerTaints
 from schemas.schedules import ScheduleDeleted, ScheduleList, ScheduleSpec, ScheduleView
-from services.api import params, tenancy
+from services.api import params
 from services.api.admitting import admit
-from services.api.auth import ROLE, Auth
+from services.api.auth import Auth
 from services.api.blocked import Why
+from services.api.jobs import JobViews
 from services.api.logs import JobLogsView
 from services.api.pools import PoolViews
 from services.api.rate_limits import RateLimitViews
 from services.api.responses import (
-    STATUS,
     error_response,
     errors_as_json,
-    invalid_response,
     json_response,
 )
 from services.api.routes import ANY_ROLE, OPERATOR, PRODUCER, PUBLIC, RUNNER, Link, Media, Route, openapi, register
@@ -78,9 +69,8 @@ from services.api.runners import RunnerViews
 from services.api.schedules import ScheduleViews
 from services.api.servo import ServoDoor
 from services.api.shards import leader_view
-from services.api.take import RETRY_AFTER_S, Takes
+from services.api.take import Takes
 
-_tracer = telemetry.tracer("orchestrator.api")
 # Plain HTML and JS polling the JSON API: nothing to build.
 _DASHBOARD = (resources.files("services") / "static" / "dashboard.html").read_text()
 
@@ -115,6 +105,7 @@ class Api(Service):
         self.why = Why(store, bus, known_pools)
         if known_pools is None:  # its own: a deleted pool's series go with it (the runtime's does that itself)
             self.why.known_pools.on_gone(self.metrics.forget_pool)
+        self.jobs = JobViews(store, bus, self.why, self.logs, self.takes, self.admit)
         self.pools = PoolViews(store, bus)
         self.runners = RunnerViews(store, bus)
         self.schedules = ScheduleViews(store, bus)
@@ -125,23 +116,23 @@ class Api(Service):
         jobs, pools, runners = PRODUCER | RUNNER, OPERATOR, OPERATOR
         job, take = (params.JOB_ID,), (params.JOB_ID, params.TOKEN, params.WAIT)
         return [
-            Route("POST", "/v1/jobs", self.submit, PRODUCER, "Submit a job", JobSpec,
+            Route("POST", "/v1/jobs", self.jobs.submit, PRODUCER, "Submit a job", JobSpec,
                   {201: JobCreated, 200: JobCreated}, (409, 422, 429, 503), retry_after=(429,),
                   links=self._job_links()),
-            Route("GET", "/v1/jobs", self.list_jobs, jobs, "List jobs, newest first", None, {200: JobList}, (422,),
+            Route("GET", "/v1/jobs", self.jobs.list_jobs, jobs, "List jobs, newest first", None, {200: JobList}, (422,),
                   (params.POOL, params.STATE, params.KEY, params.LIMIT)),
-            Route("GET", "/v1/jobs/{id}", self.get_job, jobs, "A job, and while it waits why", None,
+            Route("GET", "/v1/jobs/{id}", self.jobs.get_job, jobs, "A job, and while it waits why", None,
                   {200: JobDetail}, (404,), job),
-            Route("GET", "/v1/jobs/{id}/logs", self.get_job_logs, jobs,
+            Route("GET", "/v1/jobs/{id}/logs", self.jobs.get_job_logs, jobs,
                   "A job's output: text/plain, or Server-Sent Events (Accept: text/event-stream) whose id is "
                   "the byte offset", None,
                   {200: Media("the job's output from `offset`", ("text/plain", "text/event-stream"))}, (404, 422),
                   (params.JOB_ID, params.OFFSET, params.FOLLOW)),
-            Route("DELETE", "/v1/jobs/{id}", self.cancel_job, PRODUCER, "Cancel a job", None,
+            Route("DELETE", "/v1/jobs/{id}", self.jobs.cancel_job, PRODUCER, "Cancel a job", None,
                   {200: JobView, 202: JobView}, (404, 409), job),
-            Route("POST", "/v1/jobs/{id}/take", self.take_job, PUBLIC, "Take the runner holding a job (seed 003)",
+            Route("POST", "/v1/jobs/{id}/take", self.jobs.take_job, PUBLIC, "Take the runner holding a job (seed 003)",
                   None, {200: Taken}, (403, 404, 422, 503), take, retry_after=(503,)),
-            Route("POST", "/v1/jobs/{id}/finish", self.finish_job, jobs,
+            Route("POST", "/v1/jobs/{id}/finish", self.jobs.finish_job, jobs,
                   "End a reservation a runner holds (its take token, or the operator role)",
                   FinishBody, {200: JobView}, (403, 404, 409, 422), (params.JOB_ID, params.OPTIONAL_TOKEN)),
             Route("POST", "/profile/{pool}/enqueue", self.servo.enqueue, PRODUCER,
@@ -205,11 +196,11 @@ class Api(Service):
         by_id = {"id": "$response.body#/id"}
         with_token = {**by_id, "token": "$response.body#/token"}
         return (
-            Link(self.get_job.__name__, by_id),
-            Link(self.get_job_logs.__name__, by_id),
-            Link(self.take_job.__name__, with_token),
-            Link(self.finish_job.__name__, with_token),
-            Link(self.cancel_job.__name__, by_id),
+            Link(self.jobs.get_job.__name__, by_id),
+            Link(self.jobs.get_job_logs.__name__, by_id),
+            Link(self.jobs.take_job.__name__, with_token),
+            Link(self.jobs.finish_job.__name__, with_token),
+            Link(self.jobs.cancel_job.__name__, by_id),
         )
 
     def _schedule_links(self) -> tuple[Link, ...]:
@@ -246,127 +237,9 @@ class Api(Service):
 
     # --- producers -----------------------------------------------------------------------------
 
-    async def submit(self, request: web.Request) -> web.Response:
-        ctx = telemetry.extract(request.headers)
-        with _tracer.start_as_current_span("POST /v1/jobs", context=ctx, kind=trace.SpanKind.SERVER):
-            raw = await request.read()
-            try:
-                spec = tenancy.owned(request, JobSpec.model_validate_json(raw))
-            except ValidationError as exc:
-                return invalid_response(exc)
-            if isinstance(spec, web.Response):
-                return spec
-            return self._admission_response(await self.admit(spec))
-
     async def admit(self, spec: JobSpec) -> AdmissionResult:
         """Ask the admission service, as every door does (see admitting.py)."""
         return await admit(self.bus, spec)
-
-    @staticmethod
-    def _admission_response(result: AdmissionResult) -> web.Response:
-        if result.error is not None:
-            headers = {}
-            if result.retry_after_s is not None:
-                headers["Retry-After"] = str(max(1, round(result.retry_after_s)))
-            return error_response(
-                STATUS.get(result.error.code, 422),
-                result.error.code,
-                result.error.message,
-                result.error.field,
-                **headers,
-            )
-        assert result.job is not None
-        body = {**result.job.model_dump(mode="json"), "token": result.token}
-        return json_response(body, STATUS[result.outcome])
-
-    async def _job_or_404(self, request: web.Request) -> dict[str, Any] | web.Response:
-        try:
-            job_id = UUID(request.match_info["id"])
-        except ValueError:
-            return error_response(404, "not_found", f"no job {request.match_info['id']!r}: not a job id", "id")
-        row = await self.store.job_get(job_id)
-        if row is None or not tenancy.visible(request, row["tenant"]):  # another tenant's: as if none
-            return error_response(404, "not_found", f"no job {job_id}", "id")
-        return row
-
-    async def get_job(self, request: web.Request) -> web.Response:
-        row = await self._job_or_404(request)
-        if isinstance(row, web.Response):
-            return row
-        blocked = await self.why.blocked_by(row) if row["state"] == JobState.queued else None
-        return json_response(JobDetail.of(row, blocked))
-
-    async def get_job_logs(self, request: web.Request) -> web.StreamResponse:
-        row = await self._job_or_404(request)
-        if isinstance(row, web.Response):
-            return row
-        return await self.logs.handle(request, row)
-
-    async def list_jobs(self, request: web.Request) -> web.Response:
-        pool, state, key = (p.parse(request) for p in (params.POOL, params.STATE, params.KEY))
-        limit = params.LIMIT.parse(request)
-        rows = await self.store.job_list(
-            pool=pool, state=state, key=key, limit=limit, tenant=tenancy.bound_tenant(request)
-        )
-        waiting = await self.why.waiting(rows)
-        jobs = [JobListed(**JobView.from_row(r).model_dump(), blocked_by=waiting.get(r["id"])) for r in rows]
-        return json_response(JobList(jobs=jobs))
-
-    async def cancel_job(self, request: web.Request) -> web.Response:
-        row = await self._job_or_404(request)
-        if isinstance(row, web.Response):
-            return row
-        cancel = await self.store.transitions.cancel(row["id"])
-        if cancel.outcome == "final":
-            return error_response(409, "final", f"job {row['id']} already ended: {cancel.job.state}", "id")
-        # Queued or assigned: ended now (an assigned one's slot is free at once). Running:
-        # recorded, its runner told; it ends when the runner reports (or is lost).
-        if cancel.outcome == "cancelled" and cancel.job.runner_id is not None:
-            await announce_ended(self.store, self.bus, [cancel.job])
-        return json_response(JobView.from_row(cancel.job), 200 if cancel.outcome == "cancelled" else 202)
-
-    async def take_job(self, request: web.Request) -> web.Response:
-        """`POST /v1/jobs/{id}/take?token=T[&wait=S]`: the runner holding the job, once one does."""
-        wait_s = params.WAIT.parse(request)
-        row = await self._job_or_404(request)
-        if isinstance(row, web.Response):
-            return row
-        if not token_matches(request.query.get("token"), row["token_hash"]):
-            return error_response(403, "forbidden", f"wrong or missing token for job {row['id']}", "token")
-        result = await self.takes.take(row["id"], wait_s)
-        if result.status == 200:
-            assert result.job is not None and result.runner is not None
-            return json_response(Taken(job=JobView.from_row(result.job), runner=RunnerView.from_row(result.runner)))
-        if result.status == 503:
-            return error_response(503, "not_ready", result.message, None, **{"Retry-After": str(RETRY_AFTER_S)})
-        return error_response(result.status, "not_found", result.message, "id")
-
-    async def finish_job(self, request: web.Request) -> web.Response:
-        """End a reservation its runner holds, as its client says (exit code or outcome). Only a
-        reservation (a job with a command ends when the command does), and only its client (the
-        take token) or an operator: anyone else could free a slot someone is using."""
-        try:
-            body = FinishBody.model_validate_json(await request.read())
-        except ValidationError as exc:
-            return invalid_response(exc)
-        row = await self._job_or_404(request)
-        if isinstance(row, web.Response):
-            return row
-        if request.get(ROLE) != "operator" and not token_matches(request.query.get("token"), row["token_hash"]):
-            message = f"finishing job {row['id']} needs its take token (?token=) or the operator role"
-            return error_response(403, "forbidden", message, "token")
-        if "command" in row["payload"]:
-            message = f"job {row['id']} runs a command: it ends when the command does (DELETE cancels it)"
-            return error_response(409, "not_reservation", message, "id")
-        ended = await self.store.transitions.finish_held(
-            row["id"], body.state(), body.exit_code, "finished by its client"
-        )
-        if ended is None:
-            message = f"job {row['id']} is {row['state']}: only a job a runner holds can be finished (DELETE cancels)"
-            return error_response(409, "not_held", message, "id")
-        # The slot is free now, not when the runner's late report comes back.
-        await announce_ended(self.store, self.bus, [ended])
-        return json_response(JobView.from_row(ended))
 
     # --- operators -----------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ async def test_every_route_that_takes_a_body_refuses_a_request_without_one(front
     [job] = await factories.queue(front.store)
     api = front.services["api"]
     assert isinstance(api, Api)
-    ids = {"{id}": str(job), "{name}": "default"}
+    ids = {"{id}": str(job), "{name}": "default", "{key}": "deploys"}
     routes = [r for r in api.routes if r.body is not None]
     assert {r.key for r in routes} >= {("PUT", "/v1/pools/{name}"), ("PUT", "/v1/runners/{id}/taints")}
     before = await database_rows(store)
