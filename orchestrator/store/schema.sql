@@ -591,7 +591,7 @@ END $$;
 CREATE TRIGGER pools_place BEFORE INSERT OR UPDATE OF name, shard ON pools
     FOR EACH ROW EXECUTE FUNCTION pool_place();
 
--- Schedules: a job spec on a cron (migration 0013 says how a fire time is handled once).
+-- Schedules: a job spec on a cron (migration 0014 says how a fire time is handled once).
 CREATE TABLE schedules (
     name            text PRIMARY KEY,
     cron            text NOT NULL,

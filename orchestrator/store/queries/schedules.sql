@@ -1,4 +1,4 @@
--- Schedules (migration 0013): their definitions, and what the dispatch leader's scheduler reads
+-- Schedules (migration 0014): their definitions, and what the dispatch leader's scheduler reads
 -- and writes when it fires them.
 
 -- A schedule with the state of the job it fired last (NULL once that job is gone).
