@@ -1,18 +1,22 @@
 """Issue 22: the system on a NATS cluster of three (tests/nats_cluster.py), every stream and the
 lease bucket replicated on all three (`ORCH_NATS_REPLICAS=3`), every service its own process (two
-dispatch instances). Under a steady load of jobs through the JetStream intake: kill -9 of the node
-leading the lease bucket, then of the node leading the intake stream, each with a backlog queued,
-each restarted once dispatch has resumed. From the transition history and the jobs' own execution
+dispatch instances over three dispatch shards). Under a steady load of jobs through the JetStream
+intake: kill -9 of the node leading the lease bucket, then of the node leading the intake stream,
+each with a backlog queued, each restarted once dispatch has resumed; then kill -9 of the dispatch
+instance leading the pool's shard. From the transition history and the jobs' own execution
 log (the chaos run's checker): every submitted job admitted and finished exactly once, the cap
-never exceeded, no job on two runners at once, no attempt counted twice; and dispatch resumed
-within 10 s of each kill: no job waited with a slot free under the cap for longer than that."""
+never exceeded, no job on two runners at once, no attempt counted twice, never two dispatchers
+of the pool at once nor a claim outside its shard; and dispatch resumed within 10 s of each kill:
+no job waited with a slot free under the cap for longer than that."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
 import random
+import signal
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -107,6 +111,29 @@ async def kill_and_restart(cluster: NatsCluster, store: Store, load: Load, node:
     return killed_at
 
 
+async def kill_leading_dispatcher(store: Store, load: Load, dispatchers: list[ServiceProcess]) -> datetime:
+    """With a backlog queued, kill -9 the dispatch instance holding the pool's shard (the newest
+    term's holder); once jobs are assigned again by the other, when it was killed."""
+    for _ in range(BACKLOG):
+        await load.submit()
+
+    async def backlog() -> bool:
+        return await _count(store, "queued") >= BACKLOG // 2
+
+    await eventually(backlog, timeout=30, what="a backlog")
+    async with store.connection() as conn:
+        holder = await conn.fetchval(
+            "SELECT e.holder FROM dispatch_epochs e JOIN pools p ON p.dispatch_shard = e.shard WHERE p.name = $1",
+            POOL,
+        )
+    [leader] = [d for d in dispatchers if d.instance_id == holder]
+    killed_at = datetime.now(UTC)
+    os.kill(leader.pid, signal.SIGKILL)
+    since = datetime.now(UTC) + timedelta(seconds=1)
+    await eventually(lambda: _assigned_since(store, since), timeout=45, what=f"dispatch after killing {holder}")
+    return killed_at
+
+
 def resumed_after(stalls: list[tuple[Any, float]], killed: datetime) -> float:
     """The longest wait of queued work for dispatch that began around a kill (0: none)."""
     window = [s for at, s in stalls if killed - timedelta(seconds=1) <= at <= killed + timedelta(seconds=30)]
@@ -128,6 +155,7 @@ async def test_a_nats_cluster_loses_a_node_and_its_stream_leaders_without_losing
         "ORCH_RUNNER_TTL_S": "6",
         "ORCH_NATS_URL": nats_cluster.url,
         "ORCH_NATS_REPLICAS": "3",
+        "ORCH_DISPATCH_SHARDS": "3",
         "ORCH_DATABASE_URL": database_url,
         "ORCH_NAMESPACE": namespace,
         "ORCH_POOLS_FILE": str(pools),
@@ -177,6 +205,8 @@ async def test_a_nats_cluster_loses_a_node_and_its_stream_leaders_without_losing
                     lambda: nats_cluster.stream_leader(subjects.intake_stream), what="an intake leader"
                 )
                 kills.append(await kill_and_restart(nats_cluster, store, load, intake_leader))
+                dispatchers = [svc for svc in services if svc.services == ["dispatch"]]
+                kills.append(await kill_leading_dispatcher(store, load, dispatchers))
             finally:
                 load.stop.set()
                 await loading
@@ -194,6 +224,10 @@ async def test_a_nats_cluster_loses_a_node_and_its_stream_leaders_without_losing
             caps={POOL: CAP},
         )
         assert not any(violations.values()), {k: v[:10] for k, v in violations.items() if v}
+        async with store.connection() as conn:
+            terms = await history.read_terms(conn)
+        assert history.interleaved_terms(transitions) == {}  # one dispatcher of the pool at a time
+        assert history.claims_outside_their_shard(transitions, terms) == []
         assert {j["state"] for j in jobs} == {"succeeded"}
         stalls = history.dispatch_stalls(transitions, {POOL: CAP})
         resumed = [resumed_after(stalls, killed) for killed in kills]
