@@ -1,12 +1,12 @@
 """The HTTP API (aiohttp): the admission door for HTTP producers, job views, operator views.
 
-`POST /v1/jobs` validates the body with the same model as every other door, then asks the
-admission service over the bus, so HTTP and NATS producers get the same decisions. Reads come
-straight from Postgres, the truth. The job endpoints are `jobs.py`. Pool changes (`PUT`/`PATCH /v1/pools/{name}`, `pools.py`) go
-through `orchestrator.pools.change_pool`, the one way a pool changes (the runtime applies the
-pools file with it too); runners' endpoints are `runners.py`, schedules' `schedules.py`, rate
-limits' `rate_limits.py`, a job's output `logs.py`. Every error is `{"error": {"code", "message",
-"field"}}`.
+`POST /v1/jobs` (`jobs.py`, with every other job endpoint) validates the body with the same model
+as every other door, then asks the admission service over the bus, so HTTP and NATS producers get
+the same decisions. Reads come straight from Postgres, the truth. Pool changes (`PUT`/`PATCH
+/v1/pools/{name}`, `pools.py`) go through `orchestrator.pools.change_pool`, the one way a pool
+changes (the runtime applies the pools file with it too); runners' endpoints are `runners.py`,
+schedules' `schedules.py`, rate limits' `rate_limits.py`, a job's output `logs.py`. Every error
+is `{"error": {"code", "message", "field"}}`.
 
 The endpoints are one table (`routes.py`) that registers them, says who may call them (`auth.py`,
 bearer tokens with roles, off until tokens are configured) and generates `/openapi.json` from the
