@@ -171,7 +171,7 @@ async def test_every_route_but_the_public_ones_needs_a_token(settings: Settings,
             status, job = await call(http, "POST", "/v1/jobs", json={"pool": "default"}, headers=operator)
             assert status == 201
             before = await database_rows(store)
-            values = {"id": job["id"], "name": "default", "pool": "default", "unique_id": "u-1"}
+            values = {"id": job["id"], "name": "default", "pool": "default", "unique_id": "u-1", "key": "deploys"}
             routes = runtime.services["api"].routes  # type: ignore[attr-defined]
             public_writes = set()
             for route in routes:
