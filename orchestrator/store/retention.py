@@ -34,8 +34,13 @@ class RetentionRows(Connected):
         return await self._prune("worker_prune_gone", retention_s, batch, now)
 
     async def prune_shapes(self, pool: str, batch: int) -> int:
-        """Delete up to `batch` of `pool`'s shapes no live job uses, under the pool's admission
-        lock (a statement of its own, before the delete: see `job_shape_prune`)."""
+        """Delete up to `batch` of `pool`'s shapes no live job uses: found without a lock, then
+        deleted if still empty under the pool's admission lock (a statement of its own, before
+        the delete: see `job_shape_prune`), which is held only for those. How many it deleted."""
+        async with self.connection() as conn:
+            candidates = [r["id"] for r in await conn.fetch(Q["job_shape_prune_candidates"], pool, batch)]
+        if not candidates:
+            return 0
         async with self.transaction() as conn:
             await conn.execute(Q["pool_admission_lock"], pool)
-            return int(await conn.fetchval(Q["job_shape_prune"], pool, batch))
+            return int(await conn.fetchval(Q["job_shape_prune"], pool, candidates))

@@ -58,22 +58,28 @@ DELETE FROM workers WHERE id IN (
     FOR UPDATE OF w SKIP LOCKED
 );
 
--- Shapes of pool $1 no live job uses, at most $2 of them; the caller holds the pool's admission
--- lock (pool_admission_lock, taken by the statement before this one, so this one's snapshot
--- sees every admission into the pool committed). Under it no job of the pool can be admitted
--- meanwhile, so a shape found empty stays empty until this commits; a claim touches only shapes
--- with queued jobs. Deleting any bumps the pool's shape_generation: admission, which reads the
--- pool row under the same lock, then looks its shapes up again instead of trusting the ids it
--- remembered. Returns how many were deleted.
+-- Shapes of pool $1 no live job uses now, at most $2 of them: candidates, read without any lock
+-- (a pool of 100k tenants has 100k shapes to look through, and admission into it must not wait
+-- for that); `job_shape_prune` deletes those still empty under the lock.
+-- name: job_shape_prune_candidates
+SELECT s.id FROM job_shapes s
+WHERE s.pool = $1
+  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state = 'queued')
+  AND s.id NOT IN (SELECT j.shape_id FROM jobs j WHERE j.pool = $1 AND j.state IN ('assigned', 'running'))
+LIMIT $2;
+
+-- Of the candidate shapes $2 of pool $1, those no live job uses; the caller holds the pool's
+-- admission lock (pool_admission_lock, taken by the statement before this one, so this one's
+-- snapshot sees every admission into the pool committed). Under it no job of the pool can be
+-- admitted meanwhile, so a shape found empty stays empty until this commits; a claim touches
+-- only shapes with queued jobs. Deleting any bumps the pool's shape_generation: admission, which
+-- reads the pool row under the same lock, then looks its shapes up again instead of trusting the
+-- ids it remembered. Returns how many were deleted.
 -- name: job_shape_prune
 WITH gone AS (
-    DELETE FROM job_shapes WHERE id IN (
-        SELECT s.id FROM job_shapes s
-        WHERE s.pool = $1
-          AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state = 'queued')
-          AND s.id NOT IN (SELECT j.shape_id FROM jobs j WHERE j.pool = $1 AND j.state IN ('assigned', 'running'))
-        LIMIT $2
-    )
+    DELETE FROM job_shapes s
+    WHERE s.id = ANY($2::bigint[]) AND s.pool = $1
+      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state IN ('queued', 'assigned', 'running'))
     RETURNING 1
 ), bumped AS (
     UPDATE pools SET shape_generation = shape_generation + 1
