@@ -5,6 +5,7 @@ dispatch scenarios (wake latency, throughput with its CPU per job, capped pool, 
 at 30 % and 80 % of peak, head-of-line in one shape and in many, due → start of delayed jobs),
 job output (the log path's MB/s and its cost to dispatch), the throughput run again with every
 service its own process, as deployed (`processes.*`, on a stack of its own: bench/processes.py),
+the same over 1, 2 and 4 dispatch shards (`shards.*`: bench/shards.py),
 the leader failover, and the reference points on one Postgres of their own with as many jobs as
 our end-to-end run (bench/baselines.py: a bare asyncpg claim loop, a batched one as the machine's limit,
 Procrastinate, and graphile-worker, which needs node and npm and is not run in --quick), then
@@ -21,7 +22,7 @@ import sys
 from typing import Any
 
 from app.main_loop import run
-from bench import baselines, dispatch, failover, logs, processes
+from bench import baselines, dispatch, failover, logs, processes, shards
 from bench.harness import report, stack
 
 GOALS = {
@@ -41,6 +42,8 @@ GOALS = {
 }
 # Beside the goals, no goal of their own: where we stand against the others.
 REFERENCES = [
+    "hol_ratio_settled",
+    "hol_ratio_distinct_shapes_settled",
     "fraction_of_machine_limit",
     "vs_graphile_worker",
     "graphile_worker_cpu_ms_per_job",
@@ -48,6 +51,8 @@ REFERENCES = [
 ]
 # The throughput run with every service its own process, beside the one-process figures.
 PROCESSES = ["processes.end_to_end_jobs_per_s", "processes.fraction_of_one_process", "processes.cpu_ms_per_job"]
+# The same, over 1, 2 and 4 dispatch shards, one dispatch instance each (bench/shards.py).
+SHARDS = [f"shards.{n}.{key}" for n in shards.SHARD_COUNTS for key in ("end_to_end_jobs_per_s", "cpu_ms_per_job")]
 _COMPARE = {">=": operator.ge, "<=": operator.le}
 
 
@@ -80,6 +85,8 @@ async def main(quick: bool) -> dict[str, Any]:
     results["processes"]["fraction_of_one_process"] = _ratio(
         results["processes"]["end_to_end_jobs_per_s"], results["end_to_end_jobs_per_s"]
     )
+    print("throughput over 1, 2 and 4 dispatch shards", file=sys.stderr, flush=True)
+    results["shards"] = await shards.run_all(quick)
     print("reference points (asyncpg loops, Procrastinate, graphile-worker)", file=sys.stderr, flush=True)
     results.update(await baselines.run_all(dispatch.end_to_end_jobs(quick), with_graphile=not quick))
     ours = results["end_to_end_jobs_per_s"]
@@ -94,7 +101,12 @@ async def main(quick: bool) -> dict[str, Any]:
     for key, goal in GOALS.items():
         value = _lookup(results, key)
         print(f"  {key:<42} {value!s:>10}   goal {goal:<8} {_verdict(value, goal)}")
-    for title, keys in (("against the reference points", REFERENCES), ("every service its own process", PROCESSES)):
+    sections = (
+        ("beside the goals, and against the reference points", REFERENCES),
+        ("every service its own process", PROCESSES),
+        ("over dispatch shards, a dispatch instance each", SHARDS),
+    )
+    for title, keys in sections:
         print(f"{title}:")
         for key in keys:
             print(f"  {key:<42} {_lookup(results, key)!s:>10}")

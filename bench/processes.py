@@ -22,9 +22,11 @@ import signal
 from collections.abc import Iterator
 from typing import Any
 
+from app.runtime import Runtime
 from bench import cpu, dispatch
-from bench.harness import command, stack
+from bench.harness import command, stack, until
 from bench.procs import ServiceProcess, running, service_env
+from orchestrator.shards import shard_names
 
 SERVICES = ("capacity", "admission", "dispatch", "api")
 POOL = "processes"
@@ -45,21 +47,54 @@ def sigterm_unwinds() -> Iterator[None]:
 
 async def run_all(quick: bool) -> dict[str, Any]:
     """The throughput run with every service a process of its own, on a stack of its own."""
+    return await deployed(quick)
+
+
+async def deployed(quick: bool, *, shards: int = 1, pools: int = 1) -> dict[str, Any]:
+    """The throughput run with every service a process of its own, on a stack of its own. With
+    `shards` > 1, as many dispatch instances as shards (`dispatch-0` ..), timed once each leads
+    one; the jobs and runners spread over `pools` pools, pool i on shard i % `shards`."""
     with sigterm_unwinds():
         # No service in this process's runtime: only the servers, its store and its bus.
         async with stack(services=()) as runtime:
-            env = {**service_env(runtime.settings), "ORCH_HTTP_PORT": "0"}  # any free port for the api
+            env = {
+                **service_env(runtime.settings),
+                "ORCH_HTTP_PORT": "0",  # any free port for the api
+                "ORCH_DISPATCH_SHARDS": str(shards),
+            }
             log_dir = runtime.settings.data_dir / "logs"
-            procs = [ServiceProcess(name, [name], env, log_dir) for name in SERVICES]
+            dispatchers = ["dispatch"] if shards == 1 else [f"dispatch-{i}" for i in range(shards)]
+            procs = [ServiceProcess(name, [name], env, log_dir) for name in SERVICES if name != "dispatch"]
+            procs += [ServiceProcess(name, ["dispatch"], env, log_dir) for name in dispatchers]
             async with running(procs):
+                holders = await led_one_each(runtime, shards)
                 samplers = {proc.instance_id: cpu.process(proc.pid) for proc in procs}
                 n = dispatch.end_to_end_jobs(quick)
-                results = await dispatch.throughput(runtime, POOL, n, -1, samplers)
+                results = await dispatch.throughput(runtime, POOL, n, -1, samplers, pools=pools, shards=shards)
     # In this run the harness's "python" process is the benchmark alone.
     split = results["cpu_ms_per_job_by_process"]
     if split is not None:
         split["bench"] = split.pop("python")
-    return results
+    return {**results, "shard_holders": holders}
+
+
+async def led_one_each(runtime: Runtime, shards: int, timeout: float = 60.0) -> dict[str, str]:
+    """Wait until each of the `shards` dispatch instances leads one shard (the shares settle
+    after the first to start took them all); shard -> its holder, from the fencing epochs."""
+    store = runtime.store
+    assert store is not None
+    names = shard_names(shards)
+    holders: dict[str, str] = {}
+
+    async def settled() -> bool:
+        nonlocal holders
+        async with store.connection() as conn:
+            rows = await conn.fetch("SELECT shard, holder FROM dispatch_epochs WHERE shard = ANY($1)", names)
+        holders = {row["shard"]: row["holder"] for row in rows}
+        return len(holders) == shards and len(set(holders.values())) == shards
+
+    await until(settled, timeout, f"{shards} dispatch instances to lead a shard each")
+    return holders
 
 
 if __name__ == "__main__":

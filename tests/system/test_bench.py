@@ -44,7 +44,8 @@ def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
     for share in ("idle", "at_30pct", "at_80pct"):
         latency = results[f"submit_to_start_ms_{share}"]
         assert latency["n"] > 0 and 0 < latency["p50"] <= latency["max"], share
-    assert results["hol_ratio"] > 0 and results["hol_ratio_distinct_shapes"] > 0
+    for key in ("hol_ratio", "hol_ratio_distinct_shapes", "hol_ratio_settled", "hol_ratio_distinct_shapes_settled"):
+        assert results[key] > 0, key
     # Delayed jobs start after their time (a start before it would read negative), every one.
     delayed = results["due_to_start_ms_delayed"]
     assert delayed["n"] == 50 and 0 <= delayed["p50"] <= delayed["p99"] <= delayed["max"], delayed
@@ -66,6 +67,12 @@ def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
     # hands out no job here) may read 0 ticks, never less, and the whole is never 0.
     assert all(v >= 0 for v in split.values()) and sum(split.values()) > 0
     assert procs["cpu_ms_per_job"] == pytest.approx(sum(split.values()), abs=0.01)
+    # Over 1, 2 and 4 dispatch shards: each instance led a shard of its own, and was measured.
+    for shards, run in results["shards"].items():
+        assert run["end_to_end_jobs_per_s"] > 0 and run["fraction_of_one_shard"] > 0, shards
+        assert len(set(run["shard_holders"].values())) == int(shards), run["shard_holders"]
+        dispatchers = {name for name in run["cpu_ms_per_job_by_process"] if name.startswith("dispatch")}
+        assert dispatchers == set(run["shard_holders"].values()), (dispatchers, run["shard_holders"])
     output = results["job_output"]
     assert output["log_path_mb_per_s"] > 0 and 0 < output["dispatch_with_printers_fraction"] <= 1.5
     assert output["log_kept_bytes"] == output["printed_mb"] * 1_048_576  # under the cap: every byte
