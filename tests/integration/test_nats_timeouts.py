@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -21,10 +22,12 @@ from orchestrator.bus.elections import ATTEMPT_S
 from orchestrator.bus.lease import Lease
 from orchestrator.embedded import EmbeddedNats
 from orchestrator.errors import BusUnavailable, NoAnswer
-from schemas.events import AdmissionResult, ErrorDetail, JobSubmitted
-from schemas.jobs import JobSpec
-from services.api import admitting
+from schemas.events import AdmissionResult, ErrorDetail, JobFinished, JobSubmitted
+from schemas.ids import uuid7
+from schemas.jobs import JobSpec, JobState
+from services.api import admitting, take
 from services.api.admitting import admit
+from services.api.take import Waiters
 
 
 @pytest.fixture
@@ -110,6 +113,25 @@ async def test_a_lease_operation_gives_up_within_half_a_ttl(own_nats: EmbeddedNa
         assert await lease.renew()  # the server is back, and the lease is still ours
     finally:
         await lease.close()
+
+
+async def test_a_wait_for_job_news_goes_on_without_it_when_the_server_is_slower_than_the_follow_timeout(
+    own_nats: EmbeddedNats, own_bus: Bus, caplog: pytest.LogCaptureFixture
+) -> None:
+    waiters, job = Waiters(own_bus), uuid7()
+    with paused(own_nats), caplog.at_level(logging.WARNING, logger=take.__name__):
+        began = time.monotonic()
+        async with waiters.watch(job):
+            waited = time.monotonic() - began
+    # Not held until the server came back: the long poll goes on, ending at its own deadline.
+    assert take.FOLLOW_TIMEOUT_S <= waited < take.FOLLOW_TIMEOUT_S + 1.5
+    assert any("cannot follow job news" in r.getMessage() for r in caplog.records)
+    async with waiters.watch(job) as news:  # the server answers again: a wait hears its news
+        finished = JobFinished(job_id=job, pool="p", runner_id=None, state=JobState.succeeded, attempt=1)
+        await own_bus.publish(own_bus.subjects.job_finished.at("p"), finished)
+        async with asyncio.timeout(10):
+            heard = await news.get()
+    assert heard is not None and heard.job_id == job
 
 
 @pytest.fixture
