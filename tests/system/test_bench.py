@@ -47,8 +47,10 @@ def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
     for key in ("hol_ratio", "hol_ratio_distinct_shapes", "hol_ratio_settled", "hol_ratio_distinct_shapes_settled"):
         assert results[key] > 0, key
     # Delayed jobs start after their time (a start before it would read negative), every one.
-    delayed = results["due_to_start_ms_delayed"]
+    delayed, claimed = results["due_to_start_ms_delayed"], results["due_to_assigned_ms_delayed"]
     assert delayed["n"] == 50 and 0 <= delayed["p50"] <= delayed["p99"] <= delayed["max"], delayed
+    assert claimed["n"] == 50 and 0 <= claimed["p50"] <= delayed["p50"], (claimed, delayed)  # claimed, then started
+    assert 0 <= results["delayed_admitted_late"] <= 50
     # CPU per job: every process measured (embedded servers, Linux), each kind used some.
     split = results["cpu_ms_per_job_by_process"]
     assert set(split) == {"python", "nats", "postgres"} and all(v > 0 for v in split.values())
