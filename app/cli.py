@@ -1,11 +1,13 @@
 """The `orchestrator` command: run the system (`up`, `serve`, `runner`, `migrate`) and talk to a
 running one over HTTP (`submit`, `jobs`, `logs`, `cancel`, `pools`, `pool set|delete`, `schedule
-set|list|delete`, `runners`, `status`: app/http_commands.py)."""
+set|list|delete`, `runners`, `status`: app/http_commands.py; `rate-limit set|list|delete`:
+app/rate_limit_commands.py)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import math
 import os
@@ -162,10 +164,12 @@ def parser() -> argparse.ArgumentParser:
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print the API's answer as JSON (for programs)")
 
-    def api(name: str, command: str, help: str, parent: Any = sub) -> argparse.ArgumentParser:
-        """A command of app/http_commands.py, by its function's name."""
+    def api(
+        name: str, command: str, help: str, parent: Any = sub, module: str = "http_commands"
+    ) -> argparse.ArgumentParser:
+        """A command of app/<module>.py (app/http_commands.py unless said), by its function's name."""
         command_parser: argparse.ArgumentParser = parent.add_parser(name, help=help, parents=[as_json])
-        command_parser.set_defaults(api=command)
+        command_parser.set_defaults(api=command, api_module=module)
         return command_parser
 
     submit = api("submit", "submit", "submit a job: orchestrator submit [options] -- CMD [ARGS]")
@@ -238,6 +242,20 @@ def parser() -> argparse.ArgumentParser:
     api("list", "schedule_list", "list schedules with their next fire time and last job", schedules)
     schedule_delete = api("delete", "schedule_delete", "delete a schedule (the jobs it fired stay)", schedules)
     schedule_delete.add_argument("name")
+    rate_limit = sub.add_parser("rate-limit", help="set, list or delete rate limits (a job's rate_limit_key)")
+    rate_limits = rate_limit.add_subparsers(dest="rate_limit_cmd", required=True)
+
+    def rate_limit_api(name: str, help: str) -> argparse.ArgumentParser:
+        return api(name, f"rate_limit_{name}", help, rate_limits, "rate_limit_commands")
+
+    rate_limit_set = rate_limit_api("set", "create or change a rate limit: at most --limit starts per --period")
+    rate_limit_set.add_argument("key")
+    rate_limit_set.add_argument("--limit", type=int, required=True, help="starts per period at most")
+    rate_limit_set.add_argument("--period", type=float, required=True, metavar="SECONDS", help="the period")
+    rate_limit_set.add_argument("--burst", type=int, help="starts at once after a quiet spell (default 1: evenly)")
+    rate_limit_api("list", "list rate limits with their starts left and next start")
+    rate_limit_delete = rate_limit_api("delete", "delete a rate limit (its queued jobs start without it)")
+    rate_limit_delete.add_argument("key")
     api("runners", "runners", "list runners")
     api("status", "status", "one screen: the dispatcher, each pool's jobs and queue, the runners")
     return p
@@ -256,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "api"):
             from app import http_commands
 
-            return http_commands.run(getattr(http_commands, args.api), args, settings)
+            commands = importlib.import_module(f"app.{getattr(args, 'api_module', 'http_commands')}")
+            return http_commands.run(getattr(commands, args.api), args, settings)
         return args.fn(args, settings)
     except OrchestratorError as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """The commands that talk to a running system through its HTTP API, with the Python client
 (`orchestrator.client`): `submit`, `jobs`, `logs`, `cancel`, `pools`, `pool set|delete`,
-`schedule set|list|delete`, `runners`, `status`.
+`schedule set|list|delete`, `runners`, `status`; `rate-limit set|list|delete` are
+app/rate_limit_commands.py, run the same way (`run`).
 
 For people: tables and one-line answers. With `--json`, for programs: the API's answer as it
 sent it, unchanged (`status --json`: its four answers under one object). Errors go to stderr as
@@ -151,7 +152,7 @@ def _job_row(j: JobListed) -> tuple[object, ...]:
 Rows = Callable[[Any], Iterable[tuple[object, ...]]]
 
 
-async def _listing(
+async def show_listing(
     args: argparse.Namespace, client: Client, call: Call[Any], columns: Sequence[str], rows: Rows
 ) -> int:
     """A listing: the API's answer with --json, else a table of `rows` of the parsed answer."""
@@ -165,7 +166,7 @@ async def _listing(
 
 async def jobs(args: argparse.Namespace, client: Client) -> int:
     listing = calls.list_jobs(pool=args.pool, state=args.state, limit=args.limit)
-    return await _listing(args, client, listing, JOB_COLUMNS, lambda answer: map(_job_row, answer.jobs))
+    return await show_listing(args, client, listing, JOB_COLUMNS, lambda answer: map(_job_row, answer.jobs))
 
 
 async def logs(args: argparse.Namespace, client: Client) -> int:
@@ -222,7 +223,9 @@ def _pool_row(p: PoolView) -> tuple[object, ...]:
 
 
 async def pools(args: argparse.Namespace, client: Client) -> int:
-    return await _listing(args, client, calls.list_pools(), POOL_COLUMNS, lambda answer: map(_pool_row, answer.pools))
+    return await show_listing(
+        args, client, calls.list_pools(), POOL_COLUMNS, lambda answer: map(_pool_row, answer.pools)
+    )
 
 
 def _csv(value: str) -> list[str]:
@@ -278,15 +281,11 @@ async def pool_delete(args: argparse.Namespace, client: Client) -> int:
 SCHEDULE_COLUMNS = ("name", "cron", "timezone", "next fire", "last fire", "last job", "overlap", "catch up", "command")
 
 
-def _when(at: Any) -> str | None:
-    return None if at is None else f"{at:%Y-%m-%d %H:%M:%S}Z"
-
-
 def _schedule_row(s: ScheduleView) -> tuple[object, ...]:
     last = f"{s.last_job.id} ({s.last_job.state or 'gone'})" if s.last_job else s.last_skip_reason
-    next_fire = "paused" if s.paused else _when(s.next_fire_at)
+    next_fire = "paused" if s.paused else tables.when(s.next_fire_at)
     command = tables.command_line(s.job.payload.get("command"), 30)
-    return s.name, s.cron, s.timezone, next_fire, _when(s.last_fire_at), last, s.overlap, s.catch_up, command
+    return s.name, s.cron, s.timezone, next_fire, tables.when(s.last_fire_at), last, s.overlap, s.catch_up, command
 
 
 async def schedule_set(args: argparse.Namespace, client: Client) -> int:
@@ -316,7 +315,9 @@ async def schedule_set(args: argparse.Namespace, client: Client) -> int:
 
 async def schedule_list(args: argparse.Namespace, client: Client) -> int:
     listing = calls.list_schedules()
-    return await _listing(args, client, listing, SCHEDULE_COLUMNS, lambda answer: map(_schedule_row, answer.schedules))
+    return await show_listing(
+        args, client, listing, SCHEDULE_COLUMNS, lambda answer: map(_schedule_row, answer.schedules)
+    )
 
 
 async def schedule_delete(args: argparse.Namespace, client: Client) -> int:

@@ -34,6 +34,11 @@ def age(at: datetime | None, now: datetime | None = None) -> str:
     return NONE if at is None else duration(((now or datetime.now(UTC)) - at).total_seconds())
 
 
+def when(at: datetime | None) -> str | None:
+    """A moment in UTC, to the second."""
+    return None if at is None else f"{at:%Y-%m-%d %H:%M:%S}Z"
+
+
 def cap(n: int) -> str:
     return "unlimited" if n < 0 else str(n)
 

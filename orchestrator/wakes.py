@@ -9,7 +9,9 @@ follows through the outbox, behind whatever backlog it has).
 
 A job of a concurrency key that ends frees room in its key, which jobs of the key queued in other
 pools may be waiting for: those pools are woken too (`announce_keys_freed`), as nothing else
-would wake them before the safety sweep.
+would wake them before the safety sweep. So with a rate limit lifted or changed
+(`announce_rate_limit_changed`): its waiting jobs' pools have a timer set for the start the old
+limit allowed next, maybe an hour away.
 """
 
 from __future__ import annotations
@@ -62,3 +64,8 @@ async def announce_ended(store: Store, bus: Bus, ended: Iterable[Job]) -> None:
     pools = {job.pool for job in ended if job.runner_id is not None}
     await announce_free(store, bus, sorted(pools))
     await announce_keys_freed(store, bus, ended, pools)
+
+
+async def announce_rate_limit_changed(store: Store, bus: Bus, key: str) -> None:
+    """Rate limit `key` was lifted or changed (committed): wake the pools where its jobs wait."""
+    await announce_free(store, bus, await store.rate_limit_key_pools(key))

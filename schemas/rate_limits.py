@@ -15,7 +15,7 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from schemas.base import Body, whole_number
+from schemas.base import Body, Model, whole_number
 
 # Starts per period at most: an int32 in Postgres, and far past anything a claim could make.
 Starts = Annotated[Annotated[int, Field(ge=1, le=1_000_000)], BeforeValidator(whole_number)]
@@ -47,3 +47,18 @@ class RateLimitView(RateLimitConfig):
     next_start_at: datetime | None = Field(description="when the next start is allowed; null: now")
     created_at: datetime
     updated_at: datetime
+
+
+class RateLimitList(Model):
+    """`GET /v1/rate-limits`: every rate limit, by key."""
+
+    rate_limits: list[RateLimitView]
+
+
+class RateLimitDeleted(Model):
+    """`DELETE /v1/rate-limits/{key}`: the limit is lifted. Jobs already admitted that name it start
+    without it from then on; new ones naming it are refused (422) until it is set again."""
+
+    key: str
+    deleted: bool
+    rate_limit: RateLimitView = Field(description="the limit as it stood when deleted")

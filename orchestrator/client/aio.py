@@ -23,6 +23,7 @@ from orchestrator.client.errors import ApiError
 from schemas.api import JobCreated, JobDetail, JobListed, LeaderView, PoolChanged, PoolDeleted, RunnerView, Stats
 from schemas.jobs import JobSpec, JobView
 from schemas.pools import PoolConfig, PoolView
+from schemas.rate_limits import RateLimitConfig, RateLimitDeleted, RateLimitView
 from schemas.schedules import ScheduleDeleted, ScheduleSpec, ScheduleView
 
 A = TypeVar("A", bound=BaseModel)
@@ -190,6 +191,27 @@ class Client:
     async def delete_schedule(self, name: str) -> ScheduleDeleted:
         """It fires no more; the jobs it fired are left as they are."""
         return await self.send(calls.delete_schedule(name))
+
+    # --- rate limits --------------------------------------------------------------------------
+
+    async def rate_limits(self) -> list[RateLimitView]:
+        """Every rate limit, by key."""
+        return (await self.send(calls.list_rate_limits())).rate_limits
+
+    async def rate_limit(self, key: str) -> RateLimitView:
+        """A rate limit, and where it stands now (its starts left, its next start)."""
+        return await self.send(calls.get_rate_limit(key))
+
+    async def put_rate_limit(self, key: str, config: RateLimitConfig) -> RateLimitView:
+        """Create or change a rate limit (a change keeps the starts already made)."""
+        return await self.send(calls.put_rate_limit(key, config))
+
+    async def delete_rate_limit(self, key: str) -> RateLimitDeleted:
+        """Lift a rate limit: jobs already admitted that name it start without it; new ones naming
+        it are refused until it is set again."""
+        return await self.send(calls.delete_rate_limit(key))
+
+    # --- runners, the leader, stats ------------------------------------------------------------
 
     async def runners(self) -> list[RunnerView]:
         """Every runner, in id order (the API's pages, walked to the last)."""

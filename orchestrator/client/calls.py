@@ -25,6 +25,7 @@ from schemas.api import (
 )
 from schemas.jobs import JobSpec, JobView
 from schemas.pools import PoolConfig, PoolView
+from schemas.rate_limits import RateLimitConfig, RateLimitDeleted, RateLimitList, RateLimitView
 from schemas.schedules import ScheduleDeleted, ScheduleList, ScheduleSpec, ScheduleView
 
 A = TypeVar("A", bound=BaseModel)
@@ -129,3 +130,19 @@ def put_schedule(name: str, spec: ScheduleSpec) -> Call[ScheduleView]:
 
 def delete_schedule(name: str) -> Call[ScheduleDeleted]:
     return Call("DELETE", f"/v1/schedules/{_segment(name)}", ScheduleDeleted)
+
+
+def list_rate_limits() -> Call[RateLimitList]:
+    return Call("GET", "/v1/rate-limits", RateLimitList)
+
+
+def get_rate_limit(key: str) -> Call[RateLimitView]:
+    return Call("GET", f"/v1/rate-limits/{_segment(key)}", RateLimitView)
+
+
+def put_rate_limit(key: str, config: RateLimitConfig) -> Call[RateLimitView]:
+    return Call("PUT", f"/v1/rate-limits/{_segment(key)}", RateLimitView, body=config.model_dump(mode="json"))
+
+
+def delete_rate_limit(key: str) -> Call[RateLimitDeleted]:
+    return Call("DELETE", f"/v1/rate-limits/{_segment(key)}", RateLimitDeleted)

@@ -12,6 +12,7 @@ from orchestrator.client.calls import JobId
 from schemas.api import JobCreated, JobDetail, JobListed, LeaderView, PoolChanged, PoolDeleted, RunnerView, Stats
 from schemas.jobs import JobSpec, JobView
 from schemas.pools import PoolConfig, PoolView
+from schemas.rate_limits import RateLimitConfig, RateLimitDeleted, RateLimitView
 from schemas.schedules import ScheduleDeleted, ScheduleSpec, ScheduleView
 
 T = TypeVar("T")
@@ -92,6 +93,18 @@ class SyncClient:
 
     def delete_schedule(self, name: str) -> ScheduleDeleted:
         return self._run(self.client.delete_schedule(name))
+
+    def rate_limits(self) -> list[RateLimitView]:
+        return self._run(self.client.rate_limits())
+
+    def rate_limit(self, key: str) -> RateLimitView:
+        return self._run(self.client.rate_limit(key))
+
+    def put_rate_limit(self, key: str, config: RateLimitConfig) -> RateLimitView:
+        return self._run(self.client.put_rate_limit(key, config))
+
+    def delete_rate_limit(self, key: str) -> RateLimitDeleted:
+        return self._run(self.client.delete_rate_limit(key))
 
     def runners(self) -> list[RunnerView]:
         return self._run(self.client.runners())

@@ -75,6 +75,21 @@ class FlowRows(Connected):
             row = await conn.fetchrow(Q["rate_limit_get"], key)
         return _rate_limit(row) if row else None
 
+    async def rate_limit_list(self) -> list[RateLimit]:
+        async with self.connection() as conn:
+            return [_rate_limit(row) for row in await conn.fetch(Q["rate_limit_list"])]
+
+    async def rate_limit_delete(self, key: str) -> RateLimit | None:
+        """Lift a rate limit: the limit as it stood, None when none was set."""
+        async with self.connection() as conn:
+            row = await conn.fetchrow(Q["rate_limit_delete"], key)
+        return _rate_limit(row) if row else None
+
+    async def rate_limit_key_pools(self, key: str) -> list[str]:
+        """The pools where jobs naming rate limit `key` wait."""
+        async with self.connection() as conn:
+            return [r["pool"] for r in await conn.fetch(Q["rate_limit_key_pools"], key)]
+
     async def concurrency_key_pools(self, keys: Sequence[str]) -> list[str]:
         """The pools where jobs of these concurrency keys wait."""
         async with self.connection() as conn:

@@ -109,7 +109,7 @@ class Api(Service):
         self.pools = PoolViews(store, bus)
         self.runners = RunnerViews(store, bus)
         self.schedules = ScheduleViews(store, bus)
-        self.rate_limits = RateLimitViews(store)
+        self.rate_limits = RateLimitViews(store, bus)
         self.app = self._build_app()
 
     def _routes(self) -> list[Route]:

@@ -306,3 +306,40 @@ async def test_schedule_set_list_and_delete(front_cli: Cli, http: aiohttp.Client
     assert rows(out)[1] == []
     status, _, err = await front_cli("schedule", "delete", "nightly")
     assert status == 2 and "no schedule 'nightly'" in err
+
+
+async def test_rate_limit_set_list_and_delete(front_cli: Cli, http: aiohttp.ClientSession) -> None:
+    """`rate-limit set KEY --limit N --period S` creates (and changes) a rate limit, `rate-limit
+    list` shows each with its starts left and next start, `--json` is the API's answer, `rate-limit
+    delete` lifts it; refusals name what was wrong, with exit status 2 and nothing changed."""
+    status, out, err = await front_cli("rate-limit", "set", "search", "--limit", "10", "--period", "60", "--burst", "2")
+    assert status == 0, err
+    header, [row] = rows(out)
+    assert header == ["KEY", "LIMIT", "PERIOD_S", "BURST", "STARTS_LEFT", "NEXT_START_AT"]
+    assert row == ["search", "10", "60", "2", "2", "now"]
+    assert (await call(http, "GET", "/v1/rate-limits/search"))[1]["burst"] == 2
+    status, _, err = await front_cli("rate-limit", "set", "api", "--limit", "1", "--period", "0.5")
+    assert status == 0, err
+
+    status, out, _ = await front_cli("rate-limit", "list")
+    assert [r[0] for r in rows(out)[1]] == ["api", "search"]
+    status, out, _ = await front_cli("rate-limit", "list", "--json")
+    assert status == 0 and json.loads(out) == (await call(http, "GET", "/v1/rate-limits"))[1]
+
+    for args, said in (
+        (("set", "search", "--limit", "2", "--period", "60", "--burst", "3"), "--burst: must not exceed limit (2)"),
+        (("set", "search", "--limit", "1", "--period", "0"), "--period"),
+        (("set", "not a key", "--limit", "1", "--period", "1"), "is not a rate-limit key"),
+    ):
+        status, _, err = await front_cli("rate-limit", *args)
+        assert status == 2 and said in err, (args, err)
+    assert (await call(http, "GET", "/v1/rate-limits/search"))[1]["limit"] == 10  # unchanged
+
+    status, out, err = await front_cli("rate-limit", "delete", "search", "--json")
+    assert status == 0 and (json.loads(out)["key"], json.loads(out)["deleted"]) == ("search", True), err
+    status, out, err = await front_cli("rate-limit", "delete", "api")
+    assert status == 0 and "rate limit api deleted" in out, err
+    status, out, _ = await front_cli("rate-limit", "list")
+    assert rows(out)[1] == []
+    status, _, err = await front_cli("rate-limit", "delete", "api")
+    assert status == 2 and "no rate limit 'api'" in err

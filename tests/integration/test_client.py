@@ -14,6 +14,7 @@ from orchestrator.settings import Settings
 from schemas.api import JobCreated, JobDetail
 from schemas.jobs import JobSpec, JobState
 from schemas.pools import PoolConfig
+from schemas.rate_limits import RateLimitConfig, RateLimitDeleted, RateLimitView
 from tests.support import with_tokens
 
 
@@ -92,6 +93,30 @@ async def test_pools_runners_leader_and_stats(client: Client, system: Runtime) -
     with pytest.raises(ApiError) as in_use:
         await client.delete_pool("default")
     assert (in_use.value.status, in_use.value.code, in_use.value.field) == (409, "in_use", "name")
+
+
+async def test_rate_limits_set_listed_read_and_deleted(client: Client, system: Runtime) -> None:
+    assert await client.rate_limits() == []
+    created = await client.put_rate_limit("search", RateLimitConfig(limit=10, period_s=60, burst=2))
+    assert isinstance(created, RateLimitView) and (created.key, created.limit, created.starts_left) == ("search", 10, 2)
+    await client.put_rate_limit("api", RateLimitConfig(limit=1, period_s=1))
+    assert [r.key for r in await client.rate_limits()] == ["api", "search"]
+    assert await client.rate_limit("search") == created
+
+    deleted = await client.delete_rate_limit("search")
+    assert isinstance(deleted, RateLimitDeleted) and deleted.deleted and deleted.rate_limit.limit == 10
+    for gone in (client.rate_limit("search"), client.delete_rate_limit("search")):
+        with pytest.raises(ApiError) as missing:
+            await gone
+        assert (missing.value.status, missing.value.code, missing.value.field) == (404, "not_found", "key")
+
+    def use() -> list[str]:  # the blocking client's
+        with SyncClient(system.http_url or "") as sync:
+            sync.put_rate_limit("mail", RateLimitConfig(limit=5, period_s=60))
+            assert sync.rate_limit("mail").limit == 5 and sync.delete_rate_limit("api").key == "api"
+            return [r.key for r in sync.rate_limits()]
+
+    assert await asyncio.to_thread(use) == ["mail"]  # the api serves on this test's loop
 
 
 async def test_errors_carry_the_apis_code_and_field(client: Client) -> None:

@@ -1,6 +1,7 @@
 """Flow control with every service in one process and real runners: a key's limit reached and
 never exceeded over many jobs (from the transition history), a rate limit's starts exactly
-spaced over several periods and never stalling (its next start is a timer, not a poll), a pool's
+spaced over several periods and never stalling (its next start is a timer, not a poll), a job
+behind an exhausted rate limit started at once when the limit is deleted or raised, a pool's
 max_starts_per_s, the next job of a key dispatched as soon as one ends (in another pool too,
 with the safety sweep too slow to be what woke it), and cancel_in_progress stopping the job its
 runner runs."""
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
@@ -115,6 +116,32 @@ async def test_a_rate_limit_spaces_starts_exactly_and_never_stalls(
     # ... and no stall: each next start follows its due time within a step's latency (a timer).
     assert max(gaps(starts)) < interval + 0.25, gaps(starts)
     assert held >= 1  # the steps that passed the waiting jobs over were counted
+
+
+@pytest.mark.parametrize(
+    ("method", "body"), [("DELETE", None), ("PUT", {"limit": 36000, "period_s": 3600})], ids=["deleted", "raised"]
+)
+async def test_a_job_behind_an_exhausted_rate_limit_starts_once_it_is_lifted(
+    settings: Settings, method: str, body: dict[str, Any] | None
+) -> None:
+    """Its pool's timer is set for the hour's next start and the sweep is a minute away: only the
+    wake the api sends after the change can start it within seconds."""
+    async with flow_system(slow_sweep(settings), [("r1", "p", 4)], p={}) as (_, http):
+        assert (await call(http, "PUT", "/v1/rate-limits/hourly", json={"limit": 1, "period_s": 3600}))[0] == 201
+        first = await submit(http, pool="p", rate_limit_key="hourly", payload={"command": ["true"]})
+        await ended(http, first["id"], timeout=10)
+        waiting = await submit(http, pool="p", rate_limit_key="hourly", payload={"command": ["true"]})
+
+        async def held_by_rate() -> bool:
+            why = (await job_listed(http, waiting["id"]))["blocked_by"]
+            return why is not None and why["reason"] == "rate_limit"
+
+        await eventually(held_by_rate, what="the job to wait for the hour's next start")
+        lifted_at = datetime.now(UTC).timestamp()
+        assert (await call(http, method, "/v1/rate-limits/hourly", json=body))[0] == 200
+        done = await ended(http, waiting["id"], timeout=10)
+    assert done["state"] == "succeeded"
+    assert datetime.fromisoformat(done["assigned_at"]).timestamp() - lifted_at < 2.0, done
 
 
 async def test_a_pool_s_max_starts_per_s_spaces_its_starts(settings: Settings) -> None:

@@ -75,3 +75,25 @@ SELECT key, max_starts, period_s, burst, created_at, updated_at,
        gcra_room(tat, clock_timestamp(), period_s / max_starts, burst) AS starts_left,
        tat - make_interval(secs => (burst - 1) * period_s / max_starts) AS next_start_at
 FROM rate_limits WHERE key = $1;
+
+-- Every rate limit, by key.
+-- name: rate_limit_list
+SELECT key, max_starts, period_s, burst, created_at, updated_at,
+       gcra_room(tat, clock_timestamp(), period_s / max_starts, burst) AS starts_left,
+       tat - make_interval(secs => (burst - 1) * period_s / max_starts) AS next_start_at
+FROM rate_limits ORDER BY key;
+
+-- Delete rate limit $1, as it stood (no row: none was set). Jobs naming it that wait start without
+-- it from then on: the claim reads a missing key as no limit (migration 0016, `coalesce`).
+-- name: rate_limit_delete
+DELETE FROM rate_limits WHERE key = $1
+RETURNING key, max_starts, period_s, burst, created_at, updated_at,
+          gcra_room(tat, clock_timestamp(), period_s / max_starts, burst) AS starts_left,
+          tat - make_interval(secs => (burst - 1) * period_s / max_starts) AS next_start_at;
+
+-- The pools where jobs of rate limit $1 wait (queued): woken when it is lifted or changed, as
+-- their step's timer is set for the start the old limit allowed next.
+-- name: rate_limit_key_pools
+SELECT DISTINCT s.pool FROM job_shapes s
+WHERE s.rate_limit_key = $1
+  AND EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state = 'queued');
