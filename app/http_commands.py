@@ -3,10 +3,11 @@
 `schedule set|list|delete`, `runners`, `status`; `rate-limit set|list|delete` are
 app/rate_limit_commands.py, run the same way (`run`).
 
-For people: tables and one-line answers. With `--json`, for programs: the API's answer as it
-sent it, unchanged (`status --json`: its four answers under one object). Errors go to stderr as
-`orchestrator: ...` and the exit status says it: 2 when the command could not be done, 1 when
-`cancel` could not cancel some of its jobs (named), a job's own exit status for `submit --wait`.
+For people: tables (their columns and rows: app/rows.py) and one-line answers. With `--json`,
+for programs: the API's answer as it sent it, unchanged (`status --json`: its four answers under
+one object). Errors go to stderr as `orchestrator: ...` and the exit status says it: 2 when the
+command could not be done, 1 when `cancel` could not cancel some of its jobs (named), a job's own
+exit status for `submit --wait`.
 """
 
 from __future__ import annotations
@@ -21,16 +22,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app import endpoints, tables
+from app import endpoints, rows, tables
 from app.progress import Progress
 from orchestrator.client import ApiError, Client, calls
 from orchestrator.client.calls import Call
 from orchestrator.settings import Settings
-from schemas.api import JobDetail, JobListed, LeaderView, PoolStats, RunnerCount, RunnerList, RunnerView
+from schemas.api import JobDetail
 from schemas.events import error_from_validation
 from schemas.jobs import JobSpec, JobState
-from schemas.pools import PoolView
-from schemas.schedules import ScheduleSpec, ScheduleView
+from schemas.schedules import ScheduleSpec
 
 Command = Callable[[argparse.Namespace, Client], Awaitable[int]]
 
@@ -140,33 +140,24 @@ def exit_status(job: JobDetail) -> int:
     return 128 - code if code < 0 else code  # killed by a signal: 128 + its number, as shells say
 
 
-JOB_COLUMNS = ("id", "state", "pool", "age", "attempt", "exit", "command", "why")
-
-
-def _job_row(j: JobListed) -> tuple[object, ...]:
-    command = tables.command_line(j.payload.get("command"))
-    why = j.blocked_by.message if j.blocked_by else j.reason
-    return j.id, j.state, j.pool, tables.age(j.created_at), j.attempt, j.exit_code, command, why
-
-
 Rows = Callable[[Any], Iterable[tuple[object, ...]]]
 
 
 async def show_listing(
-    args: argparse.Namespace, client: Client, call: Call[Any], columns: Sequence[str], rows: Rows
+    args: argparse.Namespace, client: Client, call: Call[Any], columns: Sequence[str], to_rows: Rows
 ) -> int:
-    """A listing: the API's answer with --json, else a table of `rows` of the parsed answer."""
+    """A listing: the API's answer with --json, else a table of `to_rows` of the parsed answer."""
     raw = await client.send_json(call)
     if args.json:
         print_json(raw)
     else:
-        print(tables.table(columns, rows(call.parse(raw))))
+        print(tables.table(columns, to_rows(call.parse(raw))))
     return 0
 
 
 async def jobs(args: argparse.Namespace, client: Client) -> int:
     listing = calls.list_jobs(pool=args.pool, state=args.state, limit=args.limit)
-    return await show_listing(args, client, listing, JOB_COLUMNS, lambda answer: map(_job_row, answer.jobs))
+    return await show_listing(args, client, listing, rows.JOB_COLUMNS, lambda answer: map(rows.job_row, answer.jobs))
 
 
 async def logs(args: argparse.Namespace, client: Client) -> int:
@@ -205,26 +196,10 @@ async def cancel(args: argparse.Namespace, client: Client) -> int:
 
 # --- pools, runners, status ----------------------------------------------------------------------
 
-POOL_COLUMNS = ("name", "labels", "max concurrent", "max active", "mode", "paused", "leader", "provisioner", "shard")
-
-
-def _pool_row(p: PoolView) -> tuple[object, ...]:
-    return (
-        p.name,
-        tables.words(p.labels),
-        tables.cap(p.max_concurrent),
-        tables.cap(p.max_active),
-        p.mode,
-        "yes" if p.paused else "no",
-        p.leader_runner_id,
-        p.provisioner,
-        p.dispatch_shard,
-    )
-
 
 async def pools(args: argparse.Namespace, client: Client) -> int:
     return await show_listing(
-        args, client, calls.list_pools(), POOL_COLUMNS, lambda answer: map(_pool_row, answer.pools)
+        args, client, calls.list_pools(), rows.POOL_COLUMNS, lambda answer: map(rows.pool_row, answer.pools)
     )
 
 
@@ -259,7 +234,7 @@ async def pool_set(args: argparse.Namespace, client: Client) -> int:
         print_json(raw)
         return 0
     pool = change.parse(raw)
-    print(tables.table(POOL_COLUMNS, [_pool_row(pool)]))
+    print(tables.table(rows.POOL_COLUMNS, [rows.pool_row(pool)]))
     if pool.failed_jobs:
         print(f"{pool.failed_jobs} queued jobs failed: the change left them nothing to run on (unsatisfiable)")
     return 0
@@ -277,15 +252,6 @@ async def pool_delete(args: argparse.Namespace, client: Client) -> int:
 
 
 # --- schedules -----------------------------------------------------------------------------------
-
-SCHEDULE_COLUMNS = ("name", "cron", "timezone", "next fire", "last fire", "last job", "overlap", "catch up", "command")
-
-
-def _schedule_row(s: ScheduleView) -> tuple[object, ...]:
-    last = f"{s.last_job.id} ({s.last_job.state or 'gone'})" if s.last_job else s.last_skip_reason
-    next_fire = "paused" if s.paused else tables.when(s.next_fire_at)
-    command = tables.command_line(s.job.payload.get("command"), 30)
-    return s.name, s.cron, s.timezone, next_fire, tables.when(s.last_fire_at), last, s.overlap, s.catch_up, command
 
 
 async def schedule_set(args: argparse.Namespace, client: Client) -> int:
@@ -309,14 +275,14 @@ async def schedule_set(args: argparse.Namespace, client: Client) -> int:
     if args.json:
         print_json(raw)
     else:
-        print(tables.table(SCHEDULE_COLUMNS, [_schedule_row(put.parse(raw))]))
+        print(tables.table(rows.SCHEDULE_COLUMNS, [rows.schedule_row(put.parse(raw))]))
     return 0
 
 
 async def schedule_list(args: argparse.Namespace, client: Client) -> int:
     listing = calls.list_schedules()
     return await show_listing(
-        args, client, listing, SCHEDULE_COLUMNS, lambda answer: map(_schedule_row, answer.schedules)
+        args, client, listing, rows.SCHEDULE_COLUMNS, lambda answer: map(rows.schedule_row, answer.schedules)
     )
 
 
@@ -329,22 +295,8 @@ async def schedule_delete(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
-RUNNER_COLUMNS = ("id", "pool", "state", "busy", "labels", "taints", "last seen")
-
-
-def _runner_row(r: RunnerView) -> tuple[object, ...]:
-    busy = f"{r.busy if r.busy is not None else '?'}/{r.slots}"
-    return r.id, r.pool, r.state, busy, tables.words(r.labels), tables.words(r.taints), tables.age(r.last_seen_at)
-
-
 # `runners` and `status` show the first page of runners (id order), as large as the API gives.
 RUNNERS_SHOWN = 1000
-
-
-def _more_runners(page: RunnerList) -> str | None:
-    if page.next is None:
-        return None
-    return f"(the first {len(page.runners)} runners: GET /v1/runners?after={page.next} lists the next page)"
 
 
 async def runners(args: argparse.Namespace, client: Client) -> int:
@@ -354,8 +306,8 @@ async def runners(args: argparse.Namespace, client: Client) -> int:
         print_json(raw)
         return 0
     page = listing.parse(raw)
-    print(tables.table(RUNNER_COLUMNS, [_runner_row(r) for r in page.runners]))
-    if more := _more_runners(page):
+    print(tables.table(rows.RUNNER_COLUMNS, [rows.runner_row(r) for r in page.runners]))
+    if more := rows.more_runners(page):
         print(more)
     return 0
 
@@ -368,40 +320,15 @@ async def status(args: argparse.Namespace, client: Client) -> int:
     if args.json:
         print_json({"url": client.url, "leader": leader, "stats": stats, **pools_, "runners": runners_["runners"]})
         return 0
-    print(f"orchestrator at {client.url}: {_dispatchers(asked[0].parse(leader))}\n")
+    print(f"orchestrator at {client.url}: {rows.dispatchers(asked[0].parse(leader))}\n")
     counts = asked[1].parse(stats)
-    print(tables.table(STATUS_POOL_COLUMNS, [_status_row(p, counts.runners) for p in counts.pools]))
+    print(tables.table(rows.STATUS_POOL_COLUMNS, [rows.status_row(p, counts.runners) for p in counts.pools]))
     page = asked[3].parse(runners_)
     live = [r for r in page.runners if r.state != "lost"]
     print()
-    print(tables.table(RUNNER_COLUMNS, [_runner_row(r) for r in live]) if live else "no runners")
+    print(tables.table(rows.RUNNER_COLUMNS, [rows.runner_row(r) for r in live]) if live else "no runners")
     if lost := len(page.runners) - len(live):
         print(f"(and {lost} lost runners: `orchestrator runners` lists them)")
-    if more := _more_runners(page):
+    if more := rows.more_runners(page):
         print(more)
     return 0
-
-
-def _dispatchers(leader: LeaderView) -> str:
-    """Who dispatches: the one lease's holder, or each shard's."""
-    if len(leader.shards) <= 1:
-        lease = leader.lease
-        return f"dispatcher {lease.holder}" if lease else "no dispatcher holds the lease: nothing is dispatched"
-    held = [f"{s.shard} {s.lease.holder if s.lease else '(vacant: not dispatched)'}" for s in leader.shards]
-    return "dispatchers by shard: " + ", ".join(held)
-
-
-STATUS_POOL_COLUMNS = ("pool", "in flight", "queued", "oldest wait", "free slots", "runners", "note")
-
-
-def _status_row(p: PoolStats, counts: list[RunnerCount]) -> tuple[object, ...]:
-    by_state = [f"{c.runners} {c.state}" for c in counts if c.pool == p.pool and c.state != "lost"]
-    return (
-        p.pool,
-        f"{p.in_flight}/{tables.cap(p.max_concurrent)}",
-        p.queued,
-        tables.duration(p.oldest_queued_s) if p.queued else None,
-        p.free,
-        ", ".join(by_state) or "none",
-        "paused" if p.paused else None,
-    )

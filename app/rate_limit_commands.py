@@ -8,18 +8,12 @@ import argparse
 
 from pydantic import ValidationError
 
-from app import tables
+from app import rows, tables
 from app.http_commands import UsageError, print_json, show_listing
 from orchestrator.client import Client, calls
-from schemas.rate_limits import RateLimitConfig, RateLimitView
+from schemas.rate_limits import RateLimitConfig
 
 OPTIONS = {"limit": "--limit", "period_s": "--period", "burst": "--burst"}  # each field's option
-RATE_LIMIT_COLUMNS = ("key", "limit", "period_s", "burst", "starts_left", "next_start_at")
-
-
-def _row(r: RateLimitView) -> tuple[object, ...]:
-    next_start = "now" if r.next_start_at is None else tables.when(r.next_start_at)
-    return r.key, r.limit, f"{r.period_s:g}", r.burst, r.starts_left, next_start
 
 
 async def rate_limit_set(args: argparse.Namespace, client: Client) -> int:
@@ -35,13 +29,15 @@ async def rate_limit_set(args: argparse.Namespace, client: Client) -> int:
     if args.json:
         print_json(raw)
     else:
-        print(tables.table(RATE_LIMIT_COLUMNS, [_row(put.parse(raw))]))
+        print(tables.table(rows.RATE_LIMIT_COLUMNS, [rows.rate_limit_row(put.parse(raw))]))
     return 0
 
 
 async def rate_limit_list(args: argparse.Namespace, client: Client) -> int:
     listing = calls.list_rate_limits()
-    return await show_listing(args, client, listing, RATE_LIMIT_COLUMNS, lambda answer: map(_row, answer.rate_limits))
+    return await show_listing(
+        args, client, listing, rows.RATE_LIMIT_COLUMNS, lambda answer: map(rows.rate_limit_row, answer.rate_limits)
+    )
 
 
 async def rate_limit_delete(args: argparse.Namespace, client: Client) -> int:

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 from bench.factories import bulk_queue, job, pool
-from orchestrator.store import RunnerSpec, Store
-from schemas.jobs import JobSpec
+from orchestrator.store import End, RunnerSpec, Start, Store
+from schemas.jobs import JobSpec, JobState
 
-__all__ = ["JobSpec", "bulk_queue", "job", "pool", "queue", "runner"]
+__all__ = ["JobSpec", "bulk_queue", "finish", "job", "pool", "queue", "runner"]
 
 
 async def queue(store: Store, n: int = 1, pool: str = "default", **fields: Any) -> list[Any]:
@@ -24,3 +24,11 @@ async def queue(store: Store, n: int = 1, pool: str = "default", **fields: Any) 
 
 async def runner(store: Store, runner_id: str, pool: str = "default", slots: int = 1, labels: Any = ()) -> None:
     await store.transitions.register_runner(RunnerSpec(runner_id, pool, list(labels), slots), [])
+
+
+async def finish(store: Store, assignments: list[dict[str, Any]]) -> None:
+    """Start and succeed these claimed assignments, as their runners would report."""
+    runs = [Start(a["id"], a["runner_id"], a["attempt"] + 1) for a in assignments]
+    assert len(await store.transitions.start_many(runs)) == len(runs)
+    ends = [End(*run, JobState.succeeded, 0) for run in runs]
+    assert len(await store.transitions.finish_many(ends)) == len(runs)

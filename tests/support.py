@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ import aiohttp
 from orchestrator.bus import Bus, Topic
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from orchestrator.store.queries import Q
 from services.runner import Runner
 from tests import history
 
@@ -146,3 +148,54 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# auto_explain, for the statements a function runs: every one, with its actual rows, as JSON.
+EXPLAIN_NESTED = {
+    "auto_explain.log_min_duration": "0",
+    "auto_explain.log_analyze": "on",
+    "auto_explain.log_nested_statements": "on",
+    "auto_explain.log_format": "json",
+    "client_min_messages": "log",
+}
+
+
+async def claim_rows_read(store: Store, pool: str, index: str = "jobs_queued_idx") -> int:
+    """The rows a claim step of `pool` (limit 10) reads from `index`, from the plans of the claim's
+    statements: auto_explain sends those inside the function to this session as notices, in a
+    transaction rolled back (it runs the claim), so nothing is claimed."""
+    notices: list[str] = []
+
+    def heard(_conn: object, message: Any) -> None:
+        notices.append(message.message)
+
+    async with store.connection() as conn:
+        conn.add_log_listener(heard)
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            await conn.execute("LOAD 'auto_explain'")
+            for setting, value in EXPLAIN_NESTED.items():
+                await conn.execute(f"SET LOCAL {setting} = {value}")
+            await conn.fetch(Q["job_claim_step"], pool, 10, None, None)
+        finally:
+            await tx.rollback()
+            conn.remove_log_listener(heard)
+    plans = [json.loads(n.split("plan:", 1)[1]) for n in notices if "plan:" in n]
+    assert plans, "auto_explain sent no plan of the claim"
+    return sum(_rows_read_from(plan, index) for plan in plans)
+
+
+def _rows_read_from(plan: object, index: str) -> int:
+    total = 0
+    if isinstance(plan, dict):
+        if plan.get("Index Name") == index:
+            total += int(plan.get("Actual Rows", 0) * plan.get("Actual Loops", 1)) + int(
+                plan.get("Rows Removed by Filter", 0)
+            )
+        for value in plan.values():
+            total += _rows_read_from(value, index)
+    elif isinstance(plan, list):
+        for value in plan:
+            total += _rows_read_from(value, index)
+    return total

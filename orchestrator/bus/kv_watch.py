@@ -1,6 +1,7 @@
 """Watching KV keys for as long as a service needs them: a watch that fails (its stream electing a
 leader, the connection replaced) is told of as a gap, since changes may have been missed, and
-opened anew, with a backoff while that fails too. The lease and presence both watch this way."""
+opened anew, with a backoff while that fails too; and stopped, task and watcher, when the service
+ends. The lease and presence both watch this way."""
 
 from __future__ import annotations
 
@@ -50,5 +51,17 @@ async def keep_watching(
                 except (NatsError, TimeoutError) as exc:
                     _log.debug("watching %s again failed: %s", what, exc)
     finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()
+
+
+async def stop_watching(task: asyncio.Task[None] | None, watcher: Any) -> None:
+    """End a watch `keep_watching` runs in `task`: the task cancelled and waited for, then
+    `watcher` (the watch first opened) stopped, should the task never have begun."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    if watcher is not None:
         with contextlib.suppress(Exception):
             await watcher.stop()

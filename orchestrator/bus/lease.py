@@ -24,7 +24,6 @@ Only this module knows the KV details; callers see `acquire() -> epoch | None`, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from orchestrator import telemetry
 from orchestrator.bus.bus import Bus
 from orchestrator.bus.elections import through_elections
-from orchestrator.bus.kv_watch import keep_watching
+from orchestrator.bus.kv_watch import keep_watching, stop_watching
 from orchestrator.bus.streams import WITHIN_S, ensure_replicas, placement_error
 from orchestrator.errors import BusUnavailable
 
@@ -162,13 +161,7 @@ class Lease:
         if self._stop_hearing is not None:
             self._stop_hearing()
             self._stop_hearing = None
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watch_task
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
+        await stop_watching(self._watch_task, self._watcher)
         self._watch_task = self._watcher = None
 
     async def _watch(self) -> None:

@@ -29,7 +29,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from orchestrator import telemetry
 from orchestrator.bus.bus import Bus
-from orchestrator.bus.kv_watch import keep_watching
+from orchestrator.bus.kv_watch import keep_watching, stop_watching
 from orchestrator.bus.lease import open_bucket
 from orchestrator.errors import BusUnavailable
 
@@ -101,13 +101,7 @@ class Presence:
                 await self._synced.wait()
 
     async def close(self) -> None:
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watch_task
-        if self._watcher is not None:
-            with contextlib.suppress(Exception):
-                await self._watcher.stop()
+        await stop_watching(self._watch_task, self._watcher)
         self._watch_task = self._watcher = None
 
     async def announce(self) -> None:

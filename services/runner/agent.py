@@ -5,7 +5,8 @@ held against it is released), heartbeats, acks an assignment only while it has a
 permission before starting (a stale assignment is refused, so a job never runs on two runners),
 runs `payload.command` as a subprocess with `payload.env` / `payload.cwd` and the job's timeout,
 and reports the end until the report is acknowledged. A job without a command is a reservation:
-the slot is held until the job is cancelled or its timeout runs out.
+the slot is held until the job is cancelled or its timeout runs out. The fence on its own
+heartbeats' silence is liveness.py; the start and end requests, asked until answered, reports.py.
 
 On stop it drains: it tells capacity it takes nothing more (so a leader-mode pool elects another
 leader at once), running jobs get `stop_timeout_s` to finish, then are killed and left for the
@@ -26,19 +27,17 @@ import os
 import platform
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 from opentelemetry.trace import SpanKind
 
 from orchestrator import telemetry
-from orchestrator.batching import Batcher
-from orchestrator.bus import Bus, RequestTopic
+from orchestrator.bus import Bus
 from orchestrator.bus.job_logs import JobLogs
 from orchestrator.clock import SYSTEM_CLOCK, Clock
-from orchestrator.errors import OrchestratorError, RequestFailed
+from orchestrator.errors import OrchestratorError
 from orchestrator.lifecycle import Service
-from orchestrator.retrying import retrying
 from orchestrator.settings import RUNNER_REQUEST_TIMEOUT_S, LogLimits, Timings
 from schemas.events import (
     ErrorDetail,
@@ -56,6 +55,8 @@ from schemas.events import (
 from schemas.jobs import JobState
 from services.runner.job_output import JobOutput
 from services.runner.job_process import Held, Outcome, run, signal_group
+from services.runner.liveness import Liveness
+from services.runner.reports import Reports, until_answered
 from services.runner.watchdog import Watchdog
 
 _tracer = telemetry.tracer("orchestrator.runner")
@@ -74,7 +75,6 @@ def _run_attributes(e: JobAssigned) -> dict[str, Any]:
 
 
 Execute = Callable[[JobAssigned], Awaitable[Outcome]]
-R = TypeVar("R")
 # The drain notice is a courtesy (silence is detected anyway): never hold a stop up for long.
 DRAIN_TIMEOUT_S = 1.0
 
@@ -115,31 +115,17 @@ class Runner(Service):
         self._accepting = False
         self._hurry = asyncio.Event()  # stop at once: do not wait for running jobs
         # Heartbeats are numbered from the clock, so a restarted runner's outnumber its last
-        # life's (capacity ignores a heartbeat older than one it has seen). `_acked_seq`: the
-        # newest one answered; `_acked_at`: when (monotonic), for the fence.
+        # life's (capacity ignores a heartbeat older than one it has seen).
         self._seq = int(clock.time() * 1_000_000)
-        self._acked_seq = 0
-        self._acked_at = clock.monotonic()
         # Fences the jobs at the same deadline when this process cannot (stopped, hung).
         self._watchdog = Watchdog(timings.runner_ttl_s / 2)
-        # When the latest silence long enough to be fenced ended (monotonic): a job held across
-        # it may have been killed by the fence or the watchdog, and is not this runner's to report.
-        self._silence_ended = float("-inf")
-        self._answered = asyncio.Event()  # a heartbeat was answered (wakes the fence watch)
+        self._liveness = Liveness(timings.runner_ttl_s, clock, self._watchdog, self._fence)
         self.once = once
         self.idle_timeout_s = idle_timeout_s
         self._took_one = asyncio.Event()
         # `once`: its one job has ended (or none came in time); the worker may exit.
         self.finished = asyncio.Event()
-        # Requests for jobs that start or end together travel together (one message, one reply).
-        self._starts: Batcher[JobStarted, Reply] = Batcher(self._send(bus.subjects.runner_start))
-        self._finishes: Batcher[JobFinished, Reply] = Batcher(self._send(bus.subjects.runner_finish))
-
-    def _send(self, topic: RequestTopic[Any, Reply]) -> Callable[[list[Any]], Awaitable[list[Reply]]]:
-        async def send(events: list[Any]) -> list[Reply]:
-            return await self.bus.request_many(topic, events, RUNNER_REQUEST_TIMEOUT_S)
-
-        return send
+        self._reports = Reports(bus, self.log)
 
     @property
     def busy(self) -> int:
@@ -160,7 +146,7 @@ class Runner(Service):
         self._accepting = True
         await self._register(wait=True)
         self.spawn(self._heartbeat(), "heartbeat")
-        self.spawn(self._fence_watch(), "fence")
+        self.spawn(self._liveness.watch(), "fence")
         if self.once and self.idle_timeout_s is not None:
             self.spawn(self._idle_exit(self.idle_timeout_s), "idle")
 
@@ -217,10 +203,10 @@ class Runner(Service):
             return await self.bus.request(topic, event, RUNNER_REQUEST_TIMEOUT_S)
 
         waiting = f"registration (waiting for capacity on {topic.subject})"
-        reply = await (self._until_answered(register, waiting) if wait else register())
+        reply = await (until_answered(register, waiting, self.log) if wait else register())
         if not reply.ok:
             raise OrchestratorError(f"registration refused: {reply.error.message if reply.error else reply}")
-        self._acknowledged()
+        self._liveness.acknowledged()
         self._obey(reply.stop)
 
     async def _drain(self) -> None:
@@ -241,17 +227,6 @@ class Runner(Service):
             await self._drain()
             self.finished.set()
 
-    def _acknowledged(self, seq: int | None = None) -> None:
-        # A job held across a silence long enough may have been fenced: not reported, it is
-        # released and runs again; reported, a job the watchdog killed would end `failed`.
-        if self._silent():
-            self._silence_ended = self.clock.monotonic()
-        self._acked_at = self.clock.monotonic()
-        self._answered.set()
-        self._watchdog.ack()
-        if seq is not None:
-            self._acked_seq = seq
-
     async def _heartbeat(self) -> None:
         """Heartbeat with what it holds, and do what the reply says: stop jobs cancelled or no
         longer its own. Declared lost: everything it held is someone else's now (fence), and it
@@ -267,7 +242,7 @@ class Runner(Service):
                 pool=self.pool,
                 running=list(self._jobs),
                 seq=self._seq,
-                acked_seq=self._acked_seq,
+                acked_seq=self._liveness.acked_seq,
             )
             timeout = min(RUNNER_REQUEST_TIMEOUT_S, self.timings.runner_ttl_s / 4)
             try:
@@ -282,39 +257,12 @@ class Runner(Service):
                 self.log.info("heartbeats answered again")
             failed, warned = 0, False
             if reply.ok:
-                self._acknowledged(event.seq)
+                self._liveness.acknowledged(event.seq)
                 self._obey(reply.stop)
             else:  # declared lost: its jobs are already someone else's
                 self._fence("capacity declared this runner lost")
                 with contextlib.suppress(OrchestratorError):
                     await self._register()
-
-    async def _fence_watch(self) -> None:
-        """The runner's own fence, on its own clock: at half the TTL after the last heartbeat
-        capacity answered, it kills its jobs, well before capacity (a full TTL after the last
-        heartbeat it received) can give them to another runner. No job runs on two at once.
-        Until a heartbeat is answered again it takes no job (`_silent`)."""
-        ttl_half = self.timings.runner_ttl_s / 2
-        fenced_after = None  # the answered heartbeat whose silence was fenced
-        while True:
-            acked_at = self._acked_at
-            wait = acked_at + ttl_half - self.clock.monotonic()
-            if wait <= 0 and fenced_after != acked_at:
-                self._fence(f"no heartbeat answered for {self.clock.monotonic() - acked_at:.1f}s")
-                fenced_after = acked_at
-            self._answered.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._answered.wait(), wait if wait > 0 else None)
-
-    def _silent(self) -> bool:
-        """No heartbeat answered for long enough to be fenced (the watchdog measures the same
-        silence on its own clock: err towards "fenced")."""
-        return self.clock.monotonic() - self._acked_at >= 0.9 * self.timings.runner_ttl_s / 2
-
-    def _fenced(self, job: Held) -> bool:
-        """Whether `job` may have been killed by the fence or the watchdog: a silence long enough
-        is under way, or ended while the runner held it."""
-        return self._silent() or job.since < self._silence_ended
 
     def _fence(self, why: str) -> None:
         if self._jobs:
@@ -343,7 +291,7 @@ class Runner(Service):
     # --- assignments ---------------------------------------------------------------------------
 
     async def _on_assign(self, event: JobAssigned) -> Reply:
-        if not self._accepting or self.busy >= self.slots or event.job_id in self._jobs or self._silent():
+        if not self._accepting or self.busy >= self.slots or event.job_id in self._jobs or self._liveness.silent():
             return Reply(ok=False, error=ErrorDetail(code="no_slot", message=f"{self.runner_id} has no free slot"))
         job = Held(event, since=self.clock.monotonic())
         self._jobs[event.job_id] = job
@@ -378,14 +326,10 @@ class Runner(Service):
                 attributes=_run_attributes(e) if telemetry.recording() else None,
             ):
                 started = JobStarted(job_id=e.job_id, pool=e.pool, runner_id=self.runner_id, attempt=e.attempt)
-                # Asked until answered: a lost answer is not a refusal (a repeated request is
-                # answered as a duplicate), and giving up would leave the job to reconciliation.
-                permitted = await self._until_answered(
-                    lambda: self._starts.submit(started), f"start of {e.job_id}", job_id=e.job_id
-                )
+                permitted = await self._reports.start(started)
                 if not permitted.ok:
                     return  # stale: another runner has it, or it was cancelled
-                if self._fenced(job):  # granted during a silence: the fence would kill it at once
+                if self._liveness.fenced(job):  # granted during a silence: the fence would kill it at once
                     return
                 if job.cancelled.is_set():
                     state, exit_code, reason = JobState.cancelled, None, "cancelled"
@@ -393,7 +337,7 @@ class Runner(Service):
                     state, exit_code, reason = await (
                         self._custom_execute(e) if self._custom_execute else self._execute(job)
                     )
-                if self._fenced(job):  # killed by the fence (or the watchdog): not ours to report
+                if self._liveness.fenced(job):  # killed by the fence (or the watchdog): not ours to report
                     return
                 job.ended = True
                 ended = JobFinished(
@@ -405,9 +349,7 @@ class Runner(Service):
                     exit_code=exit_code,
                     reason=reason,
                 )
-                await self._until_answered(
-                    lambda: self._finishes.submit(ended), f"report of {e.job_id}", job_id=e.job_id
-                )
+                await self._reports.finish(ended)
         finally:
             self._jobs.pop(e.job_id, None)
             if self.once:
@@ -420,10 +362,3 @@ class Runner(Service):
             self._logs, e.job_id, e.attempt, self.runner_id, limits.log_max_bytes, limits.log_ship_timeout_s
         )
         return await run(job, self.runner_id, self.timings.kill_grace_s, self._watchdog, output)
-
-    async def _until_answered(self, send: Callable[[], Awaitable[R]], what: str, **extra: Any) -> R:
-        """`send()` a request until capacity answers (ok, a duplicate, or refused as stale); a
-        lost answer is not a refusal. Retried after 0.1 s, doubling to 5 s."""
-        return await retrying(
-            send, retry_on=RequestFailed, what=what, log=self.log, first_s=0.1, max_s=5.0, extra=extra
-        )

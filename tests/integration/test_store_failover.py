@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import aiohttp
 import asyncpg
@@ -81,40 +82,46 @@ async def test_a_statement_slower_than_the_statement_timeout_fails_as_unavailabl
         await store.close()
 
 
-async def test_an_edge_waiting_on_a_lock_past_lock_timeout_is_retried_and_applied_once(settings: Settings) -> None:
+@dataclass(frozen=True)
+class Ending:
+    store: Store  # its lock waits time out after 0.3 s
+    dsn: str
+    end: End  # a running job's success, to report
+
+
+@pytest.fixture
+async def ending(settings: Settings) -> AsyncIterator[Ending]:
+    """A store with a short lock_timeout, and the end of a job running on it to report."""
     dsn = settings.database_url or ""
     store = Store(dsn, max_size=2, lock_timeout_s=0.3)
     await store.connect()
     try:
         start = await _running_job(store)
-        end = End(start.job_id, "r1", start.attempt, JobState.succeeded, 0)
-        async with row_locked(dsn, start.job_id):
-            finishing = asyncio.create_task(store.transitions.finish_many([end]))
-            await asyncio.sleep(1.5)  # the lock holder, slower than lock_timeout, then done
-            assert not finishing.done()  # still trying
-        assert [j.id for j in await finishing] == [start.job_id]
-        async with store.connection() as conn:
-            finished = await conn.fetchval("SELECT count(*) FROM outbox WHERE subject LIKE 'jobs.finished.%'")
-        assert finished == 1
+        yield Ending(store, dsn, End(start.job_id, "r1", start.attempt, JobState.succeeded, 0))
     finally:
         await store.close()
 
 
-async def test_an_edge_gives_up_after_its_budget_having_applied_nothing(settings: Settings) -> None:
-    dsn = settings.database_url or ""
-    store = Store(dsn, max_size=2, lock_timeout_s=0.3)
-    await store.connect()
-    try:
-        start = await _running_job(store)
-        end = End(start.job_id, "r1", start.attempt, JobState.succeeded, 0)
-        async with row_locked(dsn, start.job_id):
-            began = time.monotonic()
-            with pytest.raises(NothingApplied):
-                await store.transitions.finish_many([end])  # the lock is held past the whole budget
-            assert UNAVAILABLE_RETRY_S - 1 < time.monotonic() - began < UNAVAILABLE_RETRY_S + 2
-        assert (await store.job_get(start.job_id)).state == "running"  # type: ignore[union-attr]
-    finally:
-        await store.close()
+async def test_an_edge_waiting_on_a_lock_past_lock_timeout_is_retried_and_applied_once(ending: Ending) -> None:
+    store, end = ending.store, ending.end
+    async with row_locked(ending.dsn, end.job_id):
+        finishing = asyncio.create_task(store.transitions.finish_many([end]))
+        await asyncio.sleep(1.5)  # the lock holder, slower than lock_timeout, then done
+        assert not finishing.done()  # still trying
+    assert [j.id for j in await finishing] == [end.job_id]
+    async with store.connection() as conn:
+        finished = await conn.fetchval("SELECT count(*) FROM outbox WHERE subject LIKE 'jobs.finished.%'")
+    assert finished == 1
+
+
+async def test_an_edge_gives_up_after_its_budget_having_applied_nothing(ending: Ending) -> None:
+    store, end = ending.store, ending.end
+    async with row_locked(ending.dsn, end.job_id):
+        began = time.monotonic()
+        with pytest.raises(NothingApplied):
+            await store.transitions.finish_many([end])  # the lock is held past the whole budget
+        assert UNAVAILABLE_RETRY_S - 1 < time.monotonic() - began < UNAVAILABLE_RETRY_S + 2
+    assert (await store.job_get(end.job_id)).state == "running"  # type: ignore[union-attr]
 
 
 async def test_a_connection_lost_before_commit_applied_nothing(settings: Settings) -> None:

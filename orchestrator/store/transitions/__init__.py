@@ -32,16 +32,15 @@ the outbox as core NATS news (best effort: the runner's heartbeats are the durab
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import asyncpg
 
-from orchestrator.errors import NotFound, NothingApplied, StoreError, StoreUnavailable
-from orchestrator.retrying import Backoff
+from orchestrator.errors import NotFound
 from orchestrator.store.queries import Q
 from orchestrator.store.rows import Job
 from orchestrator.store.transitions import news
@@ -62,22 +61,20 @@ from orchestrator.store.transitions.args import (
     refusal,
 )
 from orchestrator.store.transitions.batches import AdmissionTx, PoolChangeTx, ShapeIds, shape_key
+from orchestrator.store.transitions.edges import UNAVAILABLE_RETRY_S
 from orchestrator.store.transitions.journal import Journal, Level
+from orchestrator.store.transitions.runners import RunnerEdges
 from schemas.jobs import JobState
 
 if TYPE_CHECKING:
     from orchestrator.store.store import Store
 
-T = TypeVar("T")
 # Shape ids remembered (see Transitions): more shapes than a fleet's jobs use at a time in
 # practice, and at a few hundred bytes each, a few MB at most.
 SHAPES_REMEMBERED = 10_000
 
-# How long an edge is retried while Postgres is unavailable (a restart, a failover, a lock held
-# past lock_timeout), when running it again is safe: a runner's request waits 5 s for its answer.
-UNAVAILABLE_RETRY_S = 5.0
-
 __all__ = [
+    "UNAVAILABLE_RETRY_S",
     "AdmissionTx",
     "Cancel",
     "ClaimStep",
@@ -104,70 +101,15 @@ __all__ = [
 # --- the edges ---------------------------------------------------------------------------------
 
 
-class Transitions:
-    """Every edge of the job state machine, each in its own transaction (see the module note)."""
+class Transitions(RunnerEdges):
+    """Every edge of the job state machine, each in its own transaction (see the module note):
+    a runner's registration, heartbeats and loss in `RunnerEdges` (runners.py), how an edge
+    runs in `Edges` (edges.py)."""
 
     def __init__(self, store: Store, journal: Journal | None = None) -> None:
-        self._store = store
-        self._journal = journal or Journal()  # a log line per job per committed edge
+        super().__init__(store, journal)
         # Shape ids, remembered for the version of their pool's shapes (batches.ShapeIds).
         self._shapes = ShapeIds(SHAPES_REMEMBERED)
-
-    async def _transact(
-        self,
-        work: Callable[[asyncpg.Connection], Awaitable[T]],
-        *,
-        one_statement: bool = False,
-        idempotent: bool = False,
-    ) -> T:
-        """`work` in one transaction (one statement is one by itself: no BEGIN and COMMIT round
-        trips). Batched edges lock their rows in job id order (the callers sort), but a batch of
-        one edge can still meet another's rows in a different order: Postgres then aborts one
-        transaction, and the edge, run again, re-checks its legality.
-
-        Postgres unavailable (restarting, failing over, a lock held past lock_timeout): run
-        again with a backoff, within `UNAVAILABLE_RETRY_S`, when that is safe: nothing was applied
-        (`NothingApplied`), or the edge is `idempotent`: run again after a COMMIT whose answer
-        was lost, its WHERE finds the edge taken and it changes nothing (the edges below say
-        why each is, or is not)."""
-        deadlocks = 0
-        backoff = Backoff(UNAVAILABLE_RETRY_S)
-        while True:
-            try:
-                if one_statement:
-                    async with self._store.connection() as conn:
-                        return await work(conn)
-                async with self._store.transaction() as conn:
-                    return await work(conn)
-            except StoreUnavailable as exc:
-                if not (idempotent or isinstance(exc, NothingApplied)):
-                    raise
-                await backoff.wait_or_raise(exc)
-            except StoreError as exc:
-                deadlocks += 1
-                if not isinstance(exc.__cause__, asyncpg.DeadlockDetectedError) or deadlocks == news.DEADLOCK_RETRIES:
-                    raise
-
-    async def _edge(
-        self,
-        query: str,
-        args: Sequence[Any],
-        *,
-        verb: str | None = None,
-        why: str | None = None,
-        logged: bool = True,
-        idempotent: bool = False,
-    ) -> list[Job]:
-        """An edge that is one statement, writing its own news; logged (see journal.py) unless
-        the caller logs it."""
-        jobs = await self._transact(
-            lambda conn: news.apply(conn, query, args), one_statement=True, idempotent=idempotent
-        )
-        if jobs:
-            news.committed()
-            if logged:
-                self._journal.record(jobs, verb=verb, why=why)
-        return jobs
 
     # admission and pool changes: transactions that decide many things under their locks
 
@@ -282,82 +224,6 @@ class Transitions:
         jobs = {r["id"]: Job.from_record(r) for r in rows}
         return {r.job_id: refusal(kind, r, jobs.get(r.job_id)) for r in reports}
 
-    async def register_runner(self, runner: RunnerSpec, held: Sequence[UUID]) -> Reconciled:
-        """Upsert the runner, and release what Postgres holds against it that it does not hold
-        (edges assigned -> queued, running -> queued | failed | cancelled): it restarted. What it
-        holds that is not its own any more is named, to be stopped. Idempotent: registered
-        again, the same runner holding the same jobs has nothing more to release."""
-
-        async def register(conn: asyncpg.Connection) -> tuple[list[Job], list[Stop]]:
-            try:
-                await conn.fetchrow(
-                    Q["runner_upsert"],
-                    runner.runner_id,
-                    runner.pool,
-                    list(runner.labels),
-                    runner.slots,
-                    list(runner.taints),
-                    runner.metadata,
-                )
-            except asyncpg.ForeignKeyViolationError:
-                raise NotFound(f"pool {runner.pool!r} does not exist") from None
-            args = ([runner.runner_id], list(held), None)
-            released = await news.apply(conn, "job_release_from_runners", args)
-            return released, await _stop_orders(conn, runner.runner_id, held)
-
-        released, stop = await self._transact(register, idempotent=True)
-        news.committed()
-        self._journal.record(released, why="runner_restarted")
-        return Reconciled(runner.pool, None, released, stop)
-
-    async def heartbeat(self, beat: Heartbeat) -> Reconciled | None:
-        """A runner's heartbeat, reconciled with Postgres in one transaction (None: the runner is
-        unknown or was declared lost). Jobs Postgres has it holding that it does not list are
-        marked; those a heartbeat composed after an answered one still does not list are released
-        (the runner let them go: requeued, failed or cancelled as on a loss). A late heartbeat
-        (not newer than one already seen) only counts as a sign of life: so one run again after
-        its COMMIT changes nothing more (idempotent)."""
-        held = list(beat.held)
-
-        async def reconcile(conn: asyncpg.Connection) -> Reconciled | None:
-            before = await conn.fetchrow(Q["runner_touch"], beat.runner_id, beat.seq)
-            if before is None:
-                return None
-            released: list[Job] = []
-            if beat.seq > before["heartbeat_seq"]:
-                if beat.acked_seq:
-                    args = ([beat.runner_id], held, beat.acked_seq)
-                    released = await news.apply(conn, "job_release_from_runners", args)
-                await conn.execute(Q["job_mark_unheld"], beat.runner_id, held, beat.seq)
-            stop = await _stop_orders(conn, beat.runner_id, held)
-            return Reconciled(before["pool"], before["state"], released, stop)
-
-        found = await self._transact(reconcile, idempotent=True)
-        if found is not None and found.released:
-            news.committed()
-            self._journal.record(found.released, why="runner_let_go")
-        return found
-
-    async def mark_runners_lost(
-        self, ttl_s: float, now: datetime | None = None
-    ) -> tuple[list[dict[str, Any]], list[Job]]:
-        """Runners silent for `ttl_s` are lost, and their jobs released (as above); returns the
-        lost runners (id, pool) and the released jobs. A sweep, idempotent: run again, it finds
-        those runners lost already."""
-
-        async def release(conn: asyncpg.Connection) -> tuple[list[dict[str, Any]], list[Job]]:
-            lost = [dict(r) for r in await conn.fetch(Q["runner_mark_lost"], ttl_s, now)]
-            if not lost:
-                return [], []
-            args = ([r["id"] for r in lost], [], None)
-            return lost, await news.apply(conn, "job_release_from_runners", args)
-
-        lost, released = await self._transact(release, idempotent=True)
-        if lost:
-            news.committed()
-            self._journal.record(released, why="runner_lost")
-        return lost, released
-
     # producers, take clients and sweeps
 
     async def finish_held(self, job_id: UUID, state: JobState, exit_code: int | None, reason: str) -> Job | None:
@@ -399,19 +265,3 @@ class Transitions:
         polling before taking its runner; a runner holding one is told to let go. A sweep:
         idempotent."""
         return await self._edge("job_expire_abandoned", (now,), idempotent=True)
-
-
-async def _stop_orders(conn: asyncpg.Connection, runner_id: str, held: Sequence[UUID]) -> list[Stop]:
-    if not held:
-        return []
-    stops = []
-    for r in await conn.fetch(Q["job_stop_orders"], runner_id, list(held)):
-        mine = r["runner_id"] == runner_id and r["state"] in ("assigned", "running")
-        if r["state"] is None:
-            stops.append(Stop(r["id"], "not_yours", f"no job {r['id']}"))
-        elif mine and r["cancel_pending"]:
-            stops.append(Stop(r["id"], "cancel_requested", f"job {r['id']} was cancelled"))
-        else:
-            held_by = f" on {r['runner_id']}" if r["runner_id"] and r["runner_id"] != runner_id else ""
-            stops.append(Stop(r["id"], "not_yours", f"job {r['id']} is {r['state']}{held_by}"))
-    return stops

@@ -24,13 +24,11 @@ orchestrator/wakes.py).
 A step's claim is one statement in the store (lock the pool row, derive in-flight from job rows,
 claim up to the budget), so `max_concurrent` holds with any number of
 dispatchers. Matching visits only the job shapes (pool, labels, tenant) the free runners can take,
-so its cost does not grow with non-matching jobs queued ahead (seed 004). Then the hand-off:
-`JobAssigned` to the runner as a request; its ack is recorded (`acknowledge`, whose `assigned`
-news the outbox publishes; acks arriving together share one transaction); no ack in time and
-the assignment is undone (back to `queued`, not an attempt), the runner is suspect until its
-next heartbeat, and the pool is woken. Hand-offs are pipelined: a drain's next step does not wait
-for the acks of the last one (the claim already counts what they hold), so a runner slow to ack
-stalls only its own jobs, not its pool.
+so its cost does not grow with non-matching jobs queued ahead (seed 004). Then the hand-off
+(handoff.py): `JobAssigned` to each runner as a request, its acks recorded, a refusal
+undone. Hand-offs are pipelined: a drain's next step does not wait for the acks of the last one
+(the claim already counts what they hold), so a runner slow to ack stalls only its own jobs, not
+its pool.
 
 A wake names its pool, and anyone who can publish on NATS can name one that does not exist:
 only a pool this process knows (`KnownPools`, a cached set read from Postgres) is woken, so a
@@ -55,24 +53,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime
 from typing import Any
 
-from opentelemetry import trace
-
-from orchestrator import telemetry
-from orchestrator.batching import Batcher
 from orchestrator.bus import Bus
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.due import DueTimers
-from orchestrator.errors import OrchestratorError, RequestFailed, StoreUnavailable
+from orchestrator.errors import OrchestratorError, StoreUnavailable
 from orchestrator.known_pools import KnownPools
 from orchestrator.leadership import Leaderships, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
 from orchestrator.settings import DispatchSettings, Timings
-from orchestrator.store import Fence, Handoff, Store
-from schemas.events import CapacityUnknown, JobAssigned, JobsQueued, PoolUpdated, Reply, SlotAvailable
+from orchestrator.store import Fence, Store
+from schemas.events import CapacityUnknown, JobsQueued, PoolUpdated, SlotAvailable
+from services.dispatch.handoff import HandOffs
 
 
 class Dispatch(Service):
@@ -109,10 +103,7 @@ class Dispatch(Service):
         # When a slot was announced free, per pool, until the next step there (wall clock: the
         # announcement is stamped by capacity, maybe in another process).
         self._slot_freed_at: dict[str, float] = {}
-        # Acks of hand-offs that arrive together (every runner of a step, and steps of other
-        # pools) are recorded in one `acknowledge` transaction.
-        self._acks: Batcher[list[Handoff], None] = Batcher(self._acknowledge)
-        self._handoffs: set[asyncio.Task[None]] = set()  # in flight, each until its runner answered
+        self._handoffs = HandOffs(timings, store, bus, self.metrics, self.wake, self.log)
         # Per pool, the wake for its first job not due yet (delayed, in a retry backoff, or waiting
         # for a start under a rate limit or the pool's max_starts_per_s).
         self._due = DueTimers(self.wake)
@@ -142,7 +133,7 @@ class Dispatch(Service):
         self._due.clear()
         # Steps stop (not running); claimed hand-offs get the stop timeout to finish, so no
         # assignment is left half-made.
-        drains = [*self._drains.values(), *self._handoffs]
+        drains = [*self._drains.values(), *self._handoffs.in_flight]
         if drains:
             _, pending = await asyncio.wait(drains, timeout=self.timings.stop_timeout_s)
             for task in pending:
@@ -287,7 +278,7 @@ class Dispatch(Service):
             by_runner: dict[str, list[dict[str, Any]]] = {}
             for a in claim.assignments:
                 by_runner.setdefault(a["runner_id"], []).append(a)
-            handoffs = [self._start_hand_off(pool, runner_id, rows) for runner_id, rows in by_runner.items()]
+            handoffs = [self._handoffs.start(pool, runner_id, rows) for runner_id, rows in by_runner.items()]
         self._count(pool, claim_status)
         return claim_status, claimed, handoffs
 
@@ -299,17 +290,6 @@ class Dispatch(Service):
             if shard is not None:
                 self._shards[pool] = shard
         return shard
-
-    def _start_hand_off(self, pool: str, runner_id: str, rows: list[dict[str, Any]]) -> asyncio.Task[None]:
-        task = asyncio.create_task(self._hand_off(pool, runner_id, rows), name=f"dispatch.hand_off.{runner_id}")
-        self._handoffs.add(task)
-        task.add_done_callback(self._hand_off_done)
-        return task
-
-    def _hand_off_done(self, task: asyncio.Task[None]) -> None:
-        self._handoffs.discard(task)
-        if not task.cancelled() and task.exception() is not None:  # the sweep requeues what it left
-            self.log.error("hand-off failed", exc_info=task.exception())
 
     def _count(self, pool: str, status: str) -> None:
         if status == "unknown_pool":  # deleted since it was known: no series for a pool that is gone
@@ -328,85 +308,3 @@ class Dispatch(Service):
         freed_at = self._slot_freed_at.pop(pool, None)
         if freed_at is not None and status == "dispatched":
             m.slot_to_assign.labels(pool).observe(max(0.0, self.clock.time() - freed_at))
-
-    async def _hand_off(self, pool: str, runner_id: str, rows: list[dict[str, Any]]) -> None:
-        """One request carries every job claimed for this runner; it acks each (or not)."""
-        events = [self._assignment(a) for a in rows]
-        try:
-            replies = await self.bus.request_many(
-                self.bus.subjects.assign.at(runner_id), events, self.timings.assign_ack_timeout_s
-            )
-        except RequestFailed as exc:
-            self.log.warning(
-                "hand-off of %d jobs to %s failed: %s",
-                len(events),
-                runner_id,
-                exc,
-                extra={"runner_id": runner_id, "job_ids": ",".join(str(e.job_id) for e in events)},
-            )
-            replies = [Reply(ok=False)] * len(events)
-        accepted = [a for a, reply in zip(rows, replies, strict=True) if reply.ok]
-        refused = [a["id"] for a, reply in zip(rows, replies, strict=True) if not reply.ok]
-        if refused:
-            # Not an attempt: back to the queue. The runner takes nothing more until it
-            # heartbeats again, so the retry goes elsewhere instead of timing out again.
-            await self.store.runner_mark_suspect(runner_id)
-            await self.store.transitions.unassign(runner_id, refused)
-            self.wake(pool)
-        if accepted:
-            # The assignment is the runner's now: recorded, and announced (`assigned`) by the outbox.
-            await self._acks.submit([Handoff(a["id"], runner_id, a["assigned_at"]) for a in accepted])
-            self.metrics.dispatched.labels(pool).inc(len(accepted))
-            wait = self.metrics.queue_wait.labels(pool)
-            for a, reply in zip(rows, replies, strict=True):
-                if reply.ok:
-                    wait.observe((a["assigned_at"] - a["created_at"]).total_seconds())
-
-    async def _acknowledge(self, batches: list[list[Handoff]]) -> list[None]:
-        await self.store.transitions.acknowledge([h for handoffs in batches for h in handoffs])
-        return [None] * len(batches)
-
-    def _assignment(self, a: dict[str, Any]) -> JobAssigned:
-        carrier = dict(a["trace_context"] or {})
-        if telemetry.recording():
-            carrier = _traced_hand_off(a, carrier, self.bus.subjects.assign.at(a["runner_id"]).subject)
-        return JobAssigned(
-            job_id=a["id"],
-            pool=a["pool"],
-            runner_id=a["runner_id"],
-            attempt=a["attempt"] + 1,
-            payload=a["payload"],
-            timeout_s=a["timeout_s"],
-            trace_context=carrier,
-        )
-
-
-def _ns(at: datetime) -> int:
-    return int(at.timestamp() * 1e9)
-
-
-def _traced_hand_off(a: dict[str, Any], carrier: dict[str, str], subject: str) -> dict[str, str]:
-    """Continue the job's trace from the context stored with it (the admission span), after any
-    wait or restart: the wait itself as a `queued` span (admission to claim, from the row's own
-    timestamps), then the producer span of the assignment. Returns the context the assignment
-    carries, so the runner's span is its child."""
-    parent = telemetry.extract(carrier)
-    job = {"orchestrator.job_id": str(a["id"]), "orchestrator.pool": a["pool"]}
-    tracer = trace.get_tracer("orchestrator.dispatch")
-    waited = tracer.start_span("queued", context=parent, attributes=job, start_time=_ns(a["created_at"]))
-    waited.end(end_time=_ns(a["assigned_at"]))
-    with tracer.start_as_current_span(
-        f"send {subject}",
-        context=parent,
-        kind=trace.SpanKind.PRODUCER,
-        attributes={
-            "messaging.system": "nats",
-            "messaging.destination.name": subject,
-            "messaging.operation.type": "send",
-            "messaging.operation.name": "assign",
-            "orchestrator.runner_id": a["runner_id"],
-            "orchestrator.attempt": a["attempt"] + 1,
-            **job,
-        },
-    ):
-        return telemetry.inject()
