@@ -254,3 +254,29 @@ async def test_capacity_runs_the_pruner_on_its_interval(settings: Settings, stor
         assert runtime.metrics.count("orchestrator_rows_pruned", table="job_shapes") == 1
     finally:
         await runtime.stop()
+
+
+async def test_the_search_for_empty_shapes_probes_each_shape_on_statistics_older_than_a_burst(
+    settings: Settings,
+) -> None:
+    """Postgres plans from the statistics of its last ANALYZE until autovacuum analyzes again (a
+    minute or so after a burst). Planned from statistics that knew a few shapes, the search once
+    read the whole queued-jobs index for every shape: a pass over 100,000 new shapes ran into the
+    30 s statement timeout, both cores busy meanwhile. Here with 20,000 and a 2 s timeout."""
+    store = Store(settings.database_url or "", max_size=2, statement_timeout_s=2.0)
+    await store.connect()
+    try:
+        await factories.pool(store, "history", max_concurrent=-1)
+        await factories.bulk_queue(store, 5000, pool="history")
+        async with store.connection() as conn:
+            await conn.execute("UPDATE jobs SET state = 'succeeded', finished_at = now()")  # an old history
+            for table in ("jobs", "job_shapes"):  # the burst stays unanalyzed, as in its first minute
+                await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+            await conn.execute("ANALYZE jobs, job_shapes")
+        await factories.pool(store, "burst", max_concurrent=-1)
+        n = 20_000
+        await factories.bulk_queue(store, n, pool="burst", tenants=[f"t{i}" for i in range(n)])
+        assert await store.prune_shapes("burst", 500) == 0  # every shape has a queued job: none goes
+        assert await rows(store, "SELECT count(*) FROM job_shapes WHERE pool = 'burst'") == [n]
+    finally:
+        await store.close()

@@ -61,10 +61,15 @@ DELETE FROM workers WHERE id IN (
 -- Shapes of pool $1 no live job uses now, at most $2 of them: candidates, read without any lock
 -- (a pool of 100k tenants has 100k shapes to look through, and admission into it must not wait
 -- for that); `job_shape_prune` deletes those still empty under the lock.
+-- Each shape's queued jobs are looked up in jobs_queued_idx by its id, a probe per shape, and the
+-- pool's assigned and running jobs (as many as its slots) are hashed once. `OFFSET 0` keeps the
+-- probe a probe: as an anti join it is planned from the statistics, and those of the minute
+-- before autovacuum analyzes a burst of shapes made it a read of the whole index per shape (a
+-- pass over 100k new shapes ran into the 30 s statement timeout).
 -- name: job_shape_prune_candidates
 SELECT s.id FROM job_shapes s
 WHERE s.pool = $1
-  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state = 'queued')
+  AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state = 'queued' OFFSET 0)
   AND s.id NOT IN (SELECT j.shape_id FROM jobs j WHERE j.pool = $1 AND j.state IN ('assigned', 'running'))
 LIMIT $2;
 
@@ -79,7 +84,9 @@ LIMIT $2;
 WITH gone AS (
     DELETE FROM job_shapes s
     WHERE s.id = ANY($2::bigint[]) AND s.pool = $1
-      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state IN ('queued', 'assigned', 'running'))
+      -- As the candidates were found (see there), so no statistics make this a scan per shape.
+      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state = 'queued' OFFSET 0)
+      AND s.id NOT IN (SELECT j.shape_id FROM jobs j WHERE j.pool = $1 AND j.state IN ('assigned', 'running'))
     RETURNING 1
 ), bumped AS (
     UPDATE pools SET shape_generation = shape_generation + 1
