@@ -72,6 +72,13 @@ class Metrics:
             ["pool", "outcome"],
             registry=r,
         )
+        self.retried = Counter(
+            "orchestrator_jobs_retried",
+            "Job attempts their runner reported failed or timed_out that the job's retry policy queued again "
+            "for another attempt (a lost runner's jobs are counted in the log line that releases them).",
+            ["pool", "outcome"],
+            registry=r,
+        )
         self.at_capacity = Counter(
             "orchestrator_jobs_at_capacity_skips",
             "Dispatch steps that claimed nothing because the pool was at max_concurrent.",
@@ -149,6 +156,7 @@ class Metrics:
             self.admitted,
             self.dispatched,
             self.finished,
+            self.retried,
             self.at_capacity,
             self.capacity_unknown,
             self.steps,

@@ -33,6 +33,7 @@ released job never runs twice.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 from uuid import UUID
@@ -188,16 +189,22 @@ class Capacity(Service):
         assert all(e.runner_id is not None for e in events)  # the bus model of a runner's report
         ends = [End(e.job_id, e.runner_id, e.attempt, e.state, e.exit_code, e.reason) for e in events]  # type: ignore[arg-type]
         recorded = await self.store.transitions.finish_many(ends)
-        ended: dict[tuple[str, str], int] = {}
+        reported = {end.job_id: str(end.state) for end in ends}
+        ended: Counter[tuple[str, str]] = Counter()
+        retried: Counter[tuple[str, str]] = Counter()
         freed: dict[str, int] = {}
         for job in recorded:
-            if job.state != JobState.queued:  # else retried (its retry policy): the job has not ended
-                ended[(job.pool, job.state)] = ended.get((job.pool, job.state), 0) + 1
+            if job.state == JobState.queued:  # retried (its retry policy): the job has not ended
+                retried[(job.pool, reported[job.id])] += 1
+            else:
+                ended[(job.pool, job.state)] += 1
             freed[job.pool] = freed.get(job.pool, 0) + 1
         await announce_freed(self.bus, freed)  # once per pool per batch, uncounted: the hot path
         await announce_keys_freed(self.store, self.bus, recorded, freed)  # jobs of their keys elsewhere
         for (pool, state), n in ended.items():
             self.metrics.finished.labels(pool, state).inc(n)
+        for (pool, outcome), n in retried.items():
+            self.metrics.retried.labels(pool, outcome).inc(n)
         return await self._answers("finish", ends, {job.id for job in recorded})
 
     async def _answers(self, kind: str, reports: list[Start] | list[End], applied: set[UUID]) -> list[Reply]:

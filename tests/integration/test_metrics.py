@@ -122,6 +122,24 @@ async def test_slot_to_assign_is_measured_when_a_freed_slot_takes_waiting_work(
     assert value(samples, "orchestrator_pool_in_flight_peak", pool="default") == 1
 
 
+async def test_an_attempt_retried_by_its_policy_is_counted_as_a_retry_not_as_an_end(
+    system_http: aiohttp.ClientSession,
+) -> None:
+    retry = {"on": ["failed"], "backoff_s": 0}
+    job = await submit(
+        system_http, {"pool": "default", "max_attempts": 2, "retry": retry, "payload": {"command": ["false"]}}
+    )
+    assert job["status"] == 201
+
+    async def ended() -> dict[str, Any] | None:
+        samples = check_exposition(await scrape(system_http))
+        return samples if value(samples, "orchestrator_jobs_finished_total", pool="default", outcome="failed") else None
+
+    samples = await eventually(ended, timeout=20, what="the job to fail twice")
+    assert value(samples, "orchestrator_jobs_retried_total", pool="default", outcome="failed") == 1
+    assert value(samples, "orchestrator_jobs_finished_total", pool="default", outcome="failed") == 1  # the job's end
+
+
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool not installed (Debian package prometheus)")
 async def test_promtool_accepts_the_live_metrics(system_http: aiohttp.ClientSession) -> None:
     assert (await submit(system_http, {"pool": "default", "payload": {"command": ["true"]}}))["status"] == 201
