@@ -22,10 +22,11 @@ WHERE concurrency_key = ANY($1::text[]) AND state IN ('queued', 'assigned', 'run
 ORDER BY id;
 
 -- The pools where jobs of keys $1 wait (queued): when a job of the key ends, its room is theirs too.
+-- `OFFSET 0`: a probe of jobs_queued_idx per shape, whatever the statistics (retention.sql says why).
 -- name: concurrency_key_pools
 SELECT DISTINCT s.pool FROM job_shapes s
 WHERE s.concurrency_key = ANY($1::text[])
-  AND EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state = 'queued');
+  AND EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state = 'queued' OFFSET 0);
 
 -- What holds queued job $1 back by flow control: its concurrency key's limit and the jobs holding
 -- it (at most 10 named), its rate limit's next start, and its pool's next start under
@@ -96,4 +97,4 @@ RETURNING key, max_starts, period_s, burst, created_at, updated_at,
 -- name: rate_limit_key_pools
 SELECT DISTINCT s.pool FROM job_shapes s
 WHERE s.rate_limit_key = $1
-  AND EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state = 'queued');
+  AND EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state = 'queued' OFFSET 0);
