@@ -24,10 +24,17 @@ async def pool(store: Store, name: str = "default", **config: Any) -> dict[str, 
 
 
 async def bulk_queue(
-    store: Store, n: int, pool: str = "default", labels: Any = (), priority: int = 0, tenants: Sequence[str] = ()
+    store: Store,
+    n: int,
+    pool: str = "default",
+    labels: Any = (),
+    priority: int = 0,
+    tenants: Sequence[str] = (),
+    **fields: Any,
 ) -> None:
     """`n` queued no-op jobs, inserted in large batches: for backlogs too large to admit one by one.
-    With `tenants`, job i is tenant `tenants[i % len(tenants)]`'s (a shape per tenant)."""
+    With `tenants`, job i is tenant `tenants[i % len(tenants)]`'s (a shape per tenant); `fields`:
+    more of the job spec, the same for each."""
     for start in range(0, n, 10_000):
         jobs = [
             job(
@@ -36,6 +43,7 @@ async def bulk_queue(
                 priority=priority,
                 tenant=tenants[i % len(tenants)] if tenants else None,
                 payload={"command": ["true"]},
+                **fields,
             )
             for i in range(start, min(start + 10_000, n))
         ]

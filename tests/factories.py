@@ -32,3 +32,16 @@ async def finish(store: Store, assignments: list[dict[str, Any]]) -> None:
     assert len(await store.transitions.start_many(runs)) == len(runs)
     ends = [End(*run, JobState.succeeded, 0) for run in runs]
     assert len(await store.transitions.finish_many(ends)) == len(runs)
+
+
+async def statistics_of_the_past(store: Store) -> None:
+    """Postgres's statistics as they stand before a burst: a history of 5,000 ended jobs in one
+    shape, analyzed, and autovacuum off for jobs and job_shapes so what the test adds next stays
+    unanalyzed (as it is for a minute or so after a real burst)."""
+    await pool(store, "history", max_concurrent=-1)
+    await bulk_queue(store, 5000, pool="history")
+    async with store.connection() as conn:
+        await conn.execute("UPDATE jobs SET state = 'succeeded', finished_at = now() WHERE pool = 'history'")
+        for table in ("jobs", "job_shapes"):
+            await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+        await conn.execute("ANALYZE jobs, job_shapes")

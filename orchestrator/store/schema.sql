@@ -551,7 +551,7 @@ BEGIN
         ) r ON true
         WHERE s.pool = p_pool AND (s.concurrency_key <> '' OR s.rate_limit_key <> '')
           AND EXISTS (SELECT 1 FROM jobs j WHERE j.shape_id = s.id AND j.state = 'queued'
-                                                 AND (j.not_before IS NULL OR j.not_before <= now()))
+                                                 AND (j.not_before IS NULL OR j.not_before <= now()) OFFSET 0)
     ) w;
     status := CASE WHEN total > 0 THEN 'dispatched' WHEN groups = 0 THEN 'no_runner' ELSE 'no_job' END;
     in_flight := busy + total;

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.store.queries import Q
 from tests import factories
@@ -144,3 +145,25 @@ async def test_a_changed_rate_limit_keeps_the_starts_made_rescaled(store: Store)
     # The hour owed is a minute owed now: the start made still counts, at the new rate.
     step = await store.transitions.claim("default", 10)
     assert step.assignments == [] and step.due_in_s is not None and 59 < step.due_in_s <= 60
+
+
+async def test_a_step_over_a_burst_of_rate_limited_shapes_probes_each_on_statistics_older_than_it(
+    settings: Settings,
+) -> None:
+    """20,000 tenants' jobs under one rate limit: a lane each. Planned from statistics of before
+    the burst (autovacuum analyzes a minute or so later), the step's summary of the lanes held
+    back once read the whole queued-jobs index for every lane, and each step of the pool ran into
+    the statement timeout (30 s; more than 20 s for 30,000 lanes). Here under a 5 s timeout."""
+    store = Store(settings.database_url or "", max_size=2, statement_timeout_s=5.0)
+    await store.connect()
+    try:
+        await factories.statistics_of_the_past(store)
+        await store.rate_limit_put("api", 1_000_000, 1.0, 1000)  # room for both slots at once
+        await factories.pool(store, "burst", max_concurrent=-1)
+        await factories.runner(store, "r1", "burst", slots=2)
+        n = 20_000
+        await factories.bulk_queue(store, n, pool="burst", tenants=[f"t{i}" for i in range(n)], rate_limit_key="api")
+        step = await store.transitions.claim("burst", 100)
+        assert (step.status, len(step.assignments)) == ("dispatched", 2)
+    finally:
+        await store.close()

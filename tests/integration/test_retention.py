@@ -266,13 +266,7 @@ async def test_the_search_for_empty_shapes_probes_each_shape_on_statistics_older
     store = Store(settings.database_url or "", max_size=2, statement_timeout_s=2.0)
     await store.connect()
     try:
-        await factories.pool(store, "history", max_concurrent=-1)
-        await factories.bulk_queue(store, 5000, pool="history")
-        async with store.connection() as conn:
-            await conn.execute("UPDATE jobs SET state = 'succeeded', finished_at = now()")  # an old history
-            for table in ("jobs", "job_shapes"):  # the burst stays unanalyzed, as in its first minute
-                await conn.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
-            await conn.execute("ANALYZE jobs, job_shapes")
+        await factories.statistics_of_the_past(store)
         await factories.pool(store, "burst", max_concurrent=-1)
         n = 20_000
         await factories.bulk_queue(store, n, pool="burst", tenants=[f"t{i}" for i in range(n)])
