@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import itertools
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -88,6 +89,19 @@ def servers_dir() -> Iterator[Path]:
 async def nats_url(servers_dir: Path) -> AsyncIterator[str]:
     server = EmbeddedNats(servers_dir / "nats")
     yield await server.start()
+    await server.stop()
+
+
+@pytest.fixture
+async def own_nats(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
+    """A nats-server of this test's own, to pause (SIGSTOP), kill or restart without touching
+    the session's: resumed before it is stopped, whatever the test left it in."""
+    server = EmbeddedNats(tmp_path / "nats")
+    await server.start()
+    yield server
+    if server.pid is not None:  # still running (a test may have stopped it)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.pid, signal.SIGCONT)
     await server.stop()
 
 

@@ -44,6 +44,26 @@ def agent(settings: Settings, bus: Bus, runner_id: str, **options: Any) -> Runne
     return Runner(settings.timings, settings.log_limits, bus, runner_id=runner_id, **options)
 
 
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of an orchestrator process joining the servers and namespace of
+    `settings`, with `extra` settings (ORCH_... names)."""
+    return {
+        "ORCH_NATS_URL": settings.nats_url or "",
+        "ORCH_DATABASE_URL": settings.database_url or "",
+        "ORCH_NAMESPACE": settings.namespace,
+        **extra,
+    }
+
+
+# The timings of the dispatch processes the failover tests kill: stale hand-offs requeued, idle
+# transactions of a frozen process ended, and stops, all within a short test.
+DISPATCH_FAILOVER_ENV = {
+    "ORCH_SWEEP_INTERVAL_S": "0.5",
+    "ORCH_DISPATCH__ASSIGNED_STALE_S": "3",
+    "ORCH_DB_IDLE_IN_TRANSACTION_S": "1",
+    "ORCH_STOP_TIMEOUT_S": "2",
+}
+
 # The environment of a system test's orchestrator processes: failures detected fast, so a short
 # test sees every recovery through.
 FAST_FAILURE_ENV = {

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -22,14 +20,6 @@ from services.leader import Leader
 from tests.support import Listener, eventually
 
 SLOW_RENEWALS = LeaderSettings(lease_ttl_s=10, lease_renew_s=5)
-
-
-@pytest.fixture
-async def own_nats(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats")
-    await server.start()
-    yield server
-    await server.stop()
 
 
 async def test_a_holder_steps_down_as_soon_as_its_watch_shows_someone_else_holding_the_key(

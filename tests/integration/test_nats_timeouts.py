@@ -13,7 +13,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -28,17 +27,6 @@ from schemas.jobs import JobSpec, JobState
 from services.api import admitting, take
 from services.api.admitting import admit
 from services.api.take import Waiters
-
-
-@pytest.fixture
-async def own_nats(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats")
-    await server.start()
-    yield server
-    assert server.pid is not None
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(server.pid, signal.SIGCONT)
-    await server.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,15 @@ from bench.procs import ServiceProcess
 from orchestrator.settings import Settings
 from schemas.events import JobSubmitted, LeaderElected
 from tests import factories
-from tests.support import Listener, agent, eventually, in_flight_peak, record_history
+from tests.support import (
+    DISPATCH_FAILOVER_ENV,
+    Listener,
+    agent,
+    eventually,
+    in_flight_peak,
+    process_env,
+    record_history,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -89,15 +97,7 @@ async def cluster(settings: Settings, tmp_path: Path) -> AsyncIterator[Cluster]:
     await record_history(runtime.store)
     await factories.pool(runtime.store, "p", max_concurrent=CAP, max_active=-1)
     runners = [agent(settings, runtime.bus, runner_id=f"r{i}", pool="p", labels=[], slots=2) for i in range(2)]
-    env = {
-        "ORCH_NATS_URL": settings.nats_url or "",
-        "ORCH_DATABASE_URL": settings.database_url or "",
-        "ORCH_NAMESPACE": settings.namespace,
-        "ORCH_SWEEP_INTERVAL_S": "0.5",
-        "ORCH_DISPATCH__ASSIGNED_STALE_S": "3",
-        "ORCH_DB_IDLE_IN_TRANSACTION_S": "1",
-        "ORCH_STOP_TIMEOUT_S": "2",
-    }
+    env = process_env(settings, **DISPATCH_FAILOVER_ENV)
     procs = [ServiceProcess(f"d{i}", ["dispatch"], env, tmp_path / "logs") for i in range(3)]
     cluster = Cluster(settings, runtime, procs, tmp_path / "ran.log")
     s = runtime.bus.subjects

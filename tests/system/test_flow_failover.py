@@ -19,7 +19,7 @@ from bench.procs import ServiceProcess
 from orchestrator.settings import Settings
 from schemas.events import JobSubmitted
 from tests import factories, history
-from tests.support import Listener, agent, eventually, record_history
+from tests.support import DISPATCH_FAILOVER_ENV, Listener, agent, eventually, process_env, record_history
 
 pytestmark = pytest.mark.slow
 
@@ -57,15 +57,7 @@ async def test_keys_and_rate_limits_hold_across_a_kill_9_of_the_leader(
     await factories.pool(store, "p", max_concurrent=6, max_active=-1)
     await store.rate_limit_put(RATE[0], RATE[1], RATE[2], 1)
     runners = [agent(settings, bus, runner_id=f"r{i}", pool="p", labels=[], slots=2) for i in range(3)]
-    env = {
-        "ORCH_NATS_URL": settings.nats_url or "",
-        "ORCH_DATABASE_URL": settings.database_url or "",
-        "ORCH_NAMESPACE": settings.namespace,
-        "ORCH_SWEEP_INTERVAL_S": "0.5",
-        "ORCH_DISPATCH__ASSIGNED_STALE_S": "3",
-        "ORCH_DB_IDLE_IN_TRANSACTION_S": "1",
-        "ORCH_STOP_TIMEOUT_S": "2",
-    }
+    env = process_env(settings, **DISPATCH_FAILOVER_ENV)
     procs = {f"d{i}": ServiceProcess(f"d{i}", ["dispatch"], env, tmp_path / "logs") for i in range(3)}
     ran_log = tmp_path / "ran.log"
     try:

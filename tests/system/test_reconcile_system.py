@@ -32,19 +32,13 @@ from schemas.events import (
 )
 from services.runner import Outcome
 from tests import factories
-from tests.support import agent, alive, eventually
+from tests.support import agent, alive, eventually, process_env
 
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
 
 
 def env_of(settings: Settings, **extra: str) -> dict[str, str]:
-    return {
-        "ORCH_NATS_URL": settings.nats_url or "",
-        "ORCH_DATABASE_URL": settings.database_url or "",
-        "ORCH_NAMESPACE": settings.namespace,
-        "ORCH_DB_POOL_SIZE": "4",
-        **extra,
-    }
+    return process_env(settings, ORCH_DB_POOL_SIZE="4", **extra)
 
 
 async def submit(bus: Bus, **spec: Any) -> UUID:

@@ -27,14 +27,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-async def own_nats(tmp_path: Path) -> AsyncIterator[EmbeddedNats]:
-    server = EmbeddedNats(tmp_path / "nats")
-    await server.start()
-    yield server
-    await server.stop()
-
-
-@pytest.fixture
 async def capacity(settings: Settings, own_nats: EmbeddedNats) -> AsyncIterator[Runtime]:
     runtime = Runtime(settings.model_copy(update={"nats_url": own_nats.url}), ["capacity"])
     await runtime.start()

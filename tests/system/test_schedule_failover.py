@@ -21,7 +21,7 @@ from bench.procs import ServiceProcess
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from tests import factories
-from tests.support import Listener, call, eventually
+from tests.support import Listener, call, eventually, process_env
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +44,7 @@ async def test_a_schedule_fires_every_time_exactly_once_across_a_leader_kill(
     assert front.store is not None and front.bus is not None
     store = front.store
     await factories.pool(store, "p", max_active=-1)
-    env = {
-        "ORCH_NATS_URL": settings.nats_url or "",
-        "ORCH_DATABASE_URL": settings.database_url or "",
-        "ORCH_NAMESPACE": settings.namespace,
-        "ORCH_SWEEP_INTERVAL_S": "0.5",
-        "ORCH_DB_IDLE_IN_TRANSACTION_S": "1",
-        "ORCH_STOP_TIMEOUT_S": "2",
-    }
+    env = process_env(settings, ORCH_SWEEP_INTERVAL_S="0.5", ORCH_DB_IDLE_IN_TRANSACTION_S="1", ORCH_STOP_TIMEOUT_S="2")
     procs = {f"d{i}": ServiceProcess(f"d{i}", ["dispatch"], env, tmp_path / "logs") for i in range(2)}
     try:
         async with (

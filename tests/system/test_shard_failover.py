@@ -24,7 +24,15 @@ from orchestrator.settings import Settings
 from orchestrator.shards import shard_names
 from schemas.events import JobSubmitted
 from tests import factories, history
-from tests.support import Listener, agent, eventually, in_flight_peak, record_history
+from tests.support import (
+    DISPATCH_FAILOVER_ENV,
+    Listener,
+    agent,
+    eventually,
+    in_flight_peak,
+    process_env,
+    record_history,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -120,18 +128,13 @@ async def cluster(settings: Settings, tmp_path: Path) -> AsyncIterator[Cluster]:
         agent(settings, runtime.bus, runner_id=f"r{shard}", pool=f"pool-{shard}", labels=[], slots=CAP)
         for shard in range(SHARDS)
     ]
-    env = {
-        "ORCH_NATS_URL": settings.nats_url or "",
-        "ORCH_DATABASE_URL": settings.database_url or "",
-        "ORCH_NAMESPACE": settings.namespace,
-        "ORCH_DISPATCH_SHARDS": str(SHARDS),
-        "ORCH_LEADER__LEASE_TTL_S": str(TTL_S),
-        "ORCH_LEADER__TAKEOVER_DELAY_S": str(TAKEOVER_DELAY_S),
-        "ORCH_SWEEP_INTERVAL_S": "0.5",
-        "ORCH_DISPATCH__ASSIGNED_STALE_S": "3",
-        "ORCH_DB_IDLE_IN_TRANSACTION_S": "1",
-        "ORCH_STOP_TIMEOUT_S": "2",
-    }
+    env = process_env(
+        settings,
+        ORCH_DISPATCH_SHARDS=str(SHARDS),
+        ORCH_LEADER__LEASE_TTL_S=str(TTL_S),
+        ORCH_LEADER__TAKEOVER_DELAY_S=str(TAKEOVER_DELAY_S),
+        **DISPATCH_FAILOVER_ENV,
+    )
     procs = [ServiceProcess(f"d{i}", ["dispatch"], env, tmp_path / "logs") for i in range(3)]
     cluster = Cluster(runtime, procs, tmp_path / "ran.log")
     try:
