@@ -88,9 +88,7 @@ async def led_one_each(runtime: Runtime, shards: int, timeout: float = 60.0) -> 
 
     async def settled() -> bool:
         nonlocal holders
-        async with store.connection() as conn:
-            rows = await conn.fetch("SELECT shard, holder FROM dispatch_epochs WHERE shard = ANY($1)", names)
-        holders = {row["shard"]: row["holder"] for row in rows}
+        holders = {t.shard: t.holder for t in await store.dispatch_epoch_list(names) if t.holder is not None}
         return len(holders) == shards and len(set(holders.values())) == shards
 
     await until(settled, timeout, f"{shards} dispatch instances to lead a shard each")
