@@ -503,10 +503,11 @@ BEGIN
             FROM plan pl LEFT JOIN rooms cr ON cr.ckey = pl.ckey LEFT JOIN rates rr ON rr.key = pl.rkey
             WHERE (pl.ckey = '' OR pl.cturn <= cr.room) AND (pl.rkey = '' OR rr.room IS NULL OR pl.rturn <= rr.room)
         ), slots AS (
-            -- The k-th job to the runner with the most slots left after the first k-1.
+            -- The k-th job to the runner with the most slots left after the first k-1; no runner
+            -- gives one step more than its budget, so its slots past that are not numbered.
             SELECT m.id AS runner_id, row_number() OVER (ORDER BY m.free - s.i DESC, m.rank) AS k
             FROM unnest(grp.ids, grp.frees) WITH ORDINALITY AS m(id, free, rank)
-            CROSS JOIN LATERAL generate_series(0, m.free - 1) AS s(i)
+            CROSS JOIN LATERAL generate_series(0, least(m.free, budget) - 1) AS s(i)
         ), assigned AS (
             UPDATE jobs j SET state = 'assigned', runner_id = sl.runner_id, assigned_at = c.now,
                               not_before = NULL, claim_epoch = p_epoch, acked_at = NULL

@@ -3,6 +3,7 @@ take without scanning it (seed 004), priority then round-robin across tenants, p
 
 from __future__ import annotations
 
+from orchestrator.settings import Settings
 from orchestrator.store import Store
 from tests import factories
 from tests.support import claim_rows_read
@@ -66,3 +67,25 @@ async def test_priority_first_then_round_robin_across_tenants(store: Store) -> N
     assert order[1:].count(other) == 1
     assert order[1:3] in ([flood[0], other], [other, flood[0]])
     assert order[3] == flood[1]
+
+
+async def test_a_step_numbers_no_more_slots_than_it_can_fill(settings: Settings) -> None:
+    """200 runners of 10,000 free slots each: a step hands its jobs to the freest runners, and
+    costs what its budget is, not what the fleet's 2,000,000 free slots are (numbering every one
+    of them took a step 0.7-1 s for 1,000,000 slots; here under a 0.5 s statement timeout)."""
+    store = Store(settings.database_url or "", max_size=2, statement_timeout_s=0.5)
+    await store.connect()
+    try:
+        await factories.pool(store, "big", max_concurrent=-1)
+        for i in range(200):
+            await factories.runner(store, f"r{i:03}", "big", slots=10_000)
+        await factories.queue(store, 300, pool="big")
+        step = await store.transitions.claim("big", 256)
+        assert (step.status, len(step.assignments)) == ("dispatched", 256)
+        per_runner: dict[str, int] = {}
+        for a in step.assignments:
+            per_runner[a["runner_id"]] = per_runner.get(a["runner_id"], 0) + 1
+        # Equally free: every runner took one before any took a second.
+        assert len(per_runner) == 200 and set(per_runner.values()) == {1, 2}
+    finally:
+        await store.close()
