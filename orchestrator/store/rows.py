@@ -22,7 +22,9 @@ class Row:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Self:
-        return cls(**{name: record[name] for name in _field_names(cls) if name in record})
+        # By the record's columns (a hot edge returns a handful), not the row type's thirty-odd fields.
+        names = _field_names(cls)
+        return cls(**{name: value for name, value in record.items() if name in names})
 
     def get(self, name: str, default: Any = None) -> Any:
         return getattr(self, name, default)
@@ -38,8 +40,8 @@ class Row:
 
 
 @functools.cache
-def _field_names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
 
 
 @dataclass(frozen=True, slots=True)
