@@ -156,7 +156,7 @@ async def show_listing(
 
 
 async def jobs(args: argparse.Namespace, client: Client) -> int:
-    listing = calls.list_jobs(pool=args.pool, state=args.state, limit=args.limit)
+    listing = calls.list_jobs(pool=args.pool, state=args.state, key=args.key, limit=args.limit)
     return await show_listing(args, client, listing, rows.JOB_COLUMNS, lambda answer: map(rows.job_row, answer.jobs))
 
 
@@ -247,7 +247,8 @@ async def pool_delete(args: argparse.Namespace, client: Client) -> int:
         print_json(raw)
         return 0
     deleted = deletion.parse(raw)
-    print(f"pool {deleted.name} deleted, with its {deleted.deleted_jobs} ended jobs")
+    jobs = "job" if deleted.deleted_jobs == 1 else "jobs"
+    print(f"pool {deleted.name} deleted, with its {deleted.deleted_jobs} ended {jobs}")
     return 0
 
 

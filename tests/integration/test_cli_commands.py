@@ -154,6 +154,16 @@ async def test_cancel_names_what_it_could_not_cancel(front_cli: Cli, http: aioht
     assert (refused["error"]["code"], refused["error"]["field"]) == ("final", "id")
 
 
+async def test_jobs_filters_by_key(front_cli: Cli, http: aiohttp.ClientSession) -> None:
+    """`jobs --key K`, as `GET /v1/jobs?key=K`: the job submitted with that key, none else."""
+    await call(http, "PUT", "/v1/pools/default", json={})
+    keyed = await submit(http, key="build-42")
+    await submit(http, key="build-43")
+    status, out, _ = await front_cli("jobs", "--key", "build-42")
+    assert (status, [row[0] for row in rows(out)[1]]) == (0, [keyed["id"]])
+    assert rows((await front_cli("jobs", "--key", "build-44"))[1])[1] == []
+
+
 async def test_pool_delete(front_cli: Cli, http: aiohttp.ClientSession) -> None:
     assert (await front_cli("pool", "set", "gpu", "--labels", "gpu"))[0] == 0
     job = await submit(http, pool="gpu")
@@ -164,7 +174,7 @@ async def test_pool_delete(front_cli: Cli, http: aiohttp.ClientSession) -> None:
 
     assert (await front_cli("cancel", job["id"]))[0] == 0
     status, out, _ = await front_cli("pool", "delete", "gpu")
-    assert (status, out) == (0, "pool gpu deleted, with its 1 ended jobs\n")
+    assert (status, out) == (0, "pool gpu deleted, with its 1 ended job\n")
     assert (await call(http, "GET", "/v1/pools/gpu"))[0] == 404
 
     assert (await front_cli("pool", "set", "other"))[0] == 0
