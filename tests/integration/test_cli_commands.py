@@ -325,8 +325,8 @@ async def test_rate_limit_set_list_and_delete(front_cli: Cli, http: aiohttp.Clie
     status, out, err = await front_cli("rate-limit", "set", "search", "--limit", "10", "--period", "60", "--burst", "2")
     assert status == 0, err
     header, [row] = rows(out)
-    assert header == ["KEY", "LIMIT", "PERIOD_S", "BURST", "STARTS_LEFT", "NEXT_START_AT"]
-    assert row == ["search", "10", "60", "2", "2", "now"]
+    assert header == ["KEY", "LIMIT", "PERIOD", "BURST", "STARTS LEFT", "NEXT START"]  # as every table's
+    assert row == ["search", "10", "60s", "2", "2", "now"]
     assert (await call(http, "GET", "/v1/rate-limits/search"))[1]["burst"] == 2
     status, _, err = await front_cli("rate-limit", "set", "api", "--limit", "1", "--period", "0.5")
     assert status == 0, err
