@@ -94,7 +94,12 @@ async def submit(args: argparse.Namespace, client: Client) -> int:
     if not args.wait:
         print_json(created)
         return 0
-    ended = await _wait(client, submitted.parse(created).id, output=not args.json)
+    job_id = submitted.parse(created).id
+    try:
+        ended = await _wait(client, job_id, output=not args.json)
+    except asyncio.CancelledError:  # Ctrl-C: it stops the waiting, not the job, and says so
+        print(f"orchestrator: job {job_id} goes on without you: orchestrator cancel {job_id}", file=sys.stderr)
+        raise
     if args.json:
         print_json(await client.send_json(calls.get_job(ended.id)))
     else:
