@@ -135,7 +135,11 @@ def _seconds(text: str) -> float:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="orchestrator",
+        description="Run the system (up, serve, runner, migrate) or talk to a running one over HTTP "
+        "(the other commands: the API from ORCH_URL, else .orchestrator/endpoints.json). README.md says more.",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="run everything in one process on an embedded NATS and Postgres").set_defaults(fn=cmd_up)
     serve = sub.add_parser("serve", help="run services against ORCH_NATS_URL and ORCH_DATABASE_URL")
@@ -173,10 +177,10 @@ def parser() -> argparse.ArgumentParser:
         return command_parser
 
     submit = api("submit", "submit", "submit a job: orchestrator submit [options] -- CMD [ARGS]")
-    submit.add_argument("--pool", default="default")
-    submit.add_argument("--label", action="append", default=[])
-    submit.add_argument("--priority", type=int, default=0)
-    submit.add_argument("--key")
+    submit.add_argument("--pool", default="default", help="the pool it runs in (default: default)")
+    submit.add_argument("--label", action="append", default=[], help="a label its runner must offer (repeatable)")
+    submit.add_argument("--priority", type=int, default=0, help="higher first (default 0)")
+    submit.add_argument("--key", help="idempotency: the same key and spec give the same job")
     submit.add_argument("--timeout", type=_seconds, help="seconds the job may run (default: no timeout)")
     submit.add_argument("--concurrency-key", help="jobs of one key run at most --concurrency-limit at once")
     submit.add_argument("--concurrency-limit", type=int, help="jobs of its key at once (default 1)")
@@ -185,7 +189,7 @@ def parser() -> argparse.ArgumentParser:
         choices=["queue", "cancel_in_progress", "cancel_pending", "reject"],
         help="what it does to its key's other jobs (default: queue)",
     )
-    submit.add_argument("--rate-limit-key", help="a rate limit its start counts against (set with the API)")
+    submit.add_argument("--rate-limit-key", help="a rate limit its start counts against (orchestrator rate-limit set)")
     submit.add_argument(
         "--wait",
         action="store_true",
@@ -195,9 +199,10 @@ def parser() -> argparse.ArgumentParser:
     submit.add_argument("command", nargs=argparse.REMAINDER)
 
     jobs = api("jobs", "jobs", "list jobs, newest first")
-    jobs.add_argument("--pool")
-    jobs.add_argument("--state")
-    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--pool", help="only this pool's")
+    jobs.add_argument("--state", help="only those in this state (queued, running, failed, ...)")
+    jobs.add_argument("--key", help="only the job submitted with this key")
+    jobs.add_argument("--limit", type=int, default=20, help="at most this many (1 to 1000, default 20)")
     cancel = api("cancel", "cancel", "cancel jobs: queued ones at once, running ones by their runner")
     cancel.add_argument("jobs", nargs="+", metavar="JOB", help="a job's id")
     logs_cmd = sub.add_parser("logs", help="a job's output")

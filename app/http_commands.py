@@ -94,7 +94,12 @@ async def submit(args: argparse.Namespace, client: Client) -> int:
     if not args.wait:
         print_json(created)
         return 0
-    ended = await _wait(client, submitted.parse(created).id, output=not args.json)
+    job_id = submitted.parse(created).id
+    try:
+        ended = await _wait(client, job_id, output=not args.json)
+    except asyncio.CancelledError:  # Ctrl-C: it stops the waiting, not the job, and says so
+        print(f"orchestrator: job {job_id} goes on without you: orchestrator cancel {job_id}", file=sys.stderr)
+        raise
     if args.json:
         print_json(await client.send_json(calls.get_job(ended.id)))
     else:
@@ -156,7 +161,7 @@ async def show_listing(
 
 
 async def jobs(args: argparse.Namespace, client: Client) -> int:
-    listing = calls.list_jobs(pool=args.pool, state=args.state, limit=args.limit)
+    listing = calls.list_jobs(pool=args.pool, state=args.state, key=args.key, limit=args.limit)
     return await show_listing(args, client, listing, rows.JOB_COLUMNS, lambda answer: map(rows.job_row, answer.jobs))
 
 
@@ -247,7 +252,8 @@ async def pool_delete(args: argparse.Namespace, client: Client) -> int:
         print_json(raw)
         return 0
     deleted = deletion.parse(raw)
-    print(f"pool {deleted.name} deleted, with its {deleted.deleted_jobs} ended jobs")
+    jobs = "job" if deleted.deleted_jobs == 1 else "jobs"
+    print(f"pool {deleted.name} deleted, with its {deleted.deleted_jobs} ended {jobs}")
     return 0
 
 

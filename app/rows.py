@@ -46,12 +46,12 @@ def schedule_row(s: ScheduleView) -> tuple[object, ...]:
     return s.name, s.cron, s.timezone, next_fire, tables.when(s.last_fire_at), last, s.overlap, s.catch_up, command
 
 
-RATE_LIMIT_COLUMNS = ("key", "limit", "period_s", "burst", "starts_left", "next_start_at")
+RATE_LIMIT_COLUMNS = ("key", "limit", "period", "burst", "starts left", "next start")
 
 
 def rate_limit_row(r: RateLimitView) -> tuple[object, ...]:
     next_start = "now" if r.next_start_at is None else tables.when(r.next_start_at)
-    return r.key, r.limit, f"{r.period_s:g}", r.burst, r.starts_left, next_start
+    return r.key, r.limit, f"{r.period_s:g}s", r.burst, r.starts_left, next_start
 
 
 RUNNER_COLUMNS = ("id", "pool", "state", "busy", "labels", "taints", "last seen")

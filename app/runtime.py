@@ -227,7 +227,9 @@ class Runtime:
                 retention=s.retention,
             )
         if name == "api":
-            return Api(s.api, s.http, s.log_limits, store, bus, metrics=m, known_pools=known)
+            return Api(
+                s.api, s.http, s.log_limits, store, bus, metrics=m, known_pools=known, provisioners=self.provisioners
+            )
         return self._runner or Runner(
             s.timings,
             s.log_limits,

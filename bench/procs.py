@@ -40,15 +40,18 @@ class ServiceProcess:
         *,
         args: list[str] | None = None,
         ready_text: str | None = None,
+        own_group: bool = False,
     ) -> None:
         """`args` replace `serve <services>` (e.g. `runner --id ...`); `ready_text` is then the
-        log line that means ready."""
+        log line that means ready. `own_group`: it leads a process group of its own, which
+        `signal_group` signals whole, as a terminal's Ctrl-C does its foreground group."""
         self.instance_id = instance_id
         self.services = services
         self.args = args or ["serve", *services]
         self.ready_text = ready_text or f"as {instance_id}"
         self.env = {**os.environ, **env, "ORCH_INSTANCE_ID": instance_id}
         self.log_path = log_dir / f"{instance_id}.log"
+        self.own_group = own_group
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_from = 0  # where the current run's output starts: a restart appends to the log
 
@@ -62,6 +65,7 @@ class ServiceProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
+                process_group=0 if self.own_group else None,
             )
 
     @property
@@ -89,6 +93,12 @@ class ServiceProcess:
     def signal(self, sig: signal.Signals) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
+
+    def signal_group(self, sig: signal.Signals) -> None:
+        """`sig` to every process of its group (it and the children that stayed in it)."""
+        assert self.own_group, "only a process started with own_group leads a group of its own"
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
 
     async def wait_exit(self, timeout: float = 15.0) -> int:
         assert self.proc is not None

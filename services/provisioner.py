@@ -118,7 +118,10 @@ class Provisioning(Service):
             self.on_cleanup(self.known_pools.stop)
         # A pool naming a provisioner nobody can load is a configuration error: refuse to start.
         for row in await self.store.pools_provisioned():
-            self._fleet(row["name"], row["provisioner"])
+            try:
+                self._fleet(row["name"], row["provisioner"])
+            except ConfigurationError as exc:  # say which pool: the name alone may be in many
+                raise ConfigurationError(f"pool {row['name']!r}: {exc}") from exc
         s = self.bus.subjects
         for topic in (
             s.jobs_queued.any(),

@@ -169,6 +169,10 @@ class EmbeddedNats:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            # Out of its parent's process group: a terminal's Ctrl-C signals the whole foreground
+            # group, and nats-server would stop at once, under the drain that needs it. `stop`
+            # ends it once its parent is done with it. (Postgres: pg_ctl detaches it likewise.)
+            start_new_session=True,
         )
         lines: list[str] = []
         try:

@@ -16,6 +16,7 @@ models that validate the bodies. The take protocol is `take.py` (with Servo's wi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.known_pools import KnownPools
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import CONTENT_TYPE, Metrics, QueueCollector, exposition
+from orchestrator.provisioning import ProvisionerFactory
 from orchestrator.settings import ApiSettings, HttpSettings, LogLimits
 from orchestrator.store import Store
 from schemas.api import (
@@ -88,7 +90,10 @@ class Api(Service):
         *,
         metrics: Metrics | None = None,
         known_pools: KnownPools | None = None,
+        provisioners: Mapping[str, ProvisionerFactory] | None = None,
     ) -> None:
+        """`provisioners`: the names the runtime gives its provisioner service, so that a pool is
+        refused a provisioner that service could not load."""
         super().__init__()
         self.config = config
         self.http = http
@@ -106,7 +111,7 @@ class Api(Service):
         if known_pools is None:  # its own: a deleted pool's series go with it (the runtime's does that itself)
             self.why.known_pools.on_gone(self.metrics.forget_pool)
         self.jobs = JobViews(store, bus, self.why, self.logs, self.takes, self.admit)
-        self.pools = PoolViews(store, bus)
+        self.pools = PoolViews(store, bus, provisioners or {})
         self.runners = RunnerViews(store, bus)
         self.schedules = ScheduleViews(store, bus)
         self.rate_limits = RateLimitViews(store, bus)

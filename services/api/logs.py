@@ -11,7 +11,8 @@ same URL); a last `end` event says the output is complete, so the browser stops 
 
 A follower wakes on each chunk published for the job and on the job's news (finished, expired);
 it also checks the job every `CHECK_EVERY_S`, in case either was lost, and whether its client is
-still there. It ends when the server stops.
+still there. It ends when the server stops. A client that went away is no error: a follow ends
+quietly when a write finds it gone.
 """
 
 from __future__ import annotations
@@ -65,10 +66,11 @@ class JobLogsView:
             if sse:
                 return await _events(request, headers, texts)
             response = web.StreamResponse(headers={**headers, "Content-Type": "text/plain; charset=utf-8"})
-            await response.prepare(request)
-            async for text, _ in texts:
-                await response.write(text)
-            await response.write_eof()
+            with contextlib.suppress(ConnectionResetError):  # its client has gone: nothing wrong here
+                await response.prepare(request)
+                async for text, _ in texts:
+                    await response.write(text)
+                await response.write_eof()
             return response
 
     async def _texts(
@@ -116,14 +118,15 @@ async def _events(
     of the last byte it carries in full, and an `end` event once the output is complete."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     async with sse_response(request, headers=headers) as events:
-        async for text, end in texts:
-            piece = decoder.decode(text)
-            held = len(decoder.getstate()[0])  # an incomplete character waits for the next piece
-            if piece:
-                await events.send(piece, id=str(end - held))
-        if tail := decoder.decode(b"", final=True):
-            await events.send(tail)
-        await events.send("", event="end")
+        with contextlib.suppress(ConnectionResetError):  # its client has gone: nothing wrong here
+            async for text, end in texts:
+                piece = decoder.decode(text)
+                held = len(decoder.getstate()[0])  # an incomplete character waits for the next piece
+                if piece:
+                    await events.send(piece, id=str(end - held))
+            if tail := decoder.decode(b"", final=True):
+                await events.send(tail)
+            await events.send("", event="end")
     return events
 
 

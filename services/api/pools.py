@@ -1,17 +1,24 @@
 """Pool endpoints: list, read, create or replace (`PUT`), change given fields (`PATCH`), delete. A
 change goes through `orchestrator.pools.change_pool`, the one way a pool changes; a deletion
-through `orchestrator.pools.delete_pool` (only while nothing uses the pool)."""
+through `orchestrator.pools.delete_pool` (only while nothing uses the pool).
+
+A provisioner's name is resolved here as the provisioner service resolves it (the runtime's names,
+entry points, import paths): one that resolves to nothing is refused, naming `provisioner`. Stored,
+it would stop the provisioner's next start (it refuses to start on a pool naming one, as on a typo
+in the pools file), and with it `up`, whose API could then no longer undo it."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
 from orchestrator.bus import Bus
-from orchestrator.errors import NotFound
+from orchestrator.errors import ConfigurationError, NotFound
 from orchestrator.pools import PoolChange, PoolInUse, change_pool, delete_pool
+from orchestrator.provisioning import ProvisionerFactory, resolve
 from orchestrator.store import Store
 from schemas.api import PoolChanged, PoolDeleted
 from schemas.events import error_from_validation
@@ -23,9 +30,10 @@ _pool_fields = TypeAdapter(dict[str, Any])
 
 
 class PoolViews:
-    def __init__(self, store: Store, bus: Bus) -> None:
+    def __init__(self, store: Store, bus: Bus, provisioners: Mapping[str, ProvisionerFactory]) -> None:
         self.store = store
         self.bus = bus
+        self.provisioners = provisioners
 
     async def list_pools(self, request: web.Request) -> web.Response:
         pools = [PoolView.from_row(row).model_dump(mode="json") for row in await self.store.pool_list()]
@@ -44,6 +52,8 @@ class PoolViews:
             return body
         try:
             config = PoolConfig.model_validate(body)
+            if refused := self._unknown_provisioner(config.provisioner):
+                return refused
             change = await change_pool(self.store, self.bus, name, config=config)
         except ValidationError as exc:  # the body's, or a shard past the number of shards
             return invalid_response(exc)
@@ -54,6 +64,8 @@ class PoolViews:
         name, body = await self._pool_request(request)
         if isinstance(body, web.Response):
             return body
+        if isinstance(given := body.get("provisioner"), str) and (refused := self._unknown_provisioner(given)):
+            return refused  # a name of the wrong form is the model's to refuse, below
         try:
             change = await change_pool(self.store, self.bus, name, patch=body)
         except ValidationError as exc:
@@ -84,6 +96,16 @@ class PoolViews:
             if error_from_validation(exc).code == "malformed":
                 return name, invalid_response(exc)
             return name, error_response(422, "invalid", "the body must be a JSON object of pool fields")
+
+    def _unknown_provisioner(self, name: str | None) -> web.Response | None:
+        """422 naming `provisioner` when `name` resolves to no provisioner factory; None when it does."""
+        if name is None:
+            return None
+        try:
+            resolve(name, self.provisioners)
+        except ConfigurationError as exc:
+            return error_response(422, "invalid", str(exc), "provisioner")
+        return None
 
     @staticmethod
     def _pool_changed(change: PoolChange, status: int) -> web.Response:

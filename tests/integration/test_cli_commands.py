@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -154,6 +155,16 @@ async def test_cancel_names_what_it_could_not_cancel(front_cli: Cli, http: aioht
     assert (refused["error"]["code"], refused["error"]["field"]) == ("final", "id")
 
 
+async def test_jobs_filters_by_key(front_cli: Cli, http: aiohttp.ClientSession) -> None:
+    """`jobs --key K`, as `GET /v1/jobs?key=K`: the job submitted with that key, none else."""
+    await call(http, "PUT", "/v1/pools/default", json={})
+    keyed = await submit(http, key="build-42")
+    await submit(http, key="build-43")
+    status, out, _ = await front_cli("jobs", "--key", "build-42")
+    assert (status, [row[0] for row in rows(out)[1]]) == (0, [keyed["id"]])
+    assert rows((await front_cli("jobs", "--key", "build-44"))[1])[1] == []
+
+
 async def test_pool_delete(front_cli: Cli, http: aiohttp.ClientSession) -> None:
     assert (await front_cli("pool", "set", "gpu", "--labels", "gpu"))[0] == 0
     job = await submit(http, pool="gpu")
@@ -164,7 +175,7 @@ async def test_pool_delete(front_cli: Cli, http: aiohttp.ClientSession) -> None:
 
     assert (await front_cli("cancel", job["id"]))[0] == 0
     status, out, _ = await front_cli("pool", "delete", "gpu")
-    assert (status, out) == (0, "pool gpu deleted, with its 1 ended jobs\n")
+    assert (status, out) == (0, "pool gpu deleted, with its 1 ended job\n")
     assert (await call(http, "GET", "/v1/pools/gpu"))[0] == 404
 
     assert (await front_cli("pool", "set", "other"))[0] == 0
@@ -200,6 +211,31 @@ async def test_submit_wait_tells_on_stderr_why_the_job_waits(front: Runtime, htt
     assert proc.returncode == 1
     assert out == b""
     assert rest.decode().splitlines()[-1] == f"orchestrator: job {job_id} cancelled"
+
+
+async def test_ctrl_c_stops_the_wait_not_the_job_and_says_so(front: Runtime, http: aiohttp.ClientSession) -> None:
+    """`submit --wait` interrupted (SIGINT) exits 130 and says how to stop the job, which it leaves be."""
+    await call(http, "PUT", "/v1/pools/default", json={})
+    env = {**os.environ, "ORCH_URL": front.http_url or ""}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "app.cli", "submit", "--wait", "--", "echo", "never", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            job_id = (await proc.stderr.readline()).decode().split()[2]  # it waits: "orchestrator: job <id> ..."
+            proc.send_signal(signal.SIGINT)
+            _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130
+    assert err.decode().splitlines() == [
+        f"orchestrator: job {job_id} goes on without you: orchestrator cancel {job_id}"
+    ]
+    assert (await call(http, "GET", f"/v1/jobs/{job_id}"))[1]["state"] == "queued"
 
 
 def test_on_a_terminal_the_progress_line_is_rewritten_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -315,8 +351,8 @@ async def test_rate_limit_set_list_and_delete(front_cli: Cli, http: aiohttp.Clie
     status, out, err = await front_cli("rate-limit", "set", "search", "--limit", "10", "--period", "60", "--burst", "2")
     assert status == 0, err
     header, [row] = rows(out)
-    assert header == ["KEY", "LIMIT", "PERIOD_S", "BURST", "STARTS_LEFT", "NEXT_START_AT"]
-    assert row == ["search", "10", "60", "2", "2", "now"]
+    assert header == ["KEY", "LIMIT", "PERIOD", "BURST", "STARTS LEFT", "NEXT START"]  # as every table's
+    assert row == ["search", "10", "60s", "2", "2", "now"]
     assert (await call(http, "GET", "/v1/rate-limits/search"))[1]["burst"] == 2
     status, _, err = await front_cli("rate-limit", "set", "api", "--limit", "1", "--period", "0.5")
     assert status == 0, err

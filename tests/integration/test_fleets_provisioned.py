@@ -272,7 +272,7 @@ async def test_a_negative_cap_is_refused_at_start_up_naming_the_field(
 async def test_an_unknown_provisioner_is_refused_at_start_up(settings: Settings, store: Store) -> None:
     await factories.pool(store, "p", provisioner="nowhere", max_workers=2)
     runtime = Runtime(settings, ["provisioner"])
-    with pytest.raises(ConfigurationError, match="provisioner 'nowhere' is not known"):
+    with pytest.raises(ConfigurationError, match="pool 'p': provisioner 'nowhere' is not known"):
         await runtime.start()
 
 

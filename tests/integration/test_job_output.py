@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -108,6 +109,30 @@ async def test_a_follower_sees_the_first_line_while_the_job_runs_and_the_stream_
         rest = await resp.content.read()  # the stream ends when the job has ended
     assert rest == b"last\n"
     assert (await job(system_http, job_id))["state"] == "succeeded"
+
+
+async def test_a_follower_that_leaves_is_no_error(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A follower that goes away (a `logs -f` stopped, a dashboard tab closed) while the job runs
+    is nothing wrong: the output written after it left, the job's end and the server's stop log
+    no error (each once logged aiohttp's "Error handling request" with a traceback)."""
+    go = tmp_path / "go"
+    os.mkfifo(go)  # the job blocks reading it until the test writes
+    script = f"print('first', flush=True)\nopen({str(go)!r}).read()\nprint('more', flush=True)"
+    async with running(settings) as http:
+        job_id = await submit(http, [sys.executable, "-c", script])
+        for headers in ({}, {"Accept": "text/event-stream"}):
+            async with (
+                aiohttp.ClientSession(base_url=http._base_url) as follower,  # its own connection, closed after
+                follower.get(f"/v1/jobs/{job_id}/logs?follow=true", headers=headers) as resp,
+            ):
+                assert (await resp.content.readuntil(b"first")).endswith(b"first")
+        await asyncio.to_thread(go.write_text, "go")  # more output, then the end, with no one following
+        assert (await ended(http, job_id))["state"] == "succeeded"
+    # The runtime has stopped: every request's handler has returned.
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
 
 
 async def sse_events(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str, str]]:

@@ -70,6 +70,10 @@ async def test_put_patch_and_get_pools(http: aiohttp.ClientSession, bus: Bus) ->
         ("PATCH", {"json": {"name": "other"}}, 422, "invalid", "name"),
         ("PATCH", {"json": {"max_workers": -1}}, 422, "invalid", "max_workers"),
         ("PUT", {"json": {"provisioner": "no spaces"}}, 422, "invalid", "provisioner"),
+        # A provisioner nothing could load: stored, it stopped the next start of `up`.
+        ("PUT", {"json": {"provisioner": "nowhere"}}, 422, "invalid", "provisioner"),
+        ("PATCH", {"json": {"provisioner": "nowhere"}}, 422, "invalid", "provisioner"),
+        ("PATCH", {"json": {"provisioner": "no_such_module:factory"}}, 422, "invalid", "provisioner"),
     ],
 )
 async def test_bad_pool_bodies_name_the_field_and_change_nothing(
@@ -82,6 +86,13 @@ async def test_bad_pool_bodies_name_the_field_and_change_nothing(
     assert body["error"]["message"]
     _, pool = await call(http, "GET", "/v1/pools/p")
     assert config_of(pool) == {**DEFAULTS, "max_concurrent": 3}
+
+
+async def test_a_provisioner_the_system_can_load_is_taken(http: aiohttp.ClientSession) -> None:
+    status, pool = await call(http, "PUT", "/v1/pools/fleet", json={"provisioner": "local", "max_workers": 2})
+    assert (status, pool["provisioner"]) == (201, "local")
+    status, pool = await call(http, "PATCH", "/v1/pools/fleet", json={"provisioner": None})
+    assert (status, pool["provisioner"]) == (200, None)
 
 
 async def test_a_bad_pool_name_is_refused(http: aiohttp.ClientSession) -> None:

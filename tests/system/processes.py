@@ -32,10 +32,11 @@ def data_dir() -> Iterator[Path]:
         shutil.rmtree(parent, ignore_errors=True)
 
 
-def up(data: Path, **env: str) -> ServiceProcess:
+def up(data: Path, *, own_group: bool = False, **env: str) -> ServiceProcess:
     """`orchestrator up` on `data` (not started yet: `start()`, then `await ready(UP_READY_S)`),
     on the embedded servers whatever this process's environment says, with fast failure
-    detection; `env` on top. Its output (stdout and stderr) goes to `<data>/../up.log`."""
+    detection; `env` on top. Its output (stdout and stderr) goes to `<data>/../up.log`.
+    `own_group`: in a process group of its own, as a shell runs a command in the foreground."""
     proc = ServiceProcess(
         "up",
         [],
@@ -43,6 +44,7 @@ def up(data: Path, **env: str) -> ServiceProcess:
         data.parent,
         args=["up"],
         ready_text="orchestrator ready",
+        own_group=own_group,
     )
     for var in ("ORCH_NATS_URL", "ORCH_DATABASE_URL", "ORCH_URL"):
         proc.env.pop(var, None)
