@@ -171,6 +171,20 @@ async def test_a_command_that_is_not_a_list_of_strings_is_refused_at_every_door(
         assert (await door(body(pool="cpu", payload=payload)))[0] == "admitted", payload
 
 
+async def test_an_env_that_is_not_names_to_strings_is_refused_at_every_door(door: Door, store: Store, bus: Bus) -> None:
+    """`payload.env`, when given, maps non-empty names without '=' or NUL to strings: anything
+    else is refused at the door naming it. It was admitted, and the runner ran the job with 1 as
+    "1", null as "None", and `A=B` set as A."""
+    await put_pool(store, bus, "cpu")
+    bad = ({"A": 1}, {"A": None}, {"A": True}, {"A": ["x"]}, {"A=B": "x"}, {"": "x"}, {"A": "a\u0000"}, "A=1", ["A"])
+    for env in bad:
+        code, field, job_id, _ = await door(body(pool="cpu", payload={"command": ["env"], "env": env}))
+        assert (code, field, job_id) == ("invalid", "payload.env", None), env
+    assert await store.job_list(pool=None, state=None, key=None, limit=10) == []
+    for payload in ({"command": ["env"], "env": {"CI": "1", "EMPTY": "", "lower_case.dot": "x=y"}}, {"env": {}}):
+        assert (await door(body(pool="cpu", payload=payload)))[0] == "admitted", payload
+
+
 async def test_retry_after_follows_the_pools_recent_drain(
     http: aiohttp.ClientSession, store: Store, bus: Bus, settings: Settings
 ) -> None:
