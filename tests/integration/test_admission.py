@@ -37,10 +37,6 @@ async def intake_drained(bus: Bus) -> bool:
     return info.num_pending == 0 and info.num_ack_pending == 0
 
 
-async def outbox_empty(store: Store) -> bool:
-    return await store.outbox_depth() == 0
-
-
 async def rejections(store: Store) -> list[dict[str, Any]]:
     return await store.rejection_list(reason=None, limit=1000)
 
@@ -71,8 +67,10 @@ def request_door(bus: Bus) -> Door:
 
 def jetstream_door(bus: Bus, store: Store, admitted: Listener, rejected: Listener) -> Door:
     """Publish with a unique Nats-Msg-Id (so JetStream's own dedup stays out of the way), wait
-    until the consumer has acked it, then read the news: an admission, a refusal, or neither
-    (an existing job is not news)."""
+    until the consumer has acked it, then read the decision where it was committed before the
+    ack: a refusal recorded in `rejections`, a new job, or the job already there (no news). The
+    news of a refusal or an admission must match it: its event is waited for, not looked up once
+    (a flush returns before the subscription's callback has run)."""
 
     async def send(body: bytes) -> Outcome:
         msg_id = secrets.token_hex(8)
@@ -80,23 +78,24 @@ def jetstream_door(bus: Bus, store: Store, admitted: Listener, rejected: Listene
             key = json.loads(body).get("key") or msg_id
         except (ValueError, AttributeError):
             key = msg_id
+        refused_before = len([r for r in await rejections(store) if r["key"] == key])
+        jobs_before = await store.job_list(pool=None, state=None, key=key, limit=1)
         await bus.submit(body, key=msg_id)
         await eventually(lambda: intake_drained(bus), what="the intake to be drained")
-        # The news was written with the decision; once relayed, a flush brings it here.
-        await eventually(lambda: outbox_empty(store), what="the news to be relayed")
-        await bus.flush()
-        for event in admitted.events:
-            if event.key == key:
-                admitted.events.remove(event)
-                return "admitted", None, str(event.job_id), None
-        for event in rejected.events:
-            if event.key == key:
-                rejected.events.remove(event)
-                [row] = [r for r in await rejections(store) if r["key"] == key]
-                assert (row["reason"], row["field"]) == (event.reason, event.field)
-                return event.reason, event.field, None, None
-        jobs = await store.job_list(pool=None, state=None, key=key, limit=1)
-        return "existing", None, str(jobs[0]["id"]), None
+        refused = [r for r in await rejections(store) if r["key"] == key]
+        if len(refused) > refused_before:
+            row = refused[0]  # newest first
+            event = await rejected.wait(lambda e: e.key == key)
+            rejected.events.remove(event)
+            assert (row["reason"], row["field"]) == (event.reason, event.field)
+            return event.reason, event.field, None, None
+        [job] = await store.job_list(pool=None, state=None, key=key, limit=1)
+        if jobs_before:
+            return "existing", None, str(job["id"]), None
+        event = await admitted.wait(lambda e: e.key == key)
+        admitted.events.remove(event)
+        assert event.job_id == job["id"]
+        return "admitted", None, str(job["id"]), None
 
     return send
 
