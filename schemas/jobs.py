@@ -259,6 +259,10 @@ class JobView(Model):
     concurrency_limit: int | None = Field(default=None, description="with a concurrency_key: the limit it gave")
     on_conflict: OnConflict | None = None
     rate_limit_key: str | None = None
+    cancel_requested_at: datetime | None = Field(
+        default=None,
+        description="when a cancel of the job was asked while it ran (202): pending until its runner stops it",
+    )
 
     @classmethod
     def from_row(cls, row: Any) -> JobView:
@@ -270,4 +274,6 @@ class JobView(Model):
 
 
 # View fields a stored row may lack (read before they existed): None then.
-_VIEW_ADDED = frozenset({"run_at", "concurrency_key", "concurrency_limit", "on_conflict", "rate_limit_key"})
+_VIEW_ADDED = frozenset(
+    {"run_at", "concurrency_key", "concurrency_limit", "on_conflict", "rate_limit_key", "cancel_requested_at"}
+)
