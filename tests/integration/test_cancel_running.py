@@ -1,9 +1,11 @@
 """A cancel of a running job whose command takes its time to stop (it ignores SIGTERM, as a job
 whose cleanup runs long does): pending until its runner stops it, which the answer and the job
-view say (`cancel_requested_at`)."""
+view say (`cancel_requested_at`), and the runner says once that it stops the job, however many
+heartbeats repeat the order while the kill grace runs."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,8 +15,9 @@ import aiohttp
 import pytest
 
 from app.runtime import Runtime
+from orchestrator.bus import Bus
 from orchestrator.settings import Settings
-from tests.support import call, eventually, stubborn_job
+from tests.support import Listener, call, eventually, stubborn_job
 
 ISO_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
 # The job ignores SIGTERM, so its runner kills it after the kill grace: that long, heartbeats
@@ -59,3 +62,27 @@ async def test_a_pending_cancel_shows_in_the_answer_and_the_job_view(
     assert [(j["id"], j["cancel_requested_at"]) for j in listed["jobs"]] == [(job["id"], requested)]
     done = await ended(http, job["id"])
     assert (done["state"], done["cancel_requested_at"]) == ("cancelled", requested)
+
+
+async def test_the_runner_says_once_that_it_stops_a_cancelled_job(
+    http: aiohttp.ClientSession, bus: Bus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It logged "stopping <job>: ... was cancelled" on every heartbeat until the job was gone."""
+    job = await stubborn_job(http, tmp_path)
+    job_id = job["id"]
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"stopping {job_id}")]
+
+    async with Listener(bus, bus.subjects.runner_heartbeat) as beats:
+        with caplog.at_level(logging.INFO, logger="orchestrator.runner"):
+            assert (await call(http, "DELETE", f"/v1/jobs/{job_id}"))[0] == 202
+
+            async def four_beats_while_it_stops() -> bool:
+                return sum(str(j) == job_id for e in beats.events for j in e.running) >= 4
+
+            # Each heartbeat is sent once the last one's reply (and its stop order) was handled.
+            await eventually(four_beats_while_it_stops, timeout=KILL_GRACE_S, what="four heartbeats while it stops")
+            assert said() == [f"stopping {job_id}: job {job_id} was cancelled"]
+            assert (await ended(http, job_id))["state"] == "cancelled"
+    assert len(said()) == 1
