@@ -26,7 +26,8 @@ from schemas.payload import JobPayload
 from schemas.storable import NO_NUL, StorableJsonSchema, storable_json
 
 # Pool names and labels become NATS subject tokens and CLI arguments: keep them to a safe alphabet.
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/=\-]{0,127}$")]
 # Postgres text cannot hold NUL (\u0000): refused here, naming the field (schemas/storable.py).
 Key = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=NO_NUL)]

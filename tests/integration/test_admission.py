@@ -21,7 +21,7 @@ from orchestrator.store import Store
 from schemas.events import AdmissionResult
 from schemas.pools import PoolConfig
 from services.admission import Admission
-from tests.support import Listener, eventually
+from tests.support import Listener, call, eventually
 
 # What each door reports, normalized: (outcome or error code, error field, job id, retry-after seconds).
 Outcome = tuple[str, str | None, str | None, float | None]
@@ -243,6 +243,35 @@ async def test_poison_is_terminated_recorded_and_never_redelivered(front: Runtim
     rejected = {reason: counted("orchestrator_jobs_rejected", reason=reason) for reason in ("malformed", "invalid")}
     assert rejected == {"malformed": 1, "invalid": 1}
     assert counted("orchestrator_jobs_admitted", pool="default") == 1
+
+
+async def test_an_invalid_jetstream_body_is_recorded_under_the_pool_it_named(
+    front: Runtime, bus: Bus, store: Store, http: aiohttp.ClientSession
+) -> None:
+    """A body that fails validation was recorded with `pool: null` (in `/v1/rejections` and its
+    JobRejected) though it named one. A JSON object with a string `pool` keeps it, and the news
+    goes to that pool's subject when a pool could be named so; else to `_invalid`, as before."""
+    await put_pool(store, bus, "cpu")
+    sent = {
+        "priority": (body(pool="cpu", priority="high"), "cpu"),
+        "bad-name": (body(pool="no such pool!", priority=1), "no such pool!"),
+        "not-a-string": (body(pool=5), None),
+        "not-an-object": (b'["cpu"]', None),
+        "malformed": (b'{"pool": "cpu", oops', None),
+    }
+    s = bus.subjects
+    async with Listener(bus, s.job_rejected.at("cpu")) as on_cpu, Listener(bus, s.job_rejected.at("_invalid")) as other:
+        for key, (sent_body, _) in sent.items():
+            await bus.submit(sent_body, key=key)
+        await eventually(lambda: intake_drained(bus), what="the intake to be drained")
+        _, answer = await call(http, "GET", "/v1/rejections")
+        assert {r["key"]: r["pool"] for r in answer["rejections"]} == {key: pool for key, (_, pool) in sent.items()}
+        told = await on_cpu.wait(lambda e: e.key == "priority")
+        assert (told.pool, told.field) == ("cpu", "priority")
+        for key, (_, pool) in sent.items():
+            if key != "priority":
+                assert (await other.wait(lambda e, key=key: e.key == key)).pool == pool, key
+    assert [e.key for e in on_cpu.events] == ["priority"]
 
 
 async def test_a_burst_past_max_active_sheds_exactly_the_excess(
