@@ -1,7 +1,7 @@
 """A job's payload: opaque JSON for its runner, except the three fields the bundled runner reads
-(`command`, `env`, `cwd`), which are checked at the door so a job is never admitted only to fail
-when it runs. Every door validates a job spec with these rules (HTTP, request/reply, JetStream,
-a schedule's fires), and the runner applies the same rule to what reaches it (`env_problem`).
+(`command`, `env`, `cwd`), whose shape is checked at the door, so a job is never admitted only to
+fail (or run with what it did not mean) when it runs. Every door validates a job spec with these
+rules: HTTP, request/reply, JetStream, and a schedule's fires (its job validated again each time).
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ def _command(value: Any, handler: ValidatorFunctionWrapHandler) -> list[str]:
         ) from None
 
 
-def env_problem(env: Any) -> str | None:
-    """Why `env` is not a set of variables the runner can pass on as given, or None. The runner
-    used to make strings of anything (1 as "1", null as "None") and execve took `A=B` as A."""
+def _env_problem(env: Any) -> str | None:
+    """Why `env` is not a set of variables the runner can pass on as given, or None. Admitted, the
+    runner made strings of anything (1 as "1", null as "None"), and a name `A=B` failed its spawn."""
     if not isinstance(env, dict):
         return f'must be an object of variables, names to string values (e.g. {{"CI": "1"}}), not {_shown(env)}'
     for name, value in env.items():
@@ -67,9 +67,10 @@ def env_problem(env: Any) -> str | None:
 
 
 def _env(value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> Any:
+    """`payload.env` checked, naming the bad variable; as it is when read back as STORED."""
     if info.context and info.context.get("stored"):
         return value  # storable JSON all the same (storable_json)
-    why = env_problem(value)
+    why = _env_problem(value)
     if why is not None:
         raise PydanticCustomError("env", "{why}", {"why": why})
     return handler(value)
