@@ -16,7 +16,8 @@ JOB_COLUMNS = ("id", "state", "pool", "age", "attempt", "exit", "command", "why"
 def job_row(j: JobListed) -> tuple[object, ...]:
     command = tables.command_line(j.payload.get("command"))
     why = j.blocked_by.message if j.blocked_by else j.reason
-    return j.id, j.state, j.pool, tables.age(j.created_at), j.attempt, j.exit_code, command, why
+    state = f"{j.state} (cancelling)" if j.cancel_requested_at and not j.state.final else j.state
+    return j.id, state, j.pool, tables.age(j.created_at), j.attempt, j.exit_code, command, why
 
 
 POOL_COLUMNS = ("name", "labels", "max concurrent", "max active", "mode", "paused", "leader", "provisioner", "shard")

@@ -15,28 +15,22 @@ from uuid import UUID
 from pydantic import (
     AfterValidator,
     BeforeValidator,
-    ConfigDict,
     Field,
     StringConstraints,
-    ValidationError,
     ValidationInfo,
-    ValidatorFunctionWrapHandler,
-    WrapValidator,
     field_validator,
 )
-from pydantic_core import PydanticCustomError
-from typing_extensions import TypedDict
 
 from schemas.base import Body, Integer, Model, whole_number
-from schemas.storable import NO_NUL, JsonObject, StorableJsonSchema, storable_json
+from schemas.payload import JobPayload
+from schemas.storable import NO_NUL, StorableJsonSchema, storable_json
 
 # Pool names and labels become NATS subject tokens and CLI arguments: keep them to a safe alphabet.
-Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/=\-]{0,127}$")]
 # Postgres text cannot hold NUL (\u0000): refused here, naming the field (schemas/storable.py).
 Key = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=NO_NUL)]
-# NUL is refused for the whole payload at once (storable_json); this says so in the documents.
-_Text = Annotated[str, Field(json_schema_extra={"pattern": NO_NUL})]
 # A concurrency key names a group of jobs (a deployment target, a branch: "deploy/prod").
 ConcurrencyKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/=\-]{0,127}$")]
 # A rate limit's key is a path segment of `/v1/rate-limits/{key}`: no '/'.
@@ -46,18 +40,6 @@ RateLimitKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9
 ConcurrencyLimit = Annotated[Annotated[int, Field(ge=1, le=100_000)], BeforeValidator(whole_number)]
 # What a new job does to the other jobs of its concurrency key (README, "Concurrency keys").
 OnConflict = Literal["queue", "cancel_in_progress", "cancel_pending", "reject"]
-
-
-def _command(value: Any, handler: ValidatorFunctionWrapHandler) -> list[str]:
-    try:
-        return handler(value)
-    except ValidationError:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise PydanticCustomError(
-            "command",
-            'must be a non-empty list of strings, the program and its arguments (e.g. ["echo", "hi"]), not {shown}',
-            {"shown": shown},
-        ) from None
 
 
 # How far ahead a job may be delayed (`run_at`, `delay_s`): a year, and a day to spare.
@@ -95,16 +77,6 @@ def _within_delay(value: datetime) -> datetime:
 
 # When a job becomes claimable, as an RFC 3339 time with an offset; kept in UTC.
 RunAt = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_within_delay)]
-
-
-class JobPayload(TypedDict, total=False):
-    """A job's payload: opaque JSON for its runner. The bundled runner reads these three fields;
-    any other field is the job's own. A payload without `command` is a reservation (seed 003)."""
-
-    __pydantic_config__ = ConfigDict(extra="allow", strict=True)
-    command: Annotated[list[_Text], Field(min_length=1), WrapValidator(_command)]
-    env: JsonObject
-    cwd: Annotated[_Text, Field(min_length=1)]
 
 
 class JobState(StrEnum):
@@ -288,6 +260,10 @@ class JobView(Model):
     concurrency_limit: int | None = Field(default=None, description="with a concurrency_key: the limit it gave")
     on_conflict: OnConflict | None = None
     rate_limit_key: str | None = None
+    cancel_requested_at: datetime | None = Field(
+        default=None,
+        description="when a cancel of the job was asked while it ran (202): pending until its runner stops it",
+    )
 
     @classmethod
     def from_row(cls, row: Any) -> JobView:
@@ -299,4 +275,6 @@ class JobView(Model):
 
 
 # View fields a stored row may lack (read before they existed): None then.
-_VIEW_ADDED = frozenset({"run_at", "concurrency_key", "concurrency_limit", "on_conflict", "rate_limit_key"})
+_VIEW_ADDED = frozenset(
+    {"run_at", "concurrency_key", "concurrency_limit", "on_conflict", "rate_limit_key", "cancel_requested_at"}
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -125,6 +126,26 @@ async def submit(http: aiohttp.ClientSession, **spec: Any) -> dict[str, Any]:
         body = await resp.json()
         assert resp.status == 201, body
     return body
+
+
+# A command that ignores SIGTERM (a job whose cleanup runs long): a cancel of it stays pending
+# until its runner's kill grace ends. It touches the file argv[1] once the signal is ignored.
+_STUBBORN = (
+    "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+)
+
+
+async def stubborn_job(http: aiohttp.ClientSession, tmp_path: Path) -> dict[str, Any]:
+    """A job (pool `default`) running a command that ignores SIGTERM from now on."""
+    ready = tmp_path / "ignoring-sigterm"
+    job = await submit(http, payload={"command": [sys.executable, "-c", _STUBBORN, str(ready)]})
+
+    async def ignoring() -> bool:
+        return ready.exists()
+
+    await eventually(ignoring, what="the job to ignore SIGTERM")
+    return job
 
 
 async def call(http: aiohttp.ClientSession, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:

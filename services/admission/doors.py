@@ -34,6 +34,7 @@ from typing import Any
 
 from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus, Delivery, Topic
@@ -68,8 +69,9 @@ from services.admission.rules import (
 
 _tracer = telemetry.tracer("orchestrator.admission")
 
-# How much of a malformed message the rejections table keeps.
+# How much of a malformed message the rejections table keeps, and of the pool an invalid one named.
 BODY_EXCERPT_BYTES = 1024
+POOL_EXCERPT_CHARS = 256
 
 
 class Admission(Service):
@@ -204,7 +206,7 @@ class Admission(Service):
             reason=decision.error.code,
             message=decision.error.message,
             field=decision.error.field,
-            pool=sub.spec.pool if sub.spec else None,
+            pool=sub.pool,
             key=sub.key,
             stream_seq=sub.stream_seq,
             body=body,
@@ -222,8 +224,7 @@ class Admission(Service):
             elif d.error is not None:
                 self._count_rejected(d.error.code)
                 if not recorded:
-                    pool = sub.spec.pool if sub.spec else None
-                    out = rejected(sub.key, pool, d.error.code, d.error.message, d.error.field)
+                    out = rejected(sub.key, sub.pool, d.error.code, d.error.message, d.error.field)
                     news.append((out.topic.under(self.bus.subjects.root), out.event))
         for pool, n in admitted_by_pool.items():  # once per pool per batch: the hot path
             self.metrics.admitted.labels(pool).inc(n)
@@ -337,7 +338,9 @@ class Admission(Service):
         try:
             spec = JobSubmitted.model_validate_json(msg.data).spec()
         except ValidationError as exc:
-            return Submission(None, door_key, {}, error_from_validation(exc), stream_seq=seq, body=msg.data)
+            error = error_from_validation(exc)
+            pool = _named_pool(msg.data) if error.code == "invalid" else None  # malformed: none to read
+            return Submission(None, door_key, {}, error, stream_seq=seq, body=msg.data, body_pool=pool)
         # The job continues the producer's trace: keep its context to store with the job.
         return Submission(spec, spec.key or door_key, telemetry.carrier(headers), stream_seq=seq)
 
@@ -346,12 +349,23 @@ class Admission(Service):
         seen, so it never loops."""
         self.log.error("terminated intake message %s: %s", sub.stream_seq, exc, extra={"action": "terminate"})
         error = ErrorDetail(code="invalid", message=f"the store refused this job: {exc}")
-        bad = Submission(None, sub.key, {}, error, stream_seq=sub.stream_seq, body=msg.data)
+        bad = Submission(None, sub.key, {}, error, stream_seq=sub.stream_seq, body=msg.data, body_pool=sub.pool)
         try:
             await self.admit_many([bad], record=True)
         except Exception as record_exc:
             self.log.error("could not record the refusal of message %s: %s", sub.stream_seq, record_exc)
         await msg.term()
+
+
+def _named_pool(data: bytes) -> str | None:
+    """The pool a body that failed validation named: its `pool` when it is a JSON object with a
+    string there (cut to POOL_EXCERPT_CHARS), so its refusal is recorded and told under it."""
+    try:
+        body = from_json(data)
+    except ValueError:
+        return None
+    pool = body.get("pool") if isinstance(body, dict) else None
+    return pool[:POOL_EXCERPT_CHARS] if isinstance(pool, str) else None
 
 
 def _message_spans(msgs: Sequence[Delivery], subs: Sequence[Submission]) -> list[trace.Span]:

@@ -63,6 +63,12 @@ class Submission:
     error: ErrorDetail | None = None
     stream_seq: int | None = None
     body: bytes | None = None
+    body_pool: str | None = None  # without a spec: the `pool` its body named, if any
+
+    @property
+    def pool(self) -> str | None:
+        """The pool it names, valid or not (what its refusal is recorded and told under)."""
+        return self.spec.pool if self.spec is not None else self.body_pool
 
 
 @dataclass

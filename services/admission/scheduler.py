@@ -32,6 +32,8 @@ import contextlib
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.clock import SYSTEM_CLOCK, Clock
@@ -44,7 +46,7 @@ from orchestrator.settings import SchedulerSettings, Timings
 from orchestrator.store import Store
 from orchestrator.store.schedules import Fenced, ScheduleChanged
 from orchestrator.wakes import announce_ended, announce_free, announce_queued
-from schemas.events import SchedulesChanged
+from schemas.events import SchedulesChanged, error_from_validation
 from schemas.jobs import JobSpec
 from services.admission.doors import Admission
 from services.admission.rules import Decision, Submission
@@ -61,6 +63,17 @@ _MAX_BATCHES = 10
 def fire_key(name: str, at: datetime) -> str:
     """The idempotency key of a schedule's job for one fire time."""
     return f"schedule:{name}:{at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def _submission(job: dict[str, Any], key: str) -> Submission:
+    """A fire's job, validated again: a spec stored when it was valid may break a rule added
+    since (`payload.env`'s). Such a fire is refused with the reason recorded, as a door refuses
+    an invalid spec; raised, it would end the round, and the scheduler with it."""
+    try:
+        spec = JobSpec.model_validate(job).model_copy(update={"key": key})
+    except ValidationError as exc:
+        return Submission(spec=None, key=key, trace_context={}, error=error_from_validation(exc))
+    return Submission(spec=spec, key=key, trace_context={})
 
 
 class Scheduler(Service):
@@ -184,17 +197,17 @@ class Scheduler(Service):
     async def _fire(self, row: dict[str, Any], cron: Cron, at: datetime, now: datetime) -> bool:
         """Fire `row` for fire time `at` (one transaction); False when the schedule must be read
         again first (changed, or this process is fenced)."""
-        name = row["name"]
-        spec = JobSpec.model_validate(row["job"]).model_copy(update={"key": fire_key(name, at)})
-        if row["overlap"] == "cancel_previous":
+        name, key, pool = row["name"], fire_key(row["name"], at), row["pool"]
+        sub = _submission(row["job"], key)
+        if row["overlap"] == "cancel_previous" and sub.spec is not None:
             await self._cancel_previous(name)
         fence = self._fence()
         if self.leadership is not None and fence is None:
             return False  # the term ended meanwhile
         with _tracer.start_as_current_span("fire schedule", attributes={"orchestrator.schedule": name}):
-            sub = Submission(spec=spec, key=spec.key, trace_context=telemetry.inject())
+            sub.trace_context = telemetry.inject()
             try:
-                async with self.store.schedule_firing(name, spec.pool, sub.key or "", fence) as firing:
+                async with self.store.schedule_firing(name, pool, key, fence) as firing:
                     s = firing.schedule
                     if s["version"] != row["version"]:
                         raise ScheduleChanged(f"schedule {name!r} changed meanwhile")
@@ -216,7 +229,7 @@ class Scheduler(Service):
                 if fence is not None and self.leadership is not None:
                     self.leadership.deposed(fence.epoch)
                 return False
-        await self._count(decision, spec.pool, at, now)
+        await self._count(decision, pool, at, now)
         ended = [job for job in firing.admission.cancelled if job.state != "running"]
         if ended:  # its concurrency key's on_conflict cancelled jobs a runner held: their slots are free
             await announce_ended(self.store, self.bus, ended)
@@ -224,9 +237,10 @@ class Scheduler(Service):
 
     async def _decide(self, firing: Any, row: dict[str, Any], sub: Submission) -> Decision | None:
         """Admission's decision on the fire's job, or None when `overlap: skip` holds it back."""
+        if sub.spec is None:  # refused as the doors refuse an invalid spec
+            return Decision("rejected", error=sub.error)
         if row["overlap"] == "skip" and firing.live:
             return None
-        assert sub.spec is not None
         decisions: list[Decision | None] = [None]
         await Admission.decide(firing.admission, [(0, sub, sub.spec)], decisions)
         return decisions[0]

@@ -282,10 +282,10 @@ class Runner(Service):
             job = self._jobs.get(order.job_id)
             if job is None or job.ended:  # gone already, or only its report is on its way
                 continue
-            self.log.info("stopping %s: %s", order.job_id, order.detail, extra={"job_id": order.job_id})
             if order.why == "cancel_requested":
-                self._cancel(job)
+                self._cancel(job, order.detail)
             else:
+                self.log.info("stopping %s: %s", order.job_id, order.detail, extra={"job_id": order.job_id})
                 self._drop(job)
 
     # --- assignments ---------------------------------------------------------------------------
@@ -304,11 +304,15 @@ class Runner(Service):
     async def _on_cancel(self, event: JobCancelRequested) -> None:
         job = self._jobs.get(event.job_id)
         if job is not None and not job.ended:
-            self._cancel(job)
+            self._cancel(job, f"job {event.job_id} was cancelled")
 
-    def _cancel(self, job: Held) -> None:
+    def _cancel(self, job: Held, why: str) -> None:
         """Stop a cancelled job (its process group: SIGTERM, SIGKILL after the grace) and report
-        it `cancelled` (the report confirms the cancel; the slot is freed then)."""
+        it `cancelled` (the report confirms the cancel; the slot is freed then). Said once: the
+        order comes again on every heartbeat until the end is reported, all through the grace."""
+        if job.cancelled.is_set():
+            return
+        self.log.info("stopping %s: %s", job.event.job_id, why, extra={"job_id": job.event.job_id})
         job.cancelled.set()  # _execute stops the process
 
     async def _run(self, job: Held) -> None:

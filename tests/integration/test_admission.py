@@ -21,7 +21,7 @@ from orchestrator.store import Store
 from schemas.events import AdmissionResult
 from schemas.pools import PoolConfig
 from services.admission import Admission
-from tests.support import Listener, eventually
+from tests.support import Listener, call, eventually
 
 # What each door reports, normalized: (outcome or error code, error field, job id, retry-after seconds).
 Outcome = tuple[str, str | None, str | None, float | None]
@@ -35,10 +35,6 @@ async def put_pool(store: Store, bus: Bus, name: str, **config: Any) -> None:
 async def intake_drained(bus: Bus) -> bool:
     info = await bus.js.consumer_info(bus.subjects.intake_stream, "admission")
     return info.num_pending == 0 and info.num_ack_pending == 0
-
-
-async def outbox_empty(store: Store) -> bool:
-    return await store.outbox_depth() == 0
 
 
 async def rejections(store: Store) -> list[dict[str, Any]]:
@@ -71,8 +67,10 @@ def request_door(bus: Bus) -> Door:
 
 def jetstream_door(bus: Bus, store: Store, admitted: Listener, rejected: Listener) -> Door:
     """Publish with a unique Nats-Msg-Id (so JetStream's own dedup stays out of the way), wait
-    until the consumer has acked it, then read the news: an admission, a refusal, or neither
-    (an existing job is not news)."""
+    until the consumer has acked it, then read the decision where it was committed before the
+    ack: a refusal recorded in `rejections`, a new job, or the job already there (no news). The
+    news of a refusal or an admission must match it: its event is waited for, not looked up once
+    (a flush returns before the subscription's callback has run)."""
 
     async def send(body: bytes) -> Outcome:
         msg_id = secrets.token_hex(8)
@@ -80,23 +78,24 @@ def jetstream_door(bus: Bus, store: Store, admitted: Listener, rejected: Listene
             key = json.loads(body).get("key") or msg_id
         except (ValueError, AttributeError):
             key = msg_id
+        refused_before = len([r for r in await rejections(store) if r["key"] == key])
+        jobs_before = await store.job_list(pool=None, state=None, key=key, limit=1)
         await bus.submit(body, key=msg_id)
         await eventually(lambda: intake_drained(bus), what="the intake to be drained")
-        # The news was written with the decision; once relayed, a flush brings it here.
-        await eventually(lambda: outbox_empty(store), what="the news to be relayed")
-        await bus.flush()
-        for event in admitted.events:
-            if event.key == key:
-                admitted.events.remove(event)
-                return "admitted", None, str(event.job_id), None
-        for event in rejected.events:
-            if event.key == key:
-                rejected.events.remove(event)
-                [row] = [r for r in await rejections(store) if r["key"] == key]
-                assert (row["reason"], row["field"]) == (event.reason, event.field)
-                return event.reason, event.field, None, None
-        jobs = await store.job_list(pool=None, state=None, key=key, limit=1)
-        return "existing", None, str(jobs[0]["id"]), None
+        refused = [r for r in await rejections(store) if r["key"] == key]
+        if len(refused) > refused_before:
+            row = refused[0]  # newest first
+            event = await rejected.wait(lambda e: e.key == key)
+            rejected.events.remove(event)
+            assert (row["reason"], row["field"]) == (event.reason, event.field)
+            return event.reason, event.field, None, None
+        [job] = await store.job_list(pool=None, state=None, key=key, limit=1)
+        if jobs_before:
+            return "existing", None, str(job["id"]), None
+        event = await admitted.wait(lambda e: e.key == key)
+        admitted.events.remove(event)
+        assert event.job_id == job["id"]
+        return "admitted", None, str(job["id"]), None
 
     return send
 
@@ -171,6 +170,20 @@ async def test_a_command_that_is_not_a_list_of_strings_is_refused_at_every_door(
         assert (await door(body(pool="cpu", payload=payload)))[0] == "admitted", payload
 
 
+async def test_an_env_that_is_not_names_to_strings_is_refused_at_every_door(door: Door, store: Store, bus: Bus) -> None:
+    """`payload.env`, when given, maps non-empty names without '=' or NUL to strings: anything
+    else is refused at the door naming it. It was admitted, and the runner ran the job with 1 as
+    "1", null as "None", and `A=B` set as A."""
+    await put_pool(store, bus, "cpu")
+    bad = ({"A": 1}, {"A": None}, {"A": True}, {"A": ["x"]}, {"A=B": "x"}, {"": "x"}, {"A": "a\u0000"}, "A=1", ["A"])
+    for env in bad:
+        code, field, job_id, _ = await door(body(pool="cpu", payload={"command": ["env"], "env": env}))
+        assert (code, field, job_id) == ("invalid", "payload.env", None), env
+    assert await store.job_list(pool=None, state=None, key=None, limit=10) == []
+    for payload in ({"command": ["env"], "env": {"CI": "1", "EMPTY": "", "lower_case.dot": "x=y"}}, {"env": {}}):
+        assert (await door(body(pool="cpu", payload=payload)))[0] == "admitted", payload
+
+
 async def test_retry_after_follows_the_pools_recent_drain(
     http: aiohttp.ClientSession, store: Store, bus: Bus, settings: Settings
 ) -> None:
@@ -230,6 +243,35 @@ async def test_poison_is_terminated_recorded_and_never_redelivered(front: Runtim
     rejected = {reason: counted("orchestrator_jobs_rejected", reason=reason) for reason in ("malformed", "invalid")}
     assert rejected == {"malformed": 1, "invalid": 1}
     assert counted("orchestrator_jobs_admitted", pool="default") == 1
+
+
+async def test_an_invalid_jetstream_body_is_recorded_under_the_pool_it_named(
+    front: Runtime, bus: Bus, store: Store, http: aiohttp.ClientSession
+) -> None:
+    """A body that fails validation was recorded with `pool: null` (in `/v1/rejections` and its
+    JobRejected) though it named one. A JSON object with a string `pool` keeps it, and the news
+    goes to that pool's subject when a pool could be named so; else to `_invalid`, as before."""
+    await put_pool(store, bus, "cpu")
+    sent = {
+        "priority": (body(pool="cpu", priority="high"), "cpu"),
+        "bad-name": (body(pool="no such pool!", priority=1), "no such pool!"),
+        "not-a-string": (body(pool=5), None),
+        "not-an-object": (b'["cpu"]', None),
+        "malformed": (b'{"pool": "cpu", oops', None),
+    }
+    s = bus.subjects
+    async with Listener(bus, s.job_rejected.at("cpu")) as on_cpu, Listener(bus, s.job_rejected.at("_invalid")) as other:
+        for key, (sent_body, _) in sent.items():
+            await bus.submit(sent_body, key=key)
+        await eventually(lambda: intake_drained(bus), what="the intake to be drained")
+        _, answer = await call(http, "GET", "/v1/rejections")
+        assert {r["key"]: r["pool"] for r in answer["rejections"]} == {key: pool for key, (_, pool) in sent.items()}
+        told = await on_cpu.wait(lambda e: e.key == "priority")
+        assert (told.pool, told.field) == ("cpu", "priority")
+        for key, (_, pool) in sent.items():
+            if key != "priority":
+                assert (await other.wait(lambda e, key=key: e.key == key)).pool == pool, key
+    assert [e.key for e in on_cpu.events] == ["priority"]
 
 
 async def test_a_burst_past_max_active_sheds_exactly_the_excess(

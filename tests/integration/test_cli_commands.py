@@ -23,7 +23,7 @@ from app.cli import main
 from app.progress import CLEAR_LINE, Progress
 from app.runtime import Runtime
 from schemas.api import BlockedBy, JobDetail
-from tests.support import call, submit
+from tests.support import call, stubborn_job, submit
 
 ROOT = Path(__file__).resolve().parents[2]  # `python -m app.cli` here: the CLI of this tree
 Cli = Callable[..., Awaitable[tuple[int, str, str]]]
@@ -153,6 +153,17 @@ async def test_cancel_names_what_it_could_not_cancel(front_cli: Cli, http: aioht
     detail_only = {"blocked_by", "retry", "attempts"}  # GET's view of one job says more than a cancel's
     assert cancelled["state"] == "cancelled" and cancelled == {k: v for k, v in got.items() if k not in detail_only}
     assert (refused["error"]["code"], refused["error"]["field"]) == ("final", "id")
+
+
+async def test_jobs_shows_a_running_job_whose_cancel_is_pending(
+    cli: Cli, system_http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Its runner stops it after the kill grace (10 s: it ignores SIGTERM); meanwhile the table
+    says so, where it said plain `running`."""
+    job = await stubborn_job(system_http, tmp_path)
+    assert rows((await cli("jobs"))[1])[1][0][:2] == [job["id"], "running"]
+    assert (await cli("cancel", job["id"]))[1] == f"job {job['id']} cancel requested: its runner stops it\n"
+    assert rows((await cli("jobs"))[1])[1][0][:2] == [job["id"], "running (cancelling)"]
 
 
 async def test_jobs_filters_by_key(front_cli: Cli, http: aiohttp.ClientSession) -> None:

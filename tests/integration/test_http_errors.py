@@ -41,6 +41,8 @@ async def post(http: aiohttp.ClientSession, **kwargs: object) -> tuple[int, dict
         ({"json": {"pool": "default", "max_attempts": True}}, 422, "invalid", "max_attempts"),
         ({"json": {"pool": "default", "timeout_s": "30"}}, 422, "invalid", "timeout_s"),
         ({"json": {"pool": "default", "payload": {"command": "echo hi"}}}, 422, "invalid", "payload.command"),
+        ({"json": {"pool": "default", "payload": {"env": {"A": 1}}}}, 422, "invalid", "payload.env"),
+        ({"json": {"pool": "default", "payload": {"env": {"A=B": "1"}}}}, 422, "invalid", "payload.env"),
         ({"json": {"pool": "nowhere"}}, 422, "unsatisfiable", "pool"),
         ({"json": {"pool": "default", "labels": ["gpu"]}}, 422, "unsatisfiable", "labels"),
         ({"data": b"x" * 2_000_000}, 413, "too_large", None),
@@ -54,6 +56,14 @@ async def test_bad_submissions_are_refused_and_change_nothing(
     assert body["error"]["code"] == code
     assert body["error"]["field"] == field
     assert body["error"]["message"]
+    assert await store.job_list(pool=None, state=None, key=None, limit=10) == []
+
+
+async def test_a_bad_env_is_refused_naming_the_variable(http: aiohttp.ClientSession, store: Store) -> None:
+    for env, named in (({"PATH": "/bin", "A=B": "1"}, "'A=B'"), ({"RETRIES": 3}, "'RETRIES'")):
+        status, body, _ = await post(http, json={"pool": "default", "payload": {"command": ["env"], "env": env}})
+        assert (status, body["error"]["field"]) == (422, "payload.env"), body
+        assert named in body["error"]["message"], body
     assert await store.job_list(pool=None, state=None, key=None, limit=10) == []
 
 

@@ -18,6 +18,7 @@ from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.settings import SchedulerSettings, Settings
 from orchestrator.store import Store
+from schemas.schedules import ScheduleList
 from services.admission.scheduler import Scheduler, fire_key
 from tests import factories
 from tests.support import call, database_rows, eventually
@@ -90,6 +91,7 @@ async def test_bad_schedules_are_refused_naming_the_field_and_change_nothing(
         ({"cron": "* * * * *", "job": job(key="mine")}, "job"),
         ({"cron": "* * * * *", "job": job(run_at=(datetime.now(UTC) + timedelta(days=1)).isoformat())}, "job"),
         ({"cron": "* * * * *", "job": {"pool": "p", "priority": "high"}}, "job.priority"),
+        ({"cron": "* * * * *", "job": job(payload={"command": ["env"], "env": {"A": 1}})}, "job.payload.env"),
         ({"cron": "* * * * *", "colour": "red"}, "colour"),
     ):
         status, answer = await call(http, "PUT", "/v1/schedules/s", json={"job": job(), **body})
@@ -244,6 +246,42 @@ async def test_a_fire_the_pool_refuses_is_recorded_and_the_schedule_goes_on(
     assert view["last_skip_reason"].startswith("overloaded: ")
     assert datetime.fromisoformat(view["next_fire_at"]) == minute(clock, 1)
     assert scheduler.metrics.count("orchestrator_schedule_fires", outcome="rejected") == 1
+
+
+async def test_a_schedule_stored_before_env_was_checked_is_refused_at_its_fire_with_the_reason(
+    http: aiohttp.ClientSession, scheduler: Scheduler, store: Store, clock: ManualClock
+) -> None:
+    """Every fire validates the schedule's job again. One stored before `payload.env` was checked
+    (its env set in the table, as the API took it then) is refused at its next fire with the
+    reason recorded, and its schedule goes on, as do the other schedules of the round. It is
+    still shown as stored (GET and the list, read by the client's models too), so it can be
+    seen and fixed by a PUT."""
+    await put(http, "legacy", cron="* * * * *")
+    await put(http, "fine", cron="* * * * *", overlap="allow")
+    async with store.connection() as conn:
+        sql = "UPDATE schedules SET job = jsonb_set(job, '{payload,env}', $1) WHERE name = 'legacy'"
+        await conn.execute(sql, {"A": 1, "B=C": "x"})
+    clock.now = minute(clock, 1).timestamp()
+    await scheduler.tick()
+    assert await fired(store, "legacy") == []
+    assert len(await fired(store, "fine")) == 1
+    assert scheduler.metrics.count("orchestrator_schedule_fires", outcome="rejected") == 1
+    status, view = await call(http, "GET", "/v1/schedules/legacy")
+    assert status == 200, view
+    assert view["last_skip_reason"].startswith("invalid: payload.env: 'A' is 1: a value is a string"), view
+    assert view["job"]["payload"]["env"] == {"A": 1, "B=C": "x"}  # as stored
+    assert datetime.fromisoformat(view["next_fire_at"]) == minute(clock, 1)
+    status, listed = await call(http, "GET", "/v1/schedules")
+    assert status == 200, listed
+    shown = {s.name: s.job.payload.get("env") for s in ScheduleList.model_validate(listed).schedules}
+    assert shown == {"legacy": {"A": 1, "B=C": "x"}, "fine": None}
+
+    await put(http, "legacy", cron="* * * * *", job=job(payload={"command": ["env"], "env": {"A": "1"}}))
+    clock.now = minute(clock, 1).timestamp()
+    await scheduler.tick()
+    [legacy] = await fired(store, "legacy")
+    assert legacy["spec"]["payload"]["env"] == {"A": "1"}
+    assert len(await fired(store, "fine")) == 2
 
 
 async def test_the_timer_fires_on_time_and_is_set_again_when_a_schedule_changes(

@@ -8,6 +8,7 @@ refusal, which has no job row, is composed here (`rejected`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -20,6 +21,7 @@ from orchestrator.failpoints import failpoint
 from orchestrator.store.queries import Q
 from orchestrator.store.rows import Job
 from schemas.events import JobRejected
+from schemas.jobs import NAME_PATTERN
 
 # --- a door's refusal -------------------------------------------------------------------
 
@@ -32,10 +34,16 @@ class Outgoing(NamedTuple):
     durable: bool = True
 
 
+# A pool's name is a subject token; an invalid body's `pool` may be anything ('a.b', '*', ' ').
+_POOL_TOKEN = re.compile(NAME_PATTERN)
+
+
 def rejected(key: str | None, pool: str | None, reason: str, message: str, field: str | None) -> Outgoing:
-    """The news that a door refused a job (no job row exists)."""
+    """The news that a door refused a job (no job row exists), on its pool's subject when the
+    pool it named could be one, else on `_invalid` (no pool is named so)."""
     event = JobRejected(key=key, pool=pool, reason=reason, message=message, field=field)
-    return Outgoing(Subjects.job_rejected.at(pool or "_invalid"), event)
+    token = pool if pool is not None and _POOL_TOKEN.fullmatch(pool) else "_invalid"
+    return Outgoing(Subjects.job_rejected.at(token), event)
 
 
 async def write(conn: asyncpg.Connection, news: Sequence[Outgoing]) -> None:
