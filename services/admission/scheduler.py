@@ -39,6 +39,7 @@ from orchestrator.bus import Bus
 from orchestrator.clock import SYSTEM_CLOCK, Clock
 from orchestrator.cron import BadCron, Cron, plan
 from orchestrator.errors import OrchestratorError
+from orchestrator.failpoints import failpoint
 from orchestrator.leadership import Leadership, leads, sweep_on_gain
 from orchestrator.lifecycle import Service, every
 from orchestrator.metrics import Metrics
@@ -132,6 +133,8 @@ class Scheduler(Service):
                 await self.tick()
             except OrchestratorError as exc:  # the sweep tries again
                 self.log.warning("schedule round failed: %s", exc)
+            except Exception:  # a defect: this round is lost, not every later one (the sweep wakes it)
+                self.log.exception("schedule round failed")
 
     async def tick(self) -> None:
         """Handle every fire time due now, then set the timer for the next one."""
@@ -143,7 +146,12 @@ class Scheduler(Service):
                 now = datetime.fromtimestamp(self.clock.time(), UTC)
                 due = await self.store.schedules_due(now, self.config.batch)
                 for row in due:
-                    await self._handle(row, now)
+                    try:
+                        await self._handle(row, now)
+                    except OrchestratorError:  # Postgres or NATS away: the whole round waits
+                        raise
+                    except Exception:  # a defect in one schedule's fire: the others still fire
+                        self.log.exception("schedule %r: its fire failed; tried again next round", row["name"])
                 if len(due) < self.config.batch:
                     break
             await self._arm()
@@ -197,6 +205,7 @@ class Scheduler(Service):
     async def _fire(self, row: dict[str, Any], cron: Cron, at: datetime, now: datetime) -> bool:
         """Fire `row` for fire time `at` (one transaction); False when the schedule must be read
         again first (changed, or this process is fenced)."""
+        failpoint("scheduler.fire")
         name, key, pool = row["name"], fire_key(row["name"], at), row["pool"]
         sub = _submission(row["job"], key)
         if row["overlap"] == "cancel_previous" and sub.spec is not None:
