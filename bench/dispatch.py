@@ -15,9 +15,10 @@
 5. head-of-line: submit → assigned of a matching job with 0 and with 100,000 non-matching
    jobs queued ahead of it (higher priority), all of one shape, and each of its own shape
    (a distinct tenant each: a shape is what `job_shapes` holds, pool, labels, tenant and
-   tolerations); at once (`hol_ratio`, `hol_ratio_distinct_shapes`: Postgres plans from stale
-   statistics and autovacuums meanwhile) and with the backlog settled, vacuumed and analyzed as
-   autovacuum does within a minute or so (`..._settled`).
+   tolerations); at once (`hol_ratio`, `hol_ratio_distinct_shapes`: Postgres autovacuums
+   meanwhile, and plans from the statistics the admitting process brought up to date after the
+   burst: orchestrator/store/statistics.py) and with the backlog settled, vacuumed and analyzed
+   as autovacuum does within a minute or so (`..._settled`).
 6. delayed jobs: due → start latency of jobs given a `run_at` each, their times spread over a
    few seconds (`due_to_start_ms_delayed`): from the time a job fell due to the start Postgres
    recorded; only dispatch's timer starts them (no admission or free slot wakes it then).
@@ -173,9 +174,9 @@ async def throughput(
 async def head_of_line(runtime: Runtime, ahead: int, samples: int, shapes: int = 1) -> tuple[float, float]:
     """Median ms from admission to assignment of a matching job with `ahead` unrunnable jobs
     queued, spread over `shapes` shapes (distinct tenants): measured twice, at once (`fresh`:
-    Postgres has not yet vacuumed or analyzed that many new rows, so it plans from stale
-    statistics) and `settled`, after the VACUUM ANALYZE autovacuum would make within a minute or
-    so. The backlog is then deleted, so the scenarios after it start settled too."""
+    Postgres has not yet vacuumed that many new rows; the admitting process analyzed the burst)
+    and `settled`, after the VACUUM ANALYZE autovacuum would make within a minute or so. The
+    backlog is then deleted, so the scenarios after it start settled too."""
     store = runtime.store
     assert store is not None
     name = f"hol{ahead}" if shapes == 1 else f"hol{ahead}x{shapes}"

@@ -34,6 +34,7 @@ from orchestrator.store.queries import Q
 from orchestrator.store.retention import RetentionRows
 from orchestrator.store.runners import RunnerRows
 from orchestrator.store.schedules import ScheduleRows
+from orchestrator.store.statistics import FreshStatistics
 from orchestrator.store.take import TakeReads
 from orchestrator.store.transitions import Journal, Level, Transitions
 
@@ -112,6 +113,7 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
         lock_timeout_s: float | None = None,
         statement_cache_size: int = 100,
         log_transitions: Level = "info",
+        analyze_bursts: bool = True,
     ) -> None:
         self.dsn = dsn
         self._min_size, self._max_size = min_size, max_size
@@ -128,6 +130,8 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
         self._statement_cache_size = statement_cache_size
         self._pool: asyncpg.Pool | None = None
         self.transitions = Transitions(self, Journal(log_transitions))
+        # Analyzes what a burst of admissions grew (off: a test of plans on statistics older than the data).
+        self.statistics = FreshStatistics(self, enabled=analyze_bursts)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, dsn: str | None = None, max_size: int | None = None) -> Store:
@@ -160,6 +164,7 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
             raise StoreUnavailable(f"cannot connect to Postgres at {redact_url(self.dsn)}: {exc}") from exc
 
     async def close(self) -> None:
+        await self.statistics.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

@@ -154,7 +154,7 @@ async def test_a_step_over_a_burst_of_rate_limited_shapes_probes_each_on_statist
     the burst (autovacuum analyzes a minute or so later), the step's summary of the lanes held
     back once read the whole queued-jobs index for every lane, and each step of the pool ran into
     the statement timeout (30 s; more than 20 s for 30,000 lanes). Here under a 5 s timeout."""
-    store = Store(settings.database_url or "", max_size=2, statement_timeout_s=5.0)
+    store = Store(settings.database_url or "", max_size=2, statement_timeout_s=5.0, analyze_bursts=False)
     await store.connect()
     try:
         await factories.statistics_of_the_past(store)

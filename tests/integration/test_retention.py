@@ -263,7 +263,7 @@ async def test_the_search_for_empty_shapes_probes_each_shape_on_statistics_older
     minute or so after a burst). Planned from statistics that knew a few shapes, the search once
     read the whole queued-jobs index for every shape: a pass over 100,000 new shapes ran into the
     30 s statement timeout, both cores busy meanwhile. Here with 20,000 and a 2 s timeout."""
-    store = Store(settings.database_url or "", max_size=2, statement_timeout_s=2.0)
+    store = Store(settings.database_url or "", max_size=2, statement_timeout_s=2.0, analyze_bursts=False)
     await store.connect()
     try:
         await factories.statistics_of_the_past(store)

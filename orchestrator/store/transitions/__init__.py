@@ -128,6 +128,8 @@ class Transitions(RunnerEdges):
             yield tx
         news.committed()
         self._shapes.remember(tx.new_shapes)  # committed: safe to remember
+        self._store.statistics.added("job_shapes", tx.shapes_created)
+        self._store.statistics.added("jobs", len(tx.inserted))
         self._journal.record(tx.inserted, verb="admitted")
         # Jobs a new one of their key replaced (on_conflict): ended, or their runner told to stop.
         self._journal.record([job for job in tx.cancelled if job.state != JobState.running])

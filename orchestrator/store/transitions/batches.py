@@ -84,6 +84,7 @@ class AdmissionTx:
         self._shapes = shapes
         # Looked up in this transaction: remembered once it commits.
         self.new_shapes: dict[tuple[ShapesVersion, ShapeKey], int] = {}
+        self.shapes_created = 0  # of those, the ones it created
         self.inserted: list[dict[str, Any]] = []  # the jobs admitted: logged once it commits
         self.cancelled: list[Job] = []  # jobs a new one of their key replaced: logged once it commits
 
@@ -120,10 +121,10 @@ class AdmissionTx:
             # In this transaction: the pool's admission lock already serializes its shape creation
             # (and keeps the pruner from deleting the shape before the job is in).
             args = (key[0], list(key[1]), key[2], list(key[3]), key[4], key[5])
-            shape_id = await self._conn.fetchval(Q["job_shape_insert"], *args) or await self._conn.fetchval(
-                Q["job_shape_get"], *args
-            )
+            created = await self._conn.fetchval(Q["job_shape_insert"], *args)
+            shape_id = created or await self._conn.fetchval(Q["job_shape_get"], *args)
             self.new_shapes[(version, key)] = shape_id
+            self.shapes_created += created is not None
         return shape_id
 
     async def rate_limits_known(self, keys: Sequence[str]) -> set[str]:
