@@ -36,14 +36,16 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class Signals:
-    """SIGINT and SIGTERM from now on: the first asks for a graceful stop (`stop` is set), the
-    next for a stop at once (`now`), which `stopping` passes on to what is stopping."""
+    """SIGINT, SIGTERM and SIGHUP (a closed terminal) from now on: the first asks for a graceful
+    stop (`stop` is set), the next for a stop at once (`now`), which `stopping` passes on to what
+    is stopping. SIGHUP too: the embedded nats-server is in a session of its own, out of reach of
+    the terminal's hang-up, and only a stop of ours ends it."""
 
     def __init__(self) -> None:
         self.stop = asyncio.Event()
         self.now = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, self._received, sig)
 
     def _received(self, sig: signal.Signals) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from orchestrator.errors import ConfigurationError
 from orchestrator.settings import Retention
@@ -103,14 +103,19 @@ def resolve(name: str, registry: Mapping[str, ProvisionerFactory]) -> Provisione
     if name in registry:
         return registry[name]
     found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    factory: Any = None
     try:
         if found:
-            return next(iter(found)).load()
-        if ":" in name:
+            factory = next(iter(found)).load()
+        elif ":" in name:
             module, _, attr = name.partition(":")
-            return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"provisioner {name!r} cannot be loaded: {exc}") from exc
+            factory = getattr(importlib.import_module(module), attr)
+    except (Exception, SystemExit) as exc:  # anything a module's import may raise, not only ImportError
+        raise ConfigurationError(f"provisioner {name!r} cannot be loaded: {type(exc).__name__}: {exc}") from exc
+    if factory is not None:
+        if not callable(factory):
+            raise ConfigurationError(f"provisioner {name!r} is not a factory: it is a {type(factory).__name__}")
+        return factory  # type: ignore[no-any-return]
     raise ConfigurationError(
         f"provisioner {name!r} is not known: use one of {sorted(registry)}, an entry point in the group "
         f"{ENTRY_POINT_GROUP!r}, or an import path 'package.module:factory'"

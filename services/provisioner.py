@@ -202,9 +202,13 @@ class Provisioning(Service):
                 **credentials_env(self.bus.credentials),
             },
         )
-        fleet = resolve(name, self.factories)(ctx)
+        factory = resolve(name, self.factories)
+        try:
+            fleet = factory(ctx)
+        except Exception as exc:  # not a factory of provisioners after all (a callable of another kind)
+            raise ConfigurationError(f"provisioner {name!r} could not be made: {type(exc).__name__}: {exc}") from exc
         if not isinstance(fleet, Provisioner):
-            raise ConfigurationError(f"provisioner {name!r} of pool {pool!r} lacks spawn, count_live, stop or close")
+            raise ConfigurationError(f"provisioner {name!r} lacks spawn, count_live, stop or close")
         self._fleets[pool] = (name, fleet)
         return fleet
 

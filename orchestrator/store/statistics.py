@@ -6,10 +6,10 @@ new rows is invisible to the planner: 100,000 new tenants' shapes, planned as th
 statistics knew, made the claim's search for the shapes free runners can take AND the pool's
 whole index into its label lookup (12 ms a step instead of 4, the head-of-line figure 8.5 times
 the empty queue's). So admission counts what it adds, and once a table has grown by half of what
-its statistics know (and by at least `FLOOR` rows), this process analyzes it in the background:
-a burst costs a few ANALYZEs (each samples at most 30,000 rows), steady growth leaves it to
-autovacuum. Best effort: a failed or cut-short ANALYZE changes nothing but how fresh the
-statistics are, and the next burst tries again.
+its statistics know (and by at least `FLOOR` rows; until this process's first ANALYZE of it, by
+`FLOOR`), this process analyzes it in the background: a burst costs a few ANALYZEs (each samples
+at most 30,000 rows), steady growth leaves it to autovacuum. Best effort: a failed or cut-short
+ANALYZE changes nothing but how fresh the statistics are, and the next burst tries again.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class FreshStatistics:
             log.debug("analyzing %s after a burst failed: %s", table, exc)
 
     async def close(self) -> None:
+        self.enabled = False  # no ANALYZE begins on a store being closed
         for task in list(self._running.values()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -142,6 +142,7 @@ class Scheduler(Service):
             if not self.running or not leads(self.leadership):
                 self._disarm()
                 return
+            failed = False
             for _ in range(_MAX_BATCHES):  # a full batch may mean more are due (not: none advanced)
                 now = datetime.fromtimestamp(self.clock.time(), UTC)
                 due = await self.store.schedules_due(now, self.config.batch)
@@ -151,19 +152,21 @@ class Scheduler(Service):
                     except OrchestratorError:  # Postgres or NATS away: the whole round waits
                         raise
                     except Exception:  # a defect in one schedule's fire: the others still fire
+                        failed = True
                         self.log.exception("schedule %r: its fire failed; tried again next round", row["name"])
                 if len(due) < self.config.batch:
                     break
-            await self._arm()
+            # A fire that failed is still due: the next round comes a sweep later, not at once.
+            await self._arm(self.timings.sweep_interval_s if failed else _MIN_WAIT_S)
 
-    async def _arm(self) -> None:
+    async def _arm(self, min_wait_s: float = _MIN_WAIT_S) -> None:
         self._disarm()
         at = await self.store.schedule_next_fire()
         if at is None:
             return
-        self.armed_for = at.timestamp()
-        delay = max(_MIN_WAIT_S, at.timestamp() - self.clock.time())
-        self._timer = asyncio.get_running_loop().call_later(delay, self.wake)
+        now = self.clock.time()
+        self.armed_for = max(at.timestamp(), now + min_wait_s)
+        self._timer = asyncio.get_running_loop().call_later(self.armed_for - now, self.wake)
 
     def _disarm(self) -> None:
         if self._timer is not None:

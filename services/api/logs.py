@@ -12,7 +12,7 @@ same URL); a last `end` event says the output is complete, so the browser stops 
 A follower wakes on each chunk published for the job and on the job's news (finished, expired);
 it also checks the job every `CHECK_EVERY_S`, in case either was lost, and whether its client is
 still there. It ends when the server stops. A client that went away is no error: a follow ends
-quietly when a write finds it gone.
+quietly when a write finds it gone (`_delivered`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import asyncio
 import codecs
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 from uuid import UUID
 
@@ -66,11 +66,12 @@ class JobLogsView:
             if sse:
                 return await _events(request, headers, texts)
             response = web.StreamResponse(headers={**headers, "Content-Type": "text/plain; charset=utf-8"})
-            with contextlib.suppress(ConnectionResetError):  # its client has gone: nothing wrong here
-                await response.prepare(request)
-                async for text, _ in texts:
-                    await response.write(text)
-                await response.write_eof()
+            if not await _delivered(response.prepare(request)):
+                return response
+            async for text, _ in texts:
+                if not await _delivered(response.write(text)):
+                    return response
+            await _delivered(response.write_eof())
             return response
 
     async def _texts(
@@ -118,16 +119,26 @@ async def _events(
     of the last byte it carries in full, and an `end` event once the output is complete."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     async with sse_response(request, headers=headers) as events:
-        with contextlib.suppress(ConnectionResetError):  # its client has gone: nothing wrong here
-            async for text, end in texts:
-                piece = decoder.decode(text)
-                held = len(decoder.getstate()[0])  # an incomplete character waits for the next piece
-                if piece:
-                    await events.send(piece, id=str(end - held))
-            if tail := decoder.decode(b"", final=True):
-                await events.send(tail)
-            await events.send("", event="end")
+        async for text, end in texts:
+            piece = decoder.decode(text)
+            held = len(decoder.getstate()[0])  # an incomplete character waits for the next piece
+            if piece and not await _delivered(events.send(piece, id=str(end - held))):
+                return events
+        tail = decoder.decode(b"", final=True)
+        if tail and not await _delivered(events.send(tail)):
+            return events
+        await _delivered(events.send("", event="end"))
     return events
+
+
+async def _delivered(write: Awaitable[Any]) -> bool:
+    """Whether a write reached the client: False when it has gone (a follower that stopped, a tab
+    closed), which is no error of ours. Only writes: a reset from upstream (NATS, Postgres) is one."""
+    try:
+        await write
+    except ConnectionResetError:
+        return False
+    return True
 
 
 async def _either(stored: asyncio.Event, news: asyncio.Queue[Any], timeout: float) -> bool:

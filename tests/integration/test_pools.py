@@ -74,6 +74,8 @@ async def test_put_patch_and_get_pools(http: aiohttp.ClientSession, bus: Bus) ->
         ("PUT", {"json": {"provisioner": "nowhere"}}, 422, "invalid", "provisioner"),
         ("PATCH", {"json": {"provisioner": "nowhere"}}, 422, "invalid", "provisioner"),
         ("PATCH", {"json": {"provisioner": "no_such_module:factory"}}, 422, "invalid", "provisioner"),
+        # Loads, but is no factory (a string).
+        ("PUT", {"json": {"provisioner": "os:sep"}}, 422, "invalid", "provisioner"),
     ],
 )
 async def test_bad_pool_bodies_name_the_field_and_change_nothing(

@@ -11,6 +11,7 @@ running job killed by the runner's fence and run again).
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,3 +108,38 @@ async def test_a_second_sigint_stops_at_once_and_the_job_runs_after_the_next_sta
         assert (again["state"], again["attempt"]) == ("succeeded", 2), again
     finally:
         await up.close()
+
+
+def nats_servers_of(data: Path) -> list[int]:
+    """The pids of the nats-servers `up` started on `data` (their store is under it)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile
+            continue
+        if args and args[0].endswith(b"nats-server") and any(str(data).encode() in a for a in args):
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+async def test_a_hang_up_stops_gracefully_with_the_embedded_nats(data: Path) -> None:
+    """A closed terminal sends its session SIGHUP. The embedded nats-server is in a session of its
+    own (so a Ctrl-C does not stop it under the drain): SIGHUP must stop `up` as SIGTERM does, or
+    `up` died at once and left nats-server running, holding its port and its store."""
+    up = processes.up(data, own_group=True)
+    up.start()
+    try:
+        await up.ready(processes.UP_READY_S)
+        assert nats_servers_of(data)
+        up.signal_group(signal.SIGHUP)
+        assert await up.wait_exit(30) == 0
+
+        async def nats_gone() -> bool:
+            return not nats_servers_of(data)
+
+        await eventually(nats_gone, timeout=10, what="the embedded nats-server to stop with up")
+    finally:
+        await up.close()
+        for pid in nats_servers_of(data):  # what the old code left behind
+            os.kill(pid, signal.SIGKILL)
