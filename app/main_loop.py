@@ -1,6 +1,6 @@
 """What every process of the application does around its work: its log set up with its secrets
-redacted, an event loop (uvloop where it exists), and SIGINT / SIGTERM: the first stops it
-gracefully, a second at once (Ctrl-C twice)."""
+redacted, an event loop (uvloop where it exists), and SIGINT / SIGTERM / SIGHUP: the first stops
+it gracefully, a second at once (Ctrl-C twice)."""
 
 from __future__ import annotations
 
