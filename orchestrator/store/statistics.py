@@ -19,6 +19,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Literal
 
+from orchestrator.store.queries import Q
+
 if TYPE_CHECKING:
     from orchestrator.store.store import Store
 
@@ -56,8 +58,8 @@ class FreshStatistics:
     async def _analyze(self, table: Table) -> None:
         try:
             async with self._store.connection() as conn:
-                await conn.execute(f"ANALYZE {table}")  # a name of `Table`, never input
-                known = await conn.fetchval("SELECT reltuples FROM pg_class WHERE oid = $1::regclass", table)
+                await conn.execute(Q[f"{table}_analyze"])
+                known = await conn.fetchval(Q["table_rows_known"], table)
             self._threshold[table] = max(FLOOR[table], int(max(known or 0, 0) * SHARE))
         except Exception as exc:  # best effort: autovacuum analyzes it later anyway
             log.debug("analyzing %s after a burst failed: %s", table, exc)
