@@ -227,15 +227,24 @@ async def test_submit_wait_tells_on_stderr_why_the_job_waits(front: Runtime, htt
 async def test_ctrl_c_stops_the_wait_not_the_job_and_says_so(front: Runtime, http: aiohttp.ClientSession) -> None:
     """`submit --wait` interrupted (SIGINT) exits 130 and says how to stop the job, which it leaves be."""
     await call(http, "PUT", "/v1/pools/default", json={})
-    env = {**os.environ, "ORCH_URL": front.http_url or ""}
+    # PYTHONFAULTHANDLER: a CLI that never says it waits is aborted with every thread's stack on
+    # its stderr, which the failure then shows (it failed so, now and then, in full runs only).
+    env = {**os.environ, "ORCH_URL": front.http_url or "", "PYTHONFAULTHANDLER": "1"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "app.cli", "submit", "--wait", "--", "echo", "never", cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None
     try:
+        async with asyncio.timeout(60):
+            first = await proc.stderr.readline()  # it waits: "orchestrator: job <id> ..."
+    except TimeoutError:
+        proc.send_signal(signal.SIGABRT)
+        out, err = await proc.communicate()
+        raise AssertionError(f"submit --wait said nothing in 60 s; stdout {out!r}, stderr:\n{err.decode()}") from None
+    try:
+        job_id = first.decode().split()[2]
         async with asyncio.timeout(30):
-            job_id = (await proc.stderr.readline()).decode().split()[2]  # it waits: "orchestrator: job <id> ..."
             proc.send_signal(signal.SIGINT)
             _, err = await proc.communicate()
     finally:
