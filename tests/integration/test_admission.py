@@ -82,7 +82,15 @@ def jetstream_door(bus: Bus, store: Store, admitted: Listener, rejected: Listene
         jobs_before = await store.job_list(pool=None, state=None, key=key, limit=1)
         await bus.submit(body, key=msg_id)
         await eventually(lambda: intake_drained(bus), what="the intake to be drained")
-        refused = [r for r in await rejections(store) if r["key"] == key]
+
+        async def decided() -> tuple[list[dict[str, Any]]] | None:
+            # The consumer's counts may be read before the message is counted: wait for the decision.
+            refused = [r for r in await rejections(store) if r["key"] == key]
+            if len(refused) > refused_before or jobs_before:
+                return (refused,)
+            return (refused,) if await store.job_list(pool=None, state=None, key=key, limit=1) else None
+
+        (refused,) = await eventually(decided, what="the intake message to be decided")
         if len(refused) > refused_before:
             row = refused[0]  # newest first
             event = await rejected.wait(lambda e: e.key == key)
