@@ -203,8 +203,14 @@ EXPLAIN_NESTED = {
 
 async def claim_rows_read(store: Store, pool: str, index: str = "jobs_queued_idx") -> int:
     """The rows a claim step of `pool` (limit 10) reads from `index`, from the plans of the claim's
-    statements: auto_explain sends those inside the function to this session as notices, in a
-    transaction rolled back (it runs the claim), so nothing is claimed."""
+    statements (`claim_plans`)."""
+    return sum(_rows_read_from(plan, index) for plan in await claim_plans(store, pool))
+
+
+async def claim_plans(store: Store, pool: str) -> list[Any]:
+    """The plans, with actual rows, of the statements a claim step of `pool` (limit 10) runs:
+    auto_explain sends those inside the function to this session as notices, in a transaction
+    rolled back (it runs the claim), so nothing is claimed."""
     notices: list[str] = []
 
     def heard(_conn: object, message: Any) -> None:
@@ -224,7 +230,17 @@ async def claim_rows_read(store: Store, pool: str, index: str = "jobs_queued_idx
             conn.remove_log_listener(heard)
     plans = [json.loads(n.split("plan:", 1)[1]) for n in notices if "plan:" in n]
     assert plans, "auto_explain sent no plan of the claim"
-    return sum(_rows_read_from(plan, index) for plan in plans)
+    return plans
+
+
+def relations_read(plan: object) -> set[str]:
+    """Every table a plan (of `claim_plans`) reads."""
+    if isinstance(plan, dict):
+        found = {plan["Relation Name"]} if "Relation Name" in plan else set()
+        return found.union(*(relations_read(value) for value in plan.values()))
+    if isinstance(plan, list):
+        return set().union(*(relations_read(value) for value in plan))
+    return set()
 
 
 def _rows_read_from(plan: object, index: str) -> int:

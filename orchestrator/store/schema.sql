@@ -413,6 +413,13 @@ BEGIN
         END IF;
         budget := least(budget, 1);
     END IF;
+    -- Nothing queued (most wakes after a job ended find none): no runner, lane or key to read.
+    IF NOT EXISTS (SELECT 1 FROM jobs j WHERE j.pool = p_pool AND j.state = 'queued') THEN
+        status := 'no_job';
+        in_flight := busy;
+        RETURN NEXT;
+        RETURN;
+    END IF;
     -- Runners with free slots, in groups that can take the same jobs; in a leader-mode pool only
     -- its elected leader. Each group's members freest first.
     FOR grp IN

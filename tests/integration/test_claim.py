@@ -6,7 +6,7 @@ from __future__ import annotations
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from tests import factories
-from tests.support import claim_rows_read
+from tests.support import claim_plans, claim_rows_read, relations_read
 
 
 async def test_budget_is_the_lesser_of_cap_and_free_slots(store: Store) -> None:
@@ -28,13 +28,26 @@ async def test_budget_is_the_lesser_of_cap_and_free_slots(store: Store) -> None:
 
 async def test_no_runner_no_job_paused_unknown(store: Store) -> None:
     await factories.pool(store)
-    assert (await store.transitions.claim("default", 10)).status == "no_runner"
-    await factories.runner(store, "r1")
-    assert (await store.transitions.claim("default", 10)).status == "no_job"
+    assert (await store.transitions.claim("default", 10)).status == "no_job"  # nothing queued, no runner
     await factories.queue(store, 1)
+    assert (await store.transitions.claim("default", 10)).status == "no_runner"
     await factories.pool(store, paused=True)
     assert (await store.transitions.claim("default", 10)).status == "paused"
     assert (await store.transitions.claim("nowhere", 10)).status == "unknown_pool"
+
+
+async def test_a_step_with_nothing_queued_reads_no_runner_or_shape(store: Store) -> None:
+    """Most wakes under light load come after a job ended, with none waiting: such a step stops
+    at the pool's row, before the runners' free slots, the lanes and the keys are read."""
+    await factories.pool(store)
+    for i in range(20):
+        await factories.runner(store, f"r{i}")
+    [job] = await factories.queue(store, 1)
+    assert {"runners", "job_shapes"} <= relations_read(await claim_plans(store, "default"))
+    await store.transitions.cancel(job)
+    read = relations_read(await claim_plans(store, "default"))
+    assert read.isdisjoint({"runners", "job_shapes"}), f"a step with nothing queued read {sorted(read)}"
+    assert (await store.transitions.claim("default", 10)).status == "no_job"
 
 
 async def test_runnable_job_is_found_without_scanning_unrunnable_ones(store: Store) -> None:
