@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -221,6 +222,42 @@ async def test_submit_wait_tells_on_stderr_why_the_job_waits(front: Runtime, htt
     assert proc.returncode == 1
     assert out == b""
     assert rest.decode().splitlines()[-1] == f"orchestrator: job {job_id} cancelled"
+
+
+# The CLI as a terminal starts it, with Ctrl-C's default handling. A process started in the
+# background (`nohup make test &`, a CI runner) ignores SIGINT, its children inherit that, and a
+# Python that starts with SIGINT ignored never turns it into KeyboardInterrupt: the CLI would not
+# hear the test's Ctrl-C at all.
+AS_ON_A_TERMINAL = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('app.cli', run_name='__main__')"
+)
+
+
+async def test_ctrl_c_stops_the_wait_not_the_job_and_says_so(front: Runtime, http: aiohttp.ClientSession) -> None:
+    """`submit --wait` interrupted (SIGINT) exits 130 and says how to stop the job, which it leaves be."""
+    await call(http, "PUT", "/v1/pools/default", json={})
+    env = {**os.environ, "ORCH_URL": front.http_url or ""}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", AS_ON_A_TERMINAL, "submit", "--wait", "--", "echo", "never", cwd=ROOT, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(60):
+            first = await proc.stderr.readline()  # it waits: "orchestrator: job <id> ..."
+            job_id = first.decode().split()[2]
+            proc.send_signal(signal.SIGINT)
+            _, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130
+    assert err.decode().splitlines() == [
+        f"orchestrator: job {job_id} goes on without you: orchestrator cancel {job_id}"
+    ]
+    assert (await call(http, "GET", f"/v1/jobs/{job_id}"))[1]["state"] == "queued"
 
 
 def test_on_a_terminal_the_progress_line_is_rewritten_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
