@@ -324,9 +324,10 @@ class Admission(Service):
                 await msgs[0].nak(delay=self.config.retry_delay_s)
                 return
         for sub, msg in zip(subs, msgs, strict=True):
-            # Input that does not parse is terminated: no redelivery can fix it.
+            # Input that does not parse is terminated: no redelivery can fix it. Not flushed: the
+            # acks leave in order, before the next pull, and one lost with the connection only
+            # brings its message back, decided again as the job its key already has.
             await (msg.term() if sub.spec is None else msg.ack())
-        await self.bus.flush()
 
     def _parse(self, msg: Delivery) -> Submission:
         headers, seq = msg.headers, msg.stream_seq
