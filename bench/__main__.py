@@ -49,6 +49,8 @@ REFERENCES = [
     "graphile_worker_cpu_ms_per_job",
     "procrastinate_cpu_ms_per_job",
 ]
+# Where idle submit → start latency goes, stage by stage (p50 ms each: bench/dispatch.py).
+STAGES = [f"submit_to_start_ms_idle.stages_p50.{stage}" for stage in dispatch.STAGES]
 # The throughput run with every service its own process, beside the one-process figures.
 PROCESSES = ["processes.end_to_end_jobs_per_s", "processes.fraction_of_one_process", "processes.cpu_ms_per_job"]
 # The same, over 1, 2 and 4 dispatch shards, one dispatch instance each (bench/shards.py).
@@ -103,6 +105,7 @@ async def main(quick: bool) -> dict[str, Any]:
         print(f"  {key:<42} {value!s:>10}   goal {goal:<8} {_verdict(value, goal)}")
     sections = (
         ("beside the goals, and against the reference points", REFERENCES),
+        ("idle submit → start, stage by stage (p50)", STAGES),
         ("every service its own process", PROCESSES),
         ("over dispatch shards, a dispatch instance each", SHARDS),
     )

@@ -90,11 +90,23 @@ async def latency_at_load(runtime: Runtime, rate: float, seconds: float, name: s
         await until_announced(runtime, "finished", name, n, 120)
     rows = await fetch(
         store,
-        """SELECT (extract(epoch FROM started_at) - (payload->>'submitted_at')::float8) * 1000 AS ms
+        """SELECT (extract(epoch FROM started_at) - (payload->>'submitted_at')::float8) * 1000 AS ms,
+                  (extract(epoch FROM created_at) - (payload->>'submitted_at')::float8) * 1000 AS admitted,
+                  extract(epoch FROM assigned_at - created_at) * 1000 AS claimed,
+                  extract(epoch FROM acked_at - assigned_at) * 1000 AS acked,
+                  extract(epoch FROM started_at - acked_at) * 1000 AS started
            FROM jobs WHERE pool = $1""",
         name,
     )
-    return percentiles([float(r["ms"]) for r in rows])
+    # Where the time goes, stage by stage, from the row's own timestamps (each the start of the
+    # transaction that wrote it, so a stage holds the transaction before it): submit → admitted
+    # (the intake and the admission's queue), → claimed (the admission transaction, the wake and
+    # the claim), → acked (the hand-off and the runner's ack), → started (the start permission).
+    stages = {stage: percentiles([float(r[stage]) for r in rows])["p50"] for stage in STAGES if rows}
+    return {**percentiles([float(r["ms"]) for r in rows]), "stages_p50": stages}
+
+
+STAGES = ("admitted", "claimed", "acked", "started")
 
 
 async def wake_latency(runtime: Runtime, n: int) -> dict[str, Any]:
