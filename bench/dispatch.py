@@ -98,10 +98,11 @@ async def latency_at_load(runtime: Runtime, rate: float, seconds: float, name: s
            FROM jobs WHERE pool = $1""",
         name,
     )
-    # Where the time goes, stage by stage, from the row's own timestamps (each the start of the
-    # transaction that wrote it, so a stage holds the transaction before it): submit → admitted
-    # (the intake and the admission's queue), → claimed (the admission transaction, the wake and
-    # the claim), → acked (the hand-off and the runner's ack), → started (the start permission).
+    # Where the time goes, stage by stage, from the row's own timestamps (`created_at` is the
+    # admission transaction's start; the others are stamped by the statement that wrote them):
+    # submit → admitted (the intake and the admission's queue), → claimed (the admission
+    # transaction, the wake and the claim), → acked (the hand-off and the runner's ack), → started
+    # (the start permission).
     stages = {stage: percentiles([float(r[stage]) for r in rows])["p50"] for stage in STAGES if rows}
     return {**percentiles([float(r["ms"]) for r in rows]), "stages_p50": stages}
 
