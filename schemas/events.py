@@ -200,15 +200,11 @@ class RunnerHeartbeat(Envelope):
 
 class RunnerDraining(Envelope):
     """From a runner that is leaving (stopping, or a one-shot worker that took its one job): it
-    takes nothing more. Sent again once it has stopped, with `running`: the jobs it still runs
-    (none, unless it could not stop them); every other job held against it is released at once,
-    as at its next registration, rather than when it is found lost. Answered with a `Reply` once
-    recorded."""
+    takes nothing more. Answered with a `Reply` once recorded."""
 
     type: Literal["RunnerDraining"] = "RunnerDraining"
     runner_id: str
     pool: str
-    running: list[UUID] | None = None
 
 
 class RunnerTaintsChanged(Envelope):

@@ -165,9 +165,6 @@ class Capacity(Service):
         row = await self.store.runner_drain(event.runner_id)
         if row is not None:
             await self.elect(row["pool"])
-        if event.running is not None:  # it has stopped: what it killed runs again now, not once it is lost
-            released = await self.store.transitions.runner_stopped(event.runner_id, event.running)
-            await self._announce_free({job.pool for job in released}, released)
         return OK
 
     async def _on_taints_changed(self, event: RunnerTaintsChanged) -> None:

@@ -9,9 +9,9 @@ the slot is held until the job is cancelled or its timeout runs out. The fence o
 heartbeats' silence is liveness.py; the start and end requests, asked until answered, reports.py.
 
 On stop it drains: it tells capacity it takes nothing more (so a leader-mode pool elects another
-leader at once), running jobs get `stop_timeout_s` to finish, then are killed, and capacity is
-told so: it releases them at once, as a loss (if that notice is lost, the lost-runner sweep
-does). Hurried (a second Ctrl-C), it kills them at once.
+leader at once), running jobs get `stop_timeout_s` to finish, then are killed and left for the
+next registration (or the lost-runner sweep) to release. Hurried (a second Ctrl-C), it kills
+them at once.
 
 With `once` it is a provisioned worker (seed 001): it takes exactly one job, drains as soon as
 it has it (so its slot is never offered again), and sets `finished` when that job has ended, or
@@ -171,8 +171,6 @@ class Runner(Service):
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            if pending:  # what it killed is released now, not once this runner is found lost
-                await self._drain(running=[i for i, job in self._jobs.items() if job.task and not job.task.done()])
         await self._watchdog.close()
 
     async def _until_done(self, tasks: list[asyncio.Task[None]], timeout: float) -> set[asyncio.Task[None]]:
@@ -211,10 +209,9 @@ class Runner(Service):
         self._liveness.acknowledged()
         self._obey(reply.stop)
 
-    async def _drain(self, running: list[UUID] | None = None) -> None:
-        """Tell capacity this runner takes nothing more; once stopped, that it still runs only
-        `running` (best effort: the lost sweep covers silence)."""
-        event = RunnerDraining(runner_id=self.runner_id, pool=self.pool, running=running)
+    async def _drain(self) -> None:
+        """Tell capacity this runner takes nothing more (best effort: the lost sweep covers silence)."""
+        event = RunnerDraining(runner_id=self.runner_id, pool=self.pool)
         try:
             await self.bus.request(self.bus.subjects.runner_drain, event, DRAIN_TIMEOUT_S)
         except Exception as exc:  # leaving anyway (NATS may be gone too)

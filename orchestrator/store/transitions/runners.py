@@ -50,14 +50,6 @@ class RunnerEdges(Edges):
         self._journal.record(released, why="runner_restarted")
         return Reconciled(runner.pool, None, released, stop)
 
-    async def runner_stopped(self, runner_id: str, held: Sequence[UUID]) -> list[Job]:
-        """The runner has stopped, still running only `held`: release what Postgres holds against
-        it besides (edges assigned -> queued, running -> queued | failed | cancelled, as on a
-        loss: the jobs it killed at its stop timeout). Idempotent: what is released is not held
-        against it any more."""
-        args = ([runner_id], list(held), None)
-        return await self._edge("job_release_from_runners", args, why="runner_stopped", idempotent=True)
-
     async def heartbeat(self, beat: Heartbeat) -> Reconciled | None:
         """A runner's heartbeat, reconciled with Postgres in one transaction (None: the runner is
         unknown or was declared lost). Jobs Postgres has it holding that it does not list are
