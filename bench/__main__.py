@@ -102,7 +102,7 @@ async def main(quick: bool) -> dict[str, Any]:
     print("\ngoals (issues 8, 17, 19 and 23):")
     for key, goal in GOALS.items():
         value = _lookup(results, key)
-        print(f"  {key:<42} {value!s:>10}   goal {goal:<8} {_verdict(value, goal)}")
+        print(f"  {key:<46} {value!s:>10}   goal {goal:<8} {_verdict(value, goal)}")
     sections = (
         ("beside the goals, and against the reference points", REFERENCES),
         ("idle submit → start, stage by stage (p50)", STAGES),
@@ -112,7 +112,7 @@ async def main(quick: bool) -> dict[str, Any]:
     for title, keys in sections:
         print(f"{title}:")
         for key in keys:
-            print(f"  {key:<42} {_lookup(results, key)!s:>10}")
+            print(f"  {key:<46} {_lookup(results, key)!s:>10}")
     return results
 
 

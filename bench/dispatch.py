@@ -102,7 +102,8 @@ async def latency_at_load(runtime: Runtime, rate: float, seconds: float, name: s
     # admission transaction's start; the others are stamped by the statement that wrote them):
     # submit → admitted (the intake and the admission's queue), → claimed (the admission
     # transaction, the wake and the claim), → acked (the hand-off and the runner's ack), → started
-    # (the start permission).
+    # (the start permission). A start recorded before the ack stamps both: "acked" then holds the
+    # start permission, and "started" is 0.
     stages = {stage: percentiles([float(r[stage]) for r in rows])["p50"] for stage in STAGES if rows}
     return {**percentiles([float(r["ms"]) for r in rows]), "stages_p50": stages}
 

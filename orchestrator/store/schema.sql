@@ -327,8 +327,9 @@ END $$;
 -- A dispatch step's claim (edge queued -> assigned) in one call (issue 19): the fencing check, the
 -- pool's lock, its budget, the match and the assignment to runners together. One row version per
 -- claimed job (the runner is set by the claim itself). Rows: one per claimed job, status
--- 'dispatched', then one that sums the step up: its status (dispatched | no_job | no_runner, or
--- why it claimed nothing: fenced | unknown_pool | wrong_shard | paused | at_capacity |
+-- 'dispatched', then one that sums the step up: its status (dispatched | no_job, nothing queued or
+-- nothing the free runners take | no_runner, jobs wait and no runner has a slot; or why it
+-- claimed nothing: fenced | unknown_pool | wrong_shard | paused | at_capacity |
 -- throttled), `in_flight` after it (NULL for an unlimited pool), `due_in_s` (when the pool should
 -- be stepped again although nothing will announce it: its first job out of a retry backoff, a
 -- rate limit's next start, the pool's next start under max_starts_per_s; NULL: none), and the

@@ -326,7 +326,7 @@ class Admission(Service):
         for sub, msg in zip(subs, msgs, strict=True):
             # Input that does not parse is terminated: no redelivery can fix it. Not flushed: the
             # acks leave in order, before the next pull, and one lost with the connection only
-            # brings its message back, decided again as the job its key already has.
+            # brings its message back after ack_wait, to be decided again (as one job: its key).
             await (msg.term() if sub.spec is None else msg.ack())
 
     def _parse(self, msg: Delivery) -> Submission:

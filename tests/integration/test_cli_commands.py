@@ -246,6 +246,7 @@ async def test_ctrl_c_stops_the_wait_not_the_job_and_says_so(front: Runtime, htt
     try:
         async with asyncio.timeout(60):
             first = await proc.stderr.readline()  # it waits: "orchestrator: job <id> ..."
+            assert first.startswith(b"orchestrator: job "), first
             job_id = first.decode().split()[2]
             proc.send_signal(signal.SIGINT)
             _, err = await proc.communicate()

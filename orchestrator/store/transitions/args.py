@@ -154,7 +154,8 @@ class Fence(NamedTuple):
 @dataclass(frozen=True)
 class ClaimStep:
     """Why a dispatch step stopped, and what it claimed. `status` is one of
-    dispatched | no_job | no_runner | at_capacity | paused | unknown_pool | fenced
+    dispatched | no_job (nothing to claim, with or without runners) | no_runner (jobs wait, no
+    runner has a free slot for them) | at_capacity | paused | unknown_pool | fenced
     (a newer leader's epoch is stored: nothing was claimed) | wrong_shard (the pool is not the
     fence's shard's: nothing was claimed) | throttled (the pool's max_starts_per_s allows no
     start yet)."""
