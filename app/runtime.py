@@ -260,8 +260,8 @@ class Runtime:
 
     def hurry(self) -> None:
         """Make a stop under way finish at once (a second Ctrl-C): the runner kills its running
-        jobs now instead of waiting the stop timeout for them; they run again after the next
-        start (its registration, or the lost-runner sweep, requeues them)."""
+        jobs now instead of waiting the stop timeout for them, and tells capacity, which requeues
+        them at once (without that notice: the next start's registration, or the lost sweep)."""
         for service in self.services.values():
             service.hurry()
 

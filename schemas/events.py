@@ -207,6 +207,27 @@ class RunnerDraining(Envelope):
     pool: str
 
 
+class KilledJob(Model):
+    """An attempt a stopping runner killed: the job, and the attempt it had started."""
+
+    job_id: UUID
+    attempt: int = Field(ge=1)
+
+
+class RunnerStopped(Envelope):
+    """From a runner that has stopped, with the attempts it killed at its stop timeout (their
+    commands had started, and had not ended): released at once as lost, rather than when the
+    runner is found lost. Only those attempts, and only while still running on it: a notice that
+    comes late, after the runner restarted, touches nothing of its new life; a job whose end was
+    being reported is not among them. A subject of its own: where capacity is older, nobody
+    answers it, and the lost sweep releases the jobs as before. Answered with a `Reply`."""
+
+    type: Literal["RunnerStopped"] = "RunnerStopped"
+    runner_id: str
+    pool: str
+    killed: list[KilledJob] = Field(max_length=10_000)  # no more than its slots
+
+
 class RunnerTaintsChanged(Envelope):
     """An operator changed a runner's taints (committed): its pool's leader is re-elected."""
 

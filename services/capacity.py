@@ -61,6 +61,7 @@ from schemas.events import (
     RunnerDraining,
     RunnerHeartbeat,
     RunnerRegistered,
+    RunnerStopped,
     RunnerTaintsChanged,
     StopOrder,
 )
@@ -112,6 +113,7 @@ class Capacity(Service):
         await self._serve(s.runner_start, self._on_start)
         await self._serve(s.runner_finish, self._on_finish)
         await self._serve(s.runner_drain, self._on_drain)
+        await self._serve(s.runner_stopped, self._on_stopped)
         await self._serve(s.runner_taints_changed, self._on_taints_changed)
         await self._serve(s.pool_updated.any(), self._on_pool_updated)
         self.spawn(every(self.timings.sweep_interval_s, self.sweep, self.log, "runner sweep"), "sweep")
@@ -165,6 +167,16 @@ class Capacity(Service):
         row = await self.store.runner_drain(event.runner_id)
         if row is not None:
             await self.elect(row["pool"])
+        return OK
+
+    async def _on_stopped(self, event: RunnerStopped) -> Reply:
+        """What a stopped runner killed at its stop timeout runs again now, not once it is lost."""
+        released = await self.store.transitions.runner_stopped(
+            event.runner_id, [(k.job_id, k.attempt) for k in event.killed]
+        )
+        if released:
+            self.log.warning("released %d jobs runner %s killed as it stopped", len(released), event.runner_id)
+            await self._announce_free({job.pool for job in released}, released)
         return OK
 
     async def _on_taints_changed(self, event: RunnerTaintsChanged) -> None:

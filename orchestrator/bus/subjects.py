@@ -34,6 +34,7 @@ from schemas.events import (
     RunnerDraining,
     RunnerHeartbeat,
     RunnerRegistered,
+    RunnerStopped,
     RunnerTaintsChanged,
     SchedulesChanged,
     SlotAvailable,
@@ -68,6 +69,7 @@ class Subjects:
     runner_start = RequestTopic("runners.start", JobStarted, Reply)
     runner_finish = RequestTopic("runners.finish", JobFinished, Reply)
     runner_drain = RequestTopic("runners.drain", RunnerDraining, Reply)
+    runner_stopped = RequestTopic("runners.stopped", RunnerStopped, Reply)
     runner_taints_changed = Topic("runners.taints", RunnerTaintsChanged)
 
     # Wakes and news by pool, on core NATS.

@@ -9,9 +9,10 @@ the slot is held until the job is cancelled or its timeout runs out. The fence o
 heartbeats' silence is liveness.py; the start and end requests, asked until answered, reports.py.
 
 On stop it drains: it tells capacity it takes nothing more (so a leader-mode pool elects another
-leader at once), running jobs get `stop_timeout_s` to finish, then are killed and left for the
-next registration (or the lost-runner sweep) to release. Hurried (a second Ctrl-C), it kills
-them at once.
+leader at once), running jobs get `stop_timeout_s` to finish, then are killed, and capacity is
+told which attempts it killed (`RunnerStopped`), to release them at once; if that notice does
+not arrive, its next registration or the lost-runner sweep releases them. Hurried (a second
+Ctrl-C), it kills them at once.
 
 With `once` it is a provisioned worker (seed 001): it takes exactly one job, drains as soon as
 it has it (so its slot is never offered again), and sets `finished` when that job has ended, or
@@ -46,10 +47,12 @@ from schemas.events import (
     JobCancelRequested,
     JobFinished,
     JobStarted,
+    KilledJob,
     Reply,
     RunnerDraining,
     RunnerHeartbeat,
     RunnerRegistered,
+    RunnerStopped,
     StopOrder,
 )
 from schemas.jobs import JobState
@@ -161,16 +164,25 @@ class Runner(Service):
             timeout = self.timings.stop_timeout_s
             self.log.info("draining: waiting up to %g s for %d running jobs to finish", timeout, len(tasks))
             pending = await self._until_done(tasks, timeout)
-            if pending:  # run again once this runner is found gone (its next registration, or lost)
+            if pending:
                 hurried = self._hurry.is_set()
                 why = "stopping at once" if hurried else f"still running after {timeout:g} s"
                 self.log.log(logging.INFO if hurried else logging.WARNING, "killing %d jobs: %s", len(pending), why)
+            # Attempts whose command runs and has not ended: not one whose end is being reported
+            # (the report may have arrived), nor one not started (requeued unstarted, as before).
+            killed = [
+                KilledJob(job_id=job_id, attempt=job.event.attempt)
+                for job_id, job in self._jobs.items()
+                if job.task in pending and job.proc is not None and not job.ended
+            ]
             for job in list(self._jobs.values()):
                 if job.proc:  # its whole session: the leader may have exited, leaving children
                     signal_group(job.proc, signal.SIGKILL)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            if killed:
+                await self._tell_killed(killed)
         await self._watchdog.close()
 
     async def _until_done(self, tasks: list[asyncio.Task[None]], timeout: float) -> set[asyncio.Task[None]]:
@@ -216,6 +228,15 @@ class Runner(Service):
             await self.bus.request(self.bus.subjects.runner_drain, event, DRAIN_TIMEOUT_S)
         except Exception as exc:  # leaving anyway (NATS may be gone too)
             self.log.info("drain notice not delivered: %s", exc)
+
+    async def _tell_killed(self, killed: list[KilledJob]) -> None:
+        """Tell capacity which attempts it killed, to run again now (best effort: else its next
+        registration or the lost sweep releases them)."""
+        event = RunnerStopped(runner_id=self.runner_id, pool=self.pool, killed=killed)
+        try:
+            await self.bus.request(self.bus.subjects.runner_stopped, event, DRAIN_TIMEOUT_S)
+        except Exception as exc:  # leaving anyway (NATS may be gone, or capacity older)
+            self.log.info("stop notice not delivered: %s", exc)
 
     async def _idle_exit(self, timeout_s: float) -> None:
         """A worker nobody gave a job (another runner took it) must not hold a fleet slot forever."""

@@ -57,6 +57,26 @@ async def test_a_job_listed_again_loses_its_mark_and_is_kept(store: Store) -> No
     assert await state_of(store, job_id) == "running"
 
 
+async def test_a_stopped_runners_notice_releases_only_the_attempts_it_killed_however_late(store: Store) -> None:
+    """The notice names attempts (job, attempt): one that ended meanwhile, one the job never had,
+    and, once the runner restarted and took a job again, the older attempt of it, are left alone."""
+    killed, other, reported = await running(store, n=3)
+    await store.transitions.finish_many([End(reported, "r1", 1, JobState.succeeded, 0)])  # its report came first
+    released = await store.transitions.runner_stopped("r1", [(killed, 1), (other, 2), (reported, 1)])
+    assert [job.id for job in released] == [killed]
+    assert [await state_of(store, j) for j in (killed, other, reported)] == ["queued", "running", "succeeded"]
+    assert await store.transitions.runner_stopped("r1", [(killed, 1)]) == []  # told again: nothing more
+    # Its backoff over, the job goes to the same runner id again (restarted) as attempt 2: the
+    # old notice, arriving only now, does not touch it.
+    async with store.connection() as conn:
+        await conn.execute("UPDATE jobs SET not_before = NULL WHERE id = $1", killed)
+    [again] = (await store.transitions.claim("default", 1)).assignments
+    assert again["id"] == killed and await store.transitions.start_many([Start(killed, "r1", 2)])
+    assert await store.transitions.runner_stopped("r1", [(killed, 1)]) == []
+    job = await store.job_get(killed)
+    assert job is not None and (job["state"], job["attempt"]) == ("running", 2)
+
+
 async def test_a_released_job_without_attempts_left_fails_and_a_cancelled_one_ends_cancelled(store: Store) -> None:
     last, cancelled = await running(store, n=2, max_attempts=1)
     await store.transitions.cancel(cancelled)

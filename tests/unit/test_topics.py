@@ -30,6 +30,7 @@ CONTRACT = {
     "runner_start": "orch.v1.runners.start",
     "runner_finish": "orch.v1.runners.finish",
     "runner_drain": "orch.v1.runners.drain",
+    "runner_stopped": "orch.v1.runners.stopped",
     "runner_taints_changed": "orch.v1.runners.taints",
     "jobs_queued": "orch.v1.wakes.queued.*",
     "slot_available": "orch.v1.slots.available.*",

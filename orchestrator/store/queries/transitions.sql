@@ -212,9 +212,10 @@ RETURNING jobs AS job
 SELECT (c.job).* FROM changed c;
 
 -- Jobs held against runners that no longer hold them: runners lost ($1, nothing held), one that
--- registered again holding $2, or one whose heartbeats show it let them go ($3: the newest of
+-- registered again holding $2, one whose heartbeats show it let them go ($3: the newest of
 -- its heartbeats answered before this one was composed; only jobs a heartbeat marked at or
--- before it go, see job_mark_unheld). A cancelled job ends `cancelled`; an assigned one goes
+-- before it go, see job_mark_unheld), or one that stopped, killing the attempts $4/$5 (job ids,
+-- attempt numbers: only those, if still running on it). A cancelled job ends `cancelled`; an assigned one goes
 -- back to the queue as if never handed off; a running one is an attempt spent (`lost` in its
 -- history), requeued after its backoff if its retry policy retries `lost` (the default) and
 -- attempts remain, failed with `runner_lost` otherwise.
@@ -240,6 +241,8 @@ FROM (SELECT id, retry_s, CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancel
             WHERE runner_id = ANY($1::text[]) AND state IN ('assigned', 'running') AND NOT (id = ANY($2::uuid[]))
               AND ($3::bigint IS NULL
                    OR (unheld_seq <= $3 AND (state = 'running' OR acked_at IS NOT NULL)))
+              AND ($4::uuid[] IS NULL
+                   OR (state = 'running' AND (id, attempt) IN (SELECT * FROM unnest($4::uuid[], $5::int[]))))
             ORDER BY id FOR UPDATE) locked) d,
      (SELECT clock_timestamp() AS now) c
 WHERE j.id = d.id

@@ -41,7 +41,7 @@ class RunnerEdges(Edges):
                 )
             except asyncpg.ForeignKeyViolationError:
                 raise NotFound(f"pool {runner.pool!r} does not exist") from None
-            args = ([runner.runner_id], list(held), None)
+            args = ([runner.runner_id], list(held), None, None, None)
             released = await news.apply(conn, "job_release_from_runners", args)
             return released, await _stop_orders(conn, runner.runner_id, held)
 
@@ -49,6 +49,15 @@ class RunnerEdges(Edges):
         news.committed()
         self._journal.record(released, why="runner_restarted")
         return Reconciled(runner.pool, None, released, stop)
+
+    async def runner_stopped(self, runner_id: str, killed: Sequence[tuple[UUID, int]]) -> list[Job]:
+        """The runner stopped, killing these attempts (job id, attempt): those still running on it
+        are released (edge running -> queued | failed | cancelled, as on a loss). Idempotent, and
+        safe however late: an attempt released, ended or replaced by a newer one is not matched."""
+        if not killed:
+            return []
+        args = ([runner_id], [], None, [job_id for job_id, _ in killed], [attempt for _, attempt in killed])
+        return await self._edge("job_release_from_runners", args, why="runner_stopped", idempotent=True)
 
     async def heartbeat(self, beat: Heartbeat) -> Reconciled | None:
         """A runner's heartbeat, reconciled with Postgres in one transaction (None: the runner is
@@ -66,7 +75,7 @@ class RunnerEdges(Edges):
             released: list[Job] = []
             if beat.seq > before["heartbeat_seq"]:
                 if beat.acked_seq:
-                    args = ([beat.runner_id], held, beat.acked_seq)
+                    args = ([beat.runner_id], held, beat.acked_seq, None, None)
                     released = await news.apply(conn, "job_release_from_runners", args)
                 await conn.execute(Q["job_mark_unheld"], beat.runner_id, held, beat.seq)
             stop = await _stop_orders(conn, beat.runner_id, held)
@@ -89,7 +98,7 @@ class RunnerEdges(Edges):
             lost = [dict(r) for r in await conn.fetch(Q["runner_mark_lost"], ttl_s, now)]
             if not lost:
                 return [], []
-            args = ([r["id"] for r in lost], [], None)
+            args = ([r["id"] for r in lost], [], None, None, None)
             return lost, await news.apply(conn, "job_release_from_runners", args)
 
         lost, released = await self._transact(release, idempotent=True)
