@@ -51,6 +51,8 @@ REFERENCES = [
 ]
 # Where idle submit → start latency goes, stage by stage (p50 ms each: bench/dispatch.py).
 STAGES = [f"submit_to_start_ms_idle.stages_p50.{stage}" for stage in dispatch.STAGES]
+# CPU per job at the latency runs' steady rates: little is batched at a light load.
+LIGHT_LOAD = [f"submit_to_start_ms_{load}.cpu_ms_per_job" for load in ("idle", "at_30pct", "at_80pct")]
 # The throughput run with every service its own process, beside the one-process figures.
 PROCESSES = ["processes.end_to_end_jobs_per_s", "processes.fraction_of_one_process", "processes.cpu_ms_per_job"]
 # The same, over 1, 2 and 4 dispatch shards, one dispatch instance each (bench/shards.py).
@@ -106,6 +108,7 @@ async def main(quick: bool) -> dict[str, Any]:
     sections = (
         ("beside the goals, and against the reference points", REFERENCES),
         ("idle submit → start, stage by stage (p50)", STAGES),
+        ("CPU per job at a steady rate (ms)", LIGHT_LOAD),
         ("every service its own process", PROCESSES),
         ("over dispatch shards, a dispatch instance each", SHARDS),
     )

@@ -69,14 +69,19 @@ async def submit(runtime: Runtime, pools: Sequence[str], n: int, prefix: str) ->
 
 
 async def latency_at_load(runtime: Runtime, rate: float, seconds: float, name: str | None = None) -> dict[str, Any]:
-    """Submit → start latency (ms) with jobs offered at a steady `rate` per second. The producer's
-    submit time travels in the payload; the start time is the one Postgres recorded."""
+    """Submit → start latency (ms) with jobs offered at a steady `rate` per second, and the CPU
+    each job cost at that rate (at a light load little is batched: `cpu_ms_per_job` here is
+    several times the throughput run's). The producer's submit time travels in the payload; the
+    start time is the one Postgres recorded."""
     store, bus = runtime.store, runtime.bus
     assert store is not None and bus is not None
     name = name or f"load{round(rate)}"
     await pool(store, name, max_concurrent=-1, max_active=-1, labels=["sim"])
     n = max(1, round(rate * seconds))
+    kinds, complete = processes(runtime)
+    meter = cpu.Meter(kinds)
     async with simulated_runners(runtime, name, RUNNERS, SLOTS, ["sim"]):
+        meter.start()
         start = time.time()
         for i in range(n):
             delay = start + i / rate - time.time()
@@ -88,6 +93,7 @@ async def latency_at_load(runtime: Runtime, rate: float, seconds: float, name: s
             )
         await bus.js.publish_async_completed()
         await until_announced(runtime, "finished", name, n, 120)
+        used = meter.stop()
     rows = await fetch(
         store,
         """SELECT (extract(epoch FROM started_at) - (payload->>'submitted_at')::float8) * 1000 AS ms,
@@ -105,7 +111,7 @@ async def latency_at_load(runtime: Runtime, rate: float, seconds: float, name: s
     # (the start permission). A start recorded before the ack stamps both: "acked" then holds the
     # start permission, and "started" is 0.
     stages = {stage: percentiles([float(r[stage]) for r in rows])["p50"] for stage in STAGES if rows}
-    return {**percentiles([float(r["ms"]) for r in rows]), "stages_p50": stages}
+    return {**percentiles([float(r["ms"]) for r in rows]), "stages_p50": stages, **cpu.per_job(used, n, complete)}
 
 
 STAGES = ("admitted", "claimed", "acked", "started")

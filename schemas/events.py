@@ -211,13 +211,13 @@ class KilledJob(Model):
     """An attempt a stopping runner killed: the job, and the attempt it had started."""
 
     job_id: UUID
-    attempt: int = Field(ge=1)
+    attempt: Int32 = Field(ge=1)
 
 
 class RunnerStopped(Envelope):
     """From a runner that has stopped, with the attempts it killed at its stop timeout (their
-    commands had started, and had not ended): released at once as lost, rather than when the
-    runner is found lost. Only those attempts, and only while still running on it: a notice that
+    commands had started, and their ends were not being reported): released at once as lost,
+    rather than when the runner is found lost. Only those attempts, and only while still running on it: a notice that
     comes late, after the runner restarted, touches nothing of its new life; a job whose end was
     being reported is not among them. A subject of its own: where capacity is older, nobody
     answers it, and the lost sweep releases the jobs as before. Answered with a `Reply`."""
@@ -225,7 +225,9 @@ class RunnerStopped(Envelope):
     type: Literal["RunnerStopped"] = "RunnerStopped"
     runner_id: str
     pool: str
-    killed: list[KilledJob] = Field(max_length=10_000)  # no more than its slots
+    # What it held: its slots (at most 10,000), and jobs cancelled within their kill grace. A
+    # longer list is refused, and the lost sweep releases those jobs as before.
+    killed: list[KilledJob] = Field(max_length=20_000)
 
 
 class RunnerTaintsChanged(Envelope):

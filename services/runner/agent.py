@@ -168,8 +168,8 @@ class Runner(Service):
                 hurried = self._hurry.is_set()
                 why = "stopping at once" if hurried else f"still running after {timeout:g} s"
                 self.log.log(logging.INFO if hurried else logging.WARNING, "killing %d jobs: %s", len(pending), why)
-            # Attempts whose command runs and has not ended: not one whose end is being reported
-            # (the report may have arrived), nor one not started (requeued unstarted, as before).
+            # Attempts whose command was spawned and whose end is not being reported (that report
+            # may have arrived): not one never started (requeued unstarted, as before).
             killed = [
                 KilledJob(job_id=job_id, attempt=job.event.attempt)
                 for job_id, job in self._jobs.items()
@@ -232,8 +232,8 @@ class Runner(Service):
     async def _tell_killed(self, killed: list[KilledJob]) -> None:
         """Tell capacity which attempts it killed, to run again now (best effort: else its next
         registration or the lost sweep releases them)."""
-        event = RunnerStopped(runner_id=self.runner_id, pool=self.pool, killed=killed)
         try:
+            event = RunnerStopped(runner_id=self.runner_id, pool=self.pool, killed=killed)
             await self.bus.request(self.bus.subjects.runner_stopped, event, DRAIN_TIMEOUT_S)
         except Exception as exc:  # leaving anyway (NATS may be gone, or capacity older)
             self.log.info("stop notice not delivered: %s", exc)

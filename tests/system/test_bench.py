@@ -47,6 +47,7 @@ def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
         # Stage by stage, each timestamp of a job's row no earlier than the one before.
         stages = latency["stages_p50"]
         assert list(stages) == ["admitted", "claimed", "acked", "started"] and min(stages.values()) >= 0, stages
+        assert latency["cpu_ms_per_job"] > 0, share
     for key in ("hol_ratio", "hol_ratio_distinct_shapes", "hol_ratio_settled", "hol_ratio_distinct_shapes_settled"):
         assert results[key] > 0, key
     # Delayed jobs start after their time (a start before it would read negative), every one.

@@ -28,9 +28,15 @@ RATE = ("r", 5, 1.0)  # key, limit, period_s: one start per 0.2 s
 JOBS = 30
 
 
+# How long each job runs: k1's ten run one after another, so the drain outlasts the kill by
+# seconds, however late (a loaded machine) the test gets to it after the sixth success. With 0.1 s
+# a full suite once saw every job's last claim in the first term: the kill came after the drain.
+RUN_S = 0.4
+
+
 def spec(i: int, ran_log: Path) -> JobSubmitted:
     """Job i: of key k1, of key k2, or under the rate limit, in turn; each says it ran."""
-    command = ["sh", "-c", f'echo "$JOB" >> {ran_log}; sleep 0.1']
+    command = ["sh", "-c", f'echo "$JOB" >> {ran_log}; sleep {RUN_S}']
     flow: dict[str, object] = {"rate_limit_key": RATE[0]}
     if i % 3 < 2:
         key = f"k{i % 3 + 1}"

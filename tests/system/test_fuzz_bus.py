@@ -73,7 +73,8 @@ REQUESTS = [
     Door("runner start", S.runner_start, job),
     Door("runner finish", S.runner_finish, {**job, "state": "failed", "exit_code": 1, "reason": "r"}),
     Door("runner drain", S.runner_drain, {"runner_id": "ghost", "pool": NOWHERE}),
-    Door("runner stopped", S.runner_stopped, {"runner_id": "ghost", "pool": NOWHERE, "killed": []}),
+    Door("runner stopped", S.runner_stopped, {"runner_id": "ghost", "pool": NOWHERE,
+         "killed": [{"job_id": GHOST_JOB, "attempt": 1}]}),
     Door("runner assign", S.assign, {**job, "payload": {"command": ["true"]}, "timeout_s": 1}, _runner,
          only_refused=True),
 ]  # fmt: skip
