@@ -217,10 +217,10 @@ class KilledJob(Model):
 class RunnerStopped(Envelope):
     """From a runner that has stopped, with the attempts it killed at its stop timeout (their
     commands had started, and their ends were not being reported): released at once as lost,
-    rather than when the runner is found lost. Only those attempts, and only while still running on it: a notice that
-    comes late, after the runner restarted, touches nothing of its new life; a job whose end was
-    being reported is not among them. A subject of its own: where capacity is older, nobody
-    answers it, and the lost sweep releases the jobs as before. Answered with a `Reply`."""
+    rather than when the runner is found lost. Only those attempts, and only while still
+    running on it: a notice that comes late, after the runner restarted, touches nothing of its
+    new life. A subject of its own: where capacity is older, nobody answers it, and the lost
+    sweep releases the jobs as before. Answered with a `Reply`."""
 
     type: Literal["RunnerStopped"] = "RunnerStopped"
     runner_id: str
