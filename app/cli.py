@@ -134,6 +134,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _variable(text: str) -> tuple[str, str]:
+    """NAME=VALUE, as `env` takes it: split at the first '=' (the value may hold more)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"give NAME=VALUE, not {text!r}")
+    return name, value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="orchestrator",
@@ -190,6 +198,23 @@ def parser() -> argparse.ArgumentParser:
         help="what it does to its key's other jobs (default: queue)",
     )
     submit.add_argument("--rate-limit-key", help="a rate limit its start counts against (orchestrator rate-limit set)")
+    submit.add_argument(
+        "--env",
+        type=_variable,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set in its environment (repeatable)",
+    )
+    submit.add_argument("--cwd", help="the directory it runs in, on its runner (default: the runner's)")
+    submit.add_argument(
+        "--retry",
+        action="append",
+        choices=["lost", "failed", "timed_out"],
+        help="an attempt's end that starts another, while attempts remain (repeatable; default: lost)",
+    )
+    submit.add_argument("--max-attempts", type=int, help="attempts in all, the first included (default 3)")
+    submit.add_argument("--delay", type=float, metavar="SECONDS", help="not started before this many seconds from now")
     submit.add_argument(
         "--wait",
         action="store_true",

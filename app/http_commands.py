@@ -80,9 +80,15 @@ async def submit(args: argparse.Namespace, client: Client) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("give the command to run after --, e.g. orchestrator submit -- echo hi")
-    given = {"pool": args.pool, "labels": args.label, "priority": args.priority, "payload": {"command": command}}
+    payload: dict[str, Any] = {"command": command}
+    payload |= {"env": dict(args.env)} if args.env else {}
+    payload |= {"cwd": args.cwd} if args.cwd is not None else {}
+    given = {"pool": args.pool, "labels": args.label, "priority": args.priority, "payload": payload}
     given |= {"key": args.key} if args.key else {}
     given |= {"timeout_s": args.timeout} if args.timeout is not None else {}
+    given |= {"retry": {"on": args.retry}} if args.retry else {}
+    given |= {"max_attempts": args.max_attempts} if args.max_attempts is not None else {}
+    given |= {"delay_s": args.delay} if args.delay is not None else {}
     flow = ("concurrency_key", "concurrency_limit", "on_conflict", "rate_limit_key")
     given |= {name: getattr(args, name) for name in flow if getattr(args, name) is not None}
     try:

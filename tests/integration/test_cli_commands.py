@@ -22,6 +22,7 @@ import pytest
 from app.cli import main
 from app.progress import CLEAR_LINE, Progress
 from app.runtime import Runtime
+from orchestrator.store import Store
 from schemas.api import BlockedBy, JobDetail
 from tests.support import call, stubborn_job, submit
 
@@ -402,3 +403,35 @@ async def test_rate_limit_set_list_and_delete(front_cli: Cli, http: aiohttp.Clie
     assert rows(out)[1] == []
     status, _, err = await front_cli("rate-limit", "delete", "api")
     assert status == 2 and "no rate limit 'api'" in err
+
+
+async def test_submit_sets_env_cwd_retries_and_delay(
+    cli: Cli, system_http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The job spec's fields a command line most needs, as options: what `--env`, `--cwd`,
+    `--retry`, `--max-attempts` and `--delay` give is what the job runs with."""
+    command = 'echo "$GREETING from $(pwd)"; exit 4'
+    args = ("--env", "GREETING=a=b", "--cwd", str(tmp_path), "--retry", "failed", "--max-attempts", "2")
+    status, out, _ = await cli("submit", "--wait", *args, "--delay", "0.2", "--", "sh", "-c", command)
+    assert status == 4
+    first, marker, second = out.splitlines()
+    assert first == second == f"a=b from {tmp_path}"  # each attempt ran with the job's env and cwd
+    assert marker.startswith("[orchestrator: attempt 2, on runner ")
+    _, listed = await call(system_http, "GET", "/v1/jobs?limit=1")
+    [job] = listed["jobs"]
+    _, detail = await call(system_http, "GET", f"/v1/jobs/{job['id']}")
+    assert detail["payload"]["env"] == {"GREETING": "a=b"} and detail["payload"]["cwd"] == str(tmp_path)
+    assert (detail["retry"]["on"], detail["max_attempts"]) == (["failed"], 2)
+    assert [a["outcome"] for a in detail["attempts"]] == ["failed", "failed"]
+    assert detail["run_at"] is not None
+
+
+async def test_submit_refuses_an_env_without_a_name_and_sends_nothing(
+    front_cli: Cli, store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for bad in ("NOVALUE", "=1"):
+        with pytest.raises(SystemExit) as refused:  # argparse's own error
+            await front_cli("submit", "--env", bad, "--", "true")
+        assert refused.value.code == 2
+        assert f"argument --env: give NAME=VALUE, not {bad!r}" in capsys.readouterr().err
+    assert await store.job_list(pool=None, state=None, key=None, limit=10) == []
