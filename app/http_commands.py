@@ -76,21 +76,28 @@ class UsageError(Exception):
 # --- jobs ----------------------------------------------------------------------------------------
 
 
+def _given(**fields: Any) -> dict[str, Any]:
+    """The fields an option set: one left out takes the API's default."""
+    return {name: value for name, value in fields.items() if value is not None}
+
+
 async def submit(args: argparse.Namespace, client: Client) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise UsageError("give the command to run after --, e.g. orchestrator submit -- echo hi")
-    payload: dict[str, Any] = {"command": command}
-    payload |= {"env": dict(args.env)} if args.env else {}
-    payload |= {"cwd": args.cwd} if args.cwd is not None else {}
+    payload = _given(command=command, env=dict(args.env) or None, cwd=args.cwd)
     given = {"pool": args.pool, "labels": args.label, "priority": args.priority, "payload": payload}
-    given |= {"key": args.key} if args.key else {}
-    given |= {"timeout_s": args.timeout} if args.timeout is not None else {}
-    given |= {"retry": {"on": args.retry}} if args.retry else {}
-    given |= {"max_attempts": args.max_attempts} if args.max_attempts is not None else {}
-    given |= {"delay_s": args.delay} if args.delay is not None else {}
-    flow = ("concurrency_key", "concurrency_limit", "on_conflict", "rate_limit_key")
-    given |= {name: getattr(args, name) for name in flow if getattr(args, name) is not None}
+    given |= _given(
+        key=args.key or None,
+        timeout_s=args.timeout,
+        retry={"on": args.retry} if args.retry else None,
+        max_attempts=args.max_attempts,
+        delay_s=args.delay,
+        concurrency_key=args.concurrency_key,
+        concurrency_limit=args.concurrency_limit,
+        on_conflict=args.on_conflict,
+        rate_limit_key=args.rate_limit_key,
+    )
     try:
         spec = JobSpec.model_validate(given)
     except ValidationError as exc:
