@@ -29,6 +29,7 @@ from orchestrator.embedded import EmbeddedNats, EmbeddedPostgres
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from tests.nats_cluster import NatsCluster
+from tests.support import Cli, cli_against
 
 _counter = itertools.count(1)
 
@@ -231,6 +232,17 @@ async def system_http(system: Runtime) -> AsyncIterator[aiohttp.ClientSession]:
     """A client of the whole system's HTTP API (`http` is the admission-only front's)."""
     async with aiohttp.ClientSession(base_url=system.http_url) as session:
         yield session
+
+
+@pytest.fixture
+def cli(system: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return cli_against(system, monkeypatch, capsys)
+
+
+@pytest.fixture
+def front_cli(front: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    """Against admission and the api only: submitted jobs stay queued."""
+    return cli_against(front, monkeypatch, capsys)
 
 
 def _interrupt(signum: int, frame: object) -> None:

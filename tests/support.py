@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -11,7 +12,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import pytest
 
+from app.cli import main
+from app.runtime import Runtime
 from orchestrator.bus import Bus, Topic
 from orchestrator.settings import Settings
 from orchestrator.store import Store
@@ -256,3 +260,25 @@ def _rows_read_from(plan: object, index: str) -> int:
         for value in plan:
             total += _rows_read_from(value, index)
     return total
+
+
+# A CLI command as a user runs it: (exit status, stdout, stderr).
+Cli = Callable[..., Awaitable[tuple[int, str, str]]]
+
+
+def cli_against(runtime: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
+    monkeypatch.setenv("ORCH_URL", runtime.http_url or "")
+    capsys.readouterr()
+
+    root = logging.getLogger()
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        handlers = root.handlers[:]
+        try:
+            status = await asyncio.to_thread(main, list(args))  # the CLI blocks; the API runs on this loop
+        finally:
+            root.handlers[:] = handlers  # not the CLI's, which write to this call's captured output
+        out, err = capsys.readouterr()
+        return status, out, err
+
+    return cli

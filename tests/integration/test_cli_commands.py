@@ -1,62 +1,18 @@
 """The CLI's commands for people and programs, run as a user would (`app.cli.main` with its
 output captured) against the real api: tables with a header and a row per job, pool and runner;
-`--json` is the API's own answer; `cancel`; `pool delete`; and `submit --wait` telling on stderr
-why its job waits (a real `orchestrator` process there, its stderr a pipe)."""
+`--json` is the API's own answer; `cancel`; `pool delete`; schedules and rate limits. `submit`'s
+own: test_cli_submit.py."""
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
-import logging
-import os
-import signal
-import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from app.cli import main
-from app.progress import CLEAR_LINE, Progress
 from app.runtime import Runtime
-from orchestrator.store import Store
-from schemas.api import BlockedBy, JobDetail
-from tests.support import call, stubborn_job, submit
-
-ROOT = Path(__file__).resolve().parents[2]  # `python -m app.cli` here: the CLI of this tree
-Cli = Callable[..., Awaitable[tuple[int, str, str]]]
-
-
-def cli_against(runtime: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
-    monkeypatch.setenv("ORCH_URL", runtime.http_url or "")
-    capsys.readouterr()
-
-    root = logging.getLogger()
-
-    async def cli(*args: str) -> tuple[int, str, str]:
-        handlers = root.handlers[:]
-        try:
-            status = await asyncio.to_thread(main, list(args))  # the CLI blocks; the API runs on this loop
-        finally:
-            root.handlers[:] = handlers  # not the CLI's, which write to this call's captured output
-        out, err = capsys.readouterr()
-        return status, out, err
-
-    return cli
-
-
-@pytest.fixture
-def cli(system: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
-    return cli_against(system, monkeypatch, capsys)
-
-
-@pytest.fixture
-def front_cli(front: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Cli:
-    """Against admission and the api only: submitted jobs stay queued."""
-    return cli_against(front, monkeypatch, capsys)
+from tests.support import Cli, call, stubborn_job, submit
 
 
 def rows(table: str) -> tuple[list[str], list[list[str]]]:
@@ -198,113 +154,6 @@ async def test_pool_delete(front_cli: Cli, http: aiohttp.ClientSession) -> None:
     assert (status, err.strip()) == (2, "orchestrator: 404: no pool 'other'")
 
 
-async def test_submit_wait_tells_on_stderr_why_the_job_waits(front: Runtime, http: aiohttp.ClientSession) -> None:
-    """No dispatcher runs (admission and the api only): the job waits, and says why; stdout
-    stays for the job's output. Cancelled, it ends the command with its state."""
-    await call(http, "PUT", "/v1/pools/default", json={})
-    env = {**os.environ, "ORCH_URL": front.http_url or ""}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "app.cli", "submit", "--wait", "--", "echo", "never", cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stderr is not None and proc.stdout is not None
-    try:
-        async with asyncio.timeout(30):
-            line = (await proc.stderr.readline()).decode()
-        assert line.startswith("orchestrator: job ") and " queued: no dispatcher holds the lease" in line, line
-        job_id = line.split()[2]
-        assert (await call(http, "DELETE", f"/v1/jobs/{job_id}"))[0] == 200
-        async with asyncio.timeout(30):
-            out, rest = await proc.communicate()
-    finally:
-        if proc.returncode is None:  # failed before its job ended: it would wait for ever
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 1
-    assert out == b""
-    assert rest.decode().splitlines()[-1] == f"orchestrator: job {job_id} cancelled"
-
-
-# The CLI as a terminal starts it, with Ctrl-C's default handling. A process started in the
-# background (`nohup make test &`, a CI runner) ignores SIGINT, its children inherit that, and a
-# Python that starts with SIGINT ignored never turns it into KeyboardInterrupt: the CLI would not
-# hear the test's Ctrl-C at all.
-AS_ON_A_TERMINAL = (
-    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "runpy.run_module('app.cli', run_name='__main__')"
-)
-
-
-async def test_ctrl_c_stops_the_wait_not_the_job_and_says_so(front: Runtime, http: aiohttp.ClientSession) -> None:
-    """`submit --wait` interrupted (SIGINT) exits 130 and says how to stop the job, which it leaves be."""
-    await call(http, "PUT", "/v1/pools/default", json={})
-    env = {**os.environ, "ORCH_URL": front.http_url or ""}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", AS_ON_A_TERMINAL, "submit", "--wait", "--", "echo", "never", cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    try:
-        async with asyncio.timeout(60):
-            first = await proc.stderr.readline()  # it waits: "orchestrator: job <id> ..."
-            assert first.startswith(b"orchestrator: job "), first
-            job_id = first.decode().split()[2]
-            proc.send_signal(signal.SIGINT)
-            _, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 130
-    assert err.decode().splitlines() == [
-        f"orchestrator: job {job_id} goes on without you: orchestrator cancel {job_id}"
-    ]
-    assert (await call(http, "GET", f"/v1/jobs/{job_id}"))[1]["state"] == "queued"
-
-
-def test_on_a_terminal_the_progress_line_is_rewritten_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("COLUMNS", "200")
-
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    def job(state: str, reason: str | None = None, position: int = 0) -> JobDetail:
-        why = None
-        if reason is not None:
-            why = BlockedBy(
-                reason=reason, message=f"it is {reason}", constraints=[], position=position, competing=3,
-                drained_last_minute=0, estimated_wait_s=None,
-            )  # fmt: skip
-        return JobDetail.model_validate(
-            {
-                "id": "0190c9d2-1111-7000-8000-000000000000", "key": "k", "state": state, "pool": "p", "labels": [],
-                "plan": None, "tenant": None, "priority": 0, "payload": {}, "timeout_s": None, "max_attempts": 3,
-                "abandon_after_s": None, "tolerations": [], "attempt": 0, "runner_id": "r1", "exit_code": None,
-                "reason": None, "created_at": "2026-01-01T00:00:00Z", "assigned_at": None, "started_at": None,
-                "finished_at": None, "blocked_by": why, "retry": {}, "attempts": [],
-            }
-        )  # fmt: skip
-
-    screen = Terminal()
-    progress = Progress(screen)
-    progress.show(job("queued", "paused", 2))
-    progress.show(job("queued", "paused", 2))  # no change: nothing written
-    progress.show(job("assigned"))
-    progress.show(job("running"))
-    prefix = "orchestrator: job 0190c9d2-1111-7000-8000-000000000000"
-    assert screen.getvalue() == (
-        f"{CLEAR_LINE}{prefix} queued: it is paused (2 of 3 competing go first)"
-        f"{CLEAR_LINE}{prefix} assigned to runner r1: starting"
-        f"{CLEAR_LINE}"
-    )
-    assert "\n" not in screen.getvalue()
-
-    monkeypatch.setenv("COLUMNS", "40")  # never wider than the terminal: a wrapped line stays on screen
-    progress.show(job("queued", "paused", 1))
-    assert screen.getvalue().endswith(CLEAR_LINE + prefix[:39])
-
-
 async def test_submit_and_pool_set_take_flow_control(front_cli: Cli, http: aiohttp.ClientSession) -> None:
     status, out, _ = await front_cli("pool", "set", "--json", "default", "--max-starts-per-s", "2.5")
     assert status == 0 and json.loads(out)["max_starts_per_s"] == 2.5
@@ -403,35 +252,3 @@ async def test_rate_limit_set_list_and_delete(front_cli: Cli, http: aiohttp.Clie
     assert rows(out)[1] == []
     status, _, err = await front_cli("rate-limit", "delete", "api")
     assert status == 2 and "no rate limit 'api'" in err
-
-
-async def test_submit_sets_env_cwd_retries_and_delay(
-    cli: Cli, system_http: aiohttp.ClientSession, tmp_path: Path
-) -> None:
-    """The job spec's fields a command line most needs, as options: what `--env`, `--cwd`,
-    `--retry`, `--max-attempts` and `--delay` give is what the job runs with."""
-    command = 'echo "$GREETING from $(pwd)"; exit 4'
-    args = ("--env", "GREETING=a=b", "--cwd", str(tmp_path), "--retry", "failed", "--max-attempts", "2")
-    status, out, _ = await cli("submit", "--wait", *args, "--delay", "0.2", "--", "sh", "-c", command)
-    assert status == 4
-    first, marker, second = out.splitlines()
-    assert first == second == f"a=b from {tmp_path}"  # each attempt ran with the job's env and cwd
-    assert marker.startswith("[orchestrator: attempt 2, on runner ")
-    _, listed = await call(system_http, "GET", "/v1/jobs?limit=1")
-    [job] = listed["jobs"]
-    _, detail = await call(system_http, "GET", f"/v1/jobs/{job['id']}")
-    assert detail["payload"]["env"] == {"GREETING": "a=b"} and detail["payload"]["cwd"] == str(tmp_path)
-    assert (detail["retry"]["on"], detail["max_attempts"]) == (["failed"], 2)
-    assert [a["outcome"] for a in detail["attempts"]] == ["failed", "failed"]
-    assert detail["run_at"] is not None
-
-
-async def test_submit_refuses_an_env_without_a_name_and_sends_nothing(
-    front_cli: Cli, store: Store, capsys: pytest.CaptureFixture[str]
-) -> None:
-    for bad in ("NOVALUE", "=1"):
-        with pytest.raises(SystemExit) as refused:  # argparse's own error
-            await front_cli("submit", "--env", bad, "--", "true")
-        assert refused.value.code == 2
-        assert f"argument --env: give NAME=VALUE, not {bad!r}" in capsys.readouterr().err
-    assert await store.job_list(pool=None, state=None, key=None, limit=10) == []
