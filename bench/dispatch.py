@@ -110,7 +110,7 @@ async def latency_at_load(runtime: Runtime, rate: float, seconds: float, name: s
     # transaction, the wake and the claim), → acked (the hand-off and the runner's ack), → started
     # (the start permission). A start recorded before the ack stamps both: "acked" then holds the
     # start permission, and "started" is 0.
-    stages = {stage: percentiles([float(r[stage]) for r in rows])["p50"] for stage in STAGES if rows}
+    stages = {stage: percentiles([float(r[stage]) for r in rows])["p50"] for stage in STAGES} if rows else {}
     return {**percentiles([float(r["ms"]) for r in rows]), "stages_p50": stages, **cpu.per_job(used, n, complete)}
 
 
