@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import signal
 import time
@@ -156,12 +155,6 @@ class NatsCluster:
         if not node.running:
             await self._spawn(node)
         await self.ready()
-
-    def pause(self, name: str) -> None:
-        os.kill(self.node(name).pid, signal.SIGSTOP)
-
-    def resume(self, name: str) -> None:
-        os.kill(self.node(name).pid, signal.SIGCONT)
 
     async def stream_leader(self, stream: str) -> str | None:
         """The name of the node leading `stream` now, as the running nodes say; None in an election."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -193,6 +196,52 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _states(pid: int) -> dict[str, str]:
+    """Each thread's scheduler state (R, S, D, T ...), by thread id."""
+    states = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            states[task.name] = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    return states
+
+
+def listener_of(port: int) -> int | None:
+    """The pid of the process listening on TCP `port` (IPv4 or IPv6), from /proc."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):  # gone, or not ours to read
+                if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                    return int(proc.name)
+    return None
+
+
+def stop(pid: int) -> None:
+    """SIGSTOP `pid`, returning once every thread of it has stopped: a stop is delivered thread
+    by thread, and one in the middle of a system call stops only when the call returns."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while set((states := _states(pid)).values()) - {"T"}:
+        assert time.monotonic() < deadline, f"pid {pid} did not stop within 10 s: {states}"
+        time.sleep(0.001)  # polled: no signal says a stop has taken
+
+
+@contextlib.contextmanager
+def paused(pid: int, port: int) -> Iterator[None]:
+    """The server `pid`, checked to be the one listening on `port`, stopped until the block ends."""
+    assert listener_of(port) == pid, f"port {port} is not served by pid {pid} but by {listener_of(port)}"
+    try:
+        stop(pid)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 # auto_explain, for the statements a function runs: every one, with its actual rows, as JSON.

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -27,6 +25,7 @@ from schemas.jobs import JobSpec, JobState
 from services.api import admitting, take
 from services.api.admitting import admit
 from services.api.take import Waiters
+from tests import support
 
 
 @pytest.fixture
@@ -37,14 +36,9 @@ async def own_bus(own_nats: EmbeddedNats) -> AsyncIterator[Bus]:
     await bus.close()
 
 
-@contextlib.contextmanager
-def paused(server: EmbeddedNats) -> Iterator[None]:
-    assert server.pid is not None
-    os.kill(server.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.pid, signal.SIGCONT)
+def paused(server: EmbeddedNats) -> contextlib.AbstractContextManager[None]:
+    assert server.pid is not None and server.port is not None
+    return support.paused(server.pid, server.port)
 
 
 async def _paused_for(server: EmbeddedNats, seconds: float) -> None:
