@@ -143,16 +143,24 @@ _STUBBORN = (
 )
 
 
+def stubborn_command(ready: Path) -> list[str]:
+    """A command that ignores SIGTERM, and says so by creating `ready`."""
+    return [sys.executable, "-c", _STUBBORN, str(ready)]
+
+
 async def stubborn_job(http: aiohttp.ClientSession, tmp_path: Path) -> dict[str, Any]:
     """A job (pool `default`) running a command that ignores SIGTERM from now on."""
     ready = tmp_path / "ignoring-sigterm"
-    job = await submit(http, payload={"command": [sys.executable, "-c", _STUBBORN, str(ready)]})
-
-    async def ignoring() -> bool:
-        return ready.exists()
-
-    await eventually(ignoring, what="the job to ignore SIGTERM")
+    job = await submit(http, payload={"command": stubborn_command(ready)})
+    await until_exists(ready, "the job to ignore SIGTERM")
     return job
+
+
+async def until_exists(path: Path, what: str) -> None:
+    async def exists() -> bool:
+        return path.exists()  # noqa: ASYNC240 (a stat, polled)
+
+    await eventually(exists, what=what)
 
 
 async def call(http: aiohttp.ClientSession, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:

@@ -31,8 +31,9 @@ from schemas.events import (
     RunnerRegistered,
 )
 from services.runner import Outcome
+from services.runner.agent import DRAIN_TIMEOUT_S
 from tests import factories
-from tests.support import agent, alive, eventually, process_env
+from tests.support import agent, alive, eventually, process_env, stubborn_command, until_exists
 
 FINAL = {"succeeded", "failed", "timed_out", "cancelled", "expired"}
 
@@ -93,6 +94,48 @@ async def test_capacity_paused_longer_than_a_start_request_leaves_no_job_running
         assert set((await states(store, ids)).values()) == {"succeeded"}
     finally:
         await asyncio.gather(*(p.close() for p in procs))
+
+
+async def test_a_runner_stops_when_capacity_hears_its_stop_later_than_the_runner_waits(
+    settings: Settings, store: Store, bus: Bus, tmp_path: Path
+) -> None:
+    """A stopping runner asks capacity to hear two notices (it drains; the attempts it killed),
+    waiting DRAIN_TIMEOUT_S for each. Capacity, in its own process, paused (SIGSTOP) past both: the
+    stop is not held up by it, and once resumed capacity hears the late notice and releases the
+    attempt the stop killed. Nothing else could release it within the test: runner_ttl_s is 120 s."""
+    await factories.pool(store)
+    settings.stop_timeout_s = settings.kill_grace_s = 0.5
+    settings.runner_ttl_s = 120.0
+    env = env_of(settings, ORCH_RUNNER_TTL_S="120")
+    logs = tmp_path / "logs"
+    capacity = ServiceProcess("capacity", ["capacity"], env, logs)
+    front = ServiceProcess("front", ["admission", "dispatch"], env, logs)
+    runner = agent(settings, bus, "r-stopping", pool="default", labels=[], slots=1)
+    try:
+        await start_all([capacity, front])
+        await runner.start()
+        ready = tmp_path / "ignoring-sigterm"
+        job_id = await submit(bus, payload={"command": stubborn_command(ready)})
+        await until_exists(ready, "the job to ignore SIGTERM")
+        capacity.signal(signal.SIGSTOP)
+        try:
+            # The stop's own waits (its jobs' stop timeout and kill grace), each notice's, and slack.
+            within = settings.stop_timeout_s + settings.kill_grace_s + 2 * DRAIN_TIMEOUT_S + 5
+            async with asyncio.timeout(within):
+                await runner.stop()
+            assert (await states(store, [job_id]))[job_id] == "running"  # capacity has heard nothing yet
+        finally:
+            capacity.signal(signal.SIGCONT)
+
+        async def released() -> bool:
+            return (await states(store, [job_id]))[job_id] == "queued"
+
+        await eventually(released, timeout=20, what="the late notice to release the killed attempt")
+        job = await store.job_get(job_id)
+        assert job is not None and job["runner_id"] is None
+    finally:
+        await runner.stop()
+        await asyncio.gather(capacity.close(), front.close())
 
 
 @pytest.fixture
