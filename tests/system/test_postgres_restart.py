@@ -25,8 +25,8 @@ from app.runtime import Runtime
 from orchestrator.bus import Bus, Subjects
 from orchestrator.embedded import EmbeddedPostgres
 from orchestrator.settings import Settings
-from orchestrator.store import Store
-from tests import history
+from orchestrator.store import Start, Store
+from tests import factories, history
 from tests.support import eventually, record_history
 from tests.system.chaos import check as chaos_check
 from tests.system.chaos.run import JOB
@@ -168,3 +168,34 @@ async def test_a_postgres_restart_and_terminated_connections_lose_and_repeat_not
     )
     assert not any(violations.values()), {k: v[:10] for k, v in violations.items() if v}
     assert {j["state"] for j in jobs} == {"succeeded"}, [j for j in jobs if j["state"] != "succeeded"][:5]
+
+
+async def test_a_claim_lost_in_a_crash_cannot_start_and_is_claimed_afresh(own_postgres: EmbeddedPostgres) -> None:
+    """A claim commits without waiting for its WAL to reach the disk: until its runner's start,
+    whose commit waits and so flushes the claim with it, an assignment is only a plan. Postgres
+    crashed before any flush: the claim is gone and the job queued, the lost hand-off's start
+    is refused, and the job is claimed and started afresh, as its first attempt."""
+    admin = await asyncpg.connect(own_postgres.dsn)
+    try:  # nothing but a commit that waits flushes the claim: the WAL writer sleeps past the test
+        await admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        await admin.execute("SELECT pg_reload_conf()")
+    finally:
+        await admin.close()
+    store = Store(own_postgres.dsn, max_size=2)
+    await store.connect()
+    try:
+        await store.migrate()
+        await factories.pool(store)
+        await factories.runner(store, "r1")
+        [job_id] = await factories.queue(store)
+        [lost] = (await store.transitions.claim("default", 1)).assignments
+        await own_postgres.crash()
+        await own_postgres.restart()
+        job = await eventually(_while_up(lambda: store.job_get(job_id)), what="Postgres to be back")
+        assert (job["state"], job["runner_id"]) == ("queued", None)  # the claim did not outlive the crash
+        assert await store.transitions.start_many([Start(job_id, "r1", lost["attempt"] + 1)]) == []
+        [again] = (await store.transitions.claim("default", 1)).assignments
+        [started] = await store.transitions.start_many([Start(job_id, again["runner_id"], again["attempt"] + 1)])
+        assert (started.state, started.attempt) == ("running", 1)
+    finally:
+        await store.close()
