@@ -334,3 +334,44 @@ async def test_a_durable_consumer_hears_every_job_finish_through_a_kill_9_of_eve
 
 async def _at_least(found: dict[str, str], n: int) -> bool:
     return len(found) >= n
+
+
+async def test_a_relays_delete_lost_in_a_crash_publishes_its_rows_again_and_the_stream_keeps_each_once(
+    own_servers: tuple[EmbeddedNats, EmbeddedPostgres],
+) -> None:
+    """The relay's commit (its delete of what it published) does not wait for the disk. Postgres
+    crashed before any flush (the WAL writer asleep): the rows are back, the relay publishes them
+    again, and the stream holds each event once, under the id its transition gave it."""
+    nats, pg = own_servers
+    admin = await asyncpg.connect(pg.dsn)
+    try:
+        await admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        await admin.execute("SELECT pg_reload_conf()")
+    finally:
+        await admin.close()
+    store = Store(pg.dsn, max_size=2)
+    await store.connect()
+    bus = Bus(nats.url, Subjects("crash"), name="test-relay")
+    await bus.connect()
+    relay = OutboxRelay(store, bus, poll_interval_s=0.1)
+    try:
+        await store.migrate()
+        await factories.pool(store)
+        await factories.queue(store, 3)  # admitted: a commit that waits for the disk
+        written = [r["id"] for r in await outbox_rows(store)]
+        await relay.start()
+        await eventually(lambda: _empty(store), what="the outbox to drain")
+        await pg.crash()
+        await pg.restart()
+
+        async def relayed_again() -> bool:
+            return relay.relayed == 6
+
+        await eventually(relayed_again, timeout=20, what="the rows to be published again")
+        await eventually(lambda: _empty(store), what="the outbox to drain again")
+        events = await stream_events(bus, "admitted")
+    finally:
+        await relay.stop()
+        await bus.close()
+        await store.close()
+    assert [e["msg_id"] for e in events] == [str(i) for i in written]

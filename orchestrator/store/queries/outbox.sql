@@ -5,9 +5,12 @@
 INSERT INTO outbox (id, subject, body, durable)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::boolean[]);
 
--- One relay at a time: the lock is the transaction's, so it goes with a relay that dies.
+-- One relay at a time: the lock is the transaction's, so it goes with a relay that dies. The
+-- relay's commit (its delete of what it published) does not wait for the disk: a delete lost in
+-- a crash only has its rows published again, which JetStream drops as repeats of their event ids
+-- (consumers dedup beyond its window), as after a relay that died between publish and delete.
 -- name: outbox_relay_lock
-SELECT pg_try_advisory_xact_lock(hashtext('orchestrator outbox relay'));
+SELECT pg_try_advisory_xact_lock(hashtext('orchestrator outbox relay')), set_config('synchronous_commit', 'off', true);
 
 -- The oldest events first (insert order; a row committed late is simply picked up later:
 -- rows are deleted once published, never skipped by a watermark).
