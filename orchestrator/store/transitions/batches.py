@@ -90,6 +90,8 @@ class AdmissionTx:
 
     async def active(self, pools: Sequence[str]) -> dict[str, int]:
         """Queued + assigned + running per pool (exact: the pools are locked)."""
+        if not pools:  # no pool of the batch has a max_active: nothing to count
+            return {}
         rows = await self._conn.fetch(Q["pool_active_many"], list(pools))
         return {name: 0 for name in pools} | {r["pool"]: r["active"] for r in rows}
 
