@@ -14,6 +14,7 @@ that met a read-only refusal is closed, so the next connects afresh (to the new 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
@@ -129,6 +130,7 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
         self._server_settings = {name: ms for name, ms in timeouts.items() if ms is not None} or None
         self._statement_cache_size = statement_cache_size
         self._pool: asyncpg.Pool | None = None
+        self._releasing: set[asyncio.Task[None]] = set()  # connections on their way back to the pool
         self.transitions = Transitions(self, Journal(log_transitions))
         # Analyzes what a burst of admissions grew (off: a test of plans on statistics older than the data).
         self.statistics = FreshStatistics(self, enabled=analyze_bursts)
@@ -165,6 +167,7 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
 
     async def close(self) -> None:
         await self.statistics.close()
+        await asyncio.gather(*self._releasing)
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -189,10 +192,18 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
                 raise
             raise translated from exc
         finally:
-            # Resetting a connection that died meanwhile fails, and the pool closes it: what the
-            # work did (or the error it raised) stands, and the next acquire connects anew.
-            with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError, TimeoutError):
-                await self._pool.release(conn)
+            # Returned in the background: the pool's reset of it (a round trip) is not the
+            # caller's wait, and a step's next move (a hand-off, an answer) goes out at once.
+            releasing = asyncio.create_task(self._release(self._pool, conn))
+            self._releasing.add(releasing)
+            releasing.add_done_callback(self._releasing.discard)
+
+    @staticmethod
+    async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
+        # Resetting a connection that died meanwhile fails, and the pool closes it: what the
+        # work did (or the error it raised) stands, and the next acquire connects anew.
+        with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError, TimeoutError):
+            await pool.release(conn)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
