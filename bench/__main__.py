@@ -49,6 +49,8 @@ REFERENCES = [
     "graphile_worker_cpu_ms_per_job",
     "procrastinate_cpu_ms_per_job",
 ]
+# Every throughput run's jobs/s: the figures above are the median run's.
+RUNS = ["end_to_end_jobs_per_s_runs", "capped_jobs_per_s_runs"]
 # Where idle submit → start latency goes, stage by stage (p50 ms each: bench/dispatch.py).
 STAGES = [f"submit_to_start_ms_idle.stages_p50.{stage}" for stage in dispatch.STAGES]
 # CPU per job at the latency runs' steady rates: little is batched at a light load.
@@ -107,6 +109,7 @@ async def main(quick: bool) -> dict[str, Any]:
         print(f"  {key:<46} {value!s:>10}   goal {goal:<8} {_verdict(value, goal)}")
     sections = (
         ("beside the goals, and against the reference points", REFERENCES),
+        ("every throughput run (the figures are the median run's)", RUNS),
         ("idle submit → start, stage by stage (p50)", STAGES),
         ("CPU per job at a steady rate (ms)", LIGHT_LOAD),
         ("every service its own process", PROCESSES),

@@ -52,6 +52,10 @@ async def fetch(store: Store, sql: str, *args: Any) -> list[Any]:
 # Jobs per second offered for "idle" latency: one at a time, each on an idle system (a no-op job
 # is done within milliseconds).
 IDLE_RATE = 20.0
+# For that long: 600 jobs, so that its p99 is not the second slowest of 200.
+IDLE_S = 30
+# Throughput runs of each kind (uncapped, capped) in a full run: the figures are the median's.
+THROUGHPUT_RUNS = 3
 # The runner fleet of the throughput and latency runs: this many simulated runners of this many
 # no-op slots each.
 RUNNERS, SLOTS = 8, 32
@@ -285,6 +289,11 @@ async def delayed_latency(runtime: Runtime, n: int, spread_s: float) -> dict[str
     }
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of the median end-to-end throughput (of an even number, the slower middle one)."""
+    return sorted(runs, key=lambda r: r["end_to_end_jobs_per_s"])[(len(runs) - 1) // 2]
+
+
 def end_to_end_jobs(quick: bool) -> int:
     """Jobs of the throughput runs (and of the reference points, bench/baselines.py)."""
     return 500 if quick else 20_000
@@ -300,17 +309,25 @@ async def run_all(runtime: Runtime, quick: bool) -> dict[str, Any]:
 
     step("wake latency")
     results.update(await wake_latency(runtime, 100 if quick else 1000))
-    step("throughput, uncapped")
-    uncapped = await throughput(runtime, "uncapped", n, -1)
+    # One throughput run varies by 15 % from the next on a shared 2-core machine: the figures are
+    # the median run's, uncapped and capped runs taking turns (a drift of the machine meets both).
+    runs = 1 if quick else THROUGHPUT_RUNS
+    uncapped_runs, capped_runs = [], []
+    for i in range(runs):
+        step(f"throughput, uncapped (run {i + 1} of {runs})")
+        uncapped_runs.append(await throughput(runtime, f"uncapped-{i}", n, -1))
+        step(f"throughput, capped at 32 (run {i + 1} of {runs})")
+        capped_runs.append(await throughput(runtime, f"capped-{i}", n, 32))
+    uncapped, capped = _median_run(uncapped_runs), _median_run(capped_runs)
     results.update(uncapped)
-    step("throughput, capped at 32")
-    capped = await throughput(runtime, "capped", n, 32)
+    results["end_to_end_jobs_per_s_runs"] = sorted(r["end_to_end_jobs_per_s"] for r in uncapped_runs)
     results["capped_jobs_per_s"] = capped["end_to_end_jobs_per_s"]
+    results["capped_jobs_per_s_runs"] = sorted(r["end_to_end_jobs_per_s"] for r in capped_runs)
     results["capped_fraction_of_uncapped"] = round(
         capped["end_to_end_jobs_per_s"] / uncapped["end_to_end_jobs_per_s"], 3
     )
     step("latency, idle (one job at a time)")
-    results["submit_to_start_ms_idle"] = await latency_at_load(runtime, IDLE_RATE, 2 if quick else 10, "idle")
+    results["submit_to_start_ms_idle"] = await latency_at_load(runtime, IDLE_RATE, 2 if quick else IDLE_S, "idle")
     peak = uncapped["end_to_end_jobs_per_s"]
     for share in (0.3, 0.8):
         step(f"latency at {share:.0%} of peak")

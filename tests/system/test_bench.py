@@ -34,6 +34,9 @@ def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
     ):
         assert results[key] > 0, key
     assert 0 < results["capped_fraction_of_uncapped"] <= 1.5
+    # Each kind's figure is its median run's (one run each with --quick).
+    assert results["end_to_end_jobs_per_s_runs"] == [results["end_to_end_jobs_per_s"]]
+    assert results["capped_jobs_per_s_runs"] == [results["capped_jobs_per_s"]]
     # Admission is timed from the first publish, as end to end is: never much slower (each is
     # polled every 10 ms, so not exactly never).
     assert results["admission_jobs_per_s"] >= 0.9 * results["end_to_end_jobs_per_s"]
