@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import asyncpg
 import pytest
 
 from app.cli import main
@@ -224,11 +225,23 @@ def listener_of(port: int) -> int | None:
             if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
                 inodes.add(f"socket:[{fields[9]}]")
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError):  # gone, or not ours to read
-                if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                    return int(proc.name)
+        if proc.name.isdigit() and any(_readlink(fd) in inodes for fd in _fds(proc)):
+            return int(proc.name)
     return None
+
+
+def _fds(proc: Path) -> list[Path]:
+    try:
+        return list((proc / "fd").iterdir())
+    except OSError:  # gone, or not ours to read
+        return []
+
+
+def _readlink(path: Path) -> str | None:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed meanwhile
+        return None
 
 
 def stop(pid: int) -> None:
@@ -250,6 +263,28 @@ def paused(pid: int, port: int) -> Iterator[None]:
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+async def wal_held_back(dsn: str) -> None:
+    """A Postgres (a test's own) that writes its WAL out only when a commit waits for it: the WAL
+    writer asleep past the test (10 s, its longest sleep), no background writer, no autovacuum.
+    A commit that does not wait is then lost to a crash until a commit that waits comes."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        for setting in ("wal_writer_delay = '10s'", "bgwriter_lru_maxpages = 0", "autovacuum = off"):
+            await conn.execute(f"ALTER SYSTEM SET {setting}")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
+
+
+async def wal_unwritten(dsn: str) -> bool:
+    """Whether some WAL is not written out yet (a crash of the server would lose it)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return bool(await conn.fetchval("SELECT pg_current_wal_lsn() < pg_current_wal_insert_lsn()"))
+    finally:
+        await conn.close()
 
 
 # auto_explain, for the statements a function runs: every one, with its actual rows, as JSON.

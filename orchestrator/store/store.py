@@ -167,7 +167,7 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
 
     async def close(self) -> None:
         await self.statistics.close()
-        await asyncio.gather(*self._releasing)
+        await asyncio.gather(*self._releasing, return_exceptions=True)
         if self._pool is not None:
             await self._pool.close()
             self._pool = None

@@ -9,6 +9,7 @@ SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::boolean[]);
 -- relay's commit (its delete of what it published) does not wait for the disk: a delete lost in
 -- a crash only has its rows published again, which JetStream drops as repeats of their event ids
 -- (consumers dedup beyond its window), as after a relay that died between publish and delete.
+-- But see outbox_delete.
 -- name: outbox_relay_lock
 SELECT pg_try_advisory_xact_lock(hashtext('orchestrator outbox relay')), set_config('synchronous_commit', 'off', true);
 
@@ -17,8 +18,11 @@ SELECT pg_try_advisory_xact_lock(hashtext('orchestrator outbox relay')), set_con
 -- name: outbox_head
 SELECT seq, id, subject, body, durable FROM outbox ORDER BY seq LIMIT $1;
 
+-- A batch that held a core NATS row (a cancel to a runner) commits waiting for the disk after
+-- all: a cancel names no attempt, and sent again after a crash it could stop the job's next one.
 -- name: outbox_delete
-DELETE FROM outbox WHERE seq = ANY($1::bigint[]);
+WITH gone AS (DELETE FROM outbox WHERE seq = ANY($1::bigint[]) RETURNING durable)
+SELECT set_config('synchronous_commit', 'on', true) FROM gone WHERE NOT durable LIMIT 1;
 
 -- name: outbox_depth
 SELECT count(*) FROM outbox;

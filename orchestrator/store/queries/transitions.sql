@@ -352,8 +352,11 @@ SELECT (c.job).* FROM changed c;
 -- Its commit does not wait for the WAL to reach the disk (synchronous_commit off for this
 -- statement's transaction): a claim is a plan until its runner's start, and the start's commit,
 -- which waits, flushes the claim with it. A crash before that loses the claim, the job is queued
--- again, and the lost hand-off's start is refused (the job is not assigned to its runner). Half
--- a millisecond to a millisecond off every step, with nothing queued too (the pool's row lock is
--- a write). tests/system/test_postgres_restart.py crashes Postgres between the two.
+-- again, and the lost hand-off's start is refused (the job is not assigned to its runner), unless
+-- the job was claimed again for the same runner: then it is that claim's start, of the same job
+-- on the same runner. Every edge acting on a claim (ack, start, unassign, heartbeat, a new term)
+-- commits waiting, and so flushes the claim before its own effects are seen. Half a millisecond
+-- to a millisecond off every step, with nothing queued too (the pool's row lock is a write).
+-- tests/system/test_postgres_restart.py crashes Postgres between a claim and its flush.
 -- name: job_claim_step
 SELECT s.* FROM set_config('synchronous_commit', 'off', true), claim_step($1, $2, $3, $4) s;
