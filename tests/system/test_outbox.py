@@ -336,74 +336,74 @@ async def _at_least(found: dict[str, str], n: int) -> bool:
     return len(found) >= n
 
 
+class HeldBack(NamedTuple):
+    pg: EmbeddedPostgres
+    store: Store
+    bus: Bus
+    relay: OutboxRelay
+
+
+@pytest.fixture
+async def held_back(own_servers: tuple[EmbeddedNats, EmbeddedPostgres]) -> AsyncIterator[HeldBack]:
+    """A relay, not started yet, on a Postgres of the test's own that writes its WAL out only
+    when a commit waits for it (`wal_held_back`): the store migrated, with pool `default`."""
+    nats, pg = own_servers
+    await wal_held_back(pg.dsn)
+    store = Store(pg.dsn, max_size=2)
+    await store.connect()
+    bus = Bus(nats.url, Subjects("held"), name="test-relay")
+    await bus.connect()
+    relay = OutboxRelay(store, bus, poll_interval_s=0.1)
+    try:
+        await store.migrate()
+        await factories.pool(store)
+        yield HeldBack(pg, store, bus, relay)
+    finally:
+        await relay.stop()
+        await bus.close()
+        await store.close()
+
+
 async def test_a_relays_delete_lost_in_a_crash_publishes_its_rows_again_and_the_stream_keeps_each_once(
-    own_servers: tuple[EmbeddedNats, EmbeddedPostgres],
+    held_back: HeldBack,
 ) -> None:
     """The relay's commit (its delete of what it published) does not wait for the disk. Postgres
     crashed before that delete was written out: the rows are back, the relay publishes them
     again, and the stream holds each job's `admitted` once."""
-    nats, pg = own_servers
-    await wal_held_back(pg.dsn)
-    store = Store(pg.dsn, max_size=2)
-    await store.connect()
-    bus = Bus(nats.url, Subjects("crash"), name="test-relay")
-    await bus.connect()
-    relay = OutboxRelay(store, bus, poll_interval_s=0.1)
+    pg, store, bus, relay = held_back
     jobs: list[UUID] = []
-    try:
-        await store.migrate()
-        await factories.pool(store)
-        await relay.start()
-        for _ in range(5):
-            jobs += await factories.queue(store, 3)  # admitted: a commit that waits for the disk
-            await eventually(lambda: _empty(store), what="the outbox to drain")
-            if await wal_unwritten(pg.dsn):
-                break  # the delete is not written out
-        else:
-            raise AssertionError("every delete of the relay was written out at once")
-        await pg.crash()
-        await pg.restart()
+    await relay.start()
+    for _ in range(5):
+        jobs += await factories.queue(store, 3)  # admitted: a commit that waits for the disk
+        await eventually(lambda: _empty(store), what="the outbox to drain")
+        if await wal_unwritten(pg.dsn):
+            break  # the delete is not written out
+    else:
+        raise AssertionError("every delete of the relay was written out at once")
+    await pg.crash()
+    await pg.restart()
 
-        async def relayed_again() -> bool:
-            return relay.relayed >= len(jobs) + 3
+    async def relayed_again() -> bool:
+        return relay.relayed >= len(jobs) + 3
 
-        await eventually(relayed_again, timeout=20, what="the rows to be published again")
-        await eventually(lambda: _empty(store), what="the outbox to drain again")
-        events = await stream_events(bus, "admitted")
-    finally:
-        await relay.stop()
-        await bus.close()
-        await store.close()
+    await eventually(relayed_again, timeout=20, what="the rows to be published again")
+    await eventually(lambda: _empty(store), what="the outbox to drain again")
+    events = await stream_events(bus, "admitted")
     assert sorted(e["job_id"] for e in events) == sorted(str(j) for j in jobs)
     assert len({e["msg_id"] for e in events}) == len(events)
 
 
-async def test_a_relays_batch_holding_a_cancel_to_a_runner_waits_for_the_disk(
-    own_servers: tuple[EmbeddedNats, EmbeddedPostgres],
-) -> None:
+async def test_a_relays_batch_holding_a_cancel_to_a_runner_waits_for_the_disk(held_back: HeldBack) -> None:
     """A cancel names no attempt: published again after a crash it could stop the job's next
     one. So the relay's delete of a batch holding one is written out before the relay goes on,
     whatever else does not wait for the disk."""
-    nats, pg = own_servers
-    await wal_held_back(pg.dsn)
-    store = Store(pg.dsn, max_size=2)
-    await store.connect()
-    bus = Bus(nats.url, Subjects("cancel"), name="test-relay")
-    await bus.connect()
-    relay = OutboxRelay(store, bus, poll_interval_s=0.1)
-    try:
-        await store.migrate()
-        await factories.pool(store)
-        await factories.runner(store, "r1")
-        [job_id] = await factories.queue(store)
-        [assigned] = (await store.transitions.claim("default", 1)).assignments
-        await store.transitions.start_many([Start(job_id, "r1", assigned["attempt"] + 1)])
-        assert (await store.transitions.cancel(job_id)).outcome == "requested"
-        assert "runners.r1.cancel" in [r["subject"] for r in await outbox_rows(store)]
-        await relay.start()
-        await eventually(lambda: _empty(store), what="the outbox to drain")
-        assert not await wal_unwritten(pg.dsn)
-    finally:
-        await relay.stop()
-        await bus.close()
-        await store.close()
+    pg, store, _, relay = held_back
+    await factories.runner(store, "r1")
+    [job_id] = await factories.queue(store)
+    [assigned] = (await store.transitions.claim("default", 1)).assignments
+    await store.transitions.start_many([Start(job_id, "r1", assigned["attempt"] + 1)])
+    assert (await store.transitions.cancel(job_id)).outcome == "requested"
+    assert "runners.r1.cancel" in [r["subject"] for r in await outbox_rows(store)]
+    await relay.start()
+    await eventually(lambda: _empty(store), what="the outbox to drain")
+    assert not await wal_unwritten(pg.dsn)
