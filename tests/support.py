@@ -157,11 +157,13 @@ async def stubborn_job(http: aiohttp.ClientSession, tmp_path: Path) -> dict[str,
     return job
 
 
-async def until_exists(path: Path, what: str) -> None:
+async def until_exists(path: Path, what: str, *, timeout: float = 10.0) -> None:
+    """Poll until a job has created `path` (its way of saying it got that far)."""
+
     async def exists() -> bool:
         return path.exists()  # noqa: ASYNC240 (a stat, polled)
 
-    await eventually(exists, what=what)
+    await eventually(exists, timeout=timeout, what=what)
 
 
 async def call(http: aiohttp.ClientSession, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:

@@ -5,7 +5,6 @@ checks what a user would: every job ends, its process is gone, its slot is free.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -161,8 +160,8 @@ async def test_a_cancelled_job_gets_sigterm_its_trap_runs_and_no_grandchild_surv
         "wait\n"
     )
     job_id = await submit(bus, payload={"command": ["bash", "-c", script], "cwd": str(tmp_path)})
-    await eventually(lambda: _exists(tmp_path / "grandchild"), what="the job to start its grandchild")
-    await eventually(lambda: _exists(tmp_path / "started"), what="the job to be running")
+    await until_exists(tmp_path / "grandchild", "the job to start its grandchild")
+    await until_exists(tmp_path / "started", "the job to be running")
     grandchild = int((tmp_path / "grandchild").read_text())
     async with aiohttp.ClientSession(base_url=quick_kill.http_url) as http, http.delete(f"/v1/jobs/{job_id}") as resp:
         assert resp.status == 202  # recorded; it ends when the runner confirms
@@ -175,10 +174,6 @@ async def test_a_cancelled_job_gets_sigterm_its_trap_runs_and_no_grandchild_surv
     assert await eventually(ended, what="the cancel to be confirmed") == "cancelled"
     assert (tmp_path / "trapped").read_text().strip() == "cleaned"
     await eventually(lambda: _true(not alive(grandchild)), timeout=5, what="the grandchild to be killed")
-
-
-async def _exists(path: Path) -> bool:
-    return os.path.exists(path)  # noqa: ASYNC240 (a stat, polled)
 
 
 async def _true(value: bool) -> bool:
@@ -310,7 +305,7 @@ async def test_a_stopped_runners_jobs_are_killed_by_its_watchdog(
         await start_all([runner])
         script = "if [ -e ran ]; then exit 0; fi; touch ran; echo $$ > pid; exec sleep 300"
         job_id = await submit(bus, payload={"command": ["bash", "-c", script], "cwd": str(tmp_path)})
-        await eventually(lambda: _exists(tmp_path / "pid"), what="the job to run")
+        await until_exists(tmp_path / "pid", "the job to run")
         pid = int((tmp_path / "pid").read_text())
         runner.signal(signal.SIGSTOP)
         await eventually(lambda: _true(not alive(pid)), timeout=3, what="the watchdog to kill the job")

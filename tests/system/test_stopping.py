@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import alive, eventually, submit
+from tests.support import alive, eventually, submit, until_exists
 from tests.system import processes
 
 pytestmark = pytest.mark.slow
@@ -43,11 +43,7 @@ async def test_the_first_sigint_waits_for_running_jobs_and_starts_none(data: Pat
         async with processes.api(data) as http:
             wait_for_release = f"touch {started}; while [ ! -f {release} ]; do sleep 0.05; done"
             running = await submit(http, payload={"command": ["sh", "-c", wait_for_release]})
-
-            async def is_running() -> bool:
-                return started.exists()
-
-            await eventually(is_running, timeout=30, what="the job to start")
+            await until_exists(started, "the job to start", timeout=30)
 
             (up.signal_group if terminal else up.signal)(signal.SIGINT)
 
