@@ -175,18 +175,33 @@ async def call(http: aiohttp.ClientSession, method: str, path: str, **kwargs: An
 _VOLATILE = {"runners": ("last_seen_at", "heartbeat_seq")}
 
 
-def _outbox_empty(store: Store) -> Callable[[], Awaitable[bool]]:
-    async def probe() -> bool:
-        return await store.outbox_depth() == 0
+async def outbox_empty(store: Store) -> bool:
+    return await store.outbox_depth() == 0
 
-    return probe
+
+async def outbox_rows(store: Store) -> list[dict[str, Any]]:
+    async with store.connection() as conn:
+        return [dict(r) for r in await conn.fetch("SELECT * FROM outbox ORDER BY seq")]
+
+
+async def stream_events(bus: Bus, verb: str | None = None) -> list[dict[str, Any]]:
+    """Every event the job-events stream holds (on `verb`, or all), in stream order, each with
+    its Nats-Msg-Id."""
+    stream = bus.subjects.job_events_stream
+    state = (await bus.js.stream_info(stream)).state
+    events = []
+    for seq in range(state.first_seq, state.last_seq + 1) if state.messages else ():
+        msg = await bus.js.get_msg(stream, seq)
+        if verb is None or msg.subject.split(".")[3] == verb:
+            events.append({**json.loads(msg.data or b"{}"), "msg_id": (msg.headers or {}).get("Nats-Msg-Id")})
+    return events
 
 
 async def database_rows(store: Store) -> dict[str, list[str]]:
     """Every row of every table, as text, by table: to see that bad input changed nothing, or to
     search the whole database for a value. Taken once the outbox is empty: its rows are news in
     transit (a refusal's `rejected` event), relayed and deleted within moments."""
-    await eventually(_outbox_empty(store), what="the outbox to be relayed")
+    await eventually(lambda: outbox_empty(store), what="the outbox to be relayed")
     async with store.connection() as conn:
         tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")
         rows: dict[str, list[str]] = {}
