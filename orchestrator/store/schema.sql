@@ -354,7 +354,8 @@ RETURNS TABLE (status text, in_flight integer, id uuid, pool text, runner_id tex
                attempt integer, payload jsonb, timeout_s double precision, trace_context jsonb,
                priority integer, created_at timestamptz, assigned_at timestamptz,
                due_in_s double precision, held_by_key integer, held_by_rate integer)
-LANGUAGE plpgsql AS $$
+-- Planned once per session, not at every step (migration 0020 says why that is safe).
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
 #variable_conflict use_column
 DECLARE
     cfg record;
@@ -520,7 +521,9 @@ BEGIN
             UPDATE jobs j SET state = 'assigned', runner_id = sl.runner_id, assigned_at = c.now,
                               not_before = NULL, claim_epoch = p_epoch, acked_at = NULL
             FROM picked pk JOIN slots sl ON sl.k = pk.k, c
-            WHERE j.id = pk.id AND j.state = 'queued'
+            -- By the ids planned, through the primary key: joined to `picked` alone, a plan made
+            -- without the plan's size may read every queued job instead.
+            WHERE j.id = ANY(planned) AND j.id = pk.id AND j.state = 'queued'
             RETURNING j.*
         ), served AS (
             UPDATE job_shapes s SET served_at = c.now FROM c
