@@ -131,6 +131,7 @@ async def test_a_batch_repeating_events_already_relayed_keeps_each_once_in_order
     the repeats dropped, the new ones stored after them in order. Core NATS rows go in their
     place among them."""
     monkeypatch.setattr(job_events, "ATOMIC_BATCH_MAX", 3)
+    monkeypatch.setattr(job_events, "ATOMIC_BATCH_MIN", 1)
     await bus.ensure_job_events_stream(3600)
     assert bus.atomic_events
     pool = f"atomic-{uuid4().hex[:8]}"
