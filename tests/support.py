@@ -356,18 +356,23 @@ def relations_read(plan: object) -> set[str]:
     return set()
 
 
-def _rows_read_from(plan: object, index: str) -> int:
+def rows_read(plans: object, relation: str) -> int:
+    """The rows the scans of `relation` in these plans (of `claim_plans`) read, by whatever index."""
+    return _rows_read_from(plans, relation, key="Relation Name")
+
+
+def _rows_read_from(plan: object, name: str, key: str = "Index Name") -> int:
     total = 0
     if isinstance(plan, dict):
-        if plan.get("Index Name") == index:
+        if plan.get(key) == name:
             total += int(plan.get("Actual Rows", 0) * plan.get("Actual Loops", 1)) + int(
                 plan.get("Rows Removed by Filter", 0)
             )
         for value in plan.values():
-            total += _rows_read_from(value, index)
+            total += _rows_read_from(value, name, key)
     elif isinstance(plan, list):
         for value in plan:
-            total += _rows_read_from(value, index)
+            total += _rows_read_from(value, name, key)
     return total
 
 

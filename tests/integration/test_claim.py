@@ -6,7 +6,7 @@ from __future__ import annotations
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from tests import factories
-from tests.support import claim_plans, claim_rows_read, relations_read
+from tests.support import claim_plans, claim_rows_read, relations_read, rows_read
 
 
 async def test_budget_is_the_lesser_of_cap_and_free_slots(store: Store) -> None:
@@ -61,6 +61,31 @@ async def test_runnable_job_is_found_without_scanning_unrunnable_ones(store: Sto
     scanned = await claim_rows_read(store, "default")
     assert 1 <= scanned <= 10, f"the claim read {scanned} index rows"
     step = await store.transitions.claim("default", 10)
+    assert [a["id"] for a in step.assignments] == [wanted]
+
+
+async def test_the_shapes_a_claim_reads_do_not_grow_with_unrunnable_ones_beside_many_small_pools(
+    store: Store,
+) -> None:
+    """Seed 004 among many pools: 5,000 more shapes of jobs no runner can take add nothing to what
+    a step reads. A plan made without the pool's name (as a plan made once per session is) weighs
+    `pool = $1` at the average pool's share of the shapes: beside 2,000 small pools, reading the
+    pool's shapes then looked cheaper than looking its runners' labels up, and a step read them all."""
+    for i in range(2000):
+        await factories.pool(store, f"small-{i}")
+        await factories.queue(store, 1, pool=f"small-{i}")
+    await factories.pool(store, "big", labels=["sim", "gpu"])
+    await factories.runner(store, "r1", "big", labels=["sim"])
+    (wanted,) = await factories.queue(store, 1, pool="big", labels=["sim"])
+    read = []
+    for burst in range(2):
+        tenants = [f"t{burst}-{i}" for i in range(5000)]
+        await factories.bulk_queue(store, 5000, pool="big", labels=["gpu"], tenants=tenants)
+        async with store.connection() as conn:
+            await conn.execute("ANALYZE jobs, job_shapes")
+        read.append(rows_read(await claim_plans(store, "big"), "job_shapes"))
+    assert read[1] == read[0], f"the claim read {read[0]} shapes beside 5,000 unrunnable ones, {read[1]} beside 10,000"
+    step = await store.transitions.claim("big", 10)
     assert [a["id"] for a in step.assignments] == [wanted]
 
 
