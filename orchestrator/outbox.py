@@ -14,7 +14,8 @@ skips nothing. Several relays taking disjoint batches (SKIP LOCKED) would publis
 lock: any number of relays may run (every process with a store runs one), one publishes at a
 time, in insert order, and a relay that dies releases the lock with its connection. A job's
 events are inserted in the order its transitions commit (each waits for the row lock the last
-one held), so each job's events leave in order.
+one held), so each job's events leave in order (how JetStream stores them through a stream
+leader's loss: bus/job_events.py).
 
 Through an outage (NATS down, a stream electing a leader, Postgres restarting) the rows stay, and
 the relay tries again with the same event ids after a backoff (doubling up to `MAX_BACKOFF_S`),
