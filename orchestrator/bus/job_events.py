@@ -44,8 +44,8 @@ PUBLISH_ACK_TIMEOUT_S = 5.0
 # Events per atomic batch: JetStream's default limit (max_batch_size) is 1000.
 ATOMIC_BATCH_MAX = 1000
 # Fewer durable events than this go one by one: below it that costs less CPU (the client's and
-# nats-server's) and less waiting for the last PubAck. CPU an event, one by one vs atomic: 24
-# events 67 vs 140 us, 300 events 38 vs 27 us (nats-server 2.12, 2 cores, the benchmark's machine).
+# nats-server's) and less waiting for the last PubAck. CPU an event, one by one vs atomic: 16
+# events 95 vs 165 us, 128: 56 vs 58, 256: 37 vs 32 (`python -m bench.atomic`, 2 cores).
 ATOMIC_BATCH_MIN = 256
 # The relay gives the event loop back this often while it publishes a batch: publishing into the
 # client's buffer never waits, and a backlog of 100k events would otherwise starve the process's

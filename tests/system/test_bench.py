@@ -96,3 +96,16 @@ def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
         "vs_graphile_worker",
     ):
         assert key in done.stdout, key
+
+
+def test_the_relays_two_ways_of_publishing_are_measured_at_each_size(tmp_path: Path) -> None:
+    """`python -m bench.atomic`: what ATOMIC_BATCH_MIN rests on, each batch size both ways."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env["PYTHONPATH"] = str(ROOT)
+    command = [sys.executable, "-m", "bench.atomic", "--quick"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "bench-results" / "atomic.json").read_text())
+    assert set(results) == {f"{size}_{way}" for size in (1, 64, 512) for way in ("atomic", "one_by_one")}
+    for figures in results.values():
+        assert figures["ms_per_batch"] > 0 and figures["client_us_per_event"] >= 0 and figures["nats_us_per_event"] >= 0
