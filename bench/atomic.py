@@ -41,7 +41,6 @@ class _Row:  # an outbox row, as the relay hands it to the bus
 async def measure(quick: bool) -> dict[str, Any]:
     sizes, events = ((1, 64, 512), 600) if quick else (SIZES, EVENTS)
     results: dict[str, Any] = {}
-    chosen = job_events.ATOMIC_BATCH_MIN
     with tempfile.TemporaryDirectory(prefix="orch-bench-atomic-") as tmp:
         server = EmbeddedNats(Path(tmp) / "nats")
         bus = Bus(await server.start(), Subjects())
@@ -55,13 +54,13 @@ async def measure(quick: bool) -> dict[str, Any]:
             subject = Subjects.job_finished.at("bench").relative
             for size in sizes:
                 batches = max(20, events // size)
-                for way, atomic_min in (("atomic", 1), ("one_by_one", size + 1)):
-                    job_events.ATOMIC_BATCH_MIN = atomic_min
+                for way, atomic in (("atomic", True), ("one_by_one", False)):
                     used = cpu.Meter({"nats": nats, "client": client})
                     used.start()
                     began = time.perf_counter()
                     for _ in range(batches):
-                        await bus.publish_outbox([_Row(uuid.uuid4(), subject, body) for _ in range(size)])
+                        rows = [_Row(uuid.uuid4(), subject, body) for _ in range(size)]
+                        await job_events.publish(bus, rows, atomic=atomic, atomic_min=1)
                     elapsed = time.perf_counter() - began
                     spent = used.stop()
                     results[f"{size}_{way}"] = {
@@ -70,7 +69,6 @@ async def measure(quick: bool) -> dict[str, Any]:
                         "client_us_per_event": round(spent["client"] / (batches * size) * 1e6, 1),
                     }
         finally:
-            job_events.ATOMIC_BATCH_MIN = chosen
             await bus.close()
             await server.stop()
     return results

@@ -87,24 +87,24 @@ async def ensure_stream(bus: Bus, max_age_s: float) -> bool:
     return bool(info.config.allow_atomic)
 
 
-async def publish(bus: Bus, rows: Sequence[OutboxMessage], *, atomic: bool) -> None:
+async def publish(bus: Bus, rows: Sequence[OutboxMessage], *, atomic: bool, atomic_min: int | None = None) -> None:
     """Publish outbox rows in order: durable ones to the job-events stream with `Nats-Msg-Id` =
     the event id, acknowledged by JetStream; the rest on core NATS, best effort (not flushed).
     Raises BusUnavailable unless JetStream acknowledged every durable one.
 
-    Durable rows go as atomic batches when there are at least `ATOMIC_BATCH_MIN` of them (one
-    PubAck per batch instead of one per event: a third of the client's CPU per event), else one
-    by one, pipelined. JetStream stores one connection's messages in the order they arrive, so
-    these are stored in order too, except after a failure between two of them (the stream's
-    leader lost mid-batch): the later one may be stored, the earlier only when the relay tries
-    again. An atomic batch is stored whole or not at all. One holding an event the stream
-    already has (a relay that published but died before deleting the rows) is refused whole by
-    JetStream, and nothing of it is stored: those rows are then published one by one, each with
-    its own PubAck, and JetStream drops the repeats."""
+    Durable rows go as atomic batches when there are at least `atomic_min` of them (by default
+    `ATOMIC_BATCH_MIN`; one PubAck per batch instead of one per event: a third of the client's
+    CPU per event), else one by one, pipelined. JetStream stores one connection's messages in
+    the order they arrive, so these are stored in order too, except after a failure between two
+    of them (the stream's leader lost mid-batch): the later one may be stored, the earlier only
+    when the relay tries again. An atomic batch is stored whole or not at all. One holding an
+    event the stream already has (a relay that published but died before deleting the rows) is
+    refused whole by JetStream, and nothing of it is stored: those rows are then published one
+    by one, each with its own PubAck, and JetStream drops the repeats."""
     headers = telemetry.inject()
     try:
         async with asyncio.timeout(PUBLISH_ACK_TIMEOUT_S):
-            if atomic and sum(row.durable for row in rows) >= ATOMIC_BATCH_MIN:
+            if atomic and sum(row.durable for row in rows) >= (atomic_min or ATOMIC_BATCH_MIN):
                 await _publish_batches(bus, rows, headers)
             else:
                 await _publish_each(bus, rows, headers)

@@ -138,14 +138,17 @@ async def test_a_batch_repeating_events_already_relayed_keeps_each_once_in_order
     rows = [_Row(uuid4(), Subjects.job_admitted.at(pool).relative, json.dumps({"n": n}).encode()) for n in range(8)]
     cancel = _Row(uuid4(), f"runners.{pool}.cancel", b"{}", durable=False)
     heard: list[bytes] = []
+    batched: list[str] = []
 
     async def hear(msg: Any) -> None:
         heard.append(msg.data)
+        batched.append((msg.headers or {}).get("Nats-Batch-Id", ""))
 
     sub = await bus.nc.subscribe(bus.subjects.absolute(">"), cb=hear)
     try:
         await bus.publish_outbox(rows[:2])
         await bus.flush()
+        assert batched and all(batched), "the relay published no atomic batch"
         heard.clear()
         await bus.publish_outbox([*rows[:4], cancel, *rows[4:]])  # the first two again, then new ones
         await bus.flush()
