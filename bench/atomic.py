@@ -17,7 +17,6 @@ import os
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +24,10 @@ from bench import cpu
 from bench.harness import command
 from orchestrator.bus import Bus, Subjects, job_events
 from orchestrator.embedded import EmbeddedNats
+from orchestrator.store import OutboxRow
 
 SIZES = (1, 4, 16, 64, 128, 256, 512)
 EVENTS = 6000  # per size and way (at least 20 batches)
-
-
-@dataclass
-class _Row:  # an outbox row, as the relay hands it to the bus
-    id: uuid.UUID
-    subject: str
-    body: bytes
-    durable: bool = True
 
 
 async def measure(quick: bool) -> dict[str, Any]:
@@ -59,7 +51,7 @@ async def measure(quick: bool) -> dict[str, Any]:
                     used.start()
                     began = time.perf_counter()
                     for _ in range(batches):
-                        rows = [_Row(uuid.uuid4(), subject, body) for _ in range(size)]
+                        rows = [OutboxRow(seq, uuid.uuid4(), subject, body, True) for seq in range(size)]
                         await job_events.publish(bus, rows, atomic=atomic, atomic_min=1)
                     elapsed = time.perf_counter() - began
                     spent = used.stop()

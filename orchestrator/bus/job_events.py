@@ -104,7 +104,8 @@ async def publish(bus: Bus, rows: Sequence[OutboxMessage], *, atomic: bool, atom
     headers = telemetry.inject()
     try:
         async with asyncio.timeout(PUBLISH_ACK_TIMEOUT_S):
-            if atomic and sum(row.durable for row in rows) >= (atomic_min or ATOMIC_BATCH_MIN):
+            least = ATOMIC_BATCH_MIN if atomic_min is None else atomic_min
+            if atomic and sum(row.durable for row in rows) >= least:
                 await _publish_batches(bus, rows, headers)
             else:
                 await _publish_each(bus, rows, headers)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,14 +17,18 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}  # its own servers
+def _quick(module: str, report: str, tmp_path: Path, timeout: float) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """`python -m <module> --quick` in `tmp_path`, on servers of its own: the run and its report."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
     env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
+    command = [sys.executable, "-m", module, "--quick"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "bench-results" / "all.json").read_text())
+    return done, json.loads((tmp_path / "bench-results" / f"{report}.json").read_text())
+
+
+def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
+    done, results = _quick("bench", "all", tmp_path, timeout=600)
     for key in (
         "end_to_end_jobs_per_s",
         "admission_jobs_per_s",
@@ -100,12 +105,7 @@ def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
 
 def test_the_relays_two_ways_of_publishing_are_measured_at_each_size(tmp_path: Path) -> None:
     """`python -m bench.atomic`: what ATOMIC_BATCH_MIN rests on, each batch size both ways."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
-    env["PYTHONPATH"] = str(ROOT)
-    command = [sys.executable, "-m", "bench.atomic", "--quick"]
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = json.loads((tmp_path / "bench-results" / "atomic.json").read_text())
+    _, results = _quick("bench.atomic", "atomic", tmp_path, timeout=300)
     assert set(results) == {f"{size}_{way}" for size in (1, 64, 512) for way in ("atomic", "one_by_one")}
     for figures in results.values():
         assert figures["ms_per_batch"] > 0 and figures["client_us_per_event"] >= 0 and figures["nats_us_per_event"] >= 0
