@@ -13,9 +13,10 @@ Every take registers, and the subscription is in place, before its first read, s
 fall between.
 
 When is a job held? When its runner started it (`running`), or when it is `assigned` and the
-runner acknowledged the hand-off (`acked_at`, recorded by the dispatcher's `acknowledge`
-transition, whose `assigned` news wakes the take). An `assigned` row not acknowledged yet may be
-a hand-off still in flight, which can be undone.
+runner acknowledged the hand-off (`acked_at`: recorded by the start, or by the dispatcher's
+`acknowledge` transition when no start follows at once; the `assigned` news of either wakes the
+take). An `assigned` row not acknowledged yet may be a hand-off still in flight, which can be
+undone.
 """
 
 from __future__ import annotations
