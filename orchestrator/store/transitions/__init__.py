@@ -123,7 +123,8 @@ class Transitions(RunnerEdges):
             for name in names:
                 await conn.execute(Q["pool_admission_lock"], name)
             configs = {r["name"]: dict(r) for r in await conn.fetch(Q["pool_get_many"], names)}
-            existing = {r["key"]: dict(r) for r in await conn.fetch(Q["job_list_by_keys"], sorted(set(keys)))}
+            wanted = sorted(set(keys))  # none (keyless jobs): no round trip to read them
+            existing = {r["key"]: dict(r) for r in await conn.fetch(Q["job_list_by_keys"], wanted)} if wanted else {}
             tx = AdmissionTx(conn, configs, existing, self._shapes)
             yield tx
         news.committed()
