@@ -113,7 +113,8 @@ async def latency_at_load(runtime: Runtime, rate: float, seconds: float, name: s
     # submit → admitted (the intake and the admission's queue), → claimed (the admission
     # transaction, the wake and the claim), → acked (the hand-off and the runner's ack), → started
     # (the start permission). A start recorded before the ack stamps both: "acked" then holds the
-    # start permission, and "started" is 0.
+    # start permission, and "started" is 0. That is the usual case: the dispatcher records an ack
+    # itself only when no start came within services/dispatch/handoff.py's ACK_RECORD_DELAY_S.
     stages = {stage: percentiles([float(r[stage]) for r in rows])["p50"] for stage in STAGES} if rows else {}
     return {**percentiles([float(r["ms"]) for r in rows]), "stages_p50": stages, **cpu.per_job(used, n, complete)}
 

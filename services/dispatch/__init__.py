@@ -25,10 +25,10 @@ A step's claim is one statement in the store (lock the pool row, derive in-fligh
 claim up to the budget), so `max_concurrent` holds with any number of
 dispatchers. Matching visits only the job shapes (pool, labels, tenant) the free runners can take,
 so its cost does not grow with non-matching jobs queued ahead (seed 004). Then the hand-off
-(handoff.py): `JobAssigned` to each runner as a request, its acks recorded, a refusal
-undone. Hand-offs are pipelined: a drain's next step does not wait for the acks of the last one
-(the claim already counts what they hold), so a runner slow to ack stalls only its own jobs, not
-its pool.
+(handoff.py): `JobAssigned` to each runner as a request, its acks recorded (by the runner's
+start, or by the hand-off a moment later), a refusal undone. Hand-offs are pipelined: a drain's
+next step does not wait for the acks of the last one (the claim already counts what they hold),
+so a runner slow to ack stalls only its own jobs, not its pool.
 
 A wake names its pool, and anyone who can publish on NATS can name one that does not exist:
 only a pool this process knows (`KnownPools`, a cached set read from Postgres) is woken, so a
@@ -111,6 +111,7 @@ class Dispatch(Service):
         self._shards: dict[str, str] = {}
 
     async def on_start(self) -> None:
+        self._handoffs.hurry(False)  # started again after a stop
         if self._own_known_pools:
             await self.known_pools.start()
             self.on_cleanup(self.known_pools.stop)
@@ -132,7 +133,8 @@ class Dispatch(Service):
     async def on_stop(self) -> None:
         self._due.clear()
         # Steps stop (not running); claimed hand-offs get the stop timeout to finish, so no
-        # assignment is left half-made.
+        # assignment is left half-made, and their acks are recorded without their delay.
+        self._handoffs.hurry()
         drains = [*self._drains.values(), *self._handoffs.in_flight]
         if drains:
             _, pending = await asyncio.wait(drains, timeout=self.timings.stop_timeout_s)
@@ -223,7 +225,8 @@ class Dispatch(Service):
     async def step(self, pool: str) -> str:
         """Claim and hand off one batch; return the step's status (`not_leader` when this process
         does not hold the lease of the pool's shard, `fenced` when Postgres knows a newer leader,
-        `wrong_shard` when the pool had moved to another shard) once every runner has answered."""
+        `wrong_shard` when the pool had moved to another shard) once every runner has answered
+        and its acks are recorded (or found recorded by its starts: handoff.ACK_RECORD_DELAY_S)."""
         status, _, handoffs = await self._step(pool)
         await asyncio.gather(*handoffs)
         return status

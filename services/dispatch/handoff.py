@@ -8,8 +8,9 @@ An ack is recorded (`acknowledge`, whose `assigned` news the outbox publishes) o
 is still unacknowledged `ACK_RECORD_DELAY_S` later. A runner asks to start a job as soon as it
 has acked it, and the start records the ack with it (`acked_at`, the same `assigned` news): so
 for most jobs the ack costs no write of its own, nor a second transaction on the row while its
-start commits. What is left to record is the ack of a runner that holds a job before starting
-it (or whose start request is late); acks recorded together share one transaction.
+start commits (it still reads whether the start came: a read, no write). What is left to record
+is the ack of a runner that holds a job before starting it (or whose start request is late);
+acks recorded together share one transaction. A stop does not wait out the delay (`hurry`).
 
 Each hand-off continues the job's trace: its wait in the queue as a span, then the assignment's
 producer span.
@@ -18,6 +19,7 @@ producer span.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -64,6 +66,8 @@ class HandOffs:
         # Acks of hand-offs that arrive together (every runner of a step, and steps of other
         # pools) are recorded in one `acknowledge` transaction.
         self._acks: Batcher[list[Handoff], None] = Batcher(self._acknowledge)
+        # Set while dispatch stops: an ack waiting out its delay is recorded at once.
+        self._hurry = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
 
     def start(self, pool: str, runner_id: str, rows: list[dict[str, Any]]) -> asyncio.Task[None]:
@@ -71,6 +75,14 @@ class HandOffs:
         self.in_flight.add(task)
         task.add_done_callback(self._done)
         return task
+
+    def hurry(self, stopping: bool = True) -> None:
+        """Record every ack waiting out its delay now, and those to come without one (a stop:
+        the lease is released once the hand-offs in flight end); `False` to wait again."""
+        if stopping:
+            self._hurry.set()
+        else:
+            self._hurry.clear()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
@@ -108,7 +120,9 @@ class HandOffs:
                 wait.observe((a["assigned_at"] - a["created_at"]).total_seconds())
             # The assignment is the runner's now: recorded by its start, or else here (the
             # module note), and announced (`assigned`) by the outbox either way.
-            await asyncio.sleep(ACK_RECORD_DELAY_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ACK_RECORD_DELAY_S):
+                    await self._hurry.wait()
             await self._acks.submit([Handoff(a["id"], runner_id, a["assigned_at"]) for a in accepted])
 
     async def _acknowledge(self, batches: list[list[Handoff]]) -> list[None]:

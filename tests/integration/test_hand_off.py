@@ -3,18 +3,21 @@ its own jobs. The pool's other runners keep taking work while that hand-off wait
 where a drain used to wait for every runner of its step (up to the ack timeout) before the next.
 
 An ack costs a write of its own only when the runner does not start the job at once: its start
-records the ack (issue 19: one transaction and one row version a job fewer)."""
+records the ack (issue 19: a write and a row version a job fewer)."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
+
+import pytest
 
 from app.runtime import Runtime
 from orchestrator.bus import Bus
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from schemas.events import JobAssigned, Reply
-from services.dispatch.handoff import ACK_RECORD_DELAY_S
+from services.dispatch import handoff
 from tests import factories
 from tests.support import agent, eventually, stream_events
 
@@ -60,8 +63,8 @@ async def test_a_runner_that_does_not_answer_its_hand_off_holds_back_only_its_ow
         await muted.unsubscribe()
 
 
-# Every version of every job row, in the order written: what an UPDATE changed that a state
-# history (tests/history.py) does not show.
+# Every version of a job row that changed its state or its ack, in the order written: what a
+# state history (tests/history.py) does not show.
 ROW_VERSIONS = """
 CREATE TABLE job_versions (seq bigint GENERATED ALWAYS AS IDENTITY, id uuid, state text, acked boolean);
 CREATE FUNCTION record_job_version() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -69,16 +72,19 @@ BEGIN
     INSERT INTO job_versions (id, state, acked) VALUES (NEW.id, NEW.state, NEW.acked_at IS NOT NULL);
     RETURN NULL;
 END $$;
-CREATE TRIGGER record_job_version AFTER UPDATE ON jobs FOR EACH ROW EXECUTE FUNCTION record_job_version();
+CREATE TRIGGER record_job_version AFTER UPDATE ON jobs FOR EACH ROW
+    WHEN (OLD.state IS DISTINCT FROM NEW.state OR OLD.acked_at IS DISTINCT FROM NEW.acked_at)
+    EXECUTE FUNCTION record_job_version();
 """
 
 
 async def test_a_job_its_runner_starts_at_once_is_acknowledged_by_its_start_alone(
-    settings: Settings, store: Store, bus: Bus
+    settings: Settings, store: Store, bus: Bus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Claimed, started (with the ack), ended: three versions of the row. Recording each ack in a
     transaction of its own, as the hand-off was answered, wrote a fourth (`assigned`, acked) for
     nearly every job, and raced the start for the row."""
+    monkeypatch.setattr(handoff, "ACK_RECORD_DELAY_S", 60.0)  # however slow the machine is
     await factories.pool(store, POOL)
     async with store.connection() as conn:
         await conn.execute(ROW_VERSIONS)
@@ -93,7 +99,7 @@ async def test_a_job_its_runner_starts_at_once_is_acknowledged_by_its_start_alon
             return len(await store.job_list(pool=POOL, state="succeeded", key=None, limit=50)) == len(ids)
 
         await eventually(all_succeeded, timeout=30, what="every job to run")
-        await runtime.stop()  # its acks still waiting are recorded (or found started) before it stops
+        await runtime.stop()  # the acks still waiting look for their jobs: all started
         async with store.connection() as conn:
             rows = await conn.fetch("SELECT id, state, acked FROM job_versions ORDER BY seq")
     finally:
@@ -107,20 +113,25 @@ async def test_a_job_its_runner_starts_at_once_is_acknowledged_by_its_start_alon
     assert len(versions) == len(ids)
 
 
+async def _holder(bus: Bus, store: Store) -> tuple[asyncio.Event, Any]:
+    """Runner `holder`, registered, that acks its hand-offs and never asks to start them."""
+    acked = asyncio.Event()
+
+    async def holds(event: JobAssigned) -> Reply:
+        acked.set()
+        return Reply(ok=True)
+
+    await factories.runner(store, "holder", pool=POOL)
+    return acked, await bus.subscribe(bus.subjects.assign.at("holder"), holds)
+
+
 async def test_an_ack_its_runner_does_not_follow_with_a_start_is_recorded_by_the_dispatcher(
     settings: Settings, store: Store, bus: Bus
 ) -> None:
     """A runner may hold a job before it asks to start it: its ack is recorded all the same, a
     moment later (`ACK_RECORD_DELAY_S`), with the `assigned` news a take waits for."""
     await factories.pool(store, POOL)
-    acked = asyncio.Event()
-
-    async def holds(event: JobAssigned) -> Reply:  # acks, and never asks to start
-        acked.set()
-        return Reply(ok=True)
-
-    await factories.runner(store, "holder", pool=POOL)
-    holding = await bus.subscribe(bus.subjects.assign.at("holder"), holds)
+    acked, holding = await _holder(bus, store)
     runtime = Runtime(settings, ["dispatch"])
     try:
         await runtime.start()
@@ -131,13 +142,35 @@ async def test_an_ack_its_runner_does_not_follow_with_a_start_is_recorded_by_the
             job = await store.job_get(job_id)
             return job if job is not None and job["acked_at"] is not None else None
 
-        job = await eventually(recorded, timeout=10 + ACK_RECORD_DELAY_S, what="the ack to be recorded")
+        job = await eventually(recorded, timeout=10 + handoff.ACK_RECORD_DELAY_S, what="the ack to be recorded")
         assert (job["state"], job["runner_id"]) == ("assigned", "holder")
 
         async def announced() -> list[dict[str, object]]:
             return [e for e in await stream_events(bus, "assigned") if e.get("job_id") == str(job_id)]
 
         assert len(await eventually(announced, timeout=10, what="its `assigned` news")) == 1
+    finally:
+        await runtime.stop()
+        await holding.unsubscribe()
+
+
+async def test_a_stop_records_the_acks_still_waiting_out_their_delay(
+    settings: Settings, store: Store, bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dispatcher stops (its lease is released after) without waiting out an ack's delay:
+    the acks waiting are recorded at once. Waited for, they would have been cut off by the stop
+    timeout (2 s here) and lost: the job unacknowledged until the unstarted sweep requeued it."""
+    monkeypatch.setattr(handoff, "ACK_RECORD_DELAY_S", 60.0)
+    await factories.pool(store, POOL)
+    acked, holding = await _holder(bus, store)
+    runtime = Runtime(settings, ["dispatch"])
+    try:
+        await runtime.start()
+        [job_id] = await factories.queue(store, 1, pool=POOL, payload={"command": ["true"]})
+        await asyncio.wait_for(acked.wait(), timeout=30)
+        await runtime.stop()
+        job = await store.job_get(job_id)
+        assert job is not None and (job["state"], job["acked_at"] is not None) == ("assigned", True)
     finally:
         await runtime.stop()
         await holding.unsubscribe()

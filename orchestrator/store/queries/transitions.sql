@@ -13,10 +13,10 @@
 -- A batch's first array is read through a sub-select, `unnest((SELECT $1::uuid[]), ...)`, where
 -- planning each batch again costs more than running it (the admission and the finish: 0.6 and
 -- 0.9 ms of planning, 0.25 of execution, for a batch of one; job_news() is inlined at every
--- plan). The planner then cannot count the batch (it assumes 10 rows, as for a parameter), so
--- a plan made for the batch's values costs what the plan made once does, and Postgres keeps the
--- latter after its first five (plan_cache_mode = auto). The right plan for 1 row or 500 is the
--- same: each job found by its primary key.
+-- plan). The planner cannot count that array (it assumes 10 rows, as for a parameter): a plan
+-- made for a batch's values then costs no less than the plan made once, and Postgres keeps the
+-- latter after its first five (plan_cache_mode = auto), planned again only when ANALYZE updates
+-- the statistics. The right plan for 1 row or 500 is the same: each job found by its primary key.
 
 -- Admit a batch in one statement. Labels and tolerations travel as JSON text (one array per
 -- job): Postgres arrays cannot be ragged, so a text[][] parameter could not carry them. The
@@ -62,8 +62,9 @@ SELECT id, key, pool, labels, plan, tenant, priority, timeout_s, max_attempts, a
 FROM admitted;
 
 -- The runner acknowledged these hand-offs (job, runner, the assignment's assigned_at): the
--- assignment is the runner's now. Already acknowledged (it asked to start first) or undone
--- meanwhile: nothing. A row locked by another edge is skipped, not waited for: it is the runner's
+-- assignment is the runner's now. Already acknowledged (its runner asked to start: the usual
+-- case, as the dispatcher records acks only after services/dispatch/handoff.py's
+-- ACK_RECORD_DELAY_S) or undone meanwhile: nothing. A row locked by another edge is skipped, not waited for: it is the runner's
 -- start request (which records the ack itself) or an end, and waiting for it held both back.
 -- name: job_acknowledge_many
 WITH changed AS (
