@@ -111,7 +111,7 @@ class Dispatch(Service):
         self._shards: dict[str, str] = {}
 
     async def on_start(self) -> None:
-        self._handoffs.hurry(False)  # started again after a stop
+        self._handoffs.unhurry()  # started again after a stop
         if self._own_known_pools:
             await self.known_pools.start()
             self.on_cleanup(self.known_pools.stop)

@@ -76,13 +76,13 @@ class HandOffs:
         task.add_done_callback(self._done)
         return task
 
-    def hurry(self, stopping: bool = True) -> None:
+    def hurry(self) -> None:
         """Record every ack waiting out its delay now, and those to come without one (a stop:
-        the lease is released once the hand-offs in flight end); `False` to wait again."""
-        if stopping:
-            self._hurry.set()
-        else:
-            self._hurry.clear()
+        the lease is released once the hand-offs in flight end), until `unhurry`."""
+        self._hurry.set()
+
+    def unhurry(self) -> None:
+        self._hurry.clear()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
