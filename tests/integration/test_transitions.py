@@ -3,12 +3,14 @@ outbox in the same transaction, and a refused one changes nothing and says why."
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
-from orchestrator.store import End, Start, Store
+from orchestrator.store import End, Handoff, Start, Store
 from schemas.jobs import JobState
 from tests import factories
+from tests.support import eventually
 
 
 async def outbox(store: Store) -> list[dict[str, Any]]:
@@ -70,3 +72,33 @@ async def test_cancel_ends_an_unstarted_job_records_a_running_ones_and_refuses_a
         ("runners.r1.cancel", "JobCancelRequested"),  # running: told at once
         ("runners.r1.cancel", "JobCancelRequested"),  # and again when asked again
     ]
+
+
+async def test_an_ack_that_meets_a_row_another_edge_holds_waits_for_it(store: Store) -> None:
+    """A take's poll (or any edge) holding the job's row when the ack comes: the ack is recorded
+    once the row is free. Skipped instead (SKIP LOCKED), it was lost for good, and a runner that
+    holds the job without starting it never had it acknowledged."""
+    await factories.pool(store)
+    await factories.runner(store, "r1")
+    (job_id,) = await factories.queue(store, 1, payload={"command": ["true"]})
+    (claimed,) = (await store.transitions.claim("default", 1)).assignments
+    async with store.connection() as holder:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR NO KEY UPDATE", job_id)
+            ack = asyncio.create_task(store.transitions.acknowledge([Handoff(job_id, "r1", claimed["assigned_at"])]))
+
+            async def waiting() -> bool:
+                if ack.done():  # it did not wait: it skipped the row
+                    return True
+                async with store.connection() as conn:  # not the holder's: its transaction sees one snapshot
+                    found = await conn.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE wait_event_type = 'Lock' AND query LIKE '%acked_at%'"
+                    )
+                return found > 0
+
+            await eventually(waiting, timeout=10, what="the ack to wait for the row")
+            assert not ack.done(), await ack
+        assert [job.id for job in await ack] == [job_id]
+    job = await store.job_get(job_id)
+    assert job is not None and job["acked_at"] is not None

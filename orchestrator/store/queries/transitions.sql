@@ -64,8 +64,8 @@ FROM admitted;
 -- The runner acknowledged these hand-offs (job, runner, the assignment's assigned_at): the
 -- assignment is the runner's now. Already acknowledged (its runner asked to start: the usual
 -- case, as the dispatcher records acks only after services/dispatch/handoff.py's
--- ACK_RECORD_DELAY_S) or undone meanwhile: nothing. A row locked by another edge is skipped, not waited for: it is the runner's
--- start request (which records the ack itself) or an end, and waiting for it held both back.
+-- ACK_RECORD_DELAY_S) or undone meanwhile: nothing. A row another edge holds is waited for, then
+-- looked at again: skipped, an ack that met a take's poll was lost for good.
 -- name: job_acknowledge_many
 WITH changed AS (
 UPDATE jobs j SET acked_at = clock_timestamp()
@@ -73,7 +73,7 @@ FROM (SELECT j2.id FROM jobs j2
       JOIN unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS r(id, runner_id, assigned_at)
         ON j2.id = r.id AND j2.runner_id = r.runner_id AND j2.assigned_at = r.assigned_at
       WHERE j2.state = 'assigned' AND j2.acked_at IS NULL
-      ORDER BY j2.id FOR UPDATE OF j2 SKIP LOCKED) r
+      ORDER BY j2.id FOR UPDATE OF j2) r
 WHERE j.id = r.id
 RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt
 ), news AS (
