@@ -111,7 +111,6 @@ class Dispatch(Service):
         self._shards: dict[str, str] = {}
 
     async def on_start(self) -> None:
-        self._handoffs.unhurry()  # started again after a stop
         if self._own_known_pools:
             await self.known_pools.start()
             self.on_cleanup(self.known_pools.stop)
@@ -133,16 +132,23 @@ class Dispatch(Service):
     async def on_stop(self) -> None:
         self._due.clear()
         # Steps stop (not running); claimed hand-offs get the stop timeout to finish, so no
-        # assignment is left half-made, and their acks are recorded without their delay.
+        # assignment is left half-made, and their acks are recorded without their delay. A
+        # drain's last step may start hand-offs while its drain is waited for: wait for those too.
         self._handoffs.hurry()
-        drains = [*self._drains.values(), *self._handoffs.in_flight]
-        if drains:
-            _, pending = await asyncio.wait(drains, timeout=self.timings.stop_timeout_s)
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        loop = asyncio.get_running_loop()  # its clock: what asyncio.wait's timeout counts in
+        deadline = loop.time() + self.timings.stop_timeout_s
+        pending: set[asyncio.Task[None]] = set()
+        while waiting := {*self._drains.values(), *self._handoffs.in_flight}:
+            left = deadline - loop.time()
+            if left <= 0:
+                pending = waiting
+                break
+            await asyncio.wait(waiting, timeout=left)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _on_wake(self, event: JobsQueued) -> None:
         if await self.known_pools.knows(event.pool):

@@ -9,8 +9,9 @@ is still unacknowledged `ACK_RECORD_DELAY_S` later. A runner asks to start a job
 has acked it, and the start records the ack with it (`acked_at`, the same `assigned` news): so
 for most jobs the ack costs no write of its own, nor a second transaction on the row while its
 start commits (it still reads whether the start came: a read, no write). What is left to record
-is the ack of a runner that holds a job before starting it (or whose start request is late);
-acks recorded together share one transaction. A stop does not wait out the delay (`hurry`).
+is the ack of a runner that holds a job before starting it, or whose start is late (a start
+still committing holds the row: the ack waits for it, then finds the job started). Acks recorded
+together share one transaction. A stop does not wait out the delay (`hurry`).
 
 Each hand-off continues the job's trace: its wait in the queue as a span, then the assignment's
 producer span.
@@ -78,11 +79,8 @@ class HandOffs:
 
     def hurry(self) -> None:
         """Record every ack waiting out its delay now, and those to come without one (a stop:
-        the lease is released once the hand-offs in flight end), until `unhurry`."""
+        the lease is released once the hand-offs in flight end)."""
         self._hurry.set()
-
-    def unhurry(self) -> None:
-        self._hurry.clear()
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)

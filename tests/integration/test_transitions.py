@@ -93,7 +93,8 @@ async def test_an_ack_that_meets_a_row_another_edge_holds_waits_for_it(store: St
                 async with store.connection() as conn:  # not the holder's: its transaction sees one snapshot
                     found = await conn.fetchval(
                         "SELECT count(*) FROM pg_stat_activity"
-                        " WHERE wait_event_type = 'Lock' AND query LIKE '%acked_at%'"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                        " AND query LIKE '%acked_at%'"
                     )
                 return found > 0
 

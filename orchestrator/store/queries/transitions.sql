@@ -65,7 +65,8 @@ FROM admitted;
 -- assignment is the runner's now. Already acknowledged (its runner asked to start: the usual
 -- case, as the dispatcher records acks only after services/dispatch/handoff.py's
 -- ACK_RECORD_DELAY_S) or undone meanwhile: nothing. A row another edge holds is waited for, then
--- looked at again: skipped, an ack that met a take's poll was lost for good.
+-- looked at again: skipped, an ack that met a take's poll was lost for good. (A row held past
+-- lock_timeout fails the batch: its jobs not started are requeued by the unstarted sweep.)
 -- name: job_acknowledge_many
 WITH changed AS (
 UPDATE jobs j SET acked_at = clock_timestamp()

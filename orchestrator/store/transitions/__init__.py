@@ -154,10 +154,11 @@ class Transitions(RunnerEdges):
         """Edge queued -> assigned: claim up to `limit` jobs of `pool` for runners with free
         slots, never past the pool's `max_concurrent`, in one statement (`claim_step`, migration
         0009). No news yet: the assignment is announced once its runner acknowledges it (as its
-        start records it, or `acknowledge`). A job waiting out a retry backoff is not claimed before it is due; the
-        step says when the first one is (`due_in_s`), and when the next start under a rate
-        limit or the pool's max_starts_per_s is, if it passed over jobs for one. A concurrency
-        key at its limit holds its jobs back until one of its jobs ends (`held_by_key`).
+        start records it, or `acknowledge`). A job waiting out a retry backoff is not claimed
+        before it is due; the step says when the first one is (`due_in_s`), and when the next
+        start under a rate limit or the pool's max_starts_per_s is, if it passed over jobs for
+        one. A concurrency key at its limit holds its jobs back until one of its jobs ends
+        (`held_by_key`).
 
         With a `fence`, the statement first checks the shard's stored epoch (holding it shared to
         its end, so a successor's new term waits for it): another one means a newer leader was
