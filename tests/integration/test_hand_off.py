@@ -8,6 +8,8 @@ records the ack (issue 19: a write and a row version a job fewer)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -113,8 +115,11 @@ async def test_a_job_its_runner_starts_at_once_is_acknowledged_by_its_start_alon
     assert len(versions) == len(ids)
 
 
-async def _holder(bus: Bus, store: Store) -> tuple[asyncio.Event, Any]:
-    """Runner `holder`, registered, that acks its hand-offs and never asks to start them."""
+@contextlib.asynccontextmanager
+async def _one_job_held_unstarted(settings: Settings, store: Store, bus: Bus) -> AsyncIterator[tuple[Runtime, Any]]:
+    """Dispatch running, and one job handed to runner `holder`, which acked it and never asks
+    to start it; the runtime and the job's id."""
+    await factories.pool(store, POOL)
     acked = asyncio.Event()
 
     async def holds(event: JobAssigned) -> Reply:
@@ -122,7 +127,16 @@ async def _holder(bus: Bus, store: Store) -> tuple[asyncio.Event, Any]:
         return Reply(ok=True)
 
     await factories.runner(store, "holder", pool=POOL)
-    return acked, await bus.subscribe(bus.subjects.assign.at("holder"), holds)
+    holding = await bus.subscribe(bus.subjects.assign.at("holder"), holds)
+    runtime = Runtime(settings, ["dispatch"])
+    try:
+        await runtime.start()
+        [job_id] = await factories.queue(store, 1, pool=POOL, payload={"command": ["true"]})
+        await asyncio.wait_for(acked.wait(), timeout=30)
+        yield runtime, job_id
+    finally:
+        await runtime.stop()
+        await holding.unsubscribe()
 
 
 async def test_an_ack_its_runner_does_not_follow_with_a_start_is_recorded_by_the_dispatcher(
@@ -130,13 +144,7 @@ async def test_an_ack_its_runner_does_not_follow_with_a_start_is_recorded_by_the
 ) -> None:
     """A runner may hold a job before it asks to start it: its ack is recorded all the same, a
     moment later (`ACK_RECORD_DELAY_S`), with the `assigned` news a take waits for."""
-    await factories.pool(store, POOL)
-    acked, holding = await _holder(bus, store)
-    runtime = Runtime(settings, ["dispatch"])
-    try:
-        await runtime.start()
-        [job_id] = await factories.queue(store, 1, pool=POOL, payload={"command": ["true"]})
-        await asyncio.wait_for(acked.wait(), timeout=30)
+    async with _one_job_held_unstarted(settings, store, bus) as (_, job_id):
 
         async def recorded() -> dict[str, object] | None:
             job = await store.job_get(job_id)
@@ -149,9 +157,6 @@ async def test_an_ack_its_runner_does_not_follow_with_a_start_is_recorded_by_the
             return [e for e in await stream_events(bus, "assigned") if e.get("job_id") == str(job_id)]
 
         assert len(await eventually(announced, timeout=10, what="its `assigned` news")) == 1
-    finally:
-        await runtime.stop()
-        await holding.unsubscribe()
 
 
 async def test_a_stop_records_the_acks_still_waiting_out_their_delay(
@@ -161,16 +166,7 @@ async def test_a_stop_records_the_acks_still_waiting_out_their_delay(
     the acks waiting are recorded at once. Waited for, they would have been cut off by the stop
     timeout (2 s here) and lost: the job unacknowledged until the unstarted sweep requeued it."""
     monkeypatch.setattr(handoff, "ACK_RECORD_DELAY_S", 60.0)
-    await factories.pool(store, POOL)
-    acked, holding = await _holder(bus, store)
-    runtime = Runtime(settings, ["dispatch"])
-    try:
-        await runtime.start()
-        [job_id] = await factories.queue(store, 1, pool=POOL, payload={"command": ["true"]})
-        await asyncio.wait_for(acked.wait(), timeout=30)
+    async with _one_job_held_unstarted(settings, store, bus) as (runtime, job_id):
         await runtime.stop()
         job = await store.job_get(job_id)
         assert job is not None and (job["state"], job["acked_at"] is not None) == ("assigned", True)
-    finally:
-        await runtime.stop()
-        await holding.unsubscribe()
