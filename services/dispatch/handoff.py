@@ -38,9 +38,10 @@ from orchestrator.store import Handoff, Store
 from schemas.events import JobAssigned, Reply
 
 # How long an accepted hand-off waits for its start to record the ack before recording it
-# itself. Starts follow acks within milliseconds on an idle system, and within 60 ms at p99 with
-# the machine saturated (`python -m bench`'s capped run); until then a take does not see the
-# job held, nor a follower its `assigned` news, if its runner has not started it.
+# itself. Starts follow acks within milliseconds on an idle system; with the machine saturated
+# (the benchmark's throughput run capped at 32, bench/dispatch.py), claim to start took 60 ms at
+# p99 (its jobs' assigned_at to started_at). Until then a take does not see the job held, nor a
+# follower its `assigned` news, if its runner has not started it.
 ACK_RECORD_DELAY_S = 0.25
 
 
