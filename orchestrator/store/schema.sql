@@ -354,8 +354,9 @@ RETURNS TABLE (status text, in_flight integer, id uuid, pool text, runner_id tex
                attempt integer, payload jsonb, timeout_s double precision, trace_context jsonb,
                priority integer, created_at timestamptz, assigned_at timestamptz,
                due_in_s double precision, held_by_key integer, held_by_rate integer)
--- Its statements are planned once per session but for step 1's (migration 0020 says why).
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+-- Its statements are planned once per session but for step 1's (migration 0020 says why), and
+-- read every table through its indexes (0021 says why).
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 #variable_conflict use_column
 DECLARE
     cfg record;
