@@ -67,15 +67,18 @@ FROM admitted;
 -- ACK_RECORD_DELAY_S) or undone meanwhile: nothing. A row another edge holds is waited for, then
 -- looked at again: skipped, an ack that met a take's poll was lost for good. (A row held past
 -- lock_timeout fails the batch: its jobs not started are requeued by the unstarted sweep.)
+-- Each job by its primary key, locked in the order given (news.columns: by id) if not
+-- acknowledged: OFFSET 0 keeps it a lookup per job, and no other index serves `id` and `acked_at`
+-- (one that serves `state`, planned from statistics that say few jobs are assigned, was read
+-- whole for each job acked, most often to find them all started). The assignment is compared on
+-- the row as locked; a job acked and requeued, or cancelled unacknowledged, is locked for nothing.
 -- name: job_acknowledge_many
 WITH changed AS (
 UPDATE jobs j SET acked_at = clock_timestamp()
-FROM (SELECT j2.id FROM jobs j2
-      JOIN unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS r(id, runner_id, assigned_at)
-        ON j2.id = r.id AND j2.runner_id = r.runner_id AND j2.assigned_at = r.assigned_at
-      WHERE j2.state = 'assigned' AND j2.acked_at IS NULL
-      ORDER BY j2.id FOR UPDATE OF j2) r
-WHERE j.id = r.id
+FROM unnest($1::uuid[], $2::text[], $3::timestamptz[]) AS r(id, runner_id, assigned_at)
+CROSS JOIN LATERAL (SELECT j2.id, j2.state, j2.runner_id, j2.assigned_at FROM jobs j2
+                    WHERE j2.id = r.id AND j2.acked_at IS NULL OFFSET 0 FOR UPDATE) l
+WHERE j.id = l.id AND l.state = 'assigned' AND l.runner_id = r.runner_id AND l.assigned_at = r.assigned_at
 RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt
 ), news AS (
     INSERT INTO outbox (id, subject, body, durable)
