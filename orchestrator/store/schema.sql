@@ -354,8 +354,8 @@ RETURNS TABLE (status text, in_flight integer, id uuid, pool text, runner_id tex
                attempt integer, payload jsonb, timeout_s double precision, trace_context jsonb,
                priority integer, created_at timestamptz, assigned_at timestamptz,
                due_in_s double precision, held_by_key integer, held_by_rate integer)
--- Its statements are planned once per session but for step 1's (migration 0020 says why), and
--- read every table through its indexes (0021 says why).
+-- Its statements are planned once per session but for the one that finds a group's shapes (0022
+-- says why), and read every table through its indexes (0021 says why).
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 #variable_conflict use_column
 DECLARE
@@ -366,6 +366,7 @@ DECLARE
     claimed integer;
     total integer := 0;
     groups integer := 0;
+    shapes bigint[];
     planned uuid[];
     ckeys text[];
     rkeys text[];
@@ -444,59 +445,59 @@ BEGIN
     LOOP
         groups := groups + 1;
         EXIT WHEN budget <= 0;
-        -- 1. The plan: the jobs this group would take, in claim order.
-        -- Planned at every step with its values (EXECUTE), unlike the other statements here: the
-        -- index that finds the group's shapes depends on the pool's share of them, which a plan
-        -- made once does not know (it read all 5,000 shapes of a pool beside 2,000 small pools).
-        EXECUTE $plan$
-            WITH lanes AS (
-                SELECT s.id, s.served_at, s.concurrency_key AS ckey, s.rate_limit_key AS rkey,
-                       CASE WHEN s.concurrency_key = '' THEN $4
-                            ELSE greatest(0, concurrency_key_room(s.concurrency_key)) END AS croom,
-                       CASE WHEN s.rate_limit_key = '' THEN $4 ELSE coalesce(
-                           (SELECT gcra_room(r.tat, clock_timestamp(), r.period_s / r.max_starts, r.burst)
-                            FROM rate_limits r WHERE r.key = s.rate_limit_key), $4) END AS rroom
-                FROM job_shapes s
-                WHERE s.pool = $1 AND s.labels <@ $2 AND s.tolerations @> $3
-            ), heads AS (
-                SELECT q.id, q.priority, s.served_at, s.ckey, s.rkey, s.croom, s.rroom,
-                       row_number() OVER (PARTITION BY s.id, q.priority ORDER BY q.id) AS turn
-                FROM lanes s
-                CROSS JOIN LATERAL (
-                    SELECT j.id, j.priority FROM jobs j
-                    WHERE j.shape_id = s.id AND j.state = 'queued'
-                      AND (j.not_before IS NULL OR j.not_before <= now())
-                    ORDER BY j.priority DESC, j.id
-                    LIMIT least($4, $5, s.croom, s.rroom)
-                ) q
-                WHERE s.croom > 0 AND s.rroom > 0  -- a lane held back: none of its jobs is read
-            ), ranked AS (
-                SELECT h.*, row_number() OVER (ORDER BY h.priority DESC, h.turn, h.served_at NULLS FIRST, h.id) AS k
-                FROM heads h
-            ), keyed AS (
-                -- Within each key, no more than its room (a key may have lanes of several shapes).
-                SELECT f.id, f.ckey, f.rkey, f.k
-                FROM (SELECT r.*, row_number() OVER (PARTITION BY r.ckey ORDER BY r.k) AS cturn,
-                                  row_number() OVER (PARTITION BY r.rkey ORDER BY r.k) AS rturn
-                      FROM ranked r WHERE r.ckey <> '' OR r.rkey <> '') f
-                WHERE (f.ckey = '' OR f.cturn <= f.croom) AND (f.rkey = '' OR f.rturn <= f.rroom)
-            ), picked AS (
-                SELECT r.id, r.ckey, r.rkey, r.k FROM ranked r WHERE r.ckey = '' AND r.rkey = ''
-                UNION ALL
-                SELECT * FROM keyed
-                ORDER BY k LIMIT least($4, $5)
-            )
-            SELECT array_agg(p.id ORDER BY p.k), array_agg(DISTINCT p.ckey) FILTER (WHERE p.ckey <> ''),
-                   array_agg(DISTINCT p.rkey) FILTER (WHERE p.rkey <> '')
-            FROM picked p
-        $plan$
-        INTO planned, ckeys, rkeys
-        USING p_pool, grp.labels, grp.taints, budget, grp.slots;
+        -- 1. The group's shapes. Planned at every step with its values (EXECUTE), unlike the other
+        -- statements here: the index that finds them depends on the pool's share of them, which a
+        -- plan made once does not know (it read all 5,000 shapes of a pool beside 2,000 small pools).
+        EXECUTE 'SELECT array_agg(s.id) FROM job_shapes s WHERE s.pool = $1 AND s.labels <@ $2 AND s.tolerations @> $3'
+        INTO shapes
+        USING p_pool, grp.labels, grp.taints;
+        CONTINUE WHEN shapes IS NULL;
+        -- 2. The plan: the jobs this group would take of those shapes, in claim order.
+        WITH lanes AS (
+            SELECT s.id, s.served_at, s.concurrency_key AS ckey, s.rate_limit_key AS rkey,
+                   CASE WHEN s.concurrency_key = '' THEN budget
+                        ELSE greatest(0, concurrency_key_room(s.concurrency_key)) END AS croom,
+                   CASE WHEN s.rate_limit_key = '' THEN budget ELSE coalesce(
+                       (SELECT gcra_room(r.tat, clock_timestamp(), r.period_s / r.max_starts, r.burst)
+                        FROM rate_limits r WHERE r.key = s.rate_limit_key), budget) END AS rroom
+            FROM job_shapes s WHERE s.id = ANY(shapes)
+        ), heads AS (
+            SELECT q.id, q.priority, s.served_at, s.ckey, s.rkey, s.croom, s.rroom,
+                   row_number() OVER (PARTITION BY s.id, q.priority ORDER BY q.id) AS turn
+            FROM lanes s
+            CROSS JOIN LATERAL (
+                SELECT j.id, j.priority FROM jobs j
+                WHERE j.shape_id = s.id AND j.state = 'queued'
+                  AND (j.not_before IS NULL OR j.not_before <= now())
+                ORDER BY j.priority DESC, j.id
+                LIMIT least(budget, grp.slots, s.croom, s.rroom)
+            ) q
+            WHERE s.croom > 0 AND s.rroom > 0  -- a lane held back: none of its jobs is read
+        ), ranked AS (
+            SELECT h.*, row_number() OVER (ORDER BY h.priority DESC, h.turn, h.served_at NULLS FIRST, h.id) AS k
+            FROM heads h
+        ), keyed AS (
+            -- Within each key, no more than its room (a key may have lanes of several shapes).
+            SELECT f.id, f.ckey, f.rkey, f.k
+            FROM (SELECT r.*, row_number() OVER (PARTITION BY r.ckey ORDER BY r.k) AS cturn,
+                              row_number() OVER (PARTITION BY r.rkey ORDER BY r.k) AS rturn
+                  FROM ranked r WHERE r.ckey <> '' OR r.rkey <> '') f
+            WHERE (f.ckey = '' OR f.cturn <= f.croom) AND (f.rkey = '' OR f.rturn <= f.rroom)
+        ), picked AS (
+            SELECT r.id, r.ckey, r.rkey, r.k FROM ranked r WHERE r.ckey = '' AND r.rkey = ''
+            UNION ALL
+            SELECT * FROM keyed
+            ORDER BY k LIMIT least(budget, grp.slots)
+        )
+        SELECT array_agg(p.id ORDER BY p.k), array_agg(DISTINCT p.ckey) FILTER (WHERE p.ckey <> ''),
+               array_agg(DISTINCT p.rkey) FILTER (WHERE p.rkey <> '')
+        FROM picked p
+        INTO planned, ckeys, rkeys;
         CONTINUE WHEN planned IS NULL;
-        -- 2. The locks of the keys planned (each taker of several goes in one order: no deadlock).
+        -- 3. The locks of the keys planned (each taker of several goes in one order: no deadlock).
         PERFORM concurrency_keys_lock(ckeys);
         PERFORM 1 FROM rate_limits r WHERE r.key = ANY(rkeys) ORDER BY r.key FOR UPDATE;
-        -- 3. The claim: of the jobs planned, those that still fit, as counted now the locks are held.
+        -- 4. The claim: of the jobs planned, those that still fit, as counted now the locks are held.
         RETURN QUERY
         WITH c AS (SELECT clock_timestamp() AS now), plan AS (
             SELECT j.id, j.priority, s.served_at, s.id AS lane, s.concurrency_key AS ckey, s.rate_limit_key AS rkey,
