@@ -14,17 +14,21 @@ from orchestrator.store import Handoff, Store
 from orchestrator.store.queries import Q
 from tests import factories
 
-EDGES = ("job_insert_many", "job_acknowledge_many", "job_finish_many")
+# An admission batch's reads and insert, and the edges of its job.
+STATEMENTS = ("pool_get_many", "job_list_by_keys", "job_insert_many", "job_acknowledge_many", "job_finish_many")
 
 
-async def test_the_admission_the_ack_and_the_finish_are_planned_once_per_connection(settings: Settings) -> None:
+async def test_the_admission_its_reads_the_ack_and_the_finish_are_planned_once_per_connection(
+    settings: Settings,
+) -> None:
     store = Store(settings.database_url or "", max_size=1)  # one connection: every edge's statements
     await store.connect()
     try:
         await factories.pool(store, "p")
         await factories.runner(store, "r1", pool="p")
-        for _ in range(8):  # one job at a time, as an idle system admits and ends them
-            await factories.queue(store, 1, pool="p", payload={"command": ["true"]})
+        for i in range(8):  # one job at a time, as an idle system admits and ends them
+            async with store.transitions.admission(["p"], [f"k{i}"]) as tx:
+                await tx.insert([factories.job("p", key=f"k{i}", payload={"command": ["true"]})])
             claim = await store.transitions.claim("p", 1)
             await store.transitions.acknowledge(
                 [Handoff(a["id"], a["runner_id"], a["assigned_at"]) for a in claim.assignments]
@@ -34,10 +38,12 @@ async def test_the_admission_the_ack_and_the_finish_are_planned_once_per_connect
             rows = await conn.fetch("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
     finally:
         await store.close()
-    plans = {name: (r["generic_plans"], r["custom_plans"]) for r in rows for name in EDGES if r["statement"] == Q[name]}
+    plans = {
+        name: (r["generic_plans"], r["custom_plans"]) for r in rows for name in STATEMENTS if r["statement"] == Q[name]
+    }
     # With plan_cache_mode = auto, Postgres plans for the values five times before it compares;
     # from then on it runs the plan it made once. Before: (0, 8) each.
-    assert plans == {name: (3, 5) for name in EDGES}
+    assert plans == {name: (3, 5) for name in STATEMENTS}
 
 
 # What a statement read of the jobs table: this connection's counters after it less before it

@@ -6,8 +6,10 @@ SELECT * FROM jobs WHERE id = $1;
 -- name: job_get_many
 SELECT * FROM jobs WHERE id = ANY($1::uuid[]);
 
+-- The jobs holding any of these keys (each admission batch's). The array is read through a
+-- sub-select, so the plan is made once per connection (see transitions.sql's head).
 -- name: job_list_by_keys
-SELECT * FROM jobs WHERE key = ANY($1::text[]);
+SELECT * FROM jobs WHERE key = ANY((SELECT $1::text[])::text[]);
 
 -- name: job_list
 SELECT * FROM jobs

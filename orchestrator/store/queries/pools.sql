@@ -1,8 +1,9 @@
 -- name: pool_get
 SELECT * FROM pools WHERE name = $1;
 
+-- Read by each admission batch: planned once per connection, as job_list_by_keys.
 -- name: pool_get_many
-SELECT * FROM pools WHERE name = ANY($1::text[]);
+SELECT * FROM pools WHERE name = ANY((SELECT $1::text[])::text[]);
 
 -- name: pool_lock_for_change
 SELECT * FROM pools WHERE name = $1 FOR NO KEY UPDATE;
