@@ -1,6 +1,6 @@
 """Flow control outside the claim (`queries/flow.sql`): rate limits as operators set them, the
 pools where a concurrency key's jobs wait, and what holds a queued job back. The claim itself,
-which enforces both, is migration 0016's `claim_step` (as 0017 to 0020 left it); admission's side is `AdmissionTx`."""
+which enforces both, is migration 0016's `claim_step` (as 0017 to 0022 left it); admission's side is `AdmissionTx`."""
 
 from __future__ import annotations
 

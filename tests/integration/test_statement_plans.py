@@ -46,9 +46,9 @@ async def test_the_admission_its_reads_the_ack_and_the_finish_are_planned_once_p
     assert plans == {name: (3, 5) for name in STATEMENTS}
 
 
-# What a statement read of the jobs table: this connection's counters after it less before it
-# (Postgres adds a transaction's counts to the shared ones a second later at most, so the counters
-# of the connection's last transactions may still be in its pending ones).
+# What a statement read of the jobs table: this connection's counters after it less before it, in
+# one transaction (a backend adds its counts to the shared ones only between transactions, and
+# when it gets round to it: its pending counts may still hold those of its last transactions).
 READS = "SELECT seq_scan, seq_tup_read + idx_tup_fetch AS rows FROM pg_stat_xact_user_tables WHERE relname = 'jobs'"
 
 

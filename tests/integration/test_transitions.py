@@ -103,3 +103,23 @@ async def test_an_ack_that_meets_a_row_another_edge_holds_waits_for_it(store: St
         assert [job.id for job in await ack] == [job_id]
     job = await store.job_get(job_id)
     assert job is not None and job["acked_at"] is not None
+
+
+async def test_an_ack_of_an_assignment_undone_does_not_wait_for_the_job(store: Store) -> None:
+    """The job was requeued (its runner lost, say) and a claim holds its row, assigning it again,
+    when the ack of the old assignment comes: nothing to record, and nothing to wait for. Locked
+    for the ack too, the row made it wait for that claim, and the claim, which locks its rows in
+    no set order, could wait for a row the ack held: a deadlock."""
+    await factories.pool(store)
+    await factories.runner(store, "r1")
+    (job_id,) = await factories.queue(store, 1, payload={"command": ["true"]})
+    (claimed,) = (await store.transitions.claim("default", 1)).assignments
+    assert [job.id for job in await store.transitions.unassign("r1", [job_id])] == [job_id]
+    async with store.connection() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM jobs WHERE id = $1 FOR NO KEY UPDATE", job_id)
+        acked = await asyncio.wait_for(
+            store.transitions.acknowledge([Handoff(job_id, "r1", claimed["assigned_at"])]), timeout=10
+        )
+    assert acked == []
+    job = await store.job_get(job_id)
+    assert job is not None and job["state"] == "queued" and job["acked_at"] is None

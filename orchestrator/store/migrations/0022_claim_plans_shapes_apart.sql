@@ -1,8 +1,8 @@
 -- The claim of migration 0021, with step 1 in two: the group's shapes are found by a statement
 -- planned at every step with its values (which index finds them depends on the pool's share of
 -- them: 0020), and the jobs of those shapes are planned by one made once per session. Planned
--- at every step, the whole of step 1 cost 0.6 ms of planning at each step that found jobs, the
--- largest part of a claim at idle and a tenth of Postgres's time at 400 jobs/s; its shapes alone
+-- whole at every step that reached a group of runners, step 1 cost 0.6 ms of planning: the
+-- largest part of a claim at idle, and a tenth of Postgres's time at 400 jobs/s. Its shapes alone
 -- cost a few hundredths.
 CREATE OR REPLACE FUNCTION claim_step(p_pool text, p_limit integer, p_shard text, p_epoch bigint)
 RETURNS TABLE (status text, in_flight integer, id uuid, pool text, runner_id text, shape_id bigint,

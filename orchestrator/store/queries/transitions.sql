@@ -68,18 +68,22 @@ FROM admitted;
 -- ACK_RECORD_DELAY_S) or undone meanwhile: nothing. A row another edge holds is waited for, then
 -- looked at again: skipped, an ack that met a take's poll was lost for good. (A row held past
 -- lock_timeout fails the batch: its jobs not started are requeued by the unstarted sweep.)
--- Each job by its primary key, locked in the order given (news.columns: by id) if not
--- acknowledged: OFFSET 0 keeps it a lookup per job, and no other index serves `id` and `acked_at`
--- (one that serves `state`, planned from statistics that say few jobs are assigned, was read
--- whole for each job acked, most often to find them all started). The assignment is compared on
--- the row as locked; a job acked and requeued, or cancelled unacknowledged, is locked for nothing.
+-- Each job by its primary key, locked in the order given (news.columns: by id) while it is that
+-- assignment unacknowledged: OFFSET 0 keeps it a lookup per job, and no other index serves what
+-- it compares. Joined to the jobs whose `state` is assigned, as planned from statistics that said
+-- few were, it read all of those to compare each with every job named, most often to find them
+-- all started. `state` is compared on the row as locked, outside: inside, the indexes partial on
+-- it would serve too (one of them is the runner's). A job of that assignment cancelled
+-- unacknowledged is locked for nothing; one requeued or assigned again is not locked.
 -- name: job_acknowledge_many
 WITH changed AS (
 UPDATE jobs j SET acked_at = clock_timestamp()
 FROM unnest((SELECT $1::uuid[]), $2::text[], $3::timestamptz[]) AS r(id, runner_id, assigned_at)
-CROSS JOIN LATERAL (SELECT j2.id, j2.state, j2.runner_id, j2.assigned_at FROM jobs j2
-                    WHERE j2.id = r.id AND j2.acked_at IS NULL OFFSET 0 FOR UPDATE) l
-WHERE j.id = l.id AND l.state = 'assigned' AND l.runner_id = r.runner_id AND l.assigned_at = r.assigned_at
+CROSS JOIN LATERAL (SELECT j2.id, j2.state FROM jobs j2
+                    WHERE j2.id = r.id AND j2.runner_id = r.runner_id AND j2.assigned_at = r.assigned_at
+                      AND j2.acked_at IS NULL
+                    OFFSET 0 FOR UPDATE) l
+WHERE j.id = l.id AND l.state = 'assigned'
 RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt
 ), news AS (
     INSERT INTO outbox (id, subject, body, durable)
