@@ -1,7 +1,7 @@
-"""How the hot statements are planned (issue 19): the admission, the ack and the finish keep one
-plan per connection (planned again for each batch, a batch of one cost 0.6 to 0.9 ms of planning for
-0.25 ms of work: see queries/transitions.sql), and the claim and the ack read the jobs table through
-the index that finds what they name, whatever the statistics say."""
+"""How the hot statements are planned (issue 19): the admission, its reads and the runners' edges
+keep one plan per connection (planned again for each batch, a batch of one cost 0.6 to 0.9 ms of
+planning for 0.25 ms of work: see queries/transitions.sql), and the claim and the runners' edges
+read the jobs table through the index that finds what they name, whatever the statistics say."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ from schemas.jobs import JobState
 from tests import factories
 
 # An admission batch's reads and insert, and the edges of its job.
-STATEMENTS = ("pool_get_many", "job_list_by_keys", "job_insert_many", "job_acknowledge_many", "job_finish_many")
+STATEMENTS = (
+    "pool_get_many",
+    "job_list_by_keys",
+    "job_insert_many",
+    "job_acknowledge_many",
+    "job_start_many",
+    "job_finish_many",
+)
 
 
 async def test_the_admission_its_reads_the_ack_and_the_finish_are_planned_once_per_connection(

@@ -13,20 +13,22 @@
 -- A batch's first array is read through a sub-select, `unnest((SELECT $1::uuid[]), ...)`, where
 -- planning each batch again costs more than running it (the admission and the finish: 0.6 and
 -- 0.9 ms of planning, 0.25 of execution, for a batch of one; job_news() is inlined at every
--- plan; the ack was planned again at 4 calls in 10 at 400 jobs/s, 0.9 ms each). The planner
--- cannot count that array (it assumes 10 rows, as for a parameter): a plan made for a batch's
--- values then costs no less than the plan made once, and Postgres keeps the latter after its
--- first five (plan_cache_mode = auto), planned again only when ANALYZE updates the statistics.
--- The right plan for 1 row or 500 is the same: each job found by its primary key.
+-- plan; the ack was planned again at 4 calls in 10 at 400 jobs/s, 0.9 ms each; the start too).
+-- The planner cannot count that array (it assumes 10 rows, as for a parameter): a plan made for a
+-- batch's values then costs no less than the plan made once, and Postgres keeps the latter after
+-- its first five (plan_cache_mode = auto), planned again only when ANALYZE updates the
+-- statistics. The right plan for 1 row or 500 is the same: each job found by its primary key.
 --
 -- The batched edges of runners' jobs (ack, start, finish) make sure of that plan: each job named
--- is looked up in a lateral sub-select (OFFSET 0: one lookup per job) by its id and what names its
--- assignment (runner, attempt or assigned_at), which no index but the primary key serves, and locked there, in
--- the order given (news.columns: by id). The state the edge requires is compared outside, on the
--- row as locked: inside, the indexes partial on `state` would serve too. Joined to the jobs in
--- that state, as these statements were, a plan made from statistics that said few jobs were
--- (taken before a burst) read them through one of those indexes and compared each with every job
--- named: a finish of 225 jobs compared 50,400 pairs (64 ms) in the throughput benchmark.
+-- is looked up in a lateral sub-select (OFFSET 0: one lookup per job) by its id, its runner and
+-- attempt (the ack: the assignment's assigned_at) and that it has not ended, which no index but
+-- the primary key serves, and locked there, in the order given (news.columns: by id). The state
+-- the edge requires is compared outside, on the row as locked: inside, the indexes partial on
+-- `state` would serve too. So a late report of an attempt whose job was requeued (attempt kept)
+-- and claimed again for the same runner locks that row for nothing (it changes nothing). Joined
+-- to the jobs in that state, as these statements were, a plan made from statistics that said few
+-- jobs were (taken before a burst) read them through one of those indexes and compared each with
+-- every job named: a finish of 225 jobs compared 50,400 pairs (64 ms) in the throughput benchmark.
 
 -- Admit a batch in one statement. Labels and tolerations travel as JSON text (one array per
 -- job): Postgres arrays cannot be ragged, so a text[][] parameter could not carry them. The
@@ -77,16 +79,14 @@ FROM admitted;
 -- ACK_RECORD_DELAY_S) or undone meanwhile: nothing. A row another edge holds is waited for, then
 -- looked at again: skipped, an ack that met a take's poll was lost for good. (A row held past
 -- lock_timeout fails the batch: its jobs not started are requeued by the unstarted sweep.)
--- Each job is found as the batched edges find theirs (the head of this file); a job of that
--- assignment cancelled unacknowledged is locked for nothing, one requeued or assigned again is
--- not locked.
+-- Each job is found as the batched edges find theirs (the head of this file).
 -- name: job_acknowledge_many
 WITH changed AS (
 UPDATE jobs j SET acked_at = clock_timestamp()
 FROM unnest((SELECT $1::uuid[]), $2::text[], $3::timestamptz[]) AS r(id, runner_id, assigned_at)
 CROSS JOIN LATERAL (SELECT j2.id, j2.state FROM jobs j2
                     WHERE j2.id = r.id AND j2.runner_id = r.runner_id AND j2.assigned_at = r.assigned_at
-                      AND j2.acked_at IS NULL
+                      AND j2.acked_at IS NULL AND j2.finished_at IS NULL
                     OFFSET 0 FOR NO KEY UPDATE) l
 WHERE j.id = l.id AND l.state = 'assigned'
 RETURNING j AS job, j.id, j.pool, j.state, j.runner_id, j.attempt
@@ -129,6 +129,7 @@ UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, started_at = c.now
 FROM unnest((SELECT $1::uuid[]), $2::text[], $3::int[]) AS r(id, runner_id, attempt)
 CROSS JOIN LATERAL (SELECT j2.id, j2.state FROM jobs j2
                     WHERE j2.id = r.id AND j2.runner_id = r.runner_id AND j2.attempt + 1 = r.attempt
+                      AND j2.finished_at IS NULL
                     OFFSET 0 FOR NO KEY UPDATE) l,
      (SELECT clock_timestamp() AS now) c
 WHERE j.id = l.id AND l.state = 'assigned'
@@ -169,6 +170,7 @@ FROM (SELECT r.*, CASE WHEN r.state IN ('failed', 'timed_out')
            AS r(id, runner_id, attempt, state, exit_code, reason)) r
 CROSS JOIN LATERAL (SELECT j2.id, j2.state FROM jobs j2
                     WHERE j2.id = r.id AND j2.runner_id = r.runner_id AND j2.attempt = r.attempt
+                      AND j2.finished_at IS NULL
                     OFFSET 0 FOR NO KEY UPDATE) l,
      (SELECT clock_timestamp() AS now) c
 WHERE j.id = l.id AND l.state = 'running'
