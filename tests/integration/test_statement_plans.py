@@ -5,9 +5,11 @@ read the jobs table through the index that finds what they name, whatever the st
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
+import pytest
 
 from orchestrator.settings import Settings
 from orchestrator.store import End, Handoff, Start, Store
@@ -27,26 +29,40 @@ STATEMENTS = (
 )
 
 
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    """A store of one connection: every statement is planned, and its plans kept, on it."""
+    one = Store(settings.database_url or "", max_size=1)
+    await one.connect()
+    yield one
+    await one.close()
+
+
+async def backlog_analyzed(store: Store, jobs: int, slots: int, **pool: Any) -> None:
+    """Pool `p` with `jobs` queued and a runner of `slots`, statistics taken then (as a burst
+    admitted makes them: bench/dispatch.py's head_of_line)."""
+    await factories.pool(store, "p", **pool)
+    await factories.runner(store, "r1", pool="p", slots=slots)
+    await factories.queue(store, jobs, pool="p", payload={"command": ["true"]})
+    async with store.connection() as conn:
+        await conn.execute("ANALYZE jobs")
+
+
 async def test_the_admission_its_reads_the_ack_and_the_finish_are_planned_once_per_connection(
-    settings: Settings,
+    store: Store,
 ) -> None:
-    store = Store(settings.database_url or "", max_size=1)  # one connection: every edge's statements
-    await store.connect()
-    try:
-        await factories.pool(store, "p")
-        await factories.runner(store, "r1", pool="p")
-        for i in range(8):  # one job at a time, as an idle system admits and ends them
-            async with store.transitions.admission(["p"], [f"k{i}"]) as tx:
-                await tx.insert([factories.job("p", key=f"k{i}", payload={"command": ["true"]})])
-            claim = await store.transitions.claim("p", 1)
-            await store.transitions.acknowledge(
-                [Handoff(a["id"], a["runner_id"], a["assigned_at"]) for a in claim.assignments]
-            )
-            await factories.finish(store, claim.assignments)
-        async with store.connection() as conn:
-            rows = await conn.fetch("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
-    finally:
-        await store.close()
+    await factories.pool(store, "p")
+    await factories.runner(store, "r1", pool="p")
+    for i in range(8):  # one job at a time, as an idle system admits and ends them
+        async with store.transitions.admission(["p"], [f"k{i}"]) as tx:
+            await tx.insert([factories.job("p", key=f"k{i}", payload={"command": ["true"]})])
+        claim = await store.transitions.claim("p", 1)
+        await store.transitions.acknowledge(
+            [Handoff(a["id"], a["runner_id"], a["assigned_at"]) for a in claim.assignments]
+        )
+        await factories.finish(store, claim.assignments)
+    async with store.connection() as conn:
+        rows = await conn.fetch("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements")
     plans = {
         name: (r["generic_plans"], r["custom_plans"]) for r in rows for name in STATEMENTS if r["statement"] == Q[name]
     }
@@ -70,58 +86,41 @@ async def reads_of_jobs(conn: asyncpg.Connection, query: str, *args: Any) -> tup
     return rows, after["seq_scan"] - before["seq_scan"], after["rows"] - before["rows"]
 
 
-async def test_a_claim_reads_the_jobs_table_through_its_indexes_only(settings: Settings) -> None:
+async def test_a_claim_reads_the_jobs_table_through_its_indexes_only(store: Store) -> None:
     """Statistics taken with a backlog queued say most jobs are queued: the claim's check that
     anything is (migration 0019) was then planned as a read of the table from its start, which
     went through every job drained since before finding one queued: 0.8 ms a step when 10,000
     jobs drained through a pool capped at 32, growing with the jobs the table keeps."""
-    store = Store(settings.database_url or "", max_size=1)  # one connection: one plan of claim_step
-    await store.connect()
-    try:
-        await factories.pool(store, "p")
-        await factories.runner(store, "r1", pool="p", slots=4)
-        await factories.queue(store, 200, pool="p", payload={"command": ["true"]})
-        async with store.connection() as conn:
-            await conn.execute("ANALYZE jobs")
-            steps = []
-            for _ in range(3):  # a backlog draining, a job a step
-                claimed, whole_reads, _ = await reads_of_jobs(conn, Q["job_claim_step"], "p", 1, None, None)
-                steps.append((claimed[-1]["status"], whole_reads))
-    finally:
-        await store.close()
+    await backlog_analyzed(store, 200, slots=4)
+    steps = []
+    async with store.connection() as conn:
+        for _ in range(3):  # a backlog draining, a job a step
+            claimed, whole_reads, _ = await reads_of_jobs(conn, Q["job_claim_step"], "p", 1, None, None)
+            steps.append((claimed[-1]["status"], whole_reads))
     assert steps == [("dispatched", 0)] * 3
 
 
-async def test_the_runners_edges_read_each_job_they_name_by_its_key(settings: Settings) -> None:
+async def test_the_runners_edges_read_each_job_they_name_by_its_key(store: Store) -> None:
     """Statistics taken before a burst of jobs was assigned and started say few are: the ack, the
     start and the finish, each a join of the jobs it names with those in the state it requires,
     were then planned as a read of all of those, each compared with every job named: a finish of
     225 jobs compared 50,400 pairs (64 ms) in the throughput benchmark."""
-    store = Store(settings.database_url or "", max_size=1)
-    await store.connect()
-    try:
-        await factories.pool(store, "p", max_concurrent=-1)
-        await factories.runner(store, "r1", pool="p", slots=400)
-        await factories.queue(store, 400, pool="p", payload={"command": ["true"]})
-        async with store.connection() as conn:
-            await conn.execute("ANALYZE jobs")
-        claimed = sorted((await store.transitions.claim("p", 400)).assignments, key=lambda a: a["id"])
-        starts = [Start(a["id"], a["runner_id"], a["attempt"] + 1) for a in claimed]
-        ends = [End(*start, JobState.succeeded, 0) for start in starts]
-        edges = (  # each of 50 jobs, with 400 in the state the edge requires
-            ("job_acknowledge_many", [Handoff(a["id"], a["runner_id"], a["assigned_at"]) for a in claimed[:50]], 3),
-            ("job_start_many", starts[:50], 3),
-            ("job_finish_many", ends[:50], 6),
-        )
-        read = {}
-        for name, batch, width in edges:
-            if name == "job_finish_many":  # the other 350 running too
-                assert len(await store.transitions.start_many(starts[50:])) == 350
-            async with store.connection() as conn:
-                changed, _, rows_read = await reads_of_jobs(conn, Q[name], *news.columns(batch, width))
-            read[name] = (len(changed), rows_read)
-    finally:
-        await store.close()
+    await backlog_analyzed(store, 400, slots=400, max_concurrent=-1)
+    claimed = sorted((await store.transitions.claim("p", 400)).assignments, key=lambda a: a["id"])
+    starts = [Start(a["id"], a["runner_id"], a["attempt"] + 1) for a in claimed]
+    ends = [End(*start, JobState.succeeded, 0) for start in starts]
+    edges = (  # each of 50 jobs, with 400 in the state the edge requires
+        ("job_acknowledge_many", [Handoff(a["id"], a["runner_id"], a["assigned_at"]) for a in claimed[:50]], 3),
+        ("job_start_many", starts[:50], 3),
+        ("job_finish_many", ends[:50], 6),
+    )
+    read = {}
+    for name, batch, width in edges:
+        if name == "job_finish_many":  # the other 350 running too
+            assert len(await store.transitions.start_many(starts[50:])) == 350
+        async with store.connection() as conn:  # the store's one: released before the next edge
+            changed, _, rows_read = await reads_of_jobs(conn, Q[name], *news.columns(batch, width))
+        read[name] = (len(changed), rows_read)
     # About two reads of each job named (to lock it, to change it), whatever else is in its
     # state. Before: 452 for the ack (each assigned job once, then compared with each named).
     assert {name: (changed, rows_read < 3 * changed) for name, (changed, rows_read) in read.items()} == {
