@@ -251,10 +251,18 @@ async def test_a_crash_between_commit_and_publish_loses_no_news(
         "ORCH_NAMESPACE": settings.namespace,
         "ORCH_FAILPOINTS": f"{gap}=exit",
     }
+    # At the first gap, the process's own relay must not publish first (it may, between the
+    # commit and the exit): a session of the test's holds the relay lock until the process died.
+    holder = await asyncpg.connect(settings.database_url)
+    if gap == "transition.committed":
+        assert await holder.fetchval("SELECT pg_try_advisory_lock(hashtext('orchestrator outbox relay'))")
     proc = ServiceProcess("admission", ["admission"], env, tmp_path)
-    await start_all([proc])
-    await bus.submit(json.dumps({"pool": "default"}).encode(), "the-job")
-    assert await proc.wait_exit() == failpoints.EXIT_STATUS
+    try:
+        await start_all([proc])
+        await bus.submit(json.dumps({"pool": "default"}).encode(), "the-job")
+        assert await proc.wait_exit() == failpoints.EXIT_STATUS
+    finally:
+        await holder.close()
     (row,) = await store.job_list(pool="default", state=None, key="the-job", limit=1)
     if gap == "transition.committed":
         assert [r["subject"] for r in await outbox_rows(store)] == ["jobs.admitted.default"]
