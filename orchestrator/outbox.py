@@ -8,39 +8,38 @@ anywhere in between leaves the rows for the next relay, which publishes them aga
 drops the repeat inside its duplicate window, and consumers dedup by event id beyond it.
 
 Why one relay at a time: ids are allocated at insert and become visible at commit, so a relay
-that remembered "the last id" would skip a row committed late; deleting what was published skips
-nothing. Several relays taking disjoint batches (SKIP LOCKED) would publish one job's `started`
-and `finished` in either order. So a relay publishes only while its session (a connection of its
-own) holds an advisory lock: any number of relays may run (every process with a store runs one),
-one publishes at a time, in insert order. The lock stays with that relay's session, and goes
-with it: with a relay that dies (its connection closes), is paused past the store's idle timeout
-(Postgres ends the session; a relay that resumes opens a new one and stands by), or fails a
-batch (it closes its session, so a relay whose NATS works may publish). A job's events are
-inserted in the order its transitions commit (each waits for the row lock the last one held), so
-each job's events leave in order (how JetStream stores them through a stream leader's loss:
-bus/job_events.py).
+that remembered "the last id" would skip a row committed late; deleting what was published
+skips nothing. Several relays taking disjoint batches (SKIP LOCKED) would publish one job's
+`started` and `finished` in either order. So every batch takes a transaction-scoped advisory
+lock: any number of relays may run (every process with a store runs one), one publishes at a
+time, in insert order, and a relay that dies releases the lock with its connection. A job's
+events are inserted in the order its transitions commit (each waits for the row lock the last
+one held), so each job's events leave in order (how JetStream stores them through a stream
+leader's loss: bus/job_events.py).
 
 Through an outage (NATS down, a stream electing a leader, Postgres restarting) the rows stay, and
 the relay tries again with the same event ids after a backoff (doubling up to `MAX_BACKOFF_S`),
 however long it lasts: the outage is logged once when it begins and once when it ends.
 
-Wake-ups: a trigger NOTIFYs `outbox` on every insert; each relay listens on its session and the
-one publishing drains until the outbox is empty. A relay that finds another holding the lock
-stands by until its next poll (that one heard the same notification): with a relay in every
-process, one publishes and the others look once per `poll_interval_s`, taking over from a relay
-whose session ended within it. The poll also covers a lost notification or a session reopened.
+Wake-ups: a trigger NOTIFYs `outbox` on every insert; each relay listens and drains until the
+outbox is empty. A relay that finds another holding the lock stands by until its next poll (that
+one heard the same notification, and goes round again): with a relay in every process, one
+publishes and the others look once per `poll_interval_s`, taking over from a relay that died
+within it. The poll also covers a lost notification or listener.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from orchestrator.bus import Bus
+from orchestrator.errors import OrchestratorError
 from orchestrator.failpoints import failpoint
 from orchestrator.lifecycle import Service
-from orchestrator.store import RelaySession, Store
+from orchestrator.store import Store
 
 # Rows per batch: one SELECT, one pipelined publish, one DELETE.
 BATCH = 512
@@ -71,31 +70,31 @@ class OutboxRelay(Service):
         self.poll_interval_s = poll_interval_s
         self.max_age_s = max_age_s
         self._wake = asyncio.Event()
-        self._session: RelaySession | None = None
+        self._listener: Callable[[], Awaitable[Any]] | None = None
         self.relayed = 0  # events this relay published (a figure for the benchmark)
         self.standing_by = False  # another relay held the lock at the last look
 
     async def on_start(self) -> None:
         await self.bus.ensure_job_events_stream(self.max_age_s)
-        self._wake.set()  # open the session and publish what is there at once
+        await self._listen()
         self.spawn(self._loop(), "loop")
 
     async def on_stop(self) -> None:
-        await self._close_session()
+        if self._listener is not None:
+            await self._listener()
 
     def wake(self) -> None:
         self._wake.set()
 
-    async def _connected(self) -> RelaySession:
-        """The relay's session, opened anew if it ended (Postgres restarted, or ended it)."""
-        if self._session is None or not self._session.is_alive():
-            self._session = await self.store.relay_session(self.wake)
-        return self._session
-
-    async def _close_session(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    async def _listen(self) -> None:
+        """(Re)open the NOTIFY listener; a failure is retried on the next poll."""
+        alive = self._listener is not None and self._listener.is_alive()  # type: ignore[attr-defined]
+        if alive:
+            return
+        try:
+            self._listener = await self.store.listen("outbox", self.wake)
+        except OrchestratorError as exc:
+            self.log.warning("cannot listen for outbox notifications (polling meanwhile): %s", exc)
 
     async def _loop(self) -> None:
         failing_since: float | None = None  # when the current run of failed batches began (monotonic)
@@ -103,13 +102,16 @@ class OutboxRelay(Service):
         while True:
             if self.standing_by:
                 # Another relay is publishing: it heard the same notifications. Look again at
-                # the next poll (taking over if that relay's session has ended), rather than
-                # spend a statement per insert finding it busy.
+                # the next poll (taking over if that relay has died), rather than spend a
+                # transaction per insert finding it busy.
                 await asyncio.sleep(self.poll_interval_s)
+                await self._listen()
             else:
-                with contextlib.suppress(TimeoutError):
+                try:
                     async with asyncio.timeout(self.poll_interval_s):
                         await self._wake.wait()
+                except TimeoutError:
+                    await self._listen()
             self._wake.clear()
             try:
                 self.standing_by = await self.drain() is None
@@ -119,9 +121,6 @@ class OutboxRelay(Service):
                     self.log.warning("outbox relay: %s; trying again until it works", exc)
                 else:
                     self.log.debug("outbox relay: %s", exc)
-                # Its lock goes with its session: a relay of another process, whose NATS may
-                # work, can publish meanwhile; this one competes for the lock again.
-                await self._close_session()
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
                 self._wake.set()  # the rows are still there: no need to be told
@@ -132,19 +131,18 @@ class OutboxRelay(Service):
 
     async def drain(self) -> int | None:
         """Publish batches until the outbox is empty; how many events this call published, or
-        None when another relay holds the lock."""
-        session = await self._connected()
-        if not await session.lead():
-            return None
+        None when it stopped because another relay holds the lock."""
         published = 0
         while True:
-            rows = await session.head(self.batch)
-            if not rows:
-                return published
-            await self.bus.publish_outbox(rows)
-            failpoint("outbox.published")  # the gap: published, not yet deleted
-            await session.delete(rows)
-            published += len(rows)
-            self.relayed += len(rows)
-            if len(rows) < self.batch:
+            async with self.store.outbox_batch(self.batch) as batch:
+                if batch is None:
+                    return None
+                if not batch.rows:
+                    return published
+                await self.bus.publish_outbox(batch.rows)
+                failpoint("outbox.published")  # the gap: published, not yet deleted
+                await batch.delete()
+            published += len(batch.rows)
+            self.relayed += len(batch.rows)
+            if len(batch.rows) < self.batch:
                 return published

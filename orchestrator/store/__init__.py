@@ -4,7 +4,7 @@ state machine's transitions with their outbox (the `transitions` package)."""
 from orchestrator.store.fleet import PoolMove, ShardTerm
 from orchestrator.store.flow import FlowWait, RateLimit
 from orchestrator.store.rows import Job
-from orchestrator.store.store import OutboxRow, RelaySession, Store
+from orchestrator.store.store import OutboxRow, Store
 from orchestrator.store.transitions import (
     AdmissionTx,
     Cancel,
@@ -41,7 +41,6 @@ __all__ = [
     "RateLimit",
     "Reconciled",
     "Rejection",
-    "RelaySession",
     "RunnerSpec",
     "ShardTerm",
     "Start",

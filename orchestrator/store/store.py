@@ -19,7 +19,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
@@ -87,57 +87,15 @@ class OutboxRow:
     durable: bool
 
 
-class RelaySession:
-    """The outbox relay's connection of its own: its LISTEN, the relay lock, its reads and deletes.
+class OutboxBatch:
+    """The oldest outbox rows, read under the relay lock, deleted once published."""
 
-    The lock is the session's: the relay that takes it keeps it while its session lives, and a
-    batch is two statements, its read and its delete, each a transaction of its own. (A batch in
-    one transaction on a pooled connection took six round trips, the pool's reset included, for
-    every wake: at idle, every event.) The lock goes with the session: with a relay that dies
-    (its connection closes), or one paused past `idle_session_timeout`, the store's
-    idle-in-transaction timeout (Postgres then ends the session), so a relay standing by takes
-    over at its next poll. Deletes do not wait for the disk (`synchronous_commit` is off in this
-    session): a delete lost in a crash only has its rows published again, which JetStream drops
-    as repeats of their event ids (consumers dedup beyond its window). But see outbox_delete."""
-
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, rows: list[OutboxRow]) -> None:
         self._conn = conn
-        self._leading = False
+        self.rows = rows
 
-    def is_alive(self) -> bool:
-        return not self._conn.is_closed()
-
-    async def lead(self) -> bool:
-        """Whether this session holds the relay lock: taken now if no other session has it."""
-        if not self._leading:
-            async with _translating():
-                self._leading = bool(await self._conn.fetchval(Q["outbox_relay_lock"]))
-        return self._leading
-
-    async def head(self, limit: int) -> list[OutboxRow]:
-        """Up to `limit` of the oldest rows (the caller leads: no other relay deletes them)."""
-        async with _translating():
-            return [OutboxRow(**r) for r in await self._conn.fetch(Q["outbox_head"], limit)]
-
-    async def delete(self, rows: list[OutboxRow]) -> None:
-        async with _translating():
-            await self._conn.execute(Q["outbox_delete"], [r.seq for r in rows])
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._conn.close(timeout=2)
-
-
-@contextlib.asynccontextmanager
-async def _translating() -> AsyncIterator[None]:
-    """The driver's errors told as the store's."""
-    try:
-        yield
-    except Exception as exc:
-        translated = _translated(exc)
-        if translated is None:
-            raise
-        raise translated from exc
+    async def delete(self) -> None:
+        await self._conn.execute(Q["outbox_delete"], [r.seq for r in self.rows])
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -170,7 +128,6 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
             "lock_timeout": _ms(lock_timeout_s),
         }
         self._server_settings = {name: ms for name, ms in timeouts.items() if ms is not None} or None
-        self._idle_in_transaction_ms = timeouts["idle_in_transaction_session_timeout"]
         self._statement_cache_size = statement_cache_size
         self._pool: asyncpg.Pool | None = None
         self._releasing: set[asyncio.Task[None]] = set()  # connections on their way back to the pool
@@ -271,28 +228,40 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
 
     # --- the outbox relay's side --------------------------------------------------------------
 
-    async def relay_session(self, on_notify: Callable[[], None]) -> RelaySession:
-        """A connection of the relay's own (RelaySession), calling `on_notify` on every NOTIFY on
-        `outbox` (a pooled connection would UNLISTEN on release). The notifications are a hint:
-        missed while the relay reconnects, so the relay also polls."""
-        settings = {**(self._server_settings or {}), "synchronous_commit": "off"}
-        if self._idle_in_transaction_ms is not None:
-            settings["idle_session_timeout"] = self._idle_in_transaction_ms
-        conn = None
-        try:
-            conn = await asyncpg.connect(
-                self.dsn, server_settings=settings, statement_cache_size=self._statement_cache_size
-            )
-            await conn.add_listener("outbox", lambda *_: on_notify())
-        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
-            if conn is not None:
-                conn.terminate()
-            raise StoreUnavailable(f"cannot open the relay's session on Postgres: {exc}") from exc
-        return RelaySession(conn)
+    @contextlib.asynccontextmanager
+    async def outbox_batch(self, limit: int) -> AsyncIterator[OutboxBatch | None]:
+        """Up to `limit` of the oldest outbox rows in one transaction, holding the relay lock (one
+        relay at a time, whatever the number of processes); None when another relay holds it.
+        Rows the caller deletes are gone once the block commits; on an error nothing is."""
+        async with self.transaction() as conn:
+            if not await conn.fetchval(Q["outbox_relay_lock"]):
+                yield None
+                return
+            rows = [OutboxRow(**r) for r in await conn.fetch(Q["outbox_head"], limit)]
+            yield OutboxBatch(conn, rows)
 
     async def outbox_depth(self) -> int:
         async with self.connection() as conn:
             return int(await conn.fetchval(Q["outbox_depth"]))
+
+    async def listen(self, channel: str, callback: Callable[[], None]) -> Callable[[], Any]:
+        """Call `callback` on every NOTIFY on `channel`, on a connection of its own (a pooled one
+        would UNLISTEN on release); returns the coroutine function that closes it. A hint only:
+        the listener may miss notifications while reconnecting, so its user also polls."""
+        try:
+            conn = await asyncpg.connect(
+                self.dsn, server_settings=self._server_settings, statement_cache_size=self._statement_cache_size
+            )
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"cannot listen on Postgres: {exc}") from exc
+        await conn.add_listener(channel, lambda *_: callback())
+
+        async def close() -> None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)
+
+        close.is_alive = lambda: not conn.is_closed()  # type: ignore[attr-defined]
+        return close
 
     async def migrate(self) -> list[int]:
         async with self.connection() as conn:

@@ -5,10 +5,13 @@
 INSERT INTO outbox (id, subject, body, durable)
 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[], $4::boolean[]);
 
--- One relay at a time: the lock is its session's, held while the session lives (orchestrator/store/
--- store.py, RelaySession, says why and how it goes).
+-- One relay at a time: the lock is the transaction's, so it goes with a relay that dies. The
+-- relay's commit (its delete of what it published) does not wait for the disk: a delete lost in
+-- a crash only has its rows published again, which JetStream drops as repeats of their event ids
+-- (consumers dedup beyond its window), as after a relay that died between publish and delete.
+-- But see outbox_delete.
 -- name: outbox_relay_lock
-SELECT pg_try_advisory_lock(hashtext('orchestrator outbox relay'));
+SELECT pg_try_advisory_xact_lock(hashtext('orchestrator outbox relay')), set_config('synchronous_commit', 'off', true);
 
 -- The oldest events first (insert order; a row committed late is simply picked up later:
 -- rows are deleted once published, never skipped by a watermark).
@@ -16,8 +19,7 @@ SELECT pg_try_advisory_lock(hashtext('orchestrator outbox relay'));
 SELECT seq, id, subject, body, durable FROM outbox ORDER BY seq LIMIT $1;
 
 -- A batch that held a core NATS row (a cancel to a runner) commits waiting for the disk after
--- all (set for this statement's own transaction; the relay's session does not wait): a cancel
--- names no attempt, and sent again after a crash it could stop the job's next one.
+-- all: a cancel names no attempt, and sent again after a crash it could stop the job's next one.
 -- name: outbox_delete
 WITH gone AS (DELETE FROM outbox WHERE seq = ANY($1::bigint[]) RETURNING durable)
 SELECT set_config('synchronous_commit', 'on', true) FROM gone WHERE NOT durable LIMIT 1;
