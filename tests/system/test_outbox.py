@@ -24,6 +24,7 @@ from orchestrator.bus import Bus, Subjects, job_events
 from orchestrator.outbox import OutboxRelay
 from orchestrator.settings import Settings
 from orchestrator.store import Store
+from orchestrator.store.queries import Q
 from tests import factories
 from tests.support import eventually, outbox_empty, outbox_rows, stream_events
 
@@ -86,6 +87,15 @@ async def test_a_failed_publish_is_retried_and_deduplicated(settings: Settings, 
     assert len(events) == 3 and len({e["id"] for e in events}) == 3
 
 
+async def relay_lock_held(dsn: str) -> asyncpg.Connection:
+    """A connection holding the relay lock as a relay mid-batch does (the relay's own statement,
+    its transaction left open) until it is closed."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("BEGIN")
+    assert await conn.fetchval(Q["outbox_relay_lock"])
+    return conn
+
+
 async def test_a_relay_standing_by_takes_over_when_the_publishing_one_is_gone(
     settings: Settings, store: Store, bus: Bus
 ) -> None:
@@ -95,10 +105,8 @@ async def test_a_relay_standing_by_takes_over_when_the_publishing_one_is_gone(
     await factories.pool(store)
     relay = OutboxRelay(store, Bus(settings.nats_url or "", Subjects(settings.namespace)), poll_interval_s=0.2)
     await relay.bus.connect()
-    other = await asyncpg.connect(settings.database_url)
+    other = await relay_lock_held(settings.database_url or "")
     try:
-        await other.execute("BEGIN")
-        assert await other.fetchval("SELECT pg_try_advisory_xact_lock(hashtext('orchestrator outbox relay'))")
         await relay.start()
         await factories.queue(store, 3)  # notified: the relay finds the lock taken
 
@@ -181,9 +189,7 @@ async def test_a_crash_between_commit_and_publish_loses_no_news(
     }
     # At the first gap, the process's own relay must not publish first (it may, between the
     # commit and the exit): a session of the test's holds the relay lock until the process died.
-    holder = await asyncpg.connect(settings.database_url) if gap == "transition.committed" else None
-    if holder is not None:
-        assert await holder.fetchval("SELECT pg_try_advisory_lock(hashtext('orchestrator outbox relay'))")
+    holder = await relay_lock_held(settings.database_url or "") if gap == "transition.committed" else None
     proc = ServiceProcess("admission", ["admission"], env, tmp_path)
     try:
         await start_all([proc])
