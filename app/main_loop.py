@@ -1,10 +1,12 @@
 """What every process of the application does around its work: its log set up with its secrets
-redacted, an event loop (uvloop where it exists), and SIGINT / SIGTERM / SIGHUP: the first stops
-it gracefully, a second at once (Ctrl-C twice)."""
+redacted, an event loop (uvloop where it exists) with the cyclic garbage collector tuned for a
+service, and SIGINT / SIGTERM / SIGHUP: the first stops it gracefully, a second at once (Ctrl-C
+twice)."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -24,9 +26,27 @@ def setup_logging(settings: Settings) -> None:
 
 T = TypeVar("T")
 
+# The cyclic collector's young generation, in container objects kept since its last collection,
+# and how many collections of each generation make one of the next. Python's defaults (700, 10,
+# 10) suit a script: a service that keeps thousands of jobs' objects in flight walks them again
+# at every collection. At the benchmark's throughput that was 15 to 20 % of the process's CPU,
+# more than half of it full collections walking every object alive since start (modules,
+# pydantic's schemas), which `tune_gc` also freezes out of reach. Memory is still freed by
+# reference counting at once: only garbage cycles wait longer to be found.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
+def tune_gc() -> None:
+    """Set GC_THRESHOLDS, and freeze what is alive now (imports, settings: never garbage) out of
+    every collection's walk."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """The coroutine on uvloop where it exists (as every command of the application runs)."""
+    """The coroutine on uvloop where it exists (as every command of the application runs), the
+    collector tuned (`tune_gc`)."""
+    tune_gc()
     try:
         import uvloop
 
