@@ -26,14 +26,14 @@ def setup_logging(settings: Settings) -> None:
 
 T = TypeVar("T")
 
-# The cyclic collector's young generation, in container objects kept since its last collection,
-# and how many collections of each generation make one of the next. Python's defaults (700, 10,
-# 10) suit a script: a service that keeps thousands of jobs' objects in flight walks them again
-# at every collection. At the benchmark's throughput that was 15 to 20 % of the process's CPU,
-# more than half of it full collections walking every object alive since start (modules,
-# pydantic's schemas), which `tune_gc` also freezes out of reach. Memory is still freed by
-# reference counting at once: only garbage cycles wait longer to be found.
-GC_THRESHOLDS = (50_000, 20, 100)
+# The cyclic collector's thresholds: a collection of the young generation once 50,000 container
+# objects more are alive than at its last one (CPython's default: 700), and of each older one
+# every 10 of the younger (the default ratios). 700 suits a script: a service that keeps
+# thousands of jobs' objects in flight walked them at nearly every collection, 15 to 20 % of the
+# process's CPU at the benchmark's throughput, more than half of it in full collections walking
+# every object alive since start (modules, pydantic's schemas), which `tune_gc` also freezes out
+# of reach. Memory is still freed by reference counting at once; only garbage cycles wait longer.
+GC_THRESHOLDS = (50_000, 10, 10)
 
 
 def tune_gc() -> None:
