@@ -6,6 +6,7 @@ twice)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -36,6 +37,7 @@ T = TypeVar("T")
 GC_THRESHOLDS = (50_000, 10, 10)
 
 
+@functools.cache  # once per process: a later freeze would keep whatever is alive then for good
 def tune_gc() -> None:
     """Set GC_THRESHOLDS, and freeze what is alive now (imports, settings: never garbage) out of
     every collection's walk."""
