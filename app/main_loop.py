@@ -46,8 +46,8 @@ def tune_gc() -> None:
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """The coroutine on uvloop where it exists (as every command of the application runs), the
-    collector tuned (`tune_gc`)."""
+    """The coroutine on uvloop where it exists, the collector tuned (`tune_gc`): how the services,
+    the runner and the server-side commands run (the HTTP clients' commands use asyncio.run)."""
     tune_gc()
     try:
         import uvloop
