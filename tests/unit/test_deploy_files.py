@@ -24,6 +24,7 @@ import pytest
 
 from app.cli import parser
 from app.runtime import SERVICES
+from orchestrator.embedded.postgres_server import SERVER_SETTINGS
 from orchestrator.health import roles_from_argv
 from orchestrator.nats_servers import nats_servers
 from orchestrator.pools import load_pools_file
@@ -198,6 +199,12 @@ def test_the_topology(config: dict[str, Any]) -> None:
         port = services[name]["environment"]["ORCH_METRICS_PORT"]
         assert f"port: {port}" in prometheus and name in prometheus, name
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" in services["api"]["environment"]
+
+
+def test_compose_postgres_runs_with_the_embedded_servers_settings(config: dict[str, Any]) -> None:
+    command = config["services"]["postgres"]["command"]
+    settings = {command[i + 1] for i, arg in enumerate(command) if arg == "-c"}
+    assert settings == {f"{name}={value}" for name, value in SERVER_SETTINGS.items()}
 
 
 ACCOUNTS = ROOT / "deploy" / "nats-accounts.conf"
