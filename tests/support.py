@@ -361,6 +361,11 @@ def rows_read(plans: object, relation: str) -> int:
     return _rows_read_from(plans, relation, key="Relation Name")
 
 
+def rows_made(plans: object, function: str) -> int:
+    """The rows the scans of set-returning `function` in these plans (of `claim_plans`) made."""
+    return _rows_read_from(plans, function, key="Function Name")
+
+
 def _rows_read_from(plan: object, name: str, key: str = "Index Name") -> int:
     total = 0
     if isinstance(plan, dict):

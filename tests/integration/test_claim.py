@@ -6,7 +6,7 @@ from __future__ import annotations
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from tests import factories
-from tests.support import claim_plans, claim_rows_read, relations_read, rows_read
+from tests.support import claim_plans, claim_rows_read, relations_read, rows_made, rows_read
 
 
 async def test_budget_is_the_lesser_of_cap_and_free_slots(store: Store) -> None:
@@ -127,3 +127,15 @@ async def test_a_step_numbers_no_more_slots_than_it_can_fill(settings: Settings)
         assert len(per_runner) == 200 and set(per_runner.values()) == {1, 2}
     finally:
         await store.close()
+
+
+async def test_a_step_numbers_no_more_slots_of_a_runner_than_the_jobs_it_planned(store: Store) -> None:
+    """One job queued for 8 runners of 32 free slots: the step numbers one slot of each runner
+    (its freest), not as many as its budget (a step of limit 10 numbered and sorted 80)."""
+    await factories.pool(store)
+    for i in range(8):
+        await factories.runner(store, f"r{i}", slots=32)
+    await factories.queue(store, 1)
+    assert rows_made(await claim_plans(store, "default"), "generate_series") == 8
+    step = await store.transitions.claim("default", 10)
+    assert (step.status, len(step.assignments)) == ("dispatched", 1)
