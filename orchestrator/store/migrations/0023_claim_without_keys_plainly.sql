@@ -2,12 +2,15 @@
 -- or a rate limit.
 --
 -- 1. Such a step's claim is one plain update: nothing to count again under a key's lock, so
---    neither the locks nor the rooms, rates and starts spent of the keyed claim. Planned once
---    per session, those statements are still set up at every run: the keyed claim's setup alone
---    was about a third of a step's time.
+--    neither the locks nor the rooms, rates and starts spent of the keyed claim. A statement
+--    planned once per session is still set up at every run, and setting up the claim's
+--    statements was a third of a step's time in Postgres (perf, steps claiming one job each).
 -- 2. A step numbers each runner's free slots only up to the jobs it planned (claim_slots), not
---    up to its budget: of a fleet of 8 runners of 32 free slots, one job numbered and sorted 256
---    slots (0018 bounded them by the budget; the plan is smaller still).
+--    up to its budget: for one job, 8 runners of 32 free slots had 256 slots numbered and sorted
+--    (0018 bounded them by the budget; the jobs planned are fewer still).
+--
+-- A step claiming one job for 8 runners of 32 slots, its commit included: 1.9-2.0 ms before,
+-- 1.5-1.7 ms after.
 --
 -- The k-th of `n` jobs goes to the runner with the most slots left after the first k-1 (ties to
 -- the runner ranked first). No runner gives more than `n` of its slots, so its slots past that
