@@ -3,6 +3,7 @@
 Starts its own embedded NATS and Postgres (or uses ORCH_NATS_URL / ORCH_DATABASE_URL), runs the
 dispatch scenarios (wake latency, throughput with its CPU per job, capped pool, latency idle and
 at 30 % and 80 % of peak, head-of-line in one shape and in many, due → start of delayed jobs),
+what one hop between processes costs on this machine (the floor under those latencies: bench/hops.py),
 job output (the log path's MB/s and its cost to dispatch), the throughput run again with every
 service its own process, as deployed (`processes.*`, on a stack of its own: bench/processes.py),
 the same over 1, 2 and 4 dispatch shards (`shards.*`: bench/shards.py),
@@ -22,7 +23,7 @@ import sys
 from typing import Any
 
 from app.main_loop import run
-from bench import baselines, dispatch, failover, logs, processes, shards
+from bench import baselines, dispatch, failover, hops, logs, processes, shards
 from bench.harness import report, stack
 
 GOALS = {
@@ -55,6 +56,12 @@ RUNS = ["end_to_end_jobs_per_s_runs", "capped_jobs_per_s_runs"]
 STAGES = [f"submit_to_start_ms_idle.stages_p50.{stage}" for stage in dispatch.STAGES]
 # CPU per job at the latency runs' steady rates: little is batched at a light load.
 LIGHT_LOAD = [f"submit_to_start_ms_{load}.cpu_ms_per_job" for load in ("idle", "at_30pct", "at_80pct")]
+# What one hop costs here, at the idle pace and back to back (p50 ms): the latencies' floor.
+HOPS = [
+    f"hops.{kind}.{pace}.p50"
+    for kind in ("nats_request_ms", "postgres_round_trip_ms", "postgres_commit_ms")
+    for pace in ("idle", "busy")
+]
 # The throughput run with every service its own process, beside the one-process figures.
 PROCESSES = ["processes.end_to_end_jobs_per_s", "processes.fraction_of_one_process", "processes.cpu_ms_per_job"]
 # The same, over 1, 2 and 4 dispatch shards, one dispatch instance each (bench/shards.py).
@@ -84,6 +91,8 @@ async def main(quick: bool) -> dict[str, Any]:
     print("dispatch scenarios", file=sys.stderr, flush=True)
     async with stack() as runtime:
         results = await dispatch.run_all(runtime, quick)
+        print("one hop between processes", file=sys.stderr, flush=True)
+        results["hops"] = await hops.measure(runtime, quick)
         print("job output", file=sys.stderr, flush=True)
         results["job_output"] = await logs.run_all(runtime, quick)
     print("throughput with every service its own process", file=sys.stderr, flush=True)
@@ -111,6 +120,7 @@ async def main(quick: bool) -> dict[str, Any]:
         ("beside the goals, and against the reference points", REFERENCES),
         ("every throughput run (the figures are the median run's)", RUNS),
         ("idle submit → start, stage by stage (p50)", STAGES),
+        ("one hop on this machine, at the idle pace and back to back (p50 ms)", HOPS),
         ("CPU per job at a steady rate (ms)", LIGHT_LOAD),
         ("every service its own process", PROCESSES),
         ("over dispatch shards, a dispatch instance each", SHARDS),

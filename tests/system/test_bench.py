@@ -58,6 +58,10 @@ def test_quick_benchmark_completes_with_sane_figures(tmp_path: Path) -> None:
         assert latency["cpu_ms_per_job"] > 0, share
     for key in ("hol_ratio", "hol_ratio_distinct_shapes", "hol_ratio_settled", "hol_ratio_distinct_shapes_settled"):
         assert results[key] > 0, key
+    # One hop of each kind, timed at both paces (bench/hops.py): every one answered.
+    for kind in ("nats_request_ms", "postgres_round_trip_ms", "postgres_commit_ms"):
+        for pace, hop in results["hops"][kind].items():
+            assert hop["n"] == 20 and 0 < hop["p50"] <= hop["p99"] <= hop["max"], (kind, pace, hop)
     # Delayed jobs start after their time (a start before it would read negative), every one.
     delayed, claimed = results["due_to_start_ms_delayed"], results["due_to_assigned_ms_delayed"]
     assert delayed["n"] == 50 and 0 <= delayed["p50"] <= delayed["p99"] <= delayed["max"], delayed
