@@ -324,6 +324,16 @@ BEGIN
     END LOOP;
 END $$;
 
+-- A claim's runners for `p_n` jobs: the k-th to the runner with the most slots left after the first
+-- k-1 (ties to the runner ranked first), none giving more than `p_n` (migration 0023).
+CREATE FUNCTION claim_slots(p_ids text[], p_frees bigint[], p_n integer)
+RETURNS TABLE (runner_id text, k bigint)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT m.id, row_number() OVER (ORDER BY m.free - s.i DESC, m.rank)
+    FROM unnest(p_ids, p_frees) WITH ORDINALITY AS m(id, free, rank)
+    CROSS JOIN LATERAL generate_series(0, least(m.free, p_n) - 1) AS s(i)
+$$;
+
 -- A dispatch step's claim (edge queued -> assigned) in one call (issue 19): the fencing check, the
 -- pool's lock, its budget, the match and the assignment to runners together. One row version per
 -- claimed job (the runner is set by the claim itself). Rows: one per claimed job, status
@@ -348,7 +358,8 @@ END $$;
 -- Flow control (migration 0016 says why it is exact): per group of runners, a plan (the jobs it
 -- would take, within each key's room as the plan's snapshot says), the locks of the keys planned
 -- (concurrency_keys_lock; each rate limit's row FOR UPDATE), then the claim of the jobs planned
--- that still fit, counted by a statement that starts once the locks are held.
+-- that still fit, counted by a statement that starts once the locks are held. A plan without a
+-- key is claimed by one plain update (migration 0023).
 CREATE FUNCTION claim_step(p_pool text, p_limit integer, p_shard text, p_epoch bigint)
 RETURNS TABLE (status text, in_flight integer, id uuid, pool text, runner_id text, shape_id bigint,
                attempt integer, payload jsonb, timeout_s double precision, trace_context jsonb,
@@ -494,59 +505,73 @@ BEGIN
         FROM picked p
         INTO planned, ckeys, rkeys;
         CONTINUE WHEN planned IS NULL;
-        -- 3. The locks of the keys planned (each taker of several goes in one order: no deadlock).
-        PERFORM concurrency_keys_lock(ckeys);
-        PERFORM 1 FROM rate_limits r WHERE r.key = ANY(rkeys) ORDER BY r.key FOR UPDATE;
-        -- 4. The claim: of the jobs planned, those that still fit, as counted now the locks are held.
-        RETURN QUERY
-        WITH c AS (SELECT clock_timestamp() AS now), plan AS (
-            SELECT j.id, j.priority, s.served_at, s.id AS lane, s.concurrency_key AS ckey, s.rate_limit_key AS rkey,
-                   p.k, row_number() OVER (PARTITION BY s.concurrency_key ORDER BY p.k) AS cturn,
-                   row_number() OVER (PARTITION BY s.rate_limit_key ORDER BY p.k) AS rturn
-            FROM unnest(planned) WITH ORDINALITY AS p(id, k)
-            -- Each by its key: OFFSET 0 keeps it a lookup per job (flattened into a join, it could be
-            -- planned as a read of every queued job).
-            CROSS JOIN LATERAL (SELECT j.id, j.priority, j.shape_id FROM jobs j
-                                WHERE j.id = p.id AND j.state = 'queued' OFFSET 0) j
-            JOIN job_shapes s ON s.id = j.shape_id
-        ), rooms AS (
-            SELECT DISTINCT pl.ckey, concurrency_key_room(pl.ckey) AS room FROM plan pl WHERE pl.ckey <> ''
-        ), rates AS (
-            SELECT r.key, r.tat, r.period_s / r.max_starts AS interval_s,
-                   gcra_room(r.tat, c.now, r.period_s / r.max_starts, r.burst) AS room
-            FROM rate_limits r, c WHERE r.key = ANY(rkeys)
-        ), picked AS (
-            SELECT pl.id, pl.rkey, row_number() OVER (ORDER BY pl.k) AS k
-            FROM plan pl LEFT JOIN rooms cr ON cr.ckey = pl.ckey LEFT JOIN rates rr ON rr.key = pl.rkey
-            WHERE (pl.ckey = '' OR pl.cturn <= cr.room) AND (pl.rkey = '' OR rr.room IS NULL OR pl.rturn <= rr.room)
-        ), slots AS (
-            -- The k-th job to the runner with the most slots left after the first k-1; no runner
-            -- gives one step more than its budget, so its slots past that are not numbered.
-            SELECT m.id AS runner_id, row_number() OVER (ORDER BY m.free - s.i DESC, m.rank) AS k
-            FROM unnest(grp.ids, grp.frees) WITH ORDINALITY AS m(id, free, rank)
-            CROSS JOIN LATERAL generate_series(0, least(m.free, budget) - 1) AS s(i)
-        ), assigned AS (
-            UPDATE jobs j SET state = 'assigned', runner_id = sl.runner_id, assigned_at = c.now,
-                              not_before = NULL, claim_epoch = p_epoch, acked_at = NULL
-            FROM picked pk JOIN slots sl ON sl.k = pk.k, c
-            -- By the ids planned, through the primary key: joined to `picked` alone, a plan made
-            -- without the plan's size may read every queued job instead.
-            WHERE j.id = ANY(planned) AND j.id = pk.id AND j.state = 'queued'
-            RETURNING j.*
-        ), served AS (
-            UPDATE job_shapes s SET served_at = c.now FROM c
-            WHERE s.id IN (SELECT a.shape_id FROM assigned a)
-        ), spent AS (
-            -- Only starts made count: this statement's, committed with it (or rolled back with it).
-            UPDATE rate_limits r SET tat = greatest(coalesce(rr.tat, c.now), c.now) + make_interval(secs => rr.interval_s * n.n)
-            FROM (SELECT a.rate_limit_key AS key, count(*) AS n FROM assigned a
-                  WHERE a.rate_limit_key IS NOT NULL GROUP BY a.rate_limit_key) n
-            JOIN rates rr ON rr.key = n.key, c
-            WHERE r.key = n.key
-        )
-        SELECT 'dispatched', NULL::integer, a.id, a.pool, a.runner_id, a.shape_id, a.attempt, a.payload, a.timeout_s,
-               a.trace_context, a.priority, a.created_at, a.assigned_at, NULL::float8, NULL::integer, NULL::integer
-        FROM assigned a;
+        IF ckeys IS NULL AND rkeys IS NULL THEN
+            -- 3. No key planned: the claim of the jobs planned that are still queued.
+            RETURN QUERY
+            WITH c AS (SELECT clock_timestamp() AS now), assigned AS (
+                UPDATE jobs j SET state = 'assigned', runner_id = sl.runner_id, assigned_at = c.now,
+                                  not_before = NULL, claim_epoch = p_epoch, acked_at = NULL
+                FROM unnest(planned) WITH ORDINALITY AS p(id, k)
+                JOIN claim_slots(grp.ids, grp.frees, cardinality(planned)) sl ON sl.k = p.k, c
+                -- Through the primary key, by the ids planned (as below).
+                WHERE j.id = ANY(planned) AND j.id = p.id AND j.state = 'queued'
+                RETURNING j.*
+            ), served AS (
+                UPDATE job_shapes s SET served_at = c.now FROM c
+                WHERE s.id IN (SELECT a.shape_id FROM assigned a)
+            )
+            SELECT 'dispatched', NULL::integer, a.id, a.pool, a.runner_id, a.shape_id, a.attempt, a.payload, a.timeout_s,
+                   a.trace_context, a.priority, a.created_at, a.assigned_at, NULL::float8, NULL::integer, NULL::integer
+            FROM assigned a;
+        ELSE
+            -- 3. The locks of the keys planned (each taker of several goes in one order: no deadlock).
+            PERFORM concurrency_keys_lock(ckeys);
+            PERFORM 1 FROM rate_limits r WHERE r.key = ANY(rkeys) ORDER BY r.key FOR UPDATE;
+            -- 4. The claim: of the jobs planned, those that still fit, as counted now the locks are held.
+            RETURN QUERY
+            WITH c AS (SELECT clock_timestamp() AS now), plan AS (
+                SELECT j.id, j.priority, s.served_at, s.id AS lane, s.concurrency_key AS ckey, s.rate_limit_key AS rkey,
+                       p.k, row_number() OVER (PARTITION BY s.concurrency_key ORDER BY p.k) AS cturn,
+                       row_number() OVER (PARTITION BY s.rate_limit_key ORDER BY p.k) AS rturn
+                FROM unnest(planned) WITH ORDINALITY AS p(id, k)
+                -- Each by its key: OFFSET 0 keeps it a lookup per job (flattened into a join, it could be
+                -- planned as a read of every queued job).
+                CROSS JOIN LATERAL (SELECT j.id, j.priority, j.shape_id FROM jobs j
+                                    WHERE j.id = p.id AND j.state = 'queued' OFFSET 0) j
+                JOIN job_shapes s ON s.id = j.shape_id
+            ), rooms AS (
+                SELECT DISTINCT pl.ckey, concurrency_key_room(pl.ckey) AS room FROM plan pl WHERE pl.ckey <> ''
+            ), rates AS (
+                SELECT r.key, r.tat, r.period_s / r.max_starts AS interval_s,
+                       gcra_room(r.tat, c.now, r.period_s / r.max_starts, r.burst) AS room
+                FROM rate_limits r, c WHERE r.key = ANY(rkeys)
+            ), picked AS (
+                SELECT pl.id, pl.rkey, row_number() OVER (ORDER BY pl.k) AS k
+                FROM plan pl LEFT JOIN rooms cr ON cr.ckey = pl.ckey LEFT JOIN rates rr ON rr.key = pl.rkey
+                WHERE (pl.ckey = '' OR pl.cturn <= cr.room) AND (pl.rkey = '' OR rr.room IS NULL OR pl.rturn <= rr.room)
+            ), assigned AS (
+                UPDATE jobs j SET state = 'assigned', runner_id = sl.runner_id, assigned_at = c.now,
+                                  not_before = NULL, claim_epoch = p_epoch, acked_at = NULL
+                FROM picked pk JOIN claim_slots(grp.ids, grp.frees, cardinality(planned)) sl ON sl.k = pk.k, c
+                -- By the ids planned, through the primary key: joined to `picked` alone, a plan made
+                -- without the plan's size may read every queued job instead.
+                WHERE j.id = ANY(planned) AND j.id = pk.id AND j.state = 'queued'
+                RETURNING j.*
+            ), served AS (
+                UPDATE job_shapes s SET served_at = c.now FROM c
+                WHERE s.id IN (SELECT a.shape_id FROM assigned a)
+            ), spent AS (
+                -- Only starts made count: this statement's, committed with it (or rolled back with it).
+                UPDATE rate_limits r SET tat = greatest(coalesce(rr.tat, c.now), c.now) + make_interval(secs => rr.interval_s * n.n)
+                FROM (SELECT a.rate_limit_key AS key, count(*) AS n FROM assigned a
+                      WHERE a.rate_limit_key IS NOT NULL GROUP BY a.rate_limit_key) n
+                JOIN rates rr ON rr.key = n.key, c
+                WHERE r.key = n.key
+            )
+            SELECT 'dispatched', NULL::integer, a.id, a.pool, a.runner_id, a.shape_id, a.attempt, a.payload, a.timeout_s,
+                   a.trace_context, a.priority, a.created_at, a.assigned_at, NULL::float8, NULL::integer, NULL::integer
+            FROM assigned a;
+        END IF;
         GET DIAGNOSTICS claimed = ROW_COUNT;
         budget := budget - claimed;
         total := total + claimed;
