@@ -1,26 +1,52 @@
 -- The claim of migration 0022, made cheaper where most steps are: lanes without a concurrency key
--- or a rate limit.
+-- or a rate limit. A statement planned once per session is still set up at every run, and setting
+-- up the claim's statements was a third of a step's time in Postgres (perf, steps claiming one job
+-- each); the keyed statements are the largest.
 --
--- 1. Such a step's claim is one plain update: nothing to count again under a key's lock, so
---    neither the locks nor the rooms, rates and starts spent of the keyed claim. A statement
---    planned once per session is still set up at every run, and setting up the claim's
---    statements was a third of a step's time in Postgres (perf, steps claiming one job each).
--- 2. A step numbers each runner's free slots only up to the jobs it planned (claim_slots), not
+-- 1. A group of runners none of whose shapes is a key's lane plans its jobs with claim_order
+--    alone (the shapes' statement says whether any is): no rooms, no keys to count.
+-- 2. A plan without a key is claimed by one plain update: nothing to count again under a key's
+--    lock, so neither the locks nor the rooms, rates and starts spent of the keyed claim.
+-- 3. A step numbers each runner's free slots only up to the jobs it planned (claim_slots), not
 --    up to its budget: for one job, 8 runners of 32 free slots had 256 slots numbered and sorted
 --    (0018 bounded them by the budget; the jobs planned are fewer still).
+-- The keyed plan orders its jobs with claim_order too, over its lanes that have room.
 --
 -- A step claiming one job for 8 runners of 32 slots, its commit included: 1.9-2.0 ms before,
--- 1.5-1.7 ms after.
+-- 1.3-1.5 ms after.
 --
--- The k-th of `n` jobs goes to the runner with the most slots left after the first k-1 (ties to
--- the runner ranked first). No runner gives more than `n` of its slots, so its slots past that
--- are not numbered. Inlined into the statement that calls it (SQL, immutable).
+-- claim_slots: the k-th of `n` jobs goes to the runner with the most slots left after the first
+-- k-1 (ties to the runner ranked first). No runner gives more than `n` of its slots, so its slots
+-- past that are not numbered. Inlined into the statement that calls it (SQL, immutable).
 CREATE FUNCTION claim_slots(p_ids text[], p_frees bigint[], p_n integer)
 RETURNS TABLE (runner_id text, k bigint)
 LANGUAGE sql IMMUTABLE AS $$
     SELECT m.id, row_number() OVER (ORDER BY m.free - s.i DESC, m.rank)
     FROM unnest(p_ids, p_frees) WITH ORDINALITY AS m(id, free, rank)
     CROSS JOIN LATERAL generate_series(0, least(m.free, p_n) - 1) AS s(i)
+$$;
+
+-- The jobs a group of runners would take of shapes `p_shapes`, in claim order `k`: each shape's
+-- queued jobs that are due, no more of a shape than `p_n` and its room in `p_rooms` (NULL: no room
+-- of its own), by priority, then round-robin across the shapes (the n-th job of each shape before
+-- the n+1-th of any; the shape served longest ago first), then age. Inlined into the statement
+-- that calls it (SQL, stable), where each shape's jobs are read through jobs_queued_idx.
+CREATE FUNCTION claim_order(p_shapes bigint[], p_rooms integer[], p_n integer)
+RETURNS TABLE (id uuid, shape_id bigint, k bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT h.id, h.shape_id, row_number() OVER (ORDER BY h.priority DESC, h.turn, h.served_at NULLS FIRST, h.id)
+    FROM (
+        SELECT q.id, q.priority, s.id AS shape_id, s.served_at,
+               row_number() OVER (PARTITION BY s.id, q.priority ORDER BY q.id) AS turn
+        FROM unnest(p_shapes, p_rooms) AS l(shape, room)
+        JOIN job_shapes s ON s.id = l.shape
+        CROSS JOIN LATERAL (
+            SELECT j.id, j.priority FROM jobs j
+            WHERE j.shape_id = s.id AND j.state = 'queued' AND (j.not_before IS NULL OR j.not_before <= now())
+            ORDER BY j.priority DESC, j.id
+            LIMIT least(p_n, l.room)
+        ) q
+    ) h
 $$;
 
 CREATE OR REPLACE FUNCTION claim_step(p_pool text, p_limit integer, p_shard text, p_epoch bigint)
@@ -41,6 +67,7 @@ DECLARE
     total integer := 0;
     groups integer := 0;
     shapes bigint[];
+    has_keys boolean;
     planned uuid[];
     ckeys text[];
     rkeys text[];
@@ -122,51 +149,53 @@ BEGIN
         -- 1. The group's shapes. Planned at every step with its values (EXECUTE), unlike the other
         -- statements here: the index that finds them depends on the pool's share of them, which a
         -- plan made once does not know (it read all 5,000 shapes of a pool beside 2,000 small pools).
-        EXECUTE 'SELECT array_agg(s.id) FROM job_shapes s WHERE s.pool = $1 AND s.labels <@ $2 AND s.tolerations @> $3'
-        INTO shapes
+        -- And whether any of them is a lane of a key (a concurrency key or a rate limit).
+        EXECUTE 'SELECT array_agg(s.id), bool_or(s.concurrency_key <> '''' OR s.rate_limit_key <> '''')
+                 FROM job_shapes s WHERE s.pool = $1 AND s.labels <@ $2 AND s.tolerations @> $3'
+        INTO shapes, has_keys
         USING p_pool, grp.labels, grp.taints;
         CONTINUE WHEN shapes IS NULL;
-        -- 2. The plan: the jobs this group would take of those shapes, in claim order.
-        WITH lanes AS (
-            SELECT s.id, s.served_at, s.concurrency_key AS ckey, s.rate_limit_key AS rkey,
-                   CASE WHEN s.concurrency_key = '' THEN budget
-                        ELSE greatest(0, concurrency_key_room(s.concurrency_key)) END AS croom,
-                   CASE WHEN s.rate_limit_key = '' THEN budget ELSE coalesce(
-                       (SELECT gcra_room(r.tat, clock_timestamp(), r.period_s / r.max_starts, r.burst)
-                        FROM rate_limits r WHERE r.key = s.rate_limit_key), budget) END AS rroom
-            FROM job_shapes s WHERE s.id = ANY(shapes)
-        ), heads AS (
-            SELECT q.id, q.priority, s.served_at, s.ckey, s.rkey, s.croom, s.rroom,
-                   row_number() OVER (PARTITION BY s.id, q.priority ORDER BY q.id) AS turn
-            FROM lanes s
-            CROSS JOIN LATERAL (
-                SELECT j.id, j.priority FROM jobs j
-                WHERE j.shape_id = s.id AND j.state = 'queued'
-                  AND (j.not_before IS NULL OR j.not_before <= now())
-                ORDER BY j.priority DESC, j.id
-                LIMIT least(budget, grp.slots, s.croom, s.rroom)
-            ) q
-            WHERE s.croom > 0 AND s.rroom > 0  -- a lane held back: none of its jobs is read
-        ), ranked AS (
-            SELECT h.*, row_number() OVER (ORDER BY h.priority DESC, h.turn, h.served_at NULLS FIRST, h.id) AS k
-            FROM heads h
-        ), keyed AS (
-            -- Within each key, no more than its room (a key may have lanes of several shapes).
-            SELECT f.id, f.ckey, f.rkey, f.k
-            FROM (SELECT r.*, row_number() OVER (PARTITION BY r.ckey ORDER BY r.k) AS cturn,
-                              row_number() OVER (PARTITION BY r.rkey ORDER BY r.k) AS rturn
-                  FROM ranked r WHERE r.ckey <> '' OR r.rkey <> '') f
-            WHERE (f.ckey = '' OR f.cturn <= f.croom) AND (f.rkey = '' OR f.rturn <= f.rroom)
-        ), picked AS (
-            SELECT r.id, r.ckey, r.rkey, r.k FROM ranked r WHERE r.ckey = '' AND r.rkey = ''
-            UNION ALL
-            SELECT * FROM keyed
-            ORDER BY k LIMIT least(budget, grp.slots)
-        )
-        SELECT array_agg(p.id ORDER BY p.k), array_agg(DISTINCT p.ckey) FILTER (WHERE p.ckey <> ''),
-               array_agg(DISTINCT p.rkey) FILTER (WHERE p.rkey <> '')
-        FROM picked p
-        INTO planned, ckeys, rkeys;
+        IF has_keys THEN
+            -- 2. The plan: the jobs this group would take of those shapes, in claim order, within each
+            -- lane's room and each key's.
+            WITH lanes AS (
+                SELECT s.id, s.served_at, s.concurrency_key AS ckey, s.rate_limit_key AS rkey,
+                       CASE WHEN s.concurrency_key = '' THEN budget
+                            ELSE greatest(0, concurrency_key_room(s.concurrency_key)) END AS croom,
+                       CASE WHEN s.rate_limit_key = '' THEN budget ELSE coalesce(
+                           (SELECT gcra_room(r.tat, clock_timestamp(), r.period_s / r.max_starts, r.burst)
+                            FROM rate_limits r WHERE r.key = s.rate_limit_key), budget) END AS rroom
+                FROM job_shapes s WHERE s.id = ANY(shapes)
+            ), open_lanes AS (
+                -- A lane held back: none of its jobs is read.
+                SELECT array_agg(l.id) AS ids, array_agg(least(l.croom, l.rroom)) AS rooms
+                FROM lanes l WHERE l.croom > 0 AND l.rroom > 0
+            ), ranked AS (
+                SELECT o.id, o.k, l.ckey, l.rkey, l.croom, l.rroom
+                FROM open_lanes ol, claim_order(ol.ids, ol.rooms, least(budget, grp.slots)) o
+                JOIN lanes l ON l.id = o.shape_id
+            ), keyed AS (
+                -- Within each key, no more than its room (a key may have lanes of several shapes).
+                SELECT f.id, f.ckey, f.rkey, f.k
+                FROM (SELECT r.*, row_number() OVER (PARTITION BY r.ckey ORDER BY r.k) AS cturn,
+                                  row_number() OVER (PARTITION BY r.rkey ORDER BY r.k) AS rturn
+                      FROM ranked r WHERE r.ckey <> '' OR r.rkey <> '') f
+                WHERE (f.ckey = '' OR f.cturn <= f.croom) AND (f.rkey = '' OR f.rturn <= f.rroom)
+            ), picked AS (
+                SELECT r.id, r.ckey, r.rkey, r.k FROM ranked r WHERE r.ckey = '' AND r.rkey = ''
+                UNION ALL
+                SELECT * FROM keyed
+                ORDER BY k LIMIT least(budget, grp.slots)
+            )
+            SELECT array_agg(p.id ORDER BY p.k), array_agg(DISTINCT p.ckey) FILTER (WHERE p.ckey <> ''),
+                   array_agg(DISTINCT p.rkey) FILTER (WHERE p.rkey <> '')
+            FROM picked p
+            INTO planned, ckeys, rkeys;
+        ELSE
+            -- 2. No lane of a key: the plan is the first jobs in claim order.
+            SELECT array_agg(o.id ORDER BY o.k), NULL, NULL INTO planned, ckeys, rkeys
+            FROM claim_order(shapes, NULL, least(budget, grp.slots)) o WHERE o.k <= least(budget, grp.slots);
+        END IF;
         CONTINUE WHEN planned IS NULL;
         IF ckeys IS NULL AND rkeys IS NULL THEN
             -- 3. No key planned: the claim of the jobs planned that are still queued.
