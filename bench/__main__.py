@@ -57,7 +57,7 @@ STAGES = [f"submit_to_start_ms_idle.stages_p50.{stage}" for stage in dispatch.ST
 # CPU per job at the latency runs' steady rates: little is batched at a light load.
 LIGHT_LOAD = [f"submit_to_start_ms_{load}.cpu_ms_per_job" for load in ("idle", "at_30pct", "at_80pct")]
 # What one hop costs here, at the idle pace and back to back (p50 ms): the latencies' floor.
-HOPS = [
+HOP_KEYS = [
     f"hops.{kind}.{pace}.p50"
     for kind in ("nats_request_ms", "postgres_round_trip_ms", "postgres_commit_ms")
     for pace in ("idle", "busy")
@@ -120,7 +120,7 @@ async def main(quick: bool) -> dict[str, Any]:
         ("beside the goals, and against the reference points", REFERENCES),
         ("every throughput run (the figures are the median run's)", RUNS),
         ("idle submit → start, stage by stage (p50)", STAGES),
-        ("one hop on this machine, at the idle pace and back to back (p50 ms)", HOPS),
+        ("one hop on this machine, at the idle pace and back to back (p50 ms)", HOP_KEYS),
         ("CPU per job at a steady rate (ms)", LIGHT_LOAD),
         ("every service its own process", PROCESSES),
         ("over dispatch shards, a dispatch instance each", SHARDS),

@@ -7,10 +7,11 @@ the intake, admission's wake, the hand-off and its ack, the start request, and t
 of admission, claim and start). Each costs at least what one message there and back costs between
 processes that sleep while they wait, whatever the code that sends it. Measured here on the
 benchmark's own servers, at the idle scenario's pace (`idle`: IDLE_RATE a second, both sides
-asleep in between) and back to back (`busy`), in ms:
+asleep in between) and back to back (`busy`), in ms, beside the stack's services (idle then, as
+they are between the idle scenario's jobs):
 
-- `nats_request_ms`: a core NATS request from this process, answered by another (bench/echo.py,
-  nats-py on the same event loop as the services);
+- `nats_request_ms`: a core NATS request on the services' own connection, answered by another
+  process (bench/echo.py, connected as they are, on the same event loop);
 - `postgres_round_trip_ms`: `SELECT 1` on a pooled connection;
 - `postgres_commit_ms`: a one-row insert committed with `synchronous_commit` on (as admission's
   and the start's commits are: the claim's does not wait for the disk).
@@ -20,18 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import nats
-
 from app.runtime import Runtime
 from bench.dispatch import IDLE_RATE
 from bench.harness import percentiles, scenario_command
+from bench.procs import service_env
+from orchestrator.bus.credentials import credentials_env
+from orchestrator.settings import Settings
 
-SUBJECT = "bench.hops.echo"
 # Hops timed of each kind at each pace (in --quick, QUICK_HOPS).
 HOPS, QUICK_HOPS = 200, 20
 # How long the responder may take to start and subscribe.
@@ -55,10 +57,12 @@ async def both_paces(hop: Callable[[], Awaitable[Any]], n: int) -> dict[str, dic
 
 
 @contextlib.asynccontextmanager
-async def echo(url: str) -> AsyncIterator[None]:
-    """bench/echo.py answering SUBJECT on `url`, in a process of its own, until the block ends."""
+async def echo(settings: Settings, subject: str) -> AsyncIterator[None]:
+    """bench/echo.py answering `subject` on the NATS of `settings`, in a process of its own,
+    until the block ends (the URL and credentials go in its environment, not on its command line)."""
+    env = {**os.environ, **service_env(settings), **credentials_env(settings.nats_credentials)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.echo", url, SUBJECT, stdout=asyncio.subprocess.PIPE
+        sys.executable, "-m", "bench.echo", subject, env=env, stdout=asyncio.subprocess.PIPE
     )
     try:
         assert proc.stdout is not None
@@ -74,19 +78,18 @@ async def echo(url: str) -> AsyncIterator[None]:
 
 
 async def measure(runtime: Runtime, quick: bool) -> dict[str, Any]:
-    store, url = runtime.store, runtime.settings.nats_url
-    assert store is not None and url
+    store, bus = runtime.store, runtime.bus
+    assert store is not None and bus is not None
     n = QUICK_HOPS if quick else HOPS
     results: dict[str, Any] = {}
-    nc = await nats.connect(url)
-    try:
-        async with echo(url):
-            results["nats_request_ms"] = await both_paces(lambda: nc.request(SUBJECT, b"", timeout=5), n)
-    finally:
-        await nc.close()
+    subject = f"{bus.subjects.root}.bench.echo"
+    async with echo(runtime.settings, subject):
+        results["nats_request_ms"] = await both_paces(lambda: bus.nc.request(subject, b"", timeout=5), n)
     async with store.connection() as conn:
         results["postgres_round_trip_ms"] = await both_paces(lambda: conn.fetchval("SELECT 1"), n)
-        await conn.execute("CREATE TABLE bench_hops (id bigserial PRIMARY KEY)")
+        # A table left by a run cut short (on a Postgres given by URL) is made anew. Not TEMP
+        # nor UNLOGGED: their commits write no WAL, so they would not wait for the disk.
+        await conn.execute("DROP TABLE IF EXISTS bench_hops; CREATE TABLE bench_hops (id bigserial PRIMARY KEY)")
         try:
             await conn.execute("SET synchronous_commit = on")  # whatever the server's default
             commit = "INSERT INTO bench_hops DEFAULT VALUES"
