@@ -45,6 +45,20 @@ async def test_two_runner_groups_of_one_step_count_against_each_other(store: Sto
     assert len(step.assignments) == 1 and step.held_by_key == 2  # each group's lane, one job in all
 
 
+async def test_a_step_claims_a_keyed_group_then_a_plain_one_each_by_its_own_rules(store: Store) -> None:
+    """Of one step's runner groups, the first takes a key's lanes, the next lanes of no key: the
+    key holds the first to its limit, and the next takes all it has slots for, as a plain claim."""
+    await factories.pool(store, labels=["x", "y"])
+    await factories.runner(store, "rx", slots=3, labels=["x"])
+    await factories.runner(store, "ry", slots=3, labels=["y"])
+    keyed = await factories.queue(store, 3, labels=["x"], concurrency_key="k", concurrency_limit=1)
+    plain = await factories.queue(store, 3, labels=["y"])
+    step = await store.transitions.claim("default", 100)
+    taken = {a["id"]: a["runner_id"] for a in step.assignments}
+    assert taken == {keyed[0]: "rx", **dict.fromkeys(plain, "ry")}
+    assert (step.status, step.held_by_key) == ("dispatched", 1)
+
+
 async def test_the_least_limit_of_a_key_s_live_jobs_binds(store: Store) -> None:
     await factories.pool(store)
     await factories.runner(store, "r1", slots=10)

@@ -6,10 +6,15 @@
 -- 1. A group of runners none of whose shapes is a key's lane plans its jobs with claim_order
 --    alone (the shapes' statement says whether any is): no rooms, no keys to count.
 -- 2. A plan without a key is claimed by one plain update: nothing to count again under a key's
---    lock, so neither the locks nor the rooms, rates and starts spent of the keyed claim.
+--    lock, so neither the locks nor the rooms, rates and starts spent of the keyed claim. Its
+--    jobs keep their places in the plan: a job that left the queue since (cancelled, taken)
+--    leaves its slot unused, and the jobs after it go to the next slots (the keyed claim numbers
+--    again the jobs still queued, whose rooms it counts anyway). No runner gets more than its
+--    free slots either way.
 -- 3. A step numbers each runner's free slots only up to the jobs it planned (claim_slots), not
---    up to its budget: for one job, 8 runners of 32 free slots had 256 slots numbered and sorted
---    (0018 bounded them by the budget; the jobs planned are fewer still).
+--    up to its budget: for one job, 8 runners of 32 free slots had all 256 numbered and sorted
+--    at dispatch's step limit of 256 (0018 bounded them by the budget; the jobs planned are
+--    fewer still).
 -- The keyed plan orders its jobs with claim_order too, over its lanes that have room.
 --
 -- A step claiming one job for 8 runners of 32 slots, its commit included: 1.9-2.0 ms before,
