@@ -266,13 +266,21 @@ class Lease:
         return True
 
     async def release(self) -> None:
-        """Delete the key if we still hold it, so a standby takes over now, not at expiry."""
+        """Delete the key if we still hold it, so a standby takes over now, not at expiry. A
+        renewal of ours that landed unanswered (a stop cancels the renewal in flight, then
+        releases) moved the key past our revision: it is adopted, as `renew` does."""
         revision, self.revision = self.revision, None
         if revision is None:
             return
         try:
-            await self.kv.delete(self.key, last=revision)
-        except KeyWrongLastSequenceError:  # written since: not ours to delete any more
+            try:
+                await self._delete(expect=revision)
+            except KeyWrongLastSequenceError:
+                last = await self._last()
+                if last is None or _vacant(last.headers) or last.data != self._value:
+                    raise
+                await self._delete(expect=last.seq)
+        except KeyWrongLastSequenceError:  # written since by someone else: not ours to delete
             _log.info("lease %s was no longer ours to release", self.key)
         except (NatsError, TimeoutError) as exc:  # it expires on its own anyway
             _log.warning("releasing lease %s failed: %s", self.key, exc)
@@ -298,6 +306,16 @@ class Lease:
             return await self.js.get_msg(self.stream, subject=self.subject)
         except NotFoundError:
             return None
+
+    async def _delete(self, expect: int) -> None:
+        """The key deleted if its last sequence is `expect` (nats-py's delete raises the server's
+        wrong-sequence refusal as a plain APIError: told here as _publish tells it)."""
+        try:
+            await self.kv.delete(self.key, last=expect)
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise KeyWrongLastSequenceError(description=exc.description) from exc
+            raise
 
     async def _publish(self, expect: int) -> int:
         try:

@@ -56,6 +56,22 @@ async def test_one_holder_at_a_time_and_release_hands_over(leases: tuple[Lease, 
     assert not await a.renew()  # released: nothing to renew
 
 
+async def test_a_release_after_a_renewal_that_landed_unanswered_still_hands_over(
+    leases: tuple[Lease, Lease],
+) -> None:
+    """A stop cancels the holder's renewal in flight, then releases: when that renewal reached
+    the server, the key has moved past the revision the holder knows. The release still deletes
+    it (the last write is the holder's own), so the standby takes over now, not after the TTL."""
+    a, b = leases
+    await a.acquire()
+    known = a.revision
+    assert await a.renew()  # lands ...
+    a.revision = known  # ... but its answer never came (the renewing task was cancelled)
+    await a.release()
+    assert await a.current() is None
+    assert await b.acquire() is not None  # at once: no TTL waited out
+
+
 async def test_an_unrenewed_lease_expires_and_a_standby_takes_over(leases: tuple[Lease, Lease]) -> None:
     a, b = leases
     first = await a.acquire()
