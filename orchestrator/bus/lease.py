@@ -24,9 +24,10 @@ Only this module knows the KV details; callers see `acquire() -> epoch | None`, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +75,19 @@ def _vacant(headers: dict[str, str] | None) -> bool:
     if not headers:
         return False
     return headers.get("KV-Operation") in (KV_DEL, KV_PURGE) or "Nats-Marker-Reason" in headers
+
+
+@contextlib.contextmanager
+def _wrong_sequence_told() -> Iterator[None]:
+    """The server's refusal of a write that expected another last sequence, raised as
+    KeyWrongLastSequenceError (nats-py raises it as a plain APIError from a raw publish and from
+    `kv.delete`)."""
+    try:
+        yield
+    except APIError as exc:
+        if exc.err_code == WRONG_LAST_SEQUENCE:
+            raise KeyWrongLastSequenceError(description=exc.description) from exc
+        raise
 
 
 def _bus_error(exc: Exception) -> BusUnavailable:
@@ -199,14 +213,10 @@ class Lease:
         if self.revision is None:
             return False
         try:
-            last = await self._last()
+            self.revision = await self._ours_last()
         except (NatsError, TimeoutError) as exc:
             raise _bus_error(exc) from exc
-        if last is None or _vacant(last.headers) or last.data != self._value:
-            self.revision = None
-            return False
-        self.revision = last.seq
-        return True
+        return self.revision is not None
 
     @property
     def js(self) -> JetStreamContext:
@@ -252,11 +262,9 @@ class Lease:
                 self.revision = await self._publish(expect=self.revision)
             except KeyWrongLastSequenceError:
                 # A renewal that timed out may still have landed: if the last write is ours, adopt it.
-                last = await self._last()
-                if last is None or _vacant(last.headers) or last.data != self._value:
-                    self.revision = None
+                self.revision = await self._ours_last()
+                if self.revision is None:
                     return False
-                self.revision = last.seq
                 self.revision = await self._publish(expect=self.revision)
         except KeyWrongLastSequenceError:
             self.revision = None
@@ -276,10 +284,10 @@ class Lease:
             try:
                 await self._delete(expect=revision)
             except KeyWrongLastSequenceError:
-                last = await self._last()
-                if last is None or _vacant(last.headers) or last.data != self._value:
+                adopted = await self._ours_last()
+                if adopted is None:
                     raise
-                await self._delete(expect=last.seq)
+                await self._delete(expect=adopted)
         except KeyWrongLastSequenceError:  # written since by someone else: not ours to delete
             _log.info("lease %s was no longer ours to release", self.key)
         except (NatsError, TimeoutError) as exc:  # it expires on its own anyway
@@ -307,26 +315,25 @@ class Lease:
         except NotFoundError:
             return None
 
+    async def _ours_last(self) -> int | None:
+        """The sequence of the key's last write when it is ours (our own last write, or a renewal
+        of ours that landed unanswered); None when the key is vacant or someone else's."""
+        last = await self._last()
+        if last is None or _vacant(last.headers) or last.data != self._value:
+            return None
+        return int(last.seq)
+
     async def _delete(self, expect: int) -> None:
-        """The key deleted if its last sequence is `expect` (nats-py's delete raises the server's
-        wrong-sequence refusal as a plain APIError: told here as _publish tells it)."""
-        try:
+        """The key deleted if its last sequence is `expect`."""
+        with _wrong_sequence_told():
             await self.kv.delete(self.key, last=expect)
-        except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise KeyWrongLastSequenceError(description=exc.description) from exc
-            raise
 
     async def _publish(self, expect: int) -> int:
-        try:
+        with _wrong_sequence_told():
             ack = await self.js.publish(
                 self.subject,
                 self._value,
                 msg_ttl=self.ttl_s,
                 headers={EXPECTED_LAST_SUBJECT_SEQUENCE: str(expect)},
             )
-        except APIError as exc:
-            if exc.err_code == WRONG_LAST_SEQUENCE:
-                raise KeyWrongLastSequenceError(description=exc.description) from exc
-            raise
         return ack.seq
