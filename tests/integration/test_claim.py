@@ -6,7 +6,7 @@ from __future__ import annotations
 from orchestrator.settings import Settings
 from orchestrator.store import Store
 from tests import factories
-from tests.support import claim_plans, claim_rows_read, relations_read, rows_made, rows_read
+from tests.plans import claim_plans, claim_rows_read, relations_read, rows_made, rows_read
 
 
 async def test_budget_is_the_lesser_of_cap_and_free_slots(store: Store) -> None:

@@ -13,7 +13,8 @@ from orchestrator.settings import Settings
 from orchestrator.store import Store
 from orchestrator.store.queries import Q
 from tests import factories
-from tests.support import claim_rows_read, eventually
+from tests.plans import claim_rows_read
+from tests.support import eventually
 
 
 def ids(step: Any) -> list[Any]:
