@@ -43,8 +43,8 @@ from orchestrator import telemetry
 from orchestrator.bus import intake, job_events, streams
 from orchestrator.bus.connection import CONNECT_WAIT_S, close, connect
 from orchestrator.bus.credentials import NatsCredentials
-from orchestrator.bus.delivery import Delivery
 from orchestrator.bus.job_events import OutboxMessage
+from orchestrator.bus.pull import Pull
 from orchestrator.bus.slots import MAX_HANDLERS, HandlerSlots
 from orchestrator.bus.subjects import Subjects
 from orchestrator.bus.topics import RequestTopic, Topic, json_array, list_of
@@ -106,7 +106,7 @@ class Bus:
         self._on_reconnect: list[Callable[[], None]] = []
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
-        self._pulls: list[JetStreamContext.PullSubscription] = []
+        self._pulls: list[Pull] = []
         self.atomic_events = False  # the job-events stream takes atomic batches (ensure_job_events_stream)
         # Messages nats-py dropped because a subscription's handlers fell behind, by the
         # subscription's subject (one key per subscription this process holds).
@@ -155,9 +155,7 @@ class Bus:
             callback()
 
     async def close(self) -> None:
-        # A pull subscription has nothing to drain (what was not fetched is redelivered), and
-        # nats-py's fetch takes from its queue without task_done(), so drain() would sit out its
-        # 30 s timeout waiting on the queue: unsubscribe those first.
+        # A pull subscription has nothing to drain (what was not fetched is redelivered).
         for pull in self._pulls:
             with contextlib.suppress(Exception):  # already unsubscribed, or the connection is gone
                 await pull.unsubscribe()
@@ -351,15 +349,12 @@ class Bus:
         """Publish the relay's rows to the job-events stream (see `job_events.py`)."""
         await job_events.publish(self, rows, atomic=self.atomic_events)
 
-    async def intake_subscription(self, durable: str, *, ack_wait_s: float = 30.0) -> JetStreamContext.PullSubscription:
-        """A durable pull consumer shared by every admission instance (see `intake.py`)."""
+    async def intake_subscription(self, durable: str, *, ack_wait_s: float = 30.0) -> Pull:
+        """A durable pull consumer shared by every admission instance (see `intake.py`); its
+        `fetch` gives up to a batch of messages as soon as there are any."""
         pull = await intake.subscribe(self, durable, ack_wait_s)
         self._pulls.append(pull)
         return pull
-
-    async def fetch(self, pull: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Delivery]:
-        """Up to `batch` intake messages; [] when none came within `timeout`."""
-        return await intake.fetch(pull, batch, timeout)
 
     @property
     def connected(self) -> bool:

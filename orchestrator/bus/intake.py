@@ -6,14 +6,12 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
 
 from orchestrator import telemetry
-from orchestrator.bus.delivery import Delivery
 from orchestrator.bus.elections import through_elections
-from orchestrator.errors import BusUnavailable
+from orchestrator.bus.pull import Pull
 
 if TYPE_CHECKING:
     from orchestrator.bus.bus import Bus
@@ -36,32 +34,31 @@ async def ensure_stream(bus: Bus) -> None:
     await bus.ensure_stream(config)
 
 
-async def subscribe(bus: Bus, durable: str, ack_wait_s: float) -> JetStreamContext.PullSubscription:
-    """A durable pull consumer shared by every admission instance (WorkQueue: one consumer)."""
+async def subscribe(bus: Bus, durable: str, ack_wait_s: float) -> Pull:
+    """A durable pull consumer shared by every admission instance (WorkQueue: one consumer),
+    created unless it exists, and read by this process's own pull requests (pull.py)."""
+    stream = bus.subjects.intake_stream
     config = ConsumerConfig(
+        name=durable,
         durable_name=durable,
+        filter_subject=bus.subjects.submit.subject,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait_s,
         max_deliver=-1,  # transient failures redeliver until the store answers; bad input is term()ed
         max_ack_pending=10_000,
     )
-    return await through_elections(  # its creation rides out an election, as at a cluster's start
-        lambda _: bus.js.pull_subscribe(
-            bus.subjects.submit.subject, durable=durable, stream=bus.subjects.intake_stream, config=config
-        ),
-        what=f"the intake consumer {durable}",
-        within_s=SUBMIT_WITHIN_S,
-    )
 
+    async def ensure_consumer(timeout: float) -> None:
+        try:
+            await bus.js.consumer_info(stream, durable, timeout=timeout)
+        except NotFoundError:
+            await bus.js.add_consumer(stream, config, timeout=timeout)
 
-async def fetch(intake: JetStreamContext.PullSubscription, batch: int, timeout: float) -> list[Delivery]:
-    """Up to `batch` intake messages; [] when none came within `timeout`."""
-    try:
-        return [Delivery.of(msg) for msg in await intake.fetch(batch, timeout=timeout)]
-    except (TimeoutError, NatsTimeout):
-        return []
-    except Exception as exc:  # reconnecting, or the consumer is being recreated
-        raise BusUnavailable(f"cannot fetch from the intake: {exc}") from exc
+    # its creation rides out an election, as at a cluster's start
+    await through_elections(ensure_consumer, what=f"the intake consumer {durable}", within_s=SUBMIT_WITHIN_S)
+    pull = Pull(bus.nc, f"{bus.js_api_prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}")
+    await pull.start()
+    return pull
 
 
 async def submit(bus: Bus, body: bytes, key: str | None, *, within_s: float = SUBMIT_WITHIN_S) -> None:

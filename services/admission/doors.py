@@ -38,6 +38,7 @@ from pydantic_core import from_json
 
 from orchestrator import telemetry
 from orchestrator.bus import Bus, Delivery, Topic
+from orchestrator.bus.pull import Pull
 from orchestrator.errors import BusUnavailable, InvalidInput, NothingApplied, StoreError, StoreUnavailable
 from orchestrator.lifecycle import Service
 from orchestrator.metrics import Metrics
@@ -262,11 +263,11 @@ class Admission(Service):
 
     # --- door: JetStream intake ------------------------------------------------------------------
 
-    async def _pull(self, intake: Any) -> None:
+    async def _pull(self, intake: Pull) -> None:
         failing = False  # said once per outage (NATS reconnecting, the consumer electing a leader)
         while True:
             try:
-                msgs = await self.bus.fetch(intake, self.config.fetch_batch, timeout=1.0)
+                msgs = await intake.fetch(self.config.fetch_batch, timeout=1.0)
             except BusUnavailable as exc:  # the consumer is durable: nothing is lost meanwhile
                 self.log.log(logging.DEBUG if failing else logging.WARNING, "intake fetch failed: %s", exc)
                 failing = True

@@ -117,6 +117,41 @@ async def test_a_wait_for_job_news_goes_on_without_it_when_the_server_is_slower_
     assert heard is not None and heard.job_id == job
 
 
+async def test_an_intake_fetch_after_one_that_timed_out_on_a_paused_server_returns_each_job_as_it_comes(
+    own_nats: EmbeddedNats, own_bus: Bus
+) -> None:
+    """A fetch that gave up while the server slept leaves its pull request on the server; the
+    server's end of it (408) comes later, during the next fetch. That end is not the next fetch's,
+    and no job may wait for the next one to come (it waited 50 ms after an idle spell, or the
+    fetch's whole timeout when no next one came)."""
+    await own_bus.ensure_intake_stream()
+    intake = await own_bus.intake_subscription("slow-fetch")
+    stream = own_bus.subjects.intake_stream
+    waiting = lambda: _pull_waiting(own_bus, stream, "slow-fetch")  # noqa: E731
+    gave_up = asyncio.create_task(intake.fetch(10, timeout=0.5))
+    await support.eventually(waiting, what="the first fetch to wait on the server")
+    with paused(own_nats):  # longer than the fetch's timeout: its request expires while paused
+        assert await gave_up == []
+        sent = own_bus.nc.stats["out_msgs"]
+        fetching = asyncio.create_task(intake.fetch(10, timeout=60))
+        await support.eventually(lambda: _true(own_bus.nc.stats["out_msgs"] > sent), what="the next fetch to ask")
+    for i in range(3):
+        await support.eventually(waiting, what="a fetch to wait on the server")
+        await own_bus.submit(b'{"pool": "p"}', f"job{i}")
+        got = await asyncio.wait_for(fetching, 20)  # not held for a next job, nor for 60 s
+        assert [m.headers["Nats-Msg-Id"] for m in got] == [f"job{i}"]  # type: ignore[index]
+        fetching = asyncio.create_task(intake.fetch(10, timeout=60))
+    fetching.cancel()
+
+
+async def _pull_waiting(bus: Bus, stream: str, durable: str) -> bool:
+    return (await bus.js.consumer_info(stream, durable)).num_waiting > 0
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 @pytest.fixture
 def quick_admission(monkeypatch: pytest.MonkeyPatch) -> None:
     """The api's admission deadline and attempt, shortened so a test waits them out quickly."""
