@@ -30,8 +30,10 @@ from orchestrator.bus.delivery import Delivery
 from orchestrator.errors import BusUnavailable
 
 _STATUS = "Status"
-# The statuses that end a pull request normally: nothing (more) to deliver, or it expired.
-_ENDED = {"404", "408"}
+# The statuses that end a pull request, after which another may be asked: nothing (more) to
+# deliver, it expired, or a conflict (the consumer's leader changed, too many requests waiting);
+# the others (503: nobody answers for the consumer) fail the fetch.
+_ENDED = {"404", "408", "409"}
 # A request expiring within this long is not worth sending.
 _SHORTEST_S = 0.001
 
@@ -64,8 +66,8 @@ class Pull:
 
     async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
         """Up to `batch` messages as soon as there are any; [] when none came within `timeout`.
-        Raises BusUnavailable when the server refuses the request (the consumer deleted, or
-        between leaders)."""
+        Raises BusUnavailable when nobody answers for the consumer (deleted, or between
+        leaders)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         msgs: list[Msg] = []
@@ -114,4 +116,8 @@ def _status(msg: Msg) -> str | None:
 
 def _refusal(msg: Msg) -> str:
     headers = msg.headers or {}
-    return f"{headers.get(_STATUS)} {headers.get('Description', '')}".rstrip()
+    status = headers.get(_STATUS)
+    if status == "503":
+        return "no one answers for the consumer (503: deleted, or between leaders)"
+    description = (headers.get("Description") or "").strip().splitlines()
+    return f"{status} {description[0] if description else ''}".rstrip()

@@ -13,7 +13,7 @@ from orchestrator import telemetry
 from orchestrator.bus import Bus
 from orchestrator.bus.bus import BATCH_HEADER
 from orchestrator.bus.topics import json_array
-from orchestrator.errors import RequestFailed
+from orchestrator.errors import BusUnavailable, RequestFailed
 from schemas.events import ErrorDetail, Reply, RunnerHeartbeat, SlotAvailable
 from tests.support import eventually
 
@@ -126,6 +126,15 @@ async def test_intake_fetch_returns_a_lone_job_at_once_and_a_backlog_in_batches(
     assert all(0 < len(batch) <= 100 for batch in batches)
     assert len(batches) <= 25, [len(batch) for batch in batches]  # batched (one by one would be 250)
     assert await intake.fetch(100, timeout=0.2) == []
+
+
+async def test_an_intake_fetch_from_a_consumer_gone_fails_saying_so(bus: Bus) -> None:
+    """The admission loop logs it and tries again after a pause (a consumer between leaders)."""
+    await bus.ensure_intake_stream()
+    intake = await bus.intake_subscription("gone")
+    await bus.js.delete_consumer(bus.subjects.intake_stream, "gone")
+    with pytest.raises(BusUnavailable, match="no one answers for the consumer"):
+        await asyncio.wait_for(intake.fetch(10, timeout=30), 20)
 
 
 async def _pull_waiting(bus: Bus, stream: str) -> bool:
