@@ -33,7 +33,7 @@ def migrations() -> list[tuple[int, str, str]]:
 
 async def apply(conn: asyncpg.Connection) -> list[int]:
     """Apply pending migrations; return the versions applied now."""
-    # For this session only: a pooled connection is reset (RESET ALL) when it is released.
+    # For this session only: `conn` is the migration's own (Store.migrate), closed after it.
     await conn.execute("SET statement_timeout = 0; SET lock_timeout = 0")
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:

@@ -102,6 +102,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """A connection given back to the pool keeps its session: asyncpg's reset (RESET ALL,
+    UNLISTEN, advisory unlock, CLOSE ALL) would cost a round trip at every release, for state
+    the store never leaves (SET LOCAL, transaction locks; LISTEN and migrations have connections
+    of their own). asyncpg still rolls back a transaction left open."""
+
+
 class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, RetentionRows, ScheduleRows):
     def __init__(
         self,
@@ -159,6 +166,7 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
                 min_size=self._min_size,
                 max_size=self._max_size,
                 init=_init_connection,
+                reset=_keep_session,
                 server_settings=self._server_settings,
                 statement_cache_size=self._statement_cache_size,
             )
@@ -192,15 +200,16 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
                 raise
             raise translated from exc
         finally:
-            # Returned in the background: the pool's reset of it (a round trip) is not the
-            # caller's wait, and a step's next move (a hand-off, an answer) goes out at once.
+            # Returned in the background: a connection given back inside a transaction (an
+            # error) is rolled back first, a round trip that is not the caller's wait, and a
+            # caller cancelled meanwhile does not cut the return short.
             releasing = asyncio.create_task(self._release(self._pool, conn))
             self._releasing.add(releasing)
             releasing.add_done_callback(self._releasing.discard)
 
     @staticmethod
     async def _release(pool: asyncpg.Pool, conn: asyncpg.Connection) -> None:
-        # Resetting a connection that died meanwhile fails, and the pool closes it: what the
+        # Rolling back a connection that died meanwhile fails, and the pool closes it: what the
         # work did (or the error it raised) stands, and the next acquire connects anew.
         with contextlib.suppress(*_UNAVAILABLE, asyncpg.PostgresError, TimeoutError):
             await pool.release(conn)
@@ -264,5 +273,12 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
         return close
 
     async def migrate(self) -> list[int]:
-        async with self.connection() as conn:
+        """On a connection of its own: the pool does not reset the session a migration changes."""
+        try:
+            conn = await asyncpg.connect(self.dsn, server_settings=self._server_settings)
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"cannot connect to Postgres at {redact_url(self.dsn)}: {exc}") from exc
+        try:
             return await migrate.apply(conn)
+        finally:
+            await conn.close()
