@@ -18,6 +18,7 @@ its expiry (the server also forgets it when this client is gone).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import deque
 from itertools import count
@@ -30,10 +31,16 @@ from orchestrator.bus.delivery import Delivery
 from orchestrator.errors import BusUnavailable
 
 _STATUS = "Status"
-# The statuses that end a pull request, after which another may be asked: nothing (more) to
-# deliver, it expired, or a conflict (the consumer's leader changed, too many requests waiting);
-# the others (503: nobody answers for the consumer) fail the fetch.
-_ENDED = {"404", "408", "409"}
+# The ends of a pull request after which another may be asked: nothing (more) to deliver, it
+# expired (or the server had requests enough waiting), or a conflict that passes (the consumer's
+# leader changed or its server stops; the consumer deleted: the next request hears a 503). Any
+# other status fails the fetch: a 503 (no one answers for the consumer) or a 409 that asking
+# again would only repeat (a limit of the consumer's).
+_ENDED = {"404", "408"}
+_PASSING_CONFLICTS = ("Leadership Change", "Server Shutdown", "Consumer Deleted")
+# A request that ended without a job is asked again after this long, not at once: a server that
+# ends requests at once (requests enough waiting) is not asked in a loop.
+_AGAIN_S = 0.02
 # A request expiring within this long is not worth sending.
 _SHORTEST_S = 0.001
 
@@ -66,12 +73,14 @@ class Pull:
 
     async def fetch(self, batch: int, timeout: float) -> list[Delivery]:
         """Up to `batch` messages as soon as there are any; [] when none came within `timeout`.
-        Raises BusUnavailable when nobody answers for the consumer (deleted, or between
-        leaders)."""
+        Raises BusUnavailable when the server refuses the request: no one answers for the
+        consumer (deleted, or between leaders), or a limit of the consumer's."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         msgs: list[Msg] = []
         asking: str | None = None  # the reply subject of this fetch's request, while it is open
+        again_at = 0.0  # when another may be asked, after one ended without a job
+        refused: str | None = None  # why the server refused this fetch's request
         while True:
             self._came.clear()  # set again by what comes next
             while self._arrived and len(msgs) < batch:  # what came, for this request or an earlier one
@@ -79,22 +88,21 @@ class Pull:
                 if _status(msg) is None:
                     msgs.append(msg)
                 elif msg.subject == asking:
-                    asking = None
-                    if _status(msg) not in _ENDED:
-                        raise BusUnavailable(f"the intake refused a fetch: {_refusal(msg)}")
+                    asking, again_at = None, loop.time() + _AGAIN_S
+                    refused = None if _ended(msg) else _refusal(msg)
                 # else: the end of a request given up on, or of one that brought jobs
             if msgs:
                 return [Delivery.of(m) for m in msgs]
-            left = deadline - loop.time()
-            if left < _SHORTEST_S:
+            if refused:
+                raise BusUnavailable(f"the intake refused a fetch: {refused}")
+            now = loop.time()
+            if deadline - now < _SHORTEST_S:
                 return []
-            if asking is None:
-                asking = await self._ask(batch, left)
-            try:
-                async with asyncio.timeout_at(deadline):
+            if asking is None and now >= again_at:
+                asking = await self._ask(batch, deadline - now)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(deadline if asking else min(deadline, again_at)):
                     await self._came.wait()
-            except TimeoutError:
-                return []
 
     async def _ask(self, batch: int, expires_s: float) -> str:
         """A request that waits up to `expires_s` for a first message, then takes what is there
@@ -114,10 +122,18 @@ def _status(msg: Msg) -> str | None:
     return msg.headers.get(_STATUS) if msg.headers else None
 
 
+def _ended(msg: Msg) -> bool:
+    status = _status(msg)
+    return status in _ENDED or (status == "409" and _description(msg).startswith(_PASSING_CONFLICTS))
+
+
+def _description(msg: Msg) -> str:
+    lines = ((msg.headers or {}).get("Description") or "").strip().splitlines()
+    return lines[0] if lines else ""
+
+
 def _refusal(msg: Msg) -> str:
-    headers = msg.headers or {}
-    status = headers.get(_STATUS)
+    status = _status(msg)
     if status == "503":
         return "no one answers for the consumer (503: deleted, or between leaders)"
-    description = (headers.get("Description") or "").strip().splitlines()
-    return f"{status} {description[0] if description else ''}".rstrip()
+    return f"{status} {_description(msg)}".rstrip()

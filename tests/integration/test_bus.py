@@ -4,6 +4,7 @@ with an error naming the field instead of reaching the handler."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -135,6 +136,22 @@ async def test_an_intake_fetch_from_a_consumer_gone_fails_saying_so(bus: Bus) ->
     await bus.js.delete_consumer(bus.subjects.intake_stream, "gone")
     with pytest.raises(BusUnavailable, match="no one answers for the consumer"):
         await asyncio.wait_for(intake.fetch(10, timeout=30), 20)
+
+
+async def test_an_intake_fetch_past_a_limit_of_the_consumer_fails_naming_it_rather_than_asking_again(bus: Bus) -> None:
+    """A consumer made elsewhere with a smaller largest batch (it is used as it is found)."""
+    await bus.ensure_intake_stream()
+    stream = bus.subjects.intake_stream
+    config = {"name": "small", "durable_name": "small", "ack_policy": "explicit", "max_batch": 5}  # not in nats-py's
+    created = await bus.nc.request(
+        f"$JS.API.CONSUMER.CREATE.{stream}.small", json.dumps({"stream_name": stream, "config": config}).encode()
+    )
+    assert "error" not in json.loads(created.data), created.data
+    intake = await bus.intake_subscription("small")
+    with pytest.raises(BusUnavailable, match="409 Exceeded MaxRequestBatch of 5"):
+        await asyncio.wait_for(intake.fetch(10, timeout=30), 20)
+    await bus.submit(b'{"pool": "p"}', "fits")
+    assert [m.headers["Nats-Msg-Id"] for m in await asyncio.wait_for(intake.fetch(5, timeout=30), 20)] == ["fits"]
 
 
 async def _pull_waiting(bus: Bus, stream: str) -> bool:
