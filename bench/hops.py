@@ -94,8 +94,8 @@ async def measure(runtime: Runtime, quick: bool) -> dict[str, Any]:
             await conn.execute("SET synchronous_commit = on")  # whatever the server's default
             commit = "INSERT INTO bench_hops DEFAULT VALUES"
             results["postgres_commit_ms"] = await both_paces(lambda: conn.execute(commit), n)
-        finally:
-            await conn.execute("DROP TABLE bench_hops")
+        finally:  # the pool does not reset a session it takes back
+            await conn.execute("DROP TABLE bench_hops; RESET synchronous_commit")
     return results
 
 

@@ -254,9 +254,10 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
             return int(await conn.fetchval(Q["outbox_depth"]))
 
     async def listen(self, channel: str, callback: Callable[[], None]) -> Callable[[], Any]:
-        """Call `callback` on every NOTIFY on `channel`, on a connection of its own (a pooled one
-        would UNLISTEN on release); returns the coroutine function that closes it. A hint only:
-        the listener may miss notifications while reconnecting, so its user also polls."""
+        """Call `callback` on every NOTIFY on `channel`, on a connection of its own (the pool
+        drops a connection's callbacks when it takes it back); returns the coroutine function
+        that closes it. A hint only: the listener may miss notifications while reconnecting, so
+        its user also polls."""
         try:
             conn = await asyncpg.connect(
                 self.dsn, server_settings=self._server_settings, statement_cache_size=self._statement_cache_size
@@ -280,5 +281,10 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
             raise StoreUnavailable(f"cannot connect to Postgres at {redact_url(self.dsn)}: {exc}") from exc
         try:
             return await migrate.apply(conn)
+        except Exception as exc:
+            translated = _translated(exc)  # told as the store's, as on a pooled connection
+            if translated is None:
+                raise
+            raise translated from exc
         finally:
             await conn.close()
