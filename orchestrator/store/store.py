@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -100,6 +100,18 @@ class OutboxBatch:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+@contextlib.contextmanager
+def _told_as_the_stores() -> Iterator[None]:
+    """A driver's error raised as the store's (`_translated`); any other as it is."""
+    try:
+        yield
+    except Exception as exc:
+        translated = _translated(exc)
+        if translated is None:
+            raise
+        raise translated from exc
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -191,14 +203,12 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
         except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:  # any failure to connect at all
             raise NothingApplied(f"Postgres is unreachable: {exc}") from exc
         try:
-            yield conn
-        except Exception as exc:
-            if isinstance(exc, _READ_ONLY):  # a demoted primary: the next use connects afresh
-                conn.terminate()
-            translated = _translated(exc)
-            if translated is None:
-                raise
-            raise translated from exc
+            with _told_as_the_stores():
+                try:
+                    yield conn
+                except _READ_ONLY:  # a demoted primary: the next use connects afresh
+                    conn.terminate()
+                    raise
         finally:
             # Returned in the background: a connection given back inside a transaction (an
             # error) is rolled back first, a round trip that is not the caller's wait, and a
@@ -258,12 +268,7 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
         drops a connection's callbacks when it takes it back); returns the coroutine function
         that closes it. A hint only: the listener may miss notifications while reconnecting, so
         its user also polls."""
-        try:
-            conn = await asyncpg.connect(
-                self.dsn, server_settings=self._server_settings, statement_cache_size=self._statement_cache_size
-            )
-        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(f"cannot listen on Postgres: {exc}") from exc
+        conn = await self._connection_of_its_own("listen on")
         await conn.add_listener(channel, lambda *_: callback())
 
         async def close() -> None:
@@ -275,16 +280,18 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
 
     async def migrate(self) -> list[int]:
         """On a connection of its own: the pool does not reset the session a migration changes."""
+        conn = await self._connection_of_its_own("migrate")
         try:
-            conn = await asyncpg.connect(self.dsn, server_settings=self._server_settings)
-        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
-            raise StoreUnavailable(f"cannot connect to Postgres at {redact_url(self.dsn)}: {exc}") from exc
-        try:
-            return await migrate.apply(conn)
-        except Exception as exc:
-            translated = _translated(exc)  # told as the store's, as on a pooled connection
-            if translated is None:
-                raise
-            raise translated from exc
+            with _told_as_the_stores():
+                return await migrate.apply(conn)
         finally:
             await conn.close()
+
+    async def _connection_of_its_own(self, purpose: str) -> asyncpg.Connection:
+        """A connection outside the pool, with the pool's session settings and statement cache."""
+        try:
+            return await asyncpg.connect(
+                self.dsn, server_settings=self._server_settings, statement_cache_size=self._statement_cache_size
+            )
+        except (*_UNAVAILABLE, asyncpg.PostgresError) as exc:
+            raise StoreUnavailable(f"cannot {purpose} Postgres at {redact_url(self.dsn)}: {exc}") from exc
