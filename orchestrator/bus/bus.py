@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from nats.aio.client import Client
@@ -43,6 +43,7 @@ from orchestrator import telemetry
 from orchestrator.bus import intake, job_events, streams
 from orchestrator.bus.connection import CONNECT_WAIT_S, close, connect
 from orchestrator.bus.credentials import NatsCredentials
+from orchestrator.bus.jetstream_publish import JetStreamPublisher, StoredBatch
 from orchestrator.bus.job_events import OutboxMessage
 from orchestrator.bus.pull import Pull
 from orchestrator.bus.slots import MAX_HANDLERS, HandlerSlots
@@ -107,6 +108,8 @@ class Bus:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._pulls: list[Pull] = []
+        self._publisher: JetStreamPublisher | None = None  # made by the first stored_batch
+        self._publisher_made = asyncio.Lock()
         self.atomic_events = False  # the job-events stream takes atomic batches (ensure_job_events_stream)
         # Messages nats-py dropped because a subscription's handlers fell behind, by the
         # subscription's subject (one key per subscription this process holds).
@@ -160,6 +163,10 @@ class Bus:
             with contextlib.suppress(Exception):  # already unsubscribed, or the connection is gone
                 await pull.unsubscribe()
         self._pulls.clear()
+        if self._publisher is not None:
+            with contextlib.suppress(Exception):  # the connection is gone
+                await self._publisher.stop()
+            self._publisher = None
         if self._nc is not None:
             await close(self._nc)
         self._nc = None
@@ -344,6 +351,18 @@ class Bus:
     async def ensure_job_events_stream(self, max_age_s: float) -> None:
         """The stream of every job event (see `job_events.py`)."""
         self.atomic_events = await job_events.ensure_stream(self, max_age_s)
+
+    @contextlib.asynccontextmanager
+    async def stored_batch(self) -> AsyncIterator[StoredBatch]:
+        """Messages published into it go to JetStream in order, stored once it ends (RequestFailed
+        names a refusal): see `jetstream_publish.py`."""
+        async with self._publisher_made:
+            if self._publisher is None:
+                publisher = JetStreamPublisher(self.nc)
+                await publisher.start()
+                self._publisher = publisher
+        async with self._publisher.batch() as batch:
+            yield batch
 
     async def publish_outbox(self, rows: Sequence[OutboxMessage]) -> None:
         """Publish the relay's rows to the job-events stream (see `job_events.py`)."""

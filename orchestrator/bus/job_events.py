@@ -151,20 +151,14 @@ async def _publish_batches(bus: Bus, rows: Sequence[OutboxMessage], headers: dic
 
 
 async def _publish_each(bus: Bus, rows: Sequence[OutboxMessage], headers: dict[str, str]) -> None:
-    """One message per row, in order, pipelined: every durable one's PubAck awaited (a repeat
-    is dropped by JetStream)."""
-    acks: list[asyncio.Future[Any]] = []
-    try:
+    """One message per row, in order, pipelined: every durable one stored by JetStream before
+    this returns (a repeat is dropped by JetStream)."""
+    async with bus.stored_batch() as stored:
         for n, row in enumerate(rows, 1):
             if n % YIELD_EVERY == 0:  # as _publish_batches: a batch must not hold up the process
                 await asyncio.sleep(0)
             subject = bus.subjects.absolute(row.subject)
-            if not row.durable:
+            if row.durable:
+                await stored.publish(subject, row.body, {**headers, "Nats-Msg-Id": str(row.id)})
+            else:
                 await bus.nc.publish(subject, row.body, headers=headers)
-                continue
-            acks.append(await bus.js.publish_async(subject, row.body, headers={**headers, "Nats-Msg-Id": str(row.id)}))
-        await asyncio.gather(*acks)
-    except BaseException:
-        for ack in acks:
-            ack.cancel()
-        raise

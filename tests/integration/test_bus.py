@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from nats.js.api import StreamConfig
 from opentelemetry import trace
 
 from orchestrator import telemetry
@@ -16,7 +17,7 @@ from orchestrator.bus.bus import BATCH_HEADER
 from orchestrator.bus.topics import json_array
 from orchestrator.errors import BusUnavailable, RequestFailed
 from schemas.events import ErrorDetail, Reply, RunnerHeartbeat, SlotAvailable
-from tests.support import eventually
+from tests.support import eventually, stream_events
 
 
 class Recorder:
@@ -156,3 +157,36 @@ async def test_an_intake_fetch_past_a_limit_of_the_consumer_fails_naming_it_rath
 
 async def _pull_waiting(bus: Bus, stream: str) -> bool:
     return (await bus.js.consumer_info(stream, "fetch-test")).num_waiting > 0
+
+
+async def test_a_stored_batch_ends_once_jetstream_stored_each_in_order_repeats_once(bus: Bus) -> None:
+    """The relay's one by one path: a batch published again (a relay that died before deleting
+    its rows) is taken, and JetStream keeps each message once."""
+    await bus.ensure_job_events_stream(3600)
+    subject = bus.subjects.job_admitted.at("stored").subject
+    for ids in (range(5), range(7)):  # the first five again, then two new
+        async with bus.stored_batch() as stored:
+            for i in ids:
+                await stored.publish(subject, json.dumps({"n": i}).encode(), {"Nats-Msg-Id": f"stored-{i}"})
+    events = [e for e in await stream_events(bus, "admitted") if (e["msg_id"] or "").startswith("stored-")]
+    assert [(e["n"], e["msg_id"]) for e in events] == [(i, f"stored-{i}") for i in range(7)]
+
+
+async def test_a_stored_batch_on_a_subject_no_stream_stores_fails_at_once_naming_it(bus: Bus) -> None:
+    subject = bus.subjects.absolute("nowhere.stored")
+    with pytest.raises(RequestFailed, match=rf"no stream stores '{subject}' \(503\)"):
+        async with asyncio.timeout(5):  # at once: the server answers, not the caller's timeout
+            async with bus.stored_batch() as stored:
+                await stored.publish(subject, b"{}", {})
+
+
+async def test_a_stored_batch_refused_by_a_limit_of_the_stream_fails_with_jetstreams_reason(bus: Bus) -> None:
+    """Every message is answered first: the one within the limit is stored."""
+    name = f"{bus.subjects.root}_small".replace(".", "_")
+    subject = bus.subjects.absolute("small.stored")
+    await bus.js.add_stream(StreamConfig(name=name, subjects=[subject], max_msg_size=64))
+    with pytest.raises(RequestFailed, match=rf"JetStream refused a message on '{subject}': message size exceeds"):
+        async with bus.stored_batch() as stored:
+            await stored.publish(subject, b"x" * 65, {})
+            await stored.publish(subject, b"fits", {})
+    assert (await bus.js.stream_info(name)).state.messages == 1

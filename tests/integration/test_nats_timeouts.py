@@ -2,7 +2,8 @@
 test's own, paused (SIGSTOP) longer than the timeout, then resumed (SIGCONT). A JetStream publish
 is tried again with the same `Nats-Msg-Id` until its deadline (stored once), then gives up; a
 stream's creation at start-up is tried again too; a lease operation gives up within half a TTL;
-the api asks admission again only when that is safe."""
+the api asks admission again only when that is safe; an intake fetch or a batch of events given
+up on leaves the next one to its own answers."""
 
 from __future__ import annotations
 
@@ -142,6 +143,23 @@ async def test_an_intake_fetch_after_one_that_timed_out_on_a_paused_server_retur
         assert [m.headers["Nats-Msg-Id"] for m in got] == [f"job{i}"]  # type: ignore[index]
         fetching = asyncio.create_task(intake.fetch(10, timeout=60))
     fetching.cancel()
+
+
+async def test_a_stored_batch_given_up_on_a_paused_server_leaves_the_next_to_its_own_acks(
+    own_nats: EmbeddedNats, own_bus: Bus
+) -> None:
+    """The relay gives a batch of events PUBLISH_ACK_TIMEOUT_S; here the server sleeps past the
+    batch's caller's 0.5 s. The acks of that batch come once it wakes, during the next batch, and
+    must not count as the next batch's: it ends only once its own message is stored."""
+    await own_bus.ensure_job_events_stream(3600)
+    subject = own_bus.subjects.job_admitted.at("p").subject
+    with paused(own_nats), pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5), own_bus.stored_batch() as stored:
+            for i in range(3):
+                await stored.publish(subject, b"{}", {"Nats-Msg-Id": f"late-{i}"})
+    async with asyncio.timeout(20), own_bus.stored_batch() as stored:
+        await stored.publish(subject, b"{}", {"Nats-Msg-Id": "next"})
+    assert [e["msg_id"] for e in await support.stream_events(own_bus)] == ["late-0", "late-1", "late-2", "next"]
 
 
 async def _pull_waiting(bus: Bus, stream: str, durable: str) -> bool:
