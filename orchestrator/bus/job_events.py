@@ -44,9 +44,10 @@ PUBLISH_ACK_TIMEOUT_S = 5.0
 # Events per atomic batch: JetStream's default limit (max_batch_size) is 1000.
 ATOMIC_BATCH_MAX = 1000
 # Fewer durable events than this go one by one: below it that costs less CPU (the client's and
-# nats-server's) and less waiting for the last PubAck. CPU an event, one by one vs atomic: 16
-# events 95 vs 165 us, 128: 56 vs 58, 256: 37 vs 32 (`python -m bench.atomic`, 2 cores).
-ATOMIC_BATCH_MIN = 256
+# nats-server's) and less waiting for the last PubAck. CPU an event, one by one vs atomic, three
+# runs: 16 events 67 vs 162 us, 256: 34-43 vs 37-51, 512: 41-52 vs 36-45 (`python -m bench.atomic`,
+# 2 cores; one by one through jetstream_publish.py: 256 was the bound with nats-py's publish_async).
+ATOMIC_BATCH_MIN = 512
 # The relay gives the event loop back this often while it publishes a batch: publishing into the
 # client's buffer never waits, and a backlog of 100k events would otherwise starve the process's
 # other services (dispatch, admission) for seconds.
@@ -93,8 +94,8 @@ async def publish(bus: Bus, rows: Sequence[OutboxMessage], *, atomic: bool, atom
     Raises BusUnavailable unless JetStream acknowledged every durable one.
 
     Durable rows go as atomic batches when there are at least `atomic_min` of them (by default
-    `ATOMIC_BATCH_MIN`; one PubAck per batch instead of one per event: a third of the client's
-    CPU per event), else one by one, pipelined. JetStream stores one connection's messages in
+    `ATOMIC_BATCH_MIN`; one PubAck per batch instead of one per event), else one by one,
+    pipelined. JetStream stores one connection's messages in
     the order they arrive, so these are stored in order too, except after a failure between two
     of them (the stream's leader lost mid-batch): the later one may be stored, the earlier only
     when the relay tries again. An atomic batch is stored whole or not at all. One holding an
