@@ -354,14 +354,15 @@ class Bus:
 
     @contextlib.asynccontextmanager
     async def stored_batch(self) -> AsyncIterator[StoredBatch]:
-        """Messages published into it go to JetStream in order, stored once it ends (RequestFailed
-        names a refusal): see `jetstream_publish.py`."""
-        async with self._publisher_made:
+        """Messages published into it go to JetStream in order, all stored by the time it ends
+        (RequestFailed names a refusal): see `jetstream_publish.py`."""
+        async with self._publisher_made:  # the first caller makes it; the others wait for it
             if self._publisher is None:
                 publisher = JetStreamPublisher(self.nc)
-                await publisher.start()
+                await publisher.start(PENDING_MSGS, PENDING_BYTES)
                 self._publisher = publisher
-        async with self._publisher.batch() as batch:
+            publisher = self._publisher
+        async with publisher.batch() as batch:
             yield batch
 
     async def publish_outbox(self, rows: Sequence[OutboxMessage]) -> None:

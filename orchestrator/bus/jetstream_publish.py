@@ -29,9 +29,9 @@ class StoredBatch:
     def __init__(self, publisher: JetStreamPublisher) -> None:
         self._publisher = publisher
         self._numbers: list[int] = []  # of the messages published, in order
-        self._acked = 0
+        self._answered = 0
         self._refusal: str | None = None  # the first refusal heard
-        self._all_acked = asyncio.Event()
+        self._all_answered = asyncio.Event()
 
     async def publish(self, subject: str, body: bytes, headers: dict[str, str]) -> None:
         p = self._publisher
@@ -40,18 +40,18 @@ class StoredBatch:
         self._numbers.append(n)
         await p.nc.publish(subject, body, reply=f"{p.inbox}.{n}", headers=headers)
 
-    def acked(self, refusal: str | None) -> None:
+    def answered(self, refusal: str | None) -> None:
         if refusal is not None and self._refusal is None:
             self._refusal = refusal
-        self._acked += 1
-        if self._acked == len(self._numbers):
-            self._all_acked.set()
+        self._answered += 1
+        if self._answered == len(self._numbers):
+            self._all_answered.set()
 
     async def stored(self) -> None:
         """Once every message is answered: raises RequestFailed with the first refusal."""
-        if self._acked < len(self._numbers):
-            self._all_acked.clear()  # maybe set by an earlier last ack, before more were published
-            await self._all_acked.wait()
+        if self._answered < len(self._numbers):
+            self._all_answered.clear()  # maybe set by an earlier last answer, before more were published
+            await self._all_answered.wait()
         if self._refusal is not None:
             raise RequestFailed(self._refusal)
 
@@ -69,8 +69,10 @@ class JetStreamPublisher:
         self.waiting: dict[int, tuple[StoredBatch, str]] = {}
         self._sub: Subscription | None = None
 
-    async def start(self) -> None:
-        self._sub = await self.nc.subscribe(f"{self.inbox}.*", cb=self._acked)
+    async def start(self, pending_msgs: int, pending_bytes: int) -> None:
+        self._sub = await self.nc.subscribe(
+            f"{self.inbox}.*", cb=self._on_answer, pending_msgs_limit=pending_msgs, pending_bytes_limit=pending_bytes
+        )
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -90,19 +92,31 @@ class JetStreamPublisher:
         finally:
             batch.forget()
 
-    async def _acked(self, msg: Msg) -> None:
-        waiting = self.waiting.pop(int(msg.subject.rpartition(".")[2]), None)
+    async def _on_answer(self, msg: Msg) -> None:
+        try:
+            n = int(msg.subject.rpartition(".")[2])
+        except ValueError:  # not one of ours: someone published to this inbox
+            return
+        waiting = self.waiting.pop(n, None)
         if waiting is not None:  # else the answer to a batch that gave up
             batch, subject = waiting
-            batch.acked(_refusal(msg, subject))
+            batch.answered(_refusal(msg, subject))
 
 
 def _refusal(msg: Msg, subject: str) -> str | None:
-    """Why JetStream did not store the message on `subject` this ack answers, or None: it did."""
+    """Why JetStream did not store the message on `subject` this answer is for, or None: it did."""
     status = msg.headers.get("Status") if msg.headers else None
-    if status is not None:  # from the server, not JetStream
-        return f"no stream stores {subject!r} (503)" if status == "503" else f"{subject!r}: status {status}"
+    if status == "503":  # from the server: nobody answers for the subject
+        return f"no responders on {subject!r} (503: no stream stores it, or its stream has no leader)"
+    if status is not None:
+        return f"{subject!r}: status {status}"
     if b'"error"' not in msg.data:  # the usual case, read without parsing
         return None
-    error = json.loads(msg.data).get("error") or {}
-    return f"JetStream refused a message on {subject!r}: {error.get('description', error)}"
+    try:
+        error = json.loads(msg.data).get("error")
+    except (ValueError, AttributeError):  # not JSON, or not an object: not a PubAck
+        return f"{subject!r}: not a PubAck: {msg.data[:200]!r}"
+    if error is None:  # a PubAck that only happens to say "error" (a domain's name)
+        return None
+    description = error.get("description", error) if isinstance(error, dict) else error
+    return f"JetStream refused a message on {subject!r}: {description}"

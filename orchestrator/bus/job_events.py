@@ -47,6 +47,8 @@ ATOMIC_BATCH_MAX = 1000
 # nats-server's) and less waiting for the last PubAck. CPU an event, one by one vs atomic, three
 # runs: 16 events 67 vs 162 us, 256: 34-43 vs 37-51, 512: 41-52 vs 36-45 (`python -m bench.atomic`,
 # 2 cores; one by one through jetstream_publish.py: 256 was the bound with nats-py's publish_async).
+# So a batch goes atomic only when the relay took as many rows as it takes at once (outbox.BATCH,
+# 512: a backlog), all durable.
 ATOMIC_BATCH_MIN = 512
 # The relay gives the event loop back this often while it publishes a batch: publishing into the
 # client's buffer never waits, and a backlog of 100k events would otherwise starve the process's

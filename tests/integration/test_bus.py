@@ -172,16 +172,29 @@ async def test_a_stored_batch_ends_once_jetstream_stored_each_in_order_repeats_o
     assert [(e["n"], e["msg_id"]) for e in events] == [(i, f"stored-{i}") for i in range(7)]
 
 
+async def test_a_stored_batch_waits_for_the_answer_to_each_message(bus: Bus) -> None:
+    """Its subject has a core subscriber that does not reply, and no stream: no answer comes."""
+    unanswered = bus.subjects.absolute("unanswered")
+    listener = await bus.nc.subscribe(unanswered)
+    await bus.flush()
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5), bus.stored_batch() as stored:
+                await stored.publish(unanswered, b"{}", {})
+    finally:
+        await listener.unsubscribe()
+
+
 async def test_a_stored_batch_on_a_subject_no_stream_stores_fails_at_once_naming_it(bus: Bus) -> None:
     subject = bus.subjects.absolute("nowhere.stored")
-    with pytest.raises(RequestFailed, match=rf"no stream stores '{subject}' \(503\)"):
+    with pytest.raises(RequestFailed, match=rf"no responders on '{subject}' \(503: no stream stores it"):
         async with asyncio.timeout(5):  # at once: the server answers, not the caller's timeout
             async with bus.stored_batch() as stored:
                 await stored.publish(subject, b"{}", {})
 
 
 async def test_a_stored_batch_refused_by_a_limit_of_the_stream_fails_with_jetstreams_reason(bus: Bus) -> None:
-    """Every message is answered first: the one within the limit is stored."""
+    """The message within the limit, published after the refused one, is stored all the same."""
     name = f"{bus.subjects.root}_small".replace(".", "_")
     subject = bus.subjects.absolute("small.stored")
     await bus.js.add_stream(StreamConfig(name=name, subjects=[subject], max_msg_size=64))

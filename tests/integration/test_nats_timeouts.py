@@ -145,18 +145,32 @@ async def test_an_intake_fetch_after_one_that_timed_out_on_a_paused_server_retur
     fetching.cancel()
 
 
-async def test_a_stored_batch_given_up_on_a_paused_server_leaves_the_next_to_its_own_acks(
+async def test_a_stored_batch_given_up_on_a_paused_server_leaves_the_next_to_its_own_answers(
     own_nats: EmbeddedNats, own_bus: Bus
 ) -> None:
     """The relay gives a batch of events PUBLISH_ACK_TIMEOUT_S; here the server sleeps past the
-    batch's caller's 0.5 s. The acks of that batch come once it wakes, during the next batch, and
-    must not count as the next batch's: it ends only once its own message is stored."""
+    batch's caller's 0.5 s. The acks of that batch come once it wakes, while the next batch waits
+    for an answer that never comes (its subject has a core subscriber that does not reply, and no
+    stream): they are not the next batch's, which must not end."""
     await own_bus.ensure_job_events_stream(3600)
-    subject = own_bus.subjects.job_admitted.at("p").subject
-    with paused(own_nats), pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.5), own_bus.stored_batch() as stored:
-            for i in range(3):
-                await stored.publish(subject, b"{}", {"Nats-Msg-Id": f"late-{i}"})
+    subject, unanswered = own_bus.subjects.job_admitted.at("p").subject, own_bus.subjects.absolute("unanswered")
+    listener = await own_bus.nc.subscribe(unanswered)
+    await own_bus.flush()
+
+    async def waits_for_nothing() -> None:
+        async with asyncio.timeout(2), own_bus.stored_batch() as stored:
+            await stored.publish(unanswered, b"{}", {})
+
+    with paused(own_nats):
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5), own_bus.stored_batch() as stored:
+                for i in range(3):
+                    await stored.publish(subject, b"{}", {"Nats-Msg-Id": f"late-{i}"})
+        next_batch = asyncio.create_task(waits_for_nothing())
+        await asyncio.sleep(0.1)  # it has published (into the client's buffer)
+    with pytest.raises(TimeoutError):
+        await next_batch
+    await listener.unsubscribe()
     async with asyncio.timeout(20), own_bus.stored_batch() as stored:
         await stored.publish(subject, b"{}", {"Nats-Msg-Id": "next"})
     assert [e["msg_id"] for e in await support.stream_events(own_bus)] == ["late-0", "late-1", "late-2", "next"]
