@@ -25,12 +25,15 @@ Wake-ups: a trigger NOTIFYs `outbox` on every insert; each relay listens and dra
 outbox is empty. A relay that finds another holding the lock stands by until its next poll (that
 one heard the same notification, and goes round again): with a relay in every process, one
 publishes and the others look once per `poll_interval_s`, taking over from a relay that died
-within it. The poll also covers a lost notification or listener.
+within it. A relay that stops says so (`handover` on the same channel), so one standing by takes
+over at once: a rolling restart does not hold the events up for a poll. The poll also covers a
+lost notification or listener.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,6 +52,8 @@ FIRST_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 2.0
 # How long the job-events stream keeps an event (producers that were away catch up within it).
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
+# The payload of a stopping relay's notification (an insert's is empty).
+HANDOVER = "handover"
 
 
 class OutboxRelay(Service):
@@ -70,6 +75,7 @@ class OutboxRelay(Service):
         self.poll_interval_s = poll_interval_s
         self.max_age_s = max_age_s
         self._wake = asyncio.Event()
+        self._handover = asyncio.Event()  # a relay stopped: one standing by may take over now
         self._listener: Callable[[], Awaitable[Any]] | None = None
         self.relayed = 0  # events this relay published (a figure for the benchmark)
         self.standing_by = False  # another relay held the lock at the last look
@@ -78,6 +84,7 @@ class OutboxRelay(Service):
         await self.bus.ensure_job_events_stream(self.max_age_s)
         await self._listen()
         self.spawn(self._loop(), "loop")
+        self.on_cleanup(self._hand_over)  # once the loop has ended: this relay holds no lock
 
     async def on_stop(self) -> None:
         if self._listener is not None:
@@ -86,13 +93,28 @@ class OutboxRelay(Service):
     def wake(self) -> None:
         self._wake.set()
 
+    def _notified(self, payload: str) -> None:
+        if payload == HANDOVER:
+            self._handover.set()
+        else:
+            self._wake.set()
+
+    async def _hand_over(self) -> None:
+        """Best effort: without it, a relay standing by takes over at its next poll."""
+        if self.standing_by:  # another relay publishes: nothing to hand over
+            return
+        try:
+            await self.store.outbox_handover()
+        except OrchestratorError as exc:
+            self.log.debug("could not tell the relays standing by that this one stops: %s", exc)
+
     async def _listen(self) -> None:
         """(Re)open the NOTIFY listener; a failure is retried on the next poll."""
         alive = self._listener is not None and self._listener.is_alive()  # type: ignore[attr-defined]
         if alive:
             return
         try:
-            self._listener = await self.store.listen("outbox", self.wake)
+            self._listener = await self.store.listen("outbox", self._notified)
         except OrchestratorError as exc:
             self.log.warning("cannot listen for outbox notifications (polling meanwhile): %s", exc)
 
@@ -102,9 +124,11 @@ class OutboxRelay(Service):
         while True:
             if self.standing_by:
                 # Another relay is publishing: it heard the same notifications. Look again at
-                # the next poll (taking over if that relay has died), rather than spend a
-                # transaction per insert finding it busy.
-                await asyncio.sleep(self.poll_interval_s)
+                # the next poll (taking over if that relay has died), or when a relay stops,
+                # rather than spend a transaction per insert finding it busy.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval_s):
+                        await self._handover.wait()
                 await self._listen()
             else:
                 try:
@@ -113,6 +137,7 @@ class OutboxRelay(Service):
                 except TimeoutError:
                     await self._listen()
             self._wake.clear()
+            self._handover.clear()
             try:
                 self.standing_by = await self.drain() is None
             except Exception as exc:  # NATS or Postgres away: the rows wait for the next round

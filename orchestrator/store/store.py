@@ -263,13 +263,17 @@ class Store(JobReads, PoolReads, RunnerRows, TakeReads, FleetRows, FlowRows, Ret
         async with self.connection() as conn:
             return int(await conn.fetchval(Q["outbox_depth"]))
 
-    async def listen(self, channel: str, callback: Callable[[], None]) -> Callable[[], Any]:
-        """Call `callback` on every NOTIFY on `channel`, on a connection of its own (the pool
-        drops a connection's callbacks when it takes it back); returns the coroutine function
-        that closes it. A hint only: the listener may miss notifications while reconnecting, so
-        its user also polls."""
+    async def outbox_handover(self) -> None:
+        async with self.connection() as conn:
+            await conn.execute(Q["outbox_handover"])
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> Callable[[], Any]:
+        """Call `callback(payload)` on every NOTIFY on `channel`, on a connection of its own (the
+        pool drops a connection's callbacks when it takes it back); returns the coroutine
+        function that closes it. A hint only: the listener may miss notifications while
+        reconnecting, so its user also polls."""
         conn = await self._connection_of_its_own("listen on")
-        await conn.add_listener(channel, lambda *_: callback())
+        await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: callback(payload))
 
         async def close() -> None:
             with contextlib.suppress(Exception):

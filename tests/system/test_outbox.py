@@ -124,6 +124,40 @@ async def test_a_relay_standing_by_takes_over_when_the_publishing_one_is_gone(
     assert len(await stream_events(bus, "admitted")) == 3
 
 
+async def test_a_relay_standing_by_takes_over_at_once_when_the_publishing_one_stops(
+    settings: Settings, store: Store, bus: Bus
+) -> None:
+    """A rolling restart: the publishing relay stops (gracefully), and one standing by, whose
+    next look is 30 s away, publishes what comes next at once."""
+    await factories.pool(store)
+    publishing = OutboxRelay(store, Bus(settings.nats_url or "", Subjects(settings.namespace)), poll_interval_s=0.1)
+    waiting = OutboxRelay(store, Bus(settings.nats_url or "", Subjects(settings.namespace)), poll_interval_s=30)
+    relays = (publishing, waiting)
+    other = await relay_lock_held(settings.database_url or "")
+    try:
+        for relay in relays:
+            await relay.bus.connect()
+            await relay.start()
+        await factories.queue(store, 1)  # notified: both find the lock taken
+
+        async def both_standing_by() -> bool:
+            return all(relay.standing_by for relay in relays)
+
+        await eventually(both_standing_by, what="both relays to stand by")
+        await other.close()  # the first looks again within 0.1 s and publishes; the other waits 30 s
+        await eventually(lambda: outbox_empty(store), what="the first relay to take over")
+        await publishing.stop()
+        await factories.queue(store, 2)
+        await eventually(lambda: outbox_empty(store), what="the relay standing by to take over", timeout=10)
+    finally:
+        await other.close()
+        for relay in relays:
+            await relay.stop()
+            await relay.bus.close()
+    assert (publishing.relayed, waiting.relayed) == (1, 2)
+    assert len(await stream_events(bus, "admitted")) == 3
+
+
 class _Row(NamedTuple):
     id: UUID
     subject: str

@@ -29,3 +29,8 @@ SELECT set_config('synchronous_commit', 'on', true) FROM gone WHERE NOT durable 
 
 -- name: outbox_depth
 SELECT count(*) FROM outbox;
+
+-- A relay that stops tells the relays standing by (on the channel the inserts notify, with its
+-- own payload): one of them publishes from now on, without waiting for its next look.
+-- name: outbox_handover
+SELECT pg_notify('outbox', 'handover');
