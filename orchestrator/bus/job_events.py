@@ -97,13 +97,13 @@ async def publish(bus: Bus, rows: Sequence[OutboxMessage], *, atomic: bool, atom
 
     Durable rows go as atomic batches when there are at least `atomic_min` of them (by default
     `ATOMIC_BATCH_MIN`; one PubAck per batch instead of one per event), else one by one,
-    pipelined. JetStream stores one connection's messages in
-    the order they arrive, so these are stored in order too, except after a failure between two
-    of them (the stream's leader lost mid-batch): the later one may be stored, the earlier only
-    when the relay tries again. An atomic batch is stored whole or not at all. One holding an
-    event the stream already has (a relay that published but died before deleting the rows) is
-    refused whole by JetStream, and nothing of it is stored: those rows are then published one
-    by one, each with its own PubAck, and JetStream drops the repeats."""
+    pipelined. JetStream stores one connection's messages in the order they arrive, so these are
+    stored in order too, except after a failure between two of them (the stream's leader lost
+    mid-batch): the later one may be stored, the earlier only when the relay tries again. An
+    atomic batch is stored whole or not at all. One holding an event the stream already has (a
+    relay that published but died before deleting the rows) is refused whole by JetStream, and
+    nothing of it is stored: those rows are then published one by one, each with its own PubAck,
+    and JetStream drops the repeats."""
     headers = telemetry.inject()
     try:
         async with asyncio.timeout(PUBLISH_ACK_TIMEOUT_S):
